@@ -1,0 +1,30 @@
+"""sqlstream: a stream database in one SQLite file.
+
+>>> import sqlstream
+>>> db = sqlstream.open("app.db")
+>>> orders = db.create_stream("orders", exist_ok=True)
+>>> orders.append({"id": 1})
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .database import Database, QueryResult, open
+from .errors import SqlstreamError
+from .records import Chunk, Record, StreamInfo
+from .streams import Stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chunk",
+    "Database",
+    "QueryResult",
+    "Record",
+    "SqlstreamError",
+    "Stream",
+    "StreamInfo",
+    "errors",
+    "open",
+    "__version__",
+]

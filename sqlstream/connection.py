@@ -1,0 +1,227 @@
+"""Opening SQLite connections with sqlstream's settings, and applying migrations.
+
+Each per-connection setting is one small function, applied to every connection sqlstream
+opens (write, read and watcher connections alike) and read back where SQLite can silently
+ignore it. Each pragma is executed on its own and its cursor consumed: apsw runs the
+statements of one ``execute()`` lazily, so a multi-pragma string would stop after the
+first pragma that returns a row.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from importlib import resources
+from pathlib import Path
+
+import apsw
+
+from .errors import CorruptDatabase, DatabaseError, SchemaVersionError, translate
+
+SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+
+
+def pragma(conn: apsw.Connection, text: str) -> object:
+    """Run one pragma, consume its cursor and return the first column of its first row."""
+    rows = list(conn.execute(f"PRAGMA {text}"))
+    return rows[0][0] if rows and rows[0] else None
+
+
+def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
+    """Retry a busy database for up to ``timeout`` seconds, with short jittered sleeps.
+
+    SQLite's built-in busy timeout sleeps up to 100 ms between tries, which starves
+    writers of a busy file; short sleeps let queued writers follow each other closely.
+    When the handler gives up, SQLite reports SQLITE_BUSY and the caller gets LockTimeout.
+    """
+    state = {"start": 0.0}
+
+    def handler(tries: int) -> bool:
+        now = time.monotonic()
+        if tries == 0:
+            state["start"] = now
+        elif now - state["start"] >= timeout:
+            return False
+        # 50 µs doubling to 2 ms, jittered so that waiting processes do not retry in step.
+        time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
+        return True
+
+    conn.set_busy_handler(handler)
+
+
+def connection_foreign_keys(conn: apsw.Connection) -> None:
+    """Enforce REFERENCES clauses (chunks -> streams)."""
+    pragma(conn, "foreign_keys = ON")
+
+
+def connection_dqs(conn: apsw.Connection) -> None:
+    """Refuse double-quoted string literals, a SQLite misfeature that hides typos."""
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+
+
+def connection_synchronous(conn: apsw.Connection, level: str) -> None:
+    """Set and verify ``synchronous``: 'normal' survives a process crash, 'full' power loss."""
+    pragma(conn, f"synchronous = {level}")
+    got = pragma(conn, "synchronous")
+    if got != SYNCHRONOUS_LEVELS[level]:
+        raise DatabaseError(f"PRAGMA synchronous = {level} did not take (read back {got!r})")
+
+
+def connection_wal(conn: apsw.Connection) -> None:
+    """Switch the file to WAL and fail loudly if SQLite refuses (e.g. on some network filesystems).
+
+    A brand-new file first gets ``auto_vacuum = INCREMENTAL``: it can be chosen only
+    before the first page is written, and switching to WAL writes page 1.
+    """
+    if pragma(conn, "page_count") == 0:
+        pragma(conn, "auto_vacuum = INCREMENTAL")
+    mode = pragma(conn, "journal_mode = wal")
+    if str(mode).lower() != "wal":
+        raise DatabaseError(
+            f"could not put the database in WAL mode (journal_mode is {mode!r})",
+            hint="sqlstream needs WAL; use a local filesystem that supports shared memory",
+        )
+
+
+def connect(
+    path: str,
+    *,
+    readonly: bool = False,
+    busy_timeout: float,
+    synchronous: str,
+    create: bool = False,
+) -> apsw.Connection:
+    """Open one connection with every per-connection setting applied."""
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
+    if create and not readonly:
+        flags |= apsw.SQLITE_OPEN_CREATE
+    with translate():
+        conn = apsw.Connection(path, flags=flags)
+        try:
+            connection_busy_handler(conn, busy_timeout)
+            connection_dqs(conn)
+            connection_foreign_keys(conn)
+            if not readonly:
+                connection_synchronous(conn, synchronous)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+# --------------------------------------------------------------------------- migrations
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def _migration_dir() -> Path:
+    # Installed wheels carry the files as package data of ``sqlstream.migrations``; a source
+    # checkout keeps them at the repository root.
+    try:
+        packaged = resources.files("sqlstream.migrations")
+        if packaged.is_dir() and any(str(p.name).endswith(".sql") for p in packaged.iterdir()):
+            return Path(str(packaged))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    """Return ``(version, filename, sql)`` for every migration, validated as one plan.
+
+    The plan must number files 1, 2, 3, ... without gaps or duplicates; a broken plan is
+    refused before anything runs.
+    """
+    directory = _migration_dir()
+    plan = []
+    for entry in sorted(directory.iterdir()):
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            plan.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    versions = [v for v, _, _ in plan]
+    if versions != list(range(1, len(plan) + 1)):
+        raise SchemaVersionError(f"migration files in {directory} are not numbered 1..N: {versions}")
+    return plan
+
+
+def schema_version() -> int:
+    """The schema version this code writes."""
+    return len(load_migrations())
+
+
+def migrate(conn: apsw.Connection) -> int:
+    """Bring the database up to this code's schema version; return the version.
+
+    Each migration runs under BEGIN IMMEDIATE together with its ``user_version`` bump, so
+    a crash leaves the database at the previous version, and two processes migrating at
+    once apply each step exactly once. A database newer than the code is refused.
+    """
+    plan = load_migrations()
+    latest = len(plan)
+    with translate():
+        current = int(pragma(conn, "user_version"))  # type: ignore[arg-type]
+        if current > latest:
+            raise SchemaVersionError(
+                f"the database has schema version {current}, newer than this sqlstream "
+                f"understands ({latest})",
+                hint="upgrade sqlstream to open this file",
+            )
+        if current == latest:
+            return current
+        if current == 0:
+            _check_empty_or_ours(conn)
+        for version, _name, sql in plan:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while we waited for the lock.
+                now = int(pragma(conn, "user_version"))  # type: ignore[arg-type]
+                if now < version:
+                    for _ in conn.execute(sql):
+                        pass
+                    pragma(conn, f"user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+                raise
+    return latest
+
+
+def _check_empty_or_ours(conn: apsw.Connection) -> None:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+    if tables and "streams" not in tables:
+        raise SchemaVersionError(
+            f"the file is a SQLite database of some other program (tables: {', '.join(tables[:5])})",
+            hint="open a new file, or one created by sqlstream",
+        )
+
+
+def create_private_file(path: str) -> bool:
+    """Create an empty database file readable by its owner only; False if it existed.
+
+    SQLite gives the -wal and -shm files the permissions of the main file, so creating it
+    with mode 0600 keeps the whole database private.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def check_header(path: str) -> None:
+    """Refuse a non-empty file that is not a SQLite database before SQLite touches it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return
+    if head and head != b"SQLite format 3\x00":
+        raise CorruptDatabase(
+            f"{path} is not a SQLite database", hint="check the path; sqlstream will not overwrite it"
+        )
+

@@ -1,0 +1,700 @@
+"""The Database: one SQLite file, its connections, transactions and streams.
+
+Connections: one write connection per Database, guarded by a re-entrant lock, every
+write transaction ``BEGIN IMMEDIATE`` so writers queue on SQLite's lock (never the
+"database is locked" failure of a deferred transaction upgrading); one read connection
+per thread, in autocommit, so readers never block writers. After ``fork`` the child
+opens fresh connections on first use and never touches the parent's.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
+
+import apsw
+
+from . import connection as cx
+from .errors import (
+    AccessDenied,
+    ConcurrencyError,
+    DatabaseClosed,
+    DatabaseError,
+    InvalidArgument,
+    InvalidValue,
+    LockTimeout,
+    PayloadTooLarge,
+    ReadOnlyDatabase,
+    SchemaVersionError,
+    StreamExists,
+    StreamNotFound,
+    StreamSealed,
+    translate,
+)
+from .records import StreamInfo, check_name
+from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
+
+T = TypeVar("T")
+
+DEFAULT_BUSY_TIMEOUT = 30.0
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+_ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
+
+_STREAM_COLUMNS = (
+    "name, first_offset, next_offset, byte_length, first_position, created_at, sealed_at, "
+    "last_append_at, write_secret IS NOT NULL, max_count, max_age, max_bytes, metadata"
+)
+
+_APPEND_SQL = """
+UPDATE streams
+   SET next_offset = next_offset + ?1,
+       byte_length = byte_length + ?2,
+       last_append_at = max(coalesce(last_append_at, 0), ?3)
+ WHERE name = ?4
+   AND sealed_at IS NULL
+   AND (write_secret IS NULL OR write_secret = ?5)
+   AND (?6 IS NULL OR next_offset = ?6)
+RETURNING id, next_offset, byte_length, last_append_at
+"""
+
+
+@lru_cache(maxsize=None)
+def _insert_sql(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
+        f"content_type, data) VALUES {values}"
+    )
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class QueryResult(NamedTuple):
+    """Rows of an ad-hoc query with their column names."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+# A row queued for insertion: (key, headers_json, content_type, data, byte_length).
+PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
+
+
+def open(  # noqa: A001 - the public name is part of the design
+    path: str | os.PathLike[str],
+    *,
+    readonly: bool = False,
+    create: bool = True,
+    synchronous: str = "normal",
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    wakeup: str = "auto",
+    poll_interval: float | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Database:
+    """Open (creating if needed) the sqlstream database at ``path``.
+
+    ``synchronous``: ``"normal"`` (default) makes every returned append survive a process
+    crash; ``"full"`` also survives power loss, at the cost of an fsync per commit.
+    ``busy_timeout``: seconds a write waits for another writer before ``LockTimeout``.
+    ``wakeup``: how blocked readers learn of other processes' commits — ``"notify"`` (a
+    doorbell socket, near-zero idle CPU), ``"poll"`` (``PRAGMA data_version`` every
+    ``poll_interval`` seconds, default 1 ms), or ``"auto"`` (notify where supported).
+    ``max_record_bytes``: larger records are refused with ``PayloadTooLarge``.
+
+    New files are created with mode 0600. Raises ``SchemaVersionError`` for a database
+    written by a newer sqlstream, ``CorruptDatabase`` for a file that is not SQLite.
+    """
+    return Database(
+        path,
+        readonly=readonly,
+        create=create,
+        synchronous=synchronous,
+        busy_timeout=busy_timeout,
+        wakeup=wakeup,
+        poll_interval=poll_interval,
+        max_record_bytes=max_record_bytes,
+    )
+
+
+class Database:
+    """A sqlstream database file. Thread-safe; use one per process or share it freely.
+
+    Use as a context manager or call :meth:`close`. Picklable (it pickles to its path and
+    options), so it can be handed to ``multiprocessing`` workers, which reopen it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        synchronous: str = "normal",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        wakeup: str = "auto",
+        poll_interval: float | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise InvalidArgument("the database path must be a str or os.PathLike of str")
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise InvalidArgument(
+                f"sqlstream needs a file path, not {path!r}",
+                hint="use a temporary file (tempfile.mkstemp) for a throwaway database",
+            )
+        if synchronous not in ("normal", "full"):
+            raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+        if wakeup not in WAKEUP_MODES:
+            raise InvalidArgument(f"wakeup must be one of {', '.join(WAKEUP_MODES)}, not {wakeup!r}")
+        if not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
+            raise InvalidArgument(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
+        if poll_interval is not None and not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
+            raise InvalidArgument(f"poll_interval must be a positive number of seconds, not {poll_interval!r}")
+        if not (isinstance(max_record_bytes, int) and 0 < max_record_bytes <= 1_000_000_000):
+            raise InvalidArgument("max_record_bytes must be an int between 1 and 1,000,000,000")
+        self.path = os.path.abspath(path)
+        self.readonly = readonly
+        self.synchronous = synchronous
+        self.busy_timeout = float(busy_timeout)
+        self.wakeup = wakeup
+        self.poll_interval = poll_interval
+        self.max_record_bytes = max_record_bytes
+        self._options = dict(
+            readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
+            wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes,
+        )
+        self._closed = False
+        self._open_lock = threading.Lock()
+        self._wconn: apsw.Connection | None = None
+        self._init_process_state()
+
+        exists = os.path.exists(self.path)
+        if not exists:
+            if readonly or not create:
+                raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+            cx.create_private_file(self.path)
+        else:
+            cx.check_header(self.path)
+        if readonly:
+            conn = self._read_conn()
+            with translate():
+                mode = cx.pragma(conn, "journal_mode")
+                version = int(cx.pragma(conn, "user_version"))  # type: ignore[arg-type]
+            latest = cx.schema_version()
+            if version != latest:
+                raise SchemaVersionError(
+                    f"the database has schema version {version}; this sqlstream reads version {latest}",
+                    hint="open it once without readonly=True to upgrade it" if version < latest else None,
+                )
+            if str(mode).lower() != "wal":
+                raise SchemaVersionError(f"{self.path} is not in WAL mode (journal_mode={mode})")
+        else:
+            conn = self._write_conn()
+            try:
+                cx.connection_wal(conn)
+                cx.migrate(conn)
+            except BaseException:
+                self.close()
+                raise
+        self._notifier: FileNotifier = notifier_for(self.path)
+        with self._notifier.cond:
+            self._notifier.open_count += 1
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _init_process_state(self) -> None:
+        """(Re)create everything that must not cross a fork."""
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._read_conns: list[apsw.Connection] = []
+        self._tx_depth = 0
+        self._tx_txn: int | None = None
+        self._tx_txn_depth = 0
+        self._tx_dirty = False
+        self._tx_after: list[Callable[[], None]] = []
+
+    def _check_process(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"the database {self.path} is closed")
+        if self._pid != os.getpid():
+            # Forked: the parent's connections belong to the parent. Dropping them
+            # without closing keeps the child from disturbing the parent's locks.
+            with self._open_lock:
+                if self._pid != os.getpid():
+                    _abandoned.extend(self._read_conns)
+                    if self._wconn is not None:
+                        _abandoned.append(self._wconn)
+                    self._wconn = None
+                    self._init_process_state()
+                    self._notifier = notifier_for(self.path)
+                    with self._notifier.cond:
+                        self._notifier.open_count += 1
+
+    def _connect(self, *, readonly: bool) -> apsw.Connection:
+        return cx.connect(
+            self.path,
+            readonly=readonly,
+            busy_timeout=self.busy_timeout,
+            synchronous=self.synchronous,
+        )
+
+    def _write_conn(self) -> apsw.Connection:
+        if self.readonly:
+            raise ReadOnlyDatabase(f"{self.path} was opened read-only", hint="open it without readonly=True")
+        conn = self._wconn
+        if conn is None:
+            with self._open_lock:
+                if self._wconn is None:
+                    self._wconn = self._connect(readonly=False)
+                conn = self._wconn
+        return conn
+
+    def _read_conn(self) -> apsw.Connection:
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=self.readonly)
+            with translate():
+                cx.pragma(conn, "query_only = 1")
+            with self._open_lock:
+                self._read_conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this Database opened. Idempotent.
+
+        Waits (up to the busy timeout) for a transaction running in another thread to end.
+        """
+        if self._closed:
+            return
+        if self._pid != os.getpid():
+            self._closed = True  # the parent's connections are not ours to close
+            return
+        got = self._lock.acquire(timeout=self.busy_timeout)
+        try:
+            self._closed = True
+            with self._open_lock:
+                conns = list(self._read_conns)
+                self._read_conns.clear()
+                if self._wconn is not None:
+                    conns.append(self._wconn)
+                    self._wconn = None
+            for conn in conns:
+                with contextlib.suppress(apsw.Error):
+                    conn.close(True)
+            notifier = getattr(self, "_notifier", None)
+            if notifier is not None:
+                with notifier.cond:
+                    notifier.open_count -= 1
+                    last = notifier.open_count <= 0
+                if last:
+                    notifier.close_watcher()
+        finally:
+            if got:
+                self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self.path, self._options))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        return f"<sqlstream.Database {self.path!r} {state}>"
+
+    # ----------------------------------------------------------------- transactions
+
+    def in_transaction(self) -> bool:
+        """True when the calling thread is inside :meth:`transaction` on this Database."""
+        return self._tx_depth > 0 and self._lock._is_owned()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """A write transaction; everything written inside commits together or not at all.
+
+        Re-entrant: a nested block is a savepoint, rolled back alone if it raises. The
+        outermost block starts with ``BEGIN IMMEDIATE``, so it waits (up to the busy
+        timeout, then ``LockTimeout``) for other writers up front instead of failing
+        later. Any exception, including ``KeyboardInterrupt``, rolls the block back and
+        propagates. Blocked readers are woken once the outermost block commits.
+        Other threads' writes on this Database wait until the block ends.
+        """
+        self._check_process()
+        conn = self._write_conn()
+        if not self._lock.acquire(timeout=self.busy_timeout):
+            raise LockTimeout(
+                f"another thread held the write lock on {self.path} for over {self.busy_timeout:g}s",
+                hint="raise busy_timeout or shorten transactions",
+            )
+        try:
+            depth = self._tx_depth
+            savepoint = f"sqlstream_{depth}"
+            with translate():
+                if depth == 0:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._tx_txn = None
+                    self._tx_dirty = False
+                    self._tx_after = []
+                else:
+                    conn.execute(f"SAVEPOINT {savepoint}")
+            self._tx_depth = depth + 1
+            try:
+                yield self
+            except BaseException:
+                self._tx_depth = depth
+                self._rollback(conn, depth, savepoint)
+                raise
+            self._tx_depth = depth
+            if depth > 0:
+                with translate():
+                    conn.execute(f"RELEASE {savepoint}")
+                return
+            try:
+                with translate():
+                    conn.execute("COMMIT")
+            except BaseException:
+                self._rollback(conn, 0, savepoint)
+                raise
+            after, self._tx_after = self._tx_after, []
+            if self._tx_dirty:
+                self._notifier.committed()
+            for callback in after:
+                callback()
+        finally:
+            self._lock.release()
+
+    def _rollback(self, conn: apsw.Connection, depth: int, savepoint: str) -> None:
+        if depth <= self._tx_txn_depth:
+            self._tx_txn = None  # the counter bump was rolled back with it
+        with contextlib.suppress(apsw.Error):
+            if depth == 0:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+
+    def _txn_number(self, conn: apsw.Connection) -> int:
+        """The commit sequence number of the current write transaction (assigned lazily)."""
+        if self._tx_txn is None:
+            row = conn.execute(
+                "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
+            ).fetchall()
+            self._tx_txn = int(row[0][0])
+            self._tx_txn_depth = self._tx_depth
+        return self._tx_txn
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[apsw.Connection]:
+        """A consistent read: the writer's own view inside a transaction, else a read txn."""
+        self._check_process()
+        if self.in_transaction():
+            with translate():
+                yield self._write_conn()
+            return
+        conn = self._read_conn()
+        with translate():
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if not conn.getautocommit():
+                    conn.execute("COMMIT")
+
+    def _wait(
+        self,
+        check: Callable[[], T | None],
+        timeout: float | None,
+        wake_at: Callable[[], float | None] | None = None,
+    ) -> T | None:
+        """Evaluate ``check`` until it returns non-None, waiting for commits up to ``timeout``.
+
+        ``timeout``: 0 checks once, a positive number waits at most that long, None waits
+        indefinitely. Blocking inside a transaction would hold the write lock that any
+        waking commit needs, so it is refused.
+        """
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or timeout < 0:
+                raise InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+            if timeout == 0:
+                return check()
+        if self.in_transaction():
+            result = check()
+            if result is not None:
+                return result
+            raise InvalidArgument(
+                "cannot block inside db.transaction(): the transaction holds the write lock "
+                "that the commit you wait for needs",
+                hint="pass timeout=0 inside transactions",
+            )
+        self._check_process()
+        return self._notifier.wait_until(check, timeout, self.wakeup, self.poll_interval, wake_at)
+
+    # ----------------------------------------------------------------- streams
+
+    def create_stream(
+        self,
+        name: str,
+        *,
+        max_count: int | None = None,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+        secret: bool = False,
+        exist_ok: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> Stream:
+        """Create a stream and return a handle to it.
+
+        ``secret=True`` makes a byte-log style stream that takes appends only through its
+        ``write_secret`` (the returned handle holds it; others use ``db.writer(secret)``).
+        With ``exist_ok=True`` an existing stream is returned unchanged (its settings are
+        not compared; a secret stream's handle then comes without the secret).
+        Raises ``StreamExists``, ``InvalidName``, ``InvalidArgument``.
+        """
+        check_name(name)
+        _check_positive("max_count", max_count, int)
+        _check_positive("max_age", max_age, (int, float))
+        _check_positive("max_bytes", max_bytes, int)
+        try:
+            meta = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValue(f"stream metadata must be JSON-serialisable: {exc}") from exc
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidValue("stream metadata must be a dict")
+        write_secret = secrets.token_urlsafe(24) if secret else None
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                existing = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
+                if existing:
+                    if exist_ok:
+                        return Stream(self, name)
+                    raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
+                conn.execute(
+                    "INSERT INTO streams (name, created_at, write_secret, max_count, max_age, "
+                    "max_bytes, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, now_us(), write_secret, max_count, max_age, max_bytes, meta),
+                )
+        return Stream(self, name, write_secret)
+
+    def stream(self, name: str) -> Stream:
+        """A handle to an existing stream (``StreamNotFound`` if absent).
+
+        For a stream created with ``secret=True`` the handle reads but cannot write.
+        """
+        check_name(name)
+        with self._snapshot() as conn:
+            if not conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall():
+                raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
+        return Stream(self, name)
+
+    def writer(self, secret: str) -> Stream:
+        """A writable handle to the stream whose write secret is ``secret``.
+
+        Raises ``StreamNotFound`` when no stream has that secret (as BuildGrid does for a
+        wrong write resource name).
+        """
+        if not isinstance(secret, str):
+            raise InvalidValue(f"a write secret is a str, not {type(secret).__name__}")
+        with self._snapshot() as conn:
+            row = conn.execute("SELECT name FROM streams WHERE write_secret = ?", (secret,)).fetchall()
+        if not row:
+            raise StreamNotFound("no stream has that write secret")
+        return Stream(self, row[0][0], secret)
+
+    def streams(self) -> list[StreamInfo]:
+        """Every stream, by name."""
+        with self._snapshot() as conn:
+            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
+        return [_stream_info(row) for row in rows]
+
+    def stream_info(self, name: str) -> StreamInfo:
+        """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
+        check_name(name)
+        with self._snapshot() as conn:
+            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
+        if not rows:
+            raise StreamNotFound(f"no stream named {name!r}")
+        return _stream_info(rows[0])
+
+    def delete_stream(self, name: str) -> None:
+        """Delete a stream and all its records in one transaction. ``StreamNotFound`` if absent.
+
+        Readers blocked on the stream wake and get ``StreamNotFound``.
+        """
+        check_name(name)
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                row = conn.execute("SELECT id FROM streams WHERE name = ?", (name,)).fetchall()
+                if not row:
+                    raise StreamNotFound(f"no stream named {name!r}")
+                conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
+                conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
+            self._tx_dirty = True
+
+    # ----------------------------------------------------------------- writing records
+
+    def _append_rows(
+        self,
+        name: str,
+        secret: str | None,
+        rows: Sequence[PreparedRecord],
+        expect_offset: int | None,
+    ) -> range:
+        """Append prepared rows to one stream atomically; return their offsets.
+
+        O(1) statements for one row: the stream row's counters are bumped with RETURNING
+        and the records inserted with multi-row INSERTs.
+        """
+        if expect_offset is not None and (not isinstance(expect_offset, int) or expect_offset < 0):
+            raise InvalidArgument(f"expect_offset must be an int >= 0, not {expect_offset!r}")
+        count = len(rows)
+        total = 0
+        for row in rows:
+            if row[4] > self.max_record_bytes:
+                raise PayloadTooLarge(
+                    f"a record of {row[4]:,} bytes exceeds this database's limit of "
+                    f"{self.max_record_bytes:,} bytes",
+                    hint="split the payload, or open the database with a larger max_record_bytes",
+                )
+            total += row[4]
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                txn = self._txn_number(conn)
+                got = conn.execute(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset)).fetchall()
+                if not got:
+                    self._append_refused(conn, name, secret, expect_offset)
+                stream_id, next_offset, byte_length, ts = got[0]
+                first = next_offset - count
+                position = byte_length - total
+                params: list[Any] = []
+                offset = first
+                for key, headers, ctype, data, nbytes in rows:
+                    params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
+                    offset += 1
+                    position += nbytes
+                    if len(params) == 9 * _ROWS_PER_INSERT:
+                        conn.execute(_insert_sql(_ROWS_PER_INSERT), params)
+                        params = []
+                if params:
+                    conn.execute(_insert_sql(len(params) // 9), params)
+            self._tx_dirty = True
+        return range(first, next_offset)
+
+    def _append_refused(
+        self, conn: apsw.Connection, name: str, secret: str | None, expect_offset: int | None
+    ) -> None:
+        rows = conn.execute(
+            "SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,)
+        ).fetchall()
+        if not rows:
+            raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
+        sealed_at, write_secret, next_offset = rows[0]
+        if write_secret is not None and write_secret != secret:
+            raise AccessDenied(
+                f"stream {name!r} takes appends only through its write secret",
+                hint="use db.writer(secret) or the handle create_stream() returned",
+            )
+        if sealed_at is not None:
+            raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
+        raise ConcurrencyError(
+            f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
+            hint="re-read the stream and retry with the new expect_offset",
+        )
+
+    def _seal(self, name: str, secret: str | None) -> bool:
+        """Seal a stream; True if this call sealed it, False if it already was."""
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                rows = conn.execute(
+                    "SELECT sealed_at, write_secret FROM streams WHERE name = ?", (name,)
+                ).fetchall()
+                if not rows:
+                    raise StreamNotFound(f"no stream named {name!r}")
+                sealed_at, write_secret = rows[0]
+                if write_secret is not None and write_secret != secret:
+                    raise AccessDenied(f"stream {name!r} can be sealed only through its write secret")
+                if sealed_at is not None:
+                    return False
+                conn.execute("UPDATE streams SET sealed_at = ? WHERE name = ?", (now_us(), name))
+            self._tx_dirty = True
+        return True
+
+    # ----------------------------------------------------------------- inspection
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
+        """Run one read-only SQL statement and return its columns and rows.
+
+        Writes are refused with ``ReadOnlyDatabase`` (the read connection is query-only).
+        """
+        if not isinstance(sql, str):
+            raise InvalidValue("sql must be a str")
+        with self._snapshot() as conn:
+            if conn is self._wconn:
+                raise InvalidArgument("db.query() is for reads outside transactions")
+            cursor = conn.execute(sql, params)
+            try:
+                columns = [d[0] for d in cursor.get_description()]
+            except apsw.ExecutionCompleteError:
+                return QueryResult([], [])
+            return QueryResult(columns, cursor.fetchall())
+
+
+def _reopen(path: str, options: dict[str, Any]) -> Database:
+    return Database(path, **options)
+
+
+def _check_positive(what: str, value: object, types: type | tuple[type, ...]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:  # type: ignore[operator]
+        raise InvalidArgument(f"{what} must be a positive number or None, not {value!r}")
+
+
+def _stream_info(row: tuple[Any, ...]) -> StreamInfo:
+    (name, first, nxt, length, first_pos, created, sealed, last, secret, mc, ma, mb, meta) = row
+    return StreamInfo(
+        name=name,
+        first_offset=first,
+        next_offset=nxt,
+        byte_length=length,
+        first_position=first_pos,
+        created_at=created / 1e6,
+        sealed_at=None if sealed is None else sealed / 1e6,
+        last_append_at=None if last is None else last / 1e6,
+        secret=bool(secret),
+        max_count=mc,
+        max_age=ma,
+        max_bytes=mb,
+        metadata=json.loads(meta),
+    )
+
+
+# Connections inherited across fork: kept referenced so they are never closed (or
+# garbage-collected and closed) in the child, which would disturb the parent's locks.
+_abandoned: builtins.list[apsw.Connection] = []
+
+from .streams import Stream  # noqa: E402  (Stream needs Database's helpers at import)

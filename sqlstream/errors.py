@@ -1,0 +1,184 @@
+"""The sqlstream error tree.
+
+Every error sqlstream raises is a :class:`SqlstreamError`. Errors a caller can fix carry
+a ``hint`` that says how. Driver (apsw) errors are converted in exactly one place,
+:func:`translate`, with the original kept as ``__cause__``; no apsw exception reaches a
+caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import apsw
+
+__all__ = [
+    "SqlstreamError",
+    "StreamNotFound",
+    "StreamExists",
+    "StreamSealed",
+    "OffsetOutOfRange",
+    "WritePending",
+    "ConcurrencyError",
+    "StorageFull",
+    "WriteError",
+    "LockTimeout",
+    "InvalidName",
+    "InvalidValue",
+    "InvalidArgument",
+    "PayloadTooLarge",
+    "SchemaVersionError",
+    "SubscriptionNotFound",
+    "SubscriptionExists",
+    "AccessDenied",
+    "ReadOnlyDatabase",
+    "CorruptDatabase",
+    "DatabaseClosed",
+    "DatabaseError",
+    "translate",
+]
+
+
+class SqlstreamError(Exception):
+    """Base class of every error sqlstream raises."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class StreamNotFound(SqlstreamError, KeyError):
+    """The named stream (or write secret) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return SqlstreamError.__str__(self)
+
+
+class StreamExists(SqlstreamError):
+    """A stream with that name already exists."""
+
+
+class StreamSealed(SqlstreamError):
+    """The stream is sealed (finished); it takes no more appends."""
+
+
+class OffsetOutOfRange(SqlstreamError, IndexError):
+    """The offset lies outside what the stream holds (trimmed, or past a sealed end)."""
+
+
+class WritePending(SqlstreamError):
+    """The requested data has not been committed yet and the call was not allowed to wait."""
+
+
+class ConcurrencyError(SqlstreamError):
+    """An optimistic-concurrency check (``expect_offset``) failed."""
+
+
+class StorageFull(SqlstreamError):
+    """The disk (or the database's size limit) is full; nothing was written."""
+
+
+class WriteError(SqlstreamError):
+    """An I/O error stopped a write; the transaction was rolled back."""
+
+
+class LockTimeout(SqlstreamError):
+    """Another writer held the database longer than the busy timeout the caller chose."""
+
+
+class InvalidName(SqlstreamError, ValueError):
+    """A stream, subscription or reader name breaks the naming rule."""
+
+
+class InvalidValue(SqlstreamError, TypeError):
+    """A record value, key or header has a type or content sqlstream cannot store."""
+
+
+class InvalidArgument(SqlstreamError, ValueError):
+    """An argument is outside its allowed range or cannot be used in this situation."""
+
+
+class PayloadTooLarge(SqlstreamError):
+    """A record is larger than the database's maximum record size."""
+
+
+class SchemaVersionError(SqlstreamError):
+    """The database was written by a newer sqlstream (or is not a sqlstream database)."""
+
+
+class SubscriptionNotFound(SqlstreamError, KeyError):
+    """The named subscription does not exist."""
+
+    def __str__(self) -> str:
+        return SqlstreamError.__str__(self)
+
+
+class SubscriptionExists(SqlstreamError):
+    """A subscription with that name already exists."""
+
+
+class AccessDenied(SqlstreamError):
+    """The stream takes writes only through its write secret."""
+
+
+class ReadOnlyDatabase(SqlstreamError):
+    """A write was attempted on a database opened read-only (or on a read-only file)."""
+
+
+class CorruptDatabase(SqlstreamError):
+    """The file is not a SQLite database or is damaged."""
+
+
+class DatabaseClosed(SqlstreamError):
+    """The Database (or an object bound to it) was used after ``close()``."""
+
+
+class DatabaseError(SqlstreamError):
+    """Any other failure reported by SQLite; the message carries SQLite's own text."""
+
+
+# Order matters: subclasses of apsw.Error are matched before their bases.
+_CONVERSIONS: tuple[tuple[type[BaseException], type[SqlstreamError], str | None], ...] = (
+    (
+        apsw.BusyError,
+        LockTimeout,
+        "another connection held the write lock past the busy timeout; raise "
+        "busy_timeout in sqlstream.open() or shorten the other writer's transactions",
+    ),
+    (apsw.LockedError, LockTimeout, "a conflicting transaction is open on this connection"),
+    (apsw.FullError, StorageFull, "free disk space; the failed write left stored data unchanged"),
+    (apsw.ReadOnlyError, ReadOnlyDatabase, "open the database without readonly=True"),
+    (apsw.CorruptError, CorruptDatabase, "run `sqlstream check`, or restore from a backup"),
+    (apsw.NotADBError, CorruptDatabase, "check the path: the file is not a SQLite database"),
+    (apsw.IOError, WriteError, "check the disk and file permissions"),
+    (apsw.CantOpenError, DatabaseError, "check that the path and its directory exist and are writable"),
+    (apsw.PermissionsError, DatabaseError, "check file permissions"),
+    (apsw.TooBigError, PayloadTooLarge, "store fewer or smaller records per call"),
+    (apsw.ConnectionClosedError, DatabaseClosed, None),
+    (apsw.CursorClosedError, DatabaseClosed, None),
+)
+
+
+def convert(exc: BaseException) -> SqlstreamError:
+    """Return the sqlstream error for an apsw exception (caller raises it ``from exc``)."""
+    for apsw_cls, our_cls, hint in _CONVERSIONS:
+        if isinstance(exc, apsw_cls):
+            return our_cls(f"{type(exc).__name__}: {exc}", hint=hint)
+    return DatabaseError(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def translate() -> Iterator[None]:
+    """Convert any apsw error raised inside the block, keeping it as the cause."""
+    try:
+        yield
+    except apsw.Error as exc:
+        raise convert(exc) from exc

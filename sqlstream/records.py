@@ -1,0 +1,174 @@
+"""What a stream holds: records, stream descriptions, byte chunks; and how values are encoded.
+
+Values are stored by kind: ``bytes`` as a BLOB, ``str`` as TEXT, and JSON-able values
+(dict, list, int, float, bool) as compact JSON TEXT, so ``json_extract(data, '$.x')``
+works in the ``sqlite3`` shell. A record's *byte length* is the length of its stored
+payload (UTF-8 for text and JSON); byte positions in a stream add these lengths up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Union
+
+from .errors import InvalidName, InvalidValue
+
+Value = Union[bytes, str, dict, list, int, float, bool]  # noqa: UP007 - readable in docs
+"""What a record's value can be: bytes, str, or a JSON-serialisable dict/list/number/bool."""
+
+NAME_RULE = (
+    "1 to 200 characters: letters, digits and _ . - : / @ = +, starting with a letter, "
+    "digit or _"
+)
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:/@=+]{0,199}")
+
+
+def check_name(name: object, what: str = "stream") -> str:
+    """Return ``name`` if it is a valid stream/subscription/reader name, else raise InvalidName."""
+    if not isinstance(name, str):
+        raise InvalidName(f"{what} name must be a str, not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise InvalidName(f"invalid {what} name {name!r}: a name is {NAME_RULE}")
+    return name
+
+
+class Record(NamedTuple):
+    """One record of a stream, as read back.
+
+    ``timestamp`` is seconds since the Unix epoch (UTC), assigned by the database when the
+    record was appended and never decreasing within a stream. ``position`` is the byte
+    offset of the record's first byte in the stream. ``txn`` is the commit sequence number
+    of the transaction that wrote it: records appended in one transaction share it, and a
+    higher number committed later.
+    """
+
+    stream: str
+    offset: int
+    timestamp: float
+    key: str | None
+    headers: dict[str, str]
+    value: Any
+    position: int
+    txn: int
+    content_type: str  # 'bytes', 'text' or 'json'
+
+
+class Chunk(NamedTuple):
+    """A run of bytes read from a stream: ``finished`` only when it reaches a sealed end."""
+
+    data: bytes
+    length: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A snapshot of a stream's counters and settings."""
+
+    name: str
+    first_offset: int
+    next_offset: int
+    byte_length: int
+    first_position: int
+    created_at: float
+    sealed_at: float | None
+    last_append_at: float | None
+    secret: bool
+    max_count: int | None
+    max_age: float | None
+    max_bytes: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        """Records currently retained."""
+        return self.next_offset - self.first_offset
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of the records currently retained."""
+        return self.byte_length - self.first_position
+
+    @property
+    def sealed(self) -> bool:
+        return self.sealed_at is not None
+
+
+def encode_value(value: object) -> tuple[str, bytes | str, int]:
+    """Return ``(content_type, stored_data, byte_length)`` for a record value."""
+    if isinstance(value, bytes):
+        return "bytes", value, len(value)
+    if isinstance(value, str):
+        return "text", value, len(value.encode("utf-8"))
+    if isinstance(value, (bytearray, memoryview)):
+        data = bytes(value)
+        return "bytes", data, len(data)
+    if value is None:
+        raise InvalidValue(
+            "a record value cannot be None",
+            hint="append bytes, str, or a JSON value such as a dict or list",
+        )
+    if isinstance(value, (dict, list, tuple, int, float, bool)):
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValue(f"record value is not JSON-serialisable: {exc}") from exc
+        return "json", text, len(text.encode("utf-8"))
+    raise InvalidValue(
+        f"cannot store a value of type {type(value).__name__}",
+        hint="append bytes, str, or a JSON value (dict, list, int, float, bool)",
+    )
+
+
+def encode_key(key: object) -> str | None:
+    if key is None or isinstance(key, str):
+        return key
+    raise InvalidValue(f"a record key must be a str or None, not {type(key).__name__}")
+
+
+def encode_headers(headers: object) -> str | None:
+    """Validate str -> str headers and return them as JSON text (None when empty)."""
+    if headers is None:
+        return None
+    if not isinstance(headers, dict):
+        raise InvalidValue(f"headers must be a dict of str to str, not {type(headers).__name__}")
+    if not headers:
+        return None
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidValue(
+                f"headers must map str to str; got {type(k).__name__} -> {type(v).__name__} for {k!r}"
+            )
+    return json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_bytes(content_type: str, data: bytes | str) -> bytes:
+    """The bytes a record contributes to its stream's byte log."""
+    return data if isinstance(data, bytes) else data.encode("utf-8")
+
+
+# The column list every record read selects, in Record field order after `stream`.
+RECORD_COLUMNS = "offset, timestamp * 1e-6, key, headers, data, position, txn, content_type"
+
+
+def make_records(stream: str, rows: list[tuple[Any, ...]]) -> list[Record]:
+    """Build Records from rows of RECORD_COLUMNS, decoding headers and JSON values."""
+    out = []
+    loads = json.loads
+    for offset, ts, key, headers, data, position, txn, ctype in rows:
+        out.append(
+            Record(
+                stream,
+                offset,
+                ts,
+                key,
+                loads(headers) if headers is not None else {},
+                loads(data) if ctype == "json" else data,
+                position,
+                txn,
+                ctype,
+            )
+        )
+    return out

@@ -1,0 +1,375 @@
+"""Stream handles: appending records, reading them by offset, time or byte position.
+
+A :class:`Stream` is a light handle (database + name, plus the write secret for secret
+streams); it holds no state of its own, so handles may be created freely and shared
+between threads. Every method that blocks takes ``timeout`` in seconds: ``0`` never
+blocks, a positive number waits at most that long, ``None`` waits without limit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
+from .records import (
+    RECORD_COLUMNS,
+    Chunk,
+    Record,
+    StreamInfo,
+    encode_headers,
+    encode_key,
+    encode_value,
+    make_records,
+    payload_bytes,
+)
+
+if TYPE_CHECKING:
+    from .database import Database, PreparedRecord
+
+_STATE_SQL = (
+    "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL "
+    "FROM streams WHERE name = ?"
+)
+_RANGE_SQL = f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
+
+
+def _check_int(what: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgument(f"{what} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+class _State:
+    """One consistent reading of a stream's row."""
+
+    __slots__ = ("id", "first_offset", "next_offset", "first_position", "byte_length", "sealed")
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (self.id, self.first_offset, self.next_offset, self.first_position, self.byte_length, sealed) = row
+        self.sealed = bool(sealed)
+
+
+class Stream:
+    """A handle to one stream of a :class:`~sqlstream.Database`."""
+
+    __slots__ = ("db", "name", "_secret")
+
+    def __init__(self, db: Database, name: str, secret: str | None = None) -> None:
+        self.db = db
+        self.name = name
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.Stream {self.name!r}{' writable' if self._secret else ''}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stream) and other.db is self.db and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((id(self.db), self.name))
+
+    @property
+    def write_secret(self) -> str | None:
+        """The secret that authorises writes, on handles that hold it (else None)."""
+        return self._secret
+
+    # ----------------------------------------------------------------- writing
+
+    def append(
+        self,
+        value: Any,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        expect_offset: int | None = None,
+    ) -> int:
+        """Append one record and return its offset. Durable once this returns.
+
+        ``value`` is bytes, str, or a JSON value (dict, list, int, float, bool).
+        ``expect_offset``: append only if the stream's next offset is this one, else
+        ``ConcurrencyError`` (optimistic concurrency). Inside ``db.transaction()`` the
+        record becomes visible when the transaction commits.
+        Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied`` (secret stream),
+        ``InvalidValue``, ``PayloadTooLarge``; on any error nothing is stored.
+        """
+        prepared = _prepare(value, key, headers)
+        return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset).start
+
+    def extend(
+        self,
+        values: Iterable[Any],
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        expect_offset: int | None = None,
+    ) -> range:
+        """Append several records in one transaction; return their (contiguous) offsets.
+
+        The batch is atomic and never interleaved with another writer's records. ``key``
+        and ``headers`` apply to every record; ``expect_offset`` is checked against the
+        first offset. An empty batch stores nothing and returns an empty range.
+        """
+        if isinstance(values, (bytes, str, dict)):
+            raise InvalidArgument("extend() takes an iterable of values; use append() for one value")
+        prepared = [_prepare(v, key, headers) for v in values]
+        if not prepared:
+            info = self.info()
+            return range(info.next_offset, info.next_offset)
+        return self.db._append_rows(self.name, self._secret, prepared, expect_offset)
+
+    def seal(self) -> bool:
+        """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.
+
+        Returns True if this call sealed it, False if it was sealed already. A secret
+        stream can be sealed only through a handle that holds its secret.
+        """
+        return self.db._seal(self.name, self._secret)
+
+    # ----------------------------------------------------------------- reading records
+
+    def info(self) -> StreamInfo:
+        """A snapshot of the stream's offsets, sizes and settings."""
+        return self.db.stream_info(self.name)
+
+    def _state(self, conn: apsw.Connection) -> _State:
+        rows = conn.execute(_STATE_SQL, (self.name,)).fetchall()
+        if not rows:
+            raise StreamNotFound(f"no stream named {self.name!r}")
+        return _State(rows[0])
+
+    def _read_once(self, offset: int, limit: int) -> tuple[list[Record], _State]:
+        with self.db._snapshot() as conn:
+            st = self._state(conn)
+            if offset < st.first_offset:
+                raise OffsetOutOfRange(
+                    f"offset {offset} of stream {self.name!r} was trimmed; the first available "
+                    f"offset is {st.first_offset}",
+                )
+            if offset > st.next_offset and st.sealed:
+                raise OffsetOutOfRange(
+                    f"offset {offset} is past the end of sealed stream {self.name!r} "
+                    f"(next offset {st.next_offset})"
+                )
+            if offset >= st.next_offset:
+                return [], st
+            rows = conn.execute(_RANGE_SQL, (st.id, offset, limit)).fetchall()
+        return make_records(self.name, rows), st
+
+    def read(self, offset: int = 0, limit: int = 100, timeout: float | None = 0) -> list[Record]:
+        """Return up to ``limit`` records starting at ``offset``, in offset order.
+
+        With ``timeout`` 0 this never blocks and may return ``[]``. Otherwise it waits
+        until at least one record at or after ``offset`` is committed, the stream is
+        sealed, or the timeout passes (then ``[]``). Only committed records are returned,
+        and a transaction's records appear all together.
+        Raises ``OffsetOutOfRange`` below the first retained offset or past the end of a
+        sealed stream; ``StreamNotFound`` if the stream does not (or no longer) exists.
+        """
+        _check_int("offset", offset, 0)
+        _check_int("limit", limit, 1)
+
+        def check() -> list[Record] | None:
+            records, st = self._read_once(offset, limit)
+            return records if records or st.sealed else None
+
+        return self.db._wait(check, timeout) or []
+
+    def read_at(self, timestamp: float | _dt.datetime) -> int:
+        """The first offset whose record was appended at or after ``timestamp``.
+
+        ``timestamp`` is seconds since the epoch or a ``datetime`` (naive means local time,
+        as ``datetime.timestamp()`` has it). Returns the next offset if every retained
+        record is older. Timestamps never decrease within a stream, so this is a binary
+        search over the primary key.
+        """
+        if isinstance(timestamp, _dt.datetime):
+            timestamp = timestamp.timestamp()
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+            raise InvalidArgument(f"timestamp must be seconds since the epoch or a datetime, not {timestamp!r}")
+        target = int(timestamp * 1_000_000)
+        with self.db._snapshot() as conn:
+            st = self._state(conn)
+            return _bisect(conn, st, "timestamp", target, strict=False)
+
+    def follow(
+        self, start: int | str = "earliest", *, batch: int = 100, timeout: float | None = None
+    ) -> Iterator[Record]:
+        """Yield records from ``start`` on, waiting for new ones (like ``tail -f``).
+
+        ``start``: ``"earliest"`` (first retained record), ``"latest"`` (only records
+        appended from now on) or an offset. Ends when the stream is sealed and every
+        record has been yielded, or when no record arrives for ``timeout`` seconds
+        (None: wait forever).
+        """
+        offset = self._resolve_start(start)
+        _check_int("batch", batch, 1)
+        while True:
+            outcome: list[Any] = []
+
+            def check() -> bool | None:
+                records, st = self._read_once(offset, batch)
+                if records or st.sealed:
+                    outcome[:] = [records, st]
+                    return True
+                return None
+
+            if not self.db._wait(check, timeout):
+                return
+            records, st = outcome
+            if not records:
+                return  # sealed and drained
+            yield from records
+            offset = records[-1].offset + 1
+
+    def _resolve_start(self, start: int | str) -> int:
+        if start == "earliest":
+            return self.info().first_offset
+        if start == "latest":
+            return self.info().next_offset
+        if isinstance(start, str):
+            raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
+        return _check_int("start", start, 0)
+
+    # ----------------------------------------------------------------- reading bytes
+
+    def _bytes_once(self, offset: int, limit: int | None) -> Chunk | None:
+        """The chunk at ``offset`` if it is readable now; None if it is not committed yet."""
+        with self.db._snapshot() as conn:
+            st = self._state(conn)
+            length = st.byte_length
+            if offset < st.first_position:
+                raise OffsetOutOfRange(
+                    f"byte {offset} of stream {self.name!r} was trimmed; the first available byte "
+                    f"is {st.first_position}"
+                )
+            if offset > length and st.sealed:
+                raise OffsetOutOfRange(
+                    f"byte offset {offset} is past the end of finished stream {self.name!r} "
+                    f"({length} bytes)"
+                )
+            if limit is None:
+                if not st.sealed:
+                    return None
+                end = length
+            else:
+                end = offset + limit
+                if end > length:
+                    if not st.sealed:
+                        return None
+                    end = length
+            data = _slice(conn, st, offset, end)
+            return Chunk(data, len(data), st.sealed and end == length)
+
+    def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
+        """Read the stream as one byte log: bytes ``[offset, offset + limit)``.
+
+        The bytes of consecutive records are concatenated (text and JSON as UTF-8). With
+        ``limit=None`` the chunk runs to the end of the stream, which must be sealed.
+        ``finished`` is true only when the chunk reaches the end of a sealed stream; a
+        sealed stream's last chunk may be shorter than ``limit``.
+        Non-blocking (``timeout=0``): ``WritePending`` if those bytes are not all
+        committed yet. Blocking: waits until they are (or the stream is sealed), then
+        ``WritePending`` if the timeout passes first. ``OffsetOutOfRange`` past the end
+        of a sealed stream or below the first retained byte.
+        """
+        _check_int("offset", offset, 0)
+        if limit is not None:
+            _check_int("limit", limit, 0)
+        chunk = self.db._wait(lambda: self._bytes_once(offset, limit), timeout)
+        if chunk is None:
+            raise WritePending(
+                f"bytes {offset}..{'end' if limit is None else offset + limit} of stream "
+                f"{self.name!r} are not committed yet",
+                hint="pass a timeout to wait for them",
+            )
+        return chunk
+
+    def iter_bytes(self, chunk_size: int, offset: int = 0, *, timeout: float | None = None) -> Iterator[bytes]:
+        """Yield the stream's bytes from ``offset`` in pieces of at most ``chunk_size``.
+
+        Yields committed bytes as soon as they exist (a piece may be shorter than
+        ``chunk_size``), waits while the writer is behind, and ends once the stream is
+        sealed and all of it has been yielded. If nothing new arrives for ``timeout``
+        seconds (None: no limit) it raises ``WritePending``.
+        """
+        _check_int("chunk_size", chunk_size, 1)
+        _check_int("offset", offset, 0)
+        position = offset
+
+        def check() -> Chunk | None:
+            with self.db._snapshot() as conn:
+                st = self._state(conn)
+                if position < st.first_position:
+                    raise OffsetOutOfRange(f"byte {position} of stream {self.name!r} was trimmed")
+                if position < st.byte_length:
+                    end = min(position + chunk_size, st.byte_length)
+                    data = _slice(conn, st, position, end)
+                    return Chunk(data, len(data), st.sealed and end == st.byte_length)
+                if st.sealed:
+                    if position > st.byte_length:
+                        raise OffsetOutOfRange(
+                            f"byte offset {position} is past the end of finished stream {self.name!r}"
+                        )
+                    return Chunk(b"", 0, True)
+                return None
+
+        while True:
+            chunk = self.db._wait(check, timeout)
+            if chunk is None:
+                raise WritePending(f"no new bytes in stream {self.name!r} for {timeout}s")
+            if chunk.data:
+                yield chunk.data
+                position += chunk.length
+            if chunk.finished:
+                return
+
+
+def _prepare(value: Any, key: Any, headers: Any) -> PreparedRecord:
+    ctype, data, nbytes = encode_value(value)
+    return (encode_key(key), encode_headers(headers), ctype, data, nbytes)
+
+
+def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, strict: bool) -> int:
+    """Binary search over offsets on a column that never decreases along a stream.
+
+    Returns the first offset whose ``column`` is >= target (> target when ``strict``),
+    or ``next_offset`` when there is none. One primary-key lookup per step.
+    """
+    sql = f"SELECT {column} FROM chunks WHERE stream_id = ? AND offset = ?"
+    lo, hi = st.first_offset, st.next_offset
+    while lo < hi:
+        mid = (lo + hi) // 2
+        value = conn.execute(sql, (st.id, mid)).fetchall()[0][0]
+        if value < target or (strict and value == target):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _slice(conn: apsw.Connection, st: _State, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of the stream's byte log, across record boundaries."""
+    if end <= start:
+        return b""
+    # The record holding byte `start` is the last one whose position is <= start.
+    first = _bisect(conn, st, "position", start, strict=True) - 1
+    first = max(first, st.first_offset)
+    parts = []
+    cursor = conn.execute(
+        "SELECT position, content_type, data FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+        (st.id, first),
+    )
+    for position, ctype, data in cursor:
+        if position >= end:
+            break
+        raw = payload_bytes(ctype, data)
+        lo = max(0, start - position)
+        hi = min(len(raw), end - position)
+        if hi > lo:
+            parts.append(raw[lo:hi])
+    cursor.close()
+    return b"".join(parts)

@@ -1,0 +1,301 @@
+"""Waking blocked readers when something commits.
+
+One :class:`FileNotifier` exists per database file per process, shared by every
+``Database`` on that file. It keeps a *generation* counter behind a condition variable:
+
+* a commit made in this process bumps it directly, right after COMMIT returns;
+* commits made by other processes are seen by one watcher thread per file, which runs
+  only while somebody waits and checks ``PRAGMA data_version`` on its own connection.
+  In ``poll`` mode it checks every ``poll_interval``; in ``notify`` mode it sleeps on a
+  Unix datagram socket (the *doorbell*) that committing processes ring, and checks only
+  then, plus a slow fallback check for writers that do not ring (the ``sqlite3`` shell).
+
+A waiter reads the generation, evaluates its condition, and sleeps only if the
+generation has not moved since — so a commit between the check and the sleep is never
+missed. Nothing spins: a waiter sleeps on the condition variable until woken or timed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import select
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import apsw
+
+T = TypeVar("T")
+
+WAKEUP_MODES = ("auto", "poll", "notify")
+DEFAULT_POLL_INTERVAL = 0.001  # poll mode: cross-process wake within ~1 ms
+DEFAULT_FALLBACK_INTERVAL = 0.25  # notify mode: catches writers that do not ring
+_LINGER = 1.0  # keep the watcher this long after the last waiter, to avoid churn
+_socket_ids = itertools.count()
+
+
+def doorbell_supported() -> bool:
+    return hasattr(socket, "AF_UNIX") and os.name == "posix"
+
+
+class FileNotifier:
+    """Process-wide wakeup hub for one database file (see the module docstring)."""
+
+    def __init__(self, path: str, ident: tuple[int, int]) -> None:
+        self.path = path
+        self.cond = threading.Condition(threading.Lock())
+        self.generation = 0
+        self._waiters = 0
+        self._poll_waiters = 0
+        self._poll_interval = DEFAULT_POLL_INTERVAL
+        self._fallback = DEFAULT_FALLBACK_INTERVAL
+        self._watcher: threading.Thread | None = None
+        self._watcher_ready = threading.Event()  # replaced for every new watcher thread
+        self._stop = False
+        self._last_waiter_left = 0.0
+        self._bell_dir = os.path.join(
+            tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}",
+            f"{ident[0]:x}-{ident[1]:x}",
+        )
+        self._bell_cache: tuple[int, list[str]] = (-1, [])
+        self._own_bell: str | None = None
+        self._send_sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self.open_count = 0
+
+    # ----------------------------------------------------------------- committers
+
+    def bump(self) -> None:
+        """Wake every waiter in this process."""
+        with self.cond:
+            self.generation += 1
+            self.cond.notify_all()
+
+    def committed(self) -> None:
+        """Called after a commit in this process: wake local waiters, ring other processes."""
+        self.bump()
+        self.ring()
+
+    def ring(self) -> None:
+        """Send one datagram to every process that sleeps on this file's doorbell."""
+        if not doorbell_supported():
+            return
+        try:
+            mtime = os.stat(self._bell_dir).st_mtime_ns
+        except OSError:
+            return  # nobody has ever waited in notify mode
+        cached_mtime, bells = self._bell_cache
+        if mtime != cached_mtime:
+            try:
+                names = os.listdir(self._bell_dir)
+            except OSError:
+                return
+            bells = [os.path.join(self._bell_dir, n) for n in names if n.endswith(".bell")]
+            self._bell_cache = (mtime, bells)
+        if not bells:
+            return
+        with self._send_lock:
+            if self._send_sock is None:
+                self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._send_sock.setblocking(False)
+            for bell in bells:
+                if bell == self._own_bell:
+                    continue
+                try:
+                    self._send_sock.sendto(b"!", bell)
+                except BlockingIOError:
+                    pass  # its queue is full: it has wakeups pending already
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # The process died without removing its bell; tidy up for it.
+                    with contextlib.suppress(OSError):
+                        os.unlink(bell)
+                except OSError:
+                    pass
+
+    # ----------------------------------------------------------------- waiters
+
+    @contextlib.contextmanager
+    def waiting(self, mode: str, poll_interval: float | None) -> Iterator[None]:
+        """Register a waiter for the duration of the block; the watcher runs meanwhile.
+
+        On return from ``__enter__`` the watcher has its baseline ``data_version`` (and,
+        in notify mode, its doorbell is bound), so any commit after that point wakes us.
+        """
+        poll = mode == "poll" or not doorbell_supported()
+        with self.cond:
+            self._waiters += 1
+            if poll:
+                self._poll_waiters += 1
+                if poll_interval:
+                    self._poll_interval = min(self._poll_interval, poll_interval)
+            elif poll_interval:
+                self._fallback = min(self._fallback, poll_interval)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._stop = False
+                ready = self._watcher_ready = threading.Event()
+                self._watcher = threading.Thread(
+                    target=self._watch,
+                    args=(ready,),
+                    name=f"sqlstream-watch:{os.path.basename(self.path)}",
+                    daemon=True,
+                )
+                self._watcher.start()
+            else:
+                ready = self._watcher_ready
+                self.cond.notify_all()  # let the watcher pick up a shorter interval
+        ready.wait(5.0)
+        try:
+            yield
+        finally:
+            with self.cond:
+                self._waiters -= 1
+                if poll:
+                    self._poll_waiters -= 1
+                if self._waiters == 0:
+                    self._last_waiter_left = time.monotonic()
+
+    def wait_until(
+        self,
+        check: Callable[[], T | None],
+        timeout: float | None,
+        mode: str,
+        poll_interval: float | None,
+        wake_at: Callable[[], float | None] | None = None,
+    ) -> T | None:
+        """Return ``check()``'s first non-None result, or None after ``timeout`` seconds.
+
+        ``timeout=None`` waits without limit. ``wake_at`` may return a monotonic time at
+        which to re-check even without a commit (subscriptions' ack deadlines).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.waiting(mode, poll_interval):
+            while True:
+                seen = self.generation
+                result = check()
+                if result is not None:
+                    return result
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return None
+                sleep = None if deadline is None else deadline - now
+                if wake_at is not None:
+                    at = wake_at()
+                    if at is not None:
+                        sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
+                with self.cond:
+                    if self.generation == seen:
+                        self.cond.wait(sleep)
+
+    # ----------------------------------------------------------------- watcher
+
+    def close_watcher(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+            watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            self._wake_own_bell()
+            watcher.join(5.0)
+        with self._send_lock:
+            if self._send_sock is not None:
+                self._send_sock.close()
+                self._send_sock = None
+
+    def _wake_own_bell(self) -> None:
+        if self._own_bell:
+            with contextlib.suppress(OSError):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                    s.setblocking(False)
+                    s.sendto(b"!", self._own_bell)
+
+    def _bind_bell(self) -> tuple[socket.socket, str] | None:
+        if not doorbell_supported():
+            return None
+        try:
+            os.makedirs(self._bell_dir, mode=0o700, exist_ok=True)
+            path = os.path.join(self._bell_dir, f"{os.getpid()}-{next(_socket_ids)}.bell")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(path)
+            sock.setblocking(False)
+        except OSError:
+            return None  # fall back to the slow data_version check
+        self._own_bell = path
+        return sock, path
+
+    def _watch(self, ready: threading.Event) -> None:
+        conn = None
+        bell = None
+        bell_path = None
+        try:
+            conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READONLY)
+            last = _data_version(conn)
+            bound = self._bind_bell()
+            if bound is not None:
+                bell, bell_path = bound
+            ready.set()
+            while True:
+                with self.cond:
+                    if self._stop:
+                        return
+                    if self._waiters == 0 and time.monotonic() - self._last_waiter_left > _LINGER:
+                        self._watcher = None
+                        return
+                    interval = self._poll_interval if self._poll_waiters else self._fallback
+                if bell is not None and not self._poll_waiters:
+                    readable, _, _ = select.select([bell], [], [], interval)
+                    if readable:
+                        with contextlib.suppress(OSError):
+                            while bell.recv(64):
+                                pass
+                else:
+                    time.sleep(interval)
+                current = _data_version(conn)
+                if current != last:
+                    last = current
+                    self.bump()
+        except apsw.Error:
+            # The file went away or cannot be read; waiters still wake on local commits
+            # and on their own timeouts.
+            pass
+        finally:
+            if bell is not None:
+                bell.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(bell_path)  # type: ignore[arg-type]
+                if self._own_bell == bell_path:
+                    self._own_bell = None
+            if conn is not None:
+                conn.close()
+            ready.set()
+
+
+def _data_version(conn: apsw.Connection) -> int:
+    return int(next(iter(conn.execute("PRAGMA data_version")))[0])
+
+
+_registry: dict[tuple[int, tuple[int, int]], weakref.ReferenceType[FileNotifier]] = {}
+_registry_lock = threading.Lock()
+
+
+def notifier_for(path: str) -> FileNotifier:
+    """The process's notifier for the database file at ``path`` (which must exist).
+
+    Files are identified by device and inode, so different spellings of one path (and
+    hard links) share a notifier; a fresh registry is used after ``fork``.
+    """
+    st = os.stat(path)
+    ident = (st.st_dev, st.st_ino)
+    key = (os.getpid(), ident)
+    with _registry_lock:
+        ref = _registry.get(key)
+        notifier = ref() if ref is not None else None
+        if notifier is None:
+            notifier = FileNotifier(path, ident)
+            _registry[key] = weakref.ref(notifier)
+        return notifier

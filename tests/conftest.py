@@ -1,0 +1,55 @@
+"""Shared fixtures: real database files in tmp paths, and a check that tests close them."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+# Tests import the package from the checkout unless an installed copy is asked for.
+ROOT = Path(__file__).resolve().parent.parent
+if os.environ.get("SQLSTREAM_TEST_INSTALLED") != "1" and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import sqlstream  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "test.db")
+
+
+@pytest.fixture
+def db(db_path: str) -> Iterator[sqlstream.Database]:
+    database = sqlstream.open(db_path)
+    yield database
+    database.close()
+
+
+@pytest.fixture(autouse=True)
+def _connections_closed() -> Iterator[None]:
+    """Every test must close what it opened (watcher threads get a moment to exit)."""
+    before = {id(c) for c in apsw.connections()}
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        gc.collect()
+        leaked = [c for c in apsw.connections() if id(c) not in before]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"test left {len(leaked)} apsw connection(s) open: {[c.filename for c in leaked]}"
