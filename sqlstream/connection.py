@@ -13,10 +13,16 @@ import os
 import random
 import re
 import time
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import apsw
+
+try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 3.14
+    from importlib.resources.abc import Traversable
+except ImportError:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
 
 from .errors import CorruptDatabase, DatabaseError, SchemaVersionError, translate
 
@@ -117,19 +123,21 @@ def connect(
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-def _migration_dir() -> Path:
+def _migration_dir() -> Traversable:
     # Installed wheels carry the files as package data of ``sqlstream.migrations``; a source
-    # checkout keeps them at the repository root.
+    # checkout keeps them at the repository root. Traversables are used as they are:
+    # a namespace package's MultiplexedPath is not a plain filesystem path.
     try:
         packaged = resources.files("sqlstream.migrations")
-        if packaged.is_dir() and any(str(p.name).endswith(".sql") for p in packaged.iterdir()):
-            return Path(str(packaged))
+        if packaged.is_dir() and any(p.name.endswith(".sql") for p in packaged.iterdir()):
+            return packaged
     except ModuleNotFoundError:
         pass
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def load_migrations() -> list[tuple[int, str, str]]:
+@lru_cache(maxsize=1)
+def load_migrations() -> tuple[tuple[int, str, str], ...]:
     """Return ``(version, filename, sql)`` for every migration, validated as one plan.
 
     The plan must number files 1, 2, 3, ... without gaps or duplicates; a broken plan is
@@ -137,14 +145,14 @@ def load_migrations() -> list[tuple[int, str, str]]:
     """
     directory = _migration_dir()
     plan = []
-    for entry in sorted(directory.iterdir()):
+    for entry in sorted(directory.iterdir(), key=lambda e: e.name):
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             plan.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
     versions = [v for v, _, _ in plan]
     if versions != list(range(1, len(plan) + 1)):
         raise SchemaVersionError(f"migration files in {directory} are not numbered 1..N: {versions}")
-    return plan
+    return tuple(plan)
 
 
 def schema_version() -> int:

@@ -1,0 +1,73 @@
+"""Packaging: the built wheel carries the migrations and works from a fresh environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -> None:
+    """A wheel built from the tree, installed in a new venv, creates a migrated database."""
+    src = tmp_path / "src"
+    src.mkdir()
+    # Build from a copy so the checkout gets no build/ or egg-info droppings.
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("sqlstream", "migrations"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
+        check=True,
+    )
+    wheels = list(dist.glob("sqlstream-*.whl"))
+    assert len(wheels) == 1
+
+    env_dir = tmp_path / "venv"
+    # System site-packages provide apsw without a download; the venv's own
+    # site-packages come first, so the wheel (not a checkout) is what gets imported.
+    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True)
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    script = (
+        "import sqlstream, pathlib\n"
+        "assert 'venv' in sqlstream.__file__, sqlstream.__file__\n"
+        "db = sqlstream.open('fresh.db')\n"
+        "s = db.create_stream('s')\n"
+        "assert s.append(b'x') == 0\n"
+        "print(db.query('PRAGMA user_version').rows[0][0])\n"
+        "db.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(py), "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    migrations = sorted(p for p in (ROOT / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert int(out.stdout.strip()) == len(migrations)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The README's test command is the command .ci/run executes."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- test-command -->\s*```(?:sh|bash)?\n(.+?)\n```", readme, re.S)
+    assert match, "README must mark its test command with <!-- test-command -->"
+    command = match.group(1).strip()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert command in ci.splitlines()
+
+
+def test_py_typed_shipped() -> None:
+    assert (ROOT / "sqlstream" / "py.typed").exists()
+    assert '"py.typed"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
