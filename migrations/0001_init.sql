@@ -34,7 +34,9 @@ CREATE TABLE chunks (
     key           TEXT,
     headers       TEXT,                            -- JSON object of str -> str, NULL when empty
     content_type  TEXT    NOT NULL CHECK (content_type IN ('bytes', 'text', 'json')),
-    data          ANY     NOT NULL,                -- BLOB for bytes, TEXT for text and json
+    data          BLOB    NOT NULL,                -- BLOB for bytes, TEXT for text and json
+                                                   -- (declared BLOB: no type affinity, so TEXT
+                                                   -- such as '007' is never turned into a number)
     PRIMARY KEY (stream_id, offset)
 ) WITHOUT ROWID;
 

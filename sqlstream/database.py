@@ -37,9 +37,11 @@ from .errors import (
     StreamExists,
     StreamNotFound,
     StreamSealed,
+    convert,
     translate,
 )
 from .records import StreamInfo, check_name
+from .checkpoint import install_wal_hook
 from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
 
 T = TypeVar("T")
@@ -186,6 +188,8 @@ class Database:
             cx.create_private_file(self.path)
         else:
             cx.check_header(self.path)
+        self._notifier: FileNotifier = notifier_for(self.path)
+        self._notifier.attach()
         if readonly:
             conn = self._read_conn()
             with translate():
@@ -207,9 +211,6 @@ class Database:
             except BaseException:
                 self.close()
                 raise
-        self._notifier: FileNotifier = notifier_for(self.path)
-        with self._notifier.cond:
-            self._notifier.open_count += 1
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -239,8 +240,7 @@ class Database:
                     self._wconn = None
                     self._init_process_state()
                     self._notifier = notifier_for(self.path)
-                    with self._notifier.cond:
-                        self._notifier.open_count += 1
+                    self._notifier.attach()
 
     def _connect(self, *, readonly: bool) -> apsw.Connection:
         return cx.connect(
@@ -257,7 +257,9 @@ class Database:
         if conn is None:
             with self._open_lock:
                 if self._wconn is None:
-                    self._wconn = self._connect(readonly=False)
+                    conn = self._connect(readonly=False)
+                    install_wal_hook(conn, self._notifier.checkpointer)
+                    self._wconn = conn
                 conn = self._wconn
         return conn
 
@@ -296,11 +298,7 @@ class Database:
                     conn.close(True)
             notifier = getattr(self, "_notifier", None)
             if notifier is not None:
-                with notifier.cond:
-                    notifier.open_count -= 1
-                    last = notifier.open_count <= 0
-                if last:
-                    notifier.close_watcher()
+                notifier.detach()
         finally:
             if got:
                 self._lock.release()
@@ -328,64 +326,24 @@ class Database:
         """True when the calling thread is inside :meth:`transaction` on this Database."""
         return self._tx_depth > 0 and self._lock._is_owned()  # type: ignore[attr-defined]
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self) -> _Transaction:
         """A write transaction; everything written inside commits together or not at all.
 
-        Re-entrant: a nested block is a savepoint, rolled back alone if it raises. The
-        outermost block starts with ``BEGIN IMMEDIATE``, so it waits (up to the busy
-        timeout, then ``LockTimeout``) for other writers up front instead of failing
-        later. Any exception, including ``KeyboardInterrupt``, rolls the block back and
-        propagates. Blocked readers are woken once the outermost block commits.
-        Other threads' writes on this Database wait until the block ends.
+        Use as ``with db.transaction():``. Re-entrant: a nested block is a savepoint,
+        rolled back alone if it raises. The outermost block starts with ``BEGIN
+        IMMEDIATE``, so it waits (up to the busy timeout, then ``LockTimeout``) for other
+        writers up front instead of failing later. Any exception, including
+        ``KeyboardInterrupt``, rolls the block back and propagates. Blocked readers are
+        woken once the outermost block commits. Other threads' writes on this Database
+        wait until the block ends.
         """
-        self._check_process()
-        conn = self._write_conn()
-        if not self._lock.acquire(timeout=self.busy_timeout):
-            raise LockTimeout(
-                f"another thread held the write lock on {self.path} for over {self.busy_timeout:g}s",
-                hint="raise busy_timeout or shorten transactions",
-            )
-        try:
-            depth = self._tx_depth
-            savepoint = f"sqlstream_{depth}"
-            with translate():
-                if depth == 0:
-                    conn.execute("BEGIN IMMEDIATE")
-                    self._tx_txn = None
-                    self._tx_dirty = False
-                    self._tx_after = []
-                else:
-                    conn.execute(f"SAVEPOINT {savepoint}")
-            self._tx_depth = depth + 1
-            try:
-                yield self
-            except BaseException:
-                self._tx_depth = depth
-                self._rollback(conn, depth, savepoint)
-                raise
-            self._tx_depth = depth
-            if depth > 0:
-                with translate():
-                    conn.execute(f"RELEASE {savepoint}")
-                return
-            try:
-                with translate():
-                    conn.execute("COMMIT")
-            except BaseException:
-                self._rollback(conn, 0, savepoint)
-                raise
-            after, self._tx_after = self._tx_after, []
-            if self._tx_dirty:
-                self._notifier.committed()
-            for callback in after:
-                callback()
-        finally:
-            self._lock.release()
+        return _Transaction(self)
 
     def _rollback(self, conn: apsw.Connection, depth: int, savepoint: str) -> None:
-        if depth <= self._tx_txn_depth:
-            self._tx_txn = None  # the counter bump was rolled back with it
+        # A txn number assigned inside the rolled-back block (at a deeper level than the
+        # block's own) was undone with it; one assigned outside it still stands.
+        if self._tx_txn_depth > depth:
+            self._tx_txn = None
         with contextlib.suppress(apsw.Error):
             if depth == 0:
                 if not conn.getautocommit():
@@ -580,8 +538,9 @@ class Database:
                 )
             total += row[4]
         with self.transaction():
-            conn = self._write_conn()
-            with translate():
+            conn = self._wconn
+            assert conn is not None
+            try:
                 txn = self._txn_number(conn)
                 got = conn.execute(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset)).fetchall()
                 if not got:
@@ -589,17 +548,23 @@ class Database:
                 stream_id, next_offset, byte_length, ts = got[0]
                 first = next_offset - count
                 position = byte_length - total
-                params: list[Any] = []
-                offset = first
-                for key, headers, ctype, data, nbytes in rows:
-                    params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
-                    offset += 1
-                    position += nbytes
-                    if len(params) == 9 * _ROWS_PER_INSERT:
-                        conn.execute(_insert_sql(_ROWS_PER_INSERT), params)
-                        params = []
-                if params:
-                    conn.execute(_insert_sql(len(params) // 9), params)
+                if count == 1:
+                    key, headers, ctype, data, _ = rows[0]
+                    conn.execute(_insert_sql(1), (stream_id, first, position, ts, txn, key, headers, ctype, data))
+                else:
+                    params: list[Any] = []
+                    offset = first
+                    for key, headers, ctype, data, nbytes in rows:
+                        params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
+                        offset += 1
+                        position += nbytes
+                        if len(params) == 9 * _ROWS_PER_INSERT:
+                            conn.execute(_insert_sql(_ROWS_PER_INSERT), params)
+                            params = []
+                    if params:
+                        conn.execute(_insert_sql(len(params) // 9), params)
+            except apsw.Error as exc:
+                raise convert(exc) from exc
             self._tx_dirty = True
         return range(first, next_offset)
 
@@ -661,6 +626,67 @@ class Database:
             except apsw.ExecutionCompleteError:
                 return QueryResult([], [])
             return QueryResult(columns, cursor.fetchall())
+
+
+class _Transaction:
+    """Context manager behind :meth:`Database.transaction` (a class: it is on every append's path)."""
+
+    __slots__ = ("db", "conn", "depth")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __enter__(self) -> Database:
+        db = self.db
+        if db._closed or db._pid != os.getpid():
+            db._check_process()
+        conn = self.conn = db._write_conn()
+        if not db._lock.acquire(timeout=db.busy_timeout):
+            raise LockTimeout(
+                f"another thread held the write lock on {db.path} for over {db.busy_timeout:g}s",
+                hint="raise busy_timeout or shorten transactions",
+            )
+        depth = self.depth = db._tx_depth
+        try:
+            if depth == 0:
+                conn.execute("BEGIN IMMEDIATE")
+                db._tx_txn = None
+                db._tx_dirty = False
+                db._tx_after = []
+            else:
+                conn.execute(f"SAVEPOINT sqlstream_{depth}")
+        except apsw.Error as exc:
+            db._lock.release()
+            raise convert(exc) from exc
+        except BaseException:
+            db._lock.release()
+            raise
+        db._tx_depth = depth + 1
+        return db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        db, conn, depth = self.db, self.conn, self.depth
+        try:
+            db._tx_depth = depth
+            if exc_type is not None:
+                db._rollback(conn, depth, f"sqlstream_{depth}")
+                return
+            try:
+                conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
+            except apsw.Error as err:
+                db._rollback(conn, depth, f"sqlstream_{depth}")
+                raise convert(err) from err
+            except BaseException:
+                db._rollback(conn, depth, f"sqlstream_{depth}")
+                raise
+            if depth == 0:
+                after, db._tx_after = db._tx_after, []
+                if db._tx_dirty:
+                    db._notifier.committed()
+                for callback in after:
+                    callback()
+        finally:
+            db._lock.release()
 
 
 def _reopen(path: str, options: dict[str, Any]) -> Database:

@@ -51,7 +51,7 @@ class SqlstreamError(Exception):
             self.hint = hint
 
     def __str__(self) -> str:
-        text = super().__str__()
+        text = Exception.__str__(self)  # not super(): KeyError's __str__ would quote it
         return f"{text} (hint: {self.hint})" if self.hint else text
 
 

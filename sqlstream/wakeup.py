@@ -31,6 +31,8 @@ from typing import TypeVar
 
 import apsw
 
+from .checkpoint import Checkpointer
+
 T = TypeVar("T")
 
 WAKEUP_MODES = ("auto", "poll", "notify")
@@ -68,6 +70,25 @@ class FileNotifier:
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self.open_count = 0
+        self.checkpointer = Checkpointer(path)
+
+    # ----------------------------------------------------------------- lifetime
+
+    def attach(self) -> None:
+        """A Database on this file opened in this process."""
+        with self.cond:
+            self.open_count += 1
+            if self.open_count == 1 and self.checkpointer.stopped:
+                self.checkpointer = Checkpointer(self.path)
+
+    def detach(self) -> None:
+        """A Database on this file closed; the last one stops the helper threads."""
+        with self.cond:
+            self.open_count -= 1
+            last = self.open_count <= 0
+        if last:
+            self.close_watcher()
+            self.checkpointer.stop()
 
     # ----------------------------------------------------------------- committers
 
