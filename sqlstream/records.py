@@ -154,21 +154,14 @@ RECORD_COLUMNS = "offset, timestamp * 1e-6, key, headers, data, position, txn, c
 
 
 def make_records(stream: str, rows: list[tuple[Any, ...]]) -> list[Record]:
-    """Build Records from rows of RECORD_COLUMNS, decoding headers and JSON values."""
-    out = []
+    """Build Records from rows of RECORD_COLUMNS, decoding headers and JSON values.
+
+    This runs once per record read, so it avoids the NamedTuple's Python-level
+    ``__new__`` and builds each tuple directly.
+    """
     loads = json.loads
-    for offset, ts, key, headers, data, position, txn, ctype in rows:
-        out.append(
-            Record(
-                stream,
-                offset,
-                ts,
-                key,
-                loads(headers) if headers is not None else {},
-                loads(data) if ctype == "json" else data,
-                position,
-                txn,
-                ctype,
-            )
-        )
-    return out
+    new = tuple.__new__
+    return [
+        new(Record, (stream, o, ts, k, loads(h) if h else {}, loads(d) if c == "json" else d, p, t, c))
+        for o, ts, k, h, d, p, t, c in rows
+    ]
