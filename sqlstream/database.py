@@ -191,18 +191,11 @@ class Database:
         self._notifier: FileNotifier = notifier_for(self.path)
         self._notifier.attach()
         if readonly:
-            conn = self._read_conn()
-            with translate():
-                mode = cx.pragma(conn, "journal_mode")
-                version = int(cx.pragma(conn, "user_version"))  # type: ignore[arg-type]
-            latest = cx.schema_version()
-            if version != latest:
-                raise SchemaVersionError(
-                    f"the database has schema version {version}; this sqlstream reads version {latest}",
-                    hint="open it once without readonly=True to upgrade it" if version < latest else None,
-                )
-            if str(mode).lower() != "wal":
-                raise SchemaVersionError(f"{self.path} is not in WAL mode (journal_mode={mode})")
+            try:
+                self._check_readable_schema()
+            except BaseException:
+                self.close()
+                raise
         else:
             conn = self._write_conn()
             try:
@@ -211,6 +204,20 @@ class Database:
             except BaseException:
                 self.close()
                 raise
+
+    def _check_readable_schema(self) -> None:
+        conn = self._read_conn()
+        with translate():
+            mode = cx.pragma(conn, "journal_mode")
+            version = int(cx.pragma(conn, "user_version"))  # type: ignore[arg-type]
+        latest = cx.schema_version()
+        if version != latest:
+            raise SchemaVersionError(
+                f"the database has schema version {version}; this sqlstream reads version {latest}",
+                hint="open it once without readonly=True to upgrade it" if version < latest else None,
+            )
+        if str(mode).lower() != "wal":
+            raise SchemaVersionError(f"{self.path} is not in WAL mode (journal_mode={mode})")
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -298,6 +305,7 @@ class Database:
                     conn.close(True)
             notifier = getattr(self, "_notifier", None)
             if notifier is not None:
+                notifier.bump()  # waiters re-check and meet DatabaseClosed
                 notifier.detach()
         finally:
             if got:
