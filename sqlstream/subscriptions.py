@@ -1,0 +1,758 @@
+"""Subscriptions (consumer groups): at-least-once delivery with acks, redelivery and dead letters.
+
+A subscription is a row in ``subscriptions`` holding its settings and its *delivery
+frontier* (``next_offset``: the first offset never delivered). Every record delivered
+and not yet acked is a row in ``deliveries`` with the consumer holding it, its attempt
+count and its *deadline*. All state changes run inside one write transaction
+(``BEGIN IMMEDIATE``), so two consumers — threads or processes — can never claim the
+same record at once, and every change commits together with whatever else the caller's
+``db.transaction()`` holds (consume-transform-produce is exactly-once in one file).
+
+Deadlines are wall-clock microseconds read from ``Database._clock()`` (``time.time`` by
+default). Tests replace ``db._clock`` on one Database instance to expire acks without
+sleeping; every process sharing a file must otherwise use the real clock.
+
+Every blocking call takes ``timeout`` in seconds: ``0`` never blocks, a positive number
+waits at most that long, ``None`` waits until there is something.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import apsw
+
+from .errors import (
+    AccessDenied,
+    InvalidArgument,
+    OffsetOutOfRange,
+    StreamNotFound,
+    StreamSealed,
+    SubscriptionExists,
+    SubscriptionInUse,
+    SubscriptionNotFound,
+    convert,
+)
+from .records import RECORD_COLUMNS, Record, check_name, encode_headers, make_records, payload_bytes
+
+if TYPE_CHECKING:
+    from .database import Database, PreparedRecord
+
+# Headers a dead-lettered record carries beside its own.
+DEAD_LETTER_HEADERS = (
+    "sqlstream.source_stream",
+    "sqlstream.source_offset",
+    "sqlstream.subscription",
+    "sqlstream.attempts",
+    "sqlstream.last_error",
+)
+
+_SUB_COLUMNS = (
+    "s.id, s.name, st.name, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter, "
+    "s.start_offset, s.created_at"
+)
+
+# The claim reads the subscription and its stream in one row.
+_CLAIM_STATE_SQL = """
+SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
+       s.next_offset, st.first_offset, st.next_offset
+  FROM subscriptions s JOIN streams st ON st.id = s.stream_id
+ WHERE s.id = ?
+"""
+
+# What a waiting fetch needs to know to decide whether a claim can succeed, read-only.
+_PROBE_SQL = """
+SELECT s.next_offset, st.first_offset, st.next_offset, s.max_unacked,
+       (SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id),
+       (SELECT min(d.deadline) FROM deliveries d WHERE d.subscription_id = s.id)
+  FROM subscriptions s JOIN streams st ON st.id = s.stream_id
+ WHERE s.id = ?
+"""
+
+# Redelivery: the longest-expired records first (ties by offset). The deliveries index on
+# (subscription_id, deadline) serves both the filter and the order.
+_REDELIVER_SQL = """
+UPDATE deliveries
+   SET consumer = ?1, attempts = attempts + 1, delivered_at = ?2, deadline = ?3
+ WHERE subscription_id = ?4
+   AND offset IN (SELECT offset FROM deliveries
+                   WHERE subscription_id = ?4 AND deadline <= ?2
+                   ORDER BY deadline, offset LIMIT ?5)
+RETURNING offset, attempts
+"""
+
+_CLAIM_NEW_SQL = """
+INSERT INTO deliveries (subscription_id, offset, consumer, attempts, delivered_at, deadline)
+SELECT ?1, offset, ?2, 1, ?3, ?4 FROM chunks WHERE stream_id = ?5 AND offset >= ?6 AND offset < ?7
+"""
+
+# Offsets travel as one JSON array parameter: bound, whatever their number.
+_IN_OFFSETS = "offset IN (SELECT value FROM json_each(?))"
+
+_RECORDS_BY_OFFSET_SQL = (
+    f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset"
+)
+_RECORDS_RANGE_SQL = (
+    f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset"
+)
+
+
+def _us(seconds: float) -> int:
+    """Seconds (float) to the integer microseconds stored in the database."""
+    return int(round(seconds * 1_000_000))
+
+
+class AckResult(NamedTuple):
+    """What an ``ack``/``nack``/``extend`` call did, offset by offset.
+
+    ``applied``: offsets that were pending and were acked (nacked, extended).
+    ``ignored``: offsets that were not pending — never delivered, already acked, or
+    already dead-lettered; they change nothing and raise nothing.
+    ``dead_lettered``: (nack only) the subset of ``applied`` that had used up
+    ``max_deliveries`` and went to the dead-letter stream.
+    """
+
+    applied: tuple[int, ...]
+    ignored: tuple[int, ...]
+    dead_lettered: tuple[int, ...] = ()
+
+
+class Batch(list[Record]):
+    """The records one ``fetch`` claimed, in offset order (a list of :class:`Record`).
+
+    ``attempts`` maps each offset to its delivery count (1 on first delivery);
+    ``offsets`` lists them, ready for ``sub.ack(*batch.offsets)``.
+    """
+
+    def __init__(
+        self, records: Iterable[Record] = (), *, subscription: str = "", consumer: str = "",
+        attempts: dict[int, int] | None = None,
+    ) -> None:
+        super().__init__(records)
+        self.subscription = subscription
+        self.consumer = consumer
+        self.attempts: dict[int, int] = attempts if attempts is not None else {}
+
+    @property
+    def offsets(self) -> list[int]:
+        return [r.offset for r in self]
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.subscription!r} consumer={self.consumer!r} offsets={self.offsets}>"
+
+
+class PendingEntry(NamedTuple):
+    """One delivered, unacked record of a subscription.
+
+    ``consumer`` is None once the record was nacked (it waits for redelivery at
+    ``deadline``). ``idle`` is seconds since its last delivery; ``expired`` means its
+    deadline has passed, so the next fetch by any consumer may claim it.
+    """
+
+    offset: int
+    consumer: str | None
+    attempts: int
+    delivered_at: float
+    deadline: float
+    idle: float
+    expired: bool
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    """A consistent snapshot of a subscription's settings and progress.
+
+    ``lag``: records in the stream not delivered yet. ``pending``: delivered, not acked
+    (``expired`` of them are past their deadline). ``acked_frontier``: every offset below
+    it was acked or dead-lettered. ``consumers``: pending records per consumer holding
+    them (nacked records, held by nobody, are not counted there).
+    """
+
+    name: str
+    stream: str
+    start_offset: int
+    next_offset: int
+    ack_timeout: float
+    max_unacked: int
+    max_deliveries: int | None
+    dead_letter: str | None
+    created_at: float
+    lag: int
+    pending: int
+    expired: int
+    acked: int
+    dead_lettered: int
+    acked_frontier: int
+    consumers: dict[str, int] = field(default_factory=dict)
+
+
+def _check_offsets(offsets: Sequence[object]) -> list[int]:
+    seen: dict[int, None] = {}
+    for offset in offsets:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument(
+                f"offsets are ints >= 0, not {offset!r}", hint="pass record offsets: sub.ack(*batch.offsets)"
+            )
+        seen[offset] = None
+    return list(seen)
+
+
+def _check_seconds(what: str, value: object, *, positive: bool) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        raise InvalidArgument(f"{what} must be a finite number of seconds {'>' if positive else '>='} 0, not {value!r}")
+    return float(value)
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+    ):
+        raise InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+
+
+def _check_count(what: str, value: object, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(f"{what} must be an int > 0{' or None' if optional else ''}, not {value!r}")
+    return value
+
+
+class Subscription:
+    """A handle to one subscription. Light and thread-safe; all state lives in the file.
+
+    A handle is bound to the subscription it was made for: after that subscription is
+    deleted (even if another is created under the same name) every call raises
+    ``SubscriptionNotFound``.
+    """
+
+    __slots__ = (
+        "db", "name", "stream", "ack_timeout", "max_unacked", "max_deliveries", "dead_letter",
+        "start_offset", "_id",
+    )
+
+    def __init__(self, db: Database, row: tuple[Any, ...]) -> None:
+        (self._id, self.name, self.stream, self.ack_timeout, self.max_unacked, self.max_deliveries,
+         self.dead_letter, self.start_offset, _created) = row
+        self.db = db
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.Subscription {self.name!r} on {self.stream!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Subscription) and other.db is self.db and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash((id(self.db), self._id))
+
+    def _missing(self) -> SubscriptionNotFound:
+        return SubscriptionNotFound(
+            f"subscription {self.name!r} no longer exists (deleted, or its stream was)",
+            hint="create it again with db.create_subscription()",
+        )
+
+    # ----------------------------------------------------------------- delivery
+
+    def fetch(self, consumer: str, max_records: int = 100, timeout: float | None = 0) -> Batch:
+        """Claim up to ``max_records`` records for ``consumer`` and return them in offset order.
+
+        Atomically, in one write transaction: records whose ack deadline has passed are
+        claimed first (redelivery: attempts + 1; those that already had
+        ``max_deliveries`` attempts go to the dead-letter stream instead), then new
+        records in offset order, as long as the subscription's pending records stay
+        within ``max_unacked``. Each claimed record's deadline becomes now +
+        ``ack_timeout``. No record is ever held by two consumers at once.
+
+        ``timeout``: 0 never blocks (may return an empty batch); otherwise waits until a
+        record can be claimed — woken by appends, acks and nacks from any process and by
+        the next ack deadline — or the timeout passes (empty batch). Inside
+        ``db.transaction()`` only ``timeout=0`` may find nothing (else
+        ``InvalidArgument``); there the claim commits with the transaction.
+        Raises ``SubscriptionNotFound``, ``InvalidName``, ``InvalidArgument``.
+        """
+        check_name(consumer, "consumer")
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise InvalidArgument(f"max_records must be an int >= 1, not {max_records!r}")
+        return self._fetch(consumer, max_records, timeout, None)
+
+    def _fetch(
+        self, consumer: str, max_records: int, timeout: float | None, stop: Callable[[], bool] | None
+    ) -> Batch:
+        """``fetch`` that also ends (with an empty batch) once ``stop()`` is true."""
+        db = self.db
+        next_deadline: list[int | None] = [None]
+
+        def check() -> Batch | None:
+            if stop is not None and stop():
+                return Batch(subscription=self.name, consumer=consumer)
+            if not db.in_transaction():
+                # A read-only look first: waiters woken by every commit to the file must
+                # not each take the write lock just to find nothing to claim.
+                claimable, next_deadline[0] = self._probe()
+                if not claimable:
+                    return None
+            batch = self._claim(consumer, max_records)
+            return batch if batch else None
+
+        def wake_at() -> float | None:
+            deadline = next_deadline[0]
+            if deadline is None:
+                return None
+            # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
+            return time.monotonic() + max(0.001, deadline / 1e6 - db._clock())
+
+        _check_timeout(timeout)
+        # One look before waiting: starting to wait (the watcher thread) costs more than a claim.
+        got = check()
+        if got is None and timeout != 0:
+            got = db._wait(check, timeout, wake_at=wake_at)
+        return got if got is not None else Batch(subscription=self.name, consumer=consumer)
+
+    def _probe(self) -> tuple[bool, int | None]:
+        """(whether a claim could return something now, the earliest pending deadline)."""
+        with self.db._snapshot() as conn:
+            rows = conn.execute(_PROBE_SQL, (self._id,)).fetchall()
+        if not rows:
+            raise self._missing()
+        frontier, first, nxt, max_unacked, pending, earliest = rows[0]
+        if earliest is not None and earliest <= _us(self.db._clock()):
+            return True, earliest
+        return (max(frontier, first) < nxt and pending < max_unacked), earliest
+
+    def _claim(self, consumer: str, max_records: int) -> Batch:
+        db = self.db
+        with db.transaction():
+            conn = db._wconn
+            assert conn is not None
+            try:
+                rows = conn.execute(_CLAIM_STATE_SQL, (self._id,)).fetchall()
+                if not rows:
+                    raise self._missing()
+                stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
+                now = _us(db._clock())
+                if max_deliveries is not None:
+                    exhausted = conn.execute(
+                        "SELECT offset, attempts, last_error FROM deliveries "
+                        "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
+                        (self._id, now, max_deliveries),
+                    ).fetchall()
+                    if exhausted:
+                        self._dead_letter(conn, stream_id, dead_letter, exhausted)
+                deadline = now + _us(ack_timeout)
+                attempts: dict[int, int] = dict(
+                    conn.execute(_REDELIVER_SQL, (consumer, now, deadline, self._id, max_records)).fetchall()
+                )
+                again = sorted(attempts)
+                pending = conn.execute(
+                    "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
+                ).fetchall()[0][0]
+                start = max(frontier, first)  # records below `first` were trimmed by retention
+                count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
+                if count:
+                    conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
+                if start + count != frontier:
+                    conn.execute(
+                        "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
+                    )
+                records: list[Record] = []
+                if again:
+                    found = conn.execute(_RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again))).fetchall()
+                    records = make_records(self.stream, found)
+                    if len(records) < len(again):
+                        # Trimmed by retention while pending: nothing left to deliver.
+                        gone = sorted(set(again) - {r.offset for r in records})
+                        conn.execute(
+                            f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}",
+                            (self._id, json.dumps(gone)),
+                        )
+                        for offset in gone:
+                            del attempts[offset]
+                if count:
+                    fresh = conn.execute(_RECORDS_RANGE_SQL, (stream_id, start, start + count)).fetchall()
+                    records += make_records(self.stream, fresh)
+                    for r in fresh:
+                        attempts[r[0]] = 1
+            except apsw.Error as exc:
+                raise convert(exc) from exc
+        return Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
+
+    def _dead_letter(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str, entries: list[tuple[Any, ...]]
+    ) -> None:
+        """Move pending records (offset, attempts, last_error) to the dead-letter stream.
+
+        Runs inside the caller's transaction. The dead-letter stream is created here if
+        it does not exist (any more); a sealed or secret one is an error that leaves
+        everything as it was.
+        """
+        db = self.db
+        offsets = [e[0] for e in entries]
+        info = {e[0]: (e[1], e[2]) for e in entries}
+        rows = conn.execute(
+            f"SELECT offset, key, headers, content_type, data FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} "
+            "ORDER BY offset",
+            (stream_id, json.dumps(offsets)),
+        ).fetchall()
+        prepared: list[PreparedRecord] = []
+        for offset, key, headers, ctype, data in rows:
+            attempts, last_error = info[offset]
+            meta = json.loads(headers) if headers else {}
+            meta.update({
+                "sqlstream.source_stream": self.stream,
+                "sqlstream.source_offset": str(offset),
+                "sqlstream.subscription": self.name,
+                "sqlstream.attempts": str(attempts),
+            })
+            if last_error is not None:
+                meta["sqlstream.last_error"] = last_error
+            prepared.append((key, encode_headers(meta), ctype, data, len(payload_bytes(ctype, data))))
+        if prepared:
+            exists = conn.execute("SELECT 1 FROM streams WHERE name = ?", (dead_letter,)).fetchall()
+            if not exists:
+                db.create_stream(dead_letter)
+            try:
+                db._append_rows(dead_letter, None, prepared, None)
+            except (StreamSealed, AccessDenied) as exc:
+                raise type(exc)(
+                    f"subscription {self.name!r} cannot dead-letter offsets {offsets} to stream "
+                    f"{dead_letter!r}: {exc.args[0]}",
+                    hint=f"delete stream {dead_letter!r} (it is re-created on demand) or the subscription",
+                ) from exc
+        conn.execute(
+            f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}", (self._id, json.dumps(offsets))
+        )
+        conn.execute(
+            "UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (len(prepared), self._id)
+        )
+
+    def ack(self, *offsets: int) -> AckResult:
+        """Acknowledge records: they leave the pending list and are never redelivered.
+
+        Atomic (one transaction, or part of the caller's ``db.transaction()``). Offsets
+        that are not pending (never delivered, acked before, dead-lettered) are ignored
+        and reported in ``AckResult.ignored``; they never make the call fail. An ack is
+        accepted from any consumer, also after the record's deadline has passed (the
+        work was done; a redelivery already under way is then acked too — at least once).
+        Wakes fetches waiting for room under ``max_unacked``.
+        Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset).
+        """
+        wanted = _check_offsets(offsets)
+        if not wanted:
+            return AckResult((), ())
+        db = self.db
+        with db.transaction():
+            conn = db._wconn
+            assert conn is not None
+            try:
+                self._check_exists(conn)
+                done = {
+                    r[0] for r in conn.execute(
+                        f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                        (self._id, json.dumps(wanted)),
+                    ).fetchall()
+                }
+                if done:
+                    conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
+                    db._tx_dirty = True
+            except apsw.Error as exc:
+                raise convert(exc) from exc
+        return _result(wanted, done)
+
+    def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
+        """Give records back for redelivery after ``delay`` seconds (0: right away).
+
+        A nacked record is held by nobody until a fetch claims it again. A record that has
+        already been delivered ``max_deliveries`` times goes to the dead-letter stream now
+        instead (``AckResult.dead_lettered``); ``error`` is kept as its last error and
+        named in the dead letter's headers. Unknown offsets are ignored, as for ``ack``.
+        Atomic; wakes waiting fetches. Raises ``SubscriptionNotFound``, ``InvalidArgument``,
+        and ``StreamSealed``/``AccessDenied`` if the dead-letter stream cannot take appends.
+        """
+        wanted = _check_offsets(offsets)
+        delay = _check_seconds("delay", delay, positive=False)
+        if error is not None and not isinstance(error, str):
+            raise InvalidArgument(f"error must be a str or None, not {type(error).__name__}")
+        if not wanted:
+            return AckResult((), ())
+        db = self.db
+        with db.transaction():
+            conn = db._wconn
+            assert conn is not None
+            try:
+                rows = conn.execute(_CLAIM_STATE_SQL, (self._id,)).fetchall()
+                if not rows:
+                    raise self._missing()
+                stream_id, _, _, max_deliveries, dead_letter = rows[0][:5]
+                param = json.dumps(wanted)
+                done = {
+                    r[0] for r in conn.execute(
+                        f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
+                        f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                        (_us(db._clock() + delay), error, self._id, param),
+                    ).fetchall()
+                }
+                dead: list[int] = []
+                if max_deliveries is not None and done:
+                    exhausted = conn.execute(
+                        f"SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ? "
+                        f"AND attempts >= ? AND {_IN_OFFSETS} ORDER BY offset",
+                        (self._id, max_deliveries, param),
+                    ).fetchall()
+                    if exhausted:
+                        self._dead_letter(conn, stream_id, dead_letter, exhausted)
+                        dead = [e[0] for e in exhausted]
+                if done:
+                    db._tx_dirty = True
+            except apsw.Error as exc:
+                raise convert(exc) from exc
+        result = _result(wanted, done)
+        return result._replace(dead_lettered=tuple(dead))
+
+    def extend(self, *offsets: int, seconds: float) -> AckResult:
+        """Push the ack deadline of held records to ``seconds`` from now (for long work).
+
+        Applies to pending records that a consumer holds (not to nacked ones); others are
+        ignored and reported. Atomic. Raises ``SubscriptionNotFound``, ``InvalidArgument``.
+        """
+        wanted = _check_offsets(offsets)
+        seconds = _check_seconds("seconds", seconds, positive=True)
+        if not wanted:
+            return AckResult((), ())
+        db = self.db
+        with db.transaction():
+            conn = db._wconn
+            assert conn is not None
+            try:
+                self._check_exists(conn)
+                done = {
+                    r[0] for r in conn.execute(
+                        f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
+                        f"AND {_IN_OFFSETS} RETURNING offset",
+                        (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
+                    ).fetchall()
+                }
+                if done:
+                    db._tx_dirty = True  # waiting fetches recompute their wake-up time
+            except apsw.Error as exc:
+                raise convert(exc) from exc
+        return _result(wanted, done)
+
+    def _check_exists(self, conn: apsw.Connection) -> None:
+        if not conn.execute("SELECT 1 FROM subscriptions WHERE id = ?", (self._id,)).fetchall():
+            raise self._missing()
+
+    # ----------------------------------------------------------------- inspection
+
+    def pending(self, consumer: str | None = None, limit: int | None = None) -> list[PendingEntry]:
+        """The pending (delivered, unacked) records in offset order, optionally of one consumer."""
+        if consumer is not None:
+            check_name(consumer, "consumer")
+        if limit is not None:
+            _check_count("limit", limit)
+        now = self.db._clock()
+        with self.db._snapshot() as conn:
+            self._check_exists(conn)
+            rows = conn.execute(
+                "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
+                "WHERE subscription_id = ?1 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
+                (self._id, consumer, -1 if limit is None else limit),
+            ).fetchall()
+        return [
+            PendingEntry(o, c, a, d / 1e6, dl / 1e6, max(0.0, now - d / 1e6), dl <= _us(now), e)
+            for o, c, a, d, dl, e in rows
+        ]
+
+    def info(self) -> SubscriptionInfo:
+        """A consistent snapshot of settings, lag, pending counts and per-consumer counts."""
+        with self.db._snapshot() as conn:
+            infos = _infos(conn, self.db._clock(), self._id)
+        if not infos:
+            raise self._missing()
+        return infos[0]
+
+
+def _result(wanted: list[int], done: set[int]) -> AckResult:
+    return AckResult(tuple(o for o in wanted if o in done), tuple(o for o in wanted if o not in done))
+
+
+def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[SubscriptionInfo]:
+    now_us = _us(now)
+    rows = conn.execute(
+        f"SELECT {_SUB_COLUMNS}, s.next_offset, s.acked, s.dead_lettered, st.first_offset, st.next_offset, "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id), "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
+        "(SELECT min(d.offset) FROM deliveries d WHERE d.subscription_id = s.id) "
+        "FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+        "WHERE ?2 IS NULL OR s.id = ?2 ORDER BY s.name",
+        (now_us, sub_id),
+    ).fetchall()
+    counts: dict[int, dict[str, int]] = {}
+    for sid, consumer, n in conn.execute(
+        "SELECT subscription_id, consumer, count(*) FROM deliveries "
+        "WHERE consumer IS NOT NULL AND (?1 IS NULL OR subscription_id = ?1) "
+        "GROUP BY subscription_id, consumer ORDER BY consumer",
+        (sub_id,),
+    ):
+        counts.setdefault(sid, {})[consumer] = n
+    out = []
+    for row in rows:
+        (sid, name, stream, timeout, max_unacked, max_del, dead_letter, start, created,
+         frontier, acked, dead, first, nxt, pending, expired, lowest) = row
+        out.append(SubscriptionInfo(
+            name=name, stream=stream, start_offset=start, next_offset=frontier, ack_timeout=timeout,
+            max_unacked=max_unacked, max_deliveries=max_del, dead_letter=dead_letter, created_at=created / 1e6,
+            lag=max(0, nxt - max(frontier, first)), pending=pending, expired=expired, acked=acked,
+            dead_lettered=dead, acked_frontier=frontier if lowest is None else lowest,
+            consumers=counts.get(sid, {}),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- catalogue
+# Called by the Database methods of the same names.
+
+
+def create_subscription(
+    db: Database,
+    name: str,
+    stream: str,
+    *,
+    start: int | str = "earliest",
+    ack_timeout: float = 30.0,
+    max_unacked: int = 1000,
+    max_deliveries: int | None = None,
+    dead_letter: str | None = None,
+    exist_ok: bool = False,
+) -> Subscription:
+    check_name(name, "subscription")
+    check_name(stream)
+    ack_timeout = _check_seconds("ack_timeout", ack_timeout, positive=True)
+    _check_count("max_unacked", max_unacked)
+    _check_count("max_deliveries", max_deliveries, optional=True)
+    if dead_letter is not None:
+        check_name(dead_letter, "dead-letter stream")
+        if dead_letter == stream:
+            raise InvalidArgument("a subscription cannot dead-letter into the stream it reads")
+    if (max_deliveries is None) != (dead_letter is None):
+        raise InvalidArgument(
+            "max_deliveries and dead_letter go together",
+            hint="pass both (records delivered max_deliveries times move to the dead_letter stream) or neither",
+        )
+    if isinstance(start, str) and start not in ("earliest", "latest"):
+        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
+    if not isinstance(start, str) and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset >= 0, not {start!r}")
+    with db.transaction():
+        conn = db._wconn
+        assert conn is not None
+        try:
+            found = conn.execute(
+                "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+            ).fetchall()
+            if not found:
+                raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
+            stream_id, first, nxt = found[0]
+            existing = conn.execute(
+                f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+                "WHERE s.name = ?",
+                (name,),
+            ).fetchall()
+            if existing:
+                if exist_ok and existing[0][2] == stream:
+                    return Subscription(db, existing[0])
+                raise SubscriptionExists(
+                    f"subscription {name!r} already exists (on stream {existing[0][2]!r})",
+                    hint="pick another name, or delete it with db.delete_subscription()",
+                )
+            if dead_letter is not None:
+                target = conn.execute(
+                    "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+                    (dead_letter,),
+                ).fetchall()
+                if not target:
+                    db.create_stream(dead_letter)
+                elif target[0][0] or target[0][1]:
+                    raise InvalidArgument(
+                        f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
+                        hint="name a plain stream (or a new name: it is created)",
+                    )
+            if start == "earliest":
+                offset = first
+            elif start == "latest":
+                offset = nxt
+            else:
+                offset = int(start)
+                if not first <= offset <= nxt:
+                    raise OffsetOutOfRange(
+                        f"start offset {offset} is outside stream {stream!r} (offsets {first}..{nxt})",
+                        hint="use 'earliest', 'latest' or a retained offset",
+                    )
+            conn.execute(
+                "INSERT INTO subscriptions (name, stream_id, ack_timeout, max_unacked, max_deliveries, "
+                "dead_letter, start_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
+                 time.time_ns() // 1000),
+            )
+            row = conn.execute(
+                f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+                "WHERE s.name = ?",
+                (name,),
+            ).fetchall()[0]
+        except apsw.Error as exc:
+            raise convert(exc) from exc
+    return Subscription(db, row)
+
+
+def get_subscription(db: Database, name: str) -> Subscription:
+    check_name(name, "subscription")
+    with db._snapshot() as conn:
+        rows = conn.execute(
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
+            (name,),
+        ).fetchall()
+    if not rows:
+        raise SubscriptionNotFound(f"no subscription named {name!r}", hint="create it with db.create_subscription()")
+    return Subscription(db, rows[0])
+
+
+def list_subscriptions(db: Database) -> list[SubscriptionInfo]:
+    with db._snapshot() as conn:
+        return _infos(conn, db._clock(), None)
+
+
+def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
+    check_name(name, "subscription")
+    with db.transaction():
+        conn = db._wconn
+        assert conn is not None
+        try:
+            rows = conn.execute("SELECT id FROM subscriptions WHERE name = ?", (name,)).fetchall()
+            if not rows:
+                raise SubscriptionNotFound(f"no subscription named {name!r}")
+            sub_id = rows[0][0]
+            pending = conn.execute(
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (sub_id,)
+            ).fetchall()[0][0]
+            if pending and not force:
+                raise SubscriptionInUse(
+                    f"subscription {name!r} has {pending} pending (delivered, unacked) record(s)",
+                    hint="ack them first, or pass force=True to drop them with the subscription",
+                )
+            conn.execute("DELETE FROM deliveries WHERE subscription_id = ?", (sub_id,))
+            conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+            db._tx_dirty = True  # fetches blocked on it wake and meet SubscriptionNotFound
+        except apsw.Error as exc:
+            raise convert(exc) from exc
+    return int(pending)
