@@ -33,7 +33,9 @@ CREATE TABLE chunks (
     txn           INTEGER NOT NULL,                -- commit sequence number (counters.txn)
     key           TEXT,
     headers       TEXT,                            -- JSON object of str -> str, NULL when empty
-    content_type  TEXT    NOT NULL CHECK (content_type IN ('bytes', 'text', 'json')),
+    -- Spelled with OR, not IN (...): SQLite builds a temporary b-tree for an IN list in
+    -- a CHECK for every inserted row (~0.4 µs, a third of a batched append's cost).
+    content_type  TEXT    NOT NULL CHECK (content_type = 'bytes' OR content_type = 'text' OR content_type = 'json'),
     data          BLOB    NOT NULL,                -- BLOB for bytes, TEXT for text and json
                                                    -- (declared BLOB: no type affinity, so TEXT
                                                    -- such as '007' is never turned into a number)

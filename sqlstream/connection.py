@@ -76,15 +76,26 @@ def connection_synchronous(conn: apsw.Connection, level: str) -> None:
         raise DatabaseError(f"PRAGMA synchronous = {level} did not take (read back {got!r})")
 
 
-def connection_wal(conn: apsw.Connection) -> None:
+def connection_wal(conn: apsw.Connection, timeout: float = 0.0) -> None:
     """Switch the file to WAL and fail loudly if SQLite refuses (e.g. on some network filesystems).
 
     A brand-new file first gets ``auto_vacuum = INCREMENTAL``: it can be chosen only
     before the first page is written, and switching to WAL writes page 1.
+    Switching upgrades a read lock to a write lock, for which SQLite never calls the busy
+    handler (it could deadlock), so when other processes create the same new file at the
+    same moment SQLITE_BUSY comes back at once; it is retried here for up to ``timeout``.
     """
-    if pragma(conn, "page_count") == 0:
-        pragma(conn, "auto_vacuum = INCREMENTAL")
-    mode = pragma(conn, "journal_mode = wal")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if pragma(conn, "page_count") == 0:
+                pragma(conn, "auto_vacuum = INCREMENTAL")
+            mode = pragma(conn, "journal_mode = wal")
+            break
+        except apsw.BusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001 + 0.004 * random.random())
     if str(mode).lower() != "wal":
         raise DatabaseError(
             f"could not put the database in WAL mode (journal_mode is {mode!r})",
@@ -99,13 +110,18 @@ def connect(
     busy_timeout: float,
     synchronous: str,
     create: bool = False,
+    vfs: str | None = None,
 ) -> apsw.Connection:
-    """Open one connection with every per-connection setting applied."""
+    """Open one connection with every per-connection setting applied.
+
+    ``vfs`` names a registered SQLite VFS (None: the default); tests inject I/O faults
+    through one.
+    """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
     if create and not readonly:
         flags |= apsw.SQLITE_OPEN_CREATE
     with translate():
-        conn = apsw.Connection(path, flags=flags)
+        conn = apsw.Connection(path, flags=flags, vfs=vfs)
         try:
             connection_busy_handler(conn, busy_timeout)
             connection_dqs(conn)

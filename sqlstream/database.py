@@ -102,6 +102,7 @@ def open(  # noqa: A001 - the public name is part of the design
     wakeup: str = "auto",
     poll_interval: float | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    vfs: str | None = None,
 ) -> Database:
     """Open (creating if needed) the sqlstream database at ``path``.
 
@@ -112,6 +113,8 @@ def open(  # noqa: A001 - the public name is part of the design
     doorbell socket, near-zero idle CPU), ``"poll"`` (``PRAGMA data_version`` every
     ``poll_interval`` seconds, default 1 ms), or ``"auto"`` (notify where supported).
     ``max_record_bytes``: larger records are refused with ``PayloadTooLarge``.
+    ``vfs``: the name of a registered SQLite VFS for sqlstream's own connections (None:
+    SQLite's default); the fault-injection tests use one.
 
     New files are created with mode 0600. Raises ``SchemaVersionError`` for a database
     written by a newer sqlstream, ``CorruptDatabase`` for a file that is not SQLite.
@@ -125,6 +128,7 @@ def open(  # noqa: A001 - the public name is part of the design
         wakeup=wakeup,
         poll_interval=poll_interval,
         max_record_bytes=max_record_bytes,
+        vfs=vfs,
     )
 
 
@@ -146,8 +150,12 @@ class Database:
         wakeup: str = "auto",
         poll_interval: float | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        vfs: str | None = None,
     ) -> None:
-        path = os.fspath(path)
+        try:
+            path = os.fspath(path)
+        except TypeError:
+            raise InvalidArgument(f"the database path must be a str or os.PathLike, not {type(path).__name__}") from None
         if not isinstance(path, str):
             raise InvalidArgument("the database path must be a str or os.PathLike of str")
         if path in ("", ":memory:") or path.startswith("file:"):
@@ -165,6 +173,8 @@ class Database:
             raise InvalidArgument(f"poll_interval must be a positive number of seconds, not {poll_interval!r}")
         if not (isinstance(max_record_bytes, int) and 0 < max_record_bytes <= 1_000_000_000):
             raise InvalidArgument("max_record_bytes must be an int between 1 and 1,000,000,000")
+        if vfs is not None and not isinstance(vfs, str):
+            raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
         self.path = os.path.abspath(path)
         self.readonly = readonly
         self.synchronous = synchronous
@@ -172,38 +182,56 @@ class Database:
         self.wakeup = wakeup
         self.poll_interval = poll_interval
         self.max_record_bytes = max_record_bytes
+        self.vfs = vfs
         self._options = dict(
             readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
-            wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes,
+            wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
         )
         self._closed = False
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._init_process_state()
 
-        exists = os.path.exists(self.path)
-        if not exists:
-            if readonly or not create:
-                raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
-            cx.create_private_file(self.path)
-        else:
-            cx.check_header(self.path)
-        self._notifier: FileNotifier = notifier_for(self.path)
-        self._notifier.attach()
-        if readonly:
-            try:
-                self._check_readable_schema()
-            except BaseException:
-                self.close()
-                raise
-        else:
-            conn = self._write_conn()
-            try:
-                cx.connection_wal(conn)
-                cx.migrate(conn)
-            except BaseException:
-                self.close()
-                raise
+        # One opening at a time per file in this process: check_header() and
+        # create_private_file() open and close the file, and closing any descriptor drops
+        # every POSIX lock the process holds on the file, SQLite's included. Done while
+        # another thread's connection is still switching a new file to WAL (rollback-journal
+        # locking), that let other processes roll back and delete its journal under it.
+        with _init_lock(self.path):
+            exists = os.path.exists(self.path)
+            if not exists:
+                if readonly or not create:
+                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+                try:
+                    cx.create_private_file(self.path)
+                except OSError as exc:
+                    raise DatabaseError(
+                        f"cannot create {self.path}: {exc.strerror}",
+                        hint="check that the directory exists and is writable",
+                    ) from exc
+            self._notifier: FileNotifier = notifier_for(self.path)
+            if exists and self._notifier.open_count == 0:
+                cx.check_header(self.path)  # only while no Database here holds SQLite locks on it
+            self._notifier.attach()
+            if readonly:
+                try:
+                    self._check_readable_schema()
+                except BaseException:
+                    self.close()
+                    raise
+            else:
+                conn = self._write_conn()
+                try:
+                    with translate():
+                        # Refuse another program's database before switching it to WAL,
+                        # which would rewrite its header.
+                        if cx.pragma(conn, "user_version") == 0:
+                            cx._check_empty_or_ours(conn)
+                        cx.connection_wal(conn, self.busy_timeout)
+                    cx.migrate(conn)
+                except BaseException:
+                    self.close()
+                    raise
 
     def _check_readable_schema(self) -> None:
         conn = self._read_conn()
@@ -255,6 +283,7 @@ class Database:
             readonly=readonly,
             busy_timeout=self.busy_timeout,
             synchronous=self.synchronous,
+            vfs=self.vfs,
         )
 
     def _write_conn(self) -> apsw.Connection:
@@ -400,7 +429,7 @@ class Database:
         waking commit needs, so it is refused.
         """
         if timeout is not None:
-            if not isinstance(timeout, (int, float)) or timeout < 0:
+            if not isinstance(timeout, (int, float)) or not timeout >= 0:  # NaN too
                 raise InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
             if timeout == 0:
                 return check()
@@ -443,6 +472,7 @@ class Database:
         _check_positive("max_bytes", max_bytes, int)
         try:
             meta = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            meta.encode("utf-8")  # lone surrogates cannot be stored as SQLite text
         except (TypeError, ValueError) as exc:
             raise InvalidValue(f"stream metadata must be JSON-serialisable: {exc}") from exc
         if metadata is not None and not isinstance(metadata, dict):
@@ -482,6 +512,8 @@ class Database:
         """
         if not isinstance(secret, str):
             raise InvalidValue(f"a write secret is a str, not {type(secret).__name__}")
+        if not secret.isascii():  # secrets are URL-safe ASCII; SQLite could not bind a lone surrogate
+            raise StreamNotFound("no stream has that write secret")
         with self._snapshot() as conn:
             row = conn.execute("SELECT name FROM streams WHERE write_secret = ?", (secret,)).fetchall()
         if not row:
@@ -533,7 +565,9 @@ class Database:
         O(1) statements for one row: the stream row's counters are bumped with RETURNING
         and the records inserted with multi-row INSERTs.
         """
-        if expect_offset is not None and (not isinstance(expect_offset, int) or expect_offset < 0):
+        if expect_offset is not None and (
+            isinstance(expect_offset, bool) or not isinstance(expect_offset, int) or not 0 <= expect_offset < 2**63
+        ):
             raise InvalidArgument(f"expect_offset must be an int >= 0, not {expect_offset!r}")
         count = len(rows)
         total = 0
@@ -628,12 +662,28 @@ class Database:
         with self._snapshot() as conn:
             if conn is self._wconn:
                 raise InvalidArgument("db.query() is for reads outside transactions")
-            cursor = conn.execute(sql, params)
+            try:
+                cursor = conn.execute(sql, params)
+            except (TypeError, OverflowError, UnicodeEncodeError) as exc:  # unbindable params
+                raise InvalidArgument(f"cannot run the query with these parameters: {exc}") from exc
             try:
                 columns = [d[0] for d in cursor.get_description()]
             except apsw.ExecutionCompleteError:
                 return QueryResult([], [])
             return QueryResult(columns, cursor.fetchall())
+
+    # ----------------------------------------------------------------- archives (issue 4)
+
+    def export(self, streams: str | Sequence[str], directory: str | os.PathLike[str], **options: Any) -> Any:
+        """Export streams to rolled archive files, incrementally and resumably.
+
+        A thin delegation to :func:`sqlstream.export.export` (see it for the options:
+        ``name``, ``template``, ``roll_size_mb``, ``roll_minutes``, ``compress``,
+        ``storage``, ``follow``...); returns its :class:`~sqlstream.export.ExportResult`.
+        """
+        from .export import export
+
+        return export(self, streams, directory, **options)
 
 
 class _Transaction:
@@ -662,6 +712,11 @@ class _Transaction:
                 db._tx_dirty = False
                 db._tx_after = []
             else:
+                if conn.getautocommit():
+                    # SQLite rolled the whole transaction back after an error the caller
+                    # caught (disk full, I/O error). A SAVEPOINT now would start a new
+                    # transaction that commits on its own, outside the caller's block.
+                    raise _rolled_back()
                 conn.execute(f"SAVEPOINT sqlstream_{depth}")
         except apsw.Error as exc:
             db._lock.release()
@@ -679,6 +734,8 @@ class _Transaction:
             if exc_type is not None:
                 db._rollback(conn, depth, f"sqlstream_{depth}")
                 return
+            if conn.getautocommit():  # SQLite already rolled it back (see __enter__)
+                raise _rolled_back()
             try:
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
             except apsw.Error as err:
@@ -687,6 +744,10 @@ class _Transaction:
             except BaseException:
                 db._rollback(conn, depth, f"sqlstream_{depth}")
                 raise
+            if depth > 0 and db._tx_txn_depth > depth:
+                # The released block's work, a txn number assigned in it included, now
+                # belongs to the enclosing block: only that block's rollback can undo it.
+                db._tx_txn_depth = depth
             if depth == 0:
                 after, db._tx_after = db._tx_after, []
                 if db._tx_dirty:
@@ -697,6 +758,35 @@ class _Transaction:
             db._lock.release()
 
 
+def _rolled_back() -> DatabaseError:
+    return DatabaseError(
+        "this transaction was rolled back after an earlier error; nothing written in the "
+        "db.transaction() block is committed",
+        hint="let the error leave the transaction block, then retry the whole block",
+    )
+
+
+_init_locks: dict[str, threading.Lock] = {}
+_init_locks_guard = threading.Lock()
+
+
+def _init_lock(path: str) -> threading.Lock:
+    """The process-wide lock that serialises opening the database file at ``path``."""
+    with _init_locks_guard:
+        return _init_locks.setdefault(path, threading.Lock())
+
+
+def _reset_init_locks() -> None:
+    """After fork: a lock another parent thread held would stay held in the child forever."""
+    global _init_locks_guard
+    _init_locks_guard = threading.Lock()
+    _init_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_init_locks)
+
+
 def _reopen(path: str, options: dict[str, Any]) -> Database:
     return Database(path, **options)
 
@@ -704,7 +794,7 @@ def _reopen(path: str, options: dict[str, Any]) -> Database:
 def _check_positive(what: str, value: object, types: type | tuple[type, ...]) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, types) or not 0 < value < 2**63:  # type: ignore[operator]
         raise InvalidArgument(f"{what} must be a positive number or None, not {value!r}")
 
 

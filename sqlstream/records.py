@@ -28,7 +28,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:/@=+]{0,199}")
 def check_name(name: object, what: str = "stream") -> str:
     """Return ``name`` if it is a valid stream/subscription/reader name, else raise InvalidName."""
     if not isinstance(name, str):
-        raise InvalidName(f"{what} name must be a str, not {type(name).__name__}")
+        raise InvalidName(f"{what} name must be a str, not {type(name).__name__}: a name is {NAME_RULE}")
     if not _NAME.fullmatch(name):
         raise InvalidName(f"invalid {what} name {name!r}: a name is {NAME_RULE}")
     return name
@@ -101,7 +101,7 @@ def encode_value(value: object) -> tuple[str, bytes | str, int]:
     if isinstance(value, bytes):
         return "bytes", value, len(value)
     if isinstance(value, str):
-        return "text", value, len(value.encode("utf-8"))
+        return "text", value, _utf8_length(value, "a record value")
     if isinstance(value, (bytearray, memoryview)):
         data = bytes(value)
         return "bytes", data, len(data)
@@ -113,17 +113,52 @@ def encode_value(value: object) -> tuple[str, bytes | str, int]:
     if isinstance(value, (dict, list, tuple, int, float, bool)):
         try:
             text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidValue(f"record value is not JSON-serialisable: {exc}") from exc
-        return "json", text, len(text.encode("utf-8"))
+        _check_json_keys(value)  # after dumps, which has refused circular structures
+        return "json", text, _utf8_length(text, "a record value")
     raise InvalidValue(
         f"cannot store a value of type {type(value).__name__}",
         hint="append bytes, str, or a JSON value (dict, list, int, float, bool)",
     )
 
 
+def _utf8_length(text: str, what: str) -> int:
+    """Length of ``text`` in UTF-8; lone surrogates (not valid UTF-8) are InvalidValue."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"{what} must be valid Unicode text: {exc}") from exc
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _check_json_keys(value: object) -> None:
+    """Refuse dicts with non-str keys: JSON would turn them into strings (and can merge them)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for k in item:
+                if type(k) is not str and not isinstance(k, str):
+                    raise InvalidValue(
+                        f"JSON object keys must be str, not {type(k).__name__} ({k!r})",
+                        hint="convert the keys to str before appending",
+                    )
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            if isinstance(child, _CONTAINERS):
+                pending.append(child)
+
+
 def encode_key(key: object) -> str | None:
-    if key is None or isinstance(key, str):
+    if key is None:
+        return key
+    if isinstance(key, str):
+        _utf8_length(key, "a record key")
         return key
     raise InvalidValue(f"a record key must be a str or None, not {type(key).__name__}")
 
@@ -141,7 +176,9 @@ def encode_headers(headers: object) -> str | None:
             raise InvalidValue(
                 f"headers must map str to str; got {type(k).__name__} -> {type(v).__name__} for {k!r}"
             )
-    return json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
+    _utf8_length(text, "headers")
+    return text
 
 
 def payload_bytes(content_type: str, data: bytes | str) -> bytes:

@@ -9,6 +9,7 @@ blocks, a positive number waits at most that long, ``None`` waits without limit.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,8 @@ _RANGE_SQL = f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offse
 
 
 def _check_int(what: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # Beyond 2**63 - 1 SQLite cannot bind it, and no offset or count gets that large.
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
         raise InvalidArgument(f"{what} must be an int >= {minimum}, not {value!r}")
     return value
 
@@ -113,9 +115,21 @@ class Stream:
         and ``headers`` apply to every record; ``expect_offset`` is checked against the
         first offset. An empty batch stores nothing and returns an empty range.
         """
-        if isinstance(values, (bytes, str, dict)):
+        if isinstance(values, (bytes, bytearray, memoryview, str, dict)):
             raise InvalidArgument("extend() takes an iterable of values; use append() for one value")
-        prepared = [_prepare(v, key, headers) for v in values]
+        try:
+            values = iter(values)
+        except TypeError:
+            raise InvalidArgument(f"extend() takes an iterable of values, not {type(values).__name__}") from None
+        values = list(values)
+        if values:
+            # key and headers are shared by the whole batch: validate and encode them once.
+            k, h = encode_key(key), encode_headers(headers)
+            prepared = [
+                (k, h, "bytes", v, len(v)) if type(v) is bytes else (k, h, *encode_value(v)) for v in values
+            ]
+        else:
+            prepared = []
         if not prepared:
             info = self.info()
             return range(info.next_offset, info.next_offset)
@@ -190,6 +204,8 @@ class Stream:
             timestamp = timestamp.timestamp()
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
             raise InvalidArgument(f"timestamp must be seconds since the epoch or a datetime, not {timestamp!r}")
+        if not math.isfinite(timestamp):
+            raise InvalidArgument(f"timestamp must be a finite number, not {timestamp!r}")
         target = int(timestamp * 1_000_000)
         with self.db._snapshot() as conn:
             st = self._state(conn)

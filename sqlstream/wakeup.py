@@ -39,6 +39,7 @@ WAKEUP_MODES = ("auto", "poll", "notify")
 DEFAULT_POLL_INTERVAL = 0.001  # poll mode: cross-process wake within ~1 ms
 DEFAULT_FALLBACK_INTERVAL = 0.25  # notify mode: catches writers that do not ring
 _LINGER = 1.0  # keep the watcher this long after the last waiter, to avoid churn
+_RACY_LISTING_NS = 100_000_000  # re-list the doorbell directory this long after it changed
 _socket_ids = itertools.count()
 
 
@@ -113,12 +114,17 @@ class FileNotifier:
             return  # nobody has ever waited in notify mode
         cached_mtime, bells = self._bell_cache
         if mtime != cached_mtime:
+            listed_at = time.time_ns()
             try:
                 names = os.listdir(self._bell_dir)
             except OSError:
                 return
             bells = [os.path.join(self._bell_dir, n) for n in names if n.endswith(".bell")]
-            self._bell_cache = (mtime, bells)
+            # Directory mtimes can be coarse (a clock tick of 1-10 ms on Linux < 6.13): a
+            # bell bound later within the same tick leaves the mtime unchanged. A listing
+            # taken that close to the last change is used now but not trusted next time.
+            racy = listed_at - mtime < _RACY_LISTING_NS
+            self._bell_cache = (-1 if racy else mtime, bells)
         if not bells:
             return
         with self._send_lock:
@@ -229,11 +235,12 @@ class FileNotifier:
                 self._send_sock = None
 
     def _wake_own_bell(self) -> None:
-        if self._own_bell:
+        bell = self._own_bell  # read once: the exiting watcher sets it to None at any moment
+        if bell:
             with contextlib.suppress(OSError):
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                     s.setblocking(False)
-                    s.sendto(b"!", self._own_bell)
+                    s.sendto(b"!", bell)
 
     def _bind_bell(self) -> tuple[socket.socket, str] | None:
         if not doorbell_supported():
