@@ -44,13 +44,20 @@ class Checkpointer:
     def stopped(self) -> bool:
         return self._stop
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Tell the thread to finish; returns at once (see :meth:`join`)."""
         with self._lock:
             self._stop = True
-            thread = self._thread
         self._wanted.set()
+
+    def join(self) -> None:
+        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(10.0)
+
+    def stop(self) -> None:
+        self.request_stop()
+        self.join()
 
     def _run(self) -> None:
         conn = None

@@ -60,7 +60,6 @@ class FileNotifier:
         self._fallback = DEFAULT_FALLBACK_INTERVAL
         self._watcher: threading.Thread | None = None
         self._watcher_ready = threading.Event()  # replaced for every new watcher thread
-        self._stop = False
         self._last_waiter_left = 0.0
         self._bell_dir = os.path.join(
             tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}",
@@ -83,13 +82,20 @@ class FileNotifier:
                 self.checkpointer = Checkpointer(self.path)
 
     def detach(self) -> None:
-        """A Database on this file closed; the last one stops the helper threads."""
+        """A Database on this file closed; the last one stops the helper threads.
+
+        The checkpointer is marked stopped under the same lock ``attach`` checks, so a
+        Database opening concurrently gets a fresh one instead of the dying one.
+        """
         with self.cond:
             self.open_count -= 1
             last = self.open_count <= 0
+            if last:
+                checkpointer = self.checkpointer
+                checkpointer.request_stop()
         if last:
             self.close_watcher()
-            self.checkpointer.stop()
+            checkpointer.join()
 
     # ----------------------------------------------------------------- committers
 
@@ -164,7 +170,6 @@ class FileNotifier:
             elif poll_interval:
                 self._fallback = min(self._fallback, poll_interval)
             if self._watcher is None or not self._watcher.is_alive():
-                self._stop = False
                 ready = self._watcher_ready = threading.Event()
                 self._watcher = threading.Thread(
                     target=self._watch,
@@ -222,10 +227,11 @@ class FileNotifier:
     # ----------------------------------------------------------------- watcher
 
     def close_watcher(self) -> None:
+        """Retire the watcher thread (a later waiter starts a new one) and wait for it."""
         with self.cond:
-            self._stop = True
-            self.cond.notify_all()
             watcher = self._watcher
+            self._watcher = None  # a watcher runs only while it is self._watcher
+            self.cond.notify_all()
         if watcher is not None and watcher is not threading.current_thread():
             self._wake_own_bell()
             watcher.join(5.0)
@@ -269,8 +275,8 @@ class FileNotifier:
             ready.set()
             while True:
                 with self.cond:
-                    if self._stop:
-                        return
+                    if self._watcher is not threading.current_thread():
+                        return  # retired by close_watcher(), possibly replaced already
                     if self._waiters == 0 and time.monotonic() - self._last_waiter_left > _LINGER:
                         self._watcher = None
                         return
