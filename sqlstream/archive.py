@@ -44,7 +44,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .database import Database
-    from .export import ImportResult
+    from .importing import ImportResult
     from .storage import StorageDriver
 
 __all__ = [
@@ -528,8 +528,8 @@ def import_archives(
     create: bool = True,
     progress: Any = None,
 ) -> ImportResult:
-    """Load exported archives back into ``db``'s streams; see :func:`sqlstream.export.import_archives`."""
-    from .export import import_archives as _import
+    """Load exported archives back into ``db``'s streams; see :func:`sqlstream.importing.import_archives`."""
+    from .importing import import_archives as _import
 
     return _import(db, pattern, directory, storage=storage, streams=streams, create=create, progress=progress)
 

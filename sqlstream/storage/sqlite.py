@@ -31,15 +31,12 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apsw
 
 from ..errors import InvalidArgument, ObjectNotFound, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
-
-if TYPE_CHECKING:
-    from ..database import Database
 
 SEGMENT_PREFIX = "_objects/"
 SEGMENT_METADATA = {"sqlstream.storage": "segment"}

@@ -1,0 +1,293 @@
+"""The archive commands of the ``sqlstream`` CLI: ``export``, ``import``, ``archive cat``.
+
+Kept beside ``cli.py`` (which registers them) so the archive code stays in one place.
+Output follows the CLI's contract: human lines by default, ``--json`` objects one per
+line, ``Error:``/``Hint:`` on stderr and exit 1 on failure. ``archive cat`` always
+prints JSON lines: ``file``, ``index``, ``metadata`` (object of strings) and
+``payload`` (the text when the payload is UTF-8, else base64 with ``"encoding":
+"base64"``); consumers must ignore fields they do not know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import IO, Any
+
+from .errors import ArchiveError, EndOfArchive, InvalidArgument, SqlstreamError
+
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def parse_storage(text: str) -> dict[str, Any]:
+    """A storage configuration from the command line.
+
+    ``{"driver": ...}`` JSON, or a shorthand: ``filesystem:DIR``, ``sqlite:DB``,
+    ``s3://BUCKET[/PREFIX]`` (credentials and endpoint from the usual AWS environment).
+    """
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            raise InvalidArgument(f"--storage is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise InvalidArgument("--storage JSON must be an object with a 'driver' key")
+        return config
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[5:].partition("/")
+        config: dict[str, Any] = {"driver": "s3", "bucket": bucket, "prefix": prefix}
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            config["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        return config
+    driver, sep, arg = text.partition(":")
+    if sep and driver == "filesystem":
+        return {"driver": "filesystem", "root": arg}
+    if sep and driver == "sqlite":
+        return {"driver": "sqlite", "path": arg}
+    raise InvalidArgument(
+        f"cannot read --storage {text!r}",
+        hint="use filesystem:DIR, sqlite:DB, s3://BUCKET/PREFIX or a JSON object with a 'driver' key",
+    )
+
+
+class ProgressLine:
+    """A one-line progress display on a terminal, redrawn at most ten times a second.
+
+    The standard library is enough for one self-overwriting line, so no progress-bar
+    package is needed.
+    """
+
+    def __init__(self, err: IO[str], label: str) -> None:
+        self.err = err
+        self.label = label
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, p: Any, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        if p.total:
+            width = 24
+            done = min(p.records, p.total)
+            filled = width * done // p.total
+            bar = "[" + "#" * filled + "." * (width - filled) + f"] {done:,}/{p.total:,}"
+        else:
+            bar = f"{p.records:,} records"
+        self.err.write(f"\r{self.label}: {bar}, {p.files} archive(s)\x1b[K")
+        self.err.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self.err.write("\n")
+            self.err.flush()
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Export streams to archives (progress bar on a terminal; Ctrl-C ends --follow cleanly)."""
+    from .cli import _open
+    from .export import export, trim_exported
+
+    storage = parse_storage(args.storage) if args.storage else None
+    stop = threading.Event()
+    bar = ProgressLine(err, f"export {args.name or '+'.join(args.streams)}") if _isatty(err) else None
+    previous = None
+    if args.follow and threading.current_thread() is threading.main_thread():
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            stop.set()  # finish and close the current archive, then return
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with _open(args, write=True) as db:
+            result = export(
+                db, args.streams, args.dir, name=args.name, template=args.template,
+                roll_size_mb=args.roll_size_mb, roll_minutes=args.roll_minutes, compress=args.compress,
+                storage=storage, storage_prefix=args.storage_prefix, follow=args.follow,
+                version=args.format_version, stop=stop, progress=bar,
+            )
+            trimmed = trim_exported(db, result.name) if args.trim else {}
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.done()
+    if args.json:
+        out.write(_dump({
+            "export": result.name, "records": result.records, "bytes": result.bytes, "files": result.files,
+            "recovered": result.recovered, "skipped": result.skipped, "offsets": result.offsets,
+            "trimmed": trimmed,
+        }) + "\n")
+        return 0
+    out.write("".join(f"{f}\n" for f in result.files))
+    summary = f"exported {result.records:,} record(s) to {len(result.files)} archive(s)"
+    if result.recovered:
+        summary += f", finishing {result.recovered} from an interrupted run"
+    err.write(summary + "\n")
+    if result.skipped:
+        err.write(f"note: {result.skipped} record(s) were trimmed by retention before they could be exported\n")
+    if trimmed:
+        err.write(f"trimmed {sum(trimmed.values()):,} exported record(s)\n")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Import archives back into streams (idempotent)."""
+    from .cli import _open
+    from .importing import import_archives
+
+    storage = parse_storage(args.storage) if args.storage else None
+    path = args.db or os.environ.get("SQLSTREAM_DB") or "sqlstream.db"
+    # Importing may create the database, like `create`: archives are a way to start one.
+    with _open(args, write=True, create=not os.path.exists(path)) as db:
+        result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
+                                 create=not args.no_create)
+    if args.json:
+        out.write(_dump({
+            "files": result.files, "records": result.records, "imported": result.imported,
+            "skipped": result.skipped, "streams": result.streams, "torn": result.torn,
+        }) + "\n")
+    else:
+        out.write(
+            f"imported {result.imported:,} record(s) from {len(result.files)} archive(s); "
+            f"{result.skipped:,} already present\n"
+        )
+        for label in result.torn:
+            err.write(f"note: {label} ends in a torn record, which was ignored\n")
+    if not result.files:
+        err.write(f"note: no archive matches {args.pattern!r} in {args.dir}\n")
+    return 0
+
+
+def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Print every record of the archive files as JSON lines."""
+    from .archive import ArchiveReader
+    from .cli import report_error
+
+    status = 0
+    for filename in args.files:
+        try:
+            with ArchiveReader(filename) as reader:
+                while True:
+                    try:
+                        metadata, payload = reader.read()
+                    except EndOfArchive:
+                        break
+                    line: dict[str, Any] = {"file": filename, "index": reader.index - 1, "metadata": metadata}
+                    try:
+                        line["payload"] = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        line["payload"] = base64.b64encode(payload).decode("ascii")
+                        line["encoding"] = "base64"
+                    out.write(_dump(line) + "\n")
+        except (ArchiveError, SqlstreamError) as exc:
+            out.flush()
+            report_error(exc, err)
+            status = 1
+        except OSError as exc:
+            report_error(ArchiveError(f"{filename}: {exc.strerror or exc}"), err)
+            status = 1
+    return status
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    return value
+
+
+def register(commands: Any, command: Command, formatter: type[argparse.HelpFormatter]) -> None:
+    """Add ``export``, ``import`` and ``archive cat`` to the CLI's command group."""
+    p = command(
+        "export", cmd_export, "Export streams to rolled archive files (incremental, resumable).",
+        "sqlstream export orders --dir archives --roll-size-mb 64 --compress gzip\n"
+        "sqlstream export orders audit --dir staging --storage s3://my-bucket/archives --follow",
+        details="Each run exports the records not yet exported under --name (default: the\n"
+        "stream names joined by '+'); progress is kept in the database, so an export that\n"
+        "is stopped (even killed) and re-run writes every record to exactly one closed\n"
+        "archive. Prints the closed archives, one per line. --follow keeps exporting as\n"
+        "records arrive until the streams are sealed or Ctrl-C (which closes the current\n"
+        "archive first). A progress bar is drawn on stderr when it is a terminal.",
+    )
+    p.add_argument("streams", metavar="STREAM", nargs="+")
+    p.add_argument("--dir", required=True, metavar="DIR", help="where archives are written (or staged)")
+    p.add_argument("--name", help="the export's name, which keys its progress")
+    p.add_argument("--template", metavar="T", help="strftime file-name template (UTC)")
+    p.add_argument("--roll-size-mb", type=_positive_float, default=100.0, metavar="MB",
+                   help="close an archive once it reaches MB MiB (default 100)")
+    p.add_argument("--roll-minutes", type=_positive_float, metavar="MIN",
+                   help="close an archive once it has been open MIN minutes")
+    p.add_argument("--compress", choices=["gzip", "zstd"], help="compress closed archives (zstd: the zstd extra)")
+    p.add_argument("--storage", metavar="SPEC",
+                   help="upload archives: filesystem:DIR, sqlite:DB, s3://BUCKET/PREFIX or JSON")
+    p.add_argument("--storage-prefix", default="", metavar="P", help="object path prefix in --storage")
+    p.add_argument("--follow", action="store_true", help="keep exporting as records arrive")
+    p.add_argument("--format-version", type=int, choices=[1, 2], default=2,
+                   help="archive record format (1: shoebox-compatible, no checksums)")
+    p.add_argument("--trim", action="store_true", help="afterwards, delete the exported records from the streams")
+
+    p = command(
+        "import", cmd_import, "Load exported archives back into streams (idempotent).",
+        "sqlstream --db restored.db import 'archives/orders-*.events*'\n"
+        "sqlstream import 'orders-*' --dir archives --storage s3://my-bucket",
+        details="Records keep their offsets, byte positions and timestamps; records a stream\n"
+        "already holds are skipped, so importing the same archives twice adds nothing.\n"
+        "PATTERN is matched against file names (or object names under --dir with\n"
+        "--storage), read in name order. Creates the database if it does not exist.",
+    )
+    p.add_argument("pattern", metavar="PATTERN")
+    p.add_argument("--dir", default=".", metavar="DIR", help="directory (or object prefix) to search (default .)")
+    p.add_argument("--storage", metavar="SPEC", help="read archives from storage (see export --storage)")
+    p.add_argument("--stream", action="append", metavar="NAME", help="import only this stream; repeatable")
+    p.add_argument("--no-create", action="store_true", help="refuse streams that do not exist yet")
+
+    p = command(
+        "archive", lambda a, o, e: 2, "Inspect archive files.",
+        "sqlstream archive cat archives/orders-20240101T000000.000000Z.events | jq .metadata.offset",
+        json_output=False,
+    )
+    sub = p.add_subparsers(dest="archive_command", metavar="SUBCOMMAND", required=True)
+    cat = sub.add_parser(
+        "cat", help="Print the records of archive files as JSON lines.",
+        description="Print the records of archive files (version 1 or 2, gzip/zstd or not) as JSON\n"
+        "lines: file, index, metadata, payload (UTF-8 text, else base64 with\n"
+        "\"encoding\": \"base64\"). A damaged or torn file is reported on stderr\n"
+        "(exit 1) after its intact records are printed.",
+        epilog="Example:\n  sqlstream archive cat a.events b.events.gz\n",
+        formatter_class=formatter,
+    )
+    cat.add_argument("files", metavar="FILE", nargs="+")
+    cat.set_defaults(handler=cmd_archive_cat)
+
+
+__all__ = ["register", "parse_storage", "ProgressLine", "cmd_export", "cmd_import", "cmd_archive_cat"]
