@@ -136,6 +136,8 @@ _CONTAINERS = (dict, list, tuple)
 
 def _check_json_keys(value: object) -> None:
     """Refuse dicts with non-str keys: JSON would turn them into strings (and can merge them)."""
+    if not isinstance(value, _CONTAINERS):
+        return
     pending = [value]
     while pending:
         item = pending.pop()
