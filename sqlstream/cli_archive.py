@@ -35,12 +35,12 @@ def parse_storage(text: str) -> dict[str, Any]:
     text = text.strip()
     if text.startswith("{"):
         try:
-            config = json.loads(text)
+            parsed = json.loads(text)
         except ValueError as exc:
             raise InvalidArgument(f"--storage is not valid JSON: {exc}") from exc
-        if not isinstance(config, dict):
+        if not isinstance(parsed, dict):
             raise InvalidArgument("--storage JSON must be an object with a 'driver' key")
-        return config
+        return dict(parsed)
     if text.startswith("s3://"):
         bucket, _, prefix = text[5:].partition("/")
         config: dict[str, Any] = {"driver": "s3", "bucket": bucket, "prefix": prefix}

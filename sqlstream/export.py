@@ -474,9 +474,8 @@ class _Exporter:
         with self.db._snapshot() as conn:
             for index, stream in enumerate(self.names):
                 sid = self.ids[stream]
-                state = conn.execute(
-                    "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,)
-                ).fetchall()
+                state = _sql(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
+                             (sid,))
                 if not state:
                     raise StreamNotFound(f"stream {stream!r} was deleted while being exported")
                 first, nxt, sealed = state[0]
@@ -492,7 +491,7 @@ class _Exporter:
                 if not (sealed and cur >= nxt):
                     all_sealed = False
                 if cur < nxt:
-                    rows = conn.execute(_RECORD_SQL, (sid, cur, self.batch)).fetchall()
+                    rows = _sql(conn, _RECORD_SQL, (sid, cur, self.batch))
                     per_stream.append([(row[7], index, row[0], stream, sid, row) for row in rows])
         merged = heapq.merge(*per_stream)  # each list is in offset order, hence txn order
         out = [(stream, sid, row) for _, _, _, stream, sid, row in
@@ -525,20 +524,23 @@ class _Exporter:
             raise
         with self.db._snapshot() as conn:
             for stream, sid in self.ids.items():
-                self.result.offsets[stream] = conn.execute(
+                self.result.offsets[stream] = _sql(
+                    conn,
                     "SELECT exported_offset FROM export_streams WHERE export_id = ? AND stream_id = ?",
                     (self.export_id, sid),
-                ).fetchall()[0][0]
+                )[0][0]
         return self.result
 
     def has_news(self) -> bool | None:
+        """True when a stream has records past its cursor, or every stream is sealed (or gone)."""
+        all_sealed = True
         with self.db._snapshot() as conn:
-            for stream, sid in self.ids.items():
-                row = conn.execute("SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
-                                   (sid,)).fetchall()
-                if not row or row[0][0] > self.cursor[sid] or row[0][1]:
-                    return True
-        return None
+            for sid in self.ids.values():
+                row = _sql(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,))
+                if not row or row[0][0] > self.cursor[sid]:
+                    return True  # new records (or a deleted stream, which fetch() reports)
+                all_sealed = all_sealed and bool(row[0][1])
+        return True if all_sealed else None
 
 
 def export(

@@ -71,10 +71,13 @@ def _archive_sources(
     if storage is None:
         sub, pat = os.path.split(pattern)
         files = matching_files(os.path.join(directory, sub), pat)
-        return [(f, lambda f=f: (None, f)) for f in files]
+        local: list[tuple[str, Callable[[], tuple[IO[bytes] | None, str]]]] = []
+        for f in files:
+            local.append((f, lambda f=f: (None, f)))  # type: ignore[misc]
+        return local
     prefix = "/".join(p for p in (directory.strip("/"), os.path.dirname(pattern)) if p and p != ".")
     pat = os.path.basename(pattern)
-    out = []
+    out: list[tuple[str, Callable[[], tuple[IO[bytes] | None, str]]]] = []
     for info in storage.list_objects(prefix):
         if not info.isdir and fnmatch.fnmatchcase(info.name, pat):
             def opener(path: str = info.path) -> tuple[IO[bytes] | None, str]:

@@ -452,3 +452,22 @@ def test_export_killed_at_each_commit_window_is_finished_by_the_next_run(tmp_pat
         assert sorted(seen) == [("s", i) for i in range(50)]
         assert export_status(db, "s").pending == 0
         assert sorted(os.listdir(directory / ".sqlstream-staging" / "s")) == ["lock"]
+
+
+def test_follow_waits_quietly_while_one_stream_is_sealed(db: sqlstream.Database, tmp_path: Path) -> None:
+    a, b = db.create_stream("a"), db.create_stream("b")
+    a.append(b"x")
+    a.seal()  # sealed and (soon) drained; b is open and idle
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: db.export(["a", "b"], tmp_path, follow=True, stop=stop))
+    worker.start()
+    time.sleep(0.2)
+    cpu = time.process_time()
+    time.sleep(0.8)
+    used = time.process_time() - cpu
+    b.append(b"y")
+    time.sleep(0.2)
+    stop.set()
+    worker.join(10)
+    assert used < 0.4, f"an idle follow export used {used:.2f}s of CPU in 0.8s"
+    assert sorted(archived(closed_archives(tmp_path))) == [("a", 0), ("b", 0)]

@@ -32,7 +32,7 @@ _CLIENT_OPTIONS = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secr
 
 def _boto3() -> Any:
     try:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
     except ImportError as exc:
         raise StorageError("the s3 driver needs boto3", hint="pip install 'sqlstream[s3]'") from exc
     return boto3
@@ -68,7 +68,7 @@ class S3Driver(StorageDriver):
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         super().__init__(conf, **options)
         boto3 = _boto3()
-        from botocore.config import Config
+        from botocore.config import Config  # type: ignore[import-untyped]
 
         self.bucket = self.conf.get("bucket")
         if not isinstance(self.bucket, str) or not self.bucket:
@@ -91,7 +91,7 @@ class S3Driver(StorageDriver):
 
     @staticmethod
     def _error_classes() -> tuple[type[Exception], type[Exception]]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
         return ClientError, BotoCoreError
 

@@ -50,6 +50,10 @@ def _now_us() -> int:
     return now_us()
 
 
+def _rows(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
+
+
 def _pieces(data: Data) -> Iterator[bytes]:
     for piece in iter_data(data):
         for start in range(0, len(piece), PIECE):
@@ -130,7 +134,7 @@ class SqliteDriver(StorageDriver):
         return self.db._write_conn()
 
     def _object(self, conn: apsw.Connection, path: str) -> tuple[int, int] | None:
-        rows = conn.execute("SELECT id, size FROM storage_objects WHERE path = ?", (path,)).fetchall()
+        rows = _rows(conn, "SELECT id, size FROM storage_objects WHERE path = ?", (path,))
         return (rows[0][0], rows[0][1]) if rows else None
 
     def _segments(self, conn: apsw.Connection, object_id: int) -> list[int]:
@@ -178,7 +182,7 @@ class SqliteDriver(StorageDriver):
             SEGMENT_PREFIX + secrets.token_hex(16), secret=True, metadata=SEGMENT_METADATA
         )
         with self.db._snapshot() as conn:
-            sid = conn.execute("SELECT id FROM streams WHERE name = ?", (stream.name,)).fetchall()[0][0]
+            sid: int = _rows(conn, "SELECT id FROM streams WHERE name = ?", (stream.name,))[0][0]
         return stream, sid
 
     # ----------------------------------------------------------------- the interface
@@ -190,12 +194,13 @@ class SqliteDriver(StorageDriver):
         end = prefix + "0" if prefix else None
         with self.db._snapshot() as conn:
             if end is None:
-                rows = conn.execute("SELECT path, created_at FROM storage_objects ORDER BY path").fetchall()
+                rows = _rows(conn, "SELECT path, created_at FROM storage_objects ORDER BY path")
             else:
-                rows = conn.execute(
+                rows = _rows(
+                    conn,
                     "SELECT path, created_at FROM storage_objects WHERE path >= ? AND path < ? ORDER BY path",
                     (start, end),
-                ).fetchall()
+                )
         entries: dict[str, ObjectInfo] = {}
         for full, created in rows:
             rest = full[len(start):]
@@ -378,12 +383,13 @@ class SqliteDriver(StorageDriver):
         with self.db.transaction():
             conn = self._conn()
             try:
-                rows = conn.execute(
+                rows = _rows(
+                    conn,
                     "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
                     "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
                     "AND NOT EXISTS (SELECT 1 FROM storage_segments WHERE stream_id = streams.id)",
                     (SEGMENT_PREFIX, SEGMENT_PREFIX[:-1] + "0", cutoff),
-                ).fetchall()
+                )
                 self._drop_unreferenced(conn, [r[0] for r in rows])
             except apsw.Error as exc:
                 raise convert(exc) from exc
@@ -392,11 +398,11 @@ class SqliteDriver(StorageDriver):
     def stats(self) -> dict[str, int]:
         """Counts for inspection: objects, segments, segment streams, stored bytes."""
         with self.db._snapshot() as conn:
-            objects, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM storage_objects").fetchall()[0]
-            segments = conn.execute("SELECT count(*) FROM storage_segments").fetchall()[0][0]
-            streams = conn.execute(
-                "SELECT count(*) FROM streams WHERE json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment'"
-            ).fetchall()[0][0]
+            objects, size = _rows(conn, "SELECT count(*), coalesce(sum(size), 0) FROM storage_objects")[0]
+            segments = _rows(conn, "SELECT count(*) FROM storage_segments")[0][0]
+            streams = _rows(
+                conn, "SELECT count(*) FROM streams WHERE json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment'"
+            )[0][0]
         return {"objects": objects, "segments": segments, "segment_streams": streams, "bytes": size}
 
 
