@@ -21,6 +21,7 @@ importable from here.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import struct
@@ -383,9 +384,55 @@ def _decompressing(raw: IO[bytes]) -> IO[bytes]:
     if head[:2] == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if head == ZSTD_MAGIC:
-        zstd = _zstandard()
-        return zstd.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)  # type: ignore[no-any-return]
+        return io.BufferedReader(_ZstdReader(raw))
     return raw
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses zstd frames one after another; a frame cut short raises EOFError.
+
+    zstandard's own stream reader returns a clean end of file for a truncated frame,
+    which would make a cut archive look complete.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._zstd = _zstandard()
+        self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+        self._buffer = b""
+        self._started = False  # the current frame has consumed input
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buffer:
+            if self._dobj.eof:
+                rest = self._dobj.unused_data
+                self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+                self._started = False
+                if rest:
+                    self._feed(rest)
+                    continue
+            data = self._raw.read(1 << 16)
+            if not data:
+                if self._started and not self._dobj.eof:
+                    raise EOFError("the zstd data ends before the end of its frame")
+                return 0
+            self._feed(data)
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def _feed(self, data: bytes) -> None:
+        self._started = True
+        self._buffer += self._dobj.decompress(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 class ArchiveWriter:
@@ -463,7 +510,8 @@ class ArchiveReader:
             raise InvalidArgument("give ArchiveReader a filename or a fileobj (one of them)")
         if fileobj is not None:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
-            self._handle: IO[bytes] | None = fileobj
+            # Compressed data is recognised when the file object can peek at its start.
+            self._handle: IO[bytes] | None = _decompressing(fileobj)
         else:
             self.filename = os.fspath(filename)  # type: ignore[arg-type]
             self._handle = open_archive(self.filename)

@@ -253,14 +253,25 @@ def test_compressed_files_are_read_transparently(tmp_path: Path) -> None:
     assert list(ArchiveReader(tmp_path / "a.events.zst")) == records
 
 
-def test_truncated_gzip_is_a_torn_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_cut_compressed_file_is_a_torn_record_not_a_clean_end(tmp_path: Path, compression: str) -> None:
     raw = b"".join(pack({"i": str(i)}, b"x" * 100) for i in range(50))
-    data = gzip.compress(raw)
-    (tmp_path / "cut.events.gz").write_bytes(data[: len(data) // 2])
-    with ArchiveReader(tmp_path / "cut.events.gz") as r:
-        with pytest.raises(TruncatedRecord):
-            for _ in r:
-                pass
+    if compression == "gzip":
+        data = gzip.compress(raw)
+    else:
+        zstandard = pytest.importorskip("zstandard", reason="zstd is the optional `zstd` extra")
+        data = zstandard.ZstdCompressor().compress(raw)
+    for cut in (len(data) // 2, len(data) - 1):
+        (tmp_path / "cut").write_bytes(data[:cut])
+        with ArchiveReader(tmp_path / "cut") as r:
+            with pytest.raises(TruncatedRecord):
+                for _ in r:
+                    pass
+    (tmp_path / "twice").write_bytes(data + data)  # concatenated members/frames read on
+    with ArchiveReader(tmp_path / "twice") as r:
+        assert len(list(r)) == 100
+    with open(tmp_path / "twice", "rb") as fh:
+        assert len(list(ArchiveReader(fileobj=fh))) == 100
 
 
 def test_module_exports_shoebox_names() -> None:
