@@ -194,7 +194,6 @@ class WritingRollManager:
         filename_template: str,
         roll_checker: RollChecker | None = None,
         directory: str | os.PathLike[str] = ".",
-        destination_directory: str | None = None,
         archive_class: type[ArchiveWriter] = ArchiveWriter,
         archive_callback: ArchiveCallback | None = None,
         version: int = 2,
