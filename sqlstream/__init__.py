@@ -13,17 +13,31 @@ from .database import Database, QueryResult, open
 from .errors import SqlstreamError
 from .records import Chunk, Record, StreamInfo
 from .streams import Stream
+from .consumer import Consumer
+from .producer import Producer, ProducerRecord
+from .readers import Reader, ReaderInfo
+from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AckResult",
+    "Batch",
     "Chunk",
+    "Consumer",
     "Database",
+    "PendingEntry",
+    "Producer",
+    "ProducerRecord",
     "QueryResult",
+    "Reader",
+    "ReaderInfo",
     "Record",
     "SqlstreamError",
     "Stream",
     "StreamInfo",
+    "Subscription",
+    "SubscriptionInfo",
     "errors",
     "open",
     "__version__",

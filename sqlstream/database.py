@@ -685,6 +685,115 @@ class Database:
 
         return export(self, streams, directory, **options)
 
+    # ================================================================= subscriptions, readers,
+    # producer, consumer (issue 3). Thin delegations: the logic lives in subscriptions.py,
+    # readers.py, producer.py and consumer.py.
+
+    def _clock(self) -> float:
+        """Wall-clock seconds used for ack deadlines (``time.time``).
+
+        An internal hook: tests assign a function to ``db._clock`` on one instance to expire
+        ack deadlines without sleeping. Processes sharing a file must all use real time.
+        """
+        return time.time()
+
+    def create_subscription(
+        self,
+        name: str,
+        stream: str,
+        *,
+        start: int | str = "earliest",
+        ack_timeout: float = 30.0,
+        max_unacked: int = 1000,
+        max_deliveries: int | None = None,
+        dead_letter: str | None = None,
+        exist_ok: bool = False,
+    ) -> Subscription:
+        """Create a subscription (consumer group) on ``stream`` and return a handle to it.
+
+        ``start`` (``"earliest"``, ``"latest"`` or a retained offset) is fixed now.
+        ``ack_timeout``: seconds a consumer holds a fetched record before it is redelivered.
+        ``max_unacked``: most records pending (delivered, unacked) at once.
+        ``max_deliveries`` with ``dead_letter``: a record delivered that many times without
+        an ack moves to the ``dead_letter`` stream (created now if absent, and again on
+        demand if deleted later). ``exist_ok``: return an existing subscription of that
+        name on the same stream unchanged. Raises ``StreamNotFound``,
+        ``SubscriptionExists``, ``InvalidName``, ``InvalidArgument``, ``OffsetOutOfRange``.
+        """
+        return _subscriptions.create_subscription(
+            self, name, stream, start=start, ack_timeout=ack_timeout, max_unacked=max_unacked,
+            max_deliveries=max_deliveries, dead_letter=dead_letter, exist_ok=exist_ok,
+        )
+
+    def subscription(self, name: str) -> Subscription:
+        """A handle to an existing subscription (``SubscriptionNotFound`` if absent)."""
+        return _subscriptions.get_subscription(self, name)
+
+    def subscriptions(self) -> builtins.list[SubscriptionInfo]:
+        """Every subscription's :class:`SubscriptionInfo`, by name (one consistent snapshot)."""
+        return _subscriptions.list_subscriptions(self)
+
+    def delete_subscription(self, name: str, *, force: bool = False) -> int:
+        """Delete a subscription; return how many pending records were dropped with it.
+
+        Refused with ``SubscriptionInUse`` while records are pending (delivered, unacked),
+        unless ``force``. ``SubscriptionNotFound`` if absent. Fetches blocked on it wake
+        and raise ``SubscriptionNotFound``; a new subscription of the same name starts fresh.
+        """
+        return _subscriptions.delete_subscription(self, name, force=force)
+
+    def reader(self, name: str, stream: str | None = None, *, start: int | str = "earliest") -> Reader:
+        """Reader ``name``, created on ``stream`` at ``start`` if it does not exist yet.
+
+        An existing reader resumes from its stored position (``start`` is then ignored;
+        naming another stream is ``InvalidArgument``). Without ``stream`` the reader must
+        exist (``ReaderNotFound``). Raises ``StreamNotFound``, ``OffsetOutOfRange``.
+        """
+        return _readers.open_reader(self, name, stream, start)
+
+    def readers(self) -> builtins.list[ReaderInfo]:
+        """Every reader with its stream, position and lag, by name."""
+        return _readers.list_readers(self)
+
+    def delete_reader(self, name: str) -> None:
+        """Delete a reader and its position (``ReaderNotFound`` if absent)."""
+        _readers.delete_reader(self, name)
+
+    def producer(
+        self,
+        *,
+        max_batch: int = 1000,
+        max_delay: float = 0.005,
+        max_bytes: int = 4 * 1024 * 1024,
+        on_success: SuccessCallback | None = None,
+        on_error: ErrorCallback | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.05,
+        max_pending: int | None = None,
+    ) -> Producer:
+        """A buffered :class:`Producer`: ``append`` returns futures, batches are written by
+        one background thread, one transaction per batch (see ``sqlstream.producer``)."""
+        return Producer(
+            self, max_batch=max_batch, max_delay=max_delay, max_bytes=max_bytes, on_success=on_success,
+            on_error=on_error, retries=retries, retry_delay=retry_delay, max_pending=max_pending,
+        )
+
+    def consumer(
+        self,
+        subscription: str | Subscription,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        batch: int = 100,
+        concurrency: int = 1,
+        nack_delay: float = 0.0,
+    ) -> Consumer:
+        """A :class:`Consumer` running ``handler(batch)`` over ``subscription``: ack on
+        return, nack on raise (see ``sqlstream.consumer``). ``SubscriptionNotFound`` if absent."""
+        return Consumer(
+            self, subscription, handler, name=name, batch=batch, concurrency=concurrency, nack_delay=nack_delay
+        )
+
 
 class _Transaction:
     """Context manager behind :meth:`Database.transaction` (a class: it is on every append's path)."""
@@ -822,3 +931,10 @@ def _stream_info(row: tuple[Any, ...]) -> StreamInfo:
 _abandoned: builtins.list[apsw.Connection] = []
 
 from .streams import Stream  # noqa: E402  (Stream needs Database's helpers at import)
+
+# Issue 3 (subscriptions, readers, producer, consumer): imported last, like Stream.
+from . import readers as _readers, subscriptions as _subscriptions  # noqa: E402
+from .consumer import Consumer, Handler  # noqa: E402
+from .producer import ErrorCallback, Producer, SuccessCallback  # noqa: E402
+from .readers import Reader, ReaderInfo  # noqa: E402
+from .subscriptions import Subscription, SubscriptionInfo  # noqa: E402

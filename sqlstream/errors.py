@@ -31,11 +31,24 @@ __all__ = [
     "SchemaVersionError",
     "SubscriptionNotFound",
     "SubscriptionExists",
+    "SubscriptionInUse",
+    "ReaderNotFound",
     "AccessDenied",
     "ReadOnlyDatabase",
     "CorruptDatabase",
     "DatabaseClosed",
     "DatabaseError",
+    "ArchiveError",
+    "EndOfArchive",
+    "TruncatedRecord",
+    "CorruptArchive",
+    "BadMagic",
+    "ChecksumMismatch",
+    "UnsupportedVersion",
+    "NoMoreFiles",
+    "StorageError",
+    "ObjectNotFound",
+    "InvalidObjectPath",
     "translate",
 ]
 
@@ -125,6 +138,17 @@ class SubscriptionExists(SqlstreamError):
     """A subscription with that name already exists."""
 
 
+class SubscriptionInUse(SqlstreamError):
+    """The subscription still has pending (delivered, unacked) records; deleting it needs force."""
+
+
+class ReaderNotFound(SqlstreamError, KeyError):
+    """The named reader does not exist (or was deleted)."""
+
+    def __str__(self) -> str:
+        return SqlstreamError.__str__(self)
+
+
 class AccessDenied(SqlstreamError):
     """The stream takes writes only through its write secret."""
 
@@ -143,6 +167,56 @@ class DatabaseClosed(SqlstreamError):
 
 class DatabaseError(SqlstreamError):
     """Any other failure reported by SQLite; the message carries SQLite's own text."""
+
+
+# --- archives and object storage (sqlstream.archive, sqlstream.storage) ---------------
+
+
+class ArchiveError(SqlstreamError):
+    """Base class of every problem reading or writing an archive file."""
+
+
+class EndOfArchive(ArchiveError, EOFError):
+    """The archive ended cleanly: no bytes were left where the next record would start."""
+
+
+class TruncatedRecord(ArchiveError):
+    """The archive ends part-way through a record (a torn tail, e.g. a writer that crashed)."""
+
+
+class CorruptArchive(ArchiveError):
+    """The bytes of a record are not a valid record (lengths or metadata do not add up)."""
+
+
+class BadMagic(CorruptArchive):
+    """A record does not start with the magic number 0x69867884: not an archive, or out of sync."""
+
+
+class ChecksumMismatch(CorruptArchive):
+    """A version-2 record's CRC-32 does not match its bytes: the record was damaged."""
+
+
+class UnsupportedVersion(ArchiveError):
+    """A record has a format version (or flag) this sqlstream cannot read."""
+
+
+class NoMoreFiles(ArchiveError):
+    """A ReadingRollManager has read every matching archive file to its end."""
+
+
+class StorageError(SqlstreamError):
+    """An object-storage driver failed; the message names the driver and the object."""
+
+
+class ObjectNotFound(StorageError, KeyError):
+    """The object (or a chunk given to cat_objects) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return SqlstreamError.__str__(self)
+
+
+class InvalidObjectPath(StorageError, ValueError):
+    """An object path is empty, absolute, or would escape the storage root (``..``)."""
 
 
 # Order matters: subclasses of apsw.Error are matched before their bases.
