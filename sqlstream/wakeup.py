@@ -66,6 +66,11 @@ class FileNotifier:
             f"{ident[0]:x}-{ident[1]:x}",
         )
         self._bell_cache: tuple[int, list[str]] = (-1, [])
+        if doorbell_supported():
+            # Made up front so that ring() is one successful stat per commit; a missing
+            # directory would cost a raised FileNotFoundError on every commit instead.
+            with contextlib.suppress(OSError):
+                os.makedirs(self._bell_dir, mode=0o700, exist_ok=True)
         self._own_bell: str | None = None
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
