@@ -17,7 +17,7 @@ import apsw
 
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound, convert
 from .records import RECORD_COLUMNS, Record, check_name, make_records
-from .subscriptions import _check_timeout
+from .subscriptions import _check_timeout, _q
 
 if TYPE_CHECKING:
     from .database import Database
@@ -68,7 +68,7 @@ class Reader:
         return ReaderNotFound(f"reader {self.name!r} no longer exists (deleted, or its stream was)")
 
     def _state(self, conn: apsw.Connection) -> tuple[Any, ...]:
-        rows = conn.execute(_STATE_SQL, (self._id,)).fetchall()
+        rows = _q(conn, _STATE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         return tuple(rows[0])
@@ -116,7 +116,7 @@ class Reader:
             try:
                 position, stream_id, first, nxt, sealed = self._state(conn)
                 start = max(position, first)
-                rows = conn.execute(_RANGE_SQL, (stream_id, start, max_records)).fetchall()
+                rows = _q(conn, _RANGE_SQL, (stream_id, start, max_records))
                 end = rows[-1][0] + 1 if rows else start
                 if end != position:
                     conn.execute(
@@ -177,12 +177,12 @@ def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
 
 
 def _infos(conn: apsw.Connection, reader_id: int | None) -> list[ReaderInfo]:
-    rows = conn.execute(
+    rows = _q(conn, 
         "SELECT c.name, st.name, c.position, max(0, st.next_offset - max(c.position, st.first_offset)), "
         "c.created_at, c.updated_at FROM cursors c JOIN streams st ON st.id = c.stream_id "
         "WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.name",
         (reader_id,),
-    ).fetchall()
+    )
     return [ReaderInfo(n, s, p, lag, c / 1e6, u / 1e6) for n, s, p, lag, c, u in rows]
 
 
@@ -199,10 +199,10 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
         conn = db._wconn
         assert conn is not None
         try:
-            rows = conn.execute(
+            rows = _q(conn, 
                 "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
                 (name,),
-            ).fetchall()
+            )
             if rows:
                 reader_id, on = rows[0]
                 if stream is not None and on != stream:
@@ -213,19 +213,19 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
                 return Reader(db, reader_id, name, on)
             if stream is None:
                 raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
-            found = conn.execute(
+            found = _q(conn, 
                 "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
-            ).fetchall()
+            )
             if not found:
                 raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
             stream_id, first, nxt = found[0]
             position = _resolve(start, first, nxt, stream)
             now = _now_us()
-            reader_id = conn.execute(
+            reader_id = _q(conn, 
                 "INSERT INTO cursors (name, stream_id, position, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (name, stream_id, position, now, now),
-            ).fetchall()[0][0]
+            )[0][0]
         except apsw.Error as exc:
             raise convert(exc) from exc
     return Reader(db, reader_id, name, stream)
@@ -242,9 +242,9 @@ def delete_reader(db: Database, name: str, *, reader_id: int | None = None) -> N
         conn = db._wconn
         assert conn is not None
         try:
-            gone = conn.execute(
+            gone = _q(conn, 
                 "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
-            ).fetchall()
+            )
         except apsw.Error as exc:
             raise convert(exc) from exc
     if not gone:

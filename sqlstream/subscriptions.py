@@ -102,6 +102,12 @@ _RECORDS_RANGE_SQL = (
 )
 
 
+def _q(conn: apsw.Connection, sql: str, params: Any = ()) -> list[Any]:
+    """All rows of one statement. Typed loosely on purpose: the schema fixes each column's
+    type, which apsw's row type (any SQLite value) cannot express."""
+    return conn.execute(sql, params).fetchall()
+
+
 def _us(seconds: float) -> int:
     """Seconds (float) to the integer microseconds stored in the database."""
     return int(round(seconds * 1_000_000))
@@ -294,10 +300,10 @@ class Subscription:
         db = self.db
         next_deadline: list[int | None] = [None]
 
-        def check() -> Batch | None:
+        def check(probe: bool = True) -> Batch | None:
             if stop is not None and stop():
                 return Batch(subscription=self.name, consumer=consumer)
-            if not db.in_transaction():
+            if probe and not db.in_transaction():
                 # A read-only look first: waiters woken by every commit to the file must
                 # not each take the write lock just to find nothing to claim.
                 claimable, next_deadline[0] = self._probe()
@@ -314,8 +320,9 @@ class Subscription:
             return time.monotonic() + max(0.001, deadline / 1e6 - db._clock())
 
         _check_timeout(timeout)
-        # One look before waiting: starting to wait (the watcher thread) costs more than a claim.
-        got = check()
+        # First a claim straight away (most fetches find records), then wait: starting to
+        # wait (the watcher thread) costs more than a claim.
+        got = check(probe=False)
         if got is None and timeout != 0:
             got = db._wait(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
@@ -323,7 +330,7 @@ class Subscription:
     def _probe(self) -> tuple[bool, int | None]:
         """(whether a claim could return something now, the earliest pending deadline)."""
         with self.db._snapshot() as conn:
-            rows = conn.execute(_PROBE_SQL, (self._id,)).fetchall()
+            rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         frontier, first, nxt, max_unacked, pending, earliest = rows[0]
@@ -337,27 +344,27 @@ class Subscription:
             conn = db._wconn
             assert conn is not None
             try:
-                rows = conn.execute(_CLAIM_STATE_SQL, (self._id,)).fetchall()
+                rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
                 if not rows:
                     raise self._missing()
                 stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
                 now = _us(db._clock())
                 if max_deliveries is not None:
-                    exhausted = conn.execute(
+                    exhausted = _q(conn, 
                         "SELECT offset, attempts, last_error FROM deliveries "
                         "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
                         (self._id, now, max_deliveries),
-                    ).fetchall()
+                    )
                     if exhausted:
                         self._dead_letter(conn, stream_id, dead_letter, exhausted)
                 deadline = now + _us(ack_timeout)
                 attempts: dict[int, int] = dict(
-                    conn.execute(_REDELIVER_SQL, (consumer, now, deadline, self._id, max_records)).fetchall()
+                    _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, max_records))
                 )
                 again = sorted(attempts)
-                pending = conn.execute(
+                pending = _q(conn, 
                     "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
-                ).fetchall()[0][0]
+                )[0][0]
                 start = max(frontier, first)  # records below `first` were trimmed by retention
                 count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
                 if count:
@@ -368,7 +375,7 @@ class Subscription:
                     )
                 records: list[Record] = []
                 if again:
-                    found = conn.execute(_RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again))).fetchall()
+                    found = _q(conn, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again)))
                     records = make_records(self.stream, found)
                     if len(records) < len(again):
                         # Trimmed by retention while pending: nothing left to deliver.
@@ -380,7 +387,7 @@ class Subscription:
                         for offset in gone:
                             del attempts[offset]
                 if count:
-                    fresh = conn.execute(_RECORDS_RANGE_SQL, (stream_id, start, start + count)).fetchall()
+                    fresh = _q(conn, _RECORDS_RANGE_SQL, (stream_id, start, start + count))
                     records += make_records(self.stream, fresh)
                     for r in fresh:
                         attempts[r[0]] = 1
@@ -400,11 +407,11 @@ class Subscription:
         db = self.db
         offsets = [e[0] for e in entries]
         info = {e[0]: (e[1], e[2]) for e in entries}
-        rows = conn.execute(
+        rows = _q(conn, 
             f"SELECT offset, key, headers, content_type, data FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} "
             "ORDER BY offset",
             (stream_id, json.dumps(offsets)),
-        ).fetchall()
+        )
         prepared: list[PreparedRecord] = []
         for offset, key, headers, ctype, data in rows:
             attempts, last_error = info[offset]
@@ -419,7 +426,7 @@ class Subscription:
                 meta["sqlstream.last_error"] = last_error
             prepared.append((key, encode_headers(meta), ctype, data, len(payload_bytes(ctype, data))))
         if prepared:
-            exists = conn.execute("SELECT 1 FROM streams WHERE name = ?", (dead_letter,)).fetchall()
+            exists = _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,))
             if not exists:
                 db.create_stream(dead_letter)
             try:
@@ -458,10 +465,10 @@ class Subscription:
             try:
                 self._check_exists(conn)
                 done = {
-                    r[0] for r in conn.execute(
+                    r[0] for r in _q(conn, 
                         f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
                         (self._id, json.dumps(wanted)),
-                    ).fetchall()
+                    )
                 }
                 if done:
                     conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
@@ -491,25 +498,25 @@ class Subscription:
             conn = db._wconn
             assert conn is not None
             try:
-                rows = conn.execute(_CLAIM_STATE_SQL, (self._id,)).fetchall()
+                rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
                 if not rows:
                     raise self._missing()
                 stream_id, _, _, max_deliveries, dead_letter = rows[0][:5]
                 param = json.dumps(wanted)
                 done = {
-                    r[0] for r in conn.execute(
+                    r[0] for r in _q(conn, 
                         f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
                         f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
                         (_us(db._clock() + delay), error, self._id, param),
-                    ).fetchall()
+                    )
                 }
                 dead: list[int] = []
                 if max_deliveries is not None and done:
-                    exhausted = conn.execute(
+                    exhausted = _q(conn, 
                         f"SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ? "
                         f"AND attempts >= ? AND {_IN_OFFSETS} ORDER BY offset",
                         (self._id, max_deliveries, param),
-                    ).fetchall()
+                    )
                     if exhausted:
                         self._dead_letter(conn, stream_id, dead_letter, exhausted)
                         dead = [e[0] for e in exhausted]
@@ -537,11 +544,11 @@ class Subscription:
             try:
                 self._check_exists(conn)
                 done = {
-                    r[0] for r in conn.execute(
+                    r[0] for r in _q(conn, 
                         f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
                         f"AND {_IN_OFFSETS} RETURNING offset",
                         (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
-                    ).fetchall()
+                    )
                 }
                 if done:
                     db._tx_dirty = True  # waiting fetches recompute their wake-up time
@@ -550,7 +557,7 @@ class Subscription:
         return _result(wanted, done)
 
     def _check_exists(self, conn: apsw.Connection) -> None:
-        if not conn.execute("SELECT 1 FROM subscriptions WHERE id = ?", (self._id,)).fetchall():
+        if not _q(conn, "SELECT 1 FROM subscriptions WHERE id = ?", (self._id,)):
             raise self._missing()
 
     # ----------------------------------------------------------------- inspection
@@ -564,11 +571,11 @@ class Subscription:
         now = self.db._clock()
         with self.db._snapshot() as conn:
             self._check_exists(conn)
-            rows = conn.execute(
+            rows = _q(conn, 
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
                 "WHERE subscription_id = ?1 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
                 (self._id, consumer, -1 if limit is None else limit),
-            ).fetchall()
+            )
         return [
             PendingEntry(o, c, a, d / 1e6, dl / 1e6, max(0.0, now - d / 1e6), dl <= _us(now), e)
             for o, c, a, d, dl, e in rows
@@ -589,7 +596,7 @@ def _result(wanted: list[int], done: set[int]) -> AckResult:
 
 def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[SubscriptionInfo]:
     now_us = _us(now)
-    rows = conn.execute(
+    rows = _q(conn, 
         f"SELECT {_SUB_COLUMNS}, s.next_offset, s.acked, s.dead_lettered, st.first_offset, st.next_offset, "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id), "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
@@ -597,9 +604,10 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
         "FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
         "WHERE ?2 IS NULL OR s.id = ?2 ORDER BY s.name",
         (now_us, sub_id),
-    ).fetchall()
+    )
     counts: dict[int, dict[str, int]] = {}
-    for sid, consumer, n in conn.execute(
+    for sid, consumer, n in _q(
+        conn,
         "SELECT subscription_id, consumer, count(*) FROM deliveries "
         "WHERE consumer IS NOT NULL AND (?1 IS NULL OR subscription_id = ?1) "
         "GROUP BY subscription_id, consumer ORDER BY consumer",
@@ -658,17 +666,17 @@ def create_subscription(
         conn = db._wconn
         assert conn is not None
         try:
-            found = conn.execute(
+            found = _q(conn, 
                 "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
-            ).fetchall()
+            )
             if not found:
                 raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
             stream_id, first, nxt = found[0]
-            existing = conn.execute(
+            existing = _q(conn, 
                 f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
                 "WHERE s.name = ?",
                 (name,),
-            ).fetchall()
+            )
             if existing:
                 if exist_ok and existing[0][2] == stream:
                     return Subscription(db, existing[0])
@@ -677,10 +685,10 @@ def create_subscription(
                     hint="pick another name, or delete it with db.delete_subscription()",
                 )
             if dead_letter is not None:
-                target = conn.execute(
+                target = _q(conn, 
                     "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
                     (dead_letter,),
-                ).fetchall()
+                )
                 if not target:
                     db.create_stream(dead_letter)
                 elif target[0][0] or target[0][1]:
@@ -705,11 +713,11 @@ def create_subscription(
                 (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
                  time.time_ns() // 1000),
             )
-            row = conn.execute(
+            row = _q(conn, 
                 f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
                 "WHERE s.name = ?",
                 (name,),
-            ).fetchall()[0]
+            )[0]
         except apsw.Error as exc:
             raise convert(exc) from exc
     return Subscription(db, row)
@@ -718,10 +726,10 @@ def create_subscription(
 def get_subscription(db: Database, name: str) -> Subscription:
     check_name(name, "subscription")
     with db._snapshot() as conn:
-        rows = conn.execute(
+        rows = _q(conn, 
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
             (name,),
-        ).fetchall()
+        )
     if not rows:
         raise SubscriptionNotFound(f"no subscription named {name!r}", hint="create it with db.create_subscription()")
     return Subscription(db, rows[0])
@@ -738,13 +746,13 @@ def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
         conn = db._wconn
         assert conn is not None
         try:
-            rows = conn.execute("SELECT id FROM subscriptions WHERE name = ?", (name,)).fetchall()
+            rows = _q(conn, "SELECT id FROM subscriptions WHERE name = ?", (name,))
             if not rows:
                 raise SubscriptionNotFound(f"no subscription named {name!r}")
             sub_id = rows[0][0]
-            pending = conn.execute(
+            pending = _q(conn, 
                 "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (sub_id,)
-            ).fetchall()[0][0]
+            )[0][0]
             if pending and not force:
                 raise SubscriptionInUse(
                     f"subscription {name!r} has {pending} pending (delivered, unacked) record(s)",
