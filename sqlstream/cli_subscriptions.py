@@ -1,0 +1,326 @@
+"""The command-line side of subscriptions and readers.
+
+``subscribe``, ``unsubscribe``, ``subscriptions``, ``fetch``, ``ack``, ``nack``,
+``pending`` and ``reader``. They follow ``cli.py``'s conventions (its module docstring
+is the output contract): ``--json`` prints one object per line, errors are ``Error:``
+and ``Hint:`` lines on stderr with exit status 1. ``fetch --json`` prints the record
+objects of ``read --json`` with two more fields, ``subscription`` and ``attempts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import IO, Any
+
+from .cli import (
+    EXIT_OK,
+    CliError,
+    _dump,
+    _offset,
+    _open,
+    _positive_int,
+    _positive_seconds,
+    _print_records,
+    _seconds,
+    _start,
+    iso_time,
+    record_json,
+    record_line,
+    render_table,
+)
+from .errors import (
+    ReaderNotFound,
+    SqlstreamError,
+    SubscriptionExists,
+    SubscriptionInUse,
+    SubscriptionNotFound,
+)
+from .subscriptions import AckResult, SubscriptionInfo
+
+Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
+
+# The core's hints name the Python API; at the command line the fix is a command or flag.
+_HINTS: dict[type[SqlstreamError], str] = {
+    SubscriptionNotFound: "list them with `sqlstream subscriptions`; create one with `sqlstream subscribe NAME STREAM`",
+    SubscriptionExists: "pass --exist-ok to reuse it, or pick another name",
+    SubscriptionInUse: "ack the pending records (`sqlstream pending NAME`) or pass --force",
+    ReaderNotFound: "name its stream to create it: `sqlstream reader NAME STREAM`",
+}
+
+
+def _cli_hints(func: Command) -> Command:
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+        try:
+            return func(args, out, err)
+        except SqlstreamError as exc:
+            for cls, hint in _HINTS.items():
+                if isinstance(exc, cls):
+                    exc.hint = hint
+            raise
+
+    return wrapper
+
+
+def _start_arg(text: str) -> int | str:
+    value = _start(text)
+    return value if value in ("earliest", "latest") else int(value)
+
+
+def info_json(info: SubscriptionInfo) -> dict[str, Any]:
+    """The stable JSON form of a subscription; times are float seconds."""
+    return dataclasses.asdict(info)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@_cli_hints
+def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Create a subscription."""
+    with _open(args, write=True) as db:
+        before = {i.name for i in db.subscriptions()} if args.exist_ok else set()
+        sub = db.create_subscription(
+            args.name, args.stream, start=args.start, ack_timeout=args.ack_timeout,
+            max_unacked=args.max_unacked, max_deliveries=args.max_deliveries,
+            dead_letter=args.dead_letter, exist_ok=args.exist_ok,
+        )
+        info = sub.info()
+    created = info.name not in before
+    if args.json:
+        out.write(_dump({**info_json(info), "created": created}) + "\n")
+    elif created:
+        out.write(f"created subscription {info.name!r} on {info.stream!r} from offset {info.start_offset}\n")
+    else:
+        out.write(f"subscription {info.name!r} already exists\n")
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_unsubscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Delete a subscription."""
+    with _open(args, write=True) as db:
+        dropped = db.delete_subscription(args.name, force=args.force)
+    if args.json:
+        out.write(_dump({"subscription": args.name, "deleted": True, "dropped_pending": dropped}) + "\n")
+    else:
+        extra = f" (dropped {dropped} pending record(s))" if dropped else ""
+        out.write(f"deleted subscription {args.name!r}{extra}\n")
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_subscriptions(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """List subscriptions with their progress."""
+    with _open(args, write=False) as db:
+        infos = db.subscriptions()
+    if args.json:
+        out.write("".join(_dump(info_json(i)) + "\n" for i in infos))
+        return EXIT_OK
+    columns = ["name", "stream", "lag", "pending", "expired", "acked", "dead", "frontier", "consumers"]
+    rows = [
+        (i.name, i.stream, i.lag, i.pending, i.expired, i.acked, i.dead_lettered, i.acked_frontier,
+         ",".join(f"{c}:{n}" for c, n in i.consumers.items()) or None)
+        for i in infos
+    ]
+    out.write("".join(line + "\n" for line in render_table(columns, rows)))
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_fetch(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Claim records for a consumer and print them."""
+    with _open(args, write=True) as db:
+        sub = db.subscription(args.name)
+        batch = sub.fetch(args.consumer, args.max, timeout=args.timeout)
+        if args.ack and batch:
+            sub.ack(*batch.offsets)
+    if args.json:
+        out.write("".join(
+            _dump({**record_json(r), "subscription": args.name, "attempts": batch.attempts[r.offset]}) + "\n"
+            for r in batch
+        ))
+    else:
+        for r in batch:
+            n = batch.attempts[r.offset]
+            out.write(record_line(r) + (f"\t(attempt {n})" if n > 1 else "") + "\n")
+    return EXIT_OK
+
+
+def _report(result: AckResult, verb: str, args: argparse.Namespace, out: IO[str], err: IO[str]) -> None:
+    if args.json:
+        body: dict[str, Any] = {"subscription": args.name, verb: list(result.applied), "ignored": list(result.ignored)}
+        if verb == "nacked":
+            body["dead_lettered"] = list(result.dead_lettered)
+        out.write(_dump(body) + "\n")
+    else:
+        out.write("".join(f"{o}\n" for o in result.applied))
+    if result.ignored:
+        err.write(f"note: not pending, ignored: {' '.join(map(str, result.ignored))}\n")
+    if result.dead_lettered:
+        err.write(f"note: moved to the dead-letter stream: {' '.join(map(str, result.dead_lettered))}\n")
+
+
+@_cli_hints
+def cmd_ack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Acknowledge records."""
+    with _open(args, write=True) as db:
+        result = db.subscription(args.name).ack(*args.offsets)
+    _report(result, "acked", args, out, err)
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Hand records back for redelivery."""
+    with _open(args, write=True) as db:
+        result = db.subscription(args.name).nack(*args.offsets, delay=args.delay, error=args.error)
+    _report(result, "nacked", args, out, err)
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """List a subscription's pending records."""
+    with _open(args, write=False) as db:
+        entries = db.subscription(args.name).pending(consumer=args.consumer, limit=args.limit)
+    if args.json:
+        out.write("".join(_dump(e._asdict()) + "\n" for e in entries))
+        return EXIT_OK
+    columns = ["offset", "consumer", "attempts", "idle_s", "deadline", "expired", "last_error"]
+    rows = [
+        (e.offset, e.consumer or "(nacked)", e.attempts, round(e.idle, 3), iso_time(e.deadline),
+         "yes" if e.expired else "no", e.last_error)
+        for e in entries
+    ]
+    out.write("".join(line + "\n" for line in render_table(columns, rows)))
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Read from a named reader (advancing it), or list, seek or delete readers."""
+    if args.list:
+        with _open(args, write=False) as db:
+            readers = db.readers()
+        if args.json:
+            out.write("".join(_dump(dataclasses.asdict(r)) + "\n" for r in readers))
+        else:
+            rows = [(r.name, r.stream, r.position, r.lag, iso_time(r.updated_at)) for r in readers]
+            out.write("".join(line + "\n" for line in render_table(
+                ["name", "stream", "position", "lag", "updated"], rows)))
+        return EXIT_OK
+    if args.name is None:
+        raise CliError("name the reader (or pass --list)", hint="sqlstream reader NAME STREAM")
+    with _open(args, write=True) as db:
+        if args.delete:
+            db.delete_reader(args.name)
+            out.write(_dump({"reader": args.name, "deleted": True}) + "\n" if args.json
+                      else f"deleted reader {args.name!r}\n")
+            return EXIT_OK
+        reader = db.reader(args.name, args.stream, start=args.start)
+        if args.seek is not None:
+            position = reader.seek(args.seek)
+            out.write(_dump({"reader": args.name, "position": position}) + "\n" if args.json
+                      else f"reader {args.name!r} is at offset {position}\n")
+            return EXIT_OK
+        records = reader.read(args.limit, timeout=args.timeout)
+    _print_records(records, args.json, out)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the subscription and reader commands through ``cli.build_parser``'s ``command``."""
+    p = command(
+        "subscribe", cmd_subscribe, "Create a subscription (consumer group) on a stream.",
+        "sqlstream subscribe billing orders --ack-timeout 60\n"
+        "sqlstream subscribe jobs tasks --max-deliveries 5 --dead-letter tasks-dead",
+        details="Each record is delivered to one consumer at a time and redelivered if not acked\n"
+        "within --ack-timeout seconds. With --max-deliveries a record delivered that many\n"
+        "times without an ack moves to the --dead-letter stream (created if absent).",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("stream", metavar="STREAM")
+    p.add_argument("--start", type=_start_arg, default="earliest", metavar="earliest|latest|OFFSET",
+                   help="first record to deliver (default earliest)")
+    p.add_argument("--ack-timeout", type=_positive_seconds, default=30.0, metavar="S",
+                   help="seconds before an unacked record is redelivered (default 30)")
+    p.add_argument("--max-unacked", type=_positive_int, default=1000, metavar="N",
+                   help="most records pending at once (default 1000)")
+    p.add_argument("--max-deliveries", type=_positive_int, metavar="N", help="deliveries before dead-lettering")
+    p.add_argument("--dead-letter", metavar="STREAM", help="stream for records that used up --max-deliveries")
+    p.add_argument("--exist-ok", action="store_true", help="succeed if it already exists on STREAM")
+
+    p = command(
+        "unsubscribe", cmd_unsubscribe, "Delete a subscription.", "sqlstream unsubscribe billing --force",
+        details="Refused while records are pending (delivered, unacked) unless --force.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="delete even with pending records")
+
+    command(
+        "subscriptions", cmd_subscriptions, "List subscriptions: lag, pending, acked, per consumer.",
+        "sqlstream subscriptions --json",
+        details="lag: records not delivered yet; frontier: every offset below it is acked or\n"
+        "dead-lettered. The same figures are in the subscription_stats view (`sqlstream sql`).",
+    )
+
+    p = command(
+        "fetch", cmd_fetch, "Claim records of a subscription for a consumer and print them.",
+        "sqlstream fetch billing --consumer cli --max 10 --timeout 5 --json\n"
+        "sqlstream fetch billing --ack   # claim, print and acknowledge at once",
+        details="Claimed records stay pending until acked (`sqlstream ack`); unacked ones are\n"
+        "redelivered after the subscription's ack timeout. --json adds \"subscription\" and\n"
+        "\"attempts\" to each record object of `sqlstream read --json`.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("--consumer", default="cli", metavar="NAME", help="consumer name (default cli)")
+    p.add_argument("--max", type=_positive_int, default=100, metavar="N", help="at most N records (default 100)")
+    p.add_argument("--timeout", type=_seconds, default=0.0, metavar="S",
+                   help="wait up to S seconds for a record (default 0: do not wait)")
+    p.add_argument("--ack", action="store_true", help="acknowledge the records once printed")
+
+    for name, handler, summary, example in (
+        ("ack", cmd_ack, "Acknowledge records of a subscription.", "sqlstream ack billing 17 18 19"),
+        ("nack", cmd_nack, "Hand records back for redelivery.", "sqlstream nack billing 17 --delay 30 --error timeout"),
+    ):
+        p = command(
+            name, handler, summary, example,
+            details="Prints the offsets it applied to; offsets that were not pending are named on\n"
+            "stderr and ignored (exit status 0).",
+        )
+        p.add_argument("name", metavar="SUBSCRIPTION")
+        p.add_argument("offsets", metavar="OFFSET", type=_offset, nargs="+")
+        if name == "nack":
+            p.add_argument("--delay", type=_seconds, default=0.0, metavar="S", help="redeliver after S seconds")
+            p.add_argument("--error", metavar="TEXT", help="why it failed (kept, and named in a dead letter)")
+
+    p = command(
+        "pending", cmd_pending, "List the pending (delivered, unacked) records of a subscription.",
+        "sqlstream pending billing --consumer w1",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("--consumer", metavar="NAME", help="only this consumer's records")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N entries")
+
+    p = command(
+        "reader", cmd_reader, "Read from a named reader, advancing its stored position.",
+        "sqlstream reader ui orders --limit 10\nsqlstream reader ui --seek 0\nsqlstream reader --list",
+        details="A reader keeps its position in the database: each call prints the next records\n"
+        "and moves past them. STREAM (and --from) are needed only to create it.",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("stream", metavar="STREAM", nargs="?")
+    p.add_argument("--from", dest="start", type=_start_arg, default="earliest", metavar="earliest|latest|OFFSET",
+                   help="where a new reader starts (default earliest)")
+    p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N records (default 100)")
+    p.add_argument("--timeout", type=_seconds, default=0.0, metavar="S", help="wait up to S seconds for a record")
+    p.add_argument("--seek", type=_start_arg, metavar="earliest|latest|OFFSET", help="move the position only")
+    p.add_argument("--delete", action="store_true", help="delete the reader")
+    p.add_argument("--list", action="store_true", help="list every reader")
