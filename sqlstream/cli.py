@@ -717,6 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", metavar="QUERY")
     p.add_argument("params", metavar="PARAM", nargs="*", help="values for ? placeholders")
 
+    from .cli_subscriptions import add_commands as add_subscription_commands  # noqa: PLC0415 (cycle)
+
+    add_subscription_commands(command)
+
     from . import cli_archive  # noqa: PLC0415 (cycle) - export, import, archive cat
 
     cli_archive.register(commands, command, _Formatter)
