@@ -49,6 +49,9 @@ class Consumer:
     manager: ``with db.consumer(...):`` starts on entry and stops on exit.
     Handler exceptions are not errors of the consumer: they nack the batch (the exception
     text becomes the records' last error) and are logged on ``sqlstream.consumer``.
+    A handler that may outlast the subscription's ``ack_timeout`` should call
+    ``consumer.subscription.extend(*batch.offsets, seconds=...)``; otherwise its records are
+    redelivered to another consumer meanwhile (at least once, not exactly once).
     """
 
     def __init__(

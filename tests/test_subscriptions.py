@@ -472,6 +472,32 @@ def test_blocking_fetch_wakes_at_the_next_ack_deadline(db: sqlstream.Database) -
     assert 0.2 < elapsed < 3  # woken by the deadline, with no commit to wake it
 
 
+CLAIM_AND_DIE = r"""
+import sys, time, sqlstream
+time.sleep(0.3)
+db = sqlstream.open(sys.argv[1])
+sub = db.subscription("sub")
+with db.transaction():  # append and claim together: the waiting parent cannot take it first
+    db.stream("s").append("held by a dying consumer")
+    assert sub.fetch("doomed", 1).offsets == [0]
+"""
+
+
+@pytest.mark.multiprocess
+def test_blocked_fetch_wakes_at_a_deadline_set_by_another_process(db: sqlstream.Database) -> None:
+    fill(db, 0)
+    sub = db.create_subscription("sub", "s", ack_timeout=0.5)
+    child = spawn(CLAIM_AND_DIE, db.path)
+    try:
+        started = time.monotonic()
+        batch = sub.fetch("survivor", 10, timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        assert child.wait(30) == 0
+    assert batch.offsets == [0] and batch.attempts == {0: 2}
+    assert 0.5 < elapsed < 10
+
+
 def test_blocking_fetch_times_out_empty(db: sqlstream.Database) -> None:
     fill(db, 0)
     sub = db.create_subscription("sub", "s")
