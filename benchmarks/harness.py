@@ -226,6 +226,12 @@ def alternate(
                 log(f"  {workload} {c.name}: skipped ({exc})")
                 c.close()
                 continue
+            except Exception as exc:  # noqa: BLE001 - reported as a failure, the others still run
+                series[c.name].skipped = f"failed: {type(exc).__name__}: {exc}"
+                log(f"  {workload} {c.name}: FAILED in setup\n{traceback.format_exc()}")
+                with contextlib.suppress(Exception):
+                    c.close()
+                continue
             live.append(c)
         for r in range(rounds):
             order = live[r % len(live):] + live[: r % len(live)] if live else []
