@@ -30,6 +30,7 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed background checkpoints (for tests and stats)
+        self.last_result: tuple[int, int] = (-1, -1)  # (WAL frames, frames checkpointed)
 
     def request(self) -> None:
         """Ask for a checkpoint soon; cheap and non-blocking."""
@@ -71,7 +72,10 @@ class Checkpointer:
                 if self._stop:
                     return
                 try:
-                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                    # A connection opens the WAL on its first read; until then its checkpoint
+                    # silently does nothing (SQLite reports (-1, -1) frames).
+                    conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+                    self.last_result = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
                     self.checkpoints += 1
                 except apsw.BusyError:
                     pass
