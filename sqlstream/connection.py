@@ -13,6 +13,8 @@ import os
 import random
 import re
 import time
+from collections.abc import Sequence
+from typing import Any, cast
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -29,10 +31,15 @@ from .errors import CorruptDatabase, DatabaseError, SchemaVersionError, translat
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 
 
-def pragma(conn: apsw.Connection, text: str) -> object:
+def pragma(conn: apsw.Connection, text: str) -> Any:
     """Run one pragma, consume its cursor and return the first column of its first row."""
     rows = list(conn.execute(f"PRAGMA {text}"))
     return rows[0][0] if rows and rows[0] else None
+
+
+def fetch(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """All rows of one statement, typed loosely: the columns' SQL types are the query's business."""
+    return cast("list[tuple[Any, ...]]", conn.execute(sql, params).fetchall())
 
 
 def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
@@ -186,7 +193,7 @@ def migrate(conn: apsw.Connection) -> int:
     plan = load_migrations()
     latest = len(plan)
     with translate():
-        current = int(pragma(conn, "user_version"))  # type: ignore[arg-type]
+        current = int(pragma(conn, "user_version"))
         if current > latest:
             raise SchemaVersionError(
                 f"the database has schema version {current}, newer than this sqlstream "
@@ -201,7 +208,7 @@ def migrate(conn: apsw.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # Another process may have migrated while we waited for the lock.
-                now = int(pragma(conn, "user_version"))  # type: ignore[arg-type]
+                now = int(pragma(conn, "user_version"))
                 if now < version:
                     for _ in conn.execute(sql):
                         pass

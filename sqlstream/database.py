@@ -237,7 +237,7 @@ class Database:
         conn = self._read_conn()
         with translate():
             mode = cx.pragma(conn, "journal_mode")
-            version = int(cx.pragma(conn, "user_version"))  # type: ignore[arg-type]
+            version = int(cx.pragma(conn, "user_version"))
         latest = cx.schema_version()
         if version != latest:
             raise SchemaVersionError(
@@ -392,9 +392,7 @@ class Database:
     def _txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:
-            row = conn.execute(
-                "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
-            ).fetchall()
+            row = cx.fetch(conn, "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value")
             self._tx_txn = int(row[0][0])
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
@@ -515,7 +513,7 @@ class Database:
         if not secret.isascii():  # secrets are URL-safe ASCII; SQLite could not bind a lone surrogate
             raise StreamNotFound("no stream has that write secret")
         with self._snapshot() as conn:
-            row = conn.execute("SELECT name FROM streams WHERE write_secret = ?", (secret,)).fetchall()
+            row = cx.fetch(conn, "SELECT name FROM streams WHERE write_secret = ?", (secret,))
         if not row:
             raise StreamNotFound("no stream has that write secret")
         return Stream(self, row[0][0], secret)
@@ -584,7 +582,7 @@ class Database:
             assert conn is not None
             try:
                 txn = self._txn_number(conn)
-                got = conn.execute(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset)).fetchall()
+                got = cx.fetch(conn, _APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
                 if not got:
                     self._append_refused(conn, name, secret, expect_offset)
                 stream_id, next_offset, byte_length, ts = got[0]

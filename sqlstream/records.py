@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Union
 
 from .errors import InvalidName, InvalidValue
 
-Value = Union[bytes, str, dict, list, int, float, bool]  # noqa: UP007 - readable in docs
+Value = Union[bytes, str, dict[str, Any], list[Any], int, float, bool]  # noqa: UP007 - readable in docs
 """What a record's value can be: bytes, str, or a JSON-serialisable dict/list/number/bool."""
 
 NAME_RULE = (

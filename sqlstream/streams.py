@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
     RECORD_COLUMNS,
@@ -49,6 +50,12 @@ class _State:
     """One consistent reading of a stream's row."""
 
     __slots__ = ("id", "first_offset", "next_offset", "first_position", "byte_length", "sealed")
+    id: int
+    first_offset: int
+    next_offset: int
+    first_position: int
+    byte_length: int
+    sealed: bool
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         (self.id, self.first_offset, self.next_offset, self.first_position, self.byte_length, sealed) = row
@@ -359,7 +366,7 @@ def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, stri
     lo, hi = st.first_offset, st.next_offset
     while lo < hi:
         mid = (lo + hi) // 2
-        value = conn.execute(sql, (st.id, mid)).fetchall()[0][0]
+        value = fetch(conn, sql, (st.id, mid))[0][0]
         if value < target or (strict and value == target):
             lo = mid + 1
         else:

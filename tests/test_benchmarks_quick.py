@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.multiprocess
 def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
     """`python -m benchmarks --quick` finishes, reports every workload and loses no record."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(
+    # PYTHONFAULTHANDLER: if the run hangs, SIGABRT makes it print every thread's stack.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")
+    proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"quick benchmarks hung; stacks:\n{stderr[-6000:]}\n{stdout[-2000:]}")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     results = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
     for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
         assert f"### {workload}" in results, f"{workload} missing from RESULTS.md"

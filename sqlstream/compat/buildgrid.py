@@ -141,8 +141,8 @@ class StreamFinishedError(LogStreamError, errors.StreamSealed, *_buildgrid_error
     """The LogStream was marked finished; it takes no more appends."""
 
 
-class StreamWritePendingError(  # type: ignore[misc]
-    LogStreamError, errors.WritePending, *_buildgrid_error("StreamWritePendingError")
+class StreamWritePendingError(
+    LogStreamError, errors.WritePending, *_buildgrid_error("StreamWritePendingError")  # type: ignore[misc]
 ):
     """The requested bytes are not committed yet (non-blocking read, or a blocking read timed out)."""
 
