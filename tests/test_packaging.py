@@ -71,3 +71,22 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_py_typed_shipped() -> None:
     assert (ROOT / "sqlstream" / "py.typed").exists()
     assert '"py.typed"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_quickstart_example_runs(tmp_path: Path) -> None:
+    """The README's first quickstart command runs the example end to end on a local file."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "blocked reader woke" in out.stdout
+    assert "finished=True" in out.stdout
+    assert (tmp_path / "quickstart.db").exists()
+    # Running it again on the same file works too (exist_ok streams, new byte log).
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
