@@ -12,6 +12,8 @@ from . import errors
 from .database import Database, QueryResult, open
 from .errors import SqlstreamError
 from .records import Chunk, Record, StreamInfo
+from .retention import TrimResult
+from .maintenance import CheckReport, MaintenanceReport, Problem
 from .streams import Stream
 from .consumer import Consumer
 from .producer import Producer, ProducerRecord
@@ -23,10 +25,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AckResult",
     "Batch",
+    "CheckReport",
     "Chunk",
     "Consumer",
     "Database",
+    "MaintenanceReport",
     "PendingEntry",
+    "Problem",
     "Producer",
     "ProducerRecord",
     "QueryResult",
@@ -38,6 +43,7 @@ __all__ = [
     "StreamInfo",
     "Subscription",
     "SubscriptionInfo",
+    "TrimResult",
     "errors",
     "open",
     "__version__",

@@ -41,6 +41,7 @@ from .errors import (
     translate,
 )
 from .records import StreamInfo, check_name
+from . import dedup as _dedup, retention as _retention
 from .checkpoint import install_wal_hook
 from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
 
@@ -52,8 +53,13 @@ _ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable
 
 _STREAM_COLUMNS = (
     "name, first_offset, next_offset, byte_length, first_position, created_at, sealed_at, "
-    "last_append_at, write_secret IS NOT NULL, max_count, max_age, max_bytes, metadata"
+    "last_append_at, write_secret IS NOT NULL, max_count, max_age, max_bytes, metadata, "
+    "keep_unacked, dedup_seconds, dedup_records, id"
 )
+
+# The append path's statements (this one, _APPEND_SQL, _insert_sql) are also run by the
+# SQLAlchemy outbox (sqlstream/sqlalchemy.py) through the caller's connection.
+_TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
 
 _APPEND_SQL = """
 UPDATE streams
@@ -64,8 +70,12 @@ UPDATE streams
    AND sealed_at IS NULL
    AND (write_secret IS NULL OR write_secret = ?5)
    AND (?6 IS NULL OR next_offset = ?6)
-RETURNING id, next_offset, byte_length, last_append_at
+RETURNING id, next_offset, byte_length, last_append_at,
+          next_offset > trim_offset OR byte_length > trim_bytes OR last_append_at >= trim_time
 """
+# The last column is true when a retention trigger fired (migrations/0004): NULL for a
+# stream without limits and 0 for one within them, so retention costs such appends no
+# statement. See sqlstream/retention.py.
 
 
 @lru_cache(maxsize=None)
@@ -77,8 +87,25 @@ def _insert_sql(rows: int) -> str:
     )
 
 
+_KEEP: Any = object()  # set_retention(): "leave this setting as it is"
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _us(seconds: float) -> int:
+    """Seconds (float, e.g. from ``Database._clock``) to integer microseconds."""
+    return int(round(seconds * 1_000_000))
+
+
+def _query(conn: apsw.Connection) -> _retention.Query:
+    """The statement runner retention and dedup take, over an apsw connection."""
+
+    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    return q
 
 
 class QueryResult(NamedTuple):
@@ -392,7 +419,7 @@ class Database:
     def _txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:
-            row = cx.fetch(conn, "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value")
+            row = cx.fetch(conn, _TXN_SQL)
             self._tx_txn = int(row[0][0])
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
@@ -455,9 +482,17 @@ class Database:
         secret: bool = False,
         exist_ok: bool = False,
         metadata: dict[str, Any] | None = None,
+        keep_unacked: bool = False,
+        dedup_seconds: float = _dedup.DEFAULT_SECONDS,
+        dedup_records: int = _dedup.DEFAULT_RECORDS,
     ) -> Stream:
         """Create a stream and return a handle to it.
 
+        Retention (see :meth:`set_retention`): ``max_count`` records, ``max_age`` seconds,
+        ``max_bytes`` retained payload bytes; the oldest records are trimmed as appends
+        happen. ``keep_unacked=True``: retention never trims a record some subscription
+        has not acked. ``dedup_seconds``/``dedup_records``: the window in which an append
+        with a repeated ``dedup_id`` is recognised (see ``sqlstream.dedup``).
         ``secret=True`` makes a byte-log style stream that takes appends only through its
         ``write_secret`` (the returned handle holds it; others use ``db.writer(secret)``).
         With ``exist_ok=True`` an existing stream is returned unchanged (its settings are
@@ -468,6 +503,7 @@ class Database:
         _check_positive("max_count", max_count, int)
         _check_positive("max_age", max_age, (int, float))
         _check_positive("max_bytes", max_bytes, int)
+        _check_retention_extras(keep_unacked, dedup_seconds, dedup_records)
         try:
             meta = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             meta.encode("utf-8")  # lone surrogates cannot be stored as SQLite text
@@ -484,10 +520,14 @@ class Database:
                     if exist_ok:
                         return Stream(self, name)
                     raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
+                created = now_us()
                 conn.execute(
                     "INSERT INTO streams (name, created_at, write_secret, max_count, max_age, "
-                    "max_bytes, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, now_us(), write_secret, max_count, max_age, max_bytes, meta),
+                    "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
+                    "trim_bytes, trim_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, created, write_secret, max_count, max_age, max_bytes, meta, int(keep_unacked),
+                     float(dedup_seconds), dedup_records,
+                     *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
                 )
         return Stream(self, name, write_secret)
 
@@ -522,16 +562,22 @@ class Database:
         """Every stream, by name."""
         with self._snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
-        return [_stream_info(row) for row in rows]
+            return [_stream_info(row, self._over_limit(conn, row)) for row in rows]
 
     def stream_info(self, name: str) -> StreamInfo:
         """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
         check_name(name)
         with self._snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
-        if not rows:
-            raise StreamNotFound(f"no stream named {name!r}")
-        return _stream_info(rows[0])
+            if not rows:
+                raise StreamNotFound(f"no stream named {name!r}")
+            return _stream_info(rows[0], self._over_limit(conn, rows[0]))
+
+    def _over_limit(self, conn: apsw.Connection, row: tuple[Any, ...]) -> str | None:
+        """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
+        if row[9] is None and row[10] is None and row[11] is None:
+            return None
+        return _retention.over_limit(_query(conn), row[16], _us(self._clock()))
 
     def delete_stream(self, name: str) -> None:
         """Delete a stream and all its records in one transaction. ``StreamNotFound`` if absent.
@@ -548,6 +594,104 @@ class Database:
                 conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
                 conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
             self._tx_dirty = True
+
+    # ----------------------------------------------------------------- retention and upkeep (issue 5)
+
+    def set_retention(
+        self,
+        stream: str,
+        *,
+        max_count: int | None = _KEEP,
+        max_age: float | None = _KEEP,
+        max_bytes: int | None = _KEEP,
+        keep_unacked: bool = _KEEP,
+        dedup_seconds: float = _KEEP,
+        dedup_records: int = _KEEP,
+    ) -> TrimResult:
+        """Change a stream's retention and dedup settings, then apply the limits at once.
+
+        Only the settings given change; ``None`` removes a limit. One transaction: the
+        new settings and the trim they cause commit together. Returns the
+        :class:`~sqlstream.retention.TrimResult` of that trim (``held`` names the
+        subscription keeping records with ``keep_unacked``). Raises ``StreamNotFound``,
+        ``InvalidArgument``.
+        """
+        check_name(stream)
+        changes: dict[str, Any] = {}
+        for what, value, types in (
+            ("max_count", max_count, int), ("max_age", max_age, (int, float)), ("max_bytes", max_bytes, int)
+        ):
+            if value is not _KEEP:
+                _check_positive(what, value, types)
+                changes[what] = value
+        _check_retention_extras(
+            False if keep_unacked is _KEEP else keep_unacked,
+            1 if dedup_seconds is _KEEP else dedup_seconds,
+            1 if dedup_records is _KEEP else dedup_records,
+        )
+        if keep_unacked is not _KEEP:
+            changes["keep_unacked"] = int(keep_unacked)
+        if dedup_seconds is not _KEEP:
+            changes["dedup_seconds"] = float(dedup_seconds)
+        if dedup_records is not _KEEP:
+            changes["dedup_records"] = dedup_records
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                stream_id = self._stream_id(conn, stream)
+                result = _retention.set_retention(_query(conn), stream_id, changes, _us(self._clock()))
+            self._tx_dirty = True  # followers of trimmed records re-check
+        return result
+
+    def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
+        """Delete a stream's records below ``before_offset`` now; None applies its retention limits exactly.
+
+        ``first_offset`` advances; offsets are never reused, and reading below the new
+        first offset raises ``OffsetOutOfRange``. An offset past the end trims every
+        record (appends continue at ``next_offset``). With ``keep_unacked`` records a
+        subscription has not acked are kept unless ``force=True`` (then their pending
+        deliveries are dropped too); ``TrimResult.held`` says who held them. Atomic (one
+        transaction, or part of the caller's). Raises ``StreamNotFound``, ``InvalidArgument``.
+        """
+        check_name(stream)
+        if before_offset is not None and (
+            isinstance(before_offset, bool) or not isinstance(before_offset, int) or not 0 <= before_offset < 2**63
+        ):
+            raise InvalidArgument(f"before_offset must be an int >= 0 or None, not {before_offset!r}")
+        with self.transaction():
+            conn = self._write_conn()
+            with translate():
+                stream_id = self._stream_id(conn, stream)
+                result = _retention.trim(_query(conn), stream_id, before_offset, _us(self._clock()), force=force)
+            self._tx_dirty = True
+        return result
+
+    def _stream_id(self, conn: apsw.Connection, name: str) -> int:
+        rows = _query(conn)("SELECT id FROM streams WHERE name = ?", (name,))
+        if not rows:
+            raise StreamNotFound(f"no stream named {name!r}", hint="list the streams with db.streams()")
+        return int(rows[0][0])
+
+    def maintain(self, **options: Any) -> MaintenanceReport:
+        """Enforce retention, prune dedup ids, free pages, checkpoint the WAL, optimize.
+
+        A delegation to :func:`sqlstream.maintenance.maintain` (see it for the options and
+        what blocks); returns its :class:`~sqlstream.maintenance.MaintenanceReport`.
+        """
+        from .maintenance import maintain
+
+        return maintain(self, **options)
+
+    def check(self, **options: Any) -> CheckReport:
+        """Verify the file (``PRAGMA integrity_check``) and every stream's invariants.
+
+        A delegation to :func:`sqlstream.maintenance.check`; returns its
+        :class:`~sqlstream.maintenance.CheckReport` (``ok``, and each problem with its
+        stream and offset). Read-only.
+        """
+        from .maintenance import check
+
+        return check(self, **options)
 
     # ----------------------------------------------------------------- writing records
 
@@ -585,7 +729,7 @@ class Database:
                 got = cx.fetch(conn, _APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
                 if not got:
                     self._append_refused(conn, name, secret, expect_offset)
-                stream_id, next_offset, byte_length, ts = got[0]
+                stream_id, next_offset, byte_length, ts, trim = got[0]
                 first = next_offset - count
                 position = byte_length - total
                 if count == 1:
@@ -603,6 +747,8 @@ class Database:
                             params = []
                     if params:
                         conn.execute(_insert_sql(len(params) // 9), params)
+                if trim:
+                    _retention.enforce(_query(conn), stream_id, _us(self._clock()))
             except apsw.Error as exc:
                 raise convert(exc) from exc
             self._tx_dirty = True
@@ -611,23 +757,7 @@ class Database:
     def _append_refused(
         self, conn: apsw.Connection, name: str, secret: str | None, expect_offset: int | None
     ) -> None:
-        rows = conn.execute(
-            "SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,)
-        ).fetchall()
-        if not rows:
-            raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
-        sealed_at, write_secret, next_offset = rows[0]
-        if write_secret is not None and write_secret != secret:
-            raise AccessDenied(
-                f"stream {name!r} takes appends only through its write secret",
-                hint="use db.writer(secret) or the handle create_stream() returned",
-            )
-        if sealed_at is not None:
-            raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
-        raise ConcurrencyError(
-            f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
-            hint="re-read the stream and retry with the new expect_offset",
-        )
+        append_refused(_query(conn), name, secret, expect_offset)
 
     def _seal(self, name: str, secret: str | None) -> bool:
         """Seal a stream; True if this call sealed it, False if it already was."""
@@ -898,6 +1028,37 @@ def _reopen(path: str, options: dict[str, Any]) -> Database:
     return Database(path, **options)
 
 
+def append_refused(q: _retention.Query, name: str, secret: str | None, expect_offset: int | None) -> None:
+    """Raise why the append statement matched no row: not found, secret, sealed, or offset.
+
+    Shared with the SQLAlchemy outbox (``q`` runs a statement on either driver).
+    """
+    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,))
+    if not rows:
+        raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
+    sealed_at, write_secret, next_offset = rows[0]
+    if write_secret is not None and write_secret != secret:
+        raise AccessDenied(
+            f"stream {name!r} takes appends only through its write secret",
+            hint="use db.writer(secret) or the handle create_stream() returned",
+        )
+    if sealed_at is not None:
+        raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
+    raise ConcurrencyError(
+        f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
+        hint="re-read the stream and retry with the new expect_offset",
+    )
+
+
+def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_records: object) -> None:
+    if not isinstance(keep_unacked, bool):
+        raise InvalidArgument(f"keep_unacked must be True or False, not {keep_unacked!r}")
+    if dedup_seconds is None or dedup_records is None:
+        raise InvalidArgument("dedup_seconds and dedup_records must be positive numbers (the window cannot be unbounded)")
+    _check_positive("dedup_seconds", dedup_seconds, (int, float))
+    _check_positive("dedup_records", dedup_records, int)
+
+
 def _check_positive(what: str, value: object, types: type | tuple[type, ...]) -> None:
     if value is None:
         return
@@ -905,8 +1066,9 @@ def _check_positive(what: str, value: object, types: type | tuple[type, ...]) ->
         raise InvalidArgument(f"{what} must be a positive number or None, not {value!r}")
 
 
-def _stream_info(row: tuple[Any, ...]) -> StreamInfo:
-    (name, first, nxt, length, first_pos, created, sealed, last, secret, mc, ma, mb, meta) = row
+def _stream_info(row: tuple[Any, ...], over_limit: str | None = None) -> StreamInfo:
+    (name, first, nxt, length, first_pos, created, sealed, last, secret, mc, ma, mb, meta,
+     keep_unacked, dedup_seconds, dedup_records, _id) = row
     return StreamInfo(
         name=name,
         first_offset=first,
@@ -921,6 +1083,10 @@ def _stream_info(row: tuple[Any, ...]) -> StreamInfo:
         max_age=ma,
         max_bytes=mb,
         metadata=json.loads(meta),
+        keep_unacked=bool(keep_unacked),
+        dedup_seconds=dedup_seconds,
+        dedup_records=dedup_records,
+        over_limit=over_limit,
     )
 
 
@@ -936,3 +1102,5 @@ from .consumer import Consumer, Handler  # noqa: E402
 from .producer import ErrorCallback, Producer, SuccessCallback  # noqa: E402
 from .readers import Reader, ReaderInfo  # noqa: E402
 from .subscriptions import Subscription, SubscriptionInfo  # noqa: E402
+from .maintenance import CheckReport, MaintenanceReport  # noqa: E402
+from .retention import TrimResult  # noqa: E402

@@ -30,6 +30,7 @@ at a time runs a given export (an advisory file lock in the staging directory).
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import os
@@ -60,6 +61,7 @@ from .errors import (
     convert,
 )
 from .records import check_name
+from .retention import trim_below
 
 if TYPE_CHECKING:
     from .database import Database
@@ -660,8 +662,9 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
     ``first_position`` advance to it, in one transaction. Offsets are never reused:
     reads below the new first offset raise ``OffsetOutOfRange``, and appends continue
     at ``next_offset``. Records in archives still pending are not trimmed. Other
-    readers of the stream (subscriptions, cursors) are not consulted: trim only what
-    they no longer need.
+    readers of the stream (subscriptions, cursors) are not consulted, ``keep_unacked``
+    included: trim only what they no longer need (pending deliveries of trimmed records
+    are dropped).
     """
     status = export_status(db, name)
     wanted = list(status.streams) if streams is None else list(streams)
@@ -680,19 +683,9 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
             )
             if not row:
                 raise StreamNotFound(f"no stream named {stream!r}")
-            sid, first, nxt, length, delivered = row[0]
-            new_first = min(delivered, nxt)
-            if new_first <= first:
-                out[stream] = 0
-                continue
-            if new_first < nxt:
-                position = _sql(conn, "SELECT position FROM chunks WHERE stream_id = ? AND offset = ?",
-                                (sid, new_first))[0][0]
-            else:
-                position = length
-            _sql(conn, "DELETE FROM chunks WHERE stream_id = ? AND offset < ?", (sid, new_first))
-            _sql(conn, "UPDATE streams SET first_offset = ?, first_position = ? WHERE id = ?",
-                 (new_first, position, sid))
-            out[stream] = new_first - first
+            sid, _first, nxt, _length, delivered = row[0]
+            # The same trim as retention's: first_offset/first_position advance, the
+            # records and any pending deliveries of them go.
+            out[stream] = trim_below(functools.partial(_sql, conn), sid, min(delivered, nxt))[0]
         db._tx_dirty = True
     return out

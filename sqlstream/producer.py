@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -34,6 +34,7 @@ from .errors import (
     StreamNotFound,
     StreamSealed,
 )
+from .dedup import append_deduplicated, check_dedup_id
 from .records import check_name
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ProducerRecord(NamedTuple):
     value: Any
     key: str | None
     headers: dict[str, str] | None
+    dedup_id: str | None = None
 
 
 SuccessCallback = Callable[[str, "list[ProducerRecord]", "list[int]"], object]
@@ -142,9 +144,20 @@ class Producer:
     # ----------------------------------------------------------------- callers
 
     def append(
-        self, stream: str, value: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+        self,
+        stream: str,
+        value: Any,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        dedup_id: str | None = None,
     ) -> Future[int]:
         """Queue one record for ``stream``; return a future of its offset.
+
+        ``dedup_id``: as ``Stream.append``'s — if the id is remembered in the stream's
+        dedup window (a retry after a crash, another producer's append, or an earlier
+        record of the same batch) nothing is stored and the future gets the original
+        offset.
 
         Never blocks on the database (with ``max_pending`` set, it waits for room in the
         queue, except inside ``db.transaction()``). Raises at once, storing nothing:
@@ -156,6 +169,8 @@ class Producer:
         from .streams import _prepare
 
         check_name(stream)
+        if dedup_id is not None:
+            check_dedup_id(dedup_id)
         prepared = _prepare(value, key, headers)
         size = prepared[4]
         limit = min(self.max_bytes, self.db.max_record_bytes)
@@ -166,7 +181,7 @@ class Producer:
             )
         future: Future[int] = Future()
         future.set_running_or_notify_cancel()  # queued records cannot be cancelled
-        record = ProducerRecord(stream, value, key, headers)
+        record = ProducerRecord(stream, value, key, headers, dedup_id)
         with self._cond:
             if self.max_pending is not None and not self.db.in_transaction():
                 while len(self._queue) >= self.max_pending and not self._closing:
@@ -314,16 +329,13 @@ class Producer:
         for stream, items in groups.items():
             self._succeeded(stream, items, stored[stream])
 
-    def _attempt(self, groups: list[tuple[str, list[_Item]]]) -> dict[str, range]:
+    def _attempt(self, groups: list[tuple[str, list[_Item]]]) -> dict[str, Sequence[int]]:
         """Append every group in one transaction, retrying transient failures."""
         delay = self.retry_delay
         for attempt in range(self.retries + 1):
             try:
                 with self.db.transaction():
-                    return {
-                        stream: self.db._append_rows(stream, None, [i.prepared for i in items], None)
-                        for stream, items in groups
-                    }
+                    return {stream: self._append_group(stream, items) for stream, items in groups}
             except _PERMANENT:
                 raise
             except Exception:
@@ -335,7 +347,14 @@ class Producer:
                 delay = min(delay * 2, _MAX_RETRY_DELAY)
         raise AssertionError("unreachable")
 
-    def _succeeded(self, stream: str, items: list[_Item], offsets: range) -> None:
+    def _append_group(self, stream: str, items: list[_Item]) -> Sequence[int]:
+        rows = [i.prepared for i in items]
+        ids = [i.record.dedup_id for i in items]
+        if any(i is not None for i in ids):
+            return append_deduplicated(self.db, stream, None, rows, None, ids)
+        return self.db._append_rows(stream, None, rows, None)
+
+    def _succeeded(self, stream: str, items: list[_Item], offsets: Sequence[int]) -> None:
         for item, offset in zip(items, offsets):
             item.future.set_result(offset)
         if self.on_success is not None:

@@ -80,6 +80,15 @@ class StreamInfo:
     max_age: float | None
     max_bytes: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    keep_unacked: bool = False
+    """Retention never trims records a subscription has not acked."""
+    dedup_seconds: float = 86400.0
+    """How long a ``dedup_id`` is remembered (see ``sqlstream.dedup``)."""
+    dedup_records: int = 100_000
+    """A ``dedup_id`` is remembered for this many of the stream's newest records."""
+    over_limit: str | None = None
+    """Why the stream holds records its retention limits exclude (e.g. a subscription that
+    has not acked them, with ``keep_unacked``), or None when it holds none."""
 
     @property
     def count(self) -> int:

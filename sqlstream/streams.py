@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 import apsw
 
+from . import dedup as _dedup
 from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
@@ -31,6 +32,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
+    from .retention import TrimResult
 
 _STATE_SQL = (
     "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL "
@@ -95,18 +97,47 @@ class Stream:
         key: str | None = None,
         headers: dict[str, str] | None = None,
         expect_offset: int | None = None,
+        dedup_id: str | None = None,
     ) -> int:
         """Append one record and return its offset. Durable once this returns.
 
         ``value`` is bytes, str, or a JSON value (dict, list, int, float, bool).
         ``expect_offset``: append only if the stream's next offset is this one, else
-        ``ConcurrencyError`` (optimistic concurrency). Inside ``db.transaction()`` the
-        record becomes visible when the transaction commits.
+        ``ConcurrencyError`` (optimistic concurrency). ``dedup_id``: if an append with
+        this id is remembered inside the stream's dedup window, store nothing and return
+        the original record's offset (which may have been trimmed since); see
+        ``sqlstream.dedup``. Inside ``db.transaction()`` the record becomes visible when
+        the transaction commits.
         Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied`` (secret stream),
         ``InvalidValue``, ``PayloadTooLarge``; on any error nothing is stored.
         """
         prepared = _prepare(value, key, headers)
-        return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset).start
+        if dedup_id is None:
+            return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset).start
+        ids = [_dedup.check_dedup_id(dedup_id)]
+        return _dedup.append_deduplicated(self.db, self.name, self._secret, (prepared,), expect_offset, ids)[0]
+
+    @overload
+    def extend(
+        self,
+        values: Iterable[Any],
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        expect_offset: int | None = None,
+        dedup_ids: None = None,
+    ) -> range: ...
+
+    @overload
+    def extend(
+        self,
+        values: Iterable[Any],
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        expect_offset: int | None = None,
+        dedup_ids: Sequence[str | None],
+    ) -> list[int]: ...
 
     def extend(
         self,
@@ -115,12 +146,16 @@ class Stream:
         key: str | None = None,
         headers: dict[str, str] | None = None,
         expect_offset: int | None = None,
-    ) -> range:
+        dedup_ids: Sequence[str | None] | None = None,
+    ) -> range | list[int]:
         """Append several records in one transaction; return their (contiguous) offsets.
 
         The batch is atomic and never interleaved with another writer's records. ``key``
         and ``headers`` apply to every record; ``expect_offset`` is checked against the
         first offset. An empty batch stores nothing and returns an empty range.
+        ``dedup_ids``: one id (or None) per value. Records whose id is remembered in the
+        stream's dedup window, or repeats an earlier id of the batch, are not stored;
+        the result is then a list with one offset per value (the original's for those).
         """
         if isinstance(values, (bytes, bytearray, memoryview, str, dict)):
             raise InvalidArgument("extend() takes an iterable of values; use append() for one value")
@@ -137,6 +172,11 @@ class Stream:
             ]
         else:
             prepared = []
+        if dedup_ids is not None:
+            ids = _dedup.check_dedup_ids(dedup_ids, len(prepared))
+            if not prepared:
+                return []
+            return _dedup.append_deduplicated(self.db, self.name, self._secret, prepared, expect_offset, ids)
         if not prepared:
             info = self.info()
             return range(info.next_offset, info.next_offset)
@@ -149,6 +189,15 @@ class Stream:
         stream can be sealed only through a handle that holds its secret.
         """
         return self.db._seal(self.name, self._secret)
+
+    def trim(self, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
+        """``db.trim(name, before_offset, force=force)``: drop records below an offset, or
+        apply the retention limits exactly (None)."""
+        return self.db.trim(self.name, before_offset, force=force)
+
+    def set_retention(self, **settings: Any) -> TrimResult:
+        """``db.set_retention(name, **settings)``: change limits/dedup window, then trim."""
+        return self.db.set_retention(self.name, **settings)
 
     # ----------------------------------------------------------------- reading records
 

@@ -1,0 +1,396 @@
+"""Upkeep of a database file: ``db.maintain()`` (``sqlstream vacuum``) and ``db.check()`` (``sqlstream check``).
+
+:func:`maintain` gives space back: it enforces every stream's retention limits exactly,
+forgets dedup ids that left their window, frees the file's unused pages
+(``PRAGMA incremental_vacuum``; new files are ``auto_vacuum=INCREMENTAL``), checkpoints
+the WAL (``TRUNCATE`` when no reader needs the old frames, else ``PASSIVE``) and runs
+``PRAGMA optimize``. Each step is its own short write transaction, so writers in other
+threads and processes interleave with it instead of waiting for the whole run.
+
+:func:`check` verifies the file and what sqlstream promises about its contents:
+``PRAGMA integrity_check`` (or ``quick_check``) and ``foreign_key_check``; for every
+stream, that its records are exactly the offsets ``first_offset .. next_offset - 1``
+without gaps, that byte positions add up from ``first_position`` to ``byte_length``,
+that timestamps never decrease, that each payload has the storage class its content
+type says (and JSON is valid), that txn numbers are assigned; that every pending
+delivery, reader position and dedup entry points at an offset that exists (or existed).
+Every problem names its stream and offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from . import connection as cx
+from . import dedup as _dedup
+from . import retention as _retention
+from .errors import InvalidArgument, convert, translate
+
+if TYPE_CHECKING:
+    from .database import Database
+
+VACUUM_STEP = 2048  # pages freed per transaction: bounds how long other writers wait
+
+
+@dataclass
+class MaintenanceReport:
+    """What :func:`maintain` did. Sizes are of the database file plus its WAL."""
+
+    trimmed: dict[str, int] = field(default_factory=dict)
+    """Records retention deleted, per stream (streams with limits only)."""
+    held: dict[str, str] = field(default_factory=dict)
+    """Streams kept over their limits by ``keep_unacked``, and why."""
+    dedup_pruned: int = 0
+    """Dedup ids forgotten because they left their stream's window."""
+    pages_freed: int = 0
+    """Pages incremental vacuum gave back to the filesystem."""
+    free_pages: int = 0
+    """Unused pages left inside the file afterwards."""
+    checkpoint: str = "skipped"
+    """``"truncate"`` (WAL emptied and truncated), ``"passive"`` (a reader or writer kept
+    some frames; they are checkpointed later), or ``"skipped"``."""
+    optimized: bool = False
+    bytes_before: int = 0
+    bytes_after: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Anything the caller should know, e.g. that the file cannot free pages incrementally."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken invariant: where (stream and offset, when it has them) and what."""
+
+    stream: str | None
+    offset: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.stream is not None:
+            where.append(f"stream {self.stream!r}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{' '.join(where)}: {self.message}" if where else self.message
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check` found. ``ok`` when nothing."""
+
+    integrity: list[str] = field(default_factory=list)
+    """SQLite's integrity_check messages (empty when it said ``ok``)."""
+    problems: list[Problem] = field(default_factory=list)
+    streams: int = 0
+    records: int = 0
+    truncated: bool = False
+    """More problems were found than ``max_problems``; only the first are listed."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.integrity and not self.problems
+
+
+def _file_bytes(path: str) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(path + suffix)
+    return total
+
+
+def _q(conn: apsw.Connection) -> _retention.Query:
+    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    return q
+
+
+def maintain(
+    db: Database,
+    *,
+    retention: bool = True,
+    vacuum: bool = True,
+    full: bool = False,
+    checkpoint: bool = True,
+    optimize: bool = True,
+    checkpoint_timeout: float = 1.0,
+) -> MaintenanceReport:
+    """Enforce retention, prune dedup ids, free pages, checkpoint the WAL, run PRAGMA optimize.
+
+    ``retention``: apply every stream's limits exactly (appends trim in batches, so a
+    stream may be up to a margin over them) and forget dedup ids outside their window.
+    ``vacuum``: give free pages back to the filesystem, ``VACUUM_STEP`` pages per
+    transaction. ``full``: instead rewrite the whole file with ``VACUUM`` (switching it to
+    ``auto_vacuum=INCREMENTAL`` if it predates that); this blocks every writer for the
+    duration and needs free disk space the size of the file. ``checkpoint``: copy the WAL
+    into the file and truncate it, waiting at most ``checkpoint_timeout`` seconds for
+    readers of old frames, then settling for a passive checkpoint.
+
+    Blocks only as long as each step's transaction; must not be called inside
+    ``db.transaction()`` (``InvalidArgument``). Returns a :class:`MaintenanceReport`.
+    """
+    if db.in_transaction():
+        raise InvalidArgument("maintain() cannot run inside db.transaction()", hint="call it outside transactions")
+    if not (isinstance(checkpoint_timeout, (int, float)) and checkpoint_timeout >= 0):
+        raise InvalidArgument(f"checkpoint_timeout must be seconds >= 0, not {checkpoint_timeout!r}")
+    report = MaintenanceReport(bytes_before=_file_bytes(db.path))
+    conn = db._write_conn()
+    if retention:
+        _enforce_all(db, report)
+    if full:
+        _vacuum_full(db, conn, report)
+    elif vacuum:
+        _vacuum_incremental(db, conn, report)
+    if optimize:
+        with db.transaction(), translate():
+            cx.pragma(conn, "optimize")
+        report.optimized = True
+    if checkpoint:
+        report.checkpoint = _checkpoint(db, checkpoint_timeout)
+    with translate():
+        report.free_pages = int(cx.pragma(db._read_conn(), "freelist_count"))
+    report.bytes_after = _file_bytes(db.path)
+    return report
+
+
+def _enforce_all(db: Database, report: MaintenanceReport) -> None:
+    with db._snapshot() as rconn:
+        limited = _q(rconn)(
+            "SELECT id, name FROM streams WHERE max_count IS NOT NULL OR max_age IS NOT NULL "
+            "OR max_bytes IS NOT NULL ORDER BY name"
+        )
+        remembered = _q(rconn)("SELECT DISTINCT stream_id FROM dedup")
+    # One transaction per stream: other writers get the lock between streams.
+    for stream_id, name in limited:
+        with db.transaction():
+            with translate():
+                result = _retention.enforce(_q(db._write_conn()), stream_id, round(db._clock() * 1e6))
+            db._tx_dirty = True
+        report.trimmed[name] = result.trimmed
+        if result.held:
+            report.held[name] = result.held
+    for (stream_id,) in remembered:
+        with db.transaction():
+            conn = db._write_conn()
+            with translate():
+                rows = _q(conn)(
+                    "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
+                )
+                if rows:
+                    _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], round(db._clock() * 1e6))
+                    report.dedup_pruned += conn.changes()
+
+
+def _vacuum_incremental(db: Database, conn: apsw.Connection, report: MaintenanceReport) -> None:
+    with translate():
+        mode = int(cx.pragma(conn, "auto_vacuum"))
+    if mode != 2:
+        with translate():
+            free = int(cx.pragma(conn, "freelist_count"))
+        report.notes.append(
+            f"this file was created with auto_vacuum={'NONE' if mode == 0 else 'FULL'}, so its {free:,} free "
+            "pages cannot be given back incrementally; `sqlstream vacuum --full` (maintain(full=True)) "
+            "rewrites it once and switches it to incremental"
+        )
+        return
+    while True:
+        with db.transaction(), translate():
+            free = int(cx.pragma(conn, "freelist_count"))
+            if free == 0:
+                return
+            step = min(free, VACUUM_STEP)
+            for _ in conn.execute(f"PRAGMA incremental_vacuum({step})"):
+                pass
+            report.pages_freed += free - int(cx.pragma(conn, "freelist_count"))
+        if free <= step:
+            return
+
+
+def _vacuum_full(db: Database, conn: apsw.Connection, report: MaintenanceReport) -> None:
+    # VACUUM cannot run inside a transaction; holding the Database's lock keeps this
+    # process's other threads out while it runs, SQLite's own locks keep other processes out.
+    got = db._lock.acquire(timeout=db.busy_timeout)
+    if not got:
+        raise InvalidArgument("another thread held the write lock too long for VACUUM")
+    try:
+        with translate():
+            free = int(cx.pragma(conn, "freelist_count"))
+            cx.pragma(conn, "auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")
+        report.pages_freed += free
+    finally:
+        db._lock.release()
+
+
+def _checkpoint(db: Database, timeout: float) -> str:
+    """TRUNCATE on a connection of its own, for at most ``timeout`` seconds; else PASSIVE.
+
+    Another checkpoint in progress (this process's background checkpointer, or another
+    process's) makes SQLite answer busy at once, without its busy handler: retried.
+    Readers of old frames are waited for by the busy handler, up to the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        conn = cx.connect(db.path, busy_timeout=timeout, synchronous=db.synchronous, vfs=db.vfs)
+    except Exception:  # noqa: BLE001 - a checkpoint is an optimisation; the WAL stays valid without it
+        return "skipped"
+    try:
+        conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # open the WAL
+        while True:
+            conn.set_busy_timeout(max(1, int((deadline - time.monotonic()) * 1000)))
+            try:
+                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+                return "truncate"
+            except apsw.BusyError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+        with contextlib.suppress(apsw.BusyError):
+            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        return "passive"
+    except apsw.Error as exc:
+        raise convert(exc) from exc
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- check
+
+_RECORDS_SQL = (
+    "SELECT offset, position, timestamp, txn, content_type, typeof(data), octet_length(data), "
+    "CASE WHEN content_type = 'json' AND ?2 THEN json_valid(data) ELSE 1 END "
+    "FROM chunks WHERE stream_id = ?1 ORDER BY offset"
+)
+
+
+def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> CheckReport:
+    """Verify the file and the stream invariants; return a :class:`CheckReport`.
+
+    ``quick`` uses ``PRAGMA quick_check`` and skips JSON validation. Read-only: runs in one
+    read transaction, so it sees one consistent state while writers carry on. Reads
+    every record's metadata (not the payloads, except to validate JSON): time grows with
+    the file. At most ``max_problems`` problems are listed (``truncated`` says so).
+    """
+    if isinstance(max_problems, bool) or not isinstance(max_problems, int) or max_problems < 1:
+        raise InvalidArgument(f"max_problems must be an int >= 1, not {max_problems!r}")
+    report = CheckReport()
+
+    def problem(stream: str | None, offset: int | None, message: str) -> bool:
+        """Record one; False once the list is full."""
+        if len(report.problems) >= max_problems:
+            report.truncated = True
+            return False
+        report.problems.append(Problem(stream, offset, message))
+        return True
+
+    with db._snapshot() as conn:
+        rows = conn.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
+        report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
+            problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
+        txn_rows = _q(conn)("SELECT value FROM counters WHERE name = 'txn'")
+        last_txn = int(txn_rows[0][0]) if txn_rows else None
+        if last_txn is None:
+            problem(None, None, "the counters table has no 'txn' row")
+        streams = conn.execute(
+            "SELECT id, name, first_offset, next_offset, first_position, byte_length, last_append_at "
+            "FROM streams ORDER BY name"
+        ).fetchall()
+        for stream in streams:
+            report.streams += 1
+            if not _check_stream(conn, stream, last_txn, not quick, report, problem):
+                break
+        _check_references(conn, problem)
+    return report
+
+
+_STORAGE = {"bytes": "blob", "text": "text", "json": "text"}
+
+
+def _check_stream(
+    conn: apsw.Connection, stream: tuple[Any, ...], last_txn: int | None, validate_json: bool,
+    report: CheckReport, problem: Any,
+) -> bool:
+    """Check one stream's records; False when the problem list is full."""
+    sid, name, first, nxt, first_pos, length, last_append = stream
+    expect, position, prev_ts = first, first_pos, None
+    for offset, pos, ts, txn, ctype, storage, nbytes, json_ok in conn.execute(_RECORDS_SQL, (sid, validate_json)):
+        report.records += 1
+        if offset < first:
+            if not problem(name, offset, f"record below first_offset {first} (trimmed records must be deleted)"):
+                return False
+            continue
+        if offset >= nxt:
+            if not problem(name, offset, f"record at or past next_offset {nxt}"):
+                return False
+            continue
+        if offset != expect:
+            missing = f"offset {expect} is" if offset == expect + 1 else f"offsets {expect}..{offset - 1} are"
+            if not problem(name, expect, f"gap: {missing} missing (offsets must be gap-free)"):
+                return False
+            position = pos  # resynchronise so one gap is reported once
+        elif pos != position:
+            if not problem(name, offset, f"byte position {pos}, expected {position} (the sum of earlier payloads)"):
+                return False
+        if prev_ts is not None and ts < prev_ts:
+            if not problem(name, offset, "timestamp earlier than the previous record's (timestamps never decrease)"):
+                return False
+        if _STORAGE.get(ctype) != storage:
+            if not problem(name, offset, f"content type {ctype!r} stored as {storage}"):
+                return False
+        elif not json_ok:
+            if not problem(name, offset, "content type 'json' but the payload is not valid JSON"):
+                return False
+        if last_txn is not None and not 0 < txn <= last_txn:
+            if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):
+                return False
+        expect, position, prev_ts = offset + 1, pos + nbytes, ts
+    if expect < nxt:
+        missing = f"offset {expect} is" if expect + 1 == nxt else f"offsets {expect}..{nxt - 1} are"
+        if not problem(name, expect, f"gap: {missing} missing (next_offset is {nxt})"):
+            return False
+    elif position != length:
+        if not problem(name, None, f"byte_length is {length} but the retained records end at byte {position}"):
+            return False
+    if prev_ts is not None and last_append is not None and prev_ts > last_append:
+        if not problem(name, expect - 1, "timestamp later than the stream's last_append_at"):
+            return False
+    return True
+
+
+def _check_references(conn: apsw.Connection, problem: Any) -> None:
+    """Pending deliveries, reader positions and dedup entries must point at real offsets."""
+    for sub, stream, offset, frontier, exists in conn.execute(
+        "SELECT s.name, st.name, d.offset, s.next_offset, "
+        "EXISTS (SELECT 1 FROM chunks c WHERE c.stream_id = s.stream_id AND c.offset = d.offset) "
+        "FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
+        "JOIN streams st ON st.id = s.stream_id "
+        "WHERE d.offset >= s.next_offset OR NOT EXISTS "
+        "(SELECT 1 FROM chunks c WHERE c.stream_id = s.stream_id AND c.offset = d.offset) "
+        "ORDER BY st.name, d.offset"
+    ).fetchall():
+        if not exists:
+            message = f"subscription {sub!r} has a pending delivery of a record that does not exist"
+        else:
+            message = f"subscription {sub!r} has a pending delivery at or past its frontier {frontier}"
+        if not problem(stream, offset, message):
+            return
+    for reader, stream, position, nxt in conn.execute(
+        "SELECT c.name, st.name, c.position, st.next_offset FROM cursors c JOIN streams st ON st.id = c.stream_id "
+        "WHERE c.position > st.next_offset ORDER BY st.name"
+    ).fetchall():
+        if not problem(stream, position, f"reader {reader!r} is past the stream's next_offset {nxt}"):
+            return
+    for stream, dedup_id, offset, nxt in conn.execute(
+        "SELECT st.name, d.dedup_id, d.offset, st.next_offset FROM dedup d JOIN streams st ON st.id = d.stream_id "
+        "WHERE d.offset >= st.next_offset ORDER BY st.name, d.offset"
+    ).fetchall():
+        if not problem(stream, offset, f"dedup id {dedup_id!r} names an offset never appended (next_offset {nxt})"):
+            return

@@ -1,0 +1,244 @@
+"""Retention: max_count / max_age / max_bytes, db.trim, set_retention, keep_unacked.
+
+Real files, real statements. The statement-count tests pin the promise that retention
+costs an append nothing unless a trigger fires: they count what the write connection
+executes with apsw's exec tracer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import apsw
+import pytest
+from helpers_subscriptions import Clock
+
+import sqlstream
+from sqlstream import errors
+from sqlstream.retention import bytes_margin, count_margin
+
+
+@contextmanager
+def statements(db: sqlstream.Database) -> Iterator[list[str]]:
+    """The SQL the write connection runs inside the block."""
+    seen: list[str] = []
+    conn = db._write_conn()
+
+    def tracer(cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
+        seen.append(" ".join(sql.split()))
+        return True
+
+    conn.exec_trace = tracer
+    try:
+        yield seen
+    finally:
+        conn.exec_trace = None
+
+
+def offsets(stream: sqlstream.Stream) -> list[int]:
+    info = stream.info()
+    return [r.offset for r in stream.read(info.first_offset, 100_000)]
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def test_appends_within_limits_run_the_same_statements_as_plain_ones(db: sqlstream.Database) -> None:
+    plain = db.create_stream("plain")
+    limited = db.create_stream("limited", max_count=1000, max_bytes=10**9, max_age=3600)
+    plain.append(b"warm")
+    limited.append(b"warm")
+    with statements(db) as a:
+        plain.append(b"x")
+    with statements(db) as b:
+        limited.append(b"x")
+    assert len(a) == len(b) == 5, (a, b)  # BEGIN, txn counter, stream row, insert, COMMIT
+    assert not any("DELETE" in s for s in b)
+
+
+def test_a_fired_trigger_trims_a_batch_then_appends_are_plain_again(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_count=160)  # margin 10
+    assert count_margin(160) == 10
+    stream.extend([b"r"] * 170)
+    assert stream.info().count == 170  # at the limit plus the margin: nothing trimmed yet
+    with statements(db) as fired:
+        stream.append(b"r")
+    assert any(s.startswith("DELETE FROM chunks") for s in fired)
+    info = stream.info()
+    assert (info.first_offset, info.count) == (11, 160)  # trimmed exactly to max_count
+    with statements(db) as quiet:
+        stream.append(b"r")
+    assert len(quiet) == 5
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_max_count_keeps_between_limit_and_limit_plus_margin(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_count=32)  # margin 2
+    for i in range(200):
+        assert stream.append(i) == i  # offsets are never reused
+        assert 32 <= stream.info().count <= 34 or i < 32
+    info = stream.info()
+    assert info.next_offset == 200
+    assert offsets(stream) == list(range(info.first_offset, 200))
+    db.trim("s")  # exact now
+    assert stream.info().count == 32
+
+
+def test_reading_below_first_offset_names_the_first_available(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s")
+    stream.extend([b"abc"] * 10)
+    result = db.trim("s", before_offset=4)
+    assert result == sqlstream.TrimResult("s", 4, 4, None)
+    with pytest.raises(errors.OffsetOutOfRange, match="first available offset is 4"):
+        stream.read(3)
+    with pytest.raises(errors.OffsetOutOfRange, match="first available byte is 12"):
+        stream.read_bytes(11, 1)
+    assert stream.read_bytes(12, 3).data == b"abc"
+    assert [r.offset for r in stream.read(0 + 4, 3)] == [4, 5, 6]
+    assert stream.read_at(0) == 4
+    assert list(stream.follow(timeout=0.01))[0].offset == 4
+
+
+def test_trim_past_the_end_empties_the_stream_and_appends_continue(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s")
+    stream.extend([b"a", b"bb"])
+    assert db.trim("s", 10**6).trimmed == 2
+    info = stream.info()
+    assert (info.first_offset, info.next_offset, info.first_position, info.byte_length) == (2, 2, 3, 3)
+    assert stream.append(b"c") == 2
+    assert stream.read(2)[0].position == 3
+    assert db.trim("s", 1).trimmed == 0  # never backwards
+    assert db.check().ok
+
+
+def test_max_bytes_never_trims_the_newest_record(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_bytes=100)  # margin 6
+    assert bytes_margin(100) == 6
+    stream.extend([b"x" * 30] * 3)
+    stream.append(b"y" * 30)  # 120 bytes > 106: trimmed to <= 100
+    info = stream.info()
+    assert info.retained_bytes == 90 and info.first_offset == 1
+    stream.append(b"z" * 500)  # one record larger than the limit stays alone
+    info = stream.info()
+    assert (info.first_offset, info.retained_bytes) == (4, 500)
+    assert stream.read(4)[0].value == b"z" * 500
+
+
+def test_max_age_trims_as_appends_happen(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_age=0.2)  # margin 12.5 ms
+    stream.extend([b"old"] * 5)
+    time.sleep(0.3)
+    stream.append(b"new")
+    assert offsets(stream) == [5]
+
+
+def test_max_age_by_maintain_with_a_clock(db: sqlstream.Database) -> None:
+    clock = Clock(time.time())
+    db._clock = clock  # type: ignore[method-assign]
+    stream = db.create_stream("s", max_age=60)
+    stream.extend([1, 2, 3])
+    assert db.maintain().trimmed == {"s": 0}
+    clock.advance(61)
+    assert db.maintain(vacuum=False, checkpoint=False, optimize=False).trimmed == {"s": 3}
+    assert stream.info().count == 0
+
+
+def test_set_retention_trims_at_once_and_none_removes_a_limit(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s")
+    stream.extend(list(range(50)))
+    result = db.set_retention("s", max_count=10)
+    assert (result.trimmed, result.first_offset) == (40, 40)
+    assert stream.info().max_count == 10
+    db.set_retention("s", max_count=None)
+    stream.extend(list(range(50)))
+    assert stream.info().count == 60
+    with pytest.raises(errors.InvalidArgument):
+        db.set_retention("s", max_count=0)
+    with pytest.raises(errors.InvalidArgument):
+        db.set_retention("s", keep_unacked="yes")  # type: ignore[arg-type]
+    with pytest.raises(errors.StreamNotFound):
+        db.set_retention("nope", max_count=1)
+    assert stream.set_retention(max_bytes=1).first_offset == 99  # the newest record stays
+
+
+def test_retention_inside_a_transaction_rolls_back_with_it(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_count=2)
+    stream.extend([1, 2])
+    with pytest.raises(RuntimeError):
+        with db.transaction():
+            stream.extend([3, 4, 5])
+            assert stream.info().first_offset == 3
+            raise RuntimeError
+    assert offsets(stream) == [0, 1]
+    stream.append(3)
+    assert offsets(stream) == [1, 2]
+
+
+def test_trim_validates_its_arguments(db: sqlstream.Database) -> None:
+    db.create_stream("s")
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(errors.InvalidArgument):
+            db.trim("s", bad)  # type: ignore[arg-type]
+    with pytest.raises(errors.StreamNotFound):
+        db.trim("missing", 1)
+
+
+# --------------------------------------------------------------------------- keep_unacked
+
+
+def test_keep_unacked_holds_records_and_info_says_why(db: sqlstream.Database) -> None:
+    clock = Clock(time.time())
+    db._clock = clock  # type: ignore[method-assign]
+    stream = db.create_stream("s", max_count=4, keep_unacked=True)
+    sub = db.create_subscription("billing", "s", ack_timeout=600)
+    stream.extend(list(range(10)))
+    info = stream.info()
+    assert info.first_offset == 0 and info.count == 10
+    assert info.over_limit is not None
+    assert "max_count 4" in info.over_limit and "'billing' has not acked offset 0" in info.over_limit
+    batch = sub.fetch("w", 3)
+    sub.ack(*batch.offsets)  # 0..2 acked: retention may now trim them
+    stream.extend([10] * 65)  # the held re-check comes HELD_RECHECK (64) appends later
+    assert stream.info().first_offset == 3
+    report = db.maintain(vacuum=False, checkpoint=False, optimize=False)
+    assert "billing" in report.held["s"]
+    # An explicit trim honours it too, unless forced.
+    result = db.trim("s", 8)
+    assert result.first_offset == 3 and result.held is not None and "offset 3" in result.held
+    sub.fetch("w", 2)  # 3 and 4 pending
+    forced = db.trim("s", 4, force=True)
+    assert forced.first_offset == 4 and forced.held is None
+    assert [e.offset for e in sub.pending()] == [4]  # the trimmed pending record left the list
+    assert db.check().ok
+
+
+def test_keep_unacked_without_subscriptions_trims_normally(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s", max_count=3, keep_unacked=True)
+    stream.extend(list(range(10)))
+    assert stream.info().count == 3 and stream.info().over_limit is None
+
+
+def test_trimming_drops_pending_deliveries_of_trimmed_records(db: sqlstream.Database) -> None:
+    stream = db.create_stream("s")
+    stream.extend(list(range(6)))
+    sub = db.create_subscription("sub", "s")
+    sub.fetch("a", 4)
+    db.trim("s", 3)
+    assert [e.offset for e in sub.pending()] == [3]
+    assert db.check().ok
+
+
+def test_streams_of_an_older_schema_get_their_triggers(tmp_path: object) -> None:
+    """A stream created with limits before migration 0004 is trimmed at its next append."""
+    path = str(tmp_path) + "/old.db"  # type: ignore[operator]
+    with sqlstream.open(path) as db:
+        db.create_stream("s", max_count=2).extend([1, 2, 3, 4])
+        conn = db._write_conn()
+        conn.execute("UPDATE streams SET trim_offset = NULL")  # as 0004 finds them
+        conn.execute("UPDATE streams SET trim_offset = first_offset + max_count WHERE max_count IS NOT NULL")
+        db.stream("s").append(5)
+        assert db.stream("s").info().count == 2
