@@ -161,6 +161,10 @@ def info_json(info: StreamInfo) -> dict[str, Any]:
         "max_age": info.max_age,
         "max_bytes": info.max_bytes,
         "metadata": info.metadata,
+        "keep_unacked": info.keep_unacked,
+        "dedup_seconds": info.dedup_seconds,
+        "dedup_records": info.dedup_records,
+        "over_limit": info.over_limit,
     }
 
 
@@ -308,6 +312,7 @@ def cmd_create(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 max_age=args.max_age,
                 max_bytes=args.max_bytes,
                 secret=args.secret,
+                keep_unacked=args.keep_unacked,
             )
             created = True
         except StreamExists:
@@ -347,7 +352,13 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         stream = _writable_stream(db, args.name, args.secret)
         if not values:
             return EXIT_OK
-        offsets = stream.extend(values, key=args.key, headers=headers, expect_offset=args.expect_offset)
+        if args.dedup_id is not None:
+            if len(values) != 1:
+                raise CliError(f"--dedup-id names one record, but {len(values)} values were given")
+            offsets: Sequence[int] = [stream.append(values[0], key=args.key, headers=headers,
+                                                    expect_offset=args.expect_offset, dedup_id=args.dedup_id)]
+        else:
+            offsets = stream.extend(values, key=args.key, headers=headers, expect_offset=args.expect_offset)
     if not args.quiet:
         out.write("".join(f"{o}\n" for o in offsets))
     return EXIT_OK
@@ -471,6 +482,9 @@ def cmd_info(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         ("max count", limit(info.max_count)),
         ("max age", limit(info.max_age, " s")),
         ("max bytes", limit(info.max_bytes)),
+        ("unacked", "kept (keep_unacked: retention never trims what a subscription has not acked)"
+         if info.keep_unacked else "may be trimmed by retention"),
+        ("over limit", info.over_limit or "no"),
         ("metadata", json.dumps(info.metadata, ensure_ascii=False)),
     ]
     out.write("".join(f"{k + ':':<13}{v}\n" for k, v in fields))
@@ -636,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-count", type=_positive_int, metavar="N", help="retain at most N records")
     p.add_argument("--max-age", type=_positive_seconds, metavar="SECONDS", help="retain records this young")
     p.add_argument("--max-bytes", type=_positive_int, metavar="N", help="retain at most N bytes")
+    p.add_argument("--keep-unacked", action="store_true",
+                   help="retention never trims records a subscription has not acked")
     p.add_argument("--secret", action="store_true", help="writes need the printed write secret")
     p.add_argument("--exist-ok", action="store_true", help="succeed if the stream already exists")
 
@@ -658,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", metavar="S", help="the stream's write secret (for streams made with --secret)")
     p.add_argument("--expect-offset", type=_offset, metavar="N",
                    help="append only if the stream's next offset is N (optimistic concurrency)")
+    p.add_argument("--dedup-id", metavar="ID",
+                   help="idempotent append of one value: if ID was appended inside the stream's dedup "
+                   "window, store nothing and print the original offset")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the offsets")
 
     p = command(
@@ -712,7 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
         "writes could break the offsets and byte positions sqlstream keeps in step. Use\n"
         "the other commands to change data. PARAMs bind to ? placeholders, as text.\n"
         "--json prints one object per row (duplicate column names get _2, _3, ...; a BLOB\n"
-        "is {\"base64\": ...}). Tables: streams, chunks; views: stream_stats.",
+        "is {\"base64\": ...}).\n\n"
+        "Views for people: stream_stats, subscription_stats, pending_deliveries.\n"
+        "Tables: streams, chunks, counters, subscriptions, deliveries, cursors, dedup,\n"
+        "exports, export_streams, export_files, export_ranges, storage_objects,\n"
+        "storage_segments. docs/sql.md describes them, with example queries.",
     )
     p.add_argument("query", metavar="QUERY")
     p.add_argument("params", metavar="PARAM", nargs="*", help="values for ? placeholders")
@@ -720,6 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_subscriptions import add_commands as add_subscription_commands  # noqa: PLC0415 (cycle)
 
     add_subscription_commands(command)
+
+    from .cli_maintenance import add_commands as add_maintenance_commands  # noqa: PLC0415 (cycle)
+
+    add_maintenance_commands(command)
 
     from . import cli_archive  # noqa: PLC0415 (cycle) - export, import, archive cat
 
