@@ -1,0 +1,503 @@
+"""SQLAlchemy integration (the optional extra ``sqlstream[sqlalchemy]``, SQLAlchemy 2.x).
+
+* **The driver.** ``sqlite+sqlstream:///PATH`` is SQLAlchemy's SQLite dialect running on
+  apsw — the SQLite library sqlstream itself uses — through a small DB-API adapter
+  (``sqlstream._dbapi``). Use it (or :func:`create_engine`) for every SQLAlchemy engine on
+  a sqlstream file: with Python's ``sqlite3`` the process would hold the file through two
+  copies of SQLite that do not see each other's locks, which corrupts it. Writing
+  transactions begin with ``BEGIN IMMEDIATE`` before their first write, so they wait for
+  other writers (up to the busy timeout) instead of failing with "database is locked".
+
+* **Tables.** :data:`metadata` holds Core :class:`~sqlalchemy.Table` objects for the
+  schema (``streams``, ``chunks``, ``subscriptions``, ...), :data:`views` the views for
+  people, for queries with Core or the ORM. The schema belongs to sqlstream's migrations
+  (``sqlstream.open(path)`` creates and upgrades it; never ``metadata.create_all``); write
+  to it only through sqlstream or :func:`append`, or ``sqlstream check`` will find the
+  broken offsets.
+
+* **Transactional outbox.** :func:`append` (and :func:`extend`) append records inside the
+  caller's transaction on the caller's connection, with the statements of sqlstream's own
+  append path (shared with ``database.py``): offsets reserved gap-free in the stream row,
+  one ``txn`` number per transaction, retention triggers, dedup ids. The application's
+  rows and its events commit together or not at all; a crash before COMMIT leaves
+  neither, and burns no offset. Once the transaction commits, sqlstream readers blocked in
+  this process wake at once and those in other processes are rung (the doorbell of
+  ``sqlstream.wakeup``), from the SQLite WAL hook that runs right after the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apsw
+from sqlalchemy import (
+    BLOB,
+    INTEGER,
+    REAL,
+    TEXT,
+    Column,
+    ForeignKey,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+)
+from sqlalchemy import create_engine as _sa_create_engine
+from sqlalchemy.dialects import registry as _registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import URL, Connection, Engine
+
+from . import _dbapi
+from . import dedup as _dedup
+from . import retention as _retention
+from .database import (
+    _APPEND_SQL,
+    _ROWS_PER_INSERT,
+    _TXN_SQL,
+    DEFAULT_MAX_RECORD_BYTES,
+    PreparedRecord,
+    _insert_sql,
+    _query,
+    _us,
+    append_refused,
+    now_us,
+)
+from .errors import InvalidArgument, PayloadTooLarge, convert
+from .records import check_name, encode_headers, encode_key, encode_value
+from .wakeup import notifier_for
+
+__all__ = ["metadata", "views", "append", "extend", "create_engine", "SqlstreamDialect"]
+
+# --------------------------------------------------------------------------- tables
+
+metadata = MetaData()
+"""Core Tables for sqlstream's schema (the version ``sqlstream.connection.schema_version()``)."""
+
+streams = Table(
+    "streams", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("name", TEXT, nullable=False, unique=True),
+    Column("created_at", INTEGER, nullable=False),
+    Column("sealed_at", INTEGER),
+    Column("write_secret", TEXT, unique=True),
+    Column("first_offset", INTEGER, nullable=False, server_default="0"),
+    Column("next_offset", INTEGER, nullable=False, server_default="0"),
+    Column("first_position", INTEGER, nullable=False, server_default="0"),
+    Column("byte_length", INTEGER, nullable=False, server_default="0"),
+    Column("last_append_at", INTEGER),
+    Column("max_count", INTEGER),
+    Column("max_age", REAL),
+    Column("max_bytes", INTEGER),
+    Column("metadata", TEXT, nullable=False, server_default="'{}'"),
+    Column("keep_unacked", INTEGER, nullable=False, server_default="0"),
+    Column("dedup_seconds", REAL, nullable=False, server_default="86400.0"),
+    Column("dedup_records", INTEGER, nullable=False, server_default="100000"),
+    Column("trim_offset", INTEGER),
+    Column("trim_bytes", INTEGER),
+    Column("trim_time", INTEGER),
+)
+
+chunks = Table(
+    "chunks", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("offset", INTEGER, nullable=False),
+    Column("position", INTEGER, nullable=False),
+    Column("timestamp", INTEGER, nullable=False),
+    Column("txn", INTEGER, nullable=False),
+    Column("key", TEXT),
+    Column("headers", TEXT),
+    Column("content_type", TEXT, nullable=False),
+    Column("data", BLOB, nullable=False),
+    PrimaryKeyConstraint("stream_id", "offset"),
+    sqlite_with_rowid=False,
+)
+
+counters = Table(
+    "counters", metadata,
+    Column("name", TEXT, primary_key=True),
+    Column("value", INTEGER, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+subscriptions = Table(
+    "subscriptions", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("name", TEXT, nullable=False, unique=True),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("ack_timeout", REAL, nullable=False),
+    Column("max_unacked", INTEGER, nullable=False),
+    Column("max_deliveries", INTEGER),
+    Column("dead_letter", TEXT),
+    Column("start_offset", INTEGER, nullable=False),
+    Column("next_offset", INTEGER, nullable=False),
+    Column("acked", INTEGER, nullable=False, server_default="0"),
+    Column("dead_lettered", INTEGER, nullable=False, server_default="0"),
+    Column("created_at", INTEGER, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("subscription_id", INTEGER, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False),
+    Column("offset", INTEGER, nullable=False),
+    Column("consumer", TEXT),
+    Column("attempts", INTEGER, nullable=False),
+    Column("delivered_at", INTEGER, nullable=False),
+    Column("deadline", INTEGER, nullable=False),
+    Column("last_error", TEXT),
+    PrimaryKeyConstraint("subscription_id", "offset"),
+    Index("deliveries_by_deadline", "subscription_id", "deadline"),
+    sqlite_with_rowid=False,
+)
+
+cursors = Table(
+    "cursors", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("name", TEXT, nullable=False, unique=True),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("position", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    Column("updated_at", INTEGER, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+exports = Table(
+    "exports", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("name", TEXT, nullable=False, unique=True),
+    Column("directory", TEXT, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    Column("updated_at", INTEGER, nullable=False),
+)
+
+export_streams = Table(
+    "export_streams", metadata,
+    Column("export_id", INTEGER, ForeignKey("exports.id", ondelete="CASCADE"), nullable=False),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("exported_offset", INTEGER, nullable=False),
+    Column("delivered_offset", INTEGER, nullable=False),
+    PrimaryKeyConstraint("export_id", "stream_id"),
+    sqlite_with_rowid=False,
+)
+
+export_files = Table(
+    "export_files", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("export_id", INTEGER, ForeignKey("exports.id", ondelete="CASCADE"), nullable=False),
+    Column("name", TEXT, nullable=False),
+    Column("working", TEXT, nullable=False),
+    Column("destination", TEXT),
+    Column("location", TEXT),
+    Column("state", TEXT, nullable=False),
+    Column("records", INTEGER, nullable=False),
+    Column("bytes", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    Column("closed_at", INTEGER),
+    Index("export_files_by_state", "export_id", "state"),
+)
+
+export_ranges = Table(
+    "export_ranges", metadata,
+    Column("file_id", INTEGER, ForeignKey("export_files.id", ondelete="CASCADE"), nullable=False),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("first_offset", INTEGER, nullable=False),
+    Column("next_offset", INTEGER, nullable=False),
+    PrimaryKeyConstraint("file_id", "stream_id"),
+    sqlite_with_rowid=False,
+)
+
+storage_objects = Table(
+    "storage_objects", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("path", TEXT, nullable=False, unique=True),
+    Column("size", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+)
+
+storage_segments = Table(
+    "storage_segments", metadata,
+    Column("object_id", INTEGER, ForeignKey("storage_objects.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", INTEGER, nullable=False),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="RESTRICT"), nullable=False),
+    PrimaryKeyConstraint("object_id", "seq"),
+    Index("storage_segments_by_stream", "stream_id"),
+    sqlite_with_rowid=False,
+)
+
+dedup = Table(
+    "dedup", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("dedup_id", TEXT, nullable=False),
+    Column("offset", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("stream_id", "dedup_id"),
+    Index("dedup_by_offset", "stream_id", "offset", "created_at"),
+    sqlite_with_rowid=False,
+)
+
+views = MetaData()
+"""The views for people (docs/sql.md), as Tables to select from; their columns are untyped."""
+
+stream_stats = Table(
+    "stream_stats", views,
+    *(Column(name) for name in (
+        "name", "first_offset", "next_offset", "records", "bytes", "total_bytes", "sealed", "secret",
+        "created", "last_append", "sealed_time", "max_count", "max_age", "max_bytes", "keep_unacked",
+        "dedup_ids",
+    )),
+)
+
+subscription_stats = Table(
+    "subscription_stats", views,
+    *(Column(name) for name in (
+        "name", "stream", "start_offset", "delivered_up_to", "lag", "pending", "expired",
+        "oldest_pending_age", "acked_frontier", "acked", "dead_lettered", "consumers", "ack_timeout",
+        "max_unacked", "max_deliveries", "dead_letter", "created",
+    )),
+)
+
+pending_deliveries = Table(
+    "pending_deliveries", views,
+    *(Column(name) for name in (
+        "subscription", "stream", "offset", "consumer", "attempts", "delivered", "deadline",
+        "idle_seconds", "expired", "last_error",
+    )),
+)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class SqlstreamDialect(SQLiteDialect_pysqlite):
+    """SQLAlchemy's SQLite dialect on apsw (``sqlite+sqlstream://``); see :mod:`sqlstream._dbapi`.
+
+    Connect arguments: ``timeout`` (seconds to wait for the write lock, default 30),
+    ``synchronous`` (``"normal"``/``"full"``). Connecting creates the file and applies
+    sqlstream's migrations if needed.
+    """
+
+    driver = "sqlstream"
+    supports_statement_cache = True
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return _dbapi
+
+    def create_connect_args(self, url: URL) -> Any:
+        args, options = super().create_connect_args(url)
+        options.setdefault("timeout", 30.0)
+        return args, options
+
+
+# sqlalchemy.create_engine("sqlite+sqlstream:///app.db") once this module is imported;
+# the package's entry point registers it too, so installed copies need no import.
+_registry.register("sqlite.sqlstream", "sqlstream.sqlalchemy", "SqlstreamDialect")
+
+
+def create_engine(
+    path: str | os.PathLike[str],
+    *,
+    busy_timeout: float = 30.0,
+    synchronous: str = "normal",
+    **kwargs: Any,
+) -> Engine:
+    """An Engine (``sqlite+sqlstream``) on the sqlstream file at ``path``.
+
+    Creates the file and its schema if needed. Connections wait up to ``busy_timeout``
+    seconds for the write lock and use ``synchronous`` (``"normal"`` survives a process
+    crash, ``"full"`` also power loss), like ``sqlstream.open``. ``kwargs`` go to
+    :func:`sqlalchemy.create_engine`. Raises ``InvalidArgument``, ``SchemaVersionError``.
+    """
+    if synchronous not in ("normal", "full"):
+        raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
+    if isinstance(busy_timeout, bool) or not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
+        raise InvalidArgument(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
+    from .database import open as open_database
+
+    with open_database(path, busy_timeout=busy_timeout, synchronous=synchronous) as db:
+        full_path = db.path
+    connect_args = {"timeout": float(busy_timeout), "synchronous": synchronous, **kwargs.pop("connect_args", {})}
+    return _sa_create_engine(URL.create("sqlite+sqlstream", database=full_path), connect_args=connect_args, **kwargs)
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def append(
+    connection: Connection,
+    stream: str,
+    value: Any,
+    *,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    expect_offset: int | None = None,
+    dedup_id: str | None = None,
+    secret: str | None = None,
+) -> int:
+    """Append one record to ``stream`` through ``connection``, inside its transaction.
+
+    ``connection`` is a SQLAlchemy Connection (``session.connection()`` for a Session) of
+    a ``sqlite+sqlstream`` engine. Same arguments and rules as ``Stream.append``
+    (``secret``: the write secret of a secret stream). Begins the connection's
+    transaction if none is open; nothing is visible to others until the caller commits,
+    and a rollback leaves no record and burns no offset. Takes SQLite's write lock (if the
+    transaction does not hold it yet) and holds it until the caller's transaction ends,
+    so keep that short; waits up to the engine's busy timeout for it. Blocked sqlstream
+    readers in every process wake after the commit.
+    Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied``, ``ConcurrencyError``,
+    ``InvalidValue``, ``PayloadTooLarge``, ``LockTimeout``, ``InvalidArgument`` (not a
+    sqlite+sqlstream connection, or one in autocommit mode); after an error the caller
+    should roll its transaction back.
+    """
+    check_name(stream)
+    ctype, data, nbytes = encode_value(value)
+    row: PreparedRecord = (encode_key(key), encode_headers(headers), ctype, data, nbytes)
+    ids: list[str | None] | None = None if dedup_id is None else [_dedup.check_dedup_id(dedup_id)]
+    return _write(connection, stream, secret, [row], expect_offset, ids)[0]
+
+
+def extend(
+    connection: Connection,
+    stream: str,
+    values: Iterable[Any],
+    *,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    expect_offset: int | None = None,
+    dedup_ids: Sequence[str | None] | None = None,
+    secret: str | None = None,
+) -> list[int]:
+    """Append several records through ``connection`` (see :func:`append`); one offset per value."""
+    check_name(stream)
+    if isinstance(values, (bytes, bytearray, memoryview, str, dict)):
+        raise InvalidArgument("extend() takes an iterable of values; use append() for one value")
+    k, h = encode_key(key), encode_headers(headers)
+    rows: list[PreparedRecord] = [(k, h, *encode_value(v)) for v in values]
+    ids = None if dedup_ids is None else _dedup.check_dedup_ids(dedup_ids, len(rows))
+    if not rows:
+        return []
+    return _write(connection, stream, secret, rows, expect_offset, ids)
+
+
+def _driver_connection(connection: Connection) -> _dbapi.Connection:
+    if not isinstance(connection, Connection):
+        raise InvalidArgument(f"append() takes a SQLAlchemy Connection, not {type(connection).__name__}")
+    dbapi = connection.connection.dbapi_connection
+    if not isinstance(dbapi, _dbapi.Connection):
+        raise InvalidArgument(
+            f"the connection uses the {connection.dialect.name}+{connection.dialect.driver} driver; sqlstream's "
+            "outbox needs sqlite+sqlstream, which runs on the same SQLite library as sqlstream (two SQLite "
+            "libraries writing one file in one process do not see each other's locks and corrupt it)",
+            hint="create the engine with sqlstream.sqlalchemy.create_engine(path), or the URL sqlite+sqlstream:///PATH",
+        )
+    return dbapi
+
+
+def _write(
+    connection: Connection,
+    name: str,
+    secret: str | None,
+    rows: list[PreparedRecord],
+    expect_offset: int | None,
+    ids: list[str | None] | None,
+) -> list[int]:
+    dbapi = _driver_connection(connection)
+    if expect_offset is not None and (
+        isinstance(expect_offset, bool) or not isinstance(expect_offset, int) or not 0 <= expect_offset < 2**63
+    ):
+        raise InvalidArgument(f"expect_offset must be an int >= 0, not {expect_offset!r}")
+    for row in rows:
+        if row[4] > DEFAULT_MAX_RECORD_BYTES:
+            raise PayloadTooLarge(
+                f"a record of {row[4]:,} bytes exceeds sqlstream's limit of {DEFAULT_MAX_RECORD_BYTES:,} bytes",
+                hint="split the payload",
+            )
+    if not connection.in_transaction():
+        connection.begin()  # what autobegin does: SQLAlchemy then commits or rolls it back
+    if dbapi.isolation_level is None and not dbapi.in_transaction:
+        raise InvalidArgument(
+            "the connection is in autocommit mode: the records and the application's rows would not commit together",
+            hint="append inside a transaction (engine.begin(), or a connection without isolation_level='AUTOCOMMIT')",
+        )
+    conn = dbapi.apsw
+    q = _query(conn)
+    try:
+        dbapi.begin_if_needed()  # as the driver does before a write: BEGIN IMMEDIATE
+        txn = _txn_number(dbapi, q)
+        now = now_us()
+        offsets: list[int | None] = [None] * len(rows)
+        same_as: list[int | None] = [None] * len(rows)
+        new = list(range(len(rows)))
+        dedup_state = None
+        if ids is not None:
+            found = q(_dedup.STREAM_SQL, (name,))
+            if not found or (found[0][4] is not None and found[0][4] != secret):
+                append_refused(q, name, secret, expect_offset)
+            stream_id, next_offset, seconds, records, _ = found[0]
+            known = _dedup.lookup(q, stream_id, next_offset, seconds, records, ids, now)
+            offsets, new, same_as = _dedup.resolve(ids, known)
+            dedup_state = (stream_id, seconds, records)
+        stored = range(0)
+        if new:
+            stored = _append_rows(q, name, secret, [rows[i] for i in new], expect_offset, txn)
+        if dedup_state is not None and stored:
+            stream_id, seconds, records = dedup_state
+            entries = []
+            for i, offset in zip(new, stored):
+                dedup_id = ids[i] if ids is not None else None
+                if dedup_id is not None:
+                    entries.append((dedup_id, offset))
+            _dedup.remember(q, stream_id, entries, now)
+            if _dedup.crosses_prune_point(stored.start, stored.stop):
+                _dedup.prune(q, stream_id, stored.stop, seconds, records, now)
+    except apsw.Error as exc:
+        raise convert(exc) from exc
+    if stored:
+        path = dbapi.path
+        dbapi.after_commit(lambda: notifier_for(path).committed())
+    return _dedup.finish(offsets, new, same_as, stored)
+
+
+def _append_rows(
+    q: _retention.Query, name: str, secret: str | None, rows: list[PreparedRecord],
+    expect_offset: int | None, txn: int,
+) -> range:
+    """database.py's append, statement for statement, on the caller's connection."""
+    count = len(rows)
+    total = sum(r[4] for r in rows)
+    got = q(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
+    if not got:
+        append_refused(q, name, secret, expect_offset)
+    stream_id, next_offset, byte_length, ts, trim = got[0]
+    first = next_offset - count
+    offset, position = first, byte_length - total
+    params: list[Any] = []
+    for key, headers, ctype, data, nbytes in rows:
+        params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
+        offset += 1
+        position += nbytes
+        if len(params) == 9 * _ROWS_PER_INSERT:
+            q(_insert_sql(_ROWS_PER_INSERT), params)
+            params = []
+    if params:
+        q(_insert_sql(len(params) // 9), params)
+    if trim:
+        _retention.enforce(q, stream_id, _us(time.time()))
+    return range(first, next_offset)
+
+
+def _txn_number(dbapi: _dbapi.Connection, q: _retention.Query) -> int:
+    """One commit sequence number per transaction, as sqlstream's own appends get.
+
+    The driver forgets it when the transaction commits or rolls back; a savepoint rolled
+    back since it was assigned undid the counter too, which the check below notices.
+    """
+    cached = dbapi.sqlstream_txn
+    if cached is not None and q("SELECT value FROM counters WHERE name = 'txn'")[0][0] == cached:
+        return cached
+    txn = int(q(_TXN_SQL)[0][0])
+    dbapi.sqlstream_txn = txn
+    return txn
