@@ -20,7 +20,8 @@ cannot both store one id: SQLite's write lock serialises them. Checks happen in 
 order: the stream exists and the secret matches, then duplicates are answered (even on
 a sealed stream, or with a stale ``expect_offset``: the original append succeeded),
 then the new records are appended with the usual checks. Entries that left the window
-are pruned as appends pass every 64th offset, and by ``db.maintain()``.
+are pruned as appends pass every 64th offset, and by ``db.maintain()``; enlarging a
+stream's window later (``set_retention``) does not bring pruned ids back.
 
 Like :mod:`sqlstream.retention`, the statements take a ``q`` callable so that
 :mod:`sqlstream.sqlalchemy` runs the same ones through a SQLAlchemy connection.
