@@ -242,3 +242,21 @@ def test_streams_of_an_older_schema_get_their_triggers(tmp_path: object) -> None
         conn.execute("UPDATE streams SET trim_offset = first_offset + max_count WHERE max_count IS NOT NULL")
         db.stream("s").append(5)
         assert db.stream("s").info().count == 2
+
+
+@pytest.mark.slow
+def test_the_retention_benchmark_runs(tmp_path: object) -> None:
+    """python -m benchmarks.retention --quick: the file stays flat, the report is written."""
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    try:
+        from benchmarks import retention
+    finally:
+        sys.path.remove(root)
+    out = str(tmp_path)
+    assert retention.main(["--quick", "--records", "200000", "--rounds", "1", "--out", out]) == 0
+    report = open(os.path.join(out, "RETENTION.md"), encoding="utf-8").read()
+    assert "### retention: 200,000 records" in report and "(max/min 1." in report
