@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -233,3 +236,36 @@ def test_cli_sql_reads_the_views(db: sqlstream.Database, run: Run) -> None:
     assert status == 0 and row["name"] == "orders" and row["records"] == 4 and row["last_append"].endswith("Z")
     status, out, _ = run("--db", db.path, "sql", "-h")
     assert status == 0 and "subscription_stats" in out and "dedup" in out
+
+
+# --------------------------------------------------------------------------- docs/sql.md
+
+
+def test_every_query_in_docs_sql_runs_on_the_stock_sqlite3(db: sqlstream.Database) -> None:
+    """The examples of docs/sql.md, run by Python's own sqlite3 (no sqlstream code), return rows."""
+    import re
+
+    orders = db.create_stream("orders", max_count=1000)
+    for i in range(20):
+        orders.append({"id": i, "customer": f"c{i % 3}", "total": 10.0 + i}, key=f"c{i % 3}",
+                      headers={"src": "web"}, dedup_id=f"order-{i}")
+    sub = db.create_subscription("billing", "orders", ack_timeout=0.001)
+    for _ in range(3):
+        sub.fetch("w", 2)
+        time.sleep(0.002)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "sql.md").read_text(encoding="utf-8")
+    queries = re.findall(r"```sql\n(.*?)```", text, re.S)
+    assert len(queries) >= 10
+    conn = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True)
+    try:
+        for query in queries:
+            rows = conn.execute(query).fetchall()
+            if "attempts >= 3" not in query and "records > max_count" not in query:
+                assert rows, query
+    finally:
+        conn.close()
+    for view in ("stream_stats", "subscription_stats", "pending_deliveries"):
+        if shutil.which("sqlite3"):
+            out = subprocess.run(["sqlite3", "-readonly", db.path, f"SELECT count(*) FROM {view}"],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0 and int(out.stdout) >= 1, out.stderr
