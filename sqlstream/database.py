@@ -672,26 +672,39 @@ class Database:
             raise StreamNotFound(f"no stream named {name!r}", hint="list the streams with db.streams()")
         return int(rows[0][0])
 
-    def maintain(self, **options: Any) -> MaintenanceReport:
+    def maintain(
+        self,
+        *,
+        retention: bool = True,
+        vacuum: bool = True,
+        full: bool = False,
+        checkpoint: bool = True,
+        optimize: bool = True,
+        checkpoint_timeout: float = 1.0,
+    ) -> MaintenanceReport:
         """Enforce retention, prune dedup ids, free pages, checkpoint the WAL, optimize.
 
-        A delegation to :func:`sqlstream.maintenance.maintain` (see it for the options and
-        what blocks); returns its :class:`~sqlstream.maintenance.MaintenanceReport`.
+        A delegation to :func:`sqlstream.maintenance.maintain` (see it for what each option
+        does and what blocks: each step is its own short transaction; ``full`` rewrites the
+        file and blocks writers meanwhile). Refused inside ``db.transaction()``.
         """
         from .maintenance import maintain
 
-        return maintain(self, **options)
+        return maintain(
+            self, retention=retention, vacuum=vacuum, full=full, checkpoint=checkpoint, optimize=optimize,
+            checkpoint_timeout=checkpoint_timeout,
+        )
 
-    def check(self, **options: Any) -> CheckReport:
+    def check(self, *, quick: bool = False, max_problems: int = 100) -> CheckReport:
         """Verify the file (``PRAGMA integrity_check``) and every stream's invariants.
 
         A delegation to :func:`sqlstream.maintenance.check`; returns its
         :class:`~sqlstream.maintenance.CheckReport` (``ok``, and each problem with its
-        stream and offset). Read-only.
+        stream and offset). Read-only: one read transaction, writers carry on.
         """
         from .maintenance import check
 
-        return check(self, **options)
+        return check(self, quick=quick, max_problems=max_problems)
 
     # ----------------------------------------------------------------- writing records
 
