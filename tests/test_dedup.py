@@ -178,15 +178,15 @@ with sqlstream.open(path) as db:
         while i < len(ids):
             how = rng.choice(["append", "extend", "producer"])
             if how == "append":
-                got[ids[i]] = stream.append({"id": ids[i]}, dedup_id=f"id-{ids[i]}")
+                got[ids[i]] = stream.append({"id": ids[i], "p": seed}, dedup_id=f"id-{ids[i]}")
                 i += 1
             elif how == "extend":
                 chunk = ids[i:i + rng.randint(1, 8)]
-                offs = stream.extend([{"id": x} for x in chunk], dedup_ids=[f"id-{x}" for x in chunk])
+                offs = stream.extend([{"id": x, "p": seed} for x in chunk], dedup_ids=[f"id-{x}" for x in chunk])
                 got.update(zip(chunk, offs))
                 i += len(chunk)
             else:
-                futures[ids[i]] = producer.append("events", {"id": ids[i]}, dedup_id=f"id-{ids[i]}")
+                futures[ids[i]] = producer.append("events", {"id": ids[i], "p": seed}, dedup_id=f"id-{ids[i]}")
                 i += 1
         producer.flush()
         got.update({k: f.result() for k, f in futures.items()})
@@ -198,7 +198,7 @@ print(json.dumps(got))
 @pytest.mark.slow
 def test_concurrent_producers_in_several_processes_store_each_id_once(tmp_path: Path) -> None:
     path = str(tmp_path / "dedup.db")
-    ids = 300
+    ids = 1500
     with sqlstream.open(path) as db:
         db.create_stream("events")
     procs = [spawn(WRITER, path, str(seed), str(ids), stdout=-1, stderr=-1) for seed in range(4)]
@@ -212,6 +212,7 @@ def test_concurrent_producers_in_several_processes_store_each_id_once(tmp_path: 
         assert db.check().ok
     counts = Counter(r.value["id"] for r in records)
     assert len(records) == ids and set(counts) == set(range(ids)) and set(counts.values()) == {1}
+    assert len({r.value["p"] for r in records}) > 1  # the processes did race: several won ids
     where = {r.value["id"]: r.offset for r in records}
     for answer in answers:
         assert answer == where  # every process was told the one record's offset
