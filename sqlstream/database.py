@@ -416,6 +416,21 @@ class Database:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[apsw.Connection]:
+        """A write transaction (a savepoint when nested) yielding the write connection.
+
+        apsw errors raised inside become sqlstream errors with the cause kept. For the
+        modules built on Database; the append path spells this out to stay lean.
+        """
+        with self.transaction():
+            conn = self._wconn
+            assert conn is not None
+            try:
+                yield conn
+            except apsw.Error as exc:
+                raise convert(exc) from exc
+
     def _txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:

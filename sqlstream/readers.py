@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound, convert
+from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
 from .records import RECORD_COLUMNS, Record, check_name, make_records
 from .subscriptions import _check_timeout, _q
 
@@ -110,20 +110,15 @@ class Reader:
 
     def _take(self, max_records: int) -> list[Record] | None:
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                position, stream_id, first, nxt, sealed = self._state(conn)
-                start = max(position, first)
-                rows = _q(conn, _RANGE_SQL, (stream_id, start, max_records))
-                end = rows[-1][0] + 1 if rows else start
-                if end != position:
-                    conn.execute(
-                        "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (end, _now_us(), self._id)
-                    )
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with db._writing() as conn:
+            position, stream_id, first, nxt, sealed = self._state(conn)
+            start = max(position, first)
+            rows = _q(conn, _RANGE_SQL, (stream_id, start, max_records))
+            end = rows[-1][0] + 1 if rows else start
+            if end != position:
+                conn.execute(
+                    "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (end, _now_us(), self._id)
+                )
         if rows:
             return make_records(self.stream, rows)
         return [] if sealed else None
@@ -135,17 +130,12 @@ class Reader:
         offset, else ``OffsetOutOfRange``.
         """
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                _, _, first, nxt, _ = self._state(conn)
-                target = _resolve(offset, first, nxt, self.stream)
-                conn.execute(
-                    "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (target, _now_us(), self._id)
-                )
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with db._writing() as conn:
+            _, _, first, nxt, _ = self._state(conn)
+            target = _resolve(offset, first, nxt, self.stream)
+            conn.execute(
+                "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (target, _now_us(), self._id)
+            )
         return target
 
     def info(self) -> ReaderInfo:
@@ -177,7 +167,7 @@ def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
 
 
 def _infos(conn: apsw.Connection, reader_id: int | None) -> list[ReaderInfo]:
-    rows = _q(conn, 
+    rows = _q(conn,
         "SELECT c.name, st.name, c.position, max(0, st.next_offset - max(c.position, st.first_offset)), "
         "c.created_at, c.updated_at FROM cursors c JOIN streams st ON st.id = c.stream_id "
         "WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.name",
@@ -195,39 +185,34 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
     check_name(name, "reader")
     if stream is not None:
         check_name(stream)
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-        try:
-            rows = _q(conn, 
-                "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
-                (name,),
-            )
-            if rows:
-                reader_id, on = rows[0]
-                if stream is not None and on != stream:
-                    raise InvalidArgument(
-                        f"reader {name!r} reads stream {on!r}, not {stream!r}",
-                        hint="pick another reader name, or delete the reader first",
-                    )
-                return Reader(db, reader_id, name, on)
-            if stream is None:
-                raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
-            found = _q(conn, 
-                "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
-            )
-            if not found:
-                raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
-            stream_id, first, nxt = found[0]
-            position = _resolve(start, first, nxt, stream)
-            now = _now_us()
-            reader_id = _q(conn, 
-                "INSERT INTO cursors (name, stream_id, position, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (name, stream_id, position, now, now),
-            )[0][0]
-        except apsw.Error as exc:
-            raise convert(exc) from exc
+    with db._writing() as conn:
+        rows = _q(conn,
+            "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
+            (name,),
+        )
+        if rows:
+            reader_id, on = rows[0]
+            if stream is not None and on != stream:
+                raise InvalidArgument(
+                    f"reader {name!r} reads stream {on!r}, not {stream!r}",
+                    hint="pick another reader name, or delete the reader first",
+                )
+            return Reader(db, reader_id, name, on)
+        if stream is None:
+            raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
+        found = _q(conn,
+            "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+        )
+        if not found:
+            raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
+        stream_id, first, nxt = found[0]
+        position = _resolve(start, first, nxt, stream)
+        now = _now_us()
+        reader_id = _q(conn,
+            "INSERT INTO cursors (name, stream_id, position, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (name, stream_id, position, now, now),
+        )[0][0]
     return Reader(db, reader_id, name, stream)
 
 
@@ -238,14 +223,9 @@ def list_readers(db: Database) -> list[ReaderInfo]:
 
 def delete_reader(db: Database, name: str, *, reader_id: int | None = None) -> None:
     check_name(name, "reader")
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-        try:
-            gone = _q(conn, 
-                "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
-            )
-        except apsw.Error as exc:
-            raise convert(exc) from exc
+    with db._writing() as conn:
+        gone = _q(conn,
+            "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
+        )
     if not gone:
         raise ReaderNotFound(f"no reader named {name!r}")

@@ -36,7 +36,6 @@ from .errors import (
     SubscriptionExists,
     SubscriptionInUse,
     SubscriptionNotFound,
-    convert,
 )
 from .records import RECORD_COLUMNS, Record, check_name, encode_headers, make_records, payload_bytes
 
@@ -340,59 +339,54 @@ class Subscription:
 
     def _claim(self, consumer: str, max_records: int) -> Batch:
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
-                if not rows:
-                    raise self._missing()
-                stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
-                now = _us(db._clock())
-                if max_deliveries is not None:
-                    exhausted = _q(conn, 
-                        "SELECT offset, attempts, last_error FROM deliveries "
-                        "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
-                        (self._id, now, max_deliveries),
-                    )
-                    if exhausted:
-                        self._dead_letter(conn, stream_id, dead_letter, exhausted)
-                deadline = now + _us(ack_timeout)
-                attempts: dict[int, int] = dict(
-                    _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, max_records))
+        with db._writing() as conn:
+            rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
+            if not rows:
+                raise self._missing()
+            stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
+            now = _us(db._clock())
+            if max_deliveries is not None:
+                exhausted = _q(conn,
+                    "SELECT offset, attempts, last_error FROM deliveries "
+                    "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
+                    (self._id, now, max_deliveries),
                 )
-                again = sorted(attempts)
-                pending = _q(conn, 
-                    "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
-                )[0][0]
-                start = max(frontier, first)  # records below `first` were trimmed by retention
-                count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
-                if count:
-                    conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
-                if start + count != frontier:
+                if exhausted:
+                    self._dead_letter(conn, stream_id, dead_letter, exhausted)
+            deadline = now + _us(ack_timeout)
+            attempts: dict[int, int] = dict(
+                _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, max_records))
+            )
+            again = sorted(attempts)
+            pending = _q(conn,
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
+            )[0][0]
+            start = max(frontier, first)  # records below `first` were trimmed by retention
+            count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
+            if count:
+                conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
+            if start + count != frontier:
+                conn.execute(
+                    "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
+                )
+            records: list[Record] = []
+            if again:
+                found = _q(conn, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again)))
+                records = make_records(self.stream, found)
+                if len(records) < len(again):
+                    # Trimmed by retention while pending: nothing left to deliver.
+                    gone = sorted(set(again) - {r.offset for r in records})
                     conn.execute(
-                        "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
+                        f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}",
+                        (self._id, json.dumps(gone)),
                     )
-                records: list[Record] = []
-                if again:
-                    found = _q(conn, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again)))
-                    records = make_records(self.stream, found)
-                    if len(records) < len(again):
-                        # Trimmed by retention while pending: nothing left to deliver.
-                        gone = sorted(set(again) - {r.offset for r in records})
-                        conn.execute(
-                            f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}",
-                            (self._id, json.dumps(gone)),
-                        )
-                        for offset in gone:
-                            del attempts[offset]
-                if count:
-                    fresh = _q(conn, _RECORDS_RANGE_SQL, (stream_id, start, start + count))
-                    records += make_records(self.stream, fresh)
-                    for r in fresh:
-                        attempts[r[0]] = 1
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+                    for offset in gone:
+                        del attempts[offset]
+            if count:
+                fresh = _q(conn, _RECORDS_RANGE_SQL, (stream_id, start, start + count))
+                records += make_records(self.stream, fresh)
+                for r in fresh:
+                    attempts[r[0]] = 1
         return Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
 
     def _dead_letter(
@@ -407,7 +401,7 @@ class Subscription:
         db = self.db
         offsets = [e[0] for e in entries]
         info = {e[0]: (e[1], e[2]) for e in entries}
-        rows = _q(conn, 
+        rows = _q(conn,
             f"SELECT offset, key, headers, content_type, data FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} "
             "ORDER BY offset",
             (stream_id, json.dumps(offsets)),
@@ -459,22 +453,17 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                self._check_exists(conn)
-                done = {
-                    r[0] for r in _q(conn, 
-                        f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
-                        (self._id, json.dumps(wanted)),
-                    )
-                }
-                if done:
-                    conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
-                    db._tx_dirty = True
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with db._writing() as conn:
+            self._check_exists(conn)
+            done = {
+                r[0] for r in _q(conn,
+                    f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    (self._id, json.dumps(wanted)),
+                )
+            }
+            if done:
+                conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
+                db._tx_dirty = True
         return _result(wanted, done)
 
     def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
@@ -494,36 +483,31 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
-                if not rows:
-                    raise self._missing()
-                stream_id, _, _, max_deliveries, dead_letter = rows[0][:5]
-                param = json.dumps(wanted)
-                done = {
-                    r[0] for r in _q(conn, 
-                        f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
-                        f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
-                        (_us(db._clock() + delay), error, self._id, param),
-                    )
-                }
-                dead: list[int] = []
-                if max_deliveries is not None and done:
-                    exhausted = _q(conn, 
-                        f"SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ? "
-                        f"AND attempts >= ? AND {_IN_OFFSETS} ORDER BY offset",
-                        (self._id, max_deliveries, param),
-                    )
-                    if exhausted:
-                        self._dead_letter(conn, stream_id, dead_letter, exhausted)
-                        dead = [e[0] for e in exhausted]
-                if done:
-                    db._tx_dirty = True
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with db._writing() as conn:
+            rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
+            if not rows:
+                raise self._missing()
+            stream_id, _, _, max_deliveries, dead_letter = rows[0][:5]
+            param = json.dumps(wanted)
+            done = {
+                r[0] for r in _q(conn,
+                    f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
+                    f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    (_us(db._clock() + delay), error, self._id, param),
+                )
+            }
+            dead: list[int] = []
+            if max_deliveries is not None and done:
+                exhausted = _q(conn,
+                    f"SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ? "
+                    f"AND attempts >= ? AND {_IN_OFFSETS} ORDER BY offset",
+                    (self._id, max_deliveries, param),
+                )
+                if exhausted:
+                    self._dead_letter(conn, stream_id, dead_letter, exhausted)
+                    dead = [e[0] for e in exhausted]
+            if done:
+                db._tx_dirty = True
         result = _result(wanted, done)
         return result._replace(dead_lettered=tuple(dead))
 
@@ -538,22 +522,17 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db.transaction():
-            conn = db._wconn
-            assert conn is not None
-            try:
-                self._check_exists(conn)
-                done = {
-                    r[0] for r in _q(conn, 
-                        f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
-                        f"AND {_IN_OFFSETS} RETURNING offset",
-                        (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
-                    )
-                }
-                if done:
-                    db._tx_dirty = True  # waiting fetches recompute their wake-up time
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with db._writing() as conn:
+            self._check_exists(conn)
+            done = {
+                r[0] for r in _q(conn,
+                    f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
+                    f"AND {_IN_OFFSETS} RETURNING offset",
+                    (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
+                )
+            }
+            if done:
+                db._tx_dirty = True  # waiting fetches recompute their wake-up time
         return _result(wanted, done)
 
     def _check_exists(self, conn: apsw.Connection) -> None:
@@ -571,7 +550,7 @@ class Subscription:
         now = self.db._clock()
         with self.db._snapshot() as conn:
             self._check_exists(conn)
-            rows = _q(conn, 
+            rows = _q(conn,
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
                 "WHERE subscription_id = ?1 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
                 (self._id, consumer, -1 if limit is None else limit),
@@ -596,7 +575,7 @@ def _result(wanted: list[int], done: set[int]) -> AckResult:
 
 def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[SubscriptionInfo]:
     now_us = _us(now)
-    rows = _q(conn, 
+    rows = _q(conn,
         f"SELECT {_SUB_COLUMNS}, s.next_offset, s.acked, s.dead_lettered, st.first_offset, st.next_offset, "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id), "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
@@ -662,71 +641,66 @@ def create_subscription(
         raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
     if not isinstance(start, str) and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
         raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset >= 0, not {start!r}")
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-        try:
-            found = _q(conn, 
-                "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+    with db._writing() as conn:
+        found = _q(conn,
+            "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+        )
+        if not found:
+            raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
+        stream_id, first, nxt = found[0]
+        existing = _q(conn,
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+            "WHERE s.name = ?",
+            (name,),
+        )
+        if existing:
+            if exist_ok and existing[0][2] == stream:
+                return Subscription(db, existing[0])
+            raise SubscriptionExists(
+                f"subscription {name!r} already exists (on stream {existing[0][2]!r})",
+                hint="pick another name, or delete it with db.delete_subscription()",
             )
-            if not found:
-                raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
-            stream_id, first, nxt = found[0]
-            existing = _q(conn, 
-                f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
-                "WHERE s.name = ?",
-                (name,),
+        if dead_letter is not None:
+            target = _q(conn,
+                "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+                (dead_letter,),
             )
-            if existing:
-                if exist_ok and existing[0][2] == stream:
-                    return Subscription(db, existing[0])
-                raise SubscriptionExists(
-                    f"subscription {name!r} already exists (on stream {existing[0][2]!r})",
-                    hint="pick another name, or delete it with db.delete_subscription()",
+            if not target:
+                db.create_stream(dead_letter)
+            elif target[0][0] or target[0][1]:
+                raise InvalidArgument(
+                    f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
+                    hint="name a plain stream (or a new name: it is created)",
                 )
-            if dead_letter is not None:
-                target = _q(conn, 
-                    "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
-                    (dead_letter,),
+        if start == "earliest":
+            offset = first
+        elif start == "latest":
+            offset = nxt
+        else:
+            offset = int(start)
+            if not first <= offset <= nxt:
+                raise OffsetOutOfRange(
+                    f"start offset {offset} is outside stream {stream!r} (offsets {first}..{nxt})",
+                    hint="use 'earliest', 'latest' or a retained offset",
                 )
-                if not target:
-                    db.create_stream(dead_letter)
-                elif target[0][0] or target[0][1]:
-                    raise InvalidArgument(
-                        f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
-                        hint="name a plain stream (or a new name: it is created)",
-                    )
-            if start == "earliest":
-                offset = first
-            elif start == "latest":
-                offset = nxt
-            else:
-                offset = int(start)
-                if not first <= offset <= nxt:
-                    raise OffsetOutOfRange(
-                        f"start offset {offset} is outside stream {stream!r} (offsets {first}..{nxt})",
-                        hint="use 'earliest', 'latest' or a retained offset",
-                    )
-            conn.execute(
-                "INSERT INTO subscriptions (name, stream_id, ack_timeout, max_unacked, max_deliveries, "
-                "dead_letter, start_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
-                 time.time_ns() // 1000),
-            )
-            row = _q(conn, 
-                f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
-                "WHERE s.name = ?",
-                (name,),
-            )[0]
-        except apsw.Error as exc:
-            raise convert(exc) from exc
+        conn.execute(
+            "INSERT INTO subscriptions (name, stream_id, ack_timeout, max_unacked, max_deliveries, "
+            "dead_letter, start_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
+             time.time_ns() // 1000),
+        )
+        row = _q(conn,
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+            "WHERE s.name = ?",
+            (name,),
+        )[0]
     return Subscription(db, row)
 
 
 def get_subscription(db: Database, name: str) -> Subscription:
     check_name(name, "subscription")
     with db._snapshot() as conn:
-        rows = _q(conn, 
+        rows = _q(conn,
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
             (name,),
         )
@@ -742,25 +716,20 @@ def list_subscriptions(db: Database) -> list[SubscriptionInfo]:
 
 def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
     check_name(name, "subscription")
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-        try:
-            rows = _q(conn, "SELECT id FROM subscriptions WHERE name = ?", (name,))
-            if not rows:
-                raise SubscriptionNotFound(f"no subscription named {name!r}")
-            sub_id = rows[0][0]
-            pending = _q(conn, 
-                "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (sub_id,)
-            )[0][0]
-            if pending and not force:
-                raise SubscriptionInUse(
-                    f"subscription {name!r} has {pending} pending (delivered, unacked) record(s)",
-                    hint="ack them first, or pass force=True to drop them with the subscription",
-                )
-            conn.execute("DELETE FROM deliveries WHERE subscription_id = ?", (sub_id,))
-            conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
-            db._tx_dirty = True  # fetches blocked on it wake and meet SubscriptionNotFound
-        except apsw.Error as exc:
-            raise convert(exc) from exc
+    with db._writing() as conn:
+        rows = _q(conn, "SELECT id FROM subscriptions WHERE name = ?", (name,))
+        if not rows:
+            raise SubscriptionNotFound(f"no subscription named {name!r}")
+        sub_id = rows[0][0]
+        pending = _q(conn,
+            "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (sub_id,)
+        )[0][0]
+        if pending and not force:
+            raise SubscriptionInUse(
+                f"subscription {name!r} has {pending} pending (delivered, unacked) record(s)",
+                hint="ack them first, or pass force=True to drop them with the subscription",
+            )
+        conn.execute("DELETE FROM deliveries WHERE subscription_id = ?", (sub_id,))
+        conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+        db._tx_dirty = True  # fetches blocked on it wake and meet SubscriptionNotFound
     return int(pending)
