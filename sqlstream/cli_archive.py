@@ -155,16 +155,40 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """Import archives back into streams (idempotent)."""
-    from .cli import _open
+    """Import archives back into streams (idempotent).
+
+    The database must exist unless ``--create-db`` is given (only ``create`` makes a new
+    file otherwise). ``--secret`` unlocks the secret stream it belongs to; ``--rename
+    SRC=DST`` imports a stream's records under another name. A pattern that matches no
+    archive is an error (exit 1), so scripts notice a wrong path.
+    """
+    from .cli import CliError, _db_path, _open
     from .importing import import_archives
 
+    path = _db_path(args)
+    if not args.create_db and not os.path.exists(path):
+        raise CliError(
+            f"no database at {os.path.abspath(path)}",
+            hint=f"to restore into a new file, add --create-db; or create it with `sqlstream --db {path} create NAME`",
+        )
+
     storage = parse_storage(args.storage) if args.storage else None
-    path = args.db or os.environ.get("SQLSTREAM_DB") or "sqlstream.db"
-    # Importing may create the database, like `create`: archives are a way to start one.
-    with _open(args, write=True, create=not os.path.exists(path)) as db:
+    rename: dict[str, str] = {}
+    for item in args.rename or []:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise CliError(f"--rename takes SRC=DST, not {item!r}", hint="e.g. --rename orders=restored/orders")
+        rename[source] = target
+    with _open(args, write=True, create=args.create_db) as db:
+        # A write secret names its stream, so `--secret S` needs no stream name.
+        secrets = {db.writer(secret).name: secret for secret in args.secret or []}
         result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
-                                 create=not args.no_create)
+                                 create=not args.no_create, secrets=secrets, rename=rename)
+    if not result.files:
+        raise CliError(
+            f"no archive matches {args.pattern!r} in {args.dir}",
+            hint="check the pattern and --dir (quote the pattern so the shell does not expand it)",
+        )
     if args.json:
         out.write(_dump({
             "files": result.files, "records": result.records, "imported": result.imported,
@@ -177,8 +201,6 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         )
         for label in result.torn:
             err.write(f"note: {label} ends in a torn record, which was ignored\n")
-    if not result.files:
-        err.write(f"note: no archive matches {args.pattern!r} in {args.dir}\n")
     return 0
 
 
@@ -258,18 +280,25 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
 
     p = command(
         "import", cmd_import, "Load exported archives back into streams (idempotent).",
-        "sqlstream --db restored.db import 'archives/orders-*.events*'\n"
+        "sqlstream --db restored.db import --create-db 'archives/orders-*.events*'\n"
         "sqlstream import 'orders-*' --dir archives --storage s3://my-bucket",
         details="Records keep their offsets, byte positions and timestamps; records a stream\n"
         "already holds are skipped, so importing the same archives twice adds nothing.\n"
         "PATTERN is matched against file names (or object names under --dir with\n"
-        "--storage), read in name order. Creates the database if it does not exist.",
+        "--storage), read in name order; matching nothing is an error. The database\n"
+        "must exist unless --create-db is given. Streams created with --secret take\n"
+        "records only with --secret; --rename SRC=DST imports under another name.",
     )
     p.add_argument("pattern", metavar="PATTERN")
     p.add_argument("--dir", default=".", metavar="DIR", help="directory (or object prefix) to search (default .)")
     p.add_argument("--storage", metavar="SPEC", help="read archives from storage (see export --storage)")
     p.add_argument("--stream", action="append", metavar="NAME", help="import only this stream; repeatable")
     p.add_argument("--no-create", action="store_true", help="refuse streams that do not exist yet")
+    p.add_argument("--create-db", action="store_true", help="create the database file if it does not exist")
+    p.add_argument("--secret", action="append", metavar="S",
+                   help="write secret of a secret stream to import into; repeatable")
+    p.add_argument("--rename", action="append", metavar="SRC=DST",
+                   help="import archive stream SRC into stream DST; repeatable")
 
     p = command(
         "archive", lambda a, o, e: 2, "Inspect archive files.",
