@@ -468,7 +468,7 @@ class _ZstdReader(io.RawIOBase):
     which would make a cut archive look complete. Two properties matter for hostile
     files: input is fed in small pieces, so one call never inflates more than
     ``_ZSTD_FEED`` x zstd's maximum ratio (an RLE block turns 4 bytes into 128 KiB:
-    1 KiB in gives at most 32 MiB out); and the output buffer is consumed through a
+    512 bytes in give at most 16 MiB out); and the output buffer is consumed through a
     moving position, never by re-slicing it, so reading N bytes costs O(N) (slicing
     ``buffer[n:]`` after each read made large records quadratic).
     """
@@ -477,7 +477,8 @@ class _ZstdReader(io.RawIOBase):
         self._raw = raw
         self._zstd = _zstandard()
         self._dobj = self._zstd.ZstdDecompressor().decompressobj()
-        self._input = b""  # compressed bytes read from the file, not yet fed
+        self._input = b""  # compressed bytes read from the file; self._in_pos of them fed
+        self._in_pos = 0
         self._buffer = b""  # decompressed bytes; self._pos of them already returned
         self._pos = 0
         self._started = False  # the current frame has consumed input
@@ -489,17 +490,18 @@ class _ZstdReader(io.RawIOBase):
         while self._pos >= len(self._buffer):
             self._buffer, self._pos = b"", 0
             if self._dobj.eof:
-                rest = self._dobj.unused_data + self._input
+                rest = self._dobj.unused_data + self._input[self._in_pos :]
                 self._dobj = self._zstd.ZstdDecompressor().decompressobj()
                 self._started = False
-                self._input = rest
-            if not self._input:
-                self._input = self._raw.read(1 << 16)
+                self._input, self._in_pos = rest, 0
+            if self._in_pos >= len(self._input):
+                self._input, self._in_pos = self._raw.read(1 << 16), 0
                 if not self._input:
                     if self._started and not self._dobj.eof:
                         raise EOFError("the zstd data ends before the end of its frame")
                     return 0
-            piece, self._input = self._input[:_ZSTD_FEED], self._input[_ZSTD_FEED:]
+            piece = self._input[self._in_pos : self._in_pos + _ZSTD_FEED]
+            self._in_pos += len(piece)
             self._started = True
             self._buffer = self._dobj.decompress(piece)
         n = min(len(b), len(self._buffer) - self._pos)
@@ -513,7 +515,7 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-_ZSTD_FEED = 1024
+_ZSTD_FEED = 512  # 16 MiB out at most per call; smaller feeds cost throughput
 
 
 class ArchiveWriter:
