@@ -21,7 +21,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
-from .errors import ArchiveError, EndOfArchive, InvalidArgument, SqlstreamError
+from .archive import DEFAULT_MAX_RECORD_BYTES
+from .errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
 
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -182,8 +183,12 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     with _open(args, write=True, create=args.create_db) as db:
         # A write secret names its stream, so `--secret S` needs no stream name.
         secrets = {db.writer(secret).name: secret for secret in args.secret or []}
-        result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
-                                 create=not args.no_create, secrets=secrets, rename=rename)
+        try:
+            result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
+                                     create=not args.no_create, secrets=secrets, rename=rename)
+        except RecordTooLarge as exc:
+            raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
+                                       "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
     if not result.files:
         raise CliError(
             f"no archive matches {args.pattern!r} in {args.dir}",
@@ -204,6 +209,11 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
+def _too_large_here(exc: RecordTooLarge, hint: str) -> ArchiveError:
+    """The error with a command-line hint (the CLI's PayloadTooLarge hint is about appends)."""
+    return ArchiveError(str(exc.args[0]), hint=hint)
+
+
 def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print every record of the archive files as JSON lines."""
     from .archive import ArchiveReader
@@ -212,7 +222,7 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
     status = 0
     for filename in args.files:
         try:
-            with ArchiveReader(filename) as reader:
+            with ArchiveReader(filename, max_record_bytes=args.max_record_bytes) as reader:
                 while True:
                     try:
                         metadata, payload = reader.read()
@@ -225,6 +235,10 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
                         line["payload"] = base64.b64encode(payload).decode("ascii")
                         line["encoding"] = "base64"
                     out.write(_dump(line) + "\n")
+        except RecordTooLarge as exc:
+            out.flush()
+            report_error(_too_large_here(exc, "if the file is trusted, raise the limit with --max-record-bytes"), err)
+            status = 1
         except (ArchiveError, SqlstreamError) as exc:
             out.flush()
             report_error(exc, err)
@@ -246,6 +260,12 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 2**31:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 2**31, not {text!r}")
+    return int(text)
 
 
 def register(commands: Any, command: Command, formatter: type[argparse.HelpFormatter]) -> None:
@@ -316,6 +336,8 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
         formatter_class=formatter,
     )
     cat.add_argument("files", metavar="FILE", nargs="+")
+    cat.add_argument("--max-record-bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES, metavar="N",
+                     help="refuse records larger than N bytes, decompressed (default 16 MiB)")
     cat.set_defaults(handler=cmd_archive_cat)
 
 

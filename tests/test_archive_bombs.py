@@ -148,3 +148,17 @@ def test_a_damaged_zlib_payload_is_corrupt_not_a_raw_error(tmp_path: Path) -> No
     path.write_bytes(record)
     with pytest.raises(ArchiveError):
         read_all(path)
+
+
+def test_cli_archive_cat_refuses_a_bomb_with_a_usable_hint_and_takes_a_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlstream.cli import main
+
+    path = tmp_path / "b.events"
+    path.write_bytes(pack(META, bytes(2 * MiB), compress=True))
+    assert main(["archive", "cat", str(path), "--max-record-bytes", str(MiB)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "--max-record-bytes" in err and "Traceback" not in err
+    assert main(["archive", "cat", str(path), "--max-record-bytes", str(2 * MiB)]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
