@@ -39,6 +39,7 @@ from .errors import (
     InvalidValue,
     NoMoreFiles,
     PayloadTooLarge,
+    RecordTooLarge,
     TruncatedRecord,
     UnsupportedVersion,
 )
@@ -79,7 +80,9 @@ __all__ = [
     "BadMagic",
     "ChecksumMismatch",
     "UnsupportedVersion",
+    "RecordTooLarge",
     "NoMoreFiles",
+    "DEFAULT_MAX_RECORD_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,17 @@ WORKING_SUFFIX = ".part"
 # Reads of a length taken from a (possibly damaged) file are done in pieces, so a huge
 # bogus length costs a short read at end of file rather than a huge allocation.
 _READ_PIECE = 1 << 20
+
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+"""Readers refuse larger payloads unless told otherwise (the database's default too).
+
+A compressed file (gzip, zstd, or a record with :data:`FLAG_ZLIB`) can declare or expand
+to gigabytes from a few kilobytes, so every read is bounded before anything is
+allocated or decompressed: a record over the limit raises :class:`RecordTooLarge`.
+"""
+# Metadata is small (stream, offset, key, headers...); allow it at least this much even
+# when the payload limit is tiny.
+_MIN_METADATA_LIMIT = 1 << 20
 
 
 # --------------------------------------------------------------------------- one record
@@ -191,6 +205,17 @@ def _read_exact(fh: IO[bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
+def _skip(fh: IO[bytes], size: int) -> int:
+    """Read and discard up to ``size`` bytes; return how many there were."""
+    got = 0
+    while got < size:
+        piece = fh.read(min(_READ_PIECE, size - got))
+        if not piece:
+            break
+        got += len(piece)
+    return got
+
+
 class _Where:
     """Where a record is, for error messages: file name, record index, byte offset."""
 
@@ -226,17 +251,13 @@ def _parse_metadata(block: bytes, where: _Where) -> dict[str, str]:
     return dict(zip(strings[0::2], strings[1::2]))
 
 
-def _parse_raw(block: bytes, where: _Where) -> bytes:
-    if len(block) < 4:
-        raise CorruptArchive(f"{where}: raw block of {len(block)} bytes is too short")
-    (length,) = _INT.unpack_from(block)
-    if length != len(block) - 4:
-        raise CorruptArchive(f"{where}: payload length {length} does not match its {len(block)}-byte block")
-    return block[4:]
+def _read_record(fh: IO[bytes], where: _Where, limit: int | None) -> tuple[dict[str, str], bytes, int]:
+    """Read one record; return (metadata, payload, bytes consumed).
 
-
-def _read_record(fh: IO[bytes], where: _Where) -> tuple[dict[str, str], bytes, int]:
-    """Read one record; return (metadata, payload, bytes consumed)."""
+    ``limit`` bounds the payload (after zlib decompression) and, with at least 1 MiB,
+    the metadata block; it is checked against the declared lengths before reading, so
+    memory stays under about twice the limit whatever the file declares.
+    """
     pre = _read_exact(fh, _PREAMBLE.size)
     if not pre:
         raise EndOfArchive(f"{where.name}: end of archive after {where.index} record(s)")
@@ -279,29 +300,68 @@ def _read_record(fh: IO[bytes], where: _Where) -> tuple[dict[str, str], bytes, i
             f"{where}: record format version {version} (this sqlstream reads versions 1 and 2)",
             hint="upgrade sqlstream to read this archive" if version > 2 else None,
         )
+    if limit is not None:
+        problem = None
+        if raw_len - 4 > limit:
+            problem = _too_large(where, f"declares a payload of {raw_len - 4:,} bytes", limit)
+        elif meta_len > max(limit, _MIN_METADATA_LIMIT):
+            problem = _too_large(where, f"declares {meta_len:,} bytes of metadata", max(limit, _MIN_METADATA_LIMIT))
+        if problem is not None:
+            # A file that ends within the limit is a torn tail with a bogus length (as
+            # without a limit); one that goes on is refused. Read, discarding, in pieces.
+            want = min(meta_len + raw_len, max(limit, _MIN_METADATA_LIMIT) + 1)
+            got = _skip(fh, want)
+            if got < want:
+                raise _torn(where, consumed + got)
+            raise problem
     meta = _read_exact(fh, meta_len)
-    raw = _read_exact(fh, raw_len) if len(meta) == meta_len else b""
-    consumed += len(meta) + len(raw)
-    if len(meta) < meta_len or len(raw) < raw_len:
+    # The raw block's length prefix is read apart from the payload, so the payload is
+    # not copied again to strip it.
+    prefix = _read_exact(fh, 4) if len(meta) == meta_len else b""
+    payload = _read_exact(fh, raw_len - 4) if len(prefix) == 4 else b""
+    consumed += len(meta) + len(prefix) + len(payload)
+    if len(meta) < meta_len or len(prefix) < 4 or len(payload) < raw_len - 4:
         raise _torn(where, consumed)
     if version == 2:
         tail = _read_exact(fh, _CRC.size)
         consumed += len(tail)
         if len(tail) < _CRC.size:
             raise _torn(where, consumed)
-        if zlib.crc32(raw, zlib.crc32(meta)) != _CRC.unpack(tail)[0]:
+        if zlib.crc32(payload, zlib.crc32(prefix, zlib.crc32(meta))) != _CRC.unpack(tail)[0]:
             raise ChecksumMismatch(
                 f"{where}: the record's CRC-32 does not match its bytes",
                 hint="the archive was damaged; records before this one are intact",
             )
     metadata = _parse_metadata(meta, where)
-    payload = _parse_raw(raw, where)
+    (length,) = _INT.unpack(prefix)
+    if length != raw_len - 4:
+        raise CorruptArchive(f"{where}: payload length {length} does not match its {raw_len}-byte block")
     if flags & FLAG_ZLIB:
-        try:
-            payload = zlib.decompress(payload)
-        except zlib.error as exc:
-            raise CorruptArchive(f"{where}: compressed payload does not decompress: {exc}") from exc
+        payload = _inflate(payload, where, limit)
     return metadata, payload, consumed
+
+
+def _inflate(data: bytes, where: _Where, limit: int | None) -> bytes:
+    """zlib-decompress a record payload, never producing more than ``limit`` + 1 bytes."""
+    dobj = zlib.decompressobj()
+    try:
+        out = dobj.decompress(data, 0 if limit is None else limit + 1)
+        if limit is not None and (len(out) > limit or dobj.unconsumed_tail):
+            raise _too_large(where, "decompresses to more than the limit", limit)
+        out += dobj.flush()
+    except zlib.error as exc:
+        raise CorruptArchive(f"{where}: compressed payload does not decompress: {exc}") from exc
+    if not dobj.eof:
+        raise CorruptArchive(f"{where}: compressed payload does not decompress: the zlib data is incomplete")
+    return out
+
+
+def _too_large(where: _Where, what: str, limit: int) -> RecordTooLarge:
+    return RecordTooLarge(
+        f"{where}: the record {what}; the limit is {limit:,} bytes",
+        hint="if the archive is trusted, read it with a larger max_record_bytes "
+             "(sqlstream.open(..., max_record_bytes=N) for import)",
+    )
 
 
 def _torn(where: _Where, got: int) -> TruncatedRecord:
@@ -311,21 +371,34 @@ def _torn(where: _Where, got: int) -> TruncatedRecord:
     )
 
 
-def unpack(fileobj: IO[bytes]) -> tuple[dict[str, str], bytes]:
+def unpack(
+    fileobj: IO[bytes], *, max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES
+) -> tuple[dict[str, str], bytes]:
     """Read one record (either version) from a binary file object.
 
     Returns ``(metadata, payload)``. Raises :class:`EndOfArchive` when the file is at its
     end, :class:`TruncatedRecord` when it ends inside the record, :class:`BadMagic`,
-    :class:`ChecksumMismatch` or :class:`CorruptArchive` for damaged bytes, and
-    :class:`UnsupportedVersion` for a version or flag this code does not know.
+    :class:`ChecksumMismatch` or :class:`CorruptArchive` for damaged bytes,
+    :class:`UnsupportedVersion` for a version or flag this code does not know, and
+    :class:`RecordTooLarge` for a payload over ``max_record_bytes`` (``None``: no limit
+    but the format's 2 GiB).
     """
+    limit = _check_limit(max_record_bytes)
     name = getattr(fileobj, "name", None)
     try:
         offset = fileobj.tell()
     except (OSError, AttributeError, ValueError):
         offset = 0
-    metadata, payload, _ = _read_record(fileobj, _Where(str(name) if name else "<archive>", 0, offset))
+    metadata, payload, _ = _read_record(fileobj, _Where(str(name) if name else "<archive>", 0, offset), limit)
     return metadata, payload
+
+
+def _check_limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"max_record_bytes must be an int >= 1 or None, not {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- files
@@ -392,47 +465,57 @@ class _ZstdReader(io.RawIOBase):
     """Decompresses zstd frames one after another; a frame cut short raises EOFError.
 
     zstandard's own stream reader returns a clean end of file for a truncated frame,
-    which would make a cut archive look complete.
+    which would make a cut archive look complete. Two properties matter for hostile
+    files: input is fed in small pieces, so one call never inflates more than
+    ``_ZSTD_FEED`` x zstd's maximum ratio (an RLE block turns 4 bytes into 128 KiB:
+    512 bytes in give at most 16 MiB out); and the output buffer is consumed through a
+    moving position, never by re-slicing it, so reading N bytes costs O(N) (slicing
+    ``buffer[n:]`` after each read made large records quadratic).
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._zstd = _zstandard()
         self._dobj = self._zstd.ZstdDecompressor().decompressobj()
-        self._buffer = b""
+        self._input = b""  # compressed bytes read from the file; self._in_pos of them fed
+        self._in_pos = 0
+        self._buffer = b""  # decompressed bytes; self._pos of them already returned
+        self._pos = 0
         self._started = False  # the current frame has consumed input
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        while not self._buffer:
+        while self._pos >= len(self._buffer):
+            self._buffer, self._pos = b"", 0
             if self._dobj.eof:
-                rest = self._dobj.unused_data
+                rest = self._dobj.unused_data + self._input[self._in_pos :]
                 self._dobj = self._zstd.ZstdDecompressor().decompressobj()
                 self._started = False
-                if rest:
-                    self._feed(rest)
-                    continue
-            data = self._raw.read(1 << 16)
-            if not data:
-                if self._started and not self._dobj.eof:
-                    raise EOFError("the zstd data ends before the end of its frame")
-                return 0
-            self._feed(data)
-        n = min(len(b), len(self._buffer))
-        b[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+                self._input, self._in_pos = rest, 0
+            if self._in_pos >= len(self._input):
+                self._input, self._in_pos = self._raw.read(1 << 16), 0
+                if not self._input:
+                    if self._started and not self._dobj.eof:
+                        raise EOFError("the zstd data ends before the end of its frame")
+                    return 0
+            piece = self._input[self._in_pos : self._in_pos + _ZSTD_FEED]
+            self._in_pos += len(piece)
+            self._started = True
+            self._buffer = self._dobj.decompress(piece)
+        n = min(len(b), len(self._buffer) - self._pos)
+        b[:n] = memoryview(self._buffer)[self._pos : self._pos + n]
+        self._pos += n
         return n
-
-    def _feed(self, data: bytes) -> None:
-        self._started = True
-        self._buffer += self._dobj.decompress(data)
 
     def close(self) -> None:
         if not self.closed:
             self._raw.close()
         super().close()
+
+
+_ZSTD_FEED = 512  # 16 MiB out at most per call; smaller feeds cost throughput
 
 
 class ArchiveWriter:
@@ -441,16 +524,30 @@ class ArchiveWriter:
     ``ArchiveWriter(filename, version=2)`` creates (or truncates) the file. Each
     :meth:`write` appends one whole record with a single ``write`` call. :meth:`close`
     flushes and, with ``sync=True`` (the default), fsyncs, so a closed archive is on disk.
+    ``mode`` is the new file's permission bits (the umask still applies, as with
+    ``open``); pass the database file's mode (e.g. ``0o600``) so an archive is no more
+    readable than the data it came from. A file that exists is truncated and set to
+    at most ``mode`` as well.
     """
 
     def __init__(self, filename: str | os.PathLike[str], *, version: int = 2, compress_records: bool = False,
-                 **kwargs: Any) -> None:
+                 mode: int = 0o666, **kwargs: Any) -> None:
         if version not in (1, 2):
             raise InvalidArgument(f"archive format version is 1 or 2, not {version!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise InvalidArgument(f"mode must be permission bits from 0 to 0o777, not {mode!r}")
         self.filename = os.fspath(filename)
         self.version = version
         self.compress_records = compress_records
-        self._handle: IO[bytes] | None = open(self.filename, "wb")  # noqa: SIM115
+        fd = os.open(self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            current = os.fstat(fd).st_mode & 0o777
+            if current & ~mode:  # an existing file keeps its bits on O_CREAT: narrow them
+                os.fchmod(fd, current & mode)
+            self._handle: IO[bytes] | None = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
         self._size = 0
         self.records = 0
 
@@ -502,12 +599,19 @@ class ArchiveReader:
     decompressed transparently. :meth:`read` returns ``(metadata, payload)`` and raises
     :class:`EndOfArchive` at a clean end; iterating yields records until then (and lets
     the other errors propagate).
+
+    ``max_record_bytes`` (default 16 MiB, ``None`` for the format's 2 GiB) bounds every
+    payload, decompressed: a record over it raises :class:`RecordTooLarge` (an
+    ``ArchiveError`` and a ``PayloadTooLarge``) before its bytes are read or inflated,
+    so a small hostile file cannot exhaust memory. Decompression streams in bounded
+    pieces and takes time linear in the bytes read.
     """
 
     def __init__(self, filename: str | os.PathLike[str] | None = None, *, fileobj: IO[bytes] | None = None,
-                 **kwargs: Any) -> None:
+                 max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES, **kwargs: Any) -> None:
         if (filename is None) == (fileobj is None):
             raise InvalidArgument("give ArchiveReader a filename or a fileobj (one of them)")
+        self.max_record_bytes = _check_limit(max_record_bytes)
         if fileobj is not None:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
             # Compressed data is recognised when the file object can peek at its start.
@@ -527,7 +631,7 @@ class ArchiveReader:
         """The next record as ``(metadata, payload)``; see :func:`unpack` for the errors."""
         where = _Where(self.filename, self.index, self.offset)
         try:
-            metadata, payload, consumed = _read_record(self.get_file_handle(), where)
+            metadata, payload, consumed = _read_record(self.get_file_handle(), where, self.max_record_bytes)
         except EOFError as exc:  # gzip/zstd stream cut short: a torn tail, not corruption
             if isinstance(exc, ArchiveError):
                 raise
@@ -574,12 +678,15 @@ def import_archives(
     storage: StorageDriver | Mapping[str, Any] | None = None,
     streams: list[str] | None = None,
     create: bool = True,
+    secrets: Mapping[str, str] | None = None,
+    rename: Mapping[str, str] | None = None,
     progress: Any = None,
 ) -> ImportResult:
     """Load exported archives back into ``db``'s streams; see :func:`sqlstream.importing.import_archives`."""
     from .importing import import_archives as _import
 
-    return _import(db, pattern, directory, storage=storage, streams=streams, create=create, progress=progress)
+    return _import(db, pattern, directory, storage=storage, streams=streams, create=create, secrets=secrets,
+                   rename=rename, progress=progress)
 
 
 # Shoebox kept roll managers and callbacks beside the format; they live in

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
-from .errors import ArchiveError, EndOfArchive, InvalidArgument, SqlstreamError
+from .archive import DEFAULT_MAX_RECORD_BYTES
+from .errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
 
 Command = Callable[..., argparse.ArgumentParser]
 
@@ -155,16 +156,44 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """Import archives back into streams (idempotent)."""
-    from .cli import _open
+    """Import archives back into streams (idempotent).
+
+    The database must exist unless ``--create-db`` is given (only ``create`` makes a new
+    file otherwise). ``--secret`` unlocks the secret stream it belongs to; ``--rename
+    SRC=DST`` imports a stream's records under another name. A pattern that matches no
+    archive is an error (exit 1), so scripts notice a wrong path.
+    """
+    from .cli import CliError, _db_path, _open
     from .importing import import_archives
 
+    path = _db_path(args)
+    if not args.create_db and not os.path.exists(path):
+        raise CliError(
+            f"no database at {os.path.abspath(path)}",
+            hint=f"to restore into a new file, add --create-db; or create it with `sqlstream --db {path} create NAME`",
+        )
+
     storage = parse_storage(args.storage) if args.storage else None
-    path = args.db or os.environ.get("SQLSTREAM_DB") or "sqlstream.db"
-    # Importing may create the database, like `create`: archives are a way to start one.
-    with _open(args, write=True, create=not os.path.exists(path)) as db:
-        result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
-                                 create=not args.no_create)
+    rename: dict[str, str] = {}
+    for item in args.rename or []:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise CliError(f"--rename takes SRC=DST, not {item!r}", hint="e.g. --rename orders=restored/orders")
+        rename[source] = target
+    with _open(args, write=True, create=args.create_db) as db:
+        # A write secret names its stream, so `--secret S` needs no stream name.
+        secrets = {db.writer(secret).name: secret for secret in args.secret or []}
+        try:
+            result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
+                                     create=not args.no_create, secrets=secrets, rename=rename)
+        except RecordTooLarge as exc:
+            raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
+                                       "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
+    if not result.files:
+        raise CliError(
+            f"no archive matches {args.pattern!r} in {args.dir}",
+            hint="check the pattern and --dir (quote the pattern so the shell does not expand it)",
+        )
     if args.json:
         out.write(_dump({
             "files": result.files, "records": result.records, "imported": result.imported,
@@ -177,9 +206,12 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         )
         for label in result.torn:
             err.write(f"note: {label} ends in a torn record, which was ignored\n")
-    if not result.files:
-        err.write(f"note: no archive matches {args.pattern!r} in {args.dir}\n")
     return 0
+
+
+def _too_large_here(exc: RecordTooLarge, hint: str) -> ArchiveError:
+    """The error with a command-line hint (the CLI's PayloadTooLarge hint is about appends)."""
+    return ArchiveError(str(exc.args[0]), hint=hint)
 
 
 def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -190,7 +222,7 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
     status = 0
     for filename in args.files:
         try:
-            with ArchiveReader(filename) as reader:
+            with ArchiveReader(filename, max_record_bytes=args.max_record_bytes) as reader:
                 while True:
                     try:
                         metadata, payload = reader.read()
@@ -203,6 +235,10 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
                         line["payload"] = base64.b64encode(payload).decode("ascii")
                         line["encoding"] = "base64"
                     out.write(_dump(line) + "\n")
+        except RecordTooLarge as exc:
+            out.flush()
+            report_error(_too_large_here(exc, "if the file is trusted, raise the limit with --max-record-bytes"), err)
+            status = 1
         except (ArchiveError, SqlstreamError) as exc:
             out.flush()
             report_error(exc, err)
@@ -224,6 +260,12 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 2**31:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 2**31, not {text!r}")
+    return int(text)
 
 
 def register(commands: Any, command: Command, formatter: type[argparse.HelpFormatter]) -> None:
@@ -258,18 +300,25 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
 
     p = command(
         "import", cmd_import, "Load exported archives back into streams (idempotent).",
-        "sqlstream --db restored.db import 'archives/orders-*.events*'\n"
+        "sqlstream --db restored.db import --create-db 'archives/orders-*.events*'\n"
         "sqlstream import 'orders-*' --dir archives --storage s3://my-bucket",
         details="Records keep their offsets, byte positions and timestamps; records a stream\n"
         "already holds are skipped, so importing the same archives twice adds nothing.\n"
         "PATTERN is matched against file names (or object names under --dir with\n"
-        "--storage), read in name order. Creates the database if it does not exist.",
+        "--storage), read in name order; matching nothing is an error. The database\n"
+        "must exist unless --create-db is given. Streams created with --secret take\n"
+        "records only with --secret; --rename SRC=DST imports under another name.",
     )
     p.add_argument("pattern", metavar="PATTERN")
     p.add_argument("--dir", default=".", metavar="DIR", help="directory (or object prefix) to search (default .)")
     p.add_argument("--storage", metavar="SPEC", help="read archives from storage (see export --storage)")
     p.add_argument("--stream", action="append", metavar="NAME", help="import only this stream; repeatable")
     p.add_argument("--no-create", action="store_true", help="refuse streams that do not exist yet")
+    p.add_argument("--create-db", action="store_true", help="create the database file if it does not exist")
+    p.add_argument("--secret", action="append", metavar="S",
+                   help="write secret of a secret stream to import into; repeatable")
+    p.add_argument("--rename", action="append", metavar="SRC=DST",
+                   help="import archive stream SRC into stream DST; repeatable")
 
     p = command(
         "archive", lambda a, o, e: 2, "Inspect archive files.",
@@ -287,6 +336,8 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
         formatter_class=formatter,
     )
     cat.add_argument("files", metavar="FILE", nargs="+")
+    cat.add_argument("--max-record-bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES, metavar="N",
+                     help="refuse records larger than N bytes, decompressed (default 16 MiB)")
     cat.set_defaults(handler=cmd_archive_cat)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "BadMagic",
     "ChecksumMismatch",
     "UnsupportedVersion",
+    "RecordTooLarge",
     "NoMoreFiles",
     "StorageError",
     "ObjectNotFound",
@@ -198,6 +199,10 @@ class ChecksumMismatch(CorruptArchive):
 
 class UnsupportedVersion(ArchiveError):
     """A record has a format version (or flag) this sqlstream cannot read."""
+
+
+class RecordTooLarge(ArchiveError, PayloadTooLarge):
+    """An archive record is (or decompresses to) more than the reader's ``max_record_bytes``."""
 
 
 class NoMoreFiles(ArchiveError):

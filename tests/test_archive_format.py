@@ -279,3 +279,18 @@ def test_module_exports_shoebox_names() -> None:
                  "SizeRollChecker", "TimeRollChecker", "NeverRollChecker", "ArchiveCallback",
                  "CallbackList", "NoMoreFiles", "pack", "unpack", "import_archives"):
         assert hasattr(archive, name), name
+
+
+def test_writer_mode_makes_archives_no_more_readable_than_asked(tmp_path: Path) -> None:
+    """An archive of a 0600 database can be written 0600, even over an existing 0644 file."""
+    import os
+    import stat
+
+    fresh, existing = tmp_path / "a.events", tmp_path / "b.events"
+    existing.write_bytes(b"old")
+    existing.chmod(0o644)
+    for path in (fresh, existing):
+        with ArchiveWriter(path, mode=0o600) as w:
+            w.write({"k": "v"}, b"x")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert [p for _, p in ArchiveReader(path)] == [b"x"]

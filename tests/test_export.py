@@ -268,7 +268,7 @@ def test_cli_export_import_and_archive_cat(db_path: str, tmp_path: Path, capsys:
     assert lines[2]["encoding"] == "base64" and lines[2]["payload"] == "AP8="
 
     restored = str(tmp_path / "restored.db")
-    assert main(["--db", restored, "import", str(out_dir / "orders-*.events")]) == 0
+    assert main(["--db", restored, "import", "--create-db", str(out_dir / "orders-*.events")]) == 0
     assert "imported 3 record(s)" in capsys.readouterr().out
     assert main(["--db", restored, "import", "orders-*", "--dir", str(out_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 3
