@@ -62,12 +62,13 @@ import sqlstream
 from sqlstream import export as ex
 ex._Exporter.deliver = lambda self, *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 db = sqlstream.open(sys.argv[1])
-db.export(sys.argv[3], sys.argv[2])
+storage = {"driver": "filesystem", "root": sys.argv[4]} if len(sys.argv) > 4 else None
+db.export(sys.argv[3], sys.argv[2], storage=storage)
 """
 
 
-def _kill_after_commit(path: str, directory: Path, stream: str) -> None:
-    child = subprocess.run([sys.executable, "-c", KILL_AFTER_COMMIT, path, str(directory), stream],
+def _kill_after_commit(path: str, directory: Path, stream: str, *storage_root: str) -> None:
+    child = subprocess.run([sys.executable, "-c", KILL_AFTER_COMMIT, path, str(directory), stream, *storage_root],
                            env=_env(), capture_output=True, text=True, timeout=60)
     assert child.returncode == -signal.SIGKILL, child.stderr
 
@@ -122,6 +123,21 @@ def test_a_foreign_file_under_the_final_name_is_not_taken_for_the_lost_archive(t
         db.export("s", directory)
         assert trim_exported(db, "s") == {"s": 50}
         assert_every_trimmed_record_in_exactly_one_archive(directory, "s", 50)
+
+
+@pytest.mark.multiprocess
+def test_an_archive_neither_staged_nor_uploaded_is_exported_again(tmp_path: Path) -> None:
+    path, directory, root = str(tmp_path / "src.db"), tmp_path / "staging", tmp_path / "objects"
+    storage = {"driver": "filesystem", "root": str(root)}
+    with sqlstream.open(path) as db:
+        db.create_stream("s").extend([f"r{i}".encode() for i in range(30)])
+        _kill_after_commit(path, directory, "s", str(root))
+        for p in (directory / ".sqlstream-staging").rglob("*"):
+            if p.is_file() and p.name != "lock":
+                p.unlink()
+        assert db.export("s", directory, storage=storage).records == 30
+        assert trim_exported(db, "s") == {"s": 30}
+        assert_every_trimmed_record_in_exactly_one_archive(root, "s", 30)
 
 
 def test_exports_of_names_that_differ_in_slash_stage_in_different_folders(
