@@ -20,7 +20,7 @@ import pytest
 
 import sqlstream
 from sqlstream.archive import ArchiveReader
-from sqlstream.errors import InvalidArgument, SqlstreamError, StorageFull, WriteError
+from sqlstream.errors import InvalidArgument, StorageFull
 from sqlstream.export import export_status, trim_exported
 
 ROOT = Path(__file__).resolve().parent.parent
