@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -125,11 +126,21 @@ def _hidden(path: str) -> str:
     return working_name(path)
 
 
-def _write_durably(target: str, fill: Any) -> str:
-    """Write ``target`` via a hidden working file: ``fill(fh)``, fsync, rename, fsync dir."""
+def _mode_of(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _write_durably(target: str, fill: Any, mode: int = 0o600) -> str:
+    """Write ``target`` via a hidden working file: ``fill(fh)``, fsync, rename, fsync dir.
+
+    The file gets permission bits ``mode`` (callers pass their source file's, so a
+    derived copy is never more readable than what it was made from).
+    """
     work = _hidden(target)
     try:
-        with open(work, "wb") as out:
+        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(fd, mode)  # a stale working file keeps its old mode through O_TRUNC
+        with os.fdopen(fd, "wb") as out:
             fill(out)
             out.flush()
             os.fsync(out.fileno())
@@ -143,7 +154,10 @@ def _write_durably(target: str, fill: Any) -> str:
 
 
 def compress_file(path: str, compression: str = "gzip", level: int | None = None, *, remove: bool = True) -> str:
-    """Compress ``path`` to ``path.gz`` / ``path.zst`` durably; remove the original; return the new path."""
+    """Compress ``path`` to ``path.gz`` / ``path.zst`` durably; remove the original; return the new path.
+
+    The compressed file has the permission bits of ``path``.
+    """
     if compression not in COMPRESSIONS:
         raise InvalidArgument(f"compression is one of {', '.join(COMPRESSIONS)}, not {compression!r}")
     target = path + EXTENSIONS[compression]
@@ -165,7 +179,7 @@ def compress_file(path: str, compression: str = "gzip", level: int | None = None
                 with cctx.stream_writer(out, closefd=False) as writer:
                     shutil.copyfileobj(src, writer, _COPY_CHUNK)
 
-    _write_durably(target, fill)
+    _write_durably(target, fill, _mode_of(path))
     if remove:
         os.unlink(path)
         _fsync_dir(os.path.dirname(path))
@@ -173,7 +187,10 @@ def compress_file(path: str, compression: str = "gzip", level: int | None = None
 
 
 def move_file(path: str, directory: str) -> str:
-    """Move ``path`` into ``directory`` (created if needed) durably, across filesystems too."""
+    """Move ``path`` into ``directory`` (created if needed) durably, across filesystems too.
+
+    A copy across filesystems keeps the permission bits of ``path``.
+    """
     os.makedirs(directory, exist_ok=True)
     target = os.path.join(directory, os.path.basename(path))
     try:
@@ -184,7 +201,7 @@ def move_file(path: str, directory: str) -> str:
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, out, _COPY_CHUNK)
 
-        _write_durably(target, fill)
+        _write_durably(target, fill, _mode_of(path))
         os.unlink(path)
     _fsync_dir(directory)
     _fsync_dir(os.path.dirname(path))

@@ -9,8 +9,10 @@ then hold every record exactly once.
 
 How, for each archive:
 
-1. Records are written to a staging file ``DIR/.sqlstream-staging/NAME/FILE`` (and
-   compressed there, if asked), then fsynced.
+1. Records are written to a staging file ``DIR/.sqlstream-staging/ID-NAME/FILE`` (and
+   compressed there, if asked), then fsynced. ``ID`` is the export's row id, so two
+   exports never share a staging folder, even when their names differ only in
+   characters a file name cannot hold (``a/b`` and ``a_b``).
 2. One transaction records the file as *pending* and advances the export's
    ``exported_offset`` for each stream it holds. This commit is the point of no return.
 3. The file is *delivered*: hard-linked to its final name ``DIR/FILE`` (never
@@ -19,9 +21,15 @@ How, for each archive:
 4. A second transaction marks it *closed* and advances ``delivered_offset``.
 
 A run first finishes any pending file (step 3 is idempotent: a final name already
-linked to the staging file, or an object already uploaded, is recognised) and deletes
-staging files that never reached step 2, whose records are exported again. One process
-at a time runs a given export (an advisory file lock in the staging directory).
+linked to the staging file, or an object already uploaded and holding exactly the
+file's records, is recognised) and deletes staging files that never reached step 2,
+whose records are exported again. A pending file whose staging file is gone and that
+was never delivered is *not* marked closed: it is forgotten and its records are
+exported again, so ``delivered_offset`` only ever covers records in a closed archive.
+One process at a time runs a given export (an advisory file lock in the staging
+directory). Every file and folder an export creates is no more readable than the
+database file (its mode, without execute bits; folders get execute bits where read is
+allowed, staging folders are the owner's only).
 
 :func:`trim_exported` deletes records below what an export has delivered;
 :mod:`sqlstream.importing` loads archives back.
@@ -30,10 +38,14 @@ at a time runs a given export (an advisory file lock in the staging directory).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import heapq
+import io
 import logging
+import math
 import os
+import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from .archive import ArchiveWriter, fsync_directory
+from .archive import ArchiveReader, ArchiveWriter, fsync_directory
 from .rolling import (
     AnyRollChecker,
     NeverRollChecker,
@@ -53,11 +65,15 @@ from .rolling import (
 )
 from .callbacks import EXTENSIONS, check_compression, compress_file
 from .errors import (
+    ArchiveError,
     ConcurrencyError,
     CorruptArchive,
     InvalidArgument,
+    SqlstreamError,
     StorageError,
+    StorageFull,
     StreamNotFound,
+    WriteError,
     convert,
 )
 from .records import check_name
@@ -84,8 +100,10 @@ DEFAULT_BATCH = 1000
 _IDLE_WAIT = 1.0  # seconds a follow=True export waits before re-checking `stop` and time rolls
 
 _RECORD_SQL = (
-    "SELECT offset, timestamp, key, headers, content_type, data, position, txn FROM chunks "
-    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
+    # CAST: the stored bytes as they are; export never decodes a payload, so a damaged
+    # text record is archived byte for byte rather than failing the export.
+    "SELECT offset, timestamp, key, headers, content_type, CAST(data AS BLOB), position, txn FROM chunks "
+    "WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset LIMIT ?"
 )
 
 
@@ -143,6 +161,64 @@ def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
+MAX_BATCH = 1_000_000  # records read per query; more only costs memory
+_NAME_MAX = 255  # bytes in one file name on common filesystems
+_NAME_SLACK = len("_0001") + len(".part") + 2  # a collision suffix and a working name
+
+
+def file_mode_of(db_path: str) -> int:
+    """The permission bits for files made from the database at ``db_path``: its own, minus execute.
+
+    Falls back to owner-only when the file cannot be examined.
+    """
+    try:
+        return stat.S_IMODE(os.stat(db_path).st_mode) & 0o666
+    except OSError:
+        return 0o600
+
+
+def dir_mode_for(file_mode: int) -> int:
+    """A folder mode as open as ``file_mode``: search (x) allowed where reading is."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
+def make_dirs(path: str, mode: int) -> None:
+    """``os.makedirs`` that gives ``mode`` to every folder it creates (not just the last)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_dirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
+def create_file(path: str, mode: int) -> None:
+    """Create the empty file ``path`` (it must not exist) with permission bits ``mode``."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+
+
+def os_error(exc: OSError, what: str) -> SqlstreamError:
+    """The sqlstream error for an ``OSError`` met while ``what`` (e.g. "exporting to DIR")."""
+    detail = f"{what}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return StorageFull(
+            detail,
+            hint="free disk space (or raise the file size limit) and run the export again: "
+                 "it continues where it stopped, each record exported exactly once",
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidArgument(detail, hint="use a shorter directory, export name or file name template")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOENT):
+        return InvalidArgument(detail, hint="give a directory that exists or can be created")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WriteError(detail, hint="give a directory this process may write to")
+    return WriteError(detail, hint="check the disk and run the export again: it continues where it stopped")
+
+
 def format_timestamp(us: int) -> str:
     """Microseconds since the epoch as exact decimal seconds: ``"1700000000.123456"``."""
     return f"{us // 1_000_000}.{us % 1_000_000:06d}"
@@ -177,8 +253,8 @@ def record_metadata(stream: str, row: tuple[Any, ...]) -> tuple[dict[str, str], 
 class _Lock:
     """An advisory exclusive lock on a file, released when closed or when the process dies."""
 
-    def __init__(self, path: str, what: str) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, path: str, what: str, mode: int = 0o600) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - no fcntl (Windows): no cross-process guard
@@ -202,12 +278,17 @@ class _Lock:
 class _Archive:
     """The archive an export is writing: staging path, writer, offsets per stream."""
 
-    def __init__(self, final_name: str, staging_path: str, version: int) -> None:
+    def __init__(self, final_name: str, staging_path: str, version: int, mode: int) -> None:
         self.final_name = final_name
         self.path = staging_path
+        create_file(staging_path, mode)  # ArchiveWriter truncates it, keeping this mode
         self.writer = ArchiveWriter(staging_path, version=version)
         self.ranges: dict[int, list[int]] = {}  # stream id -> [first, next)
         self.records = 0
+
+
+class _Lost(Exception):
+    """A committed archive is neither staged nor delivered: its records must be exported again."""
 
 
 class _Exporter:
@@ -225,8 +306,11 @@ class _Exporter:
         version: int,
         batch: int,
         progress: Callable[[ExportProgress], None] | None,
+        follow: bool,
     ) -> None:
         self.db = db
+        self.follow = follow
+        self.file_mode = file_mode_of(db.path)
         self.names = names
         self.directory = directory
         self.name = name
@@ -238,33 +322,43 @@ class _Exporter:
         self.version = version
         self.batch = batch
         self.progress = progress
-        self.staging = os.path.join(directory, STAGING, _safe(name))
+        self.staging = ""  # DIR/.sqlstream-staging/ID-NAME, known once the export has an id
+        self.lock: _Lock | None = None
         self.result = ExportResult(name=name)
         self.archive: _Archive | None = None
         self.total: int | None = None
         self.ids: dict[str, int] = {}
         self.cursor: dict[int, int] = {}
+        self.until: dict[int, int] = {}  # follow=False: stream id -> next_offset when the call started
         self.export_id = 0
         self.finish_later = False  # an archive must be closed before a stream's cursor jumps
 
     # ----------------------------------------------------------------- setup
 
     def register(self) -> None:
-        """Create/refresh the export's rows; load each stream's cursor."""
+        """Create/refresh the export's rows, its staging folder and lock; load each stream's cursor.
+
+        One transaction: if the staging folder cannot be made or the lock is held
+        elsewhere, nothing is stored.
+        """
         now = _now_us()
         with self.db.transaction():
             conn = self.db._write_conn()
             rows = _sql(conn, "SELECT id FROM exports WHERE name = ?", (self.name,))
             if rows:
                 self.export_id = rows[0][0]
-                _sql(conn, "UPDATE exports SET directory = ?, updated_at = ? WHERE id = ?",
-                     (self.directory, now, self.export_id))
             else:
                 self.export_id = _sql(
                     conn,
                     "INSERT INTO exports (name, directory, created_at, updated_at) VALUES (?, ?, ?, ?) RETURNING id",
                     (self.name, self.directory, now, now),
                 )[0][0]
+            # The id makes the folder unambiguous: names are not (``a/b`` and ``a_b``).
+            self.staging = os.path.join(self.directory, STAGING, f"{self.export_id}-{_safe(self.name)}")
+            make_dirs(self.staging, 0o700)
+            self.lock = _Lock(os.path.join(self.staging, "lock"), f"export {self.name!r}", self.file_mode)
+            _sql(conn, "UPDATE exports SET directory = ?, updated_at = ? WHERE id = ?",
+                 (self.directory, now, self.export_id))
             total = 0
             for stream in self.names:
                 got = _sql(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,))
@@ -281,8 +375,15 @@ class _Exporter:
                            (self.export_id, sid))[0][0]
                 self.ids[stream] = sid
                 self.cursor[sid] = cur
+                if not self.follow:
+                    self.until[sid] = nxt
                 total += max(0, nxt - max(cur, first))
             self.total = total
+
+    def unlock(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def recover(self) -> None:
         """Finish archives an interrupted run committed; delete staging files it did not."""
@@ -294,8 +395,14 @@ class _Exporter:
                 (self.export_id,),
             )
         keep = set()
-        for file_id, name, working, destination in pending:
-            location = self.deliver(file_id, name, working, destination, recovering=True)
+        for index, (file_id, name, working, destination) in enumerate(pending):
+            try:
+                location = self.deliver(file_id, name, working, destination, recovering=True)
+            except _Lost:
+                # It and anything committed after it (never more than one file in
+                # practice: a run finishes its pending file before writing another).
+                self.requeue([row[0] for row in pending[index:]])
+                break
             self.result.recovered += 1
             if location is not None:
                 self.result.files.append(location)
@@ -338,14 +445,13 @@ class _Exporter:
 
                 upload_file(self.storage, destination, working)
                 os.unlink(working)
-            elif self.storage.get_object_size(destination) is None:
-                raise StorageError(
-                    f"archive {name!r} of export {self.name!r} is neither staged nor in storage at {destination!r}",
-                    hint="its staging file was removed by hand before it was uploaded",
-                )
+            elif not self.object_holds(destination, file_id):
+                log.warning("export %s: archive %s is neither staged nor uploaded to %s: exporting its "
+                            "records again", self.name, name, destination)
+                raise _Lost(name)
             location = self.storage.describe(destination)
         else:
-            location = self.publish(name, working)
+            location = self.publish(file_id, name, working)
         with self.db.transaction():
             conn = self.db._write_conn()
             _sql(conn, "UPDATE export_files SET state = 'closed', location = ?, closed_at = ? WHERE id = ?",
@@ -359,18 +465,22 @@ class _Exporter:
             )
         return location
 
-    def publish(self, name: str, working: str) -> str | None:
+    def publish(self, file_id: int, name: str, working: str) -> str:
         """Hard-link the staging file to the first free candidate of ``DIR/name``; unlink it.
 
         A candidate that already is the staging file (a run died between link and
-        unlink) is recognised, so recovery never publishes one archive twice.
+        unlink) is recognised, so recovery never publishes one archive twice. Without
+        the staging file, ``DIR/name`` counts as delivered only if it holds exactly the
+        file's records (a rename-based publish finished before a crash); otherwise
+        :class:`_Lost` is raised and the records are exported again.
         """
         if not os.path.exists(working):
             final = os.path.join(self.directory, name)
-            if not os.path.exists(final):
-                log.warning("export %s: archive %s is gone (removed by hand?)", self.name, final)
-                return None
-            return final  # a rename-based publish finished before the crash
+            if self.file_holds(final, file_id):
+                return final
+            log.warning("export %s: archive %s is neither staged nor delivered (staging file removed?): "
+                        "exporting its records again", self.name, final)
+            raise _Lost(name)
         for candidate in candidate_names(name):
             final = os.path.join(self.directory, candidate)
             try:
@@ -391,6 +501,60 @@ class _Exporter:
             fsync_directory(self.staging)
         return final
 
+    def expected_records(self, file_id: int) -> tuple[set[tuple[str, int]], int]:
+        """The (stream, offset) pairs archive ``file_id`` holds, by its ranges; and its record count."""
+        with self.db._snapshot() as conn:
+            ranges = _sql(conn, "SELECT s.name, r.first_offset, r.next_offset FROM export_ranges r "
+                                "JOIN streams s ON s.id = r.stream_id WHERE r.file_id = ?", (file_id,))
+            count = _sql(conn, "SELECT records FROM export_files WHERE id = ?", (file_id,))[0][0]
+        return {(stream, o) for stream, first, nxt in ranges for o in range(first, nxt)}, count
+
+    def archive_holds(self, reader: Callable[[], ArchiveReader], file_id: int) -> bool:
+        expected, count = self.expected_records(file_id)
+        try:
+            with reader() as archive:
+                got = [(meta.get("stream", ""), int(meta.get("offset", "-1"))) for meta, _ in archive]
+        except (OSError, ArchiveError, ValueError):
+            return False
+        # Retention may trim inside a range before export: count and membership, not equality.
+        return len(got) == count and len(set(got)) == count and set(got) <= expected
+
+    def file_holds(self, path: str, file_id: int) -> bool:
+        """True if the local archive ``path`` holds exactly the records of archive ``file_id``."""
+        return os.path.isfile(path) and self.archive_holds(lambda: ArchiveReader(path), file_id)
+
+    def object_holds(self, destination: str, file_id: int) -> bool:
+        """True if the stored object ``destination`` holds exactly the records of archive ``file_id``."""
+        assert self.storage is not None
+        data = self.storage.get_object(destination)
+        if data is None:
+            return False
+        return self.archive_holds(lambda: ArchiveReader(fileobj=io.BufferedReader(io.BytesIO(data))), file_id)
+
+    def requeue(self, file_ids: list[int]) -> None:
+        """Forget committed archives that were lost before delivery; their records are exported again.
+
+        One transaction: the files' rows go, and each stream's ``exported_offset`` moves
+        back to the first offset they held (``delivered_offset`` is already below it).
+        """
+        with self.db.transaction():
+            conn = self.db._write_conn()
+            marks: dict[int, int] = {}
+            for file_id in file_ids:
+                for sid, first in _sql(conn, "SELECT stream_id, first_offset FROM export_ranges WHERE file_id = ?",
+                                       (file_id,)):
+                    marks[sid] = min(first, marks.get(sid, first))
+                working = _sql(conn, "SELECT working FROM export_files WHERE id = ?", (file_id,))
+                if working and os.path.exists(working[0][0]):
+                    os.unlink(working[0][0])
+                _sql(conn, "DELETE FROM export_ranges WHERE file_id = ?", (file_id,))
+                _sql(conn, "DELETE FROM export_files WHERE id = ?", (file_id,))
+            for sid, first in marks.items():
+                _sql(conn, "UPDATE export_streams SET exported_offset = min(exported_offset, ?) "
+                           "WHERE export_id = ? AND stream_id = ?", (first, self.export_id, sid))
+                if sid in self.cursor:
+                    self.cursor[sid] = min(self.cursor[sid], first)
+
     # ----------------------------------------------------------------- writing
 
     def open_archive(self) -> _Archive:
@@ -399,7 +563,7 @@ class _Exporter:
         for candidate in candidate_names(base):
             if not self.name_taken(candidate + ext):
                 break
-        archive = _Archive(candidate, os.path.join(self.staging, candidate), self.version)
+        archive = _Archive(candidate, os.path.join(self.staging, candidate), self.version, self.file_mode)
         self.checker.start(archive.writer)
         self.report()
         return archive
@@ -445,7 +609,12 @@ class _Exporter:
                 _sql(conn, "UPDATE export_streams SET exported_offset = ? WHERE export_id = ? AND stream_id = ?",
                      (nxt, self.export_id, sid))
             _sql(conn, "UPDATE exports SET updated_at = ? WHERE id = ?", (_now_us(), self.export_id))
-        location = self.deliver(file_id, final_name, path, destination, recovering=False)
+        try:
+            location = self.deliver(file_id, final_name, path, destination, recovering=False)
+        except _Lost:  # the staging file vanished under us: write those records again
+            self.requeue([file_id])
+            self.result.records -= archive.records
+            return
         if location is not None:
             self.result.files.append(location)
         self.result.bytes += size
@@ -492,8 +661,9 @@ class _Exporter:
                     self.cursor[sid] = cur = first
                 if not (sealed and cur >= nxt):
                     all_sealed = False
-                if cur < nxt:
-                    rows = _sql(conn, _RECORD_SQL, (sid, cur, self.batch))
+                end = min(nxt, self.until.get(sid, nxt))
+                if cur < end:
+                    rows = _sql(conn, _RECORD_SQL, (sid, cur, end, self.batch))
                     per_stream.append([(row[7], index, row[0], stream, sid, row) for row in rows])
         merged = heapq.merge(*per_stream)  # each list is in offset order, hence txn order
         out = [(stream, sid, row) for _, _, _, stream, sid, row in
@@ -576,56 +746,107 @@ def export(
     stopped, and a call killed at any point and re-run leaves every record in exactly one
     closed archive.
 
-    ``follow=False`` exports what is there and returns; ``follow=True`` keeps exporting
-    as records arrive until every stream is sealed and exported, or ``stop`` is set.
-    ``progress`` is called with an :class:`ExportProgress` as work is done. Records
-    trimmed by retention before they could be exported are counted in ``skipped``.
-    Raises ``StreamNotFound``, ``InvalidArgument``, ``ConcurrencyError`` (this export is
-    running elsewhere), ``StorageError``.
+    ``follow=False`` exports the records committed when the call started (records
+    appended meanwhile wait for the next call) and returns, under steady writes too;
+    ``follow=True`` keeps exporting as records arrive until every stream is sealed and
+    exported, or ``stop`` is set. ``progress`` is called with an :class:`ExportProgress`
+    as work is done. Records trimmed by retention before they could be exported are
+    counted in ``skipped``. Raises ``StreamNotFound``, ``InvalidArgument`` (a bad argument: nothing stored or
+    created), ``ConcurrencyError`` (this export is running elsewhere), ``StorageError``,
+    ``StorageFull`` (disk full or file size limit: re-run once there is space, it
+    continues exactly) and ``WriteError`` (another I/O error). Files and folders it
+    creates are no more readable than the database file.
     """
     from .storage import StorageDriver, get_driver
 
-    names = [streams] if isinstance(streams, str) else list(dict.fromkeys(streams))
+    # Every argument is checked before anything is stored or created.
+    if isinstance(streams, str):
+        names = [streams]
+    elif isinstance(streams, (list, tuple)) or (isinstance(streams, Sequence) and not isinstance(streams, bytes)):
+        names = list(dict.fromkeys(streams))
+    else:
+        raise InvalidArgument(f"streams is a stream name or a list of names, not {type(streams).__name__}")
     if not names:
         raise InvalidArgument("export needs at least one stream name")
     for stream in names:
         check_name(stream)
     name = name if name is not None else "+".join(names)
     check_name(name, "export")
+    if not isinstance(directory, (str, os.PathLike)):
+        raise InvalidArgument(f"directory is a path, not {type(directory).__name__}")
+    try:
+        directory = os.path.abspath(os.fspath(directory))
+        directory.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # bytes paths, NUL, lone surrogates
+        raise InvalidArgument(f"directory {directory!r} is not a usable path: {exc}") from None
+    if "\0" in directory:
+        raise InvalidArgument(f"directory {directory!r} contains a NUL character")
     if template is None:
         template = _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
-    render_template(template)
     check_compression(compress)
+    _check_template(template, EXTENSIONS[compress] if compress else "")
     if version not in (1, 2):
         raise InvalidArgument(f"archive format version is 1 or 2, not {version!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InvalidArgument(f"batch must be an int >= 1, not {batch!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise InvalidArgument(f"batch must be an int from 1 to {MAX_BATCH:,}, not {batch!r}")
+    for what, value in (("roll_size_mb", roll_size_mb), ("roll_minutes", roll_minutes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise InvalidArgument(f"{what} must be a positive finite number or None, not {value!r}",
+                                  hint="None means no roll on that criterion")
+    if not isinstance(follow, bool):
+        raise InvalidArgument(f"follow must be True or False, not {follow!r}")
     checkers: list[RollChecker] = []
     if roll_size_mb is not None:
         checkers.append(SizeRollChecker(roll_size_mb=roll_size_mb))
     if roll_minutes is not None:
         checkers.append(TimeRollChecker(roll_minutes=roll_minutes))
     checker = AnyRollChecker(checkers) if checkers else NeverRollChecker()
-    directory = os.path.abspath(os.fspath(directory))
     driver: StorageDriver | None = None
     owns_driver = False
     if storage is not None:
         driver = get_driver(storage)
         owns_driver = not isinstance(storage, StorageDriver)
+    exporter = _Exporter(db, names, directory, name, template, checker, compress, driver, storage_prefix,
+                         version, batch, progress, follow)
     try:
-        exporter = _Exporter(db, names, directory, name, template, checker, compress, driver, storage_prefix,
-                             version, batch, progress)
-        os.makedirs(exporter.staging, exist_ok=True)
-        lock = _Lock(os.path.join(exporter.staging, "lock"), f"export {name!r}")
-        try:
-            exporter.register()
-            exporter.recover()
-            return exporter.run(follow, stop)
-        finally:
-            lock.close()
+        make_dirs(directory, dir_mode_for(exporter.file_mode))
+        exporter.register()
+        exporter.recover()
+        return exporter.run(follow, stop)
+    except OSError as exc:
+        # A full disk, a file where a folder should be, a name too long...: what is
+        # committed stays consistent, and a re-run continues exactly where this one stopped.
+        raise os_error(exc, f"exporting {name!r} to {directory}") from exc
     finally:
+        exporter.unlock()
         if owns_driver and driver is not None:
             driver.close()
+
+
+def _check_template(template: object, extension: str) -> None:
+    """Refuse a file name template that cannot give a file name, before anything is written."""
+    if not isinstance(template, str):
+        raise InvalidArgument(f"template is a strftime string, not {type(template).__name__}")
+    try:
+        template.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"template {template!r} is not valid Unicode (lone surrogate)") from None
+    if "\0" in template:
+        raise InvalidArgument(f"template {template!r} contains a NUL character")
+    try:
+        rendered = render_template(template)
+    except (ValueError, UnicodeError) as exc:
+        if isinstance(exc, SqlstreamError):
+            raise
+        raise InvalidArgument(f"template {template!r} is not a usable strftime template: {exc}") from None
+    size = len((rendered + extension).encode("utf-8")) + _NAME_SLACK
+    if size > _NAME_MAX:
+        raise InvalidArgument(
+            f"template {template!r} gives file names of {size - _NAME_SLACK} bytes; the limit is "
+            f"{_NAME_MAX - _NAME_SLACK}",
+            hint="use a shorter template",
+        )
 
 
 def export_status(db: Database, name: str) -> ExportStatus:

@@ -129,10 +129,13 @@ def candidate_names(base: str) -> Iterator[str]:
         n += 1
 
 
-def claim_working_file(directory: str, base: str, taken: set[str] | None = None) -> tuple[str, str]:
+def claim_working_file(
+    directory: str, base: str, taken: set[str] | None = None, mode: int = 0o644
+) -> tuple[str, str]:
     """Create a new working file for a not-yet-existing final name; return (final, working).
 
-    The working file is created with ``O_EXCL``, so two writers never share one.
+    The working file is created with ``O_EXCL``, so two writers never share one, and
+    permission bits ``mode`` (less any the umask removes).
     """
     for name in candidate_names(base):
         final = os.path.join(directory, name)
@@ -142,7 +145,7 @@ def claim_working_file(directory: str, base: str, taken: set[str] | None = None)
             continue
         work = working_name(final)
         try:
-            fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
             continue
         os.close(fd)
@@ -186,7 +189,8 @@ class WritingRollManager:
     working name (``.NAME.part``) and renamed when closed, so a reader never sees a
     half-written archive under an archive name. The callback's ``on_open`` gets the
     archive's final name when it is opened, ``on_close`` the closed file's name, and
-    returns its new location.
+    returns its new location. Archives are created with permission bits ``file_mode``
+    (default 0o644, less the umask): pass the mode of the data they hold, e.g. 0o600.
     """
 
     def __init__(
@@ -197,8 +201,12 @@ class WritingRollManager:
         archive_class: type[ArchiveWriter] = ArchiveWriter,
         archive_callback: ArchiveCallback | None = None,
         version: int = 2,
+        file_mode: int = 0o644,
         **kwargs: Any,
     ) -> None:
+        if isinstance(file_mode, bool) or not isinstance(file_mode, int) or not 0 <= file_mode <= 0o777:
+            raise InvalidArgument(f"file_mode is permission bits such as 0o600, not {file_mode!r}")
+        self.file_mode = file_mode
         self.filename_template = filename_template
         self.roll_checker = roll_checker if roll_checker is not None else NeverRollChecker()
         self.directory = os.fspath(directory)
@@ -220,7 +228,7 @@ class WritingRollManager:
         """The open archive, opening a new one (and telling the callback) if needed."""
         if self.active_archive is None:
             base = render_template(self.filename_template)
-            final, work = claim_working_file(self.directory, base, self._used)
+            final, work = claim_working_file(self.directory, base, self._used, self.file_mode)
             try:
                 archive = self.archive_class(work, version=self.version)
             except BaseException:

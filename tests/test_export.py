@@ -19,7 +19,7 @@ import pytest
 import sqlstream
 from sqlstream.archive import ArchiveReader, import_archives, pack
 from sqlstream.cli import main
-from sqlstream.errors import ArchiveError, ConcurrencyError, OffsetOutOfRange, StreamSealed
+from sqlstream.errors import ArchiveError, ConcurrencyError, InvalidArgument, OffsetOutOfRange, StreamSealed
 from sqlstream.export import export_status, trim_exported
 from sqlstream.storage import get_driver
 
@@ -198,13 +198,15 @@ def test_one_export_runs_at_a_time(db: sqlstream.Database, tmp_path: Path) -> No
     import fcntl
 
     db.create_stream("s").append(b"x")
-    staging = tmp_path / ".sqlstream-staging" / "s"
+    staging = tmp_path / ".sqlstream-staging" / "1-s"  # ID-NAME: the first export of this file
     staging.mkdir(parents=True)
     fd = os.open(staging / "lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(ConcurrencyError):
             db.export("s", tmp_path)
+        with pytest.raises(InvalidArgument):  # the refused run stored nothing
+            export_status(db, "s")
     finally:
         os.close(fd)
     assert db.export("s", tmp_path).records == 1
@@ -394,7 +396,7 @@ def test_export_killed_at_random_points_and_restarted_exports_each_record_exactl
         assert set(seen) == expected
         assert final.offsets == {"a": a.info().next_offset, "b": b.info().next_offset}
         assert export_status(db, "a+b").pending == 0
-        staging = directory / ".sqlstream-staging" / "a+b"
+        staging = directory / ".sqlstream-staging" / "1-a+b"
         assert sorted(os.listdir(staging)) == ["lock"]  # nothing left half-done
 
 
@@ -451,7 +453,7 @@ def test_export_killed_at_each_commit_window_is_finished_by_the_next_run(tmp_pat
         seen = union_of_closed_archives(directory, mode)
         assert sorted(seen) == [("s", i) for i in range(50)]
         assert export_status(db, "s").pending == 0
-        assert sorted(os.listdir(directory / ".sqlstream-staging" / "s")) == ["lock"]
+        assert sorted(os.listdir(directory / ".sqlstream-staging" / "1-s")) == ["lock"]
 
 
 def test_follow_waits_quietly_while_one_stream_is_sealed(db: sqlstream.Database, tmp_path: Path) -> None:
