@@ -14,7 +14,9 @@ through a path string. A symbolic link anywhere in an object path is refused wit
 ``delete_object`` of a link removes the link itself. A directory swapped for a link
 after it was opened cannot redirect anything: the driver holds the real directory.
 (A directory *moved* out of the root by someone who can write both places takes the
-files written into it along; that is beyond what any path check can prevent.)
+files written into it along; that is beyond what any path check can prevent.) This
+needs POSIX ``openat``/``renameat``/``unlinkat`` (Linux, macOS, the BSDs). Files that are
+not regular (FIFOs, devices) are not objects: reads give None and never block.
 
 Permissions: objects are created with mode ``0o600`` (the ``mode`` option changes it;
 the umask still applies) and the directories the driver creates with the matching
