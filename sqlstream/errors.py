@@ -50,6 +50,7 @@ __all__ = [
     "StorageError",
     "ObjectNotFound",
     "InvalidObjectPath",
+    "ObjectPathConflict",
     "translate",
 ]
 
@@ -221,7 +222,15 @@ class ObjectNotFound(StorageError, KeyError):
 
 
 class InvalidObjectPath(StorageError, ValueError):
-    """An object path is empty, absolute, or would escape the storage root (``..``)."""
+    """An object path is empty, absolute, too long, or would escape the storage root (``..``)."""
+
+
+class ObjectPathConflict(StorageError):
+    """An object path collides with the store's tree: an object cannot also be a "directory".
+
+    E.g. ``put_object("a/b/c")`` while an object ``a/b`` exists, or ``put_object("a")``
+    while objects exist under ``a/``.
+    """
 
 
 # Order matters: subclasses of apsw.Error are matched before their bases.

@@ -17,7 +17,16 @@ the ``sqlstream.storage_drivers`` entry-point group (name -> driver class).
 
 Object paths are ``/``-separated relative paths (``"archives/2024/a.events"``). Every
 driver refuses the same unsafe paths with ``InvalidObjectPath``: empty, absolute, with
-``.`` or ``..`` components, empty components, backslashes or NUL bytes.
+``.`` or ``..`` components, empty components, backslashes or NUL bytes, longer than
+1024 bytes, or with a component longer than 255 bytes (UTF-8; most filesystems' limit).
+An object cannot also be a "directory": ``put_object("a/b/c")`` while an object ``a/b``
+exists, or ``put_object("a")`` while objects exist under ``a/``, raise
+``ObjectPathConflict`` on the filesystem and sqlite drivers (S3 keys are flat, so the s3
+driver allows both).
+
+zuul-registry 1.3 passes an upload id as a third argument: ``put_object``,
+``move_object`` and ``cat_objects`` accept it as ``uuid`` (optional) and name it in
+their debug log lines (logger ``sqlstream.storage``).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ BUILTIN_DRIVERS = {
 }
 CHUNK_SIZE = 1 << 20  # bytes per piece when streaming objects
 MAX_PATH = 1024  # S3's key limit; the same everywhere keeps paths portable between drivers
+MAX_NAME = 255  # bytes per component: NAME_MAX of ext4, XFS, btrfs, APFS, NTFS (in UTF-16 units)
 
 Data = Union[bytes, bytearray, memoryview, Iterable[bytes]]
 """What ``put_object`` stores: bytes, or an iterable (e.g. a generator) of bytes."""
@@ -96,6 +106,11 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
             raise InvalidObjectPath(
                 f"object path {path!r} has an empty, '.' or '..' component",
                 hint="a path like 'dir/name' cannot point outside the store",
+            )
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME:
+            raise InvalidObjectPath(
+                f"object path component {part[:40]!r}... is longer than {MAX_NAME} bytes (UTF-8)",
+                hint=f"split long names with '/' or shorten them: every driver keeps names to {MAX_NAME} bytes",
             )
     return path
 
@@ -165,11 +180,13 @@ class StorageDriver(ABC):
         """The size in bytes of the object at ``path``, or None if there is none."""
 
     @abstractmethod
-    def put_object(self, path: str, data: Data) -> None:
+    def put_object(self, path: str, data: Data, uuid: str | None = None) -> None:
         """Store ``data`` (bytes, or an iterable of bytes) at ``path``, replacing any object there.
 
         Atomic: readers see the old object or the whole new one, never a part; if the
-        iterable raises, nothing changes.
+        iterable raises, nothing changes. ``ObjectPathConflict`` if an ancestor of
+        ``path`` is an object or objects exist under ``path/`` (not on s3). ``uuid`` is
+        zuul-registry 1.3's upload id, only logged.
         """
 
     @abstractmethod
@@ -188,16 +205,20 @@ class StorageDriver(ABC):
         """Delete the object at ``path``. Deleting what does not exist is not an error."""
 
     @abstractmethod
-    def move_object(self, src_path: str, dst_path: str) -> None:
-        """Move an object to ``dst_path`` (replacing what is there). ``ObjectNotFound`` if absent."""
+    def move_object(self, src_path: str, dst_path: str, uuid: str | None = None) -> None:
+        """Move an object to ``dst_path`` (replacing what is there). ``ObjectNotFound`` if absent.
+
+        ``ObjectPathConflict`` as for :meth:`put_object`; ``uuid`` is only logged.
+        """
 
     @abstractmethod
-    def cat_objects(self, path: str, chunks: Sequence[Chunk]) -> None:
+    def cat_objects(self, path: str, chunks: Sequence[Chunk], uuid: str | None = None) -> None:
         """Concatenate ``chunks`` (paths, or zuul's ``{"path", "size", "md5"}`` dicts) into ``path``.
 
         The new object replaces any at ``path`` atomically and the sources are deleted
         afterwards. A missing source raises ``ObjectNotFound`` and changes nothing; a
-        given ``size`` or ``md5`` that does not match raises ``StorageError``.
+        given ``size`` or ``md5`` that does not match raises ``StorageError``;
+        ``ObjectPathConflict`` as for :meth:`put_object`. ``uuid`` is only logged.
         """
 
     def close(self) -> None:
@@ -264,14 +285,18 @@ def upload_file(driver: StorageDriver, path: str, filename: str | os.PathLike[st
 
 
 def download_file(driver: StorageDriver, path: str, filename: str | os.PathLike[str]) -> int:
-    """Write an object to a local file; return its size. ``ObjectNotFound`` if absent."""
+    """Write an object to a local file; return its size. ``ObjectNotFound`` if absent.
+
+    A new file is created with mode 0600 (owner only), like a sqlstream database.
+    """
     from ..errors import ObjectNotFound
 
     size, pieces = driver.stream_object(path)
     if pieces is None:
         raise ObjectNotFound(f"no object {driver.describe(path)}")
     total = 0
-    with open(filename, "wb") as out:
+    fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    with open(fd, "wb") as out:
         for piece in pieces:
             out.write(piece)
             total += len(piece)

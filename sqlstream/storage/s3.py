@@ -18,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidArgument, ObjectNotFound, StorageError
 from . import CHUNK_SIZE, Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
+
+log = logging.getLogger("sqlstream.storage")
 
 MIN_PART = 5 * 1024 * 1024  # S3's minimum size of every multipart part but the last
 MAX_COPY_PART = 5 * 1024 * 1024 * 1024  # S3's maximum size of one copied part
@@ -157,7 +160,7 @@ class S3Driver(StorageDriver):
         head = self._head(path)
         return None if head is None else int(head["ContentLength"])
 
-    def put_object(self, path: str, data: Data) -> None:
+    def put_object(self, path: str, data: Data, uuid: str | None = None) -> None:
         key = self._key(path)
         with self._errors(f"PUT {key}"):
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -165,6 +168,7 @@ class S3Driver(StorageDriver):
             else:
                 # Managed upload: multipart above its threshold, aborted if `data` raises.
                 self.s3.upload_fileobj(_IterReader(iter_data(data)), self.bucket, key)
+        log.debug("s3 put_object %s (upload %s)", self.describe(path), uuid)
 
     def get_object(self, path: str) -> bytes | None:
         size, pieces = self.stream_object(path)
@@ -195,7 +199,7 @@ class S3Driver(StorageDriver):
         with self._errors(f"DELETE {key}"):
             self.s3.delete_object(Bucket=self.bucket, Key=key)
 
-    def move_object(self, src_path: str, dst_path: str) -> None:
+    def move_object(self, src_path: str, dst_path: str, uuid: str | None = None) -> None:
         src, dst = self._key(src_path), self._key(dst_path)
         if self._head(src_path) is None:
             raise ObjectNotFound(f"no object {self.describe(src_path)} to move")
@@ -204,8 +208,9 @@ class S3Driver(StorageDriver):
         with self._errors(f"COPY {src} -> {dst}"):
             self.s3.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst)  # multipart past 5 GiB
             self.s3.delete_object(Bucket=self.bucket, Key=src)
+        log.debug("s3 move_object %s -> %s (upload %s)", src_path, self.describe(dst_path), uuid)
 
-    def cat_objects(self, path: str, chunks: Sequence[Chunk]) -> None:
+    def cat_objects(self, path: str, chunks: Sequence[Chunk], uuid: str | None = None) -> None:
         target = self._key(path)
         sources = []
         for src, want_size, md5 in (chunk_spec(c) for c in chunks):
@@ -220,7 +225,7 @@ class S3Driver(StorageDriver):
             sources.append((src, size))
         parts = [(src, size) for src, size in sources if size]
         if len(parts) == 1 and len(sources) == len({s for s, _ in sources}):
-            self.move_object(parts[0][0], path)
+            self.move_object(parts[0][0], path, uuid)
         elif parts and all(size >= MIN_PART for _, size in parts[:-1]):
             self._copy_parts(target, parts)
         else:
@@ -231,10 +236,11 @@ class S3Driver(StorageDriver):
                         raise ObjectNotFound(f"cat_objects: {self.describe(src)} vanished while being read")
                     yield from pieces
 
-            self.put_object(path, concatenated())
+            self.put_object(path, concatenated(), uuid)
         for src, _ in sources:
             if self._key(src) != target:
                 self.delete_object(src)
+        log.debug("s3 cat_objects %s from %d chunks (upload %s)", self.describe(path), len(sources), uuid)
 
     def _md5(self, src: str, head: Mapping[str, Any]) -> str:
         etag = str(head.get("ETag", "")).strip('"')

@@ -28,6 +28,7 @@ those.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,8 +36,10 @@ from typing import Any
 
 import apsw
 
-from ..errors import InvalidArgument, ObjectNotFound, StorageError, convert
+from ..errors import InvalidArgument, ObjectNotFound, ObjectPathConflict, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
+
+log = logging.getLogger("sqlstream.storage")
 
 SEGMENT_PREFIX = "_objects/"
 SEGMENT_METADATA = {"sqlstream.storage": "segment"}
@@ -156,8 +159,32 @@ class SqliteDriver(StorageDriver):
             conn.execute("DELETE FROM streams WHERE id = ?", (sid,))
         self.db._tx_dirty = True  # readers blocked on a deleted stream wake up
 
+    def _check_tree(self, conn: apsw.Connection, path: str) -> None:
+        """Refuse ``path`` if an ancestor is an object or objects exist under it (as on a filesystem).
+
+        Paths are plain keys here, but a store that holds both ``a/b`` and ``a/b/c`` could
+        not be copied to the filesystem driver, and ``list_objects`` would show ``b`` twice.
+        """
+        parts = path.split("/")
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if ancestors:
+            marks = ",".join("?" * len(ancestors))
+            found = _rows(conn, f"SELECT path FROM storage_objects WHERE path IN ({marks}) LIMIT 1", ancestors)
+            if found:
+                raise ObjectPathConflict(
+                    f"cannot store {path!r}: {found[0][0]!r} is an object, not a directory",
+                    hint="an object cannot also hold other objects; choose another path",
+                )
+        # '0' is the character after '/': [path/, path0) holds exactly the paths under it.
+        if _rows(conn, "SELECT 1 FROM storage_objects WHERE path >= ? AND path < ? LIMIT 1", (path + "/", path + "0")):
+            raise ObjectPathConflict(
+                f"cannot store object {path!r}: other objects are stored under {path + '/'!r}",
+                hint="an object cannot also hold other objects; choose another path",
+            )
+
     def _link(self, conn: apsw.Connection, path: str, size: int, stream_ids: Sequence[int]) -> None:
         """Make ``path`` the object made of ``stream_ids``, replacing any object there."""
+        self._check_tree(conn, path)
         old = self._object(conn, path)
         if old is not None:
             self._drop_object_keeping(conn, old[0], stream_ids)
@@ -219,8 +246,12 @@ class SqliteDriver(StorageDriver):
             found = self._object(conn, path)
         return None if found is None else found[1]
 
-    def put_object(self, path: str, data: Data) -> None:
+    def put_object(self, path: str, data: Data, uuid: str | None = None) -> None:
         path = check_path(path)
+        self._put(path, data)
+        log.debug("sqlite put_object %s (upload %s)", self.describe(path), uuid)
+
+    def _put(self, path: str, data: Data) -> None:
         if isinstance(data, (bytes, bytearray, memoryview)):
             pieces = list(_pieces(data))
             with self.db.transaction():
@@ -235,6 +266,8 @@ class SqliteDriver(StorageDriver):
                 except apsw.Error as exc:
                     raise convert(exc) from exc
             return
+        with self.db._snapshot() as conn:
+            self._check_tree(conn, path)  # fail before consuming the iterable; checked again when linking
         segment = None
         try:
             size, batch, batch_bytes = 0, [], 0
@@ -316,7 +349,7 @@ class SqliteDriver(StorageDriver):
             except apsw.Error as exc:
                 raise convert(exc) from exc
 
-    def move_object(self, src_path: str, dst_path: str) -> None:
+    def move_object(self, src_path: str, dst_path: str, uuid: str | None = None) -> None:
         src, dst = check_path(src_path), check_path(dst_path)
         with self.db.transaction():
             conn = self._conn()
@@ -326,14 +359,16 @@ class SqliteDriver(StorageDriver):
                     raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
                 if src == dst:
                     return
+                self._check_tree(conn, dst)
                 old = self._object(conn, dst)
                 if old is not None:
                     self._drop_object_keeping(conn, old[0], self._segments(conn, found[0]))
                 conn.execute("UPDATE storage_objects SET path = ? WHERE id = ?", (dst, found[0]))
             except apsw.Error as exc:
                 raise convert(exc) from exc
+        log.debug("sqlite move_object %s -> %s (upload %s)", src, self.describe(dst), uuid)
 
-    def cat_objects(self, path: str, chunks: Sequence[Chunk]) -> None:
+    def cat_objects(self, path: str, chunks: Sequence[Chunk], uuid: str | None = None) -> None:
         path = check_path(path)
         specs = [chunk_spec(c) for c in chunks]
         with self.db.transaction():
@@ -360,6 +395,7 @@ class SqliteDriver(StorageDriver):
                 self._link(conn, path, size, stream_ids)
             except apsw.Error as exc:
                 raise convert(exc) from exc
+        log.debug("sqlite cat_objects %s from %d chunks (upload %s)", self.describe(path), len(specs), uuid)
 
     def _md5(self, conn: apsw.Connection, object_id: int) -> str:
         digest = hashlib.md5(usedforsecurity=False)
