@@ -133,12 +133,98 @@ def connect(
             connection_busy_handler(conn, busy_timeout)
             connection_dqs(conn)
             connection_foreign_keys(conn)
-            if not readonly:
-                connection_synchronous(conn, synchronous)
+            # On read connections too: synchronous is per connection, and one that ends up
+            # running a checkpoint (or the last close's) syncs by its own setting.
+            connection_synchronous(conn, synchronous)
         except BaseException:
             conn.close()
             raise
     return conn
+
+
+# --------------------------------------------------------------------------- query()
+
+# Pragmas that only report: allowed bare (``PRAGMA page_count``) or as table-valued
+# functions; given an argument most of them would change a setting, so they are not.
+_REPORTING_PRAGMAS = frozenset({
+    "application_id", "auto_vacuum", "busy_timeout", "cache_size", "cache_spill",
+    "collation_list", "compile_options", "data_version", "database_list", "encoding",
+    "foreign_keys", "freelist_count", "function_list", "journal_mode", "journal_size_limit",
+    "max_page_count", "module_list", "page_count", "page_size", "pragma_list", "query_only",
+    "schema_version", "synchronous", "user_version", "wal_autocheckpoint",
+})
+# Pragmas whose argument names what to report on (a table, an index, a row limit).
+_SUBJECT_PRAGMAS = frozenset({
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo",
+    "integrity_check", "quick_check", "table_info", "table_list", "table_xinfo",
+})
+_READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
+
+
+class QueryGuard:
+    """The authorizer of a ``db.query()`` connection: reads only, enforced at prepare time.
+
+    While ``user`` is set (the caller's SQL is being prepared) it allows SELECT, reading
+    columns, functions, recursive CTEs and reporting pragmas, and denies everything
+    else: writes to any database (temporary ones too: a TEMP VIEW named ``streams``
+    would shadow the real table for sqlstream's own reads on that connection), schema
+    changes, setting pragmas, ATTACH (which is also how ``VACUUM INTO`` creates its
+    file), transaction control; its :meth:`trace` refuses any statement SQLite does not
+    report as read-only. ``denied`` names the last refused action for the error.
+    The connection must have no statement cache, so every statement is authorized
+    afresh (a cached statement is not re-checked).
+    """
+
+    def __init__(self) -> None:
+        self.user = False
+        self.denied: str | None = None
+        self.pragma_vetted = False
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None) -> int:
+        if not self.user or action in _READ_ACTIONS:
+            return apsw.SQLITE_OK
+        if action == apsw.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name in _SUBJECT_PRAGMAS or (name in _REPORTING_PRAGMAS and arg2 is None):
+                self.pragma_vetted = True  # SQLite calls a bare ``journal_mode`` a write
+                return apsw.SQLITE_OK
+            self.denied = f"PRAGMA {name}" + ("" if arg2 is None else f" = {arg2}")
+        else:
+            what = str(apsw.mapping_authorizer_function.get(action, action)).removeprefix("SQLITE_")
+            self.denied = what.replace("_", " ") + (f" {arg1}" if arg1 else "")
+        return apsw.SQLITE_DENY
+
+    def trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        """Exec tracer: refuse a prepared statement SQLite says may write (``VACUUM``, which
+        the authorizer never sees, and ``VACUUM INTO``, whose ATTACH runs only later)."""
+        vetted, self.pragma_vetted = self.pragma_vetted, False
+        if self.user and not vetted and not cursor.is_readonly:
+            self.denied = " ".join(sql.split())[:60]
+            return False
+        return True
+
+
+def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str | None = None) -> tuple[apsw.Connection, QueryGuard]:
+    """A connection for ad-hoc queries that cannot change the file, and its guard.
+
+    Two layers: the file is opened with SQLITE_OPEN_READONLY (no statement can write
+    it), and a :class:`QueryGuard` refuses what a read-only connection still allows
+    (``VACUUM INTO`` and ``ATTACH`` of other files, temporary objects, pragmas).
+    """
+    with translate():
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs, statementcachesize=0)
+        try:
+            connection_busy_handler(conn, busy_timeout)
+            connection_dqs(conn)
+            connection_synchronous(conn, synchronous)
+            pragma(conn, "query_only = 1")
+            guard = QueryGuard()
+            conn.authorizer = guard
+            conn.exec_trace = guard.trace
+        except BaseException:
+            conn.close()
+            raise
+    return conn, guard
 
 
 # --------------------------------------------------------------------------- migrations

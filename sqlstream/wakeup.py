@@ -75,6 +75,7 @@ class FileNotifier:
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self.open_count = 0
+        self.checkpoint_owed = False  # see detach()
         self.checkpointer = Checkpointer(path)
 
     # ----------------------------------------------------------------- lifetime
@@ -83,12 +84,18 @@ class FileNotifier:
         """A Database on this file opened in this process."""
         with self.cond:
             self.open_count += 1
-            if self.open_count == 1 and self.checkpointer.stopped:
-                self.checkpointer = Checkpointer(self.path)
+            if self.open_count == 1:
+                self.checkpoint_owed = False
+                if self.checkpointer.stopped:
+                    self.checkpointer = Checkpointer(self.path)
 
-    def detach(self) -> None:
+    def detach(self, wrote: bool = False) -> bool:
         """A Database on this file closed; the last one stops the helper threads.
 
+        Returns True for the last one, once the helper threads' connections are closed
+        (it then closes its write connection so that SQLite checkpoints the WAL).
+        ``wrote``: the closing Database had a write connection; if it is not the last,
+        ``checkpoint_owed`` tells the last one (maybe read-only) to checkpoint for it.
         The checkpointer is marked stopped under the same lock ``attach`` checks, so a
         Database opening concurrently gets a fresh one instead of the dying one.
         """
@@ -98,9 +105,12 @@ class FileNotifier:
             if last:
                 checkpointer = self.checkpointer
                 checkpointer.request_stop()
+            elif wrote:
+                self.checkpoint_owed = True
         if last:
             self.close_watcher()
             checkpointer.join()
+        return last
 
     # ----------------------------------------------------------------- committers
 

@@ -1,0 +1,209 @@
+"""Issue 9, database core: query() never writes, close() leaves one self-contained file,
+backup(), the doorbell directory's trust checks, hostile files at the database path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import apsw
+import pytest
+
+import sqlstream
+from sqlstream import errors
+
+# --------------------------------------------------------------------------- item 3
+
+
+def _records(db: sqlstream.Database) -> int:
+    return int(db.query("SELECT count(*) FROM chunks").rows[0][0])
+
+
+WRITES = [
+    "DELETE FROM chunks",
+    "INSERT INTO streams (name, created_at, metadata) VALUES ('evil', 0, '{}')",
+    "UPDATE streams SET sealed_at = 1",
+    "DROP TABLE chunks",
+    "CREATE TABLE evil (x)",
+    "CREATE TEMP TABLE evil (x)",
+    "CREATE TEMP VIEW streams AS SELECT 1",  # would shadow the library's own table
+    "PRAGMA query_only = 0",
+    "PRAGMA writable_schema = 1",
+    "PRAGMA user_version = 99",
+    "PRAGMA journal_mode = delete",
+    "PRAGMA wal_checkpoint(TRUNCATE)",
+    "PRAGMA incremental_vacuum",
+    "PRAGMA optimize",
+    "ANALYZE",
+    "VACUUM",
+    "REINDEX",
+    "SAVEPOINT x",
+]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_query_refuses_every_write_and_setting_change(db: sqlstream.Database, sql: str) -> None:
+    db.create_stream("s").extend([b"a", b"b", b"c"])
+    with pytest.raises(errors.ReadOnlyDatabase) as info:
+        db.query(sql)
+    assert info.value.hint == "query() is read-only; use the API to change data"
+    assert _records(db) == 3
+    assert db.query("PRAGMA user_version").rows[0][0] < 99
+    assert db.query("SELECT name FROM streams").rows == [("s",)]
+    assert db.stream("s").info().next_offset == 3
+
+
+def test_query_only_off_then_delete_cannot_remove_records(db: sqlstream.Database) -> None:
+    s = db.create_stream("s")
+    s.extend([b"a", b"b"])
+    with pytest.raises(errors.ReadOnlyDatabase):
+        db.query("PRAGMA query_only=0")
+    with pytest.raises(errors.ReadOnlyDatabase):
+        db.query("DELETE FROM chunks")
+    assert [r.value for r in s.read(0, 10)] == [b"a", b"b"]
+    # The thread's ordinary read connection is still query-only.
+    assert db.query("PRAGMA query_only").rows == [(1,)]
+
+
+def test_query_cannot_attach_or_vacuum_into_a_new_file(db: sqlstream.Database, tmp_path: Path) -> None:
+    db.create_stream("s").append(b"x")
+    target = tmp_path / "copy.db"
+    for sql in (f"ATTACH '{target}' AS other", f"VACUUM INTO '{target}'", f"ATTACH '{db.path}' AS again"):
+        with pytest.raises(errors.ReadOnlyDatabase):
+            db.query(sql)
+        assert not target.exists()
+
+
+def test_cli_sql_vacuum_into_creates_no_file(db_path: str, tmp_path: Path) -> None:
+    from sqlstream.cli import main
+
+    with sqlstream.open(db_path) as db:
+        db.create_stream("s").append(b"x")
+    target = tmp_path / "stolen.db"
+    code = main(["--db", db_path, "sql", f"VACUUM INTO '{target}'"])
+    assert code != 0
+    assert not target.exists()
+
+
+def test_query_still_reads_schema_and_settings(db: sqlstream.Database) -> None:
+    db.create_stream("s").append({"a": 1})
+    assert db.query("PRAGMA journal_mode").rows == [("wal",)]
+    assert db.query("PRAGMA table_info(streams)").rows
+    assert db.query("SELECT name FROM pragma_table_info('chunks') LIMIT 1").rows
+    assert db.query(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3) SELECT sum(x) FROM c"
+    ).rows == [(6,)]
+    assert db.query("SELECT count(*) FROM chunks WHERE stream_id = ?", (1,)).rows == [(1,)]
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def _copy_db_only(src: str, dst_dir: Path) -> str:
+    dst_dir.mkdir()
+    dst = str(dst_dir / "copy.db")
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def test_closed_file_is_self_contained_after_a_blocking_wait(db_path: str, tmp_path: Path) -> None:
+    with sqlstream.open(db_path) as db:
+        s = db.create_stream("s")
+        s.extend([f"r{i}" for i in range(500)])
+        # A blocking wait starts the watcher, whose read-only connection used to close last.
+        assert s.read(500, timeout=0.05) == []
+        s.append("last")
+    assert not os.path.exists(db_path + "-wal")
+    assert not os.path.exists(db_path + "-shm")
+    copy = _copy_db_only(db_path, tmp_path / "elsewhere")
+    with sqlstream.open(copy, readonly=True) as db2:
+        assert db2.stream("s").info().next_offset == 501
+        assert db2.stream("s").read(500, 1)[0].value == "last"
+
+
+def test_last_of_two_databases_closing_checkpoints(db_path: str, tmp_path: Path) -> None:
+    writer = sqlstream.open(db_path)
+    reader = sqlstream.open(db_path, readonly=True)
+    writer.create_stream("s").extend([b"x"] * 50)
+    assert reader.stream("s").read(50, timeout=0.02) == []
+    writer.close()  # not the last one here: the WAL may stay while `reader` is open
+    reader.close()
+    assert not os.path.exists(db_path + "-wal")
+    copy = _copy_db_only(db_path, tmp_path / "elsewhere")
+    with sqlstream.open(copy) as db2:
+        assert db2.stream("s").info().next_offset == 50
+
+
+def test_backup_of_a_live_file_is_consistent_and_private(db_path: str, tmp_path: Path) -> None:
+    import threading
+
+    dest = str(tmp_path / "backup.db")
+    with sqlstream.open(db_path) as db:
+        s = db.create_stream("s")
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                s.extend([b"y" * 100] * 20)  # each batch one transaction
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            while s.info().next_offset < 2000:
+                pass
+            db.backup(dest)
+        finally:
+            stop.set()
+            writer.join()
+        with pytest.raises(errors.InvalidArgument):
+            db.backup(dest)  # never overwrites unless asked
+        db.backup(dest, overwrite=True)
+        final = s.info().next_offset
+    assert stat.S_IMODE(os.stat(dest).st_mode) & 0o077 == 0
+    assert not os.path.exists(dest + "-wal")
+    with sqlstream.open(dest) as copy:
+        assert copy.check().ok
+        info = copy.stream("s").info()
+        assert info.next_offset == final
+
+
+def test_backup_taken_mid_writes_holds_whole_transactions(db_path: str, tmp_path: Path) -> None:
+    import threading
+
+    dest = str(tmp_path / "mid.db")
+    with sqlstream.open(db_path) as db:
+        s = db.create_stream("s")
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                s.extend([b"z"] * 20)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            while s.info().next_offset < 1000:
+                pass
+            db.backup(dest)
+        finally:
+            stop.set()
+            writer.join()
+    with sqlstream.open(dest) as copy:
+        assert copy.check().ok
+        assert copy.stream("s").info().next_offset % 20 == 0  # no partial batch
+
+
+def test_cli_backup_writes_a_copy_and_refuses_to_overwrite(db_path: str, tmp_path: Path) -> None:
+    from sqlstream.cli import main
+
+    with sqlstream.open(db_path) as db:
+        db.create_stream("s").append(b"x")
+    dest = str(tmp_path / "cli-backup.db")
+    assert main(["--db", db_path, "backup", dest]) == 0
+    assert main(["--db", db_path, "backup", dest]) != 0
+    assert main(["--db", db_path, "backup", "--force", dest]) == 0
+    with sqlstream.open(dest, readonly=True) as copy:
+        assert copy.stream("s").info().next_offset == 1
