@@ -49,6 +49,7 @@ __all__ = [
     "StorageError",
     "ObjectNotFound",
     "InvalidObjectPath",
+    "SqlstreamWarning",
     "translate",
 ]
 
@@ -167,6 +168,10 @@ class DatabaseClosed(SqlstreamError):
 
 class DatabaseError(SqlstreamError):
     """Any other failure reported by SQLite; the message carries SQLite's own text."""
+
+
+class SqlstreamWarning(UserWarning):
+    """Something sqlstream worked around (e.g. an unsafe doorbell directory); the message says how to fix it."""
 
 
 # --- archives and object storage (sqlstream.archive, sqlstream.storage) ---------------

@@ -207,3 +207,136 @@ def test_cli_backup_writes_a_copy_and_refuses_to_overwrite(db_path: str, tmp_pat
     assert main(["--db", db_path, "backup", "--force", dest]) == 0
     with sqlstream.open(dest, readonly=True) as copy:
         assert copy.stream("s").info().next_offset == 1
+
+
+# --------------------------------------------------------------------------- item 6 (doorbell)
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of this test's own, where the doorbell directory goes."""
+    import tempfile
+
+    from sqlstream import wakeup
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(wakeup, "_warned", set(), raising=False)
+    monkeypatch.setattr(wakeup, "_cleaned", set(), raising=False)
+    return tmp
+
+
+def _bell_root(tmp: Path) -> Path:
+    return tmp / f"sqlstream-{os.getuid()}"
+
+
+def _wakes_on_foreign_commit(db: sqlstream.Database) -> None:
+    """A blocked read wakes for a commit by a writer that does not ring (a raw connection)."""
+    import threading
+
+    s = db.stream("s")
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.extend(s.read(1, timeout=5)))
+    t.start()
+    import time
+
+    time.sleep(0.1)
+    raw = apsw.Connection(db.path)
+    raw.execute(
+        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, content_type, data) "
+        "SELECT id, 1, 1, 0, 0, 'bytes', x'41' FROM streams WHERE name = 's'"
+    )
+    raw.execute("UPDATE streams SET next_offset = 2, byte_length = 2 WHERE name = 's'")
+    raw.close()
+    t.join(5)
+    assert got, "the blocked read never woke"
+
+
+@pytest.mark.parametrize("hostile", ["world-writable", "symlink"])
+def test_unsafe_doorbell_directory_is_refused_and_readers_poll(
+    private_tmp: Path, tmp_path: Path, hostile: str
+) -> None:
+    root = _bell_root(private_tmp)
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir(mode=0o700)
+    if hostile == "world-writable":
+        root.mkdir()
+        os.chmod(root, 0o777)
+        planted = root
+    else:
+        root.symlink_to(elsewhere)
+        planted = elsewhere
+    with pytest.warns(errors.SqlstreamWarning, match="doorbell"):
+        db = sqlstream.open(str(tmp_path / "d.db"), wakeup="notify")
+    try:
+        db.create_stream("s").append(b"0")
+        _wakes_on_foreign_commit(db)
+        assert list(planted.iterdir()) == []  # nothing of ours went into it
+    finally:
+        db.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_doorbell_directory_of_another_user_is_refused(private_tmp: Path, tmp_path: Path) -> None:
+    root = _bell_root(private_tmp)
+    root.mkdir(mode=0o700)
+    os.chown(root, 65534, 65534)
+    with pytest.warns(errors.SqlstreamWarning, match="belongs to uid 65534"):
+        db = sqlstream.open(str(tmp_path / "d.db"), wakeup="notify")
+    try:
+        db.create_stream("s").append(b"0")
+        _wakes_on_foreign_commit(db)
+        assert list(root.iterdir()) == []
+    finally:
+        db.close()
+
+
+def test_stale_doorbell_folders_are_removed_live_ones_kept(private_tmp: Path, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    root = _bell_root(private_tmp)
+    root.mkdir(mode=0o700)
+    old = time.time() - 3600
+
+    def folder(name: str, bells: int, live: bool = False, age: float = old) -> Path:
+        f = root / name
+        f.mkdir(mode=0o700)
+        for i in range(bells):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(f / f"99-{i}.bell"))
+            if live:
+                keep.append(sock)
+            else:
+                sock.close()  # the process died: the socket file stays, nobody listens
+        os.utime(f, (age, age))
+        return f
+
+    keep: list[socket.socket] = []
+    try:
+        stale = [folder(f"{i:x}-1", bells=i % 3) for i in range(1, 30)]
+        live = folder("aa-1", bells=1, live=True)
+        fresh = folder("bb-1", bells=0, age=time.time())
+        other = root / "not-ours"
+        other.mkdir()
+        os.utime(other, (old, old))
+        with sqlstream.open(str(tmp_path / "d.db")) as db:
+            db.create_stream("s")
+        assert not any(f.exists() for f in stale)
+        assert live.exists() and fresh.exists() and other.exists()
+    finally:
+        for sock in keep:
+            sock.close()
+
+
+def test_doorbell_files_are_private(private_tmp: Path, tmp_path: Path) -> None:
+    with sqlstream.open(str(tmp_path / "d.db"), wakeup="notify") as db:
+        s = db.create_stream("s")
+        assert s.read(0, timeout=0.05) == []
+        root = _bell_root(private_tmp)
+        assert stat.S_IMODE(os.lstat(root).st_mode) == 0o700
+        for folder in root.iterdir():
+            assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+            for bell in folder.iterdir():
+                assert stat.S_IMODE(os.lstat(bell).st_mode) & 0o077 == 0
