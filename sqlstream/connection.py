@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -26,7 +27,7 @@ try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 
 except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
-from .errors import CorruptDatabase, DatabaseError, SchemaVersionError, translate
+from .errors import CorruptDatabase, DatabaseError, InvalidArgument, SchemaVersionError, translate
 
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 
@@ -307,13 +308,74 @@ def migrate(conn: apsw.Connection) -> int:
     return latest
 
 
+_OUR_TABLES = frozenset({"streams", "chunks", "counters"})  # created by migration 1
+
+
 def _check_empty_or_ours(conn: apsw.Connection) -> None:
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
-    if tables and "streams" not in tables:
+    """Refuse a SQLite database that sqlstream did not create.
+
+    Ours means empty (a new file), or stamped by migration 1, which creates these tables
+    and sets ``user_version`` >= 1 in one transaction. A file at version 0 with tables,
+    or missing one of ours, belongs to another program, whatever its tables are called.
+    """
+    tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'"))
+    if not tables:
+        return
+    version = int(pragma(conn, "user_version"))
+    if version == 0 or not _OUR_TABLES.issubset(tables):
         raise SchemaVersionError(
             f"the file is a SQLite database of some other program (tables: {', '.join(tables[:5])})",
             hint="open a new file, or one created by sqlstream",
         )
+
+
+def inspect_existing(path: str, vfs: str | None = None) -> None:
+    """Refuse another program's SQLite file through a read-only connection.
+
+    Runs before any connection that could write (switching a file to WAL rewrites its
+    header and creates -wal/-shm). SQLite cannot always read a file read-only (a hot
+    rollback journal); then the same check runs again on the write connection, still
+    before the switch to WAL.
+    """
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
+    except apsw.Error:
+        return
+    try:
+        with translate():
+            try:
+                _check_empty_or_ours(conn)
+            except (apsw.NotADBError, apsw.CorruptError):
+                raise
+            except apsw.Error:
+                return
+    finally:
+        try:
+            conn.close()
+        except apsw.Error:
+            pass  # it only read; nothing of the file depends on this close
+
+
+def check_file_type(path: str) -> bool:
+    """Whether ``path`` exists; refuse anything there but a regular file (or a link to one).
+
+    Opening a FIFO would block forever, and SQLite reports a directory as a disk I/O error.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        raise InvalidArgument("the database path contains a NUL character") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot open {path}: {exc.strerror}", hint="check the path and its permissions") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise DatabaseError(f"{path} is a directory, not a database file",
+                              hint=f"name a file, e.g. {os.path.join(path, 'app.db')}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DatabaseError(f"{path} is not a regular file (a FIFO, socket or device)",
+                              hint="a sqlstream database is a regular file; check the path")
+    return True
 
 
 def create_private_file(path: str) -> bool:
@@ -333,10 +395,18 @@ def create_private_file(path: str) -> bool:
 def check_header(path: str) -> None:
     """Refuse a non-empty file that is not a SQLite database before SQLite touches it."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        # O_NONBLOCK: a FIFO swapped in since check_file_type() must not block the open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError:
         return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatabaseError(f"{path} is not a regular file", hint="check the path")
+        head = os.read(fd, 16)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
     if head and head != b"SQLite format 3\x00":
         raise CorruptDatabase(
             f"{path} is not a SQLite database", hint="check the path; sqlstream will not overwrite it"

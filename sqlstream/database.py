@@ -228,7 +228,7 @@ class Database:
         # another thread's connection is still switching a new file to WAL (rollback-journal
         # locking), that let other processes roll back and delete its journal under it.
         with _init_lock(self.path):
-            exists = os.path.exists(self.path)
+            exists = cx.check_file_type(self.path)
             if not exists:
                 if readonly or not create:
                     raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
@@ -241,7 +241,9 @@ class Database:
                     ) from exc
             self._notifier: FileNotifier = notifier_for(self.path)
             if exists and self._notifier.open_count == 0:
-                cx.check_header(self.path)  # only while no Database here holds SQLite locks on it
+                # Only while no Database here holds SQLite locks on it (see above).
+                cx.check_header(self.path)
+                cx.inspect_existing(self.path, self.vfs)
             self._notifier.attach()
             if readonly:
                 try:
@@ -269,6 +271,8 @@ class Database:
             mode = cx.pragma(conn, "journal_mode")
             version = int(cx.pragma(conn, "user_version"))
         latest = cx.schema_version()
+        with translate():
+            cx._check_empty_or_ours(conn)
         if version != latest:
             raise SchemaVersionError(
                 f"the database has schema version {version}; this sqlstream reads version {latest}",

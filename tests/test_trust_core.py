@@ -340,3 +340,82 @@ def test_doorbell_files_are_private(private_tmp: Path, tmp_path: Path) -> None:
             assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
             for bell in folder.iterdir():
                 assert stat.S_IMODE(os.lstat(bell).st_mode) & 0o077 == 0
+
+
+# --------------------------------------------------------------------------- items 14, 11: files
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_at_the_database_path_is_refused_without_hanging(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe.db"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def attempt(**options: object) -> None:
+        try:
+            sqlstream.open(str(fifo), **options).close()  # type: ignore[arg-type]
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(exc)
+
+    for options in ({}, {"readonly": True}):
+        outcome.clear()
+        t = threading.Thread(target=attempt, kwargs=options, daemon=True)
+        t.start()
+        t.join(5)
+        if t.is_alive():  # unblock the stuck open() so the thread can end, then fail
+            with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb"):
+                pass
+            pytest.fail("open() hung on a FIFO")
+        assert isinstance(outcome[0], errors.DatabaseError), outcome
+        assert "not a regular file" in str(outcome[0])
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_directory_as_database_path_says_so(tmp_path: Path) -> None:
+    for options in ({}, {"readonly": True}, {"create": False}):
+        with pytest.raises(errors.DatabaseError, match="is a directory") as info:
+            sqlstream.open(tmp_path, **options)  # type: ignore[arg-type]
+        assert "I/O" not in str(info.value)
+
+
+def _foreign(path: Path, version: int, tables: tuple[str, ...]) -> bytes:
+    conn = apsw.Connection(str(path))
+    for table in tables:
+        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, what TEXT)")
+        conn.execute(f"INSERT INTO {table} (what) VALUES ('theirs')")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("version", "tables"),
+    [(0, ("streams",)), (0, ("streams", "chunks", "counters")), (3, ("streams", "events")), (1, ("streams",))],
+)
+@pytest.mark.parametrize("readonly", [False, True])
+def test_foreign_sqlite_file_is_refused_before_anything_changes(
+    tmp_path: Path, version: int, tables: tuple[str, ...], readonly: bool
+) -> None:
+    path = tmp_path / "theirs.db"
+    before = _foreign(path, version, tables)
+    with pytest.raises(errors.SchemaVersionError, match="some other program"):
+        sqlstream.open(path, readonly=readonly)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs.db"]
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(before).digest()
+
+
+def test_apsw_class_names_stay_out_of_messages(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    with pytest.raises(errors.SqlstreamError) as info:
+        sqlstream.open(missing)
+    assert "Error:" not in str(info.value)
+    with sqlstream.open(tmp_path / "ok.db") as db:
+        with pytest.raises(errors.SqlstreamError) as info2:
+            db.query("SELECT * FROM no_such_table")
+        assert str(info2.value).startswith("no such table")
+    converted = errors.convert(apsw.SQLError("SQLError: near \"x\": syntax error"))
+    assert "SQLError" not in str(converted)
