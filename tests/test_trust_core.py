@@ -419,3 +419,14 @@ def test_apsw_class_names_stay_out_of_messages(tmp_path: Path) -> None:
         assert str(info2.value).startswith("no such table")
     converted = errors.convert(apsw.SQLError("SQLError: near \"x\": syntax error"))
     assert "SQLError" not in str(converted)
+
+
+def test_vacuum_never_grows_a_small_file(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        db.create_stream("s").extend([b"x"] * 10)
+    before = os.path.getsize(db_path)
+    for _ in range(2):
+        with sqlstream.open(db_path) as db:
+            report = db.maintain()
+            assert report.bytes_after <= report.bytes_before
+        assert os.path.getsize(db_path) <= before
