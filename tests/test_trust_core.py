@@ -430,3 +430,19 @@ def test_vacuum_never_grows_a_small_file(db_path: str) -> None:
             report = db.maintain()
             assert report.bytes_after <= report.bytes_before
         assert os.path.getsize(db_path) <= before
+
+
+@pytest.mark.parametrize("level", ["normal", "full"])
+def test_synchronous_applies_to_every_connection(db_path: str, level: str) -> None:
+    expected = {"normal": 1, "full": 2}[level]
+    with sqlstream.open(db_path, synchronous=level) as db:
+        db.create_stream("s").append(b"x")
+        assert db._write_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert db._read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert db.query("PRAGMA synchronous").rows == [(expected,)]
+        generation = db._notifier.generation  # the in-process wake-up, before append returns
+        db.stream("s").append(b"y")
+        assert db._notifier.generation > generation
+    with sqlstream.open(db_path, readonly=True, synchronous=level) as ro:
+        assert ro._read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert ro.query("PRAGMA synchronous").rows == [(expected,)]
