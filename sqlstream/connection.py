@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import stat
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -26,7 +27,7 @@ try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 
 except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
-from .errors import CorruptDatabase, DatabaseError, SchemaVersionError, translate
+from .errors import CorruptDatabase, DatabaseError, InvalidArgument, SchemaVersionError, translate
 
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 
@@ -133,12 +134,98 @@ def connect(
             connection_busy_handler(conn, busy_timeout)
             connection_dqs(conn)
             connection_foreign_keys(conn)
-            if not readonly:
-                connection_synchronous(conn, synchronous)
+            # On read connections too: synchronous is per connection, and one that ends up
+            # running a checkpoint (or the last close's) syncs by its own setting.
+            connection_synchronous(conn, synchronous)
         except BaseException:
             conn.close()
             raise
     return conn
+
+
+# --------------------------------------------------------------------------- query()
+
+# Pragmas that only report: allowed bare (``PRAGMA page_count``) or as table-valued
+# functions; given an argument most of them would change a setting, so they are not.
+_REPORTING_PRAGMAS = frozenset({
+    "application_id", "auto_vacuum", "busy_timeout", "cache_size", "cache_spill",
+    "collation_list", "compile_options", "data_version", "database_list", "encoding",
+    "foreign_keys", "freelist_count", "function_list", "journal_mode", "journal_size_limit",
+    "max_page_count", "module_list", "page_count", "page_size", "pragma_list", "query_only",
+    "schema_version", "synchronous", "user_version", "wal_autocheckpoint",
+})
+# Pragmas whose argument names what to report on (a table, an index, a row limit).
+_SUBJECT_PRAGMAS = frozenset({
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo",
+    "integrity_check", "quick_check", "table_info", "table_list", "table_xinfo",
+})
+_READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
+
+
+class QueryGuard:
+    """The authorizer of a ``db.query()`` connection: reads only, enforced at prepare time.
+
+    While ``user`` is set (the caller's SQL is being prepared) it allows SELECT, reading
+    columns, functions, recursive CTEs and reporting pragmas, and denies everything
+    else: writes to any database (temporary ones too: a TEMP VIEW named ``streams``
+    would shadow the real table for sqlstream's own reads on that connection), schema
+    changes, setting pragmas, ATTACH (which is also how ``VACUUM INTO`` creates its
+    file), transaction control; its :meth:`trace` refuses any statement SQLite does not
+    report as read-only. ``denied`` names the last refused action for the error.
+    The connection must have no statement cache, so every statement is authorized
+    afresh (a cached statement is not re-checked).
+    """
+
+    def __init__(self) -> None:
+        self.user = False
+        self.denied: str | None = None
+        self.pragma_vetted = False
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None) -> int:
+        if not self.user or action in _READ_ACTIONS:
+            return apsw.SQLITE_OK
+        if action == apsw.SQLITE_PRAGMA:
+            name = (arg1 or "").lower()
+            if name in _SUBJECT_PRAGMAS or (name in _REPORTING_PRAGMAS and arg2 is None):
+                self.pragma_vetted = True  # SQLite calls a bare ``journal_mode`` a write
+                return apsw.SQLITE_OK
+            self.denied = f"PRAGMA {name}" + ("" if arg2 is None else f" = {arg2}")
+        else:
+            what = str(apsw.mapping_authorizer_function.get(action, action)).removeprefix("SQLITE_")
+            self.denied = what.replace("_", " ") + (f" {arg1}" if arg1 else "")
+        return apsw.SQLITE_DENY
+
+    def trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        """Exec tracer: refuse a prepared statement SQLite says may write (``VACUUM``, which
+        the authorizer never sees, and ``VACUUM INTO``, whose ATTACH runs only later)."""
+        vetted, self.pragma_vetted = self.pragma_vetted, False
+        if self.user and not vetted and not cursor.is_readonly:
+            self.denied = " ".join(sql.split())[:60]
+            return False
+        return True
+
+
+def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str | None = None) -> tuple[apsw.Connection, QueryGuard]:
+    """A connection for ad-hoc queries that cannot change the file, and its guard.
+
+    Two layers: the file is opened with SQLITE_OPEN_READONLY (no statement can write
+    it), and a :class:`QueryGuard` refuses what a read-only connection still allows
+    (``VACUUM INTO`` and ``ATTACH`` of other files, temporary objects, pragmas).
+    """
+    with translate():
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs, statementcachesize=0)
+        try:
+            connection_busy_handler(conn, busy_timeout)
+            connection_dqs(conn)
+            connection_synchronous(conn, synchronous)
+            pragma(conn, "query_only = 1")
+            guard = QueryGuard()
+            conn.authorizer = guard
+            conn.exec_trace = guard.trace
+        except BaseException:
+            conn.close()
+            raise
+    return conn, guard
 
 
 # --------------------------------------------------------------------------- migrations
@@ -221,13 +308,74 @@ def migrate(conn: apsw.Connection) -> int:
     return latest
 
 
+_OUR_TABLES = frozenset({"streams", "chunks", "counters"})  # created by migration 1
+
+
 def _check_empty_or_ours(conn: apsw.Connection) -> None:
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
-    if tables and "streams" not in tables:
+    """Refuse a SQLite database that sqlstream did not create.
+
+    Ours means empty (a new file), or stamped by migration 1, which creates these tables
+    and sets ``user_version`` >= 1 in one transaction. A file at version 0 with tables,
+    or missing one of ours, belongs to another program, whatever its tables are called.
+    """
+    tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'"))
+    if not tables:
+        return
+    version = int(pragma(conn, "user_version"))
+    if version == 0 or not _OUR_TABLES.issubset(tables):
         raise SchemaVersionError(
             f"the file is a SQLite database of some other program (tables: {', '.join(tables[:5])})",
             hint="open a new file, or one created by sqlstream",
         )
+
+
+def inspect_existing(path: str, vfs: str | None = None) -> None:
+    """Refuse another program's SQLite file through a read-only connection.
+
+    Runs before any connection that could write (switching a file to WAL rewrites its
+    header and creates -wal/-shm). SQLite cannot always read a file read-only (a hot
+    rollback journal); then the same check runs again on the write connection, still
+    before the switch to WAL.
+    """
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=vfs)
+    except apsw.Error:
+        return
+    try:
+        with translate():
+            try:
+                _check_empty_or_ours(conn)
+            except (apsw.NotADBError, apsw.CorruptError):
+                raise
+            except apsw.Error:
+                return
+    finally:
+        try:
+            conn.close()
+        except apsw.Error:
+            pass  # it only read; nothing of the file depends on this close
+
+
+def check_file_type(path: str) -> bool:
+    """Whether ``path`` exists; refuse anything there but a regular file (or a link to one).
+
+    Opening a FIFO would block forever, and SQLite reports a directory as a disk I/O error.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        raise InvalidArgument("the database path contains a NUL character") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot open {path}: {exc.strerror}", hint="check the path and its permissions") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise DatabaseError(f"{path} is a directory, not a database file",
+                              hint=f"name a file, e.g. {os.path.join(path, 'app.db')}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DatabaseError(f"{path} is not a regular file (a FIFO, socket or device)",
+                              hint="a sqlstream database is a regular file; check the path")
+    return True
 
 
 def create_private_file(path: str) -> bool:
@@ -247,10 +395,18 @@ def create_private_file(path: str) -> bool:
 def check_header(path: str) -> None:
     """Refuse a non-empty file that is not a SQLite database before SQLite touches it."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        # O_NONBLOCK: a FIFO swapped in since check_file_type() must not block the open.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError:
         return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatabaseError(f"{path} is not a regular file", hint="check the path")
+        head = os.read(fd, 16)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
     if head and head != b"SQLite format 3\x00":
         raise CorruptDatabase(
             f"{path} is not a SQLite database", hint="check the path; sqlstream will not overwrite it"

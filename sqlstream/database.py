@@ -34,6 +34,7 @@ from .errors import (
     PayloadTooLarge,
     ReadOnlyDatabase,
     SchemaVersionError,
+    SqlstreamError,
     StreamExists,
     StreamNotFound,
     StreamSealed,
@@ -86,6 +87,8 @@ def _insert_sql(rows: int) -> str:
         f"content_type, data) VALUES {values}"
     )
 
+
+_QUERY_HINT = "query() is read-only; use the API to change data"
 
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
@@ -225,7 +228,7 @@ class Database:
         # another thread's connection is still switching a new file to WAL (rollback-journal
         # locking), that let other processes roll back and delete its journal under it.
         with _init_lock(self.path):
-            exists = os.path.exists(self.path)
+            exists = cx.check_file_type(self.path)
             if not exists:
                 if readonly or not create:
                     raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
@@ -238,7 +241,9 @@ class Database:
                     ) from exc
             self._notifier: FileNotifier = notifier_for(self.path)
             if exists and self._notifier.open_count == 0:
-                cx.check_header(self.path)  # only while no Database here holds SQLite locks on it
+                # Only while no Database here holds SQLite locks on it (see above).
+                cx.check_header(self.path)
+                cx.inspect_existing(self.path, self.vfs)
             self._notifier.attach()
             if readonly:
                 try:
@@ -266,6 +271,8 @@ class Database:
             mode = cx.pragma(conn, "journal_mode")
             version = int(cx.pragma(conn, "user_version"))
         latest = cx.schema_version()
+        with translate():
+            cx._check_empty_or_ours(conn)
         if version != latest:
             raise SchemaVersionError(
                 f"the database has schema version {version}; this sqlstream reads version {latest}",
@@ -337,10 +344,30 @@ class Database:
             self._local.conn = conn
         return conn
 
+    def _query_conn(self) -> tuple[apsw.Connection, cx.QueryGuard]:
+        """This thread's connection for :meth:`query` (read-only file, guarded; see connection.py)."""
+        pair: tuple[apsw.Connection, cx.QueryGuard] | None = getattr(self._local, "query", None)
+        if pair is None:
+            pair = cx.connect_query(
+                self.path, busy_timeout=self.busy_timeout, synchronous=self.synchronous, vfs=self.vfs
+            )
+            with self._open_lock:
+                self._read_conns.append(pair[0])
+            self._local.query = pair
+        return pair
+
     def close(self) -> None:
         """Close every connection this Database opened. Idempotent.
 
         Waits (up to the busy timeout) for a transaction running in another thread to end.
+        When this is the last open Database on the file in this process, the helper
+        threads' connections are closed first and a write connection last, so that
+        SQLite checkpoints the WAL into the main file and deletes ``-wal``/``-shm``: the
+        closed ``.db`` is then self-contained and can be copied alone. That needs no other
+        process to hold the file open; if one does, the WAL is still checkpointed and
+        truncated when no reader pins it, else SQLite's usual rules apply (the last
+        connection anywhere to close does it). A read-only Database that closes last
+        checkpoints only if a writable one in this process closed before it.
         """
         if self._closed:
             return
@@ -353,16 +380,30 @@ class Database:
             with self._open_lock:
                 conns = list(self._read_conns)
                 self._read_conns.clear()
-                if self._wconn is not None:
-                    conns.append(self._wconn)
-                    self._wconn = None
+                wconn, self._wconn = self._wconn, None
             for conn in conns:
                 with contextlib.suppress(apsw.Error):
                     conn.close(True)
             notifier = getattr(self, "_notifier", None)
-            if notifier is not None:
-                notifier.bump()  # waiters re-check and meet DatabaseClosed
-                notifier.detach()
+            if notifier is None:
+                if wconn is not None:
+                    with contextlib.suppress(apsw.Error):
+                        wconn.close(True)
+                return
+            notifier.bump()  # waiters re-check and meet DatabaseClosed
+            # Under the file's open lock: a Database opening meanwhile must not see
+            # open_count 0 (and close descriptors, dropping SQLite's locks) while the
+            # write connection below still holds them.
+            with _init_lock(self.path):
+                last = notifier.detach(wrote=wconn is not None)
+                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
+                    with contextlib.suppress(SqlstreamError, apsw.Error):
+                        wconn = self._connect(readonly=False)
+                if wconn is not None:
+                    if last:
+                        _checkpoint_on_close(wconn)
+                    with contextlib.suppress(apsw.Error):
+                        wconn.close(True)
         finally:
             if got:
                 self._lock.release()
@@ -811,22 +852,121 @@ class Database:
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
         """Run one read-only SQL statement and return its columns and rows.
 
-        Writes are refused with ``ReadOnlyDatabase`` (the read connection is query-only).
+        The query can never change the file: it runs on a connection opened read-only
+        whose authorizer refuses every write (temporary tables included), schema change,
+        setting pragma, ATTACH, ``VACUUM INTO`` and transaction control, each with
+        ``ReadOnlyDatabase``. Reporting pragmas (``PRAGMA page_count``,
+        ``PRAGMA table_info(chunks)``) are allowed. Several statements in one string see
+        one snapshot. Inside :meth:`transaction` it is refused (``InvalidArgument``).
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
-        with self._snapshot() as conn:
-            if conn is self._wconn:
-                raise InvalidArgument("db.query() is for reads outside transactions")
+        self._check_process()
+        if self.in_transaction():
+            raise InvalidArgument("db.query() is for reads outside transactions")
+        conn, guard = self._query_conn()
+        try:
+            conn.execute("BEGIN")
             try:
-                cursor = conn.execute(sql, params)
-            except (TypeError, OverflowError, UnicodeEncodeError) as exc:  # unbindable params
-                raise InvalidArgument(f"cannot run the query with these parameters: {exc}") from exc
+                guard.user, guard.denied = True, None
+                try:
+                    cursor = conn.execute(sql, params)
+                    try:
+                        columns = [d[0] for d in cursor.get_description()]
+                    except apsw.ExecutionCompleteError:
+                        return QueryResult([], [])
+                    return QueryResult(columns, cursor.fetchall())
+                finally:
+                    guard.user = False
+            finally:
+                if not conn.getautocommit():
+                    conn.execute("COMMIT")
+        except (apsw.AuthError, apsw.ReadOnlyError, apsw.ExecTraceAbort) as exc:
+            what = guard.denied or "writing"
+            raise ReadOnlyDatabase(
+                f"query() is read-only: {what} is not allowed", hint=_QUERY_HINT
+            ) from exc
+        except apsw.Error as exc:
+            raise convert(exc) from exc
+        except (TypeError, OverflowError, UnicodeEncodeError) as exc:  # unbindable params
+            raise InvalidArgument(f"cannot run the query with these parameters: {exc}") from exc
+
+    def backup(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+        """Copy the database to a new file at ``path`` while it stays in use; return its path.
+
+        Uses SQLite's online backup API in one step: the copy is the database as committed
+        when the backup started (a consistent snapshot; writers in this and other
+        processes keep committing meanwhile, readers are not disturbed), never a torn mix.
+        It is written to a temporary file in the destination directory, synced, and
+        moved into place, so ``path`` never holds a partial copy. The result is one
+        self-contained file (no ``-wal``) with mode 0600, or less if the source is.
+        An existing ``path`` is refused (``InvalidArgument``) unless ``overwrite``; a
+        destination that looks open (it has a ``-wal``) is refused even then. Raises
+        ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
+        """
+        self._check_process()
+        try:
+            dest = os.path.abspath(os.fspath(path))
+        except TypeError:
+            raise InvalidArgument(f"the backup path must be a str or os.PathLike, not {type(path).__name__}") from None
+        if not isinstance(dest, str) or "\x00" in dest:
+            raise InvalidArgument("the backup path must be a str without NUL characters")
+        if os.path.exists(dest):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(dest, self.path):
+                    raise InvalidArgument(f"cannot back {self.path} up onto itself")
+            if not overwrite:
+                raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True")
+            if not os.path.isfile(dest) or os.path.islink(dest):
+                raise InvalidArgument(f"{dest} is not a regular file; refusing to replace it")
+            if os.path.exists(dest + "-wal"):
+                raise InvalidArgument(
+                    f"{dest} looks open or not cleanly closed (it has a -wal file)",
+                    hint="close every program using it, or choose a new path",
+                )
+        directory = os.path.dirname(dest)
+        fd, tmp = _private_temp(directory, os.path.basename(dest))
+        os.close(fd)
+        try:
+            source = cx.connect(self.path, readonly=True, busy_timeout=self.busy_timeout,
+                                synchronous=self.synchronous, vfs=self.vfs)
             try:
-                columns = [d[0] for d in cursor.get_description()]
-            except apsw.ExecutionCompleteError:
-                return QueryResult([], [])
-            return QueryResult(columns, cursor.fetchall())
+                with translate():
+                    target = apsw.Connection(tmp, flags=apsw.SQLITE_OPEN_READWRITE)
+                    try:
+                        # One step: the whole copy under one read transaction, so other
+                        # connections' commits cannot restart it or tear it.
+                        # The copy is in WAL mode like its source; closing its only
+                        # connection checkpoints and removes its -wal.
+                        with target.backup("main", source, "main") as job:
+                            job.step(-1)
+                    finally:
+                        target.close()
+            finally:
+                source.close()
+            for leftover in (tmp + "-wal", tmp + "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+            mode = os.stat(self.path).st_mode & 0o600
+            os.chmod(tmp, mode)
+            with builtins.open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            if overwrite:
+                os.replace(tmp, dest)
+            else:
+                os.link(tmp, dest)  # fails if dest appeared meanwhile: never overwrite silently
+                os.unlink(tmp)
+            _fsync_dir(directory)
+        except FileExistsError:
+            raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True") from None
+        except OSError as exc:
+            raise DatabaseError(f"cannot write the backup {dest}: {exc.strerror}",
+                                hint="check that the directory exists and is writable") from exc
+        finally:
+            for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        return dest
 
     # ----------------------------------------------------------------- archives (issue 4)
 
@@ -1023,6 +1163,43 @@ class _Transaction:
             db._lock.release()
 
 
+def _private_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new empty file (mode 0600) next to ``name`` in ``directory``: (descriptor, path)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DatabaseError(f"cannot create a file in {directory}: {exc.strerror}",
+                                hint="check that the directory exists and is writable") from exc
+    raise DatabaseError(f"cannot create a temporary file in {directory}")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows syncing a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _checkpoint_on_close(conn: apsw.Connection) -> None:
+    """Copy the whole WAL into the main file and truncate it, without waiting.
+
+    The last close of a connection checkpoints and deletes the WAL on its own, but only
+    when no other process has the file open; this TRUNCATE checkpoint also succeeds when
+    one does but no reader needs the WAL, so the ``.db`` alone is still complete. It
+    never waits on a lock: a busy file is left to SQLite's rules.
+    """
+    with contextlib.suppress(apsw.Error):
+        conn.set_busy_timeout(0)
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+
 def _rolled_back() -> DatabaseError:
     return DatabaseError(
         "this transaction was rolled back after an earlier error; nothing written in the "
@@ -1031,14 +1208,20 @@ def _rolled_back() -> DatabaseError:
     )
 
 
-_init_locks: dict[str, threading.Lock] = {}
+_init_locks: dict[str, threading.RLock] = {}
 _init_locks_guard = threading.Lock()
 
 
-def _init_lock(path: str) -> threading.Lock:
-    """The process-wide lock that serialises opening the database file at ``path``."""
+def _init_lock(path: str) -> threading.RLock:
+    """The process-wide lock that serialises opening (and the last close of) the file at ``path``.
+
+    Re-entrant: a failed open closes the Database while holding it.
+    """
     with _init_locks_guard:
-        return _init_locks.setdefault(path, threading.Lock())
+        lock = _init_locks.get(path)
+        if lock is None:
+            lock = _init_locks[path] = threading.RLock()
+        return lock
 
 
 def _reset_init_locks() -> None:

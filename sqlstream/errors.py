@@ -51,6 +51,7 @@ __all__ = [
     "ObjectNotFound",
     "InvalidObjectPath",
     "ObjectPathConflict",
+    "SqlstreamWarning",
     "translate",
 ]
 
@@ -171,6 +172,10 @@ class DatabaseError(SqlstreamError):
     """Any other failure reported by SQLite; the message carries SQLite's own text."""
 
 
+class SqlstreamWarning(UserWarning):
+    """Something sqlstream worked around (e.g. an unsafe doorbell directory); the message says how to fix it."""
+
+
 # --- archives and object storage (sqlstream.archive, sqlstream.storage) ---------------
 
 
@@ -257,10 +262,20 @@ _CONVERSIONS: tuple[tuple[type[BaseException], type[SqlstreamError], str | None]
 
 def convert(exc: BaseException) -> SqlstreamError:
     """Return the sqlstream error for an apsw exception (caller raises it ``from exc``)."""
+    message = _sqlite_message(exc)
     for apsw_cls, our_cls, hint in _CONVERSIONS:
         if isinstance(exc, apsw_cls):
-            return our_cls(f"{type(exc).__name__}: {exc}", hint=hint)
-    return DatabaseError(f"{type(exc).__name__}: {exc}")
+            return our_cls(message, hint=hint)
+    return DatabaseError(message)
+
+
+def _sqlite_message(exc: BaseException) -> str:
+    """SQLite's own text, without apsw's class-name prefix ("SQLError: ...")."""
+    text = str(exc)
+    prefix = f"{type(exc).__name__}: "
+    while text.startswith(prefix):  # apsw sometimes includes it in the message itself
+        text = text[len(prefix):]
+    return text or type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -112,6 +112,9 @@ def _q(conn: apsw.Connection) -> _retention.Query:
     return q
 
 
+OPTIMIZE_MIN_BYTES = 1 << 20  # PRAGMA optimize runs on files (database + WAL) at least this big
+
+
 def maintain(
     db: Database,
     *,
@@ -131,7 +134,9 @@ def maintain(
     ``auto_vacuum=INCREMENTAL`` if it predates that); this blocks every writer for the
     duration and needs free disk space the size of the file. ``checkpoint``: copy the WAL
     into the file and truncate it, waiting at most ``checkpoint_timeout`` seconds for
-    readers of old frames, then settling for a passive checkpoint.
+    readers of old frames, then settling for a passive checkpoint. ``optimize``: run
+    ``PRAGMA optimize``, on files of ``OPTIMIZE_MIN_BYTES`` or more only, so that
+    maintaining a small file never makes it bigger.
 
     Blocks only as long as each step's transaction; must not be called inside
     ``db.transaction()`` (``InvalidArgument``). Returns a :class:`MaintenanceReport`.
@@ -149,9 +154,15 @@ def maintain(
     elif vacuum:
         _vacuum_incremental(db, conn, report)
     if optimize:
-        with db.transaction(), translate():
-            cx.pragma(conn, "optimize")
-        report.optimized = True
+        if report.bytes_before >= OPTIMIZE_MIN_BYTES:
+            with db.transaction(), translate():
+                cx.pragma(conn, "optimize")
+            report.optimized = True
+        else:
+            # Its first ANALYZE creates the sqlite_stat tables: two pages more, for query
+            # plans that gain nothing on a file this small (a file that was large before
+            # this run's vacuum still gets them: its tables may grow again).
+            report.notes.append(f"optimize skipped: the file was under {OPTIMIZE_MIN_BYTES:,} bytes")
     if checkpoint:
         report.checkpoint = _checkpoint(db, checkpoint_timeout)
     with translate():

@@ -20,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import select
 import socket
+import stat
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -32,6 +35,7 @@ from typing import TypeVar
 import apsw
 
 from .checkpoint import Checkpointer
+from .errors import SqlstreamWarning
 
 T = TypeVar("T")
 
@@ -61,20 +65,26 @@ class FileNotifier:
         self._watcher: threading.Thread | None = None
         self._watcher_ready = threading.Event()  # replaced for every new watcher thread
         self._last_waiter_left = 0.0
-        self._bell_dir = os.path.join(
-            tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}",
-            f"{ident[0]:x}-{ident[1]:x}",
-        )
+        root = os.path.join(tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}")
+        self._bell_dir = os.path.join(root, f"{ident[0]:x}-{ident[1]:x}")
         self._bell_cache: tuple[int, list[str]] = (-1, [])
+        # The doorbell needs a directory only we can write: anyone who can write it could
+        # plant or swap sockets. When it fails the checks, this file's waiters poll instead.
+        self._bell_ok = False
         if doorbell_supported():
-            # Made up front so that ring() is one successful stat per commit; a missing
-            # directory would cost a raised FileNotFoundError on every commit instead.
-            with contextlib.suppress(OSError):
-                os.makedirs(self._bell_dir, mode=0o700, exist_ok=True)
+            problem = _private_dir(root)
+            if problem is None:
+                _clean_stale_bell_dirs(root)
+                problem = _private_dir(self._bell_dir)  # made now: ring() is then one stat
+            if problem is None:
+                self._bell_ok = True
+            else:
+                _warn_once(root, problem)
         self._own_bell: str | None = None
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self.open_count = 0
+        self.checkpoint_owed = False  # see detach()
         self.checkpointer = Checkpointer(path)
 
     # ----------------------------------------------------------------- lifetime
@@ -83,12 +93,18 @@ class FileNotifier:
         """A Database on this file opened in this process."""
         with self.cond:
             self.open_count += 1
-            if self.open_count == 1 and self.checkpointer.stopped:
-                self.checkpointer = Checkpointer(self.path)
+            if self.open_count == 1:
+                self.checkpoint_owed = False
+                if self.checkpointer.stopped:
+                    self.checkpointer = Checkpointer(self.path)
 
-    def detach(self) -> None:
+    def detach(self, wrote: bool = False) -> bool:
         """A Database on this file closed; the last one stops the helper threads.
 
+        Returns True for the last one, once the helper threads' connections are closed
+        (it then closes its write connection so that SQLite checkpoints the WAL).
+        ``wrote``: the closing Database had a write connection; if it is not the last,
+        ``checkpoint_owed`` tells the last one (maybe read-only) to checkpoint for it.
         The checkpointer is marked stopped under the same lock ``attach`` checks, so a
         Database opening concurrently gets a fresh one instead of the dying one.
         """
@@ -98,9 +114,12 @@ class FileNotifier:
             if last:
                 checkpointer = self.checkpointer
                 checkpointer.request_stop()
+            elif wrote:
+                self.checkpoint_owed = True
         if last:
             self.close_watcher()
             checkpointer.join()
+        return last
 
     # ----------------------------------------------------------------- committers
 
@@ -117,7 +136,7 @@ class FileNotifier:
 
     def ring(self) -> None:
         """Send one datagram to every process that sleeps on this file's doorbell."""
-        if not doorbell_supported():
+        if not self._bell_ok:
             return
         try:
             mtime = os.stat(self._bell_dir).st_mtime_ns
@@ -165,7 +184,7 @@ class FileNotifier:
         On return from ``__enter__`` the watcher has its baseline ``data_version`` (and,
         in notify mode, its doorbell is bound), so any commit after that point wakes us.
         """
-        poll = mode == "poll" or not doorbell_supported()
+        poll = mode == "poll" or not self._bell_ok
         with self.cond:
             self._waiters += 1
             if poll:
@@ -254,16 +273,27 @@ class FileNotifier:
                     s.sendto(b"!", bell)
 
     def _bind_bell(self) -> tuple[socket.socket, str] | None:
-        if not doorbell_supported():
+        if not self._bell_ok:
             return None
-        try:
-            os.makedirs(self._bell_dir, mode=0o700, exist_ok=True)
-            path = os.path.join(self._bell_dir, f"{os.getpid()}-{next(_socket_ids)}.bell")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(path)
-            sock.setblocking(False)
-        except OSError:
-            return None  # fall back to the slow data_version check
+        path = os.path.join(self._bell_dir, f"{os.getpid()}-{next(_socket_ids)}.bell")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Twice: another process may remove this file's folder as stale (it was empty)
+        # between our check and the bind.
+        for attempt in (1, 2):
+            try:
+                if _private_dir(self._bell_dir) is not None:
+                    raise OSError("the doorbell folder failed its checks")
+                sock.bind(path)
+                os.chmod(path, 0o600)
+                sock.setblocking(False)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    sock.close()
+                    return None
+            except OSError:
+                sock.close()
+                return None  # fall back to the slow data_version check
         self._own_bell = path
         return sock, path
 
@@ -312,6 +342,101 @@ class FileNotifier:
             if conn is not None:
                 conn.close()
             ready.set()
+
+
+def _private_dir(path: str) -> str | None:
+    """Create ``path`` (mode 0700) if absent; return why it is unsafe to use, or None.
+
+    Safe means: a real directory (``lstat``: a symbolic link is refused, whatever it
+    points to), owned by this user, and writable by nobody else.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror}"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(root: str, problem: str) -> None:
+    if root in _warned:
+        return
+    _warned.add(root)
+    warnings.warn(
+        f"sqlstream: not using the doorbell directory: {problem}; blocked reads poll "
+        f"PRAGMA data_version instead (more CPU while waiting). Remove or fix {root}, "
+        "or set TMPDIR to a private directory.",
+        SqlstreamWarning,
+        stacklevel=4,
+    )
+
+
+_STALE_AFTER = 60.0  # seconds: a folder this fresh may be in use by a process starting up
+_FOLDER_NAME = re.compile(r"^[0-9a-f]+-[0-9a-f]+$")
+_cleaned: set[str] = set()
+
+
+def _clean_stale_bell_dirs(root: str) -> int:
+    """Remove per-file folders under ``root`` that hold no live doorbell; return how many.
+
+    Once per process per root. A bell is live when a datagram socket is bound to it
+    (connecting succeeds); a folder is removed only if every entry is a dead ``.bell``
+    and it has not changed for ``_STALE_AFTER`` seconds. A bell bound meanwhile makes
+    ``rmdir`` fail, and the folder stays.
+    """
+    if root in _cleaned:
+        return 0
+    _cleaned.add(root)
+    removed = 0
+    now = time.time()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            st = os.lstat(folder)
+            if (not _FOLDER_NAME.match(name) or not stat.S_ISDIR(st.st_mode)
+                    or now - st.st_mtime < _STALE_AFTER):
+                continue
+            entries = os.listdir(folder)
+            if not all(e.endswith(".bell") and not _bell_alive(os.path.join(folder, e)) for e in entries):
+                continue
+            for entry in entries:
+                os.unlink(os.path.join(folder, entry))
+            os.rmdir(folder)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _bell_alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # unknown: keep it
+    return True
 
 
 def _data_version(conn: apsw.Connection) -> int:
