@@ -600,7 +600,7 @@ def _json_params(text: str) -> list[Any] | dict[str, Any]:
         if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
             raise CliError(f"--json-params integer {value} does not fit SQLite's 64-bit INTEGER",
                            hint="pass it as a string or a float")
-    return params
+    return params if isinstance(params, dict) else list(params)
 
 
 def _sql_params(args: argparse.Namespace) -> list[Any] | dict[str, Any]:
@@ -940,8 +940,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (also used by ``python -m sqlstream``)."""
     parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    for number, text in enumerate(arguments, 1):
+        # A byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be a stream
+        # name, stored as text or even printed back strictly, so stop here with a clear line.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+            report_error(CliError(f"argument {number} ({shown!r}) is not valid UTF-8: {exc.reason}",
+                                  hint="pass text arguments in UTF-8; append binary data another way"),
+                         sys.stderr)
+            return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
         if args.command is None:
             parser.error("the following arguments are required: COMMAND")
     except SystemExit as exc:  # -h, --version and usage errors: keep argparse's status

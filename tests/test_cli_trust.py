@@ -329,3 +329,22 @@ def test_unexpected_exception_is_an_internal_error_line_not_a_traceback(
         "Error: internal error: RuntimeError: boom second line",
         "Hint: this is a bug in sqlstream; please report it with the command that caused it",
     ]
+
+
+@pytest.mark.parametrize("argv", [["create", "\udcff"], ["append", "s", "ok", "\udcffbad"], ["nack", "sub", "0", "--error", "\udc80"]])
+def test_non_utf8_arguments_are_refused_before_anything_runs(run: Any, db_path: str, argv: list[str]) -> None:
+    """A non-UTF-8 argv byte (a lone surrogate in Python) is one clear error; nothing is stored."""
+    run("create", "s")
+    run("subscribe", "sub", "s")
+    status, out, err = run(*argv)
+    assert (status, out) == (2, "")
+    assert err.startswith("Error: argument ") and "is not valid UTF-8" in err
+    with sqlstream.open(db_path, readonly=True) as db:
+        assert [s.name for s in db.streams()] == ["s"] and db.stream("s").info().count == 0
+
+
+def test_json_params_nested_too_deep_is_an_error_not_a_crash(run: Any) -> None:
+    run("create", "s")
+    status, out, err = run("sql", "SELECT ?", "--json-params", "[" * 100_000)
+    assert (status, out) == (1, "")
+    assert err.startswith("Error: --json-params is not valid JSON")
