@@ -13,7 +13,14 @@ text with ``"encoding": "base64"`` beside it (the field is absent otherwise). Fi
 be added in later versions; consumers must ignore fields they do not know.
 
 Exit codes: 0 success, 1 an error (``Error: ...`` on stderr, then ``Hint: ...`` when the
-error says how to fix it), 2 a usage error, 130 interrupted, 141 stdout closed early.
+error says how to fix it), 2 a usage error, 130 interrupted (Ctrl-C, including the normal
+end of ``tail -f``), 141 stdout closed early. A failure sqlstream did not foresee is still
+one ``Error: internal error: ...`` line and status 1, never a traceback.
+
+Numbers on the command line are checked when parsed (a usage error, status 2, otherwise):
+seconds are finite, >= 0 and at most ``SECONDS_MAX`` (1e9, about 31 years); offsets are
+0..2**63-1 (SQLite's INTEGER); counts and sizes are 1..``COUNT_MAX`` (2**62, leaving room
+for the margins retention adds to a limit).
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
+
+import apsw
 
 from . import __version__
 from .database import Database, open as open_database
@@ -55,6 +65,10 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
 
 _PAGE = 1000  # records fetched per read: bounds memory without a query per record
+
+SECONDS_MAX = 1e9  # about 31 years: any longer wait is "forever" in practice
+OFFSET_MAX = 2**63 - 1  # SQLite INTEGER
+COUNT_MAX = 2**62  # counts and sizes: a limit plus retention's margin still fits an INTEGER
 
 
 class CliError(SqlstreamError):
@@ -343,13 +357,20 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if _isatty(sys.stdin):
             err.write("reading records from stdin, one per line; end with Ctrl-D\n")
         texts = [(t, f"stdin line {i}") for i, t in enumerate(_stdin_lines(sys.stdin), 1)]
-        if args.json:  # JSON Lines readers skip blank lines; so do we
+        # A blank line is almost always a log's spacing or a trailing newline, not a record
+        # (JSON Lines readers skip them too); --keep-blank keeps them as text records.
+        if args.json or not args.keep_blank:
             texts = [(t, w) for t, w in texts if t.strip()]
     # Parse everything before opening a transaction: one bad value stores nothing.
     values = [_parse_value(t, args.json, where) for t, where in texts]
     headers = dict(args.header) if args.header else None
     with _open(args, write=True) as db:
-        stream = _writable_stream(db, args.name, args.secret)
+        try:
+            stream = _writable_stream(db, args.name, args.secret)
+        except StreamNotFound as exc:
+            if args.secret is not None:  # an unknown secret, not a missing stream
+                raise
+            raise CliError(str(exc.args[0]), hint=f"create it with `sqlstream create {args.name}`") from exc
         if not values:
             return EXIT_OK
         if args.dedup_id is not None:
@@ -400,10 +421,9 @@ def cmd_tail(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             for page in _read_range(stream, offset, info.next_offset, None):
                 _print_records(page, args.json, out)
             return EXIT_OK
-        try:
-            _follow(stream, offset, args.json, out, err)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is how a user ends `tail -f`: a normal exit
+        # Ctrl-C (KeyboardInterrupt) ends it with status 130 in main(), the shell convention
+        # for "stopped by SIGINT", so a script can tell a sealed stream (0) from a user stop.
+        _follow(stream, offset, args.json, out, err)
     return EXIT_OK
 
 
@@ -528,17 +548,152 @@ def _unique_columns(columns: Sequence[str]) -> list[str]:
     return out
 
 
+# A parameter that reads as a number is bound as one, as the sqlite3 shell's `.parameter
+# set` does: `WHERE records > ?` with `0` must compare with an INTEGER, not the TEXT '0'
+# (in SQLite every INTEGER sorts below every TEXT). Leading zeros keep text ("007" is an
+# identifier more often than a number), as do numbers SQLite cannot hold exactly.
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
+_REAL = re.compile(r"-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
+_INT64 = range(-(2**63), 2**63)
+
+
+def sql_param(text: str) -> int | float | str | None:
+    """A command-line SQL parameter, typed: NULL, INTEGER, REAL, else TEXT unchanged.
+
+    ``NULL`` (any case) is NULL; a decimal integer without leading zeros that fits SQLite's
+    INTEGER is an INTEGER; a decimal with a point or an exponent that is finite is a REAL;
+    anything else is the TEXT as given. ``--json-params`` gives exact types instead.
+    """
+    if text.casefold() == "null":
+        return None
+    if _INTEGER.match(text):
+        number = int(text)
+        return number if number in _INT64 else text
+    if _REAL.match(text) and ("." in text or "e" in text or "E" in text):
+        real = float(text)
+        return real if math.isfinite(real) else text
+    return text
+
+
+def _json_params(text: str) -> list[Any] | dict[str, Any]:
+    """``--json-params``: a JSON array (for ``?``) or object (for ``:name``) of scalars."""
+
+    def reject(constant: str) -> Any:
+        raise ValueError(f"{constant} is not valid JSON")
+
+    try:
+        params = json.loads(text, parse_constant=reject)
+    except (ValueError, RecursionError) as exc:
+        raise CliError(f"--json-params is not valid JSON: {exc}",
+                       hint="""give a JSON array for ? placeholders, e.g. '[1, "x", null]'""") from exc
+    if isinstance(params, list):
+        values: Sequence[Any] = params
+    elif isinstance(params, dict):
+        values = list(params.values())
+    else:
+        raise CliError("--json-params must be a JSON array (for ?) or object (for :name)",
+                       hint="""e.g. --json-params '[1, "x"]' or --json-params '{"id": 1}'""")
+    for value in values:
+        if isinstance(value, (list, dict)):
+            raise CliError("--json-params values must be numbers, strings, true/false or null",
+                           hint="pass a nested value as a JSON string and use json() in the query")
+        if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+            raise CliError(f"--json-params integer {value} does not fit SQLite's 64-bit INTEGER",
+                           hint="pass it as a string or a float")
+    return params if isinstance(params, dict) else list(params)
+
+
+def _sql_params(args: argparse.Namespace) -> list[Any] | dict[str, Any]:
+    """The bindings from positional PARAMs, ``--param NAME=VALUE`` or ``--json-params``."""
+    given = [bool(args.params), bool(args.param), args.json_params is not None]
+    if sum(given) > 1:
+        raise CliError("give the parameters one way: PARAM values, --param NAME=VALUE, or --json-params",
+                       hint="use ? placeholders with PARAM values, :name ones with --param")
+    if args.json_params is not None:
+        return _json_params(args.json_params)
+    if args.param:
+        named: dict[str, Any] = {}
+        for name, value in args.param:
+            if name in named:
+                raise CliError(f"--param {name} is given twice")
+            named[name] = sql_param(value)
+        return named
+    return [sql_param(p) for p in args.params]
+
+
+def _skip_quoted(sql: str, i: int) -> int:
+    """The index just past the quoted literal, identifier or comment starting at ``sql[i]``,
+    or ``i`` if none starts there."""
+    if sql.startswith("--", i):
+        end = sql.find("\n", i)
+        return len(sql) if end < 0 else end + 1
+    if sql.startswith("/*", i):
+        end = sql.find("*/", i + 2)
+        return len(sql) if end < 0 else end + 2
+    close = {"'": "'", '"': '"', "`": "`", "[": "]"}.get(sql[i])
+    if close is None:
+        return i
+    j = i + 1
+    while True:
+        end = sql.find(close, j)
+        if end < 0:
+            return len(sql)
+        if close != "]" and sql.startswith(close * 2, end):  # '' inside '...' is a quote
+            j = end + 2
+            continue
+        return end + 1
+
+
+def check_one_statement(sql: str) -> None:
+    """Raise ``CliError`` if ``sql`` holds more than one statement.
+
+    SQLite would run them all, one after another; `sql` promises one query and one result.
+    A ``;`` inside a string, identifier, comment or trigger body does not end a statement,
+    and a trailing ``;``, comments or blanks are not a second one.
+    """
+    i, n = 0, len(sql)
+    while i < n:
+        skipped = _skip_quoted(sql, i)
+        if skipped != i:
+            i = skipped
+            continue
+        if sql[i] == ";" and apsw.complete(sql[: i + 1]):  # not a ; inside a trigger body
+            rest, j = sql[i + 1:], 0
+            while j < len(rest):
+                skipped = _skip_quoted(rest, j)
+                if skipped != j and rest[j] in "-/":
+                    j = skipped
+                elif rest[j].isspace() or rest[j] == ";":
+                    j += 1
+                else:
+                    raise CliError(
+                        "sql runs one statement, but the query holds several",
+                        hint="run each statement with its own `sqlstream sql` call",
+                    )
+            return
+        i += 1
+
+
 def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """Run one read-only SQL statement and print its rows."""
+    """Run one read-only SQL statement and print its rows.
+
+    An empty result prints nothing (--json: no lines), except on a terminal, where it
+    says ``(0 rows)`` so that a person can tell it from a command that did not run.
+    """
+    check_one_statement(args.query)
+    params = _sql_params(args)
     with _open(args, write=False) as db:
-        result = db.query(args.query, list(args.params))
+        result = db.query(args.query, params)
     if args.json:
         columns = _unique_columns(result.columns)
         out.write(
             "".join(_dump({c: _json_cell(v) for c, v in zip(columns, row)}) + "\n" for row in result.rows)
         )
-    elif result.columns:
+    elif result.rows:
         out.write("".join(line + "\n" for line in render_table(result.columns, result.rows)))
+    elif _isatty(out):
+        header = render_table(result.columns, []) if result.columns else []
+        out.write("".join(line + "\n" for line in header) + "(0 rows)\n")
     return EXIT_OK
 
 
@@ -552,6 +707,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    if value > COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most 2**62 ({COUNT_MAX}), not {text}")
     return value
 
 
@@ -562,6 +719,8 @@ def _offset(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an offset: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"an offset is >= 0, not {value}")
+    if value > OFFSET_MAX:
+        raise argparse.ArgumentTypeError(f"an offset is at most 2**63-1 ({OFFSET_MAX}), not {text}")
     return value
 
 
@@ -570,8 +729,11 @@ def _seconds(text: str, *, positive: bool = False) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if positive else '>='} 0, not {text}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > SECONDS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'>' if positive else '>='} 0 and at most {SECONDS_MAX:.0e} seconds, "
+            f"not {text}"
+        )
     return value
 
 
@@ -583,6 +745,14 @@ def _start(text: str) -> str:
     if text in ("earliest", "latest"):
         return text
     return str(_offset(text))
+
+
+def _sql_named(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    name = name.lstrip(":@$")  # accept the placeholder as written in the query
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"a parameter is NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -623,7 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_out = argparse.ArgumentParser(add_help=False)
     json_out.add_argument("--json", action="store_true", help="print JSON (one object per line) for scripts")
 
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required=True: argparse would then report a missing COMMAND before an unknown
+    # option (`sqlstream --bogus`); main() checks for the command after parsing.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(
         name: str, handler: Callable[..., int], summary: str, example: str, *, json_output: bool = True,
@@ -660,13 +832,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sqlstream append orders '{\"id\": 1}' '{\"id\": 2}' --json --key c1\n"
         "tail -n 100 app.log | sqlstream append logs --header host=web1",
         json_output=False,
-        details="Each VALUE is one record; with no VALUE, each line of stdin is one (all read\n"
-        "before anything is stored). Values are text unless --json. Prints the offset of\n"
+        details="Each VALUE is one record; with no VALUE, each non-blank line of stdin is one\n"
+        "(all read before anything is stored). Values are text unless --json. Prints the offset of\n"
         "each appended record, one per line (use `--` before values that start with -).",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("values", metavar="VALUE", nargs="*", help="record values (default: stdin lines)")
     p.add_argument("--json", action="store_true", help="parse each value as JSON (blank stdin lines skipped)")
+    p.add_argument("--keep-blank", action="store_true",
+                   help="store blank stdin lines as empty text records (default: skip them)")
     p.add_argument("--key", help="record key for every appended record")
     p.add_argument(
         "--header", type=_header, action="append", metavar="NAME=VALUE", help="record header; repeatable"
@@ -698,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tail", cmd_tail, "Print the last records; with -f keep printing new ones.",
         "sqlstream tail -f orders --from latest",
         details="With -f it prints records as they are committed, and exits 0 once the stream\n"
-        "is sealed or on Ctrl-C. --from overrides -n.",
+        "is sealed, or 130 on Ctrl-C. --from overrides -n.",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing records as they arrive")
@@ -729,7 +903,12 @@ def build_parser() -> argparse.ArgumentParser:
         "WHERE stream_id = (SELECT id FROM streams WHERE name = ?)\" orders",
         details="The database is opened read-only, so statements that write are refused: raw\n"
         "writes could break the offsets and byte positions sqlstream keeps in step. Use\n"
-        "the other commands to change data. PARAMs bind to ? placeholders, as text.\n"
+        "the other commands to change data. One statement per call.\n\n"
+        "PARAMs bind to ? placeholders, typed as the sqlite3 shell does: NULL is NULL,\n"
+        "0, -42 are INTEGERs, 1.5, 2e3 are REALs, anything else (007, inf, x) is TEXT.\n"
+        "--param NAME=VALUE binds :NAME the same way; --json-params '[\"007\", 1]' (or an\n"
+        "object for :name) gives exact types. An empty result prints nothing, or\n"
+        "(0 rows) on a terminal.\n"
         "--json prints one object per row (duplicate column names get _2, _3, ...; a BLOB\n"
         "is {\"base64\": ...}).\n\n"
         "Views for people: stream_stats, subscription_stats, pending_deliveries.\n"
@@ -738,7 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
         "storage_segments. docs/sql.md describes them, with example queries.",
     )
     p.add_argument("query", metavar="QUERY")
-    p.add_argument("params", metavar="PARAM", nargs="*", help="values for ? placeholders")
+    p.add_argument("params", metavar="PARAM", nargs="*", help="values for ? placeholders (typed)")
+    p.add_argument("--param", type=_sql_named, action="append", metavar="NAME=VALUE",
+                   help="value for a :NAME placeholder (typed like PARAM); repeatable")
+    p.add_argument("--json-params", metavar="JSON",
+                   help="exact-typed values: a JSON array for ?, an object for :name")
 
     from .cli_subscriptions import add_commands as add_subscription_commands  # noqa: PLC0415 (cycle)
 
@@ -757,8 +940,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (also used by ``python -m sqlstream``)."""
     parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    for number, text in enumerate(arguments, 1):
+        # A byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be a stream
+        # name, stored as text or even printed back strictly, so stop here with a clear line.
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+            report_error(CliError(f"argument {number} ({shown!r}) is not valid UTF-8: {exc.reason}",
+                                  hint="pass text arguments in UTF-8; append binary data another way"),
+                         sys.stderr)
+            return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
+        if args.command is None:
+            parser.error("the following arguments are required: COMMAND")
     except SystemExit as exc:  # -h, --version and usage errors: keep argparse's status
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out, err = sys.stdout, sys.stderr
@@ -780,4 +977,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as exc:  # e.g. a database path that is a directory or not readable
         report_error(CliError(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)), err)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a bug below us is still one line, not a traceback
+        report_error(CliError(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="this is a bug in sqlstream; please report it with the command that caused it",
+        ), err)
         return EXIT_ERROR

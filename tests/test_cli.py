@@ -147,17 +147,17 @@ def test_append_reads_stdin_lines_in_one_transaction(run: Any, monkeypatch: pyte
     run("create", "logs")
     feed_stdin(monkeypatch, b"first\r\nsecond\n\nlast without newline")
     status, out, _ = run("append", "logs")
-    assert (status, out) == (0, "0\n1\n2\n3\n")
+    assert (status, out) == (0, "0\n1\n2\n")  # the blank line is skipped (--keep-blank keeps it)
     _, out, _ = run("read", "logs", "--json")
     recs = jsonl(out)
-    assert [r["value"] for r in recs] == ["first", "second", "", "last without newline"]
+    assert [r["value"] for r in recs] == ["first", "second", "last without newline"]
     assert len({r["txn"] for r in recs}) == 1
 
     # --json: each line is a JSON value; blank lines are skipped as JSON Lines readers do.
     feed_stdin(monkeypatch, b'{"n": 1}\n\n{"n": 2}\n')
     status, out, _ = run("append", "logs", "--json", "-q")
     assert (status, out) == (0, "")
-    _, out, _ = run("read", "logs", "--offset", "4", "--json")
+    _, out, _ = run("read", "logs", "--offset", "3", "--json")
     assert [r["value"] for r in jsonl(out)] == [{"n": 1}, {"n": 2}]
 
 
@@ -331,11 +331,15 @@ def test_sql_refuses_writes(run: Any) -> None:
 
 def test_unknown_stream_is_one_line_on_stderr(run: Any) -> None:
     run("create", "s")
-    for argv in (["read", "nope"], ["info", "nope"], ["tail", "nope"], ["append", "nope", "x"],
+    for argv in (["read", "nope"], ["info", "nope"], ["tail", "nope"],
                  ["seal", "nope"], ["delete", "nope"]):
         status, out, err = run(*argv)
         assert status == 1 and out == "", argv
         assert err.splitlines() == ["Error: no stream named 'nope'"], argv
+    # Appending is where a missing stream is a user's first surprise: say how to make it.
+    status, out, err = run("append", "nope", "x")
+    assert (status, out) == (1, "")
+    assert err.splitlines() == ["Error: no stream named 'nope'", "Hint: create it with `sqlstream create nope`"]
 
 
 def test_reads_never_create_a_database(run: Any, tmp_path: Path) -> None:
@@ -435,14 +439,15 @@ def test_tail_follow_subprocess_prints_new_records_until_sealed(db_path: str) ->
 
 
 @pytest.mark.multiprocess
-def test_tail_follow_exits_0_on_ctrl_c(db_path: str) -> None:
+def test_tail_follow_exits_130_on_ctrl_c(db_path: str) -> None:
+    """Ctrl-C ends `tail -f` with 130 (128 + SIGINT), as the README says; sealed ends it with 0."""
     with sqlstream.open(db_path) as db:
         db.create_stream("events").append("only")
     proc = _start_tail(db_path, "-n", "1")
     try:
         assert json.loads(_readline(proc))["value"] == "only"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=15) == 130
         assert proc.stderr is not None and proc.stderr.read() == ""
     finally:
         if proc.poll() is None:
