@@ -166,9 +166,11 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "bytes": "size of the archive as stored",
         "location": "where the closed archive is",
     }),
-    "export_ranges": ("Export ranges", "Which offsets [first_offset, next_offset) of which stream each archive holds.", {}),
+    "export_ranges": ("Export ranges",
+                      "Which offsets [first_offset, next_offset) of which stream each archive holds.", {}),
     "storage_objects": ("Stored objects", "Objects of the sqlite storage driver.", {}),
-    "storage_segments": ("Stored object segments", "The segments of each object: sealed streams named _objects/...", {}),
+    "storage_segments": ("Stored object segments",
+                         "The segments of each object: sealed streams named _objects/...", {}),
     "stream_stats": ("Stream stats", "One row per stream: records and bytes retained, times as ISO 8601, retention.", {
         "records": "records retained",
         "bytes": "payload bytes retained",
@@ -387,22 +389,29 @@ def preview_bytes(value: bytes, limit: int = PREVIEW_BYTES) -> str:
     return shown + ("…" if len(value) > limit else "")
 
 
-def render_value(value: Any, column: str) -> Markup | None:
-    """The HTML for one cell of a sqlstream database, or None to leave it to Datasette."""
+def render_value(value: Any, column: str, download_url: str | None = None) -> Markup | None:
+    """The HTML for one cell of a sqlstream database, or None to leave it to Datasette.
+
+    ``download_url``: where the whole BLOB can be downloaded (Datasette's ``.blob`` URL),
+    linked from the size of a bytes cell.
+    """
     if isinstance(value, int) and not isinstance(value, bool) and column in TIME_COLUMNS and value >= 0:
         text = format_micros(value)
         if text is None:
             return None
         return Markup('<span class="sqlstream-time" title="{} µs since the epoch">{}</span>').format(value, text)
     if isinstance(value, bytes):
-        size = f"{len(value):,} byte{'' if len(value) == 1 else 's'}"
-        return Markup('<span class="sqlstream-bytes"><em>&lt;{}&gt;</em> <code>{}</code></span>').format(
-            size, preview_bytes(value))
+        size = f"&lt;{len(value):,} byte{'' if len(value) == 1 else 's'}&gt;"
+        if download_url is not None:
+            label = Markup('<a class="blob-download" href="{}">{}</a>').format(download_url, Markup(size))
+        else:
+            label = Markup("<em>{}</em>").format(Markup(size))
+        return Markup('<span class="sqlstream-bytes">{} <code>{}</code></span>').format(label, preview_bytes(value))
     return None
 
 
 @hookimpl
-def render_cell(value: Any, column: str, table: str | None, database: str,
+def render_cell(row: Any, value: Any, column: str, table: str | None, database: str,
                 datasette: Any) -> Callable[[], Coroutine[Any, Any, Markup | None]] | None:
     """Readable times and bytes in the tables and queries of sqlstream databases."""
     if not isinstance(value, (int, bytes)):
@@ -412,7 +421,18 @@ def render_cell(value: Any, column: str, table: str | None, database: str,
         objects = await _objects(datasette, database)
         if objects is None or (table is not None and table not in _TABLES):
             return None
-        return render_value(value, column)
+        download_url = None
+        if table == "chunks" and isinstance(value, bytes):
+            # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset).
+            try:
+                # A foreign key cell arrives expanded ({"value": ..., "label": ...}).
+                keys = [row[pk]["value"] if isinstance(row[pk], dict) else row[pk] for pk in ("stream_id", "offset")]
+                row_path = ",".join(str(int(k)) for k in keys)
+            except (KeyError, IndexError, TypeError, ValueError):
+                pass
+            else:
+                download_url = datasette.urls.row_blob(database, table, row_path, column)
+        return render_value(value, column, download_url)
 
     return render
 

@@ -7,8 +7,10 @@ it), and reads its HTML pages and JSON API over HTTP.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -158,6 +160,11 @@ def test_datasette_shows_sqlstream_titles_canned_queries_and_readable_cells(tmp_
         # Timestamps: readable UTC; bytes: size and printable preview.
         assert iso in page
         assert "&lt;9 bytes&gt;" in page and "\\x00\\x01binary\\xff" in page
+        # ... and the size links to Datasette's download of the whole payload.
+        link = re.search(r'<a class="blob-download" href="([^"]+)">&lt;9 bytes&gt;</a>', page)
+        assert link, "no download link for the bytes record"
+        with urllib.request.urlopen(base + html.unescape(link.group(1)), timeout=30) as response:
+            assert response.read() == b"\x00\x01binary\xff"
         status, page = _get(f"{base}/app/deliveries")
         assert status == 200 and "Deliveries" in page and ".000000Z" in page
         status, page = _get(f"{base}/app/subscription_stats")
@@ -235,3 +242,22 @@ def test_datasette_leaves_other_sqlite_files_alone(tmp_path: Path) -> None:
         assert status == 200 and "1700000000000000" in page and "2023-11-14T22:13:20" not in page
         status, page = _get(f"{base}/other/chunks")
         assert status == 200 and "sqlstream-bytes" not in page
+
+
+def test_readme_datasette_commands_print_the_canned_queries_as_json(tmp_path: Path) -> None:
+    """The README's Datasette snippet runs as written (datasette app.db --get ...)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Looking inside with Datasette", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.+?)\n```", section, re.S)
+    assert block, "README's Datasette section lost its sh snippet"
+    _make_sqlstream_file(tmp_path / "app.db")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    outputs = []
+    for line in block.group(1).splitlines():
+        assert line.startswith("datasette app.db --get "), line
+        argv = [sys.executable, "-m", "datasette", "app.db", "--get", line.split("'")[1]]
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        outputs.append(json.loads(out.stdout))
+    assert {r["stream"] for r in outputs[0]} == {"orders", "logs", "orders-dead"}
+    assert [r["offset"] for r in outputs[1]] == [6, 5, 4, 3, 2]
