@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import sqlstream
@@ -26,10 +27,16 @@ def test_background_checkpoint_copies_frames(db: sqlstream.Database) -> None:
 
 
 def test_checkpointer_stops_with_the_last_database(db_path: str) -> None:
-    """Closing the last Database on a file ends its checkpoint thread."""
+    """Closing the last Database on a file ends its checkpoint thread — which must have
+    been started by then (more than SOFT_LIMIT pages were written), so the test cannot
+    pass on a checkpointer that never ran."""
     db = sqlstream.open(db_path)
     db.create_stream("s").extend([b"x" * 4000] * (checkpoint.SOFT_LIMIT + 50))
     cp = db._notifier.checkpointer
+    thread = cp._thread
+    alive = thread is not None and thread.is_alive()
     db.close()
+    assert thread is not None and alive, "the checkpoint thread was never started"
     assert cp.stopped
-    assert cp._thread is None or not cp._thread.is_alive()
+    assert not thread.is_alive(), "the checkpoint thread outlived the last Database"
+    assert thread not in threading.enumerate()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 import sqlstream
@@ -523,3 +524,169 @@ def test_processes_and_threads_create_the_same_new_file_at_once(tmp_path: Path) 
     checker.snapshot_end()
     for name, (_, start, stop) in written.items():
         assert [r.value for r in records[start:stop]] == batch_values(name, 0, 10)
+
+
+# --------------------------------------------------------------------------- large batches
+#
+# extend() inserts _ROWS_PER_INSERT (200) rows per statement; a batch must stay one
+# transaction however many statements it takes. The sizes below straddle every chunk
+# boundary an implementation might choose (200, 500, 1,000, 2,000 rows) and exceed all.
+
+BIG_SIZES = (201, 1_001, 2_500, 999, 2_001)
+
+
+def write_big_batches(stream: sqlstream.Stream, writer: str) -> list[Batch]:
+    done: list[Batch] = []
+    for batch, n in enumerate(BIG_SIZES):
+        got = stream.extend(batch_values(writer, batch, n))
+        assert len(got) == n
+        done.append((batch, got.start, got.stop))
+    return done
+
+
+def proc_big_writer(path: str, writer: str, go: Any, results: Any) -> None:
+    try:
+        with sqlstream.open(path) as db:
+            stream = db.stream(STREAM)
+            results.put(("ready", writer, None))
+            if not go.wait(CHILD_START_TIMEOUT):
+                raise TimeoutError("no start signal")
+            results.put(("done", writer, write_big_batches(stream, writer)))
+    except BaseException:
+        results.put(("error", writer, traceback.format_exc()))
+
+
+def test_extend_of_2500_records_commits_once_with_one_txn(db: sqlstream.Database) -> None:
+    """Guarantee: one extend() is one transaction however large: 2,600 records (13
+    INSERT statements) carry one commit number, and the next write gets a later one."""
+    stream = db.create_stream("s")
+    stream.append("before")
+    got = stream.extend([f"v{i}" for i in range(2_600)])
+    assert got == range(1, 2_601)
+    after = stream.append("after")
+    records = stream.read(0, 3_000)
+    assert [r.value for r in records[1:-1]] == [f"v{i}" for i in range(2_600)]
+    txns = {r.txn for r in records[1:-1]}
+    assert len(txns) == 1, f"a 2,600-record extend committed as {len(txns)} transactions"
+    assert records[0].txn < txns.pop() < records[after].txn
+
+
+def test_fault_late_in_large_extend_stores_nothing(db_path: str) -> None:
+    """Guarantee: a batch is all or nothing even when the failure comes late. A real
+    SQLite error (a trigger that aborts the insert of offset 2,400) in a 2,500-record
+    extend leaves the stream exactly as it was: no record, no burnt offset, no bytes."""
+    with sqlstream.open(db_path) as db:
+        stream = db.create_stream("s")
+        stream.extend(["a", "b"])
+    # The fault is planted with a plain SQLite connection: the database file itself
+    # refuses the insert, in the middle of the extend's statements.
+    raw = apsw.Connection(db_path)
+    raw.execute(
+        "CREATE TRIGGER test_fault BEFORE INSERT ON chunks WHEN NEW.offset = 2 + 2400 "
+        "BEGIN SELECT RAISE(ABORT, 'injected fault at offset 2402'); END"
+    )
+    raw.close()
+    try:
+        with sqlstream.open(db_path) as db:
+            stream = db.stream("s")
+            before = stream.info()
+            with pytest.raises(sqlstream.errors.SqlstreamError, match="injected fault"):
+                stream.extend([f"v{i}" for i in range(2_500)])
+            info = stream.info()
+            assert (info.next_offset, info.byte_length) == (before.next_offset, before.byte_length)
+            assert [r.value for r in stream.read(0, 3_000)] == ["a", "b"]
+            # Nothing was burnt: the next batch (below the trap) takes the very next offsets.
+            assert stream.extend(["c"] * 300) == range(2, 302)
+    finally:
+        raw = apsw.Connection(db_path)
+        raw.execute("DROP TRIGGER test_fault")
+        raw.close()
+    with sqlstream.open(db_path) as db:
+        assert db.check().ok
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_batches_above_every_chunk_size_never_interleave(tmp_path: Path) -> None:
+    """Guarantee: concurrent extends of 201 to 2,500 records (above every internal
+    statement or chunk size) from 2 processes and 2 threads never interleave, each is
+    one commit, and readers meanwhile never see part of a batch."""
+    path = str(tmp_path / "big.db")
+    with sqlstream.open(path) as db:
+        stream = db.create_stream(STREAM)
+        go, results = SPAWN.Event(), SPAWN.Queue()
+        procs = [
+            SPAWN.Process(target=proc_big_writer, args=(path, f"p{k}", go, results), daemon=True) for k in range(2)
+        ]
+        for p in procs:
+            p.start()
+        errors: list[str] = []
+        written: dict[str, list[Batch]] = {}
+        stop = threading.Event()
+        checkers: list[PrefixChecker] = []
+
+        def thread_writer(k: int) -> None:
+            try:
+                with sqlstream.open(path) as own:
+                    go.wait()
+                    written[f"t{k}"] = write_big_batches(own.stream(STREAM), f"t{k}")
+            except BaseException:
+                errors.append(f"writer t{k}:\n{traceback.format_exc()}")
+
+        def thread_reader(spin: bool) -> None:
+            # One reader blocks between commits; the other re-reads without waiting, so
+            # that a batch committed in pieces is caught between its pieces.
+            checker = PrefixChecker()
+            checkers.append(checker)
+            try:
+                if not spin:
+                    follow_prefix(stream, checker, stop.is_set)
+                    return
+                while True:
+                    stopping = stop.is_set()
+                    records = stream.read(checker.next_offset, 5_000)
+                    checker.feed(records)
+                    if len(records) < 5_000:
+                        checker.snapshot_end()
+                        if stopping:
+                            return
+            except BaseException:
+                errors.append(f"reader:\n{traceback.format_exc()}")
+
+        threads = [threading.Thread(target=thread_writer, args=(k,)) for k in range(2)]
+        readers = [threading.Thread(target=thread_reader, args=(spin,)) for spin in (False, True)]
+        try:
+            for reader in readers:
+                reader.start()
+            for t in threads:
+                t.start()
+            collect(results, "ready", len(procs), procs)
+            go.set()
+            for t in threads:
+                t.join(RUN_TIMEOUT)
+            written.update(collect(results, "done", len(procs), procs))
+            stop.set()
+            for reader in readers:
+                reader.join(RUN_TIMEOUT)
+            join_all(procs)
+        finally:
+            go.set()
+            stop.set()
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        assert not errors, "\n".join(errors)
+        total = 4 * sum(BIG_SIZES)
+        records = stream.read(0, total + 10)
+        assert len(records) == total
+        final = PrefixChecker()
+        final.feed(records)
+        final.snapshot_end()
+        for writer, batches in written.items():
+            for batch, start, stop_ in batches:
+                assert stop_ - start == BIG_SIZES[batch]
+                assert [r.value for r in records[start:stop_]] == batch_values(writer, batch, stop_ - start)
+                assert len({r.txn for r in records[start:stop_]}) == 1, f"{writer} batch {batch}: several commits"
+        for checker in checkers:
+            assert checker.next_offset == total and checker.snapshot_ends >= 3, vars(checker)

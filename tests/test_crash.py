@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 
 import sqlstream
@@ -240,3 +241,38 @@ def test_returned_appends_survive_sigkill(tmp_path: Path) -> None:
     assert killed_while_writing >= ROUNDS // 2, killed_while_writing
     assert len(reported) > 50, len(reported)
     print(f"\n{ROUNDS} kills; {len(reported)} reported writes; final counts {counts}")
+
+
+# --------------------------------------------------------------------------- synchronous
+
+
+@pytest.mark.parametrize(("level", "code"), [("normal", 1), ("full", 2)])
+def test_synchronous_option_is_applied_to_write_and_read_connections(tmp_path: Path, level: str, code: int) -> None:
+    """Guarantee behind "survives power loss with synchronous='full'": the option is
+    really in force on the connection that commits appends (read back with PRAGMA
+    synchronous) and on the read connection behind db.query.
+
+    The write connection is not reachable through the API; apsw's public
+    ``connection_hooks`` hands the test every connection opened meanwhile, and the one
+    that made the changes is the write connection."""
+    path = str(tmp_path / f"sync-{level}.db")
+    opened: list[apsw.Connection] = []
+    apsw.connection_hooks.append(opened.append)
+    try:
+        with sqlstream.open(path, synchronous=level) as db:
+            stream = db.create_stream("s")
+            stream.append(b"x")
+            stream.extend([b"y", b"z"])
+            assert len(stream.read(0)) == 3
+            assert db.query("PRAGMA synchronous").rows == [(code,)]
+            writers = []
+            for conn in opened:
+                with contextlib.suppress(apsw.ConnectionClosedError):
+                    if os.path.realpath(conn.filename) == os.path.realpath(path) and conn.total_changes() > 0:
+                        writers.append(conn)
+            assert writers, "no write connection seen"
+            for conn in writers:
+                assert conn.execute("PRAGMA synchronous").fetchall() == [(code,)], f"synchronous={level} not applied"
+    finally:
+        apsw.connection_hooks.remove(opened.append)
+        opened.clear()

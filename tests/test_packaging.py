@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -13,6 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _apsw_install_items() -> list[Path]:
+    """The top-level files and folders of this interpreter's installed apsw (package,
+    bundled libraries, .dist-info), wherever it lives (venv, user or system site)."""
+    dist = importlib.metadata.distribution("apsw")
+    tops = {f.parts[0] for f in dist.files or [] if f.parts and f.parts[0] != ".."}
+    items = [Path(str(dist.locate_file(top))) for top in sorted(tops)]
+    assert any(p.name.endswith(".dist-info") for p in items), items
+    assert all(p.exists() for p in items), items
+    return items
 
 
 @pytest.mark.slow
@@ -34,24 +46,38 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     assert len(wheels) == 1
 
     env_dir = tmp_path / "venv"
-    # System site-packages provide apsw without a download; the venv's own
-    # site-packages come first, so the wheel (not a checkout) is what gets imported.
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    # An isolated venv (no system site-packages: whether the base interpreter has apsw
+    # says nothing, and inside a virtualenv it usually has not). The installed apsw of
+    # the interpreter running the tests is exposed to it through a .pth file naming a
+    # folder that holds only apsw and its metadata, so pip sees the dependency declared
+    # by the wheel as satisfied without a download, and nothing else leaks in.
+    venv.EnvBuilder(system_site_packages=False, with_pip=True).create(env_dir)
     py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])], check=True)
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for item in _apsw_install_items():
+        (deps / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    site_dir = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    (Path(site_dir) / "outer-apsw.pth").write_text(f"{deps}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    # With dependencies: pip must find the declared apsw requirement met.
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheels[0])], check=True, env=env)
+    subprocess.run([str(py), "-m", "pip", "check"], check=True, env=env, capture_output=True)
 
     work = tmp_path / "elsewhere"
     work.mkdir()
     script = (
         "import sqlstream, pathlib\n"
-        "assert 'venv' in sqlstream.__file__, sqlstream.__file__\n"
+        f"assert sqlstream.__file__.startswith({str(env_dir)!r}), sqlstream.__file__\n"
         "db = sqlstream.open('fresh.db')\n"
         "s = db.create_stream('s')\n"
         "assert s.append(b'x') == 0\n"
         "print(db.query('PRAGMA user_version').rows[0][0])\n"
         "db.close()\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([str(py), "-c", script], cwd=work, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     migrations = sorted(p for p in (ROOT / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))
@@ -65,7 +91,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert match, "README must mark its test command with <!-- test-command -->"
     command = match.group(1).strip()
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert command in ci.splitlines()
+    assert command in [line.strip() for line in ci.splitlines()]
+    # ...and runs it inside a fresh virtualenv too (the packaging test once failed only there).
+    assert "venv" in ci and "-m venv" in ci
 
 
 def test_py_typed_shipped() -> None:
