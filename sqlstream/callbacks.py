@@ -14,7 +14,6 @@ under a real archive name.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument
+from .plugins import load_object
 
 if TYPE_CHECKING:
     from .storage import StorageDriver
@@ -50,25 +50,6 @@ class ArchiveCallback:
         exists locally.
         """
         return filename
-
-
-def load_object(spec: str) -> Any:
-    """The object named by ``"package.module:Name"`` (``Name`` may be dotted)."""
-    module_name, sep, attr = spec.strip().partition(":")
-    if not sep or not module_name or not attr:
-        raise InvalidArgument(
-            f"a plugin is named 'module:Class', not {spec!r}", hint="e.g. 'sqlstream.archive:GzipCallback'"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidArgument(f"cannot import {module_name!r} for plugin {spec!r}: {exc}") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise InvalidArgument(f"module {module_name!r} has no {attr!r} (plugin {spec!r})") from None
-    return obj
 
 
 class CallbackList(ArchiveCallback):
