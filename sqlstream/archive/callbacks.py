@@ -19,15 +19,16 @@ import os
 import shutil
 import stat
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import InvalidArgument
-from .plugins import load_object
+from ..errors import InvalidArgument
+from ..plugins import load_object
+from ..storage import StorageDriver, get_driver, upload_file
+from .format import fsync_directory, working_name, zstandard_module
 
-if TYPE_CHECKING:
-    from .storage import StorageDriver
-
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the archive package, so logging configuration
+# and log lines users rely on do not change.
+log = logging.getLogger("sqlstream.callbacks")
 
 COMPRESSIONS = ("gzip", "zstd")
 EXTENSIONS = {"gzip": ".gz", "zstd": ".zst"}
@@ -96,14 +97,10 @@ class CallbackList(ArchiveCallback):
 
 
 def _fsync_dir(path: str) -> None:
-    from .archive import fsync_directory
-
     fsync_directory(path)
 
 
 def _hidden(path: str) -> str:
-    from .archive import working_name
-
     return working_name(path)
 
 
@@ -153,9 +150,7 @@ def compress_file(path: str, compression: str = "gzip", level: int | None = None
                                    mtime=0) as gz:
                     shutil.copyfileobj(src, gz, _COPY_CHUNK)
             else:
-                from .archive import _zstandard
-
-                zstd = _zstandard()
+                zstd = zstandard_module()
                 cctx = zstd.ZstdCompressor(level=3 if level is None else level)
                 with cctx.stream_writer(out, closefd=False) as writer:
                     shutil.copyfileobj(src, writer, _COPY_CHUNK)
@@ -245,9 +240,7 @@ class CompressCallback(ArchiveCallback):
         if self.compression not in COMPRESSIONS:
             raise InvalidArgument(f"compression is one of {', '.join(COMPRESSIONS)}, not {self.compression!r}")
         if self.compression == "zstd":
-            from .archive import _zstandard
-
-            _zstandard()  # fail at construction, not at the first roll
+            zstandard_module()  # fail at construction, not at the first roll
         self.compress_level = compress_level
 
     def on_close(self, filename: str) -> str | None:
@@ -299,8 +292,6 @@ class UploadCallback(ArchiveCallback):
         self.uploaded: list[str] = []
 
     def on_close(self, filename: str) -> str | None:
-        from .storage import StorageDriver, get_driver, upload_file
-
         path = self.storage_prefix + os.path.basename(filename)
         if isinstance(self.storage, StorageDriver):
             upload_file(self.storage, path, filename)
@@ -322,9 +313,7 @@ def check_compression(compression: str | None) -> None:
     if compression not in COMPRESSIONS:
         raise InvalidArgument(f"compression is one of {', '.join(COMPRESSIONS)} or None, not {compression!r}")
     if compression == "zstd":
-        from .archive import _zstandard
-
-        _zstandard()
+        zstandard_module()
 
 
 __all__ = [

@@ -47,24 +47,14 @@ import math
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from .archive import ArchiveReader, ArchiveWriter, fsync_directory
-from .rolling import (
-    AnyRollChecker,
-    NeverRollChecker,
-    RollChecker,
-    SizeRollChecker,
-    TimeRollChecker,
-    candidate_names,
-    render_template,
-)
-from .callbacks import EXTENSIONS, check_compression, compress_file
-from .errors import (
+from ..errors import (
     ArchiveError,
     ConcurrencyError,
     CorruptArchive,
@@ -76,12 +66,23 @@ from .errors import (
     WriteError,
     convert,
 )
-from .records import check_name
-from .retention import trim_below
+from ..records import check_name
+from ..retention import trim_below
+from ..storage import StorageDriver, get_driver, upload_file
+from .callbacks import EXTENSIONS, check_compression, compress_file
+from .format import ArchiveReader, ArchiveWriter, fsync_directory
+from .rolling import (
+    AnyRollChecker,
+    NeverRollChecker,
+    RollChecker,
+    SizeRollChecker,
+    TimeRollChecker,
+    candidate_names,
+    render_template,
+)
 
 if TYPE_CHECKING:
-    from .database import Database
-    from .storage import StorageDriver
+    from ..database import Database
 
 __all__ = [
     "export",
@@ -92,7 +93,9 @@ __all__ = [
     "ExportStatus",
 ]
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the archive package, so logging configuration
+# and log lines users rely on do not change.
+log = logging.getLogger("sqlstream.export")
 
 STAGING = ".sqlstream-staging"
 DEFAULT_ROLL_SIZE_MB = 100
@@ -145,9 +148,9 @@ class ExportStatus:
 
 
 def _now_us() -> int:
-    from .database import now_us
-
-    return now_us()
+    # Same clock as database.now_us (wall time in µs), defined here so the wing does not
+    # import the database module at run time.
+    return time.time_ns() // 1000
 
 
 def _sql(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -441,8 +444,6 @@ class _Exporter:
                     hint="run the export again with the same storage",
                 )
             if os.path.exists(working):
-                from .storage import upload_file
-
                 upload_file(self.storage, destination, working)
                 os.unlink(working)
             elif not self.object_holds(destination, file_id):
@@ -757,8 +758,6 @@ def export(
     continues exactly) and ``WriteError`` (another I/O error). Files and folders it
     creates are no more readable than the database file.
     """
-    from .storage import StorageDriver, get_driver
-
     # Every argument is checked before anything is stored or created.
     if isinstance(streams, str):
         names = [streams]

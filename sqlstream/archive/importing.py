@@ -31,8 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import apsw
 
-from .archive import ArchiveReader
-from .errors import (
+from ..errors import (
     AccessDenied,
     ArchiveError,
     CorruptArchive,
@@ -44,17 +43,20 @@ from .errors import (
     TruncatedRecord,
     convert,
 )
+from ..records import check_name
+from ..storage import StorageDriver, download_file, get_driver
 from .export import DEFAULT_BATCH, _sql, parse_timestamp
-from .records import check_name
+from .format import ArchiveReader
 from .rolling import matching_files
 
 if TYPE_CHECKING:
-    from .database import Database
-    from .storage import StorageDriver
+    from ..database import Database
 
 __all__ = ["import_archives", "ImportResult"]
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the archive package, so logging configuration
+# and log lines users rely on do not change.
+log = logging.getLogger("sqlstream.importing")
 
 
 @dataclass
@@ -114,8 +116,6 @@ def _archive_sources(
     for info in storage.list_objects(prefix):
         if not info.isdir and fnmatch.fnmatchcase(info.name, pat):
             def opener(path: str = info.path) -> tuple[IO[bytes] | None, str]:
-                from .storage import download_file
-
                 # mkstemp's file is 0600 whatever the umask: the copy is no more readable
                 # than the database (which import only writes), and it is ours alone.
                 fd, name = tempfile.mkstemp(prefix="sqlstream-import-", suffix=".events")
@@ -325,8 +325,6 @@ def import_archives(
     1,000 records of one stream): on an error, the batches before it stay imported and
     the failing batch stores nothing; re-running after the fix carries on.
     """
-    from .storage import StorageDriver, get_driver
-
     secret_map = _check_names("secrets", secrets)
     rename_map = _check_names("rename", rename)
     for target in rename_map.values():

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .archive import ArchiveReader, ArchiveWriter, fsync_directory, is_working_name, working_name
-from .errors import EndOfArchive, InvalidArgument, NoMoreFiles, TruncatedRecord
+from ..errors import EndOfArchive, InvalidArgument, NoMoreFiles, TruncatedRecord
+from .format import ArchiveReader, ArchiveWriter, fsync_directory, is_working_name, working_name
 
 if TYPE_CHECKING:
     from .callbacks import ArchiveCallback
