@@ -304,7 +304,7 @@ def test_cli_export_errors(db_path: str, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_progress_bar_only_on_a_terminal(db_path: str, tmp_path: Path) -> None:
-    from sqlstream.cli_archive import ProgressLine
+    from sqlstream.cli.output import ProgressLine
     from sqlstream.export import ExportProgress
 
     buf = io.StringIO()
