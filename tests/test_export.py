@@ -304,7 +304,7 @@ def test_cli_export_errors(db_path: str, tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_progress_bar_only_on_a_terminal(db_path: str, tmp_path: Path) -> None:
-    from sqlstream.cli_archive import ProgressLine
+    from sqlstream.cli.output import ProgressLine
     from sqlstream.export import ExportProgress
 
     buf = io.StringIO()
@@ -405,7 +405,7 @@ def test_export_killed_at_random_points_and_restarted_exports_each_record_exactl
 CHILD_AT = r"""
 import os, signal, sys
 import sqlstream
-from sqlstream import export as ex
+from sqlstream.archive import export as ex
 from sqlstream.storage.filesystem import FilesystemDriver
 
 path, directory, point = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -59,7 +59,7 @@ def assert_every_trimmed_record_in_exactly_one_archive(
 KILL_AFTER_COMMIT = r"""
 import os, signal, sys
 import sqlstream
-from sqlstream import export as ex
+from sqlstream.archive import export as ex
 ex._Exporter.deliver = lambda self, *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 db = sqlstream.open(sys.argv[1])
 storage = {"driver": "filesystem", "root": sys.argv[4]} if len(sys.argv) > 4 else None
@@ -206,7 +206,7 @@ def test_a_compressed_copy_keeps_the_mode_of_its_source(tmp_path: Path, compress
 
 
 def test_a_file_moved_across_filesystems_keeps_its_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlstream import callbacks
+    from sqlstream.archive import callbacks
 
     source = tmp_path / "a.events"
     source.write_bytes(b"x" * 1000)
@@ -318,7 +318,7 @@ def test_a_full_disk_during_export_is_storage_full_and_the_rerun_is_exact(tmp_pa
 def test_an_os_error_while_delivering_is_converted_and_the_rerun_finishes_it(
     db: sqlstream.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlstream import export as ex
+    from sqlstream.archive import export as ex
 
     db.create_stream("s").extend([b"x"] * 10)
 

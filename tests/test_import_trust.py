@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sqlstream
-from sqlstream import importing
+from sqlstream.archive import importing
 from sqlstream.archive import import_archives, pack
 from sqlstream.cli import main
 from sqlstream.errors import AccessDenied, ArchiveError, InvalidArgument, SqlstreamError, StreamNotFound

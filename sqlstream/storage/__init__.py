@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from importlib import metadata as _metadata
 from typing import IO, Any, Union
 
-from ..errors import InvalidArgument, InvalidObjectPath, StorageError
+from ..errors import InvalidArgument, InvalidObjectPath, ObjectNotFound, StorageError
+from ..plugins import load_object
 
 __all__ = [
     "ObjectInfo",
@@ -236,8 +237,6 @@ class StorageDriver(ABC):
 
 
 def _load_driver_class(name: str) -> type[StorageDriver]:
-    from ..callbacks import load_object
-
     if name in BUILTIN_DRIVERS:
         cls = load_object(BUILTIN_DRIVERS[name])
     else:
@@ -289,8 +288,6 @@ def download_file(driver: StorageDriver, path: str, filename: str | os.PathLike[
 
     A new file is created with mode 0600 (owner only), like a sqlstream database.
     """
-    from ..errors import ObjectNotFound
-
     size, pieces = driver.stream_object(path)
     if pieces is None:
         raise ObjectNotFound(f"no object {driver.describe(path)}")

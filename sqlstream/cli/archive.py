@@ -1,6 +1,6 @@
 """The archive commands of the ``sqlstream`` CLI: ``export``, ``import``, ``archive cat``.
 
-Kept beside ``cli.py`` (which registers them) so the archive code stays in one place.
+Registered by :mod:`sqlstream.cli.main` so the archive code stays in one place.
 Output follows the CLI's contract: human lines by default, ``--json`` objects one per
 line, ``Error:``/``Hint:`` on stderr and exit 1 on failure. ``archive cat`` always
 prints JSON lines: ``file``, ``index``, ``metadata`` (object of strings) and
@@ -16,15 +16,15 @@ import json
 import os
 import signal
 import threading
-import time
-from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
-from .archive import DEFAULT_MAX_RECORD_BYTES
-from .errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
-
-Command = Callable[..., argparse.ArgumentParser]
+from ..archive.export import export, trim_exported
+from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
+from ..archive.importing import import_archives
+from ..errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
+from .args import CommandFactory, HelpFormatter, db_path, open_db
+from .output import CliError, ProgressLine, dump, isatty, report_error
 
 
 def parse_storage(text: str) -> dict[str, Any]:
@@ -59,63 +59,15 @@ def parse_storage(text: str) -> dict[str, Any]:
     )
 
 
-class ProgressLine:
-    """A one-line progress display on a terminal, redrawn at most ten times a second.
-
-    The standard library is enough for one self-overwriting line, so no progress-bar
-    package is needed.
-    """
-
-    def __init__(self, err: IO[str], label: str) -> None:
-        self.err = err
-        self.label = label
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, p: Any, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < 0.1:
-            return
-        self.last = now
-        if p.total:
-            width = 24
-            done = min(p.records, p.total)
-            filled = width * done // p.total
-            bar = "[" + "#" * filled + "." * (width - filled) + f"] {done:,}/{p.total:,}"
-        else:
-            bar = f"{p.records:,} records"
-        self.err.write(f"\r{self.label}: {bar}, {p.files} archive(s)\x1b[K")
-        self.err.flush()
-        self.shown = True
-
-    def done(self) -> None:
-        if self.shown:
-            self.err.write("\n")
-            self.err.flush()
-
-
-def _isatty(stream: IO[str]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _dump(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=True, allow_nan=False)
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Export streams to archives (progress bar on a terminal; Ctrl-C ends --follow cleanly)."""
-    from .cli import _open
-    from .export import export, trim_exported
 
     storage = parse_storage(args.storage) if args.storage else None
     stop = threading.Event()
-    bar = ProgressLine(err, f"export {args.name or '+'.join(args.streams)}") if _isatty(err) else None
+    bar = ProgressLine(err, f"export {args.name or '+'.join(args.streams)}") if isatty(err) else None
     previous = None
     if args.follow and threading.current_thread() is threading.main_thread():
         def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -123,7 +75,7 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with _open(args, write=True) as db:
+        with open_db(args, write=True) as db:
             result = export(
                 db, args.streams, args.dir, name=args.name, template=args.template,
                 roll_size_mb=args.roll_size_mb, roll_minutes=args.roll_minutes, compress=args.compress,
@@ -137,7 +89,7 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if bar is not None:
             bar.done()
     if args.json:
-        out.write(_dump({
+        out.write(dump({
             "export": result.name, "records": result.records, "bytes": result.bytes, "files": result.files,
             "recovered": result.recovered, "skipped": result.skipped, "offsets": result.offsets,
             "trimmed": trimmed,
@@ -163,10 +115,8 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     SRC=DST`` imports a stream's records under another name. A pattern that matches no
     archive is an error (exit 1), so scripts notice a wrong path.
     """
-    from .cli import CliError, _db_path, _open
-    from .importing import import_archives
 
-    path = _db_path(args)
+    path = db_path(args)
     if not args.create_db and not os.path.exists(path):
         raise CliError(
             f"no database at {os.path.abspath(path)}",
@@ -180,7 +130,7 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if not sep or not source or not target:
             raise CliError(f"--rename takes SRC=DST, not {item!r}", hint="e.g. --rename orders=restored/orders")
         rename[source] = target
-    with _open(args, write=True, create=args.create_db) as db:
+    with open_db(args, write=True, create=args.create_db) as db:
         # A write secret names its stream, so `--secret S` needs no stream name.
         secrets = {db.writer(secret).name: secret for secret in args.secret or []}
         try:
@@ -195,7 +145,7 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             hint="check the pattern and --dir (quote the pattern so the shell does not expand it)",
         )
     if args.json:
-        out.write(_dump({
+        out.write(dump({
             "files": result.files, "records": result.records, "imported": result.imported,
             "skipped": result.skipped, "streams": result.streams, "torn": result.torn,
         }) + "\n")
@@ -216,8 +166,6 @@ def _too_large_here(exc: RecordTooLarge, hint: str) -> ArchiveError:
 
 def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print every record of the archive files as JSON lines."""
-    from .archive import ArchiveReader
-    from .cli import report_error
 
     status = 0
     for filename in args.files:
@@ -234,7 +182,7 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
                     except UnicodeDecodeError:
                         line["payload"] = base64.b64encode(payload).decode("ascii")
                         line["encoding"] = "base64"
-                    out.write(_dump(line) + "\n")
+                    out.write(dump(line) + "\n")
         except RecordTooLarge as exc:
             out.flush()
             report_error(_too_large_here(exc, "if the file is trusted, raise the limit with --max-record-bytes"), err)
@@ -268,7 +216,7 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def register(commands: Any, command: Command, formatter: type[argparse.HelpFormatter]) -> None:
+def register(command: CommandFactory) -> None:
     """Add ``export``, ``import`` and ``archive cat`` to the CLI's command group."""
     p = command(
         "export", cmd_export, "Export streams to rolled archive files (incremental, resumable).",
@@ -333,7 +281,7 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
         "\"encoding\": \"base64\"). A damaged or torn file is reported on stderr\n"
         "(exit 1) after its intact records are printed.",
         epilog="Example:\n  sqlstream archive cat a.events b.events.gz\n",
-        formatter_class=formatter,
+        formatter_class=HelpFormatter,
     )
     cat.add_argument("files", metavar="FILE", nargs="+")
     cat.add_argument("--max-record-bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES, metavar="N",
@@ -341,4 +289,4 @@ def register(commands: Any, command: Command, formatter: type[argparse.HelpForma
     cat.set_defaults(handler=cmd_archive_cat)
 
 
-__all__ = ["register", "parse_storage", "ProgressLine", "cmd_export", "cmd_import", "cmd_archive_cat"]
+__all__ = ["register", "parse_storage", "cmd_export", "cmd_import", "cmd_archive_cat"]

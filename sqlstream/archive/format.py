@@ -13,9 +13,9 @@ a record), :class:`BadMagic` (a record does not start with the magic number) and
 
 Shoebox's classes keep their names and keyword construction: :class:`ArchiveWriter`,
 :class:`ArchiveReader` here; :class:`WritingRollManager`, :class:`ReadingRollManager` and
-the roll checkers in :mod:`sqlstream.rolling`; :class:`ArchiveCallback`,
-:class:`CallbackList` and the built-in callbacks in :mod:`sqlstream.callbacks`. All are
-importable from here.
+the roll checkers in :mod:`sqlstream.archive.rolling`; :class:`ArchiveCallback`,
+:class:`CallbackList` and the built-in callbacks in :mod:`sqlstream.archive.callbacks`.
+All are importable from :mod:`sqlstream.archive`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from .errors import (
+from ..errors import (
     ArchiveError,
     BadMagic,
     ChecksumMismatch,
@@ -44,48 +44,24 @@ from .errors import (
     UnsupportedVersion,
 )
 
-if TYPE_CHECKING:
-    from .database import Database
-    from .importing import ImportResult
-    from .storage import StorageDriver
-
 __all__ = [
     "MAGIC",
     "FLAG_ZLIB",
+    "DEFAULT_MAX_RECORD_BYTES",
     "pack",
     "unpack",
+    "open_archive",
     "ArchiveWriter",
     "ArchiveReader",
-    "RollChecker",
-    "NeverRollChecker",
-    "SizeRollChecker",
-    "TimeRollChecker",
-    "WritingRollManager",
-    "ReadingRollManager",
-    "ArchiveCallback",
-    "CallbackList",
-    "ChangeExtensionCallback",
-    "MoveFileCallback",
-    "DeleteFileCallback",
-    "CompressCallback",
-    "GzipCallback",
-    "ZstdCallback",
-    "UploadCallback",
-    "import_archives",
-    "open_archive",
-    "ArchiveError",
-    "EndOfArchive",
-    "TruncatedRecord",
-    "CorruptArchive",
-    "BadMagic",
-    "ChecksumMismatch",
-    "UnsupportedVersion",
-    "RecordTooLarge",
-    "NoMoreFiles",
-    "DEFAULT_MAX_RECORD_BYTES",
+    "fsync_directory",
+    "working_name",
+    "is_working_name",
+    "zstandard_module",
 ]
 
-log = logging.getLogger(__name__)
+# The logger keeps its name from before the archive package, so logging configuration
+# and log lines users rely on do not change.
+log = logging.getLogger("sqlstream.archive")
 
 MAGIC = 0x69867884
 """The int32 that starts every record (bytes ``84 78 86 69`` on disk: "EVNT" in decimal)."""
@@ -429,7 +405,8 @@ def is_working_name(filename: str) -> bool:
     return base.startswith(WORKING_PREFIX) and base.endswith(WORKING_SUFFIX)
 
 
-def _zstandard() -> Any:
+def zstandard_module() -> Any:
+    """The optional ``zstandard`` module; :class:`ArchiveError` with an install hint if absent."""
     try:
         import zstandard
     except ImportError as exc:
@@ -475,7 +452,7 @@ class _ZstdReader(io.RawIOBase):
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
-        self._zstd = _zstandard()
+        self._zstd = zstandard_module()
         self._dobj = self._zstd.ZstdDecompressor().decompressobj()
         self._input = b""  # compressed bytes read from the file; self._in_pos of them fed
         self._in_pos = 0
@@ -668,46 +645,3 @@ class ArchiveReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def import_archives(
-    db: Database,
-    pattern: str,
-    directory: str | os.PathLike[str] = ".",
-    *,
-    storage: StorageDriver | Mapping[str, Any] | None = None,
-    streams: list[str] | None = None,
-    create: bool = True,
-    secrets: Mapping[str, str] | None = None,
-    rename: Mapping[str, str] | None = None,
-    progress: Any = None,
-) -> ImportResult:
-    """Load exported archives back into ``db``'s streams; see :func:`sqlstream.importing.import_archives`."""
-    from .importing import import_archives as _import
-
-    return _import(db, pattern, directory, storage=storage, streams=streams, create=create, secrets=secrets,
-                   rename=rename, progress=progress)
-
-
-# Shoebox kept roll managers and callbacks beside the format; they live in
-# sqlstream.rolling and sqlstream.callbacks and are re-exported here, so names such as
-# `sqlstream.archive:GzipCallback` work.
-from .callbacks import (  # noqa: E402
-    ArchiveCallback,
-    CallbackList,
-    ChangeExtensionCallback,
-    CompressCallback,
-    DeleteFileCallback,
-    GzipCallback,
-    MoveFileCallback,
-    UploadCallback,
-    ZstdCallback,
-)
-from .rolling import (  # noqa: E402
-    NeverRollChecker,
-    ReadingRollManager,
-    RollChecker,
-    SizeRollChecker,
-    TimeRollChecker,
-    WritingRollManager,
-)

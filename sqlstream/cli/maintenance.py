@@ -1,6 +1,7 @@
 """The command-line side of retention and upkeep: ``trim``, ``retention``, ``vacuum``, ``backup``, ``check``.
 
-They follow ``cli.py``'s conventions (its module docstring is the output contract):
+They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s docstring is the output
+contract):
 ``--json`` prints one object per line, errors are ``Error:``/``Hint:`` lines on stderr
 with exit status 1. ``check`` also exits 1 when it finds a problem, so scripts can use
 ``sqlstream check || alert``.
@@ -15,9 +16,10 @@ import os
 from collections.abc import Callable
 from typing import IO, Any
 
-from .cli import EXIT_ERROR, EXIT_OK, _dump, _offset, _open, _positive_int, info_json
-from .maintenance import CheckReport, MaintenanceReport
-from .retention import TrimResult
+from ..maintenance import CheckReport, MaintenanceReport
+from ..retention import TrimResult
+from .args import CommandFactory, open_db, parse_offset, parse_positive_int
+from .output import EXIT_ERROR, EXIT_OK, dump, info_json
 
 
 def _limit(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -61,9 +63,9 @@ def _trim_line(result: TrimResult) -> str:
 
 def cmd_trim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Trim records below an offset, or apply the retention limits now."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         result = db.trim(args.name, args.before, force=args.force)
-    out.write(_dump(_trim_json(result)) + "\n" if args.json else _trim_line(result))
+    out.write(dump(_trim_json(result)) + "\n" if args.json else _trim_line(result))
     return EXIT_OK
 
 
@@ -74,7 +76,7 @@ def cmd_retention(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Show a stream's retention settings; with options, change them and trim at once."""
     changes = {k: getattr(args, k) for k in _SETTINGS if getattr(args, k) is not _UNCHANGED}
     result = None
-    with _open(args, write=bool(changes)) as db:
+    with open_db(args, write=bool(changes)) as db:
         if changes:
             result = db.set_retention(args.name, **changes)
         info = db.stream_info(args.name)
@@ -83,7 +85,7 @@ def cmd_retention(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                if k in ("name", "first_offset", "next_offset", "count", "retained_bytes", *_SETTINGS, "over_limit")}
         if result is not None:
             doc["trimmed"] = result.trimmed
-        out.write(_dump(doc) + "\n")
+        out.write(dump(doc) + "\n")
         return EXIT_OK
     if result is not None:
         out.write(_trim_line(result))
@@ -121,9 +123,9 @@ def _maintenance_lines(report: MaintenanceReport) -> str:
 
 def cmd_vacuum(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Enforce retention, free pages, checkpoint the WAL and optimize."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         report = db.maintain(full=args.full, retention=not args.no_retention, checkpoint=not args.no_checkpoint)
-    out.write(_dump(dataclasses.asdict(report)) + "\n" if args.json else _maintenance_lines(report))
+    out.write(dump(dataclasses.asdict(report)) + "\n" if args.json else _maintenance_lines(report))
     return EXIT_OK
 
 
@@ -140,10 +142,10 @@ def _check_json(report: CheckReport) -> dict[str, Any]:
 
 def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Check the file and the stream invariants; exit 1 if anything is wrong."""
-    with _open(args, write=False) as db:
+    with open_db(args, write=False) as db:
         report = db.check(quick=args.quick, max_problems=args.max_problems)
     if args.json:
-        out.write(_dump(_check_json(report)) + "\n")
+        out.write(dump(_check_json(report)) + "\n")
     else:
         for message in report.integrity:
             out.write(f"integrity: {message}\n")
@@ -162,12 +164,12 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def cmd_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Copy the live database to DEST with SQLite's online backup API."""
-    with _open(args, write=False) as db:
+    with open_db(args, write=False) as db:
         dest = db.backup(args.dest, overwrite=args.force)
         source = db.path
     size = os.path.getsize(dest)
     if args.json:
-        out.write(_dump({"source": source, "backup": dest, "bytes": size}) + "\n")
+        out.write(dump({"source": source, "backup": dest, "bytes": size}) + "\n")
     else:
         out.write(f"backed up {source} to {dest} ({size:,} bytes)\n")
     return EXIT_OK
@@ -176,8 +178,8 @@ def cmd_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 _UNCHANGED: Any = object()
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add trim, retention, vacuum, backup and check through ``cli.build_parser``'s ``command``."""
+def register(command: CommandFactory) -> None:
+    """Add trim, retention, vacuum, backup and check through ``command`` (see :mod:`sqlstream.cli.main`)."""
     p = command(
         "trim", cmd_trim, "Delete a stream's oldest records, or apply its retention limits now.",
         "sqlstream trim orders --before 1000\nsqlstream trim orders          # apply max_count/max_age/max_bytes",
@@ -186,7 +188,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "subscription has not acked are kept unless --force.",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--before", type=_offset, metavar="OFFSET", help="trim the records below OFFSET")
+    p.add_argument("--before", type=parse_offset, metavar="OFFSET", help="trim the records below OFFSET")
     p.add_argument("--force", action="store_true", help="trim even records a subscription has not acked")
 
     p = command(
@@ -246,4 +248,4 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "and offset. Read-only; other processes may keep writing.",
     )
     p.add_argument("--quick", action="store_true", help="PRAGMA quick_check, and no JSON validation")
-    p.add_argument("--max-problems", type=_positive_int, default=100, metavar="N", help="list at most N problems (default 100)")
+    p.add_argument("--max-problems", type=parse_positive_int, default=100, metavar="N", help="list at most N problems (default 100)")

@@ -1,8 +1,8 @@
 """The command-line side of subscriptions and readers.
 
 ``subscribe``, ``unsubscribe``, ``subscriptions``, ``fetch``, ``ack``, ``nack``,
-``pending`` and ``reader``. They follow ``cli.py``'s conventions (its module docstring
-is the output contract): ``--json`` prints one object per line, errors are ``Error:``
+``pending`` and ``reader``. They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s
+docstring is the output contract): ``--json`` prints one object per line, errors are ``Error:``
 and ``Hint:`` lines on stderr with exit status 1. ``fetch --json`` prints the record
 objects of ``read --json`` with two more fields, ``subscription`` and ``attempts``.
 """
@@ -15,30 +15,24 @@ import functools
 from collections.abc import Callable
 from typing import IO, Any
 
-from .cli import (
-    EXIT_OK,
-    CliError,
-    _dump,
-    _offset,
-    _open,
-    _positive_int,
-    _positive_seconds,
-    _print_records,
-    _seconds,
-    _start,
-    iso_time,
-    record_json,
-    record_line,
-    render_table,
+from .args import (
+    CommandFactory,
+    open_db,
+    parse_offset,
+    parse_positive_int,
+    parse_positive_seconds,
+    parse_seconds,
+    parse_start,
 )
-from .errors import (
+from .output import EXIT_OK, CliError, dump, iso_time, print_records, record_json, record_line, render_table
+from ..errors import (
     ReaderNotFound,
     SqlstreamError,
     SubscriptionExists,
     SubscriptionInUse,
     SubscriptionNotFound,
 )
-from .subscriptions import AckResult, SubscriptionInfo
+from ..subscriptions import AckResult, SubscriptionInfo
 
 Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
 
@@ -66,7 +60,7 @@ def _cli_hints(func: Command) -> Command:
 
 
 def _start_arg(text: str) -> int | str:
-    value = _start(text)
+    value = parse_start(text)
     return value if value in ("earliest", "latest") else int(value)
 
 
@@ -81,7 +75,7 @@ def info_json(info: SubscriptionInfo) -> dict[str, Any]:
 @_cli_hints
 def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Create a subscription."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         before = {i.name for i in db.subscriptions()} if args.exist_ok else set()
         sub = db.create_subscription(
             args.name, args.stream, start=args.start, ack_timeout=args.ack_timeout,
@@ -91,7 +85,7 @@ def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         info = sub.info()
     created = info.name not in before
     if args.json:
-        out.write(_dump({**info_json(info), "created": created}) + "\n")
+        out.write(dump({**info_json(info), "created": created}) + "\n")
     elif created:
         out.write(f"created subscription {info.name!r} on {info.stream!r} from offset {info.start_offset}\n")
     else:
@@ -102,10 +96,10 @@ def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 @_cli_hints
 def cmd_unsubscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Delete a subscription."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         dropped = db.delete_subscription(args.name, force=args.force)
     if args.json:
-        out.write(_dump({"subscription": args.name, "deleted": True, "dropped_pending": dropped}) + "\n")
+        out.write(dump({"subscription": args.name, "deleted": True, "dropped_pending": dropped}) + "\n")
     else:
         extra = f" (dropped {dropped} pending record(s))" if dropped else ""
         out.write(f"deleted subscription {args.name!r}{extra}\n")
@@ -115,10 +109,10 @@ def cmd_unsubscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
 @_cli_hints
 def cmd_subscriptions(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """List subscriptions with their progress."""
-    with _open(args, write=False) as db:
+    with open_db(args, write=False) as db:
         infos = db.subscriptions()
     if args.json:
-        out.write("".join(_dump(info_json(i)) + "\n" for i in infos))
+        out.write("".join(dump(info_json(i)) + "\n" for i in infos))
         return EXIT_OK
     columns = ["name", "stream", "lag", "pending", "expired", "acked", "dead", "frontier", "consumers"]
     rows = [
@@ -133,14 +127,14 @@ def cmd_subscriptions(args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
 @_cli_hints
 def cmd_fetch(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Claim records for a consumer and print them."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         sub = db.subscription(args.name)
         batch = sub.fetch(args.consumer, args.max, timeout=args.timeout)
         if args.ack and batch:
             sub.ack(*batch.offsets)
     if args.json:
         out.write("".join(
-            _dump({**record_json(r), "subscription": args.name, "attempts": batch.attempts[r.offset]}) + "\n"
+            dump({**record_json(r), "subscription": args.name, "attempts": batch.attempts[r.offset]}) + "\n"
             for r in batch
         ))
     else:
@@ -155,7 +149,7 @@ def _report(result: AckResult, verb: str, args: argparse.Namespace, out: IO[str]
         body: dict[str, Any] = {"subscription": args.name, verb: list(result.applied), "ignored": list(result.ignored)}
         if verb == "nacked":
             body["dead_lettered"] = list(result.dead_lettered)
-        out.write(_dump(body) + "\n")
+        out.write(dump(body) + "\n")
     else:
         out.write("".join(f"{o}\n" for o in result.applied))
     if result.ignored:
@@ -167,7 +161,7 @@ def _report(result: AckResult, verb: str, args: argparse.Namespace, out: IO[str]
 @_cli_hints
 def cmd_ack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Acknowledge records."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         result = db.subscription(args.name).ack(*args.offsets)
     _report(result, "acked", args, out, err)
     return EXIT_OK
@@ -176,7 +170,7 @@ def cmd_ack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 @_cli_hints
 def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Hand records back for redelivery."""
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         result = db.subscription(args.name).nack(*args.offsets, delay=args.delay, error=args.error)
     _report(result, "nacked", args, out, err)
     return EXIT_OK
@@ -185,10 +179,10 @@ def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 @_cli_hints
 def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """List a subscription's pending records."""
-    with _open(args, write=False) as db:
+    with open_db(args, write=False) as db:
         entries = db.subscription(args.name).pending(consumer=args.consumer, limit=args.limit)
     if args.json:
-        out.write("".join(_dump(e._asdict()) + "\n" for e in entries))
+        out.write("".join(dump(e._asdict()) + "\n" for e in entries))
         return EXIT_OK
     columns = ["offset", "consumer", "attempts", "idle_s", "deadline", "expired", "last_error"]
     rows = [
@@ -204,10 +198,10 @@ def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Read from a named reader (advancing it), or list, seek or delete readers."""
     if args.list:
-        with _open(args, write=False) as db:
+        with open_db(args, write=False) as db:
             readers = db.readers()
         if args.json:
-            out.write("".join(_dump(dataclasses.asdict(r)) + "\n" for r in readers))
+            out.write("".join(dump(dataclasses.asdict(r)) + "\n" for r in readers))
         else:
             rows = [(r.name, r.stream, r.position, r.lag, iso_time(r.updated_at)) for r in readers]
             out.write("".join(line + "\n" for line in render_table(
@@ -215,28 +209,28 @@ def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         return EXIT_OK
     if args.name is None:
         raise CliError("name the reader (or pass --list)", hint="sqlstream reader NAME STREAM")
-    with _open(args, write=True) as db:
+    with open_db(args, write=True) as db:
         if args.delete:
             db.delete_reader(args.name)
-            out.write(_dump({"reader": args.name, "deleted": True}) + "\n" if args.json
+            out.write(dump({"reader": args.name, "deleted": True}) + "\n" if args.json
                       else f"deleted reader {args.name!r}\n")
             return EXIT_OK
         reader = db.reader(args.name, args.stream, start=args.start)
         if args.seek is not None:
             position = reader.seek(args.seek)
-            out.write(_dump({"reader": args.name, "position": position}) + "\n" if args.json
+            out.write(dump({"reader": args.name, "position": position}) + "\n" if args.json
                       else f"reader {args.name!r} is at offset {position}\n")
             return EXIT_OK
         records = reader.read(args.limit, timeout=args.timeout)
-    _print_records(records, args.json, out)
+    print_records(records, args.json, out)
     return EXIT_OK
 
 
 # --------------------------------------------------------------------------- parser
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the subscription and reader commands through ``cli.build_parser``'s ``command``."""
+def register(command: CommandFactory) -> None:
+    """Add the subscription and reader commands through ``command`` (see :mod:`sqlstream.cli.main`)."""
     p = command(
         "subscribe", cmd_subscribe, "Create a subscription (consumer group) on a stream.",
         "sqlstream subscribe billing orders --ack-timeout 60\n"
@@ -249,11 +243,11 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("stream", metavar="STREAM")
     p.add_argument("--start", type=_start_arg, default="earliest", metavar="earliest|latest|OFFSET",
                    help="first record to deliver (default earliest)")
-    p.add_argument("--ack-timeout", type=_positive_seconds, default=30.0, metavar="S",
+    p.add_argument("--ack-timeout", type=parse_positive_seconds, default=30.0, metavar="S",
                    help="seconds before an unacked record is redelivered (default 30)")
-    p.add_argument("--max-unacked", type=_positive_int, default=1000, metavar="N",
+    p.add_argument("--max-unacked", type=parse_positive_int, default=1000, metavar="N",
                    help="most records pending at once (default 1000)")
-    p.add_argument("--max-deliveries", type=_positive_int, metavar="N", help="deliveries before dead-lettering")
+    p.add_argument("--max-deliveries", type=parse_positive_int, metavar="N", help="deliveries before dead-lettering")
     p.add_argument("--dead-letter", metavar="STREAM", help="stream for records that used up --max-deliveries")
     p.add_argument("--exist-ok", action="store_true", help="succeed if it already exists on STREAM")
 
@@ -281,8 +275,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", metavar="SUBSCRIPTION")
     p.add_argument("--consumer", default="cli", metavar="NAME", help="consumer name (default cli)")
-    p.add_argument("--max", type=_positive_int, default=100, metavar="N", help="at most N records (default 100)")
-    p.add_argument("--timeout", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--max", type=parse_positive_int, default=100, metavar="N", help="at most N records (default 100)")
+    p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for a record (default 0: do not wait)")
     p.add_argument("--ack", action="store_true", help="acknowledge the records once printed")
 
@@ -296,9 +290,9 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
             "stderr and ignored (exit status 0).",
         )
         p.add_argument("name", metavar="SUBSCRIPTION")
-        p.add_argument("offsets", metavar="OFFSET", type=_offset, nargs="+")
+        p.add_argument("offsets", metavar="OFFSET", type=parse_offset, nargs="+")
         if name == "nack":
-            p.add_argument("--delay", type=_seconds, default=0.0, metavar="S", help="redeliver after S seconds")
+            p.add_argument("--delay", type=parse_seconds, default=0.0, metavar="S", help="redeliver after S seconds")
             p.add_argument("--error", metavar="TEXT", help="why it failed (kept, and named in a dead letter)")
 
     p = command(
@@ -307,7 +301,7 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", metavar="SUBSCRIPTION")
     p.add_argument("--consumer", metavar="NAME", help="only this consumer's records")
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="at most N entries")
+    p.add_argument("--limit", type=parse_positive_int, metavar="N", help="at most N entries")
 
     p = command(
         "reader", cmd_reader, "Read from a named reader, advancing its stored position.",
@@ -319,8 +313,8 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("stream", metavar="STREAM", nargs="?")
     p.add_argument("--from", dest="start", type=_start_arg, default="earliest", metavar="earliest|latest|OFFSET",
                    help="where a new reader starts (default earliest)")
-    p.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N records (default 100)")
-    p.add_argument("--timeout", type=_seconds, default=0.0, metavar="S", help="wait up to S seconds for a record")
+    p.add_argument("--limit", type=parse_positive_int, default=100, metavar="N", help="at most N records (default 100)")
+    p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S", help="wait up to S seconds for a record")
     p.add_argument("--seek", type=_start_arg, metavar="earliest|latest|OFFSET", help="move the position only")
     p.add_argument("--delete", action="store_true", help="delete the reader")
     p.add_argument("--list", action="store_true", help="list every reader")

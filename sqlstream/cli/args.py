@@ -1,0 +1,145 @@
+"""Arguments of the ``sqlstream`` command line: the database path, number types, values.
+
+Numbers are checked when parsed (a usage error, status 2, otherwise): seconds are finite,
+>= 0 and at most ``SECONDS_MAX``; offsets are 0..``OFFSET_MAX``; counts and sizes are
+1..``COUNT_MAX``. Every command module takes its argument types from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import IO, Any
+
+from ..database import Database, open as open_database
+from ..streams import Stream
+from .output import CliError
+
+DEFAULT_DB = "sqlstream.db"
+DB_ENV = "SQLSTREAM_DB"
+
+SECONDS_MAX = 1e9  # about 31 years: any longer wait is "forever" in practice
+OFFSET_MAX = 2**63 - 1  # SQLite INTEGER
+COUNT_MAX = 2**62  # counts and sizes: a limit plus retention's margin still fits an INTEGER
+
+CommandFactory = Callable[..., argparse.ArgumentParser]
+"""``command(name, handler, summary, example, *, json_output=True, details="")``: adds one
+command to the parser and returns its sub-parser (see :func:`sqlstream.cli.main.build_parser`).
+Every command module's ``register(command)`` adds its commands through it."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples."""
+
+
+def db_path(args: argparse.Namespace) -> str:
+    return args.db or os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+def open_db(args: argparse.Namespace, *, write: bool, create: bool = False) -> Database:
+    """Open the database; only ``create`` may make a new file, readers open read-only."""
+    path = db_path(args)
+    if not create and not os.path.exists(path):
+        raise CliError(
+            f"no database at {os.path.abspath(path)}",
+            hint=f"create one with `sqlstream --db {path} create NAME`, or set --db / ${DB_ENV}",
+        )
+    return open_database(path, readonly=not write, create=create)
+
+
+def writable_stream(db: Database, name: str, secret: str | None) -> Stream:
+    """A handle that may write ``name``: through its write secret if one is given."""
+    if secret is None:
+        return db.stream(name)
+    stream = db.writer(secret)
+    if stream.name != name:
+        raise CliError(f"that write secret belongs to stream {stream.name!r}, not {name!r}")
+    return stream
+
+
+def parse_value(text: str, as_json: bool, where: str) -> Any:
+    if not as_json:
+        return text
+
+    def reject(constant: str) -> Any:
+        raise ValueError(f"{constant} is not valid JSON")
+
+    try:
+        value = json.loads(text, parse_constant=reject)
+    except ValueError as exc:
+        raise CliError(f"{where} is not valid JSON: {exc}", hint="drop --json to append it as text") from exc
+    if value is None:
+        raise CliError(f"{where} is JSON null, which a record cannot hold")
+    return value
+
+
+def stdin_lines(stdin: IO[str]) -> list[str]:
+    """Lines of stdin without their line endings, decoded strictly as UTF-8."""
+    raw = getattr(stdin, "buffer", None)
+    lines: list[str] = []
+    if raw is None:  # a text stream with no bytes underneath (tests, embedding)
+        return [line.rstrip("\n").removesuffix("\r") for line in stdin]
+    for number, chunk in enumerate(raw, 1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CliError(f"stdin line {number} is not valid UTF-8: {exc.reason}") from exc
+        lines.append(text.rstrip("\n").removesuffix("\r"))
+    return lines
+
+
+def parse_positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    if value > COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most 2**62 ({COUNT_MAX}), not {text}")
+    return value
+
+
+def parse_offset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an offset: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an offset is >= 0, not {value}")
+    if value > OFFSET_MAX:
+        raise argparse.ArgumentTypeError(f"an offset is at most 2**63-1 ({OFFSET_MAX}), not {text}")
+    return value
+
+
+def parse_seconds(text: str, *, positive: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > SECONDS_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number {'>' if positive else '>='} 0 and at most {SECONDS_MAX:.0e} seconds, "
+            f"not {text}"
+        )
+    return value
+
+
+def parse_positive_seconds(text: str) -> float:
+    return parse_seconds(text, positive=True)
+
+
+def parse_start(text: str) -> str:
+    if text in ("earliest", "latest"):
+        return text
+    return str(parse_offset(text))
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"a header is NAME=VALUE, not {text!r}")
+    return name, value

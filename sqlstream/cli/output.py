@@ -1,0 +1,236 @@
+"""Output of the ``sqlstream`` command line: errors, exit statuses, records, tables, progress.
+
+The output contract itself (``--json`` fields, exit codes) is in :mod:`sqlstream.cli.main`'s
+docstring; every command module prints through these helpers so it holds everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from ..errors import (
+    AccessDenied,
+    ConcurrencyError,
+    LockTimeout,
+    PayloadTooLarge,
+    ReadOnlyDatabase,
+    SchemaVersionError,
+    SqlstreamError,
+    StreamExists,
+    StreamNotFound,
+)
+from ..records import Record, StreamInfo
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by it
+
+
+class CliError(SqlstreamError):
+    """A problem the command line found itself (bad input, missing database file)."""
+
+
+# Hints in the core name the Python API ("pass exist_ok=True"); at the command line the
+# fix is a flag. Keyed by class, applied only when the core gave a hint, so an error the
+# core left hint-less stays one line. None drops a hint with no command-line equivalent.
+_CLI_HINTS: dict[type[SqlstreamError], str | None] = {
+    StreamNotFound: None,
+    StreamExists: "pass --exist-ok to reuse the existing stream",
+    AccessDenied: "pass the stream's write secret with --secret",
+    ConcurrencyError: "check `sqlstream info NAME` and retry with the new --expect-offset",
+    PayloadTooLarge: "split the value into several smaller records",
+    SchemaVersionError: (
+        "run any writing command once (e.g. `sqlstream create NAME --exist-ok`) to upgrade the file"
+    ),
+    ReadOnlyDatabase: "sqlstream sql is read-only; change data with create/append/seal/delete",
+    LockTimeout: "another process held the write lock too long; retry once it finishes",
+}
+
+
+def report_error(exc: SqlstreamError, err: IO[str]) -> None:
+    """Write ``Error: <message>`` and, when there is one, ``Hint: <hint>`` to ``err``."""
+    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    hint = exc.hint
+    if hint is not None:
+        for cls, cli_hint in _CLI_HINTS.items():
+            if isinstance(exc, cls):
+                hint = cli_hint
+                break
+    # Keep the contract of one line per field even if a message embeds a newline.
+    err.write(f"Error: {' '.join(message.splitlines())}\n")
+    if hint:
+        err.write(f"Hint: {hint}\n")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def iso_time(seconds: float) -> str:
+    """UTC ISO 8601 with milliseconds and a ``Z``, the form the SQL views use."""
+    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+# Control characters would break the one-record-per-line layout of human output.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def record_json(rec: Record) -> dict[str, Any]:
+    """The stable JSON form of a record (see the module docstring for the contract)."""
+    out: dict[str, Any] = {
+        "stream": rec.stream,
+        "offset": rec.offset,
+        "timestamp": rec.timestamp,
+        "time": iso_time(rec.timestamp),
+        "key": rec.key,
+        "headers": rec.headers,
+        "type": rec.content_type,
+        "value": rec.value,
+        "position": rec.position,
+        "txn": rec.txn,
+    }
+    if isinstance(rec.value, bytes):
+        out["value"] = base64.b64encode(rec.value).decode("ascii")
+        out["encoding"] = "base64"
+    return out
+
+
+def record_line(rec: Record) -> str:
+    """Human form: offset, time, key (``-`` if none), value; tab-separated, one line."""
+    if isinstance(rec.value, bytes):
+        value = repr(rec.value)  # b'...' keeps bytes distinguishable from text
+    elif rec.content_type == "json":
+        value = json.dumps(rec.value, ensure_ascii=False)
+    else:
+        value = _one_line(str(rec.value))
+    key = "-" if rec.key is None else _one_line(rec.key)
+    return f"{rec.offset}\t{iso_time(rec.timestamp)}\t{key}\t{value}"
+
+
+def info_json(info: StreamInfo) -> dict[str, Any]:
+    """The stable JSON form of a stream's description; times are float seconds or null."""
+    return {
+        "name": info.name,
+        "first_offset": info.first_offset,
+        "next_offset": info.next_offset,
+        "count": info.count,
+        "byte_length": info.byte_length,
+        "first_position": info.first_position,
+        "retained_bytes": info.retained_bytes,
+        "created_at": info.created_at,
+        "last_append_at": info.last_append_at,
+        "sealed": info.sealed,
+        "sealed_at": info.sealed_at,
+        "secret": info.secret,
+        "max_count": info.max_count,
+        "max_age": info.max_age,
+        "max_bytes": info.max_bytes,
+        "metadata": info.metadata,
+        "keep_unacked": info.keep_unacked,
+        "dedup_seconds": info.dedup_seconds,
+        "dedup_records": info.dedup_records,
+        "over_limit": info.over_limit,
+    }
+
+
+def json_cell(value: Any) -> Any:
+    """A SQL result cell as JSON: a BLOB becomes ``{"base64": ...}`` (no other cell is an object)."""
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # SQLite can hold ±inf; JSON cannot
+    return value
+
+
+def _table_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        shown = value[:32].hex()
+        return f"x'{shown}'" if len(value) <= 32 else f"x'{shown}'... ({len(value):,} bytes)"
+    return _one_line(str(value))
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Rows as an aligned text table under a header; numbers right-aligned, NULL empty."""
+    cells = [[_table_cell(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    numeric = [
+        bool(rows) and all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+        for i in range(len(columns))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(columns), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells)
+    return out
+
+
+def dump(obj: Any) -> str:
+    # ASCII-only JSON is valid whatever the terminal's or pipe's encoding.
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False)
+
+
+def print_records(records: Sequence[Record], as_json: bool, out: IO[str]) -> None:
+    render: Callable[[Record], str] = (lambda r: dump(record_json(r))) if as_json else record_line
+    out.write("".join(render(r) + "\n" for r in records))
+
+
+def isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class ProgressLine:
+    """A one-line progress display on a terminal, redrawn at most ten times a second.
+
+    The standard library is enough for one self-overwriting line, so no progress-bar
+    package is needed.
+    """
+
+    def __init__(self, err: IO[str], label: str) -> None:
+        self.err = err
+        self.label = label
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, p: Any, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        if p.total:
+            width = 24
+            done = min(p.records, p.total)
+            filled = width * done // p.total
+            bar = "[" + "#" * filled + "." * (width - filled) + f"] {done:,}/{p.total:,}"
+        else:
+            bar = f"{p.records:,} records"
+        self.err.write(f"\r{self.label}: {bar}, {p.files} archive(s)\x1b[K")
+        self.err.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self.err.write("\n")
+            self.err.flush()
