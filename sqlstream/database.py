@@ -573,7 +573,7 @@ class Database:
         """Every stream, by name."""
         with self._snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
-            return [_stream_info(row, self._over_limit(conn, row)) for row in rows]
+            return [_stream_info(row, self._over_limit(conn, row), self._dropped(conn, row)) for row in rows]
 
     def stream_info(self, name: str) -> StreamInfo:
         """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
@@ -582,13 +582,17 @@ class Database:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
-            return _stream_info(rows[0], self._over_limit(conn, rows[0]))
+            return _stream_info(rows[0], self._over_limit(conn, rows[0]), self._dropped(conn, rows[0]))
 
     def _over_limit(self, conn: apsw.Connection, row: tuple[Any, ...]) -> str | None:
         """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
         if row[9] is None and row[10] is None and row[11] is None:
             return None
         return _retention.over_limit(_query(conn), row[16], _us(self._clock()))
+
+    def _dropped(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int:
+        """StreamInfo.dropped_deliveries for a row of _STREAM_COLUMNS."""
+        return _retention.dropped_deliveries(_query(conn), row[16])
 
     def delete_stream(self, name: str, *, force: bool = False) -> None:
         """Delete a stream, its records, subscriptions and readers in one transaction.
@@ -619,6 +623,8 @@ class Database:
                     )
                 conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
                 conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
+                # Its id may be reused by a new stream, which must not inherit the count.
+                conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(row[0][0]),))
             self._tx_dirty = True
 
     # ----------------------------------------------------------------- retention and upkeep (issue 5)
@@ -1106,7 +1112,7 @@ def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_r
     _validation.check_limit(dedup_records, "dedup_records")
 
 
-def _stream_info(row: tuple[Any, ...], over_limit: str | None = None) -> StreamInfo:
+def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: int = 0) -> StreamInfo:
     (name, first, nxt, length, first_pos, created, sealed, last, secret, mc, ma, mb, meta,
      keep_unacked, dedup_seconds, dedup_records, _id) = row
     return StreamInfo(
@@ -1127,6 +1133,7 @@ def _stream_info(row: tuple[Any, ...], over_limit: str | None = None) -> StreamI
         dedup_seconds=dedup_seconds,
         dedup_records=dedup_records,
         over_limit=over_limit,
+        dropped_deliveries=dropped,
     )
 
 

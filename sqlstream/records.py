@@ -73,6 +73,9 @@ class StreamInfo:
     over_limit: str | None = None
     """Why the stream holds records its retention limits exclude (e.g. a subscription that
     has not acked them, with ``keep_unacked``), or None when it holds none."""
+    dropped_deliveries: int = 0
+    """Pending (delivered, unacked) deliveries dropped because trimming deleted their
+    records (retention without ``keep_unacked``, or a forced trim); ever, for this stream."""
 
     @property
     def count(self) -> int:

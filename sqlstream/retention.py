@@ -28,6 +28,7 @@ SQLAlchemy connection, so both run the same statements.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -58,6 +59,28 @@ SELECT s.name, coalesce((SELECT min(d.offset) FROM deliveries d WHERE d.subscrip
   FROM subscriptions s WHERE s.stream_id = ? ORDER BY f, s.name LIMIT 1
 """
 _TRIGGERS_SQL = "UPDATE streams SET trim_offset = ?, trim_bytes = ?, trim_time = ? WHERE id = ?"
+_PENDING_BELOW_SQL = (
+    "SELECT count(*), count(last_error) FROM deliveries "
+    "WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) AND offset < ?"
+)
+# Pending deliveries dropped by trims are counted per stream in the `counters` table
+# (a name/value table: no schema change), under dropped_counter(stream_id).
+_COUNT_DROPPED_SQL = (
+    "INSERT INTO counters (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+)
+_log = logging.getLogger("sqlstream")
+
+
+def dropped_counter(stream_id: int) -> str:
+    """The ``counters`` row counting the stream's pending deliveries dropped by trims."""
+    return f"dropped_deliveries:{stream_id}"
+
+
+def dropped_deliveries(q: Query, stream_id: int) -> int:
+    """How many pending (delivered, unacked) deliveries trims of the stream have dropped."""
+    rows = q("SELECT value FROM counters WHERE name = ?", (dropped_counter(stream_id),))
+    return int(rows[0][0]) if rows else 0
 
 
 def count_margin(limit: int) -> int:
@@ -203,11 +226,20 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
     else:
         position = st.byte_length
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))
-    q(
-        "DELETE FROM deliveries WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) "
-        "AND offset < ?",
-        (st.id, new_first),
-    )
+    dropped = q(_PENDING_BELOW_SQL, (st.id, new_first))[0]
+    if dropped[0]:
+        # Delivered, unacked work is lost with its records: never silently (issue 9).
+        q(_COUNT_DROPPED_SQL, (dropped_counter(st.id), dropped[0]))
+        _log.warning(
+            "trimming stream %r below offset %d dropped %d pending (delivered, unacked) deliveries, "
+            "%d of them with a last error; keep_unacked=True prevents this",
+            st.name, new_first, dropped[0], dropped[1],
+        )
+        q(
+            "DELETE FROM deliveries WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) "
+            "AND offset < ?",
+            (st.id, new_first),
+        )
     q("UPDATE streams SET first_offset = ?, first_position = ? WHERE id = ?", (new_first, position, st.id))
     return new_first - st.first, position
 
@@ -281,9 +313,11 @@ def over_limit(q: Query, stream_id: int, now_us: int) -> str | None:
     if plan.target <= st.first:
         return None
     why = "; ".join(plan.exceeded)
+    dropped = dropped_deliveries(q, stream_id)
+    lost = f"; trims have dropped {dropped:,} pending deliveries (keep_unacked=True prevents it)" if dropped else ""
     if plan.holder is not None:
-        return f"over its limits ({why}): {_held(plan.holder)}"
-    return f"over its limits ({why}): trimmed in a batch at a later append, or by db.maintain()"
+        return f"over its limits ({why}): {_held(plan.holder)}{lost}"
+    return f"over its limits ({why}): trimmed in a batch at a later append, or by db.maintain(){lost}"
 
 
 def trim(q: Query, stream_id: int, before_offset: int | None, now_us: int, *, force: bool = False) -> TrimResult:
