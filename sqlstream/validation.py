@@ -92,6 +92,7 @@ NAME_RULE = (
     "digit or _"
 )
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:/@=+]{0,199}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _number(value: object) -> bool:
@@ -215,7 +216,7 @@ def clean_text(value: object, what: str, *, optional: bool = True) -> str | None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        value = _SURROGATE.sub("\ufffd", value)
     return value
 
 
