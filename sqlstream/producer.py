@@ -36,7 +36,7 @@ from .errors import (
 )
 from .dedup import append_deduplicated, check_dedup_id
 from .records import check_name
-from .validation import check_count, check_timeout
+from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -103,7 +103,7 @@ class Producer:
             check_count(value, what, minimum=minimum)
         for what, seconds in (("max_delay", max_delay), ("retry_delay", retry_delay)):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
-                raise InvalidArgument(f"{what} must be a number of seconds from 0 to 86400, not {seconds!r}")
+                raise InvalidArgument(f"{what} must be a number of seconds from 0 to 86400, not {show(seconds)}")
         check_count(max_pending, "max_pending", optional=True)
         for what, callback in (("on_success", on_success), ("on_error", on_error)):
             if callback is not None and not callable(callback):

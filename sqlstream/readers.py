@@ -18,7 +18,7 @@ import apsw
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
 from .records import Record, check_name, read_records, record_sql
 from .subscriptions import _q
-from .validation import check_count, check_timeout
+from .validation import check_count, check_start, check_timeout
 
 if TYPE_CHECKING:
     from .database import Database
@@ -160,12 +160,12 @@ class Reader:
 
 
 def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
+    start = check_start(start)
     if start == "earliest":
         return first
     if start == "latest":
         return nxt
-    if isinstance(start, bool) or not isinstance(start, int):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
+    assert isinstance(start, int)
     if not first <= start <= nxt:
         raise OffsetOutOfRange(
             f"offset {start} is outside stream {stream!r} (offsets {first}..{nxt})",

@@ -29,7 +29,7 @@ from .records import (
     read_records,
     record_sql,
 )
-from .validation import check_count, check_offset, check_timeout, timestamp_us
+from .validation import check_count, check_offset, check_start, check_timeout, timestamp_us
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -302,13 +302,12 @@ class Stream:
             offset = records[-1].offset + 1
 
     def _resolve_start(self, start: int | str) -> int:
+        start = check_start(start)
         if start == "earliest":
             return self.info().first_offset
         if start == "latest":
             return self.info().next_offset
-        if isinstance(start, str):
-            raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
-        return check_offset(start, "start")
+        return int(start)
 
     # ----------------------------------------------------------------- reading bytes
 

@@ -44,8 +44,10 @@ from .validation import (
     check_count,
     check_flag,
     check_seconds,
+    check_start,
     check_timeout,
     clean_text,
+    show,
 )
 
 _log = logging.getLogger("sqlstream")
@@ -210,7 +212,7 @@ def _check_offsets(offsets: Sequence[object]) -> list[int]:
     for offset in offsets:
         if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
             raise InvalidArgument(
-                f"offsets are ints from 0 to 2**63-1, not {offset!r}",
+                f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
                 hint="pass record offsets: sub.ack(*batch.offsets)",
             )
         seen[offset] = None
@@ -652,10 +654,7 @@ def create_subscription(
             "max_deliveries and dead_letter go together",
             hint="pass both (records delivered max_deliveries times move to the dead_letter stream) or neither",
         )
-    if isinstance(start, str) and start not in ("earliest", "latest"):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
-    if not isinstance(start, str) and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset >= 0, not {start!r}")
+    start = check_start(start)
     with db._writing() as conn:
         found = _q(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)

@@ -36,6 +36,7 @@ import datetime as _dt
 import json
 import math
 import re
+import reprlib
 from typing import Any
 
 from .errors import InvalidArgument, InvalidName, InvalidValue
@@ -56,10 +57,12 @@ __all__ = [
     "check_count",
     "check_offset",
     "check_limit",
+    "check_start",
     "check_flag",
     "timestamp_us",
     "check_name",
     "clean_text",
+    "show",
     "encode_metadata",
 ]
 
@@ -95,6 +98,19 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:/@=+]{0,199}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+
+
+def show(value: object) -> str:
+    """A short repr for error messages: bounded in size and depth, so a hostile argument
+    (nested 5,000 deep, megabytes long) cannot make building the message fail."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not replace the real error
+        return f"<{type(value).__name__} object>"
+
+
 def _number(value: object) -> bool:
     """An int or float that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -106,7 +122,7 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
         return None
     if not _number(value) or not value >= 0:  # type: ignore[operator]  # NaN fails >= 0
         raise InvalidArgument(
-            f"{what} must be None or a number of seconds >= 0, not {value!r}",
+            f"{what} must be None or a number of seconds >= 0, not {show(value)}",
             hint="0 never waits; None (or any value from 1e9 up) waits without limit",
         )
     if value >= MAX_TIMEOUT:  # type: ignore[operator]
@@ -124,7 +140,7 @@ def check_seconds(value: object, what: str, *, positive: bool) -> float:
     ):
         raise InvalidArgument(
             f"{what} must be a number of seconds {'>' if positive else '>='} 0 and at most "
-            f"{MAX_SECONDS:,.0f}, not {value!r}",
+            f"{MAX_SECONDS:,.0f}, not {show(value)}",
         )
     return float(value)  # type: ignore[arg-type]
 
@@ -142,7 +158,7 @@ def check_count(
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise InvalidArgument(
-            f"{what} must be an int from {minimum} to {maximum:,}{' or None' if optional else ''}, not {value!r}"
+            f"{what} must be an int from {minimum} to {maximum:,}{' or None' if optional else ''}, not {show(value)}"
         )
     return value
 
@@ -150,8 +166,17 @@ def check_count(
 def check_offset(value: object, what: str = "offset") -> int:
     """An offset or byte position: an int from 0 to MAX_OFFSET."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
-        raise InvalidArgument(f"{what} must be an int from 0 to 2**63-1, not {value!r}")
+        raise InvalidArgument(f"{what} must be an int from 0 to 2**63-1, not {show(value)}")
     return value
+
+
+def check_start(value: object, what: str = "start") -> str | int:
+    """Where reading starts: ``"earliest"``, ``"latest"`` or an offset (see check_offset)."""
+    if value in ("earliest", "latest") and isinstance(value, str):
+        return value
+    if isinstance(value, str):
+        raise InvalidArgument(f"{what} must be 'earliest', 'latest' or an offset, not {show(value)}")
+    return check_offset(value, what)
 
 
 def check_limit(value: object, what: str) -> int | None:
@@ -159,14 +184,14 @@ def check_limit(value: object, what: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise InvalidArgument(f"{what} must be an int from 1 to 2**62 or None (no limit), not {value!r}")
+        raise InvalidArgument(f"{what} must be an int from 1 to 2**62 or None (no limit), not {show(value)}")
     return value
 
 
 def check_flag(value: object, what: str) -> bool:
     """True or False, nothing else (``force=1`` and ``force="no"`` are mistakes)."""
     if not isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be True or False, not {value!r}")
+        raise InvalidArgument(f"{what} must be True or False, not {show(value)}")
     return value
 
 
@@ -185,13 +210,13 @@ def timestamp_us(value: object, what: str = "timestamp") -> int:
             value = value.timestamp()
         except (OverflowError, ValueError, OSError) as exc:
             raise InvalidArgument(
-                f"{what} {value!r} cannot be converted to seconds since the epoch: {exc}",
+                f"{what} {show(value)} cannot be converted to seconds since the epoch: {exc}",
                 hint="pass a timezone-aware datetime, or seconds since the epoch",
             ) from None
     if not _number(value):
-        raise InvalidArgument(f"{what} must be seconds since the epoch or a datetime, not {value!r}")
+        raise InvalidArgument(f"{what} must be seconds since the epoch or a datetime, not {show(value)}")
     if not math.isfinite(value):  # type: ignore[arg-type]
-        raise InvalidArgument(f"{what} must be a finite number, not {value!r}")
+        raise InvalidArgument(f"{what} must be a finite number, not {show(value)}")
     us = value * 1_000_000  # type: ignore[operator]
     return int(max(-_US_BOUND, min(_US_BOUND, us)))
 
