@@ -624,7 +624,8 @@ class Database:
                 conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
                 conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
                 # Its id may be reused by a new stream, which must not inherit the count.
-                conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(row[0][0]),))
+                stream_id: Any = row[0][0]
+                conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
             self._tx_dirty = True
 
     # ----------------------------------------------------------------- retention and upkeep (issue 5)

@@ -37,7 +37,7 @@ import json
 import math
 import re
 import reprlib
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InvalidArgument, InvalidName, InvalidValue
 
@@ -111,7 +111,7 @@ def show(value: object) -> str:
         return f"<{type(value).__name__} object>"
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     """An int or float that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -120,29 +120,29 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
     """A wait limit in seconds: None (or >= MAX_TIMEOUT, inf included) waits without limit."""
     if value is None:
         return None
-    if not _number(value) or not value >= 0:  # type: ignore[operator]  # NaN fails >= 0
+    if not _number(value) or not value >= 0:  # NaN fails >= 0
         raise InvalidArgument(
             f"{what} must be None or a number of seconds >= 0, not {show(value)}",
             hint="0 never waits; None (or any value from 1e9 up) waits without limit",
         )
-    if value >= MAX_TIMEOUT:  # type: ignore[operator]
+    if value >= MAX_TIMEOUT:
         return None
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def check_seconds(value: object, what: str, *, positive: bool) -> float:
     """A duration in seconds: finite, > 0 (``positive``) or >= 0, at most MAX_SECONDS."""
     if (
         not _number(value)
-        or not math.isfinite(value)  # type: ignore[arg-type]
-        or not 0 <= value <= MAX_SECONDS  # type: ignore[operator]
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_SECONDS
         or (positive and value == 0)
     ):
         raise InvalidArgument(
             f"{what} must be a number of seconds {'>' if positive else '>='} 0 and at most "
             f"{MAX_SECONDS:,.0f}, not {show(value)}",
         )
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def check_optional_seconds(value: object, what: str) -> float | None:
@@ -215,9 +215,9 @@ def timestamp_us(value: object, what: str = "timestamp") -> int:
             ) from None
     if not _number(value):
         raise InvalidArgument(f"{what} must be seconds since the epoch or a datetime, not {show(value)}")
-    if not math.isfinite(value):  # type: ignore[arg-type]
+    if not math.isfinite(value):
         raise InvalidArgument(f"{what} must be a finite number, not {show(value)}")
-    us = value * 1_000_000  # type: ignore[operator]
+    us = value * 1_000_000
     return int(max(-_US_BOUND, min(_US_BOUND, us)))
 
 
