@@ -32,6 +32,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
+from .validation import duration_us
+
 
 class Query(Protocol):
     """Runs one statement with bound parameters in the current write transaction; returns its rows."""
@@ -95,7 +97,7 @@ def bytes_margin(limit: int) -> int:
 
 def age_margin_us(max_age: float) -> int:
     """Microseconds a record may outlive ``max_age`` before an append trims it."""
-    return int(min(max_age / 16, 60.0) * 1_000_000)
+    return duration_us(min(max_age / 16, 60.0))
 
 
 class TrimResult(NamedTuple):
@@ -180,7 +182,7 @@ def _plan(q: Query, st: _Stream, now_us: int) -> _Plan:
         target = st.next - st.max_count
         exceeded.append(f"{st.next - st.first:,} records retained, max_count {st.max_count:,}")
     if st.max_age is not None:
-        cutoff = now_us - int(st.max_age * 1_000_000)
+        cutoff = now_us - duration_us(st.max_age)
         young = _first_at_least(q, st.id, "timestamp", cutoff, st.first, min(cap + 1, st.next))
         if young > st.first:
             exceeded.append(f"records older than max_age {st.max_age:g} s")
@@ -251,7 +253,7 @@ def initial_triggers(
     return (
         None if max_count is None else max_count + count_margin(max_count),
         None if max_bytes is None else max_bytes + bytes_margin(max_bytes),
-        None if max_age is None else now_us + int(max_age * 1_000_000) + age_margin_us(max_age),
+        None if max_age is None else now_us + duration_us(max_age) + age_margin_us(max_age),
     )
 
 
@@ -267,7 +269,7 @@ def _set_triggers(q: Query, st: _Stream, first: int, first_position: int, now_us
             rows = q("SELECT timestamp FROM chunks WHERE stream_id = ? AND offset = ?", (st.id, first)) \
                 if first < st.next else []
             oldest = int(rows[0][0]) if rows else now_us  # any later record is at least this young
-            t_time = oldest + int(st.max_age * 1_000_000) + age_margin_us(st.max_age)
+            t_time = oldest + duration_us(st.max_age) + age_margin_us(st.max_age)
         triggers = (
             None if st.max_count is None else first + st.max_count + count_margin(st.max_count),
             None if st.max_bytes is None else first_position + st.max_bytes + bytes_margin(st.max_bytes),

@@ -54,6 +54,7 @@ __all__ = [
     "check_timeout",
     "check_seconds",
     "check_optional_seconds",
+    "duration_us",
     "check_count",
     "check_offset",
     "check_limit",
@@ -143,6 +144,15 @@ def check_seconds(value: object, what: str, *, positive: bool) -> float:
             f"{MAX_SECONDS:,.0f}, not {show(value)}",
         )
     return float(value)
+
+
+def duration_us(seconds: float) -> int:
+    """A stored duration as integer microseconds, capped at MAX_SECONDS.
+
+    The cap matters for settings stored before it existed (e.g. ``dedup_seconds=9e18``):
+    they must not make every later statement overflow SQLite's integers.
+    """
+    return int(min(seconds, MAX_SECONDS) * 1_000_000)
 
 
 def check_optional_seconds(value: object, what: str) -> float | None:

@@ -702,3 +702,16 @@ def test_issue_9_a_subscription_stored_with_a_huge_ack_timeout_still_fetches(fx:
     finally:
         conn.close()
     assert len(sub.fetch("c", 2)) == 2
+
+
+def test_issue_9_huge_stored_windows_do_not_break_dedup_appends_or_retention(fx: Fixture) -> None:
+    """dedup_seconds up to 2**63 used to be accepted and stored; every dedup append then
+    overflowed. Stored durations are capped where they are used (sqlstream.validation)."""
+    conn = apsw.Connection(fx.path)
+    try:
+        conn.execute("UPDATE streams SET dedup_seconds = 9e18, max_age = 9e18 WHERE name = 'plain'")
+    finally:
+        conn.close()
+    first = fx.plain.append(b"x", dedup_id="once")
+    assert fx.plain.append(b"x", dedup_id="once") == first
+    assert fx.db.trim("plain").trimmed == 0 and fx.db.maintain().checkpoint
