@@ -186,7 +186,8 @@ class SubscriptionInfo:
     ``lag``: records in the stream not delivered yet. ``pending``: delivered, not acked
     (``expired`` of them are past their deadline). ``acked_frontier``: every offset below
     it was acked or dead-lettered. ``consumers``: pending records per consumer holding
-    them (nacked records, held by nobody, are not counted there).
+    them (nacked records, held by nobody, are not counted there). ``dead_lettered``:
+    records moved to the dead-letter stream, plus damaged records set aside by ``fetch``.
     """
 
     name: str
@@ -269,6 +270,10 @@ class Subscription:
         the next ack deadline — or the timeout passes (empty batch). Inside
         ``db.transaction()`` only ``timeout=0`` may find nothing (else
         ``InvalidArgument``); there the claim commits with the transaction.
+        A damaged record (stored text that is not UTF-8, JSON that does not parse) is never
+        delivered and never blocks the subscription: the claim moves it to the dead-letter
+        stream as a bytes record, or skips it when there is none; both count in
+        ``dead_lettered`` and are logged.
         Raises ``SubscriptionNotFound``, ``InvalidName``, ``InvalidArgument``.
         """
         check_name(consumer, "consumer")

@@ -14,8 +14,10 @@ What counts as bad input (decisions):
 * text that is not valid Unicode (lone surrogates) in a value, key or header;
 * a key that is not a str, headers that are not a dict of str to str;
 * an argument out of range or of the wrong type: offsets/limits that are not ints >= 0
-  (bools included) or beyond SQLite's 64-bit integers, timeouts that are negative, NaN or
-  not numbers, retention limits that are not positive;
+  (bools included) or beyond SQLite's 64-bit integers, timeouts that are negative, NaN,
+  bools or not numbers (huge ones, ``inf`` included, mean "no limit"), durations beyond
+  10**9 s, counts beyond 10**9, retention limits that are not positive or beyond 2**62
+  (the rules: ``sqlstream/validation.py``);
 * a name that breaks the naming rule (the message states the rule).
 """
 

@@ -106,8 +106,23 @@ def _ops(db: sqlstream.Database) -> dict[str, tuple[Callable[..., object], list[
         "delete_stream": (lambda n, f: db.delete_stream(n, force=f), [names, hostile]),
         "delete_subscription": (lambda n, f: db.delete_subscription(n, force=f), [names, hostile]),
         "seal": (lambda: s().seal(), []),
+        "writer": (lambda secret: db.writer(secret), [hostile]),
+        "subscription": (lambda n: db.subscription(n).info(), [names]),
+        "maintain": (lambda r, t: db.maintain(retention=r, vacuum=False, optimize=False, checkpoint_timeout=t),
+                     [hostile | st.just(True), hostile | st.just(0.01)]),
+        "producer": (lambda b, d, n, r: db.producer(max_batch=b, max_delay=d, max_bytes=n, retries=r).close(timeout=5),
+                     [hostile, hostile, hostile, hostile]),
+        "consumer": (lambda b, c, d: db.consumer("sub", lambda batch: None, batch=b, concurrency=c, nack_delay=d),
+                     [hostile, hostile, hostile]),
+        "fetch_in_transaction": (lambda c, n, t: _in_transaction(db, lambda: db.subscription("sub").fetch(c, n, timeout=t)),
+                                 [names, hostile, timeouts]),
         "check": (lambda q, m: db.check(quick=q, max_problems=m), [hostile, hostile]),
     }
+
+
+def _in_transaction(db: sqlstream.Database, call: Callable[[], object]) -> object:
+    with db.transaction():
+        return call()
 
 
 def snapshot(path: str) -> list[tuple[str, list[tuple[Any, ...]]]]:
