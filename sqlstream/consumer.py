@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import InvalidArgument, LockTimeout
 from .records import check_name
 from .subscriptions import Batch, Subscription
+from .validation import check_count, check_seconds, check_timeout
 
 if TYPE_CHECKING:
     from .database import Database
@@ -67,11 +68,9 @@ class Consumer:
     ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler must be callable: handler(batch) -> None")
-        for what, value in (("batch", batch), ("concurrency", concurrency)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgument(f"{what} must be an int >= 1, not {value!r}")
-        if isinstance(nack_delay, bool) or not isinstance(nack_delay, (int, float)) or nack_delay < 0:
-            raise InvalidArgument(f"nack_delay must be a number of seconds >= 0, not {nack_delay!r}")
+        check_count(batch, "batch")
+        check_count(concurrency, "concurrency", maximum=1024)  # one thread each
+        nack_delay = check_seconds(nack_delay, "nack_delay", positive=False)
         self.db = db
         self.subscription = subscription if isinstance(subscription, Subscription) else db.subscription(subscription)
         self.handler = handler
@@ -115,6 +114,7 @@ class Consumer:
         ``timeout`` bounds the wait (None: until they finish). Safe to call from a handler
         (it then only asks).
         """
+        timeout = check_timeout(timeout)
         self._stop.set()
         self.db._notifier.bump()  # wake workers blocked in fetch so they see the request
         current = threading.current_thread()

@@ -26,6 +26,7 @@ from . import connection as cx
 from .errors import (
     AccessDenied,
     ConcurrencyError,
+    CorruptDatabase,
     DatabaseClosed,
     DatabaseError,
     InvalidArgument,
@@ -38,11 +39,12 @@ from .errors import (
     StreamExists,
     StreamNotFound,
     StreamSealed,
+    SubscriptionInUse,
     convert,
     translate,
 )
 from .records import StreamInfo, check_name
-from . import dedup as _dedup, retention as _retention
+from . import dedup as _dedup, retention as _retention, validation as _validation
 from .checkpoint import install_wal_hook
 from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
 
@@ -509,11 +511,9 @@ class Database:
         indefinitely. Blocking inside a transaction would hold the write lock that any
         waking commit needs, so it is refused.
         """
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)) or not timeout >= 0:  # NaN too
-                raise InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
-            if timeout == 0:
-                return check()
+        timeout = _validation.check_timeout(timeout)  # huge (inf too) means None: no limit
+        if timeout == 0:
+            return check()
         if self.in_transaction():
             result = check()
             if result is not None:
@@ -556,17 +556,13 @@ class Database:
         Raises ``StreamExists``, ``InvalidName``, ``InvalidArgument``.
         """
         check_name(name)
-        _check_positive("max_count", max_count, int)
-        _check_positive("max_age", max_age, (int, float))
-        _check_positive("max_bytes", max_bytes, int)
+        _validation.check_limit(max_count, "max_count")
+        _validation.check_optional_seconds(max_age, "max_age")
+        _validation.check_limit(max_bytes, "max_bytes")
         _check_retention_extras(keep_unacked, dedup_seconds, dedup_records)
-        try:
-            meta = json.dumps(metadata or {}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            meta.encode("utf-8")  # lone surrogates cannot be stored as SQLite text
-        except (TypeError, ValueError) as exc:
-            raise InvalidValue(f"stream metadata must be JSON-serialisable: {exc}") from exc
-        if metadata is not None and not isinstance(metadata, dict):
-            raise InvalidValue("stream metadata must be a dict")
+        _validation.check_flag(secret, "secret")
+        _validation.check_flag(exist_ok, "exist_ok")
+        meta = _validation.encode_metadata(metadata)
         write_secret = secrets.token_urlsafe(24) if secret else None
         with self.transaction():
             conn = self._write_conn()
@@ -618,7 +614,7 @@ class Database:
         """Every stream, by name."""
         with self._snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
-            return [_stream_info(row, self._over_limit(conn, row)) for row in rows]
+            return [_stream_info(row, self._over_limit(conn, row), self._dropped(conn, row)) for row in rows]
 
     def stream_info(self, name: str) -> StreamInfo:
         """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
@@ -627,7 +623,7 @@ class Database:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
-            return _stream_info(rows[0], self._over_limit(conn, rows[0]))
+            return _stream_info(rows[0], self._over_limit(conn, rows[0]), self._dropped(conn, rows[0]))
 
     def _over_limit(self, conn: apsw.Connection, row: tuple[Any, ...]) -> str | None:
         """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
@@ -635,20 +631,42 @@ class Database:
             return None
         return _retention.over_limit(_query(conn), row[16], _us(self._clock()))
 
-    def delete_stream(self, name: str) -> None:
-        """Delete a stream and all its records in one transaction. ``StreamNotFound`` if absent.
+    def _dropped(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int:
+        """StreamInfo.dropped_deliveries for a row of _STREAM_COLUMNS."""
+        return _retention.dropped_deliveries(_query(conn), row[16])
 
-        Readers blocked on the stream wake and get ``StreamNotFound``.
+    def delete_stream(self, name: str, *, force: bool = False) -> None:
+        """Delete a stream, its records, subscriptions and readers in one transaction.
+
+        Refused with ``SubscriptionInUse`` while a subscription of the stream has pending
+        (delivered, unacked) records, unless ``force`` (as ``delete_subscription``).
+        ``StreamNotFound`` if absent. Readers blocked on the stream wake and get
+        ``StreamNotFound``.
         """
         check_name(name)
+        _validation.check_flag(force, "force")
         with self.transaction():
             conn = self._write_conn()
             with translate():
                 row = conn.execute("SELECT id FROM streams WHERE name = ?", (name,)).fetchall()
                 if not row:
                     raise StreamNotFound(f"no stream named {name!r}")
+                busy = conn.execute(
+                    "SELECT s.name, count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
+                    "WHERE s.stream_id = ? GROUP BY s.name ORDER BY s.name",
+                    (row[0][0],),
+                ).fetchall()
+                if busy and not force:
+                    subs = ", ".join(f"{sub!r} ({n})" for sub, n in busy)
+                    raise SubscriptionInUse(
+                        f"stream {name!r} has subscriptions with pending (delivered, unacked) records: {subs}",
+                        hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
+                    )
                 conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
                 conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
+                # Its id may be reused by a new stream, which must not inherit the count.
+                stream_id: Any = row[0][0]
+                conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
             self._tx_dirty = True
 
     # ----------------------------------------------------------------- retention and upkeep (issue 5)
@@ -674,11 +692,12 @@ class Database:
         """
         check_name(stream)
         changes: dict[str, Any] = {}
-        for what, value, types in (
-            ("max_count", max_count, int), ("max_age", max_age, (int, float)), ("max_bytes", max_bytes, int)
-        ):
+        for what, value in (("max_count", max_count), ("max_age", max_age), ("max_bytes", max_bytes)):
             if value is not _KEEP:
-                _check_positive(what, value, types)
+                if what == "max_age":
+                    _validation.check_optional_seconds(value, what)
+                else:
+                    _validation.check_limit(value, what)
                 changes[what] = value
         _check_retention_extras(
             False if keep_unacked is _KEEP else keep_unacked,
@@ -710,10 +729,9 @@ class Database:
         transaction, or part of the caller's). Raises ``StreamNotFound``, ``InvalidArgument``.
         """
         check_name(stream)
-        if before_offset is not None and (
-            isinstance(before_offset, bool) or not isinstance(before_offset, int) or not 0 <= before_offset < 2**63
-        ):
-            raise InvalidArgument(f"before_offset must be an int >= 0 or None, not {before_offset!r}")
+        if before_offset is not None:
+            _validation.check_offset(before_offset, "before_offset")
+        _validation.check_flag(force, "force")
         with self.transaction():
             conn = self._write_conn()
             with translate():
@@ -870,12 +888,23 @@ class Database:
             try:
                 guard.user, guard.denied = True, None
                 try:
-                    cursor = conn.execute(sql, params)
+                    try:
+                        cursor = conn.execute(sql, params)
+                    except (TypeError, ValueError, OverflowError, KeyError) as exc:  # unbindable params
+                        what = f"no value for parameter {exc}" if isinstance(exc, KeyError) else str(exc)
+                        raise InvalidArgument(f"cannot run the query with these parameters: {what}") from None
                     try:
                         columns = [d[0] for d in cursor.get_description()]
                     except apsw.ExecutionCompleteError:
                         return QueryResult([], [])
-                    return QueryResult(columns, cursor.fetchall())
+                    try:
+                        return QueryResult(columns, cursor.fetchall())
+                    except UnicodeDecodeError as exc:  # a damaged record's text (see sqlstream.records)
+                        raise CorruptDatabase(
+                            f"the result holds text that is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                            hint="select CAST(column AS BLOB) to see the stored bytes; `sqlstream check` names "
+                            "damaged records",
+                        ) from None
                 finally:
                     guard.user = False
             finally:
@@ -1266,18 +1295,11 @@ def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_r
         raise InvalidArgument(f"keep_unacked must be True or False, not {keep_unacked!r}")
     if dedup_seconds is None or dedup_records is None:
         raise InvalidArgument("dedup_seconds and dedup_records must be positive numbers (the window cannot be unbounded)")
-    _check_positive("dedup_seconds", dedup_seconds, (int, float))
-    _check_positive("dedup_records", dedup_records, int)
+    _validation.check_seconds(dedup_seconds, "dedup_seconds", positive=True)
+    _validation.check_limit(dedup_records, "dedup_records")
 
 
-def _check_positive(what: str, value: object, types: type | tuple[type, ...]) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, types) or not 0 < value < 2**63:  # type: ignore[operator]
-        raise InvalidArgument(f"{what} must be a positive number or None, not {value!r}")
-
-
-def _stream_info(row: tuple[Any, ...], over_limit: str | None = None) -> StreamInfo:
+def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: int = 0) -> StreamInfo:
     (name, first, nxt, length, first_pos, created, sealed, last, secret, mc, ma, mb, meta,
      keep_unacked, dedup_seconds, dedup_records, _id) = row
     return StreamInfo(
@@ -1298,6 +1320,7 @@ def _stream_info(row: tuple[Any, ...], over_limit: str | None = None) -> StreamI
         dedup_seconds=dedup_seconds,
         dedup_records=dedup_records,
         over_limit=over_limit,
+        dropped_deliveries=dropped,
     )
 
 

@@ -37,6 +37,7 @@ import apsw
 
 from .errors import InvalidValue, convert
 from .retention import Query
+from .validation import duration_us
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -97,7 +98,7 @@ def lookup(
     wanted = sorted({i for i in ids if i is not None})
     if not wanted:
         return {}
-    oldest_time = now_us - int(seconds * 1_000_000)
+    oldest_time = now_us - duration_us(seconds)
     oldest_offset = next_offset - records
     return {
         dedup_id: int(offset)
@@ -114,7 +115,7 @@ def remember(q: Query, stream_id: int, entries: Sequence[tuple[str, int]], now_u
 
 def prune(q: Query, stream_id: int, next_offset: int, seconds: float, records: int, now_us: int) -> None:
     """Forget the stream's entries that are outside its window."""
-    q(PRUNE_SQL, (stream_id, next_offset - records, now_us - int(seconds * 1_000_000), next_offset))
+    q(PRUNE_SQL, (stream_id, next_offset - records, now_us - duration_us(seconds), next_offset))
 
 
 def resolve(ids: Sequence[str | None], known: dict[str, int]) -> tuple[list[int | None], list[int], list[int | None]]:

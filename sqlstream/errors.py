@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import apsw
 
@@ -36,6 +37,7 @@ __all__ = [
     "AccessDenied",
     "ReadOnlyDatabase",
     "CorruptDatabase",
+    "DamagedRecord",
     "DatabaseClosed",
     "DatabaseError",
     "ArchiveError",
@@ -162,6 +164,25 @@ class ReadOnlyDatabase(SqlstreamError):
 
 class CorruptDatabase(SqlstreamError):
     """The file is not a SQLite database or is damaged."""
+
+
+class DamagedRecord(CorruptDatabase):
+    """One stored record cannot be decoded (invalid UTF-8 text, or JSON that does not parse).
+
+    ``stream`` and ``offset`` name it; its bytes stay readable with ``read_bytes``.
+    """
+
+    def __init__(self, message: str, *, stream: str, offset: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.stream = stream
+        self.offset = offset
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments: pickle them explicitly
+        return (_damaged, (self.args[0], self.stream, self.offset, self.hint))
+
+
+def _damaged(message: str, stream: str, offset: int, hint: str | None) -> DamagedRecord:
+    return DamagedRecord(message, stream=stream, offset=offset, hint=hint)
 
 
 class DatabaseClosed(SqlstreamError):

@@ -32,6 +32,8 @@ from . import connection as cx
 from . import dedup as _dedup
 from . import retention as _retention
 from .errors import InvalidArgument, convert, translate
+from .records import damage_of
+from .validation import check_count, check_flag, check_seconds
 
 if TYPE_CHECKING:
     from .database import Database
@@ -143,8 +145,10 @@ def maintain(
     """
     if db.in_transaction():
         raise InvalidArgument("maintain() cannot run inside db.transaction()", hint="call it outside transactions")
-    if not (isinstance(checkpoint_timeout, (int, float)) and checkpoint_timeout >= 0):
-        raise InvalidArgument(f"checkpoint_timeout must be seconds >= 0, not {checkpoint_timeout!r}")
+    checkpoint_timeout = check_seconds(checkpoint_timeout, "checkpoint_timeout", positive=False)
+    for what, flag in (("retention", retention), ("vacuum", vacuum), ("full", full), ("checkpoint", checkpoint),
+                       ("optimize", optimize)):
+        check_flag(flag, what)
     report = MaintenanceReport(bytes_before=_file_bytes(db.path))
     conn = db._write_conn()
     if retention:
@@ -255,7 +259,8 @@ def _checkpoint(db: Database, timeout: float) -> str:
     try:
         conn.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # open the WAL
         while True:
-            conn.set_busy_timeout(max(1, int((deadline - time.monotonic()) * 1000)))
+            # SQLite takes the busy timeout as a C int of milliseconds.
+            conn.set_busy_timeout(max(1, min(2**31 - 1, int((deadline - time.monotonic()) * 1000))))
             try:
                 conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
                 return "truncate"
@@ -276,7 +281,9 @@ def _checkpoint(db: Database, timeout: float) -> str:
 
 _RECORDS_SQL = (
     "SELECT offset, position, timestamp, txn, content_type, typeof(data), octet_length(data), "
-    "CASE WHEN content_type = 'json' AND ?2 THEN json_valid(data) ELSE 1 END "
+    "CASE WHEN content_type = 'json' AND ?2 THEN json_valid(data) ELSE 1 END, "
+    # Text payloads undecoded, to find damaged records (invalid UTF-8) without apsw's decoding failing.
+    "CASE WHEN content_type != 'bytes' AND ?2 THEN CAST(data AS BLOB) END "
     "FROM chunks WHERE stream_id = ?1 ORDER BY offset"
 )
 
@@ -284,13 +291,14 @@ _RECORDS_SQL = (
 def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> CheckReport:
     """Verify the file and the stream invariants; return a :class:`CheckReport`.
 
-    ``quick`` uses ``PRAGMA quick_check`` and skips JSON validation. Read-only: runs in one
+    ``quick`` uses ``PRAGMA quick_check`` and skips payload validation (without it,
+    damaged records — text that is not UTF-8, JSON that does not parse — are named). Read-only: runs in one
     read transaction, so it sees one consistent state while writers carry on. Reads
     every record's metadata (not the payloads, except to validate JSON): time grows with
     the file. At most ``max_problems`` problems are listed (``truncated`` says so).
     """
-    if isinstance(max_problems, bool) or not isinstance(max_problems, int) or max_problems < 1:
-        raise InvalidArgument(f"max_problems must be an int >= 1, not {max_problems!r}")
+    check_count(max_problems, "max_problems")
+    check_flag(quick, "quick")
     report = CheckReport()
 
     def problem(stream: str | None, offset: int | None, message: str) -> bool:
@@ -323,6 +331,7 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
 
 
 _STORAGE = {"bytes": "blob", "text": "text", "json": "text"}
+_DAMAGE_HINT = "reads raise DamagedRecord; read_bytes reads its bytes; subscriptions set it aside"
 
 
 def _check_stream(
@@ -332,7 +341,7 @@ def _check_stream(
     """Check one stream's records; False when the problem list is full."""
     sid, name, first, nxt, first_pos, length, last_append = stream
     expect, position, prev_ts = first, first_pos, None
-    for offset, pos, ts, txn, ctype, storage, nbytes, json_ok in conn.execute(_RECORDS_SQL, (sid, validate_json)):
+    for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw in conn.execute(_RECORDS_SQL, (sid, validate_json)):
         report.records += 1
         if offset < first:
             if not problem(name, offset, f"record below first_offset {first} (trimmed records must be deleted)"):
@@ -356,8 +365,12 @@ def _check_stream(
         if _STORAGE.get(ctype) != storage:
             if not problem(name, offset, f"content type {ctype!r} stored as {storage}"):
                 return False
+        elif raw is not None and damage_of("text", raw) is not None:
+            if not problem(name, offset, f"damaged record: {damage_of('text', raw)} ({_DAMAGE_HINT})"):
+                return False
         elif not json_ok:
-            if not problem(name, offset, "content type 'json' but the payload is not valid JSON"):
+            if not problem(name, offset, f"damaged record: content type 'json' but the payload is not valid JSON "
+                           f"({_DAMAGE_HINT})"):
                 return False
         if last_txn is not None and not 0 < txn <= last_txn:
             if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):

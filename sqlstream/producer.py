@@ -36,6 +36,7 @@ from .errors import (
 )
 from .dedup import append_deduplicated, check_dedup_id
 from .records import check_name
+from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -99,14 +100,11 @@ class Producer:
         max_pending: int | None = None,
     ) -> None:
         for what, value, minimum in (("max_batch", max_batch, 1), ("max_bytes", max_bytes, 1), ("retries", retries, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InvalidArgument(f"{what} must be an int >= {minimum}, not {value!r}")
+            check_count(value, what, minimum=minimum)
         for what, seconds in (("max_delay", max_delay), ("retry_delay", retry_delay)):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86400:
-                raise InvalidArgument(f"{what} must be a number of seconds from 0 to 86400, not {seconds!r}")
-        if max_pending is not None and (isinstance(max_pending, bool) or not isinstance(max_pending, int)
-                                        or max_pending < 1):
-            raise InvalidArgument(f"max_pending must be an int >= 1 or None, not {max_pending!r}")
+                raise InvalidArgument(f"{what} must be a number of seconds from 0 to 86400, not {show(seconds)}")
+        check_count(max_pending, "max_pending", optional=True)
         for what, callback in (("on_success", on_success), ("on_error", on_error)):
             if callback is not None and not callable(callback):
                 raise InvalidArgument(f"{what} must be callable or None")
@@ -207,6 +205,7 @@ class Producer:
                 "cannot flush a producer inside db.transaction(): its writer needs the write lock",
                 hint="flush after the transaction ends",
             )
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._seq
@@ -226,6 +225,7 @@ class Producer:
 
         Returns True if everything queued was written (or failed) within ``timeout``.
         """
+        timeout = check_timeout(timeout)
         if threading.current_thread() is self._thread:
             with self._cond:  # from a callback: cannot wait for ourselves
                 self._closing = True

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
-from .records import RECORD_COLUMNS, Record, check_name, make_records
-from .subscriptions import _check_timeout, _q
+from .records import Record, check_name, read_records, record_sql
+from .subscriptions import _q
+from .validation import check_count, check_start, check_timeout
 
 if TYPE_CHECKING:
     from .database import Database
@@ -27,7 +28,7 @@ SELECT c.position, st.id, st.first_offset, st.next_offset, st.sealed_at IS NOT N
   FROM cursors c JOIN streams st ON st.id = c.stream_id
  WHERE c.id = ?
 """
-_RANGE_SQL = f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
+_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,12 @@ class Reader:
         were read are skipped. ``timeout``: 0 never blocks and may return ``[]``; otherwise
         waits until a record arrives, the stream is sealed (then ``[]`` once drained), or
         the timeout passes (``[]``). Raises ``ReaderNotFound``, ``InvalidArgument``.
+        A damaged record (one that cannot be decoded) ends the list before it; a read
+        whose first record is damaged raises ``DamagedRecord`` and leaves the position on
+        it (``reader.seek(offset + 1)`` skips it; ``read_bytes`` reads its bytes).
         """
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise InvalidArgument(f"max_records must be an int >= 1, not {max_records!r}")
+        check_count(max_records, "max_records")
+        timeout = check_timeout(timeout)
         db = self.db
 
         def check() -> list[Record] | None:
@@ -102,7 +106,6 @@ class Reader:
                     return [] if sealed else None
             return self._take(max_records)
 
-        _check_timeout(timeout)
         got = check()  # one look before waiting: starting to wait costs more than a read
         if got is None and timeout != 0:
             got = db._wait(check, timeout)
@@ -113,14 +116,19 @@ class Reader:
         with db._writing() as conn:
             position, stream_id, first, nxt, sealed = self._state(conn)
             start = max(position, first)
-            rows = _q(conn, _RANGE_SQL, (stream_id, start, max_records))
-            end = rows[-1][0] + 1 if rows else start
+            records, damaged = read_records(conn, self.stream, _RANGE_SQL, (stream_id, start, max_records))
+            if damaged:
+                bad = damaged[0]
+                records = [r for r in records if r.offset < bad.offset]
+                if not records:  # raised inside: the position stays on the damaged record
+                    raise bad.error(self.stream, f"reader.seek({bad.offset + 1}) skips it")
+            end = records[-1].offset + 1 if records else start
             if end != position:
                 conn.execute(
                     "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (end, _now_us(), self._id)
                 )
-        if rows:
-            return make_records(self.stream, rows)
+        if records:
+            return records
         return [] if sealed else None
 
     def seek(self, offset: int | str) -> int:
@@ -152,12 +160,12 @@ class Reader:
 
 
 def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
+    start = check_start(start)
     if start == "earliest":
         return first
     if start == "latest":
         return nxt
-    if isinstance(start, bool) or not isinstance(start, int):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
+    assert isinstance(start, int)
     if not first <= start <= nxt:
         raise OffsetOutOfRange(
             f"offset {start} is outside stream {stream!r} (offsets {first}..{nxt})",

@@ -9,30 +9,14 @@ payload (UTF-8 for text and JSON); byte positions in a stream add these lengths 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
 
-from .errors import InvalidName, InvalidValue
+from .errors import DamagedRecord, InvalidValue
+from .validation import NAME_RULE as NAME_RULE, check_name as check_name  # re-exported; their home
 
 Value = Union[bytes, str, dict[str, Any], list[Any], int, float, bool]  # noqa: UP007 - readable in docs
 """What a record's value can be: bytes, str, or a JSON-serialisable dict/list/number/bool."""
-
-NAME_RULE = (
-    "1 to 200 characters: letters, digits and _ . - : / @ = +, starting with a letter, "
-    "digit or _"
-)
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:/@=+]{0,199}")
-
-
-def check_name(name: object, what: str = "stream") -> str:
-    """Return ``name`` if it is a valid stream/subscription/reader name, else raise InvalidName."""
-    if not isinstance(name, str):
-        raise InvalidName(f"{what} name must be a str, not {type(name).__name__}: a name is {NAME_RULE}")
-    if not _NAME.fullmatch(name):
-        raise InvalidName(f"invalid {what} name {name!r}: a name is {NAME_RULE}")
-    return name
-
 
 class Record(NamedTuple):
     """One record of a stream, as read back.
@@ -89,6 +73,9 @@ class StreamInfo:
     over_limit: str | None = None
     """Why the stream holds records its retention limits exclude (e.g. a subscription that
     has not acked them, with ``keep_unacked``), or None when it holds none."""
+    dropped_deliveries: int = 0
+    """Pending (delivered, unacked) deliveries dropped because trimming deleted their
+    records (retention without ``keep_unacked``, or a forced trim); ever, for this stream."""
 
     @property
     def count(self) -> int:
@@ -199,6 +186,12 @@ def payload_bytes(content_type: str, data: bytes | str) -> bytes:
 
 # The column list every record read selects, in Record field order after `stream`.
 RECORD_COLUMNS = "offset, timestamp * 1e-6, key, headers, data, position, txn, content_type"
+# The same columns with the text ones as BLOBs: SQLite hands them over undecoded, so a
+# damaged record (invalid UTF-8, which apsw refuses to decode) can be found and named.
+RAW_RECORD_COLUMNS = (
+    "offset, timestamp * 1e-6, CAST(key AS BLOB), CAST(headers AS BLOB), CAST(data AS BLOB), position, txn, "
+    "content_type"
+)
 
 
 def make_records(stream: str, rows: list[tuple[Any, ...]]) -> list[Record]:
@@ -213,3 +206,128 @@ def make_records(stream: str, rows: list[tuple[Any, ...]]) -> list[Record]:
         new(Record, (stream, o, ts, k, loads(h) if h else {}, loads(d) if c == "json" else d, p, t, c))
         for o, ts, k, h, d, p, t, c in rows
     ]
+
+
+class Damaged(NamedTuple):
+    """A stored record that cannot be decoded, with its raw bytes (see :func:`read_records`)."""
+
+    offset: int
+    position: int
+    reason: str
+    key: str | None  # None when the key itself is damaged
+    headers: dict[str, str]  # {} when the headers are damaged
+    data: bytes  # the payload exactly as stored
+
+    def error(self, stream: str, skip: str) -> DamagedRecord:
+        """The DamagedRecord error for it; ``skip`` says how the caller can move past it."""
+        return DamagedRecord(
+            f"record {self.offset} of stream {stream!r} is damaged ({self.reason}); nothing was read",
+            stream=stream,
+            offset=self.offset,
+            hint=f"its {len(self.data)} stored bytes are readable with "
+            f"db.stream({stream!r}).read_bytes({self.position}, {len(self.data)}); {skip}; "
+            "`sqlstream check` lists every damaged record",
+        )
+
+
+def _decode_raw(stream: str, row: tuple[Any, ...]) -> Record | Damaged:
+    """Decode one row of RAW_RECORD_COLUMNS: the one place a stored record is interpreted."""
+    offset, ts, key, headers, data, position, txn, ctype = row
+    raw = bytes(data) if not isinstance(data, bytes) else data
+    reasons = []
+    try:
+        k = None if key is None else bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        k, reasons = None, ["its key is not valid UTF-8"]
+    try:
+        h = json.loads(bytes(headers).decode("utf-8")) if headers else {}
+        if not isinstance(h, dict):
+            raise ValueError("not an object")
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        h = {}
+        reasons.append("its headers are not a valid JSON object")
+    value: Any = raw
+    if ctype != "bytes":
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reasons.append(f"{ctype} payload is not valid UTF-8 at byte {exc.start}")
+        else:
+            if ctype == "json":
+                try:
+                    value = json.loads(value)
+                except ValueError as exc:
+                    reasons.append(f"json payload does not parse: {exc}")
+    if reasons:
+        return Damaged(offset, position, "; ".join(reasons), k, h, raw)
+    return tuple.__new__(Record, (stream, offset, ts, k, h, value, position, txn, ctype))
+
+
+def read_records(
+    conn: Any, stream: str, sql: tuple[str, str], params: Any
+) -> tuple[list[Record], list[Damaged]]:
+    """Run a record query and decode its rows: (records in order, damaged records).
+
+    ``sql`` is the statement over RECORD_COLUMNS and the same one over
+    RAW_RECORD_COLUMNS. The fast path lets apsw decode the text; only if that fails is
+    the query run again undecoded and each row decoded here, one at a time, so healthy
+    records come back and damaged ones are reported (never a raw UnicodeDecodeError or
+    JSONDecodeError). The caller decides what a damaged record means for it.
+    """
+    try:
+        return make_records(stream, conn.execute(sql[0], params).fetchall()), []
+    except ValueError:  # UnicodeDecodeError (apsw) or JSONDecodeError (make_records)
+        pass
+    records: list[Record] = []
+    damaged: list[Damaged] = []
+    for row in conn.execute(sql[1], params).fetchall():
+        got = _decode_raw(stream, row)
+        if isinstance(got, Damaged):
+            damaged.append(got)
+        else:
+            records.append(got)
+    return records, damaged
+
+
+def record_sql(tail: str) -> tuple[str, str]:
+    """``SELECT <record columns> FROM chunks <tail>``, decoded and raw (for read_records)."""
+    return f"SELECT {RECORD_COLUMNS} FROM chunks {tail}", f"SELECT {RAW_RECORD_COLUMNS} FROM chunks {tail}"
+
+
+def damage_of(ctype: str, data: bytes) -> str | None:
+    """Why a stored payload (as bytes) cannot be decoded as ``ctype``, or None if it can."""
+    if ctype == "bytes":
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{ctype} payload is not valid UTF-8 at byte {exc.start}"
+    if ctype == "json":
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return f"json payload does not parse: {exc}"
+    return None
+
+
+def salvage(
+    raw_key: bytes | None, raw_headers: bytes | None, ctype: str, raw: bytes
+) -> tuple[str | None, dict[str, str], bytes | str]:
+    """(key, headers, data) of a stored record read undecoded, to copy it elsewhere.
+
+    Whatever decodes is kept; a damaged key or headers become None/{} and a damaged
+    payload stays bytes (so the copy is a ``bytes`` record holding the stored bytes).
+    """
+    try:
+        key = None if raw_key is None else bytes(raw_key).decode("utf-8")
+    except UnicodeDecodeError:
+        key = None
+    try:
+        loaded = json.loads(bytes(raw_headers).decode("utf-8")) if raw_headers else {}
+    except ValueError:
+        loaded = {}
+    headers = {k: v for k, v in loaded.items() if isinstance(v, str)} if isinstance(loaded, dict) else {}
+    data: bytes | str = raw
+    if ctype != "bytes" and damage_of(ctype, raw) is None:
+        data = raw.decode("utf-8")
+    return key, headers, data

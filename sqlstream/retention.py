@@ -28,8 +28,11 @@ SQLAlchemy connection, so both run the same statements.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
+
+from .validation import duration_us
 
 
 class Query(Protocol):
@@ -58,6 +61,28 @@ SELECT s.name, coalesce((SELECT min(d.offset) FROM deliveries d WHERE d.subscrip
   FROM subscriptions s WHERE s.stream_id = ? ORDER BY f, s.name LIMIT 1
 """
 _TRIGGERS_SQL = "UPDATE streams SET trim_offset = ?, trim_bytes = ?, trim_time = ? WHERE id = ?"
+_PENDING_BELOW_SQL = (
+    "SELECT count(*), count(last_error) FROM deliveries "
+    "WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) AND offset < ?"
+)
+# Pending deliveries dropped by trims are counted per stream in the `counters` table
+# (a name/value table: no schema change), under dropped_counter(stream_id).
+_COUNT_DROPPED_SQL = (
+    "INSERT INTO counters (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+)
+_log = logging.getLogger("sqlstream")
+
+
+def dropped_counter(stream_id: int) -> str:
+    """The ``counters`` row counting the stream's pending deliveries dropped by trims."""
+    return f"dropped_deliveries:{stream_id}"
+
+
+def dropped_deliveries(q: Query, stream_id: int) -> int:
+    """How many pending (delivered, unacked) deliveries trims of the stream have dropped."""
+    rows = q("SELECT value FROM counters WHERE name = ?", (dropped_counter(stream_id),))
+    return int(rows[0][0]) if rows else 0
 
 
 def count_margin(limit: int) -> int:
@@ -72,7 +97,7 @@ def bytes_margin(limit: int) -> int:
 
 def age_margin_us(max_age: float) -> int:
     """Microseconds a record may outlive ``max_age`` before an append trims it."""
-    return int(min(max_age / 16, 60.0) * 1_000_000)
+    return duration_us(min(max_age / 16, 60.0))
 
 
 class TrimResult(NamedTuple):
@@ -157,7 +182,7 @@ def _plan(q: Query, st: _Stream, now_us: int) -> _Plan:
         target = st.next - st.max_count
         exceeded.append(f"{st.next - st.first:,} records retained, max_count {st.max_count:,}")
     if st.max_age is not None:
-        cutoff = now_us - int(st.max_age * 1_000_000)
+        cutoff = now_us - duration_us(st.max_age)
         young = _first_at_least(q, st.id, "timestamp", cutoff, st.first, min(cap + 1, st.next))
         if young > st.first:
             exceeded.append(f"records older than max_age {st.max_age:g} s")
@@ -203,11 +228,20 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
     else:
         position = st.byte_length
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))
-    q(
-        "DELETE FROM deliveries WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) "
-        "AND offset < ?",
-        (st.id, new_first),
-    )
+    dropped = q(_PENDING_BELOW_SQL, (st.id, new_first))[0]
+    if dropped[0]:
+        # Delivered, unacked work is lost with its records: never silently (issue 9).
+        q(_COUNT_DROPPED_SQL, (dropped_counter(st.id), dropped[0]))
+        _log.warning(
+            "trimming stream %r below offset %d dropped %d pending (delivered, unacked) deliveries, "
+            "%d of them with a last error; keep_unacked=True prevents this",
+            st.name, new_first, dropped[0], dropped[1],
+        )
+        q(
+            "DELETE FROM deliveries WHERE subscription_id IN (SELECT id FROM subscriptions WHERE stream_id = ?) "
+            "AND offset < ?",
+            (st.id, new_first),
+        )
     q("UPDATE streams SET first_offset = ?, first_position = ? WHERE id = ?", (new_first, position, st.id))
     return new_first - st.first, position
 
@@ -219,7 +253,7 @@ def initial_triggers(
     return (
         None if max_count is None else max_count + count_margin(max_count),
         None if max_bytes is None else max_bytes + bytes_margin(max_bytes),
-        None if max_age is None else now_us + int(max_age * 1_000_000) + age_margin_us(max_age),
+        None if max_age is None else now_us + duration_us(max_age) + age_margin_us(max_age),
     )
 
 
@@ -235,7 +269,7 @@ def _set_triggers(q: Query, st: _Stream, first: int, first_position: int, now_us
             rows = q("SELECT timestamp FROM chunks WHERE stream_id = ? AND offset = ?", (st.id, first)) \
                 if first < st.next else []
             oldest = int(rows[0][0]) if rows else now_us  # any later record is at least this young
-            t_time = oldest + int(st.max_age * 1_000_000) + age_margin_us(st.max_age)
+            t_time = oldest + duration_us(st.max_age) + age_margin_us(st.max_age)
         triggers = (
             None if st.max_count is None else first + st.max_count + count_margin(st.max_count),
             None if st.max_bytes is None else first_position + st.max_bytes + bytes_margin(st.max_bytes),
@@ -281,9 +315,11 @@ def over_limit(q: Query, stream_id: int, now_us: int) -> str | None:
     if plan.target <= st.first:
         return None
     why = "; ".join(plan.exceeded)
+    dropped = dropped_deliveries(q, stream_id)
+    lost = f"; trims have dropped {dropped:,} pending deliveries (keep_unacked=True prevents it)" if dropped else ""
     if plan.holder is not None:
-        return f"over its limits ({why}): {_held(plan.holder)}"
-    return f"over its limits ({why}): trimmed in a batch at a later append, or by db.maintain()"
+        return f"over its limits ({why}): {_held(plan.holder)}{lost}"
+    return f"over its limits ({why}): trimmed in a batch at a later append, or by db.maintain(){lost}"
 
 
 def trim(q: Query, stream_id: int, before_offset: int | None, now_us: int, *, force: bool = False) -> TrimResult:

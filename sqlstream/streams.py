@@ -9,7 +9,6 @@ blocks, a positive number waits at most that long, ``None`` waits without limit.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -19,16 +18,18 @@ from . import dedup as _dedup
 from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
-    RECORD_COLUMNS,
     Chunk,
+    Damaged,
     Record,
     StreamInfo,
     encode_headers,
     encode_key,
     encode_value,
-    make_records,
     payload_bytes,
+    read_records,
+    record_sql,
 )
+from .validation import check_count, check_offset, check_start, check_timeout, timestamp_us
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -38,14 +39,18 @@ _STATE_SQL = (
     "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL "
     "FROM streams WHERE name = ?"
 )
-_RANGE_SQL = f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?"
+_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 
 
-def _check_int(what: str, value: object, minimum: int) -> int:
-    # Beyond 2**63 - 1 SQLite cannot bind it, and no offset or count gets that large.
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 2**63:
-        raise InvalidArgument(f"{what} must be an int >= {minimum}, not {value!r}")
-    return value
+def _up_to_damage(stream: str, records: list[Record], damaged: list[Damaged], skip: str) -> list[Record]:
+    """The records before the first damaged one; DamagedRecord if that one comes first."""
+    if not damaged:
+        return records
+    bad = damaged[0]
+    before = [r for r in records if r.offset < bad.offset]
+    if not before:
+        raise bad.error(stream, skip.format(next=bad.offset + 1))
+    return before
 
 
 class _State:
@@ -226,8 +231,8 @@ class Stream:
                 )
             if offset >= st.next_offset:
                 return [], st
-            rows = conn.execute(_RANGE_SQL, (st.id, offset, limit)).fetchall()
-        return make_records(self.name, rows), st
+            records, damaged = read_records(conn, self.name, _RANGE_SQL, (st.id, offset, limit))
+        return _up_to_damage(self.name, records, damaged, "read on from offset {next} to skip it"), st
 
     def read(self, offset: int = 0, limit: int = 100, timeout: float | None = 0) -> list[Record]:
         """Return up to ``limit`` records starting at ``offset``, in offset order.
@@ -238,9 +243,13 @@ class Stream:
         and a transaction's records appear all together.
         Raises ``OffsetOutOfRange`` below the first retained offset or past the end of a
         sealed stream; ``StreamNotFound`` if the stream does not (or no longer) exists.
+        A damaged record (one that cannot be decoded) ends the list before it; a read that
+        starts at one raises ``DamagedRecord`` naming it (its bytes stay readable with
+        ``read_bytes``; read on from the next offset to skip it).
         """
-        _check_int("offset", offset, 0)
-        _check_int("limit", limit, 1)
+        check_offset(offset)
+        check_count(limit, "limit")
+        timeout = check_timeout(timeout)
 
         def check() -> list[Record] | None:
             records, st = self._read_once(offset, limit)
@@ -256,13 +265,7 @@ class Stream:
         record is older. Timestamps never decrease within a stream, so this is a binary
         search over the primary key.
         """
-        if isinstance(timestamp, _dt.datetime):
-            timestamp = timestamp.timestamp()
-        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-            raise InvalidArgument(f"timestamp must be seconds since the epoch or a datetime, not {timestamp!r}")
-        if not math.isfinite(timestamp):
-            raise InvalidArgument(f"timestamp must be a finite number, not {timestamp!r}")
-        target = int(timestamp * 1_000_000)
+        target = timestamp_us(timestamp)
         with self.db._snapshot() as conn:
             st = self._state(conn)
             return _bisect(conn, st, "timestamp", target, strict=False)
@@ -278,7 +281,8 @@ class Stream:
         (None: wait forever).
         """
         offset = self._resolve_start(start)
-        _check_int("batch", batch, 1)
+        check_count(batch, "batch")
+        timeout = check_timeout(timeout)
         while True:
             outcome: list[Any] = []
 
@@ -298,13 +302,12 @@ class Stream:
             offset = records[-1].offset + 1
 
     def _resolve_start(self, start: int | str) -> int:
+        start = check_start(start)
         if start == "earliest":
             return self.info().first_offset
         if start == "latest":
             return self.info().next_offset
-        if isinstance(start, str):
-            raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
-        return _check_int("start", start, 0)
+        return int(start)
 
     # ----------------------------------------------------------------- reading bytes
 
@@ -348,9 +351,10 @@ class Stream:
         ``WritePending`` if the timeout passes first. ``OffsetOutOfRange`` past the end
         of a sealed stream or below the first retained byte.
         """
-        _check_int("offset", offset, 0)
+        check_offset(offset)
         if limit is not None:
-            _check_int("limit", limit, 0)
+            check_offset(limit, "limit")
+        timeout = check_timeout(timeout)
         chunk = self.db._wait(lambda: self._bytes_once(offset, limit), timeout)
         if chunk is None:
             raise WritePending(
@@ -368,8 +372,9 @@ class Stream:
         sealed and all of it has been yielded. If nothing new arrives for ``timeout``
         seconds (None: no limit) it raises ``WritePending``.
         """
-        _check_int("chunk_size", chunk_size, 1)
-        _check_int("offset", offset, 0)
+        check_count(chunk_size, "chunk_size")
+        check_offset(offset)
+        timeout = check_timeout(timeout)
         position = offset
 
         def check() -> Chunk | None:
@@ -432,7 +437,9 @@ def _slice(conn: apsw.Connection, st: _State, start: int, end: int) -> bytes:
     first = max(first, st.first_offset)
     parts = []
     cursor = conn.execute(
-        "SELECT position, content_type, data FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+        # As a BLOB: the bytes as stored, also those of a damaged (not valid UTF-8) record.
+        "SELECT position, content_type, CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? "
+        "ORDER BY offset",
         (st.id, first),
     )
     for position, ctype, data in cursor:

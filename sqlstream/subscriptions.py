@@ -19,7 +19,7 @@ waits at most that long, ``None`` waits until there is something.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +37,20 @@ from .errors import (
     SubscriptionInUse,
     SubscriptionNotFound,
 )
-from .records import RECORD_COLUMNS, Record, check_name, encode_headers, make_records, payload_bytes
+from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
+from .validation import (
+    MAX_OFFSET,
+    MAX_SECONDS,
+    check_count,
+    check_flag,
+    check_seconds,
+    check_start,
+    check_timeout,
+    clean_text,
+    show,
+)
+
+_log = logging.getLogger("sqlstream")
 
 if TYPE_CHECKING:
     from .database import Database, PreparedRecord
@@ -93,12 +106,8 @@ SELECT ?1, offset, ?2, 1, ?3, ?4 FROM chunks WHERE stream_id = ?5 AND offset >= 
 # Offsets travel as one JSON array parameter: bound, whatever their number.
 _IN_OFFSETS = "offset IN (SELECT value FROM json_each(?))"
 
-_RECORDS_BY_OFFSET_SQL = (
-    f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset"
-)
-_RECORDS_RANGE_SQL = (
-    f"SELECT {RECORD_COLUMNS} FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset"
-)
+_RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset")
+_RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
 def _q(conn: apsw.Connection, sql: str, params: Any = ()) -> list[Any]:
@@ -139,6 +148,7 @@ class Batch(list[Record]):
         attempts: dict[int, int] | None = None,
     ) -> None:
         super().__init__(records)
+        self.skipped = 0  # damaged records this claim set aside (see Subscription._set_aside)
         self.subscription = subscription
         self.consumer = consumer
         self.attempts: dict[int, int] = attempts if attempts is not None else {}
@@ -176,7 +186,8 @@ class SubscriptionInfo:
     ``lag``: records in the stream not delivered yet. ``pending``: delivered, not acked
     (``expired`` of them are past their deadline). ``acked_frontier``: every offset below
     it was acked or dead-lettered. ``consumers``: pending records per consumer holding
-    them (nacked records, held by nobody, are not counted there).
+    them (nacked records, held by nobody, are not counted there). ``dead_lettered``:
+    records moved to the dead-letter stream, plus damaged records set aside by ``fetch``.
     """
 
     name: str
@@ -200,39 +211,13 @@ class SubscriptionInfo:
 def _check_offsets(offsets: Sequence[object]) -> list[int]:
     seen: dict[int, None] = {}
     for offset in offsets:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
             raise InvalidArgument(
-                f"offsets are ints >= 0, not {offset!r}", hint="pass record offsets: sub.ack(*batch.offsets)"
+                f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
+                hint="pass record offsets: sub.ack(*batch.offsets)",
             )
         seen[offset] = None
     return list(seen)
-
-
-def _check_seconds(what: str, value: object, *, positive: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        raise InvalidArgument(f"{what} must be a finite number of seconds {'>' if positive else '>='} 0, not {value!r}")
-    return float(value)
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-    ):
-        raise InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
-
-
-def _check_count(what: str, value: object, *, optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgument(f"{what} must be an int > 0{' or None' if optional else ''}, not {value!r}")
-    return value
 
 
 class Subscription:
@@ -285,12 +270,15 @@ class Subscription:
         the next ack deadline — or the timeout passes (empty batch). Inside
         ``db.transaction()`` only ``timeout=0`` may find nothing (else
         ``InvalidArgument``); there the claim commits with the transaction.
+        A damaged record (stored text that is not UTF-8, JSON that does not parse) is never
+        delivered and never blocks the subscription: the claim moves it to the dead-letter
+        stream as a bytes record, or skips it when there is none; both count in
+        ``dead_lettered`` and are logged.
         Raises ``SubscriptionNotFound``, ``InvalidName``, ``InvalidArgument``.
         """
         check_name(consumer, "consumer")
-        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-            raise InvalidArgument(f"max_records must be an int >= 1, not {max_records!r}")
-        return self._fetch(consumer, max_records, timeout, None)
+        check_count(max_records, "max_records")
+        return self._fetch(consumer, max_records, check_timeout(timeout), None)
 
     def _fetch(
         self, consumer: str, max_records: int, timeout: float | None, stop: Callable[[], bool] | None
@@ -309,6 +297,9 @@ class Subscription:
                 if not claimable:
                     return None
             batch = self._claim(consumer, max_records)
+            while not batch and batch.skipped:
+                # Every record claimed was damaged and set aside: claim the next ones.
+                batch = self._claim(consumer, max_records)
             return batch if batch else None
 
         def wake_at() -> float | None:
@@ -318,7 +309,7 @@ class Subscription:
             # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
             return time.monotonic() + max(0.001, deadline / 1e6 - db._clock())
 
-        _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         # First a claim straight away (most fetches find records), then wait: starting to
         # wait (the watcher thread) costs more than a claim.
         got = check(probe=False)
@@ -353,7 +344,9 @@ class Subscription:
                 )
                 if exhausted:
                     self._dead_letter(conn, stream_id, dead_letter, exhausted)
-            deadline = now + _us(ack_timeout)
+            # min(): a subscription created before ack_timeout was capped must not make
+            # the deadline overflow SQLite's integers (every fetch would fail).
+            deadline = now + _us(min(ack_timeout, MAX_SECONDS))
             attempts: dict[int, int] = dict(
                 _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, max_records))
             )
@@ -370,12 +363,12 @@ class Subscription:
                     "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
                 )
             records: list[Record] = []
+            damaged: list[Damaged] = []
             if again:
-                found = _q(conn, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again)))
-                records = make_records(self.stream, found)
-                if len(records) < len(again):
+                records, damaged = read_records(conn, self.stream, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(again)))
+                if len(records) + len(damaged) < len(again):
                     # Trimmed by retention while pending: nothing left to deliver.
-                    gone = sorted(set(again) - {r.offset for r in records})
+                    gone = sorted(set(again) - {r.offset for r in records} - {d.offset for d in damaged})
                     conn.execute(
                         f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}",
                         (self._id, json.dumps(gone)),
@@ -383,33 +376,62 @@ class Subscription:
                     for offset in gone:
                         del attempts[offset]
             if count:
-                fresh = _q(conn, _RECORDS_RANGE_SQL, (stream_id, start, start + count))
-                records += make_records(self.stream, fresh)
+                fresh, bad = read_records(conn, self.stream, _RECORDS_RANGE_SQL, (stream_id, start, start + count))
+                records += fresh
+                damaged += bad
                 for r in fresh:
-                    attempts[r[0]] = 1
-        return Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
+                    attempts[r.offset] = 1
+            if damaged:
+                self._set_aside(conn, stream_id, dead_letter, damaged, attempts)
+        batch = Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
+        batch.skipped = len(damaged)
+        return batch
+
+    def _set_aside(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, damaged: list[Damaged],
+        attempts: dict[int, int],
+    ) -> None:
+        """Take damaged records out of delivery, inside the claim's transaction.
+
+        A record that cannot be decoded can never be processed, and failing the claim
+        would fail every later one too: the subscription would be stuck on it for good.
+        So it goes to the dead-letter stream (its stored bytes as a bytes record) when the
+        subscription has one, else it is skipped; either way it counts in
+        ``dead_lettered`` and is logged with its stream and offset.
+        """
+        for d in damaged:
+            _log.warning(
+                "subscription %r %s damaged record %d of stream %r (%s)", self.name,
+                "dead-letters" if dead_letter else "skips", d.offset, self.stream, d.reason,
+            )
+        entries = [(d.offset, attempts.pop(d.offset, 1), f"damaged record: {d.reason}") for d in damaged]
+        self._dead_letter(conn, stream_id, dead_letter, entries)
 
     def _dead_letter(
-        self, conn: apsw.Connection, stream_id: int, dead_letter: str, entries: list[tuple[Any, ...]]
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, entries: list[tuple[Any, ...]]
     ) -> None:
         """Move pending records (offset, attempts, last_error) to the dead-letter stream.
 
         Runs inside the caller's transaction. The dead-letter stream is created here if
         it does not exist (any more); a sealed or secret one is an error that leaves
-        everything as it was.
+        everything as it was. With ``dead_letter`` None (damaged records of a
+        subscription without one) the records are only taken out of delivery.
         """
         db = self.db
         offsets = [e[0] for e in entries]
         info = {e[0]: (e[1], e[2]) for e in entries}
         rows = _q(conn,
-            f"SELECT offset, key, headers, content_type, data FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} "
-            "ORDER BY offset",
+            "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
+            f"FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset",
             (stream_id, json.dumps(offsets)),
         )
         prepared: list[PreparedRecord] = []
-        for offset, key, headers, ctype, data in rows:
+        for offset, raw_key, raw_headers, ctype, raw in rows:
             attempts, last_error = info[offset]
-            meta = json.loads(headers) if headers else {}
+            # Undecoded above, so a damaged record moves too: as its stored bytes.
+            key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
+            if not isinstance(data, str) and ctype != "bytes":
+                ctype = "bytes"
             meta.update({
                 "sqlstream.source_stream": self.stream,
                 "sqlstream.source_offset": str(offset),
@@ -418,8 +440,8 @@ class Subscription:
             })
             if last_error is not None:
                 meta["sqlstream.last_error"] = last_error
-            prepared.append((key, encode_headers(meta), ctype, data, len(payload_bytes(ctype, data))))
-        if prepared:
+            prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
+        if prepared and dead_letter is not None:
             exists = _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,))
             if not exists:
                 db.create_stream(dead_letter)
@@ -477,9 +499,8 @@ class Subscription:
         and ``StreamSealed``/``AccessDenied`` if the dead-letter stream cannot take appends.
         """
         wanted = _check_offsets(offsets)
-        delay = _check_seconds("delay", delay, positive=False)
-        if error is not None and not isinstance(error, str):
-            raise InvalidArgument(f"error must be a str or None, not {type(error).__name__}")
+        delay = check_seconds(delay, "delay", positive=False)
+        error = clean_text(error, "error")
         if not wanted:
             return AckResult((), ())
         db = self.db
@@ -518,7 +539,7 @@ class Subscription:
         ignored and reported. Atomic. Raises ``SubscriptionNotFound``, ``InvalidArgument``.
         """
         wanted = _check_offsets(offsets)
-        seconds = _check_seconds("seconds", seconds, positive=True)
+        seconds = check_seconds(seconds, "seconds", positive=True)
         if not wanted:
             return AckResult((), ())
         db = self.db
@@ -546,7 +567,7 @@ class Subscription:
         if consumer is not None:
             check_name(consumer, "consumer")
         if limit is not None:
-            _check_count("limit", limit)
+            check_count(limit, "limit")
         now = self.db._clock()
         with self.db._snapshot() as conn:
             self._check_exists(conn)
@@ -625,9 +646,10 @@ def create_subscription(
 ) -> Subscription:
     check_name(name, "subscription")
     check_name(stream)
-    ack_timeout = _check_seconds("ack_timeout", ack_timeout, positive=True)
-    _check_count("max_unacked", max_unacked)
-    _check_count("max_deliveries", max_deliveries, optional=True)
+    ack_timeout = check_seconds(ack_timeout, "ack_timeout", positive=True)
+    check_count(max_unacked, "max_unacked")
+    check_count(max_deliveries, "max_deliveries", optional=True)
+    check_flag(exist_ok, "exist_ok")
     if dead_letter is not None:
         check_name(dead_letter, "dead-letter stream")
         if dead_letter == stream:
@@ -637,10 +659,7 @@ def create_subscription(
             "max_deliveries and dead_letter go together",
             hint="pass both (records delivered max_deliveries times move to the dead_letter stream) or neither",
         )
-    if isinstance(start, str) and start not in ("earliest", "latest"):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset, not {start!r}")
-    if not isinstance(start, str) and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
-        raise InvalidArgument(f"start must be 'earliest', 'latest' or an offset >= 0, not {start!r}")
+    start = check_start(start)
     with db._writing() as conn:
         found = _q(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)

@@ -14,8 +14,10 @@ What counts as bad input (decisions):
 * text that is not valid Unicode (lone surrogates) in a value, key or header;
 * a key that is not a str, headers that are not a dict of str to str;
 * an argument out of range or of the wrong type: offsets/limits that are not ints >= 0
-  (bools included) or beyond SQLite's 64-bit integers, timeouts that are negative, NaN or
-  not numbers, retention limits that are not positive;
+  (bools included) or beyond SQLite's 64-bit integers, timeouts that are negative, NaN,
+  bools or not numbers (huge ones, ``inf`` included, mean "no limit"), durations beyond
+  10**9 s, counts beyond 10**9, retention limits that are not positive or beyond 2**62
+  (the rules: ``sqlstream/validation.py``);
 * a name that breaks the naming rule (the message states the rule).
 """
 
@@ -623,3 +625,95 @@ def test_no_raw_exception_escapes_the_api(fx: Fixture) -> None:
     # Whatever the fuzzing stored, the records that were there are still there.
     assert [r.value for r in fx.plain.read(0, 4)] == [{"id": 1}, b"\x00\xff", "été", [1, 2.5, None]]
     assert math.isfinite(fx.plain.info().byte_length)
+
+
+# --------------------------------------------------------------------------- issue 9 item 12
+
+
+def test_issue_9_hostile_numbers_texts_and_metadata_are_sqlstream_errors(fx: Fixture) -> None:
+    """Each call the API fuzzer found raising a raw OverflowError/ValueError/UnicodeEncodeError/
+    KeyError/RecursionError now raises a SqlstreamError and changes nothing (sqlstream.validation)."""
+    import datetime
+
+    db, s = fx.db, fx.plain
+    sub = db.create_subscription("sub", "plain")
+    reader = db.reader("r", "plain")
+    sub.fetch("c", 1)  # offset 0 pending: nack/extend have something to apply to
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]
+    calls: list[tuple[type[errors.SqlstreamError], Callable[[], object]]] = [
+        (errors.InvalidArgument, lambda: db.create_stream("n1", max_count=2**63 - 1)),
+        (errors.InvalidArgument, lambda: db.create_stream("n2", max_bytes=2**63 - 1)),
+        (errors.InvalidArgument, lambda: db.create_stream("n3", max_age=9e18)),
+        (errors.InvalidArgument, lambda: db.set_retention("plain", max_count=2**63 - 1)),
+        (errors.InvalidArgument, lambda: db.set_retention("plain", max_age=9e18)),
+        (errors.InvalidArgument, lambda: db.set_retention("plain", dedup_seconds=float("inf"))),
+        (errors.InvalidArgument, lambda: db.create_subscription("s2", "plain", ack_timeout=1e13)),
+        (errors.InvalidArgument, lambda: db.create_subscription("s3", "plain", max_unacked=2**64)),
+        (errors.InvalidArgument, lambda: db.create_subscription("s4", "plain", max_deliveries=2**64, dead_letter="d")),
+        (errors.InvalidArgument, lambda: sub.nack(0, delay=1e300)),
+        (errors.InvalidArgument, lambda: sub.extend(0, seconds=1e300)),
+        (errors.InvalidArgument, lambda: sub.fetch("c", 2**64)),
+        (errors.InvalidArgument, lambda: sub.fetch("c", 1, timeout=True)),
+        (errors.InvalidArgument, lambda: sub.pending(limit=2**64)),
+        (errors.InvalidArgument, lambda: sub.ack(2**64)),
+        (errors.InvalidArgument, lambda: reader.read(2**64)),
+        (errors.InvalidArgument, lambda: reader.read(1, timeout=True)),
+        (errors.InvalidArgument, lambda: s.read(0, timeout=True)),  # the drift: read took it, fetch did not
+        (errors.InvalidArgument, lambda: s.read_bytes(0, 1, timeout=False)),
+        (errors.InvalidArgument, lambda: s.read_at(datetime.datetime(1, 1, 1))),
+        (errors.InvalidArgument, lambda: db.maintain(checkpoint_timeout=float("inf"))),
+        (errors.InvalidArgument, lambda: db.query("SELECT :a", {"b": 1})),
+        (errors.InvalidValue, lambda: db.create_stream("n4", metadata=deep)),
+        (errors.InvalidArgument, lambda: db.delete_stream("plain", force=1)),  # type: ignore[arg-type]
+    ]
+    for expected, call in calls:
+        refused(fx.path, expected, call)
+
+
+def test_issue_9_huge_and_infinite_timeouts_wait_without_limit_like_none(fx: Fixture) -> None:
+    """timeout=inf/1e300 used to raise OverflowError; they now mean None (documented)."""
+    s = fx.plain
+    sub = fx.db.create_subscription("sub", "plain")
+    reader = fx.db.reader("r", "plain")
+    for forever in (float("inf"), 1e300, 10**30):
+        assert len(s.read(0, 1, timeout=forever)) == 1  # records there: returns at once
+        assert s.read_bytes(0, 1, timeout=forever).length == 1
+        assert len(sub.fetch("c", 1, timeout=forever)) == 1
+        assert len(reader.read(1, timeout=forever)) == 1
+
+
+def test_issue_9_a_nack_error_with_lone_surrogates_is_stored_cleaned(fx: Fixture) -> None:
+    """An error text must never make the nack carrying it fail: surrogates become U+FFFD."""
+    sub = fx.db.create_subscription("sub", "plain")
+    sub.fetch("c", 1)
+    assert sub.nack(0, error="bad \udc80 name" + "x" * 20_000).applied == (0,)
+    error = sub.pending()[0].last_error or ""
+    assert error.startswith("bad \ufffd name") and len(error) == 10_000
+
+
+def test_issue_9_a_subscription_stored_with_a_huge_ack_timeout_still_fetches(fx: Fixture) -> None:
+    """Files written before the cap may hold ack_timeout=1e13: fetch must not overflow on it."""
+    sub = fx.db.create_subscription("sub", "plain")
+    conn = apsw.Connection(fx.path)
+    try:
+        conn.execute("UPDATE subscriptions SET ack_timeout = 1e13")
+    finally:
+        conn.close()
+    assert len(sub.fetch("c", 2)) == 2
+
+
+def test_issue_9_huge_stored_windows_do_not_break_dedup_appends_or_retention(fx: Fixture) -> None:
+    """dedup_seconds up to 2**63 used to be accepted and stored; every dedup append then
+    overflowed. Stored durations are capped where they are used (sqlstream.validation)."""
+    conn = apsw.Connection(fx.path)
+    try:
+        conn.execute("UPDATE streams SET dedup_seconds = 9e18, max_age = 9e18 WHERE name = 'plain'")
+    finally:
+        conn.close()
+    first = fx.plain.append(b"x", dedup_id="once")
+    assert fx.plain.append(b"x", dedup_id="once") == first
+    assert fx.db.trim("plain").trimmed == 0 and fx.db.maintain().checkpoint

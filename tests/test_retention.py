@@ -260,3 +260,24 @@ def test_the_retention_benchmark_runs(tmp_path: object) -> None:
     assert retention.main(["--quick", "--records", "200000", "--rounds", "1", "--out", out]) == 0
     report = open(os.path.join(out, "RETENTION.md"), encoding="utf-8").read()
     assert "### retention: 200,000 records" in report and "(max/min 1." in report
+
+
+def test_retention_counts_the_pending_deliveries_it_drops_and_says_so(db: sqlstream.Database) -> None:
+    """Issue 9 item 11: default retention dropped delivered, unacked work without a trace."""
+    stream = db.create_stream("s", max_count=100)
+    stream.extend(list(range(100)))
+    sub = db.create_subscription("sub", "s")
+    sub.fetch("a", 3)
+    sub.nack(0, 1, 2, delay=60, error="boom")  # attempts and a last_error: real work in flight
+    assert stream.info().dropped_deliveries == 0
+    stream.extend(list(range(120)))  # past the trigger: the oldest 120 go, with their deliveries
+    info = stream.info()
+    assert info.first_offset >= 3 and sub.pending() == []
+    assert info.dropped_deliveries == 3
+    assert db.streams()[0].dropped_deliveries == 3  # both listings carry it
+    db.set_retention("s", max_count=1000)  # margin 62: the next 30 over the limit wait for a batch
+    stream.extend(list(range(1030 - stream.info().count)))
+    assert "trims have dropped 3 pending deliveries" in (stream.info().over_limit or "")
+    db.delete_stream("s")
+    db.create_stream("s")  # a new stream (maybe with the same id) starts at 0
+    assert db.stream_info("s").dropped_deliveries == 0

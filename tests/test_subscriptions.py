@@ -423,7 +423,7 @@ def test_deleting_the_stream_deletes_its_subscriptions(db: sqlstream.Database) -
     fill(db, 3)
     sub = db.create_subscription("sub", "s")
     sub.fetch("a", 3)
-    db.delete_stream("s")
+    db.delete_stream("s", force=True)
     assert db.subscriptions() == []
     with pytest.raises(errors.SubscriptionNotFound):
         sub.fetch("a", 1)
@@ -578,3 +578,18 @@ def test_exactly_once_across_a_crash(db: sqlstream.Database) -> None:
     info = sub.info()
     assert info.acked == 2 and info.pending == 0
     assert sub.fetch("w", 10).offsets == [2, 3]  # after commit: nothing redelivered
+
+
+def test_deleting_a_stream_with_pending_deliveries_is_refused_unless_forced(db: sqlstream.Database) -> None:
+    """Issue 9 item 11: delete_stream silently dropped unacked work; now it is SubscriptionInUse."""
+    fill(db, 3)
+    sub = db.create_subscription("sub", "s")
+    idle = db.create_subscription("idle", "s")  # nothing pending: no objection
+    sub.fetch("a", 2)
+    with pytest.raises(errors.SubscriptionInUse, match=r"'sub' \(2\)") as info:
+        db.delete_stream("s")
+    assert "force=True" in (info.value.hint or "")
+    assert db.stream("s").info().count == 3 and len(sub.pending()) == 2 and idle.info().pending == 0
+    sub.ack(*[p.offset for p in sub.pending()])
+    db.delete_stream("s")  # nothing pending any more: no force needed
+    assert db.subscriptions() == []
