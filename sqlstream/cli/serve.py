@@ -27,7 +27,7 @@ def register(command: CommandFactory) -> None:
     sub = command(
         "serve",
         cmd_serve,
-        "run the streaming services of a config file (Cosmos ADR-038 file streamer, archives)",
+        "run the streaming services of a config file (e.g. the Cosmos ADR-038 file streamer)",
         "sqlstream --db app.db serve --config sqlstream.toml\n"
         "sqlstream --db app.db serve --config sqlstream.toml --once\n"
         "sqlstream --db app.db serve --config sqlstream.toml --status",
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
 
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)

@@ -2,7 +2,7 @@
 
 Seed 003 (Cosmos SDK ADR-038) mapped onto sqlstream: a **block** is one commit, its
 **height** the commit's ``txn`` number; a **store key** is a stream name. Services are
-built by name from a registry (built-ins ``file`` and ``archive``; other packages add
+built by name from a registry (built-in ``file``; other packages add
 theirs through the ``sqlstream.streaming_services`` entry-point group), each keeps a
 durable cursor in the database (``streaming_cursors``, view ``streaming_progress``), so a
 restart -- after ``kill -9`` too -- resumes with the next block.

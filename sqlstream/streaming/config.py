@@ -157,8 +157,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         try:
             cls = service_class(kind)
         except InvalidArgument as exc:
-            key = "service" if "service" in tables.get(name, {}) else None
-            raise ConfigError(path, table_name if key else "store", key or "streamers",
+            named = "service" in tables.get(name, {})
+            raise ConfigError(path, table_name if named else "store", "service" if named else "streamers",
                               f"unknown streaming service {kind!r}",
                               hint=f"known services: {', '.join(known_services())}") from exc
         if "keys" not in table:

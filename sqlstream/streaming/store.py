@@ -153,7 +153,8 @@ class Store:
                 "SELECT c.service, c.kind, c.height, t.value, c.updated_at, c.last_error "
                 "FROM streaming_cursors c, counters t WHERE t.name = 'txn' ORDER BY c.service"
             ).fetchall()
-        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5]) for r in rows]
+        rows_any: list[Any] = rows
+        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5]) for r in rows_any]
 
     # -------------------------------------------------------------- blocks
 
