@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import SqlstreamError
-from . import archive, maintenance, streams, subscriptions
+from . import archive, maintenance, serve, streams, subscriptions
 from .args import DB_ENV, DEFAULT_DB, HelpFormatter
 from .output import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError, report_error
 
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscriptions.register(command)
     maintenance.register(command)
     archive.register(command)
+    serve.register(command)
     return parser
 
 

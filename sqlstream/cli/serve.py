@@ -1,0 +1,102 @@
+"""``sqlstream serve``: run the streaming services of a TOML config (sqlstream.streaming).
+
+``serve --config FILE`` runs until SIGINT/SIGTERM (graceful: the block in hand is
+finished, exit 0); ``--once`` processes everything committed so far and exits 0;
+``--status`` prints each service's height, head and lag. The database is ``--db``, else
+the config's ``[sqlstream] db``, else ``$SQLSTREAM_DB``, else ``./sqlstream.db``. A
+service that stops on an error exits 1 with ``Error: streaming service 'NAME' stopped at
+block H: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from types import FrameType
+from typing import IO, Any
+
+from ..database import open as open_database
+from ..streaming import Runner, Store, load_config
+from .args import DB_ENV, DEFAULT_DB, CommandFactory
+from .output import CliError, dump
+
+
+def register(command: CommandFactory) -> None:
+    sub = command(
+        "serve",
+        cmd_serve,
+        "run the streaming services of a config file (e.g. the Cosmos ADR-038 file streamer)",
+        "sqlstream --db app.db serve --config sqlstream.toml\n"
+        "sqlstream --db app.db serve --config sqlstream.toml --once\n"
+        "sqlstream --db app.db serve --config sqlstream.toml --status",
+        details="Runs until SIGINT/SIGTERM, woken by commits. Each service resumes after the\n"
+                "last block it finished (its cursor is kept in the database).",
+    )
+    sub.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration (see README)")
+    mode = sub.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="process what is committed now, then exit")
+    mode.add_argument("--status", action="store_true", help="print progress and lag per service, then exit")
+
+
+def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
+    return str(args.db or config_db or os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    config = load_config(args.config)
+    path = _database_path(args, config.db)
+    if not os.path.exists(path):
+        raise CliError(f"no database at {os.path.abspath(path)}",
+                       hint="give --db, or [sqlstream] db in the config, naming an existing database")
+    with open_database(path) as db:
+        if args.status:
+            return _status(db, config, args, out)
+        services = config.build()
+        stop = threading.Event()
+        runner = Runner(db, services, stop_event=stop)
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            result = runner.run(once=args.once)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if args.json:
+            out.write(dump({"written": dict(result)}) + "\n")
+        elif args.once:
+            for service in services:
+                state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} block(s)"
+                out.write(f"{service.name}: {state}\n")
+    return 0
+
+
+def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    store = Store(db)
+    known = {c.service: c for c in store.cursors()}
+    head = store.head()
+    for streamer in config.streamers:
+        cursor = known.get(streamer.name)
+        row = {
+            "service": streamer.name,
+            "kind": streamer.kind,
+            "enabled": bool(streamer.keys),
+            "height": cursor.height if cursor else 0,
+            "head": head,
+            "lag": max(0, head - (cursor.height if cursor else 0)),
+            "last_error": cursor.last_error if cursor else None,
+        }
+        if args.json:
+            out.write(dump(row) + "\n")
+        else:
+            error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+            out.write(f"{row['service']} ({row['kind']}): height {row['height']}, head {row['head']}, "
+                      f"lag {row['lag']}{'' if row['enabled'] else ' (off)'}{error}\n")
+    return 0
