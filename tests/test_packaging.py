@@ -196,3 +196,14 @@ def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Pa
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_readme_links_work_on_pypi() -> None:
+    """PyPI shows the README without the repository: no relative links or images (files
+    are named in text instead), and no #anchors (PyPI's renderer drops heading ids)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)", readme) + re.findall(r"<(?:img|a)\b[^>]*?(?:src|href)=\"([^\"]+)", readme)
+    bad = [t for t in targets if not re.match(r"https?://", t)]
+    assert not bad, f"README links that break on PyPI: {bad}"
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("MIT License") and "sqlstream developers" in license_text

@@ -254,3 +254,16 @@ def test_open_memory_refuses_readonly_and_create_false() -> None:
         with pytest.raises(InvalidArgument) as info:
             sqlstream.open(":memory:", **options)  # type: ignore[arg-type]
         assert info.value.hint
+
+
+def test_the_readme_testing_example_passes_under_pytest(pytester: pytest.Pytester) -> None:
+    """The README's "Testing with sqlstream" block is a test file: run it as one (the
+    snippet runner in test_readme.py only defines its functions)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M)
+                if b.startswith("# test_orders.py\n")]
+    pytester.makepyfile(test_orders=block)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
