@@ -126,7 +126,7 @@ class FakeClock:
 
 
 def wait_for(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float = 5.0,
     interval: float = 0.01,
