@@ -33,7 +33,7 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     src = tmp_path / "src"
     src.mkdir()
     # Build from a copy so the checkout gets no build/ or egg-info droppings.
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     for name in ("sqlstream", "migrations"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
