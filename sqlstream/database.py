@@ -14,6 +14,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -148,6 +150,9 @@ def open(  # noqa: A001 - the public name is part of the design
     ``vfs``: the name of a registered SQLite VFS for sqlstream's own connections (None:
     SQLite's default); the fault-injection tests use one.
 
+    ``path=":memory:"``: a new private temporary file, deleted when this Database closes
+    (WAL needs a file); other Databases and processes may open it by ``db.path`` meanwhile.
+
     New files are created with mode 0600. Raises ``SchemaVersionError`` for a database
     written by a newer sqlstream, ``CorruptDatabase`` for a file that is not SQLite.
     """
@@ -190,7 +195,7 @@ class Database:
             raise InvalidArgument(f"the database path must be a str or os.PathLike, not {type(path).__name__}") from None
         if not isinstance(path, str):
             raise InvalidArgument("the database path must be a str or os.PathLike of str")
-        if path in ("", ":memory:") or path.startswith("file:"):
+        if path == "" or path.startswith("file:"):
             raise InvalidArgument(
                 f"sqlstream needs a file path, not {path!r}",
                 hint="use a temporary file (tempfile.mkstemp) for a throwaway database",
@@ -207,6 +212,9 @@ class Database:
             raise InvalidArgument("max_record_bytes must be an int between 1 and 1,000,000,000")
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
+        self._memory_dir: str | None = None
+        if path == ":memory:":
+            path = self._memory_file(readonly, create)
         self.path = os.path.abspath(path)
         self.readonly = readonly
         self.synchronous = synchronous
@@ -409,6 +417,23 @@ class Database:
         finally:
             if got:
                 self._lock.release()
+            if self._memory_dir is not None:  # open(":memory:"): the file goes with it
+                shutil.rmtree(self._memory_dir, ignore_errors=True)
+
+    def _memory_file(self, readonly: bool, create: bool) -> str:
+        """``open(":memory:")``: a private temporary file, deleted when this Database closes.
+
+        WAL mode and the helper threads' connections need a real file; a directory of
+        mode 0700 keeps it (and its -wal/-shm) private. Each ``:memory:`` open is its own
+        database, as in SQLite; other connections may share it through ``db.path``.
+        """
+        if readonly or not create:
+            raise InvalidArgument(
+                "':memory:' is always a new, empty database: readonly=True or create=False cannot apply",
+                hint="open ':memory:' without readonly/create, or open a file path",
+            )
+        self._memory_dir = tempfile.mkdtemp(prefix="sqlstream-memory-")
+        return os.path.join(self._memory_dir, "memory.db")
 
     @property
     def closed(self) -> bool:

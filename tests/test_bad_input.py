@@ -429,7 +429,7 @@ def test_bad_open_options(fx: Fixture, options: dict[str, Any]) -> None:
 
 def test_bad_paths(tmp_path: Path) -> None:
     """Paths that cannot name a database file are refused with a SqlstreamError, creating nothing."""
-    for bad in ("", ":memory:", "file:x.db?mode=memory", 123, None, b"bytes.db"):
+    for bad in ("", "file:x.db?mode=memory", 123, None, b"bytes.db"):
         with pytest.raises(BaseException) as info:
             sqlstream.open(bad)  # type: ignore[arg-type]
         check_error(info.value, errors.InvalidArgument)

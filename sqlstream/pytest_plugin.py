@@ -1,0 +1,102 @@
+"""pytest fixtures for sqlstream, loaded through the ``pytest11`` entry point.
+
+``sqlstream_db``: a fresh database file under the test's ``tmp_path``. ``sqlstream_factory``:
+opens more (``sqlstream_factory("other")``). ``sqlstream_clock``: a
+:class:`~sqlstream.testing.FakeClock` installed on every database the factory opens.
+
+At teardown every database the factory opened is closed, then each file is reopened
+read-only and verified with ``check()``: a test that left a file with a broken invariant
+fails there (an error at teardown), even if the test itself passed. Set
+``sqlstream_factory.check_at_teardown = False`` in a test that breaks a file on purpose.
+
+Each test gets its own files (``tmp_path`` is per test), so the fixtures work unchanged
+under pytest-xdist: workers never share a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .database import Database, open as _open
+from .testing import FakeClock
+
+__all__ = ["SqlstreamFactory"]
+
+
+class SqlstreamFactory:
+    """Opens databases in a test's temporary directory and checks them at teardown."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.clock: FakeClock | None = None
+        self.check_at_teardown = True
+        self._opened: list[Database] = []
+
+    def __call__(self, name: str = "test", **options: Any) -> Database:
+        """Open (creating) ``<tmp_path>/sqlstream/<name>.db`` with ``sqlstream.open``'s
+        options. The same name twice gives two Database objects on one file."""
+        self.directory.mkdir(exist_ok=True)
+        db = _open(self.directory / f"{name}.db", **options)
+        if self.clock is not None:
+            self.clock.install(db)
+        self._opened.append(db)
+        return db
+
+    def use_clock(self, clock: FakeClock) -> None:
+        """Install ``clock`` on every database opened so far and from now on."""
+        self.clock = clock
+        for db in self._opened:
+            if not db.closed:
+                clock.install(db)
+
+    def close_and_check(self) -> list[str]:
+        """Close every database opened here; return the problems ``check()`` finds."""
+        paths = list(dict.fromkeys(db.path for db in self._opened))
+        for db in self._opened:
+            db.close()
+        self._opened.clear()
+        if not self.check_at_teardown:
+            return []
+        problems: list[str] = []
+        for path in paths:
+            if not os.path.exists(path):
+                continue  # the test removed it: nothing to verify
+            with _open(path, readonly=True) as db:
+                report = db.check()
+            problems.extend(f"{path}: {p}" for p in report.integrity)
+            problems.extend(f"{path}: {p}" for p in report.problems)
+        return problems
+
+
+@pytest.fixture
+def sqlstream_factory(tmp_path: Path) -> Iterator[SqlstreamFactory]:
+    """Opens sqlstream databases under ``tmp_path``; closes and ``check()``s them after."""
+    factory = SqlstreamFactory(tmp_path / "sqlstream")
+    yield factory
+    problems = factory.close_and_check()
+    if problems:
+        pytest.fail("sqlstream check() found broken invariants after the test:\n" + "\n".join(problems),
+                    pytrace=False)
+
+
+@pytest.fixture
+def sqlstream_db(sqlstream_factory: SqlstreamFactory) -> Database:
+    """A fresh sqlstream database file for this test (closed and checked at teardown)."""
+    return sqlstream_factory()
+
+
+@pytest.fixture
+def sqlstream_clock(sqlstream_factory: SqlstreamFactory) -> FakeClock:
+    """A fake clock, installed on every database ``sqlstream_factory``/``sqlstream_db`` opens.
+
+    ``sqlstream_clock.advance(31)`` expires a 30 s ack deadline at once. Install it on a
+    database opened otherwise with ``sqlstream_clock.install(db)``.
+    """
+    clock = FakeClock()
+    sqlstream_factory.use_clock(clock)
+    return clock
