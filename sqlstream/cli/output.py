@@ -24,6 +24,7 @@ from ..errors import (
     SqlstreamError,
     StreamExists,
     StreamNotFound,
+    SubscriptionInUse,
 )
 from ..records import Record, StreamInfo
 
@@ -52,6 +53,7 @@ _CLI_HINTS: dict[type[SqlstreamError], str | None] = {
     ),
     ReadOnlyDatabase: "sqlstream sql is read-only; change data with create/append/seal/delete",
     LockTimeout: "another process held the write lock too long; retry once it finishes",
+    SubscriptionInUse: "ack the pending records (`sqlstream pending SUBSCRIPTION`), or pass --force",
 }
 
 
@@ -151,6 +153,16 @@ def json_cell(value: Any) -> Any:
         return {"base64": base64.b64encode(value).decode("ascii")}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # SQLite can hold ±inf; JSON cannot
+    return value
+
+
+def csv_cell(value: Any) -> Any:
+    """A SQL result cell for CSV/TSV: NULL is empty, a BLOB its base64 text (lossless and
+    one field, which raw bytes could not be), anything else as Python prints it."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     return value
 
 
