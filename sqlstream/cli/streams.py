@@ -550,7 +550,8 @@ def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             out.write("[" + ",\n ".join(objects) + "]\n")
     elif fmt in ("csv", "tsv"):
         writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-        writer.writerow(result.columns)  # the header even when there are no rows
+        if result.columns:  # the header even with no rows, when the query reports its columns
+            writer.writerow(result.columns)
         writer.writerows([csv_cell(v) for v in row] for row in result.rows)
     elif result.rows:
         out.write("".join(line + "\n" for line in render_table(result.columns, result.rows)))
