@@ -216,3 +216,47 @@ def test_delete_refuses_pending_deliveries_unless_force(run: Any, db_path: str) 
     assert run("delete", "jobs", "--force")[0] == 0
     with sqlstream.open(db_path, readonly=True) as db:
         assert [i.name for i in db.streams()] == []
+
+
+# --------------------------------------------------------------------------- progress bars
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _export_with_stderr(monkeypatch: pytest.MonkeyPatch, db_path: str, tmp_path: Path, err: io.StringIO) -> int:
+    with sqlstream.open(db_path, create=True) as db:
+        db.create_stream("s").extend([f"r{i}" for i in range(500)])
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    return main(["--db", db_path, "export", "s", "--dir", str(tmp_path / "arch")])
+
+
+def test_export_draws_a_tqdm_bar_with_rate_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, db_path: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) is not installed")
+    err = _Terminal()
+    assert _export_with_stderr(monkeypatch, db_path, tmp_path, err) == 0
+    text = err.getvalue()
+    assert "export s:" in text and "500/500" in text and "record/s" in text and "100%" in text
+
+
+def test_export_falls_back_to_a_plain_line_without_tqdm(
+    monkeypatch: pytest.MonkeyPatch, db_path: str, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    err = _Terminal()
+    assert _export_with_stderr(monkeypatch, db_path, tmp_path, err) == 0
+    text = err.getvalue()
+    assert "\rexport s: 100% 500/500 records, ETA 0s" in text and "records/s" in text
+
+
+def test_progress_is_never_drawn_when_stderr_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, db_path: str, tmp_path: Path
+) -> None:
+    err = io.StringIO()
+    assert _export_with_stderr(monkeypatch, db_path, tmp_path, err) == 0
+    assert err.getvalue() == "exported 500 record(s) to 1 archive(s)\n"

@@ -16,15 +16,16 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
-from ..archive.export import export, export_status, trim_exported
+from ..archive.export import ExportProgress, export, export_status, trim_exported
 from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
-from ..archive.importing import import_archives
+from ..archive.importing import ImportResult, import_archives
 from ..errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
 from .args import CommandFactory, HelpFormatter, db_path, open_db
-from .output import CliError, ProgressLine, dump, isatty, render_table, report_error
+from .output import CliError, dump, isatty, progress_bar, render_table, report_error
 
 
 def parse_storage(text: str) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def cmd_export_status(args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
         statuses = [export_status(db, n) for n in names]
         next_offsets = {i.name: i.next_offset for i in db.streams()}
     wanted = set(args.streams)
-    docs = []
+    docs: list[dict[str, Any]] = []
     for st in statuses:
         streams = {
             stream: {"exported_offset": exported, "delivered_offset": delivered,
@@ -115,7 +116,12 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
     storage = parse_storage(args.storage) if args.storage else None
     stop = threading.Event()
-    bar = ProgressLine(err, f"export {args.name or '+'.join(args.streams)}") if isatty(err) else None
+    bar = progress_bar(err, f"export {args.name or '+'.join(args.streams)}")
+    on_progress: Callable[[ExportProgress], None] | None = None
+    if bar is not None:
+        def on_progress(p: ExportProgress) -> None:
+            bar.update(p.records, p.total, f"{p.files} archive(s)")
+
     previous = None
     if args.follow and threading.current_thread() is threading.main_thread():
         def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -128,14 +134,14 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 db, args.streams, args.dir, name=args.name, template=args.template,
                 roll_size_mb=args.roll_size_mb, roll_minutes=args.roll_minutes, compress=args.compress,
                 storage=storage, storage_prefix=args.storage_prefix, follow=args.follow,
-                version=args.format_version, stop=stop, progress=bar,
+                version=args.format_version, stop=stop, progress=on_progress,
             )
             trimmed = trim_exported(db, result.name) if args.trim else {}
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         if bar is not None:
-            bar.done()
+            bar.close()
     if args.json:
         out.write(dump({
             "export": result.name, "records": result.records, "bytes": result.bytes, "files": result.files,
@@ -178,15 +184,24 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if not sep or not source or not target:
             raise CliError(f"--rename takes SRC=DST, not {item!r}", hint="e.g. --rename orders=restored/orders")
         rename[source] = target
+    bar = progress_bar(err, f"import {args.pattern}", unit="archive")
+    on_progress: Callable[[ImportResult], None] | None = None
+    if bar is not None:
+        def on_progress(r: ImportResult) -> None:
+            bar.update(len(r.files), None, f"{r.imported:,} record(s) imported")
     with open_db(args, write=True, create=args.create_db) as db:
         # A write secret names its stream, so `--secret S` needs no stream name.
         secrets = {db.writer(secret).name: secret for secret in args.secret or []}
         try:
             result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
-                                     create=not args.no_create, secrets=secrets, rename=rename)
+                                     create=not args.no_create, secrets=secrets, rename=rename,
+                                     progress=on_progress)
         except RecordTooLarge as exc:
             raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
                                        "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
+        finally:
+            if bar is not None:
+                bar.close()
     if not result.files:
         raise CliError(
             f"no archive matches {args.pattern!r} in {args.dir}",

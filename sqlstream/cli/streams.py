@@ -146,7 +146,7 @@ def _record_row(text: str, where: str) -> PreparedRecord:
     else:
         raise CliError(f"{where}: unknown record type {ctype!r}", hint="a record's type is json, text or bytes")
     try:
-        size = len(data.encode("utf-8"))
+        size = len(data.encode("utf-8") if isinstance(data, str) else data)
     except UnicodeEncodeError:
         raise CliError(f"{where}: the value is not valid Unicode (a lone surrogate)") from None
     return (encode_key(key), encode_headers(headers or None), ctype, data, size)
