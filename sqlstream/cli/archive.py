@@ -16,15 +16,16 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
-from ..archive.export import export, trim_exported
+from ..archive.export import ExportProgress, export, export_status, trim_exported
 from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
-from ..archive.importing import import_archives
+from ..archive.importing import ImportResult, import_archives
 from ..errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
 from .args import CommandFactory, HelpFormatter, db_path, open_db
-from .output import CliError, ProgressLine, dump, isatty, report_error
+from .output import CliError, dump, isatty, progress_bar, render_table, report_error
 
 
 def parse_storage(text: str) -> dict[str, Any]:
@@ -62,12 +63,65 @@ def parse_storage(text: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- commands
 
 
+def cmd_export_status(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """``export --status``: each export's progress and lag, read-only.
+
+    Lag is the stream's next offset minus the export's ``exported_offset`` (records not
+    yet in any archive); ``delivered`` is the frontier of records in closed archives.
+    """
+    with open_db(args, write=False) as db:
+        if args.name is not None:
+            names = [args.name]
+        else:
+            names = [row[0] for row in db.query("SELECT name FROM exports ORDER BY name").rows]
+        statuses = [export_status(db, n) for n in names]
+        next_offsets = {i.name: i.next_offset for i in db.streams()}
+    wanted = set(args.streams)
+    docs: list[dict[str, Any]] = []
+    for st in statuses:
+        streams = {
+            stream: {"exported_offset": exported, "delivered_offset": delivered,
+                     "next_offset": next_offsets.get(stream, exported),
+                     "lag": max(0, next_offsets.get(stream, exported) - exported)}
+            for stream, (exported, delivered) in st.streams.items()
+            if not wanted or stream in wanted
+        }
+        if wanted and not streams:
+            continue
+        docs.append({"export": st.name, "directory": st.directory, "files": st.files, "pending": st.pending,
+                     "streams": streams})
+    if args.json:
+        out.write("".join(dump(d) + "\n" for d in docs))
+        return 0
+    columns = ["export", "stream", "exported", "delivered", "next", "lag", "files", "pending", "directory"]
+    rows = [
+        (d["export"], stream, s["exported_offset"], s["delivered_offset"], s["next_offset"], s["lag"],
+         d["files"], d["pending"], d["directory"])
+        for d in docs for stream, s in d["streams"].items()
+    ]
+    if rows or isatty(out):
+        out.write("".join(line + "\n" for line in render_table(columns, rows)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Export streams to archives (progress bar on a terminal; Ctrl-C ends --follow cleanly)."""
+    if args.status:
+        return cmd_export_status(args, out, err)
+    if not args.streams:
+        raise CliError("name the streams to export", hint="e.g. `sqlstream export orders --dir archives`; "
+                       "`sqlstream export --status` shows the progress of past exports")
+    if args.dir is None:
+        raise CliError("--dir is required to export", hint="e.g. `sqlstream export orders --dir archives`")
 
     storage = parse_storage(args.storage) if args.storage else None
     stop = threading.Event()
-    bar = ProgressLine(err, f"export {args.name or '+'.join(args.streams)}") if isatty(err) else None
+    bar = progress_bar(err, f"export {args.name or '+'.join(args.streams)}")
+    on_progress: Callable[[ExportProgress], None] | None = None
+    if bar is not None:
+        def on_progress(p: ExportProgress) -> None:
+            bar.update(p.records, p.total, f"{p.files} archive(s)")
+
     previous = None
     if args.follow and threading.current_thread() is threading.main_thread():
         def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -80,14 +134,14 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 db, args.streams, args.dir, name=args.name, template=args.template,
                 roll_size_mb=args.roll_size_mb, roll_minutes=args.roll_minutes, compress=args.compress,
                 storage=storage, storage_prefix=args.storage_prefix, follow=args.follow,
-                version=args.format_version, stop=stop, progress=bar,
+                version=args.format_version, stop=stop, progress=on_progress,
             )
             trimmed = trim_exported(db, result.name) if args.trim else {}
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         if bar is not None:
-            bar.done()
+            bar.close()
     if args.json:
         out.write(dump({
             "export": result.name, "records": result.records, "bytes": result.bytes, "files": result.files,
@@ -130,15 +184,24 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if not sep or not source or not target:
             raise CliError(f"--rename takes SRC=DST, not {item!r}", hint="e.g. --rename orders=restored/orders")
         rename[source] = target
+    bar = progress_bar(err, f"import {args.pattern}", unit="archive")
+    on_progress: Callable[[ImportResult], None] | None = None
+    if bar is not None:
+        def on_progress(r: ImportResult) -> None:
+            bar.update(len(r.files), None, f"{r.imported:,} record(s) imported")
     with open_db(args, write=True, create=args.create_db) as db:
         # A write secret names its stream, so `--secret S` needs no stream name.
         secrets = {db.writer(secret).name: secret for secret in args.secret or []}
         try:
             result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
-                                     create=not args.no_create, secrets=secrets, rename=rename)
+                                     create=not args.no_create, secrets=secrets, rename=rename,
+                                     progress=on_progress)
         except RecordTooLarge as exc:
             raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
                                        "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
+        finally:
+            if bar is not None:
+                bar.close()
     if not result.files:
         raise CliError(
             f"no archive matches {args.pattern!r} in {args.dir}",
@@ -227,10 +290,15 @@ def register(command: CommandFactory) -> None:
         "is stopped (even killed) and re-run writes every record to exactly one closed\n"
         "archive. Prints the closed archives, one per line. --follow keeps exporting as\n"
         "records arrive until the streams are sealed or Ctrl-C (which closes the current\n"
-        "archive first). A progress bar is drawn on stderr when it is a terminal.",
+        "archive first). A progress bar is drawn on stderr when it is a terminal.\n\n"
+        "--status exports nothing: it lists each export (or --name, or those of the named\n"
+        "STREAMs) with, per stream, exported (records below it are in archives),\n"
+        "delivered (below it: in closed archives), the stream's next offset, lag (records\n"
+        "not exported yet), files and pending archives.",
     )
-    p.add_argument("streams", metavar="STREAM", nargs="+")
-    p.add_argument("--dir", required=True, metavar="DIR", help="where archives are written (or staged)")
+    p.add_argument("streams", metavar="STREAM", nargs="*")
+    p.add_argument("--status", action="store_true", help="show the progress and lag of exports; export nothing")
+    p.add_argument("--dir", metavar="DIR", help="where archives are written (or staged); required to export")
     p.add_argument("--name", help="the export's name, which keys its progress")
     p.add_argument("--template", metavar="T", help="strftime file-name template (UTC)")
     p.add_argument("--roll-size-mb", type=_positive_float, default=100.0, metavar="MB",

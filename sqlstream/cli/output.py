@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import importlib
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from ..errors import (
     SqlstreamError,
     StreamExists,
     StreamNotFound,
+    SubscriptionInUse,
 )
 from ..records import Record, StreamInfo
 
@@ -52,6 +54,7 @@ _CLI_HINTS: dict[type[SqlstreamError], str | None] = {
     ),
     ReadOnlyDatabase: "sqlstream sql is read-only; change data with create/append/seal/delete",
     LockTimeout: "another process held the write lock too long; retry once it finishes",
+    SubscriptionInUse: "ack the pending records (`sqlstream pending SUBSCRIPTION`), or pass --force",
 }
 
 
@@ -154,6 +157,16 @@ def json_cell(value: Any) -> Any:
     return value
 
 
+def csv_cell(value: Any) -> Any:
+    """A SQL result cell for CSV/TSV: NULL is empty, a BLOB its base64 text (lossless and
+    one field, which raw bytes could not be), anything else as Python prints it."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
 def _table_cell(value: Any) -> str:
     if value is None:
         return ""
@@ -234,3 +247,69 @@ class ProgressLine:
         if self.shown:
             self.err.write("\n")
             self.err.flush()
+
+
+class Progress:
+    """A progress bar on stderr with rate and ETA; build it with :func:`progress_bar`.
+
+    Drawn by ``tqdm`` when it is installed (the optional ``progress`` extra: a small,
+    dependency-free, well-kept library that handles terminal widths, rates and ETAs);
+    without it, a plain self-overwriting line with the same figures, so the CLI needs
+    no hard dependency for a cosmetic feature.
+    """
+
+    def __init__(self, err: IO[str], label: str, unit: str) -> None:
+        self.err, self.label, self.unit = err, label, unit
+        self.start = time.monotonic()
+        self.last = 0.0
+        self._latest: tuple[int, int | None, str] | None = None
+        self.shown = False
+        self._tqdm: Any = None
+        try:
+            tqdm = importlib.import_module("tqdm")
+        except ImportError:
+            return
+        self._tqdm = tqdm.tqdm(total=None, desc=label, unit=unit, unit_scale=True, file=err,
+                               dynamic_ncols=True, mininterval=0.1, leave=True)
+
+    def update(self, done: int, total: int | None = None, note: str = "", *, force: bool = False) -> None:
+        """Show ``done`` of ``total`` (None: unknown) units, with ``note`` after the figures."""
+        if self._tqdm is not None:
+            bar = self._tqdm
+            if total != bar.total:
+                bar.total = total
+            if note:
+                bar.set_postfix_str(note, refresh=False)
+            bar.update(done - bar.n)
+            return
+        self._latest = (done, total, note)
+        now = time.monotonic()
+        if now - self.last < 0.1 and not force:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        figures = f"{done:,}/{total:,} {self.unit}s" if total else f"{done:,} {self.unit}s"
+        if total and 0 < done <= total:
+            eta = (total - done) / rate if rate else 0.0
+            figures = f"{100 * done // total}% {figures}, ETA {eta:.0f}s"
+        figures += f", {rate:,.0f} {self.unit}s/s"
+        self.err.write(f"\r{self.label}: {figures}{', ' + note if note else ''}\x1b[K")
+        self.err.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            return
+        if self._latest is not None:  # the last figures, which the redraw limit may have held back
+            self.update(*self._latest, force=True)
+        if self.shown:
+            self.err.write("\n")
+            self.err.flush()
+
+
+def progress_bar(err: IO[str], label: str, unit: str = "record") -> Progress | None:
+    """A :class:`Progress` on ``err`` if it is a terminal, else None: never draw into a pipe
+    or a log file, where the redraws would be noise."""
+    return Progress(err, label, unit) if isatty(err) else None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
+import csv
 import json
 import math
 import re
@@ -17,8 +19,9 @@ from typing import IO, Any
 
 import apsw
 
+from ..database import PreparedRecord
 from ..errors import OffsetOutOfRange, StreamExists, StreamNotFound
-from ..records import Record
+from ..records import Record, encode_headers, encode_key, encode_value
 from ..streams import Stream
 from .args import (
     CommandFactory,
@@ -36,6 +39,7 @@ from .args import (
 from .output import (
     EXIT_OK,
     CliError,
+    csv_cell,
     dump,
     info_json,
     isatty,
@@ -100,9 +104,80 @@ def cmd_create(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+def _record_row(text: str, where: str) -> PreparedRecord:
+    """One line of ``read --json`` output as a row to append, with its own key, headers
+    and content type (``--records``); ``CliError`` naming ``where`` if it is not one."""
+    try:
+        obj = json.loads(text, parse_constant=lambda c: _reject_constant(c))
+    except (ValueError, RecursionError) as exc:
+        raise CliError(f"{where} is not valid JSON: {exc}",
+                       hint="--records reads the lines `sqlstream read --json` prints") from exc
+    if not isinstance(obj, dict) or "value" not in obj:
+        raise CliError(f"{where} is not a record object (a JSON object with a \"value\")",
+                       hint="--records reads the lines `sqlstream read --json` prints; use --json for plain values")
+    value, ctype, encoding = obj["value"], obj.get("type"), obj.get("encoding")
+    if ctype is None:  # a hand-written line: infer the type as append does
+        ctype = "bytes" if encoding == "base64" else "text" if isinstance(value, str) else "json"
+    key, headers = obj.get("key"), obj.get("headers")
+    if key is not None and not isinstance(key, str):
+        raise CliError(f"{where}: \"key\" must be a string or null, not {type(key).__name__}")
+    if headers is not None and not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
+        raise CliError(f"{where}: \"headers\" must be an object of strings")
+    data: bytes | str
+    if ctype == "bytes":
+        if encoding != "base64" or not isinstance(value, str):
+            raise CliError(f"{where}: a bytes record's value is base64 text with \"encoding\": \"base64\"")
+        data = _b64decode(value, where)
+        return (encode_key(key), encode_headers(headers or None), "bytes", data, len(data))
+    if encoding is not None:
+        raise CliError(f"{where}: \"encoding\": {encoding!r} is only for bytes records")
+    if ctype == "text":
+        if not isinstance(value, str):
+            raise CliError(f"{where}: a text record's value must be a string")
+        data = value
+    elif ctype == "json":
+        if value is None:
+            raise CliError(f"{where} is JSON null, which a record cannot hold")
+        if isinstance(value, str):
+            # A JSON string stays a JSON record (append() would store a str as text).
+            data = json.dumps(value, ensure_ascii=False)
+        else:
+            _, data, _ = encode_value(value)
+    else:
+        raise CliError(f"{where}: unknown record type {ctype!r}", hint="a record's type is json, text or bytes")
+    try:
+        size = len(data.encode("utf-8") if isinstance(data, str) else data)
+    except UnicodeEncodeError:
+        raise CliError(f"{where}: the value is not valid Unicode (a lone surrogate)") from None
+    return (encode_key(key), encode_headers(headers or None), ctype, data, size)
+
+
+def _reject_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not valid JSON")
+
+
+def _b64decode(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CliError(f"{where} is not valid base64: {exc}", hint="--base64 values are standard base64 "
+                       "(A-Z a-z 0-9 + /, padded with =)") from exc
+
+
 def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """Append the arguments (or stdin lines) as records, all in one transaction."""
-    if args.values:
+    """Append the arguments, stdin lines or files as records, all in one transaction."""
+    modes = [flag for flag, on in (("--json", args.json), ("--base64", args.base64), ("--records", args.records))
+             if on]
+    if len(modes) > 1:
+        raise CliError(f"{' and '.join(modes)} read values differently; give one")
+    if args.file and (args.values or modes):
+        raise CliError("--file appends each file's bytes as one record; give no VALUE, --json, --base64 "
+                       "or --records with it")
+    if args.records and args.dedup_id is not None:
+        raise CliError("--dedup-id names one value; it cannot be combined with --records")
+    if args.file:
+        texts: list[tuple[str, str]] = []
+    elif args.values:
         texts = [(t, f"value {i}") for i, t in enumerate(args.values, 1)]
     else:
         if sys.stdin is None:  # started without a stdin (a service, pythonw)
@@ -112,11 +187,33 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         texts = [(t, f"stdin line {i}") for i, t in enumerate(stdin_lines(sys.stdin), 1)]
         # A blank line is almost always a log's spacing or a trailing newline, not a record
         # (JSON Lines readers skip them too); --keep-blank keeps them as text records.
-        if args.json or not args.keep_blank:
+        if modes or not args.keep_blank:
             texts = [(t, w) for t, w in texts if t.strip()]
     # Parse everything before opening a transaction: one bad value stores nothing.
-    values = [parse_value(t, args.json, where) for t, where in texts]
     headers = dict(args.header) if args.header else None
+    rows: list[PreparedRecord] | None = None
+    values: list[Any] = []
+    if args.records:
+        rows = []
+        for text, where in texts:
+            k, h, ctype, data, size = _record_row(text, where)
+            if args.key is not None:
+                k = encode_key(args.key)
+            if headers:  # --header adds to (or replaces) the record's own headers
+                merged = {**(json.loads(h) if h else {}), **headers}
+                h = encode_headers(merged)
+            rows.append((k, h, ctype, data, size))
+    elif args.file:
+        for path in args.file:
+            try:
+                with open(path, "rb") as f:
+                    values.append(f.read())
+            except OSError as exc:
+                raise CliError(f"cannot read --file {path}: {exc.strerror or exc}") from exc
+    elif args.base64:
+        values = [_b64decode(t, where) for t, where in texts]
+    else:
+        values = [parse_value(t, args.json, where) for t, where in texts]
     with open_db(args, write=True) as db:
         try:
             stream = writable_stream(db, args.name, args.secret)
@@ -124,13 +221,19 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             if args.secret is not None:  # an unknown secret, not a missing stream
                 raise
             raise CliError(str(exc.args[0]), hint=f"create it with `sqlstream create {args.name}`") from exc
-        if not values:
+        if rows is not None:
+            if not rows:
+                return EXIT_OK
+            # Rows already carry each record's own key, headers and type, which
+            # Stream.extend (one key and headers for the batch) cannot express.
+            offsets: Sequence[int] = db._append_rows(args.name, args.secret, rows, args.expect_offset)
+        elif not values:
             return EXIT_OK
-        if args.dedup_id is not None:
+        elif args.dedup_id is not None:
             if len(values) != 1:
                 raise CliError(f"--dedup-id names one record, but {len(values)} values were given")
-            offsets: Sequence[int] = [stream.append(values[0], key=args.key, headers=headers,
-                                                    expect_offset=args.expect_offset, dedup_id=args.dedup_id)]
+            offsets = [stream.append(values[0], key=args.key, headers=headers,
+                                     expect_offset=args.expect_offset, dedup_id=args.dedup_id)]
         else:
             offsets = stream.extend(values, key=args.key, headers=headers, expect_offset=args.expect_offset)
     if not args.quiet:
@@ -279,7 +382,7 @@ def cmd_seal(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_delete(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Delete a stream and all its records."""
     with open_db(args, write=True) as db:
-        db.delete_stream(args.name)
+        db.delete_stream(args.name, force=args.force)
     if args.json:
         out.write(dump({"stream": args.name, "deleted": True}) + "\n")
     else:
@@ -435,19 +538,46 @@ def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """
     check_one_statement(args.query)
     params = _sql_params(args)
+    fmt = _sql_format(args)
     with open_db(args, write=False) as db:
         result = db.query(args.query, params)
-    if args.json:
+    if fmt in ("nl", "array"):
         columns = _unique_columns(result.columns)
-        out.write(
-            "".join(dump({c: json_cell(v) for c, v in zip(columns, row)}) + "\n" for row in result.rows)
-        )
+        objects = [dump({c: json_cell(v) for c, v in zip(columns, row)}) for row in result.rows]
+        if fmt == "nl":
+            out.write("".join(line + "\n" for line in objects))
+        else:  # an empty result is still a valid document: []
+            out.write("[" + ",\n ".join(objects) + "]\n")
+    elif fmt in ("csv", "tsv"):
+        writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+        if result.columns:  # the header even with no rows, when the query reports its columns
+            writer.writerow(result.columns)
+        writer.writerows([csv_cell(v) for v in row] for row in result.rows)
     elif result.rows:
         out.write("".join(line + "\n" for line in render_table(result.columns, result.rows)))
     elif isatty(out):
         header = render_table(result.columns, []) if result.columns else []
         out.write("".join(line + "\n" for line in header) + "(0 rows)\n")
     return EXIT_OK
+
+
+_SQL_FORMATS = {"table": "--table", "csv": "--csv", "tsv": "--tsv", "nl": "--nl", "array": "--json-array"}
+
+
+def _sql_format(args: argparse.Namespace) -> str:
+    """The one output format asked for: table (the default), csv, tsv, nl or array.
+
+    ``--json`` is JSON lines here as in every other command (the CLI's one ``--json``
+    contract), so it is the same as ``--nl``; ``--json-array`` prints one JSON array.
+    """
+    chosen = [f for f in _SQL_FORMATS if getattr(args, f"format_{f}")]
+    if args.json and "nl" not in chosen:
+        chosen.append("nl")
+    if len(chosen) > 1:
+        flags = " and ".join(_SQL_FORMATS[f] for f in chosen)
+        raise CliError(f"{flags} ask for different output formats; give one",
+                       hint="--table, --csv, --tsv, --nl (same as --json) or --json-array")
+    return chosen[0] if chosen else "table"
 
 
 def _sql_named(text: str) -> tuple[str, str]:
@@ -485,11 +615,19 @@ def register(command: CommandFactory) -> None:
         json_output=False,
         details="Each VALUE is one record; with no VALUE, each non-blank line of stdin is one\n"
         "(all read before anything is stored). Values are text unless --json. Prints the offset of\n"
-        "each appended record, one per line (use `--` before values that start with -).",
+        "each appended record, one per line (use `--` before values that start with -).\n"
+        "Copy records with their keys, headers and bytes:\n"
+        "  sqlstream read orders --json | sqlstream append orders-copy --records",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("values", metavar="VALUE", nargs="*", help="record values (default: stdin lines)")
     p.add_argument("--json", action="store_true", help="parse each value as JSON (blank stdin lines skipped)")
+    p.add_argument("--records", action="store_true",
+                   help="each value or stdin line is a record object as `read --json` prints it: its key, "
+                   "headers, type and value (bytes as base64) are kept")
+    p.add_argument("--base64", action="store_true", help="each value or stdin line is base64: append the bytes")
+    p.add_argument("--file", action="append", metavar="PATH",
+                   help="append the bytes of PATH as one record; repeatable")
     p.add_argument("--keep-blank", action="store_true",
                    help="store blank stdin lines as empty text records (default: skip them)")
     p.add_argument("--key", help="record key for every appended record")
@@ -545,8 +683,13 @@ def register(command: CommandFactory) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--secret", metavar="S", help="the stream's write secret (for streams made with --secret)")
 
-    p = command("delete", cmd_delete, "Delete a stream and all its records.", "sqlstream delete orders")
+    p = command(
+        "delete", cmd_delete, "Delete a stream and all its records.", "sqlstream delete orders",
+        details="Refused while a subscription of the stream has pending (delivered, unacked)\n"
+        "records, which a consumer is still working on; --force deletes anyway.",
+    )
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="delete even while records are pending")
 
     p = command(
         "sql", cmd_sql, "Run one read-only SQL query and print the rows.",
@@ -560,8 +703,11 @@ def register(command: CommandFactory) -> None:
         "--param NAME=VALUE binds :NAME the same way; --json-params '[\"007\", 1]' (or an\n"
         "object for :name) gives exact types. An empty result prints nothing, or\n"
         "(0 rows) on a terminal.\n"
-        "--json prints one object per row (duplicate column names get _2, _3, ...; a BLOB\n"
-        "is {\"base64\": ...}).\n\n"
+        "Output: --table (the default, aligned columns; a BLOB as x'hex'), --csv, --tsv\n"
+        "(a header row, then the rows; NULL is an empty cell, a BLOB its base64 text),\n"
+        "--nl or --json (one JSON object per row, as --json is for every command) and\n"
+        "--json-array (the same objects in one JSON array, [] when empty). In JSON,\n"
+        "duplicate column names get _2, _3, ... and a BLOB is {\"base64\": ...}.\n\n"
         "Views for people: stream_stats, subscription_stats, pending_deliveries.\n"
         "Tables: streams, chunks, counters, subscriptions, deliveries, cursors, dedup,\n"
         "exports, export_streams, export_files, export_ranges, storage_objects,\n"
@@ -573,3 +719,11 @@ def register(command: CommandFactory) -> None:
                    help="value for a :NAME placeholder (typed like PARAM); repeatable")
     p.add_argument("--json-params", metavar="JSON",
                    help="exact-typed values: a JSON array for ?, an object for :name")
+    for fmt, help_text in (
+        ("table", "aligned columns (the default)"),
+        ("csv", "comma-separated values with a header row"),
+        ("tsv", "tab-separated values with a header row"),
+        ("nl", "one JSON object per row (JSON lines; the same as --json)"),
+        ("array", "one JSON array of row objects"),
+    ):
+        p.add_argument(_SQL_FORMATS[fmt], dest=f"format_{fmt}", action="store_true", help=help_text)

@@ -1,7 +1,7 @@
 """The command-line side of subscriptions and readers.
 
 ``subscribe``, ``unsubscribe``, ``subscriptions``, ``fetch``, ``ack``, ``nack``,
-``pending`` and ``reader``. They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s
+``extend-deadline``, ``pending`` and ``reader``. They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s
 docstring is the output contract): ``--json`` prints one object per line, errors are ``Error:``
 and ``Hint:`` lines on stderr with exit status 1. ``fetch --json`` prints the record
 objects of ``read --json`` with two more fields, ``subscription`` and ``attempts``.
@@ -177,6 +177,15 @@ def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 @_cli_hints
+def cmd_extend_deadline(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Push the ack deadline of records a consumer holds to --seconds from now."""
+    with open_db(args, write=True) as db:
+        result = db.subscription(args.name).extend(*args.offsets, seconds=args.seconds)
+    _report(result, "extended", args, out, err)
+    return EXIT_OK
+
+
+@_cli_hints
 def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """List a subscription's pending records."""
     with open_db(args, write=False) as db:
@@ -294,6 +303,19 @@ def register(command: CommandFactory) -> None:
         if name == "nack":
             p.add_argument("--delay", type=parse_seconds, default=0.0, metavar="S", help="redeliver after S seconds")
             p.add_argument("--error", metavar="TEXT", help="why it failed (kept, and named in a dead letter)")
+
+    p = command(
+        "extend-deadline", cmd_extend_deadline,
+        "Give a consumer more time: push the ack deadline of records it holds.",
+        "sqlstream extend-deadline billing 17 18 --seconds 120",
+        details="Each OFFSET held by a consumer is redelivered only if not acked within --seconds\n"
+        "from now. Prints the offsets it applied to; offsets that no consumer holds (never\n"
+        "delivered, acked, or nacked) are named on stderr and ignored (exit status 0).",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("offsets", metavar="OFFSET", type=parse_offset, nargs="+")
+    p.add_argument("--seconds", type=parse_positive_seconds, required=True, metavar="S",
+                   help="the new deadline, in seconds from now")
 
     p = command(
         "pending", cmd_pending, "List the pending (delivered, unacked) records of a subscription.",
