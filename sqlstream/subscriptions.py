@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -533,6 +534,18 @@ class Subscription:
         return result._replace(dead_lettered=tuple(dead))
 
     def extend(self, *offsets: int, seconds: float) -> AckResult:
+        """Deprecated name of :meth:`extend_deadline` (removed in 0.2).
+
+        Renamed because ``Stream.extend`` appends a batch; this pushes deadlines.
+        """
+        warnings.warn(
+            "Subscription.extend() is deprecated (removed in 0.2); use extend_deadline()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.extend_deadline(*offsets, seconds=seconds)
+
+    def extend_deadline(self, *offsets: int, seconds: float) -> AckResult:
         """Push the ack deadline of held records to ``seconds`` from now (for long work).
 
         Applies to pending records that a consumer holds (not to nacked ones); others are
