@@ -45,7 +45,7 @@ from .errors import (
 )
 from .records import StreamInfo, check_name
 from . import append as _append, dedup as _dedup, retention as _retention, validation as _validation
-from .clock import us
+from .clock import now_us, us
 from .checkpoint import install_wal_hook
 from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
 
@@ -65,22 +65,7 @@ _QUERY_HINT = "query() is read-only; use the API to change data"
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _us(seconds: float) -> int:
-    """Seconds (float, e.g. from ``Database._clock``) to integer microseconds."""
-    return int(round(seconds * 1_000_000))
-
-
-def _query(conn: apsw.Connection) -> _retention.Query:
-    """The statement runner retention and dedup take, over an apsw connection."""
-
-    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return conn.execute(sql, params).fetchall()
-
-    return q
+_query = cx.runner  # the shared statement runner under its local name
 
 
 class QueryResult(NamedTuple):
@@ -599,7 +584,7 @@ class Database:
         """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
         if row[9] is None and row[10] is None and row[11] is None:
             return None
-        return _retention.over_limit(_query(conn), row[16], _us(self._clock()))
+        return _retention.over_limit(_query(conn), row[16], us(self._clock()))
 
     def _dropped(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int:
         """StreamInfo.dropped_deliveries for a row of _STREAM_COLUMNS."""
@@ -684,7 +669,7 @@ class Database:
             conn = self._write_conn()
             with translate():
                 stream_id = self._stream_id(conn, stream)
-                result = _retention.set_retention(_query(conn), stream_id, changes, _us(self._clock()))
+                result = _retention.set_retention(_query(conn), stream_id, changes, us(self._clock()))
             self._tx_dirty = True  # followers of trimmed records re-check
         return result
 
@@ -706,7 +691,7 @@ class Database:
             conn = self._write_conn()
             with translate():
                 stream_id = self._stream_id(conn, stream)
-                result = _retention.trim(_query(conn), stream_id, before_offset, _us(self._clock()), force=force)
+                result = _retention.trim(_query(conn), stream_id, before_offset, us(self._clock()), force=force)
             self._tx_dirty = True
         return result
 

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
+from .clock import us as _us
+from .connection import rows as _q
 from .errors import (
     AccessDenied,
     InvalidArgument,
@@ -111,15 +113,6 @@ _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDE
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
-def _q(conn: apsw.Connection, sql: str, params: Any = ()) -> list[Any]:
-    """All rows of one statement. Typed loosely on purpose: the schema fixes each column's
-    type, which apsw's row type (any SQLite value) cannot express."""
-    return conn.execute(sql, params).fetchall()
-
-
-def _us(seconds: float) -> int:
-    """Seconds (float) to the integer microseconds stored in the database."""
-    return int(round(seconds * 1_000_000))
 
 
 class AckResult(NamedTuple):
