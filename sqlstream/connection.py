@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -38,9 +38,35 @@ def pragma(conn: apsw.Connection, text: str) -> Any:
     return rows[0][0] if rows and rows[0] else None
 
 
-def fetch(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """All rows of one statement, typed loosely: the columns' SQL types are the query's business."""
+class Query(Protocol):
+    """Runs one statement with bound parameters in the current write transaction; returns its rows.
+
+    The statement modules (append, retention, dedup) take one, so the same statements run
+    over sqlstream's own connections and over a SQLAlchemy caller's (sqlstream.sqlalchemy).
+    """
+
+    def __call__(self, sql: str, params: Sequence[Any] = ..., /) -> list[Any]: ...
+
+
+def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """All rows of one statement, typed loosely: the columns' SQL types are the query's business.
+
+    The one "run a statement, return rows" helper; apsw errors propagate unconverted (the
+    caller's write scope or ``translate()`` converts them).
+    """
     return cast("list[tuple[Any, ...]]", conn.execute(sql, params).fetchall())
+
+
+fetch = rows  # the earlier name, kept for one release
+
+
+def runner(conn: apsw.Connection) -> Query:
+    """The :class:`Query` callable over ``conn`` (what append, retention and dedup take)."""
+
+    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    return q
 
 
 def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:

@@ -51,7 +51,7 @@ class Consumer:
     Handler exceptions are not errors of the consumer: they nack the batch (the exception
     text becomes the records' last error) and are logged on ``sqlstream.consumer``.
     A handler that may outlast the subscription's ``ack_timeout`` should call
-    ``consumer.subscription.extend(*batch.offsets, seconds=...)``; otherwise its records are
+    ``consumer.subscription.extend_deadline(*batch.offsets, seconds=...)``; otherwise its records are
     redelivered to another consumer meanwhile (at least once, not exactly once).
     """
 

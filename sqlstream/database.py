@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, overload
 
 import apsw
 
@@ -46,7 +46,8 @@ from .errors import (
     translate,
 )
 from .records import StreamInfo, check_name
-from . import dedup as _dedup, retention as _retention, validation as _validation
+from . import append as _append, dedup as _dedup, retention as _retention, validation as _validation
+from .clock import now_us, us
 from .checkpoint import install_wal_hook
 from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
 
@@ -54,7 +55,6 @@ T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
-_ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
 
 _STREAM_COLUMNS = (
     "name, first_offset, next_offset, byte_length, first_position, created_at, sealed_at, "
@@ -62,57 +62,12 @@ _STREAM_COLUMNS = (
     "keep_unacked, dedup_seconds, dedup_records, id"
 )
 
-# The append path's statements (this one, _APPEND_SQL, _insert_sql) are also run by the
-# SQLAlchemy outbox (sqlstream/sqlalchemy.py) through the caller's connection.
-_TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
-
-_APPEND_SQL = """
-UPDATE streams
-   SET next_offset = next_offset + ?1,
-       byte_length = byte_length + ?2,
-       last_append_at = max(coalesce(last_append_at, 0), ?3)
- WHERE name = ?4
-   AND sealed_at IS NULL
-   AND (write_secret IS NULL OR write_secret = ?5)
-   AND (?6 IS NULL OR next_offset = ?6)
-RETURNING id, next_offset, byte_length, last_append_at,
-          next_offset > trim_offset OR byte_length > trim_bytes OR last_append_at >= trim_time
-"""
-# The last column is true when a retention trigger fired (migrations/0004): NULL for a
-# stream without limits and 0 for one within them, so retention costs such appends no
-# statement. See sqlstream/retention.py.
-
-
-@lru_cache(maxsize=None)
-def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
-    return (
-        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
-        f"content_type, data) VALUES {values}"
-    )
-
-
 _QUERY_HINT = "query() is read-only; use the API to change data"
 
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def _us(seconds: float) -> int:
-    """Seconds (float, e.g. from ``Database._clock``) to integer microseconds."""
-    return int(round(seconds * 1_000_000))
-
-
-def _query(conn: apsw.Connection) -> _retention.Query:
-    """The statement runner retention and dedup take, over an apsw connection."""
-
-    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return conn.execute(sql, params).fetchall()
-
-    return q
+_query = cx.runner  # the shared statement runner under its local name
 
 
 class QueryResult(NamedTuple):
@@ -123,7 +78,7 @@ class QueryResult(NamedTuple):
 
 
 # A row queued for insertion: (key, headers_json, content_type, data, byte_length).
-PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
+PreparedRecord = _append.PreparedRecord  # (key, headers, content type, data, bytes)
 
 
 def open(  # noqa: A001 - the public name is part of the design
@@ -502,7 +457,7 @@ class Database:
     def _txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:
-            row = cx.fetch(conn, _TXN_SQL)
+            row = cx.fetch(conn, _append.TXN_SQL)
             self._tx_txn = int(row[0][0])
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
@@ -654,7 +609,7 @@ class Database:
         """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
         if row[9] is None and row[10] is None and row[11] is None:
             return None
-        return _retention.over_limit(_query(conn), row[16], _us(self._clock()))
+        return _retention.over_limit(_query(conn), row[16], us(self._clock()))
 
     def _dropped(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int:
         """StreamInfo.dropped_deliveries for a row of _STREAM_COLUMNS."""
@@ -739,7 +694,7 @@ class Database:
             conn = self._write_conn()
             with translate():
                 stream_id = self._stream_id(conn, stream)
-                result = _retention.set_retention(_query(conn), stream_id, changes, _us(self._clock()))
+                result = _retention.set_retention(_query(conn), stream_id, changes, us(self._clock()))
             self._tx_dirty = True  # followers of trimmed records re-check
         return result
 
@@ -761,7 +716,7 @@ class Database:
             conn = self._write_conn()
             with translate():
                 stream_id = self._stream_id(conn, stream)
-                result = _retention.trim(_query(conn), stream_id, before_offset, _us(self._clock()), force=force)
+                result = _retention.trim(_query(conn), stream_id, before_offset, us(self._clock()), force=force)
             self._tx_dirty = True
         return result
 
@@ -807,69 +762,44 @@ class Database:
 
     # ----------------------------------------------------------------- writing records
 
+    @overload
+    def _append_rows(
+        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
+        ids: None = None, timestamps: Sequence[int] | None = None,
+    ) -> range: ...
+
+    @overload
+    def _append_rows(
+        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
+        ids: Sequence[str | None], timestamps: Sequence[int] | None = None,
+    ) -> list[int]: ...
+
     def _append_rows(
         self,
         name: str,
         secret: str | None,
         rows: Sequence[PreparedRecord],
         expect_offset: int | None,
-    ) -> range:
+        ids: Sequence[str | None] | None = None,
+        timestamps: Sequence[int] | None = None,
+    ) -> range | list[int]:
         """Append prepared rows to one stream atomically; return their offsets.
 
-        O(1) statements for one row: the stream row's counters are bumped with RETURNING
-        and the records inserted with multi-row INSERTs.
+        The one append path (:func:`sqlstream.append.append_rows`: validation, dedup ids,
+        expected offset, payload limit, retention triggers) in a write transaction, or a
+        savepoint of the caller's. Times come from ``self._clock``.
         """
-        if expect_offset is not None and (
-            isinstance(expect_offset, bool) or not isinstance(expect_offset, int) or not 0 <= expect_offset < 2**63
-        ):
-            raise InvalidArgument(f"expect_offset must be an int >= 0, not {expect_offset!r}")
-        count = len(rows)
-        total = 0
-        for row in rows:
-            if row[4] > self.max_record_bytes:
-                raise PayloadTooLarge(
-                    f"a record of {row[4]:,} bytes exceeds this database's limit of "
-                    f"{self.max_record_bytes:,} bytes",
-                    hint="split the payload, or open the database with a larger max_record_bytes",
-                )
-            total += row[4]
+        _append.check_rows(rows, expect_offset, self.max_record_bytes)  # refused before BEGIN
         with self.transaction():
-            conn = self._wconn
-            assert conn is not None
-            try:
-                txn = self._txn_number(conn)
-                got = cx.fetch(conn, _APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
-                if not got:
-                    self._append_refused(conn, name, secret, expect_offset)
-                stream_id, next_offset, byte_length, ts, trim = got[0]
-                first = next_offset - count
-                position = byte_length - total
-                if count == 1:
-                    key, headers, ctype, data, _ = rows[0]
-                    conn.execute(_insert_sql(1), (stream_id, first, position, ts, txn, key, headers, ctype, data))
-                else:
-                    params: list[Any] = []
-                    offset = first
-                    for key, headers, ctype, data, nbytes in rows:
-                        params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
-                        offset += 1
-                        position += nbytes
-                        if len(params) == 9 * _ROWS_PER_INSERT:
-                            conn.execute(_insert_sql(_ROWS_PER_INSERT), params)
-                            params = []
-                    if params:
-                        conn.execute(_insert_sql(len(params) // 9), params)
-                if trim:
-                    _retention.enforce(_query(conn), stream_id, _us(self._clock()))
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+            conn = self._write_conn()
+            with translate():
+                stored = _append.append_rows(
+                    cx.runner(conn), name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
+                    timestamps=timestamps, txn=lambda: self._txn_number(conn), now_us=us(self._clock()),
+                    max_record_bytes=self.max_record_bytes,
+                )
             self._tx_dirty = True
-        return range(first, next_offset)
-
-    def _append_refused(
-        self, conn: apsw.Connection, name: str, secret: str | None, expect_offset: int | None
-    ) -> None:
-        append_refused(_query(conn), name, secret, expect_offset)
+        return stored
 
     def _seal(self, name: str, secret: str | None) -> bool:
         """Seal a stream; True if this call sealed it, False if it already was."""
@@ -1291,28 +1221,6 @@ if hasattr(os, "register_at_fork"):
 
 def _reopen(path: str, options: dict[str, Any]) -> Database:
     return Database(path, **options)
-
-
-def append_refused(q: _retention.Query, name: str, secret: str | None, expect_offset: int | None) -> None:
-    """Raise why the append statement matched no row: not found, secret, sealed, or offset.
-
-    Shared with the SQLAlchemy outbox (``q`` runs a statement on either driver).
-    """
-    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,))
-    if not rows:
-        raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
-    sealed_at, write_secret, next_offset = rows[0]
-    if write_secret is not None and write_secret != secret:
-        raise AccessDenied(
-            f"stream {name!r} takes appends only through its write secret",
-            hint="use db.writer(secret) or the handle create_stream() returned",
-        )
-    if sealed_at is not None:
-        raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
-    raise ConcurrencyError(
-        f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
-        hint="re-read the stream and retry with the new expect_offset",
-    )
 
 
 def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_records: object) -> None:

@@ -23,24 +23,19 @@ then the new records are appended with the usual checks. Entries that left the w
 are pruned as appends pass every 64th offset, and by ``db.maintain()``; enlarging a
 stream's window later (``set_retention``) does not bring pruned ids back.
 
-Like :mod:`sqlstream.retention`, the statements take a ``q`` callable so that
-:mod:`sqlstream.sqlalchemy` runs the same ones through a SQLAlchemy connection.
+Like :mod:`sqlstream.retention`, the statements take a ``q`` callable; the orchestration
+(look-up, append, remember, prune) is part of the one append path,
+:func:`sqlstream.append.append_rows`, which the SQLAlchemy outbox runs too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-import apsw
-
-from .errors import InvalidValue, convert
-from .retention import Query
+from .connection import Query
+from .errors import InvalidValue
 from .validation import duration_us
-
-if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
 
 DEFAULT_SECONDS = 86400.0  # a day: retries after an outage of hours are still recognised
 DEFAULT_RECORDS = 100_000  # bounds the table: at most this many entries per stream stay useful
@@ -158,49 +153,3 @@ def crosses_prune_point(start: int, end: int) -> bool:
     """True when the offsets [start, end) pass a multiple of PRUNE_EVERY."""
     return end > start and (start - 1) // PRUNE_EVERY != (end - 1) // PRUNE_EVERY
 
-
-def append_deduplicated(
-    db: Database,
-    name: str,
-    secret: str | None,
-    rows: Sequence[PreparedRecord],
-    expect_offset: int | None,
-    ids: Sequence[str | None],
-) -> list[int]:
-    """Append ``rows`` to stream ``name``, skipping those whose dedup id is in the window.
-
-    Returns one offset per row: the new record's, or the original's for a duplicate.
-    Atomic: one write transaction (or a savepoint of the caller's).
-    """
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-
-        def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-            return conn.execute(sql, params).fetchall()
-
-        try:
-            found = q(STREAM_SQL, (name,))
-            if not found or (found[0][4] is not None and found[0][4] != secret):
-                db._append_refused(conn, name, secret, expect_offset)
-            stream_id, next_offset, seconds, records, _ = found[0]
-            now = int(round(db._clock() * 1_000_000))
-            known = lookup(q, stream_id, next_offset, seconds, records, ids, now)
-        except apsw.Error as exc:
-            raise convert(exc) from exc
-        offsets, new, same_as = resolve(ids, known)
-        stored: Sequence[int] = ()
-        if new:
-            stored = db._append_rows(name, secret, [rows[i] for i in new], expect_offset)
-            try:
-                entries = []
-                for i, offset in zip(new, stored):
-                    dedup_id = ids[i]
-                    if dedup_id is not None:
-                        entries.append((dedup_id, offset))
-                remember(q, stream_id, entries, now)
-                if crosses_prune_point(stored[0], stored[-1] + 1):
-                    prune(q, stream_id, stored[-1] + 1, seconds, records, now)
-            except apsw.Error as exc:
-                raise convert(exc) from exc
-        return finish(offsets, new, same_as, stored)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ import apsw
 from . import connection as cx
 from . import dedup as _dedup
 from . import retention as _retention
+from .clock import us
 from .errors import InvalidArgument, convert, translate
 from .records import damage_of
 from .validation import check_count, check_flag, check_seconds
@@ -107,11 +107,7 @@ def _file_bytes(path: str) -> int:
     return total
 
 
-def _q(conn: apsw.Connection) -> _retention.Query:
-    def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return conn.execute(sql, params).fetchall()
-
-    return q
+_q = cx.runner  # the shared statement runner under its local name
 
 
 OPTIMIZE_MIN_BYTES = 1 << 20  # PRAGMA optimize runs on files (database + WAL) at least this big
@@ -186,7 +182,7 @@ def _enforce_all(db: Database, report: MaintenanceReport) -> None:
     for stream_id, name in limited:
         with db.transaction():
             with translate():
-                result = _retention.enforce(_q(db._write_conn()), stream_id, round(db._clock() * 1e6))
+                result = _retention.enforce(_q(db._write_conn()), stream_id, us(db._clock()))
             db._tx_dirty = True
         report.trimmed[name] = result.trimmed
         if result.held:
@@ -199,7 +195,7 @@ def _enforce_all(db: Database, report: MaintenanceReport) -> None:
                     "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
                 )
                 if rows:
-                    _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], round(db._clock() * 1e6))
+                    _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], us(db._clock()))
                     report.dedup_pruned += conn.changes()
 
 

@@ -34,7 +34,7 @@ from .errors import (
     StreamNotFound,
     StreamSealed,
 )
-from .dedup import append_deduplicated, check_dedup_id
+from .dedup import check_dedup_id
 from .records import check_name
 from .validation import check_count, check_timeout, show
 
@@ -351,7 +351,7 @@ class Producer:
         rows = [i.prepared for i in items]
         ids = [i.record.dedup_id for i in items]
         if any(i is not None for i in ids):
-            return append_deduplicated(self.db, stream, None, rows, None, ids)
+            return self.db._append_rows(stream, None, rows, None, ids)
         return self.db._append_rows(stream, None, rows, None)
 
     def _succeeded(self, stream: str, items: list[_Item], offsets: Sequence[int]) -> None:

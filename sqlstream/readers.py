@@ -9,7 +9,6 @@ returned is consumed (use a subscription for redelivery).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,8 @@ import apsw
 
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
 from .records import Record, check_name, read_records, record_sql
-from .subscriptions import _q
+from .clock import now_us as _now_us
+from .connection import rows as _q
 from .validation import check_count, check_start, check_timeout
 
 if TYPE_CHECKING:
@@ -41,10 +41,6 @@ class ReaderInfo:
     lag: int
     created_at: float
     updated_at: float
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class Reader:

@@ -30,15 +30,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
+from .connection import Query as Query  # re-exported: it was defined here first
 from .validation import duration_us
-
-
-class Query(Protocol):
-    """Runs one statement with bound parameters in the current write transaction; returns its rows."""
-
-    def __call__(self, sql: str, params: Sequence[Any] = ..., /) -> list[Any]: ...
 
 HELD_RECHECK = 64  # appends between re-checks while keep_unacked holds records back
 

@@ -17,7 +17,7 @@
 
 * **Transactional outbox.** :func:`append` (and :func:`extend`) append records inside the
   caller's transaction on the caller's connection, with the statements of sqlstream's own
-  append path (shared with ``database.py``): offsets reserved gap-free in the stream row,
+  append path (``sqlstream.append``): offsets reserved gap-free in the stream row,
   one ``txn`` number per transaction, retention triggers, dedup ids. The application's
   rows and its events commit together or not at all; a crash before COMMIT leaves
   neither, and burns no offset. Once the transaction commits, sqlstream readers blocked in
@@ -51,21 +51,13 @@ from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, Connection, Engine
 
 from . import _dbapi
+from . import append as _append
 from . import dedup as _dedup
-from . import retention as _retention
-from .database import (
-    _APPEND_SQL,
-    _ROWS_PER_INSERT,
-    _TXN_SQL,
-    DEFAULT_MAX_RECORD_BYTES,
-    PreparedRecord,
-    _insert_sql,
-    _query,
-    _us,
-    append_refused,
-    now_us,
-)
-from .errors import InvalidArgument, PayloadTooLarge, convert
+from .append import PreparedRecord
+from .clock import us
+from .connection import Query, runner
+from .database import DEFAULT_MAX_RECORD_BYTES
+from .errors import InvalidArgument, convert
 from .records import check_name, encode_headers, encode_key, encode_value
 from .wakeup import notifier_for
 
@@ -405,16 +397,8 @@ def _write(
     ids: list[str | None] | None,
 ) -> list[int]:
     dbapi = _driver_connection(connection)
-    if expect_offset is not None and (
-        isinstance(expect_offset, bool) or not isinstance(expect_offset, int) or not 0 <= expect_offset < 2**63
-    ):
-        raise InvalidArgument(f"expect_offset must be an int >= 0, not {expect_offset!r}")
-    for row in rows:
-        if row[4] > DEFAULT_MAX_RECORD_BYTES:
-            raise PayloadTooLarge(
-                f"a record of {row[4]:,} bytes exceeds sqlstream's limit of {DEFAULT_MAX_RECORD_BYTES:,} bytes",
-                hint="split the payload",
-            )
+    # Bad arguments are refused before the transaction is touched.
+    _append.check_rows(rows, expect_offset, DEFAULT_MAX_RECORD_BYTES)
     if not connection.in_transaction():
         connection.begin()  # what autobegin does: SQLAlchemy then commits or rolls it back
     if dbapi.isolation_level is None and not dbapi.in_transaction:
@@ -422,74 +406,23 @@ def _write(
             "the connection is in autocommit mode: the records and the application's rows would not commit together",
             hint="append inside a transaction (engine.begin(), or a connection without isolation_level='AUTOCOMMIT')",
         )
-    conn = dbapi.apsw
-    q = _query(conn)
+    q = runner(dbapi.apsw)
     try:
         dbapi.begin_if_needed()  # as the driver does before a write: BEGIN IMMEDIATE
-        txn = _txn_number(dbapi, q)
-        now = now_us()
-        offsets: list[int | None] = [None] * len(rows)
-        same_as: list[int | None] = [None] * len(rows)
-        new = list(range(len(rows)))
-        dedup_state = None
-        if ids is not None:
-            found = q(_dedup.STREAM_SQL, (name,))
-            if not found or (found[0][4] is not None and found[0][4] != secret):
-                append_refused(q, name, secret, expect_offset)
-            stream_id, next_offset, seconds, records, _ = found[0]
-            known = _dedup.lookup(q, stream_id, next_offset, seconds, records, ids, now)
-            offsets, new, same_as = _dedup.resolve(ids, known)
-            dedup_state = (stream_id, seconds, records)
-        stored = range(0)
-        if new:
-            stored = _append_rows(q, name, secret, [rows[i] for i in new], expect_offset, txn)
-        if dedup_state is not None and stored:
-            stream_id, seconds, records = dedup_state
-            entries = []
-            for i, offset in zip(new, stored):
-                dedup_id = ids[i] if ids is not None else None
-                if dedup_id is not None:
-                    entries.append((dedup_id, offset))
-            _dedup.remember(q, stream_id, entries, now)
-            if _dedup.crosses_prune_point(stored.start, stored.stop):
-                _dedup.prune(q, stream_id, stored.stop, seconds, records, now)
+        # sqlstream's one append path (sqlstream.append), on the caller's connection.
+        offsets = list(_append.append_rows(
+            q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
+            txn=lambda: _txn_number(dbapi, q), now_us=us(time.time()),
+            max_record_bytes=DEFAULT_MAX_RECORD_BYTES,
+        ))
     except apsw.Error as exc:
         raise convert(exc) from exc
-    if stored:
-        path = dbapi.path
-        dbapi.after_commit(lambda: notifier_for(path).committed())
-    return _dedup.finish(offsets, new, same_as, stored)
+    path = dbapi.path
+    dbapi.after_commit(lambda: notifier_for(path).committed())
+    return offsets
 
 
-def _append_rows(
-    q: _retention.Query, name: str, secret: str | None, rows: list[PreparedRecord],
-    expect_offset: int | None, txn: int,
-) -> range:
-    """database.py's append, statement for statement, on the caller's connection."""
-    count = len(rows)
-    total = sum(r[4] for r in rows)
-    got = q(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
-    if not got:
-        append_refused(q, name, secret, expect_offset)
-    stream_id, next_offset, byte_length, ts, trim = got[0]
-    first = next_offset - count
-    offset, position = first, byte_length - total
-    params: list[Any] = []
-    for key, headers, ctype, data, nbytes in rows:
-        params += (stream_id, offset, position, ts, txn, key, headers, ctype, data)
-        offset += 1
-        position += nbytes
-        if len(params) == 9 * _ROWS_PER_INSERT:
-            q(_insert_sql(_ROWS_PER_INSERT), params)
-            params = []
-    if params:
-        q(_insert_sql(len(params) // 9), params)
-    if trim:
-        _retention.enforce(q, stream_id, _us(time.time()))
-    return range(first, next_offset)
-
-
-def _txn_number(dbapi: _dbapi.Connection, q: _retention.Query) -> int:
+def _txn_number(dbapi: _dbapi.Connection, q: Query) -> int:
     """One commit sequence number per transaction, as sqlstream's own appends get.
 
     The driver forgets it when the transaction commits or rolls back; a savepoint rolled
@@ -498,6 +431,6 @@ def _txn_number(dbapi: _dbapi.Connection, q: _retention.Query) -> int:
     cached = dbapi.sqlstream_txn
     if cached is not None and q("SELECT value FROM counters WHERE name = 'txn'")[0][0] == cached:
         return cached
-    txn = int(q(_TXN_SQL)[0][0])
+    txn = int(q(_append.TXN_SQL)[0][0])
     dbapi.sqlstream_txn = txn
     return txn

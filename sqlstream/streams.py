@@ -120,7 +120,7 @@ class Stream:
         if dedup_id is None:
             return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset).start
         ids = [_dedup.check_dedup_id(dedup_id)]
-        return _dedup.append_deduplicated(self.db, self.name, self._secret, (prepared,), expect_offset, ids)[0]
+        return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset, ids)[0]
 
     @overload
     def extend(
@@ -181,7 +181,7 @@ class Stream:
             ids = _dedup.check_dedup_ids(dedup_ids, len(prepared))
             if not prepared:
                 return []
-            return _dedup.append_deduplicated(self.db, self.name, self._secret, prepared, expect_offset, ids)
+            return self.db._append_rows(self.name, self._secret, prepared, expect_offset, ids)
         if not prepared:
             info = self.info()
             return range(info.next_offset, info.next_offset)

@@ -21,12 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
+from .clock import us as _us
+from .connection import rows as _q
 from .errors import (
     AccessDenied,
     InvalidArgument,
@@ -110,15 +113,6 @@ _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDE
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
-def _q(conn: apsw.Connection, sql: str, params: Any = ()) -> list[Any]:
-    """All rows of one statement. Typed loosely on purpose: the schema fixes each column's
-    type, which apsw's row type (any SQLite value) cannot express."""
-    return conn.execute(sql, params).fetchall()
-
-
-def _us(seconds: float) -> int:
-    """Seconds (float) to the integer microseconds stored in the database."""
-    return int(round(seconds * 1_000_000))
 
 
 class AckResult(NamedTuple):
@@ -533,6 +527,18 @@ class Subscription:
         return result._replace(dead_lettered=tuple(dead))
 
     def extend(self, *offsets: int, seconds: float) -> AckResult:
+        """Deprecated name of :meth:`extend_deadline` (removed in 0.2).
+
+        Renamed because ``Stream.extend`` appends a batch; this pushes deadlines.
+        """
+        warnings.warn(
+            "Subscription.extend() is deprecated (removed in 0.2); use extend_deadline()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.extend_deadline(*offsets, seconds=seconds)
+
+    def extend_deadline(self, *offsets: int, seconds: float) -> AckResult:
         """Push the ack deadline of held records to ``seconds`` from now (for long work).
 
         Applies to pending records that a consumer holds (not to nacked ones); others are

@@ -655,7 +655,7 @@ def test_issue_9_hostile_numbers_texts_and_metadata_are_sqlstream_errors(fx: Fix
         (errors.InvalidArgument, lambda: db.create_subscription("s3", "plain", max_unacked=2**64)),
         (errors.InvalidArgument, lambda: db.create_subscription("s4", "plain", max_deliveries=2**64, dead_letter="d")),
         (errors.InvalidArgument, lambda: sub.nack(0, delay=1e300)),
-        (errors.InvalidArgument, lambda: sub.extend(0, seconds=1e300)),
+        (errors.InvalidArgument, lambda: sub.extend_deadline(0, seconds=1e300)),
         (errors.InvalidArgument, lambda: sub.fetch("c", 2**64)),
         (errors.InvalidArgument, lambda: sub.fetch("c", 1, timeout=True)),
         (errors.InvalidArgument, lambda: sub.pending(limit=2**64)),

@@ -21,6 +21,7 @@ from sqlstream.archive import ArchiveReader, import_archives, pack
 from sqlstream.cli import main
 from sqlstream.errors import ArchiveError, ConcurrencyError, InvalidArgument, OffsetOutOfRange, StreamSealed
 from sqlstream.export import export_status, trim_exported
+from sqlstream.retention import count_margin
 from sqlstream.storage import get_driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +235,25 @@ def test_import_refuses_gaps_and_sealed_streams(db: sqlstream.Database, tmp_path
     with sqlstream.open(tmp_path / "filter.db") as other:
         assert import_archives(other, "*.events", tmp_path, streams=["other"]).imported == 0
         assert [i.name for i in other.streams()] == []
+
+
+def test_import_enforces_the_target_streams_retention_like_any_append(
+    db: sqlstream.Database, tmp_path: Path
+) -> None:
+    s = db.create_stream("s")
+    s.extend([f"r{i}" for i in range(1500)])
+    db.export("s", tmp_path)
+    with sqlstream.open(tmp_path / "r.db") as other:
+        other.create_stream("s", max_count=100)
+        assert import_archives(other, "*.events", tmp_path).imported == 1500
+        info = other.stream("s").info()
+        # Every record was numbered as in the archive, and retention kept the newest
+        # max_count (plus at most its margin), as it does for appends.
+        assert info.next_offset == 1500
+        assert 100 <= info.next_offset - info.first_offset <= 100 + count_margin(100)
+        assert other.stream("s").read(1499)[0].value == "r1499"
+        # A second import adds nothing (the trimmed offsets are below next_offset).
+        assert import_archives(other, "*.events", tmp_path).imported == 0
 
 
 def test_import_keeps_timestamps_and_refuses_foreign_archives(db: sqlstream.Database, tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def _ops(db: sqlstream.Database) -> dict[str, tuple[Callable[..., object], list[
         "fetch": (lambda c, n, t: db.subscription("sub").fetch(c, n, timeout=t), [names, hostile, timeouts]),
         "ack": (lambda *o: db.subscription("sub").ack(*o), [hostile, hostile]),
         "nack": (lambda o, d, e: db.subscription("sub").nack(o, delay=d, error=e), [hostile, hostile, hostile]),
-        "extend_deadline": (lambda o, sec: db.subscription("sub").extend(o, seconds=sec), [hostile, hostile]),
+        "extend_deadline": (lambda o, sec: db.subscription("sub").extend_deadline(o, seconds=sec), [hostile, hostile]),
         "pending": (lambda c, n: db.subscription("sub").pending(c, n), [names | st.none(), hostile]),
         "reader_read": (lambda n, t: db.reader("r").read(n, timeout=t), [hostile, timeouts]),
         "reader_seek": (lambda o: db.reader("r").seek(o), [hostile]),

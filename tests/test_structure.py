@@ -29,7 +29,6 @@ ALLOWED_CYCLES: list[frozenset[str]] = [
             "sqlstream.archive.export",
             "sqlstream.consumer",
             "sqlstream.database",
-            "sqlstream.dedup",
             "sqlstream.export",
             "sqlstream.maintenance",
             "sqlstream.producer",

@@ -137,7 +137,7 @@ class SubscriptionModel(RuleBasedStateMachine):
     @rule(data=st.data(), seconds=st.sampled_from([1, 5, 30]))
     def extend(self, data: st.DataObject, seconds: int) -> None:
         offsets = self._pick(data)
-        result = self.sub.extend(*offsets, seconds=seconds)
+        result = self.sub.extend_deadline(*offsets, seconds=seconds)
         wanted = list(dict.fromkeys(offsets))
         applied = [o for o in wanted if o in self.pending and self.pending[o].consumer is not None]
         for offset in applied:

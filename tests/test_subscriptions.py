@@ -176,7 +176,7 @@ def test_invalid_call_arguments(db: sqlstream.Database) -> None:
         sub.fetch("c", 1, timeout=-1)
     sub.fetch("c", 3)
     for call in (lambda: sub.ack(-1), lambda: sub.ack("1"), lambda: sub.nack(0, delay=-1),  # type: ignore[arg-type]
-                 lambda: sub.extend(0, seconds=0)):
+                 lambda: sub.extend_deadline(0, seconds=0)):
         with pytest.raises(errors.InvalidArgument):
             call()
     assert sub.info().pending == 3  # nothing half-done
@@ -281,7 +281,7 @@ def test_extend_pushes_the_deadline(db: sqlstream.Database, clock: Clock) -> Non
     sub = db.create_subscription("sub", "s", ack_timeout=10)
     sub.fetch("a", 2)
     clock.advance(8)
-    assert sub.extend(0, 5, seconds=30) == sqlstream.AckResult((0,), (5,))
+    assert sub.extend_deadline(0, 5, seconds=30) == sqlstream.AckResult((0,), (5,))
     clock.advance(2)
     assert sub.fetch("b", 10).offsets == [1]
     sub.ack(1)
@@ -290,7 +290,16 @@ def test_extend_pushes_the_deadline(db: sqlstream.Database, clock: Clock) -> Non
     clock.advance(1)
     assert sub.fetch("b", 10).offsets == [0]
     sub.nack(0)
-    assert sub.extend(0, seconds=5).ignored == (0,)  # nacked: held by nobody
+    assert sub.extend_deadline(0, seconds=5).ignored == (0,)  # nacked: held by nobody
+
+
+def test_subscription_extend_is_a_deprecated_alias_of_extend_deadline(db: sqlstream.Database) -> None:
+    fill(db, 2)
+    sub = db.create_subscription("sub", "s", ack_timeout=10)
+    sub.fetch("a", 1)
+    with pytest.warns(DeprecationWarning, match="extend_deadline"):
+        result = sub.extend(0, 1, seconds=30)
+    assert result == sqlstream.AckResult((0,), (1,))
 
 
 def test_dead_letters_after_max_deliveries(db: sqlstream.Database, clock: Clock) -> None:

@@ -5,10 +5,11 @@ import``) reads archives written by ``db.export`` and appends each record to the
 its metadata names, at its original offset, byte position and timestamp. A record the
 stream already holds (offset below the stream's next offset) is skipped, so importing
 the same archives twice imports them once, and an import stopped part-way is finished by
-running it again. Records are inserted directly (one transaction per batch of up to
-1,000 records of one stream) because the append path assigns new offsets and
-timestamps; the same invariants are kept: offsets gap-free, positions adding up,
-timestamps never decreasing within a stream, one commit number per transaction.
+running it again. Records go through the one append path (``sqlstream.append``; one
+transaction per batch of up to 1,000 records of one stream) at the archive's offsets
+(as the expected offset) and timestamps: offsets gap-free, positions adding up,
+timestamps never decreasing within a stream, one commit number per transaction, and
+the stream's retention limits enforced as for any append.
 
 An archive is untrusted input: the stream its records name is only a suggestion. A
 stream created with ``secret=True`` takes imported records only when the caller passes
@@ -29,8 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-import apsw
-
 from ..errors import (
     AccessDenied,
     ArchiveError,
@@ -41,11 +40,13 @@ from ..errors import (
     StreamSealed,
     InvalidArgument,
     TruncatedRecord,
-    convert,
+    translate,
 )
+from ..append import PreparedRecord, renumber_empty
+from ..connection import rows as rows_of, runner
 from ..records import check_name
 from ..storage import StorageDriver, download_file, get_driver
-from .export import DEFAULT_BATCH, _sql, parse_timestamp
+from .export import DEFAULT_BATCH, parse_timestamp
 from .format import ArchiveReader
 from .rolling import matching_files
 
@@ -175,21 +176,24 @@ class _Importer:
             return
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         stream = self.target
-        with self.db.transaction():
+        secret = self.secrets.get(stream)
+        with self.db.transaction(), translate():
             conn = self.db._write_conn()
-            state = _sql(conn, _STATE_SQL, (stream,))
+            state = rows_of(conn, _STATE_SQL, (stream,))
             if not state:
                 if not self.create:
                     raise StreamNotFound(f"no stream named {stream!r} to import into",
                                          hint="create it first, or import with create=True")
                 self.db.create_stream(stream)
-                state = _sql(conn, _STATE_SQL, (stream,))
+                state = rows_of(conn, _STATE_SQL, (stream,))
             sid, first, nxt, length, sealed, last_ts, write_secret = state[0]
             # Checked here, inside the write transaction, as well as up front: a secret
             # stream created by another process during the import is still protected.
-            if write_secret is not None and self.secrets.get(stream) != write_secret:
+            if write_secret is not None and secret != write_secret:
                 raise _denied(stream)
-            rows: list[tuple[Any, ...]] = []
+            start = nxt
+            rows: list[PreparedRecord] = []
+            stamps: list[int] = []
             for where, meta, payload in batch:
                 offset, position, ts, ctype, data = self.decode(where, meta, payload)
                 if offset < nxt:
@@ -198,10 +202,9 @@ class _Importer:
                 if offset > nxt:
                     if first == nxt and not rows:
                         # An empty stream adopts the archive's numbering, as if trimmed to there.
-                        first = nxt = offset
+                        first = nxt = start = offset
                         length = position
-                        _sql(conn, "UPDATE streams SET first_offset = ?, next_offset = ?, first_position = ?, "
-                                   "byte_length = ? WHERE id = ?", (offset, offset, position, position, sid))
+                        renumber_empty(runner(conn), sid, offset, position)
                     else:
                         raise ArchiveError(
                             f"{where}: stream {stream!r} continues at offset {nxt}, but the archive's next "
@@ -221,28 +224,19 @@ class _Importer:
                     raise PayloadTooLarge(f"{where}: record of {nbytes:,} bytes exceeds max_record_bytes")
                 if position > _INT64_MAX - nbytes or offset >= _INT64_MAX:
                     raise CorruptArchive(f"{where}: offset {offset} / position {position} is out of range")
-                if ctype == "json" and not _sql(conn, "SELECT json_valid(?)", (data,))[0][0]:
+                if ctype == "json" and not rows_of(conn, "SELECT json_valid(?)", (data,))[0][0]:
                     # SQLite's own test, the one check() applies: Python's json module
                     # accepts NaN and Infinity, which SQLite does not.
                     raise CorruptArchive(f"{where}: a json record's payload is not valid JSON")
                 last_ts = max(last_ts, ts)  # timestamps never decrease within a stream
-                rows.append((sid, offset, position, last_ts, meta.get("key"), meta.get("headers") or None,
-                             ctype, data))
+                rows.append((meta.get("key"), meta.get("headers") or None, ctype, data, nbytes))
+                stamps.append(last_ts)
                 nxt, length = offset + 1, length + nbytes
             if rows:
-                txn = self.db._txn_number(conn)
-                try:
-                    conn.executemany(
-                        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
-                        "content_type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(r[0], r[1], r[2], r[3], txn, r[4], r[5], r[6], r[7]) for r in rows],
-                    )
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
-                _sql(conn, "UPDATE streams SET next_offset = ?, byte_length = ?, "
-                           "last_append_at = max(coalesce(last_append_at, 0), ?) WHERE id = ?",
-                     (nxt, length, last_ts, sid))
-                self.db._tx_dirty = True
+                # The one append path at the archive's offsets (expect_offset: the batch
+                # lands exactly where the archive says) and timestamps; retention triggers
+                # fire as for any append.
+                self.db._append_rows(stream, secret, rows, start, timestamps=stamps)
                 self.result.imported += len(rows)
                 self.result.streams[stream] = self.result.streams.get(stream, 0) + len(rows)
 
@@ -378,7 +372,7 @@ def import_archives(
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
     with db._snapshot() as conn:
-        rows = _sql(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
+        rows = rows_of(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
     return {name for name, secret in rows if secrets.get(name) != secret}
 
 

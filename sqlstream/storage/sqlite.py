@@ -36,6 +36,8 @@ from typing import Any
 
 import apsw
 
+from ..clock import now_us as _now_us
+from ..connection import rows as _rows
 from ..errors import InvalidArgument, ObjectNotFound, ObjectPathConflict, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
 
@@ -47,14 +49,6 @@ PIECE = 1 << 20  # bytes per chunk row
 _BATCH_BYTES = 8 << 20  # bytes per transaction while uploading an iterable
 
 
-def _now_us() -> int:
-    from ..database import now_us
-
-    return now_us()
-
-
-def _rows(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    return conn.execute(sql, params).fetchall()
 
 
 def _pieces(data: Data) -> Iterator[bytes]:

@@ -1,0 +1,230 @@
+"""The append path: the one place records enter a stream.
+
+:func:`append_rows` is used by every writer: ``Stream.append``/``extend`` and the
+producer (through ``Database._append_rows``), transactions, dead-lettering, archive
+import and the SQLAlchemy outbox. It runs, in the caller's write transaction:
+
+1. validation: ``expect_offset`` (``validation.check_offset``) and the payload limit;
+2. with dedup ids: the stream's window, the look-up of remembered ids (duplicates are
+   answered with the original offsets and not stored);
+3. ``APPEND_SQL``: one UPDATE of the stream row reserves the offsets and bytes (gap-free,
+   checking the secret, the seal and the expected offset) and returns whether a
+   retention trigger fired; a refusal is explained by :func:`append_refused`;
+4. the records, in multi-row INSERTs of up to ``ROWS_PER_INSERT`` rows;
+5. ``retention.enforce`` when a trigger fired; dedup remember (and prune every
+   ``dedup.PRUNE_EVERY`` offsets).
+
+Like :mod:`sqlstream.retention`, it takes ``q`` (a :class:`~sqlstream.connection.Query`)
+rather than a connection, so the SQLAlchemy outbox runs the same statements on the
+caller's connection. The caller owns the transaction (and with it the wake-up at commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, overload
+
+from . import dedup as _dedup, retention as _retention
+from .connection import Query
+from .errors import AccessDenied, ConcurrencyError, PayloadTooLarge, StreamNotFound, StreamSealed
+from .validation import check_offset
+
+__all__ = [
+    "PreparedRecord",
+    "APPEND_SQL",
+    "TXN_SQL",
+    "ROWS_PER_INSERT",
+    "insert_sql",
+    "append_rows",
+    "append_refused",
+    "check_rows",
+    "renumber_empty",
+]
+
+PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
+"""A record ready to store: (key, headers JSON, content type, data, payload bytes)."""
+
+ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
+
+# The commit sequence number of a write transaction, assigned at its first append.
+TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
+
+APPEND_SQL = """
+UPDATE streams
+   SET next_offset = next_offset + ?1,
+       byte_length = byte_length + ?2,
+       last_append_at = max(coalesce(last_append_at, 0), ?3)
+ WHERE name = ?4
+   AND sealed_at IS NULL
+   AND (write_secret IS NULL OR write_secret = ?5)
+   AND (?6 IS NULL OR next_offset = ?6)
+RETURNING id, next_offset, byte_length, last_append_at,
+          next_offset > trim_offset OR byte_length > trim_bytes OR last_append_at >= trim_time
+"""
+# The last column is true when a retention trigger fired (migrations/0004): NULL for a
+# stream without limits and 0 for one within them, so retention costs such appends no
+# statement. See sqlstream/retention.py.
+
+_RENUMBER_SQL = (
+    "UPDATE streams SET first_offset = ?2, next_offset = ?2, first_position = ?3, byte_length = ?3 WHERE id = ?1"
+)
+
+
+@lru_cache(maxsize=None)
+def insert_sql(rows: int) -> str:
+    """The INSERT of ``rows`` records (9 parameters each)."""
+    values = ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
+    return (
+        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
+        f"content_type, data) VALUES {values}"
+    )
+
+
+def check_rows(rows: Sequence[PreparedRecord], expect_offset: int | None, max_record_bytes: int) -> int:
+    """Validate a batch before anything is written; return its payload bytes.
+
+    Raises ``InvalidArgument`` (``expect_offset``) or ``PayloadTooLarge``.
+    """
+    if expect_offset is not None:
+        check_offset(expect_offset, "expect_offset")
+    total = 0
+    for row in rows:
+        if row[4] > max_record_bytes:
+            raise PayloadTooLarge(
+                f"a record of {row[4]:,} bytes exceeds this database's limit of {max_record_bytes:,} bytes",
+                hint="split the payload, or open the database with a larger max_record_bytes",
+            )
+        total += row[4]
+    return total
+
+
+@overload
+def append_rows(
+    q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
+    txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: None = None,
+    timestamps: Sequence[int] | None = None,
+) -> range: ...
+
+
+@overload
+def append_rows(
+    q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
+    txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
+    timestamps: Sequence[int] | None = None,
+) -> list[int]: ...
+
+
+def append_rows(
+    q: Query,
+    name: str,
+    rows: Sequence[PreparedRecord],
+    *,
+    secret: str | None,
+    expect_offset: int | None,
+    txn: Callable[[], int],
+    now_us: int,
+    max_record_bytes: int,
+    ids: Sequence[str | None] | None = None,
+    timestamps: Sequence[int] | None = None,
+) -> range | list[int]:
+    """Append ``rows`` to stream ``name`` in the caller's write transaction; return offsets.
+
+    Without ``ids``: the range of the new records' offsets. With ``ids`` (one dedup id or
+    None per row, already checked with ``dedup.check_dedup_ids``): one offset per row, the
+    original's for a row whose id is remembered in the stream's window or repeats an
+    earlier row of the batch (those rows are not stored).
+
+    ``txn`` returns the transaction's commit number (called once, only if a row is
+    stored). ``now_us`` is the time of the append: records' timestamps, the retention
+    clock and dedup times. ``timestamps`` (archive import) gives each row its own
+    timestamp instead (non-decreasing, none below the stream's last).
+
+    Raises ``InvalidArgument``, ``PayloadTooLarge`` (before any statement),
+    ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``; apsw
+    errors are left to the caller's write scope. Not atomic on its own: the caller's
+    transaction (or savepoint) makes it all or nothing.
+    """
+    total = check_rows(rows, expect_offset, max_record_bytes)
+    if ids is None:
+        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps)
+    found = q(_dedup.STREAM_SQL, (name,))
+    if not found or (found[0][4] is not None and found[0][4] != secret):
+        append_refused(q, name, secret, expect_offset)
+    stream_id, next_offset, seconds, records, _ = found[0]
+    known = _dedup.lookup(q, stream_id, next_offset, seconds, records, ids, now_us)
+    offsets, new, same_as = _dedup.resolve(ids, known)
+    stored = range(0)
+    if new:
+        batch = [rows[i] for i in new]
+        stamps = None if timestamps is None else [timestamps[i] for i in new]
+        total = sum(r[4] for r in batch)
+        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps)
+        entries = [(dedup_id, offset) for dedup_id, offset in zip((ids[i] for i in new), stored)
+                   if dedup_id is not None]
+        _dedup.remember(q, stream_id, entries, now_us)
+        if _dedup.crosses_prune_point(stored.start, stored.stop):
+            _dedup.prune(q, stream_id, stored.stop, seconds, records, now_us)
+    return _dedup.finish(offsets, new, same_as, stored)
+
+
+def _store(
+    q: Query, name: str, rows: Sequence[PreparedRecord], total: int, secret: str | None,
+    expect_offset: int | None, txn: Callable[[], int], now_us: int, timestamps: Sequence[int] | None,
+) -> range:
+    """The statements of an append: reserve offsets, insert the records, enforce retention."""
+    count = len(rows)
+    number = txn()
+    stamp = now_us if timestamps is None else timestamps[-1]
+    got = q(APPEND_SQL, (count, total, stamp, name, secret, expect_offset))
+    if not got:
+        append_refused(q, name, secret, expect_offset)
+    stream_id, next_offset, byte_length, ts, trim = got[0]
+    first = next_offset - count
+    position = byte_length - total
+    if count == 1 and timestamps is None:  # the common case: no batching loop
+        key, headers, ctype, data, _ = rows[0]
+        q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
+    else:
+        params: list[Any] = []
+        offset = first
+        for i, (key, headers, ctype, data, nbytes) in enumerate(rows):
+            params += (stream_id, offset, position, ts if timestamps is None else timestamps[i],
+                       number, key, headers, ctype, data)
+            offset += 1
+            position += nbytes
+            if len(params) == 9 * ROWS_PER_INSERT:
+                q(insert_sql(ROWS_PER_INSERT), params)
+                params = []
+        if params:
+            q(insert_sql(len(params) // 9), params)
+    if trim:
+        _retention.enforce(q, stream_id, now_us)
+    return range(first, next_offset)
+
+
+def renumber_empty(q: Query, stream_id: int, offset: int, position: int) -> None:
+    """Make an empty stream continue at ``offset``/``position``, as if trimmed to there.
+
+    Archive import uses it so an empty stream adopts the archive's numbering.
+    """
+    q(_RENUMBER_SQL, (stream_id, offset, position))
+
+
+def append_refused(q: Query, name: str, secret: str | None, expect_offset: int | None) -> None:
+    """Raise why the append statement matched no row: not found, secret, sealed, or offset."""
+    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,))
+    if not rows:
+        raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
+    sealed_at, write_secret, next_offset = rows[0]
+    if write_secret is not None and write_secret != secret:
+        raise AccessDenied(
+            f"stream {name!r} takes appends only through its write secret",
+            hint="use db.writer(secret) or the handle create_stream() returned",
+        )
+    if sealed_at is not None:
+        raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
+    raise ConcurrencyError(
+        f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
+        hint="re-read the stream and retry with the new expect_offset",
+    )
