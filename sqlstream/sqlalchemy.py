@@ -230,6 +230,17 @@ dedup = Table(
     sqlite_with_rowid=False,
 )
 
+streaming_cursors = Table(
+    "streaming_cursors", metadata,
+    Column("service", TEXT, primary_key=True),
+    Column("kind", TEXT, nullable=False),
+    Column("height", INTEGER, nullable=False),
+    Column("updated_at", INTEGER, nullable=False),
+    Column("last_error", TEXT),
+    Column("error_at", INTEGER),
+    sqlite_with_rowid=False,
+)
+
 views = MetaData()
 """The views for people (docs/sql.md), as Tables to select from; their columns are untyped."""
 
@@ -248,6 +259,13 @@ subscription_stats = Table(
         "name", "stream", "start_offset", "delivered_up_to", "lag", "pending", "expired",
         "oldest_pending_age", "acked_frontier", "acked", "dead_lettered", "consumers", "ack_timeout",
         "max_unacked", "max_deliveries", "dead_letter", "created",
+    )),
+)
+
+streaming_progress = Table(
+    "streaming_progress", views,
+    *(Column(name) for name in (
+        "service", "kind", "height", "head", "lag", "updated", "last_error", "error_time",
     )),
 )
 
