@@ -352,3 +352,47 @@ def test_sigkill_of_serve_at_random_points_writes_every_block_once_byte_identica
     assert finals == sorted(os.listdir(ref)) and len(finals) == 2 * BLOCKS
     for name in finals:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- leftovers, read-only status
+
+
+def test_start_removes_only_this_services_stale_temp_files(tmp_path: Path, db: sqlstream.Database) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    own = [".app-block-3-data.0a1b2c3d.tmp", ".app-block-12-meta.ffffffff.tmp"]
+    others = [".block-3-data.0a1b2c3d.tmp", ".other-block-3-data.0a1b2c3d.tmp", "app-block-3-data",
+              ".app-block-3-data.tmp", "notes.tmp"]
+    for name in own + others:
+        (out / name).write_bytes(b"x")
+    db.create_stream("a").append("1")
+    config = file_config(tmp_path, extra='prefix = "app"')
+    assert run_once(db, config) == {"file": 1}
+    left = set(os.listdir(out))
+    assert not left & set(own)
+    assert set(others) <= left
+    assert {"app-block-1-data", "app-block-1-meta"} <= left
+
+
+def _status(tmp_path: Path, db_file: Path) -> subprocess.CompletedProcess[str]:
+    config = file_config(tmp_path)
+    return subprocess.run([sys.executable, "-m", "sqlstream", "--db", str(db_file), "serve", "--config",
+                           str(config), "--status"], capture_output=True, text=True, env=env(), timeout=30)
+
+
+def test_status_of_an_unmigrated_database_says_so_and_leaves_it_unmigrated(tmp_path: Path) -> None:
+    import apsw
+
+    db_file = tmp_path / "app.db"
+    with sqlstream.open(db_file) as db:
+        db.create_stream("a").append("1")
+    conn = apsw.Connection(str(db_file))
+    conn.execute("DROP VIEW streaming_progress; DROP TABLE streaming_cursors; PRAGMA user_version = 4")
+    conn.close()
+    done = _status(tmp_path, db_file)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "file (file): height 0, head 0, lag 0\n"
+    assert "not been migrated to the streaming schema" in done.stderr
+    conn = apsw.Connection(str(db_file))
+    assert conn.execute("PRAGMA user_version").fetchall() == [(4,)]
+    conn.close()

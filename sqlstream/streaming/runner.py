@@ -107,6 +107,8 @@ class Runner:
         active = [s for s in self.services if s.enabled]
         cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__) for s in active}
         try:
+            for service in active:
+                service.start()
             upto = self.store.head() if once else None
             while not self.stop_event.is_set():
                 seen = self.store.head()

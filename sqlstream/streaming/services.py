@@ -74,6 +74,12 @@ class Service(ABC):
         Must be idempotent: called again with the same block it produces the same output.
         """
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare to run (called once per run before the first block; default: nothing).
+
+        The place to clean up what a killed earlier run left behind.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources once the runner stops (default: nothing)."""
 
