@@ -36,6 +36,9 @@ def register(command: CommandFactory) -> None:
                 "last block it finished (its cursor is kept in the database).",
     )
     sub.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration (see README)")
+    sub.add_argument("--skip-trimmed", action="store_true",
+                     help="go past records retention trimmed before a service streamed them (logged); "
+                          "without it the service stops naming them")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="process what is committed now, then exit")
     mode.add_argument("--status", action="store_true", help="print progress and lag per service, then exit")
@@ -55,6 +58,8 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         return _status_readonly(path, config, args, out, err)
     with open_database(path) as db:
         services = config.build()
+        for service in services:
+            service.accept_trimmed = args.skip_trimmed
         stop = threading.Event()
         runner = Runner(db, services, stop_event=stop)
 
@@ -74,7 +79,7 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             out.write(dump({"written": dict(result)}) + "\n")
         elif args.once:
             for service in services:
-                state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} block(s)"
+                state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} {service.UNIT}"
                 out.write(f"{service.name}: {state}\n")
     return 0
 

@@ -91,8 +91,8 @@ class FileService(Service):
         """
         try:
             names = os.listdir(self.write_dir)
-        except FileNotFoundError:
-            return
+        except OSError:
+            return  # no directory yet, or not one: writing the first block reports it
         pattern = self.temp_pattern()
         for name in names:
             if pattern.fullmatch(name):
