@@ -578,3 +578,11 @@ def test_records_trimmed_before_the_archive_service_archived_them_stop_it(tmp_pa
         run_once(db, config)
     assert main(["--db", db.path, "serve", "--config", str(config), "--once", "--skip-trimmed"]) == 0
     assert [o for _s, o, _p in archived(tmp_path / "archives")] == [0, 2, 3]
+
+
+def test_a_new_service_starts_from_what_is_retained_without_complaint(tmp_path: Path, db: sqlstream.Database) -> None:
+    s = db.create_stream("a")
+    for i in range(4):
+        s.append(str(i))
+    db.trim("a", 2)  # before the service ever ran: not its loss
+    assert run_once(db, file_config(tmp_path)) == {"file": 2}

@@ -134,7 +134,7 @@ class Runner:
         error of one stops the whole run and is raised here.
         """
         active = [s for s in self.services if s.enabled]
-        cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__) for s in active}
+        cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__, s.keys) for s in active}
         paced = [s for s in active if s.SELF_PACED]
         active = [s for s in active if not s.SELF_PACED]
         errors: list[BaseException] = []

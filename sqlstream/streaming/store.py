@@ -138,14 +138,24 @@ class Store:
 
     # -------------------------------------------------------------- cursors
 
-    def cursor(self, service: str, kind: str) -> int:
-        """The last height ``service`` finished (0: none yet); creates its row at 0."""
+    def cursor(self, service: str, kind: str, patterns: Sequence[str] = ()) -> int:
+        """The last height ``service`` finished (0: none yet); creates its row at 0.
+
+        A new service starts from what its streams (``patterns``) retain now: records
+        trimmed before it first ran are not its loss (see :meth:`next_block`).
+        """
         with self.db._writing() as conn:
             conn.execute(
                 "INSERT INTO streaming_cursors (service, kind, height, updated_at) VALUES (?, ?, 0, ?) "
                 "ON CONFLICT (service) DO NOTHING",
                 (service, kind, now_us()),
             )
+            if conn.changes() == 1:
+                existing: list[Any] = conn.execute("SELECT id, name, first_offset FROM streams").fetchall()
+                for sid, name, first in existing:
+                    if int(first) > 0 and matches(str(name), patterns):
+                        conn.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                                     (_done_counter(service, int(sid)), int(first)))
             row = conn.execute("SELECT height FROM streaming_cursors WHERE service = ?", (service,)).fetchone()
         assert row is not None
         return int(row[0])
@@ -206,7 +216,7 @@ class Store:
         """
         with self.db._snapshot() as conn:
             head = self._head(conn)
-            rows = conn.execute(
+            rows: list[Any] = conn.execute(
                 "SELECT e.delivered_offset, s.next_offset, "
                 "(SELECT c.txn FROM chunks c WHERE c.stream_id = s.id AND c.offset >= e.delivered_offset "
                 " ORDER BY c.offset LIMIT 1) "
@@ -225,13 +235,13 @@ class Store:
     def export_trimmed(self, export: str) -> list[tuple[str, int, int]]:
         """(stream, first, last) offsets retention trimmed before export ``export`` archived them."""
         with self.db._snapshot() as conn:
-            rows = conn.execute(
+            gaps: list[Any] = conn.execute(
                 "SELECT s.name, e.exported_offset, s.first_offset - 1 FROM exports x "
                 "JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
                 "WHERE x.name = ? AND e.exported_offset < s.first_offset ORDER BY s.name",
                 (export,),
             ).fetchall()
-        return [(str(n), int(a), int(b)) for n, a, b in rows]
+        return [(str(n), int(a), int(b)) for n, a, b in gaps]
 
     def record_error(self, service: str, message: str) -> None:
         """Keep ``message`` as the service's last error (shown by ``serve --status``)."""
@@ -313,8 +323,9 @@ class Store:
     def _check_trimmed(self, conn: Any, service: str, streams: list[tuple[int, str, int, int]]) -> None:
         """Raise RecordsTrimmed if a stream's first retained offset is past where ``service`` is.
 
-        A stream the service never streamed from counts from offset 0: a service starts at
-        height 0, so it owes every record ever written (``--skip-trimmed`` accepts the loss).
+        A stream the service never streamed from counts from the first offset it retained
+        when the service first ran (:meth:`cursor`), else 0 (created later: every record is
+        owed). ``--skip-trimmed`` accepts a loss.
         """
         prefix = _done_counter(service, 0)[:-1]
         done = {
