@@ -6,7 +6,7 @@ durable cursor, in height order, and advances the cursor after :meth:`Service.wr
 returns; so ``write_block`` must be idempotent: a block redone after a crash (the output
 written, the cursor not yet advanced) must give the same output.
 
-Services are found by name: the built-ins in :data:`BUILTIN_SERVICES` (``file``), then the
+Services are found by name: the built-ins in :data:`BUILTIN_SERVICES` (``file``, ``archive``), then the
 ``sqlstream.streaming_services`` entry-point group (name -> Service subclass).
 """
 
