@@ -40,3 +40,16 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
         assert f"### {workload}" in results, f"{workload} missing from RESULTS.md"
     raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert raw, "results.json is empty"
+
+
+@pytest.mark.slow
+def test_quick_streaming_benchmark_runs_and_reports_both_commit_shapes() -> None:
+    """`python -m benchmarks.streaming --quick` finishes and prints both shapes, side by side."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.streaming", "--quick", "--rounds", "1"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for shape in ("single-record commits", "1,000-record commits"):
+        assert f"| {shape} | sqlstream file service | " in done.stdout
+        assert f"| {shape} | raw open/write/rename | " in done.stdout
+    assert "failed" not in done.stdout

@@ -352,3 +352,237 @@ def test_sigkill_of_serve_at_random_points_writes_every_block_once_byte_identica
     assert finals == sorted(os.listdir(ref)) and len(finals) == 2 * BLOCKS
     for name in finals:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- leftovers, read-only status
+
+
+def test_start_removes_only_this_services_stale_temp_files(tmp_path: Path, db: sqlstream.Database) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    own = [".app-block-3-data.0a1b2c3d.tmp", ".app-block-12-meta.ffffffff.tmp"]
+    others = [".block-3-data.0a1b2c3d.tmp", ".other-block-3-data.0a1b2c3d.tmp", "app-block-3-data",
+              ".app-block-3-data.tmp", "notes.tmp"]
+    for name in own + others:
+        (out / name).write_bytes(b"x")
+    db.create_stream("a").append("1")
+    config = file_config(tmp_path, extra='prefix = "app"')
+    assert run_once(db, config) == {"file": 1}
+    left = set(os.listdir(out))
+    assert not left & set(own)
+    assert set(others) <= left
+    assert {"app-block-1-data", "app-block-1-meta"} <= left
+
+
+def _status(tmp_path: Path, db_file: Path) -> subprocess.CompletedProcess[str]:
+    config = file_config(tmp_path)
+    return subprocess.run([sys.executable, "-m", "sqlstream", "--db", str(db_file), "serve", "--config",
+                           str(config), "--status"], capture_output=True, text=True, env=env(), timeout=30)
+
+
+def test_status_of_an_unmigrated_database_says_so_and_leaves_it_unmigrated(tmp_path: Path) -> None:
+    import apsw
+
+    db_file = tmp_path / "app.db"
+    with sqlstream.open(db_file) as db:
+        db.create_stream("a").append("1")
+    conn = apsw.Connection(str(db_file))
+    conn.execute("DROP VIEW streaming_progress; DROP TABLE streaming_cursors; PRAGMA user_version = 4")
+    conn.close()
+    done = _status(tmp_path, db_file)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "file (file): height 0, head 0, lag 0\n"
+    assert "not been migrated to the streaming schema" in done.stderr
+    conn = apsw.Connection(str(db_file))
+    assert conn.execute("PRAGMA user_version").fetchall() == [(4,)]
+    conn.close()
+
+
+# --------------------------------------------------------------------------- the archive service
+
+
+def archive_config(tmp_path: Path, keys: str = '["ord*"]', extra: str = "", name: str = "sqlstream.toml") -> Path:
+    return write_config(tmp_path, f'[store]\nstreamers = ["archive"]\n\n[streamers.archive]\n'
+                                  f'keys = {keys}\ndir = "archives"\n{extra}\n', name=name)
+
+
+def archived(directory: Path) -> list[tuple[str, int, bytes]]:
+    """(stream, offset, payload) of every record in the closed archives under ``directory``."""
+    from sqlstream.archive import ArchiveReader
+
+    out = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and ".sqlstream-staging" not in p.parts):
+        with ArchiveReader(path) as reader:
+            out += [(meta["stream"], int(meta["offset"]), payload) for meta, payload in reader]
+    return out
+
+
+def test_archive_service_exports_matching_streams_compressed_and_shows_its_height(
+        tmp_path: Path, db: sqlstream.Database) -> None:
+    orders, other = db.create_stream("orders"), db.create_stream("other")
+    for i in range(5):
+        orders.append(f"o{i}")
+        other.append(f"x{i}")
+    config = archive_config(tmp_path, extra='compress = "gzip"\nroll_size_mb = 0.0001')
+    assert run_once(db, config) == {"archive": 5}  # one archive per record: each is over 100 bytes
+    files = sorted(os.listdir(tmp_path / "archives"))
+    assert len([f for f in files if f.endswith(".events.gz")]) == 5
+    assert archived(tmp_path / "archives") == [("orders", i, f"o{i}".encode()) for i in range(5)]
+    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    assert db.query("SELECT service, kind, height, lag FROM streaming_progress").rows == [("archive", "archive", head, 0)]
+    assert sqlstream.archive.export.export_status(db, "archive").streams == {"orders": (5, 5)}
+    orders.append("o5")
+    assert run_once(db, config) == {"archive": 1}  # resumes: only the new record
+    assert archived(tmp_path / "archives")[-1] == ("orders", 5, b"o5")
+
+
+def test_archive_service_uploads_to_storage_relative_to_the_config(tmp_path: Path, db: sqlstream.Database) -> None:
+    db.create_stream("orders").append("a")
+    config = archive_config(tmp_path, extra='storage = { driver = "filesystem", root = "up" }\nstorage_prefix = "p/"')
+    assert run_once(db, config) == {"archive": 1}
+    assert archived(tmp_path / "up") == [("orders", 0, b"a")]
+    assert [p.parent.name for p in (tmp_path / "up").rglob("*.events")] == ["p"]
+
+
+def test_archive_service_in_a_runner_thread_wakes_on_commits(tmp_path: Path, db: sqlstream.Database) -> None:
+    orders = db.create_stream("orders")
+    runner = Runner.from_config(db, load_config(archive_config(tmp_path, extra="roll_size_mb = 0.0001")))
+    runner.start()
+    try:
+        for i in range(3):
+            orders.append(f"o{i}")
+            deadline = time.monotonic() + 10
+            while len(archived(tmp_path / "archives")) < i + 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        db.create_stream("ordinals").append("new")  # a stream the glob matches, created later
+        deadline = time.monotonic() + 10
+        while ("ordinals", 0, b"new") not in archived(tmp_path / "archives"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        runner.join(10)
+    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    assert db.query("SELECT height FROM streaming_progress").rows == [(head,)]
+
+
+ARCHIVE_BAD_CONFIGS = [
+    ('compress = "lz4"', "compress", 'must be "gzip" or "zstd"'),
+    ("roll_size_mb = -1", "roll_size_mb", "positive"),
+    ("roll_minutes = 0", "roll_minutes", "positive"),
+    ('roll_size = 5', "roll_size", "did you mean 'roll_size_mb'"),
+    ("format_version = 3", "format_version", "1 or 2"),
+    ('storage = { root = "x" }', "storage", "needs a driver"),
+    ('storage = { driver = "ftp" }', "storage", "no storage driver named 'ftp'"),
+    ('template = ""', "template", "unusable name"),
+]
+
+
+@pytest.mark.parametrize(("extra", "key", "problem"), ARCHIVE_BAD_CONFIGS)
+def test_bad_archive_config_names_file_table_and_key(tmp_path: Path, extra: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(archive_config(tmp_path, extra=extra))
+    assert (info.value.table, info.value.key) == ("streamers.archive", key)
+    assert problem in str(info.value)
+
+
+def test_archive_missing_dir_is_a_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[store]\nstreamers = ["archive"]\n[streamers.archive]\nkeys = ["*"]\n')
+    with pytest.raises(ConfigError, match=r"\[streamers.archive\] dir: is missing"):
+        load_config(path)
+
+
+ARCHIVE_RECORDS = 1000
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigkill_of_serve_with_the_archive_service_archives_every_record_exactly_once(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    db_file = tmp_path / "app.db"
+    with sqlstream.open(db_file) as db:
+        a, b = db.create_stream("orders"), db.create_stream("ordinals")
+        for n in range(ARCHIVE_RECORDS):
+            (a if rng.random() < 0.5 else b).append(f"{n}" * rng.randint(1, 40))
+        expected = sorted((s, r.offset, r.value.encode()) for s in ("orders", "ordinals")
+                          for r in db.stream(s).read(0, limit=ARCHIVE_RECORDS))
+    config = archive_config(tmp_path, extra='compress = "gzip"\nroll_size_mb = 0.002')
+    cmd = [sys.executable, "-m", "sqlstream", "--db", str(db_file), "serve", "--config", str(config)]
+    progress = []
+    for run in range(1, 4):
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Kill once this run has closed a few archives more: mid-run, at whatever step it is in.
+        deadline = time.monotonic() + 30
+        target = run * rng.randint(3, 8)
+        while len(list((tmp_path / "archives").glob("*.gz"))) < target and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.kill()
+        proc.wait(10)
+        progress.append(len(archived(tmp_path / "archives")))
+    assert progress == sorted(progress) and progress[-1] < ARCHIVE_RECORDS, progress  # killed mid-way
+    done = subprocess.run([*cmd, "--once"], capture_output=True, text=True, env=env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(archived(tmp_path / "archives")) == expected  # every record, exactly once
+
+
+# --------------------------------------------------------------------------- retention vs. replay
+
+
+def test_records_trimmed_before_the_file_service_streamed_them_stop_it_naming_the_range(
+        tmp_path: Path, db: sqlstream.Database) -> None:
+    from sqlstream.streaming import RecordsTrimmed
+
+    s = db.create_stream("a")
+    s.append("0")
+    config = file_config(tmp_path)
+    assert run_once(db, config) == {"file": 1}
+    for i in range(1, 5):
+        s.append(str(i))
+    db.trim("a", 3)  # offsets 1 and 2 were never streamed
+    with pytest.raises(RecordsTrimmed, match=r"'file'.*a offsets 1\.\.2"):
+        run_once(db, config)
+    assert os.listdir(tmp_path / "out") == ["block-1-data", "block-1-meta"] or \
+        sorted(os.listdir(tmp_path / "out")) == ["block-1-data", "block-1-meta"]
+    cli = ["--db", db.path, "serve", "--config", str(config), "--once"]
+    assert main(cli) == 1
+    assert main([*cli, "--skip-trimmed"]) == 0  # accepts the loss (logged), streams the rest
+    assert sorted(os.listdir(tmp_path / "out"))[-2:] == ["block-5-data", "block-5-meta"]
+    s.append("5")
+    assert run_once(db, config) == {"file": 1}  # and the guard keeps working afterwards
+
+
+def test_trimming_what_the_file_service_already_streamed_is_fine(tmp_path: Path, db: sqlstream.Database) -> None:
+    s = db.create_stream("a")
+    for i in range(3):
+        s.append(str(i))
+    config = file_config(tmp_path)
+    assert run_once(db, config) == {"file": 3}
+    db.trim("a", 3)
+    s.append("3")
+    assert run_once(db, config) == {"file": 1}
+
+
+def test_records_trimmed_before_the_archive_service_archived_them_stop_it(tmp_path: Path, db: sqlstream.Database) -> None:
+    from sqlstream.streaming import RecordsTrimmed
+
+    s = db.create_stream("orders")
+    s.append("0")
+    config = archive_config(tmp_path)
+    assert run_once(db, config) == {"archive": 1}
+    for i in range(1, 4):
+        s.append(str(i))
+    db.trim("orders", 2)
+    with pytest.raises(RecordsTrimmed, match=r"'archive'.*orders offsets 1\.\.1"):
+        run_once(db, config)
+    assert main(["--db", db.path, "serve", "--config", str(config), "--once", "--skip-trimmed"]) == 0
+    assert [o for _s, o, _p in archived(tmp_path / "archives")] == [0, 2, 3]
+
+
+def test_a_new_service_starts_from_what_is_retained_without_complaint(tmp_path: Path, db: sqlstream.Database) -> None:
+    s = db.create_stream("a")
+    for i in range(4):
+        s.append(str(i))
+    db.trim("a", 2)  # before the service ever ran: not its loss
+    assert run_once(db, file_config(tmp_path)) == {"file": 2}

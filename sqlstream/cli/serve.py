@@ -18,6 +18,7 @@ from types import FrameType
 from typing import IO, Any
 
 from ..database import open as open_database
+from ..errors import SchemaVersionError
 from ..streaming import Runner, Store, load_config
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump
@@ -35,6 +36,9 @@ def register(command: CommandFactory) -> None:
                 "last block it finished (its cursor is kept in the database).",
     )
     sub.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration (see README)")
+    sub.add_argument("--skip-trimmed", action="store_true",
+                     help="go past records retention trimmed before a service streamed them (logged); "
+                          "without it the service stops naming them")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="process what is committed now, then exit")
     mode.add_argument("--status", action="store_true", help="print progress and lag per service, then exit")
@@ -50,10 +54,12 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     if not os.path.exists(path):
         raise CliError(f"no database at {os.path.abspath(path)}",
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
+    if args.status:
+        return _status_readonly(path, config, args, out, err)
     with open_database(path) as db:
-        if args.status:
-            return _status(db, config, args, out)
         services = config.build()
+        for service in services:
+            service.accept_trimmed = args.skip_trimmed
         stop = threading.Event()
         runner = Runner(db, services, stop_event=stop)
 
@@ -73,15 +79,33 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             out.write(dump({"written": dict(result)}) + "\n")
         elif args.once:
             for service in services:
-                state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} block(s)"
+                state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} {service.UNIT}"
                 out.write(f"{service.name}: {state}\n")
     return 0
 
 
+def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """``--status`` reads only: the database is opened read-only and never migrated.
+
+    A file from before the streaming schema (version < 5) cannot hold any cursor: every
+    service is reported at height 0, with a note on stderr saying why.
+    """
+    try:
+        db = open_database(path, readonly=True)
+    except SchemaVersionError as exc:
+        if exc.hint is None:  # a newer schema than this sqlstream knows: not ours to read
+            raise
+        err.write(f"note: {path} has not been migrated to the streaming schema yet, so no service has run "
+                  "on it; `serve` (without --status) migrates it\n")
+        return _status(None, config, args, out)
+    with db:
+        return _status(db, config, args, out)
+
+
 def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int:
-    store = Store(db)
-    known = {c.service: c for c in store.cursors()}
-    head = store.head()
+    store = Store(db) if db is not None else None
+    known = {c.service: c for c in store.cursors()} if store is not None else {}
+    head = store.head() if store is not None else 0
     for streamer in config.streamers:
         cursor = known.get(streamer.name)
         row = {

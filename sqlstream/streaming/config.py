@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidArgument
-from .services import Option, Service, known_services, resolve_path, service_class
+from .services import Option, OptionError, Service, known_services, resolve_path, service_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,5 +177,9 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
                 if spec.required:
                     raise ConfigError(path, table_name, key, "is missing", hint=spec.help or None)
                 options[key] = spec.default
+        try:
+            options = cls.prepare_options(options, base_dir)
+        except OptionError as exc:
+            raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
     return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers))

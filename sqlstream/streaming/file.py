@@ -10,7 +10,9 @@ block's stored records, so a block redone after a crash is byte-identical.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -20,6 +22,8 @@ from .services import Option, Service
 from .store import Block
 
 __all__ = ["FileService", "encode_data", "encode_meta", "file_name"]
+
+log = logging.getLogger("sqlstream.streaming")
 
 
 def file_name(prefix: str, height: int, kind: str) -> str:
@@ -72,6 +76,31 @@ class FileService(Service):
         self.prefix: str = str(self.options.get("prefix") or "")
         self.output_metadata = bool(self.options.get("output-metadata", True))
         self.fsync = bool(self.options.get("fsync", False))
+
+    def temp_pattern(self) -> re.Pattern[str]:
+        """The names of this service's temporary files: ``.[prefix-]block-H-KIND.HEX8.tmp``."""
+        head = re.escape(self.prefix + "-") if self.prefix else ""
+        return re.compile(rf"\.{head}block-[0-9]+-(?:data|meta)\.[0-9a-f]{{8}}\.tmp")
+
+    def start(self) -> None:
+        """Delete temporary files a killed run of this service left in ``write_dir``.
+
+        Only names of this service's own pattern (its prefix) are touched: another
+        service's files, or anything else in the directory, stay. Assumes one running
+        ``serve`` per service (the durable cursor enforces that too).
+        """
+        try:
+            names = os.listdir(self.write_dir)
+        except OSError:
+            return  # no directory yet, or not one: writing the first block reports it
+        pattern = self.temp_pattern()
+        for name in names:
+            if pattern.fullmatch(name):
+                log.info("streaming service %r: removing %s, left by an interrupted run", self.name, name)
+                try:
+                    os.unlink(os.path.join(self.write_dir, name))
+                except FileNotFoundError:
+                    pass
 
     def write_block(self, block: Block) -> None:
         """Write the block's data (and meta) file atomically; fsync when configured.

@@ -22,7 +22,7 @@ from ..database import Database
 from ..errors import SqlstreamError
 from .config import StreamingConfig
 from .services import Service
-from .store import Store
+from .store import RecordsTrimmed, Store
 
 __all__ = ["Runner", "ServiceError", "RunResult"]
 
@@ -93,7 +93,7 @@ class Runner:
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            self.store.advance(service.name, block.height)
+            self.store.advance(service.name, block.height, block)
             cursor = block.height
             self.result[service.name] = self.result.get(service.name, 0) + 1
             delay = BACKOFF_FIRST
@@ -101,12 +101,55 @@ class Runner:
 
     # -------------------------------------------------------------- the loop
 
+    def _paced(self, service: Service, once: bool, errors: list[BaseException]) -> None:
+        """Run a self-paced service (its own loop, in its own thread) with the same error rules."""
+        delay = BACKOFF_FIRST
+        while not self.stop_event.is_set():
+            try:
+                done = service.run_paced(self.store, self.stop_event, once)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported or retried
+                height = self.store.cursor(service.name, service.KIND) + 1
+                if service.stop_on_error or isinstance(exc, RecordsTrimmed):
+                    errors.append(exc if isinstance(exc, RecordsTrimmed) else ServiceError(service.name, height, exc))
+                    self.stop_event.set()  # stops the other services too, like a failing block
+                    return
+                message = f"block {height}: {type(exc).__name__}: {exc}"
+                log.warning("streaming service %r failed, retrying in %.1fs: %s", service.name, delay, message)
+                try:
+                    self.store.record_error(service.name, message)
+                except SqlstreamError:
+                    log.exception("cannot record the error of streaming service %r", service.name)
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            self.result[service.name] = self.result.get(service.name, 0) + done
+            return
+
     def run(self, *, once: bool = False) -> RunResult:
         """Process blocks until the stop event is set (``once``: until caught up with the
-        commits visible when called). Raises ServiceError from a stopping service."""
+        commits visible when called). Raises ServiceError from a stopping service, and
+        RecordsTrimmed when retention removed records a service had not streamed.
+
+        Self-paced services (``archive``) run in threads of their own meanwhile; the first
+        error of one stops the whole run and is raised here.
+        """
         active = [s for s in self.services if s.enabled]
-        cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__) for s in active}
+        cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__, s.keys) for s in active}
+        paced = [s for s in active if s.SELF_PACED]
+        active = [s for s in active if not s.SELF_PACED]
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=self._paced, args=(s, once, errors), name=f"sqlstream-streaming-{s.name}",
+                             daemon=True)
+            for s in paced
+        ]
         try:
+            for service in active + paced:
+                service.start()
+                if service.accept_trimmed and not service.SELF_PACED:
+                    self.store.accept_trimmed(service.name, service.keys)
+            for thread in threads:
+                thread.start()
             upto = self.store.head() if once else None
             while not self.stop_event.is_set():
                 seen = self.store.head()
@@ -117,12 +160,22 @@ class Runner:
                 # Everything up to `seen` is done; sleep until a later commit (or stop).
                 while not self.stop_event.is_set() and not self.store.wait_for_commit(seen, WAKE_SLICE):
                     pass
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.stop_event.set()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            raise
         finally:
             for service in self.services:
                 try:
                     service.close()
                 except Exception:  # noqa: BLE001 - closing must not hide the run's outcome
                     log.exception("closing streaming service %r failed", service.name)
+        if errors:
+            raise errors[0]
         return self.result
 
     def start(self) -> threading.Thread:

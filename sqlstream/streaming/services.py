@@ -6,13 +6,14 @@ durable cursor, in height order, and advances the cursor after :meth:`Service.wr
 returns; so ``write_block`` must be idempotent: a block redone after a crash (the output
 written, the cursor not yet advanced) must give the same output.
 
-Services are found by name: the built-ins in :data:`BUILTIN_SERVICES` (``file``), then the
+Services are found by name: the built-ins in :data:`BUILTIN_SERVICES` (``file``, ``archive``), then the
 ``sqlstream.streaming_services`` entry-point group (name -> Service subclass).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from typing import Any, ClassVar
 
 from ..errors import InvalidArgument
 from ..plugins import load_object
-from .store import Block
+from .store import Block, Store
 
-__all__ = ["Service", "Option", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
+__all__ = ["Service", "Option", "OptionError", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
 
 ENTRY_POINT_GROUP = "sqlstream.streaming_services"
 BUILTIN_SERVICES = {
     "file": "sqlstream.streaming.file:FileService",
+    "archive": "sqlstream.streaming.archive:ArchiveService",
 }
 
 
@@ -45,6 +47,15 @@ class Option:
     help: str = ""
 
 
+class OptionError(InvalidArgument):
+    """An option value a service refuses (raised by :meth:`Service.prepare_options`); ``key`` names it."""
+
+    def __init__(self, key: str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(problem, hint=hint)
+        self.key = key
+        self.problem = problem
+
+
 class Service(ABC):
     """A streaming service: writes each block it is given, idempotently.
 
@@ -55,23 +66,48 @@ class Service(ABC):
 
     KIND: ClassVar[str] = ""
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    #: A self-paced service is not fed blocks: the runner calls :meth:`run_paced` in a
+    #: thread of its own, and the service keeps (and mirrors) its own progress.
+    SELF_PACED: ClassVar[bool] = False
+    #: What the run counts for this service (``serve --once`` prints it).
+    UNIT: ClassVar[str] = "block(s)"
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         self.name = name
         self.keys = list(keys)
         self.options = dict(options)
         self.stop_on_error = bool(self.options.get("stop-node-on-error", True))
+        #: ``serve --skip-trimmed``: go past records retention trimmed before this service
+        #: streamed them (logged), instead of stopping with RecordsTrimmed.
+        self.accept_trimmed = False
 
     @property
     def enabled(self) -> bool:
         """An empty ``keys`` list turns the service off."""
         return bool(self.keys)
 
+    @classmethod
+    def prepare_options(cls, options: dict[str, Any], base_dir: str) -> dict[str, Any]:
+        """Check values beyond their TOML type and normalise them (paths against ``base_dir``,
+        the config file's folder); raise :class:`OptionError`. Default: as they are."""
+        return options
+
+    def run_paced(self, store: Store, stop: threading.Event, once: bool) -> int:
+        """A self-paced service's loop (see ``SELF_PACED``): run until ``stop`` is set (``once``:
+        until caught up with what is committed now); return the units of work done."""
+        raise NotImplementedError(f"{type(self).__name__} is not self-paced")
+
     @abstractmethod
     def write_block(self, block: Block) -> None:
         """Write ``block``'s output completely (durably, if configured) or raise.
 
         Must be idempotent: called again with the same block it produces the same output.
+        """
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare to run (called once per run before the first block; default: nothing).
+
+        The place to clean up what a killed earlier run left behind.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

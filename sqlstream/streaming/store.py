@@ -10,14 +10,44 @@ only code to switch.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..database import Database, now_us
+from ..errors import SqlstreamError
 
-__all__ = ["Store", "Block", "BlockRecord", "Cursor", "matches"]
+__all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "matches"]
+
+log = logging.getLogger("sqlstream.streaming")
+
+
+class RecordsTrimmed(SqlstreamError):
+    """Retention trimmed records a service had not streamed yet; ``gaps`` names them.
+
+    ``gaps``: (stream, first offset, last offset) per stream; ``count`` the records when
+    only the number is known.
+    """
+
+    def __init__(self, service: str, gaps: Sequence[tuple[str, int, int]], count: int | None = None) -> None:
+        where = ", ".join(f"{name} offsets {first}..{last}" for name, first, last in gaps)
+        what = where or f"{count} record(s) (the log names the ranges)"
+        super().__init__(
+            f"streaming service {service!r}: records were trimmed by retention before it streamed them: {what}",
+            hint="those records are gone; raise the streams' retention limits, then run "
+                 "`sqlstream serve --skip-trimmed` once to go on without them",
+        )
+        self.service = service
+        self.gaps = list(gaps)
+
+
+def _done_counter(service: str, stream_id: int) -> str:
+    # Per service and stream: the offset after the last record the service streamed, in the
+    # `counters` name/value table (no schema change). Written in the transaction that
+    # advances the cursor, so the two always agree.
+    return f"streaming:{service}:{stream_id}"
 
 # The sqlite storage driver keeps objects in streams named `_objects/<hex>`: archive bytes,
 # not application records. Patterns expose them only when they name them (start with `_`).
@@ -57,6 +87,8 @@ class Block:
 
     height: int
     streams: dict[str, list[BlockRecord]] = field(default_factory=dict)
+    #: stream id -> the offset after the block's last record in it
+    next_offsets: dict[int, int] = field(default_factory=dict)
 
     @property
     def commit_time_us(self) -> int:
@@ -106,20 +138,33 @@ class Store:
 
     # -------------------------------------------------------------- cursors
 
-    def cursor(self, service: str, kind: str) -> int:
-        """The last height ``service`` finished (0: none yet); creates its row at 0."""
+    def cursor(self, service: str, kind: str, patterns: Sequence[str] = ()) -> int:
+        """The last height ``service`` finished (0: none yet); creates its row at 0.
+
+        A new service starts from what its streams (``patterns``) retain now: records
+        trimmed before it first ran are not its loss (see :meth:`next_block`).
+        """
         with self.db._writing() as conn:
             conn.execute(
                 "INSERT INTO streaming_cursors (service, kind, height, updated_at) VALUES (?, ?, 0, ?) "
                 "ON CONFLICT (service) DO NOTHING",
                 (service, kind, now_us()),
             )
+            if conn.changes() == 1:
+                existing: list[Any] = conn.execute("SELECT id, name, first_offset FROM streams").fetchall()
+                for sid, name, first in existing:
+                    if int(first) > 0 and matches(str(name), patterns):
+                        conn.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                                     (_done_counter(service, int(sid)), int(first)))
             row = conn.execute("SELECT height FROM streaming_cursors WHERE service = ?", (service,)).fetchone()
         assert row is not None
         return int(row[0])
 
-    def advance(self, service: str, height: int) -> None:
+    def advance(self, service: str, height: int, block: Block | None = None) -> None:
         """Record that ``service`` finished block ``height`` (one committed write).
+
+        With ``block``, also where the service now is in each stream the block touched
+        (what :meth:`next_block` compares with the streams' first offsets).
 
         Refuses to move backwards: a second runner of the same service that lost a race
         raises instead of rewinding the cursor.
@@ -137,6 +182,66 @@ class Store:
                     f"streaming service {service!r} is already past block {height}",
                     hint="run each service in one `sqlstream serve` at a time",
                 )
+            for sid, nxt in (block.next_offsets if block is not None else {}).items():
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                    (_done_counter(service, sid), nxt),
+                )
+
+    def set_height(self, service: str, height: int) -> None:
+        """Mirror the progress a self-paced service keeps elsewhere (never moves backwards).
+
+        The ``archive`` service's truth is its export's progress (``export_streams``);
+        this copies it into ``streaming_cursors`` so ``serve --status`` and the
+        ``streaming_progress`` view show it like any other service's.
+        """
+        with self.db._writing() as conn:
+            conn.execute(
+                "UPDATE streaming_cursors SET height = max(height, ?), updated_at = ?, last_error = NULL, "
+                "error_at = NULL WHERE service = ?",
+                (height, now_us(), service),
+            )
+
+    def stream_names(self, patterns: Sequence[str]) -> list[str]:
+        """The names of the existing streams ``patterns`` expose, in ascending order."""
+        with self.db._snapshot() as conn:
+            return [str(n) for (n,) in conn.execute("SELECT name FROM streams ORDER BY name") if matches(str(n), patterns)]
+
+    def export_height(self, export: str) -> int | None:
+        """The last height whose records (of the export's streams) are all in closed archives.
+
+        Per stream: one below the txn of its first record not yet delivered, or the head
+        when every record is; the minimum over the export's streams. None: no such export.
+        """
+        with self.db._snapshot() as conn:
+            head = self._head(conn)
+            rows: list[Any] = conn.execute(
+                "SELECT e.delivered_offset, s.next_offset, "
+                "(SELECT c.txn FROM chunks c WHERE c.stream_id = s.id AND c.offset >= e.delivered_offset "
+                " ORDER BY c.offset LIMIT 1) "
+                "FROM exports x JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
+                "WHERE x.name = ?",
+                (export,),
+            ).fetchall()
+            if not rows and conn.execute("SELECT 1 FROM exports WHERE name = ?", (export,)).fetchone() is None:
+                return None
+        height = head
+        for delivered, nxt, txn in rows:
+            if int(delivered) < int(nxt) and txn is not None:
+                height = min(height, int(txn) - 1)
+        return height
+
+    def export_trimmed(self, export: str) -> list[tuple[str, int, int]]:
+        """(stream, first, last) offsets retention trimmed before export ``export`` archived them."""
+        with self.db._snapshot() as conn:
+            gaps: list[Any] = conn.execute(
+                "SELECT s.name, e.exported_offset, s.first_offset - 1 FROM exports x "
+                "JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
+                "WHERE x.name = ? AND e.exported_offset < s.first_offset ORDER BY s.name",
+                (export,),
+            ).fetchall()
+        return [(str(n), int(a), int(b)) for n, a, b in gaps]
 
     def record_error(self, service: str, message: str) -> None:
         """Keep ``message`` as the service's last error (shown by ``serve --status``)."""
@@ -182,6 +287,7 @@ class Store:
             limit = self._head(conn) if upto is None else min(upto, self._head(conn))
             if limit <= after:
                 return None
+            self._check_trimmed(conn, service, streams)
             starts: dict[int, tuple[int, int]] = {}  # stream id -> (offset, txn) of its next record
             for sid, _name, first, nxt in streams:
                 offset = self._first_after(conn, service, sid, first, nxt, after)
@@ -211,7 +317,50 @@ class Store:
                         break
                     records.append(BlockRecord(name, int(offset), int(ts), key, headers, str(ctype), _text(data)))
                 block.streams[name] = records
+                block.next_offsets[sid] = records[-1].offset + 1
             return block
+
+    def _check_trimmed(self, conn: Any, service: str, streams: list[tuple[int, str, int, int]]) -> None:
+        """Raise RecordsTrimmed if a stream's first retained offset is past where ``service`` is.
+
+        A stream the service never streamed from counts from the first offset it retained
+        when the service first ran (:meth:`cursor`), else 0 (created later: every record is
+        owed). ``--skip-trimmed`` accepts a loss.
+        """
+        prefix = _done_counter(service, 0)[:-1]
+        done = {
+            int(str(name)[len(prefix):]): int(value)
+            for name, value in conn.execute(
+                "SELECT name, value FROM counters WHERE name >= ? AND name < ?", (prefix, prefix[:-1] + ";")
+            )
+            if str(name)[len(prefix):].isdigit()  # not another service's whose name extends this one
+        }
+        gaps = [(name, done.get(sid, 0), first - 1) for sid, name, first, _nxt in streams if first > done.get(sid, 0)]
+        if gaps:
+            raise RecordsTrimmed(service, gaps)
+
+    def accept_trimmed(self, service: str, patterns: Sequence[str]) -> list[tuple[str, int, int]]:
+        """Move ``service`` past records retention trimmed before it streamed them; return the gaps."""
+        with self.db._writing() as conn:
+            streams = [
+                (int(sid), str(name), int(first), int(nxt))
+                for sid, name, first, nxt in conn.execute("SELECT id, name, first_offset, next_offset FROM streams")
+                if matches(str(name), patterns)
+            ]
+            try:
+                self._check_trimmed(conn, service, streams)
+            except RecordsTrimmed as exc:
+                ids = {name: sid for sid, name, _f, _n in streams}
+                for name, first, last in exc.gaps:
+                    log.warning("streaming service %r: skipping %s offsets %d..%d, trimmed by retention",
+                                service, name, first, last)
+                    conn.execute(
+                        "INSERT INTO counters (name, value) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                        (_done_counter(service, ids[name]), last + 1),
+                    )
+                return exc.gaps
+        return []
 
     def _first_after(self, conn: Any, service: str, sid: int, first: int, nxt: int, after: int) -> int:
         """The lowest offset of stream ``sid`` whose txn may be above ``after``.
