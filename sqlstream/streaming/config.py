@@ -171,6 +171,9 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
                 raise _unknown(path, table_name, key, ["keys", "service", *cls.OPTIONS])
             spec: Option = cls.OPTIONS[key]
             value = _check(path, table_name, key, value, spec.kind)
+            problem = spec.check(value) if spec.check is not None else None
+            if problem is not None:
+                raise ConfigError(path, table_name, key, problem, hint=spec.help or None)
             options[key] = resolve_path(value, base_dir) if spec.kind == "path" else value
         for key, spec in cls.OPTIONS.items():
             if key not in options:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from typing import Any, ClassVar
@@ -36,13 +36,15 @@ class Option:
     """One option a service accepts: its TOML type(s), default, and whether it is required.
 
     ``kind`` is one of ``"str"``, ``"bool"``, ``"int"``, ``"number"``, ``"path"`` (a string,
-    resolved against the config file's directory), ``"table"``.
+    resolved against the config file's directory), ``"table"``. ``check``, when given, is
+    called with a value of the right type and returns what is wrong with it (None: fine).
     """
 
     kind: str
     default: Any = None
     required: bool = False
     help: str = ""
+    check: Callable[[Any], str | None] | None = None
 
 
 class Service(ABC):
@@ -61,6 +63,10 @@ class Service(ABC):
         self.keys = list(keys)
         self.options = dict(options)
         self.stop_on_error = bool(self.options.get("stop-node-on-error", True))
+        # Permission bits for the files a service creates: the runner sets the database
+        # file's own (a copy of the data is never more readable than the data); owner-only
+        # until then.
+        self.file_mode = 0o600
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,70 @@
+"""Attacks on the issue 9 fixes and on the surfaces added with them (serve, testing, :memory:).
+
+Each test is a hole found by attacking the merged result the way issue 9's authors did;
+each failed before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import sqlstream
+from sqlstream.cli import main
+from sqlstream.streaming import ConfigError, Runner, load_config
+
+
+def _serve_config(tmp_path: Path, prefix: str) -> Path:
+    path = tmp_path / "sqlstream.toml"
+    path.write_text(f'[store]\nstreamers = ["file"]\n\n[streamers.file]\nkeys = ["*"]\n'
+                    f'write_dir = "out"\nprefix = {prefix!r}\n'.replace("'", '"'))
+    return path
+
+
+@pytest.mark.parametrize("prefix", [
+    "/../../../../../../../../../../../..{tmp}/escaped",  # absolute after the join
+    "../escaped",
+    "sub/../../escaped",
+    "a\\b" if os.sep == "\\" else "x/y",
+])
+def test_serve_prefix_can_never_place_a_file_outside_write_dir(tmp_path: Path, prefix: str) -> None:
+    prefix = prefix.replace("{tmp}", str(tmp_path))
+    config = _serve_config(tmp_path, prefix)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.key == "prefix"
+    assert not list(tmp_path.glob("**/*escaped*"))
+
+
+def test_serve_prefix_escape_attempt_from_the_cli_is_one_error_and_writes_nothing(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "app.db")
+    with sqlstream.open(db_path) as db:
+        db.create_stream("s").append(b"x")
+    config = _serve_config(tmp_path, "/../../../../../../../../../../../.." + str(tmp_path) + "/escaped")
+    assert main(["--db", db_path, "serve", "--config", str(config), "--once"]) == 1
+    assert not list(tmp_path.glob("**/*escaped*"))
+
+
+def test_serve_output_files_and_dirs_are_no_more_readable_than_the_database(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        db_path = str(tmp_path / "app.db")
+        with sqlstream.open(db_path) as db:
+            db.create_stream("s").append(b"secret")
+        os.chmod(db_path, 0o600)
+        config = _serve_config(tmp_path, "p").parent / "sqlstream.toml"
+        config.write_text('[store]\nstreamers = ["file"]\n[streamers.file]\nkeys = ["*"]\n'
+                          'write_dir = "out/deeper"\n')
+        with sqlstream.open(db_path) as db:
+            assert Runner.from_config(db, load_config(config)).run(once=True) == {"file": 1}
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "out" / "deeper").iterdir())
+    assert [f.name for f in files] == ["block-1-data", "block-1-meta"]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+    for d in (tmp_path / "out", tmp_path / "out" / "deeper"):
+        assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, d
