@@ -68,3 +68,20 @@ def test_serve_output_files_and_dirs_are_no_more_readable_than_the_database(tmp_
         assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
     for d in (tmp_path / "out", tmp_path / "out" / "deeper"):
         assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, d
+
+
+def test_serve_passes_a_damaged_record_through_as_its_stored_bytes_instead_of_crashing(tmp_path: Path) -> None:
+    """A record whose text is not UTF-8 (written by another tool) must not stop `serve`
+    with an internal error for ever: the file streamer's values are bytes, so it writes
+    the stored bytes, as `read_bytes` and export do."""
+    from test_damaged_records import damage
+
+    db_path = tmp_path / "d.db"
+    with sqlstream.open(db_path) as db:
+        db.create_stream("s").extend([{"a": 1}, "abc", b"raw", "xyz", {"b": 2}])
+    damage(db_path)
+    config = tmp_path / "sqlstream.toml"
+    config.write_text('[store]\nstreamers = ["file"]\n[streamers.file]\nkeys = ["*"]\nwrite_dir = "out"\n')
+    assert main(["--db", str(db_path), "serve", "--config", str(config), "--once"]) == 0
+    data = (tmp_path / "out" / "block-1-data").read_bytes()
+    assert b"a\xffc" in data and b"{bad'  " in data and b"xyz" in data

@@ -35,7 +35,7 @@ def encode_data(block: Block) -> bytes:
     body = bytearray()
     for name in sorted(block.streams):
         for record in block.streams[name]:
-            key = record.key.encode("utf-8") if record.key is not None else b""
+            key = record.key.encode("utf-8", "surrogateescape") if record.key is not None else b""
             message = protobuf.store_kv_pair(name, key, record.data)
             body += protobuf.uvarint(len(message))
             body += message
