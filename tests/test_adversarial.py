@@ -85,3 +85,36 @@ def test_serve_passes_a_damaged_record_through_as_its_stored_bytes_instead_of_cr
     assert main(["--db", str(db_path), "serve", "--config", str(config), "--once"]) == 0
     data = (tmp_path / "out" / "block-1-data").read_bytes()
     assert b"a\xffc" in data and b"{bad'  " in data and b"xyz" in data
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_serve_config_that_is_a_fifo_is_refused_instead_of_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "sqlstream.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(fifo)  # before the fix: blocked for ever in open()
+
+
+def test_serve_config_path_with_nul_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_config(str(tmp_path / "a\x00b.toml"))
+
+
+def test_serve_write_dir_with_nul_is_refused_when_the_config_is_loaded(tmp_path: Path) -> None:
+    config = tmp_path / "sqlstream.toml"
+    config.write_text('[store]\nstreamers = ["file"]\n[streamers.file]\nkeys = ["*"]\nwrite_dir = "out\\u0000x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.key == "write_dir"
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe[store]\n"])
+def test_serve_config_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "sqlstream.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
