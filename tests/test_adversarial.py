@@ -118,3 +118,31 @@ def test_serve_config_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_path
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("start", [float("inf"), float("nan"), 1e300, -1.0, "abc", True,
+                                   pytest.param(2**1100, id="2**1100")])
+def test_fake_clock_refuses_a_start_the_database_cannot_store(start: object) -> None:
+    """Accepted before, then every fetch raised a raw OverflowError/ValueError (a negative
+    time gave timestamps that import refuses as out of range)."""
+    from sqlstream import errors
+    from sqlstream.testing import FakeClock
+
+    with pytest.raises(errors.InvalidArgument):
+        FakeClock(start)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), 1e300, pytest.param(2**1100, id="2**1100")])
+def test_fake_clock_advance_refuses_a_time_the_database_cannot_store_and_keeps_working(seconds: float) -> None:
+    from sqlstream import errors
+    from sqlstream.testing import FakeClock
+
+    clock = FakeClock(1_000.0)
+    with sqlstream.open(":memory:") as db:
+        clock.install(db)
+        db.create_stream("s").append(b"x")
+        db.create_subscription("sub", "s", ack_timeout=1)
+        with pytest.raises(errors.InvalidArgument):
+            clock.advance(seconds)
+        assert clock.now == 1_000.0
+        assert db.subscription("sub").fetch("c", 1).offsets == [0]
