@@ -146,3 +146,13 @@ def test_fake_clock_advance_refuses_a_time_the_database_cannot_store_and_keeps_w
             clock.advance(seconds)
         assert clock.now == 1_000.0
         assert db.subscription("sub").fetch("c", 1).offsets == [0]
+
+
+@pytest.mark.parametrize("pattern", [["a.events"], None, b"*.events", "x\x00y"])
+def test_import_archives_with_a_pattern_that_is_not_a_str_raises_invalid_argument(tmp_path: Path, pattern: object) -> None:
+    from sqlstream import errors
+    from sqlstream.archive.importing import import_archives
+
+    with sqlstream.open(tmp_path / "d.db") as db:
+        with pytest.raises(errors.InvalidArgument):
+            import_archives(db, pattern, tmp_path)  # type: ignore[arg-type]
