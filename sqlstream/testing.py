@@ -71,6 +71,27 @@ def _wake_waiters(db: Database) -> None:
         notifier.bump()
 
 
+#: The latest time a FakeClock may show: the end of year 9999 UTC, which ``datetime``
+#: (``read_at``, timestamps of records) can still represent.
+MAX_CLOCK_SECONDS = 253_402_300_799.0
+
+
+def _clock_time(value: object, what: str) -> float:
+    """``value`` as a clock time the database can store, else InvalidArgument.
+
+    Times outside 0 (the epoch) .. year 9999 would be accepted here and fail later, deep
+    in the engine, as raw OverflowError/ValueError (or, negative, give timestamps that
+    import refuses).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_CLOCK_SECONDS:
+        raise InvalidArgument(
+            f"{what} {value!r}: a fake clock shows seconds since the epoch from 0 to "
+            f"{MAX_CLOCK_SECONDS:.0f} (year 9999)"[:300],
+            hint="start the clock at a real time (e.g. FakeClock(1_700_000_000)) and advance it by seconds",
+        )
+    return float(value)
+
+
 class FakeClock:
     """A clock that stands still until :meth:`advance` moves it. Thread-safe.
 
@@ -79,7 +100,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float | None = None) -> None:
-        self._now = time.time() if start is None else float(start)
+        self._now = time.time() if start is None else _clock_time(start, "FakeClock(start=...)")
         self._lock = threading.Lock()
         self._databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
@@ -97,14 +118,15 @@ class FakeClock:
 
         Calls blocked in another thread on an installed Database (e.g. ``fetch(timeout=5)``
         waiting for a redelivery) re-check at once. Raises ``InvalidArgument`` for a
-        negative or non-numeric amount: deadlines already passed stay passed.
+        negative or non-numeric amount (deadlines already passed stay passed), and for one
+        that would move it past :data:`MAX_CLOCK_SECONDS`.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise InvalidArgument(
                 f"advance() takes seconds >= 0, not {seconds!r}", hint="the fake clock only moves forward"
             )
         with self._lock:
-            self._now += float(seconds)
+            self._now = _clock_time(self._now + float(min(seconds, MAX_CLOCK_SECONDS + 1)), "advance() to")
             now = self._now
             databases = list(self._databases)
         for db in databases:

@@ -319,6 +319,9 @@ def import_archives(
     1,000 records of one stream): on an error, the batches before it stay imported and
     the failing batch stores nothing; re-running after the fix carries on.
     """
+    if not isinstance(pattern, str) or not pattern or "\x00" in pattern:
+        raise InvalidArgument(f"pattern must be a non-empty file name glob (a str without NUL), not {pattern!r}"[:300],
+                              hint='e.g. import_archives(db, "orders-*.events", "archives")')
     secret_map = _check_names("secrets", secrets)
     rename_map = _check_names("rename", rename)
     for target in rename_map.values():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,15 +86,31 @@ _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or 
 def load_config(path: str | os.PathLike[str]) -> StreamingConfig:
     """Read and validate the TOML file at ``path``; raises :class:`ConfigError`."""
     path = os.fspath(path)
+    not_regular = "not a regular file (a directory, FIFO, socket or device)"
+    if "\x00" in path:
+        raise ConfigError(path.replace("\x00", "\\0"), "file", None, "the path contains a NUL character")
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        # O_NONBLOCK: a FIFO at the path must be refused, not wait for a writer for ever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(path, "file", None, "no such file", hint="pass --config PATH to an existing file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "file", None, not_regular, hint="pass --config PATH to a TOML file") from None
     except OSError as exc:
         raise ConfigError(path, "file", None, f"cannot read it: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "file", None, f"not valid TOML: {exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(path, "file", None, not_regular, hint="pass --config PATH to a TOML file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(path, "file", None, f"cannot read it: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(path, "file", None, f"not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, "file", None, f"not valid TOML: not UTF-8 text (byte {exc.start})",
+                              hint="save the file as UTF-8") from None
     return parse_config(data, path)
 
 
@@ -106,7 +123,7 @@ def _unknown(path: str, table: str, key: str, known: list[str]) -> ConfigError:
 def _check(path: str, table: str, key: str, value: Any, kind: str) -> Any:
     ok = {
         "str": isinstance(value, str),
-        "path": isinstance(value, str) and value != "",
+        "path": isinstance(value, str) and value != "" and "\x00" not in value,
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -171,6 +188,9 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
                 raise _unknown(path, table_name, key, ["keys", "service", *cls.OPTIONS])
             spec: Option = cls.OPTIONS[key]
             value = _check(path, table_name, key, value, spec.kind)
+            problem = spec.check(value) if spec.check is not None else None
+            if problem is not None:
+                raise ConfigError(path, table_name, key, problem, hint=spec.help or None)
             options[key] = resolve_path(value, base_dir) if spec.kind == "path" else value
         for key, spec in cls.OPTIONS.items():
             if key not in options:

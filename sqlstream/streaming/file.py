@@ -17,11 +17,13 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from ..archive.export import dir_mode_for, make_dirs
+from ..errors import InvalidArgument
 from . import protobuf
 from .services import Option, Service
 from .store import Block
 
-__all__ = ["FileService", "encode_data", "encode_meta", "file_name"]
+__all__ = ["FileService", "encode_data", "encode_meta", "file_name", "prefix_problem"]
 
 log = logging.getLogger("sqlstream.streaming")
 
@@ -37,7 +39,7 @@ def encode_data(block: Block) -> bytes:
     body = bytearray()
     for name in sorted(block.streams):
         for record in block.streams[name]:
-            key = record.key.encode("utf-8") if record.key is not None else b""
+            key = record.key.encode("utf-8", "surrogateescape") if record.key is not None else b""
             message = protobuf.store_kv_pair(name, key, record.data)
             body += protobuf.uvarint(len(message))
             body += message
@@ -48,6 +50,25 @@ def encode_meta(block: Block) -> bytes:
     """The meta file: 8-byte big-endian length, then one BlockMetadata message."""
     ranges = [(name, rs[0].offset, rs[-1].offset) for name, rs in sorted(block.streams.items()) if rs]
     return protobuf.frame(protobuf.block_metadata(block.height, block.commit_time_us, ranges))
+
+
+def prefix_problem(prefix: object) -> str | None:
+    """What makes ``prefix`` unusable in a file name (None: usable).
+
+    A prefix is part of a file name inside ``write_dir``; a path separator in it could place
+    files anywhere (``/../../etc/x``), so separators are refused, as are NUL and a leading
+    ``.`` (the working files' names).
+    """
+    if not isinstance(prefix, str):
+        return f"must be a string, not {prefix!r}"
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in prefix for sep in seps) or "\x00" in prefix:
+        return f"must be a file name part without '/', '\\' or NUL, not {prefix!r}"
+    if prefix.startswith("."):
+        return f"must not start with '.', not {prefix!r} (names starting with '.' are the working files)"
+    if len(prefix.encode("utf-8", "surrogatepass")) > 200:
+        return "is too long (at most 200 bytes: it is part of a file name)"
+    return None
 
 
 def _fsync_dir(directory: str) -> None:
@@ -64,7 +85,8 @@ class FileService(Service):
     KIND: ClassVar[str] = "file"
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         "write_dir": Option("path", required=True, help='the directory for the block files, e.g. write_dir = "out"'),
-        "prefix": Option("str", ""),
+        "prefix": Option("str", "", check=prefix_problem,
+                         help='a plain file name part, e.g. prefix = "app" (app-block-12-data)'),
         "output-metadata": Option("bool", True),
         "stop-node-on-error": Option("bool", True),
         "fsync": Option("bool", False),
@@ -74,6 +96,9 @@ class FileService(Service):
         super().__init__(name, keys, options)
         self.write_dir: str = str(self.options["write_dir"])
         self.prefix: str = str(self.options.get("prefix") or "")
+        problem = prefix_problem(self.prefix)
+        if problem is not None:
+            raise InvalidArgument(f"streamer {name!r}: prefix {problem}", hint=self.OPTIONS["prefix"].help)
         self.output_metadata = bool(self.options.get("output-metadata", True))
         self.fsync = bool(self.options.get("fsync", False))
 
@@ -107,7 +132,7 @@ class FileService(Service):
 
         Raises OSError when the directory cannot be created or written.
         """
-        os.makedirs(self.write_dir, exist_ok=True)
+        make_dirs(self.write_dir, dir_mode_for(self.file_mode))
         self._write(file_name(self.prefix, block.height, "data"), encode_data(block))
         if self.output_metadata:
             self._write(file_name(self.prefix, block.height, "meta"), encode_meta(block))
@@ -117,7 +142,7 @@ class FileService(Service):
     def _write(self, name: str, content: bytes) -> None:
         final = os.path.join(self.write_dir, name)
         tmp = os.path.join(self.write_dir, f".{name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(content)

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from ..archive.export import file_mode_of
 from ..database import Database
 from ..errors import SqlstreamError
 from .config import StreamingConfig
@@ -61,6 +62,9 @@ class Runner:
         self.db = db
         self.store = Store(db)
         self.services = list(services)
+        mode = file_mode_of(db.path)
+        for service in self.services:
+            service.file_mode = mode
         self.stop_event = stop_event or threading.Event()
         self.error: BaseException | None = None
         self.result = RunResult()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from typing import Any, ClassVar
@@ -38,13 +38,15 @@ class Option:
     """One option a service accepts: its TOML type(s), default, and whether it is required.
 
     ``kind`` is one of ``"str"``, ``"bool"``, ``"int"``, ``"number"``, ``"path"`` (a string,
-    resolved against the config file's directory), ``"table"``.
+    resolved against the config file's directory), ``"table"``. ``check``, when given, is
+    called with a value of the right type and returns what is wrong with it (None: fine).
     """
 
     kind: str
     default: Any = None
     required: bool = False
     help: str = ""
+    check: Callable[[Any], str | None] | None = None
 
 
 class OptionError(InvalidArgument):
@@ -80,6 +82,10 @@ class Service(ABC):
         #: ``serve --skip-trimmed``: go past records retention trimmed before this service
         #: streamed them (logged), instead of stopping with RecordsTrimmed.
         self.accept_trimmed = False
+        # Permission bits for the files a service creates: the runner sets the database
+        # file's own (a copy of the data is never more readable than the data); owner-only
+        # until then.
+        self.file_mode = 0o600
 
     @property
     def enabled(self) -> bool:

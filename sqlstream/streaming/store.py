@@ -71,7 +71,7 @@ class BlockRecord:
     stream: str
     offset: int
     timestamp: int  # µs since epoch
-    key: str | None
+    key: str | None  # undecodable stored bytes as surrogate escapes
     headers: str | None  # JSON object text, or None
     content_type: str
     data: bytes
@@ -115,6 +115,12 @@ class Cursor:
     def lag(self) -> int:
         """Commits after ``height`` (touching the exposed streams or not)."""
         return max(0, self.head - self.height)
+
+
+def _str(stored: bytes | None) -> str | None:
+    """A text column read as bytes, back to str; bytes that are not UTF-8 survive as
+    surrogate escapes (``.encode("utf-8", "surrogateescape")`` gives them back)."""
+    return None if stored is None else bytes(stored).decode("utf-8", "surrogateescape")
 
 
 def _text(data: Any) -> bytes:
@@ -308,14 +314,18 @@ class Store:
                 if start is None or start[1] != height:
                     continue
                 records: list[BlockRecord] = []
+                # Text columns are read as their stored bytes: a record damaged by another
+                # tool (text that is not UTF-8) passes through as those bytes instead of
+                # stopping every service at its block for ever.
                 for offset, ts, txn, key, headers, ctype, data in conn.execute(
-                    "SELECT offset, timestamp, txn, key, headers, content_type, data FROM chunks "
-                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+                    "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
+                    "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset",
                     (sid, start[0]),
                 ):
                     if txn != height:
                         break
-                    records.append(BlockRecord(name, int(offset), int(ts), key, headers, str(ctype), _text(data)))
+                    records.append(BlockRecord(name, int(offset), int(ts), _str(key), _str(headers), str(ctype),
+                                               _text(data)))
                 block.streams[name] = records
                 block.next_offsets[sid] = records[-1].offset + 1
             return block
