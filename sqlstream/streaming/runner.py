@@ -36,10 +36,11 @@ WAKE_SLICE = 0.5  # seconds between stop-event checks while blocked on a commit 
 class ServiceError(SqlstreamError):
     """A service with stop-node-on-error failed to write a block; ``service``/``height`` say which."""
 
-    def __init__(self, service: str, height: int, cause: BaseException) -> None:
+    def __init__(self, service: str, height: int | None, cause: BaseException) -> None:
+        where = f" at block {height}" if height is not None else ""
         super().__init__(
-            f"streaming service {service!r} stopped at block {height}: {type(cause).__name__}: {cause}",
-            hint="fix the cause and run again: the service resumes with this block",
+            f"streaming service {service!r} stopped{where}: {type(cause).__name__}: {cause}",
+            hint=getattr(cause, "hint", None) or "fix the cause and run again: the service resumes with this block",
         )
         self.service = service
         self.height = height
@@ -104,8 +105,23 @@ class Runner:
     def run(self, *, once: bool = False) -> RunResult:
         """Process blocks until the stop event is set (``once``: until caught up with the
         commits visible when called). Raises ServiceError from a stopping service."""
-        active = [s for s in self.services if s.enabled]
+        active = [s for s in self.services if s.enabled and s.BLOCKS]
         cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__) for s in active}
+        # Services with a loop of their own (BLOCKS = False) each get a thread; the first
+        # one to fail stops the run.
+        failures: list[tuple[Service, BaseException]] = []
+
+        def serve(service: Service) -> None:
+            try:
+                service.serve(self.store, self.stop_event, once=once)
+            except BaseException as exc:  # noqa: BLE001 - reported by run()
+                failures.append((service, exc))
+                self.stop_event.set()
+
+        threads = [threading.Thread(target=serve, args=(s,), name=f"sqlstream-{s.name}", daemon=True)
+                   for s in self.services if s.enabled and not s.BLOCKS]
+        for thread in threads:
+            thread.start()
         try:
             upto = self.store.head() if once else None
             while not self.stop_event.is_set():
@@ -113,16 +129,27 @@ class Runner:
                 for service in active:
                     cursors[service.name] = self._pending(service, cursors[service.name], upto)
                 if once:
+                    for thread in threads:
+                        thread.join()
                     break
                 # Everything up to `seen` is done; sleep until a later commit (or stop).
                 while not self.stop_event.is_set() and not self.store.wait_for_commit(seen, WAKE_SLICE):
                     pass
         finally:
+            if threads:
+                self.stop_event.set()
+                for thread in threads:
+                    thread.join()
             for service in self.services:
                 try:
                     service.close()
                 except Exception:  # noqa: BLE001 - closing must not hide the run's outcome
                     log.exception("closing streaming service %r failed", service.name)
+        if failures:
+            service, exc = failures[0]
+            if isinstance(exc, ServiceError):
+                raise exc
+            raise ServiceError(service.name, getattr(exc, "height", None), exc) from exc
         return self.result
 
     def start(self) -> threading.Thread:

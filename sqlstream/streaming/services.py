@@ -13,6 +13,7 @@ Services are found by name: the built-ins in :data:`BUILTIN_SERVICES` (``file``)
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,13 +22,15 @@ from typing import Any, ClassVar
 
 from ..errors import InvalidArgument
 from ..plugins import load_object
-from .store import Block
+from .store import Block, Store
 
 __all__ = ["Service", "Option", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
 
 ENTRY_POINT_GROUP = "sqlstream.streaming_services"
 BUILTIN_SERVICES = {
     "file": "sqlstream.streaming.file:FileService",
+    "jetstream": "sqlstream.streaming.jetstream:JetStreamForward",
+    "jetstream-source": "sqlstream.streaming.jetstream:JetStreamSource",
 }
 
 
@@ -55,6 +58,10 @@ class Service(ABC):
 
     KIND: ClassVar[str] = ""
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    #: False for a service that runs its own loop (:meth:`serve`) in a thread the runner
+    #: starts, instead of being handed blocks: a relay that pipelines acknowledgements, or
+    #: one fed by a remote system. It keeps its own position through the Store.
+    BLOCKS: ClassVar[bool] = True
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         self.name = name
@@ -73,6 +80,15 @@ class Service(ABC):
 
         Must be idempotent: called again with the same block it produces the same output.
         """
+
+    def serve(self, store: Store, stop: threading.Event, *, once: bool = False) -> None:
+        """Run a ``BLOCKS = False`` service until ``stop`` is set (``once``: until caught up).
+
+        Called in a thread of its own; raising stops the whole run (the runner reports it
+        as :class:`~sqlstream.streaming.runner.ServiceError`). Transient failures are the
+        service's to retry.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is fed blocks (BLOCKS = True)")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources once the runner stops (default: nothing)."""
