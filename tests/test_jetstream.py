@@ -325,3 +325,209 @@ def test_forward_in_process_api_start_stop(tmp_path: Path, server: Server) -> No
         assert json.loads(got[0][3]["Sqlstream-Headers"]) == {"weird:name": "v"}
     finally:
         db.close()
+
+
+def test_forward_survives_server_stop_and_restart_nothing_lost_nothing_doubled(tmp_path: Path, server: Server) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = forward_config(tmp_path, server.url, extra="ack_timeout = 1.0\nmax_in_flight = 32")
+    writer = Writer(db, 10**9).start()
+    runner = Runner.from_config(db, load_config(config))
+    runner.start()
+    try:
+        wait_for(lambda: progress(db)[0] > 0, what="first records forwarded")
+        server.stop()
+        before = sum(len(v) for v in writer.expected.values())
+        # Local appends go on while the server is away; the lag and the cause are visible.
+        wait_for(lambda: progress(db)[2] is not None, what="the relay to record its error")
+        wait_for(lambda: sum(len(v) for v in writer.expected.values()) > before + 50, what="local appends")
+        status = subprocess.run(serve_cmd(db.path, config, "--status"), env=env(), capture_output=True, text=True,
+                                timeout=30)
+        assert status.returncode == 0 and "lag" in status.stdout and "last error" in status.stdout, status.stdout
+        assert progress(db)[1] > 0
+        server.start()
+        time.sleep(0.5)
+        writer.stop.set()
+        writer.join()
+        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+        wait_for(lambda: progress(db)[0] >= head, timeout=30, what="the backlog to drain")
+        assert progress(db)[2] is None  # cleared once blocks are acked again
+        runner.stop()
+        runner.join()
+        check_forwarded(server.url, writer.expected, file_id(db))
+    finally:
+        writer.stop.set()
+        runner.stop()
+        db.close()
+
+
+def test_forward_refuses_a_resend_older_than_the_duplicate_window(tmp_path: Path, server: Server) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = forward_config(tmp_path, server.url)
+    try:
+        db.create_stream("a").extend([b"x", b"y"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        # As if the relay died an hour ago with both records published but not acked.
+        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+        old = int((time.time() - 3600) * 1e6)
+        import apsw
+
+        conn = apsw.Connection(db.path)
+        conn.execute("UPDATE streaming_cursors SET height = 0")
+        conn.execute("UPDATE jetstream_sent SET h1 = ?, at1 = ?, h2 = ?, at2 = ?", (head, old, head, old))
+        conn.close()
+        done = subprocess.run(serve_cmd(db.path, config, "--once"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 1
+        assert "duplicate window (120s)" in done.stderr and "stream 'a' offset 0" in done.stderr, done.stderr
+        assert "allow_duplicates" in done.stderr and "--dupe-window" in done.stderr
+        assert len(js_messages(server.url)) == 2  # nothing resent
+    finally:
+        db.close()
+
+
+def test_forward_reports_a_rejected_record_with_its_stream_and_offset(tmp_path: Path) -> None:
+    server = Server(tmp_path, config="max_payload: 1024\n").start()
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("a").extend([b"ok", b"ok", b"ok", b"x" * 4000, b"after"])
+        config = forward_config(tmp_path, server.url)
+        done = subprocess.run(serve_cmd(db.path, config, "--once"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 1
+        assert "refused stream 'a' offset 3" in done.stderr and "max_payload" in done.stderr, done.stderr
+        assert progress(db)[0] < db.query("SELECT max(txn) FROM chunks").rows[0][0]  # not skipped
+        assert "Traceback" not in done.stderr
+    finally:
+        db.close()
+        server.stop()
+
+
+def test_forward_reports_a_subject_no_stream_takes(tmp_path: Path, server: Server) -> None:
+    async def make_stream() -> None:
+        nc = await nats.connect(server.url)
+        await nc.jetstream().add_stream(name="EDGE", subjects=["other.>"])
+        await nc.close()
+
+    asyncio.run(make_stream())
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("a").append(b"one")
+        config = forward_config(tmp_path, server.url, extra="create = false")
+        done = subprocess.run(serve_cmd(db.path, config, "--once"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 1
+        assert "refused stream 'a' offset 0" in done.stderr and "edge.dev1.a" in done.stderr, done.stderr
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('servers = ["http://x"]', "is not a nats:// URL"),
+    ('user = "u"', "user and password go together"),
+    ('max_inflight = 3', "did you mean 'max_in_flight'"),
+    ('subject = "edge.{host}"', "is not a valid template"),
+    ('max_in_flight = "3"', "must be an integer"),
+])
+def test_bad_config_gives_a_clear_error(tmp_path: Path, extra: str, message: str) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    db.close()
+    text = forward_config(tmp_path, "nats://127.0.0.1:1").read_text()
+    key = extra.split(" =")[0]
+    lines = [line for line in text.splitlines() if not line.startswith(f"{key} =")]
+    config = tmp_path / "bad.toml"
+    config.write_text("\n".join(lines) + "\n" + extra + "\n")
+    done = subprocess.run(serve_cmd(str(tmp_path / "app.db"), config, "--once"), env=env(), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_bad_credentials_give_a_clear_error(tmp_path: Path) -> None:
+    server = Server(tmp_path, extra=["--user", "edge", "--pass", "s3cret"]).start()
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("a").append(b"one")
+        bad = forward_config(tmp_path, server.url, extra='user = "edge"\npassword = "wrong"')
+        done = subprocess.run(serve_cmd(db.path, bad, "--once"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 1
+        assert "refused the credentials" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        good = forward_config(tmp_path, server.url, extra='user = "edge"\npassword = "s3cret"', name="good.toml")
+        done = subprocess.run(serve_cmd(db.path, good, "--once"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        db.close()
+        server.stop()
+
+
+# ---------------------------------------------------------------- reverse
+
+
+class Publisher:
+    """Publishes ``total`` commands to JetStream stream CMD in a thread (2 of 3 for dev1)."""
+
+    def __init__(self, url: str, total: int) -> None:
+        self.url = url
+        self.total = total
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.run()), daemon=True)
+
+    async def run(self) -> None:
+        nc = await nats.connect(self.url)
+        js = nc.jetstream()
+        try:
+            await js.add_stream(name="CMD", subjects=["cmd.>"])
+            for i in range(self.total):
+                if i % 3 == 2:
+                    await js.publish("cmd.dev2.x", b"not mine")
+                    continue
+                headers = {"Sqlstream-Key": f"k{i}", "Sqlstream-Content-Type": "json", "X-I": str(i)}
+                await js.publish(f"cmd.dev1.{i % 2}", json.dumps({"i": i}).encode(), headers=headers)
+                if i % 20 == 0:
+                    await asyncio.sleep(0.01)
+        finally:
+            await nc.close()
+            self.done.set()
+
+
+def test_reverse_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Path, server: Server) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = source_config(tmp_path, server.url, extra="ack_wait = 1.0\nbatch = 50")
+    publisher = Publisher(server.url, 1500)
+    publisher.thread.start()
+    rnd = random.Random(5)
+    expected = [i for i in range(1500) if i % 3 != 2]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _ in range(4):
+            proc = subprocess.Popen(serve_cmd(db.path, config), env=env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(rnd.uniform(0.6, 1.2))
+            proc.kill()
+            proc.wait()
+        publisher.done.wait(30)
+        proc = subprocess.Popen(serve_cmd(db.path, config), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+
+        def count() -> int:
+            try:
+                return int(db.stream_info("commands").next_offset)
+            except sqlstream.errors.StreamNotFound:
+                return 0
+
+        wait_for(lambda: count() >= len(expected), timeout=30, what="all commands stored")
+        time.sleep(1.5)  # past ack_wait: any redelivery would have been stored by now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        records = list(db.stream("commands").read(0, limit=10**6))
+        assert len(records) == len(expected)
+        assert [r.value for r in records] == [{"i": i} for i in expected]
+        assert [r.key for r in records] == [f"k{i}" for i in expected]
+        assert [r.headers for r in records] == [{"X-I": str(i)} for i in expected]
+        position = db.query("SELECT sequence, stored FROM jetstream_sources WHERE service = 'inbox'").rows[0]
+        assert position[1] == len(expected) and position[0] >= 1400
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        db.close()

@@ -597,16 +597,31 @@ class JetStreamSource(_Relay):
 
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
         nats = _nats()
-        from nats.js.api import AckPolicy, ConsumerConfig  # noqa: PLC0415 - optional dependency
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415 - optional dependency
 
-        js = nc.jetstream(timeout=float(self.options["connect_timeout"]) + 3)
+        timeout = float(self.options["connect_timeout"]) + 3
+        js = nc.jetstream(timeout=timeout)
+        jsm = nc.jsm(timeout=timeout)
+        known = await asyncio.to_thread(store.source_position, self.name)
+        position = known[1] if known is not None and known[0] == self.stream else 0
+        # The local position is the truth: everything up to it is stored, nothing above.
+        # The consumer is recreated to deliver from position + 1, so messages arrive in
+        # stream order even after a crash (a redelivery of an old unacked message would
+        # otherwise come after newer ones).
         config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
                                 ack_wait=float(self.options["ack_wait"]),
                                 max_ack_pending=max(1000, self.batch * 4),
-                                filter_subject=self.options["filter_subject"] or None)
+                                filter_subject=self.options["filter_subject"] or None,
+                                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
+                                opt_start_seq=position + 1 if position else None)
         try:
-            sub = await js.pull_subscribe(self.options["filter_subject"] or "", durable=self.durable,
-                                          stream=self.stream, config=config)
+            try:
+                await jsm.delete_consumer(self.stream, self.durable)
+            except nats.js.errors.NotFoundError as exc:
+                if getattr(exc, "err_code", None) == 10059:  # the stream itself is missing
+                    raise
+            await jsm.add_consumer(self.stream, config)
+            sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         except nats.js.errors.NotFoundError as exc:
             raise RelayError(f"streamer {self.name!r}: JetStream stream {self.stream!r} does not exist",
                              hint="create it on the server, or fix `stream`") from exc
@@ -637,6 +652,8 @@ class JetStreamSource(_Relay):
             top = 0
             for msg in msgs:
                 seq = int(msg.metadata.sequence.stream)
+                if seq <= position:  # stored already (its ack was lost or late)
+                    continue
                 key, headers, ctype = _message_headers(msg.headers)
                 try:
                     value = _value(ctype, msg.data)
@@ -646,6 +663,7 @@ class JetStreamSource(_Relay):
                 top = max(top, seq)
             if items:
                 await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top)
+                position = top
             # Acked only after the commit: a crash before this line redelivers, and the
             # dedup ids store each message once.
             for msg in msgs:
