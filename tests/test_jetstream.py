@@ -531,3 +531,33 @@ def test_reverse_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Pa
         if proc is not None and proc.poll() is None:
             proc.kill()
         db.close()
+
+
+def test_readme_config_runs_against_a_real_server(tmp_path: Path, server: Server) -> None:
+    """The README's complete sqlstream.toml (it needs a server, so test_readme leaves it to us)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Beyond one machine", 1)[1]
+    block = section.split("```\n", 2)[1]
+    (tmp_path / "sqlstream.toml").write_text(block.replace("nats://127.0.0.1:4222", server.url))
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("orders").append({"id": 1})
+        db.create_stream("payments").append({"eur": 2}, key="p1")
+
+        async def command() -> None:
+            nc = await nats.connect(server.url)
+            js = nc.jetstream()
+            await js.add_stream(name="CMD", subjects=["cmd.>"])
+            await js.publish("cmd.dev1.reboot", b"now", headers={"Sqlstream-Key": "r1"})
+            await nc.close()
+
+        asyncio.run(command())
+        done = subprocess.run(serve_cmd(db.path, tmp_path / "sqlstream.toml", "--once"), env=env(),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        got = js_messages(server.url)
+        assert sorted(m[1] for m in got) == ["edge.dev1.orders", "edge.dev1.payments"]
+        [record] = db.stream("commands").read(0)
+        assert (record.value, record.key) == (b"now", "r1")
+    finally:
+        db.close()

@@ -217,7 +217,7 @@ class _Relay(Service):
         return context
 
     async def _connect(self) -> nats.aio.client.Client:
-        nats = _nats()
+        client_module = _nats()
         o = self.options
 
         async def quiet(exc: Exception) -> None:  # nats-py would print them otherwise
@@ -238,7 +238,8 @@ class _Relay(Service):
         if tls is not None:
             kwargs["tls"] = tls
         try:
-            return await nats.connect(**kwargs)
+            client: nats.aio.client.Client = await client_module.connect(**kwargs)
+            return client
         except Exception as exc:  # noqa: BLE001 - sorted into fatal and transient below
             text = f"{type(exc).__name__}: {exc}"
             lowered = text.lower()

@@ -200,6 +200,7 @@ class Store:
             conn.execute("INSERT INTO counters (name, value) VALUES ('file_id', random() & 9223372036854775807) "
                          "ON CONFLICT (name) DO NOTHING")
             row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
+        assert row is not None
         return int(row[0])
 
     def sent_marks(self, service: str) -> SentMarks | None:
