@@ -360,27 +360,54 @@ def test_forward_survives_server_stop_and_restart_nothing_lost_nothing_doubled(t
         db.close()
 
 
-def test_forward_refuses_a_resend_older_than_the_duplicate_window(tmp_path: Path, server: Server) -> None:
+def age_marks(db: sqlstream.Database) -> None:
+    """As if the relay died an hour ago with every record published but none acked."""
+    import apsw
+
+    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    old = int((time.time() - 3600) * 1e6)
+    conn = apsw.Connection(db.path)
+    conn.execute("UPDATE streaming_cursors SET height = 0")
+    conn.execute("UPDATE jetstream_sent SET h1 = ?, at1 = ?, h2 = ?, at2 = ?", (head, old, head, old))
+    conn.close()
+
+
+def test_forward_resend_older_than_the_duplicate_window_skips_what_the_server_has(
+        tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
     config = forward_config(tmp_path, server.url)
     try:
         db.create_stream("a").extend([b"x", b"y"])
         Runner.from_config(db, load_config(config)).run(once=True)
-        # As if the relay died an hour ago with both records published but not acked.
-        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
-        old = int((time.time() - 3600) * 1e6)
-        import apsw
+        age_marks(db)
+        db.stream("a").append(b"z")
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert [m[2] for m in js_messages(server.url)] == [b"x", b"y", b"z"]
+    finally:
+        db.close()
 
-        conn = apsw.Connection(db.path)
-        conn.execute("UPDATE streaming_cursors SET height = 0")
-        conn.execute("UPDATE jetstream_sent SET h1 = ?, at1 = ?, h2 = ?, at2 = ?", (head, old, head, old))
-        conn.close()
+
+def test_forward_refuses_a_resend_older_than_the_duplicate_window_it_cannot_check(
+        tmp_path: Path, server: Server) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = forward_config(tmp_path, server.url)
+    try:
+        db.create_stream("a").extend([b"x", b"y"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        age_marks(db)
+
+        async def foreign() -> None:  # another publisher's message is now the subject's last
+            nc = await nats.connect(server.url)
+            await nc.jetstream().publish("edge.dev1.a", b"foreign")
+            await nc.close()
+
+        asyncio.run(foreign())
         done = subprocess.run(serve_cmd(db.path, config, "--once"), env=env(), capture_output=True, text=True,
                               timeout=30)
         assert done.returncode == 1
         assert "duplicate window (120s)" in done.stderr and "stream 'a' offset 0" in done.stderr, done.stderr
         assert "allow_duplicates" in done.stderr and "--dupe-window" in done.stderr
-        assert len(js_messages(server.url)) == 2  # nothing resent
+        assert len(js_messages(server.url)) == 3  # nothing resent
     finally:
         db.close()
 

@@ -436,36 +436,69 @@ class JetStreamForward(_Relay):
         window = info.config.duplicate_window
         return float(window) if window else 120.0
 
-    def _check_window(self, store: Store, cursor: int, window: float) -> None:
-        """Refuse to resend records that may have been stored longer ago than ``window``."""
+    async def _check_window(self, nc: nats.aio.client.Client, store: Store, cursor: int,
+                            window: float) -> dict[str, int]:
+        """Make sure resending the records above ``cursor`` stores none twice.
+
+        Inside the duplicate window the server drops repeats: nothing to do. Outside it,
+        the server is asked for the last message of each forwarded stream's subject: when
+        it is this file's, every record up to its offset is stored (one publisher sends a
+        subject's messages in order), and the returned {stream: offset} are skipped. When
+        that cannot be known, RelayError names the gap and the fixes.
+        """
         if self.options["allow_duplicates"]:
-            return
-        marks = store.sent_marks(self.name)
+            return {}
+        marks = await asyncio.to_thread(store.sent_marks, self.name)
         first = marks.earliest_unacked(cursor) if marks else None
         if first is None:
-            return
+            return {}
         age = (now_us() - first) / 1e6
-        if age >= window:
-            block = store.next_block(self.name, self.keys, cursor)
-            where = ""
-            if block is not None:
-                name = min(block.streams)
-                where = f" (from stream {name!r} offset {block.streams[name][0].offset}, block {block.height})"
-            raise RelayError(
-                f"streamer {self.name!r}: records above block {cursor}{where} may have been published "
-                f"{age:.0f}s ago without an acknowledgement, longer than JetStream stream {self.stream!r}'s "
-                f"duplicate window ({window:g}s): resending them could store them twice",
-                hint=f"raise the stream's duplicate window above {age:.0f}s (nats stream edit {self.stream} "
-                     "--dupe-window=...) and start again, or set allow_duplicates = true to resend anyway",
-                height=cursor + 1,
-            )
+        if age < window:
+            return {}
+        nats = _nats()
+        jsm = nc.jsm(timeout=self.ack_timeout)
+        names = await asyncio.to_thread(store.stream_names, self.keys)
+        subjects: dict[str, str] = {}
+        skip: dict[str, int] = {}
+        problem = ""
+        for name in names:
+            subject = self.subject(name)
+            if subjects.setdefault(subject, name) != name:
+                problem = f"streams {subjects[subject]!r} and {name!r} share subject {subject!r}"
+                break
+            try:
+                msg = await jsm.get_last_msg(self.stream, subject)
+            except nats.js.errors.NotFoundError:
+                continue  # nothing of this stream is stored: resending it is safe
+            except (nats.js.errors.APIError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+                raise _Transient(f"cannot read the last message on {subject!r}: {exc}") from exc
+            headers = msg.headers or {}
+            if headers.get(H_ORIGIN) != str(self.file_id) or headers.get(H_STREAM) != name:
+                problem = f"the last message on {subject!r} is not from stream {name!r} of this file"
+                break
+            skip[name] = int(headers[H_OFFSET])
+        if not problem:
+            return skip
+        block = await asyncio.to_thread(store.next_block, self.name, self.keys, cursor)
+        where = ""
+        if block is not None:
+            name = min(block.streams)
+            where = f" (from stream {name!r} offset {block.streams[name][0].offset}, block {block.height})"
+        raise RelayError(
+            f"streamer {self.name!r}: records above block {cursor}{where} may have been published "
+            f"{age:.0f}s ago without an acknowledgement, longer than JetStream stream {self.stream!r}'s "
+            f"duplicate window ({window:g}s), and {problem}: resending them could store them twice",
+            hint=f"raise the stream's duplicate window above {age:.0f}s (nats stream edit {self.stream} "
+                 "--dupe-window=...) and start again, or set allow_duplicates = true to resend anyway",
+            height=cursor + 1,
+        )
 
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
         nats = _nats()
         self.file_id = await asyncio.to_thread(store.file_id)
         window = await self._ensure_stream(nc)
         cursor = await asyncio.to_thread(store.cursor, self.name, self.KIND)
-        await asyncio.to_thread(self._check_window, store, cursor, window)
+        skip = await self._check_window(nc, store, cursor, window)
         js = nc.jetstream(timeout=self.ack_timeout, publish_async_max_pending=self.max_in_flight)
         upto = await asyncio.to_thread(store.head) if once else None
         pending: collections.deque[_Pending] = collections.deque()
@@ -521,6 +554,8 @@ class JetStreamForward(_Relay):
                 for name in sorted(block.streams):
                     subject = self.subject(name)
                     for record in block.streams[name]:
+                        if record.offset <= skip.get(name, -1):
+                            continue  # the server has it (see _check_window)
                         headers = record_headers(self.file_id, record)
                         try:
                             future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,

@@ -203,6 +203,12 @@ class Store:
         assert row is not None
         return int(row[0])
 
+    def stream_names(self, patterns: Sequence[str]) -> list[str]:
+        """The names of the streams ``patterns`` expose, sorted."""
+        with self.db._snapshot() as conn:
+            names = [str(r[0]) for r in conn.execute("SELECT name FROM streams ORDER BY name")]
+        return [n for n in names if matches(n, patterns)]
+
     def sent_marks(self, service: str) -> SentMarks | None:
         """The service's sent marks (see :class:`SentMarks`), None before its first publish."""
         with self.db._snapshot() as conn:
