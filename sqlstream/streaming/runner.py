@@ -37,10 +37,11 @@ WAKE_SLICE = 0.5  # seconds between stop-event checks while blocked on a commit 
 class ServiceError(SqlstreamError):
     """A service with stop-node-on-error failed to write a block; ``service``/``height`` say which."""
 
-    def __init__(self, service: str, height: int, cause: BaseException) -> None:
+    def __init__(self, service: str, height: int | None, cause: BaseException) -> None:
+        where = f" at block {height}" if height is not None else ""
         super().__init__(
-            f"streaming service {service!r} stopped at block {height}: {type(cause).__name__}: {cause}",
-            hint="fix the cause and run again: the service resumes with this block",
+            f"streaming service {service!r} stopped{where}: {type(cause).__name__}: {cause}",
+            hint=getattr(cause, "hint", None) or "fix the cause and run again: the service resumes with this block",
         )
         self.service = service
         self.height = height
@@ -160,6 +161,8 @@ class Runner:
                 for service in active:
                     cursors[service.name] = self._pending(service, cursors[service.name], upto)
                 if once:
+                    for thread in threads:
+                        thread.join()
                     break
                 # Everything up to `seen` is done; sleep until a later commit (or stop).
                 while not self.stop_event.is_set() and not self.store.wait_for_commit(seen, WAKE_SLICE):
@@ -173,6 +176,10 @@ class Runner:
                     thread.join()
             raise
         finally:
+            if threads:
+                self.stop_event.set()
+                for thread in threads:
+                    thread.join()
             for service in self.services:
                 try:
                     service.close()

@@ -30,6 +30,8 @@ ENTRY_POINT_GROUP = "sqlstream.streaming_services"
 BUILTIN_SERVICES = {
     "file": "sqlstream.streaming.file:FileService",
     "archive": "sqlstream.streaming.archive:ArchiveService",
+    "jetstream": "sqlstream.streaming.jetstream:JetStreamForward",
+    "jetstream-source": "sqlstream.streaming.jetstream:JetStreamSource",
 }
 
 

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..database import Database, now_us
+from ..clock import now_us
+from ..database import Database
 from ..errors import SqlstreamError
 
-__all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "matches"]
+__all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "matches"]
 
 log = logging.getLogger("sqlstream.streaming")
 
@@ -121,6 +122,38 @@ def _str(stored: bytes | None) -> str | None:
     """A text column read as bytes, back to str; bytes that are not UTF-8 survive as
     surrogate escapes (``.encode("utf-8", "surrogateescape")`` gives them back)."""
     return None if stored is None else bytes(stored).decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class SentMarks:
+    """What a forwarding service may have published without an ack (migration 0006).
+
+    Blocks in (cursor, ``h1``] were first published no earlier than ``at1``; blocks in
+    (``h1``, ``h2``] no earlier than ``at2`` (µs since epoch).
+    """
+
+    h1: int
+    at1: int
+    h2: int
+    at2: int
+
+    def earliest_unacked(self, cursor: int) -> int | None:
+        """A lower bound of the first publish time of any block above ``cursor`` (None: none was sent)."""
+        if cursor < self.h1:
+            return self.at1
+        if cursor < self.h2:
+            return self.at2
+        return None
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One record a source service appends: value, key, headers, and its dedup id."""
+
+    value: Any
+    key: str | None
+    headers: dict[str, str] | None
+    dedup_id: str
 
 
 def _text(data: Any) -> bytes:
@@ -266,6 +299,83 @@ class Store:
             ).fetchall()
         rows_any: list[Any] = rows
         return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5]) for r in rows_any]
+
+    # -------------------------------------------------------------- relays (migration 0006)
+
+    def file_id(self) -> int:
+        """The database file's stable random identity (``counters`` row ``file_id``)."""
+        with self.db._snapshot() as conn:
+            row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
+        if row is not None:
+            return int(row[0])
+        with self.db._writing() as conn:  # a file migrated before the row existed
+            conn.execute("INSERT INTO counters (name, value) VALUES ('file_id', random() & 9223372036854775807) "
+                         "ON CONFLICT (name) DO NOTHING")
+            row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def sent_marks(self, service: str) -> SentMarks | None:
+        """The service's sent marks (see :class:`SentMarks`), None before its first publish."""
+        with self.db._snapshot() as conn:
+            row = conn.execute("SELECT h1, at1, h2, at2 FROM jetstream_sent WHERE service = ?", (service,)).fetchone()
+        return None if row is None else SentMarks(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def mark_sent(self, service: str, cursor: int, height: int) -> SentMarks:
+        """Record, before publishing, that blocks up to ``height`` may be published from now on.
+
+        ``cursor`` is the service's acked height. Keeps a lower bound of the first publish
+        time of every block above the cursor in two slots (one committed write).
+        """
+        now = now_us()
+        with self.db._writing() as conn:
+            row = conn.execute("SELECT h1, at1, h2, at2 FROM jetstream_sent WHERE service = ?", (service,)).fetchone()
+            if row is None:
+                marks = SentMarks(height, now, height, now)
+            else:
+                old = SentMarks(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+                if cursor >= old.h2:  # everything sent before is acked
+                    marks = SentMarks(height, now, height, now)
+                elif cursor >= old.h1:  # the first slot is acked: shift
+                    marks = SentMarks(old.h2, old.at2, height, now)
+                else:  # both slots still have unacked blocks: widen the second
+                    marks = SentMarks(old.h1, old.at1, max(height, old.h2), old.at2)
+            conn.execute(
+                "INSERT INTO jetstream_sent (service, h1, at1, h2, at2) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (service) DO UPDATE SET h1 = excluded.h1, at1 = excluded.at1, "
+                "h2 = excluded.h2, at2 = excluded.at2",
+                (service, marks.h1, marks.at1, marks.h2, marks.at2),
+            )
+        return marks
+
+    def append_from_source(self, service: str, source: str, stream: str, items: Sequence[SourceItem],
+                           sequence: int) -> int:
+        """Append ``items`` to ``stream`` (created if missing) with their dedup ids and record
+        ``sequence`` as the service's position, all in ONE transaction; return how many were
+        stored (duplicates are not). Raises what the appends raise; then nothing is stored."""
+        stored = 0
+        with self.db.transaction():
+            handle = self.db.create_stream(stream, exist_ok=True)
+            before = handle.info().next_offset
+            for item in items:
+                handle.append(item.value, key=item.key, headers=item.headers, dedup_id=item.dedup_id)
+            stored = handle.info().next_offset - before
+            with self.db._writing() as conn:
+                conn.execute(
+                    "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET js_stream = excluded.js_stream, "
+                    "sequence = max(sequence, excluded.sequence), stored = stored + excluded.stored, "
+                    "updated_at = excluded.updated_at",
+                    (service, source, sequence, stored, now_us()),
+                )
+        return stored
+
+    def source_position(self, service: str) -> tuple[str, int, int, int] | None:
+        """(JetStream stream, highest sequence stored, messages stored, updated_at µs), or None."""
+        with self.db._snapshot() as conn:
+            row = conn.execute("SELECT js_stream, sequence, stored, updated_at FROM jetstream_sources "
+                               "WHERE service = ?", (service,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     # -------------------------------------------------------------- blocks
 

@@ -1,0 +1,714 @@
+"""Store-and-forward between sqlstream and NATS JetStream, both directions, exactly once.
+
+``jetstream`` (forward, :class:`JetStreamForward`): every record of the exposed local
+streams is published to a JetStream stream, in commit order, with its key, headers,
+content type, timestamp and origin in NATS headers and ``Nats-Msg-Id`` =
+``{file id}:{offset}:{stream}``. Publishing is asynchronous with at most ``max_in_flight``
+unacknowledged messages; the durable cursor (``streaming_cursors``, a commit height)
+advances only over blocks whose every record has its PubAck. After a crash the records
+above the cursor are published again with the same ids, and the server's duplicate
+window drops those it already stored -- so before resending, the service checks that
+they were first published inside that window (``jetstream_sent``, migration 0006) and
+refuses to start otherwise, naming the gap and the fix.
+
+``jetstream-source`` (reverse, :class:`JetStreamSource`): a durable pull consumer on a
+JetStream stream (optionally a subject filter) feeds one local stream; each fetched batch
+is appended with ``dedup_id = "{js stream}:{sequence}"`` in the same transaction that
+records the position (``jetstream_sources``), and acked only after the commit. A message
+redelivered after ``kill -9`` is recognised by its dedup id and stored once.
+
+Both run their asyncio loop (nats-py) in the thread the runner gives them
+(self-paced: ``SELF_PACED = True``). The server being unreachable is never fatal: the services retry
+with capped exponential backoff (0.1 s doubling up to ``backoff_max``), record the cause
+as the cursor's ``last_error`` and resume where they were. A message the server rejects
+(too large, no stream for the subject, ...) raises :class:`RelayError` naming the
+record's stream and offset; with ``stop-node-on-error = false`` it is retried instead.
+It is never skipped.
+
+Atomic batch publish (nats-server 2.12+, ADR-50) is not used: nats-py has no API for it
+and the server does not apply ``Nats-Msg-Id`` de-duplication inside atomic batches, on
+which the exactly-once resend relies. The records of one transaction are therefore
+published individually, in order; a crash in the middle of one is repaired by the resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..clock import now_us
+from ..errors import InvalidArgument, SqlstreamError
+from .services import Option, Service
+from .store import Block, BlockRecord, SourceItem, Store
+
+if TYPE_CHECKING:  # pragma: no cover
+    import nats.aio.client
+    import nats.js
+
+__all__ = ["JetStreamForward", "JetStreamSource", "RelayError", "subject_token", "message_id", "record_headers"]
+
+log = logging.getLogger("sqlstream.streaming.jetstream")
+
+BACKOFF_FIRST = 0.1
+H_KEY = "Sqlstream-Key"
+H_HEADERS = "Sqlstream-Headers"
+H_TYPE = "Sqlstream-Content-Type"
+H_TIME = "Sqlstream-Timestamp"
+H_ORIGIN = "Sqlstream-Origin"
+H_STREAM = "Sqlstream-Stream"
+H_OFFSET = "Sqlstream-Offset"
+H_MSG_ID = "Nats-Msg-Id"
+_RESERVED = ("nats-", "sqlstream-")
+_TOKEN_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII without ':' or space
+
+
+class RelayError(SqlstreamError):
+    """The relay cannot go on: the server refused a record, the configuration or the
+    credentials, or a resend would not be de-duplicated. ``height`` is the block, when known."""
+
+    def __init__(self, message: str, *, hint: str | None = None, height: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.height = height
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection lost, timeout, no leader)."""
+
+
+def _nats() -> Any:
+    try:
+        import nats  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise RelayError("the jetstream services need the nats-py package",
+                         hint='pip install "sqlstream[nats]"') from exc
+    return nats
+
+
+# ---------------------------------------------------------------- mapping records
+
+def subject_token(name: str) -> str:
+    """``name`` as one NATS subject token: every character outside ``[A-Za-z0-9_-]`` becomes ``_``."""
+    return _TOKEN_BAD.sub("_", name) or "_"
+
+
+def message_id(file_id: int, stream: str, offset: int) -> str:
+    """The ``Nats-Msg-Id`` of a record: stable across resends, unique across files."""
+    return f"{file_id}:{offset}:{stream}"
+
+
+def record_headers(file_id: int, record: BlockRecord) -> dict[str, str]:
+    """The NATS headers that carry a record's metadata (see the module docstring).
+
+    The record's own headers become NATS headers of the same name when every name is a
+    valid, non-reserved header name and no value has a line break; otherwise they travel
+    as one JSON object in ``Sqlstream-Headers``.
+    """
+    headers = {
+        H_MSG_ID: message_id(file_id, record.stream, record.offset),
+        H_ORIGIN: str(file_id),
+        H_STREAM: record.stream,
+        H_OFFSET: str(record.offset),
+        H_TYPE: record.content_type,
+        H_TIME: str(record.timestamp),
+    }
+    if record.key is not None:
+        headers[H_KEY] = record.key
+    if record.headers:
+        own: dict[str, str] = json.loads(record.headers)
+        native = all(
+            _HEADER_NAME.match(k) and not k.lower().startswith(_RESERVED) and "\r" not in v and "\n" not in v
+            for k, v in own.items()
+        )
+        if native:
+            headers.update(own)
+        else:
+            headers[H_HEADERS] = json.dumps(own, separators=(",", ":"), ensure_ascii=False)
+    return headers
+
+
+def _value(content_type: str | None, data: bytes) -> Any:
+    """A message body back as the value to append, by its content type."""
+    if content_type == "text":
+        return data.decode("utf-8")
+    if content_type == "json":
+        return json.loads(data)
+    return bytes(data)
+
+
+def _message_headers(headers: Mapping[str, str] | None) -> tuple[str | None, dict[str, str] | None, str | None]:
+    """(key, record headers, content type) from a message's NATS headers."""
+    if not headers:
+        return None, None, None
+    key = headers.get(H_KEY)
+    ctype = headers.get(H_TYPE)
+    if H_HEADERS in headers:
+        own: dict[str, str] = json.loads(headers[H_HEADERS])
+    else:
+        own = {k: v for k, v in headers.items() if not k.lower().startswith(_RESERVED)}
+    return key, (own or None), ctype
+
+
+# ---------------------------------------------------------------- shared options
+
+_CONNECTION_OPTIONS: dict[str, Option] = {
+    "servers": Option("list", ["nats://127.0.0.1:4222"], help='e.g. servers = ["nats://hub:4222"]'),
+    "stream": Option("str", required=True, help='the JetStream stream, e.g. stream = "EDGE"'),
+    "creds": Option("path", None, help="a NATS .creds file (JWT and nkey seed)"),
+    "nkey": Option("path", None, help="a file holding an nkey seed (SU...)"),
+    "user": Option("str", None),
+    "password": Option("str", None),
+    "token": Option("str", None),
+    "tls_ca": Option("path", None, help="CA certificate(s) to verify the server"),
+    "tls_cert": Option("path", None, help="client certificate (with tls_key)"),
+    "tls_key": Option("path", None, help="client private key (with tls_cert)"),
+    "connect_timeout": Option("number", 2.0),
+    "backoff_max": Option("number", 30.0, help="the longest wait between reconnect attempts (seconds)"),
+    "stop-node-on-error": Option("bool", True),
+}
+
+
+class _Relay(Service):
+    """Connection handling shared by both directions."""
+
+    SELF_PACED: ClassVar[bool] = True
+    UNIT: ClassVar[str] = "run(s)"
+
+    def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        super().__init__(name, keys, options)
+        o = self.options
+        self.servers: list[str] = list(o["servers"])
+        self.stream: str = str(o["stream"])
+        if not self.servers:
+            raise InvalidArgument(f"[streamers.{name}] servers: is empty", hint='e.g. servers = ["nats://hub:4222"]')
+        for server in self.servers:
+            if not re.match(r"^(nats|tls|ws|wss)://", server):
+                raise InvalidArgument(f"[streamers.{name}] servers: {server!r} is not a nats:// URL",
+                                      hint='write servers = ["nats://host:4222"]')
+        if (o["user"] is None) != (o["password"] is None):
+            raise InvalidArgument(f"[streamers.{name}] user and password go together",
+                                  hint="give both, or neither")
+        if (o["tls_cert"] is None) != (o["tls_key"] is None):
+            raise InvalidArgument(f"[streamers.{name}] tls_cert and tls_key go together", hint="give both, or neither")
+        self.backoff_max = max(BACKOFF_FIRST, float(o["backoff_max"]))
+        self.connected = threading.Event()  # for tests and status: set while connected
+
+    # -- connecting
+
+    def _tls(self) -> ssl.SSLContext | None:
+        o = self.options
+        if not (o["tls_ca"] or o["tls_cert"]) and not any(s.startswith("tls://") for s in self.servers):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=o["tls_ca"])
+            if o["tls_cert"]:
+                context.load_cert_chain(o["tls_cert"], o["tls_key"])
+        except (OSError, ssl.SSLError) as exc:
+            raise RelayError(f"streamer {self.name!r}: cannot load the TLS files: {exc}",
+                             hint="check tls_ca, tls_cert and tls_key") from exc
+        return context
+
+    async def _connect(self) -> nats.aio.client.Client:
+        client_module = _nats()
+        o = self.options
+
+        async def quiet(exc: Exception) -> None:  # nats-py would print them otherwise
+            log.debug("streamer %r: %s", self.name, exc)
+
+        kwargs: dict[str, Any] = {
+            "servers": self.servers,
+            "allow_reconnect": False,  # reconnects are ours: backoff, resend, visible lag
+            "connect_timeout": float(o["connect_timeout"]),
+            "error_cb": quiet,
+            "name": f"sqlstream {self.name}",
+        }
+        for option, arg in (("creds", "user_credentials"), ("nkey", "nkeys_seed"), ("user", "user"),
+                            ("password", "password"), ("token", "token")):
+            if o[option] is not None:
+                kwargs[arg] = o[option]
+        tls = self._tls()
+        if tls is not None:
+            kwargs["tls"] = tls
+        try:
+            client: nats.aio.client.Client = await client_module.connect(**kwargs)
+            return client
+        except Exception as exc:  # noqa: BLE001 - sorted into fatal and transient below
+            text = f"{type(exc).__name__}: {exc}"
+            lowered = text.lower()
+            if "authorization" in lowered or "authentication" in lowered or "credentials" in lowered \
+                    or "nkey" in lowered or "user authentication" in lowered:
+                raise RelayError(f"streamer {self.name!r}: the server refused the credentials ({exc})",
+                                 hint="check user/password, token, creds or nkey in the config") from exc
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise RelayError(f"streamer {self.name!r}: cannot read a credentials file: {exc}",
+                                 hint="check the creds/nkey paths") from exc
+            raise _Transient(f"cannot connect to {', '.join(self.servers)}: {text}") from exc
+
+    # -- the retry loop
+
+    def run_paced(self, store: Store, stop: threading.Event, once: bool) -> int:
+        """The runner's entry point for a self-paced service: :meth:`serve`, counted as one run."""
+        self.serve(store, stop, once=once)
+        return 1
+
+    def serve(self, store: Store, stop: threading.Event, *, once: bool = False) -> None:
+        """Run until ``stop`` (``once``: until caught up); retry transient failures with backoff."""
+        asyncio.run(self._serve(store, stop, once))
+
+    async def _serve(self, store: Store, stop: threading.Event, once: bool) -> None:
+        delay = BACKOFF_FIRST
+        while not stop.is_set():
+            try:
+                nc = await self._connect()
+            except _Transient as exc:
+                await self._failed(store, stop, str(exc), delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self.connected.set()
+            try:
+                done = await self._session(nc, store, stop, once)
+                delay = BACKOFF_FIRST
+                if done:
+                    return
+            except _Transient as exc:
+                await self._failed(store, stop, str(exc), delay)
+                delay = min(delay * 2, self.backoff_max)
+            except RelayError as exc:
+                if self.stop_on_error:
+                    raise
+                await self._failed(store, stop, f"{exc} ({exc.hint})" if exc.hint else str(exc), delay)
+                delay = min(delay * 2, self.backoff_max)
+            finally:
+                self.connected.clear()
+                try:
+                    await asyncio.wait_for(nc.close(), 2)
+                except Exception:  # noqa: BLE001 - the connection is gone either way
+                    pass
+
+    async def _failed(self, store: Store, stop: threading.Event, message: str, delay: float) -> None:
+        log.warning("streamer %r: %s; retrying in %.1fs", self.name, message, delay)
+        try:
+            await asyncio.to_thread(self._record_error, store, message)
+        except SqlstreamError:
+            log.exception("cannot record the error of streamer %r", self.name)
+        await _sleep(stop, delay)
+
+    def _record_error(self, store: Store, message: str) -> None:
+        store.record_error(self.name, message)
+
+    async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
+        raise NotImplementedError
+
+    def write_block(self, block: Block) -> None:
+        raise NotImplementedError(f"{type(self).__name__} runs its own loop")
+
+
+async def _sleep(stop: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` is set (checked every 50 ms)."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
+def _is_transient_api_error(exc: BaseException) -> bool:
+    """Errors of a healthy configuration in a sick cluster: no leader, timeouts, closed connections."""
+    nats = _nats()
+    if isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                        nats.errors.StaleConnectionError, nats.errors.UnexpectedEOF, ConnectionError,
+                        nats.errors.OutboundBufferLimitError)):
+        return True
+    code = getattr(exc, "code", None)
+    return code in (503, 408, 504)
+
+
+# ---------------------------------------------------------------- forward
+
+
+class _Pending:
+    __slots__ = ("height", "records", "futures", "sent_at")
+
+    def __init__(self, height: int, sent_at: float) -> None:
+        self.height = height
+        self.records: list[BlockRecord] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.sent_at = sent_at
+
+
+class JetStreamForward(_Relay):
+    """Forwards local streams to a JetStream stream (see the module docstring).
+
+    The cursor is the highest commit height whose records all have a PubAck, written at
+    most every ``cursor_interval`` seconds and whenever the pipeline drains. Memory is
+    bounded by ``max_in_flight`` messages plus one block.
+    """
+
+    KIND: ClassVar[str] = "jetstream"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        **_CONNECTION_OPTIONS,
+        "subject": Option("str", "sqlstream.{device}.{stream}",
+                          help="the subject template: {device} and {stream} (a NATS token) are filled in"),
+        "device": Option("str", None, help="this device's name in subjects (default: the host name)"),
+        "subjects": Option("list", [], help="the stream's subjects when it is created (default: from `subject`)"),
+        "create": Option("bool", True, help="create the JetStream stream if it is missing"),
+        "replicas": Option("int", 1, help="replicas of a stream this service creates"),
+        "duplicate_window": Option("number", 120.0, help="duplicate window (s) of a stream this service creates"),
+        "max_in_flight": Option("int", 256),
+        "ack_timeout": Option("number", 5.0, help="seconds to wait for a PubAck before reconnecting"),
+        "cursor_interval": Option("number", 0.2),
+        "allow_duplicates": Option("bool", False,
+                                   help="start even when a resend may fall outside the duplicate window"),
+    }
+
+    def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        super().__init__(name, keys, options)
+        o = self.options
+        self.device = subject_token(str(o["device"] or socket.gethostname().split(".")[0]))
+        self.template = str(o["subject"])
+        try:
+            probe = self.template.format(device="d", stream="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidArgument(f"[streamers.{name}] subject: {self.template!r} is not a valid template ({exc})",
+                                  hint="use only {device} and {stream}, e.g. \"edge.{device}.{stream}\"") from None
+        if not probe or any(t == "" or " " in t or t in ("*", ">") for t in probe.split(".")):
+            raise InvalidArgument(f"[streamers.{name}] subject: {self.template!r} does not make a valid subject",
+                                  hint='tokens are separated by single dots, e.g. "edge.{device}.{stream}"')
+        self.max_in_flight = int(o["max_in_flight"])
+        if self.max_in_flight < 1:
+            raise InvalidArgument(f"[streamers.{name}] max_in_flight: must be at least 1")
+        self.ack_timeout = float(o["ack_timeout"])
+        self.file_id = 0
+        self._subjects: dict[str, str] = {}
+
+    def subject(self, stream: str) -> str:
+        """The subject a record of local ``stream`` is published on."""
+        subject = self._subjects.get(stream)
+        if subject is None:
+            subject = self._subjects[stream] = self.template.format(device=self.device, stream=subject_token(stream))
+        return subject
+
+    def stream_subjects(self) -> list[str]:
+        """The subjects of a stream this service creates: ``subjects``, else the template's wildcard."""
+        if self.options["subjects"]:
+            return list(self.options["subjects"])
+        tokens = self.template.format(device=self.device, stream="\0").split(".")
+        if tokens[-1] == "\0":
+            tokens[-1] = ">"
+        return [".".join("*" if "\0" in t else t for t in tokens)]
+
+    async def _ensure_stream(self, nc: nats.aio.client.Client) -> float:
+        """Make sure the stream exists (creating it if allowed); return its duplicate window (s)."""
+        nats = _nats()
+        jsm = nc.jsm(timeout=self.ack_timeout)
+        try:
+            info = await jsm.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            if not self.options["create"]:
+                raise RelayError(f"streamer {self.name!r}: JetStream stream {self.stream!r} does not exist",
+                                 hint="create it (nats stream add) or set create = true") from None
+            from nats.js.api import StreamConfig  # noqa: PLC0415 - optional dependency
+
+            config = StreamConfig(name=self.stream, subjects=self.stream_subjects(),
+                                  num_replicas=int(self.options["replicas"]),
+                                  duplicate_window=float(self.options["duplicate_window"]))
+            try:
+                info = await jsm.add_stream(config)
+            except nats.js.errors.APIError as exc:
+                if _is_transient_api_error(exc):
+                    raise _Transient(f"cannot create stream {self.stream!r}: {exc}") from exc
+                raise RelayError(f"streamer {self.name!r}: cannot create JetStream stream {self.stream!r}: {exc}",
+                                 hint="check `subjects` (they may overlap another stream's) and the account limits"
+                                 ) from exc
+        except nats.js.errors.ServiceUnavailableError as exc:
+            raise _Transient(f"JetStream is not available: {exc}") from exc
+        except nats.errors.NoRespondersError as exc:
+            raise RelayError(f"streamer {self.name!r}: the server at {', '.join(self.servers)} has no JetStream",
+                             hint="start nats-server with -js (or enable JetStream for the account)") from exc
+        except nats.errors.TimeoutError as exc:
+            raise _Transient(f"JetStream did not answer: {exc}") from exc
+        except nats.js.errors.APIError as exc:
+            if _is_transient_api_error(exc):
+                raise _Transient(f"JetStream stream info failed: {exc}") from exc
+            raise RelayError(f"streamer {self.name!r}: JetStream refused stream info for {self.stream!r}: {exc}",
+                             hint="check the account's JetStream permissions") from exc
+        window = info.config.duplicate_window
+        return float(window) if window else 120.0
+
+    async def _check_window(self, nc: nats.aio.client.Client, store: Store, cursor: int,
+                            window: float) -> dict[str, int]:
+        """Make sure resending the records above ``cursor`` stores none twice.
+
+        Inside the duplicate window the server drops repeats: nothing to do. Outside it,
+        the server is asked for the last message of each forwarded stream's subject: when
+        it is this file's, every record up to its offset is stored (one publisher sends a
+        subject's messages in order), and the returned {stream: offset} are skipped. When
+        that cannot be known, RelayError names the gap and the fixes.
+        """
+        if self.options["allow_duplicates"]:
+            return {}
+        marks = await asyncio.to_thread(store.sent_marks, self.name)
+        first = marks.earliest_unacked(cursor) if marks else None
+        if first is None:
+            return {}
+        age = (now_us() - first) / 1e6
+        if age < window:
+            return {}
+        nats = _nats()
+        jsm = nc.jsm(timeout=self.ack_timeout)
+        names = await asyncio.to_thread(store.stream_names, self.keys)
+        subjects: dict[str, str] = {}
+        skip: dict[str, int] = {}
+        problem = ""
+        for name in names:
+            subject = self.subject(name)
+            if subjects.setdefault(subject, name) != name:
+                problem = f"streams {subjects[subject]!r} and {name!r} share subject {subject!r}"
+                break
+            try:
+                msg = await jsm.get_last_msg(self.stream, subject)
+            except nats.js.errors.NotFoundError:
+                continue  # nothing of this stream is stored: resending it is safe
+            except (nats.js.errors.APIError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+                raise _Transient(f"cannot read the last message on {subject!r}: {exc}") from exc
+            headers = msg.headers or {}
+            if headers.get(H_ORIGIN) != str(self.file_id) or headers.get(H_STREAM) != name:
+                problem = f"the last message on {subject!r} is not from stream {name!r} of this file"
+                break
+            skip[name] = int(headers[H_OFFSET])
+        if not problem:
+            return skip
+        block = await asyncio.to_thread(store.next_block, self.name, self.keys, cursor)
+        where = ""
+        if block is not None:
+            name = min(block.streams)
+            where = f" (from stream {name!r} offset {block.streams[name][0].offset}, block {block.height})"
+        raise RelayError(
+            f"streamer {self.name!r}: records above block {cursor}{where} may have been published "
+            f"{age:.0f}s ago without an acknowledgement, longer than JetStream stream {self.stream!r}'s "
+            f"duplicate window ({window:g}s), and {problem}: resending them could store them twice",
+            hint=f"raise the stream's duplicate window above {age:.0f}s (nats stream edit {self.stream} "
+                 "--dupe-window=...) and start again, or set allow_duplicates = true to resend anyway",
+            height=cursor + 1,
+        )
+
+    async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
+        nats = _nats()
+        self.file_id = await asyncio.to_thread(store.file_id)
+        window = await self._ensure_stream(nc)
+        cursor = await asyncio.to_thread(store.cursor, self.name, self.KIND)
+        skip = await self._check_window(nc, store, cursor, window)
+        js = nc.jetstream(timeout=self.ack_timeout, publish_async_max_pending=self.max_in_flight)
+        upto = await asyncio.to_thread(store.head) if once else None
+        pending: collections.deque[_Pending] = collections.deque()
+        read = cursor  # the last block published (acked or not)
+        marked = -1  # sent marks cover blocks up to here
+        last_write = time.monotonic()
+        acked = cursor
+
+        async def harvest(wait: bool) -> None:
+            nonlocal acked
+            while pending:
+                head = pending[0]
+                if wait:
+                    left = head.sent_at + self.ack_timeout - time.monotonic()
+                    if head.futures and not all(f.done() for f in head.futures):
+                        await asyncio.wait(head.futures, timeout=max(0.0, left))
+                if not all(f.done() for f in head.futures):
+                    if time.monotonic() - head.sent_at > self.ack_timeout:
+                        raise _Transient(f"no PubAck within {self.ack_timeout:g}s for block {head.height}")
+                    return
+                for record, future in zip(head.records, head.futures):
+                    exc = future.exception()
+                    if exc is not None:
+                        self._publish_failed(record, head.height, exc)
+                pending.popleft()
+                acked = head.height
+
+        async def save(force: bool) -> None:
+            nonlocal cursor, last_write
+            if acked > cursor and (force or time.monotonic() - last_write >= float(self.options["cursor_interval"])):
+                await asyncio.to_thread(store.advance, self.name, acked)
+                cursor = acked
+                last_write = time.monotonic()
+
+        try:
+            while not stop.is_set():
+                block = await asyncio.to_thread(store.next_block, self.name, self.keys, read, upto)
+                if block is None:
+                    await harvest(wait=True)
+                    while pending:
+                        await harvest(wait=True)
+                    await save(force=True)
+                    if once:
+                        return True
+                    head = await asyncio.to_thread(store.head)
+                    await asyncio.to_thread(store.wait_for_commit, max(head, read), 0.2)
+                    continue
+                if block.height > marked:
+                    head = await asyncio.to_thread(store.head)
+                    await asyncio.to_thread(store.mark_sent, self.name, acked, head)
+                    marked = head
+                item = _Pending(block.height, time.monotonic())
+                for name in sorted(block.streams):
+                    subject = self.subject(name)
+                    for record in block.streams[name]:
+                        if record.offset <= skip.get(name, -1):
+                            continue  # the server has it (see _check_window)
+                        headers = record_headers(self.file_id, record)
+                        try:
+                            future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
+                                                            headers=headers)
+                        except nats.js.errors.TooManyStalledMsgsError as exc:
+                            raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
+                                             f"{self.ack_timeout:g}s") from exc
+                        except nats.errors.MaxPayloadError as exc:
+                            self._publish_failed(record, block.height, exc)
+                        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+                                ConnectionError) as exc:
+                            raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+                        item.records.append(record)
+                        item.futures.append(future)
+                pending.append(item)
+                read = block.height
+                await harvest(wait=False)
+                await save(force=False)
+            await harvest(wait=True)
+            await save(force=True)
+            return True
+        finally:
+            for item in pending:
+                for future in item.futures:
+                    future.cancel()
+
+    def _publish_failed(self, record: BlockRecord, height: int, exc: BaseException) -> None:
+        """Classify a failed publish of ``record``: transient (retry) or RelayError naming it."""
+        nats = _nats()
+        if _is_transient_api_error(exc):
+            raise _Transient(f"publish of stream {record.stream!r} offset {record.offset} failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            problem = f"its {len(record.data)}-byte payload (with headers) exceeds the server's max_payload"
+            hint = "raise max_payload on the server, or keep records smaller"
+        elif isinstance(exc, nats.js.errors.NoStreamResponseError):
+            problem = f"no JetStream stream takes subject {self.subject(record.stream)!r}"
+            hint = f"add the subject to stream {self.stream!r}'s subjects, or change `subject`"
+        else:
+            problem = f"{type(exc).__name__}: {exc}"
+            hint = "see the server's error; the record is retried when you start again, never skipped"
+        raise RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
+                         f"{record.offset}: {problem}", hint=hint, height=height) from exc
+
+
+# ---------------------------------------------------------------- reverse
+
+
+class JetStreamSource(_Relay):
+    """Stores a JetStream stream's messages in one local stream (see the module docstring).
+
+    ``keys`` names that one local stream (created if missing). The durable consumer
+    (``durable``, default the streamer name) is created with explicit acks if missing.
+    """
+
+    KIND: ClassVar[str] = "jetstream-source"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        **_CONNECTION_OPTIONS,
+        "filter_subject": Option("str", "", help="only messages on these subjects (wildcards allowed)"),
+        "durable": Option("str", None, help="the durable consumer's name (default: the streamer's name)"),
+        "batch": Option("int", 256, help="messages fetched and stored per transaction"),
+        "ack_wait": Option("number", 30.0, help="seconds before an unacked message is redelivered"),
+    }
+
+    def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        super().__init__(name, keys, options)
+        if len(self.keys) > 1 or any(c in k for k in self.keys for c in "*?["):
+            raise InvalidArgument(f"[streamers.{name}] keys: a jetstream-source writes ONE local stream, "
+                                  f"not {self.keys!r}", hint='e.g. keys = ["commands"]')
+        self.target = self.keys[0] if self.keys else ""
+        self.durable = subject_token(str(self.options["durable"] or name))
+        self.batch = int(self.options["batch"])
+        if self.batch < 1:
+            raise InvalidArgument(f"[streamers.{name}] batch: must be at least 1")
+
+    async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
+        nats = _nats()
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415 - optional dependency
+
+        timeout = float(self.options["connect_timeout"]) + 3
+        js = nc.jetstream(timeout=timeout)
+        jsm = nc.jsm(timeout=timeout)
+        known = await asyncio.to_thread(store.source_position, self.name)
+        position = known[1] if known is not None and known[0] == self.stream else 0
+        # The local position is the truth: everything up to it is stored, nothing above.
+        # The consumer is recreated to deliver from position + 1, so messages arrive in
+        # stream order even after a crash (a redelivery of an old unacked message would
+        # otherwise come after newer ones).
+        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=float(self.options["ack_wait"]),
+                                max_ack_pending=max(1000, self.batch * 4),
+                                filter_subject=self.options["filter_subject"] or None,
+                                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if position else DeliverPolicy.ALL,
+                                opt_start_seq=position + 1 if position else None)
+        try:
+            try:
+                await jsm.delete_consumer(self.stream, self.durable)
+            except nats.js.errors.NotFoundError as exc:
+                if getattr(exc, "err_code", None) == 10059:  # the stream itself is missing
+                    raise
+            await jsm.add_consumer(self.stream, config)
+            sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise RelayError(f"streamer {self.name!r}: JetStream stream {self.stream!r} does not exist",
+                             hint="create it on the server, or fix `stream`") from exc
+        except nats.errors.NoRespondersError as exc:
+            raise RelayError(f"streamer {self.name!r}: the server has no JetStream",
+                             hint="start nats-server with -js") from exc
+        except nats.js.errors.APIError as exc:
+            if _is_transient_api_error(exc):
+                raise _Transient(f"cannot create the consumer: {exc}") from exc
+            raise RelayError(f"streamer {self.name!r}: cannot create durable consumer {self.durable!r} "
+                             f"on {self.stream!r}: {exc}", hint="check filter_subject and the permissions") from exc
+        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            raise _Transient(f"JetStream did not answer: {exc}") from exc
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.batch, timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                if once:
+                    return True
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, ConnectionError) as exc:
+                raise _Transient(f"connection lost: {exc}") from exc
+            except nats.js.errors.APIError as exc:
+                if _is_transient_api_error(exc):
+                    raise _Transient(f"fetch failed: {exc}") from exc
+                raise RelayError(f"streamer {self.name!r}: fetch from {self.stream!r} failed: {exc}") from exc
+            items: list[SourceItem] = []
+            top = 0
+            for msg in msgs:
+                seq = int(msg.metadata.sequence.stream)
+                if seq <= position:  # stored already (its ack was lost or late)
+                    continue
+                key, headers, ctype = _message_headers(msg.headers)
+                try:
+                    value = _value(ctype, msg.data)
+                except (UnicodeDecodeError, ValueError):
+                    value = bytes(msg.data)
+                items.append(SourceItem(value, key, headers, f"{self.stream}:{seq}"))
+                top = max(top, seq)
+            if items:
+                await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top)
+                position = top
+            # Acked only after the commit: a crash before this line redelivers, and the
+            # dedup ids store each message once.
+            for msg in msgs:
+                await msg.ack()
+            await nc.flush()
+        return True
