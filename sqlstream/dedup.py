@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import apsw
-
-from .errors import InvalidValue, convert
+from .engine import PreparedRecord, append_refused, runner
+from .errors import InvalidValue
 from .retention import Query
 from .validation import duration_us
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
 
 DEFAULT_SECONDS = 86400.0  # a day: retries after an outage of hours are still recognised
 DEFAULT_RECORDS = 100_000  # bounds the table: at most this many entries per stream stay useful
@@ -172,35 +171,24 @@ def append_deduplicated(
     Returns one offset per row: the new record's, or the original's for a duplicate.
     Atomic: one write transaction (or a savepoint of the caller's).
     """
-    with db.transaction():
-        conn = db._wconn
-        assert conn is not None
-
-        def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
-            return conn.execute(sql, params).fetchall()
-
-        try:
-            found = q(STREAM_SQL, (name,))
-            if not found or (found[0][4] is not None and found[0][4] != secret):
-                db._append_refused(conn, name, secret, expect_offset)
-            stream_id, next_offset, seconds, records, _ = found[0]
-            now = int(round(db._clock() * 1_000_000))
-            known = lookup(q, stream_id, next_offset, seconds, records, ids, now)
-        except apsw.Error as exc:
-            raise convert(exc) from exc
+    with db.engine.write() as conn:
+        q = runner(conn)
+        found = q(STREAM_SQL, (name,))
+        if not found or (found[0][4] is not None and found[0][4] != secret):
+            append_refused(q, name, secret, expect_offset)
+        stream_id, next_offset, seconds, records, _ = found[0]
+        now = db.engine.now_us()
+        known = lookup(q, stream_id, next_offset, seconds, records, ids, now)
         offsets, new, same_as = resolve(ids, known)
         stored: Sequence[int] = ()
         if new:
-            stored = db._append_rows(name, secret, [rows[i] for i in new], expect_offset)
-            try:
-                entries = []
-                for i, offset in zip(new, stored):
-                    dedup_id = ids[i]
-                    if dedup_id is not None:
-                        entries.append((dedup_id, offset))
-                remember(q, stream_id, entries, now)
-                if crosses_prune_point(stored[0], stored[-1] + 1):
-                    prune(q, stream_id, stored[-1] + 1, seconds, records, now)
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+            stored = db.engine.append_rows(name, secret, [rows[i] for i in new], expect_offset)
+            entries = []
+            for i, offset in zip(new, stored):
+                dedup_id = ids[i]
+                if dedup_id is not None:
+                    entries.append((dedup_id, offset))
+            remember(q, stream_id, entries, now)
+            if crosses_prune_point(stored[0], stored[-1] + 1):
+                prune(q, stream_id, stored[-1] + 1, seconds, records, now)
         return finish(offsets, new, same_as, stored)

@@ -39,7 +39,8 @@ from .records import check_name
 from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
+    from .engine import PreparedRecord
 
 log = logging.getLogger("sqlstream.producer")
 
@@ -352,7 +353,7 @@ class Producer:
         ids = [i.record.dedup_id for i in items]
         if any(i is not None for i in ids):
             return append_deduplicated(self.db, stream, None, rows, None, ids)
-        return self.db._append_rows(stream, None, rows, None)
+        return self.db.engine.append_rows(stream, None, rows, None)
 
     def _succeeded(self, stream: str, items: list[_Item], offsets: Sequence[int]) -> None:
         for item, offset in zip(items, offsets):

@@ -78,7 +78,7 @@ class Reader:
     def position(self) -> int:
         """The next offset ``read`` returns (records below the stream's first retained
         offset were trimmed; reading skips to it)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             return int(self._state(conn)[0])
 
     def read(self, max_records: int = 100, timeout: float | None = 0) -> list[Record]:
@@ -100,7 +100,7 @@ class Reader:
         def check() -> list[Record] | None:
             if not db.in_transaction():
                 # Read-only look first, so idle readers woken by commits stay off the write lock.
-                with db._snapshot() as conn:
+                with db.engine.snapshot() as conn:
                     position, _, first, nxt, sealed = self._state(conn)
                 if max(position, first) >= nxt:
                     return [] if sealed else None
@@ -108,12 +108,12 @@ class Reader:
 
         got = check()  # one look before waiting: starting to wait costs more than a read
         if got is None and timeout != 0:
-            got = db._wait(check, timeout)
+            got = db.engine.wait_until(check, timeout)
         return got or []
 
     def _take(self, max_records: int) -> list[Record] | None:
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             position, stream_id, first, nxt, sealed = self._state(conn)
             start = max(position, first)
             records, damaged = read_records(conn, self.stream, _RANGE_SQL, (stream_id, start, max_records))
@@ -138,7 +138,7 @@ class Reader:
         offset, else ``OffsetOutOfRange``.
         """
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             _, _, first, nxt, _ = self._state(conn)
             target = _resolve(offset, first, nxt, self.stream)
             conn.execute(
@@ -148,7 +148,7 @@ class Reader:
 
     def info(self) -> ReaderInfo:
         """The reader's position and lag, as one snapshot."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             infos = _infos(conn, self._id)
         if not infos:
             raise self._missing()
@@ -193,7 +193,7 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
     check_name(name, "reader")
     if stream is not None:
         check_name(stream)
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         rows = _q(conn,
             "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
             (name,),
@@ -225,13 +225,13 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
 
 
 def list_readers(db: Database) -> list[ReaderInfo]:
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         return _infos(conn, None)
 
 
 def delete_reader(db: Database, name: str, *, reader_id: int | None = None) -> None:
     check_name(name, "reader")
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         gone = _q(conn,
             "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
         )

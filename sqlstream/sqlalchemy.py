@@ -53,18 +53,13 @@ from sqlalchemy.engine import URL, Connection, Engine
 from . import _dbapi
 from . import dedup as _dedup
 from . import retention as _retention
-from .database import (
-    _APPEND_SQL,
-    _ROWS_PER_INSERT,
-    _TXN_SQL,
-    DEFAULT_MAX_RECORD_BYTES,
-    PreparedRecord,
-    _insert_sql,
-    _query,
-    _us,
-    append_refused,
-    now_us,
-)
+from .engine import APPEND_SQL as _APPEND_SQL
+from .engine import DEFAULT_MAX_RECORD_BYTES, PreparedRecord, append_refused
+from .engine import ROWS_PER_INSERT as _ROWS_PER_INSERT
+from .engine import TXN_SQL as _TXN_SQL
+from .engine import insert_sql as _insert_sql
+from .engine import runner as _query
+from .engine import us as _us
 from .errors import InvalidArgument, PayloadTooLarge, convert
 from .records import check_name, encode_headers, encode_key, encode_value
 from .wakeup import notifier_for
@@ -427,7 +422,7 @@ def _write(
     try:
         dbapi.begin_if_needed()  # as the driver does before a write: BEGIN IMMEDIATE
         txn = _txn_number(dbapi, q)
-        now = now_us()
+        now = _us(time.time())
         offsets: list[int | None] = [None] * len(rows)
         same_as: list[int | None] = [None] * len(rows)
         new = list(range(len(rows)))
@@ -468,7 +463,7 @@ def _append_rows(
     """database.py's append, statement for statement, on the caller's connection."""
     count = len(rows)
     total = sum(r[4] for r in rows)
-    got = q(_APPEND_SQL, (count, total, now_us(), name, secret, expect_offset))
+    got = q(_APPEND_SQL, (count, total, _us(time.time()), name, secret, expect_offset))
     if not got:
         append_refused(q, name, secret, expect_offset)
     stream_id, next_offset, byte_length, ts, trim = got[0]

@@ -8,8 +8,8 @@ count and its *deadline*. All state changes run inside one write transaction
 same record at once, and every change commits together with whatever else the caller's
 ``db.transaction()`` holds (consume-transform-produce is exactly-once in one file).
 
-Deadlines are wall-clock microseconds read from ``Database._clock()`` (``time.time`` by
-default). Tests replace ``db._clock`` on one Database instance to expire acks without
+Deadlines are wall-clock microseconds read from ``db.engine.clock()`` (``time.time`` by
+default). Tests replace ``db.engine.clock`` on one Database instance to expire acks without
 sleeping; every process sharing a file must otherwise use the real clock.
 
 Every blocking call takes ``timeout`` in seconds: ``0`` never blocks, a positive number
@@ -53,7 +53,8 @@ from .validation import (
 _log = logging.getLogger("sqlstream")
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
+    from .engine import PreparedRecord
 
 # Headers a dead-lettered record carries beside its own.
 DEAD_LETTER_HEADERS = (
@@ -307,35 +308,35 @@ class Subscription:
             if deadline is None:
                 return None
             # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
-            return time.monotonic() + max(0.001, deadline / 1e6 - db._clock())
+            return time.monotonic() + max(0.001, deadline / 1e6 - db.engine.clock())
 
         timeout = check_timeout(timeout)
         # First a claim straight away (most fetches find records), then wait: starting to
         # wait (the watcher thread) costs more than a claim.
         got = check(probe=False)
         if got is None and timeout != 0:
-            got = db._wait(check, timeout, wake_at=wake_at)
+            got = db.engine.wait_until(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
     def _probe(self) -> tuple[bool, int | None]:
         """(whether a claim could return something now, the earliest pending deadline)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         frontier, first, nxt, max_unacked, pending, earliest = rows[0]
-        if earliest is not None and earliest <= _us(self.db._clock()):
+        if earliest is not None and earliest <= _us(self.db.engine.clock()):
             return True, earliest
         return (max(frontier, first) < nxt and pending < max_unacked), earliest
 
     def _claim(self, consumer: str, max_records: int) -> Batch:
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
             stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
-            now = _us(db._clock())
+            now = _us(db.engine.clock())
             if max_deliveries is not None:
                 exhausted = _q(conn,
                     "SELECT offset, attempts, last_error FROM deliveries "
@@ -446,7 +447,7 @@ class Subscription:
             if not exists:
                 db.create_stream(dead_letter)
             try:
-                db._append_rows(dead_letter, None, prepared, None)
+                db.engine.append_rows(dead_letter, None, prepared, None)
             except (StreamSealed, AccessDenied) as exc:
                 raise type(exc)(
                     f"subscription {self.name!r} cannot dead-letter offsets {offsets} to stream "
@@ -475,7 +476,7 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
@@ -485,7 +486,6 @@ class Subscription:
             }
             if done:
                 conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
-                db._tx_dirty = True
         return _result(wanted, done)
 
     def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
@@ -504,7 +504,7 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
@@ -514,7 +514,7 @@ class Subscription:
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
                     f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
-                    (_us(db._clock() + delay), error, self._id, param),
+                    (_us(db.engine.clock() + delay), error, self._id, param),
                 )
             }
             dead: list[int] = []
@@ -527,8 +527,6 @@ class Subscription:
                 if exhausted:
                     self._dead_letter(conn, stream_id, dead_letter, exhausted)
                     dead = [e[0] for e in exhausted]
-            if done:
-                db._tx_dirty = True
         result = _result(wanted, done)
         return result._replace(dead_lettered=tuple(dead))
 
@@ -543,17 +541,15 @@ class Subscription:
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
                     f"AND {_IN_OFFSETS} RETURNING offset",
-                    (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
+                    (_us(db.engine.clock() + seconds), self._id, json.dumps(wanted)),
                 )
             }
-            if done:
-                db._tx_dirty = True  # waiting fetches recompute their wake-up time
         return _result(wanted, done)
 
     def _check_exists(self, conn: apsw.Connection) -> None:
@@ -568,8 +564,8 @@ class Subscription:
             check_name(consumer, "consumer")
         if limit is not None:
             check_count(limit, "limit")
-        now = self.db._clock()
-        with self.db._snapshot() as conn:
+        now = self.db.engine.clock()
+        with self.db.engine.snapshot() as conn:
             self._check_exists(conn)
             rows = _q(conn,
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
@@ -583,8 +579,8 @@ class Subscription:
 
     def info(self) -> SubscriptionInfo:
         """A consistent snapshot of settings, lag, pending counts and per-consumer counts."""
-        with self.db._snapshot() as conn:
-            infos = _infos(conn, self.db._clock(), self._id)
+        with self.db.engine.snapshot() as conn:
+            infos = _infos(conn, self.db.engine.clock(), self._id)
         if not infos:
             raise self._missing()
         return infos[0]
@@ -660,7 +656,7 @@ def create_subscription(
             hint="pass both (records delivered max_deliveries times move to the dead_letter stream) or neither",
         )
     start = check_start(start)
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         found = _q(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
         )
@@ -718,7 +714,7 @@ def create_subscription(
 
 def get_subscription(db: Database, name: str) -> Subscription:
     check_name(name, "subscription")
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         rows = _q(conn,
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
             (name,),
@@ -729,13 +725,13 @@ def get_subscription(db: Database, name: str) -> Subscription:
 
 
 def list_subscriptions(db: Database) -> list[SubscriptionInfo]:
-    with db._snapshot() as conn:
-        return _infos(conn, db._clock(), None)
+    with db.engine.snapshot() as conn:
+        return _infos(conn, db.engine.clock(), None)
 
 
 def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
     check_name(name, "subscription")
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         rows = _q(conn, "SELECT id FROM subscriptions WHERE name = ?", (name,))
         if not rows:
             raise SubscriptionNotFound(f"no subscription named {name!r}")
@@ -750,5 +746,4 @@ def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
             )
         conn.execute("DELETE FROM deliveries WHERE subscription_id = ?", (sub_id,))
         conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
-        db._tx_dirty = True  # fetches blocked on it wake and meet SubscriptionNotFound
     return int(pending)

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import sqlstream
-from sqlstream import database, errors
+from sqlstream import errors
 
 NAMES = ("a", "b")
 EPOCH = 1500.0  # seconds the clock jumps per advance; > MAX_AGE (1000) + its margin (60)
@@ -169,10 +169,8 @@ class RetentionMachine(RuleBasedStateMachine):
         self.start = time.time()
         self.epoch = 0
         clock = self.clock = lambda: self.start + self.epoch * EPOCH
-        self.db._clock = clock  # type: ignore[method-assign]
-        # Record timestamps come from database.now_us(): they follow the same fake clock.
-        self.real_now_us = database.now_us
-        database.now_us = lambda: int(clock() * 1_000_000)
+        self.db.engine.clock = clock
+        # Record timestamps come from the engine's clock too (Engine.now_us): they follow it.
         self.models: dict[str, Model] = {}
         self.saved: tuple[dict[str, Model], int] | None = None  # state at begin()
         self.block: Any = None
@@ -182,7 +180,6 @@ class RetentionMachine(RuleBasedStateMachine):
             if self.block is not None:
                 self.block.__exit__(RuntimeError, RuntimeError("teardown"), None)
         finally:
-            database.now_us = self.real_now_us
             self.db.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -175,8 +175,7 @@ class _Importer:
             return
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         stream = self.target
-        with self.db.transaction():
-            conn = self.db._write_conn()
+        with self.db.engine.write() as conn:
             state = _sql(conn, _STATE_SQL, (stream,))
             if not state:
                 if not self.create:
@@ -230,7 +229,7 @@ class _Importer:
                              ctype, data))
                 nxt, length = offset + 1, length + nbytes
             if rows:
-                txn = self.db._txn_number(conn)
+                txn = self.db.engine.txn_number(conn)
                 try:
                     conn.executemany(
                         "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
@@ -242,7 +241,6 @@ class _Importer:
                 _sql(conn, "UPDATE streams SET next_offset = ?, byte_length = ?, "
                            "last_append_at = max(coalesce(last_append_at, 0), ?) WHERE id = ?",
                      (nxt, length, last_ts, sid))
-                self.db._tx_dirty = True
                 self.result.imported += len(rows)
                 self.result.streams[stream] = self.result.streams.get(stream, 0) + len(rows)
 
@@ -377,7 +375,7 @@ def import_archives(
 
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         rows = _sql(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
     return {name for name, secret in rows if secrets.get(name) != secret}
 

@@ -31,11 +31,13 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apsw
 
+from ..engine import us
 from ..errors import InvalidArgument, ObjectNotFound, ObjectPathConflict, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
 
@@ -48,9 +50,7 @@ _BATCH_BYTES = 8 << 20  # bytes per transaction while uploading an iterable
 
 
 def _now_us() -> int:
-    from ..database import now_us
-
-    return now_us()
+    return us(time.time())
 
 
 def _rows(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -134,7 +134,7 @@ class SqliteDriver(StorageDriver):
     # ----------------------------------------------------------------- helpers
 
     def _conn(self) -> apsw.Connection:
-        return self.db._write_conn()
+        return self.db.engine.write_conn()
 
     def _object(self, conn: apsw.Connection, path: str) -> tuple[int, int] | None:
         rows = _rows(conn, "SELECT id, size FROM storage_objects WHERE path = ?", (path,))
@@ -157,7 +157,6 @@ class SqliteDriver(StorageDriver):
                 continue
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (sid,))
             conn.execute("DELETE FROM streams WHERE id = ?", (sid,))
-        self.db._tx_dirty = True  # readers blocked on a deleted stream wake up
 
     def _check_tree(self, conn: apsw.Connection, path: str) -> None:
         """Refuse ``path`` if an ancestor is an object or objects exist under it (as on a filesystem).
@@ -208,7 +207,7 @@ class SqliteDriver(StorageDriver):
         stream: Stream = self.db.create_stream(
             SEGMENT_PREFIX + secrets.token_hex(16), secret=True, metadata=SEGMENT_METADATA
         )
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             sid: int = _rows(conn, "SELECT id FROM streams WHERE name = ?", (stream.name,))[0][0]
         return stream, sid
 
@@ -219,7 +218,7 @@ class SqliteDriver(StorageDriver):
         start = prefix + "/" if prefix else ""
         # '0' is the character after '/': [start, end) holds exactly the paths under prefix.
         end = prefix + "0" if prefix else None
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             if end is None:
                 rows = _rows(conn, "SELECT path, created_at FROM storage_objects ORDER BY path")
             else:
@@ -242,7 +241,7 @@ class SqliteDriver(StorageDriver):
 
     def get_object_size(self, path: str) -> int | None:
         path = check_path(path)
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             found = self._object(conn, path)
         return None if found is None else found[1]
 
@@ -266,7 +265,7 @@ class SqliteDriver(StorageDriver):
                 except apsw.Error as exc:
                     raise convert(exc) from exc
             return
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             self._check_tree(conn, path)  # fail before consuming the iterable; checked again when linking
         segment = None
         try:
@@ -306,7 +305,7 @@ class SqliteDriver(StorageDriver):
 
     def get_object(self, path: str) -> bytes | None:
         path = check_path(path)
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             found = self._object(conn, path)
             if found is None:
                 return None
@@ -322,7 +321,7 @@ class SqliteDriver(StorageDriver):
         # A connection of its own, holding one read transaction until the iterator is
         # done: the object is read as it was at this call even if it is replaced or
         # deleted meanwhile (WAL keeps the old pages for an open reader).
-        conn = self.db._connect(readonly=self.db.readonly)
+        conn = self.db.engine.connect(readonly=self.db.readonly)
         try:
             conn.execute("PRAGMA query_only = 1").fetchall()
             conn.execute("BEGIN")
@@ -433,7 +432,7 @@ class SqliteDriver(StorageDriver):
 
     def stats(self) -> dict[str, int]:
         """Counts for inspection: objects, segments, segment streams, stored bytes."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             objects, size = _rows(conn, "SELECT count(*), coalesce(sum(size), 0) FROM storage_objects")[0]
             segments = _rows(conn, "SELECT count(*) FROM storage_segments")[0][0]
             streams = _rows(
