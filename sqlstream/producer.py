@@ -36,6 +36,7 @@ from .errors import (
 )
 from .dedup import append_deduplicated, check_dedup_id
 from .records import check_name
+from .streams import prepare_record
 from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
@@ -165,12 +166,10 @@ class Producer:
         ``DatabaseClosed`` after ``close``. Errors found when the batch is written
         (``StreamNotFound``, ``StreamSealed``, ...) fail the future instead.
         """
-        from .streams import _prepare
-
         check_name(stream)
         if dedup_id is not None:
             check_dedup_id(dedup_id)
-        prepared = _prepare(value, key, headers)
+        prepared = prepare_record(value, key, headers)
         size = prepared[4]
         limit = min(self.max_bytes, self.db.max_record_bytes)
         if size > limit:

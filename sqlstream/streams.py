@@ -117,7 +117,7 @@ class Stream:
         Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied`` (secret stream),
         ``InvalidValue``, ``PayloadTooLarge``; on any error nothing is stored.
         """
-        prepared = _prepare(value, key, headers)
+        prepared = prepare_record(value, key, headers)
         if dedup_id is None:
             return self.db.engine.append_rows(self.name, self._secret, (prepared,), expect_offset).start
         ids = [_dedup.check_dedup_id(dedup_id)]
@@ -406,7 +406,8 @@ class Stream:
                 return
 
 
-def _prepare(value: Any, key: Any, headers: Any) -> PreparedRecord:
+def prepare_record(value: Any, key: Any, headers: Any) -> PreparedRecord:
+    """A value, key and headers encoded as the append path stores them (raises ``InvalidValue``)."""
     ctype, data, nbytes = encode_value(value)
     return (encode_key(key), encode_headers(headers), ctype, data, nbytes)
 

@@ -29,8 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-import apsw
-
+from ..connection import fetch
 from ..errors import (
     AccessDenied,
     ArchiveError,
@@ -41,11 +40,10 @@ from ..errors import (
     StreamSealed,
     InvalidArgument,
     TruncatedRecord,
-    convert,
 )
 from ..records import check_name
 from ..storage import StorageDriver, download_file, get_driver
-from .export import DEFAULT_BATCH, _sql, parse_timestamp
+from .export import DEFAULT_BATCH, parse_timestamp
 from .format import ArchiveReader
 from .rolling import matching_files
 
@@ -176,13 +174,13 @@ class _Importer:
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         stream = self.target
         with self.db.engine.write() as conn:
-            state = _sql(conn, _STATE_SQL, (stream,))
+            state = fetch(conn, _STATE_SQL, (stream,))
             if not state:
                 if not self.create:
                     raise StreamNotFound(f"no stream named {stream!r} to import into",
                                          hint="create it first, or import with create=True")
                 self.db.create_stream(stream)
-                state = _sql(conn, _STATE_SQL, (stream,))
+                state = fetch(conn, _STATE_SQL, (stream,))
             sid, first, nxt, length, sealed, last_ts, write_secret = state[0]
             # Checked here, inside the write transaction, as well as up front: a secret
             # stream created by another process during the import is still protected.
@@ -199,7 +197,7 @@ class _Importer:
                         # An empty stream adopts the archive's numbering, as if trimmed to there.
                         first = nxt = offset
                         length = position
-                        _sql(conn, "UPDATE streams SET first_offset = ?, next_offset = ?, first_position = ?, "
+                        fetch(conn, "UPDATE streams SET first_offset = ?, next_offset = ?, first_position = ?, "
                                    "byte_length = ? WHERE id = ?", (offset, offset, position, position, sid))
                     else:
                         raise ArchiveError(
@@ -220,7 +218,7 @@ class _Importer:
                     raise PayloadTooLarge(f"{where}: record of {nbytes:,} bytes exceeds max_record_bytes")
                 if position > _INT64_MAX - nbytes or offset >= _INT64_MAX:
                     raise CorruptArchive(f"{where}: offset {offset} / position {position} is out of range")
-                if ctype == "json" and not _sql(conn, "SELECT json_valid(?)", (data,))[0][0]:
+                if ctype == "json" and not fetch(conn, "SELECT json_valid(?)", (data,))[0][0]:
                     # SQLite's own test, the one check() applies: Python's json module
                     # accepts NaN and Infinity, which SQLite does not.
                     raise CorruptArchive(f"{where}: a json record's payload is not valid JSON")
@@ -230,15 +228,12 @@ class _Importer:
                 nxt, length = offset + 1, length + nbytes
             if rows:
                 txn = self.db.engine.txn_number(conn)
-                try:
-                    conn.executemany(
-                        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
-                        "content_type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(r[0], r[1], r[2], r[3], txn, r[4], r[5], r[6], r[7]) for r in rows],
-                    )
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
-                _sql(conn, "UPDATE streams SET next_offset = ?, byte_length = ?, "
+                conn.executemany(
+                    "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
+                    "content_type, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r[0], r[1], r[2], r[3], txn, r[4], r[5], r[6], r[7]) for r in rows],
+                )
+                fetch(conn, "UPDATE streams SET next_offset = ?, byte_length = ?, "
                            "last_append_at = max(coalesce(last_append_at, 0), ?) WHERE id = ?",
                      (nxt, length, last_ts, sid))
                 self.result.imported += len(rows)
@@ -376,7 +371,7 @@ def import_archives(
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
     with db.engine.snapshot() as conn:
-        rows = _sql(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
+        rows = fetch(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
     return {name for name, secret in rows if secrets.get(name) != secret}
 
 
