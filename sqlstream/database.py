@@ -146,12 +146,10 @@ class Database:
             raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         if wakeup not in WAKEUP_MODES:
             raise InvalidArgument(f"wakeup must be one of {', '.join(WAKEUP_MODES)}, not {wakeup!r}")
-        if not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
-            raise InvalidArgument(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
-        if poll_interval is not None and not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
-            raise InvalidArgument(f"poll_interval must be a positive number of seconds, not {poll_interval!r}")
-        if not (isinstance(max_record_bytes, int) and 0 < max_record_bytes <= 1_000_000_000):
-            raise InvalidArgument("max_record_bytes must be an int between 1 and 1,000,000,000")
+        # Finite and bounded: the lock waits take it as a timeout (inf overflowed there).
+        busy_timeout = _validation.check_seconds(busy_timeout, "busy_timeout", positive=False)
+        _validation.check_optional_seconds(poll_interval, "poll_interval")
+        _validation.check_count(max_record_bytes, "max_record_bytes", maximum=1_000_000_000)
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
         self.path = os.path.abspath(path)
@@ -253,7 +251,8 @@ class Database:
         _validation.check_limit(max_count, "max_count")
         _validation.check_optional_seconds(max_age, "max_age")
         _validation.check_limit(max_bytes, "max_bytes")
-        _check_retention_extras(keep_unacked, dedup_seconds, dedup_records)
+        _validation.check_flag(keep_unacked, "keep_unacked")
+        _validation.check_dedup_window(dedup_seconds, dedup_records)
         _validation.check_flag(secret, "secret")
         _validation.check_flag(exist_ok, "exist_ok")
         meta = _validation.encode_metadata(metadata)
@@ -388,10 +387,10 @@ class Database:
                 else:
                     _validation.check_limit(value, what)
                 changes[what] = value
-        _check_retention_extras(
-            False if keep_unacked is _KEEP else keep_unacked,
-            1 if dedup_seconds is _KEEP else dedup_seconds,
-            1 if dedup_records is _KEEP else dedup_records,
+        if keep_unacked is not _KEEP:
+            _validation.check_flag(keep_unacked, "keep_unacked")
+        _validation.check_dedup_window(
+            1 if dedup_seconds is _KEEP else dedup_seconds, 1 if dedup_records is _KEEP else dedup_records
         )
         if keep_unacked is not _KEEP:
             changes["keep_unacked"] = int(keep_unacked)
@@ -744,15 +743,6 @@ def _fsync_dir(directory: str) -> None:
 
 def _reopen(path: str, options: dict[str, Any]) -> Database:
     return Database(path, **options)
-
-
-def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_records: object) -> None:
-    if not isinstance(keep_unacked, bool):
-        raise InvalidArgument(f"keep_unacked must be True or False, not {keep_unacked!r}")
-    if dedup_seconds is None or dedup_records is None:
-        raise InvalidArgument("dedup_seconds and dedup_records must be positive numbers (the window cannot be unbounded)")
-    _validation.check_seconds(dedup_seconds, "dedup_seconds", positive=True)
-    _validation.check_limit(dedup_records, "dedup_records")
 
 
 def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: int = 0) -> StreamInfo:

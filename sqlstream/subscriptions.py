@@ -39,15 +39,14 @@ from .errors import (
 )
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
-    MAX_OFFSET,
     MAX_SECONDS,
     check_count,
     check_flag,
+    check_offsets,
     check_seconds,
     check_start,
     check_timeout,
     clean_text,
-    show,
 )
 
 _log = logging.getLogger("sqlstream")
@@ -207,18 +206,6 @@ class SubscriptionInfo:
     dead_lettered: int
     acked_frontier: int
     consumers: dict[str, int] = field(default_factory=dict)
-
-
-def _check_offsets(offsets: Sequence[object]) -> list[int]:
-    seen: dict[int, None] = {}
-    for offset in offsets:
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
-            raise InvalidArgument(
-                f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
-                hint="pass record offsets: sub.ack(*batch.offsets)",
-            )
-        seen[offset] = None
-    return list(seen)
 
 
 class Subscription:
@@ -472,7 +459,7 @@ class Subscription:
         Wakes fetches waiting for room under ``max_unacked``.
         Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset).
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         if not wanted:
             return AckResult((), ())
         db = self.db
@@ -498,7 +485,7 @@ class Subscription:
         Atomic; wakes waiting fetches. Raises ``SubscriptionNotFound``, ``InvalidArgument``,
         and ``StreamSealed``/``AccessDenied`` if the dead-letter stream cannot take appends.
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         delay = check_seconds(delay, "delay", positive=False)
         error = clean_text(error, "error")
         if not wanted:
@@ -536,7 +523,7 @@ class Subscription:
         Applies to pending records that a consumer holds (not to nacked ones); others are
         ignored and reported. Atomic. Raises ``SubscriptionNotFound``, ``InvalidArgument``.
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         seconds = check_seconds(seconds, "seconds", positive=True)
         if not wanted:
             return AckResult((), ())

@@ -260,10 +260,7 @@ class SqliteDriver(StorageDriver):
                     stream.extend(pieces)
                     stream.seal()
                     stream_ids.append(sid)
-                try:
-                    self._link(self._conn(), path, sum(map(len, pieces)), stream_ids)
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
+                self._link(self._conn(), path, sum(map(len, pieces)), stream_ids)
             return
         with self.db.engine.snapshot() as conn:
             self._check_tree(conn, path)  # fail before consuming the iterable; checked again when linking
@@ -286,10 +283,7 @@ class SqliteDriver(StorageDriver):
                     segment[0].extend(batch)
                     segment[0].seal()
                 size += batch_bytes
-                try:
-                    self._link(self._conn(), path, size, [segment[1]] if segment is not None else [])
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
+                self._link(self._conn(), path, size, [segment[1]] if segment is not None else [])
         except BaseException:
             if segment is not None:
                 self._discard_segment(segment[1])
@@ -339,61 +333,49 @@ class SqliteDriver(StorageDriver):
 
     def delete_object(self, path: str) -> None:
         path = check_path(path)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                found = self._object(conn, path)
-                if found is not None:
-                    self._drop_object(conn, found[0])
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            found = self._object(conn, path)
+            if found is not None:
+                self._drop_object(conn, found[0])
 
     def move_object(self, src_path: str, dst_path: str, uuid: str | None = None) -> None:
         src, dst = check_path(src_path), check_path(dst_path)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                found = self._object(conn, src)
-                if found is None:
-                    raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
-                if src == dst:
-                    return
-                self._check_tree(conn, dst)
-                old = self._object(conn, dst)
-                if old is not None:
-                    self._drop_object_keeping(conn, old[0], self._segments(conn, found[0]))
-                conn.execute("UPDATE storage_objects SET path = ? WHERE id = ?", (dst, found[0]))
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            found = self._object(conn, src)
+            if found is None:
+                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
+            if src == dst:
+                return
+            self._check_tree(conn, dst)
+            old = self._object(conn, dst)
+            if old is not None:
+                self._drop_object_keeping(conn, old[0], self._segments(conn, found[0]))
+            conn.execute("UPDATE storage_objects SET path = ? WHERE id = ?", (dst, found[0]))
         log.debug("sqlite move_object %s -> %s (upload %s)", src, self.describe(dst), uuid)
 
     def cat_objects(self, path: str, chunks: Sequence[Chunk], uuid: str | None = None) -> None:
         path = check_path(path)
         specs = [chunk_spec(c) for c in chunks]
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                sources: list[int] = []
-                stream_ids: list[int] = []
-                size = 0
-                for src, want_size, md5 in specs:
-                    found = self._object(conn, src)
-                    if found is None:
-                        raise ObjectNotFound(f"cat_objects: no object {src!r}")
-                    object_id, got = found
-                    if want_size is not None and got != want_size:
-                        raise StorageError(f"cat_objects: {src!r} has {got} bytes, not the expected {want_size}")
-                    if md5 is not None and self._md5(conn, object_id) != md5:
-                        raise StorageError(f"cat_objects: {src!r} does not match its md5 {md5}")
-                    sources.append(object_id)
-                    stream_ids.extend(self._segments(conn, object_id))
-                    size += got
-                # Re-link: the sources' segment streams become the new object's, in order.
-                for object_id in set(sources):
-                    conn.execute("DELETE FROM storage_objects WHERE id = ?", (object_id,))
-                self._link(conn, path, size, stream_ids)
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            sources: list[int] = []
+            stream_ids: list[int] = []
+            size = 0
+            for src, want_size, md5 in specs:
+                found = self._object(conn, src)
+                if found is None:
+                    raise ObjectNotFound(f"cat_objects: no object {src!r}")
+                object_id, got = found
+                if want_size is not None and got != want_size:
+                    raise StorageError(f"cat_objects: {src!r} has {got} bytes, not the expected {want_size}")
+                if md5 is not None and self._md5(conn, object_id) != md5:
+                    raise StorageError(f"cat_objects: {src!r} does not match its md5 {md5}")
+                sources.append(object_id)
+                stream_ids.extend(self._segments(conn, object_id))
+                size += got
+            # Re-link: the sources' segment streams become the new object's, in order.
+            for object_id in set(sources):
+                conn.execute("DELETE FROM storage_objects WHERE id = ?", (object_id,))
+            self._link(conn, path, size, stream_ids)
         log.debug("sqlite cat_objects %s from %d chunks (upload %s)", self.describe(path), len(specs), uuid)
 
     def _md5(self, conn: apsw.Connection, object_id: int) -> str:
@@ -415,19 +397,15 @@ class SqliteDriver(StorageDriver):
         ones are kept: they may be uploads in progress. Returns how many were deleted.
         """
         cutoff = _now_us() - int(older_than * 1_000_000)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                rows = _rows(
-                    conn,
-                    "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
-                    "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
-                    "AND NOT EXISTS (SELECT 1 FROM storage_segments WHERE stream_id = streams.id)",
-                    (SEGMENT_PREFIX, SEGMENT_PREFIX[:-1] + "0", cutoff),
-                )
-                self._drop_unreferenced(conn, [r[0] for r in rows])
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            rows = _rows(
+                conn,
+                "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
+                "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
+                "AND NOT EXISTS (SELECT 1 FROM storage_segments WHERE stream_id = streams.id)",
+                (SEGMENT_PREFIX, SEGMENT_PREFIX[:-1] + "0", cutoff),
+            )
+            self._drop_unreferenced(conn, [r[0] for r in rows])
         return len(rows)
 
     def stats(self) -> dict[str, int]:
