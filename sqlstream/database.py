@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
@@ -25,8 +25,6 @@ from . import readers as _readers
 from . import retention as _retention
 from . import subscriptions as _subscriptions
 from . import validation as _validation
-from .archive.export import ExportResult
-from .archive.export import export as export_archive
 from .consumer import Consumer, Handler
 from .engine import DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_RECORD_BYTES, Engine, WriteScope, runner
 from .errors import (
@@ -51,6 +49,9 @@ from .retention import TrimResult
 from .streams import Stream
 from .subscriptions import Subscription, SubscriptionInfo
 from .wakeup import WAKEUP_MODES
+
+if TYPE_CHECKING:
+    from .archive.export import ExportResult
 
 
 _STREAM_COLUMNS = (
@@ -599,7 +600,11 @@ class Database:
         ``name``, ``template``, ``roll_size_mb``, ``roll_minutes``, ``compress``,
         ``storage``, ``follow``...); returns its :class:`~sqlstream.export.ExportResult`.
         """
-        return export_archive(self, streams, directory, **options)
+        # Imported here, not at the top: ``import sqlstream`` (every worker process's
+        # start-up) should not pay for loading the archive wing and the storage drivers.
+        from .archive.export import export
+
+        return export(self, streams, directory, **options)
 
     # ================================================================= subscriptions, readers,
     # producer, consumer. Thin delegations: the logic lives in subscriptions.py,
