@@ -116,7 +116,7 @@ class Consumer:
         """
         timeout = check_timeout(timeout)
         self._stop.set()
-        self.db._notifier.bump()  # wake workers blocked in fetch so they see the request
+        self.db.engine.notifier.bump()  # wake workers blocked in fetch so they see the request
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current:
@@ -144,7 +144,7 @@ class Consumer:
             self._loop()
         except BaseException:
             self._stop.set()
-            self.db._notifier.bump()
+            self.db.engine.notifier.bump()
             for thread in extra:
                 thread.join()
             self._threads = extra
@@ -172,7 +172,7 @@ class Consumer:
                 if self._error is None:
                     self._error = exc
             self._stop.set()
-            self.db._notifier.bump()
+            self.db.engine.notifier.bump()
 
     def _loop(self) -> None:
         sub = self.subscription

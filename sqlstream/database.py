@@ -1,10 +1,10 @@
-"""The Database: one SQLite file, its connections, transactions and streams.
+"""The Database: the public façade over one SQLite file's engine.
 
-Connections: one write connection per Database, guarded by a re-entrant lock, every
-write transaction ``BEGIN IMMEDIATE`` so writers queue on SQLite's lock (never the
-"database is locked" failure of a deferred transaction upgrading); one read connection
-per thread, in autocommit, so readers never block writers. After ``fork`` the child
-opens fresh connections on first use and never touches the parent's.
+``Database`` validates arguments, owns the stream catalogue (create, list, delete,
+retention, trim) and hands out the handles (streams, subscriptions, readers, producer,
+consumer), delegating maintenance and archives to their modules. Connections, the write
+scope, snapshots, waiting, the clock and the append live in :mod:`sqlstream.engine`
+(``db.engine``), the one internal interface every module builds on.
 """
 
 from __future__ import annotations
@@ -16,45 +16,45 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from functools import lru_cache
-from typing import Any, NamedTuple, TypeVar, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
 from . import connection as cx
+from . import dedup as _dedup
+from . import readers as _readers
+from . import retention as _retention
+from . import subscriptions as _subscriptions
+from . import validation as _validation
+from .consumer import Consumer, Handler
+from .engine import DEFAULT_BUSY_TIMEOUT, DEFAULT_MAX_RECORD_BYTES, Engine, WriteScope, runner
 from .errors import (
-    AccessDenied,
-    ConcurrencyError,
     CorruptDatabase,
-    DatabaseClosed,
     DatabaseError,
     InvalidArgument,
     InvalidValue,
-    LockTimeout,
-    PayloadTooLarge,
     ReadOnlyDatabase,
-    SchemaVersionError,
-    SqlstreamError,
     StreamExists,
     StreamNotFound,
-    StreamSealed,
     SubscriptionInUse,
     convert,
     translate,
 )
+from .maintenance import CheckReport, MaintenanceReport
+from .maintenance import check as check_database
+from .maintenance import maintain as maintain_database
+from .producer import ErrorCallback, Producer, SuccessCallback
+from .readers import Reader, ReaderInfo
 from .records import StreamInfo, check_name
-from . import append as _append, dedup as _dedup, retention as _retention, validation as _validation
-from .clock import now_us, us
-from .checkpoint import install_wal_hook
-from .wakeup import WAKEUP_MODES, FileNotifier, notifier_for
+from .retention import TrimResult
+from .streams import Stream
+from .subscriptions import Subscription, SubscriptionInfo
+from .wakeup import WAKEUP_MODES
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from .archive.export import ExportResult
 
-DEFAULT_BUSY_TIMEOUT = 30.0
-DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 _STREAM_COLUMNS = (
     "name, first_offset, next_offset, byte_length, first_position, created_at, sealed_at, "
@@ -67,18 +67,11 @@ _QUERY_HINT = "query() is read-only; use the API to change data"
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
 
-_query = cx.runner  # the shared statement runner under its local name
-
-
 class QueryResult(NamedTuple):
     """Rows of an ad-hoc query with their column names."""
 
     columns: list[str]
     rows: list[tuple[Any, ...]]
-
-
-# A row queued for insertion: (key, headers_json, content_type, data, byte_length).
-PreparedRecord = _append.PreparedRecord  # (key, headers, content type, data, bytes)
 
 
 def open(  # noqa: A001 - the public name is part of the design
@@ -159,12 +152,10 @@ class Database:
             raise InvalidArgument(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         if wakeup not in WAKEUP_MODES:
             raise InvalidArgument(f"wakeup must be one of {', '.join(WAKEUP_MODES)}, not {wakeup!r}")
-        if not (isinstance(busy_timeout, (int, float)) and busy_timeout >= 0):
-            raise InvalidArgument(f"busy_timeout must be a number of seconds >= 0, not {busy_timeout!r}")
-        if poll_interval is not None and not (isinstance(poll_interval, (int, float)) and poll_interval > 0):
-            raise InvalidArgument(f"poll_interval must be a positive number of seconds, not {poll_interval!r}")
-        if not (isinstance(max_record_bytes, int) and 0 < max_record_bytes <= 1_000_000_000):
-            raise InvalidArgument("max_record_bytes must be an int between 1 and 1,000,000,000")
+        # Finite and bounded: the lock waits take it as a timeout (inf overflowed there).
+        busy_timeout = _validation.check_seconds(busy_timeout, "busy_timeout", positive=False)
+        _validation.check_optional_seconds(poll_interval, "poll_interval")
+        _validation.check_count(max_record_bytes, "max_record_bytes", maximum=1_000_000_000)
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
         self._memory_dir: str | None = None
@@ -182,196 +173,25 @@ class Database:
             readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
         )
-        self._closed = False
-        self._open_lock = threading.Lock()
-        self._wconn: apsw.Connection | None = None
-        self._init_process_state()
-
-        # One opening at a time per file in this process: check_header() and
-        # create_private_file() open and close the file, and closing any descriptor drops
-        # every POSIX lock the process holds on the file, SQLite's included. Done while
-        # another thread's connection is still switching a new file to WAL (rollback-journal
-        # locking), that let other processes roll back and delete its journal under it.
-        with _init_lock(self.path):
-            exists = cx.check_file_type(self.path)
-            if not exists:
-                if readonly or not create:
-                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
-                try:
-                    cx.create_private_file(self.path)
-                except OSError as exc:
-                    raise DatabaseError(
-                        f"cannot create {self.path}: {exc.strerror}",
-                        hint="check that the directory exists and is writable",
-                    ) from exc
-            self._notifier: FileNotifier = notifier_for(self.path)
-            if exists and self._notifier.open_count == 0:
-                # Only while no Database here holds SQLite locks on it (see above).
-                cx.check_header(self.path)
-                cx.inspect_existing(self.path, self.vfs)
-            self._notifier.attach()
-            if readonly:
-                try:
-                    self._check_readable_schema()
-                except BaseException:
-                    self.close()
-                    raise
-            else:
-                conn = self._write_conn()
-                try:
-                    with translate():
-                        # Refuse another program's database before switching it to WAL,
-                        # which would rewrite its header.
-                        if cx.pragma(conn, "user_version") == 0:
-                            cx._check_empty_or_ours(conn)
-                        cx.connection_wal(conn, self.busy_timeout)
-                    cx.migrate(conn)
-                except BaseException:
-                    self.close()
-                    raise
-
-    def _check_readable_schema(self) -> None:
-        conn = self._read_conn()
-        with translate():
-            mode = cx.pragma(conn, "journal_mode")
-            version = int(cx.pragma(conn, "user_version"))
-        latest = cx.schema_version()
-        with translate():
-            cx._check_empty_or_ours(conn)
-        if version != latest:
-            raise SchemaVersionError(
-                f"the database has schema version {version}; this sqlstream reads version {latest}",
-                hint="open it once without readonly=True to upgrade it" if version < latest else None,
-            )
-        if str(mode).lower() != "wal":
-            raise SchemaVersionError(f"{self.path} is not in WAL mode (journal_mode={mode})")
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def _init_process_state(self) -> None:
-        """(Re)create everything that must not cross a fork."""
-        self._pid = os.getpid()
-        self._lock = threading.RLock()
-        self._local = threading.local()
-        self._read_conns: list[apsw.Connection] = []
-        self._tx_depth = 0
-        self._tx_txn: int | None = None
-        self._tx_txn_depth = 0
-        self._tx_dirty = False
-        self._tx_after: list[Callable[[], None]] = []
-
-    def _check_process(self) -> None:
-        if self._closed:
-            raise DatabaseClosed(f"the database {self.path} is closed")
-        if self._pid != os.getpid():
-            # Forked: the parent's connections belong to the parent. Dropping them
-            # without closing keeps the child from disturbing the parent's locks.
-            with self._open_lock:
-                if self._pid != os.getpid():
-                    _abandoned.extend(self._read_conns)
-                    if self._wconn is not None:
-                        _abandoned.append(self._wconn)
-                    self._wconn = None
-                    self._init_process_state()
-                    self._notifier = notifier_for(self.path)
-                    self._notifier.attach()
-
-    def _connect(self, *, readonly: bool) -> apsw.Connection:
-        return cx.connect(
-            self.path,
-            readonly=readonly,
-            busy_timeout=self.busy_timeout,
-            synchronous=self.synchronous,
-            vfs=self.vfs,
+        # Connections, the write scope, snapshots, waiting and the clock (sqlstream.engine).
+        self.engine = Engine(
+            self.path, readonly=readonly, create=create, synchronous=synchronous, busy_timeout=self.busy_timeout,
+            wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
         )
 
-    def _write_conn(self) -> apsw.Connection:
-        if self.readonly:
-            raise ReadOnlyDatabase(f"{self.path} was opened read-only", hint="open it without readonly=True")
-        conn = self._wconn
-        if conn is None:
-            with self._open_lock:
-                if self._wconn is None:
-                    conn = self._connect(readonly=False)
-                    install_wal_hook(conn, self._notifier.checkpointer)
-                    self._wconn = conn
-                conn = self._wconn
-        return conn
-
-    def _read_conn(self) -> apsw.Connection:
-        conn: apsw.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect(readonly=self.readonly)
-            with translate():
-                cx.pragma(conn, "query_only = 1")
-            with self._open_lock:
-                self._read_conns.append(conn)
-            self._local.conn = conn
-        return conn
-
-    def _query_conn(self) -> tuple[apsw.Connection, cx.QueryGuard]:
-        """This thread's connection for :meth:`query` (read-only file, guarded; see connection.py)."""
-        pair: tuple[apsw.Connection, cx.QueryGuard] | None = getattr(self._local, "query", None)
-        if pair is None:
-            pair = cx.connect_query(
-                self.path, busy_timeout=self.busy_timeout, synchronous=self.synchronous, vfs=self.vfs
-            )
-            with self._open_lock:
-                self._read_conns.append(pair[0])
-            self._local.query = pair
-        return pair
+    # ----------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
         """Close every connection this Database opened. Idempotent.
 
         Waits (up to the busy timeout) for a transaction running in another thread to end.
-        When this is the last open Database on the file in this process, the helper
-        threads' connections are closed first and a write connection last, so that
-        SQLite checkpoints the WAL into the main file and deletes ``-wal``/``-shm``: the
-        closed ``.db`` is then self-contained and can be copied alone. That needs no other
-        process to hold the file open; if one does, the WAL is still checkpointed and
-        truncated when no reader pins it, else SQLite's usual rules apply (the last
-        connection anywhere to close does it). A read-only Database that closes last
-        checkpoints only if a writable one in this process closed before it.
+        When this is the last open Database on the file in this process, SQLite
+        checkpoints the WAL into the main file and deletes ``-wal``/``-shm``: the closed
+        ``.db`` is then self-contained and can be copied alone (see ``Engine.close``).
         """
-        if self._closed:
-            return
-        if self._pid != os.getpid():
-            self._closed = True  # the parent's connections are not ours to close
-            return
-        got = self._lock.acquire(timeout=self.busy_timeout)
         try:
-            self._closed = True
-            with self._open_lock:
-                conns = list(self._read_conns)
-                self._read_conns.clear()
-                wconn, self._wconn = self._wconn, None
-            for conn in conns:
-                with contextlib.suppress(apsw.Error):
-                    conn.close(True)
-            notifier = getattr(self, "_notifier", None)
-            if notifier is None:
-                if wconn is not None:
-                    with contextlib.suppress(apsw.Error):
-                        wconn.close(True)
-                return
-            notifier.bump()  # waiters re-check and meet DatabaseClosed
-            # Under the file's open lock: a Database opening meanwhile must not see
-            # open_count 0 (and close descriptors, dropping SQLite's locks) while the
-            # write connection below still holds them.
-            with _init_lock(self.path):
-                last = notifier.detach(wrote=wconn is not None)
-                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
-                    with contextlib.suppress(SqlstreamError, apsw.Error):
-                        wconn = self._connect(readonly=False)
-                if wconn is not None:
-                    if last:
-                        _checkpoint_on_close(wconn)
-                    with contextlib.suppress(apsw.Error):
-                        wconn.close(True)
+            self.engine.close()
         finally:
-            if got:
-                self._lock.release()
             if self._memory_dir is not None:  # open(":memory:"): the file goes with it
                 shutil.rmtree(self._memory_dir, ignore_errors=True)
 
@@ -392,7 +212,7 @@ class Database:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.engine.closed
 
     def __enter__(self) -> Database:
         return self
@@ -404,16 +224,16 @@ class Database:
         return (_reopen, (self.path, self._options))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        state = "closed" if self.engine.closed else ("read-only" if self.readonly else "open")
         return f"<sqlstream.Database {self.path!r} {state}>"
 
     # ----------------------------------------------------------------- transactions
 
     def in_transaction(self) -> bool:
         """True when the calling thread is inside :meth:`transaction` on this Database."""
-        return self._tx_depth > 0 and self._lock._is_owned()  # type: ignore[attr-defined]
+        return self.engine.in_transaction()
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> Transaction:
         """A write transaction; everything written inside commits together or not at all.
 
         Use as ``with db.transaction():``. Re-entrant: a nested block is a savepoint,
@@ -424,87 +244,7 @@ class Database:
         woken once the outermost block commits. Other threads' writes on this Database
         wait until the block ends.
         """
-        return _Transaction(self)
-
-    def _rollback(self, conn: apsw.Connection, depth: int, savepoint: str) -> None:
-        # A txn number assigned inside the rolled-back block (at a deeper level than the
-        # block's own) was undone with it; one assigned outside it still stands.
-        if self._tx_txn_depth > depth:
-            self._tx_txn = None
-        with contextlib.suppress(apsw.Error):
-            if depth == 0:
-                if not conn.getautocommit():
-                    conn.execute("ROLLBACK")
-            else:
-                conn.execute(f"ROLLBACK TO {savepoint}")
-                conn.execute(f"RELEASE {savepoint}")
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[apsw.Connection]:
-        """A write transaction (a savepoint when nested) yielding the write connection.
-
-        apsw errors raised inside become sqlstream errors with the cause kept. For the
-        modules built on Database; the append path spells this out to stay lean.
-        """
-        with self.transaction():
-            conn = self._wconn
-            assert conn is not None
-            try:
-                yield conn
-            except apsw.Error as exc:
-                raise convert(exc) from exc
-
-    def _txn_number(self, conn: apsw.Connection) -> int:
-        """The commit sequence number of the current write transaction (assigned lazily)."""
-        if self._tx_txn is None:
-            row = cx.fetch(conn, _append.TXN_SQL)
-            self._tx_txn = int(row[0][0])
-            self._tx_txn_depth = self._tx_depth
-        return self._tx_txn
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[apsw.Connection]:
-        """A consistent read: the writer's own view inside a transaction, else a read txn."""
-        self._check_process()
-        if self.in_transaction():
-            with translate():
-                yield self._write_conn()
-            return
-        conn = self._read_conn()
-        with translate():
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                if not conn.getautocommit():
-                    conn.execute("COMMIT")
-
-    def _wait(
-        self,
-        check: Callable[[], T | None],
-        timeout: float | None,
-        wake_at: Callable[[], float | None] | None = None,
-    ) -> T | None:
-        """Evaluate ``check`` until it returns non-None, waiting for commits up to ``timeout``.
-
-        ``timeout``: 0 checks once, a positive number waits at most that long, None waits
-        indefinitely. Blocking inside a transaction would hold the write lock that any
-        waking commit needs, so it is refused.
-        """
-        timeout = _validation.check_timeout(timeout)  # huge (inf too) means None: no limit
-        if timeout == 0:
-            return check()
-        if self.in_transaction():
-            result = check()
-            if result is not None:
-                return result
-            raise InvalidArgument(
-                "cannot block inside db.transaction(): the transaction holds the write lock "
-                "that the commit you wait for needs",
-                hint="pass timeout=0 inside transactions",
-            )
-        self._check_process()
-        return self._notifier.wait_until(check, timeout, self.wakeup, self.poll_interval, wake_at)
+        return Transaction(self)
 
     # ----------------------------------------------------------------- streams
 
@@ -539,28 +279,27 @@ class Database:
         _validation.check_limit(max_count, "max_count")
         _validation.check_optional_seconds(max_age, "max_age")
         _validation.check_limit(max_bytes, "max_bytes")
-        _check_retention_extras(keep_unacked, dedup_seconds, dedup_records)
+        _validation.check_flag(keep_unacked, "keep_unacked")
+        _validation.check_dedup_window(dedup_seconds, dedup_records)
         _validation.check_flag(secret, "secret")
         _validation.check_flag(exist_ok, "exist_ok")
         meta = _validation.encode_metadata(metadata)
         write_secret = secrets.token_urlsafe(24) if secret else None
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                existing = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
-                if existing:
-                    if exist_ok:
-                        return Stream(self, name)
-                    raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
-                created = now_us()
-                conn.execute(
-                    "INSERT INTO streams (name, created_at, write_secret, max_count, max_age, "
-                    "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
-                    "trim_bytes, trim_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, created, write_secret, max_count, max_age, max_bytes, meta, int(keep_unacked),
-                     float(dedup_seconds), dedup_records,
-                     *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
-                )
+        with self.engine.write() as conn:
+            existing = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
+            if existing:
+                if exist_ok:
+                    return Stream(self, name)
+                raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
+            created = self.engine.now_us()
+            conn.execute(
+                "INSERT INTO streams (name, created_at, write_secret, max_count, max_age, "
+                "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
+                "trim_bytes, trim_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, created, write_secret, max_count, max_age, max_bytes, meta, int(keep_unacked),
+                 float(dedup_seconds), dedup_records,
+                 *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
+            )
         return Stream(self, name, write_secret)
 
     def stream(self, name: str) -> Stream:
@@ -569,7 +308,7 @@ class Database:
         For a stream created with ``secret=True`` the handle reads but cannot write.
         """
         check_name(name)
-        with self._snapshot() as conn:
+        with self.engine.snapshot() as conn:
             if not conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall():
                 raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
         return Stream(self, name)
@@ -584,7 +323,7 @@ class Database:
             raise InvalidValue(f"a write secret is a str, not {type(secret).__name__}")
         if not secret.isascii():  # secrets are URL-safe ASCII; SQLite could not bind a lone surrogate
             raise StreamNotFound("no stream has that write secret")
-        with self._snapshot() as conn:
+        with self.engine.snapshot() as conn:
             row = cx.fetch(conn, "SELECT name FROM streams WHERE write_secret = ?", (secret,))
         if not row:
             raise StreamNotFound("no stream has that write secret")
@@ -592,14 +331,14 @@ class Database:
 
     def streams(self) -> list[StreamInfo]:
         """Every stream, by name."""
-        with self._snapshot() as conn:
+        with self.engine.snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
             return [_stream_info(row, self._over_limit(conn, row), self._dropped(conn, row)) for row in rows]
 
     def stream_info(self, name: str) -> StreamInfo:
         """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
         check_name(name)
-        with self._snapshot() as conn:
+        with self.engine.snapshot() as conn:
             rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
@@ -609,11 +348,11 @@ class Database:
         """StreamInfo.over_limit for a row of _STREAM_COLUMNS (no query for a stream without limits)."""
         if row[9] is None and row[10] is None and row[11] is None:
             return None
-        return _retention.over_limit(_query(conn), row[16], us(self._clock()))
+        return _retention.over_limit(runner(conn), row[16], self.engine.now_us())
 
     def _dropped(self, conn: apsw.Connection, row: tuple[Any, ...]) -> int:
         """StreamInfo.dropped_deliveries for a row of _STREAM_COLUMNS."""
-        return _retention.dropped_deliveries(_query(conn), row[16])
+        return _retention.dropped_deliveries(runner(conn), row[16])
 
     def delete_stream(self, name: str, *, force: bool = False) -> None:
         """Delete a stream, its records, subscriptions and readers in one transaction.
@@ -625,31 +364,28 @@ class Database:
         """
         check_name(name)
         _validation.check_flag(force, "force")
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                row = conn.execute("SELECT id FROM streams WHERE name = ?", (name,)).fetchall()
-                if not row:
-                    raise StreamNotFound(f"no stream named {name!r}")
-                busy = conn.execute(
-                    "SELECT s.name, count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
-                    "WHERE s.stream_id = ? GROUP BY s.name ORDER BY s.name",
-                    (row[0][0],),
-                ).fetchall()
-                if busy and not force:
-                    subs = ", ".join(f"{sub!r} ({n})" for sub, n in busy)
-                    raise SubscriptionInUse(
-                        f"stream {name!r} has subscriptions with pending (delivered, unacked) records: {subs}",
-                        hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
-                    )
-                conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
-                conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
-                # Its id may be reused by a new stream, which must not inherit the count.
-                stream_id: Any = row[0][0]
-                conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
-            self._tx_dirty = True
+        with self.engine.write() as conn:
+            row = conn.execute("SELECT id FROM streams WHERE name = ?", (name,)).fetchall()
+            if not row:
+                raise StreamNotFound(f"no stream named {name!r}")
+            busy = conn.execute(
+                "SELECT s.name, count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
+                "WHERE s.stream_id = ? GROUP BY s.name ORDER BY s.name",
+                (row[0][0],),
+            ).fetchall()
+            if busy and not force:
+                subs = ", ".join(f"{sub!r} ({n})" for sub, n in busy)
+                raise SubscriptionInUse(
+                    f"stream {name!r} has subscriptions with pending (delivered, unacked) records: {subs}",
+                    hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
+                )
+            conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
+            conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
+            # Its id may be reused by a new stream, which must not inherit the count.
+            stream_id: Any = row[0][0]
+            conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
 
-    # ----------------------------------------------------------------- retention and upkeep (issue 5)
+    # ----------------------------------------------------------------- retention and upkeep
 
     def set_retention(
         self,
@@ -679,10 +415,10 @@ class Database:
                 else:
                     _validation.check_limit(value, what)
                 changes[what] = value
-        _check_retention_extras(
-            False if keep_unacked is _KEEP else keep_unacked,
-            1 if dedup_seconds is _KEEP else dedup_seconds,
-            1 if dedup_records is _KEEP else dedup_records,
+        if keep_unacked is not _KEEP:
+            _validation.check_flag(keep_unacked, "keep_unacked")
+        _validation.check_dedup_window(
+            1 if dedup_seconds is _KEEP else dedup_seconds, 1 if dedup_records is _KEEP else dedup_records
         )
         if keep_unacked is not _KEEP:
             changes["keep_unacked"] = int(keep_unacked)
@@ -690,12 +426,9 @@ class Database:
             changes["dedup_seconds"] = float(dedup_seconds)
         if dedup_records is not _KEEP:
             changes["dedup_records"] = dedup_records
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                stream_id = self._stream_id(conn, stream)
-                result = _retention.set_retention(_query(conn), stream_id, changes, us(self._clock()))
-            self._tx_dirty = True  # followers of trimmed records re-check
+        with self.engine.write() as conn:
+            stream_id = self._stream_id(conn, stream)
+            result = _retention.set_retention(runner(conn), stream_id, changes, self.engine.now_us())
         return result
 
     def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
@@ -712,16 +445,13 @@ class Database:
         if before_offset is not None:
             _validation.check_offset(before_offset, "before_offset")
         _validation.check_flag(force, "force")
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                stream_id = self._stream_id(conn, stream)
-                result = _retention.trim(_query(conn), stream_id, before_offset, us(self._clock()), force=force)
-            self._tx_dirty = True
+        with self.engine.write() as conn:
+            stream_id = self._stream_id(conn, stream)
+            result = _retention.trim(runner(conn), stream_id, before_offset, self.engine.now_us(), force=force)
         return result
 
     def _stream_id(self, conn: apsw.Connection, name: str) -> int:
-        rows = _query(conn)("SELECT id FROM streams WHERE name = ?", (name,))
+        rows = runner(conn)("SELECT id FROM streams WHERE name = ?", (name,))
         if not rows:
             raise StreamNotFound(f"no stream named {name!r}", hint="list the streams with db.streams()")
         return int(rows[0][0])
@@ -742,9 +472,7 @@ class Database:
         does and what blocks: each step is its own short transaction; ``full`` rewrites the
         file and blocks writers meanwhile). Refused inside ``db.transaction()``.
         """
-        from .maintenance import maintain
-
-        return maintain(
+        return maintain_database(
             self, retention=retention, vacuum=vacuum, full=full, checkpoint=checkpoint, optimize=optimize,
             checkpoint_timeout=checkpoint_timeout,
         )
@@ -756,69 +484,7 @@ class Database:
         :class:`~sqlstream.maintenance.CheckReport` (``ok``, and each problem with its
         stream and offset). Read-only: one read transaction, writers carry on.
         """
-        from .maintenance import check
-
-        return check(self, quick=quick, max_problems=max_problems)
-
-    # ----------------------------------------------------------------- writing records
-
-    @overload
-    def _append_rows(
-        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
-        ids: None = None, timestamps: Sequence[int] | None = None,
-    ) -> range: ...
-
-    @overload
-    def _append_rows(
-        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
-        ids: Sequence[str | None], timestamps: Sequence[int] | None = None,
-    ) -> list[int]: ...
-
-    def _append_rows(
-        self,
-        name: str,
-        secret: str | None,
-        rows: Sequence[PreparedRecord],
-        expect_offset: int | None,
-        ids: Sequence[str | None] | None = None,
-        timestamps: Sequence[int] | None = None,
-    ) -> range | list[int]:
-        """Append prepared rows to one stream atomically; return their offsets.
-
-        The one append path (:func:`sqlstream.append.append_rows`: validation, dedup ids,
-        expected offset, payload limit, retention triggers) in a write transaction, or a
-        savepoint of the caller's. Times come from ``self._clock``.
-        """
-        _append.check_rows(rows, expect_offset, self.max_record_bytes)  # refused before BEGIN
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                stored = _append.append_rows(
-                    cx.runner(conn), name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-                    timestamps=timestamps, txn=lambda: self._txn_number(conn), now_us=us(self._clock()),
-                    max_record_bytes=self.max_record_bytes,
-                )
-            self._tx_dirty = True
-        return stored
-
-    def _seal(self, name: str, secret: str | None) -> bool:
-        """Seal a stream; True if this call sealed it, False if it already was."""
-        with self.transaction():
-            conn = self._write_conn()
-            with translate():
-                rows = conn.execute(
-                    "SELECT sealed_at, write_secret FROM streams WHERE name = ?", (name,)
-                ).fetchall()
-                if not rows:
-                    raise StreamNotFound(f"no stream named {name!r}")
-                sealed_at, write_secret = rows[0]
-                if write_secret is not None and write_secret != secret:
-                    raise AccessDenied(f"stream {name!r} can be sealed only through its write secret")
-                if sealed_at is not None:
-                    return False
-                conn.execute("UPDATE streams SET sealed_at = ? WHERE name = ?", (now_us(), name))
-            self._tx_dirty = True
-        return True
+        return check_database(self, quick=quick, max_problems=max_problems)
 
     # ----------------------------------------------------------------- inspection
 
@@ -834,10 +500,10 @@ class Database:
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
-        self._check_process()
+        self.engine.check_process()
         if self.in_transaction():
             raise InvalidArgument("db.query() is for reads outside transactions")
-        conn, guard = self._query_conn()
+        conn, guard = self.engine.query_conn()
         try:
             conn.execute("BEGIN")
             try:
@@ -888,7 +554,7 @@ class Database:
         destination that looks open (it has a ``-wal``) is refused even then. Raises
         ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
         """
-        self._check_process()
+        self.engine.check_process()
         try:
             dest = os.path.abspath(os.fspath(path))
         except TypeError:
@@ -952,30 +618,24 @@ class Database:
                     os.unlink(leftover)
         return dest
 
-    # ----------------------------------------------------------------- archives (issue 4)
+    # ----------------------------------------------------------------- archives
 
-    def export(self, streams: str | Sequence[str], directory: str | os.PathLike[str], **options: Any) -> Any:
+    def export(self, streams: str | Sequence[str], directory: str | os.PathLike[str], **options: Any) -> ExportResult:
         """Export streams to rolled archive files, incrementally and resumably.
 
         A thin delegation to :func:`sqlstream.export.export` (see it for the options:
         ``name``, ``template``, ``roll_size_mb``, ``roll_minutes``, ``compress``,
         ``storage``, ``follow``...); returns its :class:`~sqlstream.export.ExportResult`.
         """
-        from .export import export
+        # Imported here, not at the top: ``import sqlstream`` (every worker process's
+        # start-up) should not pay for loading the archive wing and the storage drivers.
+        from .archive.export import export
 
         return export(self, streams, directory, **options)
 
     # ================================================================= subscriptions, readers,
-    # producer, consumer (issue 3). Thin delegations: the logic lives in subscriptions.py,
+    # producer, consumer. Thin delegations: the logic lives in subscriptions.py,
     # readers.py, producer.py and consumer.py.
-
-    def _clock(self) -> float:
-        """Wall-clock seconds used for ack deadlines (``time.time``).
-
-        An internal hook: tests assign a function to ``db._clock`` on one instance to expire
-        ack deadlines without sleeping. Processes sharing a file must all use real time.
-        """
-        return time.time()
 
     def create_subscription(
         self,
@@ -1075,76 +735,18 @@ class Database:
         )
 
 
-class _Transaction:
-    """Context manager behind :meth:`Database.transaction` (a class: it is on every append's path)."""
+class Transaction(WriteScope):
+    """Context manager behind :meth:`Database.transaction`: the engine's write scope, yielding the Database."""
 
-    __slots__ = ("db", "conn", "depth")
+    __slots__ = ("db",)
 
     def __init__(self, db: Database) -> None:
+        super().__init__(db.engine, None)
         self.db = db
 
-    def __enter__(self) -> Database:
-        db = self.db
-        if db._closed or db._pid != os.getpid():
-            db._check_process()
-        conn = self.conn = db._write_conn()
-        if not db._lock.acquire(timeout=db.busy_timeout):
-            raise LockTimeout(
-                f"another thread held the write lock on {db.path} for over {db.busy_timeout:g}s",
-                hint="raise busy_timeout or shorten transactions",
-            )
-        depth = self.depth = db._tx_depth
-        try:
-            if depth == 0:
-                conn.execute("BEGIN IMMEDIATE")
-                db._tx_txn = None
-                db._tx_dirty = False
-                db._tx_after = []
-            else:
-                if conn.getautocommit():
-                    # SQLite rolled the whole transaction back after an error the caller
-                    # caught (disk full, I/O error). A SAVEPOINT now would start a new
-                    # transaction that commits on its own, outside the caller's block.
-                    raise _rolled_back()
-                conn.execute(f"SAVEPOINT sqlstream_{depth}")
-        except apsw.Error as exc:
-            db._lock.release()
-            raise convert(exc) from exc
-        except BaseException:
-            db._lock.release()
-            raise
-        db._tx_depth = depth + 1
-        return db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        db, conn, depth = self.db, self.conn, self.depth
-        try:
-            db._tx_depth = depth
-            if exc_type is not None:
-                db._rollback(conn, depth, f"sqlstream_{depth}")
-                return
-            if conn.getautocommit():  # SQLite already rolled it back (see __enter__)
-                raise _rolled_back()
-            try:
-                conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
-            except apsw.Error as err:
-                db._rollback(conn, depth, f"sqlstream_{depth}")
-                raise convert(err) from err
-            except BaseException:
-                db._rollback(conn, depth, f"sqlstream_{depth}")
-                raise
-            if depth > 0 and db._tx_txn_depth > depth:
-                # The released block's work, a txn number assigned in it included, now
-                # belongs to the enclosing block: only that block's rollback can undo it.
-                db._tx_txn_depth = depth
-            if depth == 0:
-                after, db._tx_after = db._tx_after, []
-                if db._tx_dirty:
-                    db._notifier.committed()
-                for callback in after:
-                    callback()
-        finally:
-            db._lock.release()
+    def __enter__(self) -> Database:  # type: ignore[override]
+        super().__enter__()
+        return self.db
 
 
 def _private_temp(directory: str, name: str) -> tuple[int, str]:
@@ -1171,65 +773,8 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
-def _checkpoint_on_close(conn: apsw.Connection) -> None:
-    """Copy the whole WAL into the main file and truncate it, without waiting.
-
-    The last close of a connection checkpoints and deletes the WAL on its own, but only
-    when no other process has the file open; this TRUNCATE checkpoint also succeeds when
-    one does but no reader needs the WAL, so the ``.db`` alone is still complete. It
-    never waits on a lock: a busy file is left to SQLite's rules.
-    """
-    with contextlib.suppress(apsw.Error):
-        conn.set_busy_timeout(0)
-        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-
-
-def _rolled_back() -> DatabaseError:
-    return DatabaseError(
-        "this transaction was rolled back after an earlier error; nothing written in the "
-        "db.transaction() block is committed",
-        hint="let the error leave the transaction block, then retry the whole block",
-    )
-
-
-_init_locks: dict[str, threading.RLock] = {}
-_init_locks_guard = threading.Lock()
-
-
-def _init_lock(path: str) -> threading.RLock:
-    """The process-wide lock that serialises opening (and the last close of) the file at ``path``.
-
-    Re-entrant: a failed open closes the Database while holding it.
-    """
-    with _init_locks_guard:
-        lock = _init_locks.get(path)
-        if lock is None:
-            lock = _init_locks[path] = threading.RLock()
-        return lock
-
-
-def _reset_init_locks() -> None:
-    """After fork: a lock another parent thread held would stay held in the child forever."""
-    global _init_locks_guard
-    _init_locks_guard = threading.Lock()
-    _init_locks.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_init_locks)
-
-
 def _reopen(path: str, options: dict[str, Any]) -> Database:
     return Database(path, **options)
-
-
-def _check_retention_extras(keep_unacked: object, dedup_seconds: object, dedup_records: object) -> None:
-    if not isinstance(keep_unacked, bool):
-        raise InvalidArgument(f"keep_unacked must be True or False, not {keep_unacked!r}")
-    if dedup_seconds is None or dedup_records is None:
-        raise InvalidArgument("dedup_seconds and dedup_records must be positive numbers (the window cannot be unbounded)")
-    _validation.check_seconds(dedup_seconds, "dedup_seconds", positive=True)
-    _validation.check_limit(dedup_records, "dedup_records")
 
 
 def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: int = 0) -> StreamInfo:
@@ -1255,19 +800,3 @@ def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: i
         over_limit=over_limit,
         dropped_deliveries=dropped,
     )
-
-
-# Connections inherited across fork: kept referenced so they are never closed (or
-# garbage-collected and closed) in the child, which would disturb the parent's locks.
-_abandoned: builtins.list[apsw.Connection] = []
-
-from .streams import Stream  # noqa: E402  (Stream needs Database's helpers at import)
-
-# Issue 3 (subscriptions, readers, producer, consumer): imported last, like Stream.
-from . import readers as _readers, subscriptions as _subscriptions  # noqa: E402
-from .consumer import Consumer, Handler  # noqa: E402
-from .producer import ErrorCallback, Producer, SuccessCallback  # noqa: E402
-from .readers import Reader, ReaderInfo  # noqa: E402
-from .subscriptions import Subscription, SubscriptionInfo  # noqa: E402
-from .maintenance import CheckReport, MaintenanceReport  # noqa: E402
-from .retention import TrimResult  # noqa: E402

@@ -146,7 +146,7 @@ def maintain(
                        ("optimize", optimize)):
         check_flag(flag, what)
     report = MaintenanceReport(bytes_before=_file_bytes(db.path))
-    conn = db._write_conn()
+    conn = db.engine.write_conn()
     if retention:
         _enforce_all(db, report)
     if full:
@@ -155,7 +155,7 @@ def maintain(
         _vacuum_incremental(db, conn, report)
     if optimize:
         if report.bytes_before >= OPTIMIZE_MIN_BYTES:
-            with db.transaction(), translate():
+            with db.engine.write():
                 cx.pragma(conn, "optimize")
             report.optimized = True
         else:
@@ -166,13 +166,13 @@ def maintain(
     if checkpoint:
         report.checkpoint = _checkpoint(db, checkpoint_timeout)
     with translate():
-        report.free_pages = int(cx.pragma(db._read_conn(), "freelist_count"))
+        report.free_pages = int(cx.pragma(db.engine.read_conn(), "freelist_count"))
     report.bytes_after = _file_bytes(db.path)
     return report
 
 
 def _enforce_all(db: Database, report: MaintenanceReport) -> None:
-    with db._snapshot() as rconn:
+    with db.engine.snapshot() as rconn:
         limited = _q(rconn)(
             "SELECT id, name FROM streams WHERE max_count IS NOT NULL OR max_age IS NOT NULL "
             "OR max_bytes IS NOT NULL ORDER BY name"
@@ -180,23 +180,19 @@ def _enforce_all(db: Database, report: MaintenanceReport) -> None:
         remembered = _q(rconn)("SELECT DISTINCT stream_id FROM dedup")
     # One transaction per stream: other writers get the lock between streams.
     for stream_id, name in limited:
-        with db.transaction():
-            with translate():
-                result = _retention.enforce(_q(db._write_conn()), stream_id, us(db._clock()))
-            db._tx_dirty = True
+        with db.engine.write() as conn:
+            result = _retention.enforce(_q(conn), stream_id, db.engine.now_us())
         report.trimmed[name] = result.trimmed
         if result.held:
             report.held[name] = result.held
     for (stream_id,) in remembered:
-        with db.transaction():
-            conn = db._write_conn()
-            with translate():
-                rows = _q(conn)(
-                    "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
-                )
-                if rows:
-                    _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], us(db._clock()))
-                    report.dedup_pruned += conn.changes()
+        with db.engine.write() as conn:
+            rows = _q(conn)(
+                "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
+            )
+            if rows:
+                _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], db.engine.now_us())
+                report.dedup_pruned += conn.changes()
 
 
 def _vacuum_incremental(db: Database, conn: apsw.Connection, report: MaintenanceReport) -> None:
@@ -212,7 +208,7 @@ def _vacuum_incremental(db: Database, conn: apsw.Connection, report: Maintenance
         )
         return
     while True:
-        with db.transaction(), translate():
+        with db.engine.write():
             free = int(cx.pragma(conn, "freelist_count"))
             if free == 0:
                 return
@@ -227,17 +223,11 @@ def _vacuum_incremental(db: Database, conn: apsw.Connection, report: Maintenance
 def _vacuum_full(db: Database, conn: apsw.Connection, report: MaintenanceReport) -> None:
     # VACUUM cannot run inside a transaction; holding the Database's lock keeps this
     # process's other threads out while it runs, SQLite's own locks keep other processes out.
-    got = db._lock.acquire(timeout=db.busy_timeout)
-    if not got:
-        raise InvalidArgument("another thread held the write lock too long for VACUUM")
-    try:
-        with translate():
-            free = int(cx.pragma(conn, "freelist_count"))
-            cx.pragma(conn, "auto_vacuum = INCREMENTAL")
-            conn.execute("VACUUM")
-        report.pages_freed += free
-    finally:
-        db._lock.release()
+    with db.engine.exclusive(), translate():
+        free = int(cx.pragma(conn, "freelist_count"))
+        cx.pragma(conn, "auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+    report.pages_freed += free
 
 
 def _checkpoint(db: Database, timeout: float) -> str:
@@ -305,7 +295,7 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
         report.problems.append(Problem(stream, offset, message))
         return True
 
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         rows = conn.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():

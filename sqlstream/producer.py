@@ -36,10 +36,12 @@ from .errors import (
 )
 from .dedup import check_dedup_id
 from .records import check_name
+from .streams import prepare_record
 from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
+    from .engine import PreparedRecord
 
 log = logging.getLogger("sqlstream.producer")
 
@@ -164,12 +166,10 @@ class Producer:
         ``DatabaseClosed`` after ``close``. Errors found when the batch is written
         (``StreamNotFound``, ``StreamSealed``, ...) fail the future instead.
         """
-        from .streams import _prepare
-
         check_name(stream)
         if dedup_id is not None:
             check_dedup_id(dedup_id)
-        prepared = _prepare(value, key, headers)
+        prepared = prepare_record(value, key, headers)
         size = prepared[4]
         limit = min(self.max_bytes, self.db.max_record_bytes)
         if size > limit:
@@ -351,8 +351,8 @@ class Producer:
         rows = [i.prepared for i in items]
         ids = [i.record.dedup_id for i in items]
         if any(i is not None for i in ids):
-            return self.db._append_rows(stream, None, rows, None, ids)
-        return self.db._append_rows(stream, None, rows, None)
+            return self.db.engine.append_rows(stream, None, rows, None, ids)
+        return self.db.engine.append_rows(stream, None, rows, None)
 
     def _succeeded(self, stream: str, items: list[_Item], offsets: Sequence[int]) -> None:
         for item, offset in zip(items, offsets):

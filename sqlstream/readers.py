@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from .clock import now_us
+from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
 from .records import Record, check_name, read_records, record_sql
-from .clock import now_us as _now_us
-from .connection import rows as _q
 from .validation import check_count, check_start, check_timeout
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Reader:
         return ReaderNotFound(f"reader {self.name!r} no longer exists (deleted, or its stream was)")
 
     def _state(self, conn: apsw.Connection) -> tuple[Any, ...]:
-        rows = _q(conn, _STATE_SQL, (self._id,))
+        rows = fetch(conn, _STATE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         return tuple(rows[0])
@@ -74,7 +74,7 @@ class Reader:
     def position(self) -> int:
         """The next offset ``read`` returns (records below the stream's first retained
         offset were trimmed; reading skips to it)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             return int(self._state(conn)[0])
 
     def read(self, max_records: int = 100, timeout: float | None = 0) -> list[Record]:
@@ -96,7 +96,7 @@ class Reader:
         def check() -> list[Record] | None:
             if not db.in_transaction():
                 # Read-only look first, so idle readers woken by commits stay off the write lock.
-                with db._snapshot() as conn:
+                with db.engine.snapshot() as conn:
                     position, _, first, nxt, sealed = self._state(conn)
                 if max(position, first) >= nxt:
                     return [] if sealed else None
@@ -104,12 +104,12 @@ class Reader:
 
         got = check()  # one look before waiting: starting to wait costs more than a read
         if got is None and timeout != 0:
-            got = db._wait(check, timeout)
+            got = db.engine.wait_until(check, timeout)
         return got or []
 
     def _take(self, max_records: int) -> list[Record] | None:
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             position, stream_id, first, nxt, sealed = self._state(conn)
             start = max(position, first)
             records, damaged = read_records(conn, self.stream, _RANGE_SQL, (stream_id, start, max_records))
@@ -121,7 +121,7 @@ class Reader:
             end = records[-1].offset + 1 if records else start
             if end != position:
                 conn.execute(
-                    "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (end, _now_us(), self._id)
+                    "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (end, now_us(), self._id)
                 )
         if records:
             return records
@@ -134,17 +134,17 @@ class Reader:
         offset, else ``OffsetOutOfRange``.
         """
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             _, _, first, nxt, _ = self._state(conn)
             target = _resolve(offset, first, nxt, self.stream)
             conn.execute(
-                "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (target, _now_us(), self._id)
+                "UPDATE cursors SET position = ?, updated_at = ? WHERE id = ?", (target, now_us(), self._id)
             )
         return target
 
     def info(self) -> ReaderInfo:
         """The reader's position and lag, as one snapshot."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             infos = _infos(conn, self._id)
         if not infos:
             raise self._missing()
@@ -171,7 +171,7 @@ def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
 
 
 def _infos(conn: apsw.Connection, reader_id: int | None) -> list[ReaderInfo]:
-    rows = _q(conn,
+    rows = fetch(conn,
         "SELECT c.name, st.name, c.position, max(0, st.next_offset - max(c.position, st.first_offset)), "
         "c.created_at, c.updated_at FROM cursors c JOIN streams st ON st.id = c.stream_id "
         "WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.name",
@@ -189,8 +189,8 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
     check_name(name, "reader")
     if stream is not None:
         check_name(stream)
-    with db._writing() as conn:
-        rows = _q(conn,
+    with db.engine.write() as conn:
+        rows = fetch(conn,
             "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
             (name,),
         )
@@ -204,15 +204,15 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
             return Reader(db, reader_id, name, on)
         if stream is None:
             raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
-        found = _q(conn,
+        found = fetch(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
         )
         if not found:
             raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
         stream_id, first, nxt = found[0]
         position = _resolve(start, first, nxt, stream)
-        now = _now_us()
-        reader_id = _q(conn,
+        now = now_us()
+        reader_id = fetch(conn,
             "INSERT INTO cursors (name, stream_id, position, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?) RETURNING id",
             (name, stream_id, position, now, now),
@@ -221,14 +221,14 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
 
 
 def list_readers(db: Database) -> list[ReaderInfo]:
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         return _infos(conn, None)
 
 
 def delete_reader(db: Database, name: str, *, reader_id: int | None = None) -> None:
     check_name(name, "reader")
-    with db._writing() as conn:
-        gone = _q(conn,
+    with db.engine.write() as conn:
+        gone = fetch(conn,
             "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
         )
     if not gone:

@@ -56,7 +56,7 @@ from . import dedup as _dedup
 from .append import PreparedRecord
 from .clock import us
 from .connection import Query, runner
-from .database import DEFAULT_MAX_RECORD_BYTES
+from .engine import DEFAULT_MAX_RECORD_BYTES
 from .errors import InvalidArgument, convert
 from .records import check_name, encode_headers, encode_key, encode_value
 from .wakeup import notifier_for
@@ -238,6 +238,23 @@ streaming_cursors = Table(
     Column("updated_at", INTEGER, nullable=False),
     Column("last_error", TEXT),
     Column("error_at", INTEGER),
+    sqlite_with_rowid=False,
+)
+
+jetstream_sent = Table(
+    "jetstream_sent", metadata,
+    Column("service", TEXT, primary_key=True),
+    *(Column(name, INTEGER, nullable=False) for name in ("h1", "at1", "h2", "at2")),
+    sqlite_with_rowid=False,
+)
+
+jetstream_sources = Table(
+    "jetstream_sources", metadata,
+    Column("service", TEXT, primary_key=True),
+    Column("js_stream", TEXT, nullable=False),
+    Column("sequence", INTEGER, nullable=False),
+    Column("stored", INTEGER, nullable=False),
+    Column("updated_at", INTEGER, nullable=False),
     sqlite_with_rowid=False,
 )
 

@@ -32,7 +32,8 @@ from .records import (
 from .validation import check_count, check_offset, check_start, check_timeout, timestamp_us
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
+    from .engine import PreparedRecord
     from .retention import TrimResult
 
 _STATE_SQL = (
@@ -116,11 +117,11 @@ class Stream:
         Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied`` (secret stream),
         ``InvalidValue``, ``PayloadTooLarge``; on any error nothing is stored.
         """
-        prepared = _prepare(value, key, headers)
+        prepared = prepare_record(value, key, headers)
         if dedup_id is None:
-            return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset).start
+            return self.db.engine.append_rows(self.name, self._secret, (prepared,), expect_offset).start
         ids = [_dedup.check_dedup_id(dedup_id)]
-        return self.db._append_rows(self.name, self._secret, (prepared,), expect_offset, ids)[0]
+        return self.db.engine.append_rows(self.name, self._secret, (prepared,), expect_offset, ids)[0]
 
     @overload
     def extend(
@@ -181,11 +182,11 @@ class Stream:
             ids = _dedup.check_dedup_ids(dedup_ids, len(prepared))
             if not prepared:
                 return []
-            return self.db._append_rows(self.name, self._secret, prepared, expect_offset, ids)
+            return self.db.engine.append_rows(self.name, self._secret, prepared, expect_offset, ids)
         if not prepared:
             info = self.info()
             return range(info.next_offset, info.next_offset)
-        return self.db._append_rows(self.name, self._secret, prepared, expect_offset)
+        return self.db.engine.append_rows(self.name, self._secret, prepared, expect_offset)
 
     def seal(self) -> bool:
         """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.
@@ -193,7 +194,7 @@ class Stream:
         Returns True if this call sealed it, False if it was sealed already. A secret
         stream can be sealed only through a handle that holds its secret.
         """
-        return self.db._seal(self.name, self._secret)
+        return self.db.engine.seal(self.name, self._secret)
 
     def trim(self, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         """``db.trim(name, before_offset, force=force)``: drop records below an offset, or
@@ -217,7 +218,7 @@ class Stream:
         return _State(rows[0])
 
     def _read_once(self, offset: int, limit: int) -> tuple[list[Record], _State]:
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             if offset < st.first_offset:
                 raise OffsetOutOfRange(
@@ -255,7 +256,7 @@ class Stream:
             records, st = self._read_once(offset, limit)
             return records if records or st.sealed else None
 
-        return self.db._wait(check, timeout) or []
+        return self.db.engine.wait_until(check, timeout) or []
 
     def read_at(self, timestamp: float | _dt.datetime) -> int:
         """The first offset whose record was appended at or after ``timestamp``.
@@ -266,7 +267,7 @@ class Stream:
         search over the primary key.
         """
         target = timestamp_us(timestamp)
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             return _bisect(conn, st, "timestamp", target, strict=False)
 
@@ -293,7 +294,7 @@ class Stream:
                     return True
                 return None
 
-            if not self.db._wait(check, timeout):
+            if not self.db.engine.wait_until(check, timeout):
                 return
             records, st = outcome
             if not records:
@@ -313,7 +314,7 @@ class Stream:
 
     def _bytes_once(self, offset: int, limit: int | None) -> Chunk | None:
         """The chunk at ``offset`` if it is readable now; None if it is not committed yet."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             length = st.byte_length
             if offset < st.first_position:
@@ -355,7 +356,7 @@ class Stream:
         if limit is not None:
             check_offset(limit, "limit")
         timeout = check_timeout(timeout)
-        chunk = self.db._wait(lambda: self._bytes_once(offset, limit), timeout)
+        chunk = self.db.engine.wait_until(lambda: self._bytes_once(offset, limit), timeout)
         if chunk is None:
             raise WritePending(
                 f"bytes {offset}..{'end' if limit is None else offset + limit} of stream "
@@ -378,7 +379,7 @@ class Stream:
         position = offset
 
         def check() -> Chunk | None:
-            with self.db._snapshot() as conn:
+            with self.db.engine.snapshot() as conn:
                 st = self._state(conn)
                 if position < st.first_position:
                     raise OffsetOutOfRange(f"byte {position} of stream {self.name!r} was trimmed")
@@ -395,7 +396,7 @@ class Stream:
                 return None
 
         while True:
-            chunk = self.db._wait(check, timeout)
+            chunk = self.db.engine.wait_until(check, timeout)
             if chunk is None:
                 raise WritePending(f"no new bytes in stream {self.name!r} for {timeout}s")
             if chunk.data:
@@ -405,7 +406,8 @@ class Stream:
                 return
 
 
-def _prepare(value: Any, key: Any, headers: Any) -> PreparedRecord:
+def prepare_record(value: Any, key: Any, headers: Any) -> PreparedRecord:
+    """A value, key and headers encoded as the append path stores them (raises ``InvalidValue``)."""
     ctype, data, nbytes = encode_value(value)
     return (encode_key(key), encode_headers(headers), ctype, data, nbytes)
 

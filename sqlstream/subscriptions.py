@@ -8,8 +8,8 @@ count and its *deadline*. All state changes run inside one write transaction
 same record at once, and every change commits together with whatever else the caller's
 ``db.transaction()`` holds (consume-transform-produce is exactly-once in one file).
 
-Deadlines are wall-clock microseconds read from ``Database._clock()`` (``time.time`` by
-default). Tests replace ``db._clock`` on one Database instance to expire acks without
+Deadlines are wall-clock microseconds read from ``db.engine.clock()`` (``time.time`` by
+default). Tests replace ``db.engine.clock`` on one Database instance to expire acks without
 sleeping; every process sharing a file must otherwise use the real clock.
 
 Every blocking call takes ``timeout`` in seconds: ``0`` never blocks, a positive number
@@ -42,21 +42,21 @@ from .errors import (
 )
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
-    MAX_OFFSET,
     MAX_SECONDS,
     check_count,
     check_flag,
+    check_offsets,
     check_seconds,
     check_start,
     check_timeout,
     clean_text,
-    show,
 )
 
 _log = logging.getLogger("sqlstream")
 
 if TYPE_CHECKING:
-    from .database import Database, PreparedRecord
+    from .database import Database
+    from .engine import PreparedRecord
 
 # Headers a dead-lettered record carries beside its own.
 DEAD_LETTER_HEADERS = (
@@ -202,18 +202,6 @@ class SubscriptionInfo:
     consumers: dict[str, int] = field(default_factory=dict)
 
 
-def _check_offsets(offsets: Sequence[object]) -> list[int]:
-    seen: dict[int, None] = {}
-    for offset in offsets:
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
-            raise InvalidArgument(
-                f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
-                hint="pass record offsets: sub.ack(*batch.offsets)",
-            )
-        seen[offset] = None
-    return list(seen)
-
-
 class Subscription:
     """A handle to one subscription. Light and thread-safe; all state lives in the file.
 
@@ -301,35 +289,35 @@ class Subscription:
             if deadline is None:
                 return None
             # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
-            return time.monotonic() + max(0.001, deadline / 1e6 - db._clock())
+            return time.monotonic() + max(0.001, deadline / 1e6 - db.engine.clock())
 
         timeout = check_timeout(timeout)
         # First a claim straight away (most fetches find records), then wait: starting to
         # wait (the watcher thread) costs more than a claim.
         got = check(probe=False)
         if got is None and timeout != 0:
-            got = db._wait(check, timeout, wake_at=wake_at)
+            got = db.engine.wait_until(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
     def _probe(self) -> tuple[bool, int | None]:
         """(whether a claim could return something now, the earliest pending deadline)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         frontier, first, nxt, max_unacked, pending, earliest = rows[0]
-        if earliest is not None and earliest <= _us(self.db._clock()):
+        if earliest is not None and earliest <= _us(self.db.engine.clock()):
             return True, earliest
         return (max(frontier, first) < nxt and pending < max_unacked), earliest
 
     def _claim(self, consumer: str, max_records: int) -> Batch:
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write(wakes=False) as conn:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
             stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
-            now = _us(db._clock())
+            now = _us(db.engine.clock())
             if max_deliveries is not None:
                 exhausted = _q(conn,
                     "SELECT offset, attempts, last_error FROM deliveries "
@@ -440,7 +428,7 @@ class Subscription:
             if not exists:
                 db.create_stream(dead_letter)
             try:
-                db._append_rows(dead_letter, None, prepared, None)
+                db.engine.append_rows(dead_letter, None, prepared, None)
             except (StreamSealed, AccessDenied) as exc:
                 raise type(exc)(
                     f"subscription {self.name!r} cannot dead-letter offsets {offsets} to stream "
@@ -465,11 +453,11 @@ class Subscription:
         Wakes fetches waiting for room under ``max_unacked``.
         Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset).
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
@@ -479,7 +467,6 @@ class Subscription:
             }
             if done:
                 conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
-                db._tx_dirty = True
         return _result(wanted, done)
 
     def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
@@ -492,13 +479,13 @@ class Subscription:
         Atomic; wakes waiting fetches. Raises ``SubscriptionNotFound``, ``InvalidArgument``,
         and ``StreamSealed``/``AccessDenied`` if the dead-letter stream cannot take appends.
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         delay = check_seconds(delay, "delay", positive=False)
         error = clean_text(error, "error")
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
@@ -508,7 +495,7 @@ class Subscription:
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
                     f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
-                    (_us(db._clock() + delay), error, self._id, param),
+                    (_us(db.engine.clock() + delay), error, self._id, param),
                 )
             }
             dead: list[int] = []
@@ -521,8 +508,6 @@ class Subscription:
                 if exhausted:
                     self._dead_letter(conn, stream_id, dead_letter, exhausted)
                     dead = [e[0] for e in exhausted]
-            if done:
-                db._tx_dirty = True
         result = _result(wanted, done)
         return result._replace(dead_lettered=tuple(dead))
 
@@ -544,22 +529,20 @@ class Subscription:
         Applies to pending records that a consumer holds (not to nacked ones); others are
         ignored and reported. Atomic. Raises ``SubscriptionNotFound``, ``InvalidArgument``.
         """
-        wanted = _check_offsets(offsets)
+        wanted = check_offsets(offsets)
         seconds = check_seconds(seconds, "seconds", positive=True)
         if not wanted:
             return AckResult((), ())
         db = self.db
-        with db._writing() as conn:
+        with db.engine.write() as conn:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET deadline = ? WHERE subscription_id = ? AND consumer IS NOT NULL "
                     f"AND {_IN_OFFSETS} RETURNING offset",
-                    (_us(db._clock() + seconds), self._id, json.dumps(wanted)),
+                    (_us(db.engine.clock() + seconds), self._id, json.dumps(wanted)),
                 )
             }
-            if done:
-                db._tx_dirty = True  # waiting fetches recompute their wake-up time
         return _result(wanted, done)
 
     def _check_exists(self, conn: apsw.Connection) -> None:
@@ -574,8 +557,8 @@ class Subscription:
             check_name(consumer, "consumer")
         if limit is not None:
             check_count(limit, "limit")
-        now = self.db._clock()
-        with self.db._snapshot() as conn:
+        now = self.db.engine.clock()
+        with self.db.engine.snapshot() as conn:
             self._check_exists(conn)
             rows = _q(conn,
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
@@ -589,8 +572,8 @@ class Subscription:
 
     def info(self) -> SubscriptionInfo:
         """A consistent snapshot of settings, lag, pending counts and per-consumer counts."""
-        with self.db._snapshot() as conn:
-            infos = _infos(conn, self.db._clock(), self._id)
+        with self.db.engine.snapshot() as conn:
+            infos = _infos(conn, self.db.engine.clock(), self._id)
         if not infos:
             raise self._missing()
         return infos[0]
@@ -666,7 +649,7 @@ def create_subscription(
             hint="pass both (records delivered max_deliveries times move to the dead_letter stream) or neither",
         )
     start = check_start(start)
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         found = _q(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
         )
@@ -724,7 +707,7 @@ def create_subscription(
 
 def get_subscription(db: Database, name: str) -> Subscription:
     check_name(name, "subscription")
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         rows = _q(conn,
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
             (name,),
@@ -735,13 +718,13 @@ def get_subscription(db: Database, name: str) -> Subscription:
 
 
 def list_subscriptions(db: Database) -> list[SubscriptionInfo]:
-    with db._snapshot() as conn:
-        return _infos(conn, db._clock(), None)
+    with db.engine.snapshot() as conn:
+        return _infos(conn, db.engine.clock(), None)
 
 
 def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
     check_name(name, "subscription")
-    with db._writing() as conn:
+    with db.engine.write() as conn:
         rows = _q(conn, "SELECT id FROM subscriptions WHERE name = ?", (name,))
         if not rows:
             raise SubscriptionNotFound(f"no subscription named {name!r}")
@@ -756,5 +739,4 @@ def delete_subscription(db: Database, name: str, *, force: bool = False) -> int:
             )
         conn.execute("DELETE FROM deliveries WHERE subscription_id = ?", (sub_id,))
         conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
-        db._tx_dirty = True  # fetches blocked on it wake and meet SubscriptionNotFound
     return int(pending)

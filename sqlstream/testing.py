@@ -10,11 +10,10 @@ A :class:`FakeClock` installed on a :class:`~sqlstream.Database` replaces the "n
 database's deadline and age decisions read: subscription ack deadlines (redelivery after
 ``ack_timeout``, ``nack(delay=...)``, ``extend(seconds=...)``, the ``expired`` count of
 ``info()``), retention by age (``max_age`` is measured from the clock to the records'
-timestamps), and the dedup window (``dedup_seconds``). It does *not* change the
-timestamps stored on records, streams, subscriptions and readers (``Record.timestamp``,
-``created_at``, ``sealed_at``...): those stay wall-clock times, so ``read_at`` and the
-files' contents look as in production. Nor does it change timeouts that bound how long a
-call blocks (``read(timeout=)``, ``fetch(timeout=)``, the busy timeout): those run on
+timestamps), and the dedup window (``dedup_seconds``). Times the database stores come
+from the same clock (``Record.timestamp``, a stream's ``created_at`` and seal time), so
+``read_at`` and ``max_age`` agree with it; reader positions' ``updated_at`` stays
+wall-clock. It does not change timeouts that bound how long a call blocks (``read(timeout=)``, ``fetch(timeout=)``, the busy timeout): those run on
 real monotonic time. The clock starts at the real current time and only moves forward.
 
 A clock belongs to the Database objects it is installed on: another Database on the same
@@ -57,18 +56,12 @@ def use_clock(db: Database, clock: Callable[[], float] | None) -> None:
     ``None`` restores real time. This is the one place that knows where a Database keeps
     its clock; see the module docstring for what the clock governs.
     """
-    if clock is None:
-        vars(db).pop("_clock", None)  # the class's method (time.time) shows through again
-    else:
-        # The Database's clock hook: an instance attribute shadowing the method.
-        setattr(db, "_clock", clock)  # noqa: B010 - mypy refuses assigning to a method
+    db.engine.clock = time.time if clock is None else clock
 
 
 def _wake_waiters(db: Database) -> None:
     """Let calls blocked in other threads re-check their deadlines after the clock moved."""
-    notifier = getattr(db, "_notifier", None)
-    if notifier is not None:
-        notifier.bump()
+    db.engine.notifier.bump()
 
 
 #: The latest time a FakeClock may show: the end of year 9999 UTC, which ``datetime``

@@ -37,6 +37,7 @@ import json
 import math
 import re
 import reprlib
+from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 from .errors import InvalidArgument, InvalidName, InvalidValue
@@ -178,6 +179,27 @@ def check_offset(value: object, what: str = "offset") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
         raise InvalidArgument(f"{what} must be an int from 0 to 2**63-1, not {show(value)}")
     return value
+
+
+def check_offsets(offsets: Sequence[object]) -> list[int]:
+    """Record offsets for ack/nack/extend: each as :func:`check_offset`; duplicates dropped, order kept."""
+    seen: dict[int, None] = {}
+    for offset in offsets:
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidArgument(
+                f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
+                hint="pass record offsets: sub.ack(*batch.offsets)",
+            )
+        seen[offset] = None
+    return list(seen)
+
+
+def check_dedup_window(seconds: object, records: object) -> None:
+    """``dedup_seconds`` and ``dedup_records``: both bounded (the window cannot be unbounded)."""
+    if seconds is None or records is None:
+        raise InvalidArgument("dedup_seconds and dedup_records must be positive numbers (the window cannot be unbounded)")
+    check_seconds(seconds, "dedup_seconds", positive=True)
+    check_limit(records, "dedup_records")
 
 
 def check_start(value: object, what: str = "start") -> str | int:

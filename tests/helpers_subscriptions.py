@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
-    """A controllable wall clock for ``db._clock``: ack deadlines expire without sleeping."""
+    """A controllable wall clock for ``db.engine.clock``: ack deadlines expire without sleeping."""
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self.now = start

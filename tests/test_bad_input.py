@@ -717,3 +717,12 @@ def test_issue_9_huge_stored_windows_do_not_break_dedup_appends_or_retention(fx:
     first = fx.plain.append(b"x", dedup_id="once")
     assert fx.plain.append(b"x", dedup_id="once") == first
     assert fx.db.trim("plain").trimmed == 0 and fx.db.maintain().checkpoint
+
+
+@pytest.mark.parametrize("value", [math.inf, 1e300, True, -1, math.nan, "5"])
+def test_open_refuses_a_busy_timeout_that_is_not_a_finite_number_of_seconds(tmp_path: Path, value: Any) -> None:
+    # inf/1e300 used to be accepted and fail later with a raw OverflowError (the lock
+    # wait); True was taken as 1 second.
+    with pytest.raises(errors.InvalidArgument, match="busy_timeout"):
+        sqlstream.open(tmp_path / "b.db", busy_timeout=value)
+    assert not (tmp_path / "b.db").exists()

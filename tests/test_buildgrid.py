@@ -277,7 +277,7 @@ def test_storage_full_error(db_path: str) -> None:
         h = s.create_stream("ops", "")
         s.append_to_stream(h.write_resource_name, b"kept")
         # A real SQLITE_FULL: cap the file's size on the write connection.
-        conn = s.db._write_conn()
+        conn = s.db.engine.write_conn()
         pages = next(iter(conn.execute("PRAGMA page_count")))[0]
         list(conn.execute(f"PRAGMA max_page_count = {pages + 2}"))
         with pytest.raises(StorageFullError) as info:

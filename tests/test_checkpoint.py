@@ -17,7 +17,7 @@ def test_background_checkpoint_copies_frames(db: sqlstream.Database) -> None:
     payload = os.urandom(3000)  # about a page per append
     for _ in range(checkpoint.SOFT_LIMIT + 200):
         stream.append(payload)
-    cp = db._notifier.checkpointer
+    cp = db.engine.notifier.checkpointer
     deadline = time.monotonic() + 10
     while (cp.checkpoints == 0 or cp.last_result[1] <= 0) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -32,7 +32,7 @@ def test_checkpointer_stops_with_the_last_database(db_path: str) -> None:
     pass on a checkpointer that never ran."""
     db = sqlstream.open(db_path)
     db.create_stream("s").extend([b"x" * 4000] * (checkpoint.SOFT_LIMIT + 50))
-    cp = db._notifier.checkpointer
+    cp = db.engine.notifier.checkpointer
     thread = cp._thread
     alive = thread is not None and thread.is_alive()
     db.close()

@@ -197,7 +197,7 @@ def test_extend_deadline_pushes_held_records_and_names_the_rest(run: Any, db_pat
     assert "not pending, ignored: 1" in err
     with sqlstream.open(db_path, readonly=True) as db:
         (entry,) = db.subscription("w").pending()
-    assert entry.deadline - db._clock() > 500
+    assert entry.deadline - db.engine.clock() > 500
     status, _, err = run("extend-deadline", "w", "0", "--seconds", "0")
     assert status == 2
     status, _, err = run("extend-deadline", "nope", "0", "--seconds", "5")

@@ -104,7 +104,7 @@ def _make_sqlstream_file(path: Path) -> None:
     db = sqlstream.open(path)
     try:
         now = [T0]
-        db._clock = lambda: now[0]  # type: ignore[method-assign]
+        db.engine.clock = lambda: now[0]
         orders = db.create_stream("orders")
         for i in range(5):
             orders.append({"id": i, "customer": f"c{i % 2}", "ok": True}, key=f"c{i % 2}", headers={"src": "web"})

@@ -22,7 +22,7 @@ from sqlstream import errors
 @pytest.fixture
 def clock(db: sqlstream.Database) -> Clock:
     c = Clock(time.time())
-    db._clock = c  # type: ignore[method-assign]
+    db.engine.clock = c
     return c
 
 

@@ -65,7 +65,7 @@ def test_maintain_settles_for_a_passive_checkpoint_while_a_reader_holds_the_wal(
     stream = filled(db, "s", 100)
     reader = sqlstream.open(db.path)
     try:
-        with reader._snapshot() as conn:  # an open read transaction pins the WAL
+        with reader.engine.snapshot() as conn:  # an open read transaction pins the WAL
             conn.execute("SELECT count(*) FROM chunks").fetchall()
             stream.append(b"more")
             report = db.maintain(checkpoint_timeout=0.05)

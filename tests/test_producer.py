@@ -155,7 +155,7 @@ def _fail_inserts(db: sqlstream.Database, failures: int) -> list[int]:
             return 1
         return 0
 
-    conn = db._write_conn()
+    conn = db.engine.write_conn()
     conn.create_scalar_function("test_should_fail", should_fail, 0)
     conn.execute(
         "CREATE TEMP TRIGGER test_fail BEFORE INSERT ON main.chunks WHEN test_should_fail() "

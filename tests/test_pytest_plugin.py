@@ -155,9 +155,9 @@ def test_fake_clock_only_moves_forward_and_restores_real_time(tmp_path: Path) ->
     assert clock.advance(2.5) == 1002.5
     with sqlstream.open(tmp_path / "c.db") as db:
         use_clock(db, clock)
-        assert db._clock() == 1002.5
+        assert db.engine.clock() == 1002.5
         use_clock(db, None)
-        assert abs(db._clock() - time.time()) < 5
+        assert abs(db.engine.clock() - time.time()) < 5
 
 
 def test_advancing_the_clock_wakes_a_fetch_blocked_in_another_thread(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from sqlstream.retention import bytes_margin, count_margin
 def statements(db: sqlstream.Database) -> Iterator[list[str]]:
     """The SQL the write connection runs inside the block."""
     seen: list[str] = []
-    conn = db._write_conn()
+    conn = db.engine.write_conn()
 
     def tracer(cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
         seen.append(" ".join(sql.split()))
@@ -138,7 +138,7 @@ def test_max_age_trims_as_appends_happen(db: sqlstream.Database) -> None:
 
 def test_max_age_by_maintain_with_a_clock(db: sqlstream.Database) -> None:
     clock = Clock(time.time())
-    db._clock = clock  # type: ignore[method-assign]
+    db.engine.clock = clock
     stream = db.create_stream("s", max_age=60)
     stream.extend([1, 2, 3])
     assert db.maintain().trimmed == {"s": 0}
@@ -192,7 +192,7 @@ def test_trim_validates_its_arguments(db: sqlstream.Database) -> None:
 
 def test_keep_unacked_holds_records_and_info_says_why(db: sqlstream.Database) -> None:
     clock = Clock(time.time())
-    db._clock = clock  # type: ignore[method-assign]
+    db.engine.clock = clock
     stream = db.create_stream("s", max_count=4, keep_unacked=True)
     sub = db.create_subscription("billing", "s", ack_timeout=600)
     stream.extend(list(range(10)))
@@ -237,7 +237,7 @@ def test_streams_of_an_older_schema_get_their_triggers(tmp_path: object) -> None
     path = str(tmp_path) + "/old.db"  # type: ignore[operator]
     with sqlstream.open(path) as db:
         db.create_stream("s", max_count=2).extend([1, 2, 3, 4])
-        conn = db._write_conn()
+        conn = db.engine.write_conn()
         conn.execute("UPDATE streams SET trim_offset = NULL")  # as 0004 finds them
         conn.execute("UPDATE streams SET trim_offset = first_offset + max_count WHERE max_count IS NOT NULL")
         db.stream("s").append(5)

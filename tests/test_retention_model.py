@@ -169,8 +169,8 @@ class RetentionMachine(RuleBasedStateMachine):
         self.start = time.time()
         self.epoch = 0
         clock = self.clock = lambda: self.start + self.epoch * EPOCH
-        self.db._clock = clock  # type: ignore[method-assign]
-        # Record timestamps come from the database's clock too (the one append path's now_us).
+        self.db.engine.clock = clock
+        # Record timestamps come from the engine's clock too (Engine.now_us): they follow it.
         self.models: dict[str, Model] = {}
         self.saved: tuple[dict[str, Model], int] | None = None  # state at begin()
         self.block: Any = None

@@ -2,7 +2,7 @@
 
 The oracle is a plain dict of pending records with their consumer, attempts and deadline,
 plus the delivery frontier, the acked set and the dead letters. Time is the controllable
-clock ``db._clock``, advanced in whole seconds, so deadlines expire exactly when the
+clock ``db.engine.clock``, advanced in whole seconds, so deadlines expire exactly when the
 oracle says, without sleeping. After every step the subscription's pending list, its
 counters and the dead-letter stream must equal the oracle's.
 """
@@ -44,7 +44,7 @@ class SubscriptionModel(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="sqlstream-model-")
         self.db = sqlstream.open(f"{self.dir}/model.db")
         self.clock = Clock(START)
-        self.db._clock = self.clock  # type: ignore[method-assign]
+        self.db.engine.clock = self.clock
         self.stream = self.db.create_stream("s")
         self.sub = self.db.create_subscription(
             "sub", "s", ack_timeout=ACK_TIMEOUT, max_unacked=MAX_UNACKED,

@@ -1,6 +1,6 @@
 """Subscriptions: claims, acks, redelivery, dead letters, inspection, exactly-once.
 
-Most tests drive ack deadlines with a controllable clock (``db._clock``) instead of
+Most tests drive ack deadlines with a controllable clock (``db.engine.clock``) instead of
 sleeping; a few use real time to prove that blocked fetches wake by themselves. The
 first group translates the HStreamDB server's subscription tests.
 """
@@ -26,7 +26,7 @@ from sqlstream import errors
 @pytest.fixture
 def clock(db: sqlstream.Database) -> Clock:
     c = Clock()
-    db._clock = c  # type: ignore[method-assign]
+    db.engine.clock = c
     return c
 
 

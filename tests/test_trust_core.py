@@ -437,12 +437,12 @@ def test_synchronous_applies_to_every_connection(db_path: str, level: str) -> No
     expected = {"normal": 1, "full": 2}[level]
     with sqlstream.open(db_path, synchronous=level) as db:
         db.create_stream("s").append(b"x")
-        assert db._write_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
-        assert db._read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert db.engine.write_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert db.engine.read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
         assert db.query("PRAGMA synchronous").rows == [(expected,)]
-        generation = db._notifier.generation  # the in-process wake-up, before append returns
+        generation = db.engine.notifier.generation  # the in-process wake-up, before append returns
         db.stream("s").append(b"y")
-        assert db._notifier.generation > generation
+        assert db.engine.notifier.generation > generation
     with sqlstream.open(db_path, readonly=True, synchronous=level) as ro:
-        assert ro._read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
+        assert ro.engine.read_conn().execute("PRAGMA synchronous").fetchall() == [(expected,)]
         assert ro.query("PRAGMA synchronous").rows == [(expected,)]

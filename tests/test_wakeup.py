@@ -8,7 +8,7 @@ helper's timestamps are comparable) and asserted against generous bounds: the bo
 are about never missing a wakeup, not about speed. Figures are printed (``-s``).
 
 A reader's *check* is one evaluation of its condition; it is counted by tracing the
-statements run on the waiting thread's read connection (``db._read_conn()``).
+statements run on the waiting thread's read connection (``db.engine.read_conn()``).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class CheckCounter:
 def counting_checks(db: sqlstream.Database) -> Iterator[CheckCounter]:
     """Trace the calling thread's read connection (the one its blocking reads use)."""
     counter = CheckCounter()
-    conn = db._read_conn()
+    conn = db.engine.read_conn()
     conn.exec_trace = counter.trace
     try:
         yield counter

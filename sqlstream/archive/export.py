@@ -345,8 +345,7 @@ class _Exporter:
         elsewhere, nothing is stored.
         """
         now = _now_us()
-        with self.db.transaction():
-            conn = self.db._write_conn()
+        with self.db.engine.write(wakes=False) as conn:
             rows = _sql(conn, "SELECT id FROM exports WHERE name = ?", (self.name,))
             if rows:
                 self.export_id = rows[0][0]
@@ -390,7 +389,7 @@ class _Exporter:
 
     def recover(self) -> None:
         """Finish archives an interrupted run committed; delete staging files it did not."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             pending = _sql(
                 conn,
                 "SELECT id, name, working, destination FROM export_files WHERE export_id = ? AND state = 'pending' "
@@ -430,7 +429,7 @@ class _Exporter:
         dest = self.destination(final_name)
         if dest is not None and self.storage is not None and self.storage.get_object_size(dest) is not None:
             return True
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             return bool(_sql(conn, "SELECT 1 FROM export_files WHERE export_id = ? AND name = ? AND state = 'pending'",
                              (self.export_id, final_name)))
 
@@ -453,8 +452,7 @@ class _Exporter:
             location = self.storage.describe(destination)
         else:
             location = self.publish(file_id, name, working)
-        with self.db.transaction():
-            conn = self.db._write_conn()
+        with self.db.engine.write(wakes=False) as conn:
             _sql(conn, "UPDATE export_files SET state = 'closed', location = ?, closed_at = ? WHERE id = ?",
                  (location, _now_us(), file_id))
             _sql(
@@ -504,7 +502,7 @@ class _Exporter:
 
     def expected_records(self, file_id: int) -> tuple[set[tuple[str, int]], int]:
         """The (stream, offset) pairs archive ``file_id`` holds, by its ranges; and its record count."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             ranges = _sql(conn, "SELECT s.name, r.first_offset, r.next_offset FROM export_ranges r "
                                 "JOIN streams s ON s.id = r.stream_id WHERE r.file_id = ?", (file_id,))
             count = _sql(conn, "SELECT records FROM export_files WHERE id = ?", (file_id,))[0][0]
@@ -538,8 +536,7 @@ class _Exporter:
         One transaction: the files' rows go, and each stream's ``exported_offset`` moves
         back to the first offset they held (``delivered_offset`` is already below it).
         """
-        with self.db.transaction():
-            conn = self.db._write_conn()
+        with self.db.engine.write(wakes=False) as conn:
             marks: dict[int, int] = {}
             for file_id in file_ids:
                 for sid, first in _sql(conn, "SELECT stream_id, first_offset FROM export_ranges WHERE file_id = ?",
@@ -596,8 +593,7 @@ class _Exporter:
         fsync_directory(self.staging)
         size = os.path.getsize(path)
         destination = self.destination(final_name)
-        with self.db.transaction():
-            conn = self.db._write_conn()
+        with self.db.engine.write(wakes=False) as conn:
             file_id = _sql(
                 conn,
                 "INSERT INTO export_files (export_id, name, working, destination, state, records, bytes, created_at) "
@@ -643,7 +639,7 @@ class _Exporter:
         """Up to ``batch`` records after the cursors, in commit (txn) order; and "all sealed"."""
         per_stream = []
         all_sealed = True
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             for index, stream in enumerate(self.names):
                 sid = self.ids[stream]
                 state = _sql(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
@@ -690,12 +686,12 @@ class _Exporter:
                     self.finish()
                 left = self.checker.seconds_left()
                 wait = _IDLE_WAIT if left is None else max(0.0, min(_IDLE_WAIT, left))
-                self.db._wait(self.has_news, wait)
+                self.db.engine.wait_until(self.has_news, wait)
             self.finish()
         except BaseException:
             self.abandon()
             raise
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             for stream, sid in self.ids.items():
                 self.result.offsets[stream] = _sql(
                     conn,
@@ -707,7 +703,7 @@ class _Exporter:
     def has_news(self) -> bool | None:
         """True when a stream has records past its cursor, or every stream is sealed (or gone)."""
         all_sealed = True
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             for sid in self.ids.values():
                 row = _sql(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,))
                 if not row or row[0][0] > self.cursor[sid]:
@@ -783,7 +779,7 @@ def export(
     if template is None:
         template = _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
     check_compression(compress)
-    _check_template(template, EXTENSIONS[compress] if compress else "")
+    check_template(template, EXTENSIONS[compress] if compress else "")
     if version not in (1, 2):
         raise InvalidArgument(f"archive format version is 1 or 2, not {version!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
@@ -823,7 +819,7 @@ def export(
             driver.close()
 
 
-def _check_template(template: object, extension: str) -> None:
+def check_template(template: object, extension: str) -> None:
     """Refuse a file name template that cannot give a file name, before anything is written."""
     if not isinstance(template, str):
         raise InvalidArgument(f"template is a strftime string, not {type(template).__name__}")
@@ -850,7 +846,7 @@ def _check_template(template: object, extension: str) -> None:
 
 def export_status(db: Database, name: str) -> ExportStatus:
     """The progress the database holds for export ``name`` (``InvalidArgument`` if unknown)."""
-    with db._snapshot() as conn:
+    with db.engine.snapshot() as conn:
         rows = _sql(conn, "SELECT id, directory FROM exports WHERE name = ?", (name,))
         if not rows:
             raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first")
@@ -889,8 +885,7 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
     status = export_status(db, name)
     wanted = list(status.streams) if streams is None else list(streams)
     out: dict[str, int] = {}
-    with db.transaction():
-        conn = db._write_conn()
+    with db.engine.write() as conn:
         for stream in wanted:
             if stream not in status.streams:
                 raise InvalidArgument(f"export {name!r} does not export stream {stream!r}")
@@ -907,5 +902,4 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
             # The same trim as retention's: first_offset/first_position advance, the
             # records and any pending deliveries of them go.
             out[stream] = trim_below(functools.partial(_sql, conn), sid, min(delivered, nxt))[0]
-        db._tx_dirty = True
     return out

@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from ..validation import MAX_OFFSET, check_count
 from ..errors import (
     ArchiveError,
     BadMagic,
@@ -359,7 +360,7 @@ def unpack(
     :class:`RecordTooLarge` for a payload over ``max_record_bytes`` (``None``: no limit
     but the format's 2 GiB).
     """
-    limit = _check_limit(max_record_bytes)
+    limit = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
     name = getattr(fileobj, "name", None)
     try:
         offset = fileobj.tell()
@@ -367,14 +368,6 @@ def unpack(
         offset = 0
     metadata, payload, _ = _read_record(fileobj, _Where(str(name) if name else "<archive>", 0, offset), limit)
     return metadata, payload
-
-
-def _check_limit(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidArgument(f"max_record_bytes must be an int >= 1 or None, not {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- files
@@ -588,7 +581,7 @@ class ArchiveReader:
                  max_record_bytes: int | None = DEFAULT_MAX_RECORD_BYTES, **kwargs: Any) -> None:
         if (filename is None) == (fileobj is None):
             raise InvalidArgument("give ArchiveReader a filename or a fileobj (one of them)")
-        self.max_record_bytes = _check_limit(max_record_bytes)
+        self.max_record_bytes = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
         if fileobj is not None:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
             # Compressed data is recognised when the file object can peek at its start.

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from ..connection import fetch
 from ..errors import (
     AccessDenied,
     ArchiveError,
@@ -40,10 +41,9 @@ from ..errors import (
     StreamSealed,
     InvalidArgument,
     TruncatedRecord,
-    translate,
 )
 from ..append import PreparedRecord, renumber_empty
-from ..connection import rows as rows_of, runner
+from ..connection import fetch, runner
 from ..records import check_name
 from ..storage import StorageDriver, download_file, get_driver
 from .export import DEFAULT_BATCH, parse_timestamp
@@ -177,15 +177,14 @@ class _Importer:
         batch, self.pending, self.pending_bytes = self.pending, [], 0
         stream = self.target
         secret = self.secrets.get(stream)
-        with self.db.transaction(), translate():
-            conn = self.db._write_conn()
-            state = rows_of(conn, _STATE_SQL, (stream,))
+        with self.db.engine.write() as conn:
+            state = fetch(conn, _STATE_SQL, (stream,))
             if not state:
                 if not self.create:
                     raise StreamNotFound(f"no stream named {stream!r} to import into",
                                          hint="create it first, or import with create=True")
                 self.db.create_stream(stream)
-                state = rows_of(conn, _STATE_SQL, (stream,))
+                state = fetch(conn, _STATE_SQL, (stream,))
             sid, first, nxt, length, sealed, last_ts, write_secret = state[0]
             # Checked here, inside the write transaction, as well as up front: a secret
             # stream created by another process during the import is still protected.
@@ -224,7 +223,7 @@ class _Importer:
                     raise PayloadTooLarge(f"{where}: record of {nbytes:,} bytes exceeds max_record_bytes")
                 if position > _INT64_MAX - nbytes or offset >= _INT64_MAX:
                     raise CorruptArchive(f"{where}: offset {offset} / position {position} is out of range")
-                if ctype == "json" and not rows_of(conn, "SELECT json_valid(?)", (data,))[0][0]:
+                if ctype == "json" and not fetch(conn, "SELECT json_valid(?)", (data,))[0][0]:
                     # SQLite's own test, the one check() applies: Python's json module
                     # accepts NaN and Infinity, which SQLite does not.
                     raise CorruptArchive(f"{where}: a json record's payload is not valid JSON")
@@ -236,7 +235,7 @@ class _Importer:
                 # The one append path at the archive's offsets (expect_offset: the batch
                 # lands exactly where the archive says) and timestamps; retention triggers
                 # fire as for any append.
-                self.db._append_rows(stream, secret, rows, start, timestamps=stamps)
+                self.db.engine.append_rows(stream, secret, rows, start, timestamps=stamps)
                 self.result.imported += len(rows)
                 self.result.streams[stream] = self.result.streams.get(stream, 0) + len(rows)
 
@@ -374,8 +373,8 @@ def import_archives(
 
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
-    with db._snapshot() as conn:
-        rows = rows_of(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
+    with db.engine.snapshot() as conn:
+        rows = fetch(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
     return {name for name, secret in rows if secrets.get(name) != secret}
 
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import apsw
 
-from ..database import PreparedRecord
+from ..append import PreparedRecord
 from ..errors import OffsetOutOfRange, StreamExists, StreamNotFound
 from ..records import Record, encode_headers, encode_key, encode_value
 from ..streams import Stream
@@ -226,7 +226,7 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 return EXIT_OK
             # Rows already carry each record's own key, headers and type, which
             # Stream.extend (one key and headers for the batch) cannot express.
-            offsets: Sequence[int] = db._append_rows(args.name, args.secret, rows, args.expect_offset)
+            offsets: Sequence[int] = db.engine.append_rows(args.name, args.secret, rows, args.expect_offset)
         elif not values:
             return EXIT_OK
         elif args.dedup_id is not None:

@@ -236,7 +236,7 @@ class StorageDriver(ABC):
         return f"{self.name}:{path}"
 
 
-def _load_driver_class(name: str) -> type[StorageDriver]:
+def load_driver_class(name: str) -> type[StorageDriver]:
     if name in BUILTIN_DRIVERS:
         cls = load_object(BUILTIN_DRIVERS[name])
     else:
@@ -273,7 +273,7 @@ def get_driver(config: Mapping[str, Any] | StorageDriver) -> StorageDriver:
         raise InvalidArgument(
             "the storage configuration has no 'driver'", hint='e.g. {"driver": "filesystem", "root": "/srv/archives"}'
         )
-    cls = _load_driver_class(name)
+    cls = load_driver_class(name)
     return cls({k: v for k, v in config.items() if k != "driver"})
 
 

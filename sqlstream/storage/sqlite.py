@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,7 @@ class SqliteDriver(StorageDriver):
     # ----------------------------------------------------------------- helpers
 
     def _conn(self) -> apsw.Connection:
-        return self.db._write_conn()
+        return self.db.engine.write_conn()
 
     def _object(self, conn: apsw.Connection, path: str) -> tuple[int, int] | None:
         rows = _rows(conn, "SELECT id, size FROM storage_objects WHERE path = ?", (path,))
@@ -151,7 +152,6 @@ class SqliteDriver(StorageDriver):
                 continue
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (sid,))
             conn.execute("DELETE FROM streams WHERE id = ?", (sid,))
-        self.db._tx_dirty = True  # readers blocked on a deleted stream wake up
 
     def _check_tree(self, conn: apsw.Connection, path: str) -> None:
         """Refuse ``path`` if an ancestor is an object or objects exist under it (as on a filesystem).
@@ -202,7 +202,7 @@ class SqliteDriver(StorageDriver):
         stream: Stream = self.db.create_stream(
             SEGMENT_PREFIX + secrets.token_hex(16), secret=True, metadata=SEGMENT_METADATA
         )
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             sid: int = _rows(conn, "SELECT id FROM streams WHERE name = ?", (stream.name,))[0][0]
         return stream, sid
 
@@ -213,7 +213,7 @@ class SqliteDriver(StorageDriver):
         start = prefix + "/" if prefix else ""
         # '0' is the character after '/': [start, end) holds exactly the paths under prefix.
         end = prefix + "0" if prefix else None
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             if end is None:
                 rows = _rows(conn, "SELECT path, created_at FROM storage_objects ORDER BY path")
             else:
@@ -236,7 +236,7 @@ class SqliteDriver(StorageDriver):
 
     def get_object_size(self, path: str) -> int | None:
         path = check_path(path)
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             found = self._object(conn, path)
         return None if found is None else found[1]
 
@@ -255,12 +255,9 @@ class SqliteDriver(StorageDriver):
                     stream.extend(pieces)
                     stream.seal()
                     stream_ids.append(sid)
-                try:
-                    self._link(self._conn(), path, sum(map(len, pieces)), stream_ids)
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
+                self._link(self._conn(), path, sum(map(len, pieces)), stream_ids)
             return
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             self._check_tree(conn, path)  # fail before consuming the iterable; checked again when linking
         segment = None
         try:
@@ -281,10 +278,7 @@ class SqliteDriver(StorageDriver):
                     segment[0].extend(batch)
                     segment[0].seal()
                 size += batch_bytes
-                try:
-                    self._link(self._conn(), path, size, [segment[1]] if segment is not None else [])
-                except apsw.Error as exc:
-                    raise convert(exc) from exc
+                self._link(self._conn(), path, size, [segment[1]] if segment is not None else [])
         except BaseException:
             if segment is not None:
                 self._discard_segment(segment[1])
@@ -300,7 +294,7 @@ class SqliteDriver(StorageDriver):
 
     def get_object(self, path: str) -> bytes | None:
         path = check_path(path)
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             found = self._object(conn, path)
             if found is None:
                 return None
@@ -316,7 +310,7 @@ class SqliteDriver(StorageDriver):
         # A connection of its own, holding one read transaction until the iterator is
         # done: the object is read as it was at this call even if it is replaced or
         # deleted meanwhile (WAL keeps the old pages for an open reader).
-        conn = self.db._connect(readonly=self.db.readonly)
+        conn = self.db.engine.connect(readonly=self.db.readonly)
         try:
             conn.execute("PRAGMA query_only = 1").fetchall()
             conn.execute("BEGIN")
@@ -334,61 +328,49 @@ class SqliteDriver(StorageDriver):
 
     def delete_object(self, path: str) -> None:
         path = check_path(path)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                found = self._object(conn, path)
-                if found is not None:
-                    self._drop_object(conn, found[0])
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            found = self._object(conn, path)
+            if found is not None:
+                self._drop_object(conn, found[0])
 
     def move_object(self, src_path: str, dst_path: str, uuid: str | None = None) -> None:
         src, dst = check_path(src_path), check_path(dst_path)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                found = self._object(conn, src)
-                if found is None:
-                    raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
-                if src == dst:
-                    return
-                self._check_tree(conn, dst)
-                old = self._object(conn, dst)
-                if old is not None:
-                    self._drop_object_keeping(conn, old[0], self._segments(conn, found[0]))
-                conn.execute("UPDATE storage_objects SET path = ? WHERE id = ?", (dst, found[0]))
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            found = self._object(conn, src)
+            if found is None:
+                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
+            if src == dst:
+                return
+            self._check_tree(conn, dst)
+            old = self._object(conn, dst)
+            if old is not None:
+                self._drop_object_keeping(conn, old[0], self._segments(conn, found[0]))
+            conn.execute("UPDATE storage_objects SET path = ? WHERE id = ?", (dst, found[0]))
         log.debug("sqlite move_object %s -> %s (upload %s)", src, self.describe(dst), uuid)
 
     def cat_objects(self, path: str, chunks: Sequence[Chunk], uuid: str | None = None) -> None:
         path = check_path(path)
         specs = [chunk_spec(c) for c in chunks]
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                sources: list[int] = []
-                stream_ids: list[int] = []
-                size = 0
-                for src, want_size, md5 in specs:
-                    found = self._object(conn, src)
-                    if found is None:
-                        raise ObjectNotFound(f"cat_objects: no object {src!r}")
-                    object_id, got = found
-                    if want_size is not None and got != want_size:
-                        raise StorageError(f"cat_objects: {src!r} has {got} bytes, not the expected {want_size}")
-                    if md5 is not None and self._md5(conn, object_id) != md5:
-                        raise StorageError(f"cat_objects: {src!r} does not match its md5 {md5}")
-                    sources.append(object_id)
-                    stream_ids.extend(self._segments(conn, object_id))
-                    size += got
-                # Re-link: the sources' segment streams become the new object's, in order.
-                for object_id in set(sources):
-                    conn.execute("DELETE FROM storage_objects WHERE id = ?", (object_id,))
-                self._link(conn, path, size, stream_ids)
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            sources: list[int] = []
+            stream_ids: list[int] = []
+            size = 0
+            for src, want_size, md5 in specs:
+                found = self._object(conn, src)
+                if found is None:
+                    raise ObjectNotFound(f"cat_objects: no object {src!r}")
+                object_id, got = found
+                if want_size is not None and got != want_size:
+                    raise StorageError(f"cat_objects: {src!r} has {got} bytes, not the expected {want_size}")
+                if md5 is not None and self._md5(conn, object_id) != md5:
+                    raise StorageError(f"cat_objects: {src!r} does not match its md5 {md5}")
+                sources.append(object_id)
+                stream_ids.extend(self._segments(conn, object_id))
+                size += got
+            # Re-link: the sources' segment streams become the new object's, in order.
+            for object_id in set(sources):
+                conn.execute("DELETE FROM storage_objects WHERE id = ?", (object_id,))
+            self._link(conn, path, size, stream_ids)
         log.debug("sqlite cat_objects %s from %d chunks (upload %s)", self.describe(path), len(specs), uuid)
 
     def _md5(self, conn: apsw.Connection, object_id: int) -> str:
@@ -410,24 +392,20 @@ class SqliteDriver(StorageDriver):
         ones are kept: they may be uploads in progress. Returns how many were deleted.
         """
         cutoff = _now_us() - int(older_than * 1_000_000)
-        with self.db.transaction():
-            conn = self._conn()
-            try:
-                rows = _rows(
-                    conn,
-                    "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
-                    "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
-                    "AND NOT EXISTS (SELECT 1 FROM storage_segments WHERE stream_id = streams.id)",
-                    (SEGMENT_PREFIX, SEGMENT_PREFIX[:-1] + "0", cutoff),
-                )
-                self._drop_unreferenced(conn, [r[0] for r in rows])
-            except apsw.Error as exc:
-                raise convert(exc) from exc
+        with self.db.engine.write() as conn:
+            rows = _rows(
+                conn,
+                "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
+                "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
+                "AND NOT EXISTS (SELECT 1 FROM storage_segments WHERE stream_id = streams.id)",
+                (SEGMENT_PREFIX, SEGMENT_PREFIX[:-1] + "0", cutoff),
+            )
+            self._drop_unreferenced(conn, [r[0] for r in rows])
         return len(rows)
 
     def stats(self) -> dict[str, int]:
         """Counts for inspection: objects, segments, segment streams, stored bytes."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             objects, size = _rows(conn, "SELECT count(*), coalesce(sum(size), 0) FROM storage_objects")[0]
             segments = _rows(conn, "SELECT count(*) FROM storage_segments")[0][0]
             streams = _rows(

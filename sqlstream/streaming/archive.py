@@ -37,10 +37,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..archive.callbacks import check_compression
-from ..archive.export import ExportProgress, _check_template, export
+from ..archive.export import ExportProgress, check_template, export
 from ..errors import SqlstreamError
 from ..records import check_name
-from ..storage import _load_driver_class
+from ..storage import load_driver_class
 from .services import Option, OptionError, Service, resolve_path
 from .store import Block, RecordsTrimmed, Store
 
@@ -111,7 +111,7 @@ class ArchiveService(Service):
                               if compress not in ("gzip", "zstd") else str(exc), hint=exc.hint) from exc
         if options["template"] is not None:
             try:
-                _check_template(options["template"], "")
+                check_template(options["template"], "")
             except SqlstreamError as exc:
                 raise OptionError("template", str(exc), hint=exc.hint) from exc
         if options["format_version"] not in (1, 2):
@@ -123,7 +123,7 @@ class ArchiveService(Service):
             if not isinstance(driver, str) or not driver:
                 raise OptionError("storage", "needs a driver", hint='e.g. storage = { driver = "filesystem", root = "up" }')
             try:
-                _load_driver_class(driver)
+                load_driver_class(driver)
             except SqlstreamError as exc:
                 raise OptionError("storage", str(exc), hint=exc.hint) from exc
             local = _STORAGE_PATHS.get(driver)

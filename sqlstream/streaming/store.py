@@ -2,9 +2,9 @@
 
 :class:`Store` reads blocks (a block is one commit: the records of one ``txn``) from a
 consistent snapshot, keeps each service's durable cursor (table ``streaming_cursors``,
-migration 0005) and blocks until a commit. It uses ``Database`` internals
-(``_snapshot``, ``_writing``, ``_wait``); when the engine layer lands this class is the
-only code to switch.
+migration 0005) and blocks until a commit. It uses the engine interface
+(``db.engine``: ``snapshot()``, ``write()``, ``wait_until()``); its own bookkeeping writes
+are quiet (``wakes=False``: nobody waits for a cursor to move).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class Store:
         A new service starts from what its streams (``patterns``) retain now: records
         trimmed before it first ran are not its loss (see :meth:`next_block`).
         """
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             conn.execute(
                 "INSERT INTO streaming_cursors (service, kind, height, updated_at) VALUES (?, ?, 0, ?) "
                 "ON CONFLICT (service) DO NOTHING",
@@ -208,7 +208,7 @@ class Store:
         Refuses to move backwards: a second runner of the same service that lost a race
         raises instead of rewinding the cursor.
         """
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             conn.execute(
                 "UPDATE streaming_cursors SET height = ?, updated_at = ?, last_error = NULL, error_at = NULL "
                 "WHERE service = ? AND height < ?",
@@ -235,7 +235,7 @@ class Store:
         this copies it into ``streaming_cursors`` so ``serve --status`` and the
         ``streaming_progress`` view show it like any other service's.
         """
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             conn.execute(
                 "UPDATE streaming_cursors SET height = max(height, ?), updated_at = ?, last_error = NULL, "
                 "error_at = NULL WHERE service = ?",
@@ -244,7 +244,7 @@ class Store:
 
     def stream_names(self, patterns: Sequence[str]) -> list[str]:
         """The names of the existing streams ``patterns`` expose, in ascending order."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             return [str(n) for (n,) in conn.execute("SELECT name FROM streams ORDER BY name") if matches(str(n), patterns)]
 
     def export_height(self, export: str) -> int | None:
@@ -253,7 +253,7 @@ class Store:
         Per stream: one below the txn of its first record not yet delivered, or the head
         when every record is; the minimum over the export's streams. None: no such export.
         """
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             head = self._head(conn)
             rows: list[Any] = conn.execute(
                 "SELECT e.delivered_offset, s.next_offset, "
@@ -273,7 +273,7 @@ class Store:
 
     def export_trimmed(self, export: str) -> list[tuple[str, int, int]]:
         """(stream, first, last) offsets retention trimmed before export ``export`` archived them."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             gaps: list[Any] = conn.execute(
                 "SELECT s.name, e.exported_offset, s.first_offset - 1 FROM exports x "
                 "JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
@@ -284,7 +284,7 @@ class Store:
 
     def record_error(self, service: str, message: str) -> None:
         """Keep ``message`` as the service's last error (shown by ``serve --status``)."""
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             conn.execute(
                 "UPDATE streaming_cursors SET last_error = ?, error_at = ? WHERE service = ?",
                 (message, now_us(), service),
@@ -292,7 +292,7 @@ class Store:
 
     def cursors(self) -> list[Cursor]:
         """Every service's cursor, by name (from the ``streaming_progress`` view)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             rows = conn.execute(
                 "SELECT c.service, c.kind, c.height, t.value, c.updated_at, c.last_error "
                 "FROM streaming_cursors c, counters t WHERE t.name = 'txn' ORDER BY c.service"
@@ -304,11 +304,11 @@ class Store:
 
     def file_id(self) -> int:
         """The database file's stable random identity (``counters`` row ``file_id``)."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
         if row is not None:
             return int(row[0])
-        with self.db._writing() as conn:  # a file migrated before the row existed
+        with self.db.engine.write(wakes=False) as conn:  # a file migrated before the row existed
             conn.execute("INSERT INTO counters (name, value) VALUES ('file_id', random() & 9223372036854775807) "
                          "ON CONFLICT (name) DO NOTHING")
             row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
@@ -317,7 +317,7 @@ class Store:
 
     def sent_marks(self, service: str) -> SentMarks | None:
         """The service's sent marks (see :class:`SentMarks`), None before its first publish."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             row = conn.execute("SELECT h1, at1, h2, at2 FROM jetstream_sent WHERE service = ?", (service,)).fetchone()
         return None if row is None else SentMarks(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
@@ -328,7 +328,7 @@ class Store:
         time of every block above the cursor in two slots (one committed write).
         """
         now = now_us()
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             row = conn.execute("SELECT h1, at1, h2, at2 FROM jetstream_sent WHERE service = ?", (service,)).fetchone()
             if row is None:
                 marks = SentMarks(height, now, height, now)
@@ -360,7 +360,7 @@ class Store:
             for item in items:
                 handle.append(item.value, key=item.key, headers=item.headers, dedup_id=item.dedup_id)
             stored = handle.info().next_offset - before
-            with self.db._writing() as conn:
+            with self.db.engine.write(wakes=False) as conn:
                 conn.execute(
                     "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at) "
                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET js_stream = excluded.js_stream, "
@@ -372,7 +372,7 @@ class Store:
 
     def source_position(self, service: str) -> tuple[str, int, int, int] | None:
         """(JetStream stream, highest sequence stored, messages stored, updated_at µs), or None."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             row = conn.execute("SELECT js_stream, sequence, stored, updated_at FROM jetstream_sources "
                                "WHERE service = ?", (service,)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]), int(row[2]), int(row[3]))
@@ -381,7 +381,7 @@ class Store:
 
     def head(self) -> int:
         """The newest committed txn number."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             return self._head(conn)
 
     @staticmethod
@@ -392,7 +392,7 @@ class Store:
     def next_block(self, service: str, patterns: Sequence[str], after: int, upto: int | None = None) -> Block | None:
         """The first block above height ``after`` (and at most ``upto``) that touches a
         stream ``patterns`` expose, read from one snapshot; None when there is none yet."""
-        with self.db._snapshot() as conn:
+        with self.db.engine.snapshot() as conn:
             streams = [
                 (int(sid), str(name), int(first), int(nxt))
                 for sid, name, first, nxt in conn.execute(
@@ -461,7 +461,7 @@ class Store:
 
     def accept_trimmed(self, service: str, patterns: Sequence[str]) -> list[tuple[str, int, int]]:
         """Move ``service`` past records retention trimmed before it streamed them; return the gaps."""
-        with self.db._writing() as conn:
+        with self.db.engine.write(wakes=False) as conn:
             streams = [
                 (int(sid), str(name), int(first), int(nxt))
                 for sid, name, first, nxt in conn.execute("SELECT id, name, first_offset, next_offset FROM streams")
@@ -516,4 +516,4 @@ class Store:
 
         Woken by commits like a blocked reader (no polling loop of ours). True when there is one.
         """
-        return self.db._wait(lambda: True if self.head() > after else None, timeout) is not None
+        return self.db.engine.wait_until(lambda: True if self.head() > after else None, timeout) is not None

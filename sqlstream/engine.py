@@ -1,0 +1,611 @@
+"""The engine: one file's connections, write scope, snapshots, waiting, clock and append path.
+
+This is the internal interface every layer above it uses (``Database`` the façade, the
+handles ``Stream``/``Subscription``/``Reader``/``Producer``/``Consumer``, maintenance, the
+archive wing, the SQLite storage driver); none of them touches an ``Engine``'s private
+members. Contracts:
+
+- :meth:`Engine.write` is the write scope: ``BEGIN IMMEDIATE`` (outermost) or a
+  ``SAVEPOINT`` (nested), under a re-entrant per-Engine lock, yielding the write
+  connection. An exception rolls the scope back and propagates; an ``apsw.Error`` leaves
+  as a :mod:`sqlstream.errors` class (cause kept). Whether the commit wakes blocked
+  readers is *derived*: from SQLite's change count (``total_changes()``) over the scope,
+  unless the scope says ``wakes=False`` (deliberately quiet bookkeeping: claims, reader
+  positions, export progress) or ``wakes=True``.
+- :meth:`Engine.snapshot` is a consistent read (the writer's own view inside a write
+  scope, else a read transaction on this thread's read connection); errors converted.
+- :meth:`Engine.wait_until` blocks until a check passes, woken by commits.
+- :meth:`Engine.now_us`/:attr:`Engine.clock` is the one clock (record timestamps, ack
+  deadlines, retention, dedup); tests assign a fake ``clock`` to one instance.
+- :meth:`Engine.append_rows` is the append.
+
+Connections: one write connection per Engine, every write transaction ``BEGIN IMMEDIATE``
+so writers queue on SQLite's lock (never the "database is locked" failure of a deferred
+transaction upgrading); one read connection per thread, in autocommit, so readers never
+block writers. After ``fork`` the child opens fresh connections on first use and never
+touches the parent's.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar, overload
+
+import apsw
+
+from . import append as _append
+from . import clock as _clock
+from . import connection as cx
+from .checkpoint import install_wal_hook
+from .errors import (
+    AccessDenied,
+    ConcurrencyError,
+    DatabaseClosed,
+    DatabaseError,
+    InvalidArgument,
+    LockTimeout,
+    PayloadTooLarge,
+    ReadOnlyDatabase,
+    SchemaVersionError,
+    SqlstreamError,
+    StreamNotFound,
+    StreamSealed,
+    convert,
+    translate,
+)
+from .validation import check_timeout
+from .wakeup import FileNotifier, notifier_for
+
+T = TypeVar("T")
+
+DEFAULT_BUSY_TIMEOUT = 30.0
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+# The append path's statements and rules live in sqlstream/append.py (shared with the
+# SQLAlchemy outbox and archive import); the engine runs them in its write scope.
+PreparedRecord = _append.PreparedRecord
+us = _clock.us
+runner = cx.runner
+
+
+class Engine:
+    """One file's connections, write scope, snapshots, waiting, clock and append path.
+
+    Opening validates nothing the façade already did (``Database.__init__`` checks the
+    arguments); it opens or creates the file, migrates it, and attaches the file's
+    in-process wake-up notifier.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        readonly: bool,
+        create: bool,
+        synchronous: str,
+        busy_timeout: float,
+        wakeup: str,
+        poll_interval: float | None,
+        max_record_bytes: int,
+        vfs: str | None,
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.synchronous = synchronous
+        self.busy_timeout = float(busy_timeout)
+        self.wakeup = wakeup
+        self.poll_interval = poll_interval
+        self.max_record_bytes = max_record_bytes
+        self.vfs = vfs
+        # Wall-clock seconds for record timestamps, ack deadlines, retention and dedup.
+        # Tests assign a function to one instance's ``clock`` to move time without
+        # sleeping; processes sharing a file must all use real time.
+        self.clock: Callable[[], float] = time.time
+        self._closed = False
+        self._open_lock = threading.Lock()
+        self._wconn: apsw.Connection | None = None
+        self._init_process_state()
+
+        # One opening at a time per file in this process: check_header() and
+        # create_private_file() open and close the file, and closing any descriptor drops
+        # every POSIX lock the process holds on the file, SQLite's included. Done while
+        # another thread's connection is still switching a new file to WAL (rollback-journal
+        # locking), that let other processes roll back and delete its journal under it.
+        with _init_lock(self.path):
+            exists = cx.check_file_type(self.path)
+            if not exists:
+                if readonly or not create:
+                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+                try:
+                    cx.create_private_file(self.path)
+                except OSError as exc:
+                    raise DatabaseError(
+                        f"cannot create {self.path}: {exc.strerror}",
+                        hint="check that the directory exists and is writable",
+                    ) from exc
+            self.notifier: FileNotifier = notifier_for(self.path)
+            if exists and self.notifier.open_count == 0:
+                # Only while no Database here holds SQLite locks on it (see above).
+                cx.check_header(self.path)
+                cx.inspect_existing(self.path, self.vfs)
+            self.notifier.attach()
+            if readonly:
+                try:
+                    self._check_readable_schema()
+                except BaseException:
+                    self.close()
+                    raise
+            else:
+                conn = self.write_conn()
+                try:
+                    with translate():
+                        # Refuse another program's database before switching it to WAL,
+                        # which would rewrite its header.
+                        if cx.pragma(conn, "user_version") == 0:
+                            cx._check_empty_or_ours(conn)
+                        cx.connection_wal(conn, self.busy_timeout)
+                    cx.migrate(conn)
+                except BaseException:
+                    self.close()
+                    raise
+
+    def _check_readable_schema(self) -> None:
+        conn = self.read_conn()
+        with translate():
+            mode = cx.pragma(conn, "journal_mode")
+            version = int(cx.pragma(conn, "user_version"))
+        latest = cx.schema_version()
+        with translate():
+            cx._check_empty_or_ours(conn)
+        if version != latest:
+            raise SchemaVersionError(
+                f"the database has schema version {version}; this sqlstream reads version {latest}",
+                hint="open it once without readonly=True to upgrade it" if version < latest else None,
+            )
+        if str(mode).lower() != "wal":
+            raise SchemaVersionError(f"{self.path} is not in WAL mode (journal_mode={mode})")
+
+    # ----------------------------------------------------------------- time
+
+    def now_us(self) -> int:
+        """The clock in integer microseconds: record timestamps, deadlines, retention, dedup."""
+        return us(self.clock())
+
+    # ----------------------------------------------------------------- connections and fork
+
+    def _init_process_state(self) -> None:
+        """(Re)create everything that must not cross a fork."""
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._read_conns: list[apsw.Connection] = []
+        self._tx_depth = 0
+        self._tx_txn: int | None = None
+        self._tx_txn_depth = 0
+        self._tx_wake = False  # the outermost commit wakes blocked readers
+        self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
+
+    def check_process(self) -> None:
+        """Raise ``DatabaseClosed`` once closed; after a fork, drop the parent's connections."""
+        if self._closed:
+            raise DatabaseClosed(f"the database {self.path} is closed")
+        if self._pid != os.getpid():
+            # Forked: the parent's connections belong to the parent. Dropping them
+            # without closing keeps the child from disturbing the parent's locks.
+            with self._open_lock:
+                if self._pid != os.getpid():
+                    _abandoned.extend(self._read_conns)
+                    if self._wconn is not None:
+                        _abandoned.append(self._wconn)
+                    self._wconn = None
+                    self._init_process_state()
+                    self.notifier = notifier_for(self.path)
+                    self.notifier.attach()
+
+    def connect(self, *, readonly: bool = True) -> apsw.Connection:
+        """A new connection of the caller's own (with sqlstream's settings); the caller closes it."""
+        return cx.connect(
+            self.path,
+            readonly=readonly,
+            busy_timeout=self.busy_timeout,
+            synchronous=self.synchronous,
+            vfs=self.vfs,
+        )
+
+    def write_conn(self) -> apsw.Connection:
+        """The write connection (opened on first use). Write through :meth:`write` only;
+        outside a scope it serves pragmas that must not run in a transaction."""
+        if self.readonly:
+            raise ReadOnlyDatabase(f"{self.path} was opened read-only", hint="open it without readonly=True")
+        conn = self._wconn
+        if conn is None:
+            with self._open_lock:
+                if self._wconn is None:
+                    conn = self.connect(readonly=False)
+                    install_wal_hook(conn, self.notifier.checkpointer)
+                    self._wconn = conn
+                conn = self._wconn
+        return conn
+
+    def read_conn(self) -> apsw.Connection:
+        """This thread's read connection (autocommit, ``query_only``)."""
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect(readonly=self.readonly)
+            with translate():
+                cx.pragma(conn, "query_only = 1")
+            with self._open_lock:
+                self._read_conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def query_conn(self) -> tuple[apsw.Connection, cx.QueryGuard]:
+        """This thread's connection for ``Database.query`` (read-only file, guarded; see connection.py)."""
+        pair: tuple[apsw.Connection, cx.QueryGuard] | None = getattr(self._local, "query", None)
+        if pair is None:
+            pair = cx.connect_query(
+                self.path, busy_timeout=self.busy_timeout, synchronous=self.synchronous, vfs=self.vfs
+            )
+            with self._open_lock:
+                self._read_conns.append(pair[0])
+            self._local.query = pair
+        return pair
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the write lock without a transaction (for ``VACUUM``, which cannot run in one).
+
+        Keeps this process's other threads out; SQLite's own locks keep other processes out.
+        Raises ``LockTimeout`` after ``busy_timeout``.
+        """
+        if not self._lock.acquire(timeout=self.busy_timeout):
+            raise LockTimeout(
+                f"another thread held the write lock on {self.path} for over {self.busy_timeout:g}s",
+                hint="raise busy_timeout or shorten transactions",
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        """Close every connection this Engine opened. Idempotent.
+
+        Waits (up to the busy timeout) for a transaction running in another thread to end.
+        When this is the last open Database on the file in this process, the helper
+        threads' connections are closed first and a write connection last, so that
+        SQLite checkpoints the WAL into the main file and deletes ``-wal``/``-shm``: the
+        closed ``.db`` is then self-contained and can be copied alone. That needs no other
+        process to hold the file open; if one does, the WAL is still checkpointed and
+        truncated when no reader pins it, else SQLite's usual rules apply (the last
+        connection anywhere to close does it). A read-only Database that closes last
+        checkpoints only if a writable one in this process closed before it.
+        """
+        if self._closed:
+            return
+        if self._pid != os.getpid():
+            self._closed = True  # the parent's connections are not ours to close
+            return
+        got = self._lock.acquire(timeout=self.busy_timeout)
+        try:
+            self._closed = True
+            with self._open_lock:
+                conns = list(self._read_conns)
+                self._read_conns.clear()
+                wconn, self._wconn = self._wconn, None
+            for conn in conns:
+                with contextlib.suppress(apsw.Error):
+                    conn.close(True)
+            notifier = getattr(self, "notifier", None)
+            if notifier is None:
+                if wconn is not None:
+                    with contextlib.suppress(apsw.Error):
+                        wconn.close(True)
+                return
+            notifier.bump()  # waiters re-check and meet DatabaseClosed
+            # Under the file's open lock: a Database opening meanwhile must not see
+            # open_count 0 (and close descriptors, dropping SQLite's locks) while the
+            # write connection below still holds them.
+            with _init_lock(self.path):
+                last = notifier.detach(wrote=wconn is not None)
+                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
+                    with contextlib.suppress(SqlstreamError, apsw.Error):
+                        wconn = self.connect(readonly=False)
+                if wconn is not None:
+                    if last:
+                        _checkpoint_on_close(wconn)
+                    with contextlib.suppress(apsw.Error):
+                        wconn.close(True)
+        finally:
+            if got:
+                self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ----------------------------------------------------------------- write scope, snapshot, wait
+
+    def in_transaction(self) -> bool:
+        """True when the calling thread is inside a write scope of this Engine."""
+        return self._tx_depth > 0 and self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def write(self, *, wakes: bool | None = None) -> WriteScope:
+        """The write scope: ``with engine.write() as conn:`` (see the module docstring).
+
+        ``wakes``: None derives it from the rows the scope changed; False keeps the
+        scope's changes from waking readers (bookkeeping nobody waits for); True always
+        wakes. Waits up to ``busy_timeout`` for the lock (``LockTimeout``).
+        """
+        return WriteScope(self, wakes)
+
+    def _rollback(self, conn: apsw.Connection, depth: int, savepoint: str) -> None:
+        # A txn number assigned inside the rolled-back block (at a deeper level than the
+        # block's own) was undone with it; one assigned outside it still stands.
+        if self._tx_txn_depth > depth:
+            self._tx_txn = None
+        with contextlib.suppress(apsw.Error):
+            if depth == 0:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+
+    def txn_number(self, conn: apsw.Connection) -> int:
+        """The commit sequence number of the current write transaction (assigned lazily)."""
+        if self._tx_txn is None:
+            row = cx.fetch(conn, _append.TXN_SQL)
+            self._tx_txn = int(row[0][0])
+            self._tx_txn_depth = self._tx_depth
+        return self._tx_txn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[apsw.Connection]:
+        """A consistent read: the writer's own view inside a write scope, else a read txn.
+
+        apsw errors raised inside leave as sqlstream errors (cause kept).
+        """
+        self.check_process()
+        if self.in_transaction():
+            with translate():
+                yield self.write_conn()
+            return
+        conn = self.read_conn()
+        with translate():
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if not conn.getautocommit():
+                    conn.execute("COMMIT")
+
+    def wait_until(
+        self,
+        check: Callable[[], T | None],
+        timeout: float | None,
+        wake_at: Callable[[], float | None] | None = None,
+    ) -> T | None:
+        """Evaluate ``check`` until it returns non-None, waiting for commits up to ``timeout``.
+
+        ``timeout``: 0 checks once, a positive number waits at most that long, None waits
+        indefinitely (validated by ``validation.check_timeout``). Blocking inside a write
+        scope would hold the write lock that any waking commit needs, so it is refused
+        (``InvalidArgument``).
+        """
+        timeout = check_timeout(timeout)  # huge (inf too) means None: no limit
+        if timeout == 0:
+            return check()
+        if self.in_transaction():
+            result = check()
+            if result is not None:
+                return result
+            raise InvalidArgument(
+                "cannot block inside db.transaction(): the transaction holds the write lock "
+                "that the commit you wait for needs",
+                hint="pass timeout=0 inside transactions",
+            )
+        self.check_process()
+        return self.notifier.wait_until(check, timeout, self.wakeup, self.poll_interval, wake_at)
+
+    # ----------------------------------------------------------------- writes
+
+    @overload
+    def append_rows(
+        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
+        ids: None = None, timestamps: Sequence[int] | None = None,
+    ) -> range: ...
+
+    @overload
+    def append_rows(
+        self, name: str, secret: str | None, rows: Sequence[PreparedRecord], expect_offset: int | None,
+        ids: Sequence[str | None], timestamps: Sequence[int] | None = None,
+    ) -> list[int]: ...
+
+    def append_rows(
+        self,
+        name: str,
+        secret: str | None,
+        rows: Sequence[PreparedRecord],
+        expect_offset: int | None,
+        ids: Sequence[str | None] | None = None,
+        timestamps: Sequence[int] | None = None,
+    ) -> range | list[int]:
+        """Append prepared rows to one stream atomically; return their offsets.
+
+        The one append path (:func:`sqlstream.append.append_rows`: validation, dedup ids,
+        expected offset, payload limit, retention triggers) in a write scope, or a
+        savepoint of the caller's. Arguments are checked before BEGIN, so a refused call
+        never waits for the write lock. Times come from :attr:`clock`. Raises
+        ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``,
+        ``PayloadTooLarge``, ``InvalidArgument``.
+        """
+        _append.check_rows(rows, expect_offset, self.max_record_bytes)
+        with self.write() as conn:
+            return _append.append_rows(
+                cx.runner(conn), name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
+                timestamps=timestamps, txn=lambda: self.txn_number(conn), now_us=self.now_us(),
+                max_record_bytes=self.max_record_bytes,
+            )
+
+    def seal(self, name: str, secret: str | None) -> bool:
+        """Seal a stream; True if this call sealed it, False if it already was.
+
+        Raises ``StreamNotFound``, ``AccessDenied`` (a secret stream, without its secret).
+        """
+        with self.write() as conn:
+            rows = conn.execute("SELECT sealed_at, write_secret FROM streams WHERE name = ?", (name,)).fetchall()
+            if not rows:
+                raise StreamNotFound(f"no stream named {name!r}")
+            sealed_at, write_secret = rows[0]
+            if write_secret is not None and write_secret != secret:
+                raise AccessDenied(f"stream {name!r} can be sealed only through its write secret")
+            if sealed_at is not None:
+                return False
+            conn.execute("UPDATE streams SET sealed_at = ? WHERE name = ?", (self.now_us(), name))
+        return True
+
+
+class WriteScope:
+    """The context manager behind :meth:`Engine.write` (a class: it is on every append's path).
+
+    Wake accounting, per transaction: each scope notes SQLite's change count and the
+    transaction's quiet count on entry. On a successful exit its own changes are the
+    difference; a ``wakes=False`` scope adds them to the quiet count, any other scope with
+    changes beyond the quiet ones it enclosed (or ``wakes=True``) marks the transaction
+    as waking. A rolled-back scope's changes count as quiet (they are undone). The
+    outermost commit calls ``notifier.committed()`` when marked.
+    """
+
+    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0")
+
+    def __init__(self, engine: Engine, wakes: bool | None) -> None:
+        self.engine = engine
+        self.wakes = wakes
+
+    def __enter__(self) -> apsw.Connection:
+        engine = self.engine
+        if engine._closed or engine._pid != os.getpid():
+            engine.check_process()
+        conn = self.conn = engine.write_conn()
+        if not engine._lock.acquire(timeout=engine.busy_timeout):
+            raise LockTimeout(
+                f"another thread held the write lock on {engine.path} for over {engine.busy_timeout:g}s",
+                hint="raise busy_timeout or shorten transactions",
+            )
+        depth = self.depth = engine._tx_depth
+        try:
+            if depth == 0:
+                conn.execute("BEGIN IMMEDIATE")
+                engine._tx_txn = None
+                engine._tx_wake = False
+                engine._tx_quiet = 0
+            else:
+                if conn.getautocommit():
+                    # SQLite rolled the whole transaction back after an error the caller
+                    # caught (disk full, I/O error). A SAVEPOINT now would start a new
+                    # transaction that commits on its own, outside the caller's block.
+                    raise _rolled_back()
+                conn.execute(f"SAVEPOINT sqlstream_{depth}")
+        except apsw.Error as exc:
+            engine._lock.release()
+            raise convert(exc) from exc
+        except BaseException:
+            engine._lock.release()
+            raise
+        self.changes0 = conn.total_changes()
+        self.quiet0 = engine._tx_quiet
+        engine._tx_depth = depth + 1
+        return conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        engine, conn, depth = self.engine, self.conn, self.depth
+        try:
+            engine._tx_depth = depth
+            delta = conn.total_changes() - self.changes0
+            if exc_type is not None:
+                engine._tx_quiet = self.quiet0 + delta
+                engine._rollback(conn, depth, f"sqlstream_{depth}")
+                if isinstance(exc, apsw.Error):
+                    raise convert(exc) from exc
+                return
+            if conn.getautocommit():  # SQLite already rolled it back (see __enter__)
+                raise _rolled_back()
+            if self.wakes is False:
+                engine._tx_quiet = self.quiet0 + delta
+            elif self.wakes or delta > engine._tx_quiet - self.quiet0:
+                engine._tx_wake = True
+            try:
+                conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
+            except apsw.Error as err:
+                engine._rollback(conn, depth, f"sqlstream_{depth}")
+                raise convert(err) from err
+            except BaseException:
+                engine._rollback(conn, depth, f"sqlstream_{depth}")
+                raise
+            if depth > 0 and engine._tx_txn_depth > depth:
+                # The released block's work, a txn number assigned in it included, now
+                # belongs to the enclosing block: only that block's rollback can undo it.
+                engine._tx_txn_depth = depth
+            if depth == 0 and engine._tx_wake:
+                engine.notifier.committed()
+        finally:
+            engine._lock.release()
+
+
+def _checkpoint_on_close(conn: apsw.Connection) -> None:
+    """Copy the whole WAL into the main file and truncate it, without waiting.
+
+    The last close of a connection checkpoints and deletes the WAL on its own, but only
+    when no other process has the file open; this TRUNCATE checkpoint also succeeds when
+    one does but no reader needs the WAL, so the ``.db`` alone is still complete. It
+    never waits on a lock: a busy file is left to SQLite's rules.
+    """
+    with contextlib.suppress(apsw.Error):
+        conn.set_busy_timeout(0)
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+
+def _rolled_back() -> DatabaseError:
+    return DatabaseError(
+        "this transaction was rolled back after an earlier error; nothing written in the "
+        "db.transaction() block is committed",
+        hint="let the error leave the transaction block, then retry the whole block",
+    )
+
+
+_init_locks: dict[str, threading.RLock] = {}
+_init_locks_guard = threading.Lock()
+
+
+def _init_lock(path: str) -> threading.RLock:
+    """The process-wide lock that serialises opening (and the last close of) the file at ``path``.
+
+    Re-entrant: a failed open closes the Engine while holding it.
+    """
+    with _init_locks_guard:
+        lock = _init_locks.get(path)
+        if lock is None:
+            lock = _init_locks[path] = threading.RLock()
+        return lock
+
+
+def _reset_init_locks() -> None:
+    """After fork: a lock another parent thread held would stay held in the child forever."""
+    global _init_locks_guard
+    _init_locks_guard = threading.Lock()
+    _init_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_init_locks)
+
+
+# Connections inherited across fork: kept referenced so they are never closed (or
+# garbage-collected and closed) in the child, which would disturb the parent's locks.
+_abandoned: builtins.list[apsw.Connection] = []
