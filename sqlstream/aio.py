@@ -559,8 +559,16 @@ class AsyncSubscription:
         deadline: list[int | None] = [None]
         engine = self.adb.sync.engine
         in_tx = self.adb._in_my_transaction()
+        first = [True]
 
         def check() -> Batch | None:
+            if first[0]:
+                first[0] = False  # claim straight away first, as the sync fetch does
+                batch = sub.fetch(consumer, max_records, 0)
+                if batch or in_tx:
+                    return batch if batch else None
+                deadline[0] = sub._probe()[1]  # empty: when to look again without a commit
+                return None
             if not in_tx:
                 # A read-only look first, as the sync fetch does: waiters woken by every
                 # commit must not each take the write lock to find nothing.
