@@ -83,6 +83,10 @@ class FileNotifier:
         self._own_bell: str | None = None
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
+        # Called after every generation bump, from whichever thread bumped (a committer
+        # or the watcher): sqlstream.aio completes asyncio futures from here. A tuple,
+        # replaced on change, so bump() iterates it without holding the lock.
+        self._listeners: tuple[Callable[[], None], ...] = ()
         self.open_count = 0
         self.checkpoint_owed = False  # see detach()
         self.checkpointer = Checkpointer(path)
@@ -124,10 +128,27 @@ class FileNotifier:
     # ----------------------------------------------------------------- committers
 
     def bump(self) -> None:
-        """Wake every waiter in this process."""
+        """Wake every waiter in this process, then call the listeners."""
         with self.cond:
             self.generation += 1
             self.cond.notify_all()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener must never fail a commit
+                pass
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every generation bump (any thread; keep it quick and
+        non-blocking). Listeners that also need other processes' commits must hold a
+        :meth:`waiting` registration meanwhile, which keeps the watcher running."""
+        with self.cond:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (no error if it was not added)."""
+        with self.cond:
+            self._listeners = tuple(cb for cb in self._listeners if cb != listener)
 
     def committed(self) -> None:
         """Called after a commit in this process: wake local waiters, ring other processes."""

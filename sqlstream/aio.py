@@ -1,0 +1,745 @@
+"""sqlstream for asyncio: the synchronous API's objects and semantics, awaitable.
+
+>>> import sqlstream.aio
+>>> db = await sqlstream.aio.open("app.db")            # doctest: +SKIP
+>>> orders = await db.create_stream("orders", exist_ok=True)   # doctest: +SKIP
+>>> await orders.append({"id": 1})                      # doctest: +SKIP
+
+How it works, and the promises it keeps:
+
+* **One worker thread per AsyncDatabase.** Every SQLite statement runs on it (a
+  single-thread executor), never on the event loop. A transaction's statements therefore
+  all run on one thread, as the synchronous engine requires; while a transaction is open,
+  calls from other tasks wait (on the loop, not in the worker) until it ends, so they
+  never slip into it. Tasks started inside the ``async with db.transaction()`` block
+  (``asyncio.gather`` included) belong to it, as they inherit its context.
+* **Blocking calls wait on futures, not threads.** ``read``/``read_bytes``/``fetch``/
+  ``reader.read``/``follow`` with a timeout check once on the worker and, if nothing is
+  there, await an asyncio future that sqlstream's wake-ups complete: in-process commits
+  and the cross-process watcher call a listener on the file's notifier, which hands the
+  wake-up to the loop with ``call_soon_threadsafe``. Timeouts and ack deadlines are loop
+  timers. No thread is parked per waiter and nothing polls on the loop.
+* **Cancellation** (``task.cancel()``, ``asyncio.timeout``) of a blocked call returns at
+  once. A call cancelled while its statement already runs on the worker lets it finish
+  there and then undoes what it claimed: a ``fetch`` nacks the records it claimed (they
+  are redelivered at once, attempts unchanged in meaning: the claim counted one), a
+  reader's ``read`` seeks the reader back, a transaction rolls back. An append is atomic:
+  it is stored whole or not at all.
+* Works on any asyncio loop (uvloop included); an AsyncDatabase belongs to the loop that
+  opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from . import database as _database
+from .database import Database, QueryResult
+from .errors import DatabaseClosed, InvalidArgument, WritePending
+from .producer import Producer
+from .readers import Reader, ReaderInfo
+from .records import Chunk, Record, StreamInfo
+from .retention import TrimResult
+from .streams import Stream
+from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
+from .validation import check_count, check_name, check_timeout
+
+__all__ = [
+    "AsyncConsumer",
+    "AsyncDatabase",
+    "AsyncProducer",
+    "AsyncReader",
+    "AsyncStream",
+    "AsyncSubscription",
+    "AsyncTransaction",
+    "open",
+]
+
+T = TypeVar("T")
+AsyncHandler = Callable[[Batch], Awaitable[Any]]
+
+# The transaction the current task (and tasks it started) runs inside, if any.
+_tx_token: contextvars.ContextVar[object | None] = contextvars.ContextVar("sqlstream_aio_tx", default=None)
+
+
+async def open(path: Any, **options: Any) -> AsyncDatabase:  # noqa: A001 - mirrors sqlstream.open
+    """Open the database at ``path`` (options as ``sqlstream.open``) without blocking the loop."""
+    db = AsyncDatabase.__new__(AsyncDatabase)
+    db._init(asyncio.get_running_loop())
+    try:
+        db.sync = await db._call(_database.open, path, **options)
+    except BaseException:
+        db._executor.shutdown(wait=False)
+        raise
+    return db
+
+
+class _Wakeups:
+    """Turns the notifier's bumps into completed futures on one loop (see module docstring).
+
+    ``waiters`` counts blocked calls; while it is positive a listener is on the notifier
+    and a ``waiting`` registration (taken on the worker, FIFO with the checks) keeps the
+    cross-process watcher running.
+    """
+
+    def __init__(self, adb: AsyncDatabase) -> None:
+        self.adb = adb
+        self.loop = adb._loop
+        self.futures: set[asyncio.Future[None]] = set()
+        self.scheduled = False
+        self.waiters = 0
+        self._registration: Any = None
+
+    # Any thread: the committing one, or the watcher.
+    def on_bump(self) -> None:
+        if self.scheduled:
+            return  # a fire is queued and has not started: it will see this bump too
+        self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self.fire)
+        except RuntimeError:
+            self.scheduled = False  # the loop is closed
+
+    def fire(self) -> None:
+        self.scheduled = False  # first: a bump from now on schedules another fire
+        futures, self.futures = self.futures, set()
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(None)
+
+    def enter(self) -> None:
+        self.waiters += 1
+        if self.waiters == 1:
+            notifier = self.adb.sync.engine.notifier
+            notifier.add_listener(self.on_bump)
+            self.adb._executor.submit(self._register)
+
+    def leave(self) -> None:
+        self.waiters -= 1
+        if self.waiters == 0:
+            self.adb.sync.engine.notifier.remove_listener(self.on_bump)
+            try:
+                self.adb._executor.submit(self._unregister)
+            except RuntimeError:
+                self._unregister()  # closing: the worker is gone
+
+    def _register(self) -> None:  # worker thread
+        if self._registration is None:
+            engine = self.adb.sync.engine
+            cm = engine.notifier.waiting(engine.wakeup, engine.poll_interval)
+            cm.__enter__()
+            self._registration = cm
+
+    def _unregister(self) -> None:  # worker thread (or the closing loop)
+        cm, self._registration = self._registration, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    async def wait(self, seen: int, timeout: float | None) -> None:
+        """Return after a commit later than generation ``seen``, or after ``timeout`` seconds."""
+        if self.adb.sync.engine.notifier.generation != seen:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.futures.add(fut)
+        timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), _resolve, fut)
+        try:
+            await fut
+        finally:
+            self.futures.discard(fut)
+            if timer is not None:
+                timer.cancel()
+
+
+def _undo(done: concurrent.futures.Future[T], undo: Callable[[T], object]) -> None:
+    """Undo a cancelled call's effect if it ran (worker thread, after it)."""
+    if not done.done() or done.cancelled() or done.exception() is not None:
+        return  # it never ran, or it failed and changed nothing
+    undo(done.result())
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class AsyncDatabase:
+    """The asyncio face of :class:`sqlstream.Database` (``sync``): same files, same rules.
+
+    Create it with ``await sqlstream.aio.open(path)``; close with ``await db.close()`` or
+    ``async with``. Each method runs the synchronous one on this database's worker thread.
+    """
+
+    sync: Database
+
+    def _init(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlstream-aio")
+        self._tx_current: object | None = None
+        self._tx_ended: asyncio.Event | None = None
+        self._wakeups = _Wakeups(self)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.aio.AsyncDatabase {self.path!r}>"
+
+    @property
+    def path(self) -> str:
+        return self.sync.path
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Close the database (waits, off the loop, for a running statement). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._call(self.sync.close)
+        self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncDatabase:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
+    ) -> T:
+        """Run ``fn`` on the worker. Outside this task's transaction, first wait for any
+        other task's transaction to end. If cancelled while ``fn`` runs, ``undo(result)``
+        runs on the worker after it (before anything submitted later)."""
+        if self._tx_current is not None and _tx_token.get() is not self._tx_current:
+            await self._transaction_free()
+        return await self._submit(fn, *args, undo=undo, **kwargs)
+
+    async def _submit(
+        self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
+    ) -> T:
+        try:
+            cf = self._executor.submit(fn, *args, **kwargs)
+        except RuntimeError:
+            raise DatabaseClosed("this AsyncDatabase is closed") from None
+        try:
+            return await asyncio.wrap_future(cf, loop=self._loop)
+        except asyncio.CancelledError:
+            if undo is not None:
+                # Queued now, so it runs right after ``fn`` (the worker is FIFO) and before
+                # anything submitted later: nobody sees the cancelled call's effect.
+                try:
+                    self._executor.submit(_undo, cf, undo)
+                except RuntimeError:
+                    cf.add_done_callback(lambda done: _undo(done, undo))
+            raise
+
+    async def _transaction_free(self) -> None:
+        while self._tx_current is not None and _tx_token.get() is not self._tx_current:
+            assert self._tx_ended is not None
+            await self._tx_ended.wait()
+
+    def _in_my_transaction(self) -> bool:
+        return self._tx_current is not None and _tx_token.get() is self._tx_current
+
+    async def _wait(
+        self,
+        check: Callable[[], T | None],
+        timeout: float | None,
+        *,
+        wake_at: Callable[[], float | None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        undo: Callable[[T], object] | None = None,
+    ) -> T | None:
+        """``check()`` on the worker until it returns non-None, awaiting wake-ups between
+        checks, at most ``timeout`` seconds (None: no limit). ``wake_at()`` (run on the
+        worker after an empty check) may give a monotonic time to check again without a
+        commit. ``stop()`` ends the wait (None) when true after a wake-up."""
+        timeout = check_timeout(timeout)
+        notifier = self.sync.engine.notifier
+
+        def attempt() -> tuple[int, T | None, float | None]:
+            seen = notifier.generation
+            result = check()
+            return seen, result, (wake_at() if result is None and wake_at is not None else None)
+
+        if timeout == 0:
+            return (await self._call(attempt, undo=_undo_second(undo)))[1]
+        if self._in_my_transaction():
+            # The transaction holds the write lock any waking commit needs: as in the sync API.
+            result = (await self._call(attempt, undo=_undo_second(undo)))[1]
+            if result is not None:
+                return result
+            raise InvalidArgument(
+                "cannot block inside db.transaction(): the transaction holds the write lock "
+                "that the commit you wait for needs",
+                hint="pass timeout=0 inside transactions",
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wakeups.enter()
+        try:
+            while True:
+                seen, result, at = await self._call(attempt, undo=_undo_second(undo))
+                if result is not None:
+                    return result
+                if stop is not None and stop():
+                    return None
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return None
+                sleep = None if deadline is None else deadline - now
+                if at is not None:
+                    sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
+                await self._wakeups.wait(seen, sleep)
+        finally:
+            self._wakeups.leave()
+
+    def wake(self) -> None:
+        """Wake every blocked call of this AsyncDatabase to re-check (loop thread)."""
+        self._wakeups.fire()
+
+    # ----------------------------------------------------------------- transactions
+
+    def transaction(self) -> AsyncTransaction:
+        """``async with db.transaction():`` — as ``Database.transaction``: everything written
+        inside (by this task and tasks it starts) commits together or not at all; nested
+        blocks are savepoints; an exception or cancellation rolls the block back. Other
+        tasks' calls on this AsyncDatabase wait until the outermost block ends."""
+        return AsyncTransaction(self)
+
+    # ----------------------------------------------------------------- streams
+
+    async def create_stream(self, name: str, **options: Any) -> AsyncStream:
+        """``Database.create_stream`` (same options and errors)."""
+        return AsyncStream(self, await self._call(self.sync.create_stream, name, **options))
+
+    async def stream(self, name: str) -> AsyncStream:
+        """A handle to an existing stream (``StreamNotFound`` if absent)."""
+        return AsyncStream(self, await self._call(self.sync.stream, name))
+
+    async def writer(self, secret: str) -> AsyncStream:
+        """``Database.writer``: the writable handle of a secret stream."""
+        return AsyncStream(self, await self._call(self.sync.writer, secret))
+
+    async def streams(self) -> list[StreamInfo]:
+        return await self._call(self.sync.streams)
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        return await self._call(self.sync.stream_info, name)
+
+    async def delete_stream(self, name: str, *, force: bool = False) -> None:
+        await self._call(self.sync.delete_stream, name, force=force)
+
+    async def set_retention(self, name: str, **settings: Any) -> TrimResult:
+        return await self._call(self.sync.set_retention, name, **settings)
+
+    async def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
+        return await self._call(self.sync.trim, stream, before_offset, force=force)
+
+    async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
+        return await self._call(self.sync.query, sql, params)
+
+    # ----------------------------------------------------------------- subscriptions, readers
+
+    async def create_subscription(self, name: str, stream: str, **options: Any) -> AsyncSubscription:
+        """``Database.create_subscription`` (same options and errors)."""
+        return AsyncSubscription(self, await self._call(self.sync.create_subscription, name, stream, **options))
+
+    async def subscription(self, name: str) -> AsyncSubscription:
+        return AsyncSubscription(self, await self._call(self.sync.subscription, name))
+
+    async def subscriptions(self) -> list[SubscriptionInfo]:
+        return await self._call(self.sync.subscriptions)
+
+    async def delete_subscription(self, name: str, *, force: bool = False) -> int:
+        return await self._call(self.sync.delete_subscription, name, force=force)
+
+    async def reader(self, name: str, stream: str | None = None, *, start: int | str = "earliest") -> AsyncReader:
+        return AsyncReader(self, await self._call(self.sync.reader, name, stream, start=start))
+
+    async def readers(self) -> list[ReaderInfo]:
+        return await self._call(self.sync.readers)
+
+    async def delete_reader(self, name: str) -> None:
+        await self._call(self.sync.delete_reader, name)
+
+    def producer(self, **options: Any) -> AsyncProducer:
+        """A buffered producer (options as ``Database.producer``); ``await p.append(...)``
+        returns an awaitable of the offset, resolved when its batch is stored."""
+        return AsyncProducer(self, self.sync.producer(**options))
+
+    def consumer(
+        self,
+        subscription: str | AsyncSubscription,
+        handler: AsyncHandler,
+        *,
+        name: str | None = None,
+        batch: int = 100,
+        concurrency: int = 1,
+        nack_delay: float = 0.0,
+    ) -> AsyncConsumer:
+        """An :class:`AsyncConsumer` running ``await handler(batch)`` over ``subscription``."""
+        return AsyncConsumer(self, subscription, handler, name=name, batch=batch, concurrency=concurrency,
+                             nack_delay=nack_delay)
+
+
+def _undo_second(undo: Callable[[T], object] | None) -> Callable[[tuple[int, T | None, float | None]], object] | None:
+    if undo is None:
+        return None
+    fn = undo
+
+    def run(outcome: tuple[int, T | None, float | None]) -> None:
+        if outcome[1] is not None:
+            fn(outcome[1])
+
+    return run
+
+
+class AsyncTransaction:
+    """``async with db.transaction():`` (see :meth:`AsyncDatabase.transaction`)."""
+
+    def __init__(self, adb: AsyncDatabase) -> None:
+        self.adb = adb
+        self._scope: Any = None
+        self._outer = False
+        self._reset: contextvars.Token[object | None] | None = None
+
+    async def __aenter__(self) -> AsyncDatabase:
+        adb = self.adb
+        if not adb._in_my_transaction():
+            await adb._transaction_free()
+            self._outer = True
+            token = object()
+            adb._tx_current = token
+            adb._tx_ended = asyncio.Event()
+            self._reset = _tx_token.set(token)
+        scope = adb.sync.transaction()
+        try:
+            # Cancelled while BEGIN runs: the undo, queued right behind it, rolls it back.
+            await adb._submit(scope.__enter__, undo=lambda _: scope.__exit__(
+                asyncio.CancelledError, asyncio.CancelledError(), None))
+        except BaseException:
+            self._end()
+            raise
+        self._scope = scope
+        return adb
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        adb = self.adb
+        cf = adb._executor.submit(self._scope.__exit__, exc_type, exc, tb)
+        # Other tasks may go on now: their calls queue behind the commit/rollback on the
+        # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
+        self._end()
+        await asyncio.shield(asyncio.wrap_future(cf, loop=adb._loop))
+
+    def _end(self) -> None:
+        if self._outer:
+            adb = self.adb
+            adb._tx_current = None
+            if adb._tx_ended is not None:
+                adb._tx_ended.set()
+            adb._tx_ended = None
+            if self._reset is not None:
+                _tx_token.reset(self._reset)
+                self._reset = None
+            self._outer = False
+
+
+class AsyncStream:
+    """The asyncio face of :class:`sqlstream.Stream` (``sync``)."""
+
+    def __init__(self, adb: AsyncDatabase, stream: Stream) -> None:
+        self.adb = adb
+        self.sync = stream
+        self.name = stream.name
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.aio.AsyncStream {self.name!r}>"
+
+    @property
+    def write_secret(self) -> str | None:
+        return self.sync.write_secret
+
+    async def append(self, value: Any, **options: Any) -> int:
+        """``Stream.append`` (key, headers, expect_offset, dedup_id): the offset, durable on return."""
+        return await self.adb._call(self.sync.append, value, **options)
+
+    async def extend(self, values: Iterable[Any], **options: Any) -> Any:
+        """``Stream.extend``: one atomic batch; a range of offsets (a list with ``dedup_ids``)."""
+        return await self.adb._call(self.sync.extend, list(values) if not isinstance(values, (str, bytes, dict)) else values,
+                                    **options)
+
+    async def seal(self) -> bool:
+        return await self.adb._call(self.sync.seal)
+
+    async def trim(self, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
+        return await self.adb._call(self.sync.trim, before_offset, force=force)
+
+    async def info(self) -> StreamInfo:
+        return await self.adb._call(self.sync.info)
+
+    async def read_at(self, timestamp: Any) -> int:
+        return await self.adb._call(self.sync.read_at, timestamp)
+
+    async def read(self, offset: int = 0, limit: int = 100, timeout: float | None = 0) -> list[Record]:
+        """``Stream.read``: records from ``offset``; with a timeout, awaits the first one
+        (or the seal) without blocking the loop; ``[]`` when the timeout passes."""
+        sync = self.sync
+
+        def check() -> list[Record] | None:
+            sealed = sync.info().sealed  # before the read: a seal in between wakes us again
+            records = sync.read(offset, limit, 0)
+            return records if records or sealed else None
+
+        if timeout == 0:
+            return await self.adb._call(sync.read, offset, limit, 0)
+        check_timeout(timeout)
+        return await self.adb._wait(check, timeout) or []
+
+    async def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
+        """``Stream.read_bytes``; ``WritePending`` when the bytes are not committed in time."""
+        sync = self.sync
+        if timeout == 0:
+            return await self.adb._call(sync.read_bytes, offset, limit, 0)
+
+        def check() -> Chunk | None:
+            try:
+                return sync.read_bytes(offset, limit, 0)
+            except WritePending:
+                return None
+
+        chunk = await self.adb._wait(check, timeout)
+        if chunk is None:
+            return await self.adb._call(sync.read_bytes, offset, limit, 0)  # raises WritePending
+        return chunk
+
+    async def follow(
+        self, start: int | str = "earliest", *, batch: int = 100, timeout: float | None = None
+    ) -> AsyncIterator[Record]:
+        """``async for record in stream.follow(...)``: as ``Stream.follow`` (ends when the
+        stream is sealed and drained, or after ``timeout`` seconds without a record)."""
+        check_count(batch, "batch")
+        timeout = check_timeout(timeout)
+        offset = await self.adb._call(self.sync._resolve_start, start)
+        while True:
+            records = await self.read(offset, batch, timeout)
+            if not records:
+                return
+            for record in records:
+                yield record
+            offset = records[-1].offset + 1
+
+
+class AsyncSubscription:
+    """The asyncio face of :class:`sqlstream.Subscription` (``sync``)."""
+
+    def __init__(self, adb: AsyncDatabase, sub: Subscription) -> None:
+        self.adb = adb
+        self.sync = sub
+        self.name = sub.name
+        self.stream = sub.stream
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.aio.AsyncSubscription {self.name!r} on {self.stream!r}>"
+
+    async def fetch(self, consumer: str, max_records: int = 100, timeout: float | None = 0,
+                    *, stop: Callable[[], bool] | None = None) -> Batch:
+        """``Subscription.fetch``: claim up to ``max_records``; with a timeout, await them
+        (woken by appends, acks and nacks from any process, and by the next ack deadline).
+        Cancelled mid-claim, the claimed records are nacked back (redelivered at once)."""
+        check_name(consumer, "consumer")
+        check_count(max_records, "max_records")
+        sub = self.sync
+        deadline: list[int | None] = [None]
+        engine = self.adb.sync.engine
+        in_tx = self.adb._in_my_transaction()
+        first = [True]
+
+        def check() -> Batch | None:
+            if first[0]:
+                first[0] = False  # claim straight away first, as the sync fetch does
+                batch = sub.fetch(consumer, max_records, 0)
+                if batch or in_tx:
+                    return batch if batch else None
+                deadline[0] = sub._probe()[1]  # empty: when to look again without a commit
+                return None
+            if not in_tx:
+                # A read-only look first, as the sync fetch does: waiters woken by every
+                # commit must not each take the write lock to find nothing.
+                claimable, deadline[0] = sub._probe()
+                if not claimable:
+                    return None
+            batch = sub.fetch(consumer, max_records, 0)
+            return batch if batch else None
+
+        def wake_at() -> float | None:
+            at = deadline[0]
+            return None if at is None else time.monotonic() + max(0.001, at / 1e6 - engine.clock())
+
+        def undo(batch: Batch) -> None:
+            if batch:
+                sub.nack(*batch.offsets, error="fetch cancelled")
+
+        got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=undo)
+        return got if got is not None else Batch(subscription=self.name, consumer=consumer)
+
+    async def ack(self, *offsets: int) -> AckResult:
+        return await self.adb._call(self.sync.ack, *offsets)
+
+    async def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
+        return await self.adb._call(self.sync.nack, *offsets, delay=delay, error=error)
+
+    async def extend_deadline(self, *offsets: int, seconds: float) -> AckResult:
+        return await self.adb._call(self.sync.extend_deadline, *offsets, seconds=seconds)
+
+    async def pending(self, consumer: str | None = None, limit: int | None = None) -> list[PendingEntry]:
+        return await self.adb._call(self.sync.pending, consumer, limit)
+
+    async def info(self) -> SubscriptionInfo:
+        return await self.adb._call(self.sync.info)
+
+
+class AsyncReader:
+    """The asyncio face of :class:`sqlstream.Reader` (``sync``)."""
+
+    def __init__(self, adb: AsyncDatabase, reader: Reader) -> None:
+        self.adb = adb
+        self.sync = reader
+        self.name = reader.name
+        self.stream = reader.stream
+
+    def __repr__(self) -> str:
+        return f"<sqlstream.aio.AsyncReader {self.name!r} on {self.stream!r}>"
+
+    async def read(self, max_records: int = 100, timeout: float | None = 0) -> list[Record]:
+        """``Reader.read``: take records and advance; with a timeout, await them. Cancelled
+        after the worker took records, the reader is moved back before them."""
+        reader = self.sync
+        check_count(max_records, "max_records")
+        db = self.adb.sync
+
+        def check() -> list[Record] | None:
+            sealed = db.stream_info(reader.stream).sealed
+            records = reader.read(max_records, 0)
+            return records if records or sealed else None
+
+        def undo(records: list[Record]) -> None:
+            if records:
+                reader.seek(records[0].offset)
+
+        return await self.adb._wait(check, timeout, undo=undo) or []
+
+    async def position(self) -> int:
+        return await self.adb._call(lambda: self.sync.position)
+
+    async def seek(self, offset: int | str) -> int:
+        return await self.adb._call(self.sync.seek, offset)
+
+    async def info(self) -> ReaderInfo:
+        return await self.adb._call(self.sync.info)
+
+    async def delete(self) -> None:
+        await self.adb._call(self.sync.delete)
+
+
+class AsyncProducer:
+    """The asyncio face of :class:`sqlstream.Producer` (``sync``): its flusher thread batches
+    appends; ``append`` returns an asyncio future of the offset."""
+
+    def __init__(self, adb: AsyncDatabase, producer: Producer) -> None:
+        self.adb = adb
+        self.sync = producer
+
+    async def append(self, stream: str, value: Any, **options: Any) -> asyncio.Future[int]:
+        """Queue one record; return a future of its offset (await it for durability).
+        With ``max_pending`` set, waits off the loop for room in the queue."""
+        if self.sync.max_pending is not None:
+            cf = await asyncio.to_thread(self.sync.append, stream, value, **options)
+        else:
+            cf = self.sync.append(stream, value, **options)  # never blocks without max_pending
+        return asyncio.wrap_future(cf, loop=self.adb._loop)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.sync.flush, timeout)
+
+    async def close(self, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.sync.close, timeout)
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncConsumer:
+    """Runs ``await handler(batch)`` over a subscription in ``concurrency`` tasks: ack on
+    return, nack on raise (the exception text becomes the records' last error); a
+    cancelled handler nacks its batch at once. ``await run()`` until :meth:`stop`."""
+
+    def __init__(self, adb: AsyncDatabase, subscription: str | AsyncSubscription, handler: AsyncHandler, *,
+                 name: str | None, batch: int, concurrency: int, nack_delay: float) -> None:
+        from .consumer import default_consumer_name
+        from .validation import check_seconds
+
+        if not callable(handler):
+            raise InvalidArgument("handler must be an async callable: await handler(batch)")
+        check_count(batch, "batch")
+        check_count(concurrency, "concurrency", maximum=1024)
+        self.adb = adb
+        self._subscription = subscription
+        self.handler = handler
+        self.name = check_name(name, "consumer") if name is not None else default_consumer_name()
+        self.batch = batch
+        self.concurrency = concurrency
+        self.nack_delay = float(check_seconds(nack_delay, "nack_delay", positive=False))
+        self.acked = 0
+        self.nacked = 0
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; re-raise the first error met outside the handler."""
+        sub = self._subscription
+        if isinstance(sub, str):
+            sub = self._subscription = await self.adb.subscription(sub)
+        self._stopping = False
+        workers = [asyncio.ensure_future(self._loop(sub)) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            self._stopping = True
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+
+    def stop(self) -> None:
+        """Ask the workers to stop after their current batch (``run`` then returns)."""
+        self._stopping = True
+        self.adb.wake()
+
+    async def _loop(self, sub: AsyncSubscription) -> None:
+        stopping = lambda: self._stopping  # noqa: E731
+        while not self._stopping:
+            batch = await sub.fetch(self.name, self.batch, None, stop=stopping)
+            if not batch:
+                continue
+            try:
+                await self.handler(batch)
+            except Exception as exc:  # noqa: BLE001 - a failed batch is nacked, not fatal
+                await sub.nack(*batch.offsets, delay=self.nack_delay, error=f"{type(exc).__name__}: {exc}")
+                self.nacked += len(batch)
+            except BaseException as exc:
+                await asyncio.shield(sub.nack(*batch.offsets, error=f"{type(exc).__name__}: {exc}"))
+                self.nacked += len(batch)
+                raise
+            else:
+                done = await sub.ack(*batch.offsets)
+                self.acked += len(done.applied)
+

@@ -1,0 +1,290 @@
+"""sqlstream.aio: the synchronous semantics, awaitable, without ever blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sqlstream
+import sqlstream.aio
+from sqlstream.errors import InvalidArgument, WritePending
+
+_BACKENDS: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
+if importlib.util.find_spec("uvloop") is not None:
+    _BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=_BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+@pytest.fixture
+async def adb(db_path: str) -> AsyncIterator[sqlstream.aio.AsyncDatabase]:
+    database = await sqlstream.aio.open(db_path)
+    yield database
+    await database.close()
+
+
+class Heartbeat:
+    """Ticks every 5 ms on the loop; the largest gap shows whether the loop was blocked."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            self.max_gap = max(self.max_gap, now - last)
+            last = now
+
+    def __enter__(self) -> Heartbeat:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def test_append_read_roundtrip_matches_the_sync_api(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("orders")
+    assert await s.append({"id": 1}, key="k") == 0
+    assert list(await s.extend([b"a", "b"])) == [1, 2]
+    records = await s.read(0)
+    assert [r.value for r in records] == [{"id": 1}, b"a", "b"]
+    assert records[0].key == "k"
+    assert [i.name for i in await adb.streams()] == ["orders"]
+    assert (await s.read_bytes(0, 2)).length == 2
+    with sqlstream.open(adb.path) as sync:
+        assert [r.value for r in sync.stream("orders").read(0)] == [{"id": 1}, b"a", "b"]
+    await adb.delete_stream("orders", force=True)
+    assert await adb.streams() == []
+
+
+async def test_blocked_read_wakes_on_append_and_the_loop_keeps_ticking(
+    adb: sqlstream.aio.AsyncDatabase,
+) -> None:
+    s = await adb.create_stream("s")
+    with Heartbeat() as beat:
+        reader = asyncio.ensure_future(s.read(0, timeout=5))
+        await asyncio.sleep(0.2)
+        assert not reader.done()
+        started = time.monotonic()
+        await s.append("x")
+        records = await asyncio.wait_for(reader, 2)
+        assert time.monotonic() - started < 0.5
+    assert [r.value for r in records] == ["x"]
+    assert beat.max_gap < 0.1, f"the loop stalled for {beat.max_gap:.3f}s"
+
+
+async def test_blocked_read_times_out_empty_without_blocking_the_loop(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    with Heartbeat() as beat:
+        started = time.monotonic()
+        assert await s.read(0, timeout=0.3) == []
+        assert 0.25 < time.monotonic() - started < 1.5
+    assert beat.max_gap < 0.1
+    with pytest.raises(WritePending):
+        await s.read_bytes(0, 5, timeout=0.05)
+
+
+async def test_read_wakes_on_a_commit_from_another_process(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    code = (
+        "import sqlstream, time, sys; time.sleep(0.3); "
+        "db = sqlstream.open(sys.argv[1]); db.stream('s').append('from afar'); db.close()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, adb.path], cwd=str(Path(__file__).parent.parent))
+    try:
+        with Heartbeat() as beat:
+            records = await s.read(0, timeout=10)
+        assert [r.value for r in records] == ["from afar"]
+        assert beat.max_gap < 0.1
+    finally:
+        assert child.wait(10) == 0
+
+
+async def test_cancelled_blocked_fetch_returns_promptly_and_claims_nothing(
+    adb: sqlstream.aio.AsyncDatabase,
+) -> None:
+    s = await adb.create_stream("s")
+    sub = await adb.create_subscription("g", "s")
+    task = asyncio.ensure_future(sub.fetch("c1", 10, timeout=None))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 0.1
+    await s.append("later")
+    assert (await sub.info()).pending == 0
+    batch = await sub.fetch("c2", 10)
+    assert [r.value for r in batch] == ["later"]
+
+
+async def test_fetch_cancelled_while_claiming_hands_the_records_back(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    await s.extend(range(5))
+    sub = await adb.create_subscription("g", "s", ack_timeout=600)
+    for _ in range(20):  # cancel at various points, including while the claim runs on the worker
+        task = asyncio.ensure_future(sub.fetch("c1", 5, timeout=1))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            batch = await task
+        except asyncio.CancelledError:
+            pass
+        else:
+            await sub.nack(*batch.offsets)
+    info = await sub.info()
+    assert info.consumers == {}, "a cancelled fetch left records held by its consumer"
+    assert len(await sub.fetch("c2", 10)) == 5
+
+
+async def test_asyncio_timeout_on_a_blocked_reader_leaves_its_position(adb: sqlstream.aio.AsyncDatabase) -> None:
+    await adb.create_stream("s")
+    r = await adb.reader("r", "s")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await r.read(10, timeout=None)
+    assert await r.position() == 0
+
+
+async def test_fetch_wakes_at_the_ack_deadline_for_redelivery(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    await s.append("x")
+    sub = await adb.create_subscription("g", "s", ack_timeout=0.3)
+    assert len(await sub.fetch("c1", 1)) == 1
+    started = time.monotonic()
+    again = await sub.fetch("c2", 1, timeout=5)
+    assert [r.value for r in again] == ["x"] and again.attempts[0] == 2
+    assert 0.2 < time.monotonic() - started < 2
+
+
+async def test_transaction_commits_together_and_other_tasks_wait_outside_it(
+    adb: sqlstream.aio.AsyncDatabase,
+) -> None:
+    s = await adb.create_stream("s")
+    outsider_done = asyncio.Event()
+    go = asyncio.Event()
+
+    async def outsider() -> None:
+        await go.wait()
+        await s.append("outside")
+        outsider_done.set()
+
+    task = asyncio.ensure_future(outsider())  # started outside: not part of the transaction
+    async with adb.transaction():
+        await s.append("a")
+        go.set()
+        await asyncio.sleep(0.1)
+        assert not outsider_done.is_set(), "another task's append slipped into the transaction"
+        await asyncio.gather(s.append("b"), s.append("c"))  # tasks started inside belong to it
+    await task
+    assert [r.value for r in await s.read(0)][:3] == ["a", "b", "c"]
+    assert [r.value for r in await s.read(0)][3] == "outside"
+
+
+async def test_transaction_rolls_back_on_error_and_on_cancellation(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    with pytest.raises(RuntimeError):
+        async with adb.transaction():
+            await s.append("a")
+            raise RuntimeError("boom")
+
+    async def cancelled_tx() -> None:
+        async with adb.transaction():
+            await s.append("b")
+            await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(cancelled_tx())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await s.read(0) == []
+    await s.append("c")
+    assert [r.value for r in await s.read(0)] == ["c"]
+    async with adb.transaction():
+        with pytest.raises(InvalidArgument):
+            await s.read(5, timeout=1)  # blocking inside a transaction: refused, as in sync
+
+
+async def test_follow_is_an_async_iterator_that_ends_at_the_seal(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    await s.extend([1, 2])
+
+    async def writer() -> None:
+        await asyncio.sleep(0.05)
+        await s.append(3)
+        await s.seal()
+
+    w = asyncio.ensure_future(writer())
+    seen = [r.value async for r in s.follow("earliest", timeout=5)]
+    await w
+    assert seen == [1, 2, 3]
+
+
+async def test_consumer_runs_async_handlers_acks_and_nacks(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    await s.extend(range(6))
+    await adb.create_subscription("g", "s")
+    seen: list[int] = []
+    failed = [False]
+
+    async def handler(batch: sqlstream.Batch) -> None:
+        if not failed[0]:
+            failed[0] = True
+            raise ValueError("first try fails")
+        seen.extend(r.value for r in batch)
+        if len(seen) >= 6:
+            consumer.stop()
+
+    consumer = adb.consumer("g", handler, batch=3, concurrency=2)
+    await asyncio.wait_for(consumer.run(), 5)
+    assert sorted(seen) == list(range(6))
+    assert consumer.nacked == 3 and consumer.acked == 6
+    assert (await (await adb.subscription("g")).info()).pending == 0
+
+
+async def test_producer_futures_resolve_to_offsets(adb: sqlstream.aio.AsyncDatabase) -> None:
+    await adb.create_stream("s")
+    async with adb.producer(max_delay=0.001) as p:
+        futures = [await p.append("s", i) for i in range(10)]
+        assert [await f for f in futures] == list(range(10))
+
+
+async def test_reader_read_waits_and_advances(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    r = await adb.reader("r", "s")
+    task = asyncio.ensure_future(r.read(10, timeout=5))
+    await asyncio.sleep(0.05)
+    await s.extend(["a", "b"])
+    assert [x.value for x in await task] == ["a", "b"]
+    assert await r.position() == 2
+
+
+async def test_notifier_listener_is_removed_when_no_call_waits(adb: sqlstream.aio.AsyncDatabase) -> None:
+    s = await adb.create_stream("s")
+    notifier = adb.sync.engine.notifier
+    calls: list[int] = []
+    notifier.add_listener(lambda: calls.append(1))
+    await s.append("x")
+    assert calls == [1]
+    notifier.remove_listener(notifier._listeners[0])
+    assert await s.read(1, timeout=0.01) == []
+    assert notifier._listeners == ()
