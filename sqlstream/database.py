@@ -648,6 +648,7 @@ class Database:
         max_deliveries: int | None = None,
         dead_letter: str | None = None,
         exist_ok: bool = False,
+        ordering: str | None = None,
     ) -> Subscription:
         """Create a subscription (consumer group) on ``stream`` and return a handle to it.
 
@@ -657,12 +658,14 @@ class Database:
         ``max_deliveries`` with ``dead_letter``: a record delivered that many times without
         an ack moves to the ``dead_letter`` stream (created now if absent, and again on
         demand if deleted later). ``exist_ok``: return an existing subscription of that
-        name on the same stream unchanged. Raises ``StreamNotFound``,
+        name on the same stream unchanged. ``ordering="key"``: a record is not delivered
+        while an earlier record of its key is pending (None/"none": no per-key order). Raises ``StreamNotFound``,
         ``SubscriptionExists``, ``InvalidName``, ``InvalidArgument``, ``OffsetOutOfRange``.
         """
         return _subscriptions.create_subscription(
             self, name, stream, start=start, ack_timeout=ack_timeout, max_unacked=max_unacked,
             max_deliveries=max_deliveries, dead_letter=dead_letter, exist_ok=exist_ok,
+            ordering=ordering,
         )
 
     def subscription(self, name: str) -> Subscription:

@@ -50,6 +50,7 @@ from .validation import (
     check_start,
     check_timeout,
     clean_text,
+    show,
 )
 
 _log = logging.getLogger("sqlstream")
@@ -69,13 +70,13 @@ DEAD_LETTER_HEADERS = (
 
 _SUB_COLUMNS = (
     "s.id, s.name, st.name, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter, "
-    "s.start_offset, s.created_at"
+    "s.start_offset, s.created_at, s.ordering"
 )
 
 # The claim reads the subscription and its stream in one row.
 _CLAIM_STATE_SQL = """
 SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
-       s.next_offset, st.first_offset, st.next_offset
+       s.next_offset, st.first_offset, st.next_offset, s.ordering
   FROM subscriptions s JOIN streams st ON st.id = s.stream_id
  WHERE s.id = ?
 """
@@ -84,9 +85,46 @@ SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
 _PROBE_SQL = """
 SELECT s.next_offset, st.first_offset, st.next_offset, s.max_unacked,
        (SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id),
-       (SELECT min(d.deadline) FROM deliveries d WHERE d.subscription_id = s.id)
+       (SELECT min(d.deadline) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 0),
+       CASE WHEN s.ordering = 'key' THEN EXISTS (
+           SELECT 1 FROM deliveries w WHERE w.subscription_id = s.id AND w.waiting = 1
+              AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription_id = s.id
+                                 AND p.key IS NOT NULL AND p.key = w.key AND p.waiting = 0)
+       ) ELSE 0 END
   FROM subscriptions s JOIN streams st ON st.id = s.stream_id
  WHERE s.id = ?
+"""
+
+# A waiting row's deadline: no expiry path (deadline <= now) ever picks it.
+_NEVER = 2**63 - 1
+
+# Key order: the first waiting record of every key that has no delivered record left.
+_RELEASABLE_SQL = """
+SELECT min(w.offset) FROM deliveries w
+ WHERE w.subscription_id = ?1 AND w.waiting = 1
+   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription_id = ?1
+                      AND p.key IS NOT NULL AND p.key = w.key AND p.waiting = 0)
+ GROUP BY w.key ORDER BY 1 LIMIT ?2
+"""
+
+_RELEASE_SQL = """
+UPDATE deliveries SET consumer = ?1, attempts = 1, delivered_at = ?2, deadline = ?3, waiting = 0
+ WHERE subscription_id = ?4 AND waiting = 1 AND offset IN (SELECT value FROM json_each(?5))
+"""
+
+# Key order: new records past the frontier, each with whether its key already has a row
+# (delivered or waiting) — the partial index deliveries_by_key answers that.
+_SCAN_SQL = """
+SELECT c.offset, CAST(c.key AS BLOB),
+       c.key IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = ?1
+                                        AND d.key IS NOT NULL AND d.key = c.key)
+  FROM chunks c WHERE c.stream_id = ?2 AND c.offset >= ?3 AND c.offset < ?4 ORDER BY c.offset
+"""
+
+_INSERT_KEYED_SQL = """
+INSERT INTO deliveries (subscription_id, offset, consumer, attempts, delivered_at, deadline, key, waiting)
+SELECT ?1, offset, ?2, 1, ?3, ?4, key, ?5 FROM chunks
+ WHERE stream_id = ?6 AND offset IN (SELECT value FROM json_each(?7))
 """
 
 # Redelivery: the longest-expired records first (ties by offset). The deliveries index on
@@ -96,7 +134,7 @@ UPDATE deliveries
    SET consumer = ?1, attempts = attempts + 1, delivered_at = ?2, deadline = ?3
  WHERE subscription_id = ?4
    AND offset IN (SELECT offset FROM deliveries
-                   WHERE subscription_id = ?4 AND deadline <= ?2
+                   WHERE subscription_id = ?4 AND deadline <= ?2 AND waiting = 0
                    ORDER BY deadline, offset LIMIT ?5)
 RETURNING offset, attempts
 """
@@ -182,6 +220,9 @@ class SubscriptionInfo:
     it was acked or dead-lettered. ``consumers``: pending records per consumer holding
     them (nacked records, held by nobody, are not counted there). ``dead_lettered``:
     records moved to the dead-letter stream, plus damaged records set aside by ``fetch``.
+    ``ordering``: ``"key"`` or ``"none"``. ``waiting``: (key order) records taken past the
+    frontier that wait for an earlier record of their key; not delivered, not in
+    ``pending``, but counted against ``max_unacked``.
     """
 
     name: str
@@ -200,6 +241,8 @@ class SubscriptionInfo:
     dead_lettered: int
     acked_frontier: int
     consumers: dict[str, int] = field(default_factory=dict)
+    ordering: str = "none"
+    waiting: int = 0
 
 
 class Subscription:
@@ -212,12 +255,12 @@ class Subscription:
 
     __slots__ = (
         "db", "name", "stream", "ack_timeout", "max_unacked", "max_deliveries", "dead_letter",
-        "start_offset", "_id",
+        "start_offset", "ordering", "_id",
     )
 
     def __init__(self, db: Database, row: tuple[Any, ...]) -> None:
         (self._id, self.name, self.stream, self.ack_timeout, self.max_unacked, self.max_deliveries,
-         self.dead_letter, self.start_offset, _created) = row
+         self.dead_letter, self.start_offset, _created, self.ordering) = row
         self.db = db
 
     def __repr__(self) -> str:
@@ -305,8 +348,10 @@ class Subscription:
             rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
             raise self._missing()
-        frontier, first, nxt, max_unacked, pending, earliest = rows[0]
+        frontier, first, nxt, max_unacked, pending, earliest, releasable = rows[0]
         if earliest is not None and earliest <= _us(self.db.engine.clock()):
+            return True, earliest
+        if releasable:
             return True, earliest
         return (max(frontier, first) < nxt and pending < max_unacked), earliest
 
@@ -316,16 +361,11 @@ class Subscription:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
-            stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
+            (stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt,
+             ordering) = rows[0]
             now = _us(db.engine.clock())
             if max_deliveries is not None:
-                exhausted = _q(conn,
-                    "SELECT offset, attempts, last_error FROM deliveries "
-                    "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
-                    (self._id, now, max_deliveries),
-                )
-                if exhausted:
-                    self._dead_letter(conn, stream_id, dead_letter, exhausted)
+                self._dead_letter_exhausted(conn, stream_id, dead_letter, max_deliveries, now)
             # min(): a subscription created before ack_timeout was capped must not make
             # the deadline overflow SQLite's integers (every fetch would fail).
             deadline = now + _us(min(ack_timeout, MAX_SECONDS))
@@ -337,13 +377,24 @@ class Subscription:
                 "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
             )[0][0]
             start = max(frontier, first)  # records below `first` were trimmed by retention
-            count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
-            if count:
-                conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
-            if start + count != frontier:
-                conn.execute(
-                    "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
+            if ordering == "key":
+                # Redelivered records are each the one delivered record of their key, so
+                # they keep key order; released and new records join them.
+                released, taken, end = self._claim_keyed(
+                    conn, stream_id, consumer, now, deadline, max_records - len(again),
+                    max_unacked - pending, start, nxt,
                 )
+                for offset in released + taken:
+                    attempts[offset] = 1
+                again = sorted(attempts)
+                count = 0
+            else:
+                count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
+                if count:
+                    conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
+                end = start + count
+            if end != frontier:
+                conn.execute("UPDATE subscriptions SET next_offset = ? WHERE id = ?", (end, self._id))
             records: list[Record] = []
             damaged: list[Damaged] = []
             if again:
@@ -368,6 +419,61 @@ class Subscription:
         batch = Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
         batch.skipped = len(damaged)
         return batch
+
+    def _dead_letter_exhausted(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, max_deliveries: int, now: int
+    ) -> None:
+        """Dead-letter the expired pending records that already had ``max_deliveries`` attempts."""
+        exhausted = _q(conn,
+            "SELECT offset, attempts, last_error FROM deliveries "
+            "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? AND waiting = 0 ORDER BY offset",
+            (self._id, now, max_deliveries),
+        )
+        if exhausted:
+            self._dead_letter(conn, stream_id, dead_letter, exhausted)
+
+    def _claim_keyed(
+        self, conn: apsw.Connection, stream_id: int, consumer: str, now: int, deadline: int,
+        want: int, room: int, start: int, nxt: int,
+    ) -> tuple[list[int], list[int], int]:
+        """The key-ordered part of a claim: (released offsets, new offsets, new frontier).
+
+        ``want``: records still to deliver; ``room``: rows the subscription may still add
+        under ``max_unacked``. First the oldest waiting record of every key that has no
+        delivered record left (oldest first), then new records from ``start``: a record
+        whose key already has a row, or was met earlier in this scan, becomes a waiting
+        row; the others are delivered. Waiting rows count toward ``max_unacked``, which so
+        also bounds how far delivery runs ahead of a busy key.
+        """
+        released: list[int] = []
+        if want > 0:
+            released = [r[0] for r in _q(conn, _RELEASABLE_SQL, (self._id, want))]
+            if released:
+                conn.execute(_RELEASE_SQL, (consumer, now, deadline, self._id, json.dumps(released)))
+        want -= len(released)
+        deliver: list[int] = []
+        wait: list[int] = []
+        seen: set[bytes] = set()
+        pos = start
+        while pos < nxt and want > len(deliver) and room > len(deliver) + len(wait):
+            # A page at a time: a hot key may make many records wait before `want` are found.
+            end = min(nxt, pos + min(room - len(deliver) - len(wait), max(64, 2 * want)))
+            for offset, key, busy in _q(conn, _SCAN_SQL, (self._id, stream_id, pos, end)):
+                if key is None:
+                    deliver.append(offset)  # records without a key are unordered
+                else:
+                    (wait if busy or key in seen else deliver).append(offset)
+                    seen.add(key)
+                pos = offset + 1
+                if len(deliver) >= want or len(deliver) + len(wait) >= room:
+                    break
+            else:
+                pos = end
+        if deliver:
+            conn.execute(_INSERT_KEYED_SQL, (self._id, consumer, now, deadline, 0, stream_id, json.dumps(deliver)))
+        if wait:
+            conn.execute(_INSERT_KEYED_SQL, (self._id, None, now, _NEVER, 1, stream_id, json.dumps(wait)))
+        return released, deliver, pos
 
     def _set_aside(
         self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, damaged: list[Damaged],
@@ -461,7 +567,7 @@ class Subscription:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
-                    f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    f"DELETE FROM deliveries WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
                     (self._id, json.dumps(wanted)),
                 )
             }
@@ -494,7 +600,7 @@ class Subscription:
             done = {
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
-                    f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    f"WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
                     (_us(db.engine.clock() + delay), error, self._id, param),
                 )
             }
@@ -562,7 +668,7 @@ class Subscription:
             self._check_exists(conn)
             rows = _q(conn,
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
-                "WHERE subscription_id = ?1 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
+                "WHERE subscription_id = ?1 AND waiting = 0 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
                 (self._id, consumer, -1 if limit is None else limit),
             )
         return [
@@ -587,8 +693,9 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
     now_us = _us(now)
     rows = _q(conn,
         f"SELECT {_SUB_COLUMNS}, s.next_offset, s.acked, s.dead_lettered, st.first_offset, st.next_offset, "
-        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id), "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 0), "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 1), "
         "(SELECT min(d.offset) FROM deliveries d WHERE d.subscription_id = s.id) "
         "FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
         "WHERE ?2 IS NULL OR s.id = ?2 ORDER BY s.name",
@@ -605,14 +712,14 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
         counts.setdefault(sid, {})[consumer] = n
     out = []
     for row in rows:
-        (sid, name, stream, timeout, max_unacked, max_del, dead_letter, start, created,
-         frontier, acked, dead, first, nxt, pending, expired, lowest) = row
+        (sid, name, stream, timeout, max_unacked, max_del, dead_letter, start, created, ordering,
+         frontier, acked, dead, first, nxt, pending, expired, waiting, lowest) = row
         out.append(SubscriptionInfo(
             name=name, stream=stream, start_offset=start, next_offset=frontier, ack_timeout=timeout,
             max_unacked=max_unacked, max_deliveries=max_del, dead_letter=dead_letter, created_at=created / 1e6,
             lag=max(0, nxt - max(frontier, first)), pending=pending, expired=expired, acked=acked,
             dead_lettered=dead, acked_frontier=frontier if lowest is None else lowest,
-            consumers=counts.get(sid, {}),
+            consumers=counts.get(sid, {}), ordering=ordering, waiting=waiting,
         ))
     return out
 
@@ -632,8 +739,10 @@ def create_subscription(
     max_deliveries: int | None = None,
     dead_letter: str | None = None,
     exist_ok: bool = False,
+    ordering: str | None = None,
 ) -> Subscription:
     check_name(name, "subscription")
+    ordering = check_ordering(ordering)
     check_name(stream)
     ack_timeout = check_seconds(ack_timeout, "ack_timeout", positive=True)
     check_count(max_unacked, "max_unacked")
@@ -693,9 +802,9 @@ def create_subscription(
                 )
         conn.execute(
             "INSERT INTO subscriptions (name, stream_id, ack_timeout, max_unacked, max_deliveries, "
-            "dead_letter, start_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "dead_letter, start_offset, next_offset, created_at, ordering) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
-             time.time_ns() // 1000),
+             time.time_ns() // 1000, ordering),
         )
         row = _q(conn,
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
@@ -703,6 +812,19 @@ def create_subscription(
             (name,),
         )[0]
     return Subscription(db, row)
+
+
+def check_ordering(value: object) -> str:
+    """A subscription's delivery order: None or ``"none"`` (offset order across consumers,
+    no per-key guarantee) or ``"key"`` (each key strictly in offset order)."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and value in ("none", "key"):
+        return value
+    raise InvalidArgument(
+        f"ordering must be None, 'none' or 'key', not {show(value)}",
+        hint="ordering='key' delivers each key's records one at a time, in offset order",
+    )
 
 
 def get_subscription(db: Database, name: str) -> Subscription:
