@@ -18,6 +18,7 @@ waits at most that long, ``None`` waits until there is something.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import time
@@ -42,15 +43,18 @@ from .errors import (
 )
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
+    MAX_COUNT,
     MAX_SECONDS,
     check_count,
     check_flag,
+    check_offset,
     check_offsets,
     check_seconds,
     check_start,
     check_timeout,
     clean_text,
     show,
+    timestamp_us,
 )
 
 _log = logging.getLogger("sqlstream")
@@ -151,6 +155,16 @@ _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDE
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
+
+
+class _Unset:
+    """The type of :data:`UNSET`: "leave this setting as it is" in ``Subscription.configure``."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 class AckResult(NamedTuple):
@@ -651,6 +665,289 @@ class Subscription:
             }
         return _result(wanted, done)
 
+    # ----------------------------------------------------------------- position, settings
+
+    def seek(self, position: int | _dt.datetime | None = None, *, at: float | _dt.datetime | None = None) -> int:
+        """Move the delivery frontier: the next new record delivered is at the new position.
+
+        ``position``: an offset (``first_offset`` .. ``next_offset`` of the stream), or a
+        ``datetime``; ``at``: a time (seconds since the epoch or a ``datetime``) — the
+        position becomes the first record appended at or after it. Returns the new position.
+
+        What happens to pending deliveries (the Redis ``XGROUP SETID`` question): records
+        *before* the new position keep their state — still pending, still ackable, still
+        redelivered on expiry, like Redis's pending list; pending records *at or after* it
+        are dropped from the pending list (their acks are then ignored) because the
+        subscription will deliver them again from the new position. Under key order,
+        waiting records (never delivered) are dropped wherever they are: those from the
+        new position on are taken again as the frontier reaches them, those before it are
+        skipped, as a seek forward intends. Atomic; wakes waiting fetches.
+        Raises ``OffsetOutOfRange``, ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        if isinstance(position, _dt.datetime) and at is None:
+            position, at = None, position
+        if (position is None) == (at is None):
+            raise InvalidArgument(
+                "seek takes an offset or at= (a time), exactly one of them",
+                hint="sub.seek(120) or sub.seek(at=time.time() - 3600)",
+            )
+        offset: int | None = None
+        if position is not None:
+            offset = check_offset(position, "position")
+        else:
+            timestamp_us(at, "at")
+        with self.db.engine.write() as conn:
+            target = self._position(conn, offset, at)
+            return self._move(conn, target)
+
+    def reset(self, where: str = "earliest") -> int:
+        """Seek to the stream's first retained record (``"earliest"``) or its end (``"latest"``).
+
+        Pending deliveries as for :meth:`seek` (``"latest"`` keeps them all). Returns the
+        new position. Raises ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        if not (isinstance(where, str) and where in ("earliest", "latest")):
+            raise InvalidArgument(
+                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset"
+            )
+        with self.db.engine.write() as conn:
+            _, _, first, nxt = self._stream_state(conn)
+            return self._move(conn, first if where == "earliest" else nxt)
+
+    def _stream_state(self, conn: apsw.Connection) -> tuple[int, int, int, int]:
+        """(stream id, subscription frontier, stream first_offset, stream next_offset)."""
+        rows = _q(conn,
+            "SELECT st.id, s.next_offset, st.first_offset, st.next_offset "
+            "FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.id = ?",
+            (self._id,),
+        )
+        if not rows:
+            raise self._missing()
+        return rows[0]
+
+    def _position(self, conn: apsw.Connection, position: int | None, at: float | _dt.datetime | None) -> int:
+        _, _, first, nxt = self._stream_state(conn)
+        if position is None:
+            assert at is not None
+            return max(first, self.db.stream(self.stream).read_at(at))
+        if not first <= position <= nxt:
+            raise OffsetOutOfRange(
+                f"position {position} is outside stream {self.stream!r} (offsets {first}..{nxt})",
+                hint="use reset('earliest'), reset('latest') or a retained offset",
+            )
+        return position
+
+    def _move(self, conn: apsw.Connection, target: int) -> int:
+        dropped = _q(conn,
+            "DELETE FROM deliveries WHERE subscription_id = ? AND (offset >= ? OR waiting = 1) RETURNING waiting",
+            (self._id, target),
+        )
+        conn.execute("UPDATE subscriptions SET next_offset = ? WHERE id = ?", (target, self._id))
+        if dropped:
+            _log.info(
+                "subscription %r moved to offset %d: dropped %d pending and %d waiting record(s)",
+                self.name, target, sum(1 for (w,) in dropped if not w), sum(1 for (w,) in dropped if w),
+            )
+        return target
+
+    def configure(
+        self,
+        *,
+        ack_timeout: float | _Unset = UNSET,
+        max_unacked: int | _Unset = UNSET,
+        max_deliveries: int | None | _Unset = UNSET,
+        dead_letter: str | None | _Unset = UNSET,
+    ) -> SubscriptionInfo:
+        """Change settings after creation; settings not passed stay as they are.
+
+        Rules as for ``create_subscription`` (``max_deliveries`` and ``dead_letter`` go
+        together: pass both, or None for both to stop dead-lettering). A new
+        ``ack_timeout`` applies from the next delivery (deadlines already set stand); a
+        lower ``max_unacked`` never takes back delivered records, it only holds new ones
+        until the pending count drops below it; a new ``max_deliveries`` applies to the
+        next expiry or nack of every pending record. Atomic; returns the new
+        :class:`SubscriptionInfo` (this handle's attributes are updated too).
+        Raises ``InvalidArgument``, ``InvalidName``, ``SubscriptionNotFound``.
+        """
+        changes: dict[str, Any] = {}
+        if not isinstance(ack_timeout, _Unset):
+            changes["ack_timeout"] = check_seconds(ack_timeout, "ack_timeout", positive=True)
+        if not isinstance(max_unacked, _Unset):
+            changes["max_unacked"] = check_count(max_unacked, "max_unacked")
+        if not isinstance(max_deliveries, _Unset):
+            changes["max_deliveries"] = check_count(max_deliveries, "max_deliveries", optional=True)
+        if not isinstance(dead_letter, _Unset):
+            if dead_letter is not None:
+                check_name(dead_letter, "dead-letter stream")
+            changes["dead_letter"] = dead_letter
+        with self.db.engine.write() as conn:
+            rows = _q(conn, "SELECT max_deliveries, dead_letter FROM subscriptions WHERE id = ?", (self._id,))
+            if not rows:
+                raise self._missing()
+            merged_max = changes.get("max_deliveries", rows[0][0])
+            merged_dead = changes.get("dead_letter", rows[0][1])
+            if (merged_max is None) != (merged_dead is None):
+                raise InvalidArgument(
+                    "max_deliveries and dead_letter go together",
+                    hint="pass both (or None for both to stop dead-lettering)",
+                )
+            if "dead_letter" in changes and merged_dead is not None:
+                _check_dead_letter_stream(self.db, conn, merged_dead, self.stream)
+            if changes:
+                conn.execute(
+                    f"UPDATE subscriptions SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                    (*changes.values(), self._id),
+                )
+        for attr, value in changes.items():
+            setattr(self, attr, value)
+        return self.info()
+
+    # ----------------------------------------------------------------- explicit claims
+
+    def claim(self, consumer: str, *offsets: int, min_idle: float = 0.0) -> Batch:
+        """Take over pending records for ``consumer`` (Redis ``XCLAIM``), whoever holds them.
+
+        Of ``offsets``, the records that are pending (delivered, unacked — held, nacked or
+        expired) and idle (since their last delivery) at least ``min_idle`` seconds are
+        delivered again to ``consumer``: attempts + 1, deadline now + ``ack_timeout``.
+        Others (not pending, not idle long enough, waiting under key order) are left as
+        they are and not returned. A record that already had ``max_deliveries`` attempts
+        goes to the dead-letter stream instead, as on expiry. Key order is kept: a pending
+        record is the one delivered record of its key. Atomic; returns the claimed records
+        in offset order. Raises ``InvalidName``, ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        wanted = check_offsets(offsets)
+        min_idle = check_seconds(min_idle, "min_idle", positive=False)
+        if not wanted:
+            return Batch(subscription=self.name, consumer=consumer)
+        return self._take(consumer, min_idle, json.dumps(wanted), len(wanted))
+
+    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100) -> Batch:
+        """Take over up to ``count`` pending records idle at least ``min_idle`` seconds
+        (Redis ``XAUTOCLAIM``), lowest offsets first; otherwise as :meth:`claim`.
+
+        With ``min_idle`` at least ``ack_timeout`` this claims what a consumer that died
+        left behind, without waiting for a fetch. Atomic. Raises ``InvalidName``,
+        ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        min_idle = check_seconds(min_idle, "min_idle", positive=False)
+        check_count(count, "count")
+        return self._take(consumer, min_idle, None, count)
+
+    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int) -> Batch:
+        """Claim pending records idle since ``min_idle`` (of the JSON list ``offsets``, or any)."""
+        db = self.db
+        with db.engine.write() as conn:
+            rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
+            if not rows:
+                raise self._missing()
+            stream_id, ack_timeout, _, max_deliveries, dead_letter = rows[0][:5]
+            now = _us(db.engine.clock())
+            idle_before = now - _us(min_idle)
+            which = "?3 IS NULL" if offsets is None else "offset IN (SELECT value FROM json_each(?3))"
+            found = _q(conn,
+                "SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ?1 "
+                f"AND waiting = 0 AND delivered_at <= ?2 AND {which} ORDER BY offset LIMIT ?4",
+                (self._id, idle_before, offsets, count),
+            )
+            exhausted = [f for f in found if max_deliveries is not None and f[1] >= max_deliveries]
+            if exhausted:
+                self._dead_letter(conn, stream_id, dead_letter, exhausted)
+            taken = [f[0] for f in found if f not in exhausted]
+            attempts: dict[int, int] = {}
+            records: list[Record] = []
+            damaged: list[Damaged] = []
+            if taken:
+                deadline = now + _us(min(ack_timeout, MAX_SECONDS))
+                attempts = dict(_q(conn,
+                    "UPDATE deliveries SET consumer = ?, attempts = attempts + 1, delivered_at = ?, deadline = ? "
+                    f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset, attempts",
+                    (consumer, now, deadline, self._id, json.dumps(taken)),
+                ))
+                records, damaged = read_records(
+                    conn, self.stream, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(taken))
+                )
+                if damaged:
+                    self._set_aside(conn, stream_id, dead_letter, damaged, attempts)
+        batch = Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
+        batch.skipped = len(damaged)
+        return batch
+
+    # ----------------------------------------------------------------- dead letters
+
+    def redrive(self, max_records: int | None = None) -> list[int]:
+        """Move this subscription's dead letters back into its stream, as new appends.
+
+        Reads the dead-letter stream from where the last redrive stopped and re-appends,
+        in order, every letter this subscription (by name) put there from its stream:
+        same value, key and headers, minus the dead-letter headers, plus
+        ``sqlstream.original_offset`` naming the offset the record first had (kept
+        through repeated redrives). The letters stay in the dead-letter stream (it is an
+        append-only log); the subscription remembers how far it redrove, so a letter is
+        never moved twice. The new records are delivered like any other, attempts from 1.
+        ``max_records``: at most that many letters (None: all). Atomic (appends and the
+        redrive position commit together); returns the new offsets in the stream.
+        Raises ``InvalidArgument`` (no dead-letter stream), ``SubscriptionNotFound``,
+        ``StreamSealed``/``AccessDenied`` (the stream takes no appends).
+        """
+        check_count(max_records, "max_records", optional=True)
+        db = self.db
+        with db.engine.write() as conn:
+            rows = _q(conn, "SELECT dead_letter, redrive_offset FROM subscriptions WHERE id = ?", (self._id,))
+            if not rows:
+                raise self._missing()
+            dead_letter, pos = rows[0]
+            if dead_letter is None:
+                raise InvalidArgument(
+                    f"subscription {self.name!r} has no dead-letter stream",
+                    hint="set one with sub.configure(max_deliveries=..., dead_letter=...)",
+                )
+            found = _q(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (dead_letter,))
+            if not found:
+                return []
+            dl_id, first, nxt = found[0]
+            if pos > nxt:  # the dead-letter stream was deleted and created again
+                pos = first
+            pos = max(pos, first)
+            limit = MAX_COUNT if max_records is None else max_records
+            prepared: list[PreparedRecord] = []
+            while pos < nxt and len(prepared) < limit:
+                page = _q(conn,
+                    "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
+                    "FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
+                    (dl_id, pos),
+                )
+                if not page:
+                    pos = nxt
+                    break
+                for offset, raw_key, raw_headers, ctype, raw in page:
+                    pos = offset + 1
+                    key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
+                    if meta.get("sqlstream.subscription") != self.name or meta.get("sqlstream.source_stream") != self.stream:
+                        continue
+                    if not isinstance(data, str) and ctype != "bytes":
+                        ctype = "bytes"
+                    original = meta.get("sqlstream.original_offset") or meta.get("sqlstream.source_offset", "")
+                    for name in DEAD_LETTER_HEADERS:
+                        meta.pop(name, None)
+                    meta["sqlstream.original_offset"] = original
+                    prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
+                    if len(prepared) >= limit:
+                        break
+            offsets: list[int] = []
+            if prepared:
+                try:
+                    offsets = list(db.engine.append_rows(self.stream, None, prepared, None))
+                except (StreamSealed, AccessDenied) as exc:
+                    raise type(exc)(
+                        f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
+                        hint="redrive needs a stream that takes appends without a secret",
+                    ) from exc
+            conn.execute("UPDATE subscriptions SET redrive_offset = ? WHERE id = ?", (pos, self._id))
+        return offsets
+
     def _check_exists(self, conn: apsw.Connection) -> None:
         if not _q(conn, "SELECT 1 FROM subscriptions WHERE id = ?", (self._id,)):
             raise self._missing()
@@ -778,17 +1075,7 @@ def create_subscription(
                 hint="pick another name, or delete it with db.delete_subscription()",
             )
         if dead_letter is not None:
-            target = _q(conn,
-                "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
-                (dead_letter,),
-            )
-            if not target:
-                db.create_stream(dead_letter)
-            elif target[0][0] or target[0][1]:
-                raise InvalidArgument(
-                    f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
-                    hint="name a plain stream (or a new name: it is created)",
-                )
+            _check_dead_letter_stream(db, conn, dead_letter, stream)
         if start == "earliest":
             offset = first
         elif start == "latest":
@@ -812,6 +1099,23 @@ def create_subscription(
             (name,),
         )[0]
     return Subscription(db, row)
+
+
+def _check_dead_letter_stream(db: Database, conn: apsw.Connection, dead_letter: str, stream: str) -> None:
+    """Refuse a sealed or secret dead-letter stream, or the source stream; create a missing one."""
+    if dead_letter == stream:
+        raise InvalidArgument("a subscription cannot dead-letter into the stream it reads")
+    target = _q(conn,
+        "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+        (dead_letter,),
+    )
+    if not target:
+        db.create_stream(dead_letter)
+    elif target[0][0] or target[0][1]:
+        raise InvalidArgument(
+            f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
+            hint="name a plain stream (or a new name: it is created)",
+        )
 
 
 def check_ordering(value: object) -> str:
