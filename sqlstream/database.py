@@ -16,13 +16,14 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
 from . import connection as cx
 from . import dedup as _dedup
+from . import ranges as _ranges
 from . import readers as _readers
 from . import retention as _retention
 from . import subscriptions as _subscriptions
@@ -46,7 +47,7 @@ from .maintenance import check as check_database
 from .maintenance import maintain as maintain_database
 from .producer import ErrorCallback, Producer, SuccessCallback
 from .readers import Reader, ReaderInfo
-from .records import StreamInfo, check_name
+from .records import Record, StreamInfo, check_name
 from .retention import TrimResult
 from .streams import Stream
 from .subscriptions import Subscription, SubscriptionInfo
@@ -667,6 +668,12 @@ class Database:
             max_deliveries=max_deliveries, dead_letter=dead_letter, exist_ok=exist_ok,
             ordering=ordering,
         )
+
+    def read_many(
+        self, positions: Mapping[str, int], *, limit: int = 100, timeout: float | None = 0
+    ) -> dict[str, builtins.list[Record]]:
+        """Read several streams at once (Redis ``XREAD STREAMS``): see :func:`sqlstream.ranges.read_many`."""
+        return _ranges.read_many(self, positions, limit=limit, timeout=timeout)
 
     def subscription(self, name: str) -> Subscription:
         """A handle to an existing subscription (``SubscriptionNotFound`` if absent)."""
