@@ -16,13 +16,14 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
 from . import connection as cx
 from . import dedup as _dedup
+from . import ranges as _ranges
 from . import readers as _readers
 from . import retention as _retention
 from . import subscriptions as _subscriptions
@@ -46,7 +47,7 @@ from .maintenance import check as check_database
 from .maintenance import maintain as maintain_database
 from .producer import ErrorCallback, Producer, SuccessCallback
 from .readers import Reader, ReaderInfo
-from .records import StreamInfo, check_name
+from .records import Record, StreamInfo, check_name
 from .retention import TrimResult
 from .streams import Stream
 from .subscriptions import Subscription, SubscriptionInfo
@@ -648,6 +649,7 @@ class Database:
         max_deliveries: int | None = None,
         dead_letter: str | None = None,
         exist_ok: bool = False,
+        ordering: str | None = None,
     ) -> Subscription:
         """Create a subscription (consumer group) on ``stream`` and return a handle to it.
 
@@ -657,13 +659,21 @@ class Database:
         ``max_deliveries`` with ``dead_letter``: a record delivered that many times without
         an ack moves to the ``dead_letter`` stream (created now if absent, and again on
         demand if deleted later). ``exist_ok``: return an existing subscription of that
-        name on the same stream unchanged. Raises ``StreamNotFound``,
+        name on the same stream unchanged. ``ordering="key"``: a record is not delivered
+        while an earlier record of its key is pending (None/"none": no per-key order). Raises ``StreamNotFound``,
         ``SubscriptionExists``, ``InvalidName``, ``InvalidArgument``, ``OffsetOutOfRange``.
         """
         return _subscriptions.create_subscription(
             self, name, stream, start=start, ack_timeout=ack_timeout, max_unacked=max_unacked,
             max_deliveries=max_deliveries, dead_letter=dead_letter, exist_ok=exist_ok,
+            ordering=ordering,
         )
+
+    def read_many(
+        self, positions: Mapping[str, int], *, limit: int = 100, timeout: float | None = 0
+    ) -> dict[str, builtins.list[Record]]:
+        """Read several streams at once (Redis ``XREAD STREAMS``): see :func:`sqlstream.ranges.read_many`."""
+        return _ranges.read_many(self, positions, limit=limit, timeout=timeout)
 
     def subscription(self, name: str) -> Subscription:
         """A handle to an existing subscription (``SubscriptionNotFound`` if absent)."""

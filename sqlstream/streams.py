@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, overload
 import apsw
 
 from . import dedup as _dedup
+from . import ranges as _ranges
 from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
@@ -257,6 +258,13 @@ class Stream:
             return records if records or st.sealed else None
 
         return self.db.engine.wait_until(check, timeout) or []
+
+    def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
+        """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).
+
+        See :func:`sqlstream.ranges.read_reverse`; never blocks.
+        """
+        return _ranges.read_reverse(self.db, self.name, before, limit)
 
     def read_at(self, timestamp: float | _dt.datetime) -> int:
         """The first offset whose record was appended at or after ``timestamp``.

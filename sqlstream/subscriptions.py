@@ -18,6 +18,7 @@ waits at most that long, ``None`` waits until there is something.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import time
@@ -42,14 +43,18 @@ from .errors import (
 )
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
+    MAX_COUNT,
     MAX_SECONDS,
     check_count,
     check_flag,
+    check_offset,
     check_offsets,
     check_seconds,
     check_start,
     check_timeout,
     clean_text,
+    show,
+    timestamp_us,
 )
 
 _log = logging.getLogger("sqlstream")
@@ -69,13 +74,13 @@ DEAD_LETTER_HEADERS = (
 
 _SUB_COLUMNS = (
     "s.id, s.name, st.name, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter, "
-    "s.start_offset, s.created_at"
+    "s.start_offset, s.created_at, s.ordering"
 )
 
 # The claim reads the subscription and its stream in one row.
 _CLAIM_STATE_SQL = """
 SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
-       s.next_offset, st.first_offset, st.next_offset
+       s.next_offset, st.first_offset, st.next_offset, s.ordering
   FROM subscriptions s JOIN streams st ON st.id = s.stream_id
  WHERE s.id = ?
 """
@@ -84,9 +89,46 @@ SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
 _PROBE_SQL = """
 SELECT s.next_offset, st.first_offset, st.next_offset, s.max_unacked,
        (SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id),
-       (SELECT min(d.deadline) FROM deliveries d WHERE d.subscription_id = s.id)
+       (SELECT min(d.deadline) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 0),
+       CASE WHEN s.ordering = 'key' THEN EXISTS (
+           SELECT 1 FROM deliveries w WHERE w.subscription_id = s.id AND w.waiting = 1
+              AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription_id = s.id
+                                 AND p.key IS NOT NULL AND p.key = w.key AND p.waiting = 0)
+       ) ELSE 0 END
   FROM subscriptions s JOIN streams st ON st.id = s.stream_id
  WHERE s.id = ?
+"""
+
+# A waiting row's deadline: no expiry path (deadline <= now) ever picks it.
+_NEVER = 2**63 - 1
+
+# Key order: the first waiting record of every key that has no delivered record left.
+_RELEASABLE_SQL = """
+SELECT min(w.offset) FROM deliveries w
+ WHERE w.subscription_id = ?1 AND w.waiting = 1
+   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription_id = ?1
+                      AND p.key IS NOT NULL AND p.key = w.key AND p.waiting = 0)
+ GROUP BY w.key ORDER BY 1 LIMIT ?2
+"""
+
+_RELEASE_SQL = """
+UPDATE deliveries SET consumer = ?1, attempts = 1, delivered_at = ?2, deadline = ?3, waiting = 0
+ WHERE subscription_id = ?4 AND waiting = 1 AND offset IN (SELECT value FROM json_each(?5))
+"""
+
+# Key order: new records past the frontier, each with whether its key already has a row
+# (delivered or waiting) — the partial index deliveries_by_key answers that.
+_SCAN_SQL = """
+SELECT c.offset, CAST(c.key AS BLOB),
+       c.key IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = ?1
+                                        AND d.key IS NOT NULL AND d.key = c.key)
+  FROM chunks c WHERE c.stream_id = ?2 AND c.offset >= ?3 AND c.offset < ?4 ORDER BY c.offset
+"""
+
+_INSERT_KEYED_SQL = """
+INSERT INTO deliveries (subscription_id, offset, consumer, attempts, delivered_at, deadline, key, waiting)
+SELECT ?1, offset, ?2, 1, ?3, ?4, key, ?5 FROM chunks
+ WHERE stream_id = ?6 AND offset IN (SELECT value FROM json_each(?7))
 """
 
 # Redelivery: the longest-expired records first (ties by offset). The deliveries index on
@@ -96,7 +138,7 @@ UPDATE deliveries
    SET consumer = ?1, attempts = attempts + 1, delivered_at = ?2, deadline = ?3
  WHERE subscription_id = ?4
    AND offset IN (SELECT offset FROM deliveries
-                   WHERE subscription_id = ?4 AND deadline <= ?2
+                   WHERE subscription_id = ?4 AND deadline <= ?2 AND waiting = 0
                    ORDER BY deadline, offset LIMIT ?5)
 RETURNING offset, attempts
 """
@@ -113,6 +155,16 @@ _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDE
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
+
+
+class _Unset:
+    """The type of :data:`UNSET`: "leave this setting as it is" in ``Subscription.configure``."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
 
 
 class AckResult(NamedTuple):
@@ -182,6 +234,9 @@ class SubscriptionInfo:
     it was acked or dead-lettered. ``consumers``: pending records per consumer holding
     them (nacked records, held by nobody, are not counted there). ``dead_lettered``:
     records moved to the dead-letter stream, plus damaged records set aside by ``fetch``.
+    ``ordering``: ``"key"`` or ``"none"``. ``waiting``: (key order) records taken past the
+    frontier that wait for an earlier record of their key; not delivered, not in
+    ``pending``, but counted against ``max_unacked``.
     """
 
     name: str
@@ -200,6 +255,8 @@ class SubscriptionInfo:
     dead_lettered: int
     acked_frontier: int
     consumers: dict[str, int] = field(default_factory=dict)
+    ordering: str = "none"
+    waiting: int = 0
 
 
 class Subscription:
@@ -212,12 +269,12 @@ class Subscription:
 
     __slots__ = (
         "db", "name", "stream", "ack_timeout", "max_unacked", "max_deliveries", "dead_letter",
-        "start_offset", "_id",
+        "start_offset", "ordering", "_id",
     )
 
     def __init__(self, db: Database, row: tuple[Any, ...]) -> None:
         (self._id, self.name, self.stream, self.ack_timeout, self.max_unacked, self.max_deliveries,
-         self.dead_letter, self.start_offset, _created) = row
+         self.dead_letter, self.start_offset, _created, self.ordering) = row
         self.db = db
 
     def __repr__(self) -> str:
@@ -305,8 +362,10 @@ class Subscription:
             rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
             raise self._missing()
-        frontier, first, nxt, max_unacked, pending, earliest = rows[0]
+        frontier, first, nxt, max_unacked, pending, earliest, releasable = rows[0]
         if earliest is not None and earliest <= _us(self.db.engine.clock()):
+            return True, earliest
+        if releasable:
             return True, earliest
         return (max(frontier, first) < nxt and pending < max_unacked), earliest
 
@@ -316,16 +375,11 @@ class Subscription:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
                 raise self._missing()
-            stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt = rows[0]
+            (stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, frontier, first, nxt,
+             ordering) = rows[0]
             now = _us(db.engine.clock())
             if max_deliveries is not None:
-                exhausted = _q(conn,
-                    "SELECT offset, attempts, last_error FROM deliveries "
-                    "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? ORDER BY offset",
-                    (self._id, now, max_deliveries),
-                )
-                if exhausted:
-                    self._dead_letter(conn, stream_id, dead_letter, exhausted)
+                self._dead_letter_exhausted(conn, stream_id, dead_letter, max_deliveries, now)
             # min(): a subscription created before ack_timeout was capped must not make
             # the deadline overflow SQLite's integers (every fetch would fail).
             deadline = now + _us(min(ack_timeout, MAX_SECONDS))
@@ -337,13 +391,24 @@ class Subscription:
                 "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
             )[0][0]
             start = max(frontier, first)  # records below `first` were trimmed by retention
-            count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
-            if count:
-                conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
-            if start + count != frontier:
-                conn.execute(
-                    "UPDATE subscriptions SET next_offset = ? WHERE id = ?", (start + count, self._id)
+            if ordering == "key":
+                # Redelivered records are each the one delivered record of their key, so
+                # they keep key order; released and new records join them.
+                released, taken, end = self._claim_keyed(
+                    conn, stream_id, consumer, now, deadline, max_records - len(again),
+                    max_unacked - pending, start, nxt,
                 )
+                for offset in released + taken:
+                    attempts[offset] = 1
+                again = sorted(attempts)
+                count = 0
+            else:
+                count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
+                if count:
+                    conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
+                end = start + count
+            if end != frontier:
+                conn.execute("UPDATE subscriptions SET next_offset = ? WHERE id = ?", (end, self._id))
             records: list[Record] = []
             damaged: list[Damaged] = []
             if again:
@@ -368,6 +433,61 @@ class Subscription:
         batch = Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
         batch.skipped = len(damaged)
         return batch
+
+    def _dead_letter_exhausted(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, max_deliveries: int, now: int
+    ) -> None:
+        """Dead-letter the expired pending records that already had ``max_deliveries`` attempts."""
+        exhausted = _q(conn,
+            "SELECT offset, attempts, last_error FROM deliveries "
+            "WHERE subscription_id = ? AND deadline <= ? AND attempts >= ? AND waiting = 0 ORDER BY offset",
+            (self._id, now, max_deliveries),
+        )
+        if exhausted:
+            self._dead_letter(conn, stream_id, dead_letter, exhausted)
+
+    def _claim_keyed(
+        self, conn: apsw.Connection, stream_id: int, consumer: str, now: int, deadline: int,
+        want: int, room: int, start: int, nxt: int,
+    ) -> tuple[list[int], list[int], int]:
+        """The key-ordered part of a claim: (released offsets, new offsets, new frontier).
+
+        ``want``: records still to deliver; ``room``: rows the subscription may still add
+        under ``max_unacked``. First the oldest waiting record of every key that has no
+        delivered record left (oldest first), then new records from ``start``: a record
+        whose key already has a row, or was met earlier in this scan, becomes a waiting
+        row; the others are delivered. Waiting rows count toward ``max_unacked``, which so
+        also bounds how far delivery runs ahead of a busy key.
+        """
+        released: list[int] = []
+        if want > 0:
+            released = [r[0] for r in _q(conn, _RELEASABLE_SQL, (self._id, want))]
+            if released:
+                conn.execute(_RELEASE_SQL, (consumer, now, deadline, self._id, json.dumps(released)))
+        want -= len(released)
+        deliver: list[int] = []
+        wait: list[int] = []
+        seen: set[bytes] = set()
+        pos = start
+        while pos < nxt and want > len(deliver) and room > len(deliver) + len(wait):
+            # A page at a time: a hot key may make many records wait before `want` are found.
+            end = min(nxt, pos + min(room - len(deliver) - len(wait), max(64, 2 * want)))
+            for offset, key, busy in _q(conn, _SCAN_SQL, (self._id, stream_id, pos, end)):
+                if key is None:
+                    deliver.append(offset)  # records without a key are unordered
+                else:
+                    (wait if busy or key in seen else deliver).append(offset)
+                    seen.add(key)
+                pos = offset + 1
+                if len(deliver) >= want or len(deliver) + len(wait) >= room:
+                    break
+            else:
+                pos = end
+        if deliver:
+            conn.execute(_INSERT_KEYED_SQL, (self._id, consumer, now, deadline, 0, stream_id, json.dumps(deliver)))
+        if wait:
+            conn.execute(_INSERT_KEYED_SQL, (self._id, None, now, _NEVER, 1, stream_id, json.dumps(wait)))
+        return released, deliver, pos
 
     def _set_aside(
         self, conn: apsw.Connection, stream_id: int, dead_letter: str | None, damaged: list[Damaged],
@@ -461,7 +581,7 @@ class Subscription:
             self._check_exists(conn)
             done = {
                 r[0] for r in _q(conn,
-                    f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    f"DELETE FROM deliveries WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
                     (self._id, json.dumps(wanted)),
                 )
             }
@@ -494,7 +614,7 @@ class Subscription:
             done = {
                 r[0] for r in _q(conn,
                     f"UPDATE deliveries SET consumer = NULL, deadline = ?, last_error = coalesce(?, last_error) "
-                    f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset",
+                    f"WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
                     (_us(db.engine.clock() + delay), error, self._id, param),
                 )
             }
@@ -545,6 +665,289 @@ class Subscription:
             }
         return _result(wanted, done)
 
+    # ----------------------------------------------------------------- position, settings
+
+    def seek(self, position: int | _dt.datetime | None = None, *, at: float | _dt.datetime | None = None) -> int:
+        """Move the delivery frontier: the next new record delivered is at the new position.
+
+        ``position``: an offset (``first_offset`` .. ``next_offset`` of the stream), or a
+        ``datetime``; ``at``: a time (seconds since the epoch or a ``datetime``) — the
+        position becomes the first record appended at or after it. Returns the new position.
+
+        What happens to pending deliveries (the Redis ``XGROUP SETID`` question): records
+        *before* the new position keep their state — still pending, still ackable, still
+        redelivered on expiry, like Redis's pending list; pending records *at or after* it
+        are dropped from the pending list (their acks are then ignored) because the
+        subscription will deliver them again from the new position. Under key order,
+        waiting records (never delivered) are dropped wherever they are: those from the
+        new position on are taken again as the frontier reaches them, those before it are
+        skipped, as a seek forward intends. Atomic; wakes waiting fetches.
+        Raises ``OffsetOutOfRange``, ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        if isinstance(position, _dt.datetime) and at is None:
+            position, at = None, position
+        if (position is None) == (at is None):
+            raise InvalidArgument(
+                "seek takes an offset or at= (a time), exactly one of them",
+                hint="sub.seek(120) or sub.seek(at=time.time() - 3600)",
+            )
+        offset: int | None = None
+        if position is not None:
+            offset = check_offset(position, "position")
+        else:
+            timestamp_us(at, "at")
+        with self.db.engine.write() as conn:
+            target = self._position(conn, offset, at)
+            return self._move(conn, target)
+
+    def reset(self, where: str = "earliest") -> int:
+        """Seek to the stream's first retained record (``"earliest"``) or its end (``"latest"``).
+
+        Pending deliveries as for :meth:`seek` (``"latest"`` keeps them all). Returns the
+        new position. Raises ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        if not (isinstance(where, str) and where in ("earliest", "latest")):
+            raise InvalidArgument(
+                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset"
+            )
+        with self.db.engine.write() as conn:
+            _, _, first, nxt = self._stream_state(conn)
+            return self._move(conn, first if where == "earliest" else nxt)
+
+    def _stream_state(self, conn: apsw.Connection) -> tuple[int, int, int, int]:
+        """(stream id, subscription frontier, stream first_offset, stream next_offset)."""
+        rows = _q(conn,
+            "SELECT st.id, s.next_offset, st.first_offset, st.next_offset "
+            "FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.id = ?",
+            (self._id,),
+        )
+        if not rows:
+            raise self._missing()
+        return rows[0]
+
+    def _position(self, conn: apsw.Connection, position: int | None, at: float | _dt.datetime | None) -> int:
+        _, _, first, nxt = self._stream_state(conn)
+        if position is None:
+            assert at is not None
+            return max(first, self.db.stream(self.stream).read_at(at))
+        if not first <= position <= nxt:
+            raise OffsetOutOfRange(
+                f"position {position} is outside stream {self.stream!r} (offsets {first}..{nxt})",
+                hint="use reset('earliest'), reset('latest') or a retained offset",
+            )
+        return position
+
+    def _move(self, conn: apsw.Connection, target: int) -> int:
+        dropped = _q(conn,
+            "DELETE FROM deliveries WHERE subscription_id = ? AND (offset >= ? OR waiting = 1) RETURNING waiting",
+            (self._id, target),
+        )
+        conn.execute("UPDATE subscriptions SET next_offset = ? WHERE id = ?", (target, self._id))
+        if dropped:
+            _log.info(
+                "subscription %r moved to offset %d: dropped %d pending and %d waiting record(s)",
+                self.name, target, sum(1 for (w,) in dropped if not w), sum(1 for (w,) in dropped if w),
+            )
+        return target
+
+    def configure(
+        self,
+        *,
+        ack_timeout: float | _Unset = UNSET,
+        max_unacked: int | _Unset = UNSET,
+        max_deliveries: int | None | _Unset = UNSET,
+        dead_letter: str | None | _Unset = UNSET,
+    ) -> SubscriptionInfo:
+        """Change settings after creation; settings not passed stay as they are.
+
+        Rules as for ``create_subscription`` (``max_deliveries`` and ``dead_letter`` go
+        together: pass both, or None for both to stop dead-lettering). A new
+        ``ack_timeout`` applies from the next delivery (deadlines already set stand); a
+        lower ``max_unacked`` never takes back delivered records, it only holds new ones
+        until the pending count drops below it; a new ``max_deliveries`` applies to the
+        next expiry or nack of every pending record. Atomic; returns the new
+        :class:`SubscriptionInfo` (this handle's attributes are updated too).
+        Raises ``InvalidArgument``, ``InvalidName``, ``SubscriptionNotFound``.
+        """
+        changes: dict[str, Any] = {}
+        if not isinstance(ack_timeout, _Unset):
+            changes["ack_timeout"] = check_seconds(ack_timeout, "ack_timeout", positive=True)
+        if not isinstance(max_unacked, _Unset):
+            changes["max_unacked"] = check_count(max_unacked, "max_unacked")
+        if not isinstance(max_deliveries, _Unset):
+            changes["max_deliveries"] = check_count(max_deliveries, "max_deliveries", optional=True)
+        if not isinstance(dead_letter, _Unset):
+            if dead_letter is not None:
+                check_name(dead_letter, "dead-letter stream")
+            changes["dead_letter"] = dead_letter
+        with self.db.engine.write() as conn:
+            rows = _q(conn, "SELECT max_deliveries, dead_letter FROM subscriptions WHERE id = ?", (self._id,))
+            if not rows:
+                raise self._missing()
+            merged_max = changes.get("max_deliveries", rows[0][0])
+            merged_dead = changes.get("dead_letter", rows[0][1])
+            if (merged_max is None) != (merged_dead is None):
+                raise InvalidArgument(
+                    "max_deliveries and dead_letter go together",
+                    hint="pass both (or None for both to stop dead-lettering)",
+                )
+            if "dead_letter" in changes and merged_dead is not None:
+                _check_dead_letter_stream(self.db, conn, merged_dead, self.stream)
+            if changes:
+                conn.execute(
+                    f"UPDATE subscriptions SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                    (*changes.values(), self._id),
+                )
+        for attr, value in changes.items():
+            setattr(self, attr, value)
+        return self.info()
+
+    # ----------------------------------------------------------------- explicit claims
+
+    def claim(self, consumer: str, *offsets: int, min_idle: float = 0.0) -> Batch:
+        """Take over pending records for ``consumer`` (Redis ``XCLAIM``), whoever holds them.
+
+        Of ``offsets``, the records that are pending (delivered, unacked — held, nacked or
+        expired) and idle (since their last delivery) at least ``min_idle`` seconds are
+        delivered again to ``consumer``: attempts + 1, deadline now + ``ack_timeout``.
+        Others (not pending, not idle long enough, waiting under key order) are left as
+        they are and not returned. A record that already had ``max_deliveries`` attempts
+        goes to the dead-letter stream instead, as on expiry. Key order is kept: a pending
+        record is the one delivered record of its key. Atomic; returns the claimed records
+        in offset order. Raises ``InvalidName``, ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        wanted = check_offsets(offsets)
+        min_idle = check_seconds(min_idle, "min_idle", positive=False)
+        if not wanted:
+            return Batch(subscription=self.name, consumer=consumer)
+        return self._take(consumer, min_idle, json.dumps(wanted), len(wanted))
+
+    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100) -> Batch:
+        """Take over up to ``count`` pending records idle at least ``min_idle`` seconds
+        (Redis ``XAUTOCLAIM``), lowest offsets first; otherwise as :meth:`claim`.
+
+        With ``min_idle`` at least ``ack_timeout`` this claims what a consumer that died
+        left behind, without waiting for a fetch. Atomic. Raises ``InvalidName``,
+        ``InvalidArgument``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        min_idle = check_seconds(min_idle, "min_idle", positive=False)
+        check_count(count, "count")
+        return self._take(consumer, min_idle, None, count)
+
+    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int) -> Batch:
+        """Claim pending records idle since ``min_idle`` (of the JSON list ``offsets``, or any)."""
+        db = self.db
+        with db.engine.write() as conn:
+            rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
+            if not rows:
+                raise self._missing()
+            stream_id, ack_timeout, _, max_deliveries, dead_letter = rows[0][:5]
+            now = _us(db.engine.clock())
+            idle_before = now - _us(min_idle)
+            which = "?3 IS NULL" if offsets is None else "offset IN (SELECT value FROM json_each(?3))"
+            found = _q(conn,
+                "SELECT offset, attempts, last_error FROM deliveries WHERE subscription_id = ?1 "
+                f"AND waiting = 0 AND delivered_at <= ?2 AND {which} ORDER BY offset LIMIT ?4",
+                (self._id, idle_before, offsets, count),
+            )
+            exhausted = [f for f in found if max_deliveries is not None and f[1] >= max_deliveries]
+            if exhausted:
+                self._dead_letter(conn, stream_id, dead_letter, exhausted)
+            taken = [f[0] for f in found if f not in exhausted]
+            attempts: dict[int, int] = {}
+            records: list[Record] = []
+            damaged: list[Damaged] = []
+            if taken:
+                deadline = now + _us(min(ack_timeout, MAX_SECONDS))
+                attempts = dict(_q(conn,
+                    "UPDATE deliveries SET consumer = ?, attempts = attempts + 1, delivered_at = ?, deadline = ? "
+                    f"WHERE subscription_id = ? AND {_IN_OFFSETS} RETURNING offset, attempts",
+                    (consumer, now, deadline, self._id, json.dumps(taken)),
+                ))
+                records, damaged = read_records(
+                    conn, self.stream, _RECORDS_BY_OFFSET_SQL, (stream_id, json.dumps(taken))
+                )
+                if damaged:
+                    self._set_aside(conn, stream_id, dead_letter, damaged, attempts)
+        batch = Batch(records, subscription=self.name, consumer=consumer, attempts=attempts)
+        batch.skipped = len(damaged)
+        return batch
+
+    # ----------------------------------------------------------------- dead letters
+
+    def redrive(self, max_records: int | None = None) -> list[int]:
+        """Move this subscription's dead letters back into its stream, as new appends.
+
+        Reads the dead-letter stream from where the last redrive stopped and re-appends,
+        in order, every letter this subscription (by name) put there from its stream:
+        same value, key and headers, minus the dead-letter headers, plus
+        ``sqlstream.original_offset`` naming the offset the record first had (kept
+        through repeated redrives). The letters stay in the dead-letter stream (it is an
+        append-only log); the subscription remembers how far it redrove, so a letter is
+        never moved twice. The new records are delivered like any other, attempts from 1.
+        ``max_records``: at most that many letters (None: all). Atomic (appends and the
+        redrive position commit together); returns the new offsets in the stream.
+        Raises ``InvalidArgument`` (no dead-letter stream), ``SubscriptionNotFound``,
+        ``StreamSealed``/``AccessDenied`` (the stream takes no appends).
+        """
+        check_count(max_records, "max_records", optional=True)
+        db = self.db
+        with db.engine.write() as conn:
+            rows = _q(conn, "SELECT dead_letter, redrive_offset FROM subscriptions WHERE id = ?", (self._id,))
+            if not rows:
+                raise self._missing()
+            dead_letter, pos = rows[0]
+            if dead_letter is None:
+                raise InvalidArgument(
+                    f"subscription {self.name!r} has no dead-letter stream",
+                    hint="set one with sub.configure(max_deliveries=..., dead_letter=...)",
+                )
+            found = _q(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (dead_letter,))
+            if not found:
+                return []
+            dl_id, first, nxt = found[0]
+            if pos > nxt:  # the dead-letter stream was deleted and created again
+                pos = first
+            pos = max(pos, first)
+            limit = MAX_COUNT if max_records is None else max_records
+            prepared: list[PreparedRecord] = []
+            while pos < nxt and len(prepared) < limit:
+                page = _q(conn,
+                    "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
+                    "FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
+                    (dl_id, pos),
+                )
+                if not page:
+                    pos = nxt
+                    break
+                for offset, raw_key, raw_headers, ctype, raw in page:
+                    pos = offset + 1
+                    key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
+                    if meta.get("sqlstream.subscription") != self.name or meta.get("sqlstream.source_stream") != self.stream:
+                        continue
+                    if not isinstance(data, str) and ctype != "bytes":
+                        ctype = "bytes"
+                    original = meta.get("sqlstream.original_offset") or meta.get("sqlstream.source_offset", "")
+                    for name in DEAD_LETTER_HEADERS:
+                        meta.pop(name, None)
+                    meta["sqlstream.original_offset"] = original
+                    prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
+                    if len(prepared) >= limit:
+                        break
+            offsets: list[int] = []
+            if prepared:
+                try:
+                    offsets = list(db.engine.append_rows(self.stream, None, prepared, None))
+                except (StreamSealed, AccessDenied) as exc:
+                    raise type(exc)(
+                        f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
+                        hint="redrive needs a stream that takes appends without a secret",
+                    ) from exc
+            conn.execute("UPDATE subscriptions SET redrive_offset = ? WHERE id = ?", (pos, self._id))
+        return offsets
+
     def _check_exists(self, conn: apsw.Connection) -> None:
         if not _q(conn, "SELECT 1 FROM subscriptions WHERE id = ?", (self._id,)):
             raise self._missing()
@@ -562,7 +965,7 @@ class Subscription:
             self._check_exists(conn)
             rows = _q(conn,
                 "SELECT offset, consumer, attempts, delivered_at, deadline, last_error FROM deliveries "
-                "WHERE subscription_id = ?1 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
+                "WHERE subscription_id = ?1 AND waiting = 0 AND (?2 IS NULL OR consumer = ?2) ORDER BY offset LIMIT ?3",
                 (self._id, consumer, -1 if limit is None else limit),
             )
         return [
@@ -587,8 +990,9 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
     now_us = _us(now)
     rows = _q(conn,
         f"SELECT {_SUB_COLUMNS}, s.next_offset, s.acked, s.dead_lettered, st.first_offset, st.next_offset, "
-        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id), "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 0), "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
+        "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 1), "
         "(SELECT min(d.offset) FROM deliveries d WHERE d.subscription_id = s.id) "
         "FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
         "WHERE ?2 IS NULL OR s.id = ?2 ORDER BY s.name",
@@ -605,14 +1009,14 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
         counts.setdefault(sid, {})[consumer] = n
     out = []
     for row in rows:
-        (sid, name, stream, timeout, max_unacked, max_del, dead_letter, start, created,
-         frontier, acked, dead, first, nxt, pending, expired, lowest) = row
+        (sid, name, stream, timeout, max_unacked, max_del, dead_letter, start, created, ordering,
+         frontier, acked, dead, first, nxt, pending, expired, waiting, lowest) = row
         out.append(SubscriptionInfo(
             name=name, stream=stream, start_offset=start, next_offset=frontier, ack_timeout=timeout,
             max_unacked=max_unacked, max_deliveries=max_del, dead_letter=dead_letter, created_at=created / 1e6,
             lag=max(0, nxt - max(frontier, first)), pending=pending, expired=expired, acked=acked,
             dead_lettered=dead, acked_frontier=frontier if lowest is None else lowest,
-            consumers=counts.get(sid, {}),
+            consumers=counts.get(sid, {}), ordering=ordering, waiting=waiting,
         ))
     return out
 
@@ -632,8 +1036,10 @@ def create_subscription(
     max_deliveries: int | None = None,
     dead_letter: str | None = None,
     exist_ok: bool = False,
+    ordering: str | None = None,
 ) -> Subscription:
     check_name(name, "subscription")
+    ordering = check_ordering(ordering)
     check_name(stream)
     ack_timeout = check_seconds(ack_timeout, "ack_timeout", positive=True)
     check_count(max_unacked, "max_unacked")
@@ -669,17 +1075,7 @@ def create_subscription(
                 hint="pick another name, or delete it with db.delete_subscription()",
             )
         if dead_letter is not None:
-            target = _q(conn,
-                "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
-                (dead_letter,),
-            )
-            if not target:
-                db.create_stream(dead_letter)
-            elif target[0][0] or target[0][1]:
-                raise InvalidArgument(
-                    f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
-                    hint="name a plain stream (or a new name: it is created)",
-                )
+            _check_dead_letter_stream(db, conn, dead_letter, stream)
         if start == "earliest":
             offset = first
         elif start == "latest":
@@ -693,9 +1089,9 @@ def create_subscription(
                 )
         conn.execute(
             "INSERT INTO subscriptions (name, stream_id, ack_timeout, max_unacked, max_deliveries, "
-            "dead_letter, start_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "dead_letter, start_offset, next_offset, created_at, ordering) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, stream_id, ack_timeout, max_unacked, max_deliveries, dead_letter, offset, offset,
-             time.time_ns() // 1000),
+             time.time_ns() // 1000, ordering),
         )
         row = _q(conn,
             f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
@@ -703,6 +1099,36 @@ def create_subscription(
             (name,),
         )[0]
     return Subscription(db, row)
+
+
+def _check_dead_letter_stream(db: Database, conn: apsw.Connection, dead_letter: str, stream: str) -> None:
+    """Refuse a sealed or secret dead-letter stream, or the source stream; create a missing one."""
+    if dead_letter == stream:
+        raise InvalidArgument("a subscription cannot dead-letter into the stream it reads")
+    target = _q(conn,
+        "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+        (dead_letter,),
+    )
+    if not target:
+        db.create_stream(dead_letter)
+    elif target[0][0] or target[0][1]:
+        raise InvalidArgument(
+            f"dead-letter stream {dead_letter!r} is {'sealed' if target[0][0] else 'a secret stream'}",
+            hint="name a plain stream (or a new name: it is created)",
+        )
+
+
+def check_ordering(value: object) -> str:
+    """A subscription's delivery order: None or ``"none"`` (offset order across consumers,
+    no per-key guarantee) or ``"key"`` (each key strictly in offset order)."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and value in ("none", "key"):
+        return value
+    raise InvalidArgument(
+        f"ordering must be None, 'none' or 'key', not {show(value)}",
+        hint="ordering='key' delivers each key's records one at a time, in offset order",
+    )
 
 
 def get_subscription(db: Database, name: str) -> Subscription:

@@ -245,6 +245,9 @@ def cmd_read(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print up to --limit records from --offset (default: the first retained record)."""
     with open_db(args, write=False) as db:
         stream = db.stream(args.name)
+        if args.reverse:  # --offset is then the exclusive upper bound
+            print_records(stream.read_reverse(args.offset, args.limit), args.json, out)
+            return EXIT_OK
         start = stream.info().first_offset if args.offset is None else args.offset
         if args.timeout:
             # Block only for the first record; the rest is read as it stands then.
@@ -257,6 +260,24 @@ def cmd_read(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             left = args.limit
         for page in _read_range(stream, start, None, left):
             print_records(page, args.json, out)
+    return EXIT_OK
+
+
+def cmd_read_many(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Print records from several streams at once (XREAD STREAMS): STREAM=OFFSET pairs."""
+    positions: dict[str, int] = {}
+    for pair in args.positions:
+        name, sep, offset = pair.rpartition("=")
+        if not sep or not name:
+            raise CliError(f"expected STREAM=OFFSET, got {pair!r}", hint="sqlstream read-many orders=0 payments=5")
+        positions[name] = parse_offset(offset)
+    with open_db(args, write=False) as db:
+        got = db.read_many(positions, limit=args.limit, timeout=args.timeout)
+    for name, records in got.items():
+        if args.json:
+            print_records(records, True, out)
+        else:
+            out.write("".join(f"{name}\t{record_line(r)}\n" for r in records))
     return EXIT_OK
 
 
@@ -656,6 +677,22 @@ def register(command: CommandFactory) -> None:
     )
     p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for a first record (default 0: do not wait)")
+    p.add_argument("--reverse", action="store_true",
+                   help="newest first, from below --offset (default: the end); never waits")
+
+    p = command(
+        "read-many", cmd_read_many, "Print records from several streams at once, waiting for any.",
+        "sqlstream read-many orders=100 payments=0 --timeout 5 --json",
+        details="Each STREAM=OFFSET names a stream and the offset to read it from (like Redis\n"
+        "XREAD STREAMS). Prints the records of every stream that has some (at most --limit\n"
+        "each); with --timeout waits up to S seconds until one has. Human output prefixes\n"
+        "each record line with its stream; --json objects carry \"stream\".",
+    )
+    p.add_argument("positions", metavar="STREAM=OFFSET", nargs="+")
+    p.add_argument("--limit", type=parse_positive_int, default=100, metavar="N",
+                   help="at most N records per stream (default 100)")
+    p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S",
+                   help="wait up to S seconds for a record (default 0: do not wait)")
 
     p = command(
         "tail", cmd_tail, "Print the last records; with -f keep printing new ones.",

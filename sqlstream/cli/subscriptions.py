@@ -1,7 +1,8 @@
 """The command-line side of subscriptions and readers.
 
 ``subscribe``, ``unsubscribe``, ``subscriptions``, ``fetch``, ``ack``, ``nack``,
-``extend-deadline``, ``pending`` and ``reader``. They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s
+``extend-deadline``, ``pending``, ``reader``, ``seek``, ``reset``, ``configure``, ``claim``,
+``autoclaim`` and ``redrive``. They follow the CLI's conventions (:mod:`sqlstream.cli.main`'s
 docstring is the output contract): ``--json`` prints one object per line, errors are ``Error:``
 and ``Hint:`` lines on stderr with exit status 1. ``fetch --json`` prints the record
 objects of ``read --json`` with two more fields, ``subscription`` and ``attempts``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as _dt
 import functools
 from collections.abc import Callable
 from typing import IO, Any
@@ -32,7 +34,7 @@ from ..errors import (
     SubscriptionInUse,
     SubscriptionNotFound,
 )
-from ..subscriptions import AckResult, SubscriptionInfo
+from ..subscriptions import AckResult, Batch, SubscriptionInfo
 
 Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
 
@@ -80,7 +82,7 @@ def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         sub = db.create_subscription(
             args.name, args.stream, start=args.start, ack_timeout=args.ack_timeout,
             max_unacked=args.max_unacked, max_deliveries=args.max_deliveries,
-            dead_letter=args.dead_letter, exist_ok=args.exist_ok,
+            dead_letter=args.dead_letter, exist_ok=args.exist_ok, ordering=args.ordering,
         )
         info = sub.info()
     created = info.name not in before
@@ -235,6 +237,184 @@ def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
+def _at_arg(text: str) -> float | _dt.datetime:
+    """--at: seconds since the epoch, or an ISO 8601 time (naive means local time)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds since the epoch or an ISO 8601 time, not {text!r}"
+        ) from None
+
+
+def _moved(args: argparse.Namespace, out: IO[str], position: int) -> int:
+    out.write(dump({"subscription": args.name, "position": position}) + "\n" if args.json
+              else f"subscription {args.name!r} delivers from offset {position}\n")
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_seek(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Move a subscription's delivery position to an offset or a time."""
+    if (args.offset is None) == (args.at is None):
+        raise CliError("give an OFFSET or --at TIME (one of them)", hint="sqlstream seek billing 120")
+    with open_db(args, write=True) as db:
+        sub = db.subscription(args.name)
+        position = sub.seek(args.offset) if args.offset is not None else sub.seek(at=args.at)
+    return _moved(args, out, position)
+
+
+@_cli_hints
+def cmd_reset(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Move a subscription to the stream's first record or its end."""
+    with open_db(args, write=True) as db:
+        position = db.subscription(args.name).reset(args.where)
+    return _moved(args, out, position)
+
+
+@_cli_hints
+def cmd_configure(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Change a subscription's settings."""
+    changes: dict[str, Any] = {}
+    if args.ack_timeout is not None:
+        changes["ack_timeout"] = args.ack_timeout
+    if args.max_unacked is not None:
+        changes["max_unacked"] = args.max_unacked
+    if args.max_deliveries is not None:
+        changes["max_deliveries"] = args.max_deliveries
+    if args.dead_letter is not None:
+        changes["dead_letter"] = args.dead_letter
+    if args.no_dead_letter:
+        if "max_deliveries" in changes or "dead_letter" in changes:
+            raise CliError("--no-dead-letter goes alone, without --max-deliveries or --dead-letter")
+        changes.update(max_deliveries=None, dead_letter=None)
+    with open_db(args, write=True) as db:
+        info = db.subscription(args.name).configure(**changes)
+    if args.json:
+        out.write(dump(info_json(info)) + "\n")
+    else:
+        dead = f"{info.max_deliveries} deliveries, then {info.dead_letter!r}" if info.dead_letter else "none"
+        out.write(f"subscription {info.name!r}: ack timeout {info.ack_timeout:g}s, max unacked "
+                  f"{info.max_unacked}, dead letters: {dead}\n")
+    return EXIT_OK
+
+
+def _print_batch(batch: Batch, args: argparse.Namespace, out: IO[str]) -> None:
+    if args.json:
+        out.write("".join(
+            dump({**record_json(r), "subscription": args.name, "attempts": batch.attempts[r.offset]}) + "\n"
+            for r in batch
+        ))
+    else:
+        out.write("".join(f"{record_line(r)}\t(attempt {batch.attempts[r.offset]})\n" for r in batch))
+
+
+@_cli_hints
+def cmd_claim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Take over given pending records for a consumer (XCLAIM)."""
+    with open_db(args, write=True) as db:
+        batch = db.subscription(args.name).claim(args.consumer, *args.offsets, min_idle=args.min_idle)
+    _print_batch(batch, args, out)
+    missed = sorted(set(args.offsets) - set(batch.offsets))
+    if missed:
+        err.write(f"note: not claimed (not pending, or idle less than --min-idle): {' '.join(map(str, missed))}\n")
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_autoclaim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Take over the oldest idle pending records for a consumer (XAUTOCLAIM)."""
+    with open_db(args, write=True) as db:
+        batch = db.subscription(args.name).autoclaim(args.consumer, min_idle=args.min_idle, count=args.count)
+    _print_batch(batch, args, out)
+    return EXIT_OK
+
+
+@_cli_hints
+def cmd_redrive(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Move dead letters back into the subscription's stream."""
+    with open_db(args, write=True) as db:
+        offsets = db.subscription(args.name).redrive(args.max)
+    if args.json:
+        out.write(dump({"subscription": args.name, "redriven": len(offsets), "offsets": offsets}) + "\n")
+    else:
+        out.write(f"redrove {len(offsets)} dead letter(s) of {args.name!r}"
+                  + (f" to offsets {offsets[0]}..{offsets[-1]}\n" if offsets else "\n"))
+    return EXIT_OK
+
+
+def _register_more(command: CommandFactory) -> None:
+    """seek, reset, configure, claim, autoclaim, redrive."""
+    p = command(
+        "seek", cmd_seek, "Move a subscription's delivery position to an offset or a time.",
+        "sqlstream seek billing 120\nsqlstream seek billing --at 2024-06-01T12:00:00",
+        details="New records are delivered from the position on. Pending records before it stay\n"
+        "pending (ack them as usual); pending records at or after it are delivered again.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("offset", metavar="OFFSET", type=parse_offset, nargs="?")
+    p.add_argument("--at", type=_at_arg, metavar="TIME",
+                   help="the first record appended at or after TIME (epoch seconds or ISO 8601)")
+
+    p = command(
+        "reset", cmd_reset, "Move a subscription to the stream's first record or its end.",
+        "sqlstream reset billing earliest",
+        details="earliest: deliver every retained record again; latest: skip to new records.\n"
+        "Pending records are treated as by `sqlstream seek`.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("where", choices=["earliest", "latest"])
+
+    p = command(
+        "configure", cmd_configure, "Change a subscription's settings; others stay as they are.",
+        "sqlstream configure billing --ack-timeout 120 --max-unacked 50\n"
+        "sqlstream configure jobs --max-deliveries 5 --dead-letter jobs-dead",
+        details="A new ack timeout applies from the next delivery. --max-deliveries and\n"
+        "--dead-letter go together; --no-dead-letter stops dead-lettering.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("--ack-timeout", type=parse_positive_seconds, metavar="S")
+    p.add_argument("--max-unacked", type=parse_positive_int, metavar="N")
+    p.add_argument("--max-deliveries", type=parse_positive_int, metavar="N")
+    p.add_argument("--dead-letter", metavar="STREAM")
+    p.add_argument("--no-dead-letter", action="store_true", help="stop dead-lettering")
+
+    p = command(
+        "claim", cmd_claim, "Take over given pending records for a consumer (like XCLAIM).",
+        "sqlstream claim billing 17 18 --consumer w2 --min-idle 60",
+        details="Records pending (held, nacked or expired) and idle at least --min-idle seconds\n"
+        "are delivered again to --consumer and printed as by `sqlstream fetch`.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("offsets", metavar="OFFSET", type=parse_offset, nargs="+")
+    p.add_argument("--consumer", default="cli", metavar="NAME", help="consumer name (default cli)")
+    p.add_argument("--min-idle", type=parse_seconds, default=0.0, metavar="S",
+                   help="only records idle at least S seconds (default 0)")
+
+    p = command(
+        "autoclaim", cmd_autoclaim, "Take over the oldest idle pending records (like XAUTOCLAIM).",
+        "sqlstream autoclaim billing --consumer w2 --min-idle 60 --count 10",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("--consumer", default="cli", metavar="NAME", help="consumer name (default cli)")
+    p.add_argument("--min-idle", type=parse_seconds, default=0.0, metavar="S",
+                   help="only records idle at least S seconds (default 0)")
+    p.add_argument("--count", type=parse_positive_int, default=100, metavar="N", help="at most N (default 100)")
+
+    p = command(
+        "redrive", cmd_redrive, "Move a subscription's dead letters back into its stream.",
+        "sqlstream redrive jobs --max 100",
+        details="Each letter is appended again (header sqlstream.original_offset names its first\n"
+        "offset) and delivered like a new record; a letter is never redriven twice.",
+    )
+    p.add_argument("name", metavar="SUBSCRIPTION")
+    p.add_argument("--max", type=parse_positive_int, metavar="N", help="at most N letters (default all)")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -259,6 +439,8 @@ def register(command: CommandFactory) -> None:
     p.add_argument("--max-deliveries", type=parse_positive_int, metavar="N", help="deliveries before dead-lettering")
     p.add_argument("--dead-letter", metavar="STREAM", help="stream for records that used up --max-deliveries")
     p.add_argument("--exist-ok", action="store_true", help="succeed if it already exists on STREAM")
+    p.add_argument("--ordering", choices=["none", "key"], default="none",
+                   help="key: each key's records one at a time, in offset order (default none)")
 
     p = command(
         "unsubscribe", cmd_unsubscribe, "Delete a subscription.", "sqlstream unsubscribe billing --force",
@@ -340,3 +522,5 @@ def register(command: CommandFactory) -> None:
     p.add_argument("--seek", type=_start_arg, metavar="earliest|latest|OFFSET", help="move the position only")
     p.add_argument("--delete", action="store_true", help="delete the reader")
     p.add_argument("--list", action="store_true", help="list every reader")
+
+    _register_more(command)
