@@ -567,12 +567,12 @@ class AsyncSubscription:
                 batch = sub.fetch(consumer, max_records, 0)
                 if batch or in_tx:
                     return batch if batch else None
-                deadline[0] = sub._probe()[1]  # empty: when to look again without a commit
+                deadline[0] = sub.probe()[1]  # empty: when to look again without a commit
                 return None
             if not in_tx:
                 # A read-only look first, as the sync fetch does: waiters woken by every
                 # commit must not each take the write lock to find nothing.
-                claimable, deadline[0] = sub._probe()
+                claimable, deadline[0] = sub.probe()
                 if not claimable:
                     return None
             batch = sub.fetch(consumer, max_records, 0)

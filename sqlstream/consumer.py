@@ -179,7 +179,7 @@ class Consumer:
         stopping = self._stop.is_set
         while not stopping():
             try:
-                batch = sub._fetch(self.name, self.batch, None, stopping)
+                batch = sub.fetch(self.name, self.batch, None, stop=stopping)
             except LockTimeout:
                 log.warning("consumer %s: the database stayed locked; fetching again", self.name)
                 continue

@@ -44,6 +44,7 @@ from sqlalchemy import (
     MetaData,
     PrimaryKeyConstraint,
     Table,
+    text,
 )
 from sqlalchemy import create_engine as _sa_create_engine
 from sqlalchemy.dialects import registry as _registry
@@ -128,6 +129,8 @@ subscriptions = Table(
     Column("acked", INTEGER, nullable=False, server_default="0"),
     Column("dead_lettered", INTEGER, nullable=False, server_default="0"),
     Column("created_at", INTEGER, nullable=False),
+    Column("ordering", TEXT, nullable=False, server_default="none"),
+    Column("redrive_offset", INTEGER, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
 )
 
@@ -140,8 +143,12 @@ deliveries = Table(
     Column("delivered_at", INTEGER, nullable=False),
     Column("deadline", INTEGER, nullable=False),
     Column("last_error", TEXT),
+    Column("key", TEXT),
+    Column("waiting", INTEGER, nullable=False, server_default="0"),
     PrimaryKeyConstraint("subscription_id", "offset"),
     Index("deliveries_by_deadline", "subscription_id", "deadline"),
+    Index("deliveries_by_key", "subscription_id", "key", "waiting", "offset",
+          sqlite_where=text("key IS NOT NULL")),
     sqlite_with_rowid=False,
 )
 

@@ -294,7 +294,14 @@ class Subscription:
 
     # ----------------------------------------------------------------- delivery
 
-    def fetch(self, consumer: str, max_records: int = 100, timeout: float | None = 0) -> Batch:
+    def fetch(
+        self,
+        consumer: str,
+        max_records: int = 100,
+        timeout: float | None = 0,
+        *,
+        stop: Callable[[], bool] | None = None,
+    ) -> Batch:
         """Claim up to ``max_records`` records for ``consumer`` and return them in offset order.
 
         Atomically, in one write transaction: records whose ack deadline has passed are
@@ -313,11 +320,13 @@ class Subscription:
         delivered and never blocks the subscription: the claim moves it to the dead-letter
         stream as a bytes record, or skips it when there is none; both count in
         ``dead_lettered`` and are logged.
+        ``stop``: a blocked fetch also ends, with an empty batch, once ``stop()`` is true
+        (checked at every wake-up; a consumer's graceful stop uses it).
         Raises ``SubscriptionNotFound``, ``InvalidName``, ``InvalidArgument``.
         """
         check_name(consumer, "consumer")
         check_count(max_records, "max_records")
-        return self._fetch(consumer, max_records, check_timeout(timeout), None)
+        return self._fetch(consumer, max_records, check_timeout(timeout), stop)
 
     def _fetch(
         self, consumer: str, max_records: int, timeout: float | None, stop: Callable[[], bool] | None
@@ -332,7 +341,7 @@ class Subscription:
             if probe and not db.in_transaction():
                 # A read-only look first: waiters woken by every commit to the file must
                 # not each take the write lock just to find nothing to claim.
-                claimable, next_deadline[0] = self._probe()
+                claimable, next_deadline[0] = self.probe()
                 if not claimable:
                     return None
             batch = self._claim(consumer, max_records)
@@ -356,8 +365,12 @@ class Subscription:
             got = db.engine.wait_until(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
-    def _probe(self) -> tuple[bool, int | None]:
-        """(whether a claim could return something now, the earliest pending deadline)."""
+    def probe(self) -> tuple[bool, int | None]:
+        """A read-only look, no claim: (whether a fetch could return something now, the
+        earliest pending deadline in µs since the epoch, or None).
+
+        For waiters of their own (``sqlstream.aio``): when to look again without a commit.
+        """
         with self.db.engine.snapshot() as conn:
             rows = _q(conn, _PROBE_SQL, (self._id,))
         if not rows:
