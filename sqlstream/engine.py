@@ -66,6 +66,8 @@ T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+DEFAULT_SYNCHRONOUS = "normal"
+DEFAULT_WAKEUP = "auto"
 # The append path's statements and rules live in sqlstream/append.py (shared with the
 # SQLAlchemy outbox and archive import); the engine runs them in its write scope.
 PreparedRecord = _append.PreparedRecord
