@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -281,3 +282,52 @@ def test_facade_signature_check_sees_a_drift() -> None:
     def drifted(self: object, *, a: int = 2) -> None: ...
 
     assert _parameters(drifted, skip=1) != _parameters(target, skip=1)
+
+
+# --------------------------------------------------------------------------- README's Layout
+
+
+def _layout_section() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section
+
+
+def _named_in_layout(relative: Path, layout: str) -> bool:
+    """``x.py`` for a top-level module; ``pkg/`` and its ``y`` (in ``pkg/ (y, ...)`` or as
+    ``pkg/y.py``) for a module of a subpackage, whose ``__init__.py`` ``pkg/`` names."""
+    parts = relative.parts
+    if parts == ("__init__.py",):
+        return "sqlstream/" in layout
+    if len(parts) == 1:
+        return re.search(rf"(?<![\w/]){re.escape(parts[0])}\b", layout) is not None
+    package, stem = "/".join(parts[:-1]), relative.stem
+    if f"{package}/" not in layout:
+        return False
+    if stem == "__init__" or f"{package}/{parts[-1]}" in layout:
+        return True
+    groups = re.findall(rf"(?<![\w/]){re.escape(package)}/ \(([^)]*)\)", layout)
+    return any(stem in re.split(r"[\s,]+", group) for group in groups)
+
+
+def test_readme_layout_names_every_module_of_the_package() -> None:
+    """README's Layout section is where a newcomer starts; a module missing there is a
+    module nobody finds (each new file must be added to it)."""
+    layout = _layout_section()
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not _named_in_layout(path.relative_to(PACKAGE), layout)
+    ]
+    assert not missing, f"modules not named in README's Layout section: {missing}"
+
+
+def test_readme_layout_check_sees_a_missing_module() -> None:
+    layout = "sqlstream/  errors.py\n  cli/ (main, args)  compat/buildgrid.py\n"
+    assert _named_in_layout(Path("errors.py"), layout)
+    assert _named_in_layout(Path("cli/args.py"), layout)
+    assert _named_in_layout(Path("cli/__init__.py"), layout)
+    assert _named_in_layout(Path("compat/buildgrid.py"), layout)
+    assert not _named_in_layout(Path("_errors.py"), layout)
+    assert not _named_in_layout(Path("cli/serve.py"), layout)
+    assert not _named_in_layout(Path("streaming/file.py"), layout)
