@@ -33,6 +33,11 @@ Handler = Callable[[Batch], object]
 
 _names = itertools.count(1)
 
+# Defaults of Consumer's options, named once: Database.consumer() spells them by name.
+DEFAULT_BATCH = 100  # records per fetch, handed to the handler together
+DEFAULT_CONCURRENCY = 1  # worker threads
+DEFAULT_NACK_DELAY = 0.0  # seconds before a nacked record is redelivered
+
 
 def default_consumer_name() -> str:
     """A name unique to this process: host, pid and a counter."""
@@ -62,9 +67,9 @@ class Consumer:
         handler: Handler,
         *,
         name: str | None = None,
-        batch: int = 100,
-        concurrency: int = 1,
-        nack_delay: float = 0.0,
+        batch: int = DEFAULT_BATCH,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        nack_delay: float = DEFAULT_NACK_DELAY,
     ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler must be callable: handler(batch) -> None")

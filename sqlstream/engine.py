@@ -66,6 +66,8 @@ T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+DEFAULT_SYNCHRONOUS = "normal"
+DEFAULT_WAKEUP = "auto"
 # The append path's statements and rules live in sqlstream/append.py (shared with the
 # SQLAlchemy outbox and archive import); the engine runs them in its write scope.
 PreparedRecord = _append.PreparedRecord
@@ -360,7 +362,7 @@ class Engine:
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:
-            row = cx.fetch(conn, _append.TXN_SQL)
+            row = cx.rows(conn, _append.TXN_SQL)
             self._tx_txn = int(row[0][0])
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn

@@ -107,7 +107,6 @@ def _file_bytes(path: str) -> int:
     return total
 
 
-_q = cx.runner  # the shared statement runner under its local name
 
 
 OPTIMIZE_MIN_BYTES = 1 << 20  # PRAGMA optimize runs on files (database + WAL) at least this big
@@ -173,25 +172,25 @@ def maintain(
 
 def _enforce_all(db: Database, report: MaintenanceReport) -> None:
     with db.engine.snapshot() as rconn:
-        limited = _q(rconn)(
+        limited = cx.runner(rconn)(
             "SELECT id, name FROM streams WHERE max_count IS NOT NULL OR max_age IS NOT NULL "
             "OR max_bytes IS NOT NULL ORDER BY name"
         )
-        remembered = _q(rconn)("SELECT DISTINCT stream_id FROM dedup")
+        remembered = cx.runner(rconn)("SELECT DISTINCT stream_id FROM dedup")
     # One transaction per stream: other writers get the lock between streams.
     for stream_id, name in limited:
         with db.engine.write() as conn:
-            result = _retention.enforce(_q(conn), stream_id, db.engine.now_us())
+            result = _retention.enforce(cx.runner(conn), stream_id, db.engine.now_us())
         report.trimmed[name] = result.trimmed
         if result.held:
             report.held[name] = result.held
     for (stream_id,) in remembered:
         with db.engine.write() as conn:
-            rows = _q(conn)(
+            rows = cx.runner(conn)(
                 "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
             )
             if rows:
-                _dedup.prune(_q(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], db.engine.now_us())
+                _dedup.prune(cx.runner(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], db.engine.now_us())
                 report.dedup_pruned += conn.changes()
 
 
@@ -300,7 +299,7 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
             problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
-        txn_rows = _q(conn)("SELECT value FROM counters WHERE name = 'txn'")
+        txn_rows = cx.runner(conn)("SELECT value FROM counters WHERE name = 'txn'")
         last_txn = int(txn_rows[0][0]) if txn_rows else None
         if last_txn is None:
             problem(None, None, "the counters table has no 'txn' row")

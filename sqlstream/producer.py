@@ -52,6 +52,12 @@ _PERMANENT = (
 )
 _MAX_RETRY_DELAY = 2.0
 
+# Defaults of Producer's options, named once: Database.producer() spells them by name.
+DEFAULT_MAX_BATCH = 1000  # records per transaction
+DEFAULT_MAX_DELAY = 0.005  # seconds the first record of a batch waits for company
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # payload bytes per transaction
+DEFAULT_RETRY_DELAY = 0.05  # seconds before the first retry (doubling, capped)
+
 
 class ProducerRecord(NamedTuple):
     """A record as given to ``Producer.append`` (what callbacks receive)."""
@@ -92,13 +98,13 @@ class Producer:
         self,
         db: Database,
         *,
-        max_batch: int = 1000,
-        max_delay: float = 0.005,
-        max_bytes: int = 4 * 1024 * 1024,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay: float = DEFAULT_MAX_DELAY,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         on_success: SuccessCallback | None = None,
         on_error: ErrorCallback | None = None,
         retries: int = 0,
-        retry_delay: float = 0.05,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
         max_pending: int | None = None,
     ) -> None:
         for what, value, minimum in (("max_batch", max_batch, 1), ("max_bytes", max_bytes, 1), ("retries", retries, 0)):

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from . import connection as cx
 from .clock import now_us
-from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, ReaderNotFound, StreamNotFound
 from .records import Record, check_name, read_records, record_sql
 from .validation import check_count, check_start, check_timeout
@@ -65,7 +65,7 @@ class Reader:
         return ReaderNotFound(f"reader {self.name!r} no longer exists (deleted, or its stream was)")
 
     def _state(self, conn: apsw.Connection) -> tuple[Any, ...]:
-        rows = fetch(conn, _STATE_SQL, (self._id,))
+        rows = cx.rows(conn, _STATE_SQL, (self._id,))
         if not rows:
             raise self._missing()
         return tuple(rows[0])
@@ -171,7 +171,7 @@ def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
 
 
 def _infos(conn: apsw.Connection, reader_id: int | None) -> list[ReaderInfo]:
-    rows = fetch(conn,
+    rows = cx.rows(conn,
         "SELECT c.name, st.name, c.position, max(0, st.next_offset - max(c.position, st.first_offset)), "
         "c.created_at, c.updated_at FROM cursors c JOIN streams st ON st.id = c.stream_id "
         "WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.name",
@@ -190,7 +190,7 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
     if stream is not None:
         check_name(stream)
     with db.engine.write() as conn:
-        rows = fetch(conn,
+        rows = cx.rows(conn,
             "SELECT c.id, st.name FROM cursors c JOIN streams st ON st.id = c.stream_id WHERE c.name = ?",
             (name,),
         )
@@ -204,7 +204,7 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
             return Reader(db, reader_id, name, on)
         if stream is None:
             raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
-        found = fetch(conn,
+        found = cx.rows(conn,
             "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
         )
         if not found:
@@ -212,7 +212,7 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
         stream_id, first, nxt = found[0]
         position = _resolve(start, first, nxt, stream)
         now = now_us()
-        reader_id = fetch(conn,
+        reader_id = cx.rows(conn,
             "INSERT INTO cursors (name, stream_id, position, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?) RETURNING id",
             (name, stream_id, position, now, now),
@@ -228,7 +228,7 @@ def list_readers(db: Database) -> list[ReaderInfo]:
 def delete_reader(db: Database, name: str, *, reader_id: int | None = None) -> None:
     check_name(name, "reader")
     with db.engine.write() as conn:
-        gone = fetch(conn,
+        gone = cx.rows(conn,
             "DELETE FROM cursors WHERE name = ?1 AND (?2 IS NULL OR id = ?2) RETURNING id", (name, reader_id)
         )
     if not gone:

@@ -225,7 +225,7 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))
     dropped = q(_PENDING_BELOW_SQL, (st.id, new_first))[0]
     if dropped[0]:
-        # Delivered, unacked work is lost with its records: never silently (issue 9).
+        # Delivered, unacked work is lost with its records: never silently.
         q(_COUNT_DROPPED_SQL, (dropped_counter(st.id), dropped[0]))
         _log.warning(
             "trimming stream %r below offset %d dropped %d pending (delivered, unacked) deliveries, "

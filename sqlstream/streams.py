@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, overload
 
 import apsw
 
+from . import connection as cx
 from . import dedup as _dedup
 from . import ranges as _ranges
-from .connection import fetch
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
     Chunk,
@@ -430,7 +430,7 @@ def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, stri
     lo, hi = st.first_offset, st.next_offset
     while lo < hi:
         mid = (lo + hi) // 2
-        value = fetch(conn, sql, (st.id, mid))[0][0]
+        value = cx.rows(conn, sql, (st.id, mid))[0][0]
         if value < target or (strict and value == target):
             lo = mid + 1
         else:

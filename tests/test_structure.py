@@ -9,9 +9,12 @@ source with :mod:`ast`, so function-level imports count as much as top-level one
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,98 @@ def _base(module: str, path: Path, node: ast.ImportFrom) -> str:
         base = base[:-1]
     base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
+
+
+# --------------------------------------------------------------------------- façade signatures
+
+
+def _facades() -> list[tuple[str, Callable[..., object], Callable[..., object]]]:
+    import sqlstream
+    from sqlstream import subscriptions
+    from sqlstream.archive.export import export
+    from sqlstream.consumer import Consumer
+    from sqlstream.database import Database
+    from sqlstream.producer import Producer
+
+    return [
+        ("sqlstream.open", sqlstream.open, Database.__init__),
+        ("Database.create_subscription", Database.create_subscription, subscriptions.create_subscription),
+        ("Database.producer", Database.producer, Producer.__init__),
+        ("Database.consumer", Database.consumer, Consumer.__init__),
+        ("Database.export", Database.export, export),
+    ]
+
+
+def _parameters(func: Callable[..., object], *, skip: int) -> list[tuple[str, object, object]]:
+    params = list(inspect.signature(func).parameters.values())[skip:]
+    return [(p.name, p.kind, p.default) for p in params]
+
+
+@pytest.mark.parametrize("facade", [f[0] for f in _facades()])
+def test_facade_signature_matches_its_target_names_kinds_and_defaults(facade: str) -> None:
+    """A façade spells its target's parameters again; a drift (a new option, a changed
+    default) would make the two entry points behave differently, silently."""
+    _, outer, inner = next(f for f in _facades() if f[0] == facade)
+    # Methods drop ``self``; targets drop ``self`` and/or the ``db`` the façade passes.
+    outer_params = _parameters(outer, skip=0 if facade == "sqlstream.open" else 1)
+    inner_skip = {"sqlstream.open": 1, "Database.producer": 2, "Database.consumer": 2}.get(facade, 1)
+    inner_params = _parameters(inner, skip=inner_skip)
+    assert outer_params == inner_params
+    assert inspect.signature(outer).return_annotation not in ("Any", inspect.Signature.empty)
+
+
+def test_facade_signature_check_sees_a_drift() -> None:
+    def target(db: object, *, a: int = 1) -> None: ...
+
+    def drifted(self: object, *, a: int = 2) -> None: ...
+
+    assert _parameters(drifted, skip=1) != _parameters(target, skip=1)
+
+
+# --------------------------------------------------------------------------- README's Layout
+
+
+def _layout_section() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return section
+
+
+def _named_in_layout(relative: Path, layout: str) -> bool:
+    """``x.py`` for a top-level module; ``pkg/`` and its ``y`` (in ``pkg/ (y, ...)`` or as
+    ``pkg/y.py``) for a module of a subpackage, whose ``__init__.py`` ``pkg/`` names."""
+    parts = relative.parts
+    if parts == ("__init__.py",):
+        return "sqlstream/" in layout
+    if len(parts) == 1:
+        return re.search(rf"(?<![\w/]){re.escape(parts[0])}\b", layout) is not None
+    package, stem = "/".join(parts[:-1]), relative.stem
+    if f"{package}/" not in layout:
+        return False
+    if stem == "__init__" or f"{package}/{parts[-1]}" in layout:
+        return True
+    groups = re.findall(rf"(?<![\w/]){re.escape(package)}/ \(([^)]*)\)", layout)
+    return any(stem in re.split(r"[\s,]+", group) for group in groups)
+
+
+def test_readme_layout_names_every_module_of_the_package() -> None:
+    """README's Layout section is where a newcomer starts; a module missing there is a
+    module nobody finds (each new file must be added to it)."""
+    layout = _layout_section()
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not _named_in_layout(path.relative_to(PACKAGE), layout)
+    ]
+    assert not missing, f"modules not named in README's Layout section: {missing}"
+
+
+def test_readme_layout_check_sees_a_missing_module() -> None:
+    layout = "sqlstream/  errors.py\n  cli/ (main, args)  compat/buildgrid.py\n"
+    assert _named_in_layout(Path("errors.py"), layout)
+    assert _named_in_layout(Path("cli/args.py"), layout)
+    assert _named_in_layout(Path("cli/__init__.py"), layout)
+    assert _named_in_layout(Path("compat/buildgrid.py"), layout)
+    assert not _named_in_layout(Path("_errors.py"), layout)
+    assert not _named_in_layout(Path("cli/serve.py"), layout)
+    assert not _named_in_layout(Path("streaming/file.py"), layout)

@@ -82,7 +82,7 @@ def op_nack(db: sqlstream.Database, tmp: Path) -> Callable[[], object]:
 
 def op_extend_deadline(db: sqlstream.Database, tmp: Path) -> Callable[[], object]:
     sub, offsets = _held(db)
-    return lambda: sub.extend(offsets[0], seconds=60)
+    return lambda: sub.extend_deadline(offsets[0], seconds=60)
 
 
 def op_delete_subscription(db: sqlstream.Database, tmp: Path) -> Callable[[], object]:

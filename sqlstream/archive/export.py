@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import heapq
 import io
 import logging
@@ -54,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from ..clock import now_us
+from .. import connection as cx
 from ..errors import (
     ArchiveError,
     ConcurrencyError,
@@ -145,19 +146,6 @@ class ExportStatus:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _now_us() -> int:
-    # Same clock as database.now_us (wall time in µs), defined here so the wing does not
-    # import the database module at run time.
-    return time.time_ns() // 1000
-
-
-def _sql(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    try:
-        return conn.execute(sql, params).fetchall()
-    except apsw.Error as exc:
-        raise convert(exc) from exc
 
 
 def _safe(name: str) -> str:
@@ -344,13 +332,13 @@ class _Exporter:
         One transaction: if the staging folder cannot be made or the lock is held
         elsewhere, nothing is stored.
         """
-        now = _now_us()
+        now = now_us()
         with self.db.engine.write(wakes=False) as conn:
-            rows = _sql(conn, "SELECT id FROM exports WHERE name = ?", (self.name,))
+            rows = cx.rows(conn, "SELECT id FROM exports WHERE name = ?", (self.name,))
             if rows:
                 self.export_id = rows[0][0]
             else:
-                self.export_id = _sql(
+                self.export_id = cx.rows(
                     conn,
                     "INSERT INTO exports (name, directory, created_at, updated_at) VALUES (?, ?, ?, ?) RETURNING id",
                     (self.name, self.directory, now, now),
@@ -359,21 +347,21 @@ class _Exporter:
             self.staging = os.path.join(self.directory, STAGING, f"{self.export_id}-{_safe(self.name)}")
             make_dirs(self.staging, 0o700)
             self.lock = _Lock(os.path.join(self.staging, "lock"), f"export {self.name!r}", self.file_mode)
-            _sql(conn, "UPDATE exports SET directory = ?, updated_at = ? WHERE id = ?",
+            cx.rows(conn, "UPDATE exports SET directory = ?, updated_at = ? WHERE id = ?",
                  (self.directory, now, self.export_id))
             total = 0
             for stream in self.names:
-                got = _sql(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,))
+                got = cx.rows(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,))
                 if not got:
                     raise StreamNotFound(f"no stream named {stream!r} to export")
                 sid, first, nxt = got[0]
-                _sql(
+                cx.rows(
                     conn,
                     "INSERT INTO export_streams (export_id, stream_id, exported_offset, delivered_offset) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (self.export_id, sid, first, first),
                 )
-                cur = _sql(conn, "SELECT exported_offset FROM export_streams WHERE export_id = ? AND stream_id = ?",
+                cur = cx.rows(conn, "SELECT exported_offset FROM export_streams WHERE export_id = ? AND stream_id = ?",
                            (self.export_id, sid))[0][0]
                 self.ids[stream] = sid
                 self.cursor[sid] = cur
@@ -390,7 +378,7 @@ class _Exporter:
     def recover(self) -> None:
         """Finish archives an interrupted run committed; delete staging files it did not."""
         with self.db.engine.snapshot() as conn:
-            pending = _sql(
+            pending = cx.rows(
                 conn,
                 "SELECT id, name, working, destination FROM export_files WHERE export_id = ? AND state = 'pending' "
                 "ORDER BY id",
@@ -430,7 +418,7 @@ class _Exporter:
         if dest is not None and self.storage is not None and self.storage.get_object_size(dest) is not None:
             return True
         with self.db.engine.snapshot() as conn:
-            return bool(_sql(conn, "SELECT 1 FROM export_files WHERE export_id = ? AND name = ? AND state = 'pending'",
+            return bool(cx.rows(conn, "SELECT 1 FROM export_files WHERE export_id = ? AND name = ? AND state = 'pending'",
                              (self.export_id, final_name)))
 
     def deliver(self, file_id: int, name: str, working: str, destination: str | None, *, recovering: bool) -> str | None:
@@ -453,9 +441,9 @@ class _Exporter:
         else:
             location = self.publish(file_id, name, working)
         with self.db.engine.write(wakes=False) as conn:
-            _sql(conn, "UPDATE export_files SET state = 'closed', location = ?, closed_at = ? WHERE id = ?",
-                 (location, _now_us(), file_id))
-            _sql(
+            cx.rows(conn, "UPDATE export_files SET state = 'closed', location = ?, closed_at = ? WHERE id = ?",
+                 (location, now_us(), file_id))
+            cx.rows(
                 conn,
                 "UPDATE export_streams SET delivered_offset = max(delivered_offset, r.next_offset) "
                 "FROM export_ranges AS r WHERE r.file_id = ? AND export_streams.export_id = ? "
@@ -503,9 +491,9 @@ class _Exporter:
     def expected_records(self, file_id: int) -> tuple[set[tuple[str, int]], int]:
         """The (stream, offset) pairs archive ``file_id`` holds, by its ranges; and its record count."""
         with self.db.engine.snapshot() as conn:
-            ranges = _sql(conn, "SELECT s.name, r.first_offset, r.next_offset FROM export_ranges r "
+            ranges = cx.rows(conn, "SELECT s.name, r.first_offset, r.next_offset FROM export_ranges r "
                                 "JOIN streams s ON s.id = r.stream_id WHERE r.file_id = ?", (file_id,))
-            count = _sql(conn, "SELECT records FROM export_files WHERE id = ?", (file_id,))[0][0]
+            count = cx.rows(conn, "SELECT records FROM export_files WHERE id = ?", (file_id,))[0][0]
         return {(stream, o) for stream, first, nxt in ranges for o in range(first, nxt)}, count
 
     def archive_holds(self, reader: Callable[[], ArchiveReader], file_id: int) -> bool:
@@ -539,16 +527,16 @@ class _Exporter:
         with self.db.engine.write(wakes=False) as conn:
             marks: dict[int, int] = {}
             for file_id in file_ids:
-                for sid, first in _sql(conn, "SELECT stream_id, first_offset FROM export_ranges WHERE file_id = ?",
+                for sid, first in cx.rows(conn, "SELECT stream_id, first_offset FROM export_ranges WHERE file_id = ?",
                                        (file_id,)):
                     marks[sid] = min(first, marks.get(sid, first))
-                working = _sql(conn, "SELECT working FROM export_files WHERE id = ?", (file_id,))
+                working = cx.rows(conn, "SELECT working FROM export_files WHERE id = ?", (file_id,))
                 if working and os.path.exists(working[0][0]):
                     os.unlink(working[0][0])
-                _sql(conn, "DELETE FROM export_ranges WHERE file_id = ?", (file_id,))
-                _sql(conn, "DELETE FROM export_files WHERE id = ?", (file_id,))
+                cx.rows(conn, "DELETE FROM export_ranges WHERE file_id = ?", (file_id,))
+                cx.rows(conn, "DELETE FROM export_files WHERE id = ?", (file_id,))
             for sid, first in marks.items():
-                _sql(conn, "UPDATE export_streams SET exported_offset = min(exported_offset, ?) "
+                cx.rows(conn, "UPDATE export_streams SET exported_offset = min(exported_offset, ?) "
                            "WHERE export_id = ? AND stream_id = ?", (first, self.export_id, sid))
                 if sid in self.cursor:
                     self.cursor[sid] = min(self.cursor[sid], first)
@@ -594,18 +582,18 @@ class _Exporter:
         size = os.path.getsize(path)
         destination = self.destination(final_name)
         with self.db.engine.write(wakes=False) as conn:
-            file_id = _sql(
+            file_id = cx.rows(
                 conn,
                 "INSERT INTO export_files (export_id, name, working, destination, state, records, bytes, created_at) "
                 "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
-                (self.export_id, final_name, path, destination, archive.records, size, _now_us()),
+                (self.export_id, final_name, path, destination, archive.records, size, now_us()),
             )[0][0]
             for sid, (first, nxt) in archive.ranges.items():
-                _sql(conn, "INSERT INTO export_ranges (file_id, stream_id, first_offset, next_offset) VALUES (?, ?, ?, ?)",
+                cx.rows(conn, "INSERT INTO export_ranges (file_id, stream_id, first_offset, next_offset) VALUES (?, ?, ?, ?)",
                      (file_id, sid, first, nxt))
-                _sql(conn, "UPDATE export_streams SET exported_offset = ? WHERE export_id = ? AND stream_id = ?",
+                cx.rows(conn, "UPDATE export_streams SET exported_offset = ? WHERE export_id = ? AND stream_id = ?",
                      (nxt, self.export_id, sid))
-            _sql(conn, "UPDATE exports SET updated_at = ? WHERE id = ?", (_now_us(), self.export_id))
+            cx.rows(conn, "UPDATE exports SET updated_at = ? WHERE id = ?", (now_us(), self.export_id))
         try:
             location = self.deliver(file_id, final_name, path, destination, recovering=False)
         except _Lost:  # the staging file vanished under us: write those records again
@@ -642,7 +630,7 @@ class _Exporter:
         with self.db.engine.snapshot() as conn:
             for index, stream in enumerate(self.names):
                 sid = self.ids[stream]
-                state = _sql(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
+                state = cx.rows(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
                              (sid,))
                 if not state:
                     raise StreamNotFound(f"stream {stream!r} was deleted while being exported")
@@ -660,7 +648,7 @@ class _Exporter:
                     all_sealed = False
                 end = min(nxt, self.until.get(sid, nxt))
                 if cur < end:
-                    rows = _sql(conn, _RECORD_SQL, (sid, cur, end, self.batch))
+                    rows = cx.rows(conn, _RECORD_SQL, (sid, cur, end, self.batch))
                     per_stream.append([(row[7], index, row[0], stream, sid, row) for row in rows])
         merged = heapq.merge(*per_stream)  # each list is in offset order, hence txn order
         out = [(stream, sid, row) for _, _, _, stream, sid, row in
@@ -693,7 +681,7 @@ class _Exporter:
             raise
         with self.db.engine.snapshot() as conn:
             for stream, sid in self.ids.items():
-                self.result.offsets[stream] = _sql(
+                self.result.offsets[stream] = cx.rows(
                     conn,
                     "SELECT exported_offset FROM export_streams WHERE export_id = ? AND stream_id = ?",
                     (self.export_id, sid),
@@ -705,7 +693,7 @@ class _Exporter:
         all_sealed = True
         with self.db.engine.snapshot() as conn:
             for sid in self.ids.values():
-                row = _sql(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,))
+                row = cx.rows(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,))
                 if not row or row[0][0] > self.cursor[sid]:
                     return True  # new records (or a deleted stream, which fetch() reports)
                 all_sealed = all_sealed and bool(row[0][1])
@@ -847,19 +835,19 @@ def check_template(template: object, extension: str) -> None:
 def export_status(db: Database, name: str) -> ExportStatus:
     """The progress the database holds for export ``name`` (``InvalidArgument`` if unknown)."""
     with db.engine.snapshot() as conn:
-        rows = _sql(conn, "SELECT id, directory FROM exports WHERE name = ?", (name,))
+        rows = cx.rows(conn, "SELECT id, directory FROM exports WHERE name = ?", (name,))
         if not rows:
             raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first")
         export_id, directory = rows[0]
         streams = {
-            n: (e, d) for n, e, d in _sql(
+            n: (e, d) for n, e, d in cx.rows(
                 conn,
                 "SELECT s.name, e.exported_offset, e.delivered_offset FROM export_streams e "
                 "JOIN streams s ON s.id = e.stream_id WHERE e.export_id = ? ORDER BY s.name",
                 (export_id,),
             )
         }
-        files, pending = _sql(
+        files, pending = cx.rows(
             conn,
             "SELECT count(*), coalesce(sum(state = 'pending'), 0) FROM export_files WHERE export_id = ?",
             (export_id,),
@@ -889,7 +877,7 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
         for stream in wanted:
             if stream not in status.streams:
                 raise InvalidArgument(f"export {name!r} does not export stream {stream!r}")
-            row = _sql(
+            row = cx.rows(
                 conn,
                 "SELECT s.id, s.first_offset, s.next_offset, s.byte_length, e.delivered_offset FROM streams s "
                 "JOIN export_streams e ON e.stream_id = s.id "
@@ -901,5 +889,5 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
             sid, _first, nxt, _length, delivered = row[0]
             # The same trim as retention's: first_offset/first_position advance, the
             # records and any pending deliveries of them go.
-            out[stream] = trim_below(functools.partial(_sql, conn), sid, min(delivered, nxt))[0]
+            out[stream] = trim_below(cx.runner(conn), sid, min(delivered, nxt))[0]
     return out

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from ..connection import fetch
+from .. import connection as cx
+from ..append import PreparedRecord, renumber_empty
 from ..errors import (
     AccessDenied,
     ArchiveError,
@@ -42,8 +43,6 @@ from ..errors import (
     InvalidArgument,
     TruncatedRecord,
 )
-from ..append import PreparedRecord, renumber_empty
-from ..connection import fetch, runner
 from ..records import check_name
 from ..storage import StorageDriver, download_file, get_driver
 from .export import DEFAULT_BATCH, parse_timestamp
@@ -178,13 +177,13 @@ class _Importer:
         stream = self.target
         secret = self.secrets.get(stream)
         with self.db.engine.write() as conn:
-            state = fetch(conn, _STATE_SQL, (stream,))
+            state = cx.rows(conn, _STATE_SQL, (stream,))
             if not state:
                 if not self.create:
                     raise StreamNotFound(f"no stream named {stream!r} to import into",
                                          hint="create it first, or import with create=True")
                 self.db.create_stream(stream)
-                state = fetch(conn, _STATE_SQL, (stream,))
+                state = cx.rows(conn, _STATE_SQL, (stream,))
             sid, first, nxt, length, sealed, last_ts, write_secret = state[0]
             # Checked here, inside the write transaction, as well as up front: a secret
             # stream created by another process during the import is still protected.
@@ -203,7 +202,7 @@ class _Importer:
                         # An empty stream adopts the archive's numbering, as if trimmed to there.
                         first = nxt = start = offset
                         length = position
-                        renumber_empty(runner(conn), sid, offset, position)
+                        renumber_empty(cx.runner(conn), sid, offset, position)
                     else:
                         raise ArchiveError(
                             f"{where}: stream {stream!r} continues at offset {nxt}, but the archive's next "
@@ -223,7 +222,7 @@ class _Importer:
                     raise PayloadTooLarge(f"{where}: record of {nbytes:,} bytes exceeds max_record_bytes")
                 if position > _INT64_MAX - nbytes or offset >= _INT64_MAX:
                     raise CorruptArchive(f"{where}: offset {offset} / position {position} is out of range")
-                if ctype == "json" and not fetch(conn, "SELECT json_valid(?)", (data,))[0][0]:
+                if ctype == "json" and not cx.rows(conn, "SELECT json_valid(?)", (data,))[0][0]:
                     # SQLite's own test, the one check() applies: Python's json module
                     # accepts NaN and Infinity, which SQLite does not.
                     raise CorruptArchive(f"{where}: a json record's payload is not valid JSON")
@@ -374,7 +373,7 @@ def import_archives(
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
     with db.engine.snapshot() as conn:
-        rows = fetch(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
+        rows = cx.rows(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
     return {name for name, secret in rows if secrets.get(name) != secret}
 
 

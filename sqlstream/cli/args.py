@@ -82,9 +82,9 @@ def stdin_lines(stdin: IO[str]) -> list[str]:
     lines: list[str] = []
     if raw is None:  # a text stream with no bytes underneath (tests, embedding)
         return [line.rstrip("\n").removesuffix("\r") for line in stdin]
-    for number, chunk in enumerate(raw, 1):
+    for number, line in enumerate(raw, 1):
         try:
-            text = chunk.decode("utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CliError(f"stdin line {number} is not valid UTF-8: {exc.reason}") from exc
         lines.append(text.rstrip("\n").removesuffix("\r"))

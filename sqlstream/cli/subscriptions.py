@@ -182,7 +182,7 @@ def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def cmd_extend_deadline(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Push the ack deadline of records a consumer holds to --seconds from now."""
     with open_db(args, write=True) as db:
-        result = db.subscription(args.name).extend(*args.offsets, seconds=args.seconds)
+        result = db.subscription(args.name).extend_deadline(*args.offsets, seconds=args.seconds)
     _report(result, "extended", args, out, err)
     return EXIT_OK
 

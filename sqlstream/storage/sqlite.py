@@ -37,8 +37,8 @@ from typing import Any
 
 import apsw
 
-from ..clock import now_us as _now_us
-from ..connection import rows as _rows
+from .. import connection as cx
+from ..clock import now_us
 from ..errors import InvalidArgument, ObjectNotFound, ObjectPathConflict, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
 
@@ -132,7 +132,7 @@ class SqliteDriver(StorageDriver):
         return self.db.engine.write_conn()
 
     def _object(self, conn: apsw.Connection, path: str) -> tuple[int, int] | None:
-        rows = _rows(conn, "SELECT id, size FROM storage_objects WHERE path = ?", (path,))
+        rows = cx.rows(conn, "SELECT id, size FROM storage_objects WHERE path = ?", (path,))
         return (rows[0][0], rows[0][1]) if rows else None
 
     def _segments(self, conn: apsw.Connection, object_id: int) -> list[int]:
@@ -163,14 +163,14 @@ class SqliteDriver(StorageDriver):
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         if ancestors:
             marks = ",".join("?" * len(ancestors))
-            found = _rows(conn, f"SELECT path FROM storage_objects WHERE path IN ({marks}) LIMIT 1", ancestors)
+            found = cx.rows(conn, f"SELECT path FROM storage_objects WHERE path IN ({marks}) LIMIT 1", ancestors)
             if found:
                 raise ObjectPathConflict(
                     f"cannot store {path!r}: {found[0][0]!r} is an object, not a directory",
                     hint="an object cannot also hold other objects; choose another path",
                 )
         # '0' is the character after '/': [path/, path0) holds exactly the paths under it.
-        if _rows(conn, "SELECT 1 FROM storage_objects WHERE path >= ? AND path < ? LIMIT 1", (path + "/", path + "0")):
+        if cx.rows(conn, "SELECT 1 FROM storage_objects WHERE path >= ? AND path < ? LIMIT 1", (path + "/", path + "0")):
             raise ObjectPathConflict(
                 f"cannot store object {path!r}: other objects are stored under {path + '/'!r}",
                 hint="an object cannot also hold other objects; choose another path",
@@ -184,7 +184,7 @@ class SqliteDriver(StorageDriver):
             self._drop_object_keeping(conn, old[0], stream_ids)
         object_id = conn.execute(
             "INSERT INTO storage_objects (path, size, created_at) VALUES (?, ?, ?) RETURNING id",
-            (path, size, _now_us()),
+            (path, size, now_us()),
         ).fetchall()[0][0]
         for seq, sid in enumerate(stream_ids):
             conn.execute(
@@ -203,7 +203,7 @@ class SqliteDriver(StorageDriver):
             SEGMENT_PREFIX + secrets.token_hex(16), secret=True, metadata=SEGMENT_METADATA
         )
         with self.db.engine.snapshot() as conn:
-            sid: int = _rows(conn, "SELECT id FROM streams WHERE name = ?", (stream.name,))[0][0]
+            sid: int = cx.rows(conn, "SELECT id FROM streams WHERE name = ?", (stream.name,))[0][0]
         return stream, sid
 
     # ----------------------------------------------------------------- the interface
@@ -215,9 +215,9 @@ class SqliteDriver(StorageDriver):
         end = prefix + "0" if prefix else None
         with self.db.engine.snapshot() as conn:
             if end is None:
-                rows = _rows(conn, "SELECT path, created_at FROM storage_objects ORDER BY path")
+                rows = cx.rows(conn, "SELECT path, created_at FROM storage_objects ORDER BY path")
             else:
-                rows = _rows(
+                rows = cx.rows(
                     conn,
                     "SELECT path, created_at FROM storage_objects WHERE path >= ? AND path < ? ORDER BY path",
                     (start, end),
@@ -391,9 +391,9 @@ class SqliteDriver(StorageDriver):
         Such streams are left by uploads whose process died before linking them. Younger
         ones are kept: they may be uploads in progress. Returns how many were deleted.
         """
-        cutoff = _now_us() - int(older_than * 1_000_000)
+        cutoff = now_us() - int(older_than * 1_000_000)
         with self.db.engine.write() as conn:
-            rows = _rows(
+            rows = cx.rows(
                 conn,
                 "SELECT id FROM streams WHERE name >= ? AND name < ? AND created_at < ? "
                 "AND json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment' "
@@ -406,9 +406,9 @@ class SqliteDriver(StorageDriver):
     def stats(self) -> dict[str, int]:
         """Counts for inspection: objects, segments, segment streams, stored bytes."""
         with self.db.engine.snapshot() as conn:
-            objects, size = _rows(conn, "SELECT count(*), coalesce(sum(size), 0) FROM storage_objects")[0]
-            segments = _rows(conn, "SELECT count(*) FROM storage_segments")[0][0]
-            streams = _rows(
+            objects, size = cx.rows(conn, "SELECT count(*), coalesce(sum(size), 0) FROM storage_objects")[0]
+            segments = cx.rows(conn, "SELECT count(*) FROM storage_segments")[0][0]
+            streams = cx.rows(
                 conn, "SELECT count(*) FROM streams WHERE json_extract(metadata, '$.\"sqlstream.storage\"') = 'segment'"
             )[0][0]
         return {"objects": objects, "segments": segments, "segment_streams": streams, "bytes": size}
