@@ -4,6 +4,8 @@ runner's catch-up report ``progress(done, total)``; the CLI draws them on termin
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import sqlstream
 import sqlstream.database as database_module
 from sqlstream.cli import main
 from sqlstream.streaming import Runner, load_config
+
+from test_cli import run  # noqa: F401 - a fixture
 
 
 def _calls() -> tuple[list[tuple[int, int | None]], Any]:
@@ -140,3 +144,26 @@ def test_long_commands_draw_progress_with_rate_on_a_terminal_only(
             assert "100%" in text
         else:
             assert label not in text and "\r" not in text
+
+
+# --------------------------------------------------------------------------- shell completion
+
+
+@pytest.mark.parametrize(("line", "expected"), [("sqlstream vac", "vacuum"), ("sqlstream backup --fo", "--force")])
+def test_shell_completion_hook_answers_when_argcomplete_is_installed(tmp_path: Path, line: str, expected: str) -> None:
+    """What bash's function from `register-python-argcomplete sqlstream` does: run the
+    command with argcomplete's variables set and read the candidates it prints."""
+    pytest.importorskip("argcomplete", reason="the completion extra (argcomplete) is not installed")
+    out = tmp_path / "candidates"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_IFS": "\n", "COMP_LINE": line,
+           "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "sqlstream"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert expected in out.read_text().split()
+    assert proc.stdout == ""  # the command itself did not run
+
+
+def test_without_the_completion_variables_the_command_runs_normally(run: Any) -> None:
+    status, out, _ = run("--version")
+    assert status == 0 and out.startswith("sqlstream ")
