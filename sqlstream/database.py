@@ -51,7 +51,7 @@ from .errors import (
     convert,
     translate,
 )
-from .maintenance import CheckReport, MaintenanceReport
+from .maintenance import CheckReport, MaintenanceReport, ProgressCallback
 from .maintenance import check as check_database
 from .maintenance import maintain as maintain_database
 from .producer import ErrorCallback, Producer, SuccessCallback
@@ -479,6 +479,7 @@ class Database:
         checkpoint: bool = True,
         optimize: bool = True,
         checkpoint_timeout: float = 1.0,
+        progress: ProgressCallback | None = None,
     ) -> MaintenanceReport:
         """Enforce retention, prune dedup ids, free pages, checkpoint the WAL, optimize.
 
@@ -488,17 +489,19 @@ class Database:
         """
         return maintain_database(
             self, retention=retention, vacuum=vacuum, full=full, checkpoint=checkpoint, optimize=optimize,
-            checkpoint_timeout=checkpoint_timeout,
+            checkpoint_timeout=checkpoint_timeout, progress=progress,
         )
 
-    def check(self, *, quick: bool = False, max_problems: int = 100) -> CheckReport:
+    def check(
+        self, *, quick: bool = False, max_problems: int = 100, progress: ProgressCallback | None = None
+    ) -> CheckReport:
         """Verify the file (``PRAGMA integrity_check``) and every stream's invariants.
 
         A delegation to :func:`sqlstream.maintenance.check`; returns its
         :class:`~sqlstream.maintenance.CheckReport` (``ok``, and each problem with its
         stream and offset). Read-only: one read transaction, writers carry on.
         """
-        return check_database(self, quick=quick, max_problems=max_problems)
+        return check_database(self, quick=quick, max_problems=max_problems, progress=progress)
 
     # ----------------------------------------------------------------- inspection
 
@@ -555,7 +558,9 @@ class Database:
         except (TypeError, OverflowError, UnicodeEncodeError) as exc:  # unbindable params
             raise InvalidArgument(f"cannot run the query with these parameters: {exc}") from exc
 
-    def backup(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+    def backup(
+        self, path: str | os.PathLike[str], *, overwrite: bool = False, progress: ProgressCallback | None = None
+    ) -> str:
         """Copy the database to a new file at ``path`` while it stays in use; return its path.
 
         Uses SQLite's online backup API in one step: the copy is the database as committed
@@ -567,6 +572,10 @@ class Database:
         An existing ``path`` is refused (``InvalidArgument``) unless ``overwrite``; a
         destination that looks open (it has a ``-wal``) is refused even then. Raises
         ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
+
+        ``progress``, if given, is called as ``progress(pages_copied, pages_total)`` after
+        each ``BACKUP_STEP_PAGES`` pages: the copy then runs in steps, all inside one read
+        transaction held on the source, so it is the same snapshot as the one-step copy.
         """
         self.engine.check_process()
         try:
@@ -603,7 +612,10 @@ class Database:
                         # The copy is in WAL mode like its source; closing its only
                         # connection checkpoints and removes its -wal.
                         with target.backup("main", source, "main") as job:
-                            job.step(-1)
+                            if progress is None:
+                                job.step(-1)
+                            else:
+                                _backup_in_steps(source, job, progress)
                     finally:
                         target.close()
             finally:
@@ -793,6 +805,28 @@ class Transaction(WriteScope):
     def __enter__(self) -> Database:  # type: ignore[override]
         super().__enter__()
         return self.db
+
+
+BACKUP_STEP_PAGES = 1024  # pages per backup step when progress is reported
+
+
+def _backup_in_steps(source: apsw.Connection, job: apsw.Backup, progress: ProgressCallback) -> None:
+    """Copy in steps for ``progress`` without losing the one-step snapshot.
+
+    A step opens (and closes) its own read transaction only when the source has none, and
+    a commit by another connection between two such steps restarts the copy. Holding one
+    read transaction across every step keeps the copy on one snapshot (WAL lets writers
+    carry on), so it never restarts and never mixes two states.
+    """
+    source.execute("BEGIN")
+    try:
+        source.execute("SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()  # starts the read transaction
+        done = False
+        while not done:
+            done = job.step(BACKUP_STEP_PAGES)
+            progress(job.pagecount - job.remaining, job.pagecount)
+    finally:
+        source.execute("ROLLBACK")  # read-only: nothing to keep
 
 
 def _private_temp(directory: str, name: str) -> tuple[int, str]:

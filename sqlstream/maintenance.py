@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,26 @@ if TYPE_CHECKING:
     from .database import Database
 
 VACUUM_STEP = 2048  # pages freed per transaction: bounds how long other writers wait
+
+ProgressCallback = Callable[[int, "int | None"], None]
+"""``progress(done, total)``: units of work done so far and the total (None: not known yet)."""
+
+
+class _Progress:
+    """Counts work units for an optional :data:`ProgressCallback` (a no-op without one)."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback, self.done, self.total = callback, 0, 0
+
+    def add(self, units: int) -> None:
+        """More work discovered: the total grows (a vacuum learns its pages after retention)."""
+        self.total += units
+        self.tick(0)
+
+    def tick(self, units: int = 1) -> None:
+        self.done += units
+        if self.callback is not None:
+            self.callback(min(self.done, self.total), self.total)
 
 
 @dataclass
@@ -121,6 +142,7 @@ def maintain(
     checkpoint: bool = True,
     optimize: bool = True,
     checkpoint_timeout: float = 1.0,
+    progress: ProgressCallback | None = None,
 ) -> MaintenanceReport:
     """Enforce retention, prune dedup ids, free pages, checkpoint the WAL, run PRAGMA optimize.
 
@@ -137,6 +159,11 @@ def maintain(
 
     Blocks only as long as each step's transaction; must not be called inside
     ``db.transaction()`` (``InvalidArgument``). Returns a :class:`MaintenanceReport`.
+
+    ``progress``, if given, is called as ``progress(done, total)`` after each unit of work
+    in this thread: a stream's retention, a stream's dedup pruning, a freed page, the
+    optimize and the checkpoint. ``total`` grows while the run learns its work (the pages
+    to free are counted after retention has run), so ``done <= total`` always holds.
     """
     if db.in_transaction():
         raise InvalidArgument("maintain() cannot run inside db.transaction()", hint="call it outside transactions")
@@ -146,12 +173,15 @@ def maintain(
         check_flag(flag, what)
     report = MaintenanceReport(bytes_before=_file_bytes(db.path))
     conn = db.engine.write_conn()
+    ticks = _Progress(progress)
+    ticks.add(int(optimize) + int(checkpoint) + int(full))
     if retention:
-        _enforce_all(db, report)
+        _enforce_all(db, report, ticks)
     if full:
         _vacuum_full(db, conn, report)
+        ticks.tick()
     elif vacuum:
-        _vacuum_incremental(db, conn, report)
+        _vacuum_incremental(db, conn, report, ticks)
     if optimize:
         if report.bytes_before >= OPTIMIZE_MIN_BYTES:
             with db.engine.write():
@@ -162,21 +192,24 @@ def maintain(
             # plans that gain nothing on a file this small (a file that was large before
             # this run's vacuum still gets them: its tables may grow again).
             report.notes.append(f"optimize skipped: the file was under {OPTIMIZE_MIN_BYTES:,} bytes")
+        ticks.tick()
     if checkpoint:
         report.checkpoint = _checkpoint(db, checkpoint_timeout)
+        ticks.tick()
     with translate():
         report.free_pages = int(cx.pragma(db.engine.read_conn(), "freelist_count"))
     report.bytes_after = _file_bytes(db.path)
     return report
 
 
-def _enforce_all(db: Database, report: MaintenanceReport) -> None:
+def _enforce_all(db: Database, report: MaintenanceReport, ticks: _Progress) -> None:
     with db.engine.snapshot() as rconn:
         limited = cx.runner(rconn)(
             "SELECT id, name FROM streams WHERE max_count IS NOT NULL OR max_age IS NOT NULL "
             "OR max_bytes IS NOT NULL ORDER BY name"
         )
         remembered = cx.runner(rconn)("SELECT DISTINCT stream_id FROM dedup")
+    ticks.add(len(limited) + len(remembered))
     # One transaction per stream: other writers get the lock between streams.
     for stream_id, name in limited:
         with db.engine.write() as conn:
@@ -184,6 +217,7 @@ def _enforce_all(db: Database, report: MaintenanceReport) -> None:
         report.trimmed[name] = result.trimmed
         if result.held:
             report.held[name] = result.held
+        ticks.tick()
     for (stream_id,) in remembered:
         with db.engine.write() as conn:
             rows = cx.runner(conn)(
@@ -192,9 +226,10 @@ def _enforce_all(db: Database, report: MaintenanceReport) -> None:
             if rows:
                 _dedup.prune(cx.runner(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], db.engine.now_us())
                 report.dedup_pruned += conn.changes()
+        ticks.tick()
 
 
-def _vacuum_incremental(db: Database, conn: apsw.Connection, report: MaintenanceReport) -> None:
+def _vacuum_incremental(db: Database, conn: apsw.Connection, report: MaintenanceReport, ticks: _Progress) -> None:
     with translate():
         mode = int(cx.pragma(conn, "auto_vacuum"))
     if mode != 2:
@@ -206,15 +241,21 @@ def _vacuum_incremental(db: Database, conn: apsw.Connection, report: Maintenance
             "rewrites it once and switches it to incremental"
         )
         return
+    counted = False
     while True:
         with db.engine.write():
             free = int(cx.pragma(conn, "freelist_count"))
+            if not counted:
+                ticks.add(free)
+                counted = True
             if free == 0:
                 return
             step = min(free, VACUUM_STEP)
             for _ in conn.execute(f"PRAGMA incremental_vacuum({step})"):
                 pass
-            report.pages_freed += free - int(cx.pragma(conn, "freelist_count"))
+            freed = free - int(cx.pragma(conn, "freelist_count"))
+            report.pages_freed += freed
+        ticks.tick(freed)
         if free <= step:
             return
 
@@ -273,7 +314,12 @@ _RECORDS_SQL = (
 )
 
 
-def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> CheckReport:
+CHECK_PROGRESS_EVERY = 1024  # records between progress calls of check()
+
+
+def check(
+    db: Database, *, quick: bool = False, max_problems: int = 100, progress: ProgressCallback | None = None
+) -> CheckReport:
     """Verify the file and the stream invariants; return a :class:`CheckReport`.
 
     ``quick`` uses ``PRAGMA quick_check`` and skips payload validation (without it,
@@ -281,6 +327,11 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
     read transaction, so it sees one consistent state while writers carry on. Reads
     every record's metadata (not the payloads, except to validate JSON): time grows with
     the file. At most ``max_problems`` problems are listed (``truncated`` says so).
+
+    ``progress``, if given, is called as ``progress(records_checked, records_total)``:
+    once before the integrity check (with 0 done) and then every
+    ``CHECK_PROGRESS_EVERY`` records and at the end; the total is the records the
+    snapshot holds.
     """
     check_count(max_problems, "max_problems")
     check_flag(quick, "quick")
@@ -295,6 +346,9 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
         return True
 
     with db.engine.snapshot() as conn:
+        total = int(cx.runner(conn)("SELECT coalesce(sum(next_offset - first_offset), 0) FROM streams")[0][0])
+        if progress is not None:
+            progress(0, total)
         rows = conn.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
@@ -309,9 +363,11 @@ def check(db: Database, *, quick: bool = False, max_problems: int = 100) -> Chec
         ).fetchall()
         for stream in streams:
             report.streams += 1
-            if not _check_stream(conn, stream, last_txn, not quick, report, problem):
+            if not _check_stream(conn, stream, last_txn, not quick, report, problem, progress, total):
                 break
         _check_references(conn, problem)
+    if progress is not None:
+        progress(min(report.records, total), total)
     return report
 
 
@@ -321,13 +377,15 @@ _DAMAGE_HINT = "reads raise DamagedRecord; read_bytes reads its bytes; subscript
 
 def _check_stream(
     conn: apsw.Connection, stream: tuple[Any, ...], last_txn: int | None, validate_json: bool,
-    report: CheckReport, problem: Any,
+    report: CheckReport, problem: Any, progress: ProgressCallback | None = None, total: int = 0,
 ) -> bool:
     """Check one stream's records; False when the problem list is full."""
     sid, name, first, nxt, first_pos, length, last_append = stream
     expect, position, prev_ts = first, first_pos, None
     for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw in conn.execute(_RECORDS_SQL, (sid, validate_json)):
         report.records += 1
+        if progress is not None and report.records % CHECK_PROGRESS_EVERY == 0:
+            progress(min(report.records, total), total)
         if offset < first:
             if not problem(name, offset, f"record below first_offset {first} (trimmed records must be deleted)"):
                 return False

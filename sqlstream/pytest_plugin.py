@@ -11,6 +11,12 @@ fails there (an error at teardown), even if the test itself passed. Set
 
 Each test gets its own files (``tmp_path`` is per test), so the fixtures work unchanged
 under pytest-xdist: workers never share a file.
+
+Async tests (anyio's ``@pytest.mark.anyio`` or pytest-asyncio's ``@pytest.mark.asyncio``)
+use ``db = await sqlstream_factory.aio()``: a :class:`sqlstream.aio.AsyncDatabase` on the
+loop of the test, closed and checked at teardown like the others (the fixtures stay
+synchronous, so they need no async plugin of their own). ``await
+sqlstream.aio.open(sqlstream_db.path)`` opens the test's file for asyncio too.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .database import Database, open as _open
 from .testing import FakeClock
+
+if TYPE_CHECKING:
+    from .aio import AsyncDatabase
 
 __all__ = ["SqlstreamFactory"]
 
@@ -36,6 +45,7 @@ class SqlstreamFactory:
         self.clock: FakeClock | None = None
         self.check_at_teardown = True
         self._opened: list[Database] = []
+        self._opened_async: list[AsyncDatabase] = []
 
     def __call__(self, name: str = "test", **options: Any) -> Database:
         """Open (creating) ``<tmp_path>/sqlstream/<name>.db`` with ``sqlstream.open``'s
@@ -46,6 +56,20 @@ class SqlstreamFactory:
             self.clock.install(db)
         self._opened.append(db)
         return db
+
+    async def aio(self, name: str = "test", **options: Any) -> AsyncDatabase:
+        """``await factory.aio(name)``: the same file as ``factory(name)``, opened with
+        :func:`sqlstream.aio.open` on the running loop (the fake clock installed too).
+        Closing it in the test is optional: teardown closes and checks it."""
+        from . import aio  # only async tests pay for importing asyncio
+
+        self.directory.mkdir(exist_ok=True)
+        adb = await aio.open(self.directory / f"{name}.db", **options)
+        if self.clock is not None:
+            self.clock.install(adb.sync)
+        self._opened.append(adb.sync)
+        self._opened_async.append(adb)
+        return adb
 
     def use_clock(self, clock: FakeClock) -> None:
         """Install ``clock`` on every database opened so far and from now on."""
@@ -60,6 +84,11 @@ class SqlstreamFactory:
         for db in self._opened:
             db.close()
         self._opened.clear()
+        for adb in self._opened_async:
+            # The test's loop is gone by now: the Database was closed above, synchronously
+            # (nothing runs on its worker any more); end the idle worker thread too.
+            adb._executor.shutdown(wait=True)
+        self._opened_async.clear()
         if not self.check_at_teardown:
             return []
         problems: list[str] = []

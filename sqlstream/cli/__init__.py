@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (marks the console script's module for argcomplete's shell completion)
 """The ``sqlstream`` command line (console script ``sqlstream.cli:main``, ``python -m sqlstream``).
 
 - :mod:`.main`: the parser (``build_parser``) and ``main``; the output contract is its docstring

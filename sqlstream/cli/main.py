@@ -26,6 +26,7 @@ for the margins retention adds to a limit).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -93,9 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion through argcomplete (the optional ``completion`` extra), if installed.
+
+    It acts only when the shell's completion function runs the command (``_ARGCOMPLETE``
+    set): it prints the candidates and exits the process. Checking the variable first
+    keeps the import off every ordinary run.
+    """
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        argcomplete = importlib.import_module("argcomplete")
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (also used by ``python -m sqlstream``)."""
     parser = build_parser()
+    _complete(parser)
     arguments = sys.argv[1:] if argv is None else list(argv)
     for number, text in enumerate(arguments, 1):
         # A byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be a stream

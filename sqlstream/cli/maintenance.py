@@ -10,16 +10,17 @@ with exit status 1. ``check`` also exits 1 when it finds a problem, so scripts c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from ..maintenance import CheckReport, MaintenanceReport
 from ..retention import TrimResult
 from .args import CommandFactory, open_db, parse_offset, parse_positive_int
-from .output import EXIT_ERROR, EXIT_OK, dump, info_json
+from .output import EXIT_ERROR, EXIT_OK, Progress, dump, info_json, progress_bar
 
 
 def _limit(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -123,8 +124,10 @@ def _maintenance_lines(report: MaintenanceReport) -> str:
 
 def cmd_vacuum(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Enforce retention, free pages, checkpoint the WAL and optimize."""
-    with open_db(args, write=True) as db:
-        report = db.maintain(full=args.full, retention=not args.no_retention, checkpoint=not args.no_checkpoint)
+    bar = progress_bar(err, "vacuum", unit="step")
+    with open_db(args, write=True) as db, _closing(bar):
+        report = db.maintain(full=args.full, retention=not args.no_retention, checkpoint=not args.no_checkpoint,
+                             progress=bar.update if bar is not None else None)
     out.write(dump(dataclasses.asdict(report)) + "\n" if args.json else _maintenance_lines(report))
     return EXIT_OK
 
@@ -142,8 +145,10 @@ def _check_json(report: CheckReport) -> dict[str, Any]:
 
 def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Check the file and the stream invariants; exit 1 if anything is wrong."""
-    with open_db(args, write=False) as db:
-        report = db.check(quick=args.quick, max_problems=args.max_problems)
+    bar = progress_bar(err, "check", unit="record")
+    with open_db(args, write=False) as db, _closing(bar):
+        report = db.check(quick=args.quick, max_problems=args.max_problems,
+                          progress=bar.update if bar is not None else None)
     if args.json:
         out.write(dump(_check_json(report)) + "\n")
     else:
@@ -164,8 +169,9 @@ def cmd_check(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def cmd_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Copy the live database to DEST with SQLite's online backup API."""
-    with open_db(args, write=False) as db:
-        dest = db.backup(args.dest, overwrite=args.force)
+    bar = progress_bar(err, "backup", unit="page")
+    with open_db(args, write=False) as db, _closing(bar):
+        dest = db.backup(args.dest, overwrite=args.force, progress=bar.update if bar is not None else None)
         source = db.path
     size = os.path.getsize(dest)
     if args.json:
@@ -173,6 +179,16 @@ def cmd_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     else:
         out.write(f"backed up {source} to {dest} ({size:,} bytes)\n")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _closing(bar: Progress | None) -> Iterator[None]:
+    """Finish the progress bar's line (if one is drawn) before the command prints its result."""
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 _UNCHANGED: Any = object()

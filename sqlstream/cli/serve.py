@@ -21,7 +21,7 @@ from ..database import open as open_database
 from ..errors import SchemaVersionError
 from ..streaming import Runner, Store, load_config
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
-from .output import CliError, dump
+from .output import CliError, dump, progress_bar
 
 
 def register(command: CommandFactory) -> None:
@@ -70,11 +70,26 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
+        # The catch-up (blocks committed before the start) gets a bar on a terminal; it
+        # is closed once the services have caught up, so live serving prints nothing.
+        bar = progress_bar(err, "serve: catching up", unit="block")
+        catch_up = None
+        if bar is not None:
+            def catch_up(done: int, total: int | None) -> None:
+                nonlocal bar
+                if bar is None:
+                    return
+                bar.update(done, total)
+                if total is not None and done >= total:
+                    bar.close()
+                    bar = None
         try:
-            result = runner.run(once=args.once)
+            result = runner.run(once=args.once, progress=catch_up)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if bar is not None:
+                bar.close()
         if args.json:
             out.write(dump({"written": dict(result)}) + "\n")
         elif args.once:

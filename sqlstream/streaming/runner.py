@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..archive.export import file_mode_of
 from ..database import Database
@@ -70,6 +70,7 @@ class Runner:
         self.error: BaseException | None = None
         self.result = RunResult()
         self._thread: threading.Thread | None = None
+        self._on_block: Callable[[str, int], None] | None = None  # catch-up progress, see run()
 
     @classmethod
     def from_config(cls, db: Database, config: StreamingConfig, *, stop_event: threading.Event | None = None) -> Runner:
@@ -100,6 +101,8 @@ class Runner:
                 continue
             self.store.advance(service.name, block.height, block)
             cursor = block.height
+            if self._on_block is not None:
+                self._on_block(service.name, cursor)
             self.result[service.name] = self.result.get(service.name, 0) + 1
             delay = BACKOFF_FIRST
         return cursor
@@ -130,13 +133,19 @@ class Runner:
             self.result[service.name] = self.result.get(service.name, 0) + done
             return
 
-    def run(self, *, once: bool = False) -> RunResult:
+    def run(self, *, once: bool = False, progress: Callable[[int, int | None], None] | None = None) -> RunResult:
         """Process blocks until the stop event is set (``once``: until caught up with the
         commits visible when called). Raises ServiceError from a stopping service, and
         RecordsTrimmed when retention removed records a service had not streamed.
 
         Self-paced services (``archive``) run in threads of their own meanwhile; the first
         error of one stops the whole run and is raised here.
+
+        ``progress``, if given, follows the catch-up: ``progress(done, total)`` in heights
+        (txn numbers) summed over the block services, from their cursors to the head seen
+        when the run starts; called after each block, and with ``done == total`` once they
+        have caught up (then never again: live blocks are not "progress"). Self-paced
+        services are not counted.
         """
         active = [s for s in self.services if s.enabled]
         cursors = {s.name: self.store.cursor(s.name, s.KIND or type(s).__name__, s.keys) for s in active}
@@ -156,10 +165,28 @@ class Runner:
             for thread in threads:
                 thread.start()
             upto = self.store.head() if once else None
+            catching_up = progress is not None
             while not self.stop_event.is_set():
                 seen = self.store.head()
-                for service in active:
-                    cursors[service.name] = self._pending(service, cursors[service.name], upto)
+                if catching_up and progress is not None:
+                    reached = {s.name: min(cursors[s.name], seen) for s in active}
+                    start = sum(reached.values())
+                    total = len(active) * seen - start
+
+                    def on_block(name: str, height: int, report: Callable[[int, int | None], None] = progress) -> None:
+                        reached[name] = min(height, seen)
+                        report(sum(reached.values()) - start, total)
+
+                    progress(0, total)
+                    self._on_block = on_block
+                try:
+                    for service in active:
+                        cursors[service.name] = self._pending(service, cursors[service.name], upto)
+                finally:
+                    self._on_block = None
+                if catching_up and progress is not None and not self.stop_event.is_set():
+                    progress(total, total)
+                catching_up = False
                 if once:
                     for thread in threads:
                         thread.join()
