@@ -32,9 +32,12 @@ How it works, and the promises it keeps:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import atexit
 import contextvars
+import queue
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -74,9 +77,120 @@ async def open(path: Any, **options: Any) -> AsyncDatabase:  # noqa: A001 - mirr
     try:
         db.sync = await db._call(_database.open, path, **options)
     except BaseException:
-        db._executor.shutdown(wait=False)
+        db._worker.close()
         raise
     return db
+
+
+# A job's state, written by the worker (RETURNED, RAISED) or the loop (CANCELLED, only while
+# QUEUED: a job the worker has not started is then skipped). Plain attribute writes: the GIL
+# makes each atomic, and the undo that reads the state runs on the worker after the job.
+_QUEUED, _CANCELLED, _RETURNED, _RAISED = range(4)
+
+
+class _Job:
+    __slots__ = ("fn", "args", "kwargs", "fut", "state", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 fut: asyncio.Future[Any] | None) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.fut = fut
+        self.state = _QUEUED
+        self.result: Any = None
+
+
+def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():  # cancelled meanwhile
+        fut.set_result(result)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class _Worker:
+    """The one thread that runs every SQLite statement of an AsyncDatabase, in FIFO order.
+
+    Leaner than a ThreadPoolExecutor plus ``wrap_future`` (which costs two futures, two
+    done-callbacks and a lock per call): jobs go through a ``SimpleQueue`` (``put`` never
+    blocks the loop) and each result reaches the loop with one ``call_soon_threadsafe``
+    that completes the caller's asyncio future directly.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.closed = False
+        self.thread = threading.Thread(target=_work, args=(self.queue, loop), name="sqlstream-aio", daemon=True)
+        self.thread.start()
+        _workers.add(self)
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Job:
+        """Queue ``fn(*args, **kwargs)``; ``job.fut`` (a future on the loop) gets its outcome."""
+        if self.closed:
+            raise DatabaseClosed("this AsyncDatabase is closed")
+        job = _Job(fn, args, kwargs, self.loop.create_future())
+        self.queue.put(job)
+        return job
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` without waiting for it (its outcome is dropped)."""
+        self.queue.put(_Job(fn, args, {}, None))
+
+    def close(self) -> None:
+        """Let the thread finish what is queued, then exit (returns at once)."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put(None)
+
+
+def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
+    # Holds the queue and the loop, not the AsyncDatabase: an AsyncDatabase dropped
+    # without close() is collected, and its finalizer's None ends this thread.
+    post = loop.call_soon_threadsafe
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        if job.state != _CANCELLED:
+            _run(job, post)
+
+
+def _run(job: _Job, post: Callable[..., Any]) -> None:
+    try:
+        result = job.fn(*job.args, **job.kwargs)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        job.state = _RAISED
+        if job.fut is not None:
+            try:
+                post(_set_exception, job.fut, exc)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
+    else:
+        job.result = result
+        job.state = _RETURNED
+        if job.fut is not None:
+            try:
+                post(_set_result, job.fut, result)
+            except RuntimeError:
+                pass
+
+
+_workers: weakref.WeakSet[_Worker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_workers() -> None:
+    # Daemon threads, so a forgotten AsyncDatabase never keeps the interpreter alive; at
+    # exit, let each finish its queued statements before the interpreter goes away.
+    workers = list(_workers)
+    for worker in workers:
+        worker.close()
+    for worker in workers:
+        worker.thread.join(5.0)
 
 
 class _Wakeups:
@@ -117,16 +231,16 @@ class _Wakeups:
         if self.waiters == 1:
             notifier = self.adb.sync.engine.notifier
             notifier.add_listener(self.on_bump)
-            self.adb._executor.submit(self._register)
+            self.adb._worker.post(self._register)
 
     def leave(self) -> None:
         self.waiters -= 1
         if self.waiters == 0:
             self.adb.sync.engine.notifier.remove_listener(self.on_bump)
-            try:
-                self.adb._executor.submit(self._unregister)
-            except RuntimeError:
+            if self.adb._worker.closed:
                 self._unregister()  # closing: the worker is gone
+            else:
+                self.adb._worker.post(self._unregister)
 
     def _register(self) -> None:  # worker thread
         if self._registration is None:
@@ -155,11 +269,10 @@ class _Wakeups:
                 timer.cancel()
 
 
-def _undo(done: concurrent.futures.Future[T], undo: Callable[[T], object]) -> None:
+def _undo(job: _Job, undo: Callable[[Any], object]) -> None:
     """Undo a cancelled call's effect if it ran (worker thread, after it)."""
-    if not done.done() or done.cancelled() or done.exception() is not None:
-        return  # it never ran, or it failed and changed nothing
-    undo(done.result())
+    if job.state == _RETURNED:  # not skipped, not failed (a failed call changed nothing)
+        undo(job.result)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -178,7 +291,8 @@ class AsyncDatabase:
 
     def _init(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlstream-aio")
+        self._worker = _Worker(loop)
+        weakref.finalize(self, self._worker.close)
         self._tx_current: object | None = None
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
@@ -201,7 +315,7 @@ class AsyncDatabase:
             return
         self._closed = True
         await self._call(self.sync.close)
-        self._executor.shutdown(wait=False)
+        self._worker.close()
 
     async def __aenter__(self) -> AsyncDatabase:
         return self
@@ -224,20 +338,16 @@ class AsyncDatabase:
     async def _submit(
         self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
     ) -> T:
+        job = self._worker.call(fn, args, kwargs)
         try:
-            cf = self._executor.submit(fn, *args, **kwargs)
-        except RuntimeError:
-            raise DatabaseClosed("this AsyncDatabase is closed") from None
-        try:
-            return await asyncio.wrap_future(cf, loop=self._loop)
+            return await job.fut  # type: ignore[no-any-return]
         except asyncio.CancelledError:
+            if job.state == _QUEUED:
+                job.state = _CANCELLED  # not started: the worker skips it (else it runs)
             if undo is not None:
                 # Queued now, so it runs right after ``fn`` (the worker is FIFO) and before
                 # anything submitted later: nobody sees the cancelled call's effect.
-                try:
-                    self._executor.submit(_undo, cf, undo)
-                except RuntimeError:
-                    cf.add_done_callback(lambda done: _undo(done, undo))
+                self._worker.post(_undo, job, undo)
             raise
 
     async def _transaction_free(self) -> None:
@@ -432,11 +542,11 @@ class AsyncTransaction:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         adb = self.adb
-        cf = adb._executor.submit(self._scope.__exit__, exc_type, exc, tb)
+        job = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
         # Other tasks may go on now: their calls queue behind the commit/rollback on the
         # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
         self._end()
-        await asyncio.shield(asyncio.wrap_future(cf, loop=adb._loop))
+        await asyncio.shield(job.fut)
 
     def _end(self) -> None:
         if self._outer:
@@ -493,9 +603,10 @@ class AsyncStream:
         sync = self.sync
 
         def check() -> list[Record] | None:
-            sealed = sync.info().sealed  # before the read: a seal in between wakes us again
-            records = sync.read(offset, limit, 0)
-            return records if records or sealed else None
+            # One snapshot gives the records and whether the stream is sealed (as the
+            # sync read's check): no separate stream-info query per attempt.
+            records, state = sync._read_once(offset, limit)
+            return records if records or state.sealed else None
 
         if timeout == 0:
             return await self.adb._call(sync.read, offset, limit, 0)
