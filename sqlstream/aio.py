@@ -128,13 +128,15 @@ class _Worker:
         self.thread.start()
         _workers.add(self)
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Job:
-        """Queue ``fn(*args, **kwargs)``; ``job.fut`` (a future on the loop) gets its outcome."""
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[_Job, asyncio.Future[Any]]:
+        """Queue ``fn(*args, **kwargs)``; the future (on the loop) gets its outcome."""
         if self.closed:
             raise DatabaseClosed("this AsyncDatabase is closed")
-        job = _Job(fn, args, kwargs, self.loop.create_future())
+        fut = self.loop.create_future()
+        job = _Job(fn, args, kwargs, fut)
         self.queue.put(job)
-        return job
+        return job, fut
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` without waiting for it (its outcome is dropped)."""
@@ -338,9 +340,9 @@ class AsyncDatabase:
     async def _submit(
         self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
     ) -> T:
-        job = self._worker.call(fn, args, kwargs)
+        job, fut = self._worker.call(fn, args, kwargs)
         try:
-            return await job.fut  # type: ignore[no-any-return]
+            return await fut  # type: ignore[no-any-return]
         except asyncio.CancelledError:
             if job.state == _QUEUED:
                 job.state = _CANCELLED  # not started: the worker skips it (else it runs)
@@ -542,11 +544,11 @@ class AsyncTransaction:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         adb = self.adb
-        job = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
+        _, fut = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
         # Other tasks may go on now: their calls queue behind the commit/rollback on the
         # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
         self._end()
-        await asyncio.shield(job.fut)
+        await asyncio.shield(fut)
 
     def _end(self) -> None:
         if self._outer:
