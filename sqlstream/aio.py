@@ -195,38 +195,85 @@ def _close_workers() -> None:
         worker.thread.join(5.0)
 
 
-class _Wakeups:
-    """Turns the notifier's bumps into completed futures on one loop (see module docstring).
+class _Waiter:
+    """One blocked call between two checks. ``check`` runs on the worker; the outcome
+    reaches ``fut`` (on the loop). ``finished`` is written by the worker only, ``cancelled``
+    and ``queued`` as their comments say."""
 
-    ``waiters`` counts blocked calls; while it is positive a listener is on the notifier
-    and a ``waiting`` registration (taken on the worker, FIFO with the checks) keeps the
-    cross-process watcher running.
+    __slots__ = ("check", "fut", "queued", "finished", "cancelled", "outcome")
+
+    def __init__(self, check: Callable[[], Any], fut: asyncio.Future[Any]) -> None:
+        self.check = check
+        self.fut = fut
+        self.queued = False  # a re-check is in the worker's queue (set by bumpers, cleared by it)
+        self.finished = False  # an outcome was handed to the loop: no more re-checks
+        self.cancelled = False  # the loop gave up (cancellation): no more re-checks
+        self.outcome: Any = None
+
+
+_RETRY = object()  # a waiter's outcome: check again through AsyncDatabase._call
+
+
+class _Wakeups:
+    """Turns the notifier's bumps into re-checks on the worker (see module docstring).
+
+    A bump (from the committing thread or the watcher) queues a re-check of every blocked
+    call straight onto the worker, which completes the call's future only when the check
+    finds something: one thread hand-off to the worker and one back to the loop, nothing
+    on the loop for commits that change nothing for it. ``waiters`` counts blocked calls;
+    while it is positive a listener is on the notifier and a ``waiting`` registration
+    (taken on the worker, FIFO with the checks) keeps the cross-process watcher running.
     """
 
     def __init__(self, adb: AsyncDatabase) -> None:
         self.adb = adb
         self.loop = adb._loop
-        self.futures: set[asyncio.Future[None]] = set()
-        self.scheduled = False
+        self.blocked: tuple[_Waiter, ...] = ()  # replaced, never mutated: bumpers iterate it
         self.waiters = 0
         self._registration: Any = None
 
     # Any thread: the committing one, or the watcher.
     def on_bump(self) -> None:
-        if self.scheduled:
-            return  # a fire is queued and has not started: it will see this bump too
-        self.scheduled = True
+        for waiter in self.blocked:
+            self._queue(waiter, False)
+
+    def _queue(self, waiter: _Waiter, force: bool) -> None:
+        if waiter.queued and not force:
+            return  # a re-check is queued and has not started: it will see this bump too
+        waiter.queued = True
+        self.adb._worker.post(self._recheck, waiter, force)
+
+    def _recheck(self, waiter: _Waiter, force: bool) -> None:  # worker thread
+        waiter.queued = False  # first: a bump from now on queues another re-check
+        if waiter.finished or waiter.cancelled:
+            return
+        if self.adb.sync.in_transaction():
+            # Another task's transaction is open on this connection: checking now would
+            # see its uncommitted rows. The loop checks again once it has ended.
+            outcome: Any = _RETRY
+        else:
+            try:
+                outcome = waiter.check()
+            except BaseException as exc:  # noqa: BLE001 - the blocked call raises it
+                waiter.finished = True
+                try:
+                    self.loop.call_soon_threadsafe(_set_exception, waiter.fut, exc)
+                except RuntimeError:
+                    pass
+                return
+            if outcome[1] is None and not force:
+                return  # nothing yet: stay blocked, the next bump re-checks
+        waiter.finished = True
+        waiter.outcome = outcome
         try:
-            self.loop.call_soon_threadsafe(self.fire)
+            self.loop.call_soon_threadsafe(_set_result, waiter.fut, outcome)
         except RuntimeError:
-            self.scheduled = False  # the loop is closed
+            pass  # the loop is closed
 
     def fire(self) -> None:
-        self.scheduled = False  # first: a bump from now on schedules another fire
-        futures, self.futures = self.futures, set()
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(None)
+        """Re-check every blocked call and hand each its outcome, found or not (loop)."""
+        for waiter in self.blocked:
+            self._queue(waiter, True)
 
     def enter(self) -> None:
         self.waiters += 1
@@ -256,30 +303,41 @@ class _Wakeups:
         if cm is not None:
             cm.__exit__(None, None, None)
 
-    async def wait(self, seen: int, timeout: float | None) -> None:
-        """Return after a commit later than generation ``seen``, or after ``timeout`` seconds."""
+    async def wait(self, check: Callable[[], Any], seen: int, timeout: float | None,
+                   undo: Callable[[Any], object] | None) -> Any:
+        """Block until ``check()`` (on the worker, re-run after every commit later than
+        generation ``seen``) finds something, or ``timeout`` seconds pass (then one last
+        check's outcome); ``_RETRY`` if a transaction was in the way. Cancelled after
+        the worker found something, ``undo(outcome)`` runs on the worker."""
+        waiter = _Waiter(check, self.loop.create_future())
+        self.blocked = (*self.blocked, waiter)
+        # A commit after ``seen`` and before the line above queued nothing for us.
         if self.adb.sync.engine.notifier.generation != seen:
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self.futures.add(fut)
-        timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), _resolve, fut)
+            self._queue(waiter, False)
+        timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), self._queue, waiter, True)
         try:
-            await fut
+            return await waiter.fut
+        except asyncio.CancelledError:
+            waiter.cancelled = True  # before the undo is queued: re-checks after it skip
+            if undo is not None:
+                self.adb._worker.post(_undo_waiter, waiter, undo)
+            raise
         finally:
-            self.futures.discard(fut)
+            self.blocked = tuple(w for w in self.blocked if w is not waiter)
             if timer is not None:
                 timer.cancel()
+
+
+def _undo_waiter(waiter: _Waiter, undo: Callable[[Any], object]) -> None:
+    """Worker thread, after every re-check queued before the cancellation."""
+    if waiter.finished and waiter.outcome is not _RETRY:
+        undo(waiter.outcome)
 
 
 def _undo(job: _Job, undo: Callable[[Any], object]) -> None:
     """Undo a cancelled call's effect if it ran (worker thread, after it)."""
     if job.state == _RETURNED:  # not skipped, not failed (a failed call changed nothing)
         undo(job.result)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class AsyncDatabase:
@@ -394,10 +452,12 @@ class AsyncDatabase:
                 hint="pass timeout=0 inside transactions",
             )
         deadline = None if timeout is None else time.monotonic() + timeout
+        undo_outcome = _undo_second(undo)
         self._wakeups.enter()
         try:
+            outcome = await self._call(attempt, undo=undo_outcome)
             while True:
-                seen, result, at = await self._call(attempt, undo=_undo_second(undo))
+                seen, result, at = outcome
                 if result is not None:
                     return result
                 if stop is not None and stop():
@@ -408,7 +468,9 @@ class AsyncDatabase:
                 sleep = None if deadline is None else deadline - now
                 if at is not None:
                     sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
-                await self._wakeups.wait(seen, sleep)
+                outcome = await self._wakeups.wait(attempt, seen, sleep, undo_outcome)
+                if outcome is _RETRY:
+                    outcome = await self._call(attempt, undo=undo_outcome)
         finally:
             self._wakeups.leave()
 
