@@ -16,9 +16,10 @@ How it works, and the promises it keeps:
 * **Blocking calls wait on futures, not threads.** ``read``/``read_bytes``/``fetch``/
   ``reader.read``/``follow`` with a timeout check once on the worker and, if nothing is
   there, await an asyncio future that sqlstream's wake-ups complete: in-process commits
-  and the cross-process watcher call a listener on the file's notifier, which hands the
-  wake-up to the loop with ``call_soon_threadsafe``. Timeouts and ack deadlines are loop
-  timers. No thread is parked per waiter and nothing polls on the loop.
+  and the cross-process watcher call a listener on the file's notifier, which queues a
+  re-check of each blocked call on the worker; the worker completes the call's future
+  (one ``call_soon_threadsafe``) once a check finds something. Timeouts and ack
+  deadlines are loop timers. No thread is parked per waiter and nothing polls on the loop.
 * **Cancellation** (``task.cancel()``, ``asyncio.timeout``) of a blocked call returns at
   once. A call cancelled while its statement already runs on the worker lets it finish
   there and then undoes what it claimed: a ``fetch`` nacks the records it claimed (they
