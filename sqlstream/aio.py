@@ -732,6 +732,9 @@ class AsyncSubscription:
         check_name(consumer, "consumer")
         check_count(max_records, "max_records")
         sub = self.sync
+        if timeout == 0:
+            # Not blocking: one call on the worker, without the waiting machinery.
+            return await self.adb._call(sub.fetch, consumer, max_records, 0, undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
         engine = self.adb.sync.engine
         in_tx = self.adb._in_my_transaction()
@@ -758,11 +761,7 @@ class AsyncSubscription:
             at = deadline[0]
             return None if at is None else time.monotonic() + max(0.001, at / 1e6 - engine.clock())
 
-        def undo(batch: Batch) -> None:
-            if batch:
-                sub.nack(*batch.offsets, error="fetch cancelled")
-
-        got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=undo)
+        got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=_nack_cancelled(sub))
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
     async def ack(self, *offsets: int) -> AckResult:
@@ -779,6 +778,16 @@ class AsyncSubscription:
 
     async def info(self) -> SubscriptionInfo:
         return await self.adb._call(self.sync.info)
+
+
+def _nack_cancelled(sub: Subscription) -> Callable[[Batch], None]:
+    """The undo of a cancelled fetch: hand what it claimed back (redelivered at once)."""
+
+    def undo(batch: Batch) -> None:
+        if batch:
+            sub.nack(*batch.offsets, error="fetch cancelled")
+
+    return undo
 
 
 class AsyncReader:
