@@ -1,9 +1,11 @@
 """sqlstream.aio next to the synchronous API: append and fetch+ack rates, wake latency.
 
-``python -m benchmarks.aio [--quick]`` prints a Markdown table. Each rate is the best of
-three rounds on a fresh file. Wake latency: a record appended by another thread (sync
-API, same process, same file) until the blocked reader holds it — a thread parked in
-``Stream.read(timeout=...)`` for sync, a task awaiting ``AsyncStream.read`` for aio.
+``python -m benchmarks.aio [--quick] [--rounds N]`` prints a Markdown table. Each figure
+is the median of N rounds (default 5) on fresh files, sync and aio interleaved (alternating
+which goes first) so that a shared machine's load hits both alike. Wake latency: a record
+appended by another thread (sync API, same process, same file) until the blocked reader
+holds it — a thread parked in ``Stream.read(timeout=...)`` for sync, a task awaiting
+``AsyncStream.read`` for aio.
 """
 
 from __future__ import annotations
@@ -16,20 +18,25 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import sqlstream
 import sqlstream.aio
 
+T = TypeVar("T")
 BATCH = 1000
 FETCH = 100
 
 
-def _best(rounds: int, run: Callable[[str], float]) -> float:
-    rates = []
-    for _ in range(rounds):
-        with tempfile.TemporaryDirectory() as d:
-            rates.append(run(os.path.join(d, "bench.db")))
-    return max(rates)
+def _interleaved(rounds: int, sync: Callable[[str], T], aio: Callable[[str], T]) -> tuple[list[T], list[T]]:
+    """Run both ``rounds`` times on fresh files, alternating which goes first."""
+    out: tuple[list[T], list[T]] = ([], [])
+    for r in range(rounds):
+        order = ((0, sync), (1, aio)) if r % 2 == 0 else ((1, aio), (0, sync))
+        for i, run in order:
+            with tempfile.TemporaryDirectory() as d:
+                out[i].append(run(os.path.join(d, "bench.db")))
+    return out
 
 
 def sync_batches(path: str, batches: int) -> float:
@@ -149,26 +156,29 @@ async def aio_wake(path: str, n: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure (median)")
     args = parser.parse_args()
     scale = 10 if args.quick else 1
     batches, singles, fetched, wakes = 100 // scale, 2000 // scale, 20000 // scale, 300 // scale
+    med = statistics.median
     rows = []
-    s = _best(3, lambda p: sync_batches(p, batches))
-    a = _best(3, lambda p: asyncio.run(aio_batches(p, batches)))
-    rows.append(("batch append (1,000/txn), records/s", s, a))
-    s = _best(3, lambda p: sync_singles(p, singles))
-    a = _best(3, lambda p: asyncio.run(aio_singles(p, singles)))
-    rows.append(("single append (1 commit each), records/s", s, a))
-    s = _best(3, lambda p: sync_fetch_ack(p, fetched))
-    a = _best(3, lambda p: asyncio.run(aio_fetch_ack(p, fetched)))
-    rows.append(("fetch 100 + ack, records/s", s, a))
+    for what, sync_run, aio_run in (
+        ("batch append (1,000/txn), records/s", lambda p: sync_batches(p, batches),
+         lambda p: asyncio.run(aio_batches(p, batches))),
+        ("single append (1 commit each), records/s", lambda p: sync_singles(p, singles),
+         lambda p: asyncio.run(aio_singles(p, singles))),
+        ("fetch 100 + ack, records/s", lambda p: sync_fetch_ack(p, fetched),
+         lambda p: asyncio.run(aio_fetch_ack(p, fetched))),
+    ):
+        s, a = _interleaved(args.rounds, sync_run, aio_run)
+        rows.append((what, med(s), med(a)))
     print("| workload | sync | aio | aio / sync |")
     print("|---|---:|---:|---:|")
-    for what, s, a in rows:
-        print(f"| {what} | {s:,.0f} | {a:,.0f} | {a / s:.2f}x |")
-    with tempfile.TemporaryDirectory() as d:
-        sp50, sp99 = sync_wake(os.path.join(d, "w1.db"), wakes)
-        ap50, ap99 = asyncio.run(aio_wake(os.path.join(d, "w2.db"), wakes))
+    for what, s_rate, a_rate in rows:
+        print(f"| {what} | {s_rate:,.0f} | {a_rate:,.0f} | {a_rate / s_rate:.2f}x |")
+    sw, aw = _interleaved(args.rounds, lambda p: sync_wake(p, wakes), lambda p: asyncio.run(aio_wake(p, wakes)))
+    sp50, sp99 = med(x[0] for x in sw), med(x[1] for x in sw)
+    ap50, ap99 = med(x[0] for x in aw), med(x[1] for x in aw)
     print(f"| wake latency p50 / p99, ms | {sp50:.3f} / {sp99:.3f} | {ap50:.3f} / {ap99:.3f} | |")
 
 

@@ -16,9 +16,10 @@ How it works, and the promises it keeps:
 * **Blocking calls wait on futures, not threads.** ``read``/``read_bytes``/``fetch``/
   ``reader.read``/``follow`` with a timeout check once on the worker and, if nothing is
   there, await an asyncio future that sqlstream's wake-ups complete: in-process commits
-  and the cross-process watcher call a listener on the file's notifier, which hands the
-  wake-up to the loop with ``call_soon_threadsafe``. Timeouts and ack deadlines are loop
-  timers. No thread is parked per waiter and nothing polls on the loop.
+  and the cross-process watcher call a listener on the file's notifier, which queues a
+  re-check of each blocked call on the worker; the worker completes the call's future
+  (one ``call_soon_threadsafe``) once a check finds something. Timeouts and ack
+  deadlines are loop timers. No thread is parked per waiter and nothing polls on the loop.
 * **Cancellation** (``task.cancel()``, ``asyncio.timeout``) of a blocked call returns at
   once. A call cancelled while its statement already runs on the worker lets it finish
   there and then undoes what it claimed: a ``fetch`` nacks the records it claimed (they
@@ -32,9 +33,12 @@ How it works, and the promises it keeps:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import atexit
 import contextvars
+import queue
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -74,59 +78,219 @@ async def open(path: Any, **options: Any) -> AsyncDatabase:  # noqa: A001 - mirr
     try:
         db.sync = await db._call(_database.open, path, **options)
     except BaseException:
-        db._executor.shutdown(wait=False)
+        db._worker.close()
         raise
     return db
 
 
-class _Wakeups:
-    """Turns the notifier's bumps into completed futures on one loop (see module docstring).
+# A job's state, written by the worker (RETURNED, RAISED) or the loop (CANCELLED, only while
+# QUEUED: a job the worker has not started is then skipped). Plain attribute writes: the GIL
+# makes each atomic, and the undo that reads the state runs on the worker after the job.
+_QUEUED, _CANCELLED, _RETURNED, _RAISED = range(4)
 
-    ``waiters`` counts blocked calls; while it is positive a listener is on the notifier
-    and a ``waiting`` registration (taken on the worker, FIFO with the checks) keeps the
-    cross-process watcher running.
+
+class _Job:
+    __slots__ = ("fn", "args", "kwargs", "fut", "state", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 fut: asyncio.Future[Any] | None) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.fut = fut
+        self.state = _QUEUED
+        self.result: Any = None
+
+
+def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():  # cancelled meanwhile
+        fut.set_result(result)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class _Worker:
+    """The one thread that runs every SQLite statement of an AsyncDatabase, in FIFO order.
+
+    Leaner than a ThreadPoolExecutor plus ``wrap_future`` (which costs two futures, two
+    done-callbacks and a lock per call): jobs go through a ``SimpleQueue`` (``put`` never
+    blocks the loop) and each result reaches the loop with one ``call_soon_threadsafe``
+    that completes the caller's asyncio future directly.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.closed = False
+        self.thread = threading.Thread(target=_work, args=(self.queue, loop), name="sqlstream-aio", daemon=True)
+        self.thread.start()
+        _workers.add(self)
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> tuple[_Job, asyncio.Future[Any]]:
+        """Queue ``fn(*args, **kwargs)``; the future (on the loop) gets its outcome."""
+        if self.closed:
+            raise DatabaseClosed("this AsyncDatabase is closed")
+        fut = self.loop.create_future()
+        job = _Job(fn, args, kwargs, fut)
+        self.queue.put(job)
+        return job, fut
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` without waiting for it (its outcome is dropped)."""
+        self.queue.put(_Job(fn, args, {}, None))
+
+    def close(self) -> None:
+        """Let the thread finish what is queued, then exit (returns at once)."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put(None)
+
+
+def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
+    # Holds the queue and the loop, not the AsyncDatabase: an AsyncDatabase dropped
+    # without close() is collected, and its finalizer's None ends this thread.
+    post = loop.call_soon_threadsafe
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        if job.state != _CANCELLED:
+            _run(job, post)
+
+
+def _run(job: _Job, post: Callable[..., Any]) -> None:
+    try:
+        result = job.fn(*job.args, **job.kwargs)
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        job.state = _RAISED
+        if job.fut is not None:
+            try:
+                post(_set_exception, job.fut, exc)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
+    else:
+        job.result = result
+        job.state = _RETURNED
+        if job.fut is not None:
+            try:
+                post(_set_result, job.fut, result)
+            except RuntimeError:
+                pass
+
+
+_workers: weakref.WeakSet[_Worker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_workers() -> None:
+    # Daemon threads, so a forgotten AsyncDatabase never keeps the interpreter alive; at
+    # exit, let each finish its queued statements before the interpreter goes away.
+    workers = list(_workers)
+    for worker in workers:
+        worker.close()
+    for worker in workers:
+        worker.thread.join(5.0)
+
+
+class _Waiter:
+    """One blocked call between two checks. ``check`` runs on the worker; the outcome
+    reaches ``fut`` (on the loop). ``finished`` is written by the worker only, ``cancelled``
+    and ``queued`` as their comments say."""
+
+    __slots__ = ("check", "fut", "queued", "finished", "cancelled", "outcome")
+
+    def __init__(self, check: Callable[[], Any], fut: asyncio.Future[Any]) -> None:
+        self.check = check
+        self.fut = fut
+        self.queued = False  # a re-check is in the worker's queue (set by bumpers, cleared by it)
+        self.finished = False  # an outcome was handed to the loop: no more re-checks
+        self.cancelled = False  # the loop gave up (cancellation): no more re-checks
+        self.outcome: Any = None
+
+
+_RETRY = object()  # a waiter's outcome: check again through AsyncDatabase._call
+
+
+class _Wakeups:
+    """Turns the notifier's bumps into re-checks on the worker (see module docstring).
+
+    A bump (from the committing thread or the watcher) queues a re-check of every blocked
+    call straight onto the worker, which completes the call's future only when the check
+    finds something: one thread hand-off to the worker and one back to the loop, nothing
+    on the loop for commits that change nothing for it. ``waiters`` counts blocked calls;
+    while it is positive a listener is on the notifier and a ``waiting`` registration
+    (taken on the worker, FIFO with the checks) keeps the cross-process watcher running.
     """
 
     def __init__(self, adb: AsyncDatabase) -> None:
         self.adb = adb
         self.loop = adb._loop
-        self.futures: set[asyncio.Future[None]] = set()
-        self.scheduled = False
+        self.blocked: tuple[_Waiter, ...] = ()  # replaced, never mutated: bumpers iterate it
         self.waiters = 0
         self._registration: Any = None
 
     # Any thread: the committing one, or the watcher.
     def on_bump(self) -> None:
-        if self.scheduled:
-            return  # a fire is queued and has not started: it will see this bump too
-        self.scheduled = True
+        for waiter in self.blocked:
+            self._queue(waiter, False)
+
+    def _queue(self, waiter: _Waiter, force: bool) -> None:
+        if waiter.queued and not force:
+            return  # a re-check is queued and has not started: it will see this bump too
+        waiter.queued = True
+        self.adb._worker.post(self._recheck, waiter, force)
+
+    def _recheck(self, waiter: _Waiter, force: bool) -> None:  # worker thread
+        waiter.queued = False  # first: a bump from now on queues another re-check
+        if waiter.finished or waiter.cancelled:
+            return
+        if self.adb.sync.in_transaction():
+            # Another task's transaction is open on this connection: checking now would
+            # see its uncommitted rows. The loop checks again once it has ended.
+            outcome: Any = _RETRY
+        else:
+            try:
+                outcome = waiter.check()
+            except BaseException as exc:  # noqa: BLE001 - the blocked call raises it
+                waiter.finished = True
+                try:
+                    self.loop.call_soon_threadsafe(_set_exception, waiter.fut, exc)
+                except RuntimeError:
+                    pass
+                return
+            if outcome[1] is None and not force:
+                return  # nothing yet: stay blocked, the next bump re-checks
+        waiter.finished = True
+        waiter.outcome = outcome
         try:
-            self.loop.call_soon_threadsafe(self.fire)
+            self.loop.call_soon_threadsafe(_set_result, waiter.fut, outcome)
         except RuntimeError:
-            self.scheduled = False  # the loop is closed
+            pass  # the loop is closed
 
     def fire(self) -> None:
-        self.scheduled = False  # first: a bump from now on schedules another fire
-        futures, self.futures = self.futures, set()
-        for fut in futures:
-            if not fut.done():
-                fut.set_result(None)
+        """Re-check every blocked call and hand each its outcome, found or not (loop)."""
+        for waiter in self.blocked:
+            self._queue(waiter, True)
 
     def enter(self) -> None:
         self.waiters += 1
         if self.waiters == 1:
             notifier = self.adb.sync.engine.notifier
             notifier.add_listener(self.on_bump)
-            self.adb._executor.submit(self._register)
+            self.adb._worker.post(self._register)
 
     def leave(self) -> None:
         self.waiters -= 1
         if self.waiters == 0:
             self.adb.sync.engine.notifier.remove_listener(self.on_bump)
-            try:
-                self.adb._executor.submit(self._unregister)
-            except RuntimeError:
+            if self.adb._worker.closed:
                 self._unregister()  # closing: the worker is gone
+            else:
+                self.adb._worker.post(self._unregister)
 
     def _register(self) -> None:  # worker thread
         if self._registration is None:
@@ -140,31 +304,41 @@ class _Wakeups:
         if cm is not None:
             cm.__exit__(None, None, None)
 
-    async def wait(self, seen: int, timeout: float | None) -> None:
-        """Return after a commit later than generation ``seen``, or after ``timeout`` seconds."""
+    async def wait(self, check: Callable[[], Any], seen: int, timeout: float | None,
+                   undo: Callable[[Any], object] | None) -> Any:
+        """Block until ``check()`` (on the worker, re-run after every commit later than
+        generation ``seen``) finds something, or ``timeout`` seconds pass (then one last
+        check's outcome); ``_RETRY`` if a transaction was in the way. Cancelled after
+        the worker found something, ``undo(outcome)`` runs on the worker."""
+        waiter = _Waiter(check, self.loop.create_future())
+        self.blocked = (*self.blocked, waiter)
+        # A commit after ``seen`` and before the line above queued nothing for us.
         if self.adb.sync.engine.notifier.generation != seen:
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self.futures.add(fut)
-        timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), _resolve, fut)
+            self._queue(waiter, False)
+        timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), self._queue, waiter, True)
         try:
-            await fut
+            return await waiter.fut
+        except asyncio.CancelledError:
+            waiter.cancelled = True  # before the undo is queued: re-checks after it skip
+            if undo is not None:
+                self.adb._worker.post(_undo_waiter, waiter, undo)
+            raise
         finally:
-            self.futures.discard(fut)
+            self.blocked = tuple(w for w in self.blocked if w is not waiter)
             if timer is not None:
                 timer.cancel()
 
 
-def _undo(done: concurrent.futures.Future[T], undo: Callable[[T], object]) -> None:
+def _undo_waiter(waiter: _Waiter, undo: Callable[[Any], object]) -> None:
+    """Worker thread, after every re-check queued before the cancellation."""
+    if waiter.finished and waiter.outcome is not _RETRY:
+        undo(waiter.outcome)
+
+
+def _undo(job: _Job, undo: Callable[[Any], object]) -> None:
     """Undo a cancelled call's effect if it ran (worker thread, after it)."""
-    if not done.done() or done.cancelled() or done.exception() is not None:
-        return  # it never ran, or it failed and changed nothing
-    undo(done.result())
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    if job.state == _RETURNED:  # not skipped, not failed (a failed call changed nothing)
+        undo(job.result)
 
 
 class AsyncDatabase:
@@ -178,7 +352,8 @@ class AsyncDatabase:
 
     def _init(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlstream-aio")
+        self._worker = _Worker(loop)
+        weakref.finalize(self, self._worker.close)
         self._tx_current: object | None = None
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
@@ -201,7 +376,7 @@ class AsyncDatabase:
             return
         self._closed = True
         await self._call(self.sync.close)
-        self._executor.shutdown(wait=False)
+        self._worker.close()
 
     async def __aenter__(self) -> AsyncDatabase:
         return self
@@ -224,20 +399,16 @@ class AsyncDatabase:
     async def _submit(
         self, fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None, **kwargs: Any
     ) -> T:
+        job, fut = self._worker.call(fn, args, kwargs)
         try:
-            cf = self._executor.submit(fn, *args, **kwargs)
-        except RuntimeError:
-            raise DatabaseClosed("this AsyncDatabase is closed") from None
-        try:
-            return await asyncio.wrap_future(cf, loop=self._loop)
+            return await fut  # type: ignore[no-any-return]
         except asyncio.CancelledError:
+            if job.state == _QUEUED:
+                job.state = _CANCELLED  # not started: the worker skips it (else it runs)
             if undo is not None:
                 # Queued now, so it runs right after ``fn`` (the worker is FIFO) and before
                 # anything submitted later: nobody sees the cancelled call's effect.
-                try:
-                    self._executor.submit(_undo, cf, undo)
-                except RuntimeError:
-                    cf.add_done_callback(lambda done: _undo(done, undo))
+                self._worker.post(_undo, job, undo)
             raise
 
     async def _transaction_free(self) -> None:
@@ -282,10 +453,12 @@ class AsyncDatabase:
                 hint="pass timeout=0 inside transactions",
             )
         deadline = None if timeout is None else time.monotonic() + timeout
+        undo_outcome = _undo_second(undo)
         self._wakeups.enter()
         try:
+            outcome = await self._call(attempt, undo=undo_outcome)
             while True:
-                seen, result, at = await self._call(attempt, undo=_undo_second(undo))
+                seen, result, at = outcome
                 if result is not None:
                     return result
                 if stop is not None and stop():
@@ -296,7 +469,9 @@ class AsyncDatabase:
                 sleep = None if deadline is None else deadline - now
                 if at is not None:
                     sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
-                await self._wakeups.wait(seen, sleep)
+                outcome = await self._wakeups.wait(attempt, seen, sleep, undo_outcome)
+                if outcome is _RETRY:
+                    outcome = await self._call(attempt, undo=undo_outcome)
         finally:
             self._wakeups.leave()
 
@@ -432,11 +607,11 @@ class AsyncTransaction:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         adb = self.adb
-        cf = adb._executor.submit(self._scope.__exit__, exc_type, exc, tb)
+        _, fut = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
         # Other tasks may go on now: their calls queue behind the commit/rollback on the
         # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
         self._end()
-        await asyncio.shield(asyncio.wrap_future(cf, loop=adb._loop))
+        await asyncio.shield(fut)
 
     def _end(self) -> None:
         if self._outer:
@@ -493,9 +668,10 @@ class AsyncStream:
         sync = self.sync
 
         def check() -> list[Record] | None:
-            sealed = sync.info().sealed  # before the read: a seal in between wakes us again
-            records = sync.read(offset, limit, 0)
-            return records if records or sealed else None
+            # One snapshot gives the records and whether the stream is sealed (as the
+            # sync read's check): no separate stream-info query per attempt.
+            records, state = sync._read_once(offset, limit)
+            return records if records or state.sealed else None
 
         if timeout == 0:
             return await self.adb._call(sync.read, offset, limit, 0)
@@ -556,6 +732,9 @@ class AsyncSubscription:
         check_name(consumer, "consumer")
         check_count(max_records, "max_records")
         sub = self.sync
+        if timeout == 0:
+            # Not blocking: one call on the worker, without the waiting machinery.
+            return await self.adb._call(sub.fetch, consumer, max_records, 0, undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
         engine = self.adb.sync.engine
         in_tx = self.adb._in_my_transaction()
@@ -582,11 +761,7 @@ class AsyncSubscription:
             at = deadline[0]
             return None if at is None else time.monotonic() + max(0.001, at / 1e6 - engine.clock())
 
-        def undo(batch: Batch) -> None:
-            if batch:
-                sub.nack(*batch.offsets, error="fetch cancelled")
-
-        got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=undo)
+        got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=_nack_cancelled(sub))
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
     async def ack(self, *offsets: int) -> AckResult:
@@ -603,6 +778,16 @@ class AsyncSubscription:
 
     async def info(self) -> SubscriptionInfo:
         return await self.adb._call(self.sync.info)
+
+
+def _nack_cancelled(sub: Subscription) -> Callable[[Batch], None]:
+    """The undo of a cancelled fetch: hand what it claimed back (redelivered at once)."""
+
+    def undo(batch: Batch) -> None:
+        if batch:
+            sub.nack(*batch.offsets, error="fetch cancelled")
+
+    return undo
 
 
 class AsyncReader:

@@ -288,3 +288,35 @@ async def test_notifier_listener_is_removed_when_no_call_waits(adb: sqlstream.ai
     notifier.remove_listener(notifier._listeners[0])
     assert await s.read(1, timeout=0.01) == []
     assert notifier._listeners == ()
+
+
+async def test_blocked_fetch_cancelled_after_a_commit_woke_it_hands_the_claim_back(
+    adb: sqlstream.aio.AsyncDatabase,
+) -> None:
+    # A commit re-checks blocked calls straight on the worker, which claims the records
+    # before the loop hears of it; a cancellation in between must hand them back.
+    s = await adb.create_stream("s")
+    sub = await adb.create_subscription("g", "s", ack_timeout=600)
+    task = asyncio.ensure_future(sub.fetch("c1", 10, timeout=5))
+    await asyncio.sleep(0.05)
+    adb.sync.stream("s").append("x")  # on the loop thread, on purpose: no await until cancel
+    time.sleep(0.2)  # the worker's re-check claims meanwhile; its result waits on the loop
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await sub.info()).consumers == {}, "the cancelled fetch left the record held by c1"
+    assert [r.value for r in await sub.fetch("c2", 10)] == ["x"]
+
+
+async def test_blocked_read_raises_when_its_stream_is_deleted_meanwhile(adb: sqlstream.aio.AsyncDatabase) -> None:
+    await adb.create_stream("s")
+    other = await adb.create_stream("t")
+    s = await adb.stream("s")
+    task = asyncio.ensure_future(s.read(0, timeout=5))
+    await asyncio.sleep(0.05)
+    await adb.delete_stream("s", force=True)
+    await other.append("a commit that re-checks the blocked read")
+    started = time.monotonic()
+    with pytest.raises(sqlstream.errors.StreamNotFound):
+        await task
+    assert time.monotonic() - started < 1
