@@ -378,6 +378,17 @@ class AsyncDatabase:
         await self._call(self.sync.close)
         self._worker.close()
 
+    def close_from_outside(self) -> None:
+        """Close without an event loop (its loop has ended, e.g. at test teardown). Idempotent.
+
+        Closes the underlying Database (waiting for a statement the worker is running) and
+        ends the worker thread once its queue is drained. Not for use from the loop itself:
+        there, ``await close()``.
+        """
+        self._closed = True
+        self.sync.close()
+        self._worker.close()
+
     async def __aenter__(self) -> AsyncDatabase:
         return self
 

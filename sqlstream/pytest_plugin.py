@@ -85,9 +85,8 @@ class SqlstreamFactory:
             db.close()
         self._opened.clear()
         for adb in self._opened_async:
-            # The test's loop is gone by now: the Database was closed above, synchronously
-            # (nothing runs on its worker any more); end the idle worker thread too.
-            adb._executor.shutdown(wait=True)
+            # The test's loop is gone by now: close without it (ends the worker thread).
+            adb.close_from_outside()
         self._opened_async.clear()
         if not self.check_at_teardown:
             return []
