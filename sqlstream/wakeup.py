@@ -74,7 +74,8 @@ class FileNotifier:
         self._bell_dir = os.path.join(root, f"{ident[0]:x}-{ident[1]:x}")
         # (announcement token when the folder was listed, the bells it held)
         self._bell_cache: tuple[bytes, list[str]] = (b"", [])
-        self._announce_map: mmap.mmap | None = None
+        self._announce_map: mmap.mmap | None = None  # read by committers, never written
+        self._announce_fd = -1
         # The doorbell needs a directory only we can write: anyone who can write it could
         # plant or swap sockets. When it fails the checks, this file's waiters poll instead.
         self._bell_ok = False
@@ -89,6 +90,7 @@ class FileNotifier:
                     problem = opened
                 else:
                     fd, self._announce_map = opened
+                    self._announce_fd = fd
                     # The descriptor holds the shared flock that marks the folder in use.
                     weakref.finalize(self, _close_announcements, fd, self._announce_map)
                     self._bell_ok = True
@@ -207,10 +209,14 @@ class FileNotifier:
         """Tell committers in every process to list the doorbell folder again (a bell was bound).
 
         A fresh random token rather than a counter: writers race without a lock, and a
-        value never written before cannot equal what a committer cached.
+        value never written before cannot equal what a committer cached. Written with
+        ``pwrite`` (rare: once per bound bell), never through the mapping: a store into a
+        mapped page that the file system cannot back (full disk) would be SIGBUS, not an
+        error.
         """
-        if self._announce_map is not None:
-            self._announce_map[:8] = os.urandom(8)
+        if self._announce_fd >= 0:
+            with contextlib.suppress(OSError):  # committers then miss us until the fallback check
+                os.pwrite(self._announce_fd, os.urandom(8), 0)
 
     # ----------------------------------------------------------------- waiters
 
@@ -437,8 +443,8 @@ def _open_announcements(folder: str) -> tuple[int, mmap.mmap] | str:
                 os.close(fd)
                 return f"{path} is not a regular file of this user"
             if st.st_size < 8:
-                os.ftruncate(fd, 8)
-            return fd, mmap.mmap(fd, 8)
+                os.pwrite(fd, os.urandom(8), 0)  # real blocks (ENOSPC here, not SIGBUS later)
+            return fd, mmap.mmap(fd, 8, prot=mmap.PROT_READ)
         except OSError as exc:
             os.close(fd)
             return f"cannot use {path}: {exc.strerror}"
