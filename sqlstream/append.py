@@ -103,7 +103,7 @@ def check_rows(rows: Sequence[PreparedRecord], expect_offset: int | None, max_re
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: None = None,
-    timestamps: Sequence[int] | None = None,
+    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None,
 ) -> range: ...
 
 
@@ -111,7 +111,7 @@ def append_rows(
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
-    timestamps: Sequence[int] | None = None,
+    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None,
 ) -> list[int]: ...
 
 
@@ -127,6 +127,7 @@ def append_rows(
     max_record_bytes: int,
     ids: Sequence[str | None] | None = None,
     timestamps: Sequence[int] | None = None,
+    checked_bytes: int | None = None,
 ) -> range | list[int]:
     """Append ``rows`` to stream ``name`` in the caller's write transaction; return offsets.
 
@@ -138,14 +139,15 @@ def append_rows(
     ``txn`` returns the transaction's commit number (called once, only if a row is
     stored). ``now_us`` is the time of the append: records' timestamps, the retention
     clock and dedup times. ``timestamps`` (archive import) gives each row its own
-    timestamp instead (non-decreasing, none below the stream's last).
+    timestamp instead (non-decreasing, none below the stream's last). ``checked_bytes``:
+    the caller already ran :func:`check_rows` on these arguments and got this total.
 
     Raises ``InvalidArgument``, ``PayloadTooLarge`` (before any statement),
     ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``; apsw
     errors are left to the caller's write scope. Not atomic on its own: the caller's
     transaction (or savepoint) makes it all or nothing.
     """
-    total = check_rows(rows, expect_offset, max_record_bytes)
+    total = check_rows(rows, expect_offset, max_record_bytes) if checked_bytes is None else checked_bytes
     if ids is None:
         return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps)
     found = q(_dedup.STREAM_SQL, (name,))

@@ -63,6 +63,8 @@ from .validation import check_timeout
 from .wakeup import FileNotifier, notifier_for
 
 T = TypeVar("T")
+_time_time = time.time
+_time_ns = time.time_ns
 
 DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -111,6 +113,8 @@ class Engine:
         self._closed = False
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
+        self._wq: cx.Query | None = None
+        self._wtxn: Callable[[], int] | None = None
         self._init_process_state()
 
         # One opening at a time per file in this process: check_header() and
@@ -176,7 +180,10 @@ class Engine:
 
     def now_us(self) -> int:
         """The clock in integer microseconds: record timestamps, deadlines, retention, dedup."""
-        return us(self.clock())
+        clock = self.clock
+        if clock is _time_time:
+            return _time_ns() // 1000  # the same reading, without float rounding (every append)
+        return us(clock())
 
     # ----------------------------------------------------------------- connections and fork
 
@@ -230,6 +237,10 @@ class Engine:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
                     install_wal_hook(conn, self.notifier.checkpointer)
+                    # Made once per connection, not per append: the statement runner and
+                    # the transaction's lazily assigned commit number.
+                    self._wq = cx.runner(conn)
+                    self._wtxn = lambda conn=conn: self.txn_number(conn)
                     self._wconn = conn
                 conn = self._wconn
         return conn
@@ -362,8 +373,7 @@ class Engine:
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily)."""
         if self._tx_txn is None:
-            row = cx.rows(conn, _append.TXN_SQL)
-            self._tx_txn = int(row[0][0])
+            self._tx_txn = int(cx.rows(conn, _append.TXN_SQL)[0][0])
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -447,12 +457,14 @@ class Engine:
         ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``,
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
-        _append.check_rows(rows, expect_offset, self.max_record_bytes)
-        with self.write() as conn:
+        total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
+        with self.write():
+            q, txn = self._wq, self._wtxn
+            assert q is not None and txn is not None  # set with the write connection
             return _append.append_rows(
-                cx.runner(conn), name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-                timestamps=timestamps, txn=lambda: self.txn_number(conn), now_us=self.now_us(),
-                max_record_bytes=self.max_record_bytes,
+                q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
+                timestamps=timestamps, txn=txn, now_us=self.now_us(),
+                max_record_bytes=self.max_record_bytes, checked_bytes=total,
             )
 
     def seal(self, name: str, secret: str | None) -> bool:
@@ -495,7 +507,9 @@ class WriteScope:
         if engine._closed or engine._pid != os.getpid():
             engine.check_process()
         conn = self.conn = engine.write_conn()
-        if not engine._lock.acquire(timeout=engine.busy_timeout):
+        lock = engine._lock
+        # Uncontended first: acquire with a timeout is several times slower.
+        if not lock.acquire(False) and not lock.acquire(timeout=engine.busy_timeout):
             raise LockTimeout(
                 f"another thread held the write lock on {engine.path} for over {engine.busy_timeout:g}s",
                 hint="raise busy_timeout or shorten transactions",

@@ -118,7 +118,10 @@ class Stream:
         Raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied`` (secret stream),
         ``InvalidValue``, ``PayloadTooLarge``; on any error nothing is stored.
         """
-        prepared = prepare_record(value, key, headers)
+        if type(value) is bytes and key is None and headers is None:
+            prepared: PreparedRecord = (None, None, "bytes", value, len(value))  # nothing to encode
+        else:
+            prepared = prepare_record(value, key, headers)
         if dedup_id is None:
             return self.db.engine.append_rows(self.name, self._secret, (prepared,), expect_offset).start
         ids = [_dedup.check_dedup_id(dedup_id)]

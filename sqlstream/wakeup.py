@@ -9,6 +9,9 @@ One :class:`FileNotifier` exists per database file per process, shared by every
   In ``poll`` mode it checks every ``poll_interval``; in ``notify`` mode it sleeps on a
   Unix datagram socket (the *doorbell*) that committing processes ring, and checks only
   then, plus a slow fallback check for writers that do not ring (the ``sqlite3`` shell).
+  A committer learns whether anyone listens without a system call: the doorbell folder
+  holds a small shared-memory *announcement* file that every newly bound bell overwrites
+  with a fresh random token; committers re-list the folder only when the token changed.
 
 A waiter reads the generation, evaluates its condition, and sleeps only if the
 generation has not moved since — so a commit between the check and the sleep is never
@@ -18,7 +21,9 @@ missed. Nothing spins: a waiter sleeps on the condition variable until woken or 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
+import mmap
 import os
 import re
 import select
@@ -43,8 +48,8 @@ WAKEUP_MODES = ("auto", "poll", "notify")
 DEFAULT_POLL_INTERVAL = 0.001  # poll mode: cross-process wake within ~1 ms
 DEFAULT_FALLBACK_INTERVAL = 0.25  # notify mode: catches writers that do not ring
 _LINGER = 1.0  # keep the watcher this long after the last waiter, to avoid churn
-_RACY_LISTING_NS = 100_000_000  # re-list the doorbell directory this long after it changed
 _socket_ids = itertools.count()
+ANNOUNCE_FILE = "announce"  # in each doorbell folder: 8 bytes, rewritten by every new bell
 
 
 def doorbell_supported() -> bool:
@@ -67,7 +72,10 @@ class FileNotifier:
         self._last_waiter_left = 0.0
         root = os.path.join(tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}")
         self._bell_dir = os.path.join(root, f"{ident[0]:x}-{ident[1]:x}")
-        self._bell_cache: tuple[int, list[str]] = (-1, [])
+        # (announcement token when the folder was listed, the bells it held)
+        self._bell_cache: tuple[bytes, list[str]] = (b"", [])
+        self._announce_map: mmap.mmap | None = None  # read by committers, never written
+        self._announce_fd = -1
         # The doorbell needs a directory only we can write: anyone who can write it could
         # plant or swap sockets. When it fails the checks, this file's waiters poll instead.
         self._bell_ok = False
@@ -75,10 +83,18 @@ class FileNotifier:
             problem = _private_dir(root)
             if problem is None:
                 _clean_stale_bell_dirs(root)
-                problem = _private_dir(self._bell_dir)  # made now: ring() is then one stat
+                problem = _private_dir(self._bell_dir)
             if problem is None:
-                self._bell_ok = True
-            else:
+                opened = _open_announcements(self._bell_dir)
+                if isinstance(opened, str):
+                    problem = opened
+                else:
+                    fd, self._announce_map = opened
+                    self._announce_fd = fd
+                    # The descriptor holds the shared flock that marks the folder in use.
+                    weakref.finalize(self, _close_announcements, fd, self._announce_map)
+                    self._bell_ok = True
+            if problem is not None:
                 _warn_once(root, problem)
         self._own_bell: str | None = None
         self._send_sock: socket.socket | None = None
@@ -151,33 +167,40 @@ class FileNotifier:
             self._listeners = tuple(cb for cb in self._listeners if cb != listener)
 
     def committed(self) -> None:
-        """Called after a commit in this process: wake local waiters, ring other processes."""
-        self.bump()
+        """Called after a commit in this process: wake local waiters, ring other processes.
+
+        With no waiter registered in this process the condition variable is skipped (the
+        generation still moves): a waiter registers (``waiting()``) before its first
+        check, so one registering after this test runs its check after the commit.
+        """
+        if self._waiters:
+            self.bump()
+        else:
+            self.generation += 1
         self.ring()
 
     def ring(self) -> None:
-        """Send one datagram to every process that sleeps on this file's doorbell."""
+        """Send one datagram to every process that sleeps on this file's doorbell.
+
+        No system call while nobody waits: the folder is listed again only when the
+        announcement token changed (a bell was bound) since the last listing. A bell bound
+        after our listing wrote a token after it, so the next commit lists and rings it.
+        """
         if not self._bell_ok:
             return
-        try:
-            mtime = os.stat(self._bell_dir).st_mtime_ns
-        except OSError:
-            return  # nobody has ever waited in notify mode
-        cached_mtime, bells = self._bell_cache
-        if mtime != cached_mtime:
-            listed_at = time.time_ns()
+        token = self._announce_map[:8]  # type: ignore[index]
+        cached, bells = self._bell_cache
+        if token == cached:
+            if not bells:
+                return  # the common case: nobody has waited since the last listing
+        else:
             try:
                 names = os.listdir(self._bell_dir)
             except OSError:
                 return
             bells = [os.path.join(self._bell_dir, n) for n in names if n.endswith(".bell")]
-            # Directory mtimes can be coarse (a clock tick of 1-10 ms on Linux < 6.13): a
-            # bell bound later within the same tick leaves the mtime unchanged. A listing
-            # taken that close to the last change is used now but not trusted next time.
-            racy = listed_at - mtime < _RACY_LISTING_NS
-            self._bell_cache = (-1 if racy else mtime, bells)
-        if not bells:
-            return
+            self._bell_cache = (token, bells)
+        gone = []
         with self._send_lock:
             if self._send_sock is None:
                 self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -189,12 +212,32 @@ class FileNotifier:
                     self._send_sock.sendto(b"!", bell)
                 except BlockingIOError:
                     pass  # its queue is full: it has wakeups pending already
-                except (ConnectionRefusedError, FileNotFoundError):
+                except FileNotFoundError:
+                    gone.append(bell)  # its watcher stopped and removed it
+                except ConnectionRefusedError:
                     # The process died without removing its bell; tidy up for it.
+                    gone.append(bell)
                     with contextlib.suppress(OSError):
                         os.unlink(bell)
                 except OSError:
                     pass
+        if gone:
+            cached, bells = self._bell_cache
+            if cached == token:
+                self._bell_cache = (token, [b for b in bells if b not in gone])
+
+    def announce(self) -> None:
+        """Tell committers in every process to list the doorbell folder again (a bell was bound).
+
+        A fresh random token rather than a counter: writers race without a lock, and a
+        value never written before cannot equal what a committer cached. Written with
+        ``pwrite`` (rare: once per bound bell), never through the mapping: a store into a
+        mapped page that the file system cannot back (full disk) would be SIGBUS, not an
+        error.
+        """
+        if self._announce_fd >= 0:
+            with contextlib.suppress(OSError):  # committers then miss us until the fallback check
+                os.pwrite(self._announce_fd, os.urandom(8), 0)
 
     # ----------------------------------------------------------------- waiters
 
@@ -316,6 +359,7 @@ class FileNotifier:
                 sock.close()
                 return None  # fall back to the slow data_version check
         self._own_bell = path
+        self.announce()  # after binding: a committer that lists from now on sees the bell
         return sock, path
 
     def _watch(self, ready: threading.Event) -> None:
@@ -392,6 +436,49 @@ def _private_dir(path: str) -> str | None:
     return None
 
 
+def _open_announcements(folder: str) -> tuple[int, mmap.mmap] | str:
+    """Open and map ``folder``'s announcement file (creating it); or say why it cannot be used.
+
+    The descriptor keeps a shared ``flock`` for the notifier's lifetime: the stale-folder
+    cleaner removes a folder only when it can lock the file exclusively (nobody uses it).
+    A file the cleaner unlinked between our open and our lock is noticed (no links left)
+    and the folder is made again.
+    """
+    path = os.path.join(folder, ANNOUNCE_FILE)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            return f"cannot open {path}: {exc.strerror}"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            if st.st_nlink == 0:
+                os.close(fd)
+                problem = _private_dir(folder)
+                if problem is not None:
+                    return problem
+                continue
+            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+                os.close(fd)
+                return f"{path} is not a regular file of this user"
+            if st.st_size < 8:
+                os.pwrite(fd, os.urandom(8), 0)  # real blocks (ENOSPC here, not SIGBUS later)
+            return fd, mmap.mmap(fd, 8, prot=mmap.PROT_READ)
+        except OSError as exc:
+            os.close(fd)
+            return f"cannot use {path}: {exc.strerror}"
+    return f"{path} kept disappearing"
+
+
+def _close_announcements(fd: int, mapping: mmap.mmap) -> None:
+    with contextlib.suppress(OSError, ValueError, BufferError):
+        mapping.close()
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 _warned: set[str] = set()
 
 
@@ -432,13 +519,23 @@ def _clean_stale_bell_dirs(root: str) -> int:
         return 0
     for name in names:
         folder = os.path.join(root, name)
+        fd = -1
         try:
             st = os.lstat(folder)
             if (not _FOLDER_NAME.match(name) or not stat.S_ISDIR(st.st_mode)
                     or now - st.st_mtime < _STALE_AFTER):
                 continue
             entries = os.listdir(folder)
-            if not all(e.endswith(".bell") and not _bell_alive(os.path.join(folder, e)) for e in entries):
+            if ANNOUNCE_FILE in entries:
+                # In use while any process holds its shared lock; ours (exclusive) keeps a
+                # process from starting to use it until the folder is gone.
+                fd = os.open(os.path.join(folder, ANNOUNCE_FILE), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+            bells = [e for e in entries if e != ANNOUNCE_FILE]
+            if not all(e.endswith(".bell") and not _bell_alive(os.path.join(folder, e)) for e in bells):
                 continue
             for entry in entries:
                 os.unlink(os.path.join(folder, entry))
@@ -446,6 +543,9 @@ def _clean_stale_bell_dirs(root: str) -> int:
             removed += 1
         except OSError:
             continue
+        finally:
+            if fd >= 0:
+                os.close(fd)
     return removed
 
 

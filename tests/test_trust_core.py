@@ -330,6 +330,42 @@ def test_stale_doorbell_folders_are_removed_live_ones_kept(private_tmp: Path, tm
             sock.close()
 
 
+def test_doorbell_folder_in_use_by_a_live_process_is_kept_unused_one_removed(
+    private_tmp: Path, tmp_path: Path
+) -> None:
+    """A doorbell folder whose announcement file a process still holds (its shared lock)
+    is in use even with no bell bound, however old; once nobody holds it, it is stale."""
+    import fcntl
+    import time
+
+    from sqlstream import wakeup
+
+    root = _bell_root(private_tmp)
+    root.mkdir(mode=0o700)
+    old = time.time() - 3600
+    folders = {}
+    held = None
+    try:
+        for name in ("cc-1", "dd-1"):
+            f = root / name
+            f.mkdir(mode=0o700)
+            fd = os.open(f / wakeup.ANNOUNCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            if name == "cc-1":
+                fcntl.flock(fd, fcntl.LOCK_SH)  # a live process uses it
+                held = fd
+            else:
+                os.close(fd)  # its process exited
+            os.utime(f, (old, old))
+            folders[name] = f
+        with sqlstream.open(str(tmp_path / "d.db")) as db:
+            db.create_stream("s")
+        assert folders["cc-1"].exists()
+        assert not folders["dd-1"].exists()
+    finally:
+        if held is not None:
+            os.close(held)
+
+
 def test_doorbell_files_are_private(private_tmp: Path, tmp_path: Path) -> None:
     with sqlstream.open(str(tmp_path / "d.db"), wakeup="notify") as db:
         s = db.create_stream("s")

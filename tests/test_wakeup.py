@@ -527,52 +527,44 @@ def bell_rung(sock: socket.socket, timeout: float) -> bool:
 
 
 @pytest.mark.multiprocess
-def test_doorbell_reaches_bell_bound_within_one_directory_timestamp_tick(tmp_path: Path, remote: Remote) -> None:
+def test_doorbell_reaches_bell_bound_after_the_committer_listed_the_folder(tmp_path: Path, remote: Remote) -> None:
     """Guarantee: a waiter in another process is rung (woken in milliseconds, not at the
-    0.25 s fallback) by every later commit, even where directory timestamps are coarse.
+    0.25 s fallback) by every commit after its bell is bound, even one bound right after a
+    committer listed the doorbell folder.
 
-    Committers cache the doorbell directory's listing keyed by its mtime. On Linux before
-    6.13 (and other systems) a directory's mtime comes from a coarse clock (one tick is
-    1-10 ms), so a bell bound within the same tick as the change a committer has already
-    listed leaves the mtime unchanged. The test stages exactly that, setting the mtime
-    back with os.utime to stand in for the coarse clock: bell A is bound, the helper
-    commits (and lists the directory) right away, bell B is bound "in the same tick";
-    the helper's next commit must ring B as well."""
+    Committers keep their listing of the folder until the folder's announcement token
+    changes (each newly bound bell writes a fresh one), so a commit with nobody waiting
+    costs no system call. The test binds bell A, lets the helper commit (it lists the
+    folder and caches the listing), binds bell B; the helper's next commit must ring B."""
     path = str(tmp_path / "bell.db")
     with sqlstream.open(path) as db:
         db.create_stream("s")
-    remote.call("append", path=path, stream="s", value="warm-up")
-    bell_dir = wakeup.notifier_for(path)._bell_dir
-    os.makedirs(bell_dir, mode=0o700, exist_ok=True)
-    for attempt in range(10):
+        remote.call("append", path=path, stream="s", value="warm-up")
+        notifier = wakeup.notifier_for(path)
+        bell_dir = notifier._bell_dir
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as a, socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM
         ) as b:
-            names = [os.path.join(bell_dir, f"test-{os.getpid()}-{attempt}-{x}.bell") for x in "ab"]
+            names = [os.path.join(bell_dir, f"test-{os.getpid()}-{x}.bell") for x in "ab"]
             try:
                 a.bind(names[0])
                 a.setblocking(False)
-                changed = os.stat(bell_dir)
-                remote.call("append", path=path, stream="s", value=f"a{attempt}")
-                listed_within = time.time_ns() - changed.st_mtime_ns
+                notifier.announce()
+                remote.call("append", path=path, stream="s", value="a")
                 assert bell_rung(a, 2.0), "a bound bell was not rung by a commit"
-                if listed_within > 50_000_000:
-                    continue  # too slow to count as "the same tick"; stage it again
                 b.bind(names[1])
                 b.setblocking(False)
-                os.utime(bell_dir, ns=(changed.st_atime_ns, changed.st_mtime_ns))  # the coarse clock
-                remote.call("append", path=path, stream="s", value=f"b{attempt}")
+                notifier.announce()
+                remote.call("append", path=path, stream="s", value="b")
                 assert bell_rung(a, 2.0)
                 assert bell_rung(b, 2.0), (
-                    "a bell bound within the directory's timestamp tick was never rung: the "
-                    "committer kept using its stale listing of the doorbell directory"
+                    "a bell bound after the committer listed the folder was never rung: the "
+                    "committer kept using its stale listing of the doorbell folder"
                 )
-                return
             finally:
                 for name in names:
                     with contextlib.suppress(OSError):
                         os.unlink(name)
-    pytest.skip("the helper never committed within 50 ms of a directory change; could not stage the race")
 
 
 @pytest.mark.multiprocess

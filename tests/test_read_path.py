@@ -1,0 +1,45 @@
+"""The record read path: what a page read leaves behind and what Records look like."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from pathlib import Path
+
+import pytest
+
+import sqlstream
+from sqlstream.records import Record
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_page_read_leaves_the_cyclic_gc_as_it_was_also_on_a_damaged_record(tmp_path: Path, enabled: bool) -> None:
+    with sqlstream.open(str(tmp_path / "r.db")) as db:
+        s = db.create_stream("s")
+        s.extend([b"x", "t", {"j": 1}] * 100)
+        db.engine.write_conn().execute("UPDATE chunks SET data = CAST(x'ff' AS TEXT) WHERE offset = 250")
+        was = gc.isenabled()
+        try:
+            (gc.enable if enabled else gc.disable)()
+            assert len(s.read(0, 200)) == 200
+            assert gc.isenabled() is enabled
+            assert len(s.read(200, 100)) == 50  # ends before the damaged record
+            assert gc.isenabled() is enabled
+            with pytest.raises(sqlstream.errors.DamagedRecord):
+                s.read(250, 10)
+            assert gc.isenabled() is enabled
+        finally:
+            (gc.enable if was else gc.disable)()
+
+
+def test_records_keep_their_content_types_attributes_equality_and_pickling(tmp_path: Path) -> None:
+    with sqlstream.open(str(tmp_path / "r.db")) as db:
+        s = db.create_stream("s")
+        s.extend([b"b", "t", {"j": [1]}], key="k", headers={"h": "v"})
+        got = s.read(0, 3)
+        assert [r.content_type for r in got] == ["bytes", "text", "json"]
+        assert [r.value for r in got] == [b"b", "t", {"j": [1]}]
+        assert all(isinstance(r, Record) and isinstance(r, tuple) for r in got)
+        assert got[2] == Record("s", 2, got[2].timestamp, "k", {"h": "v"}, {"j": [1]}, got[2].position, got[2].txn, "json")
+        assert pickle.loads(pickle.dumps(got)) == got
+        assert got[0]._replace(value=b"c").value == b"c"
