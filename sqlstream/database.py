@@ -298,7 +298,7 @@ class Database:
         _validation.check_flag(secret, "secret")
         _validation.check_flag(exist_ok, "exist_ok")
         meta = _validation.encode_metadata(metadata)
-        write_secret = secrets.token_urlsafe(24) if secret else None
+        write_secret = _new_write_secret() if secret else None
         with self.engine.write() as conn:
             existing = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
             if existing:
@@ -880,3 +880,14 @@ def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: i
         over_limit=over_limit,
         dropped_deliveries=dropped,
     )
+
+
+def _new_write_secret() -> str:
+    """A random write secret (144 bits, URL-safe) that never starts with ``-``.
+
+    A leading dash would make ``sqlstream append --secret "$S"`` read it as an option.
+    """
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token

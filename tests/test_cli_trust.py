@@ -348,3 +348,15 @@ def test_json_params_nested_too_deep_is_an_error_not_a_crash(run: Any) -> None:
     status, out, err = run("sql", "SELECT ?", "--json-params", "[" * 100_000)
     assert (status, out) == (1, "")
     assert err.startswith("Error: --json-params is not valid JSON")
+
+
+def test_write_secrets_never_start_with_a_dash_so_cli_options_take_them(tmp_path: Path) -> None:
+    # A urlsafe token starts with "-" one time in 64; `--secret "$S"` then reads it as an
+    # option and the README's own CLI tour failed now and then.
+    db = sqlstream.open(str(tmp_path / "s.db"))
+    try:
+        made = [db.create_stream(f"log-{i}", secret=True).write_secret for i in range(400)]
+    finally:
+        db.close()
+    assert all(s is not None and not s.startswith("-") for s in made)
+    assert len(set(made)) == len(made)
