@@ -85,6 +85,17 @@ class _Transient(Exception):
     """A failure worth retrying (connection lost, timeout, no leader)."""
 
 
+class _NoResponders(Exception):
+    """A publish found no stream listening on its subject: either no stream takes the
+    subject (``error``, fatal) or the stream's leader is being elected and has not
+    subscribed yet (transient). The session asks the server which one it is."""
+
+    def __init__(self, subject: str, error: RelayError) -> None:
+        super().__init__(str(error))
+        self.subject = subject
+        self.error = error
+
+
 def _nats() -> Any:
     try:
         import nats  # noqa: PLC0415 - optional dependency
@@ -327,7 +338,10 @@ def _is_transient_api_error(exc: BaseException) -> bool:
                         nats.errors.OutboundBufferLimitError)):
         return True
     code = getattr(exc, "code", None)
-    return code in (503, 408, 504)
+    # 10005 "no suitable peers for placement": a replicated stream asked of a cluster whose
+    # peers have not all joined yet (it is forming, or a node is down). Retried, with the
+    # cause in last_error, so a relay started with its cluster does not stop for good.
+    return code in (503, 408, 504) or getattr(exc, "err_code", None) == 10005
 
 
 # ---------------------------------------------------------------- forward
@@ -583,10 +597,29 @@ class JetStreamForward(_Relay):
             await harvest(wait=True)
             await save(force=True)
             return True
+        except _NoResponders as exc:
+            raise await self._no_responders(nc, exc) from exc.error.__cause__
         finally:
             for item in pending:
                 for future in item.futures:
                     future.cancel()
+
+    async def _no_responders(self, nc: nats.aio.client.Client, exc: _NoResponders) -> Exception:
+        """The error to raise for a publish nobody answered: RelayError when no stream takes
+        the subject, _Transient when one does (its leader is being elected: in a cluster
+        only the stream leader listens on the subjects, so a publish between the old
+        leader's death, or the stream's creation, and the new leader's subscription finds
+        no responders)."""
+        nats = _nats()
+        try:
+            owner = await nc.jsm(timeout=self.ack_timeout).find_stream_name_by_subject(exc.subject)
+        except nats.js.errors.NotFoundError:
+            return exc.error
+        except Exception as lookup:  # noqa: BLE001 - the cluster is sick: retry, do not guess
+            return _Transient(f"no stream answered on {exc.subject!r} and the stream lookup failed: "
+                              f"{type(lookup).__name__}: {lookup}")
+        return _Transient(f"JetStream stream {owner!r} takes {exc.subject!r} but did not answer "
+                          "(its leader is being elected)")
 
     def _publish_failed(self, record: BlockRecord, height: int, exc: BaseException) -> None:
         """Classify a failed publish of ``record``: transient (retry) or RelayError naming it."""
@@ -603,8 +636,12 @@ class JetStreamForward(_Relay):
         else:
             problem = f"{type(exc).__name__}: {exc}"
             hint = "see the server's error; the record is retried when you start again, never skipped"
-        raise RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
-                         f"{record.offset}: {problem}", hint=hint, height=height) from exc
+        error = RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
+                           f"{record.offset}: {problem}", hint=hint, height=height)
+        error.__cause__ = exc
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            raise _NoResponders(self.subject(record.stream), error)  # the session decides which
+        raise error
 
 
 # ---------------------------------------------------------------- reverse
