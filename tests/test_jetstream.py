@@ -218,9 +218,10 @@ def file_id(db: sqlstream.Database) -> int:
 class Writer:
     """Appends to streams ``a`` and ``b`` in a thread: single records and 5-record transactions."""
 
-    def __init__(self, db: sqlstream.Database, total: int) -> None:
+    def __init__(self, db: sqlstream.Database, total: int, pause: float = 0.002) -> None:
         self.db = db
         self.total = total
+        self.pause = pause
         self.stop = threading.Event()
         self.expected: dict[str, list[Any]] = {"a": [], "b": []}
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -248,7 +249,7 @@ class Writer:
                         n += 1
                 for name, offset, value in rows:
                     self.expected[name].append((offset, value, None, None))
-            time.sleep(0.002)
+            time.sleep(self.pause)
 
     def start(self) -> Writer:
         self.thread.start()
@@ -607,7 +608,8 @@ def test_forward_to_a_3_node_cluster_survives_the_stream_leader_being_killed(tmp
             node.start()
         config = forward_config(tmp_path, [n.url for n in nodes],
                                 extra="replicas = 3\nack_timeout = 2.0\nmax_in_flight = 32")
-        writer = Writer(db, 10**9).start()
+        # Slower than the other tests: the backlog of the leader election must drain in seconds.
+        writer = Writer(db, 10**9, pause=0.01).start()
         runner = Runner.from_config(db, load_config(config))
         runner.start()
         # The relay starts while the cluster is still forming: two of three nodes cannot
