@@ -283,6 +283,7 @@ streaming_progress = Table(
     "streaming_progress", views,
     *(Column(name) for name in (
         "service", "kind", "height", "head", "lag", "updated", "last_error", "error_time",
+        "source", "source_sequence", "source_stored",
     )),
 )
 

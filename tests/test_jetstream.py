@@ -28,6 +28,7 @@ import pytest
 
 import sqlstream
 from sqlstream.streaming import Runner, ServiceError, load_config
+from sqlstream.streaming.store import Store
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[test]')")
 
@@ -558,6 +559,39 @@ def test_reverse_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Pa
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
+        db.close()
+
+
+def test_reverse_relay_position_shows_in_serve_status_and_the_progress_view(tmp_path: Path, server: Server) -> None:
+    async def publish() -> None:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="CMD", subjects=["cmd.>"])
+        for i in range(7):
+            await js.publish("cmd.dev1.x" if i % 7 else "cmd.dev2.x", str(i).encode())
+        await nc.close()
+
+    asyncio.run(publish())
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = source_config(tmp_path, server.url)
+    try:
+        db.create_stream("unrelated").extend([b"x"] * 5)  # local commits are not the source's lag
+        Runner.from_config(db, load_config(config)).run(once=True)
+        Store(db).record_error("inbox", "an old failure")
+        Runner.from_config(db, load_config(config)).run(once=True)
+        rows = db.query("SELECT kind, lag, last_error, source, source_sequence, source_stored "
+                        "FROM streaming_progress WHERE service = 'inbox'").rows
+        # Sequence 7 is the last of the 6 dev1 messages; nothing is left on the server.
+        assert rows == [("jetstream-source", 0, None, "CMD", 7, 6)]
+        text = subprocess.run(serve_cmd(db.path, config, "--status"), env=env(), capture_output=True, text=True,
+                              timeout=30)
+        assert text.returncode == 0, text.stderr
+        assert "inbox (jetstream-source): JetStream CMD sequence 7, stored 6, lag 0" in text.stdout, text.stdout
+        js = subprocess.run(serve_cmd(db.path, config, "--status", "--json"), env=env(), capture_output=True,
+                            text=True, timeout=30)
+        row = json.loads(js.stdout)
+        assert (row["source"], row["source_sequence"], row["source_stored"], row["lag"]) == ("CMD", 7, 6, 0)
+    finally:
         db.close()
 
 

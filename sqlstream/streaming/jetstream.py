@@ -714,6 +714,7 @@ class JetStreamSource(_Relay):
                              f"on {self.stream!r}: {exc}", hint="check filter_subject and the permissions") from exc
         except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
             raise _Transient(f"JetStream did not answer: {exc}") from exc
+        await asyncio.to_thread(store.clear_error, self.name)  # connected and bound: working again
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch, timeout=0.5)
@@ -729,6 +730,7 @@ class JetStreamSource(_Relay):
                 raise RelayError(f"streamer {self.name!r}: fetch from {self.stream!r} failed: {exc}") from exc
             items: list[SourceItem] = []
             top = 0
+            pending = int(msgs[-1].metadata.num_pending) if msgs else None
             for msg in msgs:
                 seq = int(msg.metadata.sequence.stream)
                 if seq <= position:  # stored already (its ack was lost or late)
@@ -741,7 +743,8 @@ class JetStreamSource(_Relay):
                 items.append(SourceItem(value, key, headers, f"{self.stream}:{seq}"))
                 top = max(top, seq)
             if items:
-                await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top)
+                await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top,
+                                        pending)
                 position = top
             # Acked only after the commit: a crash before this line redelivers, and the
             # dedup ids store each message once.
