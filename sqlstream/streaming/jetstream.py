@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import re
@@ -42,7 +43,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..clock import now_us
@@ -400,6 +401,9 @@ class JetStreamForward(_Relay):
             raise InvalidArgument(f"[streamers.{name}] max_in_flight: must be at least 1")
         self.ack_timeout = float(o["ack_timeout"])
         self.file_id = 0
+        #: Instrumentation (benchmarks/jetstream.py): called with each record the moment its
+        #: PubAck arrives, in the relay's event loop thread; it must not block.
+        self.on_ack: Callable[[BlockRecord], None] | None = None
         self._subjects: dict[str, str] = {}
 
     def subject(self, stream: str) -> str:
@@ -546,6 +550,10 @@ class JetStreamForward(_Relay):
                 pending.popleft()
                 acked = head.height
 
+        def probe(after: int) -> tuple[int, Block | None]:
+            seen = store.head()
+            return seen, store.next_block(self.name, self.keys, after, upto)
+
         async def save(force: bool) -> None:
             nonlocal cursor, last_write
             if acked > cursor and (force or time.monotonic() - last_write >= float(self.options["cursor_interval"])):
@@ -555,7 +563,7 @@ class JetStreamForward(_Relay):
 
         try:
             while not stop.is_set():
-                block = await asyncio.to_thread(store.next_block, self.name, self.keys, read, upto)
+                seen, block = await asyncio.to_thread(probe, read)
                 if block is None:
                     await harvest(wait=True)
                     while pending:
@@ -563,8 +571,9 @@ class JetStreamForward(_Relay):
                     await save(force=True)
                     if once:
                         return True
-                    head = await asyncio.to_thread(store.head)
-                    await asyncio.to_thread(store.wait_for_commit, max(head, read), 0.2)
+                    # Woken by any commit after the head read BEFORE looking for a block: one
+                    # made while the PubAcks were awaited must not wait for the next one.
+                    await asyncio.to_thread(store.wait_for_commit, max(seen, read), 0.2)
                     continue
                 if block.height > marked:
                     head = await asyncio.to_thread(store.head)
@@ -588,6 +597,8 @@ class JetStreamForward(_Relay):
                         except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
                                 ConnectionError) as exc:
                             raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+                        if self.on_ack is not None:
+                            future.add_done_callback(functools.partial(self._acked, record))
                         item.records.append(record)
                         item.futures.append(future)
                 pending.append(item)
@@ -620,6 +631,10 @@ class JetStreamForward(_Relay):
                               f"{type(lookup).__name__}: {lookup}")
         return _Transient(f"JetStream stream {owner!r} takes {exc.subject!r} but did not answer "
                           "(its leader is being elected)")
+
+    def _acked(self, record: BlockRecord, future: asyncio.Future[Any]) -> None:
+        if self.on_ack is not None and not future.cancelled() and future.exception() is None:
+            self.on_ack(record)
 
     def _publish_failed(self, record: BlockRecord, height: int, exc: BaseException) -> None:
         """Classify a failed publish of ``record``: transient (retry) or RelayError naming it."""
