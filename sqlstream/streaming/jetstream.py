@@ -550,9 +550,25 @@ class JetStreamForward(_Relay):
                 pending.popleft()
                 acked = head.height
 
-        def probe(after: int) -> tuple[int, Block | None]:
+        def probe(after: int) -> tuple[int, list[Block]]:
+            """The head, then the blocks above ``after``: up to ``max_in_flight`` records (at
+            least one block) per thread hop, so that their publishes leave in few writes."""
             seen = store.head()
-            return seen, store.next_block(self.name, self.keys, after, upto)
+            blocks: list[Block] = []
+            records = 0
+            while records < self.max_in_flight and len(blocks) < 256:
+                block = store.next_block(self.name, self.keys, after, upto)
+                if block is None:
+                    break
+                blocks.append(block)
+                records += block.record_count
+                after = block.height
+            return seen, blocks
+
+        def mark(acked: int) -> int:
+            head = store.head()
+            store.mark_sent(self.name, acked, head)
+            return head
 
         async def save(force: bool) -> None:
             nonlocal cursor, last_write
@@ -563,8 +579,8 @@ class JetStreamForward(_Relay):
 
         try:
             while not stop.is_set():
-                seen, block = await asyncio.to_thread(probe, read)
-                if block is None:
+                seen, blocks = await asyncio.to_thread(probe, read)
+                if not blocks:
                     await harvest(wait=True)
                     while pending:
                         await harvest(wait=True)
@@ -575,34 +591,33 @@ class JetStreamForward(_Relay):
                     # made while the PubAcks were awaited must not wait for the next one.
                     await asyncio.to_thread(store.wait_for_commit, max(seen, read), 0.2)
                     continue
-                if block.height > marked:
-                    head = await asyncio.to_thread(store.head)
-                    await asyncio.to_thread(store.mark_sent, self.name, acked, head)
-                    marked = head
-                item = _Pending(block.height, time.monotonic())
-                for name in sorted(block.streams):
-                    subject = self.subject(name)
-                    for record in block.streams[name]:
-                        if record.offset <= skip.get(name, -1):
-                            continue  # the server has it (see _check_window)
-                        headers = record_headers(self.file_id, record)
-                        try:
-                            future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
-                                                            headers=headers)
-                        except nats.js.errors.TooManyStalledMsgsError as exc:
-                            raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
-                                             f"{self.ack_timeout:g}s") from exc
-                        except nats.errors.MaxPayloadError as exc:
-                            self._publish_failed(record, block.height, exc)
-                        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-                                ConnectionError) as exc:
-                            raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
-                        if self.on_ack is not None:
-                            future.add_done_callback(functools.partial(self._acked, record))
-                        item.records.append(record)
-                        item.futures.append(future)
-                pending.append(item)
-                read = block.height
+                if blocks[-1].height > marked:
+                    marked = await asyncio.to_thread(mark, acked)
+                for block in blocks:
+                    item = _Pending(block.height, time.monotonic())
+                    for name in sorted(block.streams):
+                        subject = self.subject(name)
+                        for record in block.streams[name]:
+                            if record.offset <= skip.get(name, -1):
+                                continue  # the server has it (see _check_window)
+                            headers = record_headers(self.file_id, record)
+                            try:
+                                future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
+                                                                headers=headers)
+                            except nats.js.errors.TooManyStalledMsgsError as exc:
+                                raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
+                                                 f"{self.ack_timeout:g}s") from exc
+                            except nats.errors.MaxPayloadError as exc:
+                                self._publish_failed(record, block.height, exc)
+                            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+                                    ConnectionError) as exc:
+                                raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+                            if self.on_ack is not None:
+                                future.add_done_callback(functools.partial(self._acked, record))
+                            item.records.append(record)
+                            item.futures.append(future)
+                    pending.append(item)
+                    read = block.height
                 await harvest(wait=False)
                 await save(force=False)
             await harvest(wait=True)
