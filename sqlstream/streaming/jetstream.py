@@ -577,9 +577,14 @@ class JetStreamForward(_Relay):
                 cursor = acked
                 last_write = time.monotonic()
 
+        ahead: asyncio.Future[tuple[int, list[Block]]] | None = None
         try:
             while not stop.is_set():
-                seen, blocks = await asyncio.to_thread(probe, read)
+                if ahead is not None:
+                    seen, blocks = await ahead
+                    ahead = None
+                else:
+                    seen, blocks = await asyncio.to_thread(probe, read)
                 if not blocks:
                     await harvest(wait=True)
                     while pending:
@@ -593,6 +598,11 @@ class JetStreamForward(_Relay):
                     continue
                 if blocks[-1].height > marked:
                     marked = await asyncio.to_thread(mark, acked)
+                # Read the next blocks (in a worker thread, SQLite releasing the GIL) while
+                # these are published; only when these filled a read, so an idle relay
+                # still looks for blocks after its PubAcks are in.
+                if sum(b.record_count for b in blocks) >= self.max_in_flight or len(blocks) >= 256:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(probe, blocks[-1].height))
                 for block in blocks:
                     item = _Pending(block.height, time.monotonic())
                     for name in sorted(block.streams):
@@ -626,6 +636,11 @@ class JetStreamForward(_Relay):
         except _NoResponders as exc:
             raise await self._no_responders(nc, exc) from exc.error.__cause__
         finally:
+            if ahead is not None:  # a read in flight: let it end (bounded) so the store is free
+                await asyncio.wait({ahead}, timeout=2)
+                if ahead.done() and not ahead.cancelled():
+                    ahead.exception()  # retrieved: it is moot now
+                ahead.cancel()
             for item in pending:
                 for future in item.futures:
                     future.cancel()
