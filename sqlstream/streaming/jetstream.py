@@ -553,17 +553,7 @@ class JetStreamForward(_Relay):
         def probe(after: int) -> tuple[int, list[Block]]:
             """The head, then the blocks above ``after``: up to ``max_in_flight`` records (at
             least one block) per thread hop, so that their publishes leave in few writes."""
-            seen = store.head()
-            blocks: list[Block] = []
-            records = 0
-            while records < self.max_in_flight and len(blocks) < 256:
-                block = store.next_block(self.name, self.keys, after, upto)
-                if block is None:
-                    break
-                blocks.append(block)
-                records += block.record_count
-                after = block.height
-            return seen, blocks
+            return store.next_blocks(self.name, self.keys, after, upto, max_records=self.max_in_flight)
 
         def mark(acked: int) -> int:
             head = store.head()
@@ -599,10 +589,8 @@ class JetStreamForward(_Relay):
                 if blocks[-1].height > marked:
                     marked = await asyncio.to_thread(mark, acked)
                 # Read the next blocks (in a worker thread, SQLite releasing the GIL) while
-                # these are published; only when these filled a read, so an idle relay
-                # still looks for blocks after its PubAcks are in.
-                if sum(b.record_count for b in blocks) >= self.max_in_flight or len(blocks) >= 256:
-                    ahead = asyncio.ensure_future(asyncio.to_thread(probe, blocks[-1].height))
+                # these are published.
+                ahead = asyncio.ensure_future(asyncio.to_thread(probe, blocks[-1].height))
                 for block in blocks:
                     item = _Pending(block.height, time.monotonic())
                     for name in sorted(block.streams):

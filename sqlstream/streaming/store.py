@@ -464,6 +464,58 @@ class Store:
                 block.next_offsets[sid] = records[-1].offset + 1
             return block
 
+    def next_blocks(self, service: str, patterns: Sequence[str], after: int, upto: int | None = None, *,
+                    max_records: int = 256) -> tuple[int, list[Block]]:
+        """(head, blocks): the blocks :meth:`next_block` would return one after the other
+        from ``after``, read from ONE snapshot (whose head is returned) with one range
+        query per exposed stream, about ``max_records`` records in all (at least one
+        whole block when there is one; never part of a block). Same errors as next_block."""
+        with self.db.engine.snapshot() as conn:
+            head = self._head(conn)
+            streams = [
+                (int(sid), str(name), int(first), int(nxt))
+                for sid, name, first, nxt in conn.execute(
+                    "SELECT id, name, first_offset, next_offset FROM streams ORDER BY name"
+                )
+                if matches(str(name), patterns)
+            ]
+            limit = head if upto is None else min(upto, head)
+            if limit <= after or not streams:
+                return head, []
+            self._check_trimmed(conn, service, streams)
+            by_txn: dict[int, list[tuple[int, str, list[BlockRecord]]]] = {}
+            cap = limit  # blocks above a stream's truncated read may be incomplete
+            for sid, name, first, nxt in streams:
+                offset = self._first_after(conn, service, sid, first, nxt, after)
+                rows: list[Any] = conn.execute(
+                    "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
+                    "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                    (sid, offset, max_records + 1),
+                ).fetchall()
+                if len(rows) > max_records:
+                    cap = min(cap, int(rows[-1][2]) - 1)
+                for off, ts, txn, key, headers, ctype, data in rows:
+                    txn = int(txn)
+                    if txn <= after or txn > limit:
+                        continue
+                    group = by_txn.setdefault(txn, [])
+                    if not group or group[-1][0] != sid:
+                        group.append((sid, name, []))
+                    group[-1][2].append(BlockRecord(name, int(off), int(ts), _str(key), _str(headers), str(ctype),
+                                                    _text(data)))
+            blocks: list[Block] = []
+            for txn in sorted(t for t in by_txn if t <= cap):
+                block = Block(txn)
+                for sid, name, records in sorted(by_txn[txn], key=lambda g: g[1]):
+                    block.streams[name] = records
+                    block.next_offsets[sid] = records[-1].offset + 1
+                blocks.append(block)
+        if not blocks and by_txn:  # one block larger than max_records: read it whole
+            single = self.next_block(service, patterns, after, upto)
+            if single is not None:
+                blocks.append(single)
+        return head, blocks
+
     def _check_trimmed(self, conn: Any, service: str, streams: list[tuple[int, str, int, int]]) -> None:
         """Raise RecordsTrimmed if a stream's first retained offset is past where ``service`` is.
 
