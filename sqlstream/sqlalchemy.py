@@ -255,6 +255,7 @@ jetstream_sources = Table(
     Column("sequence", INTEGER, nullable=False),
     Column("stored", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
+    Column("pending", INTEGER),
     sqlite_with_rowid=False,
 )
 
