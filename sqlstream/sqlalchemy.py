@@ -262,6 +262,7 @@ jetstream_sources = Table(
     Column("sequence", INTEGER, nullable=False),
     Column("stored", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
+    Column("pending", INTEGER),
     sqlite_with_rowid=False,
 )
 
@@ -290,6 +291,7 @@ streaming_progress = Table(
     "streaming_progress", views,
     *(Column(name) for name in (
         "service", "kind", "height", "head", "lag", "updated", "last_error", "error_time",
+        "source", "source_sequence", "source_stored",
     )),
 )
 

@@ -53,3 +53,19 @@ def test_quick_streaming_benchmark_runs_and_reports_both_commit_shapes() -> None
         assert f"| {shape} | sqlstream file service | " in done.stdout
         assert f"| {shape} | raw open/write/rename | " in done.stdout
     assert "failed" not in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_quick_jetstream_benchmark_runs_and_reports_relay_and_direct_side_by_side() -> None:
+    """`python -m benchmarks.jetstream --quick` forwards every record and prints both publishers."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.jetstream", "--quick", "--rounds", "1"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if "skipped: " in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])  # no nats-server or nats-py here
+    for shape in ("single-record commits", "100-record commits"):
+        assert f"| {shape} | sqlstream jetstream relay | " in done.stdout
+        assert f"| {shape} | nats-py publish_async | " in done.stdout
+    assert "failed" not in done.stdout and "FAILED" not in done.stderr, done.stdout + done.stderr[-3000:]

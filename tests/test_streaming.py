@@ -586,3 +586,42 @@ def test_a_new_service_starts_from_what_is_retained_without_complaint(tmp_path: 
         s.append(str(i))
     db.trim("a", 2)  # before the service ever ran: not its loss
     assert run_once(db, file_config(tmp_path)) == {"file": 2}
+
+
+@pytest.mark.parametrize("max_records", [1, 3, 7, 256])
+def test_next_blocks_reads_the_same_blocks_as_next_block_one_by_one(tmp_path: Path, max_records: int) -> None:
+    """Store.next_blocks (one range query per stream, used by the jetstream relay) returns
+    whole blocks, in order, equal to repeated next_block: across streams, transactions
+    bigger than the read, and commits to unexposed streams."""
+    from sqlstream.streaming.store import Store
+
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        rnd = random.Random(max_records)
+        for name in ("a", "b", "other"):
+            db.create_stream(name)
+        for n in range(150):
+            with db.transaction():
+                for _ in range(rnd.choice([1, 1, 2, 5, 12])):
+                    db.stream(rnd.choice(["a", "b", "other"])).append(f"v{n}".encode(), key=f"k{n}",
+                                                                        headers={"n": str(n)} if n % 3 else None)
+        store = Store(db)
+        store.cursor("one", "x", ["a", "b"])
+        store.cursor("many", "x", ["a", "b"])
+        expected, after = [], 0
+        while (block := store.next_block("one", ["a", "b"], after)) is not None:
+            expected.append(block)
+            after = block.height
+        got, after = [], 0
+        while True:
+            head, blocks = store.next_blocks("many", ["a", "b"], after, max_records=max_records)
+            if not blocks:
+                break
+            assert head >= blocks[-1].height
+            got.extend(blocks)
+            after = blocks[-1].height
+        assert [(b.height, b.streams, b.next_offsets) for b in got] == \
+            [(b.height, b.streams, b.next_offsets) for b in expected]
+        assert got and store.next_blocks("many", ["a", "b"], 0, upto=got[0].height)[1][-1].height == got[0].height
+    finally:
+        db.close()

@@ -129,13 +129,25 @@ def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int
             "enabled": bool(streamer.keys),
             "height": cursor.height if cursor else 0,
             "head": head,
-            "lag": max(0, head - (cursor.height if cursor else 0)),
+            "lag": cursor.lag if cursor else (None if streamer.kind == "jetstream-source" else head),
             "last_error": cursor.last_error if cursor else None,
         }
+        if streamer.kind == "jetstream-source":
+            # Its position is in JetStream, not in local commits (lag: messages left there).
+            row["source"] = cursor.source if cursor else None
+            row["source_sequence"] = cursor.source_sequence if cursor else None
+            row["source_stored"] = cursor.source_stored if cursor else None
         if args.json:
             out.write(dump(row) + "\n")
+            continue
+        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        lag = "?" if row["lag"] is None else row["lag"]
+        off = "" if row["enabled"] else " (off)"
+        if streamer.kind == "jetstream-source":
+            where = (f"JetStream {row['source']} sequence {row['source_sequence']}, stored {row['source_stored']}"
+                     if row["source"] is not None else "nothing stored yet")
+            out.write(f"{row['service']} ({row['kind']}): {where}, lag {lag}{off}{error}\n")
         else:
-            error = f"  last error: {row['last_error']}" if row["last_error"] else ""
             out.write(f"{row['service']} ({row['kind']}): height {row['height']}, head {row['head']}, "
-                      f"lag {row['lag']}{'' if row['enabled'] else ' (off)'}{error}\n")
+                      f"lag {lag}{off}{error}\n")
     return 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import re
@@ -42,7 +43,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..clock import now_us
@@ -83,6 +84,17 @@ class RelayError(SqlstreamError):
 
 class _Transient(Exception):
     """A failure worth retrying (connection lost, timeout, no leader)."""
+
+
+class _NoResponders(Exception):
+    """A publish found no stream listening on its subject: either no stream takes the
+    subject (``error``, fatal) or the stream's leader is being elected and has not
+    subscribed yet (transient). The session asks the server which one it is."""
+
+    def __init__(self, subject: str, error: RelayError) -> None:
+        super().__init__(str(error))
+        self.subject = subject
+        self.error = error
 
 
 def _nats() -> Any:
@@ -327,7 +339,10 @@ def _is_transient_api_error(exc: BaseException) -> bool:
                         nats.errors.OutboundBufferLimitError)):
         return True
     code = getattr(exc, "code", None)
-    return code in (503, 408, 504)
+    # 10005 "no suitable peers for placement": a replicated stream asked of a cluster whose
+    # peers have not all joined yet (it is forming, or a node is down). Retried, with the
+    # cause in last_error, so a relay started with its cluster does not stop for good.
+    return code in (503, 408, 504) or getattr(exc, "err_code", None) == 10005
 
 
 # ---------------------------------------------------------------- forward
@@ -386,6 +401,9 @@ class JetStreamForward(_Relay):
             raise InvalidArgument(f"[streamers.{name}] max_in_flight: must be at least 1")
         self.ack_timeout = float(o["ack_timeout"])
         self.file_id = 0
+        #: Instrumentation (benchmarks/jetstream.py): called with each record the moment its
+        #: PubAck arrives, in the relay's event loop thread; it must not block.
+        self.on_ack: Callable[[BlockRecord], None] | None = None
         self._subjects: dict[str, str] = {}
 
     def subject(self, stream: str) -> str:
@@ -532,6 +550,16 @@ class JetStreamForward(_Relay):
                 pending.popleft()
                 acked = head.height
 
+        def probe(after: int) -> tuple[int, list[Block]]:
+            """The head, then the blocks above ``after``: up to ``max_in_flight`` records (at
+            least one block) per thread hop, so that their publishes leave in few writes."""
+            return store.next_blocks(self.name, self.keys, after, upto, max_records=self.max_in_flight)
+
+        def mark(acked: int) -> int:
+            head = store.head()
+            store.mark_sent(self.name, acked, head)
+            return head
+
         async def save(force: bool) -> None:
             nonlocal cursor, last_write
             if acked > cursor and (force or time.monotonic() - last_write >= float(self.options["cursor_interval"])):
@@ -539,54 +567,92 @@ class JetStreamForward(_Relay):
                 cursor = acked
                 last_write = time.monotonic()
 
+        ahead: asyncio.Future[tuple[int, list[Block]]] | None = None
         try:
             while not stop.is_set():
-                block = await asyncio.to_thread(store.next_block, self.name, self.keys, read, upto)
-                if block is None:
+                if ahead is not None:
+                    seen, blocks = await ahead
+                    ahead = None
+                else:
+                    seen, blocks = await asyncio.to_thread(probe, read)
+                if not blocks:
                     await harvest(wait=True)
                     while pending:
                         await harvest(wait=True)
                     await save(force=True)
                     if once:
                         return True
-                    head = await asyncio.to_thread(store.head)
-                    await asyncio.to_thread(store.wait_for_commit, max(head, read), 0.2)
+                    # Woken by any commit after the head read BEFORE looking for a block: one
+                    # made while the PubAcks were awaited must not wait for the next one.
+                    await asyncio.to_thread(store.wait_for_commit, max(seen, read), 0.2)
                     continue
-                if block.height > marked:
-                    head = await asyncio.to_thread(store.head)
-                    await asyncio.to_thread(store.mark_sent, self.name, acked, head)
-                    marked = head
-                item = _Pending(block.height, time.monotonic())
-                for name in sorted(block.streams):
-                    subject = self.subject(name)
-                    for record in block.streams[name]:
-                        if record.offset <= skip.get(name, -1):
-                            continue  # the server has it (see _check_window)
-                        headers = record_headers(self.file_id, record)
-                        try:
-                            future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
-                                                            headers=headers)
-                        except nats.js.errors.TooManyStalledMsgsError as exc:
-                            raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
-                                             f"{self.ack_timeout:g}s") from exc
-                        except nats.errors.MaxPayloadError as exc:
-                            self._publish_failed(record, block.height, exc)
-                        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-                                ConnectionError) as exc:
-                            raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
-                        item.records.append(record)
-                        item.futures.append(future)
-                pending.append(item)
-                read = block.height
+                if blocks[-1].height > marked:
+                    marked = await asyncio.to_thread(mark, acked)
+                # Read the next blocks (in a worker thread, SQLite releasing the GIL) while
+                # these are published.
+                ahead = asyncio.ensure_future(asyncio.to_thread(probe, blocks[-1].height))
+                for block in blocks:
+                    item = _Pending(block.height, time.monotonic())
+                    for name in sorted(block.streams):
+                        subject = self.subject(name)
+                        for record in block.streams[name]:
+                            if record.offset <= skip.get(name, -1):
+                                continue  # the server has it (see _check_window)
+                            headers = record_headers(self.file_id, record)
+                            try:
+                                future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
+                                                                headers=headers)
+                            except nats.js.errors.TooManyStalledMsgsError as exc:
+                                raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
+                                                 f"{self.ack_timeout:g}s") from exc
+                            except nats.errors.MaxPayloadError as exc:
+                                self._publish_failed(record, block.height, exc)
+                            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+                                    ConnectionError) as exc:
+                                raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+                            if self.on_ack is not None:
+                                future.add_done_callback(functools.partial(self._acked, record))
+                            item.records.append(record)
+                            item.futures.append(future)
+                    pending.append(item)
+                    read = block.height
                 await harvest(wait=False)
                 await save(force=False)
             await harvest(wait=True)
             await save(force=True)
             return True
+        except _NoResponders as exc:
+            raise await self._no_responders(nc, exc) from exc.error.__cause__
         finally:
+            if ahead is not None:  # a read in flight: let it end (bounded) so the store is free
+                await asyncio.wait({ahead}, timeout=2)
+                if ahead.done() and not ahead.cancelled():
+                    ahead.exception()  # retrieved: it is moot now
+                ahead.cancel()
             for item in pending:
                 for future in item.futures:
                     future.cancel()
+
+    async def _no_responders(self, nc: nats.aio.client.Client, exc: _NoResponders) -> Exception:
+        """The error to raise for a publish nobody answered: RelayError when no stream takes
+        the subject, _Transient when one does (its leader is being elected: in a cluster
+        only the stream leader listens on the subjects, so a publish between the old
+        leader's death, or the stream's creation, and the new leader's subscription finds
+        no responders)."""
+        nats = _nats()
+        try:
+            owner = await nc.jsm(timeout=self.ack_timeout).find_stream_name_by_subject(exc.subject)
+        except nats.js.errors.NotFoundError:
+            return exc.error
+        except Exception as lookup:  # noqa: BLE001 - the cluster is sick: retry, do not guess
+            return _Transient(f"no stream answered on {exc.subject!r} and the stream lookup failed: "
+                              f"{type(lookup).__name__}: {lookup}")
+        return _Transient(f"JetStream stream {owner!r} takes {exc.subject!r} but did not answer "
+                          "(its leader is being elected)")
+
+    def _acked(self, record: BlockRecord, future: asyncio.Future[Any]) -> None:
+        if self.on_ack is not None and not future.cancelled() and future.exception() is None:
+            self.on_ack(record)
 
     def _publish_failed(self, record: BlockRecord, height: int, exc: BaseException) -> None:
         """Classify a failed publish of ``record``: transient (retry) or RelayError naming it."""
@@ -603,8 +669,12 @@ class JetStreamForward(_Relay):
         else:
             problem = f"{type(exc).__name__}: {exc}"
             hint = "see the server's error; the record is retried when you start again, never skipped"
-        raise RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
-                         f"{record.offset}: {problem}", hint=hint, height=height) from exc
+        error = RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
+                           f"{record.offset}: {problem}", hint=hint, height=height)
+        error.__cause__ = exc
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            raise _NoResponders(self.subject(record.stream), error)  # the session decides which
+        raise error
 
 
 # ---------------------------------------------------------------- reverse
@@ -677,6 +747,7 @@ class JetStreamSource(_Relay):
                              f"on {self.stream!r}: {exc}", hint="check filter_subject and the permissions") from exc
         except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
             raise _Transient(f"JetStream did not answer: {exc}") from exc
+        await asyncio.to_thread(store.clear_error, self.name)  # connected and bound: working again
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch, timeout=0.5)
@@ -692,6 +763,7 @@ class JetStreamSource(_Relay):
                 raise RelayError(f"streamer {self.name!r}: fetch from {self.stream!r} failed: {exc}") from exc
             items: list[SourceItem] = []
             top = 0
+            pending = int(msgs[-1].metadata.num_pending) if msgs else None
             for msg in msgs:
                 seq = int(msg.metadata.sequence.stream)
                 if seq <= position:  # stored already (its ack was lost or late)
@@ -704,7 +776,8 @@ class JetStreamSource(_Relay):
                 items.append(SourceItem(value, key, headers, f"{self.stream}:{seq}"))
                 top = max(top, seq)
             if items:
-                await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top)
+                await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top,
+                                        pending)
                 position = top
             # Acked only after the commit: a crash before this line redelivers, and the
             # dedup ids store each message once.

@@ -111,10 +111,20 @@ class Cursor:
     head: int
     updated_at: int | None
     last_error: str | None
+    #: A jetstream-source service's position (None for the others, and before its first
+    #: batch): the JetStream stream, the highest sequence stored, messages stored, and the
+    #: messages its consumer still held after the last one stored.
+    source: str | None = None
+    source_sequence: int | None = None
+    source_stored: int | None = None
+    source_pending: int | None = None
 
     @property
-    def lag(self) -> int:
-        """Commits after ``height`` (touching the exposed streams or not)."""
+    def lag(self) -> int | None:
+        """Commits after ``height`` (touching the exposed streams or not); for a
+        jetstream-source, the messages left on the server (None: not known yet)."""
+        if self.kind == "jetstream-source":
+            return self.source_pending
         return max(0, self.head - self.height)
 
 
@@ -290,15 +300,24 @@ class Store:
                 (message, now_us(), service),
             )
 
+    def clear_error(self, service: str) -> None:
+        """Forget the service's last error: it works again (one committed write, only when set)."""
+        with self.db.engine.write(wakes=False) as conn:
+            conn.execute("UPDATE streaming_cursors SET last_error = NULL, error_at = NULL "
+                         "WHERE service = ? AND last_error IS NOT NULL", (service,))
+
     def cursors(self) -> list[Cursor]:
         """Every service's cursor, by name (from the ``streaming_progress`` view)."""
         with self.db.engine.snapshot() as conn:
             rows = conn.execute(
-                "SELECT c.service, c.kind, c.height, t.value, c.updated_at, c.last_error "
-                "FROM streaming_cursors c, counters t WHERE t.name = 'txn' ORDER BY c.service"
+                "SELECT c.service, c.kind, c.height, t.value, c.updated_at, c.last_error, "
+                "s.js_stream, s.sequence, s.stored, s.pending "
+                "FROM streaming_cursors c JOIN counters t ON t.name = 'txn' "
+                "LEFT JOIN jetstream_sources s ON s.service = c.service ORDER BY c.service"
             ).fetchall()
         rows_any: list[Any] = rows
-        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5]) for r in rows_any]
+        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+                for r in rows_any]
 
     # -------------------------------------------------------------- relays (migration 0006)
 
@@ -349,10 +368,13 @@ class Store:
         return marks
 
     def append_from_source(self, service: str, source: str, stream: str, items: Sequence[SourceItem],
-                           sequence: int) -> int:
+                           sequence: int, pending: int | None = None) -> int:
         """Append ``items`` to ``stream`` (created if missing) with their dedup ids and record
         ``sequence`` as the service's position, all in ONE transaction; return how many were
-        stored (duplicates are not). Raises what the appends raise; then nothing is stored."""
+        stored (duplicates are not). Raises what the appends raise; then nothing is stored.
+
+        ``pending``: the messages the server still held after these (the progress view's
+        lag). The service's last error is cleared: it made progress again."""
         stored = 0
         with self.db.transaction():
             handle = self.db.create_stream(stream, exist_ok=True)
@@ -362,12 +384,14 @@ class Store:
             stored = handle.info().next_offset - before
             with self.db.engine.write(wakes=False) as conn:
                 conn.execute(
-                    "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET js_stream = excluded.js_stream, "
+                    "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at, pending) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET js_stream = excluded.js_stream, "
                     "sequence = max(sequence, excluded.sequence), stored = stored + excluded.stored, "
-                    "updated_at = excluded.updated_at",
-                    (service, source, sequence, stored, now_us()),
+                    "updated_at = excluded.updated_at, pending = excluded.pending",
+                    (service, source, sequence, stored, now_us(), pending),
                 )
+                conn.execute("UPDATE streaming_cursors SET last_error = NULL, error_at = NULL WHERE service = ?",
+                             (service,))
         return stored
 
     def source_position(self, service: str) -> tuple[str, int, int, int] | None:
@@ -439,6 +463,58 @@ class Store:
                 block.streams[name] = records
                 block.next_offsets[sid] = records[-1].offset + 1
             return block
+
+    def next_blocks(self, service: str, patterns: Sequence[str], after: int, upto: int | None = None, *,
+                    max_records: int = 256) -> tuple[int, list[Block]]:
+        """(head, blocks): the blocks :meth:`next_block` would return one after the other
+        from ``after``, read from ONE snapshot (whose head is returned) with one range
+        query per exposed stream, about ``max_records`` records in all (at least one
+        whole block when there is one; never part of a block). Same errors as next_block."""
+        with self.db.engine.snapshot() as conn:
+            head = self._head(conn)
+            streams = [
+                (int(sid), str(name), int(first), int(nxt))
+                for sid, name, first, nxt in conn.execute(
+                    "SELECT id, name, first_offset, next_offset FROM streams ORDER BY name"
+                )
+                if matches(str(name), patterns)
+            ]
+            limit = head if upto is None else min(upto, head)
+            if limit <= after or not streams:
+                return head, []
+            self._check_trimmed(conn, service, streams)
+            by_txn: dict[int, list[tuple[int, str, list[BlockRecord]]]] = {}
+            cap = limit  # blocks above a stream's truncated read may be incomplete
+            for sid, name, first, nxt in streams:
+                offset = self._first_after(conn, service, sid, first, nxt, after)
+                rows: list[Any] = conn.execute(
+                    "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
+                    "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                    (sid, offset, max_records + 1),
+                ).fetchall()
+                if len(rows) > max_records:
+                    cap = min(cap, int(rows[-1][2]) - 1)
+                for off, ts, txn, key, headers, ctype, data in rows:
+                    txn = int(txn)
+                    if txn <= after or txn > limit:
+                        continue
+                    group = by_txn.setdefault(txn, [])
+                    if not group or group[-1][0] != sid:
+                        group.append((sid, name, []))
+                    group[-1][2].append(BlockRecord(name, int(off), int(ts), _str(key), _str(headers), str(ctype),
+                                                    _text(data)))
+            blocks: list[Block] = []
+            for txn in sorted(t for t in by_txn if t <= cap):
+                block = Block(txn)
+                for sid, name, records in sorted(by_txn[txn], key=lambda g: g[1]):
+                    block.streams[name] = records
+                    block.next_offsets[sid] = records[-1].offset + 1
+                blocks.append(block)
+        if not blocks and by_txn:  # one block larger than max_records: read it whole
+            single = self.next_block(service, patterns, after, upto)
+            if single is not None:
+                blocks.append(single)
+        return head, blocks
 
     def _check_trimmed(self, conn: Any, service: str, streams: list[tuple[int, str, int, int]]) -> None:
         """Raise RecordsTrimmed if a stream's first retained offset is past where ``service`` is.
