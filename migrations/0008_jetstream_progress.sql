@@ -1,4 +1,4 @@
--- sqlstream schema, version 7: the reverse JetStream relay's position in streaming_progress.
+-- sqlstream schema, version 8: the reverse JetStream relay's position in streaming_progress.
 
 -- Messages the durable consumer still held for the relay after the last one it stored
 -- (the JetStream metadata's num_pending); NULL before its first batch.
