@@ -169,11 +169,12 @@ class FileNotifier:
     def committed(self) -> None:
         """Called after a commit in this process: wake local waiters, ring other processes.
 
-        With no waiter registered in this process the condition variable is skipped (the
-        generation still moves): a waiter registers (``waiting()``) before its first
-        check, so one registering after this test runs its check after the commit.
+        With no waiter registered in this process and no listener the condition variable
+        is skipped (the generation still moves): a waiter registers (``waiting()``)
+        before its first check, so one registering after this test runs its check after
+        the commit. Listeners are called after every commit, as :meth:`add_listener` says.
         """
-        if self._waiters:
+        if self._waiters or self._listeners:
             self.bump()
         else:
             self.generation += 1
