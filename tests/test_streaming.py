@@ -329,13 +329,23 @@ def test_sigkill_of_serve_at_random_points_writes_every_block_once_byte_identica
     config = file_config(tmp_path, extra="fsync = true")
     cmd = [sys.executable, "-m", "sqlstream", "--db", str(db_file), "serve", "--config", str(config)]
     heights = []
-    for _ in range(3):
+    # Kill once the cursor passes a threshold (not after a fixed sleep: on a quiet machine
+    # serve finished all blocks before the first kill), then at a later one.
+    thresholds = sorted(rng.sample(range(5, BLOCKS - 40), 3))
+    for threshold in thresholds:
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 0.8))
+        deadline = time.monotonic() + 60
+        with sqlstream.open(db_file) as watcher:
+            while proc.poll() is None and time.monotonic() < deadline:
+                rows = watcher.query("SELECT coalesce(max(height), 0) FROM streaming_cursors").rows
+                if rows[0][0] >= threshold:
+                    break
+                time.sleep(0.001)
         proc.kill()
         proc.wait(10)
         with sqlstream.open(db_file) as db:
             heights.append(db.query("SELECT coalesce(max(height), 0) FROM streaming_cursors").rows[0][0])
+    print("heights at the kills:", heights)
     assert len(set(heights)) > 1, heights  # the kills landed at different points
     done = subprocess.run([*cmd, "--once"], capture_output=True, text=True, env=env(), timeout=60)
     assert done.returncode == 0, done.stderr
