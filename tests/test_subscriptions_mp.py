@@ -8,6 +8,7 @@ dead-letter stream after ``max_deliveries`` attempts; nothing else may.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -145,6 +146,7 @@ path, name = sys.argv[1], sys.argv[2]
 with sqlstream.open(path) as db:
     sub = db.subscription("sub")
     got = []
+    open(path + "." + name + ".ready", "w").close()  # started: the test appends once all are
     while True:
         batch = sub.fetch(name, 7, timeout=2.0)
         if not batch:
@@ -159,6 +161,13 @@ def test_consumers_in_different_processes_never_get_the_same_record(db: sqlstrea
     stream = db.create_stream("s")
     db.create_subscription("sub", "s", ack_timeout=600, max_unacked=100_000)
     procs = [spawn(GRABBER, db.path, f"p{i}", stdout=subprocess.PIPE) for i in range(3)]
+    # Append only once every grabber runs: on a fast machine the first one started could
+    # otherwise claim all 3,000 records before the others had imported sqlstream.
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{db.path}.p{i}.ready") for i in range(3)):
+        assert time.monotonic() < deadline, "grabbers did not start"
+        time.sleep(0.01)
+    time.sleep(0.1)  # and are blocked in fetch
     for i in range(0, 3000, 100):
         stream.extend(list(range(i, i + 100)))
         time.sleep(0.005)
