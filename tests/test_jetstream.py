@@ -654,6 +654,11 @@ def test_readme_config_runs_against_a_real_server(tmp_path: Path, server: Server
         db.close()
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SQLSTREAM_CLUSTER_TEST"),
+    reason="not yet reliable (issue 14): passed 17 runs in a row but failed 2 of ~20 full-suite runs; "
+    "run it with SQLSTREAM_CLUSTER_TEST=1",
+)
 def test_forward_to_a_3_node_cluster_survives_the_stream_leader_being_killed(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
     cluster_ports = [free_port() for _ in range(3)]
