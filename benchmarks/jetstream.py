@@ -19,7 +19,8 @@ started and stopped here. Two commit shapes: single-record commits and 100-recor
   PubAck, one message, or 100 published together.
 
 Rounds alternate (the harness of ``python -m benchmarks``); rates are medians over rounds.
-Prints a markdown section (the one in RESULTS.md).
+Prints a markdown section: benchmarks/sections/2-jetstream.md keeps it (with its commentary), and
+``python -m benchmarks`` puts it into RESULTS.md.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ from typing import Any
 from .harness import Check, Outcome, Series
 
 FINDINGS = os.path.join(os.path.dirname(__file__), "findings.md")
+# Sections of the benchmarks that run on their own (`python -m benchmarks.streaming`,
+# `python -m benchmarks.jetstream`): each script prints its section, which is kept in
+# sections/ with its commentary, so that a full `python -m benchmarks` run keeps them.
+SECTIONS = os.path.join(os.path.dirname(__file__), "sections")
 
 
 def _num(value: float | None, unit: str) -> str:
@@ -116,6 +120,10 @@ def markdown(outcomes: Sequence[Outcome], meta: dict[str, Any], chart: str | Non
             lines += [f"- {note}"]
         if out.notes:
             lines.append("")
+    for section in sorted(os.listdir(SECTIONS)) if os.path.isdir(SECTIONS) else []:
+        if section.endswith(".md"):
+            with open(os.path.join(SECTIONS, section), encoding="utf-8") as f:
+                lines += [f.read().rstrip(), ""]
     lines += ["## Method and caveats", "", *[f"- {m}" for m in METHOD], ""]
     if os.path.exists(FINDINGS):
         with open(FINDINGS, encoding="utf-8") as f:

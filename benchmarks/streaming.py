@@ -9,7 +9,8 @@ them (``Runner.run(once=True)``: read each block from the database, encode the
 it; no fsync, the service's default). The baseline writes the very same file bytes (taken
 from a sqlstream run beforehand) with the same open/write/rename and no sqlstream at all.
 Rounds alternate (the harness of ``python -m benchmarks``); medians of blocks/s and
-records/s. Prints a markdown section (the one in RESULTS.md).
+records/s. Prints a markdown section: benchmarks/sections/1-streaming.md keeps it (with its commentary), and
+``python -m benchmarks`` puts it into RESULTS.md.
 """
 
 from __future__ import annotations
