@@ -27,6 +27,8 @@ def _num(value: float | None, unit: str) -> str:
         return f"{value:.1f} MiB"
     if unit == "×":
         return f"{value:.2f}×"
+    if unit == "%":
+        return f"{value:.2f}%"
     return f"{value:g}"
 
 

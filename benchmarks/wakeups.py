@@ -174,9 +174,15 @@ def w5(env: Env) -> Outcome:
         local = out.get(f"sqlstream {mode}, same process")
         remote = out.get(f"sqlstream {mode}, other process")
         out.checks.append(Check("W5", f"{mode}: same-process p99", local.p99() if local else None, "<=", 1.0, "ms"))
-        out.checks.append(Check("W5", f"{mode}: other-process p99", remote.p99() if remote else None, "<=", 5.0, "ms"))
+        # Issue 11: the notify wake-up (the default across processes) within 1 ms at p99;
+        # polling keeps the looser bound it was built to.
+        out.checks.append(Check("W5", f"{mode}: other-process p99", remote.p99() if remote else None, "<=",
+                                1.0 if mode == "notify" else 5.0, "ms"))
+    if idle.get("notify") is not None:
+        out.checks.append(Check("W5", "notify: idle waiter CPU", idle["notify"] * 100, "<=", 0.5, "%"))
     for where in ("same process", "other process"):
         for mode in MODES:
+            target = 1.0 if (mode, where) == ("notify", "other process") else None  # issue 11: p50 <= Redis
             out.compare(f"{mode}, {where}: Redis p50 / sqlstream p50", f"sqlstream {mode}, {where}",
-                        f"Redis XREAD BLOCK, {where}")
+                        f"Redis XREAD BLOCK, {where}", target)
     return out
