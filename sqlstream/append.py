@@ -33,7 +33,6 @@ from .validation import check_offset
 __all__ = [
     "PreparedRecord",
     "APPEND_SQL",
-    "TXN_SQL",
     "ROWS_PER_INSERT",
     "insert_sql",
     "append_rows",
@@ -46,9 +45,6 @@ PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
 """A record ready to store: (key, headers JSON, content type, data, payload bytes)."""
 
 ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
-
-# The commit sequence number of a write transaction, assigned at its first append.
-TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
 
 APPEND_SQL = """
 UPDATE streams
@@ -137,7 +133,7 @@ def append_rows(
     earlier row of the batch (those rows are not stored).
 
     ``txn`` returns the transaction's commit number (called once, only if a row is
-    stored). ``now_us`` is the time of the append: records' timestamps, the retention
+    stored; :func:`sqlstream.txn.next_txn` derives it without writing a page). ``now_us`` is the time of the append: records' timestamps, the retention
     clock and dedup times. ``timestamps`` (archive import) gives each row its own
     timestamp instead (non-decreasing, none below the stream's last). ``checked_bytes``:
     the caller already ran :func:`check_rows` on these arguments and got this total.

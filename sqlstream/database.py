@@ -29,6 +29,7 @@ from . import ranges as _ranges
 from . import readers as _readers
 from . import retention as _retention
 from . import subscriptions as _subscriptions
+from . import txn as _txn
 from . import validation as _validation
 from .consumer import Consumer, Handler
 from .engine import (
@@ -393,10 +394,11 @@ class Database:
                     f"stream {name!r} has subscriptions with pending (delivered, unacked) records: {subs}",
                     hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
                 )
-            conn.execute("DELETE FROM chunks WHERE stream_id = ?", (row[0][0],))
-            conn.execute("DELETE FROM streams WHERE id = ?", (row[0][0],))
-            # Its id may be reused by a new stream, which must not inherit the count.
             stream_id: Any = row[0][0]
+            _txn.keep_txn_floor(cx.runner(conn), stream_id)
+            conn.execute("DELETE FROM chunks WHERE stream_id = ?", (stream_id,))
+            conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
+            # Its id may be reused by a new stream, which must not inherit the count.
             conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
 
     # ----------------------------------------------------------------- retention and upkeep

@@ -42,6 +42,7 @@ import apsw
 from . import append as _append
 from . import clock as _clock
 from . import connection as cx
+from . import txn as _txn
 from .checkpoint import install_wal_hook
 from .errors import (
     AccessDenied,
@@ -196,6 +197,10 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
+        self._tx_txn_version = 0  # PRAGMA data_version when _tx_txn was assigned
+        # (txn, data_version) of the last transaction this connection committed with a
+        # txn: the next one is txn + 1 while no other connection commits (txn.next_txn).
+        self._txn_committed: tuple[int, int] | None = None
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
 
@@ -371,9 +376,14 @@ class Engine:
                 conn.execute(f"RELEASE {savepoint}")
 
     def txn_number(self, conn: apsw.Connection) -> int:
-        """The commit sequence number of the current write transaction (assigned lazily)."""
+        """The commit sequence number of the current write transaction (assigned lazily).
+
+        Writes no page: :func:`sqlstream.txn.next_txn` continues from this connection's
+        last committed number, or derives it when another connection committed since.
+        Only a committed transaction's number becomes the one continued from.
+        """
         if self._tx_txn is None:
-            self._tx_txn = int(cx.rows(conn, _append.TXN_SQL)[0][0])
+            self._tx_txn, self._tx_txn_version = _txn.next_txn(cx.runner(conn), self._txn_committed)
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -568,8 +578,11 @@ class WriteScope:
                 # The released block's work, a txn number assigned in it included, now
                 # belongs to the enclosing block: only that block's rollback can undo it.
                 engine._tx_txn_depth = depth
-            if depth == 0 and engine._tx_wake:
-                engine.notifier.committed()
+            if depth == 0:
+                if engine._tx_txn is not None:
+                    engine._txn_committed = (engine._tx_txn, engine._tx_txn_version)
+                if engine._tx_wake:
+                    engine.notifier.committed()
         finally:
             engine._lock.release()
 

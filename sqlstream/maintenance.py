@@ -31,6 +31,7 @@ import apsw
 from . import connection as cx
 from . import dedup as _dedup
 from . import retention as _retention
+from . import txn as _txn
 from .clock import us
 from .errors import InvalidArgument, convert, translate
 from .records import damage_of
@@ -353,9 +354,10 @@ def check(
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
             problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
-        txn_rows = cx.runner(conn)("SELECT value FROM counters WHERE name = 'txn'")
-        last_txn = int(txn_rows[0][0]) if txn_rows else None
-        if last_txn is None:
+        has_floor = cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn'")
+        last_txn: int | None = _txn.last_txn(cx.runner(conn))
+        if not has_floor:
+            last_txn = None
             problem(None, None, "the counters table has no 'txn' row")
         streams = conn.execute(
             "SELECT id, name, first_offset, next_offset, first_position, byte_length, last_append_at "

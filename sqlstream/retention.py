@@ -32,6 +32,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from . import txn as _txn
 from .connection import Query as Query  # re-exported: it was defined here first
 from .validation import duration_us
 
@@ -222,6 +223,7 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
         position = int(rows[0][0])
     else:
         position = st.byte_length
+    _txn.keep_txn_floor(q, st.id, new_first)
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))
     dropped = q(_PENDING_BELOW_SQL, (st.id, new_first))[0]
     if dropped[0]:

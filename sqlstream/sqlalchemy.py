@@ -54,6 +54,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from . import _dbapi
 from . import append as _append
 from . import dedup as _dedup
+from . import txn as _txn
 from .append import PreparedRecord
 from .clock import us
 from .connection import Query, runner
@@ -303,6 +304,8 @@ pending_deliveries = Table(
     )),
 )
 
+last_txn = Table("last_txn", views, Column("txn"))
+
 
 # --------------------------------------------------------------------------- driver
 
@@ -467,14 +470,18 @@ def _write(
 
 
 def _txn_number(dbapi: _dbapi.Connection, q: Query) -> int:
-    """One commit sequence number per transaction, as sqlstream's own appends get.
+    """One commit sequence number per transaction, as sqlstream's own appends get
+    (the same rule: :func:`sqlstream.txn.next_txn`, continuing from this connection's last
+    committed number while no other connection committed).
 
-    The driver forgets it when the transaction commits or rolls back; a savepoint rolled
-    back since it was assigned undid the counter too, which the check below notices.
+    The transaction keeps its number until it ends, through savepoint rollbacks too: it
+    holds the write lock, so nobody else can take the number meanwhile. The driver makes
+    it the connection's last committed number in SQLite's commit hook and forgets it on
+    rollback.
     """
     cached = dbapi.sqlstream_txn
-    if cached is not None and q("SELECT value FROM counters WHERE name = 'txn'")[0][0] == cached:
+    if cached is not None:
         return cached
-    txn = int(q(_append.TXN_SQL)[0][0])
-    dbapi.sqlstream_txn = txn
+    txn, version = _txn.next_txn(q, dbapi.sqlstream_txn_committed)
+    dbapi.sqlstream_txn, dbapi.sqlstream_txn_version = txn, version
     return txn

@@ -379,7 +379,7 @@ def test_forward_survives_server_stop_and_restart_nothing_lost_nothing_doubled(t
         time.sleep(0.5)
         writer.stop.set()
         writer.join()
-        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+        head = db.query("SELECT txn FROM last_txn").rows[0][0]
         wait_for(lambda: progress(db)[0] >= head, timeout=30, what="the backlog to drain")
         assert progress(db)[2] is None  # cleared once blocks are acked again
         runner.stop()
@@ -395,7 +395,7 @@ def age_marks(db: sqlstream.Database) -> None:
     """As if the relay died an hour ago with every record published but none acked."""
     import apsw
 
-    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    head = db.query("SELECT txn FROM last_txn").rows[0][0]
     old = int((time.time() - 3600) * 1e6)
     conn = apsw.Connection(db.path)
     conn.execute("UPDATE streaming_cursors SET height = 0")
@@ -708,7 +708,7 @@ def test_forward_to_a_3_node_cluster_survives_the_stream_leader_being_killed(tmp
         assert runner.error is None, runner.error
         writer.stop.set()
         writer.join()
-        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+        head = db.query("SELECT txn FROM last_txn").rows[0][0]
         wait_for(lambda: progress(db)[0] >= head, timeout=40, what="the backlog to drain")
         runner.stop()
         runner.join()

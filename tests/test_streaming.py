@@ -438,7 +438,7 @@ def test_archive_service_exports_matching_streams_compressed_and_shows_its_heigh
     files = sorted(os.listdir(tmp_path / "archives"))
     assert len([f for f in files if f.endswith(".events.gz")]) == 5
     assert archived(tmp_path / "archives") == [("orders", i, f"o{i}".encode()) for i in range(5)]
-    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    head = db.query("SELECT txn FROM last_txn").rows[0][0]
     assert db.query("SELECT service, kind, height, lag FROM streaming_progress").rows == [("archive", "archive", head, 0)]
     assert sqlstream.archive.export.export_status(db, "archive").streams == {"orders": (5, 5)}
     orders.append("o5")
@@ -473,7 +473,7 @@ def test_archive_service_in_a_runner_thread_wakes_on_commits(tmp_path: Path, db:
     finally:
         runner.stop()
         runner.join(10)
-    head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+    head = db.query("SELECT txn FROM last_txn").rows[0][0]
     assert db.query("SELECT height FROM streaming_progress").rows == [(head,)]
 
 

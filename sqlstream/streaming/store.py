@@ -19,6 +19,7 @@ from typing import Any
 from ..clock import now_us
 from ..database import Database
 from ..errors import SqlstreamError
+from ..txn import last_txn
 
 __all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "matches"]
 
@@ -310,9 +311,9 @@ class Store:
         """Every service's cursor, by name (from the ``streaming_progress`` view)."""
         with self.db.engine.snapshot() as conn:
             rows = conn.execute(
-                "SELECT c.service, c.kind, c.height, t.value, c.updated_at, c.last_error, "
+                "SELECT c.service, c.kind, c.height, t.txn, c.updated_at, c.last_error, "
                 "s.js_stream, s.sequence, s.stored, s.pending "
-                "FROM streaming_cursors c JOIN counters t ON t.name = 'txn' "
+                "FROM streaming_cursors c JOIN last_txn t "
                 "LEFT JOIN jetstream_sources s ON s.service = c.service ORDER BY c.service"
             ).fetchall()
         rows_any: list[Any] = rows
@@ -410,8 +411,7 @@ class Store:
 
     @staticmethod
     def _head(conn: Any) -> int:
-        row = conn.execute("SELECT value FROM counters WHERE name = 'txn'").fetchone()
-        return int(row[0]) if row else 0
+        return last_txn(lambda sql, params=(): conn.execute(sql, params).fetchall())
 
     def next_block(self, service: str, patterns: Sequence[str], after: int, upto: int | None = None) -> Block | None:
         """The first block above height ``after`` (and at most ``upto``) that touches a
