@@ -164,9 +164,15 @@ def test_appends_prune_as_they_pass_every_64th_offset(db: sqlstream.Database) ->
 # --------------------------------------------------------------------------- processes
 
 WRITER = r"""
-import json, random, sys, sqlstream
-path, seed, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+import json, os, random, sys, time, sqlstream
+path, seed, n, gate, writers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 rng = random.Random(seed)
+# Start together: a process that starts first (spawning and importing take a while)
+# would otherwise store every id before the others open the file, and nothing races.
+open(os.path.join(gate, f"ready-{seed}"), "w").close()
+deadline = time.monotonic() + 60
+while len(os.listdir(gate)) < writers and time.monotonic() < deadline:
+    time.sleep(0.005)
 ids = list(range(n))
 rng.shuffle(ids)
 got = {}
@@ -201,7 +207,9 @@ def test_concurrent_producers_in_several_processes_store_each_id_once(tmp_path: 
     ids = 1500
     with sqlstream.open(path) as db:
         db.create_stream("events")
-    procs = [spawn(WRITER, path, str(seed), str(ids), stdout=-1, stderr=-1) for seed in range(4)]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [spawn(WRITER, path, str(seed), str(ids), str(gate), "4", stdout=-1, stderr=-1) for seed in range(4)]
     answers = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
