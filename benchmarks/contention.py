@@ -1,0 +1,212 @@
+"""W7's wait strategies side by side: several writer processes, one commit per record.
+
+    python -m benchmarks.contention [--rounds 6] [--count 1500] [--writers 4]
+                                    [--variants raw,jitter,queue] [--single 20000]
+
+Each round runs every variant once, in a rotated order (the machine is shared and its
+load drifts, so variants alternate and the report gives medians over rounds):
+
+* ``raw``: raw apsw, ``BEGIN IMMEDIATE`` + INSERT + COMMIT, SQLite's stock busy handler
+  (``set_busy_timeout``), as W7's baseline;
+* ``jitter``: sqlstream with the writer queue off (``engine.WRITER_QUEUE = False``):
+  every waiter polls SQLite's lock from the jittered 50 µs–2 ms busy handler;
+* ``queue``: sqlstream with the writer queue (sqlstream/writerqueue.py).
+
+Per variant: aggregate records/s, p50/p99 of one append's latency, slowest ÷ fastest
+writer's rate, errors (every sqlstream run is also checked: all records present,
+offsets gap-free). ``--single N`` adds a one-process comparison (N appends, one commit
+each, queue on vs off), i.e. W2's path, to show a lone writer pays nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import time
+from typing import Any
+
+from .harness import open_raw, payload, workdir
+
+
+def _configure(variant: str) -> None:
+    """Set the wait strategy in this (child) process: ``jitter``, ``queue`` or ``queueK``
+    (a writer may begin K times in a row past a non-empty queue)."""
+    import sqlstream.connection
+    import sqlstream.engine
+
+    sqlstream.engine.WRITER_QUEUE = variant.startswith("queue")
+    sqlstream.connection.QUEUE_BYPASS = int(variant[5:] or 0) if variant.startswith("queue") else 0
+
+
+def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
+    import sqlstream
+    import sqlstream.engine
+
+    _configure(variant)
+    errors: list[str] = []
+    done = 0
+    with sqlstream.open(path) as db:
+        stream = db.stream("w7")
+        rows = [payload(ident * 10_000_000 + i) for i in range(count)]
+        lat = []
+        key = str(ident)
+        clock = time.perf_counter
+        go.wait(60)
+        start = clock()
+        for data in rows:
+            t = clock()
+            try:
+                stream.append(data, key=key)
+                done += 1
+            except Exception as exc:  # noqa: BLE001 - counted, the target is zero
+                errors.append(f"{type(exc).__name__}: {exc}")
+            lat.append(clock() - t)
+        end = clock()
+    results.put((ident, done, errors[:5], len(errors), start, end, lat))
+
+
+def _raw_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
+    errors: list[str] = []
+    done = 0
+    conn = open_raw(path)
+    rows = [payload(ident * 10_000_000 + i) for i in range(count)]
+    lat = []
+    clock = time.perf_counter
+    go.wait(60)
+    start = clock()
+    for data in rows:
+        t = clock()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO records (writer, data) VALUES (?, ?)", (ident, data))
+            conn.execute("COMMIT")
+            done += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}")
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+        lat.append(clock() - t)
+    end = clock()
+    conn.close()
+    results.put((ident, done, errors[:5], len(errors), start, end, lat))
+
+
+def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, Any]:
+    """One W7 run of ``variant`` on a new file at ``path``; its figures."""
+    import sqlstream
+
+    if variant == "raw":
+        conn = open_raw(path)
+        conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, writer INTEGER, data BLOB NOT NULL)")
+        conn.close()
+        target = _raw_writer
+    else:
+        with sqlstream.open(path) as db:
+            db.create_stream("w7")
+        target = _sqlstream_writer
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(variant, path, count, go, results, i)) for i in range(writers)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.5)  # every writer opens its connection before the start signal
+        go.set()
+        got = [results.get(timeout=600) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    start = min(g[4] for g in got)
+    end = max(g[5] for g in got)
+    done = sum(g[1] for g in got)
+    rates = [g[1] / (g[5] - g[4]) for g in got]
+    lat = sorted(x for g in got for x in g[6])
+    res = {
+        "rate": done / (end - start),
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "spread": min(rates) / max(rates),
+        "errors": sum(g[3] for g in got),
+        "samples": [e for g in got for e in g[2]],
+        "integrity": "ok",
+    }
+    if variant != "raw":
+        with sqlstream.open(path) as db:
+            total = db.query("SELECT count(*), min(offset), max(offset) FROM chunks").rows[0]
+        if tuple(total) != (writers * count, 0, writers * count - 1):
+            res["integrity"] = f"expected {writers * count} gap-free records, found {tuple(total)}"
+    return res
+
+
+def run_single(variant: str, path: str, count: int) -> float:
+    """One process appending ``count`` records one commit at a time; records/s."""
+    import sqlstream
+    import sqlstream.engine
+
+    _configure(variant)
+    with sqlstream.open(path) as db:
+        stream = db.create_stream("w2")
+        rows = [payload(i) for i in range(count)]
+        append = stream.append
+        start = time.perf_counter()
+        for data in rows:
+            append(data)
+        return count / (time.perf_counter() - start)
+
+
+def _single_child(variant: str, path: str, count: int, results: Any) -> None:
+    results.put(run_single(variant, path, count))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--count", type=int, default=1500, help="appends per writer")
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--variants", default="raw,jitter,queue")
+    ap.add_argument("--single", type=int, default=0, help="also time N single-writer appends, queue on vs off")
+    args = ap.parse_args()
+    variants = args.variants.split(",")
+    table: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    singles: dict[str, list[float]] = {"jitter": [], "queue": []}
+    ctx = multiprocessing.get_context("spawn")
+    with workdir() as tmp:
+        for r in range(args.rounds):
+            order = variants[r % len(variants):] + variants[: r % len(variants)]
+            for v in order:
+                res = run_variant(v, os.path.join(tmp, f"{v}-{r}.db"), args.count, args.writers)
+                table[v].append(res)
+                print(f"round {r} {v:7s} {res['rate']:8,.0f}/s p50 {res['p50_ms']:.2f} ms "
+                      f"p99 {res['p99_ms']:.2f} ms slowest/fastest {res['spread']:.2f} "
+                      f"errors {res['errors']} {res['integrity']} {res['samples'][:1]}", flush=True)
+            if args.single:
+                for v in (("jitter", "queue") if r % 2 == 0 else ("queue", "jitter")):
+                    q = ctx.Queue()
+                    p = ctx.Process(target=_single_child, args=(v, os.path.join(tmp, f"s-{v}-{r}.db"), args.single, q))
+                    p.start()
+                    singles[v].append(q.get(timeout=600))
+                    p.join()
+                    print(f"round {r} single {v:7s} {singles[v][-1]:8,.0f}/s", flush=True)
+    print(f"\nmedians over {args.rounds} rounds ({args.writers} writers x {args.count} appends, load {os.getloadavg()[0]:.1f}):")
+    print(f"{'variant':8s} {'rate/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'slow/fast':>9s} {'errors':>6s}  vs raw")
+    raw = statistics.median(r["rate"] for r in table["raw"]) if table.get("raw") else None
+    for v in variants:
+        rs = table[v]
+        rate = statistics.median(r["rate"] for r in rs)
+        print(f"{v:8s} {rate:9,.0f} {statistics.median(r['p50_ms'] for r in rs):7.2f} "
+              f"{statistics.median(r['p99_ms'] for r in rs):7.2f} {statistics.median(r['spread'] for r in rs):9.2f} "
+              f"{sum(r['errors'] for r in rs):6d}  {rate / raw if raw else float('nan'):.2f}x"
+              + ("" if all(r["integrity"] == "ok" for r in rs) else "  INTEGRITY FAILED"))
+    if args.single:
+        for v, xs in singles.items():
+            print(f"single writer, {v:7s}: median {statistics.median(xs):,.0f}/s over {len(xs)} rounds")
+
+
+if __name__ == "__main__":
+    main()
