@@ -3,6 +3,9 @@
     python -m benchmarks.contention [--rounds 6] [--count 1500] [--writers 4]
                                     [--variants raw,jitter,queue] [--single 20000]
 
+``queueN``: the writer queue where a writer may keep beginning past a non-empty queue
+for N µs (its run), then yields to the queue's head.
+
 Each round runs every variant once, in a rotated order (the machine is shared and its
 load drifts, so variants alternate and the report gives medians over rounds):
 
@@ -37,7 +40,10 @@ def _configure(variant: str) -> None:
     import sqlstream.engine
 
     sqlstream.engine.WRITER_QUEUE = variant.startswith("queue")
-    sqlstream.connection.QUEUE_BYPASS = int(variant[5:] or 0) if variant.startswith("queue") else 0
+    if variant.startswith("queue"):  # queue2000: a writer's run lasts up to 2,000 µs
+        slice_us, _, spin_us = variant[5:].partition("s")  # queue500s300: and the head spins 300 µs
+        sqlstream.connection.QUEUE_SLICE = int(slice_us or 0) * 1000
+        sqlstream.connection.QUEUE_SPIN = int(spin_us or 0) / 1e6
 
 
 def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
@@ -45,6 +51,7 @@ def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any
     import sqlstream.engine
 
     _configure(variant)
+    waits = _time_begins()
     errors: list[str] = []
     done = 0
     with sqlstream.open(path) as db:
@@ -64,7 +71,26 @@ def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any
                 errors.append(f"{type(exc).__name__}: {exc}")
             lat.append(clock() - t)
         end = clock()
-    results.put((ident, done, errors[:5], len(errors), start, end, lat))
+    results.put((ident, done, errors[:5], len(errors), start, end, lat, waits[-len(lat):]))
+
+
+def _time_begins() -> list[float]:
+    """Record how long each outermost write scope took to begin (the wait for the lock)."""
+    from sqlstream import engine
+
+    waits: list[float] = []
+    enter = engine.WriteScope.__enter__
+    clock = time.perf_counter
+
+    def timed_enter(self: Any) -> Any:
+        t = clock()
+        try:
+            return enter(self)
+        finally:
+            waits.append(clock() - t)
+
+    engine.WriteScope.__enter__ = timed_enter  # type: ignore[method-assign]
+    return waits
 
 
 def _raw_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
@@ -73,6 +99,7 @@ def _raw_writer(variant: str, path: str, count: int, go: Any, results: Any, iden
     conn = open_raw(path)
     rows = [payload(ident * 10_000_000 + i) for i in range(count)]
     lat = []
+    waits = []
     clock = time.perf_counter
     go.wait(60)
     start = clock()
@@ -80,6 +107,7 @@ def _raw_writer(variant: str, path: str, count: int, go: Any, results: Any, iden
         t = clock()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            waits.append(clock() - t)
             conn.execute("INSERT INTO records (writer, data) VALUES (?, ?)", (ident, data))
             conn.execute("COMMIT")
             done += 1
@@ -90,7 +118,7 @@ def _raw_writer(variant: str, path: str, count: int, go: Any, results: Any, iden
         lat.append(clock() - t)
     end = clock()
     conn.close()
-    results.put((ident, done, errors[:5], len(errors), start, end, lat))
+    results.put((ident, done, errors[:5], len(errors), start, end, lat, waits))
 
 
 def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, Any]:
@@ -127,10 +155,18 @@ def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, 
     done = sum(g[1] for g in got)
     rates = [g[1] / (g[5] - g[4]) for g in got]
     lat = sorted(x for g in got for x in g[6])
+    waits = sorted(x for g in got for x in g[7])
+    rest = sorted(a - b for g in got for a, b in zip(g[6], g[7]))
     res = {
         "rate": done / (end - start),
         "p50_ms": lat[len(lat) // 2] * 1000,
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "p999_ms": lat[min(len(lat) - 1, int(len(lat) * 0.999))] * 1000,
+        "max_ms": lat[-1] * 1000,
+        # The p99 split: waiting for the lock (BEGIN) and everything else (work under
+        # the lock, COMMIT, Python), each append's own.
+        "wait_p99_ms": waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1000 if waits else float("nan"),
+        "rest_p99_ms": rest[min(len(rest) - 1, int(len(rest) * 0.99))] * 1000 if rest else float("nan"),
         "spread": min(rates) / max(rates),
         "errors": sum(g[3] for g in got),
         "samples": [e for g in got for e in g[2]],
@@ -182,8 +218,8 @@ def main() -> None:
             for v in order:
                 res = run_variant(v, os.path.join(tmp, f"{v}-{r}.db"), args.count, args.writers)
                 table[v].append(res)
-                print(f"round {r} {v:7s} {res['rate']:8,.0f}/s p50 {res['p50_ms']:.2f} ms "
-                      f"p99 {res['p99_ms']:.2f} ms slowest/fastest {res['spread']:.2f} "
+                print(f"round {r} {v:10s} {res['rate']:8,.0f}/s p50 {res['p50_ms']:.2f} ms "
+                      f"p99 {res['p99_ms']:.2f} p99.9 {res['p999_ms']:.1f} max {res['max_ms']:.1f} ms (wait p99 {res['wait_p99_ms']:.2f}, rest p99 {res['rest_p99_ms']:.2f}) slowest/fastest {res['spread']:.2f} "
                       f"errors {res['errors']} {res['integrity']} {res['samples'][:1]}", flush=True)
             if args.single:
                 for v in (("jitter", "queue") if r % 2 == 0 else ("queue", "jitter")):
@@ -194,13 +230,15 @@ def main() -> None:
                     p.join()
                     print(f"round {r} single {v:7s} {singles[v][-1]:8,.0f}/s", flush=True)
     print(f"\nmedians over {args.rounds} rounds ({args.writers} writers x {args.count} appends, load {os.getloadavg()[0]:.1f}):")
-    print(f"{'variant':8s} {'rate/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'slow/fast':>9s} {'errors':>6s}  vs raw")
+    print(f"{'variant':10s} {'rate/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'p99.9':>7s} {'max':>7s} {'wait99':>7s} {'rest99':>7s} {'slow/fast':>9s} {'errors':>6s}  vs raw")
     raw = statistics.median(r["rate"] for r in table["raw"]) if table.get("raw") else None
     for v in variants:
         rs = table[v]
         rate = statistics.median(r["rate"] for r in rs)
-        print(f"{v:8s} {rate:9,.0f} {statistics.median(r['p50_ms'] for r in rs):7.2f} "
-              f"{statistics.median(r['p99_ms'] for r in rs):7.2f} {statistics.median(r['spread'] for r in rs):9.2f} "
+        print(f"{v:10s} {rate:9,.0f} {statistics.median(r['p50_ms'] for r in rs):7.2f} "
+              f"{statistics.median(r['p99_ms'] for r in rs):7.2f} {statistics.median(r['p999_ms'] for r in rs):7.1f} "
+              f"{statistics.median(r['max_ms'] for r in rs):7.1f} {statistics.median(r['wait_p99_ms'] for r in rs):7.2f} "
+              f"{statistics.median(r['rest_p99_ms'] for r in rs):7.2f} {statistics.median(r['spread'] for r in rs):9.2f} "
               f"{sum(r['errors'] for r in rs):6d}  {rate / raw if raw else float('nan'):.2f}x"
               + ("" if all(r["integrity"] == "ok" for r in rs) else "  INTEGRITY FAILED"))
     if args.single:

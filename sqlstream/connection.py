@@ -85,7 +85,8 @@ def connection_busy_handler(conn: apsw.Connection, timeout: float) -> WriteWait:
     return handler
 
 
-QUEUE_BYPASS = 0  # begins in a row a writer may make past a non-empty writer queue
+QUEUE_SPIN = 0.0  # s the head of the queue watches for the hand-off before it sleeps
+QUEUE_SLICE = 0  # ns a writer may go on beginning past a non-empty writer queue (see begin())
 
 
 class WriteWait:
@@ -97,14 +98,14 @@ class WriteWait:
     only the head of the queue retries SQLite's lock, every ``HEAD_STEP``.
     """
 
-    __slots__ = ("timeout", "queue", "start", "armed", "streak")
+    __slots__ = ("timeout", "queue", "start", "armed", "run_start")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.queue: WriterQueue | None = None
         self.start = 0.0
         self.armed = False
-        self.streak = 0  # transactions begun in a row past a non-empty queue
+        self.run_start = 0  # monotonic ns: see begin()
 
     def __call__(self, tries: int) -> bool:
         now = time.monotonic()
@@ -114,10 +115,13 @@ class WriteWait:
             return False
         queue = self.queue
         if self.armed and queue is not None:
-            if not queue.wait_turn(self.start + self.timeout):
-                return False
+            turn = queue.wait_turn(self.start + self.timeout)
+            if turn != 1:
+                return turn == 2  # 2: just became the head, woken by a commit: retry now
             # At the head: the committer wakes us; a writer that does not (another
             # program, a crashed process) is polled for, with the backoff below.
+            if QUEUE_SPIN and queue.spin(QUEUE_SPIN):
+                return True
             queue.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
             queue.beat()
             return True
@@ -128,9 +132,11 @@ class WriteWait:
     def begin(self, conn: apsw.Connection) -> None:
         """``BEGIN IMMEDIATE`` in queue order; raises ``apsw.BusyError`` after ``timeout``.
 
-        With anyone queued, we join the end of the queue before trying the lock (a
-        committer beginning again yields to those who waited); with nobody queued we try
-        at once (no system call) and join only if the lock is busy.
+        With nobody queued we try at once (no system call) and join the queue only if
+        the lock is busy. With anyone queued, a writer whose run (its transactions begun
+        in a row since it last found the queue empty or was let in by it) is younger
+        than ``QUEUE_SLICE`` begins again; an older one joins the end of the queue: the
+        hand-off that keeps one process from holding the file while others wait.
         """
         queue = self.queue
         if queue is None:
@@ -138,15 +144,16 @@ class WriteWait:
             return
         self.start = time.monotonic()
         self.armed = True
+        joined = queue.joined
         try:
-            if queue.others_waiting():
-                if self.streak < QUEUE_BYPASS:
-                    self.streak += 1
-                else:
-                    self.streak = 0
-                    if not queue.wait_turn(self.start + self.timeout):
-                        raise apsw.BusyError("database is locked (timed out in the writer queue)")
+            if not queue.others_waiting():
+                self.run_start = time.monotonic_ns()
+            elif time.monotonic_ns() - self.run_start >= QUEUE_SLICE:
+                if not queue.wait_turn(self.start + self.timeout):
+                    raise apsw.BusyError("database is locked (timed out in the writer queue)")
             conn.execute("BEGIN IMMEDIATE")
+            if queue.joined != joined:
+                self.run_start = time.monotonic_ns()  # let in by the queue: a new run
         finally:
             self.armed = False
             queue.leave()
@@ -154,7 +161,9 @@ class WriteWait:
     def released(self) -> None:
         """The outermost transaction ended (committed or rolled back): wake the queue's head."""
         queue = self.queue
-        if queue is not None:
+        if queue is not None and time.monotonic_ns() - self.run_start >= QUEUE_SLICE:
+            # Within its run a writer usually begins again at once: waking the head
+            # then would only cost it a futile retry. Past it, our next begin yields.
             queue.wake_head()
 
 

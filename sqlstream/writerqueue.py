@@ -46,11 +46,14 @@ QUEUE_FILE = "writers"
 SLOTS = 32
 SLOT_BYTES = 16
 SIZE = SLOTS * SLOT_BYTES
+TURNS = SIZE  # offset of an 8-byte counter the releasing writer bumps when it wakes the head
+FILE_SIZE = SIZE + 8
 LOCK_BASE = 1 << 20  # slot claims lock bytes far past the data, so they never cover it
 STALE_NS = 20_000_000  # a waiter silent for 20 ms is taken to be gone
 STEP = 0.002  # a waiter not woken re-checks its place (and says it is alive) this often
 _ZERO = bytes(SIZE)
 _SLOT = struct.Struct("=qq")
+_TURN = struct.Struct("=q")
 _ALL = struct.Struct(f"={SLOTS * 2}q")
 _monotonic_ns = time.monotonic_ns
 
@@ -102,8 +105,8 @@ class WriterQueue:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
                 raise OSError("not a regular file of this user")
-            if st.st_size < SIZE:
-                os.pwrite(fd, _ZERO[st.st_size:], st.st_size)  # real blocks: no SIGBUS later
+            if st.st_size < FILE_SIZE:
+                os.pwrite(fd, bytes(FILE_SIZE - st.st_size), st.st_size)  # real blocks: no SIGBUS later
             for slot in range(SLOTS):
                 try:
                     fcntl.fcntl(fd, setlk, _flock(fcntl.F_WRLCK, LOCK_BASE + slot))
@@ -122,7 +125,7 @@ class WriterQueue:
                 except OSError:
                     sock.close()
                     raise
-                return cls(fd, mmap.mmap(fd, SIZE, prot=mmap.PROT_READ), slot, folder, sock)
+                return cls(fd, mmap.mmap(fd, FILE_SIZE, prot=mmap.PROT_READ), slot, folder, sock)
         except (OSError, ValueError):
             pass
         os.close(fd)
@@ -172,26 +175,36 @@ class WriterQueue:
 
     def head(self) -> int:
         """The slot of the live waiter that arrived first (ties: the lower slot), or -1."""
+        return self.first()[0]
+
+    def first(self) -> tuple[int, int]:
+        """(slot, arrival ns) of the live waiter that arrived first; (-1, 0) if none."""
         values = _ALL.unpack(self._map[:SIZE])
         now = _monotonic_ns()
         best, best_since = -1, 0
         for i in range(SLOTS):
             since = values[2 * i]
-            if since and (best < 0 or since < best_since) and (i == self.slot or now - values[2 * i + 1] < STALE_NS):
+            if since and (best < 0 or since < best_since) and (i == self.slot or 0 <= now - values[2 * i + 1] < STALE_NS):
                 best, best_since = i, since
-        return best
+        return best, best_since
 
-    def wait_turn(self, deadline: float) -> bool:
-        """Join the queue if not in it and sleep until we are its head; False at ``deadline``
-        (``time.monotonic()``), still queued (the caller leaves)."""
+    def wait_turn(self, deadline: float) -> int:
+        """Join the queue if not in it and sleep until we are its head.
+
+        Returns 1 when we were the head at once, 2 when we became it while sleeping
+        (the "your turn" that woke us is consumed: retry the lock now), 0 at ``deadline``
+        (``time.monotonic()``), still queued (the caller leaves).
+        """
         self.join()
+        turn = 1
         while self.head() != self.slot:
             now = time.monotonic()
             if now >= deadline:
-                return False
+                return 0
             self.sleep(min(STEP, deadline - now))
             self.beat()
-        return True
+            turn = 2
+        return turn
 
     def sleep(self, seconds: float) -> None:
         """Sleep until woken by :meth:`wake_head` (or ``seconds`` pass)."""
@@ -216,8 +229,21 @@ class WriterQueue:
         if self._send is None:
             self._send = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._send.setblocking(False)
+        with contextlib.suppress(OSError):  # only lock holders write it, one at a time
+            os.pwrite(self._fd, _TURN.pack(_TURN.unpack(self._map[TURNS:FILE_SIZE])[0] + 1), TURNS)
         with contextlib.suppress(OSError):  # gone or full: it wakes on its own within STEP
             self._send.sendto(b"!", bell_path(self._folder, head))
+
+    def spin(self, seconds: float) -> bool:
+        """Watch the turn counter for up to ``seconds`` without sleeping; True if it moved."""
+        view = self._map
+        seen = view[TURNS:FILE_SIZE]
+        until = time.perf_counter() + seconds
+        clock = time.perf_counter
+        while clock() < until:
+            if view[TURNS:FILE_SIZE] != seen:
+                return True
+        return False
 
     def _write(self, since: int, beat: int) -> None:
         with contextlib.suppress(OSError):  # a slot we cannot write only costs fairness
