@@ -1,24 +1,25 @@
 """W7's wait strategies side by side: several writer processes, one commit per record.
 
     python -m benchmarks.contention [--rounds 6] [--count 1500] [--writers 4]
-                                    [--variants raw,jitter,queue] [--single 20000]
-
-``queueN``: the writer queue where a writer may keep beginning past a non-empty queue
-for N µs (its run), then yields to the queue's head.
+                                    [--variants raw,jitter,stock,jitter200-2000]
 
 Each round runs every variant once, in a rotated order (the machine is shared and its
 load drifts, so variants alternate and the report gives medians over rounds):
 
 * ``raw``: raw apsw, ``BEGIN IMMEDIATE`` + INSERT + COMMIT, SQLite's stock busy handler
   (``set_busy_timeout``), as W7's baseline;
-* ``jitter``: sqlstream with the writer queue off (``engine.WRITER_QUEUE = False``):
-  every waiter polls SQLite's lock from the jittered 50 µs–2 ms busy handler;
-* ``queue``: sqlstream with the writer queue (sqlstream/writerqueue.py).
+* ``jitter``: sqlstream as shipped (the jittered 50 µs–2 ms busy handler);
+* ``stock``: sqlstream with SQLite's stock busy handler instead;
+* ``jitterA-B``: sqlstream with the jittered handler from A µs doubling to B µs.
 
-Per variant: aggregate records/s, p50/p99 of one append's latency, slowest ÷ fastest
-writer's rate, errors (every sqlstream run is also checked: all records present,
-offsets gap-free). ``--single N`` adds a one-process comparison (N appends, one commit
-each, queue on vs off), i.e. W2's path, to show a lone writer pays nothing.
+Per variant: aggregate records/s, p50/p99/p99.9/max of one append's latency, the p99 of
+its two parts (waiting in ``BEGIN IMMEDIATE`` for the lock; everything else: the work
+under the lock, COMMIT, Python), slowest ÷ fastest writer's rate, errors (every
+sqlstream run is also checked: all records present, offsets gap-free).
+
+The first-come-first-served writer queue measured in benchmarks/findings.md ("Contention
+(W7)") was a prototype, not kept; its code and this script's ``queue`` variants are in
+the commit that findings.md names.
 """
 
 from __future__ import annotations
@@ -34,16 +35,43 @@ from .harness import open_raw, payload, workdir
 
 
 def _configure(variant: str) -> None:
-    """Set the wait strategy in this (child) process: ``jitter``, ``queue`` or ``queueK``
-    (a writer may begin K times in a row past a non-empty queue)."""
-    import sqlstream.connection
-    import sqlstream.engine
+    """Set the wait strategy of sqlstream's connections in this (child) process.
 
-    sqlstream.engine.WRITER_QUEUE = variant.startswith("queue")
-    if variant.startswith("queue"):  # queue2000: a writer's run lasts up to 2,000 µs
-        slice_us, _, spin_us = variant[5:].partition("s")  # queue500s300: and the head spins 300 µs
-        sqlstream.connection.QUEUE_SLICE = int(slice_us or 0) * 1000
-        sqlstream.connection.QUEUE_SPIN = int(spin_us or 0) / 1e6
+    ``jitter``: as shipped (50 µs doubling to 2 ms, jittered); ``stock``: SQLite's own
+    busy timeout (sleeps 1, 2, 5, 10, 15, 20, 25, 25, 50, 50, 100 ms ...); ``jitterA-B``:
+    the jittered handler from A µs doubling to B µs.
+    """
+    import random
+
+    import apsw
+
+    from sqlstream import connection
+
+    if variant == "jitter":
+        return
+    if variant == "stock":
+        def stock(conn: apsw.Connection, timeout: float) -> None:
+            conn.set_busy_timeout(int(timeout * 1000))
+
+        connection.connection_busy_handler = stock
+        return
+    low, high = (int(x) / 1e6 for x in variant[len("jitter"):].split("-"))
+
+    def jittered(conn: apsw.Connection, timeout: float) -> None:
+        state = {"start": 0.0}
+
+        def handler(tries: int) -> bool:
+            now = time.monotonic()
+            if tries == 0:
+                state["start"] = now
+            elif now - state["start"] >= timeout:
+                return False
+            time.sleep(min(high, low * (2 ** min(tries, 12))) * (0.5 + random.random()))
+            return True
+
+        conn.set_busy_handler(handler)
+
+    connection.connection_busy_handler = jittered
 
 
 def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
@@ -180,38 +208,15 @@ def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, 
     return res
 
 
-def run_single(variant: str, path: str, count: int) -> float:
-    """One process appending ``count`` records one commit at a time; records/s."""
-    import sqlstream
-    import sqlstream.engine
-
-    _configure(variant)
-    with sqlstream.open(path) as db:
-        stream = db.create_stream("w2")
-        rows = [payload(i) for i in range(count)]
-        append = stream.append
-        start = time.perf_counter()
-        for data in rows:
-            append(data)
-        return count / (time.perf_counter() - start)
-
-
-def _single_child(variant: str, path: str, count: int, results: Any) -> None:
-    results.put(run_single(variant, path, count))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--count", type=int, default=1500, help="appends per writer")
     ap.add_argument("--writers", type=int, default=4)
-    ap.add_argument("--variants", default="raw,jitter,queue")
-    ap.add_argument("--single", type=int, default=0, help="also time N single-writer appends, queue on vs off")
+    ap.add_argument("--variants", default="raw,jitter,stock")
     args = ap.parse_args()
     variants = args.variants.split(",")
     table: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    singles: dict[str, list[float]] = {"jitter": [], "queue": []}
-    ctx = multiprocessing.get_context("spawn")
     with workdir() as tmp:
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
@@ -221,14 +226,6 @@ def main() -> None:
                 print(f"round {r} {v:10s} {res['rate']:8,.0f}/s p50 {res['p50_ms']:.2f} ms "
                       f"p99 {res['p99_ms']:.2f} p99.9 {res['p999_ms']:.1f} max {res['max_ms']:.1f} ms (wait p99 {res['wait_p99_ms']:.2f}, rest p99 {res['rest_p99_ms']:.2f}) slowest/fastest {res['spread']:.2f} "
                       f"errors {res['errors']} {res['integrity']} {res['samples'][:1]}", flush=True)
-            if args.single:
-                for v in (("jitter", "queue") if r % 2 == 0 else ("queue", "jitter")):
-                    q = ctx.Queue()
-                    p = ctx.Process(target=_single_child, args=(v, os.path.join(tmp, f"s-{v}-{r}.db"), args.single, q))
-                    p.start()
-                    singles[v].append(q.get(timeout=600))
-                    p.join()
-                    print(f"round {r} single {v:7s} {singles[v][-1]:8,.0f}/s", flush=True)
     print(f"\nmedians over {args.rounds} rounds ({args.writers} writers x {args.count} appends, load {os.getloadavg()[0]:.1f}):")
     print(f"{'variant':10s} {'rate/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'p99.9':>7s} {'max':>7s} {'wait99':>7s} {'rest99':>7s} {'slow/fast':>9s} {'errors':>6s}  vs raw")
     raw = statistics.median(r["rate"] for r in table["raw"]) if table.get("raw") else None
@@ -241,10 +238,6 @@ def main() -> None:
               f"{statistics.median(r['rest_p99_ms'] for r in rs):7.2f} {statistics.median(r['spread'] for r in rs):9.2f} "
               f"{sum(r['errors'] for r in rs):6d}  {rate / raw if raw else float('nan'):.2f}x"
               + ("" if all(r["integrity"] == "ok" for r in rs) else "  INTEGRITY FAILED"))
-    if args.single:
-        for v, xs in singles.items():
-            print(f"single writer, {v:7s}: median {statistics.median(xs):,.0f}/s over {len(xs)} rounds")
-
 
 if __name__ == "__main__":
     main()
