@@ -47,7 +47,17 @@ def _configure(variant: str) -> None:
 
     from sqlstream import connection
 
+    from sqlstream import engine
+
+    if hasattr(engine, "WRITER_QUEUE"):
+        engine.WRITER_QUEUE = variant.startswith("queue")
     if variant == "jitter":
+        return
+    if variant.startswith("queue"):  # the writer queue prototype; queue20000: 20 ms runs
+        from sqlstream import engine
+
+        engine.WRITER_QUEUE = True  # type: ignore[attr-defined]
+        connection.QUEUE_SLICE = int(variant[5:] or 0) * 1000  # type: ignore[attr-defined]
         return
     if variant == "stock":
         def stock(conn: apsw.Connection, timeout: float) -> None:
