@@ -17,9 +17,9 @@ its two parts (waiting in ``BEGIN IMMEDIATE`` for the lock; everything else: the
 under the lock, COMMIT, Python), slowest ÷ fastest writer's rate, errors (every
 sqlstream run is also checked: all records present, offsets gap-free).
 
-The first-come-first-served writer queue measured in benchmarks/findings.md ("Contention
-(W7)") was a prototype, not kept; its code and this script's ``queue`` variants are in
-the commit that findings.md names.
+``queueN`` (N µs runs; 0: strict turns) measures the first-come-first-served writer queue
+prototype of benchmarks/findings.md ("Contention (W7)"), which was not kept: it needs
+that code back first (``git checkout PROTOTYPE -- sqlstream/``, commit named below).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import time
 from typing import Any
 
 from .harness import open_raw, payload, workdir
+
+# The commit holding the writer queue prototype (sqlstream/writerqueue.py), not kept.
+PROTOTYPE = "7d4c9f8"
 
 
 def _configure(variant: str) -> None:
@@ -54,9 +57,6 @@ def _configure(variant: str) -> None:
     if variant == "jitter":
         return
     if variant.startswith("queue"):  # the writer queue prototype; queue20000: 20 ms runs
-        from sqlstream import engine
-
-        engine.WRITER_QUEUE = True  # type: ignore[attr-defined]
         connection.QUEUE_SLICE = int(variant[5:] or 0) * 1000  # type: ignore[attr-defined]
         return
     if variant == "stock":
@@ -226,6 +226,11 @@ def main() -> None:
     ap.add_argument("--variants", default="raw,jitter,stock")
     args = ap.parse_args()
     variants = args.variants.split(",")
+    from sqlstream import engine
+
+    if any(v.startswith("queue") for v in variants) and not hasattr(engine, "WRITER_QUEUE"):
+        raise SystemExit("queue variants: the writer queue prototype is not in this tree "
+                         f"(git checkout {PROTOTYPE} -- sqlstream/ to measure it)")
     table: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with workdir() as tmp:
         for r in range(args.rounds):

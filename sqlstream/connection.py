@@ -27,8 +27,6 @@ try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 
 except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
-from . import writerqueue as _wq
-from .writerqueue import WriterQueue
 from .errors import CorruptDatabase, DatabaseError, InvalidArgument, SchemaVersionError, translate
 
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
@@ -71,111 +69,26 @@ def runner(conn: apsw.Connection) -> Query:
     return q
 
 
-def connection_busy_handler(conn: apsw.Connection, timeout: float) -> WriteWait:
+def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
     """Retry a busy database for up to ``timeout`` seconds, with short jittered sleeps.
 
     SQLite's built-in busy timeout sleeps up to 100 ms between tries, which starves
     writers of a busy file; short sleeps let queued writers follow each other closely.
     When the handler gives up, SQLite reports SQLITE_BUSY and the caller gets LockTimeout.
-    Returns the handler, which a write connection also uses to queue for the write lock
-    (:class:`WriteWait`).
     """
-    handler = WriteWait(timeout)
-    conn.set_busy_handler(handler)
-    return handler
+    state = {"start": 0.0}
 
-
-QUEUE_SPIN = 0.0  # s the head of the queue watches for the hand-off before it sleeps
-QUEUE_SLICE = 0  # ns a writer may go on beginning past a non-empty writer queue (see begin())
-
-
-class WriteWait:
-    """The busy handler of one connection, and its place in the file's writer queue.
-
-    Outside :meth:`begin` (read connections, pragmas) it sleeps 50 µs doubling to 2 ms,
-    jittered so that waiting processes do not retry in step, for up to ``timeout``.
-    Inside :meth:`begin` with a queue (sqlstream.writerqueue) it waits its turn instead:
-    only the head of the queue retries SQLite's lock, every ``HEAD_STEP``.
-    """
-
-    __slots__ = ("timeout", "queue", "start", "armed", "run_start", "published")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.queue: WriterQueue | None = None
-        self.start = 0.0
-        self.armed = False
-        self.run_start = 0  # monotonic ns: see begin()
-        self.published = -1  # the run whose end we published
-
-    def __call__(self, tries: int) -> bool:
+    def handler(tries: int) -> bool:
         now = time.monotonic()
-        if tries == 0 and not self.armed:
-            self.start = now
-        elif now - self.start >= self.timeout:
+        if tries == 0:
+            state["start"] = now
+        elif now - state["start"] >= timeout:
             return False
-        queue = self.queue
-        if self.armed and queue is not None:
-            turn = queue.wait_turn(self.start + self.timeout)
-            if turn != 1:
-                return turn == 2  # 2: just became the head, woken by a commit: retry now
-            # At the head: the committer wakes us; a writer that does not (another
-            # program, a crashed process) is polled for, with the backoff below.
-            if QUEUE_SPIN and queue.spin(QUEUE_SPIN):
-                return True
-            run_left = queue.run_end() - time.monotonic_ns()
-            if 0 < run_left <= QUEUE_SLICE:
-                # The holder is in its run and hands over when it ends (or dies: the
-                # run's end passes): do not snatch the lock between its commits.
-                queue.sleep(min(run_left / 1e9, _wq.STEP))
-                queue.beat()
-                return True
-            queue.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
-            queue.beat()
-            return True
         # 50 µs doubling to 2 ms, jittered so that waiting processes do not retry in step.
         time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
         return True
 
-    def begin(self, conn: apsw.Connection) -> None:
-        """``BEGIN IMMEDIATE`` in queue order; raises ``apsw.BusyError`` after ``timeout``.
-
-        With nobody queued we try at once (no system call) and join the queue only if
-        the lock is busy. With anyone queued, a writer whose run (its transactions begun
-        in a row since it last found the queue empty or was let in by it) is younger
-        than ``QUEUE_SLICE`` begins again; an older one joins the end of the queue: the
-        hand-off that keeps one process from holding the file while others wait.
-        """
-        queue = self.queue
-        if queue is None:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        self.start = time.monotonic()
-        self.armed = True
-        joined = queue.joined
-        try:
-            if not queue.others_waiting():
-                self.run_start = time.monotonic_ns()
-            elif time.monotonic_ns() - self.run_start >= QUEUE_SLICE:
-                if not queue.wait_turn(self.start + self.timeout):
-                    raise apsw.BusyError("database is locked (timed out in the writer queue)")
-            conn.execute("BEGIN IMMEDIATE")
-            if queue.joined != joined:
-                self.run_start = time.monotonic_ns()  # let in by the queue: a new run
-            if QUEUE_SLICE and self.published != self.run_start and queue.others_waiting():
-                self.published = self.run_start
-                queue.publish_run_end(self.run_start + QUEUE_SLICE)
-        finally:
-            self.armed = False
-            queue.leave()
-
-    def released(self) -> None:
-        """The outermost transaction ended (committed or rolled back): wake the queue's head."""
-        queue = self.queue
-        if queue is not None and time.monotonic_ns() - self.run_start >= QUEUE_SLICE:
-            # Within its run a writer usually begins again at once: waking the head
-            # then would only cost it a futile retry. Past it, our next begin yields.
-            queue.wake_head()
+    conn.set_busy_handler(handler)
 
 
 def connection_foreign_keys(conn: apsw.Connection) -> None:

@@ -70,9 +70,6 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 DEFAULT_SYNCHRONOUS = "normal"
 DEFAULT_WAKEUP = "auto"
-# Queue for the write lock across processes (sqlstream/writerqueue.py); False: every
-# waiter polls SQLite's lock from the busy handler alone. Benchmarks switch it.
-WRITER_QUEUE = True
 # The append path's statements and rules live in sqlstream/append.py (shared with the
 # SQLAlchemy outbox and archive import); the engine runs them in its write scope.
 PreparedRecord = _append.PreparedRecord
@@ -118,7 +115,6 @@ class Engine:
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
         self._wtxn: Callable[[], int] | None = None
-        self._wwait: cx.WriteWait | None = None
         self._init_process_state()
 
         # One opening at a time per file in this process: check_header() and
@@ -216,7 +212,6 @@ class Engine:
                     if self._wconn is not None:
                         _abandoned.append(self._wconn)
                     self._wconn = None
-                    self._wwait = None  # the parent's queue slot stays the parent's
                     self._init_process_state()
                     self.notifier = notifier_for(self.path)
                     self.notifier.attach()
@@ -242,12 +237,6 @@ class Engine:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
                     install_wal_hook(conn, self.notifier.checkpointer)
-                    # The write connection waits for the write lock in the file's writer
-                    # queue (first come, first served; sqlstream/writerqueue.py).
-                    wait = cx.connection_busy_handler(conn, self.busy_timeout)
-                    if WRITER_QUEUE:
-                        wait.queue = self.notifier.writer_queue()
-                    self._wwait = wait
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
@@ -322,9 +311,6 @@ class Engine:
                 conns = list(self._read_conns)
                 self._read_conns.clear()
                 wconn, self._wconn = self._wconn, None
-                wait, self._wwait = self._wwait, None
-            if wait is not None and wait.queue is not None:
-                wait.queue.close()
             for conn in conns:
                 with contextlib.suppress(apsw.Error):
                     conn.close(True)
@@ -531,11 +517,7 @@ class WriteScope:
         depth = self.depth = engine._tx_depth
         try:
             if depth == 0:
-                wait = engine._wwait
-                if wait is None:
-                    conn.execute("BEGIN IMMEDIATE")
-                else:
-                    wait.begin(conn)
+                conn.execute("BEGIN IMMEDIATE")
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -589,8 +571,6 @@ class WriteScope:
             if depth == 0 and engine._tx_wake:
                 engine.notifier.committed()
         finally:
-            if depth == 0 and engine._wwait is not None:
-                engine._wwait.released()  # the writer queue's head may begin now
             engine._lock.release()
 
 

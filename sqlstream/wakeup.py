@@ -41,7 +41,6 @@ import apsw
 
 from .checkpoint import Checkpointer
 from .errors import SqlstreamWarning
-from .writerqueue import QUEUE_FILE, WriterQueue
 
 T = TypeVar("T")
 
@@ -240,13 +239,6 @@ class FileNotifier:
         if self._announce_fd >= 0:
             with contextlib.suppress(OSError):  # committers then miss us until the fallback check
                 os.pwrite(self._announce_fd, os.urandom(8), 0)
-
-    def writer_queue(self) -> WriterQueue | None:
-        """A slot in this file's writer queue (sqlstream.writerqueue), in the doorbell
-        folder; None when the folder failed its checks or the queue cannot be used."""
-        if not self._bell_ok:
-            return None
-        return WriterQueue.open(self._bell_dir)
 
     # ----------------------------------------------------------------- waiters
 
@@ -543,7 +535,7 @@ def _clean_stale_bell_dirs(root: str) -> int:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue
-            bells = [e for e in entries if e not in (ANNOUNCE_FILE, QUEUE_FILE)]
+            bells = [e for e in entries if e != ANNOUNCE_FILE]
             if not all(e.endswith(".bell") and not _bell_alive(os.path.join(folder, e)) for e in bells):
                 continue
             for entry in entries:
