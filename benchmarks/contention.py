@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import statistics
 import time
 from typing import Any
@@ -181,7 +182,15 @@ def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, 
     try:
         time.sleep(0.5)  # every writer opens its connection before the start signal
         go.set()
-        got = [results.get(timeout=600) for _ in procs]
+        got: list[Any] = []
+        deadline = time.monotonic() + 600
+        while len(got) < len(procs):
+            try:
+                got.append(results.get(timeout=1))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"{variant}: a writer failed (exit codes {dead})") from None
     finally:
         for p in procs:
             p.join(30)

@@ -138,3 +138,25 @@ def test_writer_killed_while_holding_the_write_lock_lets_the_waiting_writers_in(
         assert time.monotonic() - killed_at < 10  # not their 30 s busy timeout
         # The killed transaction left nothing; both waiters' appends landed.
         assert [r.value for r in db.stream("s").read(0)] == [b"0", b"late", b"late"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_contention_benchmark_runs_and_loses_no_record(tmp_path: Path) -> None:
+    """`python -m benchmarks.contention` (W7's wait strategies side by side) cannot rot;
+    its figures are not judged here (benchmarks/findings.md has them)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.contention", "--rounds", "1", "--count", "30",
+         "--writers", "2", "--variants", "raw,jitter,stock,jitter100-1000"],
+        cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout.split("medians over", 1)[1]
+    for variant in ("raw", "jitter", "stock", "jitter100-1000"):
+        row = next(line for line in table.splitlines() if line.startswith(variant + " "))
+        assert row.split()[-2] == "0", row  # the errors column
+    assert "INTEGRITY FAILED" not in proc.stdout
