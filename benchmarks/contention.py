@@ -19,7 +19,8 @@ sqlstream run is also checked: all records present, offsets gap-free).
 
 ``queueN`` (N µs runs; 0: strict turns) measures the first-come-first-served writer queue
 prototype of benchmarks/findings.md ("Contention (W7)"), which was not kept: it needs
-that code back first (``git checkout PROTOTYPE -- sqlstream/``, commit named below).
+that code back first (``git apply benchmarks/prototypes/writer-queue.patch``; it was
+commit PROTOTYPE, named below).
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def main() -> None:
 
     if any(v.startswith("queue") for v in variants) and not hasattr(engine, "WRITER_QUEUE"):
         raise SystemExit("queue variants: the writer queue prototype is not in this tree "
-                         f"(git checkout {PROTOTYPE} -- sqlstream/ to measure it)")
+                         "(git apply benchmarks/prototypes/writer-queue.patch to measure it; "
+                         f"it was commit {PROTOTYPE})")
     table: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     with workdir() as tmp:
         for r in range(args.rounds):
