@@ -992,3 +992,22 @@ def test_forward_publishes_one_by_one_and_says_so_when_the_stream_does_not_allow
         assert sorted(transactions(server.url)) == [0]
     finally:
         db.close()
+
+
+def test_a_deleted_streams_forwarding_pin_does_not_hold_a_new_stream_with_its_id(tmp_path: Path) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        def stream_id(name: str) -> int:
+            return int(db.query("SELECT id FROM streams WHERE name = ?", (name,)).rows[0][0])
+
+        db.create_stream("old")
+        sid = stream_id("old")
+        assert Store(db).pin_unforwarded("relay", ["*"], True) == 1
+        db.delete_stream("old")
+        new = db.create_stream("new", max_count=2)
+        assert stream_id("new") == sid  # SQLite reuses the id: the pin must not come with it
+        new.extend([b"x"] * 10)
+        db.maintain(vacuum=False, checkpoint=False, optimize=False)
+        assert new.info().next_offset - new.info().first_offset == 2
+    finally:
+        db.close()
