@@ -918,10 +918,10 @@ def test_forward_transactions_arrive_all_or_nothing_with_serve_sigkilled_mid_bat
     writer.thread.start()
     rnd = random.Random(13)
     try:
-        for _ in range(4):
+        for _ in range(3):
             proc = subprocess.Popen(serve_cmd(db.path, config), env=env(), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rnd.uniform(0.6, 1.2))
+            time.sleep(rnd.uniform(0.5, 1.0))
             proc.kill()
             proc.wait()
             transactions(server.url)  # what a consumer sees now: whole transactions only
