@@ -400,6 +400,8 @@ class Database:
             conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
             # Its id may be reused by a new stream, which must not inherit the count.
             conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
+            pins = _retention.pin_counter(stream_id, "")  # nor a relay's forwarding pins
+            conn.execute("DELETE FROM counters WHERE name >= ? AND name < ?", (pins, pins[:-1] + ";"))
 
     # ----------------------------------------------------------------- retention and upkeep
 

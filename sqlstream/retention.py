@@ -20,6 +20,12 @@ not delivered yet) are never trimmed by retention; the stream then stays over it
 limits, :func:`over_limit` says why, and retention re-checks every
 ``HELD_RECHECK`` appends. ``db.trim()`` honours it too unless ``force=True``.
 
+Forwarding pins (``keep_unforwarded = true`` on a ``jetstream`` streaming service): the
+service keeps, per stream it forwards, the first offset JetStream has not acknowledged
+in a ``counters`` row named by :func:`pin_counter`. Retention and ``db.trim()`` (unless
+``force=True``) never trim at or above the lowest pin of a stream, whatever its
+``keep_unacked``, exactly as they honour a subscription's acked frontier.
+
 Every function here takes ``q``: a callable that runs one SQL statement with bound
 parameters inside the caller's write transaction and returns its rows. sqlstream passes
 one over its apsw write connection; :mod:`sqlstream.sqlalchemy` one over the caller's
@@ -151,6 +157,36 @@ def _first_at_least(q: Query, stream_id: int, column: str, value: int, lo: int, 
     return int(rows[0][0]) if rows else hi
 
 
+PIN_PREFIX = "keep_unforwarded:"
+
+
+def pin_counter(stream_id: int, service: str) -> str:
+    """The ``counters`` row holding ``service``'s forwarding pin on a stream (see the module docstring)."""
+    return f"{PIN_PREFIX}{stream_id}:{service}"
+
+
+def forward_pin(q: Query, stream_id: int) -> tuple[int, str] | None:
+    """(lowest forwarding pin of the stream, its service's name), None when none pins it."""
+    prefix = f"{PIN_PREFIX}{stream_id}:"
+    rows = q("SELECT value, name FROM counters WHERE name >= ? AND name < ? ORDER BY value LIMIT 1",
+             (prefix, prefix[:-1] + ";"))
+    return (int(rows[0][0]), str(rows[0][1])[len(prefix):]) if rows else None
+
+
+def _guard(q: Query, st: _Stream) -> tuple[int, str] | None:
+    """(offset retention must not trim at or above, why in words), None when nothing holds records."""
+    holders: list[tuple[int, str]] = []
+    if st.keep_unacked:
+        sub = protection(q, st.id)
+        if sub is not None:
+            holders.append((sub[0], f"subscription {sub[1]!r} has not acked offset {sub[0]} (keep_unacked)"))
+    pin = forward_pin(q, st.id)
+    if pin is not None:
+        holders.append((pin[0], f"streaming service {pin[1]!r} has not forwarded offset {max(pin[0], st.first)} "
+                                "(keep_unforwarded)"))
+    return min(holders) if holders else None
+
+
 def protection(q: Query, stream_id: int) -> tuple[int, str] | None:
     """(lowest acked frontier among the stream's subscriptions, that subscription's name).
 
@@ -165,11 +201,11 @@ class _Plan(NamedTuple):
     target: int  # where the limits want the stream to start (scans capped past new_first)
     new_first: int  # where it will start
     exceeded: list[str]  # the limits it is over, in words
-    holder: tuple[int, str] | None  # (offset, subscription) holding records back
+    holder: tuple[int, str] | None  # (offset, who holds records back, in words)
 
 
 def _plan(q: Query, st: _Stream, now_us: int) -> _Plan:
-    guard = protection(q, st.id) if st.keep_unacked else None
+    guard = _guard(q, st)
     cap = st.next if guard is None else max(st.first, min(guard[0], st.next))
     # Scans stop just past `cap`: beyond what may be trimmed, knowing that the limits
     # want more is enough (and a stream held back for long may be far over its limits).
@@ -276,10 +312,7 @@ def _set_triggers(q: Query, st: _Stream, first: int, first_position: int, now_us
 
 
 def _held(holder: tuple[int, str] | None) -> str | None:
-    if holder is None:
-        return None
-    offset, subscription = holder
-    return f"subscription {subscription!r} has not acked offset {offset} (keep_unacked)"
+    return None if holder is None else holder[1]
 
 
 def enforce(q: Query, stream_id: int, now_us: int) -> TrimResult:
@@ -330,7 +363,7 @@ def trim(q: Query, stream_id: int, before_offset: int | None, now_us: int, *, fo
         return enforce(q, stream_id, now_us)
     st = _load(q, stream_id)
     target = min(before_offset, st.next)
-    guard = protection(q, stream_id) if st.keep_unacked and not force else None
+    guard = None if force else _guard(q, st)
     new_first = target if guard is None else min(target, max(st.first, guard[0]))
     trimmed, position = _trim(q, st, new_first)
     if st.limited:

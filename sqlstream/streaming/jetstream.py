@@ -25,10 +25,15 @@ as the cursor's ``last_error`` and resume where they were. A message the server 
 record's stream and offset; with ``stop-node-on-error = false`` it is retried instead.
 It is never skipped.
 
-Atomic batch publish (nats-server 2.12+, ADR-50) is not used: nats-py has no API for it
-and the server does not apply ``Nats-Msg-Id`` de-duplication inside atomic batches, on
-which the exactly-once resend relies. The records of one transaction are therefore
-published individually, in order; a crash in the middle of one is repaired by the resend.
+The records of one transaction are published as ONE atomic batch (ADR-50: headers
+``Nats-Batch-Id``/``-Sequence``/``-Commit`` on ordinary messages) when the server (2.14+)
+and the stream (``allow_atomic``) support it: stored all or none. A batch the server
+refuses for a duplicate id (part of it is stored) is republished record by record, so
+the duplicate window still makes the resend exactly-once. Otherwise records are
+published one by one, and the relay logs why (see docs/architecture.md).
+
+``keep_unforwarded``: forwarding pins (:mod:`sqlstream.retention`) keep retention from
+trimming what JetStream has not acknowledged.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import functools
 import json
 import logging
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -60,6 +66,7 @@ __all__ = ["JetStreamForward", "JetStreamSource", "RelayError", "subject_token",
 log = logging.getLogger("sqlstream.streaming.jetstream")
 
 BACKOFF_FIRST = 0.1
+HOUSEKEEPING_INTERVAL = 0.5  # seconds between pinning checks (keep_unforwarded), online or not
 H_KEY = "Sqlstream-Key"
 H_HEADERS = "Sqlstream-Headers"
 H_TYPE = "Sqlstream-Content-Type"
@@ -68,6 +75,14 @@ H_ORIGIN = "Sqlstream-Origin"
 H_STREAM = "Sqlstream-Stream"
 H_OFFSET = "Sqlstream-Offset"
 H_MSG_ID = "Nats-Msg-Id"
+H_BATCH_ID = "Nats-Batch-Id"  # atomic batch publish (ADR-50)
+H_BATCH_SEQUENCE = "Nats-Batch-Sequence"
+H_BATCH_COMMIT = "Nats-Batch-Commit"
+ATOMIC_MAX_MESSAGES = 1000  # the server's limit per batch: larger transactions go one by one
+ATOMIC_MAX_OPEN = 16  # batches awaiting their commit's PubAck (the server allows 50 per stream, counting
+# the ones a killed predecessor left open until it abandons them after 10 s)
+ATOMIC_INCOMPLETE = 10176  # "atomic publish batch is incomplete": a gap or an unknown batch
+ATOMIC_DUPLICATE = 10201  # "atomic publish batch contains duplicate message id"
 _RESERVED = ("nats-", "sqlstream-")
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII without ':' or space
@@ -233,12 +248,20 @@ class _Relay(Service):
         client_module = _nats()
         o = self.options
 
+        causes: list[Exception] = []
+
         async def quiet(exc: Exception) -> None:  # nats-py would print them otherwise
             log.debug("streamer %r: %s", self.name, exc)
+            causes.append(exc)
 
         kwargs: dict[str, Any] = {
             "servers": self.servers,
             "allow_reconnect": False,  # reconnects are ours: backoff, resend, visible lag
+            # nats-py retries the INITIAL connect too, max_reconnect_attempts (default 60)
+            # times per server, reconnect_time_wait (2 s) apart: two minutes stuck in
+            # connect(), the failure unseen. Two quick tries per server; the backoff is ours.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.05,
             "connect_timeout": float(o["connect_timeout"]),
             "error_cb": quiet,
             "name": f"sqlstream {self.name}",
@@ -255,6 +278,8 @@ class _Relay(Service):
             return client
         except Exception as exc:  # noqa: BLE001 - sorted into fatal and transient below
             text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, client_module.errors.NoServersError) and causes:  # say why not
+                text = f"{type(causes[-1]).__name__}: {causes[-1]}"
             lowered = text.lower()
             if "authorization" in lowered or "authentication" in lowered or "credentials" in lowered \
                     or "nkey" in lowered or "user authentication" in lowered:
@@ -278,11 +303,18 @@ class _Relay(Service):
 
     async def _serve(self, store: Store, stop: threading.Event, once: bool) -> None:
         delay = BACKOFF_FIRST
+        # The cursor row first: it is where a failure to connect at all is shown.
+        await asyncio.to_thread(store.cursor, self.name, self.KIND, self.keys)
+        await self._housekeeping(store, start=True)
         while not stop.is_set():
             try:
                 nc = await self._connect()
             except _Transient as exc:
                 await self._failed(store, stop, str(exc), delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            except RelayError as exc:  # e.g. the credentials refused
+                await self._relay_failed(store, stop, exc, delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
             self.connected.set()
@@ -295,9 +327,7 @@ class _Relay(Service):
                 await self._failed(store, stop, str(exc), delay)
                 delay = min(delay * 2, self.backoff_max)
             except RelayError as exc:
-                if self.stop_on_error:
-                    raise
-                await self._failed(store, stop, f"{exc} ({exc.hint})" if exc.hint else str(exc), delay)
+                await self._relay_failed(store, stop, exc, delay)
                 delay = min(delay * 2, self.backoff_max)
             finally:
                 self.connected.clear()
@@ -312,7 +342,26 @@ class _Relay(Service):
             await asyncio.to_thread(self._record_error, store, message)
         except SqlstreamError:
             log.exception("cannot record the error of streamer %r", self.name)
-        await _sleep(stop, delay)
+        end = time.monotonic() + delay
+        while not stop.is_set() and time.monotonic() < end:
+            await self._housekeeping(store)  # e.g. pin a stream created while the server is away
+            await _sleep(stop, min(HOUSEKEEPING_INTERVAL, end - time.monotonic()))
+
+    async def _relay_failed(self, store: Store, stop: threading.Event, exc: RelayError, delay: float) -> None:
+        """A failure retrying will not fix: kept as the service's last error (``serve --status``,
+        ``streaming_progress``), then raised (``stop-node-on-error``) or retried after ``delay``."""
+        message = f"{exc} ({exc.hint})" if exc.hint else str(exc)
+        if not self.stop_on_error:
+            await self._failed(store, stop, message, delay)
+            return
+        try:
+            await asyncio.to_thread(self._record_error, store, message)
+        except SqlstreamError:
+            log.exception("cannot record the error of streamer %r", self.name)
+        raise exc
+
+    async def _housekeeping(self, store: Store, *, start: bool = False) -> None:
+        """Local bookkeeping that must go on while the server is away (``start``: at startup)."""
 
     def _record_error(self, store: Store, message: str) -> None:
         store.record_error(self.name, message)
@@ -329,6 +378,20 @@ async def _sleep(stop: threading.Event, seconds: float) -> None:
     end = time.monotonic() + seconds
     while not stop.is_set() and time.monotonic() < end:
         await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
+def _atomic_server(nc: nats.aio.client.Client) -> bool:
+    """Whether the connected server has atomic batch publish WITH Nats-Msg-Id de-duplication.
+
+    Batches came in 2.12.0 without de-duplication (a resend of a stored batch would be
+    stored again); it was added later (nats-server PR 7391). 2.14 is the first release
+    known to have both.
+    """
+    version = nc.connected_server_version
+    try:
+        return (int(version.major), int(version.minor)) >= (2, 14)
+    except (TypeError, ValueError):  # a version it does not parse: assume an old server
+        return False
 
 
 def _is_transient_api_error(exc: BaseException) -> bool:
@@ -349,13 +412,115 @@ def _is_transient_api_error(exc: BaseException) -> bool:
 
 
 class _Pending:
-    __slots__ = ("height", "records", "futures", "sent_at")
+    """A published block awaiting its PubAcks: ``entries`` pairs each publish (one record, or
+    the records of an atomic batch) with the future of its PubAck (the batch's commit's)."""
 
-    def __init__(self, height: int, sent_at: float) -> None:
+    __slots__ = ("height", "entries", "sent_at", "next_offsets", "atomic")
+
+    def __init__(self, height: int, sent_at: float, next_offsets: dict[int, int]) -> None:
         self.height = height
-        self.records: list[BlockRecord] = []
-        self.futures: list[asyncio.Future[Any]] = []
+        self.next_offsets = next_offsets
+        self.entries: list[tuple[list[BlockRecord], asyncio.Future[Any]]] = []
         self.sent_at = sent_at
+        self.atomic = 0  # 1 when published as an atomic batch
+
+
+def _where(records: Sequence[BlockRecord]) -> str:
+    """Records named by stream and offset: "stream 'a' offset 3", "stream 'a' offsets 3..7"."""
+    spans: dict[str, list[int]] = {}
+    for record in records:
+        spans.setdefault(record.stream, []).append(record.offset)
+    parts = [f"stream {name!r} offset {offs[0]}" if len(offs) == 1 else f"stream {name!r} offsets {offs[0]}..{offs[-1]}"
+             for name, offs in spans.items()]
+    return ", ".join(parts)
+
+
+def _batch_error(exc: BaseException) -> int | None:
+    """The error code of a refused atomic batch (0 when it has none), None for other errors."""
+    description = str(getattr(exc, "description", "") or "")
+    code = getattr(exc, "err_code", None)
+    if code in (ATOMIC_INCOMPLETE, ATOMIC_DUPLICATE) or description.startswith("atomic publish"):
+        return int(code or 0)
+    return None
+
+
+class _Acks:
+    """Asynchronous JetStream publishing with a PubAck future per message.
+
+    nats-py's ``publish_async`` cannot be used: when the server answers with an error
+    (a refused message, an atomic batch refused for a duplicate id, ...) its reply
+    handler raises instead of failing the future, which then never completes (the error
+    only reaches ``error_cb``). Here the replies come to one wildcard inbox and resolve
+    their futures, errors included (as nats-py's APIError subclasses, or
+    NoStreamResponseError when no stream listens). At most ``limit`` are pending;
+    :meth:`publish` waits up to ``stall`` seconds for room, then raises _Transient.
+    """
+
+    def __init__(self, nc: nats.aio.client.Client, limit: int, stall: float) -> None:
+        self.nc = nc
+        self.limit = limit
+        self.stall = stall
+        self.prefix = nc.new_inbox()
+        self.futures: dict[str, asyncio.Future[Any]] = {}
+        self.counter = 0
+        self.room = asyncio.Event()
+        self.sub: Any = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.prefix + ".*", cb=self._reply)
+
+    async def _reply(self, msg: Any) -> None:
+        nats = _nats()
+        future = self.futures.pop(msg.subject[len(self.prefix) + 1:], None)
+        self.room.set()
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        if not msg.data:  # a message of an atomic batch, received (ADR-50: an empty reply)
+            future.set_result(None)
+            return
+        try:
+            response = json.loads(msg.data)
+            if "error" in response:
+                nats.js.errors.APIError.from_error(response["error"])  # raises the matching subclass
+            future.set_result(nats.js.api.PubAck.from_response(response))
+        except Exception as exc:  # noqa: BLE001 - the publish failed: its owner decides
+            future.set_exception(exc)
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
+        """Publish with a reply subject of ours; the future is the PubAck (or the server's error)."""
+        end = time.monotonic() + self.stall
+        while len(self.futures) >= self.limit:
+            self.room.clear()
+            left = end - time.monotonic()
+            if left <= 0:
+                raise _Transient(f"{self.limit} messages unacknowledged for {self.stall:g}s")
+            try:
+                await asyncio.wait_for(self.room.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        self.counter += 1
+        token = str(self.counter)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures[token] = future
+        try:
+            await self.nc.publish(subject, data, reply=f"{self.prefix}.{token}", headers=headers)
+        except BaseException:
+            self.futures.pop(token, None)
+            raise
+        return future
+
+    async def close(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.futures.clear()
+        if self.sub is not None:
+            try:
+                await self.sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone: nothing to undo then
+                pass
 
 
 class JetStreamForward(_Relay):
@@ -381,6 +546,10 @@ class JetStreamForward(_Relay):
         "cursor_interval": Option("number", 0.2),
         "allow_duplicates": Option("bool", False,
                                    help="start even when a resend may fall outside the duplicate window"),
+        "keep_unforwarded": Option("bool", False,
+                                   help="local retention keeps every record JetStream has not acknowledged"),
+        "atomic": Option("bool", True, help="publish the records of one transaction as one atomic batch "
+                                            "where the server (2.14+) and the stream (allow_atomic) support it"),
     }
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
@@ -405,6 +574,22 @@ class JetStreamForward(_Relay):
         #: PubAck arrives, in the relay's event loop thread; it must not block.
         self.on_ack: Callable[[BlockRecord], None] | None = None
         self._subjects: dict[str, str] = {}
+        self._pinned_at = 0.0
+        #: Whether this session publishes transactions as atomic batches, and if not (with
+        #: the ``atomic`` option on) why not: ``atomic_off`` (also logged once).
+        self.atomic = False
+        self.atomic_off: str | None = None
+        self._atomic_refused: str | None = None
+        self._incomplete: set[int] = set()  # blocks whose atomic batch came back incomplete
+
+    async def _housekeeping(self, store: Store, *, start: bool = False) -> None:
+        keep = bool(self.options["keep_unforwarded"])
+        if keep or start:  # at start without it: release the pins an earlier run left
+            try:
+                await asyncio.to_thread(store.pin_unforwarded, self.name, self.keys, keep)
+            except SqlstreamError:
+                log.exception("streamer %r: cannot update its retention pins", self.name)
+            self._pinned_at = time.monotonic()
 
     def subject(self, stream: str) -> str:
         """The subject a record of local ``stream`` is published on."""
@@ -436,7 +621,8 @@ class JetStreamForward(_Relay):
 
             config = StreamConfig(name=self.stream, subjects=self.stream_subjects(),
                                   num_replicas=int(self.options["replicas"]),
-                                  duplicate_window=float(self.options["duplicate_window"]))
+                                  duplicate_window=float(self.options["duplicate_window"]),
+                                  allow_atomic=True if self.options["atomic"] and _atomic_server(nc) else None)
             try:
                 info = await jsm.add_stream(config)
             except nats.js.errors.APIError as exc:
@@ -457,8 +643,28 @@ class JetStreamForward(_Relay):
                 raise _Transient(f"JetStream stream info failed: {exc}") from exc
             raise RelayError(f"streamer {self.name!r}: JetStream refused stream info for {self.stream!r}: {exc}",
                              hint="check the account's JetStream permissions") from exc
+        self._choose_atomic(nc, bool(info.config.allow_atomic))
         window = info.config.duplicate_window
         return float(window) if window else 120.0
+
+    def _choose_atomic(self, nc: nats.aio.client.Client, allowed: bool) -> None:
+        """Use atomic batches when asked, the server has them and the stream allows them; log why not, once."""
+        if not self.options["atomic"]:
+            self.atomic, off = False, None
+        elif self._atomic_refused:
+            self.atomic, off = False, self._atomic_refused
+        elif not _atomic_server(nc):
+            self.atomic, off = False, (f"nats-server {nc.connected_server_version} is older than 2.14 (atomic "
+                                       "batches with de-duplication)")
+        elif not allowed:
+            self.atomic, off = False, (f"JetStream stream {self.stream!r} does not allow atomic publish "
+                                       f"(nats stream edit {self.stream} --allow-batch, or allow_atomic in its config)")
+        else:
+            self.atomic, off = True, None
+        if off is not None and off != self.atomic_off:
+            log.warning("streamer %r: the records of a transaction are published one by one, not as an atomic "
+                        "batch: %s", self.name, off)
+        self.atomic_off = off
 
     async def _check_window(self, nc: nats.aio.client.Client, store: Store, cursor: int,
                             window: float) -> dict[str, int]:
@@ -518,37 +724,56 @@ class JetStreamForward(_Relay):
         )
 
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
-        nats = _nats()
         self.file_id = await asyncio.to_thread(store.file_id)
         window = await self._ensure_stream(nc)
-        cursor = await asyncio.to_thread(store.cursor, self.name, self.KIND)
+        cursor = await asyncio.to_thread(store.cursor, self.name, self.KIND, self.keys)
         skip = await self._check_window(nc, store, cursor, window)
-        js = nc.jetstream(timeout=self.ack_timeout, publish_async_max_pending=self.max_in_flight)
+        js = _Acks(nc, self.max_in_flight, self.ack_timeout)
+        await js.start()
         upto = await asyncio.to_thread(store.head) if once else None
         pending: collections.deque[_Pending] = collections.deque()
+        batches = 0  # atomic batches in pending (the server keeps at most 50 open per stream)
         read = cursor  # the last block published (acked or not)
         marked = -1  # sent marks cover blocks up to here
         last_write = time.monotonic()
         acked = cursor
+        acked_offsets: dict[int, int] = {}  # stream id -> offset after its last acked record
 
         async def harvest(wait: bool) -> None:
-            nonlocal acked
+            nonlocal acked, batches
             while pending:
                 head = pending[0]
-                if wait:
+                futures = [future for _records, future in head.entries]
+                if wait and not all(f.done() for f in futures):
                     left = head.sent_at + self.ack_timeout - time.monotonic()
-                    if head.futures and not all(f.done() for f in head.futures):
-                        await asyncio.wait(head.futures, timeout=max(0.0, left))
-                if not all(f.done() for f in head.futures):
+                    await asyncio.wait(futures, timeout=max(0.0, left))
+                if not all(f.done() for f in futures):
                     if time.monotonic() - head.sent_at > self.ack_timeout:
-                        raise _Transient(f"no PubAck within {self.ack_timeout:g}s for block {head.height}")
+                        waiting = next(r for (r, f) in head.entries if not f.done())
+                        raise _Transient(f"no PubAck within {self.ack_timeout:g}s for {_where(waiting)} "
+                                         f"(block {head.height})")
                     return
-                for record, future in zip(head.records, head.futures):
+                entries: list[tuple[list[BlockRecord], asyncio.Future[Any]]] = []
+                for records, future in head.entries:
                     exc = future.exception()
-                    if exc is not None:
-                        self._publish_failed(record, head.height, exc)
+                    if exc is None:
+                        entries.append((records, future))
+                    elif len(records) > 1 and _batch_error(exc) == ATOMIC_DUPLICATE:
+                        # Some of the transaction is stored already: an earlier attempt got
+                        # through (atomic: all of it) before its PubAck was lost, or was
+                        # published one by one. Each record again, by itself: the duplicate
+                        # window drops what is stored and only what is missing is added.
+                        for record in records:
+                            entries.append(([record], await self._publish(js, record, head.height)))
+                    else:
+                        self._publish_failed(records, head.height, exc)
+                if len(entries) != len(head.entries):
+                    head.entries, head.sent_at = entries, time.monotonic()
+                    continue
                 pending.popleft()
+                batches -= head.atomic
                 acked = head.height
+                acked_offsets.update(head.next_offsets)
 
         def probe(after: int) -> tuple[int, list[Block]]:
             """The head, then the blocks above ``after``: up to ``max_in_flight`` records (at
@@ -563,9 +788,14 @@ class JetStreamForward(_Relay):
         async def save(force: bool) -> None:
             nonlocal cursor, last_write
             if acked > cursor and (force or time.monotonic() - last_write >= float(self.options["cursor_interval"])):
-                await asyncio.to_thread(store.advance, self.name, acked)
+                # With where it is in each stream: retention may trim what is forwarded
+                # (and, with keep_unforwarded, only that) without the relay taking it for a loss.
+                await asyncio.to_thread(store.advance, self.name, acked, Block(acked, next_offsets=dict(acked_offsets)))
+                acked_offsets.clear()
                 cursor = acked
                 last_write = time.monotonic()
+            if time.monotonic() - self._pinned_at >= HOUSEKEEPING_INTERVAL:
+                await self._housekeeping(store)
 
         ahead: asyncio.Future[tuple[int, list[Block]]] | None = None
         try:
@@ -582,6 +812,8 @@ class JetStreamForward(_Relay):
                     await save(force=True)
                     if once:
                         return True
+                    if not nc.is_connected:  # noticed while idle too: the status shows it at once
+                        raise _Transient(f"connection lost: {nc.last_error or 'closed'}")
                     # Woken by any commit after the head read BEFORE looking for a block: one
                     # made while the PubAcks were awaited must not wait for the next one.
                     await asyncio.to_thread(store.wait_for_commit, max(seen, read), 0.2)
@@ -592,28 +824,19 @@ class JetStreamForward(_Relay):
                 # these are published.
                 ahead = asyncio.ensure_future(asyncio.to_thread(probe, blocks[-1].height))
                 for block in blocks:
-                    item = _Pending(block.height, time.monotonic())
-                    for name in sorted(block.streams):
-                        subject = self.subject(name)
-                        for record in block.streams[name]:
-                            if record.offset <= skip.get(name, -1):
-                                continue  # the server has it (see _check_window)
-                            headers = record_headers(self.file_id, record)
-                            try:
-                                future = await js.publish_async(subject, record.data, wait_stall=self.ack_timeout,
-                                                                headers=headers)
-                            except nats.js.errors.TooManyStalledMsgsError as exc:
-                                raise _Transient(f"{self.max_in_flight} messages unacknowledged for "
-                                                 f"{self.ack_timeout:g}s") from exc
-                            except nats.errors.MaxPayloadError as exc:
-                                self._publish_failed(record, block.height, exc)
-                            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-                                    ConnectionError) as exc:
-                                raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
-                            if self.on_ack is not None:
-                                future.add_done_callback(functools.partial(self._acked, record))
-                            item.records.append(record)
-                            item.futures.append(future)
+                    item = _Pending(block.height, time.monotonic(), block.next_offsets)
+                    records = [record for name in sorted(block.streams) for record in block.streams[name]
+                               if record.offset > skip.get(name, -1)]  # skipped: the server has them
+                    if self.atomic and 1 < len(records) <= ATOMIC_MAX_MESSAGES:
+                        while batches >= ATOMIC_MAX_OPEN:
+                            await harvest(wait=True)
+                        commit = await self._publish_batch(nc, js, records, block.height, item)
+                        item.entries.append((records, commit))
+                        item.atomic = 1
+                        batches += 1
+                    else:
+                        for record in records:
+                            item.entries.append(([record], await self._publish(js, record, block.height)))
                     pending.append(item)
                     read = block.height
                 await harvest(wait=False)
@@ -630,8 +853,65 @@ class JetStreamForward(_Relay):
                     ahead.exception()  # retrieved: it is moot now
                 ahead.cancel()
             for item in pending:
-                for future in item.futures:
+                for _records, future in item.entries:
                     future.cancel()
+            await js.close()
+
+    async def _publish(self, js: _Acks, record: BlockRecord, height: int) -> asyncio.Future[Any]:
+        """Publish one record asynchronously; the future is its PubAck."""
+        nats = _nats()
+        try:
+            future = await js.publish(self.subject(record.stream), record.data, record_headers(self.file_id, record))
+        except nats.errors.MaxPayloadError as exc:
+            self._publish_failed([record], height, exc)
+            raise  # not reached: _publish_failed raises
+        except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError, ConnectionError) as exc:
+            raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+        if self.on_ack is not None:
+            future.add_done_callback(functools.partial(self._acked, [record]))
+        return future
+
+    async def _publish_batch(self, nc: nats.aio.client.Client, js: _Acks, records: list[BlockRecord], height: int,
+                             item: _Pending) -> asyncio.Future[Any]:
+        """Publish the records of one transaction as ONE atomic batch (ADR-50): each with ``Nats-Batch-Id`` (new at every attempt: an abandoned attempt's
+        id must not be continued) and ``Nats-Batch-Sequence`` 1..n, the last also with
+        ``Nats-Batch-Commit: 1``. The server stores all of them or none at the commit; the
+        future is the commit's PubAck (the others are sent without a reply subject, as
+        the protocol allows: a gap or a loss fails the commit; after a batch of this block
+        came back incomplete, each is sent with one and its future goes into ``item``)."""
+        nats = _nats()
+        batch_id = secrets.token_urlsafe(16)
+        last = len(records)
+        checked = height in self._incomplete
+        for n, record in enumerate(records, 1):
+            headers = record_headers(self.file_id, record)
+            headers[H_BATCH_ID] = batch_id
+            headers[H_BATCH_SEQUENCE] = str(n)
+            if n < last:
+                try:
+                    if checked:  # each acknowledged (an empty reply) or refused by itself
+                        item.entries.append(([record], await js.publish(self.subject(record.stream), record.data,
+                                                                        headers)))
+                    else:
+                        await nc.publish(self.subject(record.stream), record.data, headers=headers)
+                except nats.errors.MaxPayloadError as exc:
+                    self._publish_failed([record], height, exc)
+                except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+                        ConnectionError) as exc:
+                    raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+                continue
+            headers[H_BATCH_COMMIT] = "1"
+            try:
+                future = await js.publish(self.subject(record.stream), record.data, headers)
+            except nats.errors.MaxPayloadError as exc:
+                self._publish_failed([record], height, exc)
+                raise  # not reached: _publish_failed raises
+            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError, ConnectionError) as exc:
+                raise _Transient(f"connection lost: {type(exc).__name__}: {exc}") from exc
+            if self.on_ack is not None:
+                future.add_done_callback(functools.partial(self._acked, records))
+            return future
+        raise AssertionError("an atomic batch has at least two records")
 
     async def _no_responders(self, nc: nats.aio.client.Client, exc: _NoResponders) -> Exception:
         """The error to raise for a publish nobody answered: RelayError when no stream takes
@@ -650,27 +930,45 @@ class JetStreamForward(_Relay):
         return _Transient(f"JetStream stream {owner!r} takes {exc.subject!r} but did not answer "
                           "(its leader is being elected)")
 
-    def _acked(self, record: BlockRecord, future: asyncio.Future[Any]) -> None:
+    def _acked(self, records: list[BlockRecord], future: asyncio.Future[Any]) -> None:
         if self.on_ack is not None and not future.cancelled() and future.exception() is None:
-            self.on_ack(record)
+            for record in records:
+                self.on_ack(record)
 
-    def _publish_failed(self, record: BlockRecord, height: int, exc: BaseException) -> None:
-        """Classify a failed publish of ``record``: transient (retry) or RelayError naming it."""
+    def _publish_failed(self, records: list[BlockRecord], height: int, exc: BaseException) -> None:
+        """Classify a failed publish of ``records`` (one, or an atomic batch): transient
+        (retry) or RelayError naming the record(s) by stream and offset."""
         nats = _nats()
+        record = records[-1]
+        where = _where(records)
         if _is_transient_api_error(exc):
-            raise _Transient(f"publish of stream {record.stream!r} offset {record.offset} failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise _Transient(f"publish of {where} failed: {type(exc).__name__}: {exc}") from exc
+        batch_error = _batch_error(exc)
+        if batch_error == ATOMIC_INCOMPLETE:
+            # A message of the batch was lost (the leader changed) or refused: the others
+            # go without a reply subject, so the server could not say which, nor why. The
+            # next attempt asks a reply for each, and a refused record is then named.
+            self._incomplete.add(height)
+            raise _Transient(f"the atomic batch of {where} was not completed: {exc}") from exc
+        if batch_error is not None and len(records) > 1:
+            # The stream no longer takes atomic batches (or not this one): publish one by one.
+            self.atomic = False
+            self._atomic_refused = f"the server refused the atomic batch of {where}: {exc}"
+            raise _Transient(f"the server refused the atomic batch of {where}: {exc}; resending one by one") from exc
         if isinstance(exc, nats.errors.MaxPayloadError):
             problem = f"its {len(record.data)}-byte payload (with headers) exceeds the server's max_payload"
             hint = "raise max_payload on the server, or keep records smaller"
         elif isinstance(exc, nats.js.errors.NoStreamResponseError):
             problem = f"no JetStream stream takes subject {self.subject(record.stream)!r}"
             hint = f"add the subject to stream {self.stream!r}'s subjects, or change `subject`"
+        elif isinstance(exc, nats.js.errors.APIError) and getattr(exc, "description", None):
+            problem = f"{exc.description} (JetStream error {exc.err_code})"
+            hint = "see the server's error; the record is retried when you start again, never skipped"
         else:
             problem = f"{type(exc).__name__}: {exc}"
             hint = "see the server's error; the record is retried when you start again, never skipped"
-        error = RelayError(f"streamer {self.name!r}: the server refused stream {record.stream!r} offset "
-                           f"{record.offset}: {problem}", hint=hint, height=height)
+        error = RelayError(f"streamer {self.name!r}: the server refused {where}: {problem}", hint=hint,
+                           height=height)
         error.__cause__ = exc
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
             raise _NoResponders(self.subject(record.stream), error)  # the session decides which

@@ -19,6 +19,7 @@ from typing import Any
 from ..clock import now_us
 from ..database import Database
 from ..errors import SqlstreamError
+from ..retention import PIN_PREFIX, pin_counter
 from ..txn import last_txn
 
 __all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "matches"]
@@ -238,6 +239,46 @@ class Store:
                     "ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
                     (_done_counter(service, sid), nxt),
                 )
+                # A forwarding pin (keep_unforwarded) follows; none is created here.
+                conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = ?",
+                             (nxt, pin_counter(sid, service)))
+
+    def pin_unforwarded(self, service: str, patterns: Sequence[str], keep: bool) -> int:
+        """Make retention keep what ``service`` has not forwarded, or stop it (``keep=False``).
+
+        With ``keep``, every stream ``patterns`` expose gets a forwarding pin (see
+        :mod:`sqlstream.retention`) at the offset after the last record the service
+        finished in it (0: none yet, so the whole stream is kept); :meth:`advance` then
+        moves the pins with the cursor. Streams created later are pinned by the next
+        call. Writes only when a pin is missing (or, without ``keep``, present); returns
+        how many pins it added or removed.
+        """
+        def wanted(conn: Any) -> tuple[list[tuple[int, int]], list[str]]:
+            names = {str(n): int(v) for n, v in conn.execute(
+                "SELECT name, value FROM counters WHERE name >= ? AND name < ?", (PIN_PREFIX, PIN_PREFIX[:-1] + ";"))}
+            mine = [n for n in names if n.endswith(f":{service}") and n[len(PIN_PREFIX):-len(service) - 1].isdigit()]
+            if not keep:
+                return [], mine
+            missing = []
+            for sid, name, first in conn.execute("SELECT id, name, first_offset FROM streams"):
+                if matches(str(name), patterns) and pin_counter(int(sid), service) not in names:
+                    done = conn.execute("SELECT value FROM counters WHERE name = ?",
+                                        (_done_counter(service, int(sid)),)).fetchone()
+                    missing.append((int(sid), int(done[0]) if done is not None else 0))
+            return missing, []
+
+        with self.db.engine.snapshot() as conn:
+            missing, extra = wanted(conn)
+        if not missing and not extra:
+            return 0
+        with self.db.engine.write(wakes=False) as conn:
+            missing, extra = wanted(conn)
+            for sid, offset in missing:
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                             (pin_counter(sid, service), offset))
+            for name in extra:
+                conn.execute("DELETE FROM counters WHERE name = ?", (name,))
+        return len(missing) + len(extra)
 
     def set_height(self, service: str, height: int) -> None:
         """Mirror the progress a self-paced service keeps elsewhere (never moves backwards).
