@@ -829,7 +829,7 @@ def test_keep_unforwarded_retention_keeps_what_jetstream_has_not_acked_and_trims
         other = db.create_stream("b", max_count=5)  # not forwarded: retention as usual
         runner.start()
         stream.extend([f"r{i}".encode() for i in range(3)])
-        wait_for(lambda: progress(db)[0] >= db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0],
+        wait_for(lambda: progress(db)[0] >= db.query("SELECT txn FROM last_txn").rows[0][0],
                  what="the first records forwarded")
         server.stop()
         wait_for(lambda: progress(db)[2] is not None, what="the relay to notice the server is gone")
@@ -845,7 +845,7 @@ def test_keep_unforwarded_retention_keeps_what_jetstream_has_not_acked_and_trims
         held = db.trim("a")
         assert held.held is not None and "relay" in held.held, held
         server.start()
-        head = db.query("SELECT value FROM counters WHERE name = 'txn'").rows[0][0]
+        head = db.query("SELECT txn FROM last_txn").rows[0][0]
         wait_for(lambda: progress(db)[0] >= head or runner.error is not None, timeout=30, what="the backlog to drain")
         assert runner.error is None, runner.error
         runner.stop()
