@@ -8,6 +8,7 @@ that every process was told that record's offset.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_appends_prune_as_they_pass_every_64th_offset(db: sqlstream.Database) ->
 # --------------------------------------------------------------------------- processes
 
 WRITER = r"""
-import json, random, sys, sqlstream
+import json, os, random, sys, time, sqlstream
 path, seed, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 ids = list(range(n))
@@ -172,6 +173,9 @@ rng.shuffle(ids)
 got = {}
 with sqlstream.open(path) as db:
     stream = db.stream("events")
+    open(f"{path}.{seed}.ready", "w").close()
+    while not os.path.exists(path + ".go"):  # start together, or the first may win every id
+        time.sleep(0.001)
     with db.producer(max_batch=20, max_delay=0.001) as producer:
         futures = {}
         i = 0
@@ -202,6 +206,13 @@ def test_concurrent_producers_in_several_processes_store_each_id_once(tmp_path: 
     with sqlstream.open(path) as db:
         db.create_stream("events")
     procs = [spawn(WRITER, path, str(seed), str(ids), stdout=-1, stderr=-1) for seed in range(4)]
+    # Let them go only once all four run: with one page per append, the first started
+    # could store all 1,500 ids before the others had imported sqlstream.
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{path}.{seed}.ready") for seed in range(4)):
+        assert time.monotonic() < deadline, "writers did not start"
+        time.sleep(0.01)
+    open(path + ".go", "w").close()
     answers = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
