@@ -7,9 +7,9 @@ import and the SQLAlchemy outbox. It runs, in the caller's write transaction:
 1. validation: ``expect_offset`` (``validation.check_offset``) and the payload limit;
 2. with dedup ids: the stream's window, the look-up of remembered ids (duplicates are
    answered with the original offsets and not stored);
-3. ``APPEND_SQL`` and ``LAST_RECORD_SQL``: the stream's row and its last record, from
-   which its next offset and byte length are derived as the view ``streams_now`` does
-   (the append writes no stream row, only its chunk rows), checked in Python for the secret, the seal, the expected offset
+3. ``APPEND_SQL``: one SELECT of the stream's state (its next offset and byte length
+   derived from its last record, as the view ``streams_now`` does: the append writes no
+   stream row, only its chunk rows), checked in Python for the secret, the seal, the expected offset
    and whether a retention trigger fires; a refusal is explained by :func:`append_refused`;
 4. the records, in multi-row INSERTs of up to ``ROWS_PER_INSERT`` rows;
 5. ``retention.enforce`` when a trigger fired; dedup remember (and prune every
@@ -48,25 +48,26 @@ PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
 ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
 
 # The stream's state for an append, read (not written) in the append's write transaction:
-# its row, then its last record, from which the next offset, byte length and last append
-# time are derived as the view streams_now (migration 0009) does, so an append writes only
-# its chunk rows (one b-tree page for a single record). The write lock held since BEGIN
-# IMMEDIATE makes the reads and the INSERT atomic. Two statements, not the view: the
-# view seeks the last record once per derived column, and each seek of a WITHOUT ROWID
-# b-tree compares the whole stored row, overflow pages included (a large record's every
-# byte, three times); and every append path runs on apsw (SQLite 3.44+, pyproject), where
-# octet_length() takes a TEXT payload's size from the record header as length() does a
-# BLOB's (the view, which must read the same under older SQLite, loads text to measure
-# it). The retention triggers (migration 0004) are compared in Python: NULL for a stream
-# without limits, so retention costs such appends no statement.
-APPEND_SQL = (
-    "SELECT id, next_offset, byte_length, last_append_at, sealed_at, write_secret, "
-    "trim_offset, trim_bytes, trim_time FROM streams WHERE name = ?"
-)
-LAST_RECORD_SQL = (
-    "SELECT offset + 1, position + octet_length(data), timestamp FROM chunks "
-    "WHERE stream_id = ? ORDER BY offset DESC LIMIT 1"
-)
+# the next offset, byte length and last append time are the larger of the stream row's
+# (floors) and its last record's, as the view streams_now (migration 0009) derives them,
+# so an append writes only its chunk rows (one b-tree page for a single record). The
+# write lock held since BEGIN IMMEDIATE makes the read and the INSERT atomic. The view's
+# expressions, not the view: every append path runs on apsw (SQLite 3.44+, pyproject),
+# where octet_length() takes a TEXT payload's size from the record header as length()
+# does a BLOB's; the view, which must read the same under older SQLite (Python's sqlite3,
+# Datasette), loads a text payload to measure it. (One statement with three correlated
+# seeks measured faster than the row and the last record in two statements.) The
+# retention triggers (migration 0004) are compared in Python: NULL for a stream without
+# limits, so retention costs such appends no statement.
+_LAST = "FROM chunks l WHERE l.stream_id = s.id ORDER BY l.offset DESC LIMIT 1"
+APPEND_SQL = f"""
+SELECT s.id,
+       max(s.next_offset, coalesce((SELECT l.offset + 1 {_LAST}), 0)),
+       max(s.byte_length, coalesce((SELECT l.position + octet_length(l.data) {_LAST}), 0)),
+       coalesce((SELECT max(coalesce(s.last_append_at, l.timestamp), l.timestamp) {_LAST}), s.last_append_at),
+       s.sealed_at, s.write_secret, s.trim_offset, s.trim_bytes, s.trim_time
+  FROM streams s WHERE s.name = ?
+"""
 
 _RENUMBER_SQL = (
     "UPDATE streams SET first_offset = ?2, next_offset = ?2, first_position = ?3, byte_length = ?3 WHERE id = ?1"
@@ -182,12 +183,6 @@ def _store(
     if not got:
         append_refused(q, name, secret, expect_offset)
     stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = got[0]
-    last = q(LAST_RECORD_SQL, (stream_id,))
-    if last:  # the row's ends are floors: the last record's, when it has one, are larger
-        end, end_position, end_at = last[0]
-        first = end if end > first else first
-        position = end_position if end_position > position else position
-        last_at = end_at if last_at is None or end_at > last_at else last_at
     if (sealed_at is not None or (write_secret is not None and write_secret != secret)
             or (expect_offset is not None and first != expect_offset)):
         append_refused(q, name, secret, expect_offset)
