@@ -7,9 +7,10 @@ import and the SQLAlchemy outbox. It runs, in the caller's write transaction:
 1. validation: ``expect_offset`` (``validation.check_offset``) and the payload limit;
 2. with dedup ids: the stream's window, the look-up of remembered ids (duplicates are
    answered with the original offsets and not stored);
-3. ``APPEND_SQL``: one UPDATE of the stream row reserves the offsets and bytes (gap-free,
-   checking the secret, the seal and the expected offset) and returns whether a
-   retention trigger fired; a refusal is explained by :func:`append_refused`;
+3. ``APPEND_SQL``: one SELECT of the stream's state (its next offset and byte length
+   derived from its last record, as the view ``streams_now`` does: the append writes no
+   stream row, only its chunk rows), checked in Python for the secret, the seal, the expected offset
+   and whether a retention trigger fires; a refusal is explained by :func:`append_refused`;
 4. the records, in multi-row INSERTs of up to ``ROWS_PER_INSERT`` rows;
 5. ``retention.enforce`` when a trigger fired; dedup remember (and prune every
    ``dedup.PRUNE_EVERY`` offsets).
@@ -46,21 +47,27 @@ PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
 
 ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable limit
 
-APPEND_SQL = """
-UPDATE streams
-   SET next_offset = next_offset + ?1,
-       byte_length = byte_length + ?2,
-       last_append_at = max(coalesce(last_append_at, 0), ?3)
- WHERE name = ?4
-   AND sealed_at IS NULL
-   AND (write_secret IS NULL OR write_secret = ?5)
-   AND (?6 IS NULL OR next_offset = ?6)
-RETURNING id, next_offset, byte_length, last_append_at,
-          next_offset > trim_offset OR byte_length > trim_bytes OR last_append_at >= trim_time
+# The stream's state for an append, read (not written) in the append's write transaction:
+# the next offset, byte length and last append time are the larger of the stream row's
+# (floors) and its last record's, as the view streams_now (migration 0009) derives them,
+# so an append writes only its chunk rows (one b-tree page for a single record). The
+# write lock held since BEGIN IMMEDIATE makes the read and the INSERT atomic. The view's
+# expressions, not the view: every append path runs on apsw (SQLite 3.44+, pyproject),
+# where octet_length() takes a TEXT payload's size from the record header as length()
+# does a BLOB's; the view, which must read the same under older SQLite (Python's sqlite3,
+# Datasette), loads a text payload to measure it. (One statement with three correlated
+# seeks measured faster than the row and the last record in two statements.) The
+# retention triggers (migration 0004) are compared in Python: NULL for a stream without
+# limits, so retention costs such appends no statement.
+_LAST = "FROM chunks l WHERE l.stream_id = s.id ORDER BY l.offset DESC LIMIT 1"
+APPEND_SQL = f"""
+SELECT s.id,
+       max(s.next_offset, coalesce((SELECT l.offset + 1 {_LAST}), 0)),
+       max(s.byte_length, coalesce((SELECT l.position + octet_length(l.data) {_LAST}), 0)),
+       coalesce((SELECT max(coalesce(s.last_append_at, l.timestamp), l.timestamp) {_LAST}), s.last_append_at),
+       s.sealed_at, s.write_secret, s.trim_offset, s.trim_bytes, s.trim_time
+  FROM streams s WHERE s.name = ?
 """
-# The last column is true when a retention trigger fired (migrations/0004): NULL for a
-# stream without limits and 0 for one within them, so retention costs such appends no
-# statement. See sqlstream/retention.py.
 
 _RENUMBER_SQL = (
     "UPDATE streams SET first_offset = ?2, next_offset = ?2, first_position = ?3, byte_length = ?3 WHERE id = ?1"
@@ -172,14 +179,20 @@ def _store(
 ) -> range:
     """The statements of an append: reserve offsets, insert the records, enforce retention."""
     count = len(rows)
-    number = txn()
-    stamp = now_us if timestamps is None else timestamps[-1]
-    got = q(APPEND_SQL, (count, total, stamp, name, secret, expect_offset))
+    got = q(APPEND_SQL, (name,))
     if not got:
         append_refused(q, name, secret, expect_offset)
-    stream_id, next_offset, byte_length, ts, trim = got[0]
-    first = next_offset - count
-    position = byte_length - total
+    stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = got[0]
+    if (sealed_at is not None or (write_secret is not None and write_secret != secret)
+            or (expect_offset is not None and first != expect_offset)):
+        append_refused(q, name, secret, expect_offset)
+    number = txn()
+    stamp = now_us if timestamps is None else timestamps[-1]
+    ts = stamp if last_at is None or last_at < stamp else last_at  # timestamps never decrease
+    next_offset = first + count
+    trim = ((t_offset is not None and next_offset > t_offset)
+            or (t_bytes is not None and position + total > t_bytes)
+            or (t_time is not None and ts >= t_time))
     if count == 1 and timestamps is None:  # the common case: no batching loop
         key, headers, ctype, data, _ = rows[0]
         q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
@@ -210,8 +223,8 @@ def renumber_empty(q: Query, stream_id: int, offset: int, position: int) -> None
 
 
 def append_refused(q: Query, name: str, secret: str | None, expect_offset: int | None) -> None:
-    """Raise why the append statement matched no row: not found, secret, sealed, or offset."""
-    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams WHERE name = ?", (name,))
+    """Raise why the append is refused: not found, secret, sealed, or offset."""
+    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams_now WHERE name = ?", (name,))
     if not rows:
         raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
     sealed_at, write_secret, next_offset = rows[0]

@@ -347,14 +347,14 @@ class Database:
     def streams(self) -> list[StreamInfo]:
         """Every stream, by name."""
         with self.engine.snapshot() as conn:
-            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams ORDER BY name").fetchall()
+            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams_now ORDER BY name").fetchall()
             return [_stream_info(row, self._over_limit(conn, row), self._dropped(conn, row)) for row in rows]
 
     def stream_info(self, name: str) -> StreamInfo:
         """The :class:`StreamInfo` of one stream (``StreamNotFound`` if absent)."""
         check_name(name)
         with self.engine.snapshot() as conn:
-            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams WHERE name = ?", (name,)).fetchall()
+            rows = conn.execute(f"SELECT {_STREAM_COLUMNS} FROM streams_now WHERE name = ?", (name,)).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
             return _stream_info(rows[0], self._over_limit(conn, rows[0]), self._dropped(conn, rows[0]))

@@ -119,9 +119,9 @@ _DB_DESCRIPTION = (
 _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
     "streams": ("Streams", "One row per stream: its offsets, byte length, times and retention settings.", {
         "first_offset": "oldest retained offset",
-        "next_offset": "the offset the next append gets",
+        "next_offset": "a floor of the offset the next append gets (exact in streams_now and stream_stats)",
         "first_position": "byte position of first_offset",
-        "byte_length": "bytes ever appended (the byte-log length)",
+        "byte_length": "a floor of the bytes ever appended (exact in streams_now and stream_stats)",
         "write_secret": "set: only writers holding it may append",
         "max_age": "retention by age, in seconds",
         "metadata": "the stream's JSON metadata",
@@ -187,6 +187,8 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "oldest_pending_age": "seconds since the oldest pending record was appended",
         "acked_frontier": "everything below it is acked or dead-lettered",
     }),
+    "streams_now": ("Streams (now)", "The streams table with next_offset, byte_length and last_append_at as "
+                    "they are now, derived from each stream's last record (the table's are floors).", {}),
     "pending_deliveries": ("Pending deliveries", "One row per delivered, unacked record.", {
         "idle_seconds": "seconds since the last delivery",
         "expired": "1: past its deadline",
@@ -256,7 +258,7 @@ SELECT e.name AS export,
        e.directory
   FROM exports e
   JOIN export_streams es ON es.export_id = e.id
-  JOIN streams s ON s.id = es.stream_id
+  JOIN streams_now s ON s.id = es.stream_id
  ORDER BY not_exported DESC, e.name, s.name"""
 
 # JSON functions only see rows whose content_type is 'json' (CASE evaluates lazily): a

@@ -42,6 +42,7 @@ import apsw
 from . import append as _append
 from . import clock as _clock
 from . import connection as cx
+from . import retention as _retention
 from . import txn as _txn
 from .checkpoint import install_wal_hook
 from .errors import (
@@ -483,15 +484,17 @@ class Engine:
         Raises ``StreamNotFound``, ``AccessDenied`` (a secret stream, without its secret).
         """
         with self.write() as conn:
-            rows = conn.execute("SELECT sealed_at, write_secret FROM streams WHERE name = ?", (name,)).fetchall()
+            rows = conn.execute("SELECT sealed_at, write_secret, id FROM streams WHERE name = ?", (name,)).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
-            sealed_at, write_secret = rows[0]
+            sealed_at, write_secret, sid = rows[0]
+            assert isinstance(sid, int)
             if write_secret is not None and write_secret != secret:
                 raise AccessDenied(f"stream {name!r} can be sealed only through its write secret")
             if sealed_at is not None:
                 return False
-            conn.execute("UPDATE streams SET sealed_at = ? WHERE name = ?", (self.now_us(), name))
+            _retention.settle_ends(cx.runner(conn), sid)
+            conn.execute("UPDATE streams SET sealed_at = ? WHERE id = ?", (self.now_us(), sid))
         return True
 
 

@@ -222,7 +222,7 @@ def _enforce_all(db: Database, report: MaintenanceReport, ticks: _Progress) -> N
     for (stream_id,) in remembered:
         with db.engine.write() as conn:
             rows = cx.runner(conn)(
-                "SELECT next_offset, dedup_seconds, dedup_records FROM streams WHERE id = ?", (stream_id,)
+                "SELECT next_offset, dedup_seconds, dedup_records FROM streams_now WHERE id = ?", (stream_id,)
             )
             if rows:
                 _dedup.prune(cx.runner(conn), stream_id, rows[0][0], rows[0][1], rows[0][2], db.engine.now_us())
@@ -347,7 +347,7 @@ def check(
         return True
 
     with db.engine.snapshot() as conn:
-        total = int(cx.runner(conn)("SELECT coalesce(sum(next_offset - first_offset), 0) FROM streams")[0][0])
+        total = int(cx.runner(conn)("SELECT coalesce(sum(next_offset - first_offset), 0) FROM streams_now")[0][0])
         if progress is not None:
             progress(0, total)
         rows = conn.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
@@ -361,13 +361,13 @@ def check(
             problem(None, None, "the counters table has no 'txn' row")
         streams = conn.execute(
             "SELECT id, name, first_offset, next_offset, first_position, byte_length, last_append_at "
-            "FROM streams ORDER BY name"
+            "FROM streams_now ORDER BY name"
         ).fetchall()
         for stream in streams:
             report.streams += 1
             if not _check_stream(conn, stream, last_txn, not quick, report, problem, progress, total):
                 break
-        _check_references(conn, problem)
+        _check_references(conn, problem, last_txn)
     if progress is not None:
         progress(min(report.records, total), total)
     return report
@@ -434,8 +434,15 @@ def _check_stream(
     return True
 
 
-def _check_references(conn: apsw.Connection, problem: Any) -> None:
-    """Pending deliveries, reader positions and dedup entries must point at real offsets."""
+def _check_references(conn: apsw.Connection, problem: Any, last_txn: int | None) -> None:
+    """Pending deliveries, reader positions and dedup entries must point at real offsets.
+
+    An append writes only its record, so a stream's end is derived from its last record:
+    a tail deleted outside sqlstream leaves no gap to see. What can be seen is everyone
+    who saw the deleted records: a subscription's delivery position, an export's archive
+    position, a reader, a dedup entry past the stream's (derived) end, or a streaming
+    service past the last commit.
+    """
     for sub, stream, offset, frontier, exists in conn.execute(
         "SELECT s.name, st.name, d.offset, s.next_offset, "
         "EXISTS (SELECT 1 FROM chunks c WHERE c.stream_id = s.stream_id AND c.offset = d.offset) "
@@ -452,13 +459,38 @@ def _check_references(conn: apsw.Connection, problem: Any) -> None:
         if not problem(stream, offset, message):
             return
     for reader, stream, position, nxt in conn.execute(
-        "SELECT c.name, st.name, c.position, st.next_offset FROM cursors c JOIN streams st ON st.id = c.stream_id "
+        "SELECT c.name, st.name, c.position, st.next_offset FROM cursors c JOIN streams_now st ON st.id = c.stream_id "
         "WHERE c.position > st.next_offset ORDER BY st.name"
     ).fetchall():
         if not problem(stream, position, f"reader {reader!r} is past the stream's next_offset {nxt}"):
             return
+    past_end = " (records deleted outside sqlstream?)"
+    for sub, stream, delivered, nxt in conn.execute(
+        "SELECT s.name, st.name, s.next_offset, st.next_offset FROM subscriptions s "
+        "JOIN streams_now st ON st.id = s.stream_id WHERE s.next_offset > st.next_offset ORDER BY st.name, s.name"
+    ).fetchall():
+        if not problem(stream, delivered, f"subscription {sub!r} has delivered up to offset {delivered}, "
+                       f"past the stream's end {nxt}{past_end}"):
+            return
+    for export, stream, exported, nxt in conn.execute(
+        "SELECT x.name, st.name, e.exported_offset, st.next_offset FROM export_streams e "
+        "JOIN exports x ON x.id = e.export_id JOIN streams_now st ON st.id = e.stream_id "
+        "WHERE e.exported_offset > st.next_offset ORDER BY st.name, x.name"
+    ).fetchall():
+        if not problem(stream, exported, f"export {export!r} has archived up to offset {exported}, "
+                       f"past the stream's end {nxt}{past_end}"):
+            return
+    if last_txn is not None:
+        # A jetstream-source's height counts the remote stream's messages, not commits here.
+        for service, height in conn.execute(
+            "SELECT service, height FROM streaming_cursors WHERE kind != 'jetstream-source' AND height > ? "
+            "ORDER BY service", (last_txn,)
+        ).fetchall():
+            if not problem(None, None, f"streaming service {service!r} is at commit {height}, "
+                           f"past the last commit {last_txn}{past_end}"):
+                return
     for stream, dedup_id, offset, nxt in conn.execute(
-        "SELECT st.name, d.dedup_id, d.offset, st.next_offset FROM dedup d JOIN streams st ON st.id = d.stream_id "
+        "SELECT st.name, d.dedup_id, d.offset, st.next_offset FROM dedup d JOIN streams_now st ON st.id = d.stream_id "
         "WHERE d.offset >= st.next_offset ORDER BY st.name, d.offset"
     ).fetchall():
         if not problem(stream, offset, f"dedup id {dedup_id!r} names an offset never appended (next_offset {nxt})"):

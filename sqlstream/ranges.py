@@ -69,7 +69,7 @@ def read_reverse(db: Database, name: str, before: int | None = None, limit: int 
         check_offset(before, "before")
     check_count(limit, "limit")
     with db.engine.snapshot() as conn:
-        found = fetch_rows(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (name,))
+        found = fetch_rows(conn, "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (name,))
         if not found:
             raise StreamNotFound(f"no stream named {name!r}")
         stream_id, first, nxt = (int(v) for v in found[0])

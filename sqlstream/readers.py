@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 _STATE_SQL = """
 SELECT c.position, st.id, st.first_offset, st.next_offset, st.sealed_at IS NOT NULL
-  FROM cursors c JOIN streams st ON st.id = c.stream_id
+  FROM cursors c JOIN streams_now st ON st.id = c.stream_id
  WHERE c.id = ?
 """
 _RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
@@ -173,7 +173,7 @@ def _resolve(start: int | str, first: int, nxt: int, stream: str) -> int:
 def _infos(conn: apsw.Connection, reader_id: int | None) -> list[ReaderInfo]:
     rows = cx.rows(conn,
         "SELECT c.name, st.name, c.position, max(0, st.next_offset - max(c.position, st.first_offset)), "
-        "c.created_at, c.updated_at FROM cursors c JOIN streams st ON st.id = c.stream_id "
+        "c.created_at, c.updated_at FROM cursors c JOIN streams_now st ON st.id = c.stream_id "
         "WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.name",
         (reader_id,),
     )
@@ -205,7 +205,7 @@ def open_reader(db: Database, name: str, stream: str | None = None, start: int |
         if stream is None:
             raise ReaderNotFound(f"no reader named {name!r}", hint="name its stream to create it")
         found = cx.rows(conn,
-            "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+            "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (stream,)
         )
         if not found:
             raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")

@@ -46,7 +46,7 @@ HELD_RECHECK = 64  # appends between re-checks while keep_unacked holds records 
 
 _STREAM_SQL = (
     "SELECT name, first_offset, next_offset, first_position, byte_length, max_count, max_age, "
-    "max_bytes, keep_unacked FROM streams WHERE id = ?"
+    "max_bytes, keep_unacked FROM streams_now WHERE id = ?"
 )
 # The first offset in [lo, hi) whose column reaches a value. Positions and timestamps
 # never decrease along a stream, so this is the boundary of a prefix; the scan stops at
@@ -74,6 +74,32 @@ _COUNT_DROPPED_SQL = (
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
 _log = logging.getLogger("sqlstream")
+
+
+# A stream's ends (next offset, byte length, last append time) as streams_now derives them
+# from its last record, written into its row. Appends write only chunk rows, so the row
+# is behind (a floor) while records remain; it must be exact before the last records go
+# (a stream with none left has only its row to derive them from), and in the statement
+# that raises first_offset/first_position, so CHECK (first_offset <= next_offset) and
+# CHECK (first_position <= byte_length) hold.
+_SETTLE_ENDS_SQL = """
+UPDATE streams SET (next_offset, byte_length, last_append_at) =
+       (SELECT next_offset, byte_length, last_append_at FROM streams_now WHERE id = ?1)
+ WHERE id = ?1
+"""
+_RAISE_FIRST_SQL = """
+UPDATE streams SET (first_offset, first_position, next_offset, byte_length, last_append_at) =
+       (SELECT ?2, ?3, next_offset, byte_length, last_append_at FROM streams_now WHERE id = ?1)
+ WHERE id = ?1
+"""
+
+
+def settle_ends(q: Query, stream_id: int) -> None:
+    """Write the stream's current ends (``streams_now``) into its ``streams`` row (seal).
+
+    Appends never write the row. Runs in the caller's write transaction.
+    """
+    q(_SETTLE_ENDS_SQL, (stream_id,))
 
 
 def dropped_counter(stream_id: int) -> str:
@@ -135,7 +161,7 @@ class _Stream(NamedTuple):
 
 _STREAM_SQL = (
     "SELECT id, name, first_offset, next_offset, first_position, byte_length, max_count, max_age, "
-    "max_bytes, keep_unacked FROM streams WHERE id = ?"
+    "max_bytes, keep_unacked FROM streams_now WHERE id = ?"
 )
 
 
@@ -260,6 +286,8 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
     else:
         position = st.byte_length
     _txn.keep_txn_floor(q, st.id, new_first)
+    # Before the DELETE: the ends are derived from the last record, which may be deleted.
+    q(_RAISE_FIRST_SQL, (st.id, new_first, position))
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))
     dropped = q(_PENDING_BELOW_SQL, (st.id, new_first))[0]
     if dropped[0]:
@@ -275,7 +303,6 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
             "AND offset < ?",
             (st.id, new_first),
         )
-    q("UPDATE streams SET first_offset = ?, first_position = ? WHERE id = ?", (new_first, position, st.id))
     return new_first - st.first, position
 
 

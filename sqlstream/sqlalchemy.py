@@ -306,6 +306,11 @@ pending_deliveries = Table(
 
 last_txn = Table("last_txn", views, Column("txn"))
 
+streams_now = Table(
+    "streams_now", views,
+    *(Column(c.name) for c in streams.columns),
+)
+
 
 # --------------------------------------------------------------------------- driver
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _STATE_SQL = (
     "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL "
-    "FROM streams WHERE name = ?"
+    "FROM streams_now WHERE name = ?"
 )
 _RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 

@@ -81,7 +81,7 @@ _SUB_COLUMNS = (
 _CLAIM_STATE_SQL = """
 SELECT st.id, s.ack_timeout, s.max_unacked, s.max_deliveries, s.dead_letter,
        s.next_offset, st.first_offset, st.next_offset, s.ordering
-  FROM subscriptions s JOIN streams st ON st.id = s.stream_id
+  FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id
  WHERE s.id = ?
 """
 
@@ -95,7 +95,7 @@ SELECT s.next_offset, st.first_offset, st.next_offset, s.max_unacked,
               AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.subscription_id = s.id
                                  AND p.key IS NOT NULL AND p.key = w.key AND p.waiting = 0)
        ) ELSE 0 END
-  FROM subscriptions s JOIN streams st ON st.id = s.stream_id
+  FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id
  WHERE s.id = ?
 """
 
@@ -731,7 +731,7 @@ class Subscription:
         """(stream id, subscription frontier, stream first_offset, stream next_offset)."""
         rows = _q(conn,
             "SELECT st.id, s.next_offset, st.first_offset, st.next_offset "
-            "FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.id = ?",
+            "FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id WHERE s.id = ?",
             (self._id,),
         )
         if not rows:
@@ -917,7 +917,7 @@ class Subscription:
                     f"subscription {self.name!r} has no dead-letter stream",
                     hint="set one with sub.configure(max_deliveries=..., dead_letter=...)",
                 )
-            found = _q(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (dead_letter,))
+            found = _q(conn, "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (dead_letter,))
             if not found:
                 return []
             dl_id, first, nxt = found[0]
@@ -1007,7 +1007,7 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.deadline <= ?1), "
         "(SELECT count(*) FROM deliveries d WHERE d.subscription_id = s.id AND d.waiting = 1), "
         "(SELECT min(d.offset) FROM deliveries d WHERE d.subscription_id = s.id) "
-        "FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+        "FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id "
         "WHERE ?2 IS NULL OR s.id = ?2 ORDER BY s.name",
         (now_us, sub_id),
     )
@@ -1070,13 +1070,13 @@ def create_subscription(
     start = check_start(start)
     with db.engine.write() as conn:
         found = _q(conn,
-            "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,)
+            "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (stream,)
         )
         if not found:
             raise StreamNotFound(f"no stream named {stream!r}", hint="create it with db.create_stream()")
         stream_id, first, nxt = found[0]
         existing = _q(conn,
-            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id "
             "WHERE s.name = ?",
             (name,),
         )
@@ -1107,7 +1107,7 @@ def create_subscription(
              time.time_ns() // 1000, ordering),
         )
         row = _q(conn,
-            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id "
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id "
             "WHERE s.name = ?",
             (name,),
         )[0]
@@ -1148,7 +1148,7 @@ def get_subscription(db: Database, name: str) -> Subscription:
     check_name(name, "subscription")
     with db.engine.snapshot() as conn:
         rows = _q(conn,
-            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams st ON st.id = s.stream_id WHERE s.name = ?",
+            f"SELECT {_SUB_COLUMNS} FROM subscriptions s JOIN streams_now st ON st.id = s.stream_id WHERE s.name = ?",
             (name,),
         )
     if not rows:

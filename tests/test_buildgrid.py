@@ -454,7 +454,7 @@ def test_iterator_blocks_without_spinning(db_path: str, wakeup: str) -> None:
 
     def hook(conn: apsw.Connection) -> None:
         def tracer(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
-            if "FROM streams WHERE name" in sql:  # the stream-state read every check makes
+            if "FROM streams_now WHERE name" in sql:  # the stream-state read every check makes
                 checks[threading.get_ident()] += 1
             return True
 

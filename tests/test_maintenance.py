@@ -117,13 +117,14 @@ def test_check_passes_a_healthy_database(db: sqlstream.Database) -> None:
     ("damage", "offset", "words"),
     [
         ("DELETE FROM chunks WHERE offset = 5", 5, "gap: offset 5 is missing"),
-        ("DELETE FROM chunks WHERE offset >= 8", 8, "offsets 8..9 are missing"),
         ("UPDATE chunks SET position = position + 1 WHERE offset = 6", 6, "byte position"),
         ("UPDATE chunks SET timestamp = 0 WHERE offset = 3", 3, "timestamp earlier"),
         ("UPDATE chunks SET data = 'not json' WHERE offset = 2", 2, "not valid JSON"),
         ("UPDATE chunks SET data = x'00' WHERE offset = 4", 4, "stored as blob"),
         ("UPDATE chunks SET txn = 999 WHERE offset = 1", 1, "txn 999"),
-        ("UPDATE streams SET first_offset = 3, first_position = 0", 0, "below first_offset 3"),
+        # Foreign SQL raising first_offset must write the stream's ends too, as sqlstream
+        # does (the row's next_offset is a floor, and CHECK (first_offset <= next_offset)).
+        ("UPDATE streams SET first_offset = 3, first_position = 0, next_offset = 10", 0, "below first_offset 3"),
     ],
 )
 def test_check_names_the_stream_and_offset_of_a_broken_invariant(
@@ -141,13 +142,44 @@ def test_check_names_the_stream_and_offset_of_a_broken_invariant(
     assert all(p.stream == "orders" for p in report.problems)
 
 
+def test_check_reports_a_tail_deleted_by_foreign_sql_through_whoever_saw_it(
+    db: sqlstream.Database, tmp_path: Path
+) -> None:
+    # An append writes only its record: nothing but the last record says where a stream
+    # ends, so a tail deleted outside sqlstream is not a gap (README, "Guarantees").
+    # What check() can see is everyone who saw the deleted records: a subscription that
+    # delivered them, an export that archived them, a streaming service past their commit,
+    # a reader or a dedup entry past the stream's end.
+    filled(db, "ok-stream", 3)
+    orders = db.create_stream("orders")
+    for i in range(10):
+        orders.append({"i": i}, dedup_id=f"d{i}")
+    sub = db.create_subscription("billing", "orders")
+    sub.ack(*(m.offset for m in sub.fetch("w", 10)))
+    db.export("orders", tmp_path / "archive")
+    with raw(db.path) as conn:
+        conn.execute("INSERT INTO streaming_cursors (service, kind, height, updated_at) "
+                     "SELECT 'feed', 'file', txn, 0 FROM last_txn")
+        conn.execute("DELETE FROM chunks WHERE stream_id = 2 AND offset >= 8")
+    report = db.check()
+    assert not report.ok
+    messages = [(p.stream, p.offset, p.message) for p in report.problems]
+    assert all(stream in ("orders", None) for stream, _, _ in messages), messages
+    assert any(o == 10 and "subscription 'billing'" in m and "past the stream's end 8" in m
+               for _, o, m in messages), messages
+    assert any(o == 10 and "export" in m and "past the stream's end 8" in m for _, o, m in messages), messages
+    assert any("streaming service 'feed'" in m for _, _, m in messages), messages
+    assert any(o == 9 and "dedup id 'd9'" in m for _, o, m in messages), messages
+
+
 def test_check_finds_pending_deliveries_of_missing_records(db: sqlstream.Database) -> None:
     filled(db, "orders", 10)
     db.create_subscription("billing", "orders").fetch("w", 5)
     with raw(db.path) as conn:  # a trim that forgot the deliveries
         conn.execute("DELETE FROM chunks WHERE offset < 3")
         conn.execute("UPDATE streams SET first_offset = 3, first_position = "
-                     "(SELECT position FROM chunks WHERE offset = 3)")
+                     "(SELECT position FROM chunks WHERE offset = 3), next_offset = 10, "
+                     "byte_length = (SELECT byte_length FROM streams_now WHERE name = 'orders')")
     report = db.check()
     messages = [str(p) for p in report.problems]
     assert messages == [

@@ -144,7 +144,8 @@ def test_trimmed_records_are_skipped(db: sqlstream.Database) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM chunks WHERE offset < 5")
-        conn.execute("UPDATE streams SET first_offset = 5 WHERE name = 's'")
+        # As sqlstream's trims do: the row's next_offset is a floor, raised with first_offset.
+        conn.execute("UPDATE streams SET first_offset = 5, next_offset = 10 WHERE name = 's'")
         conn.execute("COMMIT")
     finally:
         conn.close()

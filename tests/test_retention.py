@@ -54,7 +54,8 @@ def test_appends_within_limits_run_the_same_statements_as_plain_ones(db: sqlstre
         plain.append(b"x")
     with statements(db) as b:
         limited.append(b"x")
-    assert len(a) == len(b) == 5, (a, b)  # BEGIN, txn counter, stream row, insert, COMMIT
+    # BEGIN, PRAGMA data_version (txn), stream state, insert, COMMIT
+    assert len(a) == len(b) == 5, (a, b)
     assert not any("DELETE" in s for s in b)
 
 

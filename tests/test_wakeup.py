@@ -63,18 +63,12 @@ def raw_append(conn: Any, name: str, value: str) -> None:
     """Append one text record the way sqlstream lays it out, with plain SQL (no doorbell)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # An append writes only its record: the stream's ends and the last txn are derived.
         sid, nxt, length = conn.execute(
-            "SELECT id, next_offset, byte_length FROM streams WHERE name = ?", (name,)
+            "SELECT id, next_offset, byte_length FROM streams_now WHERE name = ?", (name,)
         ).fetchall()[0]
-        conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'txn'")
-        txn = conn.execute("SELECT value FROM counters WHERE name = 'txn'").fetchall()[0][0]
+        txn = conn.execute("SELECT txn + 1 FROM last_txn").fetchall()[0][0]
         now = time.time_ns() // 1000
-        size = len(value.encode())
-        conn.execute(
-            "UPDATE streams SET next_offset = next_offset + 1, byte_length = byte_length + ?, "
-            "last_append_at = max(coalesce(last_append_at, 0), ?) WHERE id = ?",
-            (size, now, sid),
-        )
         conn.execute(
             "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
             "content_type, data) VALUES (?, ?, ?, ?, ?, NULL, NULL, 'text', ?)",
@@ -244,7 +238,7 @@ class CheckCounter:
 
     def trace(self, cursor: Any, sql: str, bindings: Any) -> bool:
         # Every stream read starts its snapshot by reading the stream's row.
-        if "FROM streams WHERE name" in sql:
+        if "FROM streams_now WHERE name" in sql:
             self.checks += 1
             self.first_at = min(self.first_at, time.monotonic())
         return True

@@ -351,7 +351,7 @@ class _Exporter:
                  (self.directory, now, self.export_id))
             total = 0
             for stream in self.names:
-                got = cx.rows(conn, "SELECT id, first_offset, next_offset FROM streams WHERE name = ?", (stream,))
+                got = cx.rows(conn, "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (stream,))
                 if not got:
                     raise StreamNotFound(f"no stream named {stream!r} to export")
                 sid, first, nxt = got[0]
@@ -630,7 +630,7 @@ class _Exporter:
         with self.db.engine.snapshot() as conn:
             for index, stream in enumerate(self.names):
                 sid = self.ids[stream]
-                state = cx.rows(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?",
+                state = cx.rows(conn, "SELECT first_offset, next_offset, sealed_at IS NOT NULL FROM streams_now WHERE id = ?",
                              (sid,))
                 if not state:
                     raise StreamNotFound(f"stream {stream!r} was deleted while being exported")
@@ -693,7 +693,7 @@ class _Exporter:
         all_sealed = True
         with self.db.engine.snapshot() as conn:
             for sid in self.ids.values():
-                row = cx.rows(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams WHERE id = ?", (sid,))
+                row = cx.rows(conn, "SELECT next_offset, sealed_at IS NOT NULL FROM streams_now WHERE id = ?", (sid,))
                 if not row or row[0][0] > self.cursor[sid]:
                     return True  # new records (or a deleted stream, which fetch() reports)
                 all_sealed = all_sealed and bool(row[0][1])
@@ -879,7 +879,7 @@ def trim_exported(db: Database, name: str, streams: Sequence[str] | None = None)
                 raise InvalidArgument(f"export {name!r} does not export stream {stream!r}")
             row = cx.rows(
                 conn,
-                "SELECT s.id, s.first_offset, s.next_offset, s.byte_length, e.delivered_offset FROM streams s "
+                "SELECT s.id, s.first_offset, s.next_offset, s.byte_length, e.delivered_offset FROM streams_now s "
                 "JOIN export_streams e ON e.stream_id = s.id "
                 "JOIN exports x ON x.id = e.export_id WHERE x.name = ? AND s.name = ?",
                 (name, stream),

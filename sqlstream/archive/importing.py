@@ -78,7 +78,7 @@ _INT64_MAX = 2**63 - 1
 # archive holds many large records (DEFAULT_BATCH of them could be gigabytes).
 _BATCH_BYTES = 32 * 1024 * 1024
 _STATE_SQL = ("SELECT id, first_offset, next_offset, byte_length, sealed_at IS NOT NULL, "
-              "coalesce(last_append_at, 0), write_secret FROM streams WHERE name = ?")
+              "coalesce(last_append_at, 0), write_secret FROM streams_now WHERE name = ?")
 
 
 def _check_names(what: str, value: object) -> dict[str, str]:

@@ -311,7 +311,7 @@ class Store:
                 "SELECT e.delivered_offset, s.next_offset, "
                 "(SELECT c.txn FROM chunks c WHERE c.stream_id = s.id AND c.offset >= e.delivered_offset "
                 " ORDER BY c.offset LIMIT 1) "
-                "FROM exports x JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
+                "FROM exports x JOIN export_streams e ON e.export_id = x.id JOIN streams_now s ON s.id = e.stream_id "
                 "WHERE x.name = ?",
                 (export,),
             ).fetchall()
@@ -328,7 +328,7 @@ class Store:
         with self.db.engine.snapshot() as conn:
             gaps: list[Any] = conn.execute(
                 "SELECT s.name, e.exported_offset, s.first_offset - 1 FROM exports x "
-                "JOIN export_streams e ON e.export_id = x.id JOIN streams s ON s.id = e.stream_id "
+                "JOIN export_streams e ON e.export_id = x.id JOIN streams_now s ON s.id = e.stream_id "
                 "WHERE x.name = ? AND e.exported_offset < s.first_offset ORDER BY s.name",
                 (export,),
             ).fetchall()
@@ -461,7 +461,7 @@ class Store:
             streams = [
                 (int(sid), str(name), int(first), int(nxt))
                 for sid, name, first, nxt in conn.execute(
-                    "SELECT id, name, first_offset, next_offset FROM streams ORDER BY name"
+                    "SELECT id, name, first_offset, next_offset FROM streams_now ORDER BY name"
                 )
                 if matches(str(name), patterns)
             ]
@@ -516,7 +516,7 @@ class Store:
             streams = [
                 (int(sid), str(name), int(first), int(nxt))
                 for sid, name, first, nxt in conn.execute(
-                    "SELECT id, name, first_offset, next_offset FROM streams ORDER BY name"
+                    "SELECT id, name, first_offset, next_offset FROM streams_now ORDER BY name"
                 )
                 if matches(str(name), patterns)
             ]
@@ -581,7 +581,7 @@ class Store:
         with self.db.engine.write(wakes=False) as conn:
             streams = [
                 (int(sid), str(name), int(first), int(nxt))
-                for sid, name, first, nxt in conn.execute("SELECT id, name, first_offset, next_offset FROM streams")
+                for sid, name, first, nxt in conn.execute("SELECT id, name, first_offset, next_offset FROM streams_now")
                 if matches(str(name), patterns)
             ]
             try:
