@@ -44,10 +44,6 @@ from .validation import duration_us
 
 HELD_RECHECK = 64  # appends between re-checks while keep_unacked holds records back
 
-_STREAM_SQL = (
-    "SELECT name, first_offset, next_offset, first_position, byte_length, max_count, max_age, "
-    "max_bytes, keep_unacked FROM streams_now WHERE id = ?"
-)
 # The first offset in [lo, hi) whose column reaches a value. Positions and timestamps
 # never decrease along a stream, so this is the boundary of a prefix; the scan stops at
 # the first match, having visited only records that are about to be trimmed.
