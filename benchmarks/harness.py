@@ -372,6 +372,14 @@ SCHEMA_STREAM_SQL = (
     "UPDATE streams SET next_offset = next_offset + ?, byte_length = byte_length + ?, last_append_at = ? "
     "WHERE id = 1 RETURNING next_offset, byte_length"
 )
+# sqlstream's bookkeeping since issue 11 (one page per single-record commit): the next
+# offset, byte position and txn come from the stream's last record; only chunks are written.
+# (A lone writer's txn: the last record's + 1; sqlstream re-derives it only after another
+# connection committed.)
+SCHEMA_LAST_SQL = (
+    "SELECT offset + 1, position + length(data), txn + 1 FROM chunks WHERE stream_id = 1 "
+    "ORDER BY offset DESC LIMIT 1"
+)
 SCHEMA_INSERT_SQL = (
     "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, content_type, data) "
     "VALUES (1, ?, ?, ?, ?, NULL, NULL, 'bytes', ?)"
