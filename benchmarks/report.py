@@ -122,17 +122,45 @@ def markdown(outcomes: Sequence[Outcome], meta: dict[str, Any], chart: str | Non
             lines += [f"- {note}"]
         if out.notes:
             lines.append("")
+    lines += _written_parts()
+    return "\n".join(lines)
+
+
+def _written_parts() -> list[str]:
+    """The parts of RESULTS.md after the measured tables: sections/, method, findings."""
+    lines: list[str] = []
     for section in sorted(os.listdir(SECTIONS)) if os.path.isdir(SECTIONS) else []:
         if section.endswith(".md"):
             with open(os.path.join(SECTIONS, section), encoding="utf-8") as f:
                 lines += [f.read().rstrip(), ""]
-    lines += ["## Method and caveats", "", *[f"- {m}" for m in METHOD], ""]
+    lines += [METHOD_HEADING, "", *[f"- {m}" for m in METHOD], ""]
     if os.path.exists(FINDINGS):
         with open(FINDINGS, encoding="utf-8") as f:
             lines += [f.read().rstrip(), ""]
-    return "\n".join(lines)
+    return lines
 
 
+def refresh(path: str) -> None:
+    """Rewrite the written parts of an existing RESULTS.md (after editing sections/ or
+    findings.md) and keep its measured part as it is: ``python -m benchmarks.report``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cut = len(text)
+    headings = [METHOD_HEADING]
+    for section in sorted(os.listdir(SECTIONS)) if os.path.isdir(SECTIONS) else []:
+        if section.endswith(".md"):
+            with open(os.path.join(SECTIONS, section), encoding="utf-8") as f:
+                headings.append(f.readline().rstrip())
+    for heading in headings:
+        at = text.find("\n" + heading + "\n")
+        if at >= 0:
+            cut = min(cut, at + 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:cut] + "\n".join(_written_parts()))
+
+
+
+METHOD_HEADING = "## Method and caveats"
 METHOD = [
     "W1: sqlstream `Stream.extend` of 1,000 records; raw apsw `executemany` into "
     "`records(id INTEGER PRIMARY KEY, data BLOB)` inside `BEGIN IMMEDIATE … COMMIT`; Redis: a "
@@ -250,3 +278,7 @@ def chart(path: str, outcomes: Sequence[Outcome], title: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return os.path.basename(path)
+
+
+if __name__ == "__main__":
+    refresh(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
