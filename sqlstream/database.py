@@ -398,10 +398,8 @@ class Database:
             _txn.keep_txn_floor(cx.runner(conn), stream_id)
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (stream_id,))
             conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
-            # Its id may be reused by a new stream, which must not inherit the count.
-            conn.execute("DELETE FROM counters WHERE name = ?", (_retention.dropped_counter(stream_id),))
-            pins = _retention.pin_counter(stream_id, "")  # nor a relay's forwarding pins
-            conn.execute("DELETE FROM counters WHERE name >= ? AND name < ?", (pins, pins[:-1] + ";"))
+            # Its id may be reused by a new stream, which must inherit none of its counters.
+            _retention.forget_stream(cx.runner(conn), stream_id)
 
     # ----------------------------------------------------------------- retention and upkeep
 

@@ -187,6 +187,22 @@ def pin_counter(stream_id: int, service: str) -> str:
     return f"{PIN_PREFIX}{stream_id}:{service}"
 
 
+def streamed_counter(service: str, stream_id: int) -> str:
+    """The ``counters`` row holding the offset after the last record streaming service
+    ``service`` streamed from a stream (written with its cursor; see streaming/store.py)."""
+    return f"streaming:{service}:{stream_id}"
+
+
+def forget_stream(q: Query, stream_id: int) -> None:
+    """Delete every ``counters`` row kept per stream: its dropped-deliveries count, the
+    relays' forwarding pins and the streaming services' positions. ``delete_stream`` runs
+    it: SQLite gives a new stream the id of the deleted newest one, which must start with
+    none of them (a position carried over would hide trimmed records from the service)."""
+    pins = pin_counter(stream_id, "")
+    q("DELETE FROM counters WHERE name = ?1 OR (name >= ?2 AND name < ?3) OR name GLOB ?4",
+      (dropped_counter(stream_id), pins, pins[:-1] + ";", streamed_counter("*", stream_id)))
+
+
 def forward_pin(q: Query, stream_id: int) -> tuple[int, str] | None:
     """(lowest forwarding pin of the stream, its service's name), None when none pins it."""
     prefix = f"{PIN_PREFIX}{stream_id}:"

@@ -635,3 +635,26 @@ def test_next_blocks_reads_the_same_blocks_as_next_block_one_by_one(tmp_path: Pa
         assert got and store.next_blocks("many", ["a", "b"], 0, upto=got[0].height)[1][-1].height == got[0].height
     finally:
         db.close()
+
+
+def test_a_new_stream_that_reuses_a_deleted_streams_id_owes_the_file_service_every_record(
+        tmp_path: Path, db: sqlstream.Database) -> None:
+    """SQLite gives a new stream the id of the deleted newest one: the service's position in
+    the old stream must not carry over, or a trim of the new stream's unstreamed records
+    would pass unnoticed (and a relay's keep_unforwarded pin would start past them)."""
+    from sqlstream.streaming import RecordsTrimmed
+
+    config = file_config(tmp_path)
+    old = db.create_stream("old")
+    for i in range(5):
+        old.append(str(i))
+    assert run_once(db, config) == {"file": 5}  # the service is at offset 5 of stream id 1
+    old_id = db.query("SELECT id FROM streams WHERE name = 'old'").rows[0][0]
+    db.delete_stream("old")
+    new = db.create_stream("new")
+    assert db.query("SELECT id FROM streams WHERE name = 'new'").rows[0][0] == old_id  # the id is reused
+    for i in range(5):
+        new.append(str(i))
+    db.trim("new", 3)  # offsets 0..2 of the new stream were never streamed
+    with pytest.raises(RecordsTrimmed, match=r"'file'.*new offsets 0\.\.2"):
+        run_once(db, config)

@@ -19,7 +19,7 @@ from typing import Any
 from ..clock import now_us
 from ..database import Database
 from ..errors import SqlstreamError
-from ..retention import PIN_PREFIX, pin_counter
+from ..retention import PIN_PREFIX, pin_counter, streamed_counter
 from ..txn import last_txn
 
 __all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "matches"]
@@ -49,8 +49,9 @@ class RecordsTrimmed(SqlstreamError):
 def _done_counter(service: str, stream_id: int) -> str:
     # Per service and stream: the offset after the last record the service streamed, in the
     # `counters` name/value table (no schema change). Written in the transaction that
-    # advances the cursor, so the two always agree.
-    return f"streaming:{service}:{stream_id}"
+    # advances the cursor, so the two always agree. Named in retention.py, which deletes
+    # it with the stream.
+    return streamed_counter(service, stream_id)
 
 # The sqlite storage driver keeps objects in streams named `_objects/<hex>`: archive bytes,
 # not application records. Patterns expose them only when they name them (start with `_`).
