@@ -28,7 +28,9 @@ from typing import Any, overload
 
 from . import dedup as _dedup, retention as _retention
 from .connection import Query
-from .errors import AccessDenied, ConcurrencyError, PayloadTooLarge, StreamNotFound, StreamSealed
+from .errors import (
+    AccessDenied, ConcurrencyError, PayloadTooLarge, SqlstreamError, StreamNotFound, StreamSealed,
+)
 from .validation import check_offset
 
 __all__ = [
@@ -183,9 +185,9 @@ def _store(
     if not got:
         append_refused(q, name, secret, expect_offset)
     stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = got[0]
-    if (sealed_at is not None or (write_secret is not None and write_secret != secret)
-            or (expect_offset is not None and first != expect_offset)):
-        append_refused(q, name, secret, expect_offset)
+    refused = _refusal(name, sealed_at, write_secret, first, secret, expect_offset)
+    if refused is not None:
+        raise refused
     number = txn()
     stamp = now_us if timestamps is None else timestamps[-1]
     ts = stamp if last_at is None or last_at < stamp else last_at  # timestamps never decrease
@@ -228,14 +230,29 @@ def append_refused(q: Query, name: str, secret: str | None, expect_offset: int |
     if not rows:
         raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
     sealed_at, write_secret, next_offset = rows[0]
+    refused = _refusal(name, sealed_at, write_secret, next_offset, secret, expect_offset)
+    # Callers come here only with a refused append, under the write lock: a None is a
+    # stream that changed between their read and this one.
+    raise refused if refused is not None else ConcurrencyError(
+        f"stream {name!r} changed while the append was checked", hint="retry the append")
+
+
+def _refusal(
+    name: str, sealed_at: int | None, write_secret: str | None, next_offset: int, secret: str | None,
+    expect_offset: int | None,
+) -> SqlstreamError | None:
+    """The one rule for refusing an append to an existing stream, in order: its write
+    secret, its seal, ``expect_offset``; None when the append may go ahead."""
     if write_secret is not None and write_secret != secret:
-        raise AccessDenied(
+        return AccessDenied(
             f"stream {name!r} takes appends only through its write secret",
             hint="use db.writer(secret) or the handle create_stream() returned",
         )
     if sealed_at is not None:
-        raise StreamSealed(f"stream {name!r} is sealed and takes no more appends")
-    raise ConcurrencyError(
-        f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
-        hint="re-read the stream and retry with the new expect_offset",
-    )
+        return StreamSealed(f"stream {name!r} is sealed and takes no more appends")
+    if expect_offset is not None and next_offset != expect_offset:
+        return ConcurrencyError(
+            f"stream {name!r} is at offset {next_offset}, not the expected {expect_offset}",
+            hint="re-read the stream and retry with the new expect_offset",
+        )
+    return None
