@@ -319,6 +319,14 @@ WRITERS = 4
 
 
 def _sqlstream_writer(path: str, count: int, go: Any, results: Any, ident: int) -> None:
+    results.put(timed_appends(path, count, go, ident))
+
+
+def timed_appends(path: str, count: int, go: Any, ident: int) -> tuple[Any, ...]:
+    """One W7 writer: ``count`` single-record commits to stream w7 once ``go`` is set.
+
+    Returns (ident, appended, first error texts, errors, start, end, per-append seconds).
+    """
     errors: list[str] = []
     done = 0
     with sqlstream.open(path) as db:
@@ -338,7 +346,7 @@ def _sqlstream_writer(path: str, count: int, go: Any, results: Any, ident: int) 
                 errors.append(f"{type(exc).__name__}: {exc}")
             lat.append(clock() - t)
         end = clock()
-    results.put((ident, done, errors[:5], len(errors), start, end, lat))
+    return ident, done, errors[:5], len(errors), start, end, lat
 
 
 def _raw_writer(path: str, count: int, go: Any, results: Any, ident: int) -> None:

@@ -87,31 +87,14 @@ def _configure(variant: str) -> None:
 
 
 def _sqlstream_writer(variant: str, path: str, count: int, go: Any, results: Any, ident: int) -> None:
-    import sqlstream
-    import sqlstream.engine
+    import sqlstream.engine  # noqa: F401 - loaded before _configure patches its helpers
+
+    from .appends import timed_appends
 
     _configure(variant)
     waits = _time_begins()
-    errors: list[str] = []
-    done = 0
-    with sqlstream.open(path) as db:
-        stream = db.stream("w7")
-        rows = [payload(ident * 10_000_000 + i) for i in range(count)]
-        lat = []
-        key = str(ident)
-        clock = time.perf_counter
-        go.wait(60)
-        start = clock()
-        for data in rows:
-            t = clock()
-            try:
-                stream.append(data, key=key)
-                done += 1
-            except Exception as exc:  # noqa: BLE001 - counted, the target is zero
-                errors.append(f"{type(exc).__name__}: {exc}")
-            lat.append(clock() - t)
-        end = clock()
-    results.put((ident, done, errors[:5], len(errors), start, end, lat, waits[-len(lat):]))
+    out = timed_appends(path, count, go, ident)
+    results.put((*out, waits[-len(out[-1]):]))
 
 
 def _time_begins() -> list[float]:

@@ -388,3 +388,20 @@ SCHEMA_READ_SQL = (
     "SELECT offset, timestamp, key, headers, data, position, txn, content_type FROM chunks "
     "WHERE stream_id = 1 AND offset >= ? ORDER BY offset LIMIT ?"
 )
+
+
+def section_args(prog: str, description: str, argv: list[str] | None) -> tuple[bool, int, str]:
+    """The command line of a benchmark that prints a RESULTS.md section (``--quick``,
+    ``--rounds``): returns (quick, rounds, the command as run, for the section's header)."""
+    import argparse
+    import shlex
+    import sys
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--quick", action="store_true", help="small rounds (seconds)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3 quick, 5 full)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    rounds = args.rounds or (3 if args.quick else 5)
+    if not 1 <= rounds <= 50:
+        raise SystemExit("--rounds must be 1..50")
+    return args.quick, rounds, prog + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))

@@ -25,10 +25,8 @@ Prints a markdown section: benchmarks/sections/2-jetstream.md keeps it (with its
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -44,7 +42,7 @@ from sqlstream.streaming import Runner, parse_config
 from sqlstream.streaming.jetstream import record_headers
 from sqlstream.streaming.store import BlockRecord
 
-from .harness import Contender, Sample, Series, Skip, alternate, payload, percentile, workdir
+from .harness import Contender, Sample, Series, Skip, alternate, payload, percentile, section_args, workdir
 
 MAX_IN_FLIGHT = 256
 BATCH = 100
@@ -387,16 +385,9 @@ def markdown(results: Results, command: str, rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.jetstream", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small rounds (seconds)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3 quick, 5 full)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    rounds = args.rounds or (3 if args.quick else 5)
-    if not 1 <= rounds <= 50:
-        raise SystemExit("--rounds must be 1..50")
-    command = "python -m benchmarks.jetstream" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+    quick, rounds, command = section_args("python -m benchmarks.jetstream", __doc__.split("\n")[0], argv)
     try:
-        results = run(args.quick, rounds, lambda m: print(m, file=sys.stderr, flush=True))
+        results = run(quick, rounds, lambda m: print(m, file=sys.stderr, flush=True))
     except Skip as exc:
         print(f"skipped: {exc}", file=sys.stderr)
         return 0

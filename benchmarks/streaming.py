@@ -15,9 +15,7 @@ records/s. Prints a markdown section: benchmarks/sections/1-streaming.md keeps i
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import sys
 import time
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import sqlstream
 from sqlstream.streaming import Runner, parse_config
 
-from .harness import Contender, Sample, Series, alternate, payload, workdir
+from .harness import Contender, Sample, Series, alternate, payload, section_args, workdir
 
 PREFIX = "bench"
 
@@ -154,15 +152,8 @@ def markdown(results: list[tuple[str, int, list[Series]]], command: str, rounds:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small rounds (seconds)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3 quick, 5 full)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    rounds = args.rounds or (3 if args.quick else 5)
-    if not 1 <= rounds <= 50:
-        raise SystemExit("--rounds must be 1..50")
-    command = "python -m benchmarks.streaming" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
-    results = run(args.quick, rounds, lambda m: print(m, file=sys.stderr, flush=True))
+    quick, rounds, command = section_args("python -m benchmarks.streaming", __doc__.split("\n")[0], argv)
+    results = run(quick, rounds, lambda m: print(m, file=sys.stderr, flush=True))
     print(markdown(results, command, rounds))
     return 0
 
