@@ -44,6 +44,8 @@ from typing import Any, TypeVar
 
 from . import database as _database
 from .database import Database, QueryResult
+from .fencing import FencedAppend
+from .lifetimes import Lifetime
 from .errors import DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
 from .readers import Reader, ReaderInfo
@@ -528,6 +530,26 @@ class AsyncDatabase:
     async def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self._call(self.sync.trim, stream, before_offset, force=force)
 
+    # Lifetimes (sqlstream.lifetimes): expiry, forks, soft deletion.
+    async def fork_stream(self, name: str, source: str, offset: int | None = None, **options: Any) -> AsyncStream:
+        """``Database.fork_stream`` (partial, metadata, ttl, expires_at)."""
+        return AsyncStream(self, await self._call(self.sync.fork_stream, name, source, offset, **options))
+
+    async def set_expiry(self, name: str, *, ttl: float | None = None, expires_at: float | None = None) -> None:
+        await self._call(self.sync.set_expiry, name, ttl=ttl, expires_at=expires_at)
+
+    async def touch(self, name: str) -> None:
+        await self._call(self.sync.touch, name)
+
+    async def lifetime(self, name: str) -> Lifetime:
+        return await self._call(self.sync.lifetime, name)
+
+    async def retire_stream(self, name: str) -> bool:
+        return await self._call(self.sync.retire_stream, name)
+
+    async def expire_streams(self) -> list[str]:
+        return await self._call(self.sync.expire_streams)
+
     async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
         return await self._call(self.sync.query, sql, params)
 
@@ -663,6 +685,10 @@ class AsyncStream:
 
     async def seal(self) -> bool:
         return await self.adb._call(self.sync.seal)
+
+    async def append_fenced(self, values: Sequence[Any], **options: Any) -> FencedAppend:
+        """``Stream.append_fenced`` (producer, epoch, seq, writer_seq, seal): one atomic batch."""
+        return await self.adb._call(self.sync.append_fenced, list(values), **options)
 
     async def trim(self, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self.adb._call(self.sync.trim, before_offset, force=force)
