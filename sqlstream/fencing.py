@@ -45,6 +45,8 @@ class FencedAppend(NamedTuple):
     """The producer's ``seq`` was accepted before: nothing was stored."""
     sealed: bool
     """The stream is sealed after the call (by it or before it)."""
+    byte_length: int = 0
+    """The stream's byte length after the call (the position of ``next_offset``)."""
     epoch: int | None = None
     """The producer's epoch (None without a producer)."""
     seq: int | None = None
@@ -96,8 +98,8 @@ def append_fenced(
                         current_epoch=cur_epoch,
                     )
                 if epoch == cur_epoch and seq <= cur_seq:
-                    nxt = _next_offset(q, sid)
-                    return FencedAppend(range(nxt, nxt), nxt, True, sealed, epoch, cur_seq)
+                    nxt, length = _ends(q, sid)
+                    return FencedAppend(range(nxt, nxt), nxt, True, sealed, length, epoch, cur_seq)
                 if epoch == cur_epoch and seq > cur_seq + 1:
                     raise SequenceGap(
                         f"producer {producer!r} sent seq {seq}, expected {cur_seq + 1}",
@@ -126,9 +128,10 @@ def append_fenced(
               "ON CONFLICT (stream_id) DO UPDATE SET seq = excluded.seq", (sid, writer_seq))
         if seal:
             stream.seal()
-        nxt = stored.stop if stored else _next_offset(q, sid)
-    return FencedAppend(stored, nxt, False, seal, epoch, seq)
+        nxt, length = _ends(q, sid)
+    return FencedAppend(stored, nxt, False, seal, length, epoch, seq)
 
 
-def _next_offset(q: cx.Query, sid: int) -> int:
-    return int(q("SELECT next_offset FROM streams_now WHERE id = ?", (sid,))[0][0])
+def _ends(q: cx.Query, sid: int) -> tuple[int, int]:
+    row = q("SELECT next_offset, byte_length FROM streams_now WHERE id = ?", (sid,))[0]
+    return int(row[0]), int(row[1])

@@ -138,8 +138,8 @@ def fork_stream(
 
     The fork holds copies of the source's records ``[0, offset)`` (values, keys, headers)
     at the same offsets, then, if ``partial`` > 0, a record of the first ``partial`` bytes
-    of the source's record at ``offset`` (bytes; text when they are whole UTF-8), which
-    must be longer than that. ``metadata`` defaults to the source's. Expiry: the fork's
+    of the source's record at ``offset`` (bytes; text when they are whole UTF-8; all of
+    them: the whole record), which must be at least that long. ``metadata`` defaults to the source's. Expiry: the fork's
     own ``ttl``/``expires_at`` when given, else the source's. One transaction.
     Raises ``StreamNotFound`` (source), ``StreamGone`` (source soft-deleted),
     ``StreamExists``, ``OffsetOutOfRange`` (past the source's end, or a trimmed source),
@@ -175,13 +175,16 @@ def fork_stream(
         if partial:
             value = src.read(end, 1)[0].value
             data = value if isinstance(value, bytes) else (value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)).encode()
-            if partial >= len(data):
+            if partial > len(data):
                 raise InvalidArgument(f"partial {partial} reaches past record {end} of {source!r} ({len(data)} bytes)")
-            piece = data[:partial]
-            try:
-                fork.append(piece.decode("utf-8") if not isinstance(value, bytes) else piece)
-            except UnicodeDecodeError:
-                fork.append(piece)
+            if partial == len(data):
+                fork.append(value)  # the whole record: the same as forking after it
+            else:
+                piece = data[:partial]
+                try:
+                    fork.append(piece.decode("utf-8") if not isinstance(value, bytes) else piece)
+                except UnicodeDecodeError:
+                    fork.append(piece)
         if ttl is None and expires_at is None and row is not None:
             ttl, expires_at = row[0], None if row[1] is None else row[1] / 1e6
         q("INSERT INTO stream_lifetimes (stream_id, ttl, expires_at, touched_at, source, fork_offset) "

@@ -51,6 +51,7 @@ from ..errors import (
     StreamNotFound,
     StreamSealed,
 )
+from ..lifetimes import Lifetime
 from ..records import Record, StreamInfo
 from ..validation import check_name
 from . import protocol as p
@@ -281,7 +282,8 @@ class DurableStreamsApp:
                                                 keep_blank_values=True).items()}
         if method == "PUT":
             body = await self._body(receive, headers)
-            return await _send(send, await self._create(name, headers, body), headers)
+            base = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope.get('root_path', '')}"
+            return await _send(send, await self._create(name, headers, body, base), headers)
         if method == "POST":
             body = await self._body(receive, headers)
             return await _send(send, await self._append(name, headers, body), headers)
@@ -334,9 +336,10 @@ class DurableStreamsApp:
             raise ProtocolError(404, f"no stream {name!r}") from None
         return _Stream(name, info, life.ttl, life.expires_at)
 
-    def _stream_headers(self, st: _Stream, next_offset: int | None = None) -> dict[str, str]:
-        h = {"content-type": st.content_type,
-             p.NEXT_OFFSET: p.format_offset(st.info.next_offset if next_offset is None else next_offset)}
+    def _stream_headers(self, st: _Stream, end: tuple[int, int] | None = None) -> dict[str, str]:
+        """Content type, Stream-Next-Offset (``end`` = (offset, byte position), default the
+        tail), Stream-Closed, Stream-TTL / Stream-Expires-At."""
+        h = {"content-type": st.content_type, p.NEXT_OFFSET: p.format_offset(*(end or _tail(st.info)))}
         if st.sealed:
             h[p.CLOSED] = "true"
         if st.ttl is not None:
@@ -347,7 +350,7 @@ class DurableStreamsApp:
 
     # ----------------------------------------------------------------- PUT
 
-    async def _create(self, name: str, headers: dict[str, str], body: bytes) -> _Response:
+    async def _create(self, name: str, headers: dict[str, str], body: bytes, base: str) -> _Response:
         db = await self.db()
         ctype_given = headers.get("content-type")
         ttl = expires_at = None
@@ -388,7 +391,7 @@ class DurableStreamsApp:
             raise ProtocolError(409, f"stream {name!r} exists with another configuration") from None
         st = await self._find(name, touch=False)
         h = self._stream_headers(st)
-        h["location"] = self.prefix + "/" + name
+        h["location"] = base + self.prefix + "/" + name
         if stream.write_secret is not None:
             h[p.WRITE_SECRET] = stream.write_secret
         return _Response(201, h)
@@ -467,13 +470,7 @@ class DurableStreamsApp:
         st = _Stream(name, info, life.ttl, life.expires_at)
         have = info.metadata
         same = (p.media_type(str(have.get("content_type", p.DEFAULT_CONTENT_TYPE))) == p.media_type(meta["content_type"])
-                and have.get("forked_from") == meta.get("forked_from")
-                and (meta.get("forked_from") is None or meta.get("fork_offset") is None
-                     or have.get("fork_offset") == meta.get("fork_offset"))
-                and (ttl is None and life.source is not None or (life.ttl or None) == (None if ttl is None else float(ttl)))
-                and (expires_at is None and life.source is not None
-                     or _same_time(life.expires_at, expires_at))
-                and st.sealed == closed)
+                and st.sealed == closed and _same_fork(have, meta) and _same_expiry(life, ttl, expires_at))
         if not same:
             raise ProtocolError(409, f"stream {name!r} exists with another configuration")
         return _Response(200, self._stream_headers(st))
@@ -526,7 +523,7 @@ class DurableStreamsApp:
             raise ProtocolError(409, str(exc)) from None
         except InvalidArgument as exc:
             raise ProtocolError(400, str(exc)) from None
-        h = {p.NEXT_OFFSET: p.format_offset(result.next_offset)}
+        h = {p.NEXT_OFFSET: p.format_offset(result.next_offset, result.byte_length)}
         if result.sealed or (result.duplicate and st.sealed):
             h[p.CLOSED] = "true"
         elif result.duplicate:
@@ -536,11 +533,11 @@ class DurableStreamsApp:
         if producer:
             h[p.PRODUCER_EPOCH] = str(result.epoch)
             h[p.PRODUCER_SEQ] = str(result.seq)
-            return _Response(204 if result.duplicate else 200, h)
+            return _Response(200 if result.offsets else 204, h)
         return _Response(204, h)
 
     def _closed_headers(self, st: _Stream) -> dict[str, str]:
-        return {p.CLOSED: "true", p.NEXT_OFFSET: p.format_offset(st.info.next_offset)}
+        return {p.CLOSED: "true", p.NEXT_OFFSET: p.format_offset(*_tail(st.info))}
 
     async def _writable(self, db: aio.AsyncDatabase, st: _Stream, headers: dict[str, str]) -> aio.AsyncStream:
         """A handle that may write: a secret stream needs its secret in Stream-Write-Secret (403)."""
@@ -588,8 +585,8 @@ class DurableStreamsApp:
         if offset.position is not None and offset.position >= 0 and start > st.info.next_offset:
             raise ProtocolError(400, f"offset is past the end of stream {name!r}")
         if start < st.info.first_offset and not (offset.position == -1 and st.info.first_offset >= start):
-            raise ProtocolError(410, f"offset {p.format_offset(start)} was removed by retention; the first "
-                                     f"retained offset is {p.format_offset(st.info.first_offset)}")
+            raise ProtocolError(410, f"offset {start} was removed by retention; the first retained offset is "
+                                     f"{p.format_offset(st.info.first_offset, st.info.first_position)}")
         if offset.position == -1:
             start = st.info.first_offset
         if live == "sse":
@@ -602,14 +599,16 @@ class DurableStreamsApp:
             return await _send(send, _Response(200, h, b"[]" if st.json else b""), headers)
         return await _send(send, await self._catch_up(st, start, headers), headers)
 
-    async def _chunk(self, st: _Stream, start: int) -> tuple[bytes | None, int, StreamInfo]:
-        """Up to ``max_chunk_bytes`` from ``start``: (payload or None when no records, next offset, info)."""
+    async def _chunk(self, st: _Stream, start: int) -> tuple[bytes | None, tuple[int, int], StreamInfo]:
+        """Up to ``max_chunk_bytes`` from ``start``: (payload, or None when there are no
+        records; the end as (offset, byte position); the stream's info after the read)."""
         db = await self.db()
         stream = await db.stream(st.name)
         budget = self.config.max_chunk_bytes
         parts: list[bytes] = []
         at = start
-        while budget > 0:
+        end_position: int | None = None
+        while budget > 0 and end_position is None:
             try:
                 records = await stream.read(at, _READ_BATCH)
             except OffsetOutOfRange:
@@ -619,7 +618,7 @@ class DurableStreamsApp:
             for rec in records:
                 data = _json_of(rec) if st.json else _bytes_of(rec)
                 if parts and len(data) > budget:
-                    budget = 0
+                    end_position = rec.position  # the first record left out starts here
                     break
                 parts.append(data)
                 budget -= len(data)
@@ -627,23 +626,29 @@ class DurableStreamsApp:
             if len(records) < _READ_BATCH:
                 break
         info = await db.stream_info(st.name)
+        if end_position is None:
+            if at >= info.next_offset:
+                end_position = info.byte_length
+            else:
+                end_position = (await stream.read(at, 1))[0].position
+        end = (at, end_position)
         if not parts:
-            return None, at, info
+            return None, end, info
         if st.json:
-            return b"[" + b",".join(parts) + b"]", at, info
-        return b"".join(parts), at, info
+            return b"[" + b",".join(parts) + b"]", end, info
+        return b"".join(parts), end, info
 
     async def _catch_up(self, st: _Stream, start: int, headers: dict[str, str]) -> _Response:
         payload, end, info = await self._chunk(st, start)
         st.info = info
-        closed = info.sealed_at is not None and end >= info.next_offset
+        closed = info.sealed_at is not None and end[0] >= info.next_offset
         h = self._stream_headers(st, end)
         h.pop(p.CLOSED, None)
-        if end >= info.next_offset:
+        if end[0] >= info.next_offset:
             h[p.UP_TO_DATE] = "true"
         if closed:
             h[p.CLOSED] = "true"
-        tag = p.etag(str(info.created_at), start, end, closed)
+        tag = p.etag(str(info.created_at), start, end[0], closed)
         h["etag"] = tag
         h["cache-control"] = self.config.cache_control if payload is not None and not closed else "no-store"
         if headers.get("if-none-match") == tag:
@@ -687,7 +692,7 @@ class DurableStreamsApp:
     async def _long_poll(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
                          receive: Receive, send: Send) -> int:
         if start >= st.info.next_offset and st.sealed:
-            h = self._stream_headers(st, st.info.next_offset)
+            h = self._stream_headers(st)
             h.update({p.UP_TO_DATE: "true", "cache-control": "no-store"})
             return await _send(send, _Response(204, h), headers)
         if start < st.info.next_offset:
@@ -709,7 +714,7 @@ class DurableStreamsApp:
                 response = await self._catch_up(st, start, headers)
                 response.headers[p.CURSOR] = p.cursor(client_cursor)
                 return await _send(send, response, headers)
-            h = self._stream_headers(st, st.info.next_offset)
+            h = self._stream_headers(st)
             h.update({p.UP_TO_DATE: "true", "cache-control": "no-store"})
             if not st.sealed:
                 h[p.CURSOR] = p.cursor(client_cursor)
@@ -723,8 +728,7 @@ class DurableStreamsApp:
         self._enter_live()
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
-            h = {"content-type": "text/event-stream", "cache-control": "no-cache",
-                 p.NEXT_OFFSET: p.format_offset(start)}
+            h = {"content-type": "text/event-stream", "cache-control": "no-cache"}
             text = p.is_text(st.content_type)
             if not text:
                 h[p.SSE_ENCODING] = "base64"
@@ -734,9 +738,9 @@ class DurableStreamsApp:
             cur = p.cursor(client_cursor)
             while not disconnected.done() and not self._closing.is_set():
                 payload, end, info = await self._chunk(st, at)
-                at = end
+                at = end[0]
                 closed = info.sealed_at is not None and at >= info.next_offset
-                control: dict[str, Any] = {"streamNextOffset": p.format_offset(at)}
+                control: dict[str, Any] = {"streamNextOffset": p.format_offset(*end)}
                 if closed:
                     control.update(streamClosed=True, upToDate=True)
                 else:
@@ -779,6 +783,10 @@ def create_app(target: str | aio.AsyncDatabase, config: HttpConfig | None = None
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _tail(info: StreamInfo) -> tuple[int, int]:
+    return info.next_offset, info.byte_length
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -884,6 +892,24 @@ def _json_of(rec: Record) -> bytes:
             return p.json_text(value.decode("utf-8", "replace")).encode("utf-8")
         return value
     return p.json_text(value).encode("utf-8")
+
+
+def _same_fork(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """A fork PUT matches an existing stream forked from the same source at the same point
+    (an omitted fork offset means "the tail", which matches the existing fork's)."""
+    if have.get("forked_from") != want.get("forked_from"):
+        return False
+    if want.get("forked_from") is None:
+        return True
+    return ((want.get("fork_offset") is None or have.get("fork_offset") == want.get("fork_offset"))
+            and have.get("fork_sub_offset", 0) == want.get("fork_sub_offset", 0))
+
+
+def _same_expiry(life: Lifetime, ttl: int | None, expires_at: float | None) -> bool:
+    """The requested expiry matches (a fork asked for none matches the one it inherited)."""
+    if ttl is None and expires_at is None and life.source is not None:
+        return True
+    return (life.ttl or None) == (None if ttl is None else float(ttl)) and _same_time(life.expires_at, expires_at)
 
 
 def _same_time(a: float | None, b: float | None) -> bool:

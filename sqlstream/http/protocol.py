@@ -5,9 +5,10 @@ TTL, RFC 3339 times, producer headers, cursors), JSON-mode bodies, and SSE frame
 ASGI app (:mod:`sqlstream.http.app`) maps them onto the public API; everything here can
 be tested without a network.
 
-Offset tokens: a sqlstream offset ``n`` (the position before record ``n``) is the
-16-digit, zero-padded decimal ``%016d``: opaque to clients, sortable as text, never the
-sentinels ``-1`` or ``now``, URL-safe.
+Offset tokens: the position before record ``n`` of a stream, whose bytes start at byte
+position ``b`` of the stream, is ``%016d_%016d`` of (n, b): the reference server's
+shape, opaque to clients, sortable as text, never the sentinels ``-1`` or ``now``,
+URL-safe. Only ``n`` is read back; ``b`` is there for people reading logs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ SSE_ENCODING = "stream-sse-data-encoding"
 WRITE_SECRET = "stream-write-secret"
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_OFFSET = re.compile(r"[0-9]{16}")
+_OFFSET = re.compile(r"([0-9]{16})_[0-9]{16}")
 _UINT = re.compile(r"0|[1-9][0-9]*")
 MAX_SAFE = 2**53 - 1
 # Cursor intervals (section 10.1): 20 s intervals counted from 2024-10-09T00:00:00Z.
@@ -58,9 +59,9 @@ class ProtocolError(Exception):
         self.headers = dict(headers or {})
 
 
-def format_offset(n: int) -> str:
-    """The token of sqlstream offset ``n``."""
-    return f"{n:016d}"
+def format_offset(n: int, position: int) -> str:
+    """The token of sqlstream offset ``n`` at byte ``position``."""
+    return f"{n:016d}_{position:016d}"
 
 
 class Offset(NamedTuple):
@@ -79,18 +80,20 @@ def parse_offset(raw: str | None) -> Offset:
         return Offset(-1)
     if raw == "now":
         return Offset(None)
-    if not _OFFSET.fullmatch(raw):
+    match = _OFFSET.fullmatch(raw)
+    if not match:
         raise ProtocolError(400, f"malformed offset {raw!r}: use -1, now, or a Stream-Next-Offset value")
-    return Offset(int(raw))
+    return Offset(int(match.group(1)))
 
 
 def parse_token(raw: str, what: str) -> int:
     """An offset token in a header (e.g. Stream-Fork-Offset); -1 means 0."""
     if raw == "-1":
         return 0
-    if not _OFFSET.fullmatch(raw):
+    match = _OFFSET.fullmatch(raw)
+    if not match:
         raise ProtocolError(400, f"malformed {what} {raw!r}")
-    return int(raw)
+    return int(match.group(1))
 
 
 def parse_uint(raw: str, what: str, maximum: int = MAX_SAFE) -> int:
