@@ -31,11 +31,18 @@ def register(command: CommandFactory) -> None:
         "run the streaming services of a config file (e.g. the Cosmos ADR-038 file streamer)",
         "sqlstream --db app.db serve --config sqlstream.toml\n"
         "sqlstream --db app.db serve --config sqlstream.toml --once\n"
-        "sqlstream --db app.db serve --config sqlstream.toml --status",
+        "sqlstream --db app.db serve --config sqlstream.toml --status\n"
+        "sqlstream --db app.db serve --http 127.0.0.1:4437",
         details="Runs until SIGINT/SIGTERM, woken by commits. Each service resumes after the\n"
                 "last block it finished (its cursor is kept in the database).",
     )
-    sub.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration (see README)")
+    sub.add_argument("--config", metavar="FILE",
+                     help="the TOML configuration (see README); optional with --http")
+    sub.add_argument("--http", metavar="HOST:PORT",
+                     help="serve the file over HTTP as Durable Streams (overrides [http] listen); "
+                          "alone, serves HTTP only")
+    sub.add_argument("--insecure", action="store_true",
+                     help="allow --http on a non-loopback address without a token")
     sub.add_argument("--skip-trimmed", action="store_true",
                      help="go past records retention trimmed before a service streamed them (logged); "
                           "without it the service stops naming them")
@@ -49,13 +56,21 @@ def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    config = load_config(args.config)
-    path = _database_path(args, config.db)
+    if args.config is None and args.http is None:
+        raise CliError("nothing to serve", hint="give --config FILE (streaming services, [http]) or --http HOST:PORT")
+    config = load_config(args.config) if args.config is not None else None
+    path = _database_path(args, config.db if config else None)
     if not os.path.exists(path):
         raise CliError(f"no database at {os.path.abspath(path)}",
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
-    if args.status:
+    wants_http = args.http is not None or (config is not None and config.http is not None)
+    if config is not None and args.status:
         return _status_readonly(path, config, args, out, err)
+    if wants_http:
+        if args.once or args.status:
+            raise CliError("--once and --status do not serve HTTP", hint="drop --http (or the [http] table)")
+        return _serve_http(path, config, args, out, err)
+    assert config is not None
     with open_database(path) as db:
         services = config.build()
         for service in services:
@@ -96,6 +111,48 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             for service in services:
                 state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} {service.UNIT}"
                 out.write(f"{service.name}: {state}\n")
+    return 0
+
+
+def _serve_http(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """HTTP (and the config's streaming services, if any) until SIGINT/SIGTERM, then drain."""
+    try:
+        # Imported here: uvicorn and prometheus_client are the optional extra "http".
+        from ..http.config import http_settings
+        from ..http.server import HttpServer, parse_listen
+    except ImportError as exc:
+        raise CliError(f"the HTTP front needs the extra 'http' ({exc.name} is missing)",
+                       hint='pip install "sqlstream[http]"') from None
+    settings = http_settings(config.http if config is not None else None, config.path if config else "<args>")
+    host, port = parse_listen(args.http or settings.listen)
+    server = HttpServer(path, host, port, settings.config, insecure=args.insecure or settings.insecure)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        server.start()
+        err.write(f"serving {path} at {server.url}{settings.config.prefix}/{{stream}}\n")
+        err.flush()
+        services = config.build() if config is not None else []
+        if services:
+            with open_database(path) as db:
+                for service in services:
+                    service.accept_trimmed = args.skip_trimmed
+                Runner(db, services, stop_event=stop).run()
+        else:
+            while not stop.wait(0.5):
+                if server.wait(0):
+                    raise CliError(f"the HTTP server stopped: {server.error!r}")
+    finally:
+        server.stop(10.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -72,13 +72,15 @@ class StreamingConfig:
     path: str
     db: str | None
     streamers: tuple[StreamerConfig, ...] = field(default_factory=tuple)
+    http: dict[str, Any] | None = None
+    """The raw ``[http]`` table (validated by ``sqlstream.http.config``, an optional extra)."""
 
     def build(self) -> list[Service]:
         """One service per configured streamer, in ``store.streamers`` order."""
         return [s.build() for s in self.streamers]
 
 
-_TOP = {"sqlstream": "table", "store": "table", "streamers": "table"}
+_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "http": "table"}
 _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or false", "int": "an integer",
                "number": "a number", "table": "a table", "list": "a list of strings"}
 
@@ -202,4 +204,5 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         except OptionError as exc:
             raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
-    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers))
+    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers),
+                           data.get("http"))
