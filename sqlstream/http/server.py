@@ -85,6 +85,9 @@ class HttpServer:
             self.app, log_level=log_level, access_log=False, lifespan="on",
             h11_max_incomplete_event_size=self.config.max_header_bytes + 1024,
             timeout_graceful_shutdown=int(grace) or 1, server_header=False,
+            # Past clients' own idle timeouts (undici 4 s, browsers ~60 s), so a client never
+            # sends a request on a kept-alive connection that the server is closing.
+            timeout_keep_alive=75,
         ))
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
