@@ -675,7 +675,8 @@ class DurableStreamsApp:
         reader = asyncio.ensure_future(stream.read(at, 1, timeout=timeout))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
-            await asyncio.wait({reader, disconnected, closing}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {reader, disconnected, closing}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closing.cancel()
             if not reader.done():

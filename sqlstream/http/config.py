@@ -52,7 +52,7 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
         kind = _OPTIONS[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
-        if kind is not bool and not isinstance(value, str) and value <= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
             raise ConfigError(path, "http", key, f"must be positive, not {value!r}")
         values[key] = value
     token = os.environ.get(TOKEN_ENV) or values.pop("token", None)
