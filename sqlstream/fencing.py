@@ -21,14 +21,12 @@ records, the producer row, the token and the optional seal commit together or no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from . import connection as cx
+from .engine import Engine
 from .errors import InvalidArgument, SequenceGap, SequenceRegression, StaleEpoch, StreamNotFound, StreamSealed
-
-if TYPE_CHECKING:
-    from .streams import Stream
 
 # Producer epochs and sequences travel as JSON numbers in other languages: keep them exact.
 MAX_COUNTER = 2**53 - 1
@@ -61,8 +59,11 @@ def check_counter(value: object, what: str) -> int:
 
 
 def append_fenced(
-    stream: Stream,
+    engine: Engine,
+    name: str,
     values: Sequence[Any],
+    extend: Callable[[Sequence[Any]], range],
+    seal_stream: Callable[[], bool],
     *,
     producer: str | None = None,
     epoch: int | None = None,
@@ -70,7 +71,9 @@ def append_fenced(
     writer_seq: str | None = None,
     seal: bool = False,
 ) -> FencedAppend:
-    """See :meth:`sqlstream.Stream.append_fenced` (the contract is there)."""
+    """See :meth:`sqlstream.Stream.append_fenced` (the contract is there). ``extend`` and
+    ``seal_stream`` are the stream handle's own (so its write secret applies); they run
+    inside this function's write scope."""
     if (producer is None) != (epoch is None) or (producer is None) != (seq is None):
         raise InvalidArgument("producer, epoch and seq go together: give all three or none")
     if producer is not None:
@@ -80,12 +83,11 @@ def append_fenced(
         seq = check_counter(seq, "seq")
     if writer_seq is not None and not isinstance(writer_seq, str):
         raise InvalidArgument(f"writer_seq must be a str, not {type(writer_seq).__name__}")
-    engine = stream.db.engine
     with engine.write() as conn:
         q = cx.runner(conn)
-        rows = q("SELECT id, sealed_at IS NOT NULL FROM streams WHERE name = ?", (stream.name,))
+        rows = q("SELECT id, sealed_at IS NOT NULL FROM streams WHERE name = ?", (name,))
         if not rows:
-            raise StreamNotFound(f"no stream named {stream.name!r}")
+            raise StreamNotFound(f"no stream named {name!r}")
         sid, sealed = int(rows[0][0]), bool(rows[0][1])
         if producer is not None:
             assert epoch is not None and seq is not None
@@ -111,14 +113,14 @@ def append_fenced(
                 raise SequenceGap(f"producer {producer!r} is new here: its first seq is 0, not {seq}",
                                   expected=0, received=seq)
         if sealed:
-            raise StreamSealed(f"stream {stream.name!r} is sealed")
+            raise StreamSealed(f"stream {name!r} is sealed")
         if writer_seq is not None:
             last = q("SELECT seq FROM writer_seqs WHERE stream_id = ?", (sid,))
             if last and writer_seq.encode("utf-8", "surrogatepass") <= str(last[0][0]).encode("utf-8", "surrogatepass"):
                 raise SequenceRegression(
-                    f"writer sequence {writer_seq!r} does not follow {last[0][0]!r} on stream {stream.name!r}",
+                    f"writer sequence {writer_seq!r} does not follow {last[0][0]!r} on stream {name!r}",
                 )
-        stored = stream.extend(values) if values else range(0, 0)
+        stored = extend(values) if values else range(0, 0)
         if producer is not None:
             q("INSERT INTO producers (stream_id, producer, epoch, seq, updated_at) VALUES (?, ?, ?, ?, ?) "
               "ON CONFLICT (stream_id, producer) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, "
@@ -127,7 +129,7 @@ def append_fenced(
             q("INSERT INTO writer_seqs (stream_id, seq) VALUES (?, ?) "
               "ON CONFLICT (stream_id) DO UPDATE SET seq = excluded.seq", (sid, writer_seq))
         if seal:
-            stream.seal()
+            seal_stream()
         nxt, length = _ends(q, sid)
     return FencedAppend(stored, nxt, False, seal, length, epoch, seq)
 

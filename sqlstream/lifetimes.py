@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import connection as cx
 from .errors import InvalidArgument, OffsetOutOfRange, StreamGone, StreamNotFound
+from .streams import Stream
 from .validation import check_name
 
 if TYPE_CHECKING:
     from .database import Database
-    from .streams import Stream
 
 # Records copied per read while forking (bounded memory for a long source).
 _COPY_BATCH = 500

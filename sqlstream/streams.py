@@ -216,8 +216,8 @@ class Stream:
         Also raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied``, ``InvalidArgument``.
         See ``sqlstream.fencing``.
         """
-        return _fencing.append_fenced(self, values, producer=producer, epoch=epoch, seq=seq,
-                                      writer_seq=writer_seq, seal=seal)
+        return _fencing.append_fenced(self.db.engine, self.name, values, self.extend, self.seal, producer=producer,
+                                      epoch=epoch, seq=seq, writer_seq=writer_seq, seal=seal)
 
     def seal(self) -> bool:
         """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.
