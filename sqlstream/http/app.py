@@ -53,6 +53,7 @@ from ..errors import (
 )
 from ..lifetimes import Lifetime
 from ..records import Record, StreamInfo
+from ..streams import Stream
 from ..validation import check_name
 from . import protocol as p
 from .metrics import Metrics
@@ -542,7 +543,7 @@ class DurableStreamsApp:
     async def _writable(self, db: aio.AsyncDatabase, st: _Stream, headers: dict[str, str]) -> aio.AsyncStream:
         """A handle that may write: a secret stream needs its secret in Stream-Write-Secret (403)."""
         if not st.info.secret:
-            return await db.stream(st.name)
+            return _handle(db, st.name)
         secret = headers.get(p.WRITE_SECRET, "")
         try:
             stream = await db.writer(secret)
@@ -603,7 +604,7 @@ class DurableStreamsApp:
         """Up to ``max_chunk_bytes`` from ``start``: (payload, or None when there are no
         records; the end as (offset, byte position); the stream's info after the read)."""
         db = await self.db()
-        stream = await db.stream(st.name)
+        stream = _handle(db, st.name)
         budget = self.config.max_chunk_bytes
         parts: list[bytes] = []
         at = start
@@ -671,7 +672,7 @@ class DurableStreamsApp:
         """Wait until a record at ``at`` exists, the stream is sealed, ``timeout`` passes, the
         client goes away or the app closes. True when there may be something to send."""
         db = await self.db()
-        stream = await db.stream(st.name)
+        stream = _handle(db, st.name)
         reader = asyncio.ensure_future(stream.read(at, 1, timeout=timeout))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
@@ -784,6 +785,13 @@ def create_app(target: str | aio.AsyncDatabase, config: HttpConfig | None = None
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _handle(db: aio.AsyncDatabase, name: str) -> aio.AsyncStream:
+    """A handle on a stream the request has just found, without asking the file again
+    (``db.stream`` would re-check that it exists; reads and appends raise
+    ``StreamNotFound`` anyway if it went away since)."""
+    return aio.AsyncStream(db, Stream(db.sync, name))
 
 
 def _tail(info: StreamInfo) -> tuple[int, int]:
