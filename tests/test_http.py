@@ -294,13 +294,19 @@ def test_secret_streams_take_writes_only_with_their_secret_header(client: httpx.
     assert client.get("/log").text == "x"  # reads need no secret
 
 
-def test_healthz_metrics_and_web_view(server: HttpServer, client: httpx.Client) -> None:
+def test_healthz_metrics_and_web_view(server: HttpServer, client: httpx.Client, db_path: str) -> None:
     _put(client, "m", body=b"abc")
+    with sqlstream.open(db_path) as db:
+        sub = db.create_subscription("billing", "m")
+        db.stream("m").append(b"d")
+        sub.fetch("w1", max_records=1)  # one pending, one not yet delivered
     root = httpx.Client(base_url=server.url)
     assert root.get("/healthz").text == "ok\n"
     text = root.get("/metrics").text
-    assert 'sqlstream_stream_records{stream="m"} 1.0' in text
-    assert 'sqlstream_stream_bytes{stream="m"} 3.0' in text
+    assert 'sqlstream_stream_records{stream="m"} 2.0' in text
+    assert 'sqlstream_stream_bytes{stream="m"} 4.0' in text
+    assert 'sqlstream_subscription_pending{stream="m",subscription="billing"} 1.0' in text
+    assert 'sqlstream_subscription_lag{stream="m",subscription="billing"} 1.0' in text
     assert "sqlstream_http_requests_total" in text and "sqlstream_http_live_connections" in text
     page = root.get("/")
     assert page.status_code == 200 and "EventSource" in page.text
@@ -340,3 +346,14 @@ def test_cli_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "0.0.0.0:0"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1 and "without a token" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reads_below_retention_get_410_gone(client: httpx.Client, db_path: str) -> None:
+    _put(client, "r", body=b"a")
+    for part in (b"b", b"c"):
+        client.post("/r", content=part, headers={"content-type": "text/plain"})
+    with sqlstream.open(db_path) as db:
+        db.trim("r", 2)
+    assert client.get("/r", params={"offset": p.format_offset(0, 0)}).status_code == 410
+    assert client.get("/r", params={"offset": p.format_offset(2, 2)}).text == "c"
+    assert client.get("/r").text == "c"  # -1: from the first retained record
