@@ -14,8 +14,8 @@ Servers: sqlstream (``synchronous="normal"``, the default, and ``"full"``), and 
 reference ``@durable-streams/server`` 0.3.7 file-backed (``dataDir``) and in memory (a
 ceiling). Durability of an acknowledged append: sqlstream normal survives a process
 crash (WAL), full also a power loss (fsync per commit); the reference server's
-file-backed mode writes to its log files without fsync per append (survives a process
-crash once written, not a power loss); in memory survives nothing. The npm packages are
+file-backed mode fdatasyncs its segment file before acknowledging an append (metadata in
+LMDB), so it compares with sqlstream's ``full``; in memory survives nothing. The npm packages are
 installed into ``~/.cache/sqlstream-tests/ds-bench-0.3.7`` on first use. Prints a
 markdown section (kept in benchmarks/sections/3-http.md) with ratios to the reference
 file-backed server.
@@ -106,7 +106,7 @@ def _reference(folder: Path, work: Path, file_backed: bool) -> tuple[Server, str
     port = _free_port()
     argv = ["node", "reference.mjs", str(port)] + ([str(work / "ref-data")] if file_backed else [])
     label = "reference server, file-backed" if file_backed else "reference server, in memory"
-    durability = "process crash (no fsync per append)" if file_backed else "nothing"
+    durability = "process crash + power loss (fdatasync per append)" if file_backed else "nothing"
     return Server(label, durability, argv, folder, "stdout"), f"http://127.0.0.1:{port}/v1/stream"
 
 
