@@ -109,12 +109,12 @@ class ArchiveService(Service):
             check_compression(compress)
         except SqlstreamError as exc:
             raise OptionError("compress", f'must be "gzip" or "zstd", not {compress!r}'
-                              if compress not in ("gzip", "zstd") else str(exc), hint=exc.hint) from exc
+                              if compress not in ("gzip", "zstd") else str(exc.args[0]), hint=exc.hint) from exc
         if options["template"] is not None:
             try:
                 check_template(options["template"], "")
             except SqlstreamError as exc:
-                raise OptionError("template", str(exc), hint=exc.hint) from exc
+                raise OptionError("template", str(exc.args[0]), hint=exc.hint) from exc
         if options["format_version"] not in (1, 2):
             raise OptionError("format_version", f"must be 1 or 2, not {options['format_version']!r}",
                               hint="1: shoebox-compatible, no checksums; 2 (default): with checksums")
@@ -126,7 +126,7 @@ class ArchiveService(Service):
             try:
                 driver_class = load_driver_class(driver)
             except SqlstreamError as exc:
-                raise OptionError("storage", str(exc), hint=exc.hint) from exc
+                raise OptionError("storage", str(exc.args[0]), hint=exc.hint) from exc
             unknown = unknown_options(driver_class, storage)
             if unknown:
                 known = sorted(driver_class.OPTIONS or ())

@@ -478,7 +478,7 @@ class _Relay(Service):
     async def _relay_failed(self, store: Store, stop: threading.Event, exc: RelayError, delay: float) -> None:
         """A failure retrying will not fix: kept as the service's last error (``serve --status``,
         ``streaming_progress``), then raised (``stop-node-on-error``) or retried after ``delay``."""
-        message = f"{exc} ({exc.hint})" if exc.hint else str(exc)
+        message = str(exc)  # the message and its hint, once
         if not self.stop_on_error:
             await self._failed(store, stop, message, delay)
             return
@@ -972,6 +972,13 @@ class JetStreamForward(_Relay):
                     # every IDLE_CURSOR_INTERVAL, so other streams' commits cost few writes.
                     owed = acked > cursor
                     reached = seen if upto is None else min(seen, upto)
+                    if once and upto is not None and seen > upto:
+                        # Commits after the start (e.g. another service's): not owed when
+                        # they touch none of the forwarded streams; owed (left) otherwise.
+                        head, later = await asyncio.to_thread(
+                            store.next_blocks, self.name, self.keys, read, None, max_records=1)
+                        if not later:
+                            reached = head
                     if reached > acked:
                         acked = read = reached
                     if once or owed or time.monotonic() - idle_saved >= IDLE_CURSOR_INTERVAL:
