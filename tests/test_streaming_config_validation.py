@@ -182,3 +182,12 @@ def test_config_errors_are_sqlstream_errors() -> None:
     assert issubclass(ConfigError, SqlstreamError)
     with pytest.raises(ConfigError):
         load_config(ROOT / "no-such-config.toml")
+
+
+@pytest.mark.parametrize(("key", "value"), [("ack_timeout", "5"), ("max_in_flight", 2.5), ("stream", 7),
+                                            ("subjects", "edge.>"), ("replicas", True)])
+def test_the_python_api_refuses_values_of_the_wrong_type(key: str, value: Any) -> None:
+    options = {k: spec.default for k, spec in JetStreamForward.OPTIONS.items()}
+    options["stream"] = "EDGE"
+    with pytest.raises(InvalidArgument, match=key):
+        JetStreamForward("relay", ["*"], {**options, key: value})

@@ -236,6 +236,8 @@ _JS_NAME_BAD = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
 def _seconds(*, zero: bool = False, limit: float = MAX_SECONDS) -> Callable[[Any], str | None]:
     """An Option check: a finite number of seconds, positive (or ``zero`` allowed), at most ``limit``."""
     def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number of seconds, not {value!r}"
         number = float(value)
         if math.isnan(number) or number < 0 or (number == 0 and not zero):
             return f"must be a {'non-negative' if zero else 'positive'} number of seconds, not {value!r}"
@@ -248,13 +250,15 @@ def _seconds(*, zero: bool = False, limit: float = MAX_SECONDS) -> Callable[[Any
 def _count(low: int, high: int) -> Callable[[Any], str | None]:
     """An Option check: an integer in [low, high]."""
     def check(value: Any) -> str | None:
-        return None if low <= value <= high else f"must be from {low} to {high:,}, not {value!r}"
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"must be an integer from {low} to {high:,}, not {value!r}"
     return check
 
 
 def _js_name(value: Any) -> str | None:
     """An Option check: a JetStream stream or consumer name."""
-    if not value or len(value) > 255 or _JS_NAME_BAD.search(value):
+    if not isinstance(value, str) or not value or len(value) > 255 or _JS_NAME_BAD.search(value):
         return (f"{value!r} is not a JetStream name (1 to 255 characters, no spaces, dots, '*', '>', "
                 "slashes or control characters)")
     return None
@@ -273,6 +277,8 @@ def _subject_problem(subject: str, *, wildcards: bool = True) -> str | None:
 
 def _subjects(value: Any) -> str | None:
     """An Option check: a list of subjects (wildcards allowed)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f"must be a list of subjects, not {value!r}"
     for subject in value:
         problem = _subject_problem(subject)
         if problem is not None:
@@ -291,6 +297,8 @@ def _local_name(value: Any) -> str | None:
 
 def _filter(value: Any) -> str | None:
     """An Option check: a subject filter, or "" for none."""
+    if not isinstance(value, str):
+        return f"must be a subject, not {value!r}"
     return None if value == "" else _subject_problem(value)
 
 
