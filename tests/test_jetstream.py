@@ -345,34 +345,40 @@ def progress(db: sqlstream.Database, service: str = "relay") -> tuple[int, int, 
 
 
 @slow
-def test_forward_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Path, server: Server) -> None:
+def test_forward_exactly_once_with_serve_sigkilled_while_acked_records_are_above_its_cursor(
+        tmp_path: Path, server: Server) -> None:
+    """serve is SIGKILLed three times at known points: when the server acknowledges the
+    100th, 250th, 400th message, its cursor not moved yet (cursor_interval is long and
+    the relay is never idle before the end). Every start resends what is above the
+    cursor with the same ids; JetStream holds every record once."""
     db = sqlstream.open(str(tmp_path / "app.db"))
+    writer = Writer(db, 600, pause=0)
+    writer.run()  # single records and 5-record transactions, written before the relay starts
     config = forward_config(tmp_path, server.url, extra="max_in_flight = 64")
-    writer = Writer(db, 10**9).start()
-    rnd = random.Random(11)
-    resends = 0
     try:
-        for _ in range(4):
-            proc = subprocess.Popen(serve_cmd(db.path, config), env=env(), stdout=subprocess.DEVNULL,
+        for point in (100, 250, 400):
+            proxy = CuttingProxy(server.port, acked=point)
+            cut = forward_config(tmp_path, proxy.url, extra="max_in_flight = 64\ncursor_interval = 3600",
+                                 name="cut.toml")
+            proc = subprocess.Popen(serve_cmd(db.path, cut), env=env(), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rnd.uniform(0.7, 1.4))
-            proc.kill()
-            proc.wait()
-            # Records JetStream holds beyond the cursor: the next start resends them.
+            try:
+                assert proxy.cut.wait(60), f"the server never acknowledged message {point}"
+            finally:
+                proc.kill()
+                proc.wait()
+                proxy.close()
+            # JetStream holds records above the cursor: the next start resends them.
             height = progress(db)[0]
             covered = db.query("SELECT count(*) FROM chunks WHERE txn <= ?", (height,)).rows[0][0]
-            resends += len(js_messages(server.url)) > covered
-        writer.stop.set()
-        writer.join()
+            assert len(js_messages(server.url)) >= point > covered
         done = subprocess.run(serve_cmd(db.path, config, "--once"), env=env(), capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stderr
         check_forwarded(server.url, writer.expected, file_id(db))
         height, lag, error = progress(db)
         assert lag == 0 and error is None
-        assert resends > 0, "no kill left acked records above the cursor: the test proved nothing"
     finally:
-        writer.stop.set()
         db.close()
 
 
@@ -1020,15 +1026,21 @@ def split_ops(buffer: bytes) -> tuple[list[tuple[bytes, bytes, bytes]], bytes]:
 
 class CuttingProxy:
     """A TCP proxy between a client and nats-server that cuts the client off at a known
-    point: it passes the protocol through operation by operation until the client
-    publishes a message whose body is ``trigger``. That message and all after it are
-    dropped; the proxy sends the server a PING and waits for its PONG (the server has then
-    processed every message before the trigger) and sets ``cut``. Later connections are
-    closed at once."""
+    point, passing the protocol through operation by operation until then:
 
-    def __init__(self, upstream_port: int, trigger: bytes) -> None:
+    - ``publish``: when the client publishes a message whose body is this. That message
+      and all after it are dropped; the proxy sends the server a PING and waits for its
+      PONG (the server has then processed every message before it);
+    - ``acked``: when the server sends a PubAck for stream sequence ``acked`` or later
+      (the server has stored that many messages).
+
+    Then ``cut`` is set and the connection closed; later connections are closed at once.
+    """
+
+    def __init__(self, upstream_port: int, *, publish: bytes | None = None, acked: int | None = None) -> None:
         self.upstream_port = upstream_port
-        self.trigger = trigger
+        self.trigger = publish
+        self.acked = acked
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.cut = threading.Event()
@@ -1080,6 +1092,11 @@ class CuttingProxy:
                             pings += verb == b"PING"
                             upstream.sendall(raw)
                         else:
+                            if self.acked is not None and verb in (b"MSG", b"HMSG") and b'"seq"' in body:
+                                if int(json.loads(body).get("seq", 0)) >= self.acked:
+                                    self.cutting = True
+                                    self.cut.set()
+                                    return
                             if verb == b"PONG":
                                 pings -= 1
                                 if self.cutting and pings == 0:
@@ -1118,7 +1135,7 @@ def test_forward_a_transaction_is_all_or_nothing_when_serve_is_sigkilled_inside_
     (published record by record, it would see those); started again, the relay stores
     every transaction once, whole."""
     db = sqlstream.open(str(tmp_path / "app.db"))
-    proxy = CuttingProxy(server.port, f"3:{point}:5".encode())
+    proxy = CuttingProxy(server.port, publish=f"3:{point}:5".encode())
     try:
         for name in "ab":
             db.create_stream(name)
