@@ -810,11 +810,11 @@ def test_a_missing_source_stream_is_named_with_its_hint_once(tmp_path: Path, js:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"JetStream stream {js.stream!r} does not exist" in done.stderr, done.stderr
-    assert done.stderr.count("set create = true") == 1, done.stderr
+    assert done.stderr.count("fix `stream`") == 1, done.stderr  # the hint, once
     status = subprocess.run(serve_cmd(str(tmp_path / "app.db"), tmp_path / "missing.toml", "--status"), env=env(),
                             capture_output=True, text=True, timeout=60)
     assert f"last error: streamer 'inbox': JetStream stream {js.stream!r} does not exist" in status.stdout
-    assert status.stdout.count("set create = true") == 1, status.stdout
+    assert status.stdout.count("fix `stream`") == 1, status.stdout
 
 
 @slow
