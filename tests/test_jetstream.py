@@ -1413,28 +1413,29 @@ def test_source_sets_a_poison_message_aside_names_it_and_stores_the_rest(
             (subject, b"one", {"Sqlstream-Key": "k1"}),
             (subject, b"damaged", {"Sqlstream-Headers": '{"a": "b"'}),  # sequence 2: not JSON
             (subject, b"numbers", {"Sqlstream-Headers": '{"a": 1}'}),  # sequence 3: not strings
+            (subject, b"surrogate", {"Sqlstream-Headers": '{"a": "\\ud800"}'}),  # 4: append refuses it
             (subject, b"two", {"Sqlstream-Headers": '{"a": "b"}'}),
         ])
         Runner.from_config(db, load_config(config)).run(once=True)
         records = db.stream("commands").read(0, limit=10)
         assert [(r.value, r.key, r.headers or None) for r in records] == [(b"one", "k1", None), (b"two", None, {"a": "b"})]
         row = db.query("SELECT sequence, stored, poisoned, last_poison FROM jetstream_sources").rows[0]
-        assert row[:3] == (4, 2, 2)
-        assert row[3].startswith(f"JetStream stream {js.stream!r} sequence 3: ") and "not a JSON object" in row[3]
+        assert row[:3] == (5, 2, 3)
+        assert row[3].startswith(f"JetStream stream {js.stream!r} sequence 4: InvalidValue: "), row[3]
         if dead_letter:
             aside = db.stream(dead_letter).read(0, limit=10)
-            assert [r.value for r in aside] == [b"damaged", b"numbers"]
+            assert [r.value for r in aside] == [b"damaged", b"numbers", b"surrogate"]
             assert aside[0].headers is not None and aside[0].headers["source"].endswith("sequence 2")
             assert "not valid JSON" in aside[0].headers["error"]
         # Set aside once: a new run (the consumer recreated from the position) adds nothing.
         publish(js.url, [(subject, b"three", None)])
         Runner.from_config(db, load_config(config)).run(once=True)
         assert [r.value for r in db.stream("commands").read(0, limit=10)] == [b"one", b"two", b"three"]
-        assert db.query("SELECT poisoned FROM jetstream_sources").rows[0][0] == 2
+        assert db.query("SELECT poisoned FROM jetstream_sources").rows[0][0] == 3
         status = subprocess.run(serve_cmd(db.path, config, "--status"), env=env(), capture_output=True, text=True,
                                 timeout=60)
         assert status.returncode == 0, status.stderr
-        assert f"set aside 2 (last: JetStream stream {js.stream!r} sequence 3: " in status.stdout, status.stdout
+        assert f"set aside 3 (last: JetStream stream {js.stream!r} sequence 4: " in status.stdout, status.stdout
     finally:
         db.close()
 

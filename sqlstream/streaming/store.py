@@ -138,8 +138,10 @@ class Cursor:
 
     @property
     def lag(self) -> int | None:
-        """Commits after ``height`` (touching the exposed streams or not); for a
-        jetstream-source, the messages left on the server (None: not known yet)."""
+        """Commits after ``height``; for a jetstream-source, the messages left on the server
+        (None: not known yet). A jetstream (forward) relay moves its height over commits
+        that touch none of its streams once it has caught up, so its lag is what it owes
+        (0 after ``serve --once``); a block service's may count such commits."""
         if self.kind == "jetstream-source":
             return self.source_pending
         return max(0, self.head - self.height)
@@ -481,7 +483,7 @@ class Store:
         with self.db.transaction():
             handle = self.db.create_stream(stream, exist_ok=True)
             before = handle.info().next_offset
-            aside = self.db.create_stream(dead_letter, exist_ok=True) if dead_letter else None
+            aside = None  # the dead-letter stream, created with its first record
             for item in items:
                 problem = item.problem
                 if problem is None:
@@ -493,8 +495,15 @@ class Store:
                         problem = f"{type(exc).__name__}: {exc}"
                 log.warning("streaming service %r: setting aside %s: %s", service, item.where, problem)
                 poisoned.append((item.where, problem))
-                if aside is not None:
-                    aside.append(item.raw, dedup_id=item.dedup_id, headers={"source": item.where, "error": problem[:2000]})
+                if dead_letter:
+                    aside = aside or self.db.create_stream(dead_letter, exist_ok=True)
+                    headers = {"source": item.where, "error": problem[:2000]}
+                    try:
+                        with self.db.transaction():
+                            aside.append(item.raw, dedup_id=item.dedup_id, headers=headers)
+                    except _RECORD_FAULTS as exc:  # e.g. too large for a record: named, not kept
+                        headers["error"] += f" (body not kept: {type(exc).__name__}: {exc})"[:2000]
+                        aside.append(b"", dedup_id=item.dedup_id, headers=headers)
             stored = handle.info().next_offset - before
             last = f"{poisoned[-1][0]}: {poisoned[-1][1]}" if poisoned else None
             with self.db.engine.write(wakes=False) as conn:
