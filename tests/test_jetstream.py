@@ -1501,3 +1501,21 @@ def test_a_relay_started_without_keep_unforwarded_releases_its_pins(tmp_path: Pa
         assert a.info().next_offset - a.info().first_offset == 5
     finally:
         db.close()
+
+
+def test_a_stream_created_before_version_11_keeps_its_old_message_ids(tmp_path: Path, js: JS) -> None:
+    """A relay resending after the upgrade must send the ids the server has seen."""
+    import apsw
+
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    try:
+        db.create_stream("old").extend([b"x", b"y"])
+        conn = apsw.Connection(db.path)  # as migration 0011 leaves a stream created before it
+        conn.execute("UPDATE streams SET incarnation = NULL WHERE name = 'old'")
+        conn.close()
+        Runner.from_config(db, load_config(js.forward_config(tmp_path))).run(once=True)
+        got = js.messages()
+        assert [m[3]["Nats-Msg-Id"] for m in got] == [f"{file_id(db)}:0:old", f"{file_id(db)}:1:old"]
+        assert all("Sqlstream-Incarnation" not in m[3] for m in got)
+    finally:
+        db.close()
