@@ -86,6 +86,12 @@ def test_a_source_with_two_local_streams_is_refused_when_loaded() -> None:
     assert info.value.key == "keys"
 
 
+def test_a_source_whose_dead_letter_stream_is_its_own_stream_is_refused_when_loaded() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(source(dead_letter="commands"), "source.toml")
+    assert info.value.key == "dead_letter"
+
+
 def test_the_python_api_refuses_the_same_values() -> None:
     """A service built without a config file (Runner(db, [JetStreamForward(...)])) checks too."""
     options = {key: spec.default for key, spec in JetStreamForward.OPTIONS.items()}

@@ -356,7 +356,7 @@ class _Relay(Service):
                     if problem is not None:
                         raise OptionError(key, problem, hint=spec.help or None)
             self.prepare_options(self.options, ".")
-            self.prepare_keys(self.keys)
+            self.prepare_keys(self.keys, self.options)
         except OptionError as exc:
             raise InvalidArgument(f"[streamers.{name}] {exc.key}: {exc.problem}", hint=exc.hint) from None
         o = self.options
@@ -1047,7 +1047,8 @@ class JetStreamForward(_Relay):
         """Publish one record asynchronously; the future is its PubAck."""
         nats = _nats()
         try:
-            future = await js.publish(self.subject(record.stream), record.data, record_headers(self.identity.origin(height), record))
+            headers = record_headers(self.identity.origin(height), record)
+            future = await js.publish(self.subject(record.stream), record.data, headers)
         except nats.errors.MaxPayloadError as exc:
             self._publish_failed([record], height, exc)
             raise  # not reached: _publish_failed raises
@@ -1201,14 +1202,16 @@ class JetStreamSource(_Relay):
         return options
 
     @classmethod
-    def prepare_keys(cls, keys: Sequence[str]) -> None:
-        """A jetstream-source writes ONE local stream, named (no glob)."""
+    def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        """A jetstream-source writes ONE local stream, named (no glob), not its dead-letter stream."""
         if len(keys) > 1 or any(c in k for k in keys for c in "*?["):
             raise OptionError("keys", f"a jetstream-source writes ONE local stream, not {list(keys)!r}",
                               hint='e.g. keys = ["commands"]')
         problem = _local_name(keys[0]) if keys else None
         if problem is not None:
             raise OptionError("keys", problem)
+        if keys and options.get("dead_letter") == keys[0]:
+            raise OptionError("dead_letter", "must not be the stream it stores into", hint="name another local stream")
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)
@@ -1216,9 +1219,6 @@ class JetStreamSource(_Relay):
         self.durable = subject_token(str(self.options["durable"] or name))
         self.batch = int(self.options["batch"])
         self.dead_letter: str | None = self.options["dead_letter"]
-        if self.dead_letter is not None and self.dead_letter == self.target:
-            raise InvalidArgument(f"[streamers.{name}] dead_letter: must not be the stream it stores into",
-                                  hint="name another local stream")
 
     def _item(self, headers: Mapping[str, str] | None, data: bytes, seq: int) -> SourceItem:
         """The record to store for message ``seq``, or (``problem`` set) why it cannot be one."""

@@ -101,9 +101,9 @@ class Service(ABC):
         return options
 
     @classmethod
-    def prepare_keys(cls, keys: Sequence[str]) -> None:
-        """Check the ``keys`` patterns beyond their TOML type when the config is loaded;
-        raise :class:`OptionError` (key ``"keys"``). Default: any list of names or globs."""
+    def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        """Check the ``keys`` patterns beyond their TOML type (with the prepared ``options``)
+        when the config is loaded; raise :class:`OptionError`. Default: any names or globs."""
 
     def run_paced(self, store: Store, stop: threading.Event, once: bool) -> int:
         """A self-paced service's loop (see ``SELF_PACED``): run until ``stop`` is set (``once``:
