@@ -1119,7 +1119,7 @@ def _check_dead_letter_stream(db: Database, conn: apsw.Connection, dead_letter: 
     if dead_letter == stream:
         raise InvalidArgument("a subscription cannot dead-letter into the stream it reads")
     target = _q(conn,
-        "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+        "SELECT sealed_at IS NOT NULL, write_secret_sha256 IS NOT NULL FROM streams WHERE name = ?",
         (dead_letter,),
     )
     if not target:
