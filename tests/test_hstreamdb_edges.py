@@ -213,7 +213,10 @@ async def test_a_second_consumer_gets_nothing_of_a_shard_another_consumer_holds(
 
         await asyncio.wait_for(client.new_consumer("A", "g", a_process).start(), 60)
 
+        a_done = asyncio.Event()
+
         async def b_process(ack_fun: Any, stop_fun: Any, records: Any) -> None:
+            await a_done.wait()  # B's acks cannot hide what B was given while A held the shard
             order.extend(r.payload["i"] for r in records)
             await ack_fun([r.id for r in records])
             if order[-1] == 149:
@@ -229,6 +232,7 @@ async def test_a_second_consumer_gets_nothing_of_a_shard_another_consumer_holds(
         assert info.next_offset == 150
         assert info.consumers == {"A": len(held[0][1])} and info.pending == len(held[0][1])
         ack_fun, ids = held[0]
+        a_done.set()
         await ack_fun(ids)
         await asyncio.wait_for(b, 60)
         assert order == list(range(150))
