@@ -461,8 +461,9 @@ def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> Non
         conn.create_scalar_function("sqlstream_sha256", None)
 
 
-def _sha256_or_null(value: Any) -> str | None:
-    return None if value is None else hash_secret(str(value))
+def _sha256_or_null(*values: Any) -> str | None:
+    """SQL ``sqlstream_sha256(x)``: the stored form of write secret ``x`` (NULL stays NULL)."""
+    return None if values[0] is None else hash_secret(str(values[0]))
 
 
 def scrub(conn: apsw.Connection) -> None:

@@ -39,10 +39,11 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def matches(stored: str | None, secret: str | None) -> bool:
+def matches(stored: object, secret: str | None) -> bool:
     """True when ``secret`` may write a stream whose stored hash is ``stored``.
 
-    A stream without a secret (``stored`` None) takes anyone; otherwise the secret's hash
+    ``stored`` is the column as read (a str, or None: a stream without a secret takes
+    anyone; any other value matches nothing a hash could). Otherwise the secret's hash
     is compared with ``hmac.compare_digest`` so the time taken does not tell how much of
     it matched.
     """
@@ -50,4 +51,6 @@ def matches(stored: str | None, secret: str | None) -> bool:
         return True
     if secret is None:
         return False
-    return hmac.compare_digest(hash_secret(secret).encode("ascii"), str(stored).encode("utf-8", "surrogatepass"))
+    if not isinstance(stored, str):
+        return False
+    return hmac.compare_digest(hash_secret(secret).encode("ascii"), stored.encode("utf-8", "surrogatepass"))
