@@ -228,3 +228,28 @@ def test_import_with_secrets_still_works(tmp_path: Path, db: sqlstream.Database)
         result = import_archives(other, "*", str(tmp_path / "out"), secrets={"src": secret})
         assert result.streams == {"src": 2}
         assert [r.value for r in other.stream("src").read(0)] == [b"a", b"b"]
+
+
+def test_the_datasette_plugin_hides_the_hash_on_its_connections(tmp_path: Path) -> None:
+    """The plugin's prepare_connection hook, on a plain sqlite3 connection as Datasette's."""
+    plugin = pytest.importorskip("sqlstream.datasette", reason="needs the datasette extra")
+    path = str(tmp_path / "s.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("log", secret=True)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT write_secret_sha256 IS NOT NULL FROM streams").fetchall() == [(1,)]
+        plugin.prepare_connection(conn, "s", None)
+        assert conn.execute("SELECT write_secret_sha256 FROM streams").fetchall() == [(None,)]
+        assert conn.execute("SELECT secret FROM stream_stats").fetchall() == [(1,)]
+    finally:
+        conn.close()
+    other = str(tmp_path / "other.db")  # not a sqlstream file: no authorizer
+    conn = sqlite3.connect(other)
+    try:
+        conn.execute("CREATE TABLE streams (write_secret_sha256 TEXT)")
+        conn.execute("INSERT INTO streams VALUES ('kept')")
+        plugin.prepare_connection(conn, "other", None)
+        assert conn.execute("SELECT write_secret_sha256 FROM streams").fetchall() == [("kept",)]
+    finally:
+        conn.close()
