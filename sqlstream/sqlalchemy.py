@@ -308,7 +308,8 @@ last_txn = Table("last_txn", views, Column("txn"))
 
 streams_now = Table(
     "streams_now", views,
-    *(Column(c.name) for c in streams.columns),
+    # The streams columns, with `secret` (whether a write secret is set) for its hash.
+    *(Column("secret" if c.name == "write_secret_sha256" else c.name) for c in streams.columns),
 )
 
 
