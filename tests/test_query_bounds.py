@@ -161,3 +161,25 @@ def test_cli_sql_process_ends_on_an_endless_query(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "timeout" in proc.stderr
+
+
+async def _aio_bounds(path: str) -> None:
+    from sqlstream import aio
+
+    adb = await aio.open(path)
+    try:
+        with pytest.raises(QueryTimeout):
+            await adb.query(ENDLESS, timeout=1e-6)
+        with pytest.raises(QueryTooLarge):
+            await adb.query(rows(3), max_rows=2)
+        with pytest.raises(QueryTooLarge):
+            await adb.query("SELECT zeroblob(11)", max_bytes=10)
+        assert (await adb.query(rows(2))).rows == [(1,), (2,)]
+    finally:
+        await adb.close()
+
+
+def test_the_asyncio_face_takes_the_same_bounds(db_path: str) -> None:
+    import asyncio
+
+    asyncio.run(_aio_bounds(db_path))
