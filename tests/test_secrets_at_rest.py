@@ -253,3 +253,26 @@ def test_the_datasette_plugin_hides_the_hash_on_its_connections(tmp_path: Path) 
         assert conn.execute("SELECT write_secret_sha256 FROM streams").fetchall() == [("kept",)]
     finally:
         conn.close()
+
+
+def test_the_cli_shows_the_secret_once_and_sql_never(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlstream.cli import main
+
+    path = str(tmp_path / "c.db")
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        status = main(["--db", path, *argv])
+        return status, capsys.readouterr().out
+
+    status, out = run("create", "log", "--secret")
+    secret = out.strip()
+    assert status == 0 and len(secret) == 32
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert run("append", "log", "x", "--secret", secret)[0] == 0
+    for argv in (("sql", "SELECT * FROM streams"), ("sql", "SELECT * FROM streams", "--json"),
+                 ("sql", "SELECT * FROM streams_now", "--csv"), ("info", "log", "--json"), ("streams", "--json")):
+        status, out = run(*argv)
+        assert status == 0 and secret not in out and digest not in out, argv
+    status, out = run("create", "log", "--secret", "--exist-ok")
+    assert secret not in out
