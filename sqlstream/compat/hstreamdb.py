@@ -36,6 +36,13 @@ Payloads
     and str payloads (HStreamDB's raw records) and dict for JSON. ``compresstype``
     ``"gzip"``/``"zstd"`` (or :class:`CompressionType`) compresses each stored payload
     (header ``hstream-z``) and reads decompress transparently.
+Foreign records
+    A record of the stream that this client did not write may not map onto HStreamDB's
+    (its key is not a shard id, its ``hstream-i``/``hstream-z`` header is bad, its payload
+    does not decompress, or inflates past the database's ``max_record_bytes``, which bounds
+    every decompression). Consumers and readers never fail on one: it is a named
+    :class:`ForeignRecord` (stream, offset, reason), logged and set aside (see
+    :class:`Consumer` and :class:`Reader`).
 Offsets
     :class:`SpecialOffset`: ``EARLIEST = 1`` (the default of ``create_subscription``'s
     ``offset=1``), ``LATEST = 2``. A ``ShardOffset``'s ``timestampOffset`` is
