@@ -71,7 +71,7 @@ def test_every_report_of_lag_agrees(db: sqlstream.Database, capsys: pytest.Captu
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (row["lag"], row["pending"]) == (3, 0)
     # The test helper written from the docstring waits on.
-    with pytest.raises(AssertionError, match="lag=3 pending=0"):
+    with pytest.raises(AssertionError, match="lag=3 pending=0 waiting=3"):
         wait_for_subscription(db, "sub", timeout=0.05)
 
 
