@@ -316,7 +316,8 @@ class QueryBounds:
         return out
 
 
-#: The largest ``max_bytes`` a query may be given: SQLite's own ceiling on one value.
+#: The largest ``max_bytes`` a query may be given. As a length limit SQLite clamps it to
+#: its compile-time SQLITE_MAX_LENGTH (1e9 by default); the result total is counted here.
 MAX_QUERY_BYTES = 2_000_000_000
 #: Virtual-machine steps between two looks at the clock during a bounded query.
 QUERY_CHECK_STEPS = 1000
@@ -332,8 +333,8 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -
     Size: ``SQLITE_LIMIT_LENGTH`` is ``max_bytes`` for the block, so SQLite refuses to
     build a longer string or blob (``zeroblob(999999999)``, a huge ``group_concat``) before
     allocating it, raising ``QueryTooLarge``; the rows themselves are counted by the
-    returned :class:`QueryBounds`. The connection's previous limit and handler come back
-    after the block.
+    returned :class:`QueryBounds`. After the block the connection's previous length limit
+    is back and it has no progress handler (the query connection uses none otherwise).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
