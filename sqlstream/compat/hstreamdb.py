@@ -496,13 +496,13 @@ class HStreamDBClient:
                                   max_unacks: int = 10000, offset: SpecialOffset | int = SpecialOffset.EARLIEST) -> None:
         if isinstance(offset, bool) or offset not in (SpecialOffset.EARLIEST, SpecialOffset.LATEST):
             raise InvalidArgument(f"offset must be SpecialOffset.EARLIEST or LATEST, not {show(offset)}")
-        ack_timeout = _check_number(ack_timeout, "ack_timeout")  # type: ignore[assignment]
+        seconds = _check_number(ack_timeout, "ack_timeout")
         options: dict[str, Any] = {}
         if _KEY_ORDERING:
             options["ordering"] = "key"  # per-shard order: the shard id is the record key
         await self.adb.create_subscription(
             subscription_id, stream_name, start="earliest" if offset == SpecialOffset.EARLIEST else "latest",
-            ack_timeout=float(ack_timeout), max_unacked=max_unacks, **options,
+            ack_timeout=seconds, max_unacked=max_unacks, **options,
         )
 
     async def list_subscriptions(self) -> Iterator[Subscription]:
