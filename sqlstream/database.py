@@ -24,6 +24,7 @@ import apsw
 from . import connection as cx
 from . import consumer as _consumer
 from . import dedup as _dedup
+from . import lineage as _lineage
 from . import producer as _producer
 from . import ranges as _ranges
 from . import readers as _readers
@@ -603,6 +604,11 @@ class Database:
         destination that looks open (it has a ``-wal``) is refused even then. Raises
         ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
 
+        The copy gets an identity of its own (:mod:`sqlstream.lineage`): the JetStream
+        relay names the records both files share as the original does, and the records
+        each file writes afterwards differently, so neither file's records are taken for
+        the other's (a relay resuming from a restored copy resends, never loses).
+
         ``progress``, if given, is called as ``progress(pages_copied, pages_total)`` after
         each ``BACKUP_STEP_PAGES`` pages: the copy then runs in steps, all inside one read
         transaction held on the source, so it is the same snapshot as the one-step copy.
@@ -646,6 +652,11 @@ class Database:
                                 job.step(-1)
                             else:
                                 _backup_in_steps(source, job, progress)
+                        # The copy is a file of its own from now on: the records it
+                        # writes must never share relay ids with the original's.
+                        if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'file_lineage'").fetchall():
+                            with target:
+                                _lineage.fork(cx.runner(target))
                     finally:
                         target.close()
             finally:
