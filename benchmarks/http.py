@@ -127,17 +127,64 @@ def _serve(path: str, port: int, synchronous: str) -> None:
     server.stop(10)
 
 
+def _proc_stats(pid: int) -> tuple[float, float, int]:
+    """(RSS MiB, CPU seconds, open fds) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss, cpu, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def idle_and_churn(folder: Path, count: int, churn: int, seconds: float = 10.0) -> None:
+    """sqlstream serve --http holding ``count`` idle SSE connections (RSS, CPU), then
+    ``churn`` connects and disconnects (RSS and fds before and after)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server, base = _sqlstream(folder, Path(tmp), "normal")
+        with server:
+            assert server.proc is not None
+            pid = server.proc.pid
+            rss0, _cpu0, fds0 = _proc_stats(pid)
+            holder = subprocess.Popen(["node", "driver.mjs", "idle", f"{base}/idle", str(count), str(seconds)],
+                                      cwd=folder, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout is not None
+            holder.stdout.readline()  # "open": every connection is established
+            time.sleep(1.0)
+            rss1, cpu1, _ = _proc_stats(pid)
+            time.sleep(seconds - 2)
+            rss2, cpu2, _ = _proc_stats(pid)
+            holder.wait()
+            cpu_share = (cpu2 - cpu1) / (seconds - 2) * 100
+            print(f"| {count:,} idle SSE connections | RSS {rss0:.0f} MiB before, {rss2:.0f} MiB held "
+                  f"(+{rss2 - rss0:.0f} MiB) | CPU {cpu_share:.2f}% of a core while idle |")
+            _drive(folder, "churn", f"{base}/churn", "500")  # warm-up: allocator and caches settle
+            time.sleep(1.0)
+            rss3, _, fds3 = _proc_stats(pid)
+            _drive(folder, "churn", f"{base}/churn", str(churn))
+            time.sleep(1.0)
+            rss4, _, fds4 = _proc_stats(pid)
+            print(f"| {churn:,} SSE connects and disconnects | RSS {rss3:.0f} -> {rss4:.0f} MiB | "
+                  f"open fds {fds3} -> {fds4} (at start {fds0}) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="append phase length per client count")
     parser.add_argument("--messages", type=int, default=100_000, help="messages read in the catch-up phase")
     parser.add_argument("--tail", type=int, default=300, help="live-tail round trips")
+    parser.add_argument("--idle", type=int, metavar="N",
+                        help="instead: hold N idle SSE connections (RSS, CPU), then 10,000 connects/disconnects")
     parser.add_argument("--serve", nargs=3, metavar=("DB", "PORT", "SYNC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         _serve(args.serve[0], int(args.serve[1]), args.serve[2])
         return 0
     folder = _node_modules()
+    if args.idle:
+        print("| what | memory | other |\n|---|---|---|")
+        idle_and_churn(folder, args.idle, 10_000)
+        return 0
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

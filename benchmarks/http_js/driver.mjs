@@ -4,6 +4,8 @@
 //   fill    URL COUNT            : COUNT 100-byte JSON messages, 1,000 per POST
 //   catchup URL                  : read from -1 until up to date; bytes and seconds
 //   tail    URL COUNT            : SSE at now; COUNT times POST a message, time until its event
+//   idle    URL COUNT SECONDS    : hold COUNT SSE connections open for SECONDS (prints "open" first)
+//   churn   URL COUNT            : open and drop COUNT SSE connections, 50 at a time
 import { Agent, setGlobalDispatcher } from "undici"
 setGlobalDispatcher(new Agent({ connections: 64, pipelining: 1, keepAliveTimeout: 60_000 }))
 
@@ -87,5 +89,31 @@ if (mode === "append") {
   latencies.sort((a, b) => a - b)
   const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]
   console.log(JSON.stringify({ p50: q(0.5), p99: q(0.99), n: latencies.length }))
+}
+if (mode === "idle") {
+  const [total, seconds] = [Number(args[0]), Number(args[1])]
+  await put("text/plain")
+  const agent = new Agent({ connections: total + 10, keepAliveTimeout: 60_000 })
+  const controller = new AbortController()
+  const opened = await Promise.all(Array.from({ length: total }, () =>
+    fetch(`${url}?offset=now&live=sse`, { signal: controller.signal, dispatcher: agent })))
+  if (opened.some((r) => r.status !== 200)) throw new Error("an SSE connection was refused")
+  console.log(JSON.stringify("open"))
+  await new Promise((r) => setTimeout(r, seconds * 1000))
+  controller.abort()
+  console.log(JSON.stringify({ held: total }))
+} else if (mode === "churn") {
+  const total = Number(args[0])
+  await put("text/plain")
+  for (let done = 0; done < total; done += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, total - done) }, async () => {
+      const controller = new AbortController()
+      const r = await fetch(`${url}?offset=now&live=sse`, { signal: controller.signal })
+      const reader = r.body.getReader()
+      await reader.read()  // the first control event: the server is tailing
+      controller.abort()
+    }))
+  }
+  console.log(JSON.stringify({ churned: total }))
 }
 process.exit(0)
