@@ -357,3 +357,29 @@ def test_reads_below_retention_get_410_gone(client: httpx.Client, db_path: str) 
     assert client.get("/r", params={"offset": p.format_offset(0, 0)}).status_code == 410
     assert client.get("/r", params={"offset": p.format_offset(2, 2)}).text == "c"
     assert client.get("/r").text == "c"  # -1: from the first retained record
+
+
+def test_deleting_a_stream_ends_its_live_readers(server: HttpServer, client: httpx.Client) -> None:
+    _put(client, "gone")
+    done: list[str] = []
+
+    def sse() -> None:
+        with httpx.stream("GET", f"{server.url}/v1/stream/gone", params={"offset": "now", "live": "sse"},
+                          timeout=20) as r:
+            done.append("".join(r.iter_text()))
+
+    def poll() -> None:
+        done.append(str(httpx.get(f"{server.url}/v1/stream/gone", params={"offset": "now", "live": "long-poll"},
+                                  timeout=20).status_code))
+
+    readers = [threading.Thread(target=sse), threading.Thread(target=poll)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 5
+    while server.app.live < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.delete("/gone").status_code == 204
+    for t in readers:
+        t.join(10)
+    assert "404" in done and any("event: control" in d for d in done)
+    assert server.app.live == 0

@@ -765,7 +765,9 @@ class DurableStreamsApp:
             if not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 200
-        except ProtocolError:
+        except (ProtocolError, SqlstreamError):
+            # The response has started: a stream deleted (or the file closed) under a live
+            # SSE ends it; the client reconnects and gets the status then.
             if not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 200
