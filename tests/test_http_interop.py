@@ -216,3 +216,23 @@ def test_typescript_idempotent_producer_is_exactly_once_across_a_server_sigkill(
     assert _node(folder, TS_PRODUCER, url, "0", "15") == ["done"]
     with sqlstream.open(served.path) as db:
         assert [r.value for r in db.stream("up").read(0, 100)] == [{"i": i} for i in range(15)]
+
+
+def test_python_client_with_producer_headers_is_exactly_once_across_a_server_sigkill(served: Served) -> None:
+    """durable-streams 0.1 has no producer object: its per-request headers carry the
+    protocol's Producer-* headers, one batch (seq) per append."""
+    url = served.url + "/v1/stream/pyprod"
+    ds.DurableStream.create(url, content_type="application/json").close()
+
+    def send(upto: int) -> None:
+        for i in range(upto):
+            headers = {"Producer-Id": "py", "Producer-Epoch": "0", "Producer-Seq": str(i)}
+            with ds.DurableStream(url, content_type="application/json", headers=headers, batching=False) as s:
+                s.append({"i": i})
+
+    send(6)
+    served.kill()
+    served.start()
+    send(9)  # a restarted producer resends 0..5 (duplicates), then 6..8
+    with sqlstream.open(served.path) as db:
+        assert [r.value for r in db.stream("pyprod").read(0, 100)] == [{"i": i} for i in range(9)]
