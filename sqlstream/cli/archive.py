@@ -195,7 +195,7 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         try:
             result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
                                      create=not args.no_create, secrets=secrets, rename=rename,
-                                     progress=on_progress)
+                                     progress=on_progress, allow_gap=args.allow_gap)
         except RecordTooLarge as exc:
             raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
                                        "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
@@ -323,7 +323,10 @@ def register(command: CommandFactory) -> None:
         "PATTERN is matched against file names (or object names under --dir with\n"
         "--storage), read in name order; matching nothing is an error. The database\n"
         "must exist unless --create-db is given. Streams created with --secret take\n"
-        "records only with --secret; --rename SRC=DST imports under another name.",
+        "records only with --secret; --rename SRC=DST imports under another name.\n"
+        "Missing records (a torn or absent archive before the first one of a stream)\n"
+        "are an error and store nothing of that stream, so a rerun with good copies\n"
+        "completes it; --allow-gap starts the stream past them instead, for good.",
     )
     p.add_argument("pattern", metavar="PATTERN")
     p.add_argument("--dir", default=".", metavar="DIR", help="directory (or object prefix) to search (default .)")
@@ -335,6 +338,9 @@ def register(command: CommandFactory) -> None:
                    help="write secret of a secret stream to import into; repeatable")
     p.add_argument("--rename", action="append", metavar="SRC=DST",
                    help="import archive stream SRC into stream DST; repeatable")
+    p.add_argument("--allow-gap", action="store_true",
+                   help="start an empty stream where the archives do, even past missing records "
+                        "(they can never be imported afterwards)")
 
     p = command(
         "archive", lambda a, o, e: 2, "Inspect archive files.",
