@@ -152,6 +152,11 @@ def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
+def default_template(name: str) -> str:
+    """The file name template of export ``name`` when none is given."""
+    return _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
+
+
 MAX_BATCH = 1_000_000  # records read per query; more only costs memory
 _NAME_MAX = 255  # bytes in one file name on common filesystems
 _NAME_SLACK = len("_0001") + len(".part") + 2  # a collision suffix and a working name
@@ -765,7 +770,7 @@ def export(
     if "\0" in directory:
         raise InvalidArgument(f"directory {directory!r} contains a NUL character")
     if template is None:
-        template = _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
+        template = default_template(name)
     check_compression(compress)
     check_template(template, EXTENSIONS[compress] if compress else "")
     if version not in (1, 2):

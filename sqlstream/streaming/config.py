@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidArgument
-from .services import Option, OptionError, Service, known_services, resolve_path, service_class
+from .services import Option, OptionError, Output, Service, known_services, resolve_path, service_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,4 +202,30 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         except OptionError as exc:
             raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
+    _refuse_overlaps(path, streamers)
     return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers))
+
+
+def _refuse_overlaps(path: str, streamers: list[StreamerConfig]) -> None:
+    """ConfigError naming both streamers when two of them write to the same place.
+
+    Each service says where it writes (:meth:`Service.outputs`); two streamers whose
+    outputs overlap would write over each other's files, so the whole configuration is
+    refused before anything runs, whatever their types. A streamer turned off (``keys``
+    empty) writes nothing and overlaps nothing.
+    """
+    claimed: list[tuple[str, Output]] = []
+    for streamer in streamers:
+        if not streamer.keys:
+            continue
+        mine = service_class(streamer.kind).outputs(streamer.name, streamer.options)
+        for other, output in claimed:
+            for out in mine:
+                if out.overlaps(output):
+                    raise ConfigError(
+                        path, f"streamers.{streamer.name}", None,
+                        f"writes to the same place as [streamers.{other}]: {out}",
+                        hint="give each streamer its own directory (write_dir/dir), or file streamers "
+                             "different prefixes",
+                    )
+        claimed += [(streamer.name, out) for out in mine]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from ..archive.export import dir_mode_for, make_dirs
 from ..errors import InvalidArgument
 from . import protobuf
-from .services import Option, Service
+from .services import Option, Output, Service, output_directory
 from .store import Block
 
 __all__ = ["FileService", "encode_data", "encode_meta", "file_name", "prefix_problem"]
@@ -101,6 +101,17 @@ class FileService(Service):
             raise InvalidArgument(f"streamer {name!r}: prefix {problem}", hint=self.OPTIONS["prefix"].help)
         self.output_metadata = bool(self.options.get("output-metadata", True))
         self.fsync = bool(self.options.get("fsync", False))
+
+    @classmethod
+    def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
+        """``write_dir``, for the names of the prefix: distinct prefixes never share a name.
+
+        ``[P-]block-H-KIND`` read from the right gives back KIND, the digits H and so P,
+        and a temporary name is that name between ``.`` and ``.HEX8.tmp``; so two prefixes
+        that differ give disjoint names, final or temporary.
+        """
+        prefix = str(options.get("prefix") or "")
+        return [Output(output_directory(str(options["write_dir"])), f"block files with prefix {prefix!r}")]
 
     def temp_pattern(self) -> re.Pattern[str]:
         """The names of this service's temporary files: ``.[prefix-]block-H-KIND.HEX8.tmp``."""
