@@ -422,11 +422,19 @@ def open_archive(filename: str | os.PathLike[str]) -> IO[bytes]:
         raise
 
 
-def _decompressing(raw: IO[bytes]) -> IO[bytes]:
+def _compression(raw: IO[bytes]) -> str | None:
+    """``"gzip"``, ``"zstd"`` or None (not compressed), by the first bytes ``raw`` can peek at."""
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
     if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    return "zstd" if head == ZSTD_MAGIC else None
+
+
+def _decompressing(raw: IO[bytes]) -> IO[bytes]:
+    compression = _compression(raw)
+    if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if head == ZSTD_MAGIC:
+    if compression == "zstd":
         return io.BufferedReader(_ZstdReader(raw))
     return raw
 
@@ -584,11 +592,22 @@ class ArchiveReader:
         self.max_record_bytes = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
         if fileobj is not None:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
-            # Compressed data is recognised when the file object can peek at its start.
-            self._handle: IO[bytes] | None = _decompressing(fileobj)
+            raw = fileobj
         else:
             self.filename = os.fspath(filename)  # type: ignore[arg-type]
-            self._handle = open_archive(self.filename)
+            raw = open(self.filename, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            # Compressed data is recognised when the file object can peek at its start.
+            #: ``"gzip"``, ``"zstd"`` or None: the file's compression. Both formats check a
+            #: hash of what they hold only at the end of a member or frame, so records
+            #: read before it may be damaged; a reader that must not act on those reads
+            #: the file through once first (as import does).
+            self.compression = _compression(raw)
+            self._handle: IO[bytes] | None = _decompressing(raw)
+        except BaseException:
+            if fileobj is None:
+                raw.close()
+            raise
         self.index = 0  # records read so far
         self.offset = 0  # bytes of (decompressed) archive consumed so far
 

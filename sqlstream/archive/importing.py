@@ -316,7 +316,9 @@ def import_archives(
     original offset, byte position and timestamp; records the stream already holds are
     skipped, so a second import adds nothing. ``streams`` limits the import to those
     streams (archive names, before renaming). An archive whose last record is torn is
-    imported up to it and listed in ``torn``.
+    imported up to it and listed in ``torn``. A compressed archive is read through once
+    before any of its records is stored, so damage that its gzip or zstd checksum reveals
+    only at the end stores nothing of it.
 
     Gaps: a stream's offsets stay gap-free, and an import never leaves a gap that a
     later import of the missing archives could not fill. When the archives' first
@@ -372,6 +374,8 @@ def import_archives(
             local = downloaded.pop(label) if label in downloaded else opener()[1]
             try:
                 with ArchiveReader(local, max_record_bytes=db.max_record_bytes) as reader:
+                    if reader.compression is not None:
+                        _read_through(local, db.max_record_bytes)
                     while True:
                         try:
                             meta, payload = reader.read()
@@ -398,6 +402,22 @@ def import_archives(
         if owns and driver is not None:
             driver.close()
     return result
+
+
+def _read_through(local: str, max_record_bytes: int) -> None:
+    """Read every record of a compressed archive, raising what damage the reading reveals.
+
+    gzip and zstd check their hash of the content at the end of a member or frame, after
+    handing out what it decompresses to: without this pass, damaged records of a large
+    archive could be stored (a batch is committed every 1,000 records) before the
+    damage is noticed. A torn tail is left to the import pass, which reports it.
+    """
+    with ArchiveReader(local, max_record_bytes=max_record_bytes) as reader:
+        while True:
+            try:
+                reader.read()
+            except (EndOfArchive, TruncatedRecord):
+                return
 
 
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
