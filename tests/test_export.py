@@ -478,8 +478,7 @@ def test_export_killed_at_random_points_and_restarted_exports_each_record_exactl
         assert set(seen) == expected
         assert final.offsets == {"a": a.info().next_offset, "b": b.info().next_offset}
         assert export_status(db, "a+b").pending == 0
-        staging = directory / ".sqlstream-staging" / "1-a+b"
-        assert sorted(os.listdir(staging)) == ["lock"]  # nothing left half-done
+        assert not (directory / ".sqlstream-staging").exists()  # nothing left half-done, nor a trace
 
 
 # A child that dies (SIGKILL, no cleanup) at one exact point of an export, to cover the
@@ -535,7 +534,49 @@ def test_export_killed_at_each_commit_window_is_finished_by_the_next_run(tmp_pat
         seen = union_of_closed_archives(directory, mode)
         assert sorted(seen) == [("s", i) for i in range(50)]
         assert export_status(db, "s").pending == 0
-        assert sorted(os.listdir(directory / ".sqlstream-staging" / "1-s")) == ["lock"]
+        assert not (directory / ".sqlstream-staging").exists()
+
+
+def test_export_leaves_no_empty_staging_folder_and_import_files_are_absolute_like_export_files(
+    db: sqlstream.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = db.create_stream("s")
+    s.extend([b"a", b"b"])
+    monkeypatch.chdir(tmp_path)
+    exported = db.export("s", "arch")
+    assert sorted(os.listdir(tmp_path / "arch")) == [Path(f).name for f in exported.files]  # no staging folder
+    assert all(os.path.isabs(f) for f in exported.files)
+    db.export("s", "arch")  # a run with nothing to export leaves nothing either
+    assert sorted(os.listdir(tmp_path / "arch")) == [Path(f).name for f in exported.files]
+    with sqlstream.open(tmp_path / "r.db") as other:
+        imported = import_archives(other, "s-*.events", "arch")
+    assert imported.files == exported.files  # one convention: absolute paths
+
+
+def test_the_staging_folder_of_a_running_export_stays_and_a_held_lock_is_respected(
+    db: sqlstream.Database, tmp_path: Path
+) -> None:
+    import fcntl
+
+    db.create_stream("a").append(b"x")
+    db.create_stream("b").append(b"y")
+    db.export("a", tmp_path, name="first")  # its folder is removed when it ends
+    staging = tmp_path / ".sqlstream-staging"
+    seen: list[list[str]] = []
+    db.export("b", tmp_path, name="second", progress=lambda p: seen.append(sorted(os.listdir(staging))))
+    assert seen and all(folders == ["2-second"] for folders in seen)  # while it runs, its own folder
+    assert not staging.exists()
+    # Another process holding the lock: refused, and the lock file is not removed from under it.
+    (staging / "1-first").mkdir(parents=True)
+    fd = os.open(staging / "1-first" / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        db.create_stream("a2")
+        with pytest.raises(ConcurrencyError):
+            db.export("a", tmp_path, name="first")
+        assert (staging / "1-first" / "lock").exists()
+    finally:
+        os.close(fd)
 
 
 def test_follow_waits_quietly_while_one_stream_is_sealed(db: sqlstream.Database, tmp_path: Path) -> None:

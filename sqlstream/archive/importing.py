@@ -63,7 +63,7 @@ log = logging.getLogger("sqlstream.importing")
 class ImportResult:
     """What one call of :func:`import_archives` did."""
 
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # archives read: absolute paths, or storage locations
     records: int = 0  # records read from the archives
     imported: int = 0  # records added to streams
     skipped: int = 0  # records the streams already held
@@ -105,7 +105,9 @@ def _archive_sources(
     """(label, opener) per archive matching ``pattern``, in name order."""
     if storage is None:
         sub, pat = os.path.split(pattern)
-        files = matching_files(os.path.join(directory, sub), pat)
+        # Absolute, as ExportResult.files are: a result outlives the call (and its working
+        # directory), and the labels name files in errors and in ``torn``.
+        files = matching_files(os.path.abspath(os.path.join(directory, sub)), pat)
         local: list[tuple[str, Callable[[], tuple[IO[bytes] | None, str]]]] = []
         for f in files:
             local.append((f, lambda f=f: (None, f)))  # type: ignore[misc]
