@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -212,8 +213,9 @@ class FileService(Service):
     def start(self) -> None:
         """Delete temporary files a killed run of this service left in ``write_dir``.
 
-        Only names of this service's own pattern (its prefix) are touched: another
-        service's files, or anything else in the directory, stay. Assumes one running
+        Only regular files named in this service's own pattern (its prefix) are touched:
+        another service's files, folders or links under such names, or anything else in
+        the directory, stay. Assumes one running
         ``serve`` per service (the durable cursor enforces that too).
         """
         try:
@@ -223,9 +225,16 @@ class FileService(Service):
         pattern = self.temp_pattern()
         for name in names:
             if pattern.fullmatch(name):
-                log.info("streaming service %r: removing %s, left by an interrupted run", self.name, name)
+                path = os.path.join(self.write_dir, name)
                 try:
-                    os.unlink(os.path.join(self.write_dir, name))
+                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                        # Not a file this service wrote (it writes regular files only): a
+                        # folder or link someone made under a look-alike name stays.
+                        log.warning("streaming service %r: leaving %s, which is not a regular file", self.name,
+                                    path)
+                        continue
+                    log.info("streaming service %r: removing %s, left by an interrupted run", self.name, name)
+                    os.unlink(path)
                 except FileNotFoundError:
                     pass
 
