@@ -80,6 +80,7 @@ from .rolling import (
     SizeRollChecker,
     TimeRollChecker,
     candidate_names,
+    check_template,
     render_template,
 )
 
@@ -159,8 +160,6 @@ def default_template(name: str) -> str:
 
 
 MAX_BATCH = 1_000_000  # records read per query; more only costs memory
-_NAME_MAX = 255  # bytes in one file name on common filesystems
-_NAME_SLACK = len("_0001") + len(".part") + 2  # a collision suffix and a working name
 
 
 def file_mode_of(db_path: str) -> int:
@@ -851,31 +850,6 @@ def export(
         exporter.unlock()
         if owns_driver and driver is not None:
             driver.close()
-
-
-def check_template(template: object, extension: str) -> None:
-    """Refuse a file name template that cannot give a file name, before anything is written."""
-    if not isinstance(template, str):
-        raise InvalidArgument(f"template is a strftime string, not {type(template).__name__}")
-    try:
-        template.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"template {template!r} is not valid Unicode (lone surrogate)") from None
-    if "\0" in template:
-        raise InvalidArgument(f"template {template!r} contains a NUL character")
-    try:
-        rendered = render_template(template)
-    except (ValueError, UnicodeError) as exc:
-        if isinstance(exc, SqlstreamError):
-            raise
-        raise InvalidArgument(f"template {template!r} is not a usable strftime template: {exc}") from None
-    size = len((rendered + extension).encode("utf-8")) + _NAME_SLACK
-    if size > _NAME_MAX:
-        raise InvalidArgument(
-            f"template {template!r} gives file names of {size - _NAME_SLACK} bytes; the limit is "
-            f"{_NAME_MAX - _NAME_SLACK}",
-            hint="use a shorter template",
-        )
 
 
 def export_status(db: Database, name: str) -> ExportStatus:

@@ -361,6 +361,9 @@ def unpack(
     but the format's 2 GiB).
     """
     limit = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
+    if not callable(getattr(fileobj, "read", None)):
+        raise InvalidArgument(f"unpack reads from a binary file object, not {type(fileobj).__name__}",
+                              hint="for bytes in memory, pass io.BytesIO(data)")
     name = getattr(fileobj, "name", None)
     try:
         offset = fileobj.tell()
@@ -496,6 +499,23 @@ class _ZstdReader(io.RawIOBase):
 _ZSTD_FEED = 512  # 16 MiB out at most per call; smaller feeds cost throughput
 
 
+def _archive_path(filename: object) -> str:
+    """``filename`` as a str path, else InvalidArgument."""
+    try:
+        path = os.fspath(filename)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgument(f"an archive file name is a str or os.PathLike, not {type(filename).__name__}") from None
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InvalidArgument(f"an archive file name is a non-empty str without NUL, not {path!r}"[:300])
+    return path
+
+
+def _open_error(exc: OSError, filename: str, what: str) -> ArchiveError:
+    """The ArchiveError for an OSError met opening an archive (``what``: "read" or "create")."""
+    return ArchiveError(f"cannot {what} archive {filename[:300]!r}: {exc.strerror or exc}",
+                        hint="check the path: the file (to read) or its folder (to create) must exist")
+
+
 class ArchiveWriter:
     """Appends records to one archive file (shoebox's ``ArchiveWriter``).
 
@@ -514,10 +534,13 @@ class ArchiveWriter:
             raise InvalidArgument(f"archive format version is 1 or 2, not {version!r}")
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise InvalidArgument(f"mode must be permission bits from 0 to 0o777, not {mode!r}")
-        self.filename = os.fspath(filename)
+        self.filename = _archive_path(filename)
         self.version = version
         self.compress_records = compress_records
-        fd = os.open(self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            fd = os.open(self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        except OSError as exc:
+            raise _open_error(exc, self.filename, "create") from exc
         try:
             current = os.fstat(fd).st_mode & 0o777
             if current & ~mode:  # an existing file keeps its bits on O_CREAT: narrow them
@@ -594,8 +617,11 @@ class ArchiveReader:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
             raw = fileobj
         else:
-            self.filename = os.fspath(filename)  # type: ignore[arg-type]
-            raw = open(self.filename, "rb")  # noqa: SIM115 - closed by close()
+            self.filename = _archive_path(filename)
+            try:
+                raw = open(self.filename, "rb")  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise _open_error(exc, self.filename, "read") from exc
         try:
             # Compressed data is recognised when the file object can peek at its start.
             #: ``"gzip"``, ``"zstd"`` or None: the file's compression. Both formats check a

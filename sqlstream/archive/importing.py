@@ -357,7 +357,8 @@ def import_archives(
         check_name(target)
     if not isinstance(allow_gap, bool):
         raise InvalidArgument(f"allow_gap must be True or False, not {allow_gap!r}"[:300])
-    if streams is not None and (isinstance(streams, str) or not all(isinstance(x, str) for x in streams)):
+    if streams is not None and (not isinstance(streams, (list, tuple, set, frozenset))
+                                or not all(isinstance(x, str) for x in streams)):
         raise InvalidArgument(f"streams must be a list of stream names, not {streams!r}"[:300])
     driver = None if storage is None else get_driver(storage)
     owns = storage is not None and not isinstance(storage, StorageDriver)

@@ -38,7 +38,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..archive.callbacks import check_compression
-from ..archive.export import ExportProgress, check_template, default_template, export
+from ..archive.export import ExportProgress, default_template, export
+from ..archive.rolling import check_template
 from ..errors import SqlstreamError
 from ..records import check_name
 from ..storage import load_driver_class

@@ -112,6 +112,8 @@ def _read(write_dir: str | os.PathLike[str], height: int, prefix: str, kind: str
     problem = prefix_problem(prefix)
     if problem is not None:
         raise InvalidArgument(f"prefix {problem}")
+    if not isinstance(write_dir, (str, os.PathLike)):
+        raise InvalidArgument(f"write_dir is a path, not {type(write_dir).__name__}")
     path = os.path.join(os.fspath(write_dir), file_name(prefix, height, kind))
     return path, read_file(path)
 
