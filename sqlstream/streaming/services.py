@@ -128,6 +128,11 @@ class Service(ABC):
         return options
 
     @classmethod
+    def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        """Check the ``keys`` patterns beyond their TOML type (with the prepared ``options``)
+        when the config is loaded; raise :class:`OptionError`. Default: any names or globs."""
+
+    @classmethod
     def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
         """Where the streamer ``name`` configured with the prepared ``options`` writes.
 
