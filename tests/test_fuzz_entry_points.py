@@ -217,7 +217,7 @@ def _helper_ops(db: sqlstream.Database) -> dict[str, tuple[Callable[..., object]
     }
 
 
-@fuzz(50)
+@fuzz(30)
 @given(data=st.data())
 def test_testing_helpers_given_anything_raise_sqlstream_errors_or_fail_an_assertion(
     tmp_path_factory: pytest.TempPathFactory, worker: concurrent.futures.ThreadPoolExecutor, data: st.DataObject
@@ -323,7 +323,7 @@ def _archive_ops(db: sqlstream.Database, folder: Path) -> dict[str, tuple[Callab
     }
 
 
-@fuzz(40)
+@fuzz(30)
 @given(data=st.data())
 def test_archive_block_and_backup_entry_points_raise_only_sqlstream_errors(
     tmp_path_factory: pytest.TempPathFactory, worker: concurrent.futures.ThreadPoolExecutor, data: st.DataObject,
