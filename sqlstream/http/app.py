@@ -600,9 +600,12 @@ class DurableStreamsApp:
             return await _send(send, _Response(200, h, b"[]" if st.json else b""), headers)
         return await _send(send, await self._catch_up(st, start, headers), headers)
 
-    async def _chunk(self, st: _Stream, start: int) -> tuple[bytes | None, tuple[int, int], StreamInfo]:
+    async def _chunk(self, st: _Stream, start: int, *,
+                     fresh: bool = False) -> tuple[bytes | None, tuple[int, int], StreamInfo]:
         """Up to ``max_chunk_bytes`` from ``start``: (payload, or None when there are no
-        records; the end as (offset, byte position); the stream's info after the read)."""
+        records; the end as (offset, byte position); the stream's info: ``st.info`` when
+        the read ended exactly at its tail and ``fresh`` is not asked for (after a wake-up:
+        the stream may have been sealed), else a snapshot taken after the read)."""
         db = await self.db()
         stream = _handle(db, st.name)
         budget = self.config.max_chunk_bytes
@@ -626,7 +629,12 @@ class DurableStreamsApp:
                 at = rec.offset + 1
             if len(records) < _READ_BATCH:
                 break
-        info = await db.stream_info(st.name)
+        info = st.info
+        if fresh or end_position is not None or at != info.next_offset:
+            # The read did not end exactly at the snapshot's tail: the stream has moved
+            # since (or the chunk is cut): take a fresh snapshot. Ending at the snapshot's
+            # tail, the snapshot is the answer "as of when the response was made".
+            info = await db.stream_info(st.name)
         if end_position is None:
             if at >= info.next_offset:
                 end_position = info.byte_length
@@ -738,8 +746,10 @@ class DurableStreamsApp:
             deadline = time.monotonic() + self.config.sse_max_seconds
             at = start
             cur = p.cursor(client_cursor)
+            woke = False
             while not disconnected.done() and not self._closing.is_set():
-                payload, end, info = await self._chunk(st, at)
+                payload, end, info = await self._chunk(st, at, fresh=woke)
+                st.info = info
                 at = end[0]
                 closed = info.sealed_at is not None and at >= info.next_offset
                 control: dict[str, Any] = {"streamNextOffset": p.format_offset(*end)}
@@ -762,6 +772,7 @@ class DurableStreamsApp:
                 if remaining <= 0:
                     break
                 await self._wait(st, at, remaining, disconnected)
+                woke = True
             if not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 200
