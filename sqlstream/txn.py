@@ -4,9 +4,10 @@
 all processes writing the file (the streaming services use it as a block height). It is
 kept without a page write per append:
 
-- the last number given out is the ``last_txn`` view (migration 0009):
-  ``max(counters.txn, the txn of each stream's last record)``, one primary-key seek per
-  stream (a stream's txn never decreases with its offset);
+- the last number given out is the ``last_txn`` view: ``max(counters.txn,
+  max(chunks.txn))``, one seek down the index ``chunks_by_txn`` (the migration named
+  ``txn_index``), so its cost does not grow with the number of streams; every insert
+  pays that index's entry, at its right end (benchmarks/findings.md, W8);
 - ``counters.txn`` is a floor, raised by :func:`keep_txn_floor` only before records are
   deleted (trim, retention, stream deletion, storage objects), so the view never goes
   back and no number is given out twice, even once every record is gone;
@@ -40,7 +41,7 @@ def last_txn(q: Query) -> int:
     """The last commit sequence number given out (0 before the first append).
 
     What the streaming services call the head (block height) and ``check()`` bounds
-    records' txn by. Costs one primary-key seek per stream.
+    records' txn by. Costs one index seek (``chunks_by_txn``), whatever the number of streams.
     """
     return int(q(LAST_TXN_SQL)[0][0])
 
