@@ -205,6 +205,10 @@ class Engine:
         self._txn_committed: tuple[int, int] | None = None
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
+        # Each stream's state as the write connection's last append left it (see
+        # append.StreamEnds): valid while no other connection committed (data_version)
+        # and this one changed no other row (total_changes); dropped on every rollback.
+        self._ends = _append.StreamEnds(self._ends_token)
 
     def check_process(self) -> None:
         """Raise ``DatabaseClosed`` once closed; after a fork, drop the parent's connections."""
@@ -369,6 +373,7 @@ class Engine:
         # block's own) was undone with it; one assigned outside it still stands.
         if self._tx_txn_depth > depth:
             self._tx_txn = None
+        self._ends.clear()  # total_changes() does not go back with the rows it counted
         with contextlib.suppress(apsw.Error):
             if depth == 0:
                 if not conn.getautocommit():
@@ -376,6 +381,15 @@ class Engine:
             else:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
+
+    def _ends_token(self) -> tuple[int, int]:
+        """What keeps :class:`~sqlstream.append.StreamEnds` valid: ``PRAGMA data_version``
+        (read once per write transaction, with its txn number) and the write connection's
+        change count. Called only inside a write scope."""
+        conn = self._wconn
+        assert conn is not None
+        self.txn_number(conn)
+        return self._tx_txn_version, conn.total_changes()
 
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily).
@@ -476,7 +490,7 @@ class Engine:
             return _append.append_rows(
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
                 timestamps=timestamps, txn=txn, now_us=self.now_us(),
-                max_record_bytes=self.max_record_bytes, checked_bytes=total,
+                max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
             )
 
     def seal(self, name: str, secret: str | None) -> bool:
