@@ -199,10 +199,18 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
-        self._tx_txn_version = 0  # PRAGMA data_version when _tx_txn was assigned
-        # (txn, data_version) of the last transaction this connection committed with a
-        # txn: the next one is txn + 1 while no other connection commits (txn.next_txn).
-        self._txn_committed: tuple[int, int] | None = None
+        # Whether another connection committed since this one's last commit: the write
+        # connection's pager data version (sqlite3_file_control DATA_VERSION, ~0.1 µs, no
+        # statement) read right after each of its commits and again right after BEGIN
+        # IMMEDIATE. It moves with every commit, this connection's own included (hence
+        # read after them), and when a read transaction starts on a file another
+        # connection changed. Each transaction that finds it moved bumps _generation.
+        self._version_after_commit: int | None = None
+        self._tx_fresh = False  # this transaction found no other commit since ours
+        self._generation = 0
+        # The last txn this connection committed, while it is the last one given out
+        # (None once another connection's commit may have given out a later one).
+        self._txn_committed: int | None = None
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
         # Each stream's state as the write connection's last append left it (see
@@ -383,23 +391,23 @@ class Engine:
                 conn.execute(f"RELEASE {savepoint}")
 
     def _ends_token(self) -> tuple[int, int]:
-        """What keeps :class:`~sqlstream.append.StreamEnds` valid: ``PRAGMA data_version``
-        (read once per write transaction, with its txn number) and the write connection's
-        change count. Called only inside a write scope."""
+        """What keeps :class:`~sqlstream.append.StreamEnds` valid: no other connection's
+        commit seen (``_generation``) and no row changed by this one other than by the
+        append that stored the entry (its change count). Called only inside a write scope."""
         conn = self._wconn
         assert conn is not None
-        self.txn_number(conn)
-        return self._tx_txn_version, conn.total_changes()
+        return self._generation, conn.total_changes()
 
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily).
 
-        Writes no page: :func:`sqlstream.txn.next_txn` continues from this connection's
-        last committed number, or derives it when another connection committed since.
-        Only a committed transaction's number becomes the one continued from.
+        Writes no page: :func:`sqlstream.txn.next_number` continues from this connection's
+        last committed number while no other connection committed since (checked at
+        BEGIN, see ``_init_process_state``), or derives it. Only a committed
+        transaction's number becomes the one continued from.
         """
         if self._tx_txn is None:
-            self._tx_txn, self._tx_txn_version = _txn.next_txn(cx.runner(conn), self._txn_committed)
+            self._tx_txn = _txn.next_number(cx.runner(conn), self._txn_committed if self._tx_fresh else None)
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -548,6 +556,9 @@ class WriteScope:
         try:
             if depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
+                fresh = engine._tx_fresh = conn.data_version() == engine._version_after_commit
+                if not fresh:
+                    engine._generation += 1
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -599,8 +610,11 @@ class WriteScope:
                 # belongs to the enclosing block: only that block's rollback can undo it.
                 engine._tx_txn_depth = depth
             if depth == 0:
+                engine._version_after_commit = conn.data_version()
                 if engine._tx_txn is not None:
-                    engine._txn_committed = (engine._tx_txn, engine._tx_txn_version)
+                    engine._txn_committed = engine._tx_txn
+                elif not engine._tx_fresh:
+                    engine._txn_committed = None  # another connection may have given out more
                 if engine._tx_wake:
                     engine.notifier.committed()
         finally:

@@ -11,9 +11,11 @@ kept without a page write per append:
 - ``counters.txn`` is a floor, raised by :func:`keep_txn_floor` only before records are
   deleted (trim, retention, stream deletion, storage objects), so the view never goes
   back and no number is given out twice, even once every record is gone;
-- a write connection continues from the number it last committed while ``PRAGMA
-  data_version`` shows no other connection committed since (:func:`next_txn`); the engine
-  and the SQLAlchemy outbox keep that cache per connection, promoted only on commit.
+- a write connection continues from the number it last committed while no other
+  connection committed since (:func:`next_number`): the SQLAlchemy outbox tells by
+  ``PRAGMA data_version`` (:func:`next_txn`), the engine by the pager's data version
+  (``Connection.data_version()``, a file control, no statement: see ``engine.py``); both
+  keep that cache per connection, promoted only on commit.
 
 Functions take ``q`` (a :class:`~sqlstream.connection.Query`) so the outbox runs them on
 the caller's connection.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from .connection import Query
 
-__all__ = ["LAST_TXN_SQL", "last_txn", "next_txn", "keep_txn_floor"]
+__all__ = ["LAST_TXN_SQL", "last_txn", "next_number", "next_txn", "keep_txn_floor"]
 
 LAST_TXN_SQL = "SELECT txn FROM last_txn"
 
@@ -46,6 +48,16 @@ def last_txn(q: Query) -> int:
     return int(q(LAST_TXN_SQL)[0][0])
 
 
+def next_number(q: Query, continued: int | None) -> int:
+    """The txn number for the caller's write transaction (call it holding the write lock).
+
+    ``continued``: the last number this connection committed, passed only when the caller
+    knows no other connection committed since (see :func:`next_txn` and the engine); then
+    the next number is that + 1 with nothing read. None: :func:`last_txn` + 1.
+    """
+    return continued + 1 if continued is not None else last_txn(q) + 1
+
+
 def next_txn(q: Query, committed: tuple[int, int] | None) -> tuple[int, int]:
     """The txn number for the caller's write transaction, and ``PRAGMA data_version`` now.
 
@@ -58,9 +70,8 @@ def next_txn(q: Query, committed: tuple[int, int] | None) -> tuple[int, int]:
     given out again.
     """
     version = int(q("PRAGMA data_version")[0][0])
-    if committed is not None and committed[1] == version:
-        return committed[0] + 1, version
-    return last_txn(q) + 1, version
+    continued = committed[0] if committed is not None and committed[1] == version else None
+    return next_number(q, continued), version
 
 
 def keep_txn_floor(q: Query, stream_id: int, below_offset: int | None = None) -> None:

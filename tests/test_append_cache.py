@@ -125,3 +125,18 @@ def test_two_connections_savepoints_and_sizes_against_a_list(tmp_path_factory: p
     assert all(x <= y for x, y in zip(txns, txns[1:]))
     stamps = [r.timestamp for r in records]
     assert stamps == sorted(stamps)
+
+
+def test_a_commit_without_records_after_another_writers_append_does_not_hide_it(
+    db: sqlstream.Database, db_path: str,
+) -> None:
+    """A writer's commit that gives out no txn (here creating a stream), made after another
+    connection appended, must not let its next append continue from its own older number."""
+    a = db.create_stream("a")
+    a.append("a1")
+    with sqlstream.open(db_path) as other:
+        other.create_stream("b").append("b1")
+        db.create_stream("c")  # commits; no txn given out
+        a.append("a2")
+        txns = [a.read(0, 2)[0].txn, other.stream("b").read(0, 1)[0].txn, a.read(1, 1)[0].txn]
+    assert txns[0] < txns[1] < txns[2], txns
