@@ -9,13 +9,11 @@ changed) and derives the commit number again: the cost this workload watches, at
 10,000 and 1,000,000 streams (quick mode: 10, 1,000, 10,000).
 
 The many-stream files are built with plain SQL (one ``streams`` row and one 100-byte
-record per stream, as sqlstream stores them), then opened with sqlstream: creating a
+record per stream, and the commit counter, as sqlstream stores them), then opened with sqlstream: creating a
 million streams through the API would take minutes of setup on the benchmark machine.
 
-``python -m benchmarks.manystreams [--quick] [--rounds N]`` is the A/B behind
-benchmarks/findings.md: every configuration also runs on a copy of each file without
-the ``chunks_by_txn`` index and with the ``last_txn`` view of schema version 9 (one seek
-per stream), rounds alternating, and a table of both is printed.
+``python -m benchmarks.manystreams [--quick] [--rounds N]`` runs W8 alone and prints its
+table (benchmarks/findings.md compares it with the same module run on older code).
 """
 
 from __future__ import annotations
@@ -33,19 +31,6 @@ import apsw
 import sqlstream
 
 from .harness import Check, Env, Outcome, Series, payload, section_args, workdir
-
-# The last_txn view of schema version 9: one primary-key seek per stream (the A/B's "before").
-_OLD_LAST_TXN = """
-DROP VIEW last_txn;
-CREATE VIEW last_txn AS
-SELECT max(
-    coalesce((SELECT value FROM counters WHERE name = 'txn'), 0),
-    coalesce((SELECT max((SELECT c.txn FROM chunks c WHERE c.stream_id = s.id
-                          ORDER BY c.offset DESC LIMIT 1)) FROM streams s), 0)
-) AS txn;
-DROP INDEX chunks_by_txn;
-"""
-
 
 def stream_counts(quick: bool) -> tuple[int, ...]:
     return (10, 1_000, 10_000) if quick else (10, 10_000, 1_000_000)
@@ -73,20 +58,11 @@ def build(path: str, streams: int) -> None:
                     "content_type, data) VALUES (?, 0, 0, 0, ?, NULL, NULL, 'bytes', ?)",
                     ((i + 1, i + 1, data) for i in range(lo, hi)),
                 )
+                conn.execute("UPDATE counters SET value = ? WHERE name = 'txn'", (hi,))  # as the appends would
     finally:
         conn.close()
     with sqlstream.open(path):
         pass  # checkpointed and self-contained again
-
-
-def drop_txn_index(path: str) -> None:
-    """Turn a file back into the schema-9 way of finding the last txn (the A/B of ``main``)."""
-    conn = apsw.Connection(path)
-    try:
-        with conn:
-            list(conn.execute(_OLD_LAST_TXN))
-    finally:
-        conn.close()
 
 
 def _writer(path: str, stream: str, count: int, go: Any, results: Any, ident: int) -> None:
@@ -150,10 +126,10 @@ def check_file(path: str, streams: int, writers: int, appended: int) -> str:
 
 
 def measure(
-    counts: Sequence[int], rounds: int, appends: int, log: Any, ab: bool = False,
+    counts: Sequence[int], rounds: int, appends: int, log: Any,
 ) -> tuple[dict[tuple[str, int, int], list[float]], list[str]]:
-    """Rates per (variant, streams, writers), rounds alternating over every configuration."""
-    variants = ("sqlstream", "before: no chunks_by_txn") if ab else ("sqlstream",)
+    """Rates per ("sqlstream", streams, writers), rounds alternating over every configuration."""
+    variants = ("sqlstream",)
     rates: dict[tuple[str, int, int], list[float]] = {}
     problems: list[str] = []
     with workdir("sqlstream-bench-w8-") as tmp:
@@ -167,8 +143,6 @@ def measure(
             for v in variants:
                 path = os.path.join(tmp, f"{v[:6]}-{n}.db")
                 shutil.copyfile(base, path)
-                if v != "sqlstream":
-                    drop_txn_index(path)
                 files[v, n] = path
                 appended[v, n] = 0
             os.remove(base)
@@ -216,19 +190,16 @@ def w8(env: Env) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quick, rounds, command = section_args(
-        "python -m benchmarks.manystreams", "W8 with and without the chunks_by_txn index", argv)
+    quick, rounds, command = section_args("python -m benchmarks.manystreams", "W8 alone", argv)
     counts = stream_counts(quick)
     appends = 300 if quick else 1_000
-    rates, problems = measure(counts, rounds, appends, print, ab=True)
-    print(f"\n#### W8 A/B: `{command}`, {rounds} alternating rounds, medians, {appends} appends per writer\n")
-    print("| streams | writers | sqlstream (rec/s) | before: no chunks_by_txn (rec/s) | ratio |")
-    print("|---|---|---|---|---|")
+    rates, problems = measure(counts, rounds, appends, print)
+    print(f"\n#### W8: `{command}`, {rounds} alternating rounds, medians, {appends} appends per writer\n")
+    print("| streams | 1 writer (rec/s) | 2 writers (rec/s) |")
+    print("|---|---|---|")
     for n in counts:
-        for w in (1, 2):
-            a = statistics.median(rates["sqlstream", n, w])
-            b = statistics.median(rates["before: no chunks_by_txn", n, w])
-            print(f"| {n:,} | {w} | {a:,.0f} | {b:,.0f} | {a / b:.2f}× |")
+        one, two = (statistics.median(rates["sqlstream", n, w]) for w in (1, 2))
+        print(f"| {n:,} | {one:,.0f} | {two:,.0f} |")
     if problems:
         print("\nproblems: " + "; ".join(problems))
     return 1 if problems else 0

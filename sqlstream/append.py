@@ -188,7 +188,7 @@ def append_rows(
     earlier row of the batch (those rows are not stored).
 
     ``txn`` returns the transaction's commit number (called once, only if a row is
-    stored; :func:`sqlstream.txn.next_txn` derives it without writing a page). ``now_us`` is the time of the append: records' timestamps, the retention
+    stored; :func:`sqlstream.txn.next_txn` increments the ``counters`` row). ``now_us`` is the time of the append: records' timestamps, the retention
     clock and dedup times. ``timestamps`` (archive import) gives each row its own
     timestamp instead (non-decreasing, none below the stream's last). ``checked_bytes``:
     the caller already ran :func:`check_rows` on these arguments and got this total.

@@ -199,18 +199,15 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
-        # Whether another connection committed since this one's last commit: the write
-        # connection's pager data version (sqlite3_file_control DATA_VERSION, ~0.1 µs, no
-        # statement) read right after each of its commits and again right after BEGIN
-        # IMMEDIATE. It moves with every commit, this connection's own included (hence
-        # read after them), and when a read transaction starts on a file another
-        # connection changed. Each transaction that finds it moved bumps _generation.
+        # Whether another connection committed since this one's last commit (for the
+        # stream-ends copy below): the write connection's pager data version
+        # (sqlite3_file_control DATA_VERSION, ~0.1 µs, no statement) read right after each
+        # of its commits and again right after BEGIN IMMEDIATE. It moves with every commit,
+        # this connection's own included (hence read after them), and when a read
+        # transaction starts on a file another connection changed. Each transaction that
+        # finds it moved bumps _generation.
         self._version_after_commit: int | None = None
-        self._tx_fresh = False  # this transaction found no other commit since ours
         self._generation = 0
-        # The last txn this connection committed, while it is the last one given out
-        # (None once another connection's commit may have given out a later one).
-        self._txn_committed: int | None = None
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
         # Each stream's state as the write connection's last append left it (see
@@ -401,13 +398,12 @@ class Engine:
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily).
 
-        Writes no page: :func:`sqlstream.txn.next_number` continues from this connection's
-        last committed number while no other connection committed since (checked at
-        BEGIN, see ``_init_process_state``), or derives it. Only a committed
-        transaction's number becomes the one continued from.
+        :func:`sqlstream.txn.next_txn` increments the ``counters`` row in this
+        transaction; a rollback of the block that took it gives it back (and a later
+        append in the transaction takes it again).
         """
         if self._tx_txn is None:
-            self._tx_txn = _txn.next_number(cx.runner(conn), self._txn_committed if self._tx_fresh else None)
+            self._tx_txn = _txn.next_txn(cx.runner(conn))
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -556,9 +552,8 @@ class WriteScope:
         try:
             if depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
-                fresh = engine._tx_fresh = conn.data_version() == engine._version_after_commit
-                if not fresh:
-                    engine._generation += 1
+                if conn.data_version() != engine._version_after_commit:
+                    engine._generation += 1  # another connection committed: ends may be stale
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -611,10 +606,6 @@ class WriteScope:
                 engine._tx_txn_depth = depth
             if depth == 0:
                 engine._version_after_commit = conn.data_version()
-                if engine._tx_txn is not None:
-                    engine._txn_committed = engine._tx_txn
-                elif not engine._tx_fresh:
-                    engine._txn_committed = None  # another connection may have given out more
                 if engine._tx_wake:
                     engine.notifier.committed()
         finally:
