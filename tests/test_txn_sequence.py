@@ -159,6 +159,27 @@ def test_a_rolled_back_outbox_transaction_does_not_consume_a_txn_number(db: sqls
     assert [r.txn for r in events.read()] == [1, 2, 3, 4]
 
 
+def test_an_outbox_number_kept_across_a_savepoint_rollback_is_not_given_out_again(db: sqlstream.Database) -> None:
+    """The outbox keeps its transaction's number through a savepoint rollback, which took
+    the counter's increment back: the number must still count as given out."""
+    ssa: Any = pytest.importorskip("sqlstream.sqlalchemy")
+    events = db.create_stream("events")
+    events.append("e0")
+    engine = ssa.create_engine(db.path)
+    try:
+        with engine.begin() as conn:
+            nested = conn.begin_nested()
+            ssa.append(conn, "events", "rolled back with its savepoint")
+            nested.rollback()
+            ssa.append(conn, "events", "kept")
+        with engine.begin() as conn:
+            ssa.append(conn, "events", "next")
+    finally:
+        engine.dispose()
+    events.append("e3")
+    assert [(r.value, r.txn) for r in events.read()] == [("e0", 1), ("kept", 2), ("next", 3), ("e3", 4)]
+
+
 def test_single_appends_by_a_lone_writer_number_commits_in_the_counters_row(db: sqlstream.Database) -> None:
     events = db.create_stream("events")
     before = counter(db)
