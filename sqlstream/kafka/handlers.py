@@ -318,6 +318,7 @@ class Handlers:
             try:
                 got = await self._run(self.store.produce, stream, batch)
             except KafkaRefused as exc:
+                log.info("kafka: produce to %s refused: %s", stream, exc)
                 resp.update(error_code=exc.code, error_message=str(exc))
                 return resp
             except PayloadTooLarge as exc:
@@ -536,7 +537,7 @@ def _valid(name: str) -> bool:
 def _fetch_partition(partition: int, code: int, got: Fetched | None) -> dict[str, Any]:
     item: dict[str, Any] = {"partition_index": partition, "error_code": code, "high_watermark": -1,
                             "last_stable_offset": -1, "log_start_offset": -1, "aborted_transactions": None,
-                            "preferred_read_replica": -1, "records": None}
+                            "preferred_read_replica": -1, "records": b""}
     if got is not None:
         item.update(high_watermark=got.high_watermark, last_stable_offset=got.high_watermark,
                     log_start_offset=got.log_start)

@@ -210,11 +210,12 @@ class KafkaStore:
             if not got:
                 raise KafkaRefused(3, f"no stream {stream!r} for this partition")
             stream_id, log_start, _ = got[0]
-            state = None
+            state: list[Any] | None = None
             if batch.producer_id >= 0:
-                state = _check_sequence(q, batch, stream_id, n)
-                if isinstance(state, Produced):
-                    return Produced(state.base_offset, True, log_start)
+                checked = _check_sequence(q, batch, stream_id, n)
+                if isinstance(checked, Produced):
+                    return Produced(checked.base_offset, True, log_start)
+                state = checked
             offsets = self.engine.append_rows(stream, None, rows, None)
             base = offsets.start
             base_ts = batch.records[0].timestamp if n else 0
@@ -228,7 +229,7 @@ class KafkaStore:
               (stream_id, base, base + n - 1, base_ts, max_ts, running,
                json.dumps(deltas, separators=(",", ":")) if any(deltas) else None,
                json.dumps(extras, separators=(",", ":")) if extras else None))
-            if state is not None:
+            if batch.producer_id >= 0:
                 _save_sequence(q, batch, stream_id, n, base, state)
         return Produced(base, False, log_start)
 
