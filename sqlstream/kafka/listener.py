@@ -189,6 +189,11 @@ class RunningListener:
         return self.listener.port
 
     @property
+    def path(self) -> str:
+        """The sqlstream file it serves."""
+        return self.listener.path
+
+    @property
     def bootstrap_servers(self) -> str:
         host = self.listener.settings.host
         return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"

@@ -72,13 +72,16 @@ class StreamingConfig:
     path: str
     db: str | None
     streamers: tuple[StreamerConfig, ...] = field(default_factory=tuple)
+    #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.settings_from_config``,
+    #: which needs the optional ``kafka`` extra); None when the file has none.
+    kafka: Mapping[str, Any] | None = None
 
     def build(self) -> list[Service]:
         """One service per configured streamer, in ``store.streamers`` order."""
         return [s.build() for s in self.streamers]
 
 
-_TOP = {"sqlstream": "table", "store": "table", "streamers": "table"}
+_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "kafka": "table"}
 _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or false", "int": "an integer",
                "number": "a number", "table": "a table", "list": "a list of strings"}
 
@@ -202,4 +205,5 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         except OptionError as exc:
             raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
-    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers))
+    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers),
+                           data.get("kafka"))
