@@ -142,6 +142,7 @@ class KafkaListener:
                 reply = self._refusal(exc)
                 if reply is None:
                     log.warning("kafka: closing %s: %s", session.peer, exc)
+                    log.debug("kafka: the frame from %s began %s", session.peer, frame[:256].hex())
                     return
                 log.info("kafka: %s: %s", session.peer, exc)
                 writer.write(reply)

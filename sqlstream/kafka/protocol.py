@@ -127,8 +127,8 @@ def parse_request(frame: bytes) -> Request:
     except Exception as exc:  # kio raises several types for truncated or invalid input
         raise ProtocolError(f"{name} v{version}: the request does not decode: {type(exc).__name__}: {exc}",
                             **where) from exc
-    if used + size != len(frame):
-        raise ProtocolError(f"{name} v{version}: {len(frame) - used - size} bytes left after the request", **where)
+    # Bytes after the body are ignored, as Kafka's own request parsing does (librdkafka
+    # sends a few after Metadata v12's body).
     return Request(api_key, version, correlation_id, header.client_id, body)
 
 
