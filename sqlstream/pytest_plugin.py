@@ -155,7 +155,7 @@ def sqlstream_kafka(tmp_path: Path) -> Iterator[Any]:
         running.close()
     with _open(path, readonly=True) as db:
         report = db.check()
-    problems = [*report.integrity, *report.problems]
+    problems = [str(p) for p in (*report.integrity, *report.problems)]
     if problems:
         pytest.fail("sqlstream check() found broken invariants after the test:\n" + "\n".join(problems),
                     pytrace=False)

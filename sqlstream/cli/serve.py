@@ -20,6 +20,7 @@ from typing import IO, Any
 from ..database import open as open_database
 from ..errors import SchemaVersionError
 from ..streaming import Runner, Store, load_config
+from ..streaming.runner import RunResult
 from ..streaming.config import StreamingConfig
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
@@ -98,7 +99,7 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             if services:
                 result = runner.run(once=args.once, progress=catch_up)
             else:
-                result = {}
+                result = RunResult()
                 while not stop.wait(0.5):  # only the Kafka listener: until SIGINT/SIGTERM
                     pass
         finally:

@@ -28,7 +28,7 @@ from .handlers import Settings
 
 __all__ = ["parse_listen", "settings_from_config"]
 
-_KINDS: dict[str, type] = {
+_KINDS: dict[str, Any] = {
     "listen": str, "advertised_host": str, "auto_create_topics": bool, "default_partitions": int,
     "max_request_bytes": int, "max_connections": int, "username": str, "password": str, "insecure": bool,
 }
@@ -47,7 +47,8 @@ def settings_from_config(table: Mapping[str, Any] | None, path: str = "<config>"
                          listen: str | None = None, insecure: bool = False) -> Settings:
     """Settings from a ``[kafka]`` table; ``listen``/``insecure`` (the command line) win."""
     settings = Settings()
-    for key, value in (table or {}).items():
+    items: Mapping[str, Any] = table or {}
+    for key, value in items.items():
         kind = _KINDS.get(key)
         if kind is None:
             raise ConfigError(path, "kafka", key, "unknown option", hint=f"known: {', '.join(sorted(_KINDS))}")

@@ -351,7 +351,7 @@ class Handlers:
         wait = body.max_wait.total_seconds()
 
         def read_all() -> list[tuple[Any, ...]]:
-            out = []
+            out: list[tuple[Any, ...]] = []
             budget = max_bytes
             for name, topic, partition, offset, pmax in wanted:
                 if topic is None or not 0 <= partition < topic.partitions:

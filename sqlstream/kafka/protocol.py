@@ -161,7 +161,8 @@ def encode_response(api_key: int, version: int, correlation_id: int, body: Any) 
     buf.write(_SIZE.pack(correlation_id))
     if type(body).__flexible__ and api_key != 18:
         buf.write(b"\0")  # the header's empty tagged-field section
-    _writer(type(body))(buf, body)
+    writer: Any = _writer
+    writer(type(body))(buf, body)
     data = buf.getbuffer()
     _SIZE.pack_into(data, 0, len(data) - 4)
     return bytes(data)
@@ -233,7 +234,7 @@ def _spec(cls: Any) -> dict[str, tuple[str, Any, Any]]:
     for f in fields(cls):
         t = hints[f.name]
         default = f.default if f.default is not MISSING else (
-            f.default_factory if f.default_factory is not MISSING else MISSING)  # type: ignore[misc]
+            f.default_factory if f.default_factory is not MISSING else MISSING)
         out[f.name] = _classify(t) + (default,)
     return out
 

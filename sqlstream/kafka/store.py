@@ -105,9 +105,9 @@ class KafkaStore:
         """Every topic: registered ones, and every stream whose name is a valid topic
         name (a stream appended to through the Python API is a one-partition topic)."""
         with self.engine.snapshot() as conn:
-            known = [_topic(r) for r in conn.execute(_TOPICS_SQL).fetchall()]
+            known = [_topic(r) for r in runner(conn)(_TOPICS_SQL)]
             names = {t.name for t in known}
-            streams = [r[0] for r in conn.execute("SELECT name FROM streams").fetchall()]
+            streams = [r[0] for r in runner(conn)("SELECT name FROM streams")]
         owned = {t.stream(p) for t in known for p in range(t.partitions)}
         extra = [Topic(n, 1, n, _adopted_id(n)) for n in streams
                  if n not in names and n not in owned and valid_topic_name(n)]
@@ -118,16 +118,16 @@ class KafkaStore:
 
         A stream of that name becomes a registered one-partition topic."""
         with self.engine.snapshot() as conn:
-            row = conn.execute(_TOPICS_SQL + " WHERE name = ?", (name,)).fetchall()
+            row = runner(conn)(_TOPICS_SQL + " WHERE name = ?", (name,))
         if row:
             return _topic(row[0])
         if not valid_topic_name(name):
             return None
         with self.engine.write() as conn:
-            row = conn.execute(_TOPICS_SQL + " WHERE name = ?", (name,)).fetchall()
+            row = runner(conn)(_TOPICS_SQL + " WHERE name = ?", (name,))
             if row:
                 return _topic(row[0])
-            exists = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
+            exists = runner(conn)("SELECT 1 FROM streams WHERE name = ?", (name,))
             if exists:
                 return self._register(conn, name, 1, name, _adopted_id(name))
             if not create:
@@ -145,8 +145,8 @@ class KafkaStore:
             raise KafkaRefused(37, f"a topic needs 1 to 10000 partitions, not {partitions}")
         first = name if partitions == 1 else f"{name}/0"
         with self.engine.write() as conn:
-            if conn.execute("SELECT 1 FROM kafka_topics WHERE name = ?", (name,)).fetchall() or \
-                    conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall():
+            if runner(conn)("SELECT 1 FROM kafka_topics WHERE name = ?", (name,)) or \
+                    runner(conn)("SELECT 1 FROM streams WHERE name = ?", (name,)):
                 raise KafkaRefused(36, f"topic {name!r} already exists")
             topic = self._register(conn, name, partitions, first, uuid.uuid4())
             try:
@@ -157,7 +157,7 @@ class KafkaStore:
         return topic
 
     def _register(self, conn: Any, name: str, partitions: int, first: str, topic_id: uuid.UUID) -> Topic:
-        conn.execute("INSERT INTO kafka_topics (name, partitions, first_stream, topic_id, created_at) "
+        runner(conn)("INSERT INTO kafka_topics (name, partitions, first_stream, topic_id, created_at) "
                      "VALUES (?, ?, ?, ?, ?)", (name, partitions, first, topic_id.bytes, self.engine.now_us()))
         return Topic(name, partitions, first, topic_id)
 
@@ -174,8 +174,8 @@ class KafkaStore:
                     self.db.delete_stream(topic.stream(p), force=True)
                 except StreamNotFound:
                     pass
-            conn.execute("DELETE FROM kafka_topics WHERE name = ?", (name,))
-            conn.execute("DELETE FROM kafka_group_offsets WHERE topic = ?", (name,))
+            runner(conn)("DELETE FROM kafka_topics WHERE name = ?", (name,))
+            runner(conn)("DELETE FROM kafka_group_offsets WHERE topic = ?", (name,))
 
     def add_partitions(self, name: str, count: int) -> Topic:
         """Grow topic ``name`` to ``count`` partitions (Kafka never shrinks one).
@@ -190,7 +190,7 @@ class KafkaStore:
         with self.engine.write() as conn:
             for p in range(topic.partitions, count):
                 self.db.create_stream(topic.stream(p), exist_ok=True)
-            conn.execute("UPDATE kafka_topics SET partitions = ? WHERE name = ?", (count, name))
+            runner(conn)("UPDATE kafka_topics SET partitions = ? WHERE name = ?", (count, name))
         return Topic(topic.name, count, topic.first_stream, topic.topic_id)
 
     # ------------------------------------------------------------------ records
@@ -236,7 +236,7 @@ class KafkaStore:
     def ends(self, stream: str) -> tuple[int, int] | None:
         """(log start offset, high watermark) of ``stream``, None when it does not exist."""
         with self.engine.snapshot() as conn:
-            got = conn.execute(_ENDS_SQL, (stream,)).fetchall()
+            got = runner(conn)(_ENDS_SQL, (stream,))
         return (got[0][1], got[0][2]) if got else None
 
     def read(self, stream: str, offset: int, max_bytes: int) -> Fetched | None:
@@ -244,7 +244,7 @@ class KafkaStore:
         least one record when there is one, as Kafka), with every Kafka field restored.
         None when the stream does not exist."""
         with self.engine.snapshot() as conn:
-            got = conn.execute(_ENDS_SQL, (stream,)).fetchall()
+            got = runner(conn)(_ENDS_SQL, (stream,))
             if not got:
                 return None
             stream_id, first, end = got[0]
@@ -253,10 +253,10 @@ class KafkaStore:
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
             limit = max(1, min(5000, max_bytes // 64))
-            rows = conn.execute(
+            rows = runner(conn)(
                 "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
-                "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, offset, limit)).fetchall()
-            kept = []
+                "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, offset, limit))
+            kept: list[Any] = []
             for row in rows:
                 data = row[5]
                 n = len(data) + 64
@@ -266,11 +266,11 @@ class KafkaStore:
                 kept.append(row)
             if not kept:
                 return Fetched(out, first, end, 0)
-            batches = conn.execute(
+            batches = runner(conn)(
                 "SELECT base_offset, last_offset, base_timestamp, timestamps, extras FROM kafka_batches "
                 "WHERE stream_id = ? AND base_offset <= ? AND base_offset >= coalesce((SELECT max(base_offset) "
                 "FROM kafka_batches WHERE stream_id = ? AND base_offset <= ?), 0) ORDER BY base_offset",
-                (stream_id, kept[-1][0], stream_id, kept[0][0])).fetchall()
+                (stream_id, kept[-1][0], stream_id, kept[0][0]))
         return Fetched(_restore(kept, batches), first, end, size)
 
     def offset_for_time(self, stream: str, timestamp_ms: int) -> tuple[int, int] | None:
@@ -278,15 +278,15 @@ class KafkaStore:
         ``timestamp_ms`` and that timestamp, or None when there is none. Kafka-produced
         records count with their producer timestamps; others with their append time."""
         with self.engine.snapshot() as conn:
-            got = conn.execute(_ENDS_SQL, (stream,)).fetchall()
+            got = runner(conn)(_ENDS_SQL, (stream,))
             if not got:
                 return None
             stream_id, first, end = got[0]
             found: list[tuple[int, int]] = []
-            row = conn.execute(
+            row = runner(conn)(
                 "SELECT base_offset, last_offset, base_timestamp, timestamps FROM kafka_batches "
                 "WHERE stream_id = ? AND running_max >= ? AND last_offset >= ? ORDER BY running_max, base_offset "
-                "LIMIT 1", (stream_id, timestamp_ms, first)).fetchall()
+                "LIMIT 1", (stream_id, timestamp_ms, first))
             if row:
                 base, last, base_ts, deltas = row[0]
                 stamps = json.loads(deltas) if deltas else [0] * (last - base + 1)
@@ -296,14 +296,14 @@ class KafkaStore:
                         break
             # Records not written by a Kafka producer: their append time (µs, never
             # decreasing); skip any that a Kafka batch covers.
-            at = conn.execute("SELECT offset, timestamp FROM chunks WHERE stream_id = ? AND timestamp >= ? "
+            at = runner(conn)("SELECT offset, timestamp FROM chunks WHERE stream_id = ? AND timestamp >= ? "
                               "AND offset >= ? ORDER BY offset LIMIT 200",
-                              (stream_id, timestamp_ms * 1000, first)).fetchall()
+                              (stream_id, timestamp_ms * 1000, first))
             for off, ts in at:
                 if found and off >= found[0][0]:
                     break
-                cover = conn.execute("SELECT last_offset FROM kafka_batches WHERE stream_id = ? AND base_offset <= ? "
-                                     "ORDER BY base_offset DESC LIMIT 1", (stream_id, off)).fetchall()
+                cover = runner(conn)("SELECT last_offset FROM kafka_batches WHERE stream_id = ? AND base_offset <= ? "
+                                     "ORDER BY base_offset DESC LIMIT 1", (stream_id, off))
                 if cover and cover[0][0] >= off:
                     continue
                 found.append((off, ts // 1000))
@@ -315,8 +315,8 @@ class KafkaStore:
     def init_producer(self) -> tuple[int, int]:
         """A new idempotent producer: (producer id, epoch 0), kept in the file."""
         with self.engine.write() as conn:
-            pid = conn.execute("SELECT coalesce(max(producer_id), 999) + 1 FROM kafka_producers").fetchall()[0][0]
-            conn.execute("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (?, 0, ?)",
+            pid = runner(conn)("SELECT coalesce(max(producer_id), 999) + 1 FROM kafka_producers")[0][0]
+            runner(conn)("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (?, 0, ?)",
                          (pid, self.engine.now_us()))
         return int(pid), 0
 
@@ -327,7 +327,7 @@ class KafkaStore:
         now = self.engine.now_us()
         with self.engine.write(wakes=False) as conn:
             for topic, partition, offset, epoch, metadata in offsets:
-                conn.execute(
+                runner(conn)(
                     "INSERT INTO kafka_group_offsets (group_id, topic, partition, offset, leader_epoch, metadata, "
                     "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_id, topic, partition) DO UPDATE "
                     "SET offset = excluded.offset, leader_epoch = excluded.leader_epoch, "
@@ -337,8 +337,8 @@ class KafkaStore:
     def committed(self, group: str) -> dict[tuple[str, int], tuple[int, int | None, str | None]]:
         """Every committed offset of ``group``: (topic, partition) -> (offset, leader epoch, metadata)."""
         with self.engine.snapshot() as conn:
-            rows = conn.execute("SELECT topic, partition, offset, leader_epoch, metadata FROM kafka_group_offsets "
-                                "WHERE group_id = ?", (group,)).fetchall()
+            rows = runner(conn)("SELECT topic, partition, offset, leader_epoch, metadata FROM kafka_group_offsets "
+                                "WHERE group_id = ?", (group,))
         return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
 
