@@ -1,0 +1,164 @@
+"""The Kafka listener across processes: group members killed and joining, the listener
+itself killed under an idempotent producer. Slow (tens of seconds): marked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kio", reason="the Kafka listener needs the kafka extra (kio: Python 3.11+)")
+confluent_kafka = pytest.importorskip("confluent_kafka")
+from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+import sqlstream  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+MEMBER = r"""
+import sys, signal
+from confluent_kafka import Consumer
+bs, group, out = sys.argv[1], sys.argv[2], sys.argv[3]
+c = Consumer({"bootstrap.servers": bs, "group.id": group, "auto.offset.reset": "earliest",
+              "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+c.subscribe(["jobs"])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+with open(out, "a", buffering=1) as f:
+    while not stop:
+        m = c.poll(0.2)
+        if m is None or m.error():
+            continue
+        f.write(f"{m.partition()} {m.offset()} {m.value().decode()}\n")
+        c.commit(message=m, asynchronous=False)
+c.close()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(db: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", str(db), "serve", "--kafka",
+                             f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the listener says when it accepts connections
+        if "kafka: listening on" in line:
+            return proc
+    raise AssertionError(f"the listener did not start (exit {proc.wait()})")
+
+
+def _values(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line.split()[2] for line in path.read_text().splitlines() if len(line.split()) == 3]
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_a_group_across_processes_rebalances_on_join_and_kill_and_loses_nothing(tmp_path, sqlstream_kafka):
+    bs = sqlstream_kafka.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bs})
+    admin.create_topics([NewTopic("jobs", 3, 1)])["jobs"].result(10)
+    producer = Producer({"bootstrap.servers": bs, "linger.ms": 5})
+
+    def produce(start: int, n: int) -> None:
+        for i in range(start, start + n):
+            producer.produce("jobs", value=str(i).encode(), partition=i % 3)
+        assert producer.flush(30) == 0
+
+    outs = {name: tmp_path / f"{name}.txt" for name in "ABCD"}
+    members: dict[str, subprocess.Popen[bytes]] = {}
+
+    def member(name: str) -> None:
+        members[name] = subprocess.Popen([sys.executable, "-c", MEMBER, bs, "g3", str(outs[name])])
+
+    def seen() -> set[str]:
+        return {v for o in outs.values() for v in _values(o)}
+
+    try:
+        produce(0, 150)
+        member("A")
+        member("B")
+        _wait(lambda: len(seen()) >= 150, 60, "A and B to consume the first 150")
+        member("C")          # joins: the group rebalances over three members
+        produce(150, 150)
+        _wait(lambda: len(seen()) >= 300, 60, "the group to consume 300")
+        members["B"].send_signal(signal.SIGKILL)
+        members["B"].wait()
+        produce(300, 150)    # B's partitions go to A and C once its session expires
+        _wait(lambda: len(seen()) >= 450, 90, "A and C to take over B's partitions")
+        assert seen() == {str(i) for i in range(450)}
+        for name in "AC":
+            members[name].send_signal(signal.SIGTERM)
+            members[name].wait(30)
+        # A new member starts from the committed offsets: only what comes next.
+        member("D")
+        produce(450, 30)
+        _wait(lambda: len(_values(outs["D"])) >= 30, 60, "D to consume the new records")
+        time.sleep(1)
+        assert sorted(_values(outs["D"]), key=int) == [str(i) for i in range(450, 480)]
+    finally:
+        for proc in members.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        rows = db.query("SELECT partition, stream, offset, lag FROM kafka_consumer_offsets WHERE group_id = 'g3' "
+                        "ORDER BY partition").rows
+    assert rows == [(0, "jobs/0", 160, 0), (1, "jobs/1", 160, 0), (2, "jobs/2", 160, 0)]
+
+
+def test_an_idempotent_producer_writes_each_record_once_across_a_listener_kill(tmp_path):
+    db = tmp_path / "idem.db"
+    port = _free_port()
+    server = _serve(db, port)
+    errors: list[object] = []
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{port}", "enable.idempotence": True, "linger.ms": 2,
+                         "batch.num.messages": 50, "message.timeout.ms": 120_000,
+                         "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500})
+    delivered: list[int] = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(err)
+        else:
+            delivered.append(int(msg.value()))
+
+    try:
+        n = 4000
+        for i in range(n):
+            producer.produce("idem", value=str(i).encode(), on_delivery=on_delivery)
+            if i == n // 2:
+                producer.poll(0)
+                # Kill the listener with batches in flight, then bring it back on the same port.
+                server.send_signal(signal.SIGKILL)
+                server.wait()
+                server = _serve(db, port)
+            if i % 200 == 0:
+                producer.poll(0)
+        assert producer.flush(120) == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    assert errors == []
+    assert sorted(delivered) == list(range(n))
+    with sqlstream.open(db) as conn:
+        values = [int(r.value) for r in conn.stream("idem").read(0, n + 100)]
+    assert values == list(range(n))   # each record once, in order: retried batches were dropped
