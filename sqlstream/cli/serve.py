@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                        hint="sqlstream --db app.db serve --kafka 127.0.0.1:9092")
     config = load_config(args.config) if args.config is not None else StreamingConfig("<none>", None)
     path = _database_path(args, config.db)
-    if args.config is not None and not os.path.exists(path):  # --kafka alone creates the file
+    if config.streamers and not os.path.exists(path):  # the Kafka listener alone creates the file
         raise CliError(f"no database at {os.path.abspath(path)}",
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
     if args.status:

@@ -5,6 +5,7 @@
     [kafka]
     listen = "127.0.0.1:9092"      # HOST:PORT; port 0 picks a free one
     advertised_host = "edge-1"     # the host clients are told to connect to (default: the bound one)
+    advertised_port = 19092        # ... and the port (default: the bound one), e.g. behind a proxy
     auto_create_topics = true      # create a topic on first produce/metadata/fetch, as Kafka does
     default_partitions = 1         # partitions of an auto-created topic
     max_request_bytes = 104857600  # larger frames close the connection (logged)
@@ -29,7 +30,7 @@ from .handlers import Settings
 __all__ = ["parse_listen", "settings_from_config"]
 
 _KINDS: dict[str, Any] = {
-    "listen": str, "advertised_host": str, "auto_create_topics": bool, "default_partitions": int,
+    "listen": str, "advertised_host": str, "advertised_port": int, "auto_create_topics": bool, "default_partitions": int,
     "max_request_bytes": int, "max_connections": int, "username": str, "password": str, "insecure": bool,
 }
 

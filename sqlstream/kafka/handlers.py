@@ -54,6 +54,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9092
     advertised_host: str | None = None
+    advertised_port: int | None = None
     auto_create_topics: bool = True
     default_partitions: int = 1
     max_request_bytes: int = 100 * 1024 * 1024
@@ -139,7 +140,7 @@ class Handlers:
     def _broker(self) -> dict[str, Any]:
         host = self.settings.advertised_host or (self.settings.host if self.settings.host not in ("0.0.0.0", "::", "")
                                                  else "127.0.0.1")
-        return {"node_id": 0, "host": host, "port": self.port, "rack": None}
+        return {"node_id": 0, "host": host, "port": self.settings.advertised_port or self.port, "rack": None}
 
     async def _topic(self, name: str, create: bool) -> Topic | None:
         create = create and self.settings.auto_create_topics
