@@ -102,42 +102,83 @@ def _bytes(buf: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
 
 
 def _records(buf: bytes, count: int, base_ts: int, max_record_bytes: int) -> list[KafkaRecord]:
+    # The hot loop of Produce: one-byte varints (most lengths, deltas and counts of small
+    # records) are decoded inline; longer ones go through _varint.
     out: list[KafkaRecord] = []
+    append = out.append
     pos = 0
     size = len(buf)
-    for i in range(count):
-        length, pos = _varint(buf, pos)
-        end = pos + length
-        if length < 0 or end > size:
-            raise BatchError(f"record {i} claims {length} bytes, more than the batch holds")
-        pos += 1  # attributes: unused in v2
-        delta, pos = _varint(buf, pos)
-        _, pos = _varint(buf, pos)  # offset delta: the listener assigns offsets
-        key, pos = _bytes(buf, pos, end)
-        value, pos = _bytes(buf, pos, end)
-        if value is not None and len(value) > max_record_bytes:
-            raise BatchError(f"record {i} has a value of {len(value):,} bytes, over the limit of "
-                             f"{max_record_bytes:,}")
-        nh, pos = _varint(buf, pos)
-        if nh < 0 or nh > length:
-            raise BatchError(f"record {i} claims {nh} headers")
-        headers = []
-        for _ in range(nh):
-            hk, pos = _bytes(buf, pos, end)
-            if hk is None:
-                raise BatchError(f"record {i} has a header with a null name")
-            hv, pos = _bytes(buf, pos, end)
-            try:
-                name = hk.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BatchError(f"record {i} has a header name that is not UTF-8") from None
-            headers.append((name, hv))
-        if pos != end:
-            raise BatchError(f"record {i}: its fields do not add up to its length")
-        out.append(KafkaRecord(base_ts + delta, key, value, tuple(headers)))
+    varint = _varint
+    try:
+        for i in range(count):
+            b = buf[pos]
+            if b < 0x80:
+                length, pos = (b >> 1) ^ -(b & 1), pos + 1
+            else:
+                length, pos = varint(buf, pos)
+            end = pos + length
+            if length < 0 or end > size:
+                raise BatchError(f"record {i} claims {length} bytes, more than the batch holds")
+            b = buf[pos + 1]  # after the attributes byte (unused in v2)
+            if b < 0x80:
+                delta, pos = (b >> 1) ^ -(b & 1), pos + 2
+            else:
+                delta, pos = varint(buf, pos + 1)
+            if buf[pos] < 0x80:
+                pos += 1  # the offset delta: the listener assigns offsets
+            else:
+                _, pos = varint(buf, pos)
+            b = buf[pos]
+            if b == 1:
+                key, pos = None, pos + 1
+            else:
+                n, pos = ((b >> 1) ^ -(b & 1), pos + 1) if b < 0x80 else varint(buf, pos)
+                if n < 0 or pos + n > end:
+                    raise BatchError(f"record {i}: its key runs past the record")
+                key, pos = buf[pos:pos + n], pos + n
+            b = buf[pos]
+            if b == 1:
+                value, pos = None, pos + 1
+            else:
+                n, pos = ((b >> 1) ^ -(b & 1), pos + 1) if b < 0x80 else varint(buf, pos)
+                if n < 0 or pos + n > end:
+                    raise BatchError(f"record {i}: its value runs past the record")
+                if n > max_record_bytes:
+                    raise BatchError(f"record {i} has a value of {n:,} bytes, over the limit of "
+                                     f"{max_record_bytes:,}")
+                value, pos = buf[pos:pos + n], pos + n
+            b = buf[pos]
+            if b == 0:
+                pos += 1
+                headers: tuple[tuple[str, bytes | None], ...] = ()
+            else:
+                headers, pos = _headers(buf, pos, end, i)
+            if pos != end:
+                raise BatchError(f"record {i}: its fields do not add up to its length")
+            append(KafkaRecord(base_ts + delta, key, value, headers))
+    except IndexError:
+        raise BatchError("a record runs past the end of its batch") from None
     if pos != size:
         raise BatchError("bytes left over after the last record of a batch")
     return out
+
+
+def _headers(buf: bytes, pos: int, end: int, i: int) -> tuple[tuple[tuple[str, bytes | None], ...], int]:
+    nh, pos = _varint(buf, pos)
+    if nh < 0 or nh > end - pos:
+        raise BatchError(f"record {i} claims {nh} headers")
+    headers = []
+    for _ in range(nh):
+        hk, pos = _bytes(buf, pos, end)
+        if hk is None:
+            raise BatchError(f"record {i} has a header with a null name")
+        hv, pos = _bytes(buf, pos, end)
+        try:
+            name = hk.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BatchError(f"record {i} has a header name that is not UTF-8") from None
+        headers.append((name, hv))
+    return tuple(headers), pos
 
 
 def decode_batches(data: bytes, *, max_record_bytes: int, max_batch_bytes: int) -> list[Batch]:
