@@ -401,3 +401,37 @@ def test_the_fixture_starts_a_listener_for_a_temporary_file(sqlstream_kafka):
     host, port = sqlstream_kafka.bootstrap_servers.split(":")
     assert host == "127.0.0.1" and int(port) > 0
     assert os.path.exists(sqlstream_kafka.path)
+
+
+def test_acks_zero_produces_without_responses(sqlstream_kafka):
+    kafka = pytest.importorskip("kafka")
+    p = kafka.KafkaProducer(bootstrap_servers=sqlstream_kafka.bootstrap_servers, acks=0)
+    for i in range(50):
+        p.send("fire", value=b"%d" % i)
+    p.flush()
+    p.close()
+    got = _consume(sqlstream_kafka.bootstrap_servers, "fire", 50)
+    assert [m.value() for m in got] == [b"%d" % i for i in range(50)]
+
+
+def test_a_long_poll_fetch_is_woken_by_a_commit_in_another_process(sqlstream_kafka):
+    bs = sqlstream_kafka.bootstrap_servers
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        db.create_stream("wake")
+    # The fetch waits up to 5 minutes for data: only the wake-up on commit can end it
+    # before the consumer's own deadline below.
+    c = Consumer({"bootstrap.servers": bs, "group.id": "w", "auto.offset.reset": "earliest",
+                  "fetch.wait.max.ms": 300_000, "fetch.min.bytes": 1})
+    c.assign([TopicPartition("wake", 0, 0)])
+    try:
+        assert c.poll(1.0) is None           # the fetch is now parked in the listener
+        code = (f"import sqlstream; db = sqlstream.open({sqlstream_kafka.path!r}); "
+                "db.stream('wake').append(b'from another process'); db.close()")
+        subprocess.run([os.sys.executable, "-c", code], check=True, timeout=60)
+        m = None
+        deadline = time.monotonic() + 60
+        while m is None and time.monotonic() < deadline:
+            m = c.poll(0.5)
+        assert m is not None and m.value() == b"from another process"
+    finally:
+        c.close()
