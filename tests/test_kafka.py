@@ -435,3 +435,47 @@ def test_a_long_poll_fetch_is_woken_by_a_commit_in_another_process(sqlstream_kaf
         assert m is not None and m.value() == b"from another process"
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------------- configuration and CLI
+
+
+def test_the_kafka_table_is_checked_strictly(tmp_path):
+    from sqlstream.kafka.config import settings_from_config
+    from sqlstream.streaming.config import ConfigError, load_config
+
+    path = tmp_path / "s.toml"
+    path.write_text('[kafka]\nlisten = "127.0.0.1:0"\nauto_create_topics = false\npassword = "pw"\n')
+    config = load_config(path)
+    settings = settings_from_config(config.kafka, config.path)
+    assert (settings.host, settings.port, settings.auto_create_topics, settings.sasl) == ("127.0.0.1", 0, False, True)
+    for bad, match in [("lisen = 'x'", "unknown option"), ("max_connections = 'ten'", "must be an integer"),
+                       ("listen = 'nohost'", "HOST:PORT"), ("default_partitions = 0", "at least 1")]:
+        path.write_text(f"[kafka]\n{bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            settings_from_config(load_config(path).kafka, str(path))
+
+
+def test_topics_are_not_created_on_first_use_when_turned_off(tmp_path):
+    running = start(tmp_path / "a.db", Settings(port=0, auto_create_topics=False))
+    try:
+        p = Producer({"bootstrap.servers": running.bootstrap_servers, "message.timeout.ms": 2000})
+        reports = []
+        p.produce("nowhere", value=b"x", on_delivery=lambda err, msg: reports.append(err))
+        p.flush(10)
+        assert len(reports) == 1 and reports[0] is not None   # never delivered: no such topic
+    finally:
+        running.close()
+    with sqlstream.open(tmp_path / "a.db") as db:
+        assert db.streams() == []
+
+
+def test_serve_refuses_an_open_address_and_needs_something_to_serve(tmp_path):
+    from sqlstream.cli.main import main
+
+    db = str(tmp_path / "c.db")
+    out = subprocess.run([os.sys.executable, "-m", "sqlstream", "--db", db, "serve", "--kafka", "0.0.0.0:0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "non-loopback" in out.stderr and "Traceback" not in out.stderr
+    assert main(["--db", db, "serve"]) == 1
