@@ -218,8 +218,8 @@ class KafkaStore:
                 state = checked
             offsets = self.engine.append_rows(stream, None, rows, None)
             base = offsets.start
-            base_ts = batch.records[0].timestamp if n else 0
-            max_ts = max(r.timestamp for r in batch.records) if n else 0
+            base_ts = timestamps[0] if n else 0
+            max_ts = max(timestamps) if n else 0
             prev = q("SELECT running_max FROM kafka_batches WHERE stream_id = ? ORDER BY base_offset DESC LIMIT 1",
                      (stream_id,))
             running = max(max_ts, prev[0][0]) if prev else max_ts
@@ -358,6 +358,9 @@ def _rows(records: Sequence[KafkaRecord]) -> tuple[list[Any], list[int], dict[st
     extras: dict[str, Any] = {}
     for i, (ts, key, value, headers) in enumerate(records):
         stamps.append(ts)
+        if key is None and not headers and value is not None:  # the common case: a value only
+            rows.append((None, None, "bytes", value, len(value)))
+            continue
         extra: dict[str, Any] = {}
         k: str | None = None
         if key is not None:
