@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
 import uuid
 
@@ -479,3 +480,41 @@ def test_serve_refuses_an_open_address_and_needs_something_to_serve(tmp_path):
     assert out.returncode == 1
     assert "non-loopback" in out.stderr and "Traceback" not in out.stderr
     assert main(["--db", db, "serve"]) == 1
+
+
+def test_two_kafka_python_consumers_share_a_group(sqlstream_kafka):
+    kafka = pytest.importorskip("kafka")
+    bs = sqlstream_kafka.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bs})
+    admin.create_topics([NewTopic("shared", 2, 1)])["shared"].result(10)
+    p = Producer({"bootstrap.servers": bs})
+    for i in range(40):
+        p.produce("shared", value=b"%d" % i, partition=i % 2)
+    assert p.flush(10) == 0
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    shared: dict[int, bool] = {0: False, 1: False}   # each member held exactly one partition
+    stop = threading.Event()
+
+    def member(n: int) -> None:
+        c = kafka.KafkaConsumer("shared", bootstrap_servers=bs, group_id="pair", auto_offset_reset="earliest",
+                                session_timeout_ms=6000, heartbeat_interval_ms=300)
+        try:
+            while not stop.is_set():
+                for records in c.poll(200).values():
+                    got[n].extend(r.value for r in records)
+                if len(c.assignment()) == 1:
+                    shared[n] = True
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=member, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (all(shared.values()) and len(got[0]) + len(got[1]) >= 40):
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert shared == {0: True, 1: True}   # the second member's join split the partitions
+    assert sorted(set(got[0] + got[1]), key=int) == [b"%d" % i for i in range(40)]

@@ -266,7 +266,8 @@ class Coordinator:
         self._remove(group, member, "left")
 
     def check_commit(self, group_id: str, member_id: str, generation: int) -> None:
-        """OffsetCommit's rule: a group member commits in the current generation; a
+        """OffsetCommit's rule: a group member commits in the current generation (also
+        while a rebalance is being prepared, not while it completes); a
         commit without membership (generation -1) is accepted only when the group has no
         members (a standalone consumer)."""
         group = self.groups.get(group_id)
@@ -278,7 +279,9 @@ class Coordinator:
             raise GroupError(UNKNOWN_MEMBER_ID, f"member {member_id!r} is not in group {group_id!r}")
         if generation != group.generation:
             raise GroupError(ILLEGAL_GENERATION, f"generation {generation} is not the group's {group.generation}")
-        if group.state == "preparing":
+        # As Kafka: a member may still commit what it processed while the group prepares a
+        # rebalance (its pre-rebalance commit); not between the joins and the assignment.
+        if group.state == "completing":
             raise GroupError(REBALANCE_IN_PROGRESS, "the group is rebalancing")
         group.members[member_id].last_seen = time.monotonic()
 
