@@ -305,6 +305,8 @@ def _frame(api_key: int, version: int, correlation: int, body: bytes = b"") -> b
 
 
 def _recv(sock: socket.socket) -> bytes:
+    """One response frame, or b"" when the listener closed the connection."""
+    sock.settimeout(60)  # a listener that neither answers nor closes fails, not hangs
     head = b""
     while len(head) < 4:
         chunk = sock.recv(4 - len(head))
@@ -352,8 +354,11 @@ def test_connections_beyond_the_limit_are_refused(tmp_path, caplog):
     running = start(tmp_path / "c.db", Settings(port=0, max_connections=2))
     try:
         held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(2)]
-        time.sleep(0.2)  # let the listener accept them
+        for i, h in enumerate(held):  # both are being served (an ApiVersions answered)
+            h.sendall(_frame(18, 0, i))
+            assert struct.unpack(">ih", _recv(h)[:6]) == (i, 0)
         with socket.create_connection(("127.0.0.1", running.port)) as s:
+            s.settimeout(60)
             assert s.recv(1) == b""
         assert "max_connections" in caplog.text
         for h in held:

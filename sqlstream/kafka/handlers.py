@@ -166,7 +166,7 @@ class Handlers:
             for t in wanted:
                 topic = await self._topic(t.name, auto) if t.name else None
                 if topic is None:
-                    code = INVALID_TOPIC if t.name and not _valid(t.name) else UNKNOWN_TOPIC_OR_PARTITION
+                    code = INVALID_TOPIC if t.name and not valid_topic_name(t.name) else UNKNOWN_TOPIC_OR_PARTITION
                     out.append({"error_code": code, "name": t.name, "partitions": []})
                 else:
                     out.append(self._topic_meta(topic))
@@ -529,10 +529,6 @@ class Handlers:
             return {"error_code": INVALID_REQUEST, "producer_id": -1, "producer_epoch": -1}
         pid, epoch = await self._run(self.store.init_producer)
         return {"error_code": NONE, "producer_id": pid, "producer_epoch": epoch}
-
-
-def _valid(name: str) -> bool:
-    return valid_topic_name(name)
 
 
 def _fetch_partition(partition: int, code: int, got: Fetched | None) -> dict[str, Any]:
