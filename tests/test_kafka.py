@@ -523,3 +523,19 @@ def test_two_kafka_python_consumers_share_a_group(sqlstream_kafka):
         t.join(60)
     assert shared == {0: True, 1: True}   # the second member's join split the partitions
     assert sorted(set(got[0] + got[1]), key=int) == [b"%d" % i for i in range(40)]
+
+
+def test_kafka_facts_of_trimmed_records_go_with_them(sqlstream_kafka):
+    p = Producer({"bootstrap.servers": sqlstream_kafka.bootstrap_servers, "linger.ms": 0})
+    for i in range(5):
+        p.produce("trimmed", value=b"%d" % i, timestamp=1_000 + i)
+        p.flush(10)
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        assert db.query("SELECT count(*) FROM kafka_batches").rows == [(5,)]
+        db.trim("trimmed", before_offset=3)
+    p.produce("trimmed", value=b"5", timestamp=2_000)
+    p.flush(10)
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        assert db.query("SELECT base_offset FROM kafka_batches ORDER BY 1").rows == [(3,), (4,), (5,)]
+    got = _consume(sqlstream_kafka.bootstrap_servers, "trimmed", 3)
+    assert [(m.offset(), m.timestamp()[1]) for m in got] == [(3, 1_003), (4, 1_004), (5, 2_000)]

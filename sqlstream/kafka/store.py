@@ -231,6 +231,9 @@ class KafkaStore:
                json.dumps(extras, separators=(",", ":")) if extras else None))
             if batch.producer_id >= 0:
                 _save_sequence(q, batch, stream_id, n, base, state)
+            # Batches whose records retention has trimmed go too (one range seek of the key).
+            q("DELETE FROM kafka_batches WHERE stream_id = ? AND base_offset < ? AND last_offset < ?",
+              (stream_id, log_start, log_start))
         return Produced(base, False, log_start)
 
     def ends(self, stream: str) -> tuple[int, int] | None:
