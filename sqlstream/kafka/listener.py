@@ -79,7 +79,7 @@ class KafkaListener:
         self.adb = await aio.open(self.path, **self.db_options)
         try:
             self.server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
-                                                     limit=64 * 1024, reuse_address=True)
+                                                     limit=1024 * 1024, reuse_address=True)
         except BaseException:
             await self.adb.close()
             raise

@@ -222,6 +222,20 @@ def _zigzag(buf: bytearray, n: int) -> None:
     buf.append(n)
 
 
+def _zz_bytes(n: int) -> bytes:
+    out = bytearray()
+    _zigzag(out, n)
+    return bytes(out)
+
+
+# Zig-zag varints of the small numbers every record carries (lengths, deltas), made once.
+_SMALL = [_zz_bytes(n) for n in range(4096)]
+
+
+def _zz(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 4096 else _zz_bytes(n)
+
+
 def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int = 0) -> bytes:
     """One batch holding ``records`` at offsets ``base_offset``, ``base_offset + 1``, ...
 
@@ -230,41 +244,39 @@ def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int
     """
     base_ts = records[0].timestamp
     max_ts = base_ts
-    body = bytearray()
-    rec = bytearray()
+    # Each record is a small header (length, attributes, deltas, key, value length), its
+    # value and its headers, joined once at the end: a value's bytes are copied once.
+    parts: list[bytes] = []
+    append = parts.append
     for delta, (ts, key, value, headers) in enumerate(records):
         if ts > max_ts:
             max_ts = ts
-        rec.clear()
-        rec.append(0)
-        _zigzag(rec, ts - base_ts)
-        _zigzag(rec, delta)
-        if key is None:
-            rec.append(1)  # zig-zag -1
-        else:
-            _zigzag(rec, len(key))
-            rec += key
+        head = b"\0" + _zz(ts - base_ts) + _zz(delta)
+        head += b"\1" if key is None else _zz(len(key)) + key
         if value is None:
-            rec.append(1)
+            head += b"\1"
+            value = b""
         else:
-            _zigzag(rec, len(value))
-            rec += value
-        _zigzag(rec, len(headers))
-        for name, hv in headers:
-            raw = name.encode("utf-8")
-            _zigzag(rec, len(raw))
-            rec += raw
-            if hv is None:
-                rec.append(1)
-            else:
-                _zigzag(rec, len(hv))
-                rec += hv
-        _zigzag(body, len(rec))
-        body += rec
-    payload = compress(codec, bytes(body)) if codec else bytes(body)
-    tail = struct.pack(">hiqqqhii", codec, len(records) - 1, base_ts, max_ts, -1, -1, -1, len(records)) + payload
-    head = struct.pack(">qiib", base_offset, 9 + len(tail), 0, 2)
-    return head + struct.pack(">I", crc32c(tail)) + tail
+            head += _zz(len(value))
+        if headers:
+            trailer = bytearray(_zz(len(headers)))
+            for name, hv in headers:
+                raw = name.encode("utf-8")
+                trailer += _zz(len(raw)) + raw
+                trailer += b"\1" if hv is None else _zz(len(hv)) + hv
+            tail_bytes = bytes(trailer)
+        else:
+            tail_bytes = b"\0"
+        append(_zz(len(head) + len(value) + len(tail_bytes)))
+        append(head)
+        append(value)
+        append(tail_bytes)
+    body = b"".join(parts)
+    payload = compress(codec, body) if codec else body
+    tail = struct.pack(">hiqqqhii", codec, len(records) - 1, base_ts, max_ts, -1, -1, -1, len(records))
+    crc = crc32c(payload, crc32c(tail))
+    head = struct.pack(">qiibI", base_offset, 9 + len(tail) + len(payload), 0, 2, crc)
+    return b"".join((head, tail, payload))
 
 
 def compress(codec: int, data: bytes) -> bytes:

@@ -255,18 +255,28 @@ class KafkaStore:
             size = 0
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
-            limit = max(1, min(5000, max_bytes // 64))
-            rows = runner(conn)(
-                "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
-                "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, offset, limit))
+            # Pages of rows until the budget is spent: a first page sized for small records,
+            # later ones from the sizes seen, so large records are not read for nothing.
             kept: list[Any] = []
-            for row in rows:
-                data = row[5]
-                n = len(data) + 64
-                if kept and size + n > max_bytes:
+            page = max(1, min(1000, max_bytes // 128))
+            position = offset
+            full = False
+            while not full and position < end:
+                rows = runner(conn)(
+                    "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
+                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
+                if not rows:
                     break
-                size += n
-                kept.append(row)
+                for row in rows:
+                    n = len(row[5]) + 64
+                    if kept and size + n > max_bytes:
+                        full = True
+                        break
+                    size += n
+                    kept.append(row)
+                position = rows[-1][0] + 1
+                average = size // len(kept)
+                page = max(1, min(1000, (max_bytes - size) // average + 1))
             if not kept:
                 return Fetched(out, first, end, 0)
             batches = runner(conn)(
