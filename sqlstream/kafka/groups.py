@@ -144,20 +144,19 @@ class Coordinator:
             member = _Member(member_id, instance_id, client_id, client_host, session_timeout_ms / 1000,
                              rebalance_timeout, protocol_type, protocols)
             group.members[member_id] = member
-            changed = True
         else:
-            changed = member.protocols != protocols
             member.protocols = protocols
             member.session_timeout = session_timeout_ms / 1000
             member.rebalance_timeout = rebalance_timeout
             member.last_seen = time.monotonic()
         if member.join is not None and not member.join.done():
-            member.join.cancel()
+            # A second join of the same member (a new connection): the first one ends.
+            member.join.set_exception(GroupError(REBALANCE_IN_PROGRESS, "superseded by a newer join"))
         member.join = loop.create_future()
         group.protocol_type = protocol_type
-        if group.state in ("stable", "completing") and not changed and member_id == group.leader \
-                and group.state == "stable":
-            changed = True  # a leader's rejoin asks for a new assignment (topics changed)
+        # Every join outside a rebalance starts one (a rejoin asks for a new assignment:
+        # its subscription may have changed); the first member of an empty group waits
+        # `initial_delay` for others, as Kafka's group.initial.rebalance.delay.ms.
         if group.state != "preparing":
             self._prepare(group, delay=self.initial_delay if group.state == "empty" or len(group.members) == 1
                           else None)
