@@ -539,3 +539,31 @@ def test_kafka_facts_of_trimmed_records_go_with_them(sqlstream_kafka):
         assert db.query("SELECT base_offset FROM kafka_batches ORDER BY 1").rows == [(3,), (4,), (5,)]
     got = _consume(sqlstream_kafka.bootstrap_servers, "trimmed", 3)
     assert [(m.offset(), m.timestamp()[1]) for m in got] == [(3, 1_003), (4, 1_004), (5, 2_000)]
+
+
+def test_a_member_waiting_for_its_assignment_outlives_its_session_timeout():
+    """A follower's heartbeats queue behind its pending SyncGroup on its connection: while
+    the leader takes longer than the session timeout to assign, the follower stays."""
+    from sqlstream.kafka.groups import Coordinator
+
+    async def main():
+        coordinator = Coordinator(initial_delay=0.05)
+        coordinator.start()
+        try:
+            protocols = [("range", b"meta")]
+            joins = [asyncio.create_task(coordinator.join("g", "", None, f"c{i}", "h", 1000, 1000, "consumer",
+                                                          protocols, require_known_member=False))
+                     for i in range(2)]
+            a, b = await asyncio.gather(*joins)
+            leader, follower = (a, b) if a.members else (b, a)
+            waiting = asyncio.create_task(coordinator.sync("g", follower.member_id, follower.generation, []))
+            for _ in range(8):  # 1.6 s, longer than the 1 s session timeout; the leader heartbeats
+                await asyncio.sleep(0.2)
+                coordinator.heartbeat("g", leader.member_id, leader.generation)
+            assignments = [(leader.member_id, b"L"), (follower.member_id, b"F")]
+            await coordinator.sync("g", leader.member_id, leader.generation, assignments)
+            assert (await waiting)[2] == b"F"
+        finally:
+            coordinator.stop()
+
+    asyncio.run(main())

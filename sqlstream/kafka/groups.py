@@ -248,6 +248,7 @@ class Coordinator:
                 if m.sync is not None and not m.sync.done():
                     m.sync.set_result(m.assignment)
         assignment = await member.sync
+        member.last_seen = time.monotonic()
         return group.protocol_type, group.protocol, assignment
 
     def heartbeat(self, group_id: str, member_id: str, generation: int) -> None:
@@ -331,6 +332,9 @@ class Coordinator:
             now = time.monotonic()
             for group in list(self.groups.values()):
                 for member in list(group.members.values()):
-                    waiting = member.join is not None and not member.join.done()
+                    # A member whose JoinGroup or SyncGroup is pending is alive: its
+                    # heartbeats wait behind that request on its connection (as in Kafka,
+                    # where a pending join or sync holds the session open).
+                    waiting = any(f is not None and not f.done() for f in (member.join, member.sync))
                     if not waiting and now - member.last_seen > member.session_timeout:
                         self._remove(group, member, "let its session expire")
