@@ -567,3 +567,42 @@ def test_a_member_waiting_for_its_assignment_outlives_its_session_timeout():
             coordinator.stop()
 
     asyncio.run(main())
+
+
+_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8)
+_kafka_records = st.lists(st.builds(
+    KafkaRecord,
+    st.integers(0, 2**42),
+    st.none() | st.binary(max_size=12) | _texts.map(str.encode),
+    st.none() | st.binary(max_size=40),
+    st.lists(st.tuples(_texts, st.none() | st.binary(max_size=6) | _texts.map(str.encode)),
+             max_size=4).map(tuple),
+), min_size=1, max_size=12)
+
+
+@given(st.lists(_kafka_records, min_size=1, max_size=4))
+@settings(max_examples=40, deadline=None)
+def test_the_mapping_gives_back_every_produced_record_exactly(tmp_path_factory, batches):
+    from sqlstream.kafka.records import Batch
+    from sqlstream.kafka.store import KafkaStore
+
+    path = tmp_path_factory.mktemp("map") / "m.db"
+    with sqlstream.open(path) as db:
+        store = KafkaStore(db)
+        store.topic("t", create=True)
+        sent = []
+        for records in batches:
+            store.produce("t", Batch(-1, -1, -1, False, False, 0, records))
+            sent.extend(records)
+        got = store.read("t", 0, 1 << 20)
+        assert [r for _, r in got.records] == sent
+        assert [o for o, _ in got.records] == list(range(len(sent)))
+        # And the Python API sees a UTF-8 key as its text, other keys as None.
+        keys = [r.key for r in db.stream("t").read(0, 100)]
+        expected = []
+        for r in sent:
+            try:
+                expected.append(None if r.key is None else r.key.decode("utf-8"))
+            except UnicodeDecodeError:
+                expected.append(None)
+        assert keys == expected
