@@ -73,7 +73,7 @@ class StreamingConfig:
     path: str
     db: str | None
     streamers: tuple[StreamerConfig, ...] = field(default_factory=tuple)
-    #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.settings_from_config``,
+    #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.config.settings_from_config``,
     #: which needs the optional ``kafka`` extra); None when the file has none.
     kafka: Mapping[str, Any] | None = None
 
