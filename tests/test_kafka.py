@@ -439,7 +439,7 @@ def test_a_long_poll_fetch_is_woken_by_a_commit_in_another_process(sqlstream_kaf
         assert c.poll(1.0) is None           # the fetch is now parked in the listener
         code = (f"import sqlstream; db = sqlstream.open({sqlstream_kafka.path!r}); "
                 "db.stream('wake').append(b'from another process'); db.close()")
-        subprocess.run([os.sys.executable, "-c", code], check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         m = None
         deadline = time.monotonic() + 60
         while m is None and time.monotonic() < deadline:
@@ -486,7 +486,7 @@ def test_serve_refuses_an_open_address_and_needs_something_to_serve(tmp_path):
     from sqlstream.cli.main import main
 
     db = str(tmp_path / "c.db")
-    out = subprocess.run([os.sys.executable, "-m", "sqlstream", "--db", db, "serve", "--kafka", "0.0.0.0:0"],
+    out = subprocess.run([sys.executable, "-m", "sqlstream", "--db", db, "serve", "--kafka", "0.0.0.0:0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "non-loopback" in out.stderr and "Traceback" not in out.stderr
