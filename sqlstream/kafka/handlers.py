@@ -29,12 +29,8 @@ NONE = 0
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
-REQUEST_TIMED_OUT = 7
 INVALID_TOPIC = 17
-RECORD_LIST_TOO_LARGE = 18
-NOT_ENOUGH_REPLICAS = 19
 INVALID_REQUIRED_ACKS = 21
-COORDINATOR_NOT_AVAILABLE = 15
 UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
 UNSUPPORTED_VERSION = 35
@@ -42,9 +38,7 @@ INVALID_REQUEST = 42
 INVALID_RECORD = 87
 SASL_AUTHENTICATION_FAILED = 58
 INVALID_REPLICATION_FACTOR = 38
-POLICY_VIOLATION = 44
 KAFKA_STORAGE_ERROR = 56
-TRANSACTIONAL_ID_NOT_FOUND = 105
 
 
 @dataclass
@@ -276,7 +270,7 @@ class Handlers:
         body = req.body
         acks = body.acks
         if body.transactional_id is not None:
-            return self._produce_all(body, 53, "transactions are not supported by this listener")
+            return self._produce_all(body, INVALID_REQUEST, "transactions are not supported by this listener")
         if acks not in (0, 1, -1):
             return self._produce_all(body, INVALID_REQUIRED_ACKS, f"acks={acks}: use 0, 1 or -1 (all)")
         responses = []
