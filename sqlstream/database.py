@@ -24,6 +24,7 @@ import apsw
 from . import connection as cx
 from . import consumer as _consumer
 from . import dedup as _dedup
+from . import lineage as _lineage
 from . import producer as _producer
 from . import ranges as _ranges
 from . import readers as _readers
@@ -602,17 +603,29 @@ class Database:
         destination that looks open (it has a ``-wal``) is refused even then. Raises
         ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
 
+        The copy gets an identity of its own (:mod:`sqlstream.lineage`): the JetStream
+        relay names the records both files share as the original does, and the records
+        each file writes afterwards differently, so neither file's records are taken for
+        the other's (a relay resuming from a restored copy resends, never loses).
+
         ``progress``, if given, is called as ``progress(pages_copied, pages_total)`` after
         each ``BACKUP_STEP_PAGES`` pages: the copy then runs in steps, all inside one read
         transaction held on the source, so it is the same snapshot as the one-step copy.
         """
         self.engine.check_process()
+        if progress is not None and not callable(progress):
+            raise InvalidArgument(f"progress must be a callable (pages_copied, pages_total) or None, not "
+                                  f"{type(progress).__name__}")
         try:
             dest = os.path.abspath(os.fspath(path))
         except TypeError:
             raise InvalidArgument(f"the backup path must be a str or os.PathLike, not {type(path).__name__}") from None
         if not isinstance(dest, str) or "\x00" in dest:
             raise InvalidArgument("the backup path must be a str without NUL characters")
+        try:
+            dest.encode("utf-8")  # SQLite takes UTF-8 file names
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"the backup path {dest!r} is not valid Unicode (a lone surrogate)") from None
         if os.path.exists(dest):
             with contextlib.suppress(OSError):
                 if os.path.samefile(dest, self.path):
@@ -645,6 +658,11 @@ class Database:
                                 job.step(-1)
                             else:
                                 _backup_in_steps(source, job, progress)
+                        # The copy is a file of its own from now on: the records it
+                        # writes must never share relay ids with the original's.
+                        if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'file_lineage'").fetchall():
+                            with target:
+                                _lineage.fork(cx.runner(target))
                     finally:
                         target.close()
             finally:

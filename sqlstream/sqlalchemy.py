@@ -92,6 +92,7 @@ streams = Table(
     Column("trim_offset", INTEGER),
     Column("trim_bytes", INTEGER),
     Column("trim_time", INTEGER),
+    Column("incarnation", INTEGER),
 )
 
 chunks = Table(
@@ -264,7 +265,15 @@ jetstream_sources = Table(
     Column("stored", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
     Column("pending", INTEGER),
+    Column("poisoned", INTEGER, nullable=False, server_default="0"),
+    Column("last_poison", TEXT),
     sqlite_with_rowid=False,
+)
+
+file_lineage = Table(
+    "file_lineage", metadata,
+    Column("file_id", INTEGER, primary_key=True),
+    Column("upto_txn", INTEGER, nullable=False),
 )
 
 views = MetaData()
@@ -308,8 +317,10 @@ last_txn = Table("last_txn", views, Column("txn"))
 
 streams_now = Table(
     "streams_now", views,
-    # The streams columns, with `secret` (whether a write secret is set) for its hash.
-    *(Column("secret" if c.name == "write_secret_sha256" else c.name) for c in streams.columns),
+    # The streams columns, with `secret` (whether a write secret is set) for its hash;
+    # incarnation (version 11) is read from streams itself: the view predates it.
+    *(Column("secret" if c.name == "write_secret_sha256" else c.name) for c in streams.columns
+      if c.name != "incarnation"),
 )
 
 
