@@ -565,9 +565,11 @@ class WriteScope:
                     raise _rolled_back()
                 conn.execute(f"SAVEPOINT sqlstream_{depth}")
         except apsw.Error as exc:
+            _end_begun(conn, depth)
             engine._lock.release()
             raise convert(exc) from exc
         except BaseException:
+            _end_begun(conn, depth)
             engine._lock.release()
             raise
         self.changes0 = conn.total_changes()
@@ -610,6 +612,14 @@ class WriteScope:
                     engine.notifier.committed()
         finally:
             engine._lock.release()
+
+
+def _end_begun(conn: apsw.Connection, depth: int) -> None:
+    """A scope that failed while opening: roll back a transaction its BEGIN already opened
+    (the data-version read after it raised), so the connection is not left inside it."""
+    if depth == 0 and not conn.getautocommit():
+        with contextlib.suppress(apsw.Error):
+            conn.execute("ROLLBACK")
 
 
 def _checkpoint_on_close(conn: apsw.Connection) -> None:
