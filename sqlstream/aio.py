@@ -125,7 +125,10 @@ class _Worker:
         self.loop = loop
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.closed = False
-        self.thread = threading.Thread(target=_work, args=(self.queue, loop), name="sqlstream-aio", daemon=True)
+        # Completed (on the loop) by the thread as its last act: close() awaits it.
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self.thread = threading.Thread(target=_work, args=(self.queue, loop, self.ended), name="sqlstream-aio",
+                                       daemon=True)
         self.thread.start()
         _workers.add(self)
 
@@ -150,16 +153,20 @@ class _Worker:
             self.queue.put(None)
 
 
-def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
+def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
     # Holds the queue and the loop, not the AsyncDatabase: an AsyncDatabase dropped
     # without close() is collected, and its finalizer's None ends this thread.
     post = loop.call_soon_threadsafe
     while True:
         job = jobs.get()
         if job is None:
-            return
+            break
         if job.state != _CANCELLED:
             _run(job, post)
+    try:
+        post(_set_result, ended, None)
+    except RuntimeError:
+        pass  # the loop is closed: nobody waits
 
 
 def _run(job: _Job, post: Callable[..., Any]) -> None:
@@ -358,6 +365,7 @@ class AsyncDatabase:
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<sqlstream.aio.AsyncDatabase {self.path!r}>"
@@ -371,12 +379,24 @@ class AsyncDatabase:
         return self._closed
 
     async def close(self) -> None:
-        """Close the database (waits, off the loop, for a running statement). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._call(self.sync.close)
-        self._worker.close()
+        """Close the database: after the calls queued before it, off the loop; returns once
+        the underlying Database is closed (``-wal``/``-shm`` gone when it was the last on
+        the file) and the worker thread has ended. Idempotent, also from several tasks at
+        once: every call waits for the one closing. A cancelled ``close()`` (``wait_for``)
+        does not stop the closing, which goes on; the next call waits for it to finish."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await self._call(self.sync.close)
+        finally:
+            self._worker.close()
+            # The thread's last act completes ``ended``; the join then returns at once.
+            await self._worker.ended
+            self._worker.thread.join()
 
     def close_from_outside(self) -> None:
         """Close without an event loop (its loop has ended, e.g. at test teardown). Idempotent.
