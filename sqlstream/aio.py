@@ -25,7 +25,10 @@ How it works, and the promises it keeps:
   there and then undoes what it claimed: a ``fetch`` nacks the records it claimed (they
   are redelivered at once, attempts unchanged in meaning: the claim counted one), a
   reader's ``read`` seeks the reader back, a transaction rolls back. An append is atomic:
-  it is stored whole or not at all.
+  it is stored whole or not at all. The undo is atomic with respect to other tasks'
+  transactions: a call made outside a transaction is undone outside every transaction,
+  in its own commit (if another task's transaction opened meanwhile, right after it ends,
+  whether it commits or rolls back), so that no rollback can take the undo with it.
 * Works on any asyncio loop (uvloop included); an AsyncDatabase belongs to the loop that
   opened it.
 """
@@ -35,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
+import logging
 import queue
 import threading
 import time
@@ -63,6 +68,8 @@ __all__ = [
     "AsyncTransaction",
     "open",
 ]
+
+_log = logging.getLogger("sqlstream")
 
 T = TypeVar("T")
 AsyncHandler = Callable[[Batch], Awaitable[Any]]
@@ -328,7 +335,7 @@ class _Wakeups:
         except asyncio.CancelledError:
             waiter.cancelled = True  # before the undo is queued: re-checks after it skip
             if undo is not None:
-                self.adb._worker.post(_undo_waiter, waiter, undo)
+                self.adb._post_undo(_undo_waiter, waiter, undo)
             raise
         finally:
             self.blocked = tuple(w for w in self.blocked if w is not waiter)
@@ -366,6 +373,8 @@ class AsyncDatabase:
         self._wakeups = _Wakeups(self)
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        # Undos of cancelled calls waiting for another task's transaction to end (worker only).
+        self._deferred_undos: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<sqlstream.aio.AsyncDatabase {self.path!r}>"
@@ -437,15 +446,52 @@ class AsyncDatabase:
             if job.state == _QUEUED:
                 job.state = _CANCELLED  # not started: the worker skips it (else it runs)
             if undo is not None:
-                # Queued now, so it runs right after ``fn`` (the worker is FIFO) and before
-                # anything submitted later: nobody sees the cancelled call's effect.
-                self._worker.post(_undo, job, undo)
+                self._post_undo(_undo, job, undo)
             raise
+
+    def _post_undo(self, fn: Callable[[Any, Callable[[Any], object]], None],
+                   target: _Job | _Waiter, undo: Callable[[Any], object]) -> None:
+        """Queue the undo of a cancelled call on the worker (loop thread, at cancellation).
+
+        Queued now, so it runs after the call (the worker is FIFO). A call made inside its
+        own task's transaction is undone inside it (it commits or rolls back with the
+        call's effect). Any other call was made, and took effect, outside every
+        transaction, so its undo must not run inside one either: if another task's
+        transaction is open when the undo's turn comes, that transaction could roll the
+        undo back and leave the effect in place (records claimed until their ack timeout,
+        a reader past records nobody received). Such an undo waits on the worker and runs
+        right after the transaction ends, committed or not (:meth:`_run_deferred_undos`).
+        """
+        own = self._in_my_transaction()
+        self._worker.post(self._run_undo, fn, target, undo, own)
+
+    def _run_undo(self, fn: Callable[[Any, Callable[[Any], object]], None], target: Any,
+                  undo: Callable[[Any], object], own: bool) -> None:  # worker thread
+        if not own and self.sync.in_transaction():
+            self._deferred_undos.append(functools.partial(fn, target, undo))
+        else:
+            fn(target, undo)
+
+    def _run_deferred_undos(self) -> None:
+        """Worker thread, once the outermost transaction has ended: each in its own commit."""
+        while self._deferred_undos and not self.sync.in_transaction():
+            undo = self._deferred_undos.pop(0)
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - nobody awaits an undo; keep the others going
+                _log.warning("sqlstream.aio: undoing a cancelled call failed", exc_info=True)
 
     async def _transaction_free(self) -> None:
         while self._tx_current is not None and _tx_token.get() is not self._tx_current:
             assert self._tx_ended is not None
             await self._tx_ended.wait()
+
+    def _end_scope(self, scope: Any, exc_type: Any, exc: Any, tb: Any) -> Any:  # worker thread
+        """Commit or roll back a transaction block; after the outermost, run the deferred undos."""
+        try:
+            return scope.__exit__(exc_type, exc, tb)
+        finally:
+            self._run_deferred_undos()
 
     def _in_my_transaction(self) -> bool:
         return self._tx_current is not None and _tx_token.get() is self._tx_current
@@ -628,8 +674,8 @@ class AsyncTransaction:
         scope = adb.sync.transaction()
         try:
             # Cancelled while BEGIN runs: the undo, queued right behind it, rolls it back.
-            await adb._submit(scope.__enter__, undo=lambda _: scope.__exit__(
-                asyncio.CancelledError, asyncio.CancelledError(), None))
+            await adb._submit(scope.__enter__, undo=lambda _: adb._end_scope(
+                scope, asyncio.CancelledError, asyncio.CancelledError(), None))
         except BaseException:
             self._end()
             raise
@@ -638,7 +684,7 @@ class AsyncTransaction:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         adb = self.adb
-        _, fut = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
+        _, fut = adb._worker.call(adb._end_scope, (self._scope, exc_type, exc, tb), {})
         # Other tasks may go on now: their calls queue behind the commit/rollback on the
         # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
         self._end()
