@@ -246,6 +246,10 @@ class _Wakeups:
         self.blocked: tuple[_Waiter, ...] = ()  # replaced, never mutated: bumpers iterate it
         self.waiters = 0
         self._registration: Any = None
+        # A test seam into the lost-wake-up window: when set, called on the loop after a
+        # check found nothing and before the call registers as blocked (see ``wait``), so a
+        # test can commit exactly there. None in normal use.
+        self.in_window: Callable[[], None] | None = None
 
     # Any thread: the committing one, or the watcher.
     def on_bump(self) -> None:
@@ -325,8 +329,11 @@ class _Wakeups:
         check's outcome); ``_RETRY`` if a transaction was in the way. Cancelled after
         the worker found something, ``undo(outcome)`` runs on the worker."""
         waiter = _Waiter(check, self.loop.create_future())
+        if self.in_window is not None:
+            self.in_window()
         self.blocked = (*self.blocked, waiter)
-        # A commit after ``seen`` and before the line above queued nothing for us.
+        # A commit after ``seen`` (the generation before the check) and before the line
+        # above queued nothing for us: re-check now, or it would go unnoticed.
         if self.adb.sync.engine.notifier.generation != seen:
             self._queue(waiter, False)
         timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), self._queue, waiter, True)

@@ -219,3 +219,32 @@ def test_cancelled_calls_among_rolled_back_transactions_deliver_nothing_or_are_u
 ) -> None:
     with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
         asyncio.run(_run_concurrently(os.path.join(folder, "h.db"), plan, freezes))
+
+
+async def test_a_commit_between_a_blocked_calls_check_and_its_registration_wakes_it(tmp_path: Path) -> None:
+    # The window of a lost wake-up: the worker checked (nothing there) and handed the
+    # result to the loop; before the loop registers the call as blocked, a commit lands.
+    # The seam runs exactly there; it commits (in this process: the notifier is bumped
+    # while the call is not registered, so the bump queues nothing for it) and queues a
+    # barrier call on the FIFO worker. The call registers right after the seam returns:
+    # it must queue its own re-check then, which runs before the barrier, so the call
+    # is done when the barrier returns. Were the re-check missing, only a later commit
+    # or the watcher's slow fallback poll could wake it (notify mode: every 0.25 s).
+    path = str(tmp_path / "w.db")
+    async with await sqlstream.aio.open(path, wakeup="notify") as adb:
+        s = await adb.create_stream("s")
+        barrier: list[asyncio.Future[Any]] = []
+        with sqlstream.open(path) as sync:
+
+            def commit_in_the_window() -> None:
+                adb._wakeups.in_window = None
+                sync.stream("s").append("x")
+                barrier.append(asyncio.ensure_future(adb.stream_info("s")))
+
+            adb._wakeups.in_window = commit_in_the_window
+            blocked = asyncio.ensure_future(s.read(0, timeout=None))
+            while not barrier:
+                await asyncio.sleep(0)
+            await barrier[0]
+            assert blocked.done(), "a commit between the check and the registration went unnoticed"
+            assert [r.value for r in blocked.result()] == ["x"]
