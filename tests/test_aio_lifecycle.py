@@ -140,7 +140,7 @@ async def test_cancelled_reader_read_is_undone_outside_another_tasks_rolled_back
             go = asyncio.Event()
             tx = asyncio.ensure_future(_rolled_back_transaction(adb, other, go))
             await asyncio.sleep(0)
-            await _wait_on_the_loop_thread(lambda: sync.reader("ui").position == 3)
+            await _wait_on_the_loop_thread(lambda: [r.position for r in sync.readers()] == [3])  # read-only
             read.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await read
