@@ -820,7 +820,6 @@ class AsyncSubscription:
             # Not blocking: one call on the worker, without the waiting machinery.
             return await self.adb._call(sub.fetch, consumer, max_records, 0, undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
-        engine = self.adb.sync.engine
         in_tx = self.adb._in_my_transaction()
         first = [True]
 
@@ -842,11 +841,25 @@ class AsyncSubscription:
             return batch if batch else None
 
         def wake_at() -> float | None:
-            at = deadline[0]
-            return None if at is None else time.monotonic() + max(0.001, at / 1e6 - engine.clock())
+            return sub.wake_time(deadline[0])
 
         got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=_nack_cancelled(sub))
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
+
+    async def wait(self, timeout: float | None) -> bool:
+        """``Subscription.wait``: await, read-only and without a lock, until a fetch could
+        claim something (True) or ``timeout`` passes (False). The way to wait in the
+        exactly-once pattern: wait, then ``async with db.transaction()`` and
+        ``fetch(timeout=0)`` inside it. Refused inside a transaction (``InvalidArgument``)
+        unless something is claimable at once."""
+        sub = self.sync
+        deadline: list[int | None] = [None]
+
+        def check() -> bool | None:
+            claimable, deadline[0] = sub.probe()
+            return True if claimable else None
+
+        return bool(await self.adb._wait(check, timeout, wake_at=lambda: sub.wake_time(deadline[0])))
 
     async def ack(self, *offsets: int) -> AckResult:
         return await self.adb._call(self.sync.ack, *offsets)

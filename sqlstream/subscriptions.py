@@ -351,11 +351,7 @@ class Subscription:
             return batch if batch else None
 
         def wake_at() -> float | None:
-            deadline = next_deadline[0]
-            if deadline is None:
-                return None
-            # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
-            return time.monotonic() + max(0.001, deadline / 1e6 - db.engine.clock())
+            return self.wake_time(next_deadline[0])
 
         timeout = check_timeout(timeout)
         # First a claim straight away (most fetches find records), then wait: starting to
@@ -364,6 +360,39 @@ class Subscription:
         if got is None and timeout != 0:
             got = db.engine.wait_until(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until a ``fetch`` could claim something; True if it could, False on timeout.
+
+        Read-only: takes no lock and claims nothing, so it is the way to wait in the
+        exactly-once pattern — wait first, then open the transaction and
+        ``fetch(timeout=0)`` inside it (a blocking fetch inside a transaction is refused:
+        it would hold the write lock that the commit it waits for needs). Something is
+        claimable when a new record is within ``max_unacked``, a pending record's ack
+        deadline has passed, or (key order) a waiting record's key became free. Woken
+        like ``fetch``: by appends, acks and nacks from any process and by the next ack
+        deadline. Another consumer may still claim first, so the fetch after it may find
+        nothing: loop. ``timeout`` (required, as waiting is the point): 0 looks once, a
+        positive number waits at most that long, None waits without limit.
+        Refused inside ``db.transaction()`` unless it finds something at once
+        (``InvalidArgument``). Raises ``SubscriptionNotFound``.
+        """
+        timeout = check_timeout(timeout)
+        next_deadline: list[int | None] = [None]
+
+        def check() -> bool | None:
+            claimable, next_deadline[0] = self.probe()
+            return True if claimable else None
+
+        return bool(self.db.engine.wait_until(check, timeout, wake_at=lambda: self.wake_time(next_deadline[0])))
+
+    def wake_time(self, deadline: int | None) -> float | None:
+        """The monotonic time at which to look again for the ack ``deadline`` (µs since the
+        epoch, from :meth:`probe`), or None. For waiters of their own (``sqlstream.aio``)."""
+        if deadline is None:
+            return None
+        # Deadlines are wall-clock µs (the database's clock); waiters sleep on the monotonic clock.
+        return time.monotonic() + max(0.001, deadline / 1e6 - self.db.engine.clock())
 
     def probe(self) -> tuple[bool, int | None]:
         """A read-only look, no claim: (whether a fetch could return something now, the
