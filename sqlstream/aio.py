@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 from . import database as _database
 from .database import Database, QueryResult
+from .engine import blocking_in_transaction
 from .errors import DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
 from .readers import Reader, ReaderInfo
@@ -56,7 +57,7 @@ from .records import Chunk, Record, StreamInfo
 from .retention import TrimResult
 from .streams import Stream
 from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
-from .validation import check_count, check_name, check_timeout
+from .validation import check_count, check_name, check_offset, check_timeout
 
 __all__ = [
     "AsyncConsumer",
@@ -531,11 +532,7 @@ class AsyncDatabase:
             result = (await self._call(attempt, undo=_undo_second(undo)))[1]
             if result is not None:
                 return result
-            raise InvalidArgument(
-                "cannot block inside db.transaction(): the transaction holds the write lock "
-                "that the commit you wait for needs",
-                hint="pass timeout=0 inside transactions",
-            )
+            raise blocking_in_transaction()
         deadline = None if timeout is None else time.monotonic() + timeout
         undo_outcome = _undo_second(undo)
         self._wakeups.enter()
@@ -730,9 +727,11 @@ class AsyncStream:
         return await self.adb._call(self.sync.append, value, **options)
 
     async def extend(self, values: Iterable[Any], **options: Any) -> Any:
-        """``Stream.extend``: one atomic batch; a range of offsets (a list with ``dedup_ids``)."""
-        return await self.adb._call(self.sync.extend, list(values) if not isinstance(values, (str, bytes, dict)) else values,
-                                    **options)
+        """``Stream.extend``: one atomic batch; a range of offsets (a list with ``dedup_ids``).
+
+        ``values`` is handed to the worker as it is: ``Stream.extend`` validates it there
+        (and reads an iterator there, so a generator that does I/O never blocks the loop)."""
+        return await self.adb._call(self.sync.extend, values, **options)
 
     async def seal(self) -> bool:
         return await self.adb._call(self.sync.seal)
@@ -757,16 +756,23 @@ class AsyncStream:
             records, state = sync._read_once(offset, limit)
             return records if records or state.sealed else None
 
-        if timeout == 0:
-            return await self.adb._call(sync.read, offset, limit, 0)
+        if timeout == 0:  # also False and 0.0: Stream.read validates (and refuses False)
+            return await self.adb._call(sync.read, offset, limit, timeout)
+        # As Stream.read, before anything waits: the check below trusts its arguments.
+        check_offset(offset)
+        check_count(limit, "limit")
         check_timeout(timeout)
         return await self.adb._wait(check, timeout) or []
 
     async def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
         """``Stream.read_bytes``; ``WritePending`` when the bytes are not committed in time."""
         sync = self.sync
-        if timeout == 0:
-            return await self.adb._call(sync.read_bytes, offset, limit, 0)
+        if timeout == 0:  # also False and 0.0: Stream.read_bytes validates (and refuses False)
+            return await self.adb._call(sync.read_bytes, offset, limit, timeout)
+        # As Stream.read_bytes, before anything waits.
+        check_offset(offset)
+        if limit is not None:
+            check_offset(limit, "limit")
 
         def check() -> Chunk | None:
             try:
@@ -818,7 +824,7 @@ class AsyncSubscription:
         sub = self.sync
         if timeout == 0:
             # Not blocking: one call on the worker, without the waiting machinery.
-            return await self.adb._call(sub.fetch, consumer, max_records, 0, undo=_nack_cancelled(sub))
+            return await self.adb._call(sub.fetch, consumer, max_records, timeout, undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
         in_tx = self.adb._in_my_transaction()
         first = [True]
