@@ -44,13 +44,13 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import database as _database
 from .database import Database, QueryResult
 from .engine import blocking_in_transaction
-from .errors import DatabaseClosed, InvalidArgument, WritePending
+from .errors import ConcurrencyError, DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
 from .readers import Reader, ReaderInfo
 from .records import Chunk, Record, StreamInfo
@@ -867,8 +867,13 @@ class AsyncSubscription:
 
         return bool(await self.adb._wait(check, timeout, wake_at=lambda: sub.wake_time(deadline[0])))
 
-    async def ack(self, *offsets: int) -> AckResult:
-        return await self.adb._call(self.sync.ack, *offsets)
+    async def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
+        """``Subscription.ack`` (``attempts=batch.attempts`` fences, as there)."""
+        return await self.adb._call(self.sync.ack, *offsets, attempts=attempts)
+
+    async def rejoin(self, consumer: str) -> int:
+        """``Subscription.rejoin``: take back at once what ``consumer`` held."""
+        return await self.adb._call(self.sync.rejoin, consumer)
 
     async def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
         return await self.adb._call(self.sync.nack, *offsets, delay=delay, error=error)
@@ -969,7 +974,8 @@ class AsyncProducer:
 class AsyncConsumer:
     """Runs ``await handler(batch)`` over a subscription in ``concurrency`` tasks: ack on
     return, nack on raise (the exception text becomes the records' last error); a
-    cancelled handler nacks its batch at once. ``await run()`` until :meth:`stop`."""
+    cancelled handler nacks its batch at once. ``await run()`` until :meth:`stop`; it first
+    takes back what an earlier incarnation under this name left unacked (as ``Consumer``)."""
 
     def __init__(self, adb: AsyncDatabase, subscription: str | AsyncSubscription, handler: AsyncHandler, *,
                  name: str | None, batch: int, concurrency: int, nack_delay: float) -> None:
@@ -996,6 +1002,7 @@ class AsyncConsumer:
         sub = self._subscription
         if isinstance(sub, str):
             sub = self._subscription = await self.adb.subscription(sub)
+        await sub.rejoin(self.name)  # what an earlier incarnation under this name left unacked
         self._stopping = False
         workers = [asyncio.ensure_future(self._loop(sub)) for _ in range(self.concurrency)]
         try:
@@ -1028,6 +1035,12 @@ class AsyncConsumer:
                 self.nacked += len(batch)
                 raise
             else:
-                done = await sub.ack(*batch.offsets)
+                try:
+                    done = await sub.ack(*batch.offsets, attempts=batch.attempts)
+                except ConcurrencyError:
+                    # Delivered again meanwhile: that delivery is the one to ack.
+                    _log.warning("sqlstream.aio consumer %s: offsets %s were delivered again before the ack",
+                                 self.name, batch.offsets)
+                    continue
                 self.acked += len(done.applied)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,6 +33,7 @@ from .clock import us as _us
 from .connection import rows as _q
 from .errors import (
     AccessDenied,
+    ConcurrencyError,
     InvalidArgument,
     OffsetOutOfRange,
     StreamNotFound,
@@ -604,7 +605,7 @@ class Subscription:
             "UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (len(prepared), self._id)
         )
 
-    def ack(self, *offsets: int) -> AckResult:
+    def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
         """Acknowledge records: they leave the pending list and are never redelivered.
 
         Atomic (one transaction, or part of the caller's ``db.transaction()``). Offsets
@@ -613,14 +614,37 @@ class Subscription:
         accepted from any consumer, also after the record's deadline has passed (the
         work was done; a redelivery already under way is then acked too — at least once).
         Wakes fetches waiting for room under ``max_unacked``.
-        Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset).
+
+        ``attempts`` (fencing; pass ``batch.attempts``): acks only the delivery that
+        batch received. If any offset is no longer pending with that attempt count —
+        delivered again since (its ack deadline passed, or a consumer that came back
+        under the same name took it back, see :meth:`rejoin`) or already acked — nothing
+        is acked and ``ConcurrencyError`` is raised, so a transaction that wrote the
+        batch's output rolls back with it: a late ack of an old delivery never commits
+        output a newer delivery produces too.
+        Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset),
+        ``ConcurrencyError`` (fenced).
         """
         wanted = check_offsets(offsets)
+        fence = _check_attempts(attempts, wanted)
         if not wanted:
             return AckResult((), ())
         db = self.db
         with db.engine.write() as conn:
             self._check_exists(conn)
+            if fence is not None:
+                current = dict(_q(conn,
+                    f"SELECT offset, attempts FROM deliveries WHERE subscription_id = ? AND waiting = 0 "
+                    f"AND {_IN_OFFSETS}", (self._id, json.dumps(wanted)),
+                ))
+                stale = [o for o in wanted if current.get(o) != fence[o]]
+                if stale:
+                    raise ConcurrencyError(
+                        f"subscription {self.name!r}: offsets {show(stale[:10])} are no longer pending as "
+                        f"delivered (attempt {fence[stale[0]]}); acked, or delivered again since",
+                        hint="this delivery's work must not count: roll it back (an ack inside "
+                        "db.transaction() does so by raising)",
+                    )
             done = {
                 r[0] for r in _q(conn,
                     f"DELETE FROM deliveries WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
@@ -630,6 +654,32 @@ class Subscription:
             if done:
                 conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
         return _result(wanted, done)
+
+    def rejoin(self, consumer: str) -> int:
+        """A consumer coming back under its name takes back, at once, what it held.
+
+        Every record ``consumer`` holds (delivered, not acked — by an earlier incarnation
+        that crashed or was killed) becomes claimable now instead of at its ack deadline:
+        the next fetch (normally the returning consumer's own first one) redelivers it
+        with attempts + 1, which fences the old delivery (see ``ack(attempts=...)``).
+        ``Consumer`` and ``sqlstream.aio``'s consumer call this when they start. Only
+        for a name one consumer uses at a time: a live consumer under the same name
+        loses its records this way. Atomic; wakes waiting fetches. Returns how many.
+        Raises ``InvalidName``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        db = self.db
+        with db.engine.write() as conn:
+            self._check_exists(conn)
+            taken = _q(conn,
+                "UPDATE deliveries SET consumer = NULL, deadline = ? "
+                "WHERE subscription_id = ? AND consumer = ? AND waiting = 0 RETURNING offset",
+                (_us(db.engine.clock()), self._id, consumer),
+            )
+        if taken:
+            _log.info("subscription %s: consumer %s came back; %d records it held are claimable again",
+                      self.name, consumer, len(taken))
+        return len(taken)
 
     def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
         """Give records back for redelivery after ``delay`` seconds (0: right away).
@@ -1022,6 +1072,24 @@ class Subscription:
         if not infos:
             raise self._missing()
         return infos[0]
+
+
+def _check_attempts(attempts: object, wanted: list[int]) -> dict[int, int] | None:
+    """``ack(attempts=...)``: None, or a mapping giving every acked offset its attempt count."""
+    if attempts is None:
+        return None
+    if not isinstance(attempts, Mapping):
+        raise InvalidArgument(f"attempts must be a mapping offset -> attempt count (batch.attempts), not {show(attempts)}")
+    fence: dict[int, int] = {}
+    for offset in wanted:
+        count = attempts.get(offset)
+        if count is None:
+            raise InvalidArgument(f"attempts names no attempt count for offset {offset}",
+                                  hint="pass the attempts of the batch that delivered these offsets")
+        checked = check_count(count, "attempts")
+        assert checked is not None  # not optional
+        fence[offset] = checked
+    return fence
 
 
 def _result(wanted: list[int], done: set[int]) -> AckResult:
