@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any, TypeVar
 
 from . import database as _database
-from .database import Database, QueryResult
+from .database import DEFAULT_QUERY_MAX_BYTES, Database, QueryResult
 from .engine import blocking_in_transaction
 from .errors import ConcurrencyError, DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
@@ -556,6 +556,22 @@ class AsyncDatabase:
         finally:
             self._wakeups.leave()
 
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this database's worker thread, where all its SQLite work runs.
+
+        For layers built on the synchronous API (the Kafka listener): ``fn`` may use
+        :attr:`sync` freely and must not block on anything but SQLite. As every call here,
+        it waits for another task's open transaction to end first. Cancelling the await
+        does not stop ``fn`` once it runs."""
+        return await self._call(fn, *args)
+
+    async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
+        """Run ``check()`` on the worker until it returns non-None; between tries, await
+        a commit to this file by any process (no thread is parked, nothing polls on the
+        loop). At most ``timeout`` seconds (0: one try; None: no limit); None when the
+        time ran out. ``check`` reads through :attr:`sync` and must not write."""
+        return await self._wait(check, timeout)
+
     def wake(self) -> None:
         """Wake every blocked call of this AsyncDatabase to re-check (loop thread)."""
         self._wakeups.fire()
@@ -598,8 +614,14 @@ class AsyncDatabase:
     async def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self._call(self.sync.trim, stream, before_offset, force=force)
 
-    async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
-        return await self._call(self.sync.query, sql, params)
+    async def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None,
+        max_rows: int | None = None, max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+    ) -> QueryResult:
+        """``Database.query`` (same bounds and errors). A cancelled call does not stop the
+        query on the worker: ``timeout`` does."""
+        return await self._call(self.sync.query, sql, params, timeout=timeout, max_rows=max_rows,
+                                max_bytes=max_bytes)
 
     # ----------------------------------------------------------------- subscriptions, readers
 

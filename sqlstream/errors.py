@@ -36,6 +36,9 @@ __all__ = [
     "ReaderNotFound",
     "AccessDenied",
     "ReadOnlyDatabase",
+    "QueryLimitExceeded",
+    "QueryTimeout",
+    "QueryTooLarge",
     "CorruptDatabase",
     "DamagedRecord",
     "DatabaseClosed",
@@ -49,6 +52,7 @@ __all__ = [
     "UnsupportedVersion",
     "RecordTooLarge",
     "NoMoreFiles",
+    "CorruptBlockFile",
     "StorageError",
     "ObjectNotFound",
     "InvalidObjectPath",
@@ -162,6 +166,18 @@ class ReadOnlyDatabase(SqlstreamError):
     """A write was attempted on a database opened read-only (or on a read-only file)."""
 
 
+class QueryLimitExceeded(SqlstreamError):
+    """An ad-hoc query (``db.query()``, ``sqlstream sql``) went past a bound it was given."""
+
+
+class QueryTimeout(QueryLimitExceeded, TimeoutError):
+    """The query ran longer than its ``timeout`` and was interrupted; nothing is returned."""
+
+
+class QueryTooLarge(QueryLimitExceeded):
+    """The query's result (rows or bytes), or one value it built, went past its bound."""
+
+
 class CorruptDatabase(SqlstreamError):
     """The file is not a SQLite database or is damaged."""
 
@@ -234,6 +250,11 @@ class RecordTooLarge(ArchiveError, PayloadTooLarge):
 
 class NoMoreFiles(ArchiveError):
     """A ReadingRollManager has read every matching archive file to its end."""
+
+
+class CorruptBlockFile(SqlstreamError, ValueError):
+    """A streaming block file (``block-N-data``/``-meta``) is not what the file service writes:
+    damaged, cut short, or another kind of file."""
 
 
 class StorageError(SqlstreamError):

@@ -7,6 +7,7 @@ it), and reads its HTML pages and JSON API over HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -244,6 +245,37 @@ def test_datasette_leaves_other_sqlite_files_alone(tmp_path: Path) -> None:
         assert status == 200 and "sqlstream-bytes" not in page
 
 
+def test_a_file_with_every_table_and_column_but_no_schema_version_is_not_taken_for_sqlstream(
+    tmp_path: Path,
+) -> None:
+    """Only the schema-version check can reject this file: it is a sqlstream file's schema
+    and data with ``PRAGMA user_version`` 0, as another application's copy might be."""
+    from sqlstream.datasette import schema_objects
+
+    path = tmp_path / "foreign.db"
+    _make_sqlstream_file(path)
+
+    def set_version(version: int) -> frozenset[str] | None:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.commit()
+            return schema_objects(conn)
+        finally:
+            conn.close()
+
+    current = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert set_version(current) is not None  # everything else passes...
+    assert set_version(0) is None  # ...so the version alone decides
+    with datasette(path) as base:
+        status, page = _get(f"{base}/foreign")
+        assert status == 200 and "Streams and lag" not in page
+        status, _ = _get(f"{base}/foreign/streams_and_lag")
+        assert status == 404
+        status, page = _get(f"{base}/foreign/chunks")
+        assert status == 200 and "sqlstream-bytes" not in page
+
+
 def test_readme_datasette_commands_print_the_canned_queries_as_json(tmp_path: Path) -> None:
     """The README's Datasette snippet runs as written (datasette app.db --get ...)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -261,3 +293,25 @@ def test_readme_datasette_commands_print_the_canned_queries_as_json(tmp_path: Pa
         outputs.append(json.loads(out.stdout))
     assert {r["stream"] for r in outputs[0]} == {"orders", "logs", "orders-dead"}
     assert [r["offset"] for r in outputs[1]] == [6, 5, 4, 3, 2]
+
+
+def test_datasette_never_shows_a_write_secret_or_its_hash(tmp_path: Path) -> None:
+    """Issue 19 item 10: /app/streams(.json) and arbitrary SQL showed streams.write_secret."""
+    path = tmp_path / "app.db"
+    with sqlstream.open(path) as db:
+        secret = db.create_stream("build-log", secret=True).write_secret
+        db.create_stream("open")
+    assert secret is not None
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    with datasette(path) as base:
+        pages = [
+            _get(f"{base}/app/streams")[1],
+            _get(f"{base}/app/streams.json")[1],
+            _get(f"{base}/app/streams_now.json")[1],
+            _get(f"{base}/app.json?" + urllib.parse.urlencode({"sql": "SELECT * FROM streams"}))[1],
+            _get(f"{base}/app.json?" + urllib.parse.urlencode(
+                {"sql": "SELECT group_concat(write_secret_sha256) AS h FROM streams"}))[1],
+        ]
+        for page in pages:
+            assert secret not in page and digest not in page
+        assert _rows(base, "/app/stream_stats", _sort="name")[0]["secret"] == 1

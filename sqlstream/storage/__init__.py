@@ -36,7 +36,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata as _metadata
-from typing import IO, Any, Union
+from typing import IO, Any, ClassVar, Union
 
 from ..errors import InvalidArgument, InvalidObjectPath, ObjectNotFound, StorageError
 from ..plugins import load_object
@@ -48,6 +48,7 @@ __all__ = [
     "check_path",
     "ENTRY_POINT_GROUP",
     "BUILTIN_DRIVERS",
+    "unknown_options",
 ]
 
 ENTRY_POINT_GROUP = "sqlstream.storage_drivers"
@@ -85,7 +86,8 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
     """Return ``path`` normalised (no trailing ``/``) if it is a safe object path.
 
     Raises ``InvalidObjectPath`` for anything that could name something outside the
-    store: absolute paths, ``.``/``..`` components, empty components, backslashes, NUL.
+    store: absolute paths, ``.``/``..`` components, empty components, backslashes, NUL;
+    and for text that is not valid Unicode (lone surrogates), which not every driver can store.
     ``allow_root`` admits ``""`` (the root, for ``list_objects``).
     """
     if not isinstance(path, str):
@@ -96,6 +98,12 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
         path = path[:-1]
     if not path:
         raise InvalidObjectPath("an object path cannot be empty")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # One rule for every driver: S3 keys and the sqlite driver's names are UTF-8 text.
+        raise InvalidObjectPath(f"object path {path!r} is not valid Unicode (a lone surrogate)",
+                                hint="object paths are UTF-8 text") from None
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
         raise InvalidObjectPath(f"object path is longer than {MAX_PATH} bytes: {path[:60]!r}...")
     if path.startswith("/"):
@@ -165,6 +173,10 @@ class StorageDriver(ABC):
     """
 
     name = "abstract"
+    #: The configuration keys the driver reads (besides ``driver``); None: not declared,
+    #: any key is passed on. A config file naming another key is refused when it is loaded
+    #: (:func:`unknown_options`), so a misspelt option is not silently ignored.
+    OPTIONS: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         self.conf: dict[str, Any] = {**(conf or {}), **options}
@@ -254,6 +266,14 @@ def load_driver_class(name: str) -> type[StorageDriver]:
     if not (isinstance(cls, type) and issubclass(cls, StorageDriver)):
         raise InvalidArgument(f"storage driver {name!r} is not a StorageDriver subclass: {cls!r}")
     return cls
+
+
+def unknown_options(cls: type[StorageDriver], config: Mapping[str, Any]) -> list[str]:
+    """The keys of a storage configuration ``{"driver": NAME, ...}`` that driver class ``cls``
+    does not read (none when it does not declare :attr:`StorageDriver.OPTIONS`), sorted."""
+    if cls.OPTIONS is None:
+        return []
+    return sorted(str(k) for k in config if k != "driver" and k not in cls.OPTIONS)
 
 
 def get_driver(config: Mapping[str, Any] | StorageDriver) -> StorageDriver:

@@ -30,18 +30,21 @@ Records retention trimmed before they were archived stop the service with
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..archive.callbacks import check_compression
-from ..archive.export import ExportProgress, check_template, export
+from ..archive.export import ExportProgress, default_template, export
+from ..archive.rolling import check_template
 from ..errors import SqlstreamError
 from ..records import check_name
-from ..storage import load_driver_class
-from .services import Option, OptionError, Service, resolve_path
+from ..storage import load_driver_class, unknown_options
+from .services import Option, OptionError, Output, Service, output_directory, resolve_path
 from .store import Block, RecordsTrimmed, Store
 
 __all__ = ["ArchiveService"]
@@ -108,12 +111,12 @@ class ArchiveService(Service):
             check_compression(compress)
         except SqlstreamError as exc:
             raise OptionError("compress", f'must be "gzip" or "zstd", not {compress!r}'
-                              if compress not in ("gzip", "zstd") else str(exc), hint=exc.hint) from exc
+                              if compress not in ("gzip", "zstd") else str(exc.args[0]), hint=exc.hint) from exc
         if options["template"] is not None:
             try:
                 check_template(options["template"], "")
             except SqlstreamError as exc:
-                raise OptionError("template", str(exc), hint=exc.hint) from exc
+                raise OptionError("template", str(exc.args[0]), hint=exc.hint) from exc
         if options["format_version"] not in (1, 2):
             raise OptionError("format_version", f"must be 1 or 2, not {options['format_version']!r}",
                               hint="1: shoebox-compatible, no checksums; 2 (default): with checksums")
@@ -123,14 +126,37 @@ class ArchiveService(Service):
             if not isinstance(driver, str) or not driver:
                 raise OptionError("storage", "needs a driver", hint='e.g. storage = { driver = "filesystem", root = "up" }')
             try:
-                load_driver_class(driver)
+                driver_class = load_driver_class(driver)
             except SqlstreamError as exc:
-                raise OptionError("storage", str(exc), hint=exc.hint) from exc
+                raise OptionError("storage", str(exc.args[0]), hint=exc.hint) from exc
+            unknown = unknown_options(driver_class, storage)
+            if unknown:
+                known = sorted(driver_class.OPTIONS or ())
+                close = difflib.get_close_matches(unknown[0], known, n=1)
+                raise OptionError("storage", f"the {driver} driver has no option {unknown[0]!r}",
+                                  hint=f"did you mean {close[0]!r}?" if close else f"its options: {', '.join(known)}")
             local = _STORAGE_PATHS.get(driver)
             if local is not None and isinstance(storage.get(local), str) and storage[local]:
                 storage = {**storage, local: resolve_path(storage[local], base_dir)}
             options = {**options, "storage": storage}
         return options
+
+    @classmethod
+    def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
+        """Where the archives go, for the names of the template (the default one holds the
+        streamer's name). With ``storage``, ``dir`` only stages them, in a folder of the
+        export's own; a filesystem storage writes into ``root``/``storage_prefix``."""
+        template = options.get("template") or default_template(name)
+        storage = options.get("storage")
+        prefix = str(options.get("storage_prefix") or "")
+        if storage is None:
+            return [Output(output_directory(str(options["dir"])), f"archives named {template!r}")]
+        folder, _, head = prefix.rpartition("/")
+        names = f"archives named {head + template!r}"
+        if storage.get("driver") == "filesystem" and isinstance(storage.get("root"), str):
+            return [Output(output_directory(os.path.join(storage["root"], folder)), names)]
+        where = {k: v for k, v in sorted(storage.items()) if isinstance(v, (str, int, float, bool))}
+        return [Output(f"storage {where} under {folder + '/' if folder else ''!r}", names)]
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)
