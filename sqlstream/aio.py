@@ -402,6 +402,8 @@ class AsyncDatabase:
         once: every call waits for the one closing. A cancelled ``close()`` (``wait_for``)
         does not stop the closing, which goes on; the next call waits for it to finish."""
         if self._closing is None:
+            if self._closed:
+                return  # closed by close_from_outside()
             self._closed = True
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
