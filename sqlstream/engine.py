@@ -447,11 +447,7 @@ class Engine:
             result = check()
             if result is not None:
                 return result
-            raise InvalidArgument(
-                "cannot block inside db.transaction(): the transaction holds the write lock "
-                "that the commit you wait for needs",
-                hint="pass timeout=0 inside transactions",
-            )
+            raise blocking_in_transaction()
         self.check_process()
         return self.notifier.wait_until(check, timeout, self.wakeup, self.poll_interval, wake_at)
 
@@ -673,3 +669,13 @@ if hasattr(os, "register_at_fork"):
 # Connections inherited across fork: kept referenced so they are never closed (or
 # garbage-collected and closed) in the child, which would disturb the parent's locks.
 _abandoned: builtins.list[apsw.Connection] = []
+
+
+def blocking_in_transaction() -> InvalidArgument:
+    """The error of a call that would block inside a write transaction (sync and aio alike)."""
+    return InvalidArgument(
+        "cannot block inside db.transaction(): the transaction holds the write lock "
+        "that the commit you wait for needs",
+        hint="pass timeout=0 inside transactions; to wait for a subscription's records, "
+        "call sub.wait(timeout) before the transaction opens",
+    )
