@@ -20,6 +20,8 @@ from typing import IO, Any
 from ..database import open as open_database
 from ..errors import SchemaVersionError
 from ..streaming import Runner, Store, load_config
+from ..streaming.runner import RunResult
+from ..streaming.config import StreamingConfig
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
 
@@ -37,12 +39,16 @@ def register(command: CommandFactory) -> None:
                 "last block it finished (its cursor is kept in the database).",
     )
     sub.add_argument("--config", metavar="FILE",
-                     help="the TOML configuration (see README); optional with --http")
+                     help="the TOML configuration (see README); optional with --kafka or --http")
     sub.add_argument("--http", metavar="HOST:PORT",
-                     help="serve the file over HTTP as Durable Streams (overrides [http] listen); "
-                          "alone, serves HTTP only")
+                     help="also serve the file over HTTP as Durable Streams (needs the http extra; "
+                          "overrides [http] listen; loopback unless a token or --insecure)")
+    sub.add_argument("--kafka", metavar="HOST:PORT",
+                     help="also serve the Kafka protocol on HOST:PORT (needs the kafka extra; "
+                          "loopback unless SASL or --insecure)")
     sub.add_argument("--insecure", action="store_true",
-                     help="allow --http on a non-loopback address without a token")
+                     help="let --kafka bind a non-loopback address without SASL credentials, and "
+                          "--http one without a token")
     sub.add_argument("--skip-trimmed", action="store_true",
                      help="go past records retention trimmed before a service streamed them (logged); "
                           "without it the service stops naming them")
@@ -56,21 +62,16 @@ def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    if args.config is None and args.http is None:
-        raise CliError("nothing to serve", hint="give --config FILE (streaming services, [http]) or --http HOST:PORT")
-    config = load_config(args.config) if args.config is not None else None
-    path = _database_path(args, config.db if config else None)
-    if not os.path.exists(path):
+    if args.config is None and args.kafka is None and args.http is None:
+        raise CliError("serve needs --config FILE, --kafka HOST:PORT, --http HOST:PORT, or several",
+                       hint="sqlstream --db app.db serve --kafka 127.0.0.1:9092")
+    config = load_config(args.config) if args.config is not None else StreamingConfig("<none>", None)
+    path = _database_path(args, config.db)
+    if config.streamers and not os.path.exists(path):  # the Kafka listener alone creates the file
         raise CliError(f"no database at {os.path.abspath(path)}",
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
-    wants_http = args.http is not None or (config is not None and config.http is not None)
-    if config is not None and args.status:
+    if args.status:
         return _status_readonly(path, config, args, out, err)
-    if wants_http:
-        if args.once or args.status:
-            raise CliError("--once and --status do not serve HTTP", hint="drop --http (or the [http] table)")
-        return _serve_http(path, config, args, out, err)
-    assert config is not None
     with open_database(path) as db:
         services = config.build()
         for service in services:
@@ -98,9 +99,26 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 if total is not None and done >= total:
                     bar.close()
                     bar = None
+        kafka = _start_kafka(args, config, path, err) if not args.once else None
         try:
-            result = runner.run(once=args.once, progress=catch_up)
+            http = _start_http(args, config, path, err) if not args.once else None
+        except BaseException:
+            if kafka is not None:
+                kafka.close()
+            raise
+        try:
+            if services:
+                result = runner.run(once=args.once, progress=catch_up)
+            else:
+                result = RunResult()
+                while not stop.wait(0.5):  # only the listeners: until SIGINT/SIGTERM
+                    if http is not None and http.wait(0):
+                        raise CliError(f"the HTTP server stopped: {http.error!r}")
         finally:
+            if http is not None:
+                http.stop(10.0)  # drains: live reads answered, requests in hand finished
+            if kafka is not None:
+                kafka.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if bar is not None:
@@ -114,46 +132,41 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return 0
 
 
-def _serve_http(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    """HTTP (and the config's streaming services, if any) until SIGINT/SIGTERM, then drain."""
+def _start_kafka(args: argparse.Namespace, config: StreamingConfig, path: str, err: IO[str]) -> Any:
+    """The Kafka listener of ``--kafka`` or ``[kafka]``, running on its own thread (or None)."""
+    if args.kafka is None and config.kafka is None:
+        return None
+    try:
+        from .. import kafka
+        from ..kafka.config import settings_from_config
+    except ImportError as exc:
+        raise CliError(f"the Kafka listener needs the kafka extra ({exc.name} is missing)",
+                       hint='pip install "sqlstream[kafka]"') from None
+    settings = settings_from_config(config.kafka, config.path, listen=args.kafka, insecure=args.insecure)
+    running = kafka.start(path, settings)
+    err.write(f"kafka: listening on {running.bootstrap_servers}\n")
+    err.flush()
+    return running
+
+
+def _start_http(args: argparse.Namespace, config: StreamingConfig, path: str, err: IO[str]) -> Any:
+    """The HTTP front of ``--http`` or ``[http]``, running on its own thread (or None)."""
+    if args.http is None and config.http is None:
+        return None
     try:
         # Imported here: uvicorn and prometheus_client are the optional extra "http".
         from ..http.config import http_settings
         from ..http.server import HttpServer, parse_listen
     except ImportError as exc:
-        raise CliError(f"the HTTP front needs the extra 'http' ({exc.name} is missing)",
+        raise CliError(f"the HTTP front needs the http extra ({exc.name} is missing)",
                        hint='pip install "sqlstream[http]"') from None
-    settings = http_settings(config.http if config is not None else None, config.path if config else "<args>")
+    settings = http_settings(config.http, config.path)
     host, port = parse_listen(args.http or settings.listen)
     server = HttpServer(path, host, port, settings.config, insecure=args.insecure or settings.insecure)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        server.start()
-        err.write(f"serving {path} at {server.url}{settings.config.prefix}/{{stream}}\n")
-        err.flush()
-        services = config.build() if config is not None else []
-        if services:
-            with open_database(path) as db:
-                for service in services:
-                    service.accept_trimmed = args.skip_trimmed
-                Runner(db, services, stop_event=stop).run()
-        else:
-            while not stop.wait(0.5):
-                if server.wait(0):
-                    raise CliError(f"the HTTP server stopped: {server.error!r}")
-    finally:
-        server.stop(10.0)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
+    server.start()
+    err.write(f"serving {path} at {server.url}{settings.config.prefix}/{{stream}}\n")
+    err.flush()
+    return server
 
 
 def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

@@ -73,15 +73,19 @@ class StreamingConfig:
     path: str
     db: str | None
     streamers: tuple[StreamerConfig, ...] = field(default_factory=tuple)
+    #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.config.settings_from_config``,
+    #: which needs the optional ``kafka`` extra); None when the file has none.
+    kafka: Mapping[str, Any] | None = None
+    #: The ``[http]`` table as written (validated by ``sqlstream.http.config``, which needs
+    #: the optional ``http`` extra); None when the file has none.
     http: dict[str, Any] | None = None
-    """The raw ``[http]`` table (validated by ``sqlstream.http.config``, an optional extra)."""
 
     def build(self) -> list[Service]:
         """One service per configured streamer, in ``store.streamers`` order."""
         return [s.build() for s in self.streamers]
 
 
-_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "http": "table"}
+_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "kafka": "table", "http": "table"}
 _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or false", "int": "an integer",
                "number": "a number", "table": "a table", "list": "a list of strings"}
 
@@ -244,7 +248,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
     _refuse_overlaps(path, streamers)
     return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers),
-                           data.get("http"))
+                           data.get("kafka"), data.get("http"))
 
 
 def _refuse_overlaps(path: str, streamers: list[StreamerConfig]) -> None:

@@ -1,4 +1,4 @@
--- sqlstream schema, version 12: producer fencing, writer sequences, stream lifetimes
+-- sqlstream schema, version 14: producer fencing, writer sequences, stream lifetimes
 -- (expiry and forks). The Durable Streams front (sqlstream.http) maps its idempotent
 -- producers, Stream-Seq, TTL/Expires-At and forks onto these; the Python API uses them
 -- too (Stream.append_fenced, Database.fork_stream, set_expiry, retire_stream). Each row
