@@ -302,8 +302,9 @@ class Engine:
         closed ``.db`` is then self-contained and can be copied alone. That needs no other
         process to hold the file open; if one does, the WAL is still checkpointed and
         truncated when no reader pins it, else SQLite's usual rules apply (the last
-        connection anywhere to close does it). A read-only Database that closes last
-        checkpoints only if a writable one in this process closed before it.
+        connection anywhere to close does it). A read-only Database that closes last does
+        the same when the file is writable to this process (no record changes: the WAL
+        holds only what others committed), so reading leaves no ``-wal``/``-shm`` behind.
         """
         if self._closed:
             return
@@ -332,7 +333,11 @@ class Engine:
             # write connection below still holds them.
             with _init_lock(self.path):
                 last = notifier.detach(wrote=wconn is not None)
-                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
+                # A read-only connection creates -wal and -shm but may not delete them at
+                # its close; a write connection, closed last, checkpoints (nothing, if no
+                # one wrote) and deletes them, so reading leaves one .db as it found it.
+                owed = notifier.checkpoint_owed or os.path.exists(self.path + "-wal")
+                if last and wconn is None and owed and os.access(self.path, os.W_OK):
                     with contextlib.suppress(SqlstreamError, apsw.Error):
                         wconn = self.connect(readonly=False)
                 if wconn is not None:
