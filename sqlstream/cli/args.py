@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from ..database import Database, open as open_database
@@ -33,6 +33,35 @@ Every command module's ``register(command)`` adds its commands through it."""
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one command: options may come before, between or after its values.
+
+    ``sqlstream append t --key k1 hello`` is ``append t hello --key k1``: the command's
+    arguments are parsed intermixed (argparse's ``parse_known_intermixed_args``: options
+    first, then the values left, in order). Anything left over is this command's usage
+    error, printed with this command's usage rather than the top-level one.
+    """
+
+    _nested = False  # inside our own intermixed parse, which calls parse_known_args again
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A command group (``archive cat``) has a PARSER positional, which intermixed
+        # parsing cannot take: its sub-commands, parsers of this class, intermix instead.
+        group = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        if self._nested or group:
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def db_path(args: argparse.Namespace) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import SqlstreamError
 from . import archive, maintenance, serve, streams, subscriptions
-from .args import DB_ENV, DEFAULT_DB, HelpFormatter
+from .args import DB_ENV, DEFAULT_DB, CommandParser, HelpFormatter
 from .output import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError, report_error
 
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Not required=True: argparse would then report a missing COMMAND before an unknown
     # option (`sqlstream --bogus`); main() checks for the command after parsing.
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
     def command(
         name: str, handler: Callable[..., int], summary: str, example: str, *, json_output: bool = True,
