@@ -61,6 +61,17 @@ def test_a_double_dash_still_ends_the_options(tmp_path: Path) -> None:
         assert [(r.key, r.value) for r in handle.stream("t").read(0)] == [("k", "--key")]
 
 
+def _valid(action: argparse.Action) -> str:
+    """A value the action takes: a number, or a STREAM=OFFSET pair."""
+    for candidate in ("1", "s=1"):
+        try:
+            if action.type is None or not callable(action.type) or action.type(candidate) is not None:
+                return candidate
+        except (argparse.ArgumentTypeError, ValueError):
+            continue
+    raise AssertionError(f"no sample value for {action.dest}")
+
+
 @pytest.mark.parametrize("command", sorted(_commands()))
 def test_an_unknown_option_is_a_usage_error_of_the_command(command: str) -> None:
     """Whatever the command, after its required values: exit 2 and its own usage line."""
@@ -68,7 +79,7 @@ def test_an_unknown_option_is_a_usage_error_of_the_command(command: str) -> None
     values: list[str] = []
     for action in parser._actions:  # noqa: SLF001
         if action.required and action.nargs not in ("?", "*"):
-            value = str(next(iter(action.choices))) if action.choices else "1"
+            value = str(next(iter(action.choices))) if action.choices else _valid(action)
             values += [action.option_strings[0], value] if action.option_strings else [value]
     code, _out, err = _run(*command.split(), *values, "--no-such-option")
     assert code == 2

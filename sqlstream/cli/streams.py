@@ -32,6 +32,7 @@ from .args import (
     parse_positive_seconds,
     parse_seconds,
     parse_start,
+    parse_stream_offset,
     parse_value,
     stdin_lines,
     writable_stream,
@@ -265,12 +266,7 @@ def cmd_read(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def cmd_read_many(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print records from several streams at once (XREAD STREAMS): STREAM=OFFSET pairs."""
-    positions: dict[str, int] = {}
-    for pair in args.positions:
-        name, sep, offset = pair.rpartition("=")
-        if not sep or not name:
-            raise CliError(f"expected STREAM=OFFSET, got {pair!r}", hint="sqlstream read-many orders=0 payments=5")
-        positions[name] = parse_offset(offset)
+    positions: dict[str, int] = dict(args.positions)
     with open_db(args, write=False) as db:
         got = db.read_many(positions, limit=args.limit, timeout=args.timeout)
     for name, records in got.items():
@@ -688,7 +684,7 @@ def register(command: CommandFactory) -> None:
         "each); with --timeout waits up to S seconds until one has. Human output prefixes\n"
         "each record line with its stream; --json objects carry \"stream\".",
     )
-    p.add_argument("positions", metavar="STREAM=OFFSET", nargs="+")
+    p.add_argument("positions", metavar="STREAM=OFFSET", nargs="+", type=parse_stream_offset)
     p.add_argument("--limit", type=parse_positive_int, default=100, metavar="N",
                    help="at most N records per stream (default 100)")
     p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S",

@@ -11,6 +11,7 @@ objects of ``read --json`` with two more fields, ``subscription`` and ``attempts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -25,6 +26,7 @@ from .args import (
     parse_positive_seconds,
     parse_seconds,
     parse_start,
+    strict_float,
 )
 from .output import EXIT_OK, CliError, dump, iso_time, print_records, record_json, record_line, render_table
 from ..errors import (
@@ -239,10 +241,8 @@ def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def _at_arg(text: str) -> float | _dt.datetime:
     """--at: seconds since the epoch, or an ISO 8601 time (naive means local time)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        return strict_float(text)
     try:
         return _dt.datetime.fromisoformat(text)
     except ValueError:
