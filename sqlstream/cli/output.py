@@ -7,7 +7,6 @@ docstring; every command module prints through these helpers so it holds everywh
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import importlib
 import json
 import math
@@ -15,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from .. import clock as _clock
 from ..errors import (
     AccessDenied,
     ConcurrencyError,
@@ -77,9 +77,10 @@ def report_error(exc: SqlstreamError, err: IO[str]) -> None:
 
 
 def iso_time(seconds: float) -> str:
-    """UTC ISO 8601 with milliseconds and a ``Z``, the form the SQL views use."""
-    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """UTC ISO 8601 with milliseconds and a ``Z``, by the one rule the SQL views and
+    Datasette use too (:func:`sqlstream.clock.iso_time`); ``-`` for a time no calendar
+    date can show (only a hand-edited file holds one)."""
+    return _clock.iso_time(seconds) or "-"
 
 
 # Control characters would break the one-record-per-line layout of human output.
