@@ -78,6 +78,8 @@ _STREAM_COLUMNS = (
 )
 
 _QUERY_HINT = "query() is read-only; use the API to change data"
+_BACKUP_EXISTS = "choose a new path, or pass overwrite=True"
+_BACKUP_EXISTS_CLI = "choose a new path, or pass --force to replace it"
 
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
@@ -553,7 +555,7 @@ class Database:
         except (apsw.AuthError, apsw.ReadOnlyError, apsw.ExecTraceAbort) as exc:
             what = guard.denied or "writing"
             raise ReadOnlyDatabase(
-                f"query() is read-only: {what} is not allowed", hint=_QUERY_HINT
+                f"read-only query: {what} is not allowed", hint=_QUERY_HINT
             ) from exc
         except apsw.Error as exc:
             raise convert(exc) from exc
@@ -591,7 +593,7 @@ class Database:
                 if os.path.samefile(dest, self.path):
                     raise InvalidArgument(f"cannot back {self.path} up onto itself")
             if not overwrite:
-                raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True")
+                raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI)
             if not os.path.isfile(dest) or os.path.islink(dest):
                 raise InvalidArgument(f"{dest} is not a regular file; refusing to replace it")
             if os.path.exists(dest + "-wal"):
@@ -636,7 +638,7 @@ class Database:
                 os.unlink(tmp)
             _fsync_dir(directory)
         except FileExistsError:
-            raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True") from None
+            raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI) from None
         except OSError as exc:
             raise DatabaseError(f"cannot write the backup {dest}: {exc.strerror}",
                                 hint="check that the directory exists and is writable") from exc

@@ -128,7 +128,8 @@ class Engine:
             exists = cx.check_file_type(self.path)
             if not exists:
                 if readonly or not create:
-                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True",
+                                        cli_hint="check the path (--db); `sqlstream create NAME` makes a new file")
                 try:
                     cx.create_private_file(self.path)
                 except OSError as exc:

@@ -268,6 +268,9 @@ class Damaged(NamedTuple):
             hint=f"its {len(self.data)} stored bytes are readable with "
             f"db.stream({stream!r}).read_bytes({self.position}, {len(self.data)}); {skip}; "
             "`sqlstream check` lists every damaged record",
+            cli_hint=f"its {len(self.data)} stored bytes are readable with `sqlstream sql \"SELECT CAST(data AS BLOB) FROM chunks "
+            f"WHERE offset = {self.offset} AND stream_id = (SELECT id FROM streams WHERE name = ?)\" "
+            f"{stream!r} --json`; `sqlstream check` lists every damaged record",
         )
 
 

@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Accept --db after the command too; SUPPRESS keeps an absent one from overwriting
     # the value given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="database file")
-    json_out = argparse.ArgumentParser(add_help=False)
+    json_out = CommandParser(add_help=False)
     json_out.add_argument("--json", action="store_true", help="print JSON (one object per line) for scripts")
 
     # Not required=True: argparse would then report a missing COMMAND before an unknown

@@ -469,7 +469,7 @@ def _json_params(text: str) -> list[Any] | dict[str, Any]:
     for value in values:
         if isinstance(value, (list, dict)):
             raise CliError("--json-params values must be numbers, strings, true/false or null",
-                           hint="pass a nested value as a JSON string and use json() in the query")
+                           hint="pass a nested value as a JSON string and wrap its placeholder in json(?) in the query")
         if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
             raise CliError(f"--json-params integer {value} does not fit SQLite's 64-bit INTEGER",
                            hint="pass it as a string or a float")
