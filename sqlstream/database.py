@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 
 from . import connection as cx
+from .checkpoint import checkpoint_mode
 from . import consumer as _consumer
 from . import dedup as _dedup
 from . import producer as _producer
@@ -102,6 +103,7 @@ def open(  # noqa: A001 - the public name is part of the design
     poll_interval: float | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     vfs: str | None = None,
+    checkpoints: str | None = None,
 ) -> Database:
     """Open (creating if needed) the sqlstream database at ``path``.
 
@@ -114,6 +116,10 @@ def open(  # noqa: A001 - the public name is part of the design
     ``max_record_bytes``: larger records are refused with ``PayloadTooLarge``.
     ``vfs``: the name of a registered SQLite VFS for sqlstream's own connections (None:
     SQLite's default); the fault-injection tests use one.
+    ``checkpoints``: ``"auto"`` (sqlstream checkpoints the WAL in the background and at the
+    last close) or ``"external"`` (never: another process such as Litestream owns the
+    checkpoints; see ``sqlstream.checkpoint``); None takes ``$SQLSTREAM_CHECKPOINTS``, else
+    ``"auto"``.
 
     ``path=":memory:"``: a new private temporary file, deleted when this Database closes
     (WAL needs a file); other Databases and processes may open it by ``db.path`` meanwhile.
@@ -131,6 +137,7 @@ def open(  # noqa: A001 - the public name is part of the design
         poll_interval=poll_interval,
         max_record_bytes=max_record_bytes,
         vfs=vfs,
+        checkpoints=checkpoints,
     )
 
 
@@ -153,6 +160,7 @@ class Database:
         poll_interval: float | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         vfs: str | None = None,
+        checkpoints: str | None = None,
     ) -> None:
         try:
             path = os.fspath(path)
@@ -175,6 +183,7 @@ class Database:
         _validation.check_count(max_record_bytes, "max_record_bytes", maximum=1_000_000_000)
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
+        checkpoints = checkpoint_mode(checkpoints)
         self._memory_dir: str | None = None
         if path == ":memory:":
             path = self._memory_file(readonly, create)
@@ -189,11 +198,14 @@ class Database:
         self._options = dict(
             readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
+        self.checkpoints = checkpoints
         # Connections, the write scope, snapshots, waiting and the clock (sqlstream.engine).
         self.engine = Engine(
             self.path, readonly=readonly, create=create, synchronous=synchronous, busy_timeout=self.busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
 
     # ----------------------------------------------------------------- lifecycle

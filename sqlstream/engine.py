@@ -44,7 +44,7 @@ from . import clock as _clock
 from . import connection as cx
 from . import retention as _retention
 from . import txn as _txn
-from .checkpoint import install_wal_hook
+from .checkpoint import install_wal_hook, leave_checkpoints_out
 from .errors import (
     AccessDenied,
     ConcurrencyError,
@@ -99,8 +99,10 @@ class Engine:
         poll_interval: float | None,
         max_record_bytes: int,
         vfs: str | None,
+        checkpoints: str = "auto",
     ) -> None:
         self.path = path
+        self.checkpoints = checkpoints  # "auto" or "external" (checkpoint.py)
         self.readonly = readonly
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
@@ -225,13 +227,16 @@ class Engine:
 
     def connect(self, *, readonly: bool = True) -> apsw.Connection:
         """A new connection of the caller's own (with sqlstream's settings); the caller closes it."""
-        return cx.connect(
+        conn = cx.connect(
             self.path,
             readonly=readonly,
             busy_timeout=self.busy_timeout,
             synchronous=self.synchronous,
             vfs=self.vfs,
         )
+        if self.checkpoints == "external":
+            leave_checkpoints_out(conn)
+        return conn
 
     def write_conn(self) -> apsw.Connection:
         """The write connection (opened on first use). Write through :meth:`write` only;
@@ -243,7 +248,8 @@ class Engine:
             with self._open_lock:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
-                    install_wal_hook(conn, self.notifier.checkpointer)
+                    if self.checkpoints == "auto":
+                        install_wal_hook(conn, self.notifier.checkpointer)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
@@ -338,11 +344,12 @@ class Engine:
                 # its close; a write connection, closed last, checkpoints (nothing, if no
                 # one wrote) and deletes them, so reading leaves one .db as it found it.
                 owed = notifier.checkpoint_owed or os.path.exists(self.path + "-wal")
-                if last and wconn is None and owed and os.access(self.path, os.W_OK):
+                ours = self.checkpoints == "auto"  # "external": another process checkpoints
+                if last and wconn is None and owed and ours and os.access(self.path, os.W_OK):
                     with contextlib.suppress(SqlstreamError, apsw.Error):
                         wconn = self.connect(readonly=False)
                 if wconn is not None:
-                    if last:
+                    if last and ours:
                         _checkpoint_on_close(wconn)
                     with contextlib.suppress(apsw.Error):
                         wconn.close(True)
