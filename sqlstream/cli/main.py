@@ -17,7 +17,10 @@ error says how to fix it), 2 a usage error, 130 interrupted (Ctrl-C, including t
 end of ``tail -f``), 141 stdout closed early. A failure sqlstream did not foresee is still
 one ``Error: internal error: ...`` line and status 1, never a traceback.
 
-Numbers on the command line are checked when parsed (a usage error, status 2, otherwise):
+Options may come before, between or after a command's values (each command's arguments
+are parsed intermixed); a usage error prints that command's usage. Numbers are written
+plainly (ASCII digits, for seconds a point and an exponent too: no ``1_000``, spaces,
+``nan`` or ``inf``) and are checked when parsed (a usage error, status 2, otherwise):
 seconds are finite, >= 0 and at most ``SECONDS_MAX`` (1e9, about 31 years); offsets are
 0..2**63-1 (SQLite's INTEGER); counts and sizes are 1..``COUNT_MAX`` (2**62, leaving room
 for the margins retention adds to a limit).
