@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[tuple[int, int], list[str]]] = {
     "info": ((0, 2), ["--json!"]),
     "seal": ((0, 2), ["--secret", "--json!"]),
     "delete": ((0, 2), ["--force!", "--json!"]),
-    "sql": ((0, 3), ["--param", "--json-params", "--json!"]),
+    "sql": ((0, 3), ["--param", "--json-params", "--max-rows", "--max-bytes", "--timeout T", "--json!"]),
     "subscribe": ((0, 3), ["--start", "--ack-timeout", "--max-unacked", "--max-deliveries", "--dead-letter",
                            "--exist-ok!", "--json!"]),
     "unsubscribe": ((0, 2), ["--force!", "--json!"]),
