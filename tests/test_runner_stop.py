@@ -68,3 +68,21 @@ def test_stop_without_drain_ends_the_run_without_streaming(tmp_path: Path, db: s
     runner.join()
     assert runner.result == {}
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_service_failing_while_draining_ends_the_stop_with_its_error_recorded(
+        tmp_path: Path, db: sqlstream.Database) -> None:
+    """stop-node-on-error = false retries for ever while running, but a drain does not wait
+    on a failing service (a `finally: stop(); join()` must end)."""
+    orders = db.create_stream("orders")
+    (tmp_path / "out").write_text("a file where the output directory should be")
+    runner = Runner.from_config(db, load_config(_config(tmp_path, FILE + "stop-node-on-error = false\n")))
+    runner.stop()  # before the run: it goes straight to the drain
+    orders.append({"id": 1})
+    thread = runner.start()
+    thread.join(120)  # liveness only: without the fix it never ends
+    assert not thread.is_alive()
+    runner.join()
+    (error,) = db.query("SELECT last_error FROM streaming_cursors").rows[0]
+    assert error is not None and "block" in error
+    assert _lag(db) == [("file", db.query("SELECT txn FROM last_txn").rows[0][0])]

@@ -82,8 +82,12 @@ class Runner:
 
     # -------------------------------------------------------------- one service
 
-    def _pending(self, service: Service, cursor: int, upto: int | None) -> int:
-        """Write every block of ``service`` above ``cursor`` (up to ``upto``); return the new cursor."""
+    def _pending(self, service: Service, cursor: int, upto: int | None, *, retry: bool = True) -> int:
+        """Write every block of ``service`` above ``cursor`` (up to ``upto``); return the new cursor.
+
+        ``retry=False`` (a drain): a failure of a service without stop-node-on-error is
+        recorded and ends its pass instead of being retried.
+        """
         delay = BACKOFF_FIRST
         while not self.stop_event.is_set():
             block = self.store.next_block(service.name, service.keys, cursor, upto)
@@ -100,6 +104,8 @@ class Runner:
                     self.store.record_error(service.name, message)
                 except SqlstreamError:
                     log.exception("cannot record the error of streaming service %r", service.name)
+                if not retry:
+                    return cursor
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -113,7 +119,8 @@ class Runner:
 
     # -------------------------------------------------------------- the loop
 
-    def _paced(self, service: Service, once: bool, errors: list[BaseException], halt: threading.Event) -> None:
+    def _paced(self, service: Service, once: bool, errors: list[BaseException], halt: threading.Event, *,
+               retry: bool = True) -> None:
         """Run a self-paced service (its own loop, in its own thread) with the same error rules.
 
         ``halt`` ends the service's own loop; the runner sets it when the run ends for any
@@ -135,6 +142,8 @@ class Runner:
                     self.store.record_error(service.name, message)
                 except SqlstreamError:
                     log.exception("cannot record the error of streaming service %r", service.name)
+                if not retry:
+                    return
                 halt.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -236,16 +245,20 @@ class Runner:
         """The last pass of a drained run: every service catches up with the commits visible
         now (at least those before :meth:`stop`), as ``run(once=True)`` would.
 
-        Self-paced services run their ``once`` pass (an archive closes the archive in hand);
-        the stop event still ends this pass early (``stop(drain=False)``).
+        Self-paced services with ``DRAINS_ON_STOP`` run their ``once`` pass (an archive closes
+        the archive in hand); the JetStream relays do not (a stop never waits on a server).
+        A failure is not retried here: it is recorded (or raised, with stop-node-on-error)
+        and the next run resumes. The stop event still ends this pass early
+        (``stop(drain=False)``).
         """
         upto = self.store.head()
         for service in active:
-            cursors[service.name] = self._pending(service, cursors[service.name], upto)
+            cursors[service.name] = self._pending(service, cursors[service.name], upto, retry=False)
         for service in paced:
             if self.stop_event.is_set() or errors:
                 break
-            self._paced(service, True, errors, self.stop_event)
+            if service.DRAINS_ON_STOP:
+                self._paced(service, True, errors, self.stop_event, retry=False)
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread; :attr:`error` holds what stopped it, if anything."""
@@ -263,15 +276,15 @@ class Runner:
     def stop(self, *, drain: bool = True) -> None:
         """Ask the run to end; returns at once (wait with :meth:`join`).
 
-        ``drain=True`` (the default): every service first writes what was committed
-        before this call -- block services up to the newest commit, self-paced ones a
-        final ``once`` pass (an archive service closes its archive in hand) -- so
-        ``append(); stop(); join()`` streams the append. A service that cannot write
-        (retrying with ``stop-node-on-error = false``) holds the end until it can; call
-        ``stop(drain=False)`` to give up. ``drain=False`` ends the run after the block in
-        hand (what ``serve`` does on SIGINT/SIGTERM); the rest is streamed by the next
-        run, since every cursor is durable. The run's thread notices a drain within
-        half a second when idle.
+        ``drain=True`` (the default): the local services first write what was committed
+        before this call -- block services (``file``) up to the newest commit, the
+        ``archive`` service a final ``once`` pass that closes its archive in hand -- so
+        ``append(); stop(); join()`` streams the append. The JetStream relays stop after
+        the batch in hand instead (a stop never waits on a server). A failure while
+        draining is recorded (or raised, with stop-node-on-error), not retried.
+        ``drain=False`` ends the run after the block in hand (what ``serve`` does on
+        SIGINT/SIGTERM). Either way the rest is streamed by the next run, since every
+        cursor is durable. The run's thread notices a stop within half a second when idle.
         """
         if drain:
             self._draining.set()
