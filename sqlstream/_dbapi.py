@@ -192,9 +192,6 @@ class Connection:
         self.isolation_level = isolation_level
         self._after_commit: list[Callable[[], None]] = []
         self.sqlstream_txn: int | None = None  # the outbox's txn number for the open transaction
-        self.sqlstream_txn_version = 0  # PRAGMA data_version when it was assigned
-        # (txn, data_version) of the last transaction committed with a txn (sqlstream.txn.next_txn)
-        self.sqlstream_txn_committed: tuple[int, int] | None = None
         self.apsw.set_wal_hook(self._wal_hook)
         self.apsw.set_rollback_hook(self._rolled_back)
         self.apsw.set_commit_hook(self._committing)
@@ -219,11 +216,9 @@ class Connection:
 
     def _committing(self) -> bool:
         # SQLite calls this for every commit of a write transaction, however it is issued
-        # (commit(), COMMIT in SQL), before it is durable. Taking the number as committed
-        # already is safe: if the commit then fails, the next number merely skips one.
-        if self.sqlstream_txn is not None:
-            self.sqlstream_txn_committed = (self.sqlstream_txn, self.sqlstream_txn_version)
-            self.sqlstream_txn = None
+        # (commit(), COMMIT in SQL), before it is durable: the transaction's txn number
+        # (sqlalchemy._txn_number) ends with it; the counters row holds it.
+        self.sqlstream_txn = None
         return False  # False: let the commit proceed
 
     def _rolled_back(self) -> None:

@@ -417,7 +417,6 @@ class Database:
                     hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
                 )
             stream_id: Any = row[0][0]
-            _txn.keep_txn_floor(cx.runner(conn), stream_id)
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (stream_id,))
             conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
             # Its id may be reused by a new stream, which must inherit none of its counters.

@@ -165,7 +165,7 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "content_type": "json, text or bytes",
         "data": "the payload",
     }),
-    "counters": ("Counters", "Database-wide counters: txn is a floor of the commit sequence number (the last_txn view gives the last one handed out).", {}),
+    "counters": ("Counters", "Database-wide counters: txn is the last commit sequence number handed out (also the last_txn view).", {}),
     "subscriptions": ("Subscriptions", "One row per subscription (consumer group) and its settings.", {
         "next_offset": "delivery frontier: offsets from here on were never delivered",
         "ack_timeout": "seconds a consumer holds a record before it is redelivered",

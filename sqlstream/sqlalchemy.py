@@ -488,17 +488,17 @@ def _write(
 
 def _txn_number(dbapi: _dbapi.Connection, q: Query) -> int:
     """One commit sequence number per transaction, as sqlstream's own appends get
-    (the same rule: :func:`sqlstream.txn.next_txn`, continuing from this connection's last
-    committed number while no other connection committed).
+    (the same rule: :func:`sqlstream.txn.next_txn` increments the ``counters`` row).
 
     The transaction keeps its number until it ends, through savepoint rollbacks too: it
-    holds the write lock, so nobody else can take the number meanwhile. The driver makes
-    it the connection's last committed number in SQLite's commit hook and forgets it on
-    rollback.
+    holds the write lock, so nobody else can take the number meanwhile. A savepoint
+    rollback (which no hook reports) may have taken the increment back, so each later
+    append of the transaction holds the row at the number (:func:`sqlstream.txn.hold_txn`,
+    which writes only then). The driver forgets the number at commit and rollback.
     """
     cached = dbapi.sqlstream_txn
     if cached is not None:
+        _txn.hold_txn(q, cached)
         return cached
-    txn, version = _txn.next_txn(q, dbapi.sqlstream_txn_committed)
-    dbapi.sqlstream_txn, dbapi.sqlstream_txn_version = txn, version
+    txn = dbapi.sqlstream_txn = _txn.next_txn(q)
     return txn
