@@ -691,4 +691,6 @@ def blocking_in_transaction() -> InvalidArgument:
         "that the commit you wait for needs",
         hint="pass timeout=0 inside transactions; to wait for a subscription's records, "
         "call sub.wait(timeout) before the transaction opens",
+        # Only the Python API opens transactions: no command blocks inside one.
+        cli_hint="",
     )
