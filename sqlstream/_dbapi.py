@@ -36,6 +36,7 @@ from typing import Any
 import apsw
 
 from . import connection as cx
+from .checkpoint import checkpoint_mode, leave_checkpoints_out
 
 apilevel = "2.0"
 threadsafety = 1
@@ -179,6 +180,10 @@ class Connection:
             # the migrations; only then does this connection open it.
             _ensure_schema(path, timeout, synchronous)
             self.apsw = cx.connect(path, busy_timeout=timeout, synchronous=synchronous)
+            # $SQLSTREAM_CHECKPOINTS=external: Litestream (or another process) owns them.
+            self._checkpoints = checkpoint_mode(None) == "auto"
+            if not self._checkpoints:
+                leave_checkpoints_out(self.apsw)
         except apsw.Error as exc:
             raise _error(exc) from exc
         except Exception as exc:  # noqa: BLE001 - sqlstream's own errors, in PEP 249 terms
@@ -201,7 +206,7 @@ class Connection:
         # SQLite calls this after a commit that wrote, with the write lock released.
         callbacks, self._after_commit = self._after_commit, []
         self.sqlstream_txn = None
-        if pages >= AUTOCHECKPOINT_PAGES:  # a WAL hook replaces SQLite's autocheckpoint
+        if self._checkpoints and pages >= AUTOCHECKPOINT_PAGES:  # a WAL hook replaces SQLite's autocheckpoint
             with contextlib.suppress(apsw.Error):
                 conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
         for callback in callbacks:

@@ -311,6 +311,7 @@ class QueryBounds:
                     f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",
                     hint="select fewer rows or columns (substr() of large values), or raise max_bytes "
                     "(CLI: --max-bytes)",
+                    cli_hint="select fewer rows or columns (SQL substr(...) of large values), or raise --max-bytes",
                 )
             out.append(row)
         return out
@@ -360,6 +361,7 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -
         raise QueryTooLarge(
             f"the query built a string or blob larger than max_bytes={max_bytes:,} bytes",
             hint="select substr() of large values, or raise max_bytes (CLI: --max-bytes)",
+            cli_hint="select SQL substr(...) of large values, or raise --max-bytes",
         ) from exc
     finally:
         conn.set_progress_handler(None)

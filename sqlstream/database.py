@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 
 from . import connection as cx
+from .checkpoint import checkpoint_mode
 from . import consumer as _consumer
 from . import dedup as _dedup
 from . import lifetimes as _lifetimes
@@ -82,6 +83,8 @@ _STREAM_COLUMNS = (
 )
 
 _QUERY_HINT = "query() is read-only; use the API to change data"
+_BACKUP_EXISTS = "choose a new path, or pass overwrite=True"
+_BACKUP_EXISTS_CLI = "choose a new path, or pass --force to replace it"
 
 DEFAULT_QUERY_MAX_BYTES = 256 * 1024 * 1024
 """db.query()'s default bound on the bytes of a result (and of any one value in it)."""
@@ -107,6 +110,7 @@ def open(  # noqa: A001 - the public name is part of the design
     poll_interval: float | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     vfs: str | None = None,
+    checkpoints: str | None = None,
 ) -> Database:
     """Open (creating if needed) the sqlstream database at ``path``.
 
@@ -119,6 +123,10 @@ def open(  # noqa: A001 - the public name is part of the design
     ``max_record_bytes``: larger records are refused with ``PayloadTooLarge``.
     ``vfs``: the name of a registered SQLite VFS for sqlstream's own connections (None:
     SQLite's default); the fault-injection tests use one.
+    ``checkpoints``: ``"auto"`` (sqlstream checkpoints the WAL in the background and at the
+    last close) or ``"external"`` (never: another process such as Litestream owns the
+    checkpoints; see ``sqlstream.checkpoint``); None takes ``$SQLSTREAM_CHECKPOINTS``, else
+    ``"auto"``.
 
     ``path=":memory:"``: a new private temporary file, deleted when this Database closes
     (WAL needs a file); other Databases and processes may open it by ``db.path`` meanwhile.
@@ -136,6 +144,7 @@ def open(  # noqa: A001 - the public name is part of the design
         poll_interval=poll_interval,
         max_record_bytes=max_record_bytes,
         vfs=vfs,
+        checkpoints=checkpoints,
     )
 
 
@@ -158,6 +167,7 @@ class Database:
         poll_interval: float | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         vfs: str | None = None,
+        checkpoints: str | None = None,
     ) -> None:
         try:
             path = os.fspath(path)
@@ -180,6 +190,7 @@ class Database:
         _validation.check_count(max_record_bytes, "max_record_bytes", maximum=1_000_000_000)
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
+        checkpoints = checkpoint_mode(checkpoints)
         self._memory_dir: str | None = None
         if path == ":memory:":
             path = self._memory_file(readonly, create)
@@ -194,11 +205,14 @@ class Database:
         self._options = dict(
             readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
+        self.checkpoints = checkpoints
         # Connections, the write scope, snapshots, waiting and the clock (sqlstream.engine).
         self.engine = Engine(
             self.path, readonly=readonly, create=create, synchronous=synchronous, busy_timeout=self.busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -583,7 +597,7 @@ class Database:
         except (apsw.AuthError, apsw.ReadOnlyError, apsw.ExecTraceAbort) as exc:
             what = guard.denied or "writing"
             raise ReadOnlyDatabase(
-                f"query() is read-only: {what} is not allowed", hint=_QUERY_HINT
+                f"read-only query: {what} is not allowed", hint=_QUERY_HINT
             ) from exc
         except apsw.Error as exc:
             raise convert(exc) from exc
@@ -633,7 +647,7 @@ class Database:
                 if os.path.samefile(dest, self.path):
                     raise InvalidArgument(f"cannot back {self.path} up onto itself")
             if not overwrite:
-                raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True")
+                raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI)
             if not os.path.isfile(dest) or os.path.islink(dest):
                 raise InvalidArgument(f"{dest} is not a regular file; refusing to replace it")
             if os.path.exists(dest + "-wal"):
@@ -683,7 +697,7 @@ class Database:
                 os.unlink(tmp)
             _fsync_dir(directory)
         except FileExistsError:
-            raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True") from None
+            raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI) from None
         except OSError as exc:
             raise DatabaseError(f"cannot write the backup {dest}: {exc.strerror}",
                                 hint="check that the directory exists and is writable") from exc

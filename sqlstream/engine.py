@@ -45,7 +45,7 @@ from . import connection as cx
 from . import retention as _retention
 from . import txn as _txn
 from . import writesecrets as _writesecrets
-from .checkpoint import install_wal_hook
+from .checkpoint import install_wal_hook, leave_checkpoints_out
 from .errors import (
     AccessDenied,
     ConcurrencyError,
@@ -100,8 +100,10 @@ class Engine:
         poll_interval: float | None,
         max_record_bytes: int,
         vfs: str | None,
+        checkpoints: str = "auto",
     ) -> None:
         self.path = path
+        self.checkpoints = checkpoints  # "auto" or "external" (checkpoint.py)
         self.readonly = readonly
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
@@ -129,7 +131,8 @@ class Engine:
             exists = cx.check_file_type(self.path)
             if not exists:
                 if readonly or not create:
-                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True",
+                                        cli_hint="check the path (--db); `sqlstream create NAME` makes a new file")
                 try:
                     cx.create_private_file(self.path)
                 except OSError as exc:
@@ -234,13 +237,16 @@ class Engine:
 
     def connect(self, *, readonly: bool = True) -> apsw.Connection:
         """A new connection of the caller's own (with sqlstream's settings); the caller closes it."""
-        return cx.connect(
+        conn = cx.connect(
             self.path,
             readonly=readonly,
             busy_timeout=self.busy_timeout,
             synchronous=self.synchronous,
             vfs=self.vfs,
         )
+        if self.checkpoints == "external":
+            leave_checkpoints_out(conn)
+        return conn
 
     def write_conn(self) -> apsw.Connection:
         """The write connection (opened on first use). Write through :meth:`write` only;
@@ -252,7 +258,8 @@ class Engine:
             with self._open_lock:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
-                    install_wal_hook(conn, self.notifier.checkpointer)
+                    if self.checkpoints == "auto":
+                        install_wal_hook(conn, self.notifier.checkpointer)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
@@ -312,8 +319,9 @@ class Engine:
         closed ``.db`` is then self-contained and can be copied alone. That needs no other
         process to hold the file open; if one does, the WAL is still checkpointed and
         truncated when no reader pins it, else SQLite's usual rules apply (the last
-        connection anywhere to close does it). A read-only Database that closes last
-        checkpoints only if a writable one in this process closed before it.
+        connection anywhere to close does it). A read-only Database that closes last does
+        the same when the file is writable to this process (no record changes: the WAL
+        holds only what others committed), so reading leaves no ``-wal``/``-shm`` behind.
         """
         if self._closed:
             return
@@ -342,11 +350,16 @@ class Engine:
             # write connection below still holds them.
             with _init_lock(self.path):
                 last = notifier.detach(wrote=wconn is not None)
-                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
+                # A read-only connection creates -wal and -shm but may not delete them at
+                # its close; a write connection, closed last, checkpoints (nothing, if no
+                # one wrote) and deletes them, so reading leaves one .db as it found it.
+                owed = notifier.checkpoint_owed or os.path.exists(self.path + "-wal")
+                ours = self.checkpoints == "auto"  # "external": another process checkpoints
+                if last and wconn is None and owed and ours and os.access(self.path, os.W_OK):
                     with contextlib.suppress(SqlstreamError, apsw.Error):
                         wconn = self.connect(readonly=False)
                 if wconn is not None:
-                    if last:
+                    if last and ours:
                         _checkpoint_on_close(wconn)
                     with contextlib.suppress(apsw.Error):
                         wconn.close(True)
@@ -678,4 +691,6 @@ def blocking_in_transaction() -> InvalidArgument:
         "that the commit you wait for needs",
         hint="pass timeout=0 inside transactions; to wait for a subscription's records, "
         "call sub.wait(timeout) before the transaction opens",
+        # Only the Python API opens transactions: no command blocks inside one.
+        cli_hint="",
     )

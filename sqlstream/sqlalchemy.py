@@ -303,6 +303,57 @@ stream_lifetimes = Table(
     Column("fork_offset", INTEGER),
     Column("deleted_at", INTEGER),
     Index("stream_lifetimes_by_source", "source", sqlite_where=text("source IS NOT NULL")),
+# The Kafka-protocol listener's state (version 12, sqlstream.kafka).
+kafka_topics = Table(
+    "kafka_topics", metadata,
+    Column("name", TEXT, primary_key=True),
+    Column("partitions", INTEGER, nullable=False),
+    Column("first_stream", TEXT, nullable=False),
+    Column("topic_id", BLOB, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+kafka_batches = Table(
+    "kafka_batches", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    *(Column(name, INTEGER, nullable=False) for name in (
+        "base_offset", "last_offset", "base_timestamp", "max_timestamp", "running_max")),
+    Column("timestamps", TEXT),
+    Column("extras", TEXT),
+    PrimaryKeyConstraint("stream_id", "base_offset"),
+    Index("kafka_batches_by_time", "stream_id", "running_max"),
+    sqlite_with_rowid=False,
+)
+
+kafka_producers = Table(
+    "kafka_producers", metadata,
+    Column("producer_id", INTEGER, primary_key=True),
+    Column("epoch", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+)
+
+kafka_producer_state = Table(
+    "kafka_producer_state", metadata,
+    Column("producer_id", INTEGER, nullable=False),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("epoch", INTEGER, nullable=False),
+    Column("batches", TEXT, nullable=False),
+    PrimaryKeyConstraint("producer_id", "stream_id"),
+    sqlite_with_rowid=False,
+)
+
+kafka_group_offsets = Table(
+    "kafka_group_offsets", metadata,
+    Column("group_id", TEXT, nullable=False),
+    Column("topic", TEXT, nullable=False),
+    Column("partition", INTEGER, nullable=False),
+    Column("offset", INTEGER, nullable=False),
+    Column("leader_epoch", INTEGER),
+    Column("metadata", TEXT),
+    Column("committed_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
+    sqlite_with_rowid=False,
 )
 
 views = MetaData()
@@ -343,6 +394,13 @@ pending_deliveries = Table(
 )
 
 last_txn = Table("last_txn", views, Column("txn"))
+
+kafka_consumer_offsets = Table(
+    "kafka_consumer_offsets", views,
+    *(Column(name) for name in (
+        "group_id", "topic", "partition", "stream", "offset", "lag", "metadata", "committed",
+    )),
+)
 
 streams_now = Table(
     "streams_now", views,

@@ -784,6 +784,7 @@ class Subscription:
             raise InvalidArgument(
                 "seek takes an offset or at= (a time), exactly one of them",
                 hint="sub.seek(120) or sub.seek(at=time.time() - 3600)",
+                cli_hint="sqlstream seek SUBSCRIPTION 120, or sqlstream seek SUBSCRIPTION --at 2026-01-01T00:00:00",
             )
         offset: int | None = None
         if position is not None:
@@ -802,7 +803,8 @@ class Subscription:
         """
         if not (isinstance(where, str) and where in ("earliest", "latest")):
             raise InvalidArgument(
-                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset"
+                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset",
+                cli_hint="use `sqlstream seek SUBSCRIPTION OFFSET` for an offset"
             )
         with self.db.engine.write() as conn:
             _, _, first, nxt = self._stream_state(conn)
@@ -997,6 +999,7 @@ class Subscription:
                 raise InvalidArgument(
                     f"subscription {self.name!r} has no dead-letter stream",
                     hint="set one with sub.configure(max_deliveries=..., dead_letter=...)",
+                    cli_hint="set one with `sqlstream configure SUBSCRIPTION --max-deliveries N --dead-letter STREAM`",
                 )
             found = _q(conn, "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (dead_letter,))
             if not found:
@@ -1240,6 +1243,7 @@ def check_ordering(value: object) -> str:
     raise InvalidArgument(
         f"ordering must be None, 'none' or 'key', not {show(value)}",
         hint="ordering='key' delivers each key's records one at a time, in offset order",
+        cli_hint="--ordering key delivers each key's records one at a time, in offset order",
     )
 
 

@@ -103,22 +103,38 @@ def test_py_typed_shipped() -> None:
 
 
 def test_quickstart_example_runs(tmp_path: Path) -> None:
-    """The README's first quickstart command runs the example end to end on a local file."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "blocked reader woke" in out.stdout
-    assert "finished=True" in out.stdout
-    assert (tmp_path / "quickstart.db").exists()
-    # Running it again on the same file works too (exist_ok streams, new byte log).
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert again.returncode == 0, again.stderr
+    """The README's first quickstart command runs the example end to end, on a new file in a
+    temporary directory each run (issue 20, item 6): nothing lands in the working directory,
+    and a second run tells the same story on its own new file."""
+    work, tmp = tmp_path / "checkout", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+            cwd=work, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "blocked reader woke" in out.stdout
+        assert "finished=True" in out.stdout
+        runs.append(out.stdout)
+    assert list(work.iterdir()) == []  # nothing written into the checkout
+    paths = [Path(run.splitlines()[0].removeprefix("database: ")) for run in runs]
+    assert paths[0] != paths[1] and all(p.exists() and p.parent.parent == tmp for p in paths)
+    import sqlstream  # noqa: PLC0415
+
+    def streams(path: Path) -> list[tuple[str, int]]:
+        with sqlstream.open(str(path), readonly=True) as db:
+            return [(i.name, i.next_offset) for i in db.streams()]
+
+    assert streams(paths[0]) == streams(paths[1])  # the same state: no new stream per run
+    # A named file is made new too: an existing one is refused, never added to.
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(paths[0])],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert streams(paths[0]) == streams(paths[1])
 
 
 # Build droppings and local state a copy of the tree leaves out.

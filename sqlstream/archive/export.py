@@ -857,7 +857,8 @@ def export_status(db: Database, name: str) -> ExportStatus:
     with db.engine.snapshot() as conn:
         rows = cx.rows(conn, "SELECT id, directory FROM exports WHERE name = ?", (name,))
         if not rows:
-            raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first")
+            raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first",
+                                  cli_hint="run `sqlstream export STREAM --dir DIR --name NAME` first")
         export_id, directory = rows[0]
         streams = {
             n: (e, d) for n, e, d in cx.rows(

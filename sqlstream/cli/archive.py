@@ -27,7 +27,7 @@ from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
 from ..archive.importing import ImportResult, import_archives
 from ..errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
 from ..streaming.file import decode_data, decode_meta, read_file
-from .args import CommandFactory, HelpFormatter, db_path, open_db
+from .args import CommandFactory, HelpFormatter, db_path, open_db, strict_float, strict_int
 from .output import CliError, dump, isatty, progress_bar, render_table, report_error
 
 
@@ -307,11 +307,8 @@ def cmd_block_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
+    value = strict_float(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
     return value
 
@@ -353,7 +350,7 @@ def register(command: CommandFactory) -> None:
                    help="upload archives: filesystem:DIR, sqlite:DB, s3://BUCKET/PREFIX or JSON")
     p.add_argument("--storage-prefix", default="", metavar="P", help="object path prefix in --storage")
     p.add_argument("--follow", action="store_true", help="keep exporting as records arrive")
-    p.add_argument("--format-version", type=int, choices=[1, 2], default=2,
+    p.add_argument("--format-version", type=strict_int, choices=[1, 2], default=2,
                    help="archive record format (1: shoebox-compatible, no checksums)")
     p.add_argument("--trim", action="store_true", help="afterwards, delete the exported records from the streams")
 

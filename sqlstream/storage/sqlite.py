@@ -339,7 +339,8 @@ class SqliteDriver(StorageDriver):
         with self.db.engine.write() as conn:
             found = self._object(conn, src)
             if found is None:
-                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
+                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()",
+                                     cli_hint="check the object path")
             if src == dst:
                 return
             self._check_tree(conn, dst)

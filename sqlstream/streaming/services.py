@@ -100,6 +100,10 @@ class Service(ABC):
     #: A self-paced service is not fed blocks: the runner calls :meth:`run_paced` in a
     #: thread of its own, and the service keeps (and mirrors) its own progress.
     SELF_PACED: ClassVar[bool] = False
+    #: A self-paced service that ``Runner.stop()`` lets finish what was committed before it
+    #: (a last ``once`` pass). False for services whose output is remote (the JetStream
+    #: relays): a stop never waits on a server; their durable cursor resumes next run.
+    DRAINS_ON_STOP: ClassVar[bool] = True
     #: What the run counts for this service (``serve --once`` prints it).
     UNIT: ClassVar[str] = "block(s)"
 
