@@ -303,6 +303,8 @@ stream_lifetimes = Table(
     Column("fork_offset", INTEGER),
     Column("deleted_at", INTEGER),
     Index("stream_lifetimes_by_source", "source", sqlite_where=text("source IS NOT NULL")),
+)
+
 # The Kafka-protocol listener's state (version 12, sqlstream.kafka).
 kafka_topics = Table(
     "kafka_topics", metadata,
