@@ -279,6 +279,11 @@ def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str 
     return conn, guard
 
 
+#: What the smallest value (NULL, a number, an empty or short string or blob) counts
+#: towards a query's ``max_bytes``: about the reference a result row holds to it.
+VALUE_MIN_BYTES = 8
+
+
 class QueryBounds:
     """The result-size side of :func:`query_bounds`: what :meth:`fetch` may return."""
 
@@ -288,8 +293,11 @@ class QueryBounds:
     def fetch(self, cursor: apsw.Cursor, max_rows: int | None) -> list[tuple[Any, ...]]:
         """Every row of ``cursor``, or ``QueryTooLarge`` past ``max_rows`` rows or ``max_bytes``.
 
-        A value counts its bytes (str as UTF-8), any other value 8; the rows are read one
-        at a time, so a refused result is never held whole.
+        A value counts its bytes (str as UTF-8), at least ``VALUE_MIN_BYTES``; any other
+        value counts ``VALUE_MIN_BYTES``. The floor is what keeps the bound a bound: an
+        empty string or blob still takes memory in the result, and counted as 0 bytes an
+        endless query of ``''`` would be held without limit. The rows are read one at a
+        time, so a refused result is never held whole.
         """
         out: list[tuple[Any, ...]] = []
         total = 0
@@ -301,11 +309,12 @@ class QueryBounds:
                 )
             for value in row:
                 if isinstance(value, str):
-                    total += len(value.encode("utf-8", "surrogatepass"))
+                    size = len(value.encode("utf-8", "surrogatepass"))
                 elif isinstance(value, bytes):
-                    total += len(value)
+                    size = len(value)
                 else:
-                    total += 8
+                    size = 0
+                total += max(size, VALUE_MIN_BYTES)
             if total > self.max_bytes:
                 raise QueryTooLarge(
                     f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",

@@ -537,7 +537,8 @@ class Database:
         Bounds (see :func:`sqlstream.connection.query_bounds`): ``timeout`` seconds of
         running (None: no limit; the CLI's ``sqlstream sql`` sets one by default), then
         ``QueryTimeout``; more than ``max_rows`` rows (None: no limit) or ``max_bytes``
-        bytes of values in the result, or any one string or blob built on the way longer
+        bytes of values in the result (each value counts at least 8, so rows of empty
+        strings are bounded too), or any one string or blob built on the way longer
         than ``max_bytes``, ``QueryTooLarge``. Either way nothing is returned, and other
         connections were never blocked (the query only reads).
         """

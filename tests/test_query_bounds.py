@@ -75,14 +75,28 @@ def test_max_rows_is_exact(db: sqlstream.Database) -> None:
 
 
 def test_max_bytes_bounds_the_whole_result(db: sqlstream.Database) -> None:
-    ten = "SELECT 'abcd' FROM (" + rows(10) + ")"  # 10 rows of 4 bytes
-    assert len(db.query(ten, max_bytes=40).rows) == 10
+    ten = "SELECT 'abcdefgh' FROM (" + rows(10) + ")"  # 10 rows of 8 bytes
+    assert len(db.query(ten, max_bytes=80).rows) == 10
     with pytest.raises(QueryTooLarge, match="result"):
-        db.query(ten, max_bytes=39)
+        db.query(ten, max_bytes=79)
     with pytest.raises(QueryTooLarge):
         db.query("SELECT '€€' FROM (" + rows(10) + ")", max_bytes=59)  # UTF-8 bytes, not characters
     with pytest.raises(QueryTooLarge):
         db.query(ENDLESS_ROWS, max_bytes=10_000)
+
+
+@pytest.mark.parametrize("value", ["''", "x''", "NULL", "0", "'a'"])
+def test_max_bytes_bounds_a_result_of_empty_or_tiny_values(db: sqlstream.Database, value: str) -> None:
+    """An endless result of empty strings or blobs is refused like any other: each value
+    counts at least 8 bytes (it takes memory however short it is). Counted as 0, rows of
+    '' never reached max_bytes and were held until memory ran out."""
+    # (Finite here, so that a bound that does not work fails the test rather than filling memory.)
+    with pytest.raises(QueryTooLarge, match="max_bytes=1,000"):
+        db.query(f"SELECT {value}, {value} FROM (" + rows(100_000) + ")", max_bytes=1000)
+    # Exactly at the bound: 62 rows of two values fit in 1,000 bytes, 63 do not.
+    assert len(db.query(f"SELECT {value}, {value} FROM (" + rows(62) + ")", max_bytes=1000).rows) == 62
+    with pytest.raises(QueryTooLarge):
+        db.query(f"SELECT {value}, {value} FROM (" + rows(63) + ")", max_bytes=1000)
 
 
 @pytest.mark.parametrize(
