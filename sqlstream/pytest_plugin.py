@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .database import Database, open as _open
+from .errors import InvalidArgument
 from .testing import FakeClock
 
 if TYPE_CHECKING:
@@ -49,9 +50,14 @@ class SqlstreamFactory:
 
     def __call__(self, name: str = "test", **options: Any) -> Database:
         """Open (creating) ``<tmp_path>/sqlstream/<name>.db`` with ``sqlstream.open``'s
-        options. The same name twice gives two Database objects on one file."""
+        options. The same name twice gives two Database objects on one file.
+
+        ``name`` is a plain file name part: a path (``"../x"``, ``"/abs"``, ``"a/b"``)
+        would open a file outside the test's folder, shared with other tests and never
+        cleaned up, so it raises :class:`~sqlstream.errors.InvalidArgument`."""
+        path = self.path_of(name)
         self.directory.mkdir(exist_ok=True)
-        db = _open(self.directory / f"{name}.db", **options)
+        db = _open(path, **options)
         if self.clock is not None:
             self.clock.install(db)
         self._opened.append(db)
@@ -63,13 +69,41 @@ class SqlstreamFactory:
         Closing it in the test is optional: teardown closes and checks it."""
         from . import aio  # only async tests pay for importing asyncio
 
+        path = self.path_of(name)
         self.directory.mkdir(exist_ok=True)
-        adb = await aio.open(self.directory / f"{name}.db", **options)
+        adb = await aio.open(path, **options)
         if self.clock is not None:
             self.clock.install(adb.sync)
         self._opened.append(adb.sync)
         self._opened_async.append(adb)
         return adb
+
+    def path_of(self, name: object) -> Path:
+        """``<directory>/<name>.db``; InvalidArgument unless ``name`` is a plain file name part."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"a database name is a str, not {type(name).__name__}",
+                                  hint='e.g. sqlstream_factory("other")')
+        separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+        problem = None
+        if name in ("", ".", "..") or any(sep in name for sep in separators) or os.path.isabs(name):
+            problem = "is a path, not a plain name"
+        elif "\x00" in name:
+            problem = "contains a NUL character"
+        else:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                problem = "is not valid Unicode (a lone surrogate)"
+        if problem is None and os.path.dirname(os.path.join(self.directory, f"{name}.db")) != str(self.directory):
+            problem = "does not stay in the test's folder"  # e.g. a drive letter on Windows
+        if problem is not None:
+            raise InvalidArgument(
+                f"database name {name!r} {problem}: the factory opens files only in the test's own folder "
+                f"({self.directory})"[:400],
+                hint='use a plain name such as sqlstream_factory("other"); for a file elsewhere, '
+                     "call sqlstream.open(path) yourself",
+            )
+        return self.directory / f"{name}.db"
 
     def use_clock(self, clock: FakeClock) -> None:
         """Install ``clock`` on every database opened so far and from now on."""
