@@ -15,7 +15,7 @@ import random
 import re
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, cast
 from functools import lru_cache
 from importlib import resources
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
 from .errors import (
-    CorruptDatabase, DatabaseError, InvalidArgument, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
+    CorruptDatabase, DatabaseError, InvalidArgument, QueryCancelled, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
 )
 from .writesecrets import hash_secret
 
@@ -333,7 +333,8 @@ QUERY_CHECK_STEPS = 1000
 
 
 @contextlib.contextmanager
-def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -> Iterator[QueryBounds]:
+def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int,
+                 stop: Callable[[], bool] | None = None) -> Iterator[QueryBounds]:
     """Bound what a query on ``conn`` may take while the block runs.
 
     Time: a progress handler interrupts SQLite after ``timeout`` seconds (checked every
@@ -344,21 +345,28 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -
     allocating it, raising ``QueryTooLarge``; the rows themselves are counted by the
     returned :class:`QueryBounds`. After the block the connection's previous length limit
     is back and it has no progress handler (the query connection uses none otherwise).
+    ``stop``, if given, is called by the same handler: True ends the query with
+    ``QueryCancelled`` (how a cancelled ``sqlstream.aio`` call frees its worker thread).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
+    stopped = False
 
     def progress() -> bool:
-        nonlocal timed_out
+        nonlocal timed_out, stopped
         if deadline is not None and time.monotonic() >= deadline:
             timed_out = True
-        return timed_out  # True interrupts the statement
+        if stop is not None and not timed_out and stop():
+            stopped = True
+        return timed_out or stopped  # True interrupts the statement
 
     previous = conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
-    conn.set_progress_handler(progress if deadline is not None else None, QUERY_CHECK_STEPS)
+    conn.set_progress_handler(progress if deadline is not None or stop is not None else None, QUERY_CHECK_STEPS)
     try:
         yield QueryBounds(max_bytes)
     except apsw.InterruptError as exc:
+        if stopped:
+            raise QueryCancelled("the query was stopped by its caller") from exc
         if not timed_out:
             raise
         raise QueryTimeout(

@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
@@ -523,6 +523,7 @@ class Database:
         timeout: float | None = None,
         max_rows: int | None = None,
         max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+        stop: Callable[[], bool] | None = None,
     ) -> QueryResult:
         """Run one read-only SQL statement and return its columns and rows.
 
@@ -541,6 +542,10 @@ class Database:
         strings are bounded too), or any one string or blob built on the way longer
         than ``max_bytes``, ``QueryTooLarge``. Either way nothing is returned, and other
         connections were never blocked (the query only reads).
+
+        ``stop``: a callable checked as often as the timeout (from the calling thread);
+        when it returns True the query ends with ``QueryCancelled``. ``sqlstream.aio``
+        uses it so that a cancelled ``query()`` frees the worker thread.
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
@@ -548,12 +553,14 @@ class Database:
             timeout = _validation.check_seconds(timeout, "timeout", positive=True)
         _validation.check_count(max_rows, "max_rows", optional=True)
         _validation.check_count(max_bytes, "max_bytes", maximum=cx.MAX_QUERY_BYTES)
+        if stop is not None and not callable(stop):
+            raise InvalidArgument("stop must be a callable returning a bool, or None")
         self.engine.check_process()
         if self.in_transaction():
             raise InvalidArgument("db.query() is for reads outside transactions")
         conn, guard = self.engine.query_conn()
         try:
-            with cx.query_bounds(conn, timeout, max_bytes) as bounds:
+            with cx.query_bounds(conn, timeout, max_bytes, stop) as bounds:
                 conn.execute("BEGIN")
                 try:
                     guard.user, guard.denied = True, None

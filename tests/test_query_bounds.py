@@ -197,3 +197,48 @@ def test_the_asyncio_face_takes_the_same_bounds(db_path: str) -> None:
     import asyncio
 
     asyncio.run(_aio_bounds(db_path))
+
+
+async def _cancelled_query_frees_the_worker(path: str) -> None:
+    import asyncio
+
+    from sqlstream import aio
+
+    adb = await aio.open(path)
+    task = asyncio.ensure_future(adb.query(ENDLESS))  # no timeout: runs until stopped
+    await asyncio.sleep(0.05)  # let the worker start it (either way it must not run on)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The worker is free again: before, the endless query held it for ever, and this call
+    # (like every later call, and close()) never returned. 60 s is only a hang guard; when
+    # it fires, close() is not called (it would hang too).
+    try:
+        result = await asyncio.wait_for(adb.query("SELECT 1"), 60)
+    except asyncio.TimeoutError:
+        pytest.fail("the cancelled query still holds the asyncio worker")
+    await adb.close()
+    assert result.rows == [(1,)]
+
+
+def test_a_cancelled_asyncio_query_stops_on_the_worker(db_path: str) -> None:
+    import asyncio
+
+    asyncio.run(_cancelled_query_frees_the_worker(db_path))
+
+
+def test_stop_ends_a_query_with_query_cancelled(db: sqlstream.Database) -> None:
+    from sqlstream.errors import QueryCancelled
+
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(QueryCancelled):
+        db.query(ENDLESS, stop=stop)
+    assert len(calls) == 3
+    assert db.query("SELECT 1", stop=lambda: False).rows == [(1,)]
+    with pytest.raises(InvalidArgument):
+        db.query("SELECT 1", stop="no")  # type: ignore[arg-type]
