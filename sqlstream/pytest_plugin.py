@@ -3,6 +3,9 @@
 ``sqlstream_db``: a fresh database file under the test's ``tmp_path``. ``sqlstream_factory``:
 opens more (``sqlstream_factory("other")``). ``sqlstream_clock``: a
 :class:`~sqlstream.testing.FakeClock` installed on every database the factory opens.
+``sqlstream_kafka``: a Kafka-protocol listener on a fresh file, on a free loopback port
+(its ``bootstrap_servers`` for any Kafka client, its ``path`` for ``sqlstream.open``);
+needs the ``kafka`` extra (the test is skipped without it).
 
 At teardown every database the factory opened is closed, then each file is reopened
 read-only and verified with ``check()``: a test that left a file with a broken invariant
@@ -162,3 +165,31 @@ def sqlstream_clock(sqlstream_factory: SqlstreamFactory) -> FakeClock:
     clock = FakeClock()
     sqlstream_factory.use_clock(clock)
     return clock
+
+
+@pytest.fixture
+def sqlstream_kafka(tmp_path: Path) -> Iterator[Any]:
+    """A Kafka listener on ``<tmp_path>/sqlstream/kafka.db`` (a free 127.0.0.1 port).
+
+    Yields a :class:`sqlstream.kafka.RunningListener`: ``.bootstrap_servers`` for Kafka
+    clients, ``.path`` for the file. Stopped at teardown, then the file is ``check()``ed.
+    """
+    try:
+        # The listener's dependencies are an optional extra: only this fixture needs them.
+        from . import kafka
+    except ImportError as exc:
+        pytest.skip(f"sqlstream_kafka needs the kafka extra (pip install 'sqlstream[kafka]'): {exc}")
+    directory = tmp_path / "sqlstream"
+    directory.mkdir(exist_ok=True)
+    path = directory / "kafka.db"
+    running = kafka.start(path, kafka.Settings(port=0))
+    try:
+        yield running
+    finally:
+        running.close()
+    with _open(path, readonly=True) as db:
+        report = db.check()
+    problems = [str(p) for p in (*report.integrity, *report.problems)]
+    if problems:
+        pytest.fail("sqlstream check() found broken invariants after the test:\n" + "\n".join(problems),
+                    pytrace=False)
