@@ -671,8 +671,8 @@ class Database:
     ) -> ExportResult:
         """Export streams to rolled archive files, incrementally and resumably.
 
-        A thin delegation to :func:`sqlstream.export.export`, which documents the
-        options; returns its :class:`~sqlstream.export.ExportResult`.
+        A thin delegation to :func:`sqlstream.archive.export.export`, which documents the
+        options; returns its :class:`~sqlstream.archive.export.ExportResult`.
         """
         # Imported here, not at the top: ``import sqlstream`` (every worker process's
         # start-up) should not pay for loading the archive wing and the storage drivers.

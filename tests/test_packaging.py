@@ -72,7 +72,7 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     script = (
         "import sqlstream, pathlib\n"
         f"assert sqlstream.__file__.startswith({str(env_dir)!r}), sqlstream.__file__\n"
-        "import sqlstream.archive, sqlstream.cli, sqlstream.rolling  # subpackages are in the wheel\n"
+        "import sqlstream.archive.rolling, sqlstream.cli  # subpackages are in the wheel\n"
         "db = sqlstream.open('fresh.db')\n"
         "s = db.create_stream('s')\n"
         "assert s.append(b'x') == 0\n"

@@ -20,7 +20,7 @@ import pytest
 import sqlstream
 from sqlstream import wakeup
 from sqlstream.archive import import_archives
-from sqlstream.export import trim_exported
+from sqlstream.archive.export import trim_exported
 from sqlstream.storage.sqlite import SqliteDriver
 
 WAKE_BOUND = 0.5  # seconds from the write returning to the waiter checking again
