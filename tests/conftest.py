@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,23 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+# A memory address in a test id ("<object object at 0x7f...>", a function's repr): it differs
+# from one process to the next, so pytest-xdist's workers collect different test ids and
+# the run stops before any test ran.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse unstable test ids at collection, in serial runs too, with the fix named."""
+    unstable = [item.nodeid for item in items if _ADDRESS.search(item.nodeid)]
+    if unstable:
+        raise pytest.UsageError(
+            "test ids must be the same in every process (pytest-xdist compares them), but these hold a "
+            "memory address; give the parametrization ids= (strings, or a function that renders the "
+            "value without its address):\n  " + "\n  ".join(unstable)
+        )
 
 
 @pytest.fixture
