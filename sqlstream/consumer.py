@@ -11,7 +11,6 @@ hand, then return.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import socket
 import threading
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument, LockTimeout
+from .logs import LazyLogger
 from .records import check_name
 from .subscriptions import Batch, Subscription
 from .validation import check_count, check_seconds, check_timeout
@@ -26,7 +26,7 @@ from .validation import check_count, check_seconds, check_timeout
 if TYPE_CHECKING:
     from .database import Database
 
-log = logging.getLogger("sqlstream.consumer")
+log = LazyLogger("sqlstream.consumer")
 
 Handler = Callable[[Batch], object]
 """``handler(batch)``: process a :class:`Batch` of records; return to ack, raise to nack."""

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 from ..database import open as open_database
 from ..errors import SchemaVersionError
-from ..streaming import Runner, Store, load_config
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
 
@@ -49,6 +48,10 @@ def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    # The streaming package is imported by the command that runs it, not by every
+    # `sqlstream` invocation (start-up time; tests/test_startup.py).
+    from ..streaming import Runner, load_config
+
     config = load_config(args.config)
     path = _database_path(args, config.db)
     if not os.path.exists(path):
@@ -118,6 +121,8 @@ def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[s
 
 
 def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    from ..streaming import Store  # see cmd_serve
+
     store = Store(db) if db is not None else None
     known = {c.service: c for c in store.cursors()} if store is not None else {}
     head = store.head() if store is not None else 0
