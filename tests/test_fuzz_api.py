@@ -36,7 +36,7 @@ import sqlstream
 from sqlstream import errors
 from sqlstream.validation import show
 
-CALL_LIMIT = 10.0  # seconds any one call may take (they wait at most 0.1 s)
+CALL_LIMIT = 60.0  # a hang guard: the calls wait at most 0.1 s; more is a hang, not slowness
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 
 
@@ -164,7 +164,6 @@ def test_hostile_api_calls_raise_only_sqlstream_errors_never_hang_and_refusals_c
             call, strategies = ops[name]
             args = [data.draw(strategy, label=f"{name} arg {i}") for i, strategy in enumerate(strategies)]
             before = snapshot(path)
-            started = time.monotonic()
             future = worker.submit(call, *args)
             try:
                 future.result(timeout=CALL_LIMIT)
@@ -178,6 +177,5 @@ def test_hostile_api_calls_raise_only_sqlstream_errors_never_hang_and_refusals_c
                 raise AssertionError(
                     f"{name}{show(tuple(args))} raised a raw {type(exc).__name__}: {exc}"
                 ) from exc
-            assert time.monotonic() - started < CALL_LIMIT
     finally:
         db.close()
