@@ -46,6 +46,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _child_bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Child interpreters (the CLI, helper processes) reuse compiled byte code.
+
+    Where writing byte code is turned off (PYTHONDONTWRITEBYTECODE, as in some CI images),
+    every child process the suite starts compiled sqlstream from source again: a tenth
+    of a second of CPU each, hundreds of times. The children get a byte-code cache of
+    their own instead, in the session's temporary directory (shared by the xdist workers,
+    never in the checkout), so each module is compiled once per run. Where byte code is
+    written as usual, nothing changes.
+    """
+    if not sys.flags.dont_write_bytecode or "PYTHONPYCACHEPREFIX" in os.environ:
+        yield
+        return
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        if saved is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = saved
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.db")

@@ -307,9 +307,15 @@ def test_forward_exactly_once_with_serve_sigkilled_at_random_points(tmp_path: Pa
     resends = 0
     try:
         for _ in range(4):
+            before = progress(db)[0]
             proc = subprocess.Popen(serve_cmd(db.path, config), env=env(), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            time.sleep(rnd.uniform(0.7, 1.4))
+            # Kill it while it forwards: once its cursor has moved (however long a loaded
+            # machine takes to start it), at a random point after that.
+            deadline = time.monotonic() + 60  # a hang guard
+            while progress(db)[0] == before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rnd.uniform(0.0, 0.6))
             proc.kill()
             proc.wait()
             # Records JetStream holds beyond the cursor: the next start resends them.
