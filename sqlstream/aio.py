@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 from . import database as _database
-from .database import Database, QueryResult
+from .database import DEFAULT_QUERY_MAX_BYTES, Database, QueryResult
 from .errors import DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
 from .readers import Reader, ReaderInfo
@@ -528,8 +528,14 @@ class AsyncDatabase:
     async def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self._call(self.sync.trim, stream, before_offset, force=force)
 
-    async def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
-        return await self._call(self.sync.query, sql, params)
+    async def query(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None,
+        max_rows: int | None = None, max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+    ) -> QueryResult:
+        """``Database.query`` (same bounds and errors). A cancelled call does not stop the
+        query on the worker: ``timeout`` does."""
+        return await self._call(self.sync.query, sql, params, timeout=timeout, max_rows=max_rows,
+                                max_bytes=max_bytes)
 
     # ----------------------------------------------------------------- subscriptions, readers
 

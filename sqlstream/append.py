@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, overload
 
-from . import dedup as _dedup, retention as _retention
+from . import dedup as _dedup, retention as _retention, writesecrets as _writesecrets
 from .connection import Query
 from .errors import (
     AccessDenied, ConcurrencyError, PayloadTooLarge, SqlstreamError, StreamNotFound, StreamSealed,
@@ -67,7 +67,7 @@ SELECT s.id,
        max(s.next_offset, coalesce((SELECT l.offset + 1 {_LAST}), 0)),
        max(s.byte_length, coalesce((SELECT l.position + octet_length(l.data) {_LAST}), 0)),
        coalesce((SELECT max(coalesce(s.last_append_at, l.timestamp), l.timestamp) {_LAST}), s.last_append_at),
-       s.sealed_at, s.write_secret, s.trim_offset, s.trim_bytes, s.trim_time
+       s.sealed_at, s.write_secret_sha256, s.trim_offset, s.trim_bytes, s.trim_time
   FROM streams s WHERE s.name = ?
 """
 
@@ -156,7 +156,7 @@ def append_rows(
     if ids is None:
         return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps)
     found = q(_dedup.STREAM_SQL, (name,))
-    if not found or (found[0][4] is not None and found[0][4] != secret):
+    if not found or not _writesecrets.matches(found[0][4], secret):
         append_refused(q, name, secret, expect_offset)
     stream_id, next_offset, seconds, records, _ = found[0]
     known = _dedup.lookup(q, stream_id, next_offset, seconds, records, ids, now_us)
@@ -226,7 +226,8 @@ def renumber_empty(q: Query, stream_id: int, offset: int, position: int) -> None
 
 def append_refused(q: Query, name: str, secret: str | None, expect_offset: int | None) -> None:
     """Raise why the append is refused: not found, secret, sealed, or offset."""
-    rows = q("SELECT sealed_at, write_secret, next_offset FROM streams_now WHERE name = ?", (name,))
+    rows = q("SELECT sealed_at, (SELECT write_secret_sha256 FROM streams s WHERE s.id = n.id), next_offset "
+             "FROM streams_now n WHERE name = ?", (name,))
     if not rows:
         raise StreamNotFound(f"no stream named {name!r}", hint="create it with db.create_stream()")
     sealed_at, write_secret, next_offset = rows[0]
@@ -242,8 +243,9 @@ def _refusal(
     expect_offset: int | None,
 ) -> SqlstreamError | None:
     """The one rule for refusing an append to an existing stream, in order: its write
-    secret, its seal, ``expect_offset``; None when the append may go ahead."""
-    if write_secret is not None and write_secret != secret:
+    secret, its seal, ``expect_offset``; None when the append may go ahead.
+    ``write_secret`` is the stream's stored hash (``sqlstream.writesecrets``)."""
+    if not _writesecrets.matches(write_secret, secret):
         return AccessDenied(
             f"stream {name!r} takes appends only through its write secret",
             hint="use db.writer(secret) or the handle create_stream() returned",

@@ -9,11 +9,12 @@ first pragma that returns a row.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,10 @@ import apsw
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-from .errors import CorruptDatabase, DatabaseError, InvalidArgument, SchemaVersionError, translate
+from .errors import (
+    CorruptDatabase, DatabaseError, InvalidArgument, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
+)
+from .writesecrets import hash_secret
 
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 
@@ -192,6 +196,24 @@ _SUBJECT_PRAGMAS = frozenset({
 _READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
 
 
+#: The column holding each stream's write-secret hash (sqlstream.writesecrets), and the
+#: one view that reads it (to show ``secret``: whether it is set).
+SECRET_COLUMN = ("streams", "write_secret_sha256")
+SECRET_VIEW = "streams_now"
+
+
+def is_secret_column(table: str | None, column: str | None, via: str | None) -> bool:
+    """True when an authorizer of a connection that serves people (``db.query()``, the
+    Datasette plugin) should make this read of the write-secret hash column NULL.
+
+    ``via`` is the view (or CTE) SQLite reports the read for. Reads by ``streams_now``
+    are left alone (it shows only ``secret``). Tidiness more than protection: the hash
+    cannot be turned back into the secret (see sqlstream.writesecrets), and a CTE named
+    ``streams_now`` is reported as that view would be."""
+    return ((table or "").lower() == SECRET_COLUMN[0] and (column or "").lower() == SECRET_COLUMN[1]
+            and (via or "").lower() != SECRET_VIEW)
+
+
 class QueryGuard:
     """The authorizer of a ``db.query()`` connection: reads only, enforced at prepare time.
 
@@ -201,7 +223,8 @@ class QueryGuard:
     would shadow the real table for sqlstream's own reads on that connection), schema
     changes, setting pragmas, ATTACH (which is also how ``VACUUM INTO`` creates its
     file), transaction control; its :meth:`trace` refuses any statement SQLite does not
-    report as read-only. ``denied`` names the last refused action for the error.
+    report as read-only. The write secrets' hash column reads as NULL (see
+    :func:`is_secret_column`). ``denied`` names the last refused action for the error.
     The connection must have no statement cache, so every statement is authorized
     afresh (a cached statement is not re-checked).
     """
@@ -212,6 +235,8 @@ class QueryGuard:
         self.pragma_vetted = False
 
     def __call__(self, action: int, arg1: str | None, arg2: str | None, dbname: str | None, trigger: str | None) -> int:
+        if action == apsw.SQLITE_READ and is_secret_column(arg1, arg2, trigger):
+            return apsw.SQLITE_IGNORE  # reads as NULL, in the result and in WHERE alike
         if not self.user or action in _READ_ACTIONS:
             return apsw.SQLITE_OK
         if action == apsw.SQLITE_PRAGMA:
@@ -256,6 +281,93 @@ def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str 
             conn.close()
             raise
     return conn, guard
+
+
+class QueryBounds:
+    """The result-size side of :func:`query_bounds`: what :meth:`fetch` may return."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    def fetch(self, cursor: apsw.Cursor, max_rows: int | None) -> list[tuple[Any, ...]]:
+        """Every row of ``cursor``, or ``QueryTooLarge`` past ``max_rows`` rows or ``max_bytes``.
+
+        A value counts its bytes (str as UTF-8), any other value 8; the rows are read one
+        at a time, so a refused result is never held whole.
+        """
+        out: list[tuple[Any, ...]] = []
+        total = 0
+        for row in cursor:
+            if max_rows is not None and len(out) >= max_rows:
+                raise QueryTooLarge(
+                    f"the query returned more than max_rows={max_rows:,} rows",
+                    hint="add a LIMIT (or a WHERE), or raise max_rows (CLI: --max-rows)",
+                )
+            for value in row:
+                if isinstance(value, str):
+                    total += len(value.encode("utf-8", "surrogatepass"))
+                elif isinstance(value, bytes):
+                    total += len(value)
+                else:
+                    total += 8
+            if total > self.max_bytes:
+                raise QueryTooLarge(
+                    f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",
+                    hint="select fewer rows or columns (substr() of large values), or raise max_bytes "
+                    "(CLI: --max-bytes)",
+                )
+            out.append(row)
+        return out
+
+
+#: The largest ``max_bytes`` a query may be given. As a length limit SQLite clamps it to
+#: its compile-time SQLITE_MAX_LENGTH (1e9 by default); the result total is counted here.
+MAX_QUERY_BYTES = 2_000_000_000
+#: Virtual-machine steps between two looks at the clock during a bounded query.
+QUERY_CHECK_STEPS = 1000
+
+
+@contextlib.contextmanager
+def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -> Iterator[QueryBounds]:
+    """Bound what a query on ``conn`` may take while the block runs.
+
+    Time: a progress handler interrupts SQLite after ``timeout`` seconds (checked every
+    ``QUERY_CHECK_STEPS`` steps of its virtual machine, so a query that never returns a
+    row, such as an endless recursive CTE, is stopped too), raising ``QueryTimeout``.
+    Size: ``SQLITE_LIMIT_LENGTH`` is ``max_bytes`` for the block, so SQLite refuses to
+    build a longer string or blob (``zeroblob(999999999)``, a huge ``group_concat``) before
+    allocating it, raising ``QueryTooLarge``; the rows themselves are counted by the
+    returned :class:`QueryBounds`. After the block the connection's previous length limit
+    is back and it has no progress handler (the query connection uses none otherwise).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+
+    def progress() -> bool:
+        nonlocal timed_out
+        if deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
+        return timed_out  # True interrupts the statement
+
+    previous = conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
+    conn.set_progress_handler(progress if deadline is not None else None, QUERY_CHECK_STEPS)
+    try:
+        yield QueryBounds(max_bytes)
+    except apsw.InterruptError as exc:
+        if not timed_out:
+            raise
+        raise QueryTimeout(
+            f"the query ran longer than its timeout of {timeout:g} s and was stopped",
+            hint="narrow it (a WHERE on indexed columns, a LIMIT), or raise the timeout (CLI: --timeout)",
+        ) from exc
+    except apsw.TooBigError as exc:
+        raise QueryTooLarge(
+            f"the query built a string or blob larger than max_bytes={max_bytes:,} bytes",
+            hint="select substr() of large values, or raise max_bytes (CLI: --max-bytes)",
+        ) from exc
+    finally:
+        conn.set_progress_handler(None)
+        conn.limit(apsw.SQLITE_LIMIT_LENGTH, previous)
 
 
 # --------------------------------------------------------------------------- migrations
@@ -310,6 +422,10 @@ def migrate(conn: apsw.Connection) -> int:
     Each migration runs under BEGIN IMMEDIATE together with its ``user_version`` bump, so
     a crash leaves the database at the previous version, and two processes migrating at
     once apply each step exactly once. A database newer than the code is refused.
+
+    Migrations run with ``PRAGMA secure_delete`` on (what they replace is overwritten
+    with zeros where SQLite frees it) and with ``sqlstream_sha256()`` defined (migration
+    10 hashes the write secrets); then a pending :func:`scrub` runs.
     """
     plan = load_migrations()
     latest = len(plan)
@@ -321,10 +437,20 @@ def migrate(conn: apsw.Connection) -> int:
                 f"understands ({latest})",
                 hint="upgrade sqlstream to open this file",
             )
-        if current == latest:
-            return current
-        if current == 0:
-            _check_empty_or_ours(conn)
+        if current < latest:
+            if current == 0:
+                _check_empty_or_ours(conn)
+            _apply(conn, plan)
+        scrub(conn)
+    return latest
+
+
+def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> None:
+    """Run the steps of ``plan`` the file lacks, each in its own transaction."""
+    conn.create_scalar_function("sqlstream_sha256", _sha256_or_null, 1, deterministic=True)
+    secure = pragma(conn, "secure_delete")
+    pragma(conn, "secure_delete = 1")
+    try:
         for version, _name, sql in plan:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -339,7 +465,34 @@ def migrate(conn: apsw.Connection) -> int:
                 if not conn.getautocommit():
                     conn.execute("ROLLBACK")
                 raise
-    return latest
+    finally:
+        pragma(conn, f"secure_delete = {int(secure)}")
+        conn.create_scalar_function("sqlstream_sha256", None)
+
+
+def _sha256_or_null(*values: Any) -> str | None:
+    """SQL ``sqlstream_sha256(x)``: the stored form of write secret ``x`` (NULL stays NULL)."""
+    return None if values[0] is None else hash_secret(str(values[0]))
+
+
+def scrub(conn: apsw.Connection) -> None:
+    """Finish the scrub migration 10 asked for: ``VACUUM``, then empty the WAL.
+
+    Migration 10 replaced each plain write secret by its hash with ``secure_delete`` on,
+    but earlier updates of a stream row (a seal, a trim) had left copies of the secret
+    in the free space of its page, and freed pages keep whatever they held: only
+    rewriting every page removes them. The ``counters`` row ``secret_scrub`` marks the
+    work as due and is deleted only after the VACUUM, so a crash in between means the
+    next open scrubs again. The checkpoint (TRUNCATE) then empties the ``-wal`` file,
+    which could hold the old pages; while another connection reads, it cannot, and the
+    ``-wal`` is emptied by a later checkpoint or deleted when the last connection closes.
+    Runs once per file (a no-op query on every other open); outside any transaction.
+    """
+    if not rows(conn, "SELECT 1 FROM counters WHERE name = 'secret_scrub'"):
+        return
+    conn.execute("VACUUM")
+    conn.execute("DELETE FROM counters WHERE name = 'secret_scrub'")
+    rows(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 _OUR_TABLES = frozenset({"streams", "chunks", "counters"})  # created by migration 1

@@ -21,6 +21,7 @@ import apsw
 from . import connection as cx
 from . import consumer as _consumer
 from . import dedup as _dedup
+from . import lineage as _lineage
 from . import producer as _producer
 from . import ranges as _ranges
 from . import readers as _readers
@@ -28,6 +29,7 @@ from . import retention as _retention
 from . import subscriptions as _subscriptions
 from . import txn as _txn
 from . import validation as _validation
+from . import writesecrets as _writesecrets
 from .consumer import Consumer, Handler
 from .engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -70,11 +72,14 @@ if TYPE_CHECKING:
 
 _STREAM_COLUMNS = (
     "name, first_offset, next_offset, byte_length, first_position, created_at, sealed_at, "
-    "last_append_at, write_secret IS NOT NULL, max_count, max_age, max_bytes, metadata, "
+    "last_append_at, secret, max_count, max_age, max_bytes, metadata, "
     "keep_unacked, dedup_seconds, dedup_records, id"
 )
 
 _QUERY_HINT = "query() is read-only; use the API to change data"
+
+DEFAULT_QUERY_MAX_BYTES = 256 * 1024 * 1024
+"""db.query()'s default bound on the bytes of a result (and of any one value in it)."""
 
 _KEEP: Any = object()  # set_retention(): "leave this setting as it is"
 
@@ -300,7 +305,9 @@ class Database:
         _validation.check_flag(secret, "secret")
         _validation.check_flag(exist_ok, "exist_ok")
         meta = _validation.encode_metadata(metadata)
-        write_secret = _new_write_secret() if secret else None
+        write_secret = _writesecrets.new_secret() if secret else None
+        # Only the hash is stored: the secret is shown this once, on the returned handle.
+        stored = None if write_secret is None else _writesecrets.hash_secret(write_secret)
         with self.engine.write() as conn:
             existing = conn.execute("SELECT 1 FROM streams WHERE name = ?", (name,)).fetchall()
             if existing:
@@ -309,10 +316,10 @@ class Database:
                 raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
             created = self.engine.now_us()
             conn.execute(
-                "INSERT INTO streams (name, created_at, write_secret, max_count, max_age, "
+                "INSERT INTO streams (name, created_at, write_secret_sha256, max_count, max_age, "
                 "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
                 "trim_bytes, trim_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, created, write_secret, max_count, max_age, max_bytes, meta, int(keep_unacked),
+                (name, created, stored, max_count, max_age, max_bytes, meta, int(keep_unacked),
                  float(dedup_seconds), dedup_records,
                  *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
             )
@@ -340,7 +347,8 @@ class Database:
         if not secret.isascii():  # secrets are URL-safe ASCII; SQLite could not bind a lone surrogate
             raise StreamNotFound("no stream has that write secret")
         with self.engine.snapshot() as conn:
-            row = cx.rows(conn, "SELECT name FROM streams WHERE write_secret = ?", (secret,))
+            row = cx.rows(conn, "SELECT name FROM streams WHERE write_secret_sha256 = ?",
+                          (_writesecrets.hash_secret(secret),))
         if not row:
             raise StreamNotFound("no stream has that write secret")
         return Stream(self, row[0][0], secret)
@@ -508,7 +516,15 @@ class Database:
 
     # ----------------------------------------------------------------- inspection
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> QueryResult:
+    def query(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+        max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+    ) -> QueryResult:
         """Run one read-only SQL statement and return its columns and rows.
 
         The query can never change the file: it runs on a connection opened read-only
@@ -517,40 +533,53 @@ class Database:
         ``ReadOnlyDatabase``. Reporting pragmas (``PRAGMA page_count``,
         ``PRAGMA table_info(chunks)``) are allowed. Several statements in one string see
         one snapshot. Inside :meth:`transaction` it is refused (``InvalidArgument``).
+        The hash of the streams' write secrets reads as NULL.
+
+        Bounds (see :func:`sqlstream.connection.query_bounds`): ``timeout`` seconds of
+        running (None: no limit; the CLI's ``sqlstream sql`` sets one by default), then
+        ``QueryTimeout``; more than ``max_rows`` rows (None: no limit) or ``max_bytes``
+        bytes of values in the result, or any one string or blob built on the way longer
+        than ``max_bytes``, ``QueryTooLarge``. Either way nothing is returned, and other
+        connections were never blocked (the query only reads).
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
+        if timeout is not None:
+            timeout = _validation.check_seconds(timeout, "timeout", positive=True)
+        _validation.check_count(max_rows, "max_rows", optional=True)
+        _validation.check_count(max_bytes, "max_bytes", maximum=cx.MAX_QUERY_BYTES)
         self.engine.check_process()
         if self.in_transaction():
             raise InvalidArgument("db.query() is for reads outside transactions")
         conn, guard = self.engine.query_conn()
         try:
-            conn.execute("BEGIN")
-            try:
-                guard.user, guard.denied = True, None
+            with cx.query_bounds(conn, timeout, max_bytes) as bounds:
+                conn.execute("BEGIN")
                 try:
+                    guard.user, guard.denied = True, None
                     try:
-                        cursor = conn.execute(sql, params)
-                    except (TypeError, ValueError, OverflowError, KeyError) as exc:  # unbindable params
-                        what = f"no value for parameter {exc}" if isinstance(exc, KeyError) else str(exc)
-                        raise InvalidArgument(f"cannot run the query with these parameters: {what}") from None
-                    try:
-                        columns = [d[0] for d in cursor.get_description()]
-                    except apsw.ExecutionCompleteError:
-                        return QueryResult([], [])
-                    try:
-                        return QueryResult(columns, cursor.fetchall())
-                    except UnicodeDecodeError as exc:  # a damaged record's text (see sqlstream.records)
-                        raise CorruptDatabase(
-                            f"the result holds text that is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                            hint="select CAST(column AS BLOB) to see the stored bytes; `sqlstream check` names "
-                            "damaged records",
-                        ) from None
+                        try:
+                            cursor = conn.execute(sql, params)
+                        except (TypeError, ValueError, OverflowError, KeyError) as exc:  # unbindable params
+                            what = f"no value for parameter {exc}" if isinstance(exc, KeyError) else str(exc)
+                            raise InvalidArgument(f"cannot run the query with these parameters: {what}") from None
+                        try:
+                            columns = [d[0] for d in cursor.get_description()]
+                        except apsw.ExecutionCompleteError:
+                            return QueryResult([], [])
+                        try:
+                            return QueryResult(columns, bounds.fetch(cursor, max_rows))
+                        except UnicodeDecodeError as exc:  # a damaged record's text (see sqlstream.records)
+                            raise CorruptDatabase(
+                                f"the result holds text that is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                                hint="select CAST(column AS BLOB) to see the stored bytes; `sqlstream check` "
+                                "names damaged records",
+                            ) from None
+                    finally:
+                        guard.user = False
                 finally:
-                    guard.user = False
-            finally:
-                if not conn.getautocommit():
-                    conn.execute("COMMIT")
+                    if not conn.getautocommit():
+                        conn.execute("COMMIT")
         except (apsw.AuthError, apsw.ReadOnlyError, apsw.ExecTraceAbort) as exc:
             what = guard.denied or "writing"
             raise ReadOnlyDatabase(
@@ -575,6 +604,11 @@ class Database:
         An existing ``path`` is refused (``InvalidArgument``) unless ``overwrite``; a
         destination that looks open (it has a ``-wal``) is refused even then. Raises
         ``DatabaseError`` when the directory cannot be written, ``StorageFull``.
+
+        The copy gets an identity of its own (:mod:`sqlstream.lineage`): the JetStream
+        relay names the records both files share as the original does, and the records
+        each file writes afterwards differently, so neither file's records are taken for
+        the other's (a relay resuming from a restored copy resends, never loses).
 
         ``progress``, if given, is called as ``progress(pages_copied, pages_total)`` after
         each ``BACKUP_STEP_PAGES`` pages: the copy then runs in steps, all inside one read
@@ -619,6 +653,11 @@ class Database:
                                 job.step(-1)
                             else:
                                 _backup_in_steps(source, job, progress)
+                        # The copy is a file of its own from now on: the records it
+                        # writes must never share relay ids with the original's.
+                        if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'file_lineage'").fetchall():
+                            with target:
+                                _lineage.fork(cx.runner(target))
                     finally:
                         target.close()
             finally:
@@ -884,15 +923,3 @@ def _stream_info(row: tuple[Any, ...], over_limit: str | None = None, dropped: i
         dropped_deliveries=dropped,
     )
 
-
-def _new_write_secret() -> str:
-    """A random write secret (144 bits, URL-safe) that never starts with ``-``.
-
-    A leading dash would make ``sqlstream append --secret "$S"`` read it as an option.
-    """
-    import secrets  # here, not at the top: start-up time (tests/test_startup.py)
-
-    while True:
-        token = secrets.token_urlsafe(24)
-        if not token.startswith("-"):
-            return token

@@ -10,6 +10,8 @@ the plugin adds:
 - canned queries (``canned_queries``): ``streams_and_lag``, ``pending``, ``dead_letters``,
   ``export_progress`` and ``latest_records`` (``:stream``, ``:limit``); a query whose
   tables an older schema lacks is left out;
+- an authorizer on its connections (``prepare_connection``) that makes the write-secret
+  hash column read as NULL everywhere, queries included;
 - readable cells (``render_cell``): integer microsecond times (``created_at``,
   ``timestamp``, ``deadline``...) as ISO 8601 UTC, and BLOB payloads as their size and a
   printable preview.
@@ -31,6 +33,8 @@ from typing import Any, TypeVar, cast
 
 import datasette as _datasette
 from markupsafe import Markup
+
+from .connection import SECRET_COLUMN, is_secret_column
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 # Datasette ships no type information: give its pluggy marker a typed face.
@@ -94,6 +98,27 @@ async def _objects(datasette: Any, database: str | None) -> frozenset[str] | Non
     return known[database]
 
 
+def _hide_secret_hash(action: int, arg1: str | None, arg2: str | None, dbname: str | None,
+                      source: str | None) -> int:
+    """sqlite3 authorizer: the write-secret hash column reads as NULL (see
+    ``sqlstream.connection.is_secret_column``), everything else as usual."""
+    if action == sqlite3.SQLITE_READ and is_secret_column(arg1, arg2, source):
+        return sqlite3.SQLITE_IGNORE
+    return sqlite3.SQLITE_OK
+
+
+@hookimpl
+def prepare_connection(conn: sqlite3.Connection, database: str, datasette: Any) -> None:
+    """Keep the write-secret hash out of every page, JSON answer and query of a sqlstream file.
+
+    An authorizer on each of Datasette's connections to a sqlstream database makes
+    ``streams.write_secret_sha256`` read as NULL, in table pages, ``.json`` and arbitrary
+    SQL alike (the column still shows, empty). Other databases get no authorizer.
+    """
+    if schema_objects(conn) is not None:
+        conn.set_authorizer(_hide_secret_hash)
+
+
 @hookimpl
 def startup(datasette: Any) -> Callable[[], Coroutine[Any, Any, None]]:
     """Detect the sqlstream databases before the first request (get_metadata is sync)."""
@@ -122,7 +147,7 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "next_offset": "a floor of the offset the next append gets (exact in streams_now and stream_stats)",
         "first_position": "byte position of first_offset",
         "byte_length": "a floor of the bytes ever appended (exact in streams_now and stream_stats)",
-        "write_secret": "set: only writers holding it may append",
+        SECRET_COLUMN[1]: "hidden (always empty here): the SHA-256 of the write secret; see secret in stream_stats",
         "max_age": "retention by age, in seconds",
         "metadata": "the stream's JSON metadata",
         "keep_unacked": "1: retention keeps records some subscription has not acked",

@@ -42,7 +42,10 @@ DEFAULT_RECORDS = 100_000  # bounds the table: at most this many entries per str
 MAX_DEDUP_ID_CHARS = 1024
 PRUNE_EVERY = 64  # offsets: an append crossing a multiple of this prunes the stream's entries
 
-STREAM_SQL = "SELECT id, next_offset, dedup_seconds, dedup_records, write_secret FROM streams_now WHERE name = ?"
+STREAM_SQL = (
+    "SELECT id, next_offset, dedup_seconds, dedup_records, "
+    "(SELECT write_secret_sha256 FROM streams s WHERE s.id = n.id) FROM streams_now n WHERE name = ?"
+)
 LOOKUP_SQL = (
     "SELECT dedup_id, offset, created_at FROM dedup WHERE stream_id = ? "
     "AND dedup_id IN (SELECT value FROM json_each(?))"

@@ -44,6 +44,7 @@ from . import clock as _clock
 from . import connection as cx
 from . import retention as _retention
 from . import txn as _txn
+from . import writesecrets as _writesecrets
 from .checkpoint import install_wal_hook
 from .errors import (
     AccessDenied,
@@ -484,12 +485,14 @@ class Engine:
         Raises ``StreamNotFound``, ``AccessDenied`` (a secret stream, without its secret).
         """
         with self.write() as conn:
-            rows = conn.execute("SELECT sealed_at, write_secret, id FROM streams WHERE name = ?", (name,)).fetchall()
+            rows = conn.execute(
+                "SELECT sealed_at, write_secret_sha256, id FROM streams WHERE name = ?", (name,)
+            ).fetchall()
             if not rows:
                 raise StreamNotFound(f"no stream named {name!r}")
             sealed_at, write_secret, sid = rows[0]
             assert isinstance(sid, int)
-            if write_secret is not None and write_secret != secret:
+            if not _writesecrets.matches(write_secret, secret):
                 raise AccessDenied(f"stream {name!r} can be sealed only through its write secret")
             if sealed_at is not None:
                 return False

@@ -36,6 +36,9 @@ __all__ = [
     "ReaderNotFound",
     "AccessDenied",
     "ReadOnlyDatabase",
+    "QueryLimitExceeded",
+    "QueryTimeout",
+    "QueryTooLarge",
     "CorruptDatabase",
     "DamagedRecord",
     "DatabaseClosed",
@@ -160,6 +163,18 @@ class AccessDenied(SqlstreamError):
 
 class ReadOnlyDatabase(SqlstreamError):
     """A write was attempted on a database opened read-only (or on a read-only file)."""
+
+
+class QueryLimitExceeded(SqlstreamError):
+    """An ad-hoc query (``db.query()``, ``sqlstream sql``) went past a bound it was given."""
+
+
+class QueryTimeout(QueryLimitExceeded, TimeoutError):
+    """The query ran longer than its ``timeout`` and was interrupted; nothing is returned."""
+
+
+class QueryTooLarge(QueryLimitExceeded):
+    """The query's result (rows or bytes), or one value it built, went past its bound."""
 
 
 class CorruptDatabase(SqlstreamError):

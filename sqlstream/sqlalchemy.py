@@ -76,7 +76,7 @@ streams = Table(
     Column("name", TEXT, nullable=False, unique=True),
     Column("created_at", INTEGER, nullable=False),
     Column("sealed_at", INTEGER),
-    Column("write_secret", TEXT, unique=True),
+    Column("write_secret_sha256", TEXT, unique=True),
     Column("first_offset", INTEGER, nullable=False, server_default="0"),
     Column("next_offset", INTEGER, nullable=False, server_default="0"),
     Column("first_position", INTEGER, nullable=False, server_default="0"),
@@ -92,6 +92,7 @@ streams = Table(
     Column("trim_offset", INTEGER),
     Column("trim_bytes", INTEGER),
     Column("trim_time", INTEGER),
+    Column("incarnation", INTEGER),
 )
 
 chunks = Table(
@@ -264,7 +265,15 @@ jetstream_sources = Table(
     Column("stored", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
     Column("pending", INTEGER),
+    Column("poisoned", INTEGER, nullable=False, server_default="0"),
+    Column("last_poison", TEXT),
     sqlite_with_rowid=False,
+)
+
+file_lineage = Table(
+    "file_lineage", metadata,
+    Column("file_id", INTEGER, primary_key=True),
+    Column("upto_txn", INTEGER, nullable=False),
 )
 
 views = MetaData()
@@ -283,7 +292,7 @@ subscription_stats = Table(
     "subscription_stats", views,
     *(Column(name) for name in (
         "name", "stream", "start_offset", "delivered_up_to", "lag", "pending", "expired",
-        "oldest_pending_age", "acked_frontier", "acked", "dead_lettered", "consumers", "ack_timeout",
+        "oldest_pending_age", "acked_frontier", "acked", "dead_lettered", "consumers", "waiting", "ack_timeout",
         "max_unacked", "max_deliveries", "dead_letter", "created",
     )),
 )
@@ -308,7 +317,10 @@ last_txn = Table("last_txn", views, Column("txn"))
 
 streams_now = Table(
     "streams_now", views,
-    *(Column(c.name) for c in streams.columns),
+    # The streams columns, with `secret` (whether a write secret is set) for its hash;
+    # incarnation (version 11) is read from streams itself: the view predates it.
+    *(Column("secret" if c.name == "write_secret_sha256" else c.name) for c in streams.columns
+      if c.name != "incarnation"),
 )
 
 

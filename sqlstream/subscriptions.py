@@ -229,14 +229,16 @@ class PendingEntry(NamedTuple):
 class SubscriptionInfo:
     """A consistent snapshot of a subscription's settings and progress.
 
-    ``lag``: records in the stream not delivered yet. ``pending``: delivered, not acked
+    ``lag``: every record of the stream not delivered yet, those waiting behind their key
+    (``waiting``) included; ``lag == 0 and pending == 0`` means everything retained was
+    delivered and acked. ``pending``: delivered, not acked
     (``expired`` of them are past their deadline). ``acked_frontier``: every offset below
     it was acked or dead-lettered. ``consumers``: pending records per consumer holding
     them (nacked records, held by nobody, are not counted there). ``dead_lettered``:
     records moved to the dead-letter stream, plus damaged records set aside by ``fetch``.
     ``ordering``: ``"key"`` or ``"none"``. ``waiting``: (key order) records taken past the
-    frontier that wait for an earlier record of their key; not delivered, not in
-    ``pending``, but counted against ``max_unacked``.
+    frontier that wait for an earlier record of their key; not delivered, so counted in
+    ``lag`` and not in ``pending``, and counted against ``max_unacked``.
     """
 
     name: str
@@ -1027,7 +1029,7 @@ def _infos(conn: apsw.Connection, now: float, sub_id: int | None) -> list[Subscr
         out.append(SubscriptionInfo(
             name=name, stream=stream, start_offset=start, next_offset=frontier, ack_timeout=timeout,
             max_unacked=max_unacked, max_deliveries=max_del, dead_letter=dead_letter, created_at=created / 1e6,
-            lag=max(0, nxt - max(frontier, first)), pending=pending, expired=expired, acked=acked,
+            lag=max(0, nxt - max(frontier, first)) + waiting, pending=pending, expired=expired, acked=acked,
             dead_lettered=dead, acked_frontier=frontier if lowest is None else lowest,
             consumers=counts.get(sid, {}), ordering=ordering, waiting=waiting,
         ))
@@ -1119,7 +1121,7 @@ def _check_dead_letter_stream(db: Database, conn: apsw.Connection, dead_letter: 
     if dead_letter == stream:
         raise InvalidArgument("a subscription cannot dead-letter into the stream it reads")
     target = _q(conn,
-        "SELECT sealed_at IS NOT NULL, write_secret IS NOT NULL FROM streams WHERE name = ?",
+        "SELECT sealed_at IS NOT NULL, write_secret_sha256 IS NOT NULL FROM streams WHERE name = ?",
         (dead_letter,),
     )
     if not target:

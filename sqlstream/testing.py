@@ -241,7 +241,7 @@ def wait_for_subscription(
             return "no info read"
         i = last[0]
         return (
-            f"lag={i.lag} pending={i.pending} expired={i.expired} acked={i.acked} "
+            f"lag={i.lag} pending={i.pending} waiting={i.waiting} expired={i.expired} acked={i.acked} "
             f"dead_lettered={i.dead_lettered} next_offset={i.next_offset} consumers={i.consumers}"
         )
 

@@ -7,6 +7,7 @@ it), and reads its HTML pages and JSON API over HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -261,3 +262,25 @@ def test_readme_datasette_commands_print_the_canned_queries_as_json(tmp_path: Pa
         outputs.append(json.loads(out.stdout))
     assert {r["stream"] for r in outputs[0]} == {"orders", "logs", "orders-dead"}
     assert [r["offset"] for r in outputs[1]] == [6, 5, 4, 3, 2]
+
+
+def test_datasette_never_shows_a_write_secret_or_its_hash(tmp_path: Path) -> None:
+    """Issue 19 item 10: /app/streams(.json) and arbitrary SQL showed streams.write_secret."""
+    path = tmp_path / "app.db"
+    with sqlstream.open(path) as db:
+        secret = db.create_stream("build-log", secret=True).write_secret
+        db.create_stream("open")
+    assert secret is not None
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    with datasette(path) as base:
+        pages = [
+            _get(f"{base}/app/streams")[1],
+            _get(f"{base}/app/streams.json")[1],
+            _get(f"{base}/app/streams_now.json")[1],
+            _get(f"{base}/app.json?" + urllib.parse.urlencode({"sql": "SELECT * FROM streams"}))[1],
+            _get(f"{base}/app.json?" + urllib.parse.urlencode(
+                {"sql": "SELECT group_concat(write_secret_sha256) AS h FROM streams"}))[1],
+        ]
+        for page in pages:
+            assert secret not in page and digest not in page
+        assert _rows(base, "/app/stream_stats", _sort="name")[0]["secret"] == 1

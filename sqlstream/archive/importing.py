@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import connection as cx
+from .. import writesecrets as _writesecrets
 from ..append import PreparedRecord, renumber_empty
 from ..errors import (
     AccessDenied,
@@ -78,7 +79,8 @@ _INT64_MAX = 2**63 - 1
 # archive holds many large records (DEFAULT_BATCH of them could be gigabytes).
 _BATCH_BYTES = 32 * 1024 * 1024
 _STATE_SQL = ("SELECT id, first_offset, next_offset, byte_length, sealed_at IS NOT NULL, "
-              "coalesce(last_append_at, 0), write_secret FROM streams_now WHERE name = ?")
+              "coalesce(last_append_at, 0), (SELECT write_secret_sha256 FROM streams s WHERE s.id = n.id) "
+              "FROM streams_now n WHERE name = ?")
 
 
 def _check_names(what: str, value: object) -> dict[str, str]:
@@ -187,7 +189,7 @@ class _Importer:
             sid, first, nxt, length, sealed, last_ts, write_secret = state[0]
             # Checked here, inside the write transaction, as well as up front: a secret
             # stream created by another process during the import is still protected.
-            if write_secret is not None and secret != write_secret:
+            if not _writesecrets.matches(write_secret, secret):
                 raise _denied(stream)
             start = nxt
             rows: list[PreparedRecord] = []
@@ -373,8 +375,8 @@ def import_archives(
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:
     """Names of the secret streams that ``secrets`` does not unlock."""
     with db.engine.snapshot() as conn:
-        rows = cx.rows(conn, "SELECT name, write_secret FROM streams WHERE write_secret IS NOT NULL", ())
-    return {name for name, secret in rows if secrets.get(name) != secret}
+        rows = cx.rows(conn, "SELECT name, write_secret_sha256 FROM streams WHERE write_secret_sha256 IS NOT NULL", ())
+    return {name for name, stored in rows if not _writesecrets.matches(stored, secrets.get(name))}
 
 
 def _refuse_locked(importer: _Importer, label: str, local: str, locked: set[str]) -> None:

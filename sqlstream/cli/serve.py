@@ -142,6 +142,12 @@ def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int
             row["source"] = cursor.source if cursor else None
             row["source_sequence"] = cursor.source_sequence if cursor else None
             row["source_stored"] = cursor.source_stored if cursor else None
+            # Poison messages: set aside (skipped, or in the dead-letter stream), the last named.
+            row["source_poisoned"] = (cursor.source_poisoned or 0) if cursor else 0
+            row["source_last_poison"] = cursor.source_last_poison if cursor else None
+        elif streamer.kind == "jetstream":
+            # Records sent again under the identity of the file this one was copied from.
+            row["copied_resent"] = cursor.copied_resent if cursor else 0
         if args.json:
             out.write(dump(row) + "\n")
             continue
@@ -151,8 +157,12 @@ def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int
         if streamer.kind == "jetstream-source":
             where = (f"JetStream {row['source']} sequence {row['source_sequence']}, stored {row['source_stored']}"
                      if row["source"] is not None else "nothing stored yet")
-            out.write(f"{row['service']} ({row['kind']}): {where}, lag {lag}{off}{error}\n")
+            poison = (f", set aside {row['source_poisoned']} (last: {row['source_last_poison']})"
+                      if row["source_poisoned"] else "")
+            out.write(f"{row['service']} ({row['kind']}): {where}{poison}, lag {lag}{off}{error}\n")
         else:
+            copied = (f", sent again after a copy {row['copied_resent']} (under the original's ids)"
+                      if row.get("copied_resent") else "")
             out.write(f"{row['service']} ({row['kind']}): height {row['height']}, head {row['head']}, "
-                      f"lag {lag}{off}{error}\n")
+                      f"lag {lag}{copied}{off}{error}\n")
     return 0

@@ -20,6 +20,7 @@ from typing import IO, Any
 import apsw
 
 from ..append import PreparedRecord
+from ..database import DEFAULT_QUERY_MAX_BYTES
 from ..errors import OffsetOutOfRange, StreamExists, StreamNotFound
 from ..records import Record, encode_headers, encode_key, encode_value
 from ..streams import Stream
@@ -561,7 +562,8 @@ def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     params = _sql_params(args)
     fmt = _sql_format(args)
     with open_db(args, write=False) as db:
-        result = db.query(args.query, params)
+        result = db.query(args.query, params, timeout=args.timeout or None, max_rows=args.max_rows,
+                          max_bytes=args.max_bytes)
     if fmt in ("nl", "array"):
         columns = _unique_columns(result.columns)
         objects = [dump({c: json_cell(v) for c, v in zip(columns, row)}) for row in result.rows]
@@ -581,6 +583,9 @@ def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         out.write("".join(line + "\n" for line in header) + "(0 rows)\n")
     return EXIT_OK
 
+
+DEFAULT_SQL_TIMEOUT = 30.0
+"""`sqlstream sql`'s time limit in seconds (Datasette's default is 1 s, for a web page)."""
 
 _SQL_FORMATS = {"table": "--table", "csv": "--csv", "tsv": "--tsv", "nl": "--nl", "array": "--json-array"}
 
@@ -745,6 +750,9 @@ def register(command: CommandFactory) -> None:
         "--nl or --json (one JSON object per row, as --json is for every command) and\n"
         "--json-array (the same objects in one JSON array, [] when empty). In JSON,\n"
         "duplicate column names get _2, _3, ... and a BLOB is {\"base64\": ...}.\n\n"
+        "Bounds: a query running past --timeout (default 30 s; 0: no limit) is stopped,\n"
+        "one returning more than --max-rows rows (default: no limit) or --max-bytes bytes\n"
+        "(default 256 MiB, also the longest value it may build) is refused; exit 1.\n\n"
         "Views for people: stream_stats, subscription_stats, pending_deliveries.\n"
         "Tables: streams, chunks, counters, subscriptions, deliveries, cursors, dedup,\n"
         "exports, export_streams, export_files, export_ranges, storage_objects,\n"
@@ -752,6 +760,12 @@ def register(command: CommandFactory) -> None:
     )
     p.add_argument("query", metavar="QUERY")
     p.add_argument("params", metavar="PARAM", nargs="*", help="values for ? placeholders (typed)")
+    p.add_argument("--timeout", type=parse_seconds, default=DEFAULT_SQL_TIMEOUT, metavar="S",
+                   help=f"stop the query after S seconds (default {DEFAULT_SQL_TIMEOUT:g}; 0: no limit)")
+    p.add_argument("--max-rows", type=parse_positive_int, default=None, metavar="N",
+                   help="refuse a result of more than N rows (default: no limit)")
+    p.add_argument("--max-bytes", type=parse_positive_int, default=DEFAULT_QUERY_MAX_BYTES, metavar="N",
+                   help="refuse a result (or a value) of more than N bytes (default 256 MiB)")
     p.add_argument("--param", type=_sql_named, action="append", metavar="NAME=VALUE",
                    help="value for a :NAME placeholder (typed like PARAM); repeatable")
     p.add_argument("--json-params", metavar="JSON",

@@ -36,14 +36,25 @@ Payloads
     and str payloads (HStreamDB's raw records) and dict for JSON. ``compresstype``
     ``"gzip"``/``"zstd"`` (or :class:`CompressionType`) compresses each stored payload
     (header ``hstream-z``) and reads decompress transparently.
+Foreign records
+    A record of the stream that this client did not write may not map onto HStreamDB's
+    (its key is not a shard id, its ``hstream-i``/``hstream-z`` header is bad, its payload
+    does not decompress, or inflates past the database's ``max_record_bytes``, which bounds
+    every decompression). Consumers and readers never fail on one: it is a named
+    :class:`ForeignRecord` (stream, offset, reason), logged and set aside (see
+    :class:`Consumer` and :class:`Reader`).
 Offsets
     :class:`SpecialOffset`: ``EARLIEST = 1`` (the default of ``create_subscription``'s
     ``offset=1``), ``LATEST = 2``. A ``ShardOffset``'s ``timestampOffset`` is
     milliseconds since the epoch. A reader's ``timeout`` is milliseconds that
     ``read`` waits for a first record.
 Producer edge cases
-    ``size_trigger=0`` and ``time_trigger=0``: every append is flushed at once. A payload
-    larger than ``size_trigger`` is flushed at once with what is buffered for its shard.
+    ``size_trigger`` is checked as hstreamdb-py does: a payload that would take its
+    shard's batch past ``size_trigger`` bytes first flushes the batch, so a batch holds
+    at most ``size_trigger`` bytes (10 payloads of 10 bytes with ``size_trigger=35``:
+    batches of 3, 3, 3, 1). A payload larger than ``size_trigger`` (which hstreamdb-py
+    refuses) is a batch of its own, flushed at once after what was buffered before it.
+    ``size_trigger=0`` and ``time_trigger=0``: every append is flushed at once.
     A failed batch (after ``retry_count`` retries with doubling delays capped at
     ``retry_max_delay``) goes to ``on_fail`` and the producer keeps accepting appends.
     ``wait_and_close`` with nothing pending returns at once; ``append`` after ``close``
@@ -59,6 +70,9 @@ import gzip
 import hashlib
 import inspect
 import json
+import logging
+import re
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -66,14 +80,17 @@ from typing import Any, NamedTuple
 
 from .. import aio
 from ..database import Database
-from ..errors import DatabaseClosed, InvalidArgument, ReaderNotFound, StreamNotFound, SubscriptionNotFound
+from ..errors import (
+    DamagedRecord, DatabaseClosed, InvalidArgument, ReaderNotFound, StreamNotFound, SubscriptionNotFound,
+)
 from ..records import Record as _SqlRecord
+from ..validation import MAX_SECONDS, check_count, check_offset, check_seconds, show
 
 __all__ = [
     "AppendCallback", "AppendPayload", "BufferedProducer", "CompressionType", "Consumer",
     "HStreamDBClient", "Reader", "Record", "RecordHeader", "RecordId", "Shard", "ShardOffset",
     "SpecialOffset", "Stream", "StreamKeyId", "Subscription", "TimeStamp", "insecure_client",
-    "secure_client", "StreamNotFound",
+    "secure_client", "StreamNotFound", "ForeignRecord",
 ]
 
 StreamKeyId = int
@@ -83,6 +100,7 @@ _INDEX_HEADER = "hstream-i"
 _Z_HEADER = "hstream-z"
 _DEFAULT_KEY = "__default__"
 _HASH_SPACE = 2**128
+_log = logging.getLogger(__name__)
 
 
 class TimeStamp(NamedTuple):
@@ -186,48 +204,172 @@ async def secure_client(host: str = "127.0.0.1", port: int = 6570, url: str | No
 
 def shard_for_key(key: str | None, shard_count: int) -> int:
     """The shard a key is routed to (see the module docstring: MD5 hash ranges)."""
-    h = int.from_bytes(hashlib.md5((key if key is not None else _DEFAULT_KEY).encode()).digest(), "big")
+    key = _check_key(key)
+    h = int.from_bytes(hashlib.md5((key if key is not None else _DEFAULT_KEY).encode("utf-8", "surrogatepass"))
+                       .digest(), "big")
     return min(h // (_HASH_SPACE // shard_count), shard_count - 1)
 
 
-def _encode(payload: Any, compresstype: Any, compresslevel: int) -> tuple[Any, str | None]:
-    kind = compresstype.value if isinstance(compresstype, CompressionType) else compresstype
-    if kind is None:
-        if isinstance(payload, (bytes, str, dict)):
-            return payload, None
-        raise InvalidArgument(f"a payload is bytes, str or dict, not {type(payload).__name__}")
+# --- argument checks: every entry point refuses bad input with InvalidArgument (through
+# sqlstream.validation where a rule exists), before anything is stored.
+
+def _check_key(key: object) -> str | None:
+    if key is not None and not isinstance(key, str):
+        raise InvalidArgument(f"a key is a str or None, not {show(key)}")
+    return key
+
+
+def _check_int(value: object, what: str, minimum: int, maximum: int) -> int:
+    checked = check_count(value, what, minimum=minimum, maximum=maximum)
+    assert checked is not None
+    return checked
+
+
+def _check_number(value: object, what: str) -> float:
+    """A non-negative finite number (seconds, milliseconds, bytes)."""
+    return check_seconds(value, what, positive=False)
+
+
+def _payload_bytes(payload: object) -> tuple[bytes, str]:
+    """A payload's bytes as HStreamDB counts and compresses them, and its tag."""
+    if isinstance(payload, bytes):
+        return payload, "raw"
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "surrogatepass"), "raw"
     if isinstance(payload, dict):
-        raw = json.dumps(payload).encode()
-        tag = "json"
-    elif isinstance(payload, str):
-        raw, tag = payload.encode(), "raw"
-    elif isinstance(payload, bytes):
-        raw, tag = payload, "raw"
-    else:
-        raise InvalidArgument(f"a payload is bytes, str or dict, not {type(payload).__name__}")
+        try:
+            return json.dumps(payload, allow_nan=False).encode(), "json"
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidArgument(f"a dict payload must be JSON: {str(exc)[:200]}") from None
+    raise InvalidArgument(f"a payload is bytes, str or dict, not {type(payload).__name__}")
+
+
+def _check_payloads(payloads: object) -> list[Any]:
+    if isinstance(payloads, (bytes, str, dict)) or not isinstance(payloads, Iterable):
+        raise InvalidArgument(f"payloads is a list of payloads (bytes, str or dict), not {show(payloads)}")
+    return list(payloads)
+
+
+def _encode(payload: Any, compresstype: Any, compresslevel: object) -> tuple[Any, str | None]:
+    kind = compresstype.value if isinstance(compresstype, CompressionType) else compresstype
+    raw, tag = _payload_bytes(payload)
+    if kind is None:
+        return payload, None
     if kind == "gzip":
-        return gzip.compress(raw, compresslevel), f"gzip-{tag}"
+        return gzip.compress(raw, _check_int(compresslevel, "compresslevel", 0, 9)), f"gzip-{tag}"
     if kind == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=compresslevel).compress(raw), f"zstd-{tag}"
-    raise InvalidArgument(f"compresstype must be None, 'gzip' or 'zstd', not {compresstype!r}")
+        level = _check_int(compresslevel, "compresslevel", -(2**17), 22)
+        return zstandard.ZstdCompressor(level=level).compress(raw), f"zstd-{tag}"
+    raise InvalidArgument(f"compresstype must be None, 'gzip' or 'zstd', not {show(compresstype)}")
 
 
-def _to_record(r: _SqlRecord) -> Record:
+class ForeignRecord(DamagedRecord):
+    """A stored record this client cannot map to an HStreamDB record: written by other
+    code with a key that is not a shard id, a bad ``hstream-i`` or ``hstream-z`` header,
+    a payload that does not decompress, or one that inflates past ``max_record_bytes``.
+
+    ``stream``, ``offset`` and ``reason`` name it; the stored record is left as it is.
+    Consumers and readers set such records aside instead of failing (see :class:`Consumer`).
+    """
+
+    def __init__(self, stream: str, offset: int, reason: str) -> None:
+        super().__init__(
+            f"record {offset} of stream {stream!r} is not an HStreamDB record: {reason}", stream=stream,
+            offset=offset, hint="read it with sqlstream's own API (db.stream(name).read(offset))",
+        )
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ForeignRecord, (self.stream, self.offset, self.reason))
+
+
+class _Unmappable(Exception):
+    """Why a record is foreign (turned into ForeignRecord with its stream and offset)."""
+
+
+_SHARD_ID = re.compile(r"0|[1-9][0-9]{0,8}")  # how _append writes a shard id (str of an int)
+_Z_KINDS = ("gzip-raw", "gzip-json", "zstd-raw", "zstd-json")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of ``data``, inflating at most ``limit`` bytes (``_Unmappable`` past it)."""
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))  # max_length >= 1 here
+        except zlib.error as exc:
+            raise _Unmappable(f"hstream-z gzip payload does not inflate ({exc})") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _Unmappable(f"hstream-z payload inflates past max_record_bytes ({limit:,} bytes)")
+        if not inflater.eof:
+            raise _Unmappable("hstream-z gzip payload is truncated")
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """The zstd frames of ``data``, inflating at most ``limit`` bytes (``_Unmappable`` past it).
+
+    Read through a stream reader: a frame's declared content size is not trusted to size
+    an allocation.
+    """
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
+            while len(out) <= limit:
+                piece = reader.read(limit + 1 - len(out))
+                if not piece:
+                    return bytes(out)
+                out += piece
+    except zstandard.ZstdError as exc:
+        raise _Unmappable(f"hstream-z zstd payload does not decompress ({exc})") from None
+    raise _Unmappable(f"hstream-z payload inflates past max_record_bytes ({limit:,} bytes)")
+
+
+def _to_record(r: _SqlRecord, max_bytes: int) -> Record:
+    """``r`` as HStreamDB returns it; ``ForeignRecord`` for one it cannot map.
+
+    ``max_bytes`` bounds a compressed payload's inflated size (the database's
+    ``max_record_bytes``: no record it took can be larger).
+    """
+    try:
+        return _map_record(r, max_bytes)
+    except _Unmappable as exc:
+        raise ForeignRecord(r.stream, r.offset, str(exc)) from None
+
+
+def _map_record(r: _SqlRecord, max_bytes: int) -> Record:
     headers = r.headers
-    index = int(headers.get(_INDEX_HEADER, "0"))
+    if r.key is not None and not _SHARD_ID.fullmatch(r.key):
+        raise _Unmappable(f"its key {r.key[:40]!r} is not a shard id")
+    index_text = headers.get(_INDEX_HEADER, "0")
+    if not _SHARD_ID.fullmatch(index_text) or int(index_text) > r.offset:
+        raise _Unmappable(f"bad {_INDEX_HEADER} header {index_text[:40]!r}")
+    index = int(index_text)
     value: Any = r.value
     z = headers.get(_Z_HEADER)
     if z is not None:
+        if z not in _Z_KINDS:
+            raise _Unmappable(f"bad {_Z_HEADER} header {z[:40]!r}")
+        if not isinstance(value, bytes):
+            raise _Unmappable(f"an {_Z_HEADER} payload must be stored as bytes, not {type(value).__name__}")
         kind, tag = z.split("-", 1)
-        if kind == "gzip":
-            raw = gzip.decompress(value)
+        raw = _gunzip(value, max_bytes) if kind == "gzip" else _unzstd(value, max_bytes)
+        if tag == "json":
+            try:
+                value = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                raise _Unmappable(f"hstream-z JSON payload does not parse ({str(exc)[:80]})") from None
+            if not isinstance(value, dict):
+                raise _Unmappable("hstream-z JSON payload is not an object")
         else:
-            import zstandard
-
-            raw = zstandard.ZstdDecompressor().decompress(value)
-        value = json.loads(raw) if tag == "json" else raw
+            value = raw
     elif isinstance(value, str):
         value = value.encode()
     seconds = int(r.timestamp)
@@ -236,6 +378,19 @@ def _to_record(r: _SqlRecord) -> Record:
         RecordHeader(TimeStamp(seconds, int(round((r.timestamp - seconds) * 1e9))), headers.get(_KEY_HEADER), {}),
         value,
     )
+
+
+def _mapped(records: Iterable[_SqlRecord], max_bytes: int) -> tuple[list[Record], list[ForeignRecord]]:
+    """The records HStreamDB can see, and the foreign ones (each named) set apart."""
+    good: list[Record] = []
+    foreign: list[ForeignRecord] = []
+    for r in records:
+        try:
+            good.append(_to_record(r, max_bytes))
+        except ForeignRecord as exc:
+            _log.warning("%s", exc)
+            foreign.append(exc)
+    return good, foreign
 
 
 class HStreamDBClient:
@@ -261,8 +416,10 @@ class HStreamDBClient:
 
     async def create_stream(self, name: str, replication_factor: int = 1, backlog: int = 0,
                             shard_count: int = 1) -> None:
-        if not isinstance(shard_count, int) or isinstance(shard_count, bool) or not 1 <= shard_count <= 1024:
-            raise InvalidArgument(f"shard_count must be an int from 1 to 1024, not {shard_count!r}")
+        """``backlog`` (seconds, 0: kept for ever) becomes retention ``max_age``."""
+        _check_int(shard_count, "shard_count", 1, 1024)
+        _check_int(replication_factor, "replication_factor", 1, 1024)
+        _check_int(backlog, "backlog", 0, int(MAX_SECONDS))
         meta = {"hstreamdb": {"replication_factor": replication_factor, "shard_count": shard_count,
                               "backlog": backlog}}
         await self.adb.create_stream(name, metadata=meta, max_age=float(backlog) if backlog else None)
@@ -294,13 +451,14 @@ class HStreamDBClient:
     async def append(self, name: str, payloads: Iterable[Any], key: str | None = None, compresstype: Any = None,
                      compresslevel: int = 9) -> Iterator[RecordId]:
         """One batch, atomic: the RecordIds share ``batch_id``, ``batch_index`` 0..n-1."""
-        items = [AppendPayload(p, key) for p in payloads]
+        _check_key(key)
+        items = [AppendPayload(p, key) for p in _check_payloads(payloads)]
         return iter(await self._append(name, items, compresstype, compresslevel))
 
     async def _append(self, name: str, items: list[AppendPayload], compresstype: Any,
                       compresslevel: int) -> list[RecordId]:
         n = await self._shard_count(name)
-        encoded = [(*_encode(p.payload, compresstype, compresslevel), p.key) for p in items]
+        encoded = [(*_encode(p.payload, compresstype, compresslevel), _check_key(p.key)) for p in items]
         db = self.adb.sync
 
         def write() -> list[RecordId]:
@@ -336,14 +494,15 @@ class HStreamDBClient:
 
     async def create_subscription(self, subscription_id: str, stream_name: str, ack_timeout: int = 600,
                                   max_unacks: int = 10000, offset: SpecialOffset | int = SpecialOffset.EARLIEST) -> None:
-        if offset not in (SpecialOffset.EARLIEST, SpecialOffset.LATEST):
-            raise InvalidArgument(f"offset must be SpecialOffset.EARLIEST or LATEST, not {offset!r}")
+        if isinstance(offset, bool) or offset not in (SpecialOffset.EARLIEST, SpecialOffset.LATEST):
+            raise InvalidArgument(f"offset must be SpecialOffset.EARLIEST or LATEST, not {show(offset)}")
+        seconds = _check_number(ack_timeout, "ack_timeout")
         options: dict[str, Any] = {}
         if _KEY_ORDERING:
             options["ordering"] = "key"  # per-shard order: the shard id is the record key
         await self.adb.create_subscription(
             subscription_id, stream_name, start="earliest" if offset == SpecialOffset.EARLIEST else "latest",
-            ack_timeout=float(ack_timeout), max_unacked=max_unacks, **options,
+            ack_timeout=seconds, max_unacked=max_unacks, **options,
         )
 
     async def list_subscriptions(self) -> Iterator[Subscription]:
@@ -360,8 +519,11 @@ class HStreamDBClient:
     async def delete_subscription(self, subscription_id: str, force: bool = False) -> None:
         await self.adb.delete_subscription(subscription_id, force=force)
 
-    def new_consumer(self, name: str, subscription_id: str, processing_func: Callable[..., Awaitable[Any]]) -> Consumer:
-        return Consumer(name, subscription_id, self.adb, processing_func)
+    def new_consumer(self, name: str, subscription_id: str, processing_func: Callable[..., Awaitable[Any]],
+                     on_error: Callable[[ForeignRecord], Any] | None = None) -> Consumer:
+        """HStreamDB's consumer; ``on_error`` (a sqlstream addition) receives each record
+        it sets aside (see :class:`Consumer`)."""
+        return Consumer(name, subscription_id, self.adb, processing_func, on_error)
 
     # ----------------------------------------------------------------- readers
 
@@ -377,30 +539,34 @@ class HStreamDBClient:
     async def create_reader(self, stream_name: str, reader_id: str, shard_offset: ShardOffset, timeout: int,
                             shard_id: int | None = None, stream_key: str | None = None) -> Reader:
         """A reader of one shard (``shard_id``, else the shard ``stream_key`` routes to)."""
+        timeout = int(_check_number(timeout, "timeout"))
+        if not isinstance(shard_offset, ShardOffset):
+            raise InvalidArgument(f"shard_offset must be a ShardOffset, not {type(shard_offset).__name__}")
         n = await self._shard_count(stream_name)
-        shard = shard_id if shard_id is not None else shard_for_key(stream_key, n)
+        if shard_id is not None:
+            shard = _check_int(shard_id, "shard_id", 0, 1 << 62)
+        else:
+            shard = shard_for_key(stream_key, n)
         if not 0 <= shard < n:
             raise InvalidArgument(f"stream {stream_name!r} has no shard {shard}", hint="see list_shards()")
         start: int | str
-        if not isinstance(shard_offset, ShardOffset):
-            raise InvalidArgument(f"shard_offset must be a ShardOffset, not {type(shard_offset).__name__}")
         if shard_offset.specialOffset is not None or (
                 shard_offset.recordOffset is None and shard_offset.timestampOffset is None):
             start = "latest" if shard_offset.specialOffset == SpecialOffset.LATEST else "earliest"
         elif shard_offset.recordOffset is not None:
-            start = shard_offset.recordOffset.batch_id + shard_offset.recordOffset.batch_index
+            start = _record_offset(shard_offset.recordOffset)
         else:
             s = await self.adb.stream(stream_name)
-            start = await s.read_at(int(shard_offset.timestampOffset or 0) / 1000)
+            start = await s.read_at(_check_number(shard_offset.timestampOffset or 0, "timestampOffset") / 1000)
         sync = await self.adb.reader(reader_id, stream_name, start=start)
-        reader = Reader(sync, shard if n > 1 else None, timeout)
+        reader = Reader(sync, shard if n > 1 else None, timeout, self.adb.sync.max_record_bytes)
         self._readers[reader_id] = reader
         return reader
 
     async def read_reader(self, reader_id: str, max_records: int) -> Iterator[Record]:
         reader = self._readers.get(reader_id)
         if reader is None:
-            reader = Reader(await self.adb.reader(reader_id), None, 0)
+            reader = Reader(await self.adb.reader(reader_id), None, 0, self.adb.sync.max_record_bytes)
         return iter(await reader.read(max_records))
 
     async def delete_reader(self, reader_id: str) -> None:
@@ -409,6 +575,15 @@ class HStreamDBClient:
             await self.adb.delete_reader(reader_id)
         except ReaderNotFound:
             pass
+
+
+def _record_offset(rid: object) -> int:
+    """The sqlstream offset a RecordId names (``batch_id + batch_index``)."""
+    batch_id = getattr(rid, "batch_id", None)
+    batch_index = getattr(rid, "batch_index", None)
+    if not isinstance(rid, tuple) or batch_id is None or batch_index is None:
+        raise InvalidArgument(f"a record id is a RecordId, not {show(rid)}")
+    return check_offset(check_offset(batch_id, "batch_id") + check_offset(batch_index, "batch_index"))
 
 
 def _meta(metadata: Any) -> dict[str, Any]:
@@ -423,36 +598,51 @@ _KEY_ORDERING = "ordering" in inspect.signature(Database.create_subscription).pa
 class Reader:
     """A reader of one shard: ``await reader.read(max_records)``."""
 
-    def __init__(self, reader: aio.AsyncReader, shard: int | None, timeout_ms: int) -> None:
+    def __init__(self, reader: aio.AsyncReader, shard: int | None, timeout_ms: int, max_bytes: int) -> None:
         self._reader = reader
         self._shard = shard
         self._timeout = max(0, timeout_ms) / 1000
+        self._max_bytes = max_bytes
+        self.foreign: list[ForeignRecord] = []
 
     async def read(self, max_records: int) -> list[Record]:
         """Up to ``max_records`` records of the shard, waiting up to the reader's timeout
-        for a first one ([] then)."""
+        for a first one ([] then). Foreign records (:class:`ForeignRecord`) are passed
+        over, each logged with its stream, offset and reason and kept in ``foreign``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:
             got = await self._reader.read(max_records, max(0.0, deadline - loop.time()))
             if self._shard is not None:
                 got = [r for r in got if r.key == str(self._shard)]
-            if got or loop.time() >= deadline:
-                return [_to_record(r) for r in got]
+            records, foreign = _mapped(got, self._max_bytes)
+            self.foreign += foreign
+            if records or loop.time() >= deadline:
+                return records
 
 
 class Consumer:
     """Calls ``await processing_func(ack_fun, stop_fun, records)`` per fetched batch until
     ``stop_fun()``; ``await start()`` returns then. ``ack_fun(record_ids)`` and
     ``stop_fun()`` act at once and return awaitables (awaiting them is optional).
-    Records never acked are redelivered after the subscription's ``ack_timeout``."""
+    Records never acked are redelivered after the subscription's ``ack_timeout``.
+
+    Foreign records (written by other code; see :class:`ForeignRecord`) take the error
+    path instead of reaching ``processing_func``: each is logged on
+    ``sqlstream.compat.hstreamdb`` with its stream, offset and reason, handed to
+    ``on_error`` when given (awaited if it returns an awaitable; an exception it raises
+    ends ``start()``), then acked — set aside, as sqlstream's own subscriptions set damaged
+    records aside, so that it never blocks its shard. The stored record is not changed.
+    """
 
     def __init__(self, name: str, subscription: str, adb: aio.AsyncDatabase,
-                 processing_func: Callable[..., Awaitable[Any]]) -> None:
+                 processing_func: Callable[..., Awaitable[Any]],
+                 on_error: Callable[[ForeignRecord], Any] | None = None) -> None:
         self.name = name
         self.subscription = subscription
         self._adb = adb
         self._func = processing_func
+        self._on_error = on_error
         self._stopped = False
 
     async def start(self) -> None:
@@ -461,7 +651,9 @@ class Consumer:
         acks: set[asyncio.Future[Any]] = set()
 
         def ack_fun(record_ids: Iterable[RecordId]) -> asyncio.Future[Any]:
-            offsets = [rid.batch_id + rid.batch_index for rid in record_ids]
+            if not isinstance(record_ids, Iterable):
+                raise InvalidArgument(f"ack_fun takes a list of RecordId, not {show(record_ids)}")
+            offsets = [_record_offset(rid) for rid in record_ids]
             fut = asyncio.ensure_future(sub.ack(*offsets))
             acks.add(fut)
             fut.add_done_callback(acks.discard)
@@ -475,10 +667,18 @@ class Consumer:
             return done
 
         self._stopped = False
+        limit = self._adb.sync.max_record_bytes
         while not self._stopped:
             batch = await sub.fetch(self.name, 100, None, stop=lambda: self._stopped)
-            if batch:
-                await self._func(ack_fun, stop_fun, [_to_record(r) for r in batch])
+            records, foreign = _mapped(batch, limit)
+            for error in foreign:
+                if self._on_error is not None:
+                    handled = self._on_error(error)
+                    if inspect.isawaitable(handled):
+                        await handled
+                await sub.ack(error.offset)
+            if records:
+                await self._func(ack_fun, stop_fun, records)
         if acks:
             await asyncio.gather(*acks)
 
@@ -499,9 +699,12 @@ class BufferedProducer:
                  find_stream_key_id_coro: Callable[[str, str | None], Awaitable[int]], append_callback: Any = None,
                  size_trigger: int = 0, time_trigger: float = 0, workers: int = 1, retry_count: int = 0,
                  retry_max_delay: float = 60, compresstype: Any = None, compresslevel: int = 9) -> None:
-        if workers < 1 or retry_count < 0 or size_trigger < 0 or time_trigger < 0 or retry_max_delay < 0:
-            raise InvalidArgument("workers must be >= 1; size_trigger, time_trigger, retry_count and "
-                                  "retry_max_delay must not be negative")
+        workers = _check_int(workers, "workers", 1, 1024)
+        retry_count = _check_int(retry_count, "retry_count", 0, 1_000_000)
+        size_trigger = _check_int(size_trigger, "size_trigger", 0, 1 << 62)
+        time_trigger = _check_number(time_trigger, "time_trigger")
+        retry_max_delay = _check_number(retry_max_delay, "retry_max_delay")
+        _encode(b"", compresstype, compresslevel)  # refuse a bad compresstype or level now
         self._flush_coro = flush_coro
         self._find = find_stream_key_id_coro
         self._callback = append_callback() if isinstance(append_callback, type) else append_callback
@@ -521,14 +724,16 @@ class BufferedProducer:
     async def append(self, stream_name: str, payload: bytes | str | dict[str, Any], key: str | None = None) -> None:
         if self._closed:
             raise DatabaseClosed("the producer is closed")
-        _encode(payload, None, 0)  # type check now, not at flush time
-        group = (stream_name, await self._find(stream_name, key))
+        size = len(_payload_bytes(payload)[0])  # type check now, not at flush time
+        group = (stream_name, await self._find(stream_name, _check_key(key)))
+        # As hstreamdb-py: a payload that would take the batch past size_trigger first
+        # flushes what is buffered, so no batch passes it (one payload larger than
+        # size_trigger is a batch of its own, flushed at once).
+        if self.size_trigger and self._sizes.get(group, 0) + size > self.size_trigger:
+            self._flush_group(group)
         self._buffers.setdefault(group, []).append(AppendPayload(payload, key))
-        size = len(payload if isinstance(payload, bytes) else
-                   payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
         self._sizes[group] = self._sizes.get(group, 0) + size
-        if (self.size_trigger == 0 and self.time_trigger == 0) or (
-                self.size_trigger and self._sizes[group] >= self.size_trigger):
+        if (self.size_trigger == 0 and self.time_trigger == 0) or (self.size_trigger and size > self.size_trigger):
             self._flush_group(group)
         elif self.time_trigger and group not in self._timers:
             loop = asyncio.get_running_loop()

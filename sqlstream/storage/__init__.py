@@ -35,7 +35,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Any, ClassVar, Union
 
 from ..errors import InvalidArgument, InvalidObjectPath, ObjectNotFound, StorageError
 from ..plugins import entry_points, load_object
@@ -47,6 +47,7 @@ __all__ = [
     "check_path",
     "ENTRY_POINT_GROUP",
     "BUILTIN_DRIVERS",
+    "unknown_options",
 ]
 
 ENTRY_POINT_GROUP = "sqlstream.storage_drivers"
@@ -164,6 +165,10 @@ class StorageDriver(ABC):
     """
 
     name = "abstract"
+    #: The configuration keys the driver reads (besides ``driver``); None: not declared,
+    #: any key is passed on. A config file naming another key is refused when it is loaded
+    #: (:func:`unknown_options`), so a misspelt option is not silently ignored.
+    OPTIONS: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         self.conf: dict[str, Any] = {**(conf or {}), **options}
@@ -253,6 +258,14 @@ def load_driver_class(name: str) -> type[StorageDriver]:
     if not (isinstance(cls, type) and issubclass(cls, StorageDriver)):
         raise InvalidArgument(f"storage driver {name!r} is not a StorageDriver subclass: {cls!r}")
     return cls
+
+
+def unknown_options(cls: type[StorageDriver], config: Mapping[str, Any]) -> list[str]:
+    """The keys of a storage configuration ``{"driver": NAME, ...}`` that driver class ``cls``
+    does not read (none when it does not declare :attr:`StorageDriver.OPTIONS`), sorted."""
+    if cls.OPTIONS is None:
+        return []
+    return sorted(str(k) for k in config if k != "driver" and k not in cls.OPTIONS)
 
 
 def get_driver(config: Mapping[str, Any] | StorageDriver) -> StorageDriver:

@@ -124,6 +124,7 @@ class FilesystemDriver(StorageDriver):
     """
 
     name = "filesystem"
+    OPTIONS = frozenset({"root", "mode"})
 
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         super().__init__(conf, **options)

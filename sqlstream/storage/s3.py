@@ -67,6 +67,8 @@ class S3Driver(StorageDriver):
     """Objects in an S3 bucket under an optional key prefix."""
 
     name = "s3"
+    OPTIONS = frozenset({"bucket", "prefix", "max_attempts", "connect_timeout", "read_timeout", "create_bucket",
+                         *_CLIENT_OPTIONS})
 
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         super().__init__(conf, **options)

@@ -104,6 +104,7 @@ class SqliteDriver(StorageDriver):
     """Objects as sealed byte streams in a sqlstream database (see the module docstring)."""
 
     name = "sqlite"
+    OPTIONS = frozenset({"path", "database"})
 
     def __init__(self, conf: Mapping[str, Any] | None = None, **options: Any) -> None:
         super().__init__(conf, **options)

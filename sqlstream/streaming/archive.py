@@ -30,6 +30,7 @@ Records retention trimmed before they were archived stop the service with
 
 from __future__ import annotations
 
+import difflib
 import math
 import threading
 import time
@@ -40,7 +41,7 @@ from ..archive.callbacks import check_compression
 from ..archive.export import ExportProgress, check_template, export
 from ..errors import SqlstreamError
 from ..records import check_name
-from ..storage import load_driver_class
+from ..storage import load_driver_class, unknown_options
 from .services import Option, OptionError, Service, resolve_path
 from .store import Block, RecordsTrimmed, Store
 
@@ -108,12 +109,12 @@ class ArchiveService(Service):
             check_compression(compress)
         except SqlstreamError as exc:
             raise OptionError("compress", f'must be "gzip" or "zstd", not {compress!r}'
-                              if compress not in ("gzip", "zstd") else str(exc), hint=exc.hint) from exc
+                              if compress not in ("gzip", "zstd") else str(exc.args[0]), hint=exc.hint) from exc
         if options["template"] is not None:
             try:
                 check_template(options["template"], "")
             except SqlstreamError as exc:
-                raise OptionError("template", str(exc), hint=exc.hint) from exc
+                raise OptionError("template", str(exc.args[0]), hint=exc.hint) from exc
         if options["format_version"] not in (1, 2):
             raise OptionError("format_version", f"must be 1 or 2, not {options['format_version']!r}",
                               hint="1: shoebox-compatible, no checksums; 2 (default): with checksums")
@@ -123,9 +124,15 @@ class ArchiveService(Service):
             if not isinstance(driver, str) or not driver:
                 raise OptionError("storage", "needs a driver", hint='e.g. storage = { driver = "filesystem", root = "up" }')
             try:
-                load_driver_class(driver)
+                driver_class = load_driver_class(driver)
             except SqlstreamError as exc:
-                raise OptionError("storage", str(exc), hint=exc.hint) from exc
+                raise OptionError("storage", str(exc.args[0]), hint=exc.hint) from exc
+            unknown = unknown_options(driver_class, storage)
+            if unknown:
+                known = sorted(driver_class.OPTIONS or ())
+                close = difflib.get_close_matches(unknown[0], known, n=1)
+                raise OptionError("storage", f"the {driver} driver has no option {unknown[0]!r}",
+                                  hint=f"did you mean {close[0]!r}?" if close else f"its options: {', '.join(known)}")
             local = _STORAGE_PATHS.get(driver)
             if local is not None and isinstance(storage.get(local), str) and storage[local]:
                 storage = {**storage, local: resolve_path(storage[local], base_dir)}

@@ -200,6 +200,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
                 options[key] = spec.default
         try:
             options = cls.prepare_options(options, base_dir)
+            cls.prepare_keys(tuple(keys), options)
         except OptionError as exc:
             raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))

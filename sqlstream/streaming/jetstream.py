@@ -3,7 +3,11 @@
 ``jetstream`` (forward, :class:`JetStreamForward`): every record of the exposed local
 streams is published to a JetStream stream, in commit order, with its key, headers,
 content type, timestamp and origin in NATS headers and ``Nats-Msg-Id`` =
-``{file id}:{offset}:{stream}``. Publishing is asynchronous with at most ``max_in_flight``
+``{origin}-{incarnation}:{offset}:{stream}`` (:func:`message_id`): the origin is the
+identity of the file that wrote the record (a copy made by ``backup()`` has its own, and
+names the records it shares with its original as the original does, see
+:mod:`sqlstream.lineage`), the incarnation tells apart streams of one name (deleted and
+created again), so an id never names two different records. Publishing is asynchronous with at most ``max_in_flight``
 unacknowledged messages; the durable cursor (``streaming_cursors``, a commit height)
 advances only over blocks whose every record has its PubAck. After a crash the records
 above the cursor are published again with the same ids, and the server's duplicate
@@ -15,7 +19,12 @@ refuses to start otherwise, naming the gap and the fix.
 JetStream stream (optionally a subject filter) feeds one local stream; each fetched batch
 is appended with ``dedup_id = "{js stream}:{sequence}"`` in the same transaction that
 records the position (``jetstream_sources``), and acked only after the commit. A message
-redelivered after ``kill -9`` is recognised by its dedup id and stored once.
+redelivered after ``kill -9`` is recognised by its dedup id and stored once. A poison
+message (a damaged ``Sqlstream-Headers``, a key or value the local stream refuses) is set
+aside in the same transaction -- counted, the last one named by stream and sequence in
+``serve --status``, stored raw in the ``dead_letter`` stream if one is configured -- and
+the messages after it are stored as usual. With ``create = true`` the service creates
+its JetStream stream (``subjects``, default the ``filter_subject``) when it is missing.
 
 Both run their asyncio loop (nats-py) in the thread the runner gives them
 (self-paced: ``SELF_PACED = True``). The server being unreachable is never fatal: the services retry
@@ -43,6 +52,7 @@ import collections
 import functools
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -54,7 +64,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..clock import now_us
 from ..errors import InvalidArgument, SqlstreamError
-from .services import Option, Service
+from ..records import check_name
+from .services import Option, OptionError, Service
+from ..lineage import Identity
 from .store import Block, BlockRecord, SourceItem, Store
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +79,7 @@ log = logging.getLogger("sqlstream.streaming.jetstream")
 
 BACKOFF_FIRST = 0.1
 HOUSEKEEPING_INTERVAL = 0.5  # seconds between pinning checks (keep_unforwarded), online or not
+IDLE_CURSOR_INTERVAL = 1.0  # seconds between cursor writes moved over commits of other streams only
 H_KEY = "Sqlstream-Key"
 H_HEADERS = "Sqlstream-Headers"
 H_TYPE = "Sqlstream-Content-Type"
@@ -74,6 +87,7 @@ H_TIME = "Sqlstream-Timestamp"
 H_ORIGIN = "Sqlstream-Origin"
 H_STREAM = "Sqlstream-Stream"
 H_OFFSET = "Sqlstream-Offset"
+H_INCARNATION = "Sqlstream-Incarnation"
 H_MSG_ID = "Nats-Msg-Id"
 H_BATCH_ID = "Nats-Batch-Id"  # atomic batch publish (ADR-50)
 H_BATCH_SEQUENCE = "Nats-Batch-Sequence"
@@ -128,26 +142,37 @@ def subject_token(name: str) -> str:
     return _TOKEN_BAD.sub("_", name) or "_"
 
 
-def message_id(file_id: int, stream: str, offset: int) -> str:
-    """The ``Nats-Msg-Id`` of a record: stable across resends, unique across files."""
-    return f"{file_id}:{offset}:{stream}"
+def message_id(origin: int, stream: str, offset: int, incarnation: int | None = None) -> str:
+    """The ``Nats-Msg-Id`` of a record: stable across resends, never the id of another record.
+
+    ``origin`` is the identity of the file that wrote the record
+    (:meth:`sqlstream.lineage.Identity.origin`), ``incarnation`` the stream's (None for a
+    stream created before schema version 11, whose ids keep their old form
+    ``{origin}:{offset}:{stream}``).
+    """
+    if incarnation is None:
+        return f"{origin}:{offset}:{stream}"
+    return f"{origin}-{incarnation}:{offset}:{stream}"
 
 
-def record_headers(file_id: int, record: BlockRecord) -> dict[str, str]:
-    """The NATS headers that carry a record's metadata (see the module docstring).
+def record_headers(origin: int, record: BlockRecord) -> dict[str, str]:
+    """The NATS headers that carry a record's metadata (see the module docstring);
+    ``origin``: the identity of the file that wrote it.
 
     The record's own headers become NATS headers of the same name when every name is a
     valid, non-reserved header name and no value has a line break; otherwise they travel
     as one JSON object in ``Sqlstream-Headers``.
     """
     headers = {
-        H_MSG_ID: message_id(file_id, record.stream, record.offset),
-        H_ORIGIN: str(file_id),
+        H_MSG_ID: message_id(origin, record.stream, record.offset, record.incarnation),
+        H_ORIGIN: str(origin),
         H_STREAM: record.stream,
         H_OFFSET: str(record.offset),
         H_TYPE: record.content_type,
         H_TIME: str(record.timestamp),
     }
+    if record.incarnation is not None:
+        headers[H_INCARNATION] = str(record.incarnation)
     if record.key is not None:
         headers[H_KEY] = record.key
     if record.headers:
@@ -173,23 +198,113 @@ def _value(content_type: str | None, data: bytes) -> Any:
 
 
 def _message_headers(headers: Mapping[str, str] | None) -> tuple[str | None, dict[str, str] | None, str | None]:
-    """(key, record headers, content type) from a message's NATS headers."""
+    """(key, record headers, content type) from a message's NATS headers.
+
+    Raises ValueError, saying what is wrong, when ``Sqlstream-Headers`` is not a JSON
+    object of strings (the message is poison: it cannot be stored as it was sent).
+    """
     if not headers:
         return None, None, None
     key = headers.get(H_KEY)
     ctype = headers.get(H_TYPE)
     if H_HEADERS in headers:
-        own: dict[str, str] = json.loads(headers[H_HEADERS])
+        try:
+            own: Any = json.loads(headers[H_HEADERS])
+        except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+            raise ValueError(f"its {H_HEADERS} header is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"its {H_HEADERS} header nests too deeply") from None
+        if not isinstance(own, dict) or not all(isinstance(v, str) for v in own.values()):
+            raise ValueError(f"its {H_HEADERS} header is not a JSON object of strings")
     else:
         own = {k: v for k, v in headers.items() if not k.lower().startswith(_RESERVED)}
     return key, (own or None), ctype
 
 
 # ---------------------------------------------------------------- shared options
+#
+# Every option is checked when the config is loaded (parse_config calls Option.check and
+# prepare_options), so a value the relay could not use is refused before anything runs,
+# as a ConfigError naming the option -- not retried for ever, nor found when it runs.
+
+MAX_SECONDS = 9_223_372_036.0  # the longest JetStream duration (int64 nanoseconds)
+MAX_IN_FLIGHT = 65_536  # unacknowledged messages (held in memory); far past any gain
+MAX_BATCH = 10_000  # messages per fetch and local transaction
+_JS_NAME_BAD = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
+
+
+def _seconds(*, zero: bool = False, limit: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    """An Option check: a finite number of seconds, positive (or ``zero`` allowed), at most ``limit``."""
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number of seconds, not {value!r}"
+        number = float(value)
+        if math.isnan(number) or number < 0 or (number == 0 and not zero):
+            return f"must be a {'non-negative' if zero else 'positive'} number of seconds, not {value!r}"
+        if number > limit:
+            return f"must be at most {limit:g} seconds, not {value!r}"
+        return None
+    return check
+
+
+def _count(low: int, high: int) -> Callable[[Any], str | None]:
+    """An Option check: an integer in [low, high]."""
+    def check(value: Any) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return None
+        return f"must be an integer from {low} to {high:,}, not {value!r}"
+    return check
+
+
+def _js_name(value: Any) -> str | None:
+    """An Option check: a JetStream stream or consumer name."""
+    if not isinstance(value, str) or not value or len(value) > 255 or _JS_NAME_BAD.search(value):
+        return (f"{value!r} is not a JetStream name (1 to 255 characters, no spaces, dots, '*', '>', "
+                "slashes or control characters)")
+    return None
+
+
+def _subject_problem(subject: str, *, wildcards: bool = True) -> str | None:
+    tokens = subject.split(".")
+    if any(t == "" or any(c.isspace() for c in t) for t in tokens):
+        return f"{subject!r} is not a NATS subject (tokens are non-empty, separated by single dots, no spaces)"
+    if not wildcards and any(t in ("*", ">") for t in tokens):
+        return f"{subject!r} may not contain wildcards"
+    if ">" in tokens[:-1]:
+        return f"{subject!r}: '>' may only be the last token"
+    return None
+
+
+def _subjects(value: Any) -> str | None:
+    """An Option check: a list of subjects (wildcards allowed)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f"must be a list of subjects, not {value!r}"
+    for subject in value:
+        problem = _subject_problem(subject)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _local_name(value: Any) -> str | None:
+    """An Option check: a valid local stream name."""
+    try:
+        check_name(value)
+    except SqlstreamError as exc:
+        return str(exc)
+    return None
+
+
+def _filter(value: Any) -> str | None:
+    """An Option check: a subject filter, or "" for none."""
+    if not isinstance(value, str):
+        return f"must be a subject, not {value!r}"
+    return None if value == "" else _subject_problem(value)
+
 
 _CONNECTION_OPTIONS: dict[str, Option] = {
     "servers": Option("list", ["nats://127.0.0.1:4222"], help='e.g. servers = ["nats://hub:4222"]'),
-    "stream": Option("str", required=True, help='the JetStream stream, e.g. stream = "EDGE"'),
+    "stream": Option("str", required=True, help='the JetStream stream, e.g. stream = "EDGE"', check=_js_name),
     "creds": Option("path", None, help="a NATS .creds file (JWT and nkey seed)"),
     "nkey": Option("path", None, help="a file holding an nkey seed (SU...)"),
     "user": Option("str", None),
@@ -198,10 +313,26 @@ _CONNECTION_OPTIONS: dict[str, Option] = {
     "tls_ca": Option("path", None, help="CA certificate(s) to verify the server"),
     "tls_cert": Option("path", None, help="client certificate (with tls_key)"),
     "tls_key": Option("path", None, help="client private key (with tls_cert)"),
-    "connect_timeout": Option("number", 2.0),
-    "backoff_max": Option("number", 30.0, help="the longest wait between reconnect attempts (seconds)"),
+    "connect_timeout": Option("number", 2.0, help="seconds to wait for the server when connecting",
+                              check=_seconds(limit=3600)),
+    "backoff_max": Option("number", 30.0, help="the longest wait between reconnect attempts (seconds)",
+                          check=_seconds(limit=86400)),
     "stop-node-on-error": Option("bool", True),
 }
+
+
+def _connection_problems(options: Mapping[str, Any]) -> None:
+    """The checks of the connection options that involve more than one value (OptionError)."""
+    servers = options["servers"]
+    if not servers:
+        raise OptionError("servers", "is empty", hint='e.g. servers = ["nats://hub:4222"]')
+    for server in servers:
+        if not re.match(r"^(nats|tls|ws|wss)://[^\s]+$", server):
+            raise OptionError("servers", f"{server!r} is not a nats:// URL", hint='write servers = ["nats://host:4222"]')
+    if (options["user"] is None) != (options["password"] is None):
+        raise OptionError("user", "user and password go together", hint="give both, or neither")
+    if (options["tls_cert"] is None) != (options["tls_key"] is None):
+        raise OptionError("tls_cert", "tls_cert and tls_key go together", hint="give both, or neither")
 
 
 class _Relay(Service):
@@ -210,22 +341,27 @@ class _Relay(Service):
     SELF_PACED: ClassVar[bool] = True
     UNIT: ClassVar[str] = "run(s)"
 
+    @classmethod
+    def prepare_options(cls, options: dict[str, Any], base_dir: str) -> dict[str, Any]:
+        """The checks that involve several options, made when the config is loaded."""
+        _connection_problems(options)
+        return options
+
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)
+        try:  # built without parse_config (the Python API): the same checks
+            for key, spec in self.OPTIONS.items():
+                if spec.check is not None and key in self.options and self.options[key] is not None:
+                    problem = spec.check(self.options[key])
+                    if problem is not None:
+                        raise OptionError(key, problem, hint=spec.help or None)
+            self.prepare_options(self.options, ".")
+            self.prepare_keys(self.keys, self.options)
+        except OptionError as exc:
+            raise InvalidArgument(f"[streamers.{name}] {exc.key}: {exc.problem}", hint=exc.hint) from None
         o = self.options
         self.servers: list[str] = list(o["servers"])
         self.stream: str = str(o["stream"])
-        if not self.servers:
-            raise InvalidArgument(f"[streamers.{name}] servers: is empty", hint='e.g. servers = ["nats://hub:4222"]')
-        for server in self.servers:
-            if not re.match(r"^(nats|tls|ws|wss)://", server):
-                raise InvalidArgument(f"[streamers.{name}] servers: {server!r} is not a nats:// URL",
-                                      hint='write servers = ["nats://host:4222"]')
-        if (o["user"] is None) != (o["password"] is None):
-            raise InvalidArgument(f"[streamers.{name}] user and password go together",
-                                  hint="give both, or neither")
-        if (o["tls_cert"] is None) != (o["tls_key"] is None):
-            raise InvalidArgument(f"[streamers.{name}] tls_cert and tls_key go together", hint="give both, or neither")
         self.backoff_max = max(BACKOFF_FIRST, float(o["backoff_max"]))
         self.connected = threading.Event()  # for tests and status: set while connected
 
@@ -350,7 +486,7 @@ class _Relay(Service):
     async def _relay_failed(self, store: Store, stop: threading.Event, exc: RelayError, delay: float) -> None:
         """A failure retrying will not fix: kept as the service's last error (``serve --status``,
         ``streaming_progress``), then raised (``stop-node-on-error``) or retried after ``delay``."""
-        message = f"{exc} ({exc.hint})" if exc.hint else str(exc)
+        message = str(exc)  # the message and its hint, once
         if not self.stop_on_error:
             await self._failed(store, stop, message, delay)
             return
@@ -415,7 +551,7 @@ class _Pending:
     """A published block awaiting its PubAcks: ``entries`` pairs each publish (one record, or
     the records of an atomic batch) with the future of its PubAck (the batch's commit's)."""
 
-    __slots__ = ("height", "entries", "sent_at", "next_offsets", "atomic")
+    __slots__ = ("height", "entries", "sent_at", "next_offsets", "atomic", "copied")
 
     def __init__(self, height: int, sent_at: float, next_offsets: dict[int, int]) -> None:
         self.height = height
@@ -423,6 +559,7 @@ class _Pending:
         self.entries: list[tuple[list[BlockRecord], asyncio.Future[Any]]] = []
         self.sent_at = sent_at
         self.atomic = 0  # 1 when published as an atomic batch
+        self.copied = 0  # records sent under the identity of the file this one was copied from
 
 
 def _where(records: Sequence[BlockRecord]) -> str:
@@ -537,13 +674,18 @@ class JetStreamForward(_Relay):
         "subject": Option("str", "sqlstream.{device}.{stream}",
                           help="the subject template: {device} and {stream} (a NATS token) are filled in"),
         "device": Option("str", None, help="this device's name in subjects (default: the host name)"),
-        "subjects": Option("list", [], help="the stream's subjects when it is created (default: from `subject`)"),
+        "subjects": Option("list", [], help="the stream's subjects when it is created (default: from `subject`)",
+                           check=_subjects),
         "create": Option("bool", True, help="create the JetStream stream if it is missing"),
-        "replicas": Option("int", 1, help="replicas of a stream this service creates"),
-        "duplicate_window": Option("number", 120.0, help="duplicate window (s) of a stream this service creates"),
-        "max_in_flight": Option("int", 256),
-        "ack_timeout": Option("number", 5.0, help="seconds to wait for a PubAck before reconnecting"),
-        "cursor_interval": Option("number", 0.2),
+        "replicas": Option("int", 1, help="replicas of a stream this service creates (1 to 5)", check=_count(1, 5)),
+        "duplicate_window": Option("number", 120.0, help="duplicate window (s) of a stream this service creates",
+                                   check=_seconds()),
+        "max_in_flight": Option("int", 256, help=f"unacknowledged messages at most (1 to {MAX_IN_FLIGHT:,})",
+                                check=_count(1, MAX_IN_FLIGHT)),
+        "ack_timeout": Option("number", 5.0, help="seconds to wait for a PubAck before reconnecting",
+                              check=_seconds(limit=3600)),
+        "cursor_interval": Option("number", 0.2, help="seconds between cursor writes at most",
+                                  check=_seconds(zero=True, limit=3600)),
         "allow_duplicates": Option("bool", False,
                                    help="start even when a resend may fall outside the duplicate window"),
         "keep_unforwarded": Option("bool", False,
@@ -552,24 +694,29 @@ class JetStreamForward(_Relay):
                                             "where the server (2.14+) and the stream (allow_atomic) support it"),
     }
 
+    @classmethod
+    def prepare_options(cls, options: dict[str, Any], base_dir: str) -> dict[str, Any]:
+        """The checks that involve several options, and the subject template, made when the config is loaded."""
+        options = super().prepare_options(options, base_dir)
+        template = options["subject"]
+        try:
+            probe = template.format(device="d", stream="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise OptionError("subject", f"{template!r} is not a valid template ({exc})",
+                              hint="use only {device} and {stream}, e.g. \"edge.{device}.{stream}\"") from None
+        if not probe or _subject_problem(probe, wildcards=False) is not None:
+            raise OptionError("subject", f"{template!r} does not make a valid subject",
+                              hint='tokens are separated by single dots, e.g. "edge.{device}.{stream}"')
+        return options
+
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)
         o = self.options
         self.device = subject_token(str(o["device"] or socket.gethostname().split(".")[0]))
         self.template = str(o["subject"])
-        try:
-            probe = self.template.format(device="d", stream="s")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise InvalidArgument(f"[streamers.{name}] subject: {self.template!r} is not a valid template ({exc})",
-                                  hint="use only {device} and {stream}, e.g. \"edge.{device}.{stream}\"") from None
-        if not probe or any(t == "" or " " in t or t in ("*", ">") for t in probe.split(".")):
-            raise InvalidArgument(f"[streamers.{name}] subject: {self.template!r} does not make a valid subject",
-                                  hint='tokens are separated by single dots, e.g. "edge.{device}.{stream}"')
         self.max_in_flight = int(o["max_in_flight"])
-        if self.max_in_flight < 1:
-            raise InvalidArgument(f"[streamers.{name}] max_in_flight: must be at least 1")
         self.ack_timeout = float(o["ack_timeout"])
-        self.file_id = 0
+        self.identity = Identity(0)
         #: Instrumentation (benchmarks/jetstream.py): called with each record the moment its
         #: PubAck arrives, in the relay's event loop thread; it must not block.
         self.on_ack: Callable[[BlockRecord], None] | None = None
@@ -673,8 +820,11 @@ class JetStreamForward(_Relay):
         Inside the duplicate window the server drops repeats: nothing to do. Outside it,
         the server is asked for the last message of each forwarded stream's subject: when
         it is this file's, every record up to its offset is stored (one publisher sends a
-        subject's messages in order), and the returned {stream: offset} are skipped. When
-        that cannot be known, RelayError names the gap and the fixes.
+        subject's messages in order), and the returned {stream: offset} are skipped. A
+        message of the file this one was copied from counts only up to the last record the
+        two share; one of an earlier stream of the same name (another incarnation) means
+        nothing of this stream is stored yet. When that cannot be known, RelayError names
+        the gap and the fixes.
         """
         if self.options["allow_duplicates"]:
             return {}
@@ -687,11 +837,11 @@ class JetStreamForward(_Relay):
             return {}
         nats = _nats()
         jsm = nc.jsm(timeout=self.ack_timeout)
-        names = await asyncio.to_thread(store.stream_names, self.keys)
+        incarnations = await asyncio.to_thread(store.stream_incarnations, self.keys)
         subjects: dict[str, str] = {}
         skip: dict[str, int] = {}
         problem = ""
-        for name in names:
+        for name, incarnation in incarnations.items():
             subject = self.subject(name)
             if subjects.setdefault(subject, name) != name:
                 problem = f"streams {subjects[subject]!r} and {name!r} share subject {subject!r}"
@@ -703,10 +853,20 @@ class JetStreamForward(_Relay):
             except (nats.js.errors.APIError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
                 raise _Transient(f"cannot read the last message on {subject!r}: {exc}") from exc
             headers = msg.headers or {}
-            if headers.get(H_ORIGIN) != str(self.file_id) or headers.get(H_STREAM) != name:
+            origin = headers.get(H_ORIGIN, "")
+            if not origin.isdigit() or not self.identity.owns(int(origin)) or headers.get(H_STREAM) != name:
                 problem = f"the last message on {subject!r} is not from stream {name!r} of this file"
                 break
-            skip[name] = int(headers[H_OFFSET])
+            if headers.get(H_INCARNATION) != (None if incarnation is None else str(incarnation)):
+                if int(origin) == self.identity.file_id:
+                    continue  # an earlier stream of this name: nothing of this one is stored
+                problem = f"the last message on {subject!r} is from another stream named {name!r}"
+                break
+            offset = int(headers[H_OFFSET])
+            upto = self.identity.upto(int(origin))
+            if upto is not None:  # the original's: the records the two files share, at most
+                offset = min(offset, await asyncio.to_thread(store.last_offset_upto, name, upto))
+            skip[name] = offset
         if not problem:
             return skip
         block = await asyncio.to_thread(store.next_block, self.name, self.keys, cursor)
@@ -724,7 +884,7 @@ class JetStreamForward(_Relay):
         )
 
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
-        self.file_id = await asyncio.to_thread(store.file_id)
+        self.identity = await asyncio.to_thread(store.identity)
         window = await self._ensure_stream(nc)
         cursor = await asyncio.to_thread(store.cursor, self.name, self.KIND, self.keys)
         skip = await self._check_window(nc, store, cursor, window)
@@ -738,9 +898,11 @@ class JetStreamForward(_Relay):
         last_write = time.monotonic()
         acked = cursor
         acked_offsets: dict[int, int] = {}  # stream id -> offset after its last acked record
+        copied = 0  # acked records of blocks the file shares with its original (counted at the next save)
+        idle_saved = time.monotonic()
 
         async def harvest(wait: bool) -> None:
-            nonlocal acked, batches
+            nonlocal acked, batches, copied
             while pending:
                 head = pending[0]
                 futures = [future for _records, future in head.entries]
@@ -774,6 +936,7 @@ class JetStreamForward(_Relay):
                 batches -= head.atomic
                 acked = head.height
                 acked_offsets.update(head.next_offsets)
+                copied += head.copied
 
         def probe(after: int) -> tuple[int, list[Block]]:
             """The head, then the blocks above ``after``: up to ``max_in_flight`` records (at
@@ -786,12 +949,14 @@ class JetStreamForward(_Relay):
             return head
 
         async def save(force: bool) -> None:
-            nonlocal cursor, last_write
+            nonlocal cursor, last_write, copied
             if acked > cursor and (force or time.monotonic() - last_write >= float(self.options["cursor_interval"])):
                 # With where it is in each stream: retention may trim what is forwarded
                 # (and, with keep_unforwarded, only that) without the relay taking it for a loss.
-                await asyncio.to_thread(store.advance, self.name, acked, Block(acked, next_offsets=dict(acked_offsets)))
+                await asyncio.to_thread(store.advance, self.name, acked, Block(acked, next_offsets=dict(acked_offsets)),
+                                        copied=copied)
                 acked_offsets.clear()
+                copied = 0
                 cursor = acked
                 last_write = time.monotonic()
             if time.monotonic() - self._pinned_at >= HOUSEKEEPING_INTERVAL:
@@ -809,7 +974,26 @@ class JetStreamForward(_Relay):
                     await harvest(wait=True)
                     while pending:
                         await harvest(wait=True)
-                    await save(force=True)
+                    # Everything up to the head seen (or `upto`) that touches the forwarded
+                    # streams is acked: the commits above the last block are not owed (the
+                    # lag counts what the relay owes). Moved quietly while serving: at most
+                    # every IDLE_CURSOR_INTERVAL, so other streams' commits cost few writes.
+                    owed = acked > cursor
+                    reached = seen if upto is None else min(seen, upto)
+                    if once and upto is not None and seen > upto:
+                        # Commits after the start (e.g. another service's): not owed when
+                        # they touch none of the forwarded streams; owed (left) otherwise.
+                        head, later = await asyncio.to_thread(
+                            store.next_blocks, self.name, self.keys, read, None, max_records=1)
+                        if not later:
+                            reached = head
+                    if reached > acked:
+                        acked = read = reached
+                    if once or owed or time.monotonic() - idle_saved >= IDLE_CURSOR_INTERVAL:
+                        idle_saved = time.monotonic()
+                        await save(force=True)
+                    elif time.monotonic() - self._pinned_at >= HOUSEKEEPING_INTERVAL:
+                        await self._housekeeping(store)
                     if once:
                         return True
                     if not nc.is_connected:  # noticed while idle too: the status shows it at once
@@ -827,6 +1011,8 @@ class JetStreamForward(_Relay):
                     item = _Pending(block.height, time.monotonic(), block.next_offsets)
                     records = [record for name in sorted(block.streams) for record in block.streams[name]
                                if record.offset > skip.get(name, -1)]  # skipped: the server has them
+                    if block.height <= self.identity.copied_at:
+                        item.copied = len(records)
                     if self.atomic and 1 < len(records) <= ATOMIC_MAX_MESSAGES:
                         while batches >= ATOMIC_MAX_OPEN:
                             await harvest(wait=True)
@@ -861,7 +1047,8 @@ class JetStreamForward(_Relay):
         """Publish one record asynchronously; the future is its PubAck."""
         nats = _nats()
         try:
-            future = await js.publish(self.subject(record.stream), record.data, record_headers(self.file_id, record))
+            headers = record_headers(self.identity.origin(height), record)
+            future = await js.publish(self.subject(record.stream), record.data, headers)
         except nats.errors.MaxPayloadError as exc:
             self._publish_failed([record], height, exc)
             raise  # not reached: _publish_failed raises
@@ -884,7 +1071,7 @@ class JetStreamForward(_Relay):
         last = len(records)
         checked = height in self._incomplete
         for n, record in enumerate(records, 1):
-            headers = record_headers(self.file_id, record)
+            headers = record_headers(self.identity.origin(height), record)
             headers[H_BATCH_ID] = batch_id
             headers[H_BATCH_SEQUENCE] = str(n)
             if n < last:
@@ -988,22 +1175,83 @@ class JetStreamSource(_Relay):
     KIND: ClassVar[str] = "jetstream-source"
     OPTIONS: ClassVar[Mapping[str, Option]] = {
         **_CONNECTION_OPTIONS,
-        "filter_subject": Option("str", "", help="only messages on these subjects (wildcards allowed)"),
-        "durable": Option("str", None, help="the durable consumer's name (default: the streamer's name)"),
-        "batch": Option("int", 256, help="messages fetched and stored per transaction"),
-        "ack_wait": Option("number", 30.0, help="seconds before an unacked message is redelivered"),
+        "filter_subject": Option("str", "", help="only messages on these subjects (wildcards allowed)",
+                                 check=_filter),
+        "durable": Option("str", None, help="the durable consumer's name (default: the streamer's name)",
+                          check=_js_name),
+        "batch": Option("int", 256, help=f"messages fetched and stored per transaction (1 to {MAX_BATCH:,})",
+                        check=_count(1, MAX_BATCH)),
+        "ack_wait": Option("number", 30.0, help="seconds before an unacked message is redelivered",
+                           check=_seconds(limit=86400)),
+        "create": Option("bool", False, help="create the JetStream stream (with `subjects`) if it is missing"),
+        "subjects": Option("list", [], help="the subjects of a stream this service creates (default: "
+                                            "[filter_subject])", check=_subjects),
+        "replicas": Option("int", 1, help="replicas of a stream this service creates (1 to 5)", check=_count(1, 5)),
+        "dead_letter": Option("str", None, help="a local stream for messages that cannot be stored (poison); "
+                                                "default: they are skipped (counted and named in serve --status)",
+                              check=_local_name),
     }
+
+    @classmethod
+    def prepare_options(cls, options: dict[str, Any], base_dir: str) -> dict[str, Any]:
+        """The checks that involve several options, made when the config is loaded."""
+        options = super().prepare_options(options, base_dir)
+        if options["create"] and not (options["subjects"] or options["filter_subject"]):
+            raise OptionError("create", "needs the subjects of the stream to create",
+                              hint='add subjects = ["cmd.>"] (or a filter_subject)')
+        return options
+
+    @classmethod
+    def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        """A jetstream-source writes ONE local stream, named (no glob), not its dead-letter stream."""
+        if len(keys) > 1 or any(c in k for k in keys for c in "*?["):
+            raise OptionError("keys", f"a jetstream-source writes ONE local stream, not {list(keys)!r}",
+                              hint='e.g. keys = ["commands"]')
+        problem = _local_name(keys[0]) if keys else None
+        if problem is not None:
+            raise OptionError("keys", problem)
+        if keys and options.get("dead_letter") == keys[0]:
+            raise OptionError("dead_letter", "must not be the stream it stores into", hint="name another local stream")
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)
-        if len(self.keys) > 1 or any(c in k for k in self.keys for c in "*?["):
-            raise InvalidArgument(f"[streamers.{name}] keys: a jetstream-source writes ONE local stream, "
-                                  f"not {self.keys!r}", hint='e.g. keys = ["commands"]')
         self.target = self.keys[0] if self.keys else ""
         self.durable = subject_token(str(self.options["durable"] or name))
         self.batch = int(self.options["batch"])
-        if self.batch < 1:
-            raise InvalidArgument(f"[streamers.{name}] batch: must be at least 1")
+        self.dead_letter: str | None = self.options["dead_letter"]
+
+    def _item(self, headers: Mapping[str, str] | None, data: bytes, seq: int) -> SourceItem:
+        """The record to store for message ``seq``, or (``problem`` set) why it cannot be one."""
+        where = f"JetStream stream {self.stream!r} sequence {seq}"
+        dedup_id = f"{self.stream}:{seq}"
+        try:
+            key, own, ctype = _message_headers(headers)
+        except ValueError as exc:
+            return SourceItem(None, None, None, dedup_id, where, str(exc), data)
+        try:
+            value = _value(ctype, data)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            value = data  # a body that is not what its content type says: kept as sent
+        return SourceItem(value, key, own, dedup_id, where, None, data)
+
+    async def _create_stream(self, jsm: Any) -> None:
+        """Create the JetStream stream (``create = true``): ``subjects``, else the filter."""
+        nats = _nats()
+        from nats.js.api import StreamConfig  # noqa: PLC0415 - optional dependency
+
+        subjects = list(self.options["subjects"]) or [self.options["filter_subject"]]
+        try:
+            await jsm.add_stream(StreamConfig(name=self.stream, subjects=subjects,
+                                              num_replicas=int(self.options["replicas"])))
+        except nats.js.errors.APIError as exc:
+            if _is_transient_api_error(exc):
+                raise _Transient(f"cannot create stream {self.stream!r}: {exc}") from exc
+            if getattr(exc, "err_code", None) == 10058:  # created meanwhile (same name): use it
+                return
+            raise RelayError(f"streamer {self.name!r}: cannot create JetStream stream {self.stream!r}: {exc}",
+                             hint="check `subjects` (they may overlap another stream's) and the account limits"
+                             ) from exc
+        log.info("streamer %r: created JetStream stream %r (subjects %s)", self.name, self.stream, subjects)
 
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
         nats = _nats()
@@ -1029,12 +1277,15 @@ class JetStreamSource(_Relay):
                 await jsm.delete_consumer(self.stream, self.durable)
             except nats.js.errors.NotFoundError as exc:
                 if getattr(exc, "err_code", None) == 10059:  # the stream itself is missing
-                    raise
+                    if not self.options["create"]:
+                        raise
+                    await self._create_stream(jsm)
             await jsm.add_consumer(self.stream, config)
             sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         except nats.js.errors.NotFoundError as exc:
             raise RelayError(f"streamer {self.name!r}: JetStream stream {self.stream!r} does not exist",
-                             hint="create it on the server, or fix `stream`") from exc
+                             hint="create it on the server, or set create = true (with subjects) in the "
+                                  "config, or fix `stream`") from exc
         except nats.errors.NoRespondersError as exc:
             raise RelayError(f"streamer {self.name!r}: the server has no JetStream",
                              hint="start nats-server with -js") from exc
@@ -1066,19 +1317,15 @@ class JetStreamSource(_Relay):
                 seq = int(msg.metadata.sequence.stream)
                 if seq <= position:  # stored already (its ack was lost or late)
                     continue
-                key, headers, ctype = _message_headers(msg.headers)
-                try:
-                    value = _value(ctype, msg.data)
-                except (UnicodeDecodeError, ValueError):
-                    value = bytes(msg.data)
-                items.append(SourceItem(value, key, headers, f"{self.stream}:{seq}"))
+                items.append(self._item(msg.headers, bytes(msg.data), seq))
                 top = max(top, seq)
             if items:
+                # Poison messages are set aside in the same transaction (counted, named).
                 await asyncio.to_thread(store.append_from_source, self.name, self.stream, self.target, items, top,
-                                        pending)
+                                        pending, dead_letter=self.dead_letter)
                 position = top
             # Acked only after the commit: a crash before this line redelivers, and the
-            # dedup ids store each message once.
+            # dedup ids (and the position) store each message once.
             for msg in msgs:
                 await msg.ack()
             await nc.flush()

@@ -39,8 +39,10 @@ class ServiceError(SqlstreamError):
 
     def __init__(self, service: str, height: int | None, cause: BaseException) -> None:
         where = f" at block {height}" if height is not None else ""
+        # The cause's hint becomes this error's (shown once): not its str(), which has it too.
+        text = str(cause.args[0]) if isinstance(cause, SqlstreamError) and cause.args else str(cause)
         super().__init__(
-            f"streaming service {service!r} stopped{where}: {type(cause).__name__}: {cause}",
+            f"streaming service {service!r} stopped{where}: {type(cause).__name__}: {text}",
             hint=getattr(cause, "hint", None) or "fix the cause and run again: the service resumes with this block",
         )
         self.service = service

@@ -99,6 +99,11 @@ class Service(ABC):
         the config file's folder); raise :class:`OptionError`. Default: as they are."""
         return options
 
+    @classmethod
+    def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
+        """Check the ``keys`` patterns beyond their TOML type (with the prepared ``options``)
+        when the config is loaded; raise :class:`OptionError`. Default: any names or globs."""
+
     def run_paced(self, store: Store, stop: threading.Event, once: bool) -> int:
         """A self-paced service's loop (see ``SELF_PACED``): run until ``stop`` is set (``once``:
         until caught up with what is committed now); return the units of work done."""

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import now_us
+from ..connection import runner
 from ..database import Database
-from ..errors import SqlstreamError
+from ..errors import InvalidArgument, InvalidName, InvalidValue, PayloadTooLarge, SqlstreamError
+from ..lineage import Identity, read_identity
 from ..retention import PIN_PREFIX, pin_counter, streamed_counter
 from ..txn import last_txn
 
-__all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "matches"]
+__all__ = ["Store", "Block", "BlockRecord", "Cursor", "RecordsTrimmed", "SentMarks", "SourceItem", "SourceResult",
+           "matches"]
 
 log = logging.getLogger("sqlstream.streaming")
 
@@ -79,6 +82,10 @@ class BlockRecord:
     headers: str | None  # JSON object text, or None
     content_type: str
     data: bytes
+    #: The stream's incarnation (migration 0011): a number no other stream of the file
+    #: had or will have, so a stream deleted and created again under its name is told
+    #: apart. None for a stream created before version 11.
+    incarnation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +128,20 @@ class Cursor:
     source_sequence: int | None = None
     source_stored: int | None = None
     source_pending: int | None = None
+    #: jetstream-source: messages set aside (poison: not storable), and the last one named
+    #: by JetStream stream and sequence with the reason.
+    source_poisoned: int | None = None
+    source_last_poison: str | None = None
+    #: jetstream (forward): records sent again under an identity the file had before it
+    #: was copied (a restore from a backup copy; see :mod:`sqlstream.lineage`).
+    copied_resent: int = 0
 
     @property
     def lag(self) -> int | None:
-        """Commits after ``height`` (touching the exposed streams or not); for a
-        jetstream-source, the messages left on the server (None: not known yet)."""
+        """Commits after ``height``; for a jetstream-source, the messages left on the server
+        (None: not known yet). A jetstream (forward) relay moves its height over commits
+        that touch none of its streams once it has caught up, so its lag is what it owes
+        (0 after ``serve --once``); a block service's may count such commits."""
         if self.kind == "jetstream-source":
             return self.source_pending
         return max(0, self.head - self.height)
@@ -161,12 +177,35 @@ class SentMarks:
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One record a source service appends: value, key, headers, and its dedup id."""
+    """One record a source service appends: value, key, headers, and its dedup id.
+
+    ``problem`` set: the message cannot be a record (e.g. a damaged header); it is set
+    aside (counted, named by ``where``) instead of stored. ``where`` names the message at
+    its source (e.g. "JetStream stream 'CMD' sequence 5").
+    """
 
     value: Any
     key: str | None
     headers: dict[str, str] | None
     dedup_id: str
+    where: str = ""
+    problem: str | None = None
+    raw: bytes = b""  # the message body as received (what a dead-letter record holds)
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What :meth:`Store.append_from_source` did: records stored (duplicates not counted)
+    and the items set aside, as ``(where, problem)``."""
+
+    stored: int
+    poisoned: list[tuple[str, str]] = field(default_factory=list)
+
+
+# Errors an append raises because of the record itself: such a message is poison (set
+# aside), whereas any other error (the disk is full, the stream is sealed) fails the batch.
+_RECORD_FAULTS = (InvalidArgument, InvalidValue, InvalidName, PayloadTooLarge)
+_COPIED_PREFIX = "relay_copied:"
 
 
 def _text(data: Any) -> bytes:
@@ -185,7 +224,8 @@ class Store:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._hints: dict[tuple[str, int], tuple[int, int]] = {}  # (service, stream_id) -> (height, offset)
+        # (service, stream id, incarnation) -> (height, offset)
+        self._hints: dict[tuple[str, int, int | None], tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     # -------------------------------------------------------------- cursors
@@ -212,11 +252,13 @@ class Store:
         assert row is not None
         return int(row[0])
 
-    def advance(self, service: str, height: int, block: Block | None = None) -> None:
+    def advance(self, service: str, height: int, block: Block | None = None, *, copied: int = 0) -> None:
         """Record that ``service`` finished block ``height`` (one committed write).
 
         With ``block``, also where the service now is in each stream the block touched
-        (what :meth:`next_block` compares with the streams' first offsets).
+        (what :meth:`next_block` compares with the streams' first offsets). ``copied``
+        adds to the records a relay sent again under an earlier identity of the file
+        (:attr:`Cursor.copied_resent`), in the same write.
 
         Refuses to move backwards: a second runner of the same service that lost a race
         raises instead of rewinding the cursor.
@@ -243,6 +285,10 @@ class Store:
                 # A forwarding pin (keep_unforwarded) follows; none is created here.
                 conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = ?",
                              (nxt, pin_counter(sid, service)))
+            if copied:
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                             (_COPIED_PREFIX + service, copied))
 
     def pin_unforwarded(self, service: str, patterns: Sequence[str], keep: bool) -> int:
         """Make retention keep what ``service`` has not forwarded, or stop it (``keep=False``).
@@ -354,28 +400,35 @@ class Store:
         with self.db.engine.snapshot() as conn:
             rows = conn.execute(
                 "SELECT c.service, c.kind, c.height, t.txn, c.updated_at, c.last_error, "
-                "s.js_stream, s.sequence, s.stored, s.pending "
+                "s.js_stream, s.sequence, s.stored, s.pending, s.poisoned, s.last_poison, coalesce(k.value, 0) "
                 "FROM streaming_cursors c JOIN last_txn t "
-                "LEFT JOIN jetstream_sources s ON s.service = c.service ORDER BY c.service"
+                "LEFT JOIN jetstream_sources s ON s.service = c.service "
+                "LEFT JOIN counters k ON k.name = ? || c.service ORDER BY c.service", (_COPIED_PREFIX,)
             ).fetchall()
         rows_any: list[Any] = rows
-        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
-                for r in rows_any]
+        return [Cursor(str(r[0]), str(r[1]), int(r[2]), int(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                       r[11], int(r[12])) for r in rows_any]
 
     # -------------------------------------------------------------- relays (migration 0006)
 
-    def file_id(self) -> int:
-        """The database file's stable random identity (``counters`` row ``file_id``)."""
+    def identity(self) -> Identity:
+        """The file's identity and the ones it had before it was copied (:mod:`sqlstream.lineage`)."""
+        with self.db.engine.write(wakes=False) as conn:  # creates file_id in a file migrated before it existed
+            return read_identity(runner(conn))
+
+    def last_offset_upto(self, stream: str, txn: int) -> int:
+        """The offset of stream ``stream``'s last record written by commit ``txn`` or earlier (-1: none)."""
         with self.db.engine.snapshot() as conn:
-            row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
-        if row is not None:
-            return int(row[0])
-        with self.db.engine.write(wakes=False) as conn:  # a file migrated before the row existed
-            conn.execute("INSERT INTO counters (name, value) VALUES ('file_id', random() & 9223372036854775807) "
-                         "ON CONFLICT (name) DO NOTHING")
-            row = conn.execute("SELECT value FROM counters WHERE name = 'file_id'").fetchone()
-        assert row is not None
-        return int(row[0])
+            row = conn.execute("SELECT c.offset FROM chunks c JOIN streams s ON s.id = c.stream_id "
+                               "WHERE s.name = ? AND c.txn <= ? ORDER BY c.offset DESC LIMIT 1",
+                               (stream, txn)).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def stream_incarnations(self, patterns: Sequence[str]) -> dict[str, int | None]:
+        """The incarnation (see :class:`BlockRecord`) of each existing stream ``patterns`` expose."""
+        with self.db.engine.snapshot() as conn:
+            return {str(n): (None if i is None else int(i)) for n, i in
+                    conn.execute("SELECT name, incarnation FROM streams ORDER BY name") if matches(str(n), patterns)}
 
     def sent_marks(self, service: str) -> SentMarks | None:
         """The service's sent marks (see :class:`SentMarks`), None before its first publish."""
@@ -411,31 +464,60 @@ class Store:
         return marks
 
     def append_from_source(self, service: str, source: str, stream: str, items: Sequence[SourceItem],
-                           sequence: int, pending: int | None = None) -> int:
+                           sequence: int, pending: int | None = None, *,
+                           dead_letter: str | None = None) -> SourceResult:
         """Append ``items`` to ``stream`` (created if missing) with their dedup ids and record
-        ``sequence`` as the service's position, all in ONE transaction; return how many were
-        stored (duplicates are not). Raises what the appends raise; then nothing is stored.
+        ``sequence`` as the service's position, all in ONE transaction. Raises what the
+        appends raise for any other reason than the record itself (the disk is full, the
+        stream is sealed); then nothing is stored and the position stays.
+
+        Poison: an item with a ``problem``, or one whose append is refused for the record
+        itself (a bad key or headers, too large), is set aside instead: counted in
+        ``jetstream_sources.poisoned``, named in ``last_poison`` (and logged), and, with
+        ``dead_letter``, its raw value stored in that local stream (headers ``source``,
+        ``error``; same dedup id) -- in the same transaction, so once.
 
         ``pending``: the messages the server still held after these (the progress view's
         lag). The service's last error is cleared: it made progress again."""
-        stored = 0
+        poisoned: list[tuple[str, str]] = []
         with self.db.transaction():
             handle = self.db.create_stream(stream, exist_ok=True)
             before = handle.info().next_offset
+            aside = None  # the dead-letter stream, created with its first record
             for item in items:
-                handle.append(item.value, key=item.key, headers=item.headers, dedup_id=item.dedup_id)
+                problem = item.problem
+                if problem is None:
+                    try:
+                        with self.db.transaction():  # a savepoint: a refused record leaves nothing
+                            handle.append(item.value, key=item.key, headers=item.headers, dedup_id=item.dedup_id)
+                        continue
+                    except _RECORD_FAULTS as exc:
+                        problem = f"{type(exc).__name__}: {exc}"
+                log.warning("streaming service %r: setting aside %s: %s", service, item.where, problem)
+                poisoned.append((item.where, problem))
+                if dead_letter:
+                    aside = aside or self.db.create_stream(dead_letter, exist_ok=True)
+                    headers = {"source": item.where, "error": problem[:2000]}
+                    try:
+                        with self.db.transaction():
+                            aside.append(item.raw, dedup_id=item.dedup_id, headers=headers)
+                    except _RECORD_FAULTS as exc:  # e.g. too large for a record: named, not kept
+                        headers["error"] += f" (body not kept: {type(exc).__name__}: {exc})"[:2000]
+                        aside.append(b"", dedup_id=item.dedup_id, headers=headers)
             stored = handle.info().next_offset - before
+            last = f"{poisoned[-1][0]}: {poisoned[-1][1]}" if poisoned else None
             with self.db.engine.write(wakes=False) as conn:
                 conn.execute(
-                    "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at, pending) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET js_stream = excluded.js_stream, "
-                    "sequence = max(sequence, excluded.sequence), stored = stored + excluded.stored, "
-                    "updated_at = excluded.updated_at, pending = excluded.pending",
-                    (service, source, sequence, stored, now_us(), pending),
+                    "INSERT INTO jetstream_sources (service, js_stream, sequence, stored, updated_at, pending, "
+                    "poisoned, last_poison) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (service) DO UPDATE SET "
+                    "js_stream = excluded.js_stream, sequence = max(sequence, excluded.sequence), "
+                    "stored = stored + excluded.stored, updated_at = excluded.updated_at, pending = excluded.pending, "
+                    "poisoned = poisoned + excluded.poisoned, last_poison = coalesce(excluded.last_poison, last_poison)",
+                    (service, source, sequence, stored, now_us(), pending, len(poisoned), last),
                 )
                 conn.execute("UPDATE streaming_cursors SET last_error = NULL, error_at = NULL WHERE service = ?",
                              (service,))
-        return stored
+        return SourceResult(stored, poisoned)
 
     def source_position(self, service: str) -> tuple[str, int, int, int] | None:
         """(JetStream stream, highest sequence stored, messages stored, updated_at µs), or None."""
@@ -455,24 +537,33 @@ class Store:
     def _head(conn: Any) -> int:
         return last_txn(lambda sql, params=(): conn.execute(sql, params).fetchall())
 
+    @staticmethod
+    def _exposed(conn: Any, patterns: Sequence[str]) -> tuple[list[tuple[int, str, int, int]], dict[int, int | None]]:
+        """The streams ``patterns`` expose as (id, name, first offset, next offset) by name, and
+        their incarnations by id."""
+        streams: list[tuple[int, str, int, int]] = []
+        incarnations: dict[int, int | None] = {}
+        for sid, name, first, nxt, incarnation in conn.execute(
+            "SELECT n.id, n.name, n.first_offset, n.next_offset, s.incarnation FROM streams_now n "
+            "JOIN streams s ON s.id = n.id ORDER BY n.name"
+        ):
+            if matches(str(name), patterns):
+                streams.append((int(sid), str(name), int(first), int(nxt)))
+                incarnations[int(sid)] = None if incarnation is None else int(incarnation)
+        return streams, incarnations
+
     def next_block(self, service: str, patterns: Sequence[str], after: int, upto: int | None = None) -> Block | None:
         """The first block above height ``after`` (and at most ``upto``) that touches a
         stream ``patterns`` expose, read from one snapshot; None when there is none yet."""
         with self.db.engine.snapshot() as conn:
-            streams = [
-                (int(sid), str(name), int(first), int(nxt))
-                for sid, name, first, nxt in conn.execute(
-                    "SELECT id, name, first_offset, next_offset FROM streams_now ORDER BY name"
-                )
-                if matches(str(name), patterns)
-            ]
+            streams, incarnations = self._exposed(conn, patterns)
             limit = self._head(conn) if upto is None else min(upto, self._head(conn))
             if limit <= after:
                 return None
             self._check_trimmed(conn, service, streams)
             starts: dict[int, tuple[int, int]] = {}  # stream id -> (offset, txn) of its next record
             for sid, _name, first, nxt in streams:
-                offset = self._first_after(conn, service, sid, first, nxt, after)
+                offset = self._first_after(conn, service, sid, first, nxt, after, incarnations[sid])
                 row = conn.execute(
                     "SELECT offset, txn FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 1",
                     (sid, offset),
@@ -501,7 +592,7 @@ class Store:
                     if txn != height:
                         break
                     records.append(BlockRecord(name, int(offset), int(ts), _str(key), _str(headers), str(ctype),
-                                               _text(data)))
+                                               _text(data), incarnations[sid]))
                 block.streams[name] = records
                 block.next_offsets[sid] = records[-1].offset + 1
             return block
@@ -514,13 +605,7 @@ class Store:
         whole block when there is one; never part of a block). Same errors as next_block."""
         with self.db.engine.snapshot() as conn:
             head = self._head(conn)
-            streams = [
-                (int(sid), str(name), int(first), int(nxt))
-                for sid, name, first, nxt in conn.execute(
-                    "SELECT id, name, first_offset, next_offset FROM streams_now ORDER BY name"
-                )
-                if matches(str(name), patterns)
-            ]
+            streams, incarnations = self._exposed(conn, patterns)
             limit = head if upto is None else min(upto, head)
             if limit <= after or not streams:
                 return head, []
@@ -528,7 +613,7 @@ class Store:
             by_txn: dict[int, list[tuple[int, str, list[BlockRecord]]]] = {}
             cap = limit  # blocks above a stream's truncated read may be incomplete
             for sid, name, first, nxt in streams:
-                offset = self._first_after(conn, service, sid, first, nxt, after)
+                offset = self._first_after(conn, service, sid, first, nxt, after, incarnations[sid])
                 rows: list[Any] = conn.execute(
                     "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
                     "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
@@ -544,7 +629,7 @@ class Store:
                     if not group or group[-1][0] != sid:
                         group.append((sid, name, []))
                     group[-1][2].append(BlockRecord(name, int(off), int(ts), _str(key), _str(headers), str(ctype),
-                                                    _text(data)))
+                                                    _text(data), incarnations[sid]))
             blocks: list[Block] = []
             for txn in sorted(t for t in by_txn if t <= cap):
                 block = Block(txn)
@@ -600,14 +685,17 @@ class Store:
                 return exc.gaps
         return []
 
-    def _first_after(self, conn: Any, service: str, sid: int, first: int, nxt: int, after: int) -> int:
+    def _first_after(self, conn: Any, service: str, sid: int, first: int, nxt: int, after: int,
+                     incarnation: int | None) -> int:
         """The lowest offset of stream ``sid`` whose txn may be above ``after``.
 
         Offsets and txns grow together along a stream, so a binary search over offsets
         finds it in O(log n) probes; the hint of the previous call usually answers at once.
+        Hints are kept per stream incarnation: a stream created again under a deleted
+        one's id starts at offset 0 again, below the old stream's hint.
         """
         with self._lock:
-            hint = self._hints.get((service, sid))
+            hint = self._hints.get((service, sid, incarnation))
         if hint is not None and hint[0] <= after:
             lo = max(first, hint[1])
         else:
@@ -624,7 +712,7 @@ class Store:
             else:
                 lo = int(row[0]) + 1
         with self._lock:
-            self._hints[(service, sid)] = (after, lo)
+            self._hints[(service, sid, incarnation)] = (after, lo)
         return lo
 
     # -------------------------------------------------------------- waiting
