@@ -59,10 +59,10 @@ def cases() -> list[tuple[str, list[str]]]:
     ]
 
 
-def run_once(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+def run_once(argv: Sequence[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
     """(wall seconds, child CPU seconds) of one fresh process; raises if it fails."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -79,14 +79,19 @@ def measure(rounds: int, per_round: int, log: Callable[[str], None]) -> dict[str
     with tempfile.TemporaryDirectory(prefix="sqlstream-bench-pycache-") as cache:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPROFILEIMPORTTIME")}
         env["PYTHONPYCACHEPREFIX"] = cache
+        # The children run in an empty directory, as from a user's project: `python -c`
+        # puts the current directory first on sys.path, and a checkout there would shadow
+        # the sqlstream under test (PYTHONPATH or the installed one).
+        cwd = os.path.join(cache, "cwd")
+        os.mkdir(cwd)
         for _, argv in todo:  # compile the byte code once, untimed
-            run_once(argv, env)
+            run_once(argv, env, cwd)
         results: dict[str, tuple[list[float], list[float]]] = {label: ([], []) for label, _ in todo}
         for r in range(rounds):
             order = todo[r % len(todo):] + todo[:r % len(todo)]
             for _ in range(per_round):
                 for label, argv in order:
-                    wall, cpu = run_once(argv, env)
+                    wall, cpu = run_once(argv, env, cwd)
                     results[label][0].append(wall)
                     results[label][1].append(cpu)
             log(f"round {r + 1}/{rounds} done")
