@@ -486,6 +486,22 @@ class AsyncDatabase:
         finally:
             self._wakeups.leave()
 
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on this database's worker thread, where all its SQLite work runs.
+
+        For layers built on the synchronous API (the Kafka listener): ``fn`` may use
+        :attr:`sync` freely and must not block on anything but SQLite. As every call here,
+        it waits for another task's open transaction to end first. Cancelling the await
+        does not stop ``fn`` once it runs."""
+        return await self._call(fn, *args)
+
+    async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
+        """Run ``check()`` on the worker until it returns non-None; between tries, await
+        a commit to this file by any process (no thread is parked, nothing polls on the
+        loop). At most ``timeout`` seconds (0: one try; None: no limit); None when the
+        time ran out. ``check`` reads through :attr:`sync` and must not write."""
+        return await self._wait(check, timeout)
+
     def wake(self) -> None:
         """Wake every blocked call of this AsyncDatabase to re-check (loop thread)."""
         self._wakeups.fire()

@@ -549,6 +549,13 @@ def check_file_type(path: str) -> bool:
     Opening a FIFO would block forever, and SQLite reports a directory as a disk I/O error.
     """
     try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # SQLite takes UTF-8 file names: a lone surrogate (a name's bytes that were not
+        # UTF-8, or a made-up str) cannot reach it.
+        raise InvalidArgument(f"the database path {path!r} is not valid Unicode (a lone surrogate)",
+                              hint="name the file in UTF-8") from None
+    try:
         st = os.stat(path)
     except FileNotFoundError:
         return False

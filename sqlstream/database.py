@@ -615,12 +615,19 @@ class Database:
         transaction held on the source, so it is the same snapshot as the one-step copy.
         """
         self.engine.check_process()
+        if progress is not None and not callable(progress):
+            raise InvalidArgument(f"progress must be a callable (pages_copied, pages_total) or None, not "
+                                  f"{type(progress).__name__}")
         try:
             dest = os.path.abspath(os.fspath(path))
         except TypeError:
             raise InvalidArgument(f"the backup path must be a str or os.PathLike, not {type(path).__name__}") from None
         if not isinstance(dest, str) or "\x00" in dest:
             raise InvalidArgument("the backup path must be a str without NUL characters")
+        try:
+            dest.encode("utf-8")  # SQLite takes UTF-8 file names
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"the backup path {dest!r} is not valid Unicode (a lone surrogate)") from None
         if os.path.exists(dest):
             with contextlib.suppress(OSError):
                 if os.path.samefile(dest, self.path):

@@ -52,6 +52,7 @@ __all__ = [
     "UnsupportedVersion",
     "RecordTooLarge",
     "NoMoreFiles",
+    "CorruptBlockFile",
     "StorageError",
     "ObjectNotFound",
     "InvalidObjectPath",
@@ -249,6 +250,11 @@ class RecordTooLarge(ArchiveError, PayloadTooLarge):
 
 class NoMoreFiles(ArchiveError):
     """A ReadingRollManager has read every matching archive file to its end."""
+
+
+class CorruptBlockFile(SqlstreamError, ValueError):
+    """A streaming block file (``block-N-data``/``-meta``) is not what the file service writes:
+    damaged, cut short, or another kind of file."""
 
 
 class StorageError(SqlstreamError):

@@ -50,12 +50,43 @@ __all__ = [
 T = TypeVar("T")
 
 
+def _check_db(db: object) -> Database:
+    """``db`` if it is a sqlstream Database, else InvalidArgument (the helpers' one rule)."""
+    if not isinstance(db, Database):
+        raise InvalidArgument(f"expected a sqlstream Database, not {type(db).__name__}",
+                              hint="pass the Database itself, e.g. the sqlstream_db fixture or sqlstream.open(path); "
+                                   "for an AsyncDatabase, its .sync")
+    return db
+
+
+def _check_callable(value: object, what: str) -> None:
+    if not callable(value):
+        raise InvalidArgument(f"{what} must be a callable, not {type(value).__name__}")
+
+
+def _check_seconds(value: object, what: str) -> float:
+    """A finite number of seconds >= 0, else InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, not {value!r}"[:200])
+    return float(value)
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a name (a str), not {type(value).__name__}")
+    return value
+
+
 def use_clock(db: Database, clock: Callable[[], float] | None) -> None:
     """Make ``db`` read "now" (seconds since the epoch, a float) from ``clock``.
 
     ``None`` restores real time. This is the one place that knows where a Database keeps
-    its clock; see the module docstring for what the clock governs.
+    its clock; see the module docstring for what the clock governs. Raises
+    ``InvalidArgument`` unless ``db`` is a Database and ``clock`` a callable or None.
     """
+    _check_db(db)
+    if clock is not None:
+        _check_callable(clock, "clock")
     db.engine.clock = time.time if clock is None else clock
 
 
@@ -154,6 +185,9 @@ def wait_for(
     given, what ``describe()`` says is there instead. Polls every ``interval`` seconds
     (real time: a :class:`FakeClock` does not shorten it).
     """
+    _check_callable(condition, "condition")
+    timeout = _check_seconds(timeout, "timeout")
+    interval = _check_seconds(interval, "interval")
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -167,7 +201,7 @@ def wait_for(
 
 def read_all(db: Database, stream: str, start: int | None = None) -> list[Record]:
     """Every retained record of ``stream`` from ``start`` (default: the first retained)."""
-    s = db.stream(stream)
+    s = _check_db(db).stream(stream)
     offset = s.info().first_offset if start is None else start
     records: list[Record] = []
     while True:
@@ -198,6 +232,10 @@ def wait_for_stream(
 
     Raises ``AssertionError`` after ``timeout`` seconds showing the records it held.
     """
+    _check_db(db)
+    _check_name(stream, "stream")
+    if isinstance(until, bool) or not (isinstance(until, int) or callable(until)):
+        raise InvalidArgument(f"until is a record count (an int) or a callable, not {until!r}"[:200])
     if isinstance(until, int):
         wanted = until
         check: Callable[[list[Record]], object] = lambda records: len(records) >= wanted  # noqa: E731
@@ -229,6 +267,9 @@ def wait_for_subscription(
     ``pending == 0``). Raises ``AssertionError`` after ``timeout`` seconds showing the
     subscription's last counters.
     """
+    _check_db(db)
+    _check_name(name, "name")
+    _check_callable(until, "until")
     last: list[SubscriptionInfo] = []
 
     def attempt() -> SubscriptionInfo | None:
@@ -265,6 +306,12 @@ def assert_stream(
     ``select=lambda r: (r.key, r.value)``). On a mismatch raises ``AssertionError`` with a
     line diff of expected against actual, each line prefixed by its offset.
     """
+    _check_db(db)
+    _check_name(stream, "stream")
+    if isinstance(expected, (str, bytes)) or not isinstance(expected, Sequence):
+        raise InvalidArgument(f"expected is a list of values, not {type(expected).__name__}",
+                              hint='e.g. assert_stream(db, "orders", [{"id": 1}])')
+    _check_callable(select, "select")
     records = read_all(db, stream, start)
     actual = [select(r) for r in records]
     if actual == list(expected):
@@ -289,6 +336,10 @@ def snapshot(db: Database, streams: Sequence[str] | None = None) -> dict[str, li
     out so that two runs of the same scenario compare equal. Each stream is read on its
     own: take it while nothing writes if the streams must agree with each other.
     """
+    _check_db(db)
+    if streams is not None and (isinstance(streams, (str, bytes)) or not isinstance(streams, Sequence)):
+        raise InvalidArgument(f"streams is a list of stream names, not {type(streams).__name__}",
+                              hint='e.g. snapshot(db, ["orders"])')
     names = [info.name for info in db.streams()] if streams is None else list(streams)
     return {
         name: [(r.offset, r.key, r.headers, r.value) for r in read_all(db, name)]

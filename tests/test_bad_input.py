@@ -397,6 +397,28 @@ def test_bad_stream_settings(fx: Fixture) -> None:
     refused(fx.path, errors.StreamExists, lambda: db.create_stream("sealed", secret=True))
 
 
+def _metadata_nested(levels: int, container: str) -> dict[str, Any]:
+    """Stream metadata ``levels`` deep, counting the metadata object itself as level 1."""
+    inner: Any = {} if container == "dict" else []
+    for _ in range(levels - 2):
+        inner = {"k": inner} if container == "dict" else [inner]
+    return {"k": inner} if levels > 1 else {}
+
+
+@pytest.mark.parametrize("container", ["dict", "list"])
+def test_metadata_nesting_is_accepted_to_exactly_max_depth(fx: Fixture, container: str) -> None:
+    """The documented rule, "nested at most 100 deep", at its boundary: 99 and 100 in, 101 out."""
+    from sqlstream.validation import MAX_DEPTH
+
+    assert MAX_DEPTH == 100  # the README states the number
+    for levels in (1, 2, MAX_DEPTH - 1, MAX_DEPTH):
+        meta = _metadata_nested(levels, container)
+        name = f"depth-{container}-{levels}"
+        assert fx.db.create_stream(name, metadata=meta).info().metadata == meta
+    refused(fx.path, errors.InvalidValue, lambda: fx.db.create_stream("too-deep", metadata=_metadata_nested(
+        MAX_DEPTH + 1, container)), match=f"more than {MAX_DEPTH} levels")
+
+
 def test_query_refuses_writes_and_bad_sql(fx: Fixture) -> None:
     """db.query() converts every SQLite complaint and refuses writes."""
     db = fx.db

@@ -245,6 +245,37 @@ def test_datasette_leaves_other_sqlite_files_alone(tmp_path: Path) -> None:
         assert status == 200 and "sqlstream-bytes" not in page
 
 
+def test_a_file_with_every_table_and_column_but_no_schema_version_is_not_taken_for_sqlstream(
+    tmp_path: Path,
+) -> None:
+    """Only the schema-version check can reject this file: it is a sqlstream file's schema
+    and data with ``PRAGMA user_version`` 0, as another application's copy might be."""
+    from sqlstream.datasette import schema_objects
+
+    path = tmp_path / "foreign.db"
+    _make_sqlstream_file(path)
+
+    def set_version(version: int) -> frozenset[str] | None:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.commit()
+            return schema_objects(conn)
+        finally:
+            conn.close()
+
+    current = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
+    assert set_version(current) is not None  # everything else passes...
+    assert set_version(0) is None  # ...so the version alone decides
+    with datasette(path) as base:
+        status, page = _get(f"{base}/foreign")
+        assert status == 200 and "Streams and lag" not in page
+        status, _ = _get(f"{base}/foreign/streams_and_lag")
+        assert status == 404
+        status, page = _get(f"{base}/foreign/chunks")
+        assert status == 200 and "sqlstream-bytes" not in page
+
+
 def test_readme_datasette_commands_print_the_canned_queries_as_json(tmp_path: Path) -> None:
     """The README's Datasette snippet runs as written (datasette app.db --get ...)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

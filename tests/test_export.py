@@ -221,8 +221,13 @@ def test_import_refuses_gaps_and_sealed_streams(db: sqlstream.Database, tmp_path
     db.export("s", tmp_path, name="one")
     first, second = closed_archives(tmp_path)
     with sqlstream.open(tmp_path / "gap.db") as other:
-        # Only the second archive: an empty stream starts where the archive does...
-        assert import_archives(other, second.name, tmp_path).imported == 1
+        # Only the second archive: records 0 and 1 are missing, so the stream is not
+        # started past them (nothing stored)...
+        with pytest.raises(ArchiveError, match="records 0 to 1 are missing"):
+            import_archives(other, second.name, tmp_path)
+        assert [i.name for i in other.streams()] == []
+        # ...unless asked: the empty stream then starts where the archive does...
+        assert import_archives(other, second.name, tmp_path, allow_gap=True).imported == 1
         assert other.stream("s").info().first_offset == 2
         # ...but a stream with records cannot get a gap.
         other.delete_stream("s")
@@ -235,6 +240,63 @@ def test_import_refuses_gaps_and_sealed_streams(db: sqlstream.Database, tmp_path
     with sqlstream.open(tmp_path / "filter.db") as other:
         assert import_archives(other, "*.events", tmp_path, streams=["other"]).imported == 0
         assert [i.name for i in other.streams()] == []
+
+
+def export_200_in_archives_of_44_and_156(db: sqlstream.Database, directory: Path) -> list[Path]:
+    s = db.create_stream("s")
+    s.extend([f"record {i}" for i in range(44)])
+    db.export("s", directory)
+    s.extend([f"record {i}" for i in range(44, 200)])
+    db.export("s", directory, roll_size_mb=0.001)
+    files = closed_archives(directory)
+    assert archived(files[:1]) == [("s", i) for i in range(44)] and len(files) > 2
+    return files
+
+
+@pytest.mark.parametrize("cut", ["inside the first record", "half way"])
+def test_an_import_after_a_torn_archive_is_completed_by_a_rerun_with_the_good_copies(
+    db: sqlstream.Database, tmp_path: Path, cut: str
+) -> None:
+    # The scenario: 200 records, the first archive (offsets 0..43) truncated. The
+    # import used to return normally with the stream started at offset 44, and importing
+    # the intact archives afterwards skipped everything: 44 records lost for good.
+    good = export_200_in_archives_of_44_and_156(db, tmp_path / "good")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in good:
+        (damaged / f.name).write_bytes(f.read_bytes())
+    first = damaged / good[0].name
+    first.write_bytes(first.read_bytes()[: 20 if cut == "inside the first record" else first.stat().st_size // 2])
+    with sqlstream.open(tmp_path / "restored.db") as other:
+        with pytest.raises(ArchiveError, match="missing") as info:
+            import_archives(other, "s-*.events", damaged)
+        assert first.name in str(info.value)  # the torn archive is named
+        kept = [r.offset for r in other.stream("s").read(0, 200)] if other.streams() else []
+        assert kept == list(range(len(kept))) and len(kept) < 44  # no gap: only a prefix, if anything
+        # The rerun with the good copies completes the stream.
+        again = import_archives(other, "s-*.events", tmp_path / "good")
+        assert again.imported == 200 - len(kept) and again.torn == []
+        assert [r.value for r in other.stream("s").read(0, 300)] == [f"record {i}" for i in range(200)]
+        same_records(db.stream("s"), other.stream("s"))
+
+
+def test_allow_gap_starts_an_empty_stream_past_missing_records_only_when_asked(
+    db: sqlstream.Database, db_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = export_200_in_archives_of_44_and_156(db, tmp_path / "a")
+    good[0].write_bytes(good[0].read_bytes()[:20])
+    with sqlstream.open(tmp_path / "gap.db") as other:
+        got = import_archives(other, "s-*.events", tmp_path / "a", allow_gap=True)
+        assert (got.imported, got.torn) == (156, [str(good[0])])
+        assert other.stream("s").info().first_offset == 44
+        with pytest.raises(InvalidArgument):
+            import_archives(other, "s-*.events", tmp_path / "a", allow_gap="yes")  # type: ignore[arg-type]
+    cli_db = str(tmp_path / "cli.db")
+    assert main(["--db", cli_db, "import", "--create-db", "s-*.events", "--dir", str(tmp_path / "a")]) == 1
+    assert "--allow-gap" in capsys.readouterr().err
+    assert main(["--db", cli_db, "import", "--allow-gap", "s-*.events", "--dir", str(tmp_path / "a")]) == 0
+    with sqlstream.open(cli_db) as other:
+        assert (other.stream("s").info().first_offset, other.stream("s").info().next_offset) == (44, 200)
 
 
 def test_import_enforces_the_target_streams_retention_like_any_append(
@@ -416,8 +478,7 @@ def test_export_killed_at_random_points_and_restarted_exports_each_record_exactl
         assert set(seen) == expected
         assert final.offsets == {"a": a.info().next_offset, "b": b.info().next_offset}
         assert export_status(db, "a+b").pending == 0
-        staging = directory / ".sqlstream-staging" / "1-a+b"
-        assert sorted(os.listdir(staging)) == ["lock"]  # nothing left half-done
+        assert not (directory / ".sqlstream-staging").exists()  # nothing left half-done, nor a trace
 
 
 # A child that dies (SIGKILL, no cleanup) at one exact point of an export, to cover the
@@ -473,7 +534,49 @@ def test_export_killed_at_each_commit_window_is_finished_by_the_next_run(tmp_pat
         seen = union_of_closed_archives(directory, mode)
         assert sorted(seen) == [("s", i) for i in range(50)]
         assert export_status(db, "s").pending == 0
-        assert sorted(os.listdir(directory / ".sqlstream-staging" / "1-s")) == ["lock"]
+        assert not (directory / ".sqlstream-staging").exists()
+
+
+def test_export_leaves_no_empty_staging_folder_and_import_files_are_absolute_like_export_files(
+    db: sqlstream.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = db.create_stream("s")
+    s.extend([b"a", b"b"])
+    monkeypatch.chdir(tmp_path)
+    exported = db.export("s", "arch")
+    assert sorted(os.listdir(tmp_path / "arch")) == [Path(f).name for f in exported.files]  # no staging folder
+    assert all(os.path.isabs(f) for f in exported.files)
+    db.export("s", "arch")  # a run with nothing to export leaves nothing either
+    assert sorted(os.listdir(tmp_path / "arch")) == [Path(f).name for f in exported.files]
+    with sqlstream.open(tmp_path / "r.db") as other:
+        imported = import_archives(other, "s-*.events", "arch")
+    assert imported.files == exported.files  # one convention: absolute paths
+
+
+def test_the_staging_folder_of_a_running_export_stays_and_a_held_lock_is_respected(
+    db: sqlstream.Database, tmp_path: Path
+) -> None:
+    import fcntl
+
+    db.create_stream("a").append(b"x")
+    db.create_stream("b").append(b"y")
+    db.export("a", tmp_path, name="first")  # its folder is removed when it ends
+    staging = tmp_path / ".sqlstream-staging"
+    seen: list[list[str]] = []
+    db.export("b", tmp_path, name="second", progress=lambda p: seen.append(sorted(os.listdir(staging))))
+    assert seen and all(folders == ["2-second"] for folders in seen)  # while it runs, its own folder
+    assert not staging.exists()
+    # Another process holding the lock: refused, and the lock file is not removed from under it.
+    (staging / "1-first").mkdir(parents=True)
+    fd = os.open(staging / "1-first" / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        db.create_stream("a2")
+        with pytest.raises(ConcurrencyError):
+            db.export("a", tmp_path, name="first")
+        assert (staging / "1-first" / "lock").exists()
+    finally:
+        os.close(fd)
 
 
 def test_follow_waits_quietly_while_one_stream_is_sealed(db: sqlstream.Database, tmp_path: Path) -> None:

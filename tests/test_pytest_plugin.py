@@ -125,6 +125,25 @@ def test_the_fixtures_run_under_pytest_xdist_one_file_per_test(pytester: pytest.
 # ------------------------------------------------------------------------- the fake clock
 
 
+@pytest.mark.parametrize("name", ["../x", "../../escaped", "ABSOLUTE", "a/b", "..", ".", "", "x\x00", "\udc80",
+                                  "sub\\x", 7])
+def test_the_factory_refuses_names_that_leave_the_tests_folder(
+    sqlstream_factory: object, tmp_path: Path, name: object
+) -> None:
+    from sqlstream.pytest_plugin import SqlstreamFactory
+
+    assert isinstance(sqlstream_factory, SqlstreamFactory)
+    absolute = tmp_path.parent / f"{tmp_path.name}-absolute"
+    if name == "ABSOLUTE":
+        name = str(absolute)
+    with pytest.raises(InvalidArgument, match="database name|is a str"):
+        sqlstream_factory(name)  # type: ignore[arg-type]
+    # Nothing was opened: not where the name points outside the test's folder, nor inside.
+    assert not (tmp_path.parent / "escaped.db").exists() and not Path(f"{absolute}.db").exists()
+    assert not list(tmp_path.rglob("*.db"))
+    assert sqlstream_factory("plain.name-1").path == str(tmp_path / "sqlstream" / "plain.name-1.db")
+
+
 def test_fake_clock_governs_retention_by_age_and_the_dedup_window(tmp_path: Path) -> None:
     clock = FakeClock()
     with clock.install(sqlstream.open(tmp_path / "c.db")) as db:

@@ -282,3 +282,34 @@ def test_retention_counts_the_pending_deliveries_it_drops_and_says_so(db: sqlstr
     db.delete_stream("s")
     db.create_stream("s")  # a new stream (maybe with the same id) starts at 0
     assert db.stream_info("s").dropped_deliveries == 0
+
+
+def test_timestamps_never_decrease_when_the_clock_steps_back(db: sqlstream.Database) -> None:
+    """An NTP step back must not give a record an earlier time than the one before it:
+    read_at's search and retention by age take a stream's timestamps as sorted."""
+    clock = Clock(1_700_000_100.0)
+    db.engine.clock = clock
+    stream, other = db.create_stream("s", max_age=100), db.create_stream("other")
+    stream.append("a")
+    clock.now = 1_700_000_040.0  # the wall clock steps back a minute
+    stream.append("b")  # one record
+    stream.extend(["c", "d"])  # a batch
+    with db.transaction():  # a transaction over two streams
+        stream.append("e")
+        other.append("x")
+    assert other.read(0)[0].timestamp == 1_700_000_040.0  # a stream's own clamp, not the file's
+    clock.now = 1_700_000_100.5  # forward again, past the clamp
+    stream.append("f")
+    stamps = [r.timestamp for r in stream.read(0, 10)]
+    assert stamps == [1_700_000_100.0] * 5 + [1_700_000_100.5]
+    assert stream.read_at(1_700_000_040.0) == 0
+    assert stream.read_at(1_700_000_100.0) == 0
+    assert stream.read_at(1_700_000_100.25) == 5
+    # Retention by age keeps every record max_age past its (clamped) time...
+    clock.now = 1_700_000_150.0
+    db.trim("s")
+    assert stream.info().first_offset == 0
+    # ...and then trims exactly those it has outlived.
+    clock.now = 1_700_000_200.25
+    db.trim("s")
+    assert stream.info().first_offset == 5

@@ -251,6 +251,65 @@ def test_bad_config_names_file_table_and_key(tmp_path: Path, body: str, table: s
     assert problem in str(info.value) and str(path) in str(info.value)
 
 
+def two_streamers(one: str, two: str) -> str:
+    return f'[store]\nstreamers = ["one", "two"]\n[streamers.one]\n{one}\n[streamers.two]\n{two}\n'
+
+
+OVERLAPPING = {
+    "file services, one write_dir": ('service = "file"\nkeys = ["a"]\nwrite_dir = "out"',
+                                     'service = "file"\nkeys = ["b"]\nwrite_dir = "out"'),
+    "file services, same prefix, two spellings": ('service = "file"\nkeys = ["a"]\nwrite_dir = "out"\nprefix = "p"',
+                                                  'service = "file"\nkeys = ["b"]\nwrite_dir = "x/../out/"\n'
+                                                  'prefix = "p"'),
+    "file services, through a symlink": ('service = "file"\nkeys = ["a"]\nwrite_dir = "out"',
+                                         'service = "file"\nkeys = ["b"]\nwrite_dir = "link"'),
+    "archive services, one template": ('service = "archive"\nkeys = ["a"]\ndir = "arch"\ntemplate = "x-%H.events"',
+                                       'service = "archive"\nkeys = ["b"]\ndir = "arch"\ntemplate = "x-%H.events"'),
+    "an archive service uploading where another writes": (
+        'service = "archive"\nkeys = ["a"]\ndir = "arch"\ntemplate = "x-%H.events"',
+        'service = "archive"\nkeys = ["b"]\ndir = "stage"\ntemplate = "%H.events"\nstorage_prefix = "x-"\n'
+        'storage = { driver = "filesystem", root = "arch" }'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERLAPPING))
+def test_two_streamers_writing_to_the_same_place_are_refused_naming_both(tmp_path: Path, case: str) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    path = write_config(tmp_path, two_streamers(*OVERLAPPING[case]))
+    with pytest.raises(ConfigError, match=r"\[streamers\.one\]") as info:
+        load_config(path)
+    assert (info.value.table, info.value.key) == ("streamers.two", None)
+    assert "same place" in str(info.value)
+
+
+@pytest.mark.parametrize("case", ["different prefixes", "file and archive", "default templates", "one is off"])
+def test_streamers_sharing_a_directory_without_sharing_names_run_side_by_side(
+    tmp_path: Path, db: sqlstream.Database, case: str
+) -> None:
+    one, two = {
+        "different prefixes": ('service = "file"\nkeys = ["*"]\nwrite_dir = "out"\nprefix = "a"',
+                               'service = "file"\nkeys = ["*"]\nwrite_dir = "out"\nprefix = "b"'),
+        "file and archive": ('service = "file"\nkeys = ["*"]\nwrite_dir = "out"',
+                             'service = "archive"\nkeys = ["*"]\ndir = "out"'),
+        "default templates": ('service = "archive"\nkeys = ["*"]\ndir = "out"',
+                              'service = "archive"\nkeys = ["*"]\ndir = "out"'),
+        "one is off": ('service = "file"\nkeys = ["*"]\nwrite_dir = "out"',
+                       'service = "file"\nkeys = []\nwrite_dir = "out"'),
+    }[case]
+    db.create_stream("s").extend([b"x", b"y"])
+    run_once(db, write_config(tmp_path, two_streamers(one, two)))
+    names = sorted(os.listdir(tmp_path / "out"))
+    expected = {
+        "different prefixes": ["a-block-1-data", "a-block-1-meta", "b-block-1-data", "b-block-1-meta"],
+        "one is off": ["block-1-data", "block-1-meta"],
+    }
+    if case in expected:
+        assert names == expected[case]
+    else:
+        assert len([n for n in names if n.endswith(".events")]) == (2 if case == "default templates" else 1)
+
+
 def test_bad_config_from_the_cli_is_one_error_line_and_exit_1(tmp_path: Path, db_path: str) -> None:
     sqlstream.open(db_path).close()
     path = write_config(tmp_path, BAD_CONFIGS[1][0])

@@ -151,7 +151,9 @@ def compress_file(path: str, compression: str = "gzip", level: int | None = None
                     shutil.copyfileobj(src, gz, _COPY_CHUNK)
             else:
                 zstd = zstandard_module()
-                cctx = zstd.ZstdCompressor(level=3 if level is None else level)
+                # write_checksum: each frame ends with a hash of its content, so a damaged v1
+                # archive (no CRCs of its own) is detected when read; every zstd reader accepts it.
+                cctx = zstd.ZstdCompressor(level=3 if level is None else level, write_checksum=True)
                 with cctx.stream_writer(out, closefd=False) as writer:
                     shutil.copyfileobj(src, writer, _COPY_CHUNK)
 

@@ -27,7 +27,8 @@ whose records are exported again. A pending file whose staging file is gone and 
 was never delivered is *not* marked closed: it is forgotten and its records are
 exported again, so ``delivered_offset`` only ever covers records in a closed archive.
 One process at a time runs a given export (an advisory file lock in the staging
-directory). Every file and folder an export creates is no more readable than the
+directory). A run that leaves nothing staged removes its staging folder, and
+``DIR/.sqlstream-staging`` when no other export's folder is in it. Every file and folder an export creates is no more readable than the
 database file (its mode, without execute bits; folders get execute bits where read is
 allowed, staging folders are the owner's only).
 
@@ -79,6 +80,7 @@ from .rolling import (
     SizeRollChecker,
     TimeRollChecker,
     candidate_names,
+    check_template,
     render_template,
 )
 
@@ -152,9 +154,12 @@ def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
 
+def default_template(name: str) -> str:
+    """The file name template of export ``name`` when none is given."""
+    return _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
+
+
 MAX_BATCH = 1_000_000  # records read per query; more only costs memory
-_NAME_MAX = 255  # bytes in one file name on common filesystems
-_NAME_SLACK = len("_0001") + len(".part") + 2  # a collision suffix and a working name
 
 
 def file_mode_of(db_path: str) -> int:
@@ -242,22 +247,54 @@ def record_metadata(stream: str, row: tuple[Any, ...]) -> tuple[dict[str, str], 
 
 
 class _Lock:
-    """An advisory exclusive lock on a file, released when closed or when the process dies."""
+    """An advisory exclusive lock on a file, released when closed or when the process dies.
+
+    The lock file may be removed by the holder when it is done (:meth:`remove`), so a
+    lock taken on a file that was meanwhile unlinked is no lock: after ``flock`` the path
+    must still name the locked file, else the attempt starts over (recreating the folder).
+    """
 
     def __init__(self, path: str, what: str, mode: int = 0o600) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - no fcntl (Windows): no cross-process guard
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        self.path = path
+        for _ in range(1000):  # each round means another run removed the file meanwhile
+            try:
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+            except FileNotFoundError:  # the folder went with the lock file
+                make_dirs(os.path.dirname(path), 0o700)
+                continue
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - no fcntl (Windows): no cross-process guard
+                return
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                raise ConcurrencyError(
+                    f"{what} is already running in another process or thread",
+                    hint="wait for it to finish; one export name is run by one process at a time",
+                ) from None
+            try:
+                named = os.stat(path)
+            except FileNotFoundError:
+                named = None
+            held = os.fstat(self._fd)
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return
             os.close(self._fd)
-            raise ConcurrencyError(
-                f"{what} is already running in another process or thread",
-                hint="wait for it to finish; one export name is run by one process at a time",
-            ) from None
+        raise ConcurrencyError(f"{what}: its lock file keeps being removed", hint="run the export again")
+
+    def remove(self) -> None:
+        """Unlink the lock file (still held), its folder and the folder above it when empty
+        (a run that left nothing staged leaves no trace); then release the lock."""
+        try:
+            os.unlink(self.path)
+            folder = os.path.dirname(self.path)
+            os.rmdir(folder)
+            os.rmdir(os.path.dirname(folder))
+        except OSError:
+            pass  # another export's folder is there, or a file appeared: it stays
+        self.close()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -371,9 +408,17 @@ class _Exporter:
             self.total = total
 
     def unlock(self) -> None:
+        """Release the lock; remove the staging folder when nothing but the lock is in it."""
         if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+            lock, self.lock = self.lock, None
+            try:
+                only_lock = os.listdir(self.staging) == ["lock"]
+            except OSError:
+                only_lock = False
+            if only_lock:
+                lock.remove()
+            else:
+                lock.close()
 
     def recover(self) -> None:
         """Finish archives an interrupted run committed; delete staging files it did not."""
@@ -765,7 +810,7 @@ def export(
     if "\0" in directory:
         raise InvalidArgument(f"directory {directory!r} contains a NUL character")
     if template is None:
-        template = _safe(name) + "-%Y%m%dT%H%M%S.%fZ.events"
+        template = default_template(name)
     check_compression(compress)
     check_template(template, EXTENSIONS[compress] if compress else "")
     if version not in (1, 2):
@@ -805,31 +850,6 @@ def export(
         exporter.unlock()
         if owns_driver and driver is not None:
             driver.close()
-
-
-def check_template(template: object, extension: str) -> None:
-    """Refuse a file name template that cannot give a file name, before anything is written."""
-    if not isinstance(template, str):
-        raise InvalidArgument(f"template is a strftime string, not {type(template).__name__}")
-    try:
-        template.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"template {template!r} is not valid Unicode (lone surrogate)") from None
-    if "\0" in template:
-        raise InvalidArgument(f"template {template!r} contains a NUL character")
-    try:
-        rendered = render_template(template)
-    except (ValueError, UnicodeError) as exc:
-        if isinstance(exc, SqlstreamError):
-            raise
-        raise InvalidArgument(f"template {template!r} is not a usable strftime template: {exc}") from None
-    size = len((rendered + extension).encode("utf-8")) + _NAME_SLACK
-    if size > _NAME_MAX:
-        raise InvalidArgument(
-            f"template {template!r} gives file names of {size - _NAME_SLACK} bytes; the limit is "
-            f"{_NAME_MAX - _NAME_SLACK}",
-            hint="use a shorter template",
-        )
 
 
 def export_status(db: Database, name: str) -> ExportStatus:

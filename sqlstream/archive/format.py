@@ -361,6 +361,9 @@ def unpack(
     but the format's 2 GiB).
     """
     limit = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
+    if not callable(getattr(fileobj, "read", None)):
+        raise InvalidArgument(f"unpack reads from a binary file object, not {type(fileobj).__name__}",
+                              hint="for bytes in memory, pass io.BytesIO(data)")
     name = getattr(fileobj, "name", None)
     try:
         offset = fileobj.tell()
@@ -422,11 +425,19 @@ def open_archive(filename: str | os.PathLike[str]) -> IO[bytes]:
         raise
 
 
-def _decompressing(raw: IO[bytes]) -> IO[bytes]:
+def _compression(raw: IO[bytes]) -> str | None:
+    """``"gzip"``, ``"zstd"`` or None (not compressed), by the first bytes ``raw`` can peek at."""
     head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""
     if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    return "zstd" if head == ZSTD_MAGIC else None
+
+
+def _decompressing(raw: IO[bytes]) -> IO[bytes]:
+    compression = _compression(raw)
+    if compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if head == ZSTD_MAGIC:
+    if compression == "zstd":
         return io.BufferedReader(_ZstdReader(raw))
     return raw
 
@@ -488,6 +499,23 @@ class _ZstdReader(io.RawIOBase):
 _ZSTD_FEED = 512  # 16 MiB out at most per call; smaller feeds cost throughput
 
 
+def _archive_path(filename: object) -> str:
+    """``filename`` as a str path, else InvalidArgument."""
+    try:
+        path = os.fspath(filename)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgument(f"an archive file name is a str or os.PathLike, not {type(filename).__name__}") from None
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InvalidArgument(f"an archive file name is a non-empty str without NUL, not {path!r}"[:300])
+    return path
+
+
+def _open_error(exc: OSError, filename: str, what: str) -> ArchiveError:
+    """The ArchiveError for an OSError met opening an archive (``what``: "read" or "create")."""
+    return ArchiveError(f"cannot {what} archive {filename[:300]!r}: {exc.strerror or exc}",
+                        hint="check the path: the file (to read) or its folder (to create) must exist")
+
+
 class ArchiveWriter:
     """Appends records to one archive file (shoebox's ``ArchiveWriter``).
 
@@ -506,10 +534,13 @@ class ArchiveWriter:
             raise InvalidArgument(f"archive format version is 1 or 2, not {version!r}")
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise InvalidArgument(f"mode must be permission bits from 0 to 0o777, not {mode!r}")
-        self.filename = os.fspath(filename)
+        self.filename = _archive_path(filename)
         self.version = version
         self.compress_records = compress_records
-        fd = os.open(self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        try:
+            fd = os.open(self.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+        except OSError as exc:
+            raise _open_error(exc, self.filename, "create") from exc
         try:
             current = os.fstat(fd).st_mode & 0o777
             if current & ~mode:  # an existing file keeps its bits on O_CREAT: narrow them
@@ -584,11 +615,25 @@ class ArchiveReader:
         self.max_record_bytes = check_count(max_record_bytes, "max_record_bytes", maximum=MAX_OFFSET, optional=True)
         if fileobj is not None:
             self.filename = str(getattr(fileobj, "name", "<archive>"))
-            # Compressed data is recognised when the file object can peek at its start.
-            self._handle: IO[bytes] | None = _decompressing(fileobj)
+            raw = fileobj
         else:
-            self.filename = os.fspath(filename)  # type: ignore[arg-type]
-            self._handle = open_archive(self.filename)
+            self.filename = _archive_path(filename)
+            try:
+                raw = open(self.filename, "rb")  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise _open_error(exc, self.filename, "read") from exc
+        try:
+            # Compressed data is recognised when the file object can peek at its start.
+            #: ``"gzip"``, ``"zstd"`` or None: the file's compression. Both formats check a
+            #: hash of what they hold only at the end of a member or frame, so records
+            #: read before it may be damaged; a reader that must not act on those reads
+            #: the file through once first (as import does).
+            self.compression = _compression(raw)
+            self._handle: IO[bytes] | None = _decompressing(raw)
+        except BaseException:
+            if fileobj is None:
+                raw.close()
+            raise
         self.index = 0  # records read so far
         self.offset = 0  # bytes of (decompressed) archive consumed so far
 

@@ -64,7 +64,7 @@ log = logging.getLogger("sqlstream.importing")
 class ImportResult:
     """What one call of :func:`import_archives` did."""
 
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # archives read: absolute paths, or storage locations
     records: int = 0  # records read from the archives
     imported: int = 0  # records added to streams
     skipped: int = 0  # records the streams already held
@@ -107,7 +107,9 @@ def _archive_sources(
     """(label, opener) per archive matching ``pattern``, in name order."""
     if storage is None:
         sub, pat = os.path.split(pattern)
-        files = matching_files(os.path.join(directory, sub), pat)
+        # Absolute, as ExportResult.files are: a result outlives the call (and its working
+        # directory), and the labels name files in errors and in ``torn``.
+        files = matching_files(os.path.abspath(os.path.join(directory, sub)), pat)
         local: list[tuple[str, Callable[[], tuple[IO[bytes] | None, str]]]] = []
         for f in files:
             local.append((f, lambda f=f: (None, f)))  # type: ignore[misc]
@@ -136,8 +138,9 @@ def _archive_sources(
 
 class _Importer:
     def __init__(self, db: Database, only: set[str] | None, create: bool, result: ImportResult,
-                 secrets: dict[str, str], rename: dict[str, str]) -> None:
+                 secrets: dict[str, str], rename: dict[str, str], allow_gap: bool = False) -> None:
         self.db = db
+        self.allow_gap = allow_gap
         self.only = only
         self.create = create
         self.result = result
@@ -200,18 +203,15 @@ class _Importer:
                     self.result.skipped += 1
                     continue
                 if offset > nxt:
-                    if first == nxt and not rows:
-                        # An empty stream adopts the archive's numbering, as if trimmed to there.
+                    if first == nxt and not rows and self.allow_gap:
+                        # Asked for: the empty stream adopts the archive's numbering, as if
+                        # trimmed to there. Offsets are never reused, so the records below
+                        # can never be imported afterwards: hence only when asked.
                         first = nxt = start = offset
                         length = position
                         renumber_empty(cx.runner(conn), sid, offset, position)
                     else:
-                        raise ArchiveError(
-                            f"{where}: stream {stream!r} continues at offset {nxt}, but the archive's next "
-                            f"record is offset {offset}",
-                            hint="an archive is missing, or the files do not sort in export order; "
-                                 "import the missing archive first",
-                        )
+                        raise self.gap(where, stream, nxt, offset, empty=first == nxt and not rows)
                 if position != length:
                     raise ArchiveError(
                         f"{where}: record {stream}/{offset} is at byte {position} in the archive but the stream "
@@ -239,6 +239,23 @@ class _Importer:
                 self.db.engine.append_rows(stream, secret, rows, start, timestamps=stamps)
                 self.result.imported += len(rows)
                 self.result.streams[stream] = self.result.streams.get(stream, 0) + len(rows)
+
+    def gap(self, where: str, stream: str, nxt: int, offset: int, *, empty: bool) -> ArchiveError:
+        """The refusal to give ``stream`` a gap: records ``nxt`` to ``offset - 1`` are not in the archives."""
+        torn = f" ({', '.join(self.result.torn)} ended in a torn record)" if self.result.torn else ""
+        problem = (f"{where}: stream {stream!r} continues at offset {nxt}, but the archives' next record of it "
+                   f"is offset {offset}: records {nxt} to {offset - 1} are missing{torn}")
+        if not empty:
+            return ArchiveError(problem, hint="an archive is missing or torn, or the files do not sort in export "
+                                              "order; import a good copy of the missing archive, then rerun: the "
+                                              "import continues where it stopped")
+        return ArchiveError(
+            problem,
+            hint="import a good copy of the archive holding them (nothing of this stream was stored, so a "
+                 "rerun with the complete set fills it), or, if those records are gone for good (e.g. "
+                 "trimmed before the export), pass allow_gap=True (CLI: --allow-gap) to start the stream "
+                 f"at offset {offset}",
+        )
 
     @staticmethod
     def decode(where: str, meta: dict[str, str], payload: bytes) -> tuple[int, int, int, str, bytes | str]:
@@ -291,6 +308,7 @@ def import_archives(
     secrets: Mapping[str, str] | None = None,
     rename: Mapping[str, str] | None = None,
     progress: Callable[[ImportResult], None] | None = None,
+    allow_gap: bool = False,
 ) -> ImportResult:
     """Load the records of exported archives back into their streams, idempotently.
 
@@ -302,7 +320,20 @@ def import_archives(
     original offset, byte position and timestamp; records the stream already holds are
     skipped, so a second import adds nothing. ``streams`` limits the import to those
     streams (archive names, before renaming). An archive whose last record is torn is
-    imported up to it and listed in ``torn``.
+    imported up to it and listed in ``torn``. A compressed archive is read through once
+    before any of its records is stored, so damage that its gzip or zstd checksum reveals
+    only at the end stores nothing of it.
+
+    Gaps: a stream's offsets stay gap-free, and an import never leaves a gap that a
+    later import of the missing archives could not fill. When the archives' first
+    record of a stream lies past the stream's next offset (an empty new stream starts
+    at 0), the records between are missing, e.g. because an earlier archive is torn or
+    absent: the import raises ``ArchiveError`` and stores nothing of that stream, so a
+    rerun with good copies of all the archives imports it completely. ``allow_gap=True``
+    starts such an empty stream where the archives do instead (for archives of a
+    stream trimmed before it was exported); the records below can then never be
+    imported, as offsets are never reused. A stream that holds records never gets a
+    gap, whatever ``allow_gap`` says.
 
     Secret streams: a target stream created with ``secret=True`` takes records only when
     ``secrets`` maps its name (the target name) to its write secret. Otherwise the call
@@ -311,7 +342,7 @@ def import_archives(
     its records would go (with ``storage``, downloaded copies are kept for the second
     pass). Temporary copies are private to the user (mode 0600) and removed on return.
 
-    Raises ``ArchiveError`` when a stream would get a gap (a missing archive),
+    Raises ``ArchiveError`` when a stream would get a gap (a missing or torn archive),
     ``StreamSealed``, ``CorruptArchive`` for values the database cannot store (offsets or
     timestamps out of range, JSON that ``check()`` would reject), ``RecordTooLarge`` for a
     record over ``db.max_record_bytes`` (checked before it is decompressed), and the
@@ -326,12 +357,16 @@ def import_archives(
     rename_map = _check_names("rename", rename)
     for target in rename_map.values():
         check_name(target)
-    if streams is not None and (isinstance(streams, str) or not all(isinstance(x, str) for x in streams)):
+    if not isinstance(allow_gap, bool):
+        raise InvalidArgument(f"allow_gap must be True or False, not {allow_gap!r}"[:300])
+    if streams is not None and (not isinstance(streams, (list, tuple, set, frozenset))
+                                or not all(isinstance(x, str) for x in streams)):
         raise InvalidArgument(f"streams must be a list of stream names, not {streams!r}"[:300])
     driver = None if storage is None else get_driver(storage)
     owns = storage is not None and not isinstance(storage, StorageDriver)
     result = ImportResult()
-    importer = _Importer(db, None if streams is None else set(streams), create, result, secret_map, rename_map)
+    importer = _Importer(db, None if streams is None else set(streams), create, result, secret_map, rename_map,
+                         allow_gap)
     downloaded: dict[str, str] = {}  # label -> local copy, kept until the end when pre-scanning
     try:
         sources = _archive_sources(pattern, os.fspath(directory), driver)
@@ -344,6 +379,8 @@ def import_archives(
             local = downloaded.pop(label) if label in downloaded else opener()[1]
             try:
                 with ArchiveReader(local, max_record_bytes=db.max_record_bytes) as reader:
+                    if reader.compression is not None:
+                        _read_through(local, db.max_record_bytes)
                     while True:
                         try:
                             meta, payload = reader.read()
@@ -370,6 +407,22 @@ def import_archives(
         if owns and driver is not None:
             driver.close()
     return result
+
+
+def _read_through(local: str, max_record_bytes: int) -> None:
+    """Read every record of a compressed archive, raising what damage the reading reveals.
+
+    gzip and zstd check their hash of the content at the end of a member or frame, after
+    handing out what it decompresses to: without this pass, damaged records of a large
+    archive could be stored (a batch is committed every 1,000 records) before the
+    damage is noticed. A torn tail is left to the import pass, which reports it.
+    """
+    with ArchiveReader(local, max_record_bytes=max_record_bytes) as reader:
+        while True:
+            try:
+                reader.read()
+            except (EndOfArchive, TruncatedRecord):
+                return
 
 
 def _locked_streams(db: Database, secrets: dict[str, str]) -> set[str]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EndOfArchive, InvalidArgument, NoMoreFiles, TruncatedRecord
+from ..errors import EndOfArchive, InvalidArgument, NoMoreFiles, SqlstreamError, TruncatedRecord
 from .format import ArchiveReader, ArchiveWriter, fsync_directory, is_working_name, working_name
 
 if TYPE_CHECKING:
@@ -119,6 +119,35 @@ def render_template(template: str, now: _dt.datetime | None = None) -> str:
     return name
 
 
+_NAME_MAX = 255  # bytes in one file name on common filesystems
+_NAME_SLACK = len("_0001") + len(".part") + 2  # a collision suffix and a working name
+
+
+def check_template(template: object, extension: str) -> None:
+    """Refuse a file name template that cannot give a file name, before anything is written."""
+    if not isinstance(template, str):
+        raise InvalidArgument(f"template is a strftime string, not {type(template).__name__}")
+    try:
+        template.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"template {template!r} is not valid Unicode (lone surrogate)") from None
+    if "\0" in template:
+        raise InvalidArgument(f"template {template!r} contains a NUL character")
+    try:
+        rendered = render_template(template)
+    except (ValueError, UnicodeError) as exc:
+        if isinstance(exc, SqlstreamError):
+            raise
+        raise InvalidArgument(f"template {template!r} is not a usable strftime template: {exc}") from None
+    size = len((rendered + extension).encode("utf-8")) + _NAME_SLACK
+    if size > _NAME_MAX:
+        raise InvalidArgument(
+            f"template {template!r} gives file names of {size - _NAME_SLACK} bytes; the limit is "
+            f"{_NAME_MAX - _NAME_SLACK}",
+            hint="use a shorter template",
+        )
+
+
 def candidate_names(base: str) -> Iterator[str]:
     """``base``, then ``root_0001.ext``, ``root_0002.ext``...: sorted by name, they stay in order."""
     yield base
@@ -206,6 +235,8 @@ class WritingRollManager:
     ) -> None:
         if isinstance(file_mode, bool) or not isinstance(file_mode, int) or not 0 <= file_mode <= 0o777:
             raise InvalidArgument(f"file_mode is permission bits such as 0o600, not {file_mode!r}")
+        if not isinstance(directory, (str, os.PathLike)):
+            raise InvalidArgument(f"directory is a path, not {type(directory).__name__}")
         self.file_mode = file_mode
         self.filename_template = filename_template
         self.roll_checker = roll_checker if roll_checker is not None else NeverRollChecker()
@@ -218,7 +249,7 @@ class WritingRollManager:
         self._working: str | None = None
         self._used: set[str] = set()
         self.closed_files: list[str | None] = []  # what each close's callbacks returned
-        render_template(filename_template)  # refuse a template that gives an unusable name now
+        check_template(filename_template, "")  # refuse a template that gives an unusable name now
         os.makedirs(self.directory, exist_ok=True)
 
     def _make_filename(self) -> str:
@@ -294,6 +325,11 @@ class ReadingRollManager:
         archive_callback: ArchiveCallback | None = None,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(filename_template, str) or not filename_template or "\x00" in filename_template:
+            raise InvalidArgument(f"the pattern is a file name glob (a non-empty str without NUL), not "
+                                  f"{filename_template!r}"[:300], hint='e.g. ReadingRollManager("test_*.events")')
+        if not isinstance(directory, (str, os.PathLike)):
+            raise InvalidArgument(f"directory is a path, not {type(directory).__name__}")
         self.filename_template = filename_template
         sub, pattern = os.path.split(filename_template)
         self.directory = os.path.join(os.fspath(directory), sub)

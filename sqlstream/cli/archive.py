@@ -1,11 +1,13 @@
-"""The archive commands of the ``sqlstream`` CLI: ``export``, ``import``, ``archive cat``.
+"""The file commands of the ``sqlstream`` CLI: ``export``, ``import``, ``archive cat``, ``block cat``.
 
 Registered by :mod:`sqlstream.cli.main` so the archive code stays in one place.
 Output follows the CLI's contract: human lines by default, ``--json`` objects one per
 line, ``Error:``/``Hint:`` on stderr and exit 1 on failure. ``archive cat`` always
 prints JSON lines: ``file``, ``index``, ``metadata`` (object of strings) and
 ``payload`` (the text when the payload is UTF-8, else base64 with ``"encoding":
-"base64"``); consumers must ignore fields they do not know.
+"base64"``); consumers must ignore fields they do not know. ``block cat`` prints the
+file streaming service's block files the same way (see :func:`cmd_block_cat`). A reader
+that goes away (``| head``) ends them quietly, as it ends ``read``.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         try:
             result = import_archives(db, args.pattern, args.dir, storage=storage, streams=args.stream or None,
                                      create=not args.no_create, secrets=secrets, rename=rename,
-                                     progress=on_progress)
+                                     progress=on_progress, allow_gap=args.allow_gap)
         except RecordTooLarge as exc:
             raise _too_large_here(exc, "import reads records up to the database's max_record_bytes "
                                        "(sqlstream.open(..., max_record_bytes=N) in Python)") from exc
@@ -237,6 +239,15 @@ def _too_large_here(exc: RecordTooLarge, hint: str) -> ArchiveError:
     return ArchiveError(str(exc.args[0]), hint=hint)
 
 
+def _put_bytes(line: dict[str, Any], field: str, data: bytes, encoding_field: str) -> None:
+    """``line[field]``: the text when ``data`` is UTF-8, else its base64 with ``line[encoding_field] = "base64"``."""
+    try:
+        line[field] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        line[field] = base64.b64encode(data).decode("ascii")
+        line[encoding_field] = "base64"
+
+
 def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print every record of the archive files as JSON lines."""
     from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
@@ -253,11 +264,7 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
                     except EndOfArchive:
                         break
                     line: dict[str, Any] = {"file": filename, "index": reader.index - 1, "metadata": metadata}
-                    try:
-                        line["payload"] = payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        line["payload"] = base64.b64encode(payload).decode("ascii")
-                        line["encoding"] = "base64"
+                    _put_bytes(line, "payload", payload, "encoding")
                     out.write(dump(line) + "\n")
         except RecordTooLarge as exc:
             out.flush()
@@ -267,8 +274,45 @@ def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
             out.flush()
             report_error(exc, err)
             status = 1
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): main() ends quietly, as for `read`
         except OSError as exc:
             report_error(ArchiveError(f"{filename}: {exc.strerror or exc}"), err)
+            status = 1
+    return status
+
+
+def cmd_block_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """Print the file streaming service's block files as JSON lines.
+
+    A data file (``[prefix-]block-H-data``) gives one line per pair: ``file``, ``index``,
+    ``store_key`` (the stream), ``key``, ``value`` (each UTF-8 text, else base64 with
+    ``key_encoding``/``value_encoding`` ``"base64"``) and ``delete``. A meta file (a name
+    ending in ``-meta``) gives one line: ``file``, ``height``, ``commit_time_us`` and
+    ``streams`` (``stream``, ``first_offset``, ``last_offset``). A file that cannot be read
+    or is not a block file is reported on stderr and the others are still printed (exit 1).
+    """
+    from ..streaming.file import decode_data, decode_meta, read_file  # see the note at the top
+
+    status = 0
+    for filename in args.files:
+        try:
+            data = read_file(filename)
+            if filename.endswith("-meta"):
+                meta = decode_meta(data, filename)
+                out.write(dump({"file": filename, "height": meta.height, "commit_time_us": meta.commit_time_us,
+                                "streams": [{"stream": s, "first_offset": f, "last_offset": last}
+                                            for s, f, last in meta.streams]}) + "\n")
+                continue
+            for index, pair in enumerate(decode_data(data, filename)):
+                line: dict[str, Any] = {"file": filename, "index": index, "store_key": pair.store_key}
+                _put_bytes(line, "key", pair.key, "key_encoding")
+                _put_bytes(line, "value", pair.value, "value_encoding")
+                line["delete"] = pair.delete
+                out.write(dump(line) + "\n")
+        except SqlstreamError as exc:
+            out.flush()
+            report_error(exc, err)
             status = 1
     return status
 
@@ -336,7 +380,10 @@ def register(command: CommandFactory) -> None:
         "PATTERN is matched against file names (or object names under --dir with\n"
         "--storage), read in name order; matching nothing is an error. The database\n"
         "must exist unless --create-db is given. Streams created with --secret take\n"
-        "records only with --secret; --rename SRC=DST imports under another name.",
+        "records only with --secret; --rename SRC=DST imports under another name.\n"
+        "Missing records (a torn or absent archive before the first one of a stream)\n"
+        "are an error and store nothing of that stream, so a rerun with good copies\n"
+        "completes it; --allow-gap starts the stream past them instead, for good.",
     )
     p.add_argument("pattern", metavar="PATTERN")
     p.add_argument("--dir", default=".", metavar="DIR", help="directory (or object prefix) to search (default .)")
@@ -348,6 +395,9 @@ def register(command: CommandFactory) -> None:
                    help="write secret of a secret stream to import into; repeatable")
     p.add_argument("--rename", action="append", metavar="SRC=DST",
                    help="import archive stream SRC into stream DST; repeatable")
+    p.add_argument("--allow-gap", action="store_true",
+                   help="start an empty stream where the archives do, even past missing records "
+                        "(they can never be imported afterwards)")
 
     p = command(
         "archive", lambda a, o, e: 2, "Inspect archive files.",
@@ -369,5 +419,24 @@ def register(command: CommandFactory) -> None:
                      help="refuse records larger than N bytes, decompressed (default 16 MiB)")
     cat.set_defaults(handler=cmd_archive_cat)
 
+    p = command(
+        "block", lambda a, o, e: 2, "Inspect the block files of the file streaming service.",
+        "sqlstream block cat stream-out/app-block-12-data | jq .value",
+        json_output=False,
+    )
+    sub = p.add_subparsers(dest="block_command", metavar="SUBCOMMAND", required=True)
+    cat = sub.add_parser(
+        "cat", help="Print the pairs of block files as JSON lines.",
+        description="Print the Cosmos StoreKVPair messages of data files ([prefix-]block-H-data) as\n"
+        "JSON lines: file, index, store_key (the stream), key, value (UTF-8 text, else\n"
+        "base64 with \"key_encoding\"/\"value_encoding\": \"base64\"), delete. A meta file\n"
+        "(name ending in -meta) prints one line: height, commit_time_us, streams. A\n"
+        "damaged file is reported on stderr (exit 1); the other files are still printed.",
+        epilog="Example:\n  sqlstream block cat stream-out/block-12-data stream-out/block-12-meta\n",
+        formatter_class=HelpFormatter,
+    )
+    cat.add_argument("files", metavar="FILE", nargs="+")
+    cat.set_defaults(handler=cmd_block_cat)
 
-__all__ = ["register", "parse_storage", "cmd_export", "cmd_import", "cmd_archive_cat"]
+
+__all__ = ["register", "parse_storage", "cmd_export", "cmd_import", "cmd_archive_cat", "cmd_block_cat"]

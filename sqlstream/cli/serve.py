@@ -15,12 +15,15 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..database import open as open_database
 from ..errors import SchemaVersionError
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
+
+if TYPE_CHECKING:
+    from ..streaming import StreamingConfig
 
 
 def register(command: CommandFactory) -> None:
@@ -34,7 +37,13 @@ def register(command: CommandFactory) -> None:
         details="Runs until SIGINT/SIGTERM, woken by commits. Each service resumes after the\n"
                 "last block it finished (its cursor is kept in the database).",
     )
-    sub.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration (see README)")
+    sub.add_argument("--config", metavar="FILE",
+                     help="the TOML configuration (see README); optional with --kafka")
+    sub.add_argument("--kafka", metavar="HOST:PORT",
+                     help="also serve the Kafka protocol on HOST:PORT (needs the kafka extra; "
+                          "loopback unless SASL or --insecure)")
+    sub.add_argument("--insecure", action="store_true",
+                     help="let --kafka bind a non-loopback address without SASL credentials")
     sub.add_argument("--skip-trimmed", action="store_true",
                      help="go past records retention trimmed before a service streamed them (logged); "
                           "without it the service stops naming them")
@@ -50,11 +59,15 @@ def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     # The streaming package is imported by the command that runs it, not by every
     # `sqlstream` invocation (start-up time; tests/test_startup.py).
-    from ..streaming import Runner, load_config
+    from ..streaming import Runner, StreamingConfig, load_config
+    from ..streaming.runner import RunResult
 
-    config = load_config(args.config)
+    if args.config is None and args.kafka is None:
+        raise CliError("serve needs --config FILE, --kafka HOST:PORT, or both",
+                       hint="sqlstream --db app.db serve --kafka 127.0.0.1:9092")
+    config = load_config(args.config) if args.config is not None else StreamingConfig("<none>", None)
     path = _database_path(args, config.db)
-    if not os.path.exists(path):
+    if config.streamers and not os.path.exists(path):  # the Kafka listener alone creates the file
         raise CliError(f"no database at {os.path.abspath(path)}",
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
     if args.status:
@@ -86,9 +99,17 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 if total is not None and done >= total:
                     bar.close()
                     bar = None
+        kafka = _start_kafka(args, config, path, err) if not args.once else None
         try:
-            result = runner.run(once=args.once, progress=catch_up)
+            if services:
+                result = runner.run(once=args.once, progress=catch_up)
+            else:
+                result = RunResult()
+                while not stop.wait(0.5):  # only the Kafka listener: until SIGINT/SIGTERM
+                    pass
         finally:
+            if kafka is not None:
+                kafka.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if bar is not None:
@@ -100,6 +121,23 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                 state = "off (empty keys)" if not service.enabled else f"{result.get(service.name, 0)} {service.UNIT}"
                 out.write(f"{service.name}: {state}\n")
     return 0
+
+
+def _start_kafka(args: argparse.Namespace, config: StreamingConfig, path: str, err: IO[str]) -> Any:
+    """The Kafka listener of ``--kafka`` or ``[kafka]``, running on its own thread (or None)."""
+    if args.kafka is None and config.kafka is None:
+        return None
+    try:
+        from .. import kafka
+        from ..kafka.config import settings_from_config
+    except ImportError as exc:
+        raise CliError(f"the Kafka listener needs the kafka extra ({exc.name} is missing)",
+                       hint='pip install "sqlstream[kafka]"') from None
+    settings = settings_from_config(config.kafka, config.path, listen=args.kafka, insecure=args.insecure)
+    running = kafka.start(path, settings)
+    err.write(f"kafka: listening on {running.bootstrap_servers}\n")
+    err.flush()
+    return running
 
 
 def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

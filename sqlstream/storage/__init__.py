@@ -85,7 +85,8 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
     """Return ``path`` normalised (no trailing ``/``) if it is a safe object path.
 
     Raises ``InvalidObjectPath`` for anything that could name something outside the
-    store: absolute paths, ``.``/``..`` components, empty components, backslashes, NUL.
+    store: absolute paths, ``.``/``..`` components, empty components, backslashes, NUL;
+    and for text that is not valid Unicode (lone surrogates), which not every driver can store.
     ``allow_root`` admits ``""`` (the root, for ``list_objects``).
     """
     if not isinstance(path, str):
@@ -96,6 +97,12 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
         path = path[:-1]
     if not path:
         raise InvalidObjectPath("an object path cannot be empty")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # One rule for every driver: S3 keys and the sqlite driver's names are UTF-8 text.
+        raise InvalidObjectPath(f"object path {path!r} is not valid Unicode (a lone surrogate)",
+                                hint="object paths are UTF-8 text") from None
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
         raise InvalidObjectPath(f"object path is longer than {MAX_PATH} bytes: {path[:60]!r}...")
     if path.startswith("/"):

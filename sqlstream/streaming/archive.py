@@ -32,17 +32,19 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..archive.callbacks import check_compression
-from ..archive.export import ExportProgress, check_template, export
+from ..archive.export import ExportProgress, default_template, export
+from ..archive.rolling import check_template
 from ..errors import SqlstreamError
 from ..records import check_name
 from ..storage import load_driver_class, unknown_options
-from .services import Option, OptionError, Service, resolve_path
+from .services import Option, OptionError, Output, Service, output_directory, resolve_path
 from .store import Block, RecordsTrimmed, Store
 
 __all__ = ["ArchiveService"]
@@ -138,6 +140,23 @@ class ArchiveService(Service):
                 storage = {**storage, local: resolve_path(storage[local], base_dir)}
             options = {**options, "storage": storage}
         return options
+
+    @classmethod
+    def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
+        """Where the archives go, for the names of the template (the default one holds the
+        streamer's name). With ``storage``, ``dir`` only stages them, in a folder of the
+        export's own; a filesystem storage writes into ``root``/``storage_prefix``."""
+        template = options.get("template") or default_template(name)
+        storage = options.get("storage")
+        prefix = str(options.get("storage_prefix") or "")
+        if storage is None:
+            return [Output(output_directory(str(options["dir"])), f"archives named {template!r}")]
+        folder, _, head = prefix.rpartition("/")
+        names = f"archives named {head + template!r}"
+        if storage.get("driver") == "filesystem" and isinstance(storage.get("root"), str):
+            return [Output(output_directory(os.path.join(storage["root"], folder)), names)]
+        where = {k: v for k, v in sorted(storage.items()) if isinstance(v, (str, int, float, bool))}
+        return [Output(f"storage {where} under {folder + '/' if folder else ''!r}", names)]
 
     def __init__(self, name: str, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         super().__init__(name, keys, options)

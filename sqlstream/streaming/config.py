@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidArgument
-from .services import Option, OptionError, Service, known_services, resolve_path, service_class
+from ..errors import InvalidArgument, InvalidName
+from ..validation import check_name
+from .services import Option, OptionError, Output, Service, known_services, resolve_path, service_class
 
 __all__ = ["ConfigError", "StreamingConfig", "StreamerConfig", "load_config", "parse_config"]
 
@@ -67,13 +68,16 @@ class StreamingConfig:
     path: str
     db: str | None
     streamers: tuple[StreamerConfig, ...] = field(default_factory=tuple)
+    #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.config.settings_from_config``,
+    #: which needs the optional ``kafka`` extra); None when the file has none.
+    kafka: Mapping[str, Any] | None = None
 
     def build(self) -> list[Service]:
         """One service per configured streamer, in ``store.streamers`` order."""
         return [s.build() for s in self.streamers]
 
 
-_TOP = {"sqlstream": "table", "store": "table", "streamers": "table"}
+_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "kafka": "table"}
 _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or false", "int": "an integer",
                "number": "a number", "table": "a table", "list": "a list of strings"}
 
@@ -105,6 +109,10 @@ def load_config(path: str | os.PathLike[str]) -> StreamingConfig:
     with os.fdopen(fd, "rb") as fh:
         try:
             data = tomllib.load(fh)
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively.
+            raise ConfigError(path, "file", None, "not valid TOML: arrays or tables nested too deeply",
+                              hint="a streaming config needs a few levels at most") from None
         except OSError as exc:
             raise ConfigError(path, "file", None, f"cannot read it: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
@@ -121,6 +129,18 @@ def _unknown(path: str, table: str, key: str, known: list[str]) -> ConfigError:
     return ConfigError(path, table, key, "unknown option", hint=hint)
 
 
+def _unicode(value: Any) -> bool:
+    """False for a str (or list of str) holding a lone surrogate, which no file or database
+    name can hold (TOML cannot express one; a dict given to parse_config can)."""
+    try:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                item.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check(path: str, table: str, key: str, value: Any, kind: str) -> Any:
     ok = {
         "str": isinstance(value, str),
@@ -130,7 +150,7 @@ def _check(path: str, table: str, key: str, value: Any, kind: str) -> Any:
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
         "table": isinstance(value, dict),
         "list": isinstance(value, list) and all(isinstance(v, str) and v for v in value),
-    }[kind]
+    }[kind] and _unicode(value)
     if not ok:
         hint = "write true or false without quotes" if kind == "bool" and value in ("true", "false") else None
         raise ConfigError(path, table, key, f"must be {_KIND_NAMES[kind]}, not {value!r}", hint=hint)
@@ -138,7 +158,19 @@ def _check(path: str, table: str, key: str, value: Any, kind: str) -> Any:
 
 
 def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingConfig:
-    """Validate an already parsed TOML document (``path`` names it in errors)."""
+    """Validate an already parsed TOML document (``path`` names it in errors).
+
+    Everything a service needs is checked here, before anything runs: a configuration
+    this returns builds its services without error. Raises :class:`ConfigError` (an
+    ``InvalidArgument``) for anything else, ``data`` that is not a table included.
+    """
+    if not isinstance(path, str):
+        raise InvalidArgument(f"path names the configuration in errors: a str, not {type(path).__name__}")
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, "file", None, f"a configuration is a table (a dict), not {type(data).__name__}",
+                          hint="pass the dict tomllib.load returns, or use load_config(PATH)")
+    if not all(isinstance(key, str) for key in data):
+        raise ConfigError(path, "file", None, "table names are strings")
     base_dir = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else os.getcwd()
     for key, value in data.items():
         if key not in _TOP:
@@ -157,6 +189,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
     names = _check(path, "store", "streamers", store.get("streamers", []), "list")
     tables: dict[str, Any] = data.get("streamers", {})
     for name, table in tables.items():
+        if not isinstance(name, str):
+            raise ConfigError(path, "streamers", None, f"table names are strings, not {name!r}")
         if not isinstance(table, dict):
             raise ConfigError(path, "streamers", name, f"must be a table, not {table!r}")
         if name not in names:
@@ -168,6 +202,12 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         if name in seen:
             raise ConfigError(path, "store", "streamers", f"lists {name!r} twice")
         seen.add(name)
+        try:
+            # The name keys the service's cursor in the database (and the archive
+            # service's export): a name as streams have.
+            check_name(name, "streamer")
+        except InvalidName as exc:
+            raise ConfigError(path, "store", "streamers", str(exc.args[0]), hint=exc.hint) from None
         table_name = f"streamers.{name}"
         table = dict(tables.get(name, {}))
         kind = table.pop("service", name)
@@ -204,4 +244,31 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         except OptionError as exc:
             raise ConfigError(path, table_name, exc.key, exc.problem, hint=exc.hint) from exc
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
-    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers))
+    _refuse_overlaps(path, streamers)
+    return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers),
+                           data.get("kafka"))
+
+
+def _refuse_overlaps(path: str, streamers: list[StreamerConfig]) -> None:
+    """ConfigError naming both streamers when two of them write to the same place.
+
+    Each service says where it writes (:meth:`Service.outputs`); two streamers whose
+    outputs overlap would write over each other's files, so the whole configuration is
+    refused before anything runs, whatever their types. A streamer turned off (``keys``
+    empty) writes nothing and overlaps nothing.
+    """
+    claimed: list[tuple[str, Output]] = []
+    for streamer in streamers:
+        if not streamer.keys:
+            continue
+        mine = service_class(streamer.kind).outputs(streamer.name, streamer.options)
+        for other, output in claimed:
+            for out in mine:
+                if out.overlaps(output):
+                    raise ConfigError(
+                        path, f"streamers.{streamer.name}", None,
+                        f"writes to the same place as [streamers.{other}]: {out}",
+                        hint="give each streamer its own directory (write_dir/dir), or file streamers "
+                             "different prefixes",
+                    )
+        claimed += [(streamer.name, out) for out in mine]

@@ -6,6 +6,10 @@ formats are in docs/format.md. Each file is written under a temporary name and r
 into place, so a reader never sees a partial file; with ``fsync`` the file and then the
 directory are fsynced before the block counts as done. The bytes depend only on the
 block's stored records, so a block redone after a crash is byte-identical.
+
+Reading them back: :func:`decode_data` / :func:`decode_meta` (bytes in, values out) and
+:func:`read_block` / :func:`read_block_meta` (by directory, height and prefix); the CLI's
+``sqlstream block cat`` prints them as JSON lines.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..archive.export import dir_mode_for, make_dirs
-from ..errors import InvalidArgument
+from ..errors import CorruptBlockFile, InvalidArgument
 from . import protobuf
-from .services import Option, Service
+from .services import Option, Output, Service, output_directory
 from .store import Block
 
-__all__ = ["FileService", "encode_data", "encode_meta", "file_name", "prefix_problem"]
+__all__ = ["FileService", "encode_data", "encode_meta", "file_name", "prefix_problem", "KVPair", "BlockMeta",
+           "decode_data", "decode_meta", "read_block", "read_block_meta"]
 
 log = logging.getLogger("sqlstream.streaming")
 
@@ -50,6 +57,93 @@ def encode_meta(block: Block) -> bytes:
     """The meta file: 8-byte big-endian length, then one BlockMetadata message."""
     ranges = [(name, rs[0].offset, rs[-1].offset) for name, rs in sorted(block.streams.items()) if rs]
     return protobuf.frame(protobuf.block_metadata(block.height, block.commit_time_us, ranges))
+
+
+@dataclass(frozen=True)
+class KVPair:
+    """One ``StoreKVPair`` of a data file: the stream (store key) and the record's key and
+    stored bytes (text and JSON as UTF-8; no key: ``b""``). ``delete`` is Cosmos' flag,
+    never set by sqlstream."""
+
+    store_key: str
+    key: bytes
+    value: bytes
+    delete: bool = False
+
+
+@dataclass(frozen=True)
+class BlockMeta:
+    """A meta file: the block's height, commit time (µs since the epoch) and, per stream,
+    the first and last offset (inclusive) of its records in the block."""
+
+    height: int
+    commit_time_us: int
+    streams: tuple[tuple[str, int, int], ...]
+
+
+def decode_data(data: bytes, name: str = "<data>") -> list[KVPair]:
+    """The pairs of a data file's bytes, in file order (the inverse of :func:`encode_data`).
+
+    Raises :class:`~sqlstream.errors.CorruptBlockFile` (naming ``name``) when the bytes are
+    not a data file: a wrong length, a cut or malformed message.
+    """
+    try:
+        body = protobuf.unframe(data)
+        return [KVPair(*protobuf.parse_store_kv_pair(m)) for m in protobuf.split_delimited(body)]
+    except ValueError as exc:
+        raise CorruptBlockFile(f"{name}: not a block data file: {exc}",
+                               hint="block data files are written by the file streaming service") from None
+
+
+def decode_meta(data: bytes, name: str = "<meta>") -> BlockMeta:
+    """A meta file's bytes as :class:`BlockMeta` (the inverse of :func:`encode_meta`);
+    :class:`~sqlstream.errors.CorruptBlockFile` when they are not one."""
+    try:
+        height, commit_time, streams = protobuf.parse_block_metadata(protobuf.unframe(data))
+    except ValueError as exc:
+        raise CorruptBlockFile(f"{name}: not a block meta file: {exc}",
+                               hint="block meta files are written by the file streaming service") from None
+    return BlockMeta(height, commit_time, tuple(streams))
+
+
+def _read(write_dir: str | os.PathLike[str], height: int, prefix: str, kind: str) -> tuple[str, bytes]:
+    if isinstance(height, bool) or not isinstance(height, int) or height < 0:
+        raise InvalidArgument(f"height is a block height (an int >= 0), not {height!r}")
+    problem = prefix_problem(prefix)
+    if problem is not None:
+        raise InvalidArgument(f"prefix {problem}")
+    if not isinstance(write_dir, (str, os.PathLike)):
+        raise InvalidArgument(f"write_dir is a path, not {type(write_dir).__name__}")
+    path = os.path.join(os.fspath(write_dir), file_name(prefix, height, kind))
+    return path, read_file(path)
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of the block file ``path``; InvalidArgument (with the OS's reason) if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidArgument(f"cannot read block file {path!r}: {reason}"[:400],
+                              hint="a block that touched no exposed stream has no file") from None
+
+
+def read_block(write_dir: str | os.PathLike[str], height: int, prefix: str = "") -> list[KVPair]:
+    """The pairs of block ``height`` that a file service with ``write_dir`` and ``prefix`` wrote.
+
+    Reads the whole file (a block is one commit). Raises ``InvalidArgument`` when there is
+    no such file (a block that touched no exposed stream has none) and
+    ``CorruptBlockFile`` when it is damaged.
+    """
+    path, data = _read(write_dir, height, prefix, "data")
+    return decode_data(data, path)
+
+
+def read_block_meta(write_dir: str | os.PathLike[str], height: int, prefix: str = "") -> BlockMeta:
+    """The meta file of block ``height`` (written with ``output-metadata``); errors as :func:`read_block`."""
+    path, data = _read(write_dir, height, prefix, "meta")
+    return decode_meta(data, path)
 
 
 def prefix_problem(prefix: object) -> str | None:
@@ -102,6 +196,17 @@ class FileService(Service):
         self.output_metadata = bool(self.options.get("output-metadata", True))
         self.fsync = bool(self.options.get("fsync", False))
 
+    @classmethod
+    def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
+        """``write_dir``, for the names of the prefix: distinct prefixes never share a name.
+
+        ``[P-]block-H-KIND`` read from the right gives back KIND, the digits H and so P,
+        and a temporary name is that name between ``.`` and ``.HEX8.tmp``; so two prefixes
+        that differ give disjoint names, final or temporary.
+        """
+        prefix = str(options.get("prefix") or "")
+        return [Output(output_directory(str(options["write_dir"])), f"block files with prefix {prefix!r}")]
+
     def temp_pattern(self) -> re.Pattern[str]:
         """The names of this service's temporary files: ``.[prefix-]block-H-KIND.HEX8.tmp``."""
         head = re.escape(self.prefix + "-") if self.prefix else ""
@@ -110,8 +215,9 @@ class FileService(Service):
     def start(self) -> None:
         """Delete temporary files a killed run of this service left in ``write_dir``.
 
-        Only names of this service's own pattern (its prefix) are touched: another
-        service's files, or anything else in the directory, stay. Assumes one running
+        Only regular files named in this service's own pattern (its prefix) are touched:
+        another service's files, folders or links under such names, or anything else in
+        the directory, stay. Assumes one running
         ``serve`` per service (the durable cursor enforces that too).
         """
         try:
@@ -121,9 +227,16 @@ class FileService(Service):
         pattern = self.temp_pattern()
         for name in names:
             if pattern.fullmatch(name):
-                log.info("streaming service %r: removing %s, left by an interrupted run", self.name, name)
+                path = os.path.join(self.write_dir, name)
                 try:
-                    os.unlink(os.path.join(self.write_dir, name))
+                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                        # Not a file this service wrote (it writes regular files only): a
+                        # folder or link someone made under a look-alike name stays.
+                        log.warning("streaming service %r: leaving %s, which is not a regular file", self.name,
+                                    path)
+                        continue
+                    log.info("streaming service %r: removing %s, left by an interrupted run", self.name, name)
+                    os.unlink(path)
                 except FileNotFoundError:
                     pass
 

@@ -23,7 +23,7 @@ from ..errors import InvalidArgument
 from ..plugins import entry_points, load_object
 from .store import Block, Store
 
-__all__ = ["Service", "Option", "OptionError", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
+__all__ = ["Service", "Option", "OptionError", "Output", "output_directory", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
 
 ENTRY_POINT_GROUP = "sqlstream.streaming_services"
 BUILTIN_SERVICES = {
@@ -48,6 +48,33 @@ class Option:
     required: bool = False
     help: str = ""
     check: Callable[[Any], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A place a service writes to, for the config check that no two services write over each other.
+
+    ``where`` names the place (``"directory /abs/out"``, a storage location...), ``names``
+    the part of it the service's names can take (``"block files with prefix 'app'"``), or
+    None for all of it. Two outputs overlap when ``where`` is equal and ``names`` is equal
+    or None on either side; a service declares ``names`` only when name spaces that
+    differ can never share a name.
+    """
+
+    where: str
+    names: str | None = None
+
+    def overlaps(self, other: Output) -> bool:
+        return self.where == other.where and (self.names is None or other.names is None or self.names == other.names)
+
+    def __str__(self) -> str:
+        return self.where if self.names is None else f"{self.where} ({self.names})"
+
+
+def output_directory(path: str) -> str:
+    """The ``where`` of an output directory: its real path (symlinks resolved, so two
+    spellings of one folder compare equal), case-folded where the OS folds file names."""
+    return "directory " + os.path.normcase(os.path.realpath(path))
 
 
 class OptionError(InvalidArgument):
@@ -103,6 +130,16 @@ class Service(ABC):
     def prepare_keys(cls, keys: Sequence[str], options: Mapping[str, Any]) -> None:
         """Check the ``keys`` patterns beyond their TOML type (with the prepared ``options``)
         when the config is loaded; raise :class:`OptionError`. Default: any names or globs."""
+
+    @classmethod
+    def outputs(cls, name: str, options: Mapping[str, Any]) -> list[Output]:
+        """Where the streamer ``name`` configured with the prepared ``options`` writes.
+
+        The config loader refuses two streamers whose outputs overlap, before anything
+        runs. Default: none (a service whose output cannot be written over, or that
+        writes only through the database's own transactions).
+        """
+        return []
 
     def run_paced(self, store: Store, stop: threading.Event, once: bool) -> int:
         """A self-paced service's loop (see ``SELF_PACED``): run until ``stop`` is set (``once``:

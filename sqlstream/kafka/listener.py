@@ -1,0 +1,249 @@
+"""The Kafka listener: asyncio sockets, limits, SASL gating and shutdown.
+
+:class:`KafkaListener` serves one sqlstream file on one address. Per connection it reads
+size-prefixed frames (a frame over ``max_request_bytes`` or a negative size closes the
+connection with the reason logged), decodes them (:mod:`.protocol`), runs the handler
+(:mod:`.handlers`) and writes the responses in request order, as Kafka clients expect
+(requests are pipelined; handlers of one connection run one after another). A request
+for an API or version this listener does not serve gets that API's response with
+UNSUPPORTED_VERSION where the schema has an error code, else the connection is closed
+with the reason logged; ApiVersions at an unknown version is answered in v0 with the
+supported table, as Kafka does. An exception in a handler is logged and closes only
+that connection: the listener never stops on a client's input.
+
+Safety (README "Kafka"): binds 127.0.0.1 unless told otherwise; any other address
+needs SASL/PLAIN credentials or ``insecure=True``. Connections beyond
+``max_connections`` are closed at once (logged). With SASL configured, a connection may
+send only ApiVersions, SaslHandshake and SaslAuthenticate until it has authenticated.
+
+:func:`start` runs a listener on its own thread and event loop (``sqlstream serve``, the
+pytest fixture) and returns once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from .. import aio
+from ..errors import InvalidArgument, SqlstreamError
+from .handlers import Handlers, Session, Settings
+from .protocol import SUPPORTED, ProtocolError, Request, build, encode_response, error_response, parse_request, response_schema
+
+__all__ = ["KafkaListener", "RunningListener", "start", "check_bind"]
+
+log = logging.getLogger("sqlstream.kafka")
+_SIZE = struct.Struct(">i")
+_PRE_AUTH = {17, 18, 36}  # SaslHandshake, ApiVersions, SaslAuthenticate
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse (``InvalidArgument``) a non-loopback address without SASL or ``insecure``."""
+    host = settings.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not settings.sasl and not settings.insecure:
+        raise InvalidArgument(
+            f"the Kafka listener would accept anyone on {host}: a non-loopback address needs SASL/PLAIN "
+            "credentials or an explicit opt-out",
+            hint="set [kafka] password (and username) in the config, or pass --insecure "
+                 "(insecure = true) if the network is trusted")
+
+
+class KafkaListener:
+    """A Kafka-protocol listener on one sqlstream file (see the module docstring)."""
+
+    def __init__(self, path: str | Path, settings: Settings | None = None, **db_options: Any) -> None:
+        self.path = str(path)
+        self.settings = settings or Settings()
+        self.db_options = db_options
+        self.adb: aio.AsyncDatabase | None = None
+        self.handlers: Handlers | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self.connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the file and start accepting connections (the port is then ``self.port``).
+
+        Raises ``InvalidArgument`` (address policy) and sqlstream errors opening the file."""
+        check_bind(self.settings)
+        self.adb = await aio.open(self.path, **self.db_options)
+        try:
+            self.server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
+                                                     limit=1024 * 1024, reuse_address=True)
+        except BaseException:
+            await self.adb.close()
+            raise
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.handlers = Handlers(self.adb, self.settings, self.port)
+        self.handlers.groups.start()
+        log.info("kafka: listening on %s:%d for %s", self.settings.host, self.port, self.path)
+
+    async def close(self) -> None:
+        """Stop accepting, end every connection, close the file."""
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.connections):
+            task.cancel()
+        if self.connections:
+            await asyncio.gather(*self.connections, return_exceptions=True)
+        if self.handlers is not None:
+            self.handlers.groups.stop()
+        if self.server is not None:
+            await self.server.wait_closed()
+        if self.adb is not None:
+            await self.adb.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if len(self.connections) >= self.settings.max_connections:
+            log.warning("kafka: refused %s: %d connections open (max_connections)", name, len(self.connections))
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
+        try:
+            await self._serve(reader, writer, Session(name))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug must not stop the listener: log it, drop this connection
+            log.exception("kafka: connection %s closed after an internal error", name)
+        finally:
+            self.connections.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
+        assert self.handlers is not None
+        limit = self.settings.max_request_bytes
+        while True:
+            head = await reader.readexactly(4)
+            (size,) = _SIZE.unpack(head)
+            if size < 0 or size > limit:
+                log.warning("kafka: closing %s: a request frame of %d bytes (max_request_bytes %d)",
+                            session.peer, size, limit)
+                return
+            frame = await reader.readexactly(size)
+            try:
+                req = parse_request(frame)
+            except ProtocolError as exc:
+                reply = self._refusal(exc)
+                if reply is None:
+                    log.warning("kafka: closing %s: %s", session.peer, exc)
+                    log.debug("kafka: the frame from %s began %s", session.peer, frame[:256].hex())
+                    return
+                log.info("kafka: %s: %s", session.peer, exc)
+                writer.write(reply)
+                await writer.drain()
+                continue
+            if self.settings.sasl and not session.authenticated and req.api_key not in _PRE_AUTH:
+                log.warning("kafka: closing %s: %s before SASL authentication", session.peer, req.api_key)
+                return
+            body = await self.handlers.handle(req, session)
+            if body is None:
+                continue  # Produce with acks=0: no response
+            writer.write(encode_response(req.api_key, req.version, req.correlation_id,
+                                         build(response_schema(req.api_key, req.version), body)))
+            await writer.drain()
+
+    def _refusal(self, exc: ProtocolError) -> bytes | None:
+        if exc.api_key is None or exc.correlation_id is None:
+            return None
+        if exc.api_key == 18:  # ApiVersions at a version we do not know: answer in v0
+            body = {"error_code": 35, "api_keys": [
+                {"api_key": k, "min_version": lo, "max_version": hi}
+                for k, (_, lo, hi) in sorted(SUPPORTED.items())]}
+            return encode_response(18, 0, exc.correlation_id, build(response_schema(18, 0), body))
+        if exc.version is None:
+            return None
+        try:
+            resp = error_response(Request(exc.api_key, exc.version, exc.correlation_id, None, None), 35)
+        except Exception:  # kio has no schema for this key or version
+            return None
+        if resp is None:
+            return None
+        return encode_response(exc.api_key, exc.version, exc.correlation_id, resp)
+
+
+class RunningListener:
+    """A listener on its own thread and loop (from :func:`start`); ``close()`` stops it."""
+
+    def __init__(self, listener: KafkaListener, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.listener = listener
+        self.loop = loop
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    @property
+    def path(self) -> str:
+        """The sqlstream file it serves."""
+        return self.listener.path
+
+    @property
+    def bootstrap_servers(self) -> str:
+        host = self.listener.settings.host
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop the listener and its thread (blocks until both ended)."""
+        if self.loop.is_closed():
+            return
+        done = asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop)
+        try:
+            done.result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+
+    def __enter__(self) -> RunningListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start(path: str | Path, settings: Settings | None = None, **db_options: Any) -> RunningListener:
+    """Run a :class:`KafkaListener` on a new thread; return once it accepts connections.
+
+    Raises what :meth:`KafkaListener.start` raises (the thread is then gone)."""
+    listener = KafkaListener(path, settings, **db_options)
+    loop = asyncio.new_event_loop()
+    started: Future[None] = Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(listener.start())
+        except BaseException as exc:
+            started.set_exception(exc)
+            loop.close()
+            return
+        started.set_result(None)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="sqlstream-kafka", daemon=True)
+    thread.start()
+    try:
+        started.result()
+    except SqlstreamError:
+        thread.join()
+        raise
+    return RunningListener(listener, loop, thread)

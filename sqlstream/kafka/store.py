@@ -1,0 +1,480 @@
+"""What Kafka knows, in the file: the one place the Kafka listener touches SQL.
+
+Like :mod:`sqlstream.streaming.store` it uses the engine interface (``db.engine``:
+``write()``, ``snapshot()``, ``append_rows()``, ``now_us()``) and the public
+``Database`` API (streams are created and deleted through it), never another object's
+private members. Every method is synchronous and runs on the caller's thread (the
+listener runs them on its AsyncDatabase's worker).
+
+The mapping (README, "Kafka"): a topic partition is a stream (``orders`` for a topic of
+one partition, ``orders/0`` ... ``orders/N-1`` for a topic created with N; partitions
+added later are ``orders/1``, ...), a Kafka offset is the record's offset. A record from
+a Kafka producer is stored as a ``bytes`` record whose value is the Kafka value; its key
+is stored as the record's ``key`` when it is UTF-8 text and its headers as the record's
+``headers`` when their names are unique and their values UTF-8 text; the producer's
+timestamp (ms) and whatever the chunk row cannot hold exactly (a binary key, repeated or
+binary or null headers, a null value) go into ``kafka_batches`` in the same
+transaction. Reading back gives every field exactly as produced.
+
+Atomicity: :meth:`KafkaStore.produce` stores a partition's batch, its ``kafka_batches``
+row and the producer's sequence numbers in one transaction: a retried batch is
+recognised after a crash or restart exactly when its records were stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..connection import runner
+from ..database import Database
+from ..errors import SqlstreamError, StreamExists, StreamNotFound
+from .records import Batch, KafkaRecord
+
+__all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "PRODUCER_BATCHES_KEPT"]
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+PRODUCER_BATCHES_KEPT = 5  # as a Kafka broker: a producer has at most 5 batches in flight
+_SEQ_WRAP = 2**31
+
+
+def valid_topic_name(name: str) -> bool:
+    """Kafka's rule: 1-249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``."""
+    return bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
+
+
+class KafkaRefused(SqlstreamError):
+    """A request the Kafka protocol answers with an error code (``code``)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic: its partitions' streams are ``stream(p)``."""
+
+    name: str
+    partitions: int
+    first_stream: str
+    topic_id: uuid.UUID
+
+    def stream(self, partition: int) -> str:
+        return self.first_stream if partition == 0 else f"{self.name}/{partition}"
+
+
+@dataclass(frozen=True)
+class Produced:
+    """The outcome of storing one batch: its first offset, whether it was a retry
+    already stored (nothing written), and the partition's log start offset."""
+
+    base_offset: int
+    duplicate: bool
+    log_start: int
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Records read from a partition and its offsets."""
+
+    records: list[tuple[int, KafkaRecord]]
+    log_start: int
+    high_watermark: int
+    size: int
+
+
+_TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
+_ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
+
+
+class KafkaStore:
+    """Topics, records, producer ids and group offsets of one file (see the module doc)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.engine = db.engine
+
+    # ------------------------------------------------------------------ topics
+
+    def topics(self) -> list[Topic]:
+        """Every topic: registered ones, and every stream whose name is a valid topic
+        name (a stream appended to through the Python API is a one-partition topic)."""
+        with self.engine.snapshot() as conn:
+            known = [_topic(r) for r in runner(conn)(_TOPICS_SQL)]
+            names = {t.name for t in known}
+            streams = [r[0] for r in runner(conn)("SELECT name FROM streams")]
+        owned = {t.stream(p) for t in known for p in range(t.partitions)}
+        extra = [Topic(n, 1, n, _adopted_id(n)) for n in streams
+                 if n not in names and n not in owned and valid_topic_name(n)]
+        return sorted(known + extra, key=lambda t: t.name)
+
+    def topic(self, name: str, *, create: bool = False, partitions: int = 1) -> Topic | None:
+        """The topic ``name``; created (``partitions`` streams) when absent and ``create``.
+
+        A stream of that name becomes a registered one-partition topic."""
+        with self.engine.snapshot() as conn:
+            row = runner(conn)(_TOPICS_SQL + " WHERE name = ?", (name,))
+        if row:
+            return _topic(row[0])
+        if not valid_topic_name(name):
+            return None
+        with self.engine.write() as conn:
+            row = runner(conn)(_TOPICS_SQL + " WHERE name = ?", (name,))
+            if row:
+                return _topic(row[0])
+            exists = runner(conn)("SELECT 1 FROM streams WHERE name = ?", (name,))
+            if exists:
+                return self._register(conn, name, 1, name, _adopted_id(name))
+            if not create:
+                return None
+            return self.create_topic(name, partitions)
+
+    def create_topic(self, name: str, partitions: int) -> Topic:
+        """Create a topic and its streams in one transaction.
+
+        Raises ``KafkaRefused``: 17 INVALID_TOPIC_EXCEPTION, 36 TOPIC_ALREADY_EXISTS, 37
+        INVALID_PARTITIONS."""
+        if not valid_topic_name(name):
+            raise KafkaRefused(17, f"{name!r} is not a valid topic name ([A-Za-z0-9._-], 1-249 characters)")
+        if not 1 <= partitions <= 10_000:
+            raise KafkaRefused(37, f"a topic needs 1 to 10000 partitions, not {partitions}")
+        first = name if partitions == 1 else f"{name}/0"
+        with self.engine.write() as conn:
+            if runner(conn)("SELECT 1 FROM kafka_topics WHERE name = ?", (name,)) or \
+                    runner(conn)("SELECT 1 FROM streams WHERE name = ?", (name,)):
+                raise KafkaRefused(36, f"topic {name!r} already exists")
+            topic = self._register(conn, name, partitions, first, uuid.uuid4())
+            try:
+                for p in range(partitions):
+                    self.db.create_stream(topic.stream(p))
+            except StreamExists as exc:
+                raise KafkaRefused(36, f"topic {name!r}: {exc}") from exc
+        return topic
+
+    def _register(self, conn: Any, name: str, partitions: int, first: str, topic_id: uuid.UUID) -> Topic:
+        runner(conn)("INSERT INTO kafka_topics (name, partitions, first_stream, topic_id, created_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (name, partitions, first, topic_id.bytes, self.engine.now_us()))
+        return Topic(name, partitions, first, topic_id)
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic, its streams and its committed group offsets in one transaction.
+
+        Raises ``KafkaRefused`` 3 UNKNOWN_TOPIC_OR_PARTITION."""
+        topic = self.topic(name)
+        if topic is None:
+            raise KafkaRefused(3, f"no topic {name!r}")
+        with self.engine.write() as conn:
+            for p in range(topic.partitions):
+                try:
+                    self.db.delete_stream(topic.stream(p), force=True)
+                except StreamNotFound:
+                    pass
+            runner(conn)("DELETE FROM kafka_topics WHERE name = ?", (name,))
+            runner(conn)("DELETE FROM kafka_group_offsets WHERE topic = ?", (name,))
+
+    def add_partitions(self, name: str, count: int) -> Topic:
+        """Grow topic ``name`` to ``count`` partitions (Kafka never shrinks one).
+
+        Raises ``KafkaRefused`` 3 (no topic) or 37 INVALID_PARTITIONS."""
+        topic = self.topic(name)
+        if topic is None:
+            raise KafkaRefused(3, f"no topic {name!r}")
+        if count <= topic.partitions or count > 10_000:
+            raise KafkaRefused(37, f"topic {name!r} has {topic.partitions} partitions; the new count must be "
+                                   f"larger (and at most 10000), not {count}")
+        with self.engine.write() as conn:
+            for p in range(topic.partitions, count):
+                self.db.create_stream(topic.stream(p), exist_ok=True)
+            runner(conn)("UPDATE kafka_topics SET partitions = ? WHERE name = ?", (count, name))
+        return Topic(topic.name, count, topic.first_stream, topic.topic_id)
+
+    # ------------------------------------------------------------------ records
+
+    def produce(self, stream: str, batch: Batch) -> Produced:
+        """Store one producer batch in ``stream`` (see the module docstring: atomic with
+        its Kafka facts and the producer's sequence numbers).
+
+        Raises ``KafkaRefused`` 45 OUT_OF_ORDER_SEQUENCE_NUMBER, 47 INVALID_PRODUCER_EPOCH,
+        3 UNKNOWN_TOPIC_OR_PARTITION; sqlstream errors (``PayloadTooLarge``,
+        ``StreamSealed``, ...) leave unchanged and store nothing."""
+        rows, timestamps, extras = _rows(batch.records)
+        n = len(batch.records)
+        with self.engine.write() as conn:
+            q = runner(conn)
+            got = q(_ENDS_SQL, (stream,))
+            if not got:
+                raise KafkaRefused(3, f"no stream {stream!r} for this partition")
+            stream_id, log_start, _ = got[0]
+            state: list[Any] | None = None
+            if batch.producer_id >= 0:
+                checked = _check_sequence(q, batch, stream_id, n)
+                if isinstance(checked, Produced):
+                    return Produced(checked.base_offset, True, log_start)
+                state = checked
+            offsets = self.engine.append_rows(stream, None, rows, None)
+            base = offsets.start
+            base_ts = timestamps[0] if n else 0
+            max_ts = max(timestamps) if n else 0
+            prev = q("SELECT running_max FROM kafka_batches WHERE stream_id = ? ORDER BY base_offset DESC LIMIT 1",
+                     (stream_id,))
+            running = max(max_ts, prev[0][0]) if prev else max_ts
+            deltas = [t - base_ts for t in timestamps]
+            q("INSERT INTO kafka_batches (stream_id, base_offset, last_offset, base_timestamp, max_timestamp, "
+              "running_max, timestamps, extras) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              (stream_id, base, base + n - 1, base_ts, max_ts, running,
+               json.dumps(deltas, separators=(",", ":")) if any(deltas) else None,
+               json.dumps(extras, separators=(",", ":")) if extras else None))
+            if batch.producer_id >= 0:
+                _save_sequence(q, batch, stream_id, n, base, state)
+            # Batches whose records retention has trimmed go too (one range seek of the key).
+            q("DELETE FROM kafka_batches WHERE stream_id = ? AND base_offset < ? AND last_offset < ?",
+              (stream_id, log_start, log_start))
+        return Produced(base, False, log_start)
+
+    def ends(self, stream: str) -> tuple[int, int] | None:
+        """(log start offset, high watermark) of ``stream``, None when it does not exist."""
+        with self.engine.snapshot() as conn:
+            got = runner(conn)(_ENDS_SQL, (stream,))
+        return (got[0][1], got[0][2]) if got else None
+
+    def read(self, stream: str, offset: int, max_bytes: int) -> Fetched | None:
+        """Records of ``stream`` from ``offset``, up to about ``max_bytes`` of values (at
+        least one record when there is one, as Kafka), with every Kafka field restored.
+        None when the stream does not exist."""
+        with self.engine.snapshot() as conn:
+            got = runner(conn)(_ENDS_SQL, (stream,))
+            if not got:
+                return None
+            stream_id, first, end = got[0]
+            out: list[tuple[int, KafkaRecord]] = []
+            size = 0
+            if offset < first or offset >= end:
+                return Fetched(out, first, end, 0)
+            # Pages of rows until the budget is spent: a first page sized for small records,
+            # later ones from the sizes seen, so large records are not read for nothing.
+            kept: list[Any] = []
+            page = max(1, min(1000, max_bytes // 128))
+            position = offset
+            full = False
+            while not full and position < end:
+                rows = runner(conn)(
+                    "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
+                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
+                if not rows:
+                    break
+                for row in rows:
+                    n = len(row[5]) + 64
+                    if kept and size + n > max_bytes:
+                        full = True
+                        break
+                    size += n
+                    kept.append(row)
+                position = rows[-1][0] + 1
+                average = size // len(kept)
+                page = max(1, min(1000, (max_bytes - size) // average + 1))
+            if not kept:
+                return Fetched(out, first, end, 0)
+            batches = runner(conn)(
+                "SELECT base_offset, last_offset, base_timestamp, timestamps, extras FROM kafka_batches "
+                "WHERE stream_id = ? AND base_offset <= ? AND base_offset >= coalesce((SELECT max(base_offset) "
+                "FROM kafka_batches WHERE stream_id = ? AND base_offset <= ?), 0) ORDER BY base_offset",
+                (stream_id, kept[-1][0], stream_id, kept[0][0]))
+        return Fetched(_restore(kept, batches), first, end, size)
+
+    def offset_for_time(self, stream: str, timestamp_ms: int) -> tuple[int, int] | None:
+        """Kafka's ListOffsets by time: the first offset whose timestamp is at or after
+        ``timestamp_ms`` and that timestamp, or None when there is none. Kafka-produced
+        records count with their producer timestamps; others with their append time."""
+        with self.engine.snapshot() as conn:
+            got = runner(conn)(_ENDS_SQL, (stream,))
+            if not got:
+                return None
+            stream_id, first, end = got[0]
+            found: list[tuple[int, int]] = []
+            row = runner(conn)(
+                "SELECT base_offset, last_offset, base_timestamp, timestamps FROM kafka_batches "
+                "WHERE stream_id = ? AND running_max >= ? AND last_offset >= ? ORDER BY running_max, base_offset "
+                "LIMIT 1", (stream_id, timestamp_ms, first))
+            if row:
+                base, last, base_ts, deltas = row[0]
+                stamps = json.loads(deltas) if deltas else [0] * (last - base + 1)
+                for i, d in enumerate(stamps):
+                    if base_ts + d >= timestamp_ms and base + i >= first:
+                        found.append((base + i, base_ts + d))
+                        break
+            # Records not written by a Kafka producer: their append time (µs, never
+            # decreasing); skip any that a Kafka batch covers.
+            at = runner(conn)("SELECT offset, timestamp FROM chunks WHERE stream_id = ? AND timestamp >= ? "
+                              "AND offset >= ? ORDER BY offset LIMIT 200",
+                              (stream_id, timestamp_ms * 1000, first))
+            for off, ts in at:
+                if found and off >= found[0][0]:
+                    break
+                cover = runner(conn)("SELECT last_offset FROM kafka_batches WHERE stream_id = ? AND base_offset <= ? "
+                                     "ORDER BY base_offset DESC LIMIT 1", (stream_id, off))
+                if cover and cover[0][0] >= off:
+                    continue
+                found.append((off, ts // 1000))
+                break
+        return min(found) if found else None
+
+    # ------------------------------------------------------------------ producers
+
+    def init_producer(self) -> tuple[int, int]:
+        """A new idempotent producer: (producer id, epoch 0), kept in the file."""
+        with self.engine.write() as conn:
+            pid = runner(conn)("SELECT coalesce(max(producer_id), 999) + 1 FROM kafka_producers")[0][0]
+            runner(conn)("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (?, 0, ?)",
+                         (pid, self.engine.now_us()))
+        return int(pid), 0
+
+    # ------------------------------------------------------------------ groups
+
+    def commit_offsets(self, group: str, offsets: Iterable[tuple[str, int, int, int | None, str | None]]) -> None:
+        """Store (topic, partition, offset, leader epoch, metadata) for ``group``, atomically."""
+        now = self.engine.now_us()
+        with self.engine.write(wakes=False) as conn:
+            for topic, partition, offset, epoch, metadata in offsets:
+                runner(conn)(
+                    "INSERT INTO kafka_group_offsets (group_id, topic, partition, offset, leader_epoch, metadata, "
+                    "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_id, topic, partition) DO UPDATE "
+                    "SET offset = excluded.offset, leader_epoch = excluded.leader_epoch, "
+                    "metadata = excluded.metadata, committed_at = excluded.committed_at",
+                    (group, topic, partition, offset, epoch, metadata, now))
+
+    def committed(self, group: str) -> dict[tuple[str, int], tuple[int, int | None, str | None]]:
+        """Every committed offset of ``group``: (topic, partition) -> (offset, leader epoch, metadata)."""
+        with self.engine.snapshot() as conn:
+            rows = runner(conn)("SELECT topic, partition, offset, leader_epoch, metadata FROM kafka_group_offsets "
+                                "WHERE group_id = ?", (group,))
+        return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
+
+
+def _topic(row: Sequence[Any]) -> Topic:
+    return Topic(row[0], row[1], row[2], uuid.UUID(bytes=bytes(row[3])))
+
+
+def _adopted_id(name: str) -> uuid.UUID:
+    # A stream that became a topic without CreateTopics: a stable id from its name.
+    return uuid.uuid5(uuid.NAMESPACE_URL, "sqlstream-topic:" + name)
+
+
+def _rows(records: Sequence[KafkaRecord]) -> tuple[list[Any], list[int], dict[str, Any]]:
+    """The chunk rows of Kafka records, their timestamps, and the facts rows cannot hold."""
+    rows: list[Any] = []
+    stamps: list[int] = []
+    extras: dict[str, Any] = {}
+    for i, (ts, key, value, headers) in enumerate(records):
+        stamps.append(ts)
+        if key is None and not headers and value is not None:  # the common case: a value only
+            rows.append((None, None, "bytes", value, len(value)))
+            continue
+        extra: dict[str, Any] = {}
+        k: str | None = None
+        if key is not None:
+            try:
+                k = key.decode("utf-8")
+            except UnicodeDecodeError:
+                extra["key"] = key.hex()
+        h: str | None = None
+        if headers:
+            native = _native_headers(headers)
+            if native is None:
+                extra["headers"] = [[name, None if v is None else v.hex()] for name, v in headers]
+            else:
+                h = json.dumps(native, separators=(",", ":"), ensure_ascii=False)
+        if value is None:
+            extra["value"] = None
+            value = b""
+        if extra:
+            extras[str(i)] = extra
+        rows.append((k, h, "bytes", value, len(value)))
+    return rows, stamps, extras
+
+
+def _native_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        if value is None or name in out:
+            return None
+        try:
+            out[name] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return out
+
+
+def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord]]:
+    out: list[tuple[int, KafkaRecord]] = []
+    bi = 0
+    parsed: tuple[int, int, int, list[int] | None, dict[str, Any]] | None = None
+    for offset, ts_us, key, headers, ctype, data in rows:
+        while bi < len(batches) and batches[bi][1] < offset:
+            bi += 1
+            parsed = None
+        extra: dict[str, Any] | None = None
+        if bi < len(batches) and batches[bi][0] <= offset:
+            if parsed is None:
+                b = batches[bi]
+                parsed = (b[0], b[1], b[2], json.loads(b[3]) if b[3] else None, json.loads(b[4]) if b[4] else {})
+            i = offset - parsed[0]
+            ts = parsed[2] + (parsed[3][i] if parsed[3] else 0)
+            extra = parsed[4].get(str(i))
+        else:
+            ts = ts_us // 1000
+        value: bytes | None = data if isinstance(data, bytes) else data.encode("utf-8")
+        k: bytes | None = None if key is None else (key.encode("utf-8") if isinstance(key, str) else bytes(key))
+        hs: tuple[tuple[str, bytes | None], ...] = ()
+        if headers:
+            hs = tuple((name, str(v).encode("utf-8")) for name, v in json.loads(headers).items())
+        if extra:
+            if "key" in extra:
+                k = bytes.fromhex(extra["key"])
+            if "headers" in extra:
+                hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
+            if "value" in extra:
+                value = None
+        out.append((offset, KafkaRecord(ts, k, value, hs)))
+    return out
+
+
+def _check_sequence(q: Any, batch: Batch, stream_id: int, n: int) -> Produced | list[Any] | None:
+    """Kafka's idempotence rules for one partition: a Produced for a duplicate (stored
+    already), else the state to update (None: first batch of this producer here)."""
+    got = q("SELECT epoch, batches FROM kafka_producer_state WHERE producer_id = ? AND stream_id = ?",
+            (batch.producer_id, stream_id))
+    first = batch.base_sequence
+    last = (first + n - 1) % _SEQ_WRAP
+    if not got:
+        if first != 0:
+            raise KafkaRefused(45, f"producer {batch.producer_id}: first sequence here must be 0, not {first}")
+        return None
+    epoch, text = got[0]
+    if batch.producer_epoch < epoch:
+        raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than {epoch}")
+    if batch.producer_epoch > epoch:
+        if first != 0:
+            raise KafkaRefused(45, f"producer {batch.producer_id}: a new epoch starts at sequence 0, not {first}")
+        return None
+    kept: list[list[int]] = json.loads(text)
+    for f, l, base in kept:
+        if f == first and l == last:
+            return Produced(base, True, 0)
+    expected = (kept[-1][1] + 1) % _SEQ_WRAP if kept else 0
+    if first != expected:
+        raise KafkaRefused(45, f"producer {batch.producer_id}: sequence {first} out of order (expected {expected})")
+    return kept
+
+
+def _save_sequence(q: Any, batch: Batch, stream_id: int, n: int, base: int, state: list[Any] | None) -> None:
+    kept = list(state or [])
+    kept.append([batch.base_sequence, (batch.base_sequence + n - 1) % _SEQ_WRAP, base])
+    q("INSERT INTO kafka_producer_state (producer_id, stream_id, epoch, batches) VALUES (?, ?, ?, ?) "
+      "ON CONFLICT (producer_id, stream_id) DO UPDATE SET epoch = excluded.epoch, batches = excluded.batches",
+      (batch.producer_id, stream_id, batch.producer_epoch,
+       json.dumps(kept[-PRODUCER_BATCHES_KEPT:], separators=(",", ":"))))
