@@ -13,9 +13,6 @@ import builtins
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -227,6 +224,8 @@ class Database:
             self.engine.close()
         finally:
             if self._memory_dir is not None:  # open(":memory:"): the file goes with it
+                import shutil  # here, not at the top: start-up time (tests/test_startup.py)
+
                 shutil.rmtree(self._memory_dir, ignore_errors=True)
 
     def _memory_file(self, readonly: bool, create: bool) -> str:
@@ -241,6 +240,8 @@ class Database:
                 "':memory:' is always a new, empty database: readonly=True or create=False cannot apply",
                 hint="open ':memory:' without readonly/create, or open a file path",
             )
+        import tempfile  # here, not at the top: start-up time (tests/test_startup.py)
+
         self._memory_dir = tempfile.mkdtemp(prefix="sqlstream-memory-")
         return os.path.join(self._memory_dir, "memory.db")
 
@@ -730,8 +731,8 @@ class Database:
     ) -> ExportResult:
         """Export streams to rolled archive files, incrementally and resumably.
 
-        A thin delegation to :func:`sqlstream.export.export`, which documents the
-        options; returns its :class:`~sqlstream.export.ExportResult`.
+        A thin delegation to :func:`sqlstream.archive.export.export`, which documents the
+        options; returns its :class:`~sqlstream.archive.export.ExportResult`.
         """
         # Imported here, not at the top: ``import sqlstream`` (every worker process's
         # start-up) should not pay for loading the archive wing and the storage drivers.
@@ -893,7 +894,7 @@ def _backup_in_steps(source: apsw.Connection, job: apsw.Backup, progress: Progre
 def _private_temp(directory: str, name: str) -> tuple[int, str]:
     """A new empty file (mode 0600) next to ``name`` in ``directory``: (descriptor, path)."""
     for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
         except FileExistsError:
