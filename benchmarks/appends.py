@@ -12,6 +12,7 @@ import sqlstream
 from .harness import (
     SCHEMA_INSERT_SQL,
     SCHEMA_LAST_SQL,
+    SCHEMA_TXN_SQL,
     Check,
     Contender,
     Env,
@@ -84,7 +85,7 @@ class RawBatch(Contender):
 
 class RawSchemaBatch(Contender):
     """Diagnostic, no target: sqlstream's tables and bookkeeping written as plain SQL
-    (one page per commit: the next offset, position and txn read from the last record)."""
+    (the next offset and position read from the last record, the txn from the counter)."""
 
     name = SCHEMA_NAME
 
@@ -101,7 +102,8 @@ class RawSchemaBatch(Contender):
         for _ in range(self.batches):
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute(SCHEMA_LAST_SQL).fetchall()
-            first, pos, txn = last[0] if last else (0, 0, 1)
+            first, pos = last[0] if last else (0, 0)
+            txn = conn.execute(SCHEMA_TXN_SQL).fetchall()[0][0]
             now = time.time_ns() // 1000
             conn.executemany(
                 SCHEMA_INSERT_SQL, [(first + i, pos + i * len(d), now, txn, d) for i, d in enumerate(data)]
@@ -212,7 +214,7 @@ class RawSingle(_Singles):
 
 class RawSchemaSingle(_Singles):
     """Diagnostic, no target: sqlstream's tables and bookkeeping written as plain SQL
-    (one page per commit: the next offset, position and txn read from the last record)."""
+    (the next offset and position read from the last record, the txn from the counter)."""
 
     name = SCHEMA_NAME
 
@@ -222,7 +224,8 @@ class RawSchemaSingle(_Singles):
         def append(data: bytes) -> None:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute(SCHEMA_LAST_SQL).fetchall()
-            nxt, position, txn = last[0] if last else (0, 0, 1)
+            nxt, position = last[0] if last else (0, 0)
+            txn = conn.execute(SCHEMA_TXN_SQL).fetchall()[0][0]
             now = time.time_ns() // 1000
             conn.execute(SCHEMA_INSERT_SQL, (nxt, position, now, txn, data))
             conn.execute("COMMIT")

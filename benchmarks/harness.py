@@ -355,8 +355,13 @@ def open_raw_schema(path: str) -> Any:
     baseline can do sqlstream's bookkeeping by hand: the cost of the schema without
     sqlstream's Python layer (and with SQLite's stock inline checkpoints).
     """
+    from sqlstream.writesecrets import hash_secret
+
     conn = open_raw(path)
     list(conn.execute("PRAGMA foreign_keys = ON"))
+    # Migration 10 hashes stored write secrets with a function sqlstream defines on its
+    # migrating connection (none are stored here, but the statement must compile).
+    conn.create_scalar_function("sqlstream_sha256", lambda v: None if v is None else hash_secret(str(v)), 1)
     for name in sorted(os.listdir(MIGRATIONS)):
         if name.endswith(".sql"):
             with open(os.path.join(MIGRATIONS, name), encoding="utf-8") as f:
@@ -372,12 +377,11 @@ SCHEMA_STREAM_SQL = (
     "UPDATE streams SET next_offset = next_offset + ?, byte_length = byte_length + ?, last_append_at = ? "
     "WHERE id = 1 RETURNING next_offset, byte_length"
 )
-# sqlstream's bookkeeping since issue 11 (one page per single-record commit): the next
-# offset, byte position and txn come from the stream's last record; only chunks are written.
-# (A lone writer's txn: the last record's + 1; sqlstream re-derives it only after another
-# connection committed.)
+# sqlstream's bookkeeping since issue 23: the next offset and byte position come from the
+# stream's last record (issue 11), the txn from the counters row incremented by the
+# transaction (SCHEMA_TXN_SQL): a single-record commit writes the chunks leaf and that row.
 SCHEMA_LAST_SQL = (
-    "SELECT offset + 1, position + length(data), txn + 1 FROM chunks WHERE stream_id = 1 "
+    "SELECT offset + 1, position + length(data) FROM chunks WHERE stream_id = 1 "
     "ORDER BY offset DESC LIMIT 1"
 )
 SCHEMA_INSERT_SQL = (

@@ -180,6 +180,10 @@ METHOD = [
     "W7: 4 spawned processes each append N records one commit at a time to one stream, started together; "
     "the rate is all records over the wall time from the first start to the last finish; afterwards the "
     "stream is checked (count, per-writer counts, gap-free offsets).",
+    "W8: 1 or 2 spawned processes each make N single appends to a stream of their own in a file of 10, "
+    "10,000 or 1,000,000 streams (one 100-byte record each, built with plain SQL); with 2 writers every "
+    "append follows the other's commit and derives the commit number again. The rate counts each writer's "
+    "first append after opening; afterwards offsets, txn order and the last txn are checked.",
     "Numbers from a shared machine drift between runs; the ratios, measured side by side, are what to compare.",
 ]
 

@@ -1,14 +1,19 @@
 """sqlstream end to end on a local file: the README's first quickstart command runs this.
 
-Creates ./quickstart.db (or the path given as the first argument), then: two streams
-written atomically in one transaction, a reader blocked in another thread woken by an
-append, an optimistic-concurrency append, a byte log written through its secret and
-read back as bytes, and a look at the file with plain SQL.
+Creates a new database file -- ``quickstart.db`` in a new temporary directory, or the
+path given as the first argument, which must not exist yet -- and prints where, then:
+two streams written atomically in one transaction, a reader blocked in another thread
+woken by an append, an optimistic-concurrency append, a byte log written through its
+secret and read back as bytes, and a look at the file with plain SQL. Every run starts
+from a new file, so it writes nothing into the current directory and prints the same
+story each time.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -16,7 +21,12 @@ import sqlstream
 from sqlstream import errors
 
 
-def main(path: str = "quickstart.db") -> None:
+def main(path: str | None = None) -> None:
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(prefix="sqlstream-quickstart-"), "quickstart.db")
+    elif os.path.exists(path):
+        sys.exit(f"{path} exists: the quickstart makes a new file; name another path or remove it")
+    print(f"database: {path}")
     with sqlstream.open(path) as db:
         orders = db.create_stream("orders", exist_ok=True)
         audit = db.create_stream("audit", exist_ok=True)
@@ -45,7 +55,7 @@ def main(path: str = "quickstart.db") -> None:
             print(f"expect_offset refused a stale write: {exc.args[0]}")
 
         # A byte log (BuildGrid semantics): written through its secret, read as bytes.
-        log = db.create_stream(f"build-log-{int(time.time() * 1000)}", secret=True)
+        log = db.create_stream("build-log", secret=True)
         writer = db.writer(log.write_secret or "")
         writer.extend([b"compiling...\n", b"linking...\n", b"done\n"])
         writer.seal()

@@ -36,6 +36,7 @@ from typing import Any
 import apsw
 
 from . import connection as cx
+from .checkpoint import checkpoint_mode, leave_checkpoints_out
 
 apilevel = "2.0"
 threadsafety = 1
@@ -179,6 +180,10 @@ class Connection:
             # the migrations; only then does this connection open it.
             _ensure_schema(path, timeout, synchronous)
             self.apsw = cx.connect(path, busy_timeout=timeout, synchronous=synchronous)
+            # $SQLSTREAM_CHECKPOINTS=external: Litestream (or another process) owns them.
+            self._checkpoints = checkpoint_mode(None) == "auto"
+            if not self._checkpoints:
+                leave_checkpoints_out(self.apsw)
         except apsw.Error as exc:
             raise _error(exc) from exc
         except Exception as exc:  # noqa: BLE001 - sqlstream's own errors, in PEP 249 terms
@@ -187,9 +192,6 @@ class Connection:
         self.isolation_level = isolation_level
         self._after_commit: list[Callable[[], None]] = []
         self.sqlstream_txn: int | None = None  # the outbox's txn number for the open transaction
-        self.sqlstream_txn_version = 0  # PRAGMA data_version when it was assigned
-        # (txn, data_version) of the last transaction committed with a txn (sqlstream.txn.next_txn)
-        self.sqlstream_txn_committed: tuple[int, int] | None = None
         self.apsw.set_wal_hook(self._wal_hook)
         self.apsw.set_rollback_hook(self._rolled_back)
         self.apsw.set_commit_hook(self._committing)
@@ -204,7 +206,7 @@ class Connection:
         # SQLite calls this after a commit that wrote, with the write lock released.
         callbacks, self._after_commit = self._after_commit, []
         self.sqlstream_txn = None
-        if pages >= AUTOCHECKPOINT_PAGES:  # a WAL hook replaces SQLite's autocheckpoint
+        if self._checkpoints and pages >= AUTOCHECKPOINT_PAGES:  # a WAL hook replaces SQLite's autocheckpoint
             with contextlib.suppress(apsw.Error):
                 conn.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
         for callback in callbacks:
@@ -214,11 +216,9 @@ class Connection:
 
     def _committing(self) -> bool:
         # SQLite calls this for every commit of a write transaction, however it is issued
-        # (commit(), COMMIT in SQL), before it is durable. Taking the number as committed
-        # already is safe: if the commit then fails, the next number merely skips one.
-        if self.sqlstream_txn is not None:
-            self.sqlstream_txn_committed = (self.sqlstream_txn, self.sqlstream_txn_version)
-            self.sqlstream_txn = None
+        # (commit(), COMMIT in SQL), before it is durable: the transaction's txn number
+        # (sqlalchemy._txn_number) ends with it; the counters row holds it.
+        self.sqlstream_txn = None
         return False  # False: let the commit proceed
 
     def _rolled_back(self) -> None:

@@ -25,7 +25,10 @@ How it works, and the promises it keeps:
   there and then undoes what it claimed: a ``fetch`` nacks the records it claimed (they
   are redelivered at once, attempts unchanged in meaning: the claim counted one), a
   reader's ``read`` seeks the reader back, a transaction rolls back. An append is atomic:
-  it is stored whole or not at all.
+  it is stored whole or not at all. The undo is atomic with respect to other tasks'
+  transactions: a call made outside a transaction is undone outside every transaction,
+  in its own commit (if another task's transaction opened meanwhile, right after it ends,
+  whether it commits or rolls back), so that no rollback can take the undo with it.
 * Works on any asyncio loop (uvloop included); an AsyncDatabase belongs to the loop that
   opened it.
 """
@@ -35,23 +38,26 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
+import logging
 import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from . import database as _database
 from .database import DEFAULT_QUERY_MAX_BYTES, Database, QueryResult
-from .errors import DatabaseClosed, InvalidArgument, WritePending
+from .engine import blocking_in_transaction
+from .errors import ConcurrencyError, DatabaseClosed, InvalidArgument, WritePending
 from .producer import Producer
 from .readers import Reader, ReaderInfo
 from .records import Chunk, Record, StreamInfo
 from .retention import TrimResult
 from .streams import Stream
 from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
-from .validation import check_count, check_name, check_timeout
+from .validation import check_count, check_name, check_offset, check_timeout
 
 __all__ = [
     "AsyncConsumer",
@@ -63,6 +69,8 @@ __all__ = [
     "AsyncTransaction",
     "open",
 ]
+
+_log = logging.getLogger("sqlstream")
 
 T = TypeVar("T")
 AsyncHandler = Callable[[Batch], Awaitable[Any]]
@@ -125,7 +133,10 @@ class _Worker:
         self.loop = loop
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.closed = False
-        self.thread = threading.Thread(target=_work, args=(self.queue, loop), name="sqlstream-aio", daemon=True)
+        # Completed (on the loop) by the thread as its last act: close() awaits it.
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self.thread = threading.Thread(target=_work, args=(self.queue, loop, self.ended), name="sqlstream-aio",
+                                       daemon=True)
         self.thread.start()
         _workers.add(self)
 
@@ -150,16 +161,20 @@ class _Worker:
             self.queue.put(None)
 
 
-def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop) -> None:
+def _work(jobs: queue.SimpleQueue[_Job | None], loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
     # Holds the queue and the loop, not the AsyncDatabase: an AsyncDatabase dropped
     # without close() is collected, and its finalizer's None ends this thread.
     post = loop.call_soon_threadsafe
     while True:
         job = jobs.get()
         if job is None:
-            return
+            break
         if job.state != _CANCELLED:
             _run(job, post)
+    try:
+        post(_set_result, ended, None)
+    except RuntimeError:
+        pass  # the loop is closed: nobody waits
 
 
 def _run(job: _Job, post: Callable[..., Any]) -> None:
@@ -232,6 +247,10 @@ class _Wakeups:
         self.blocked: tuple[_Waiter, ...] = ()  # replaced, never mutated: bumpers iterate it
         self.waiters = 0
         self._registration: Any = None
+        # A test seam into the lost-wake-up window: when set, called on the loop after a
+        # check found nothing and before the call registers as blocked (see ``wait``), so a
+        # test can commit exactly there. None in normal use.
+        self.in_window: Callable[[], None] | None = None
 
     # Any thread: the committing one, or the watcher.
     def on_bump(self) -> None:
@@ -311,8 +330,11 @@ class _Wakeups:
         check's outcome); ``_RETRY`` if a transaction was in the way. Cancelled after
         the worker found something, ``undo(outcome)`` runs on the worker."""
         waiter = _Waiter(check, self.loop.create_future())
+        if self.in_window is not None:
+            self.in_window()
         self.blocked = (*self.blocked, waiter)
-        # A commit after ``seen`` and before the line above queued nothing for us.
+        # A commit after ``seen`` (the generation before the check) and before the line
+        # above queued nothing for us: re-check now, or it would go unnoticed.
         if self.adb.sync.engine.notifier.generation != seen:
             self._queue(waiter, False)
         timer = None if timeout is None else self.loop.call_later(max(0.0, timeout), self._queue, waiter, True)
@@ -321,7 +343,7 @@ class _Wakeups:
         except asyncio.CancelledError:
             waiter.cancelled = True  # before the undo is queued: re-checks after it skip
             if undo is not None:
-                self.adb._worker.post(_undo_waiter, waiter, undo)
+                self.adb._post_undo(_undo_waiter, waiter, undo)
             raise
         finally:
             self.blocked = tuple(w for w in self.blocked if w is not waiter)
@@ -358,6 +380,9 @@ class AsyncDatabase:
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+        # Undos of cancelled calls waiting for another task's transaction to end (worker only).
+        self._deferred_undos: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<sqlstream.aio.AsyncDatabase {self.path!r}>"
@@ -371,12 +396,26 @@ class AsyncDatabase:
         return self._closed
 
     async def close(self) -> None:
-        """Close the database (waits, off the loop, for a running statement). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._call(self.sync.close)
-        self._worker.close()
+        """Close the database: after the calls queued before it, off the loop; returns once
+        the underlying Database is closed (``-wal``/``-shm`` gone when it was the last on
+        the file) and the worker thread has ended. Idempotent, also from several tasks at
+        once: every call waits for the one closing. A cancelled ``close()`` (``wait_for``)
+        does not stop the closing, which goes on; the next call waits for it to finish."""
+        if self._closing is None:
+            if self._closed:
+                return  # closed by close_from_outside()
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await self._call(self.sync.close)
+        finally:
+            self._worker.close()
+            # The thread's last act completes ``ended``; the join then returns at once.
+            await self._worker.ended
+            self._worker.thread.join()
 
     def close_from_outside(self) -> None:
         """Close without an event loop (its loop has ended, e.g. at test teardown). Idempotent.
@@ -417,15 +456,52 @@ class AsyncDatabase:
             if job.state == _QUEUED:
                 job.state = _CANCELLED  # not started: the worker skips it (else it runs)
             if undo is not None:
-                # Queued now, so it runs right after ``fn`` (the worker is FIFO) and before
-                # anything submitted later: nobody sees the cancelled call's effect.
-                self._worker.post(_undo, job, undo)
+                self._post_undo(_undo, job, undo)
             raise
+
+    def _post_undo(self, fn: Callable[[Any, Callable[[Any], object]], None],
+                   target: _Job | _Waiter, undo: Callable[[Any], object]) -> None:
+        """Queue the undo of a cancelled call on the worker (loop thread, at cancellation).
+
+        Queued now, so it runs after the call (the worker is FIFO). A call made inside its
+        own task's transaction is undone inside it (it commits or rolls back with the
+        call's effect). Any other call was made, and took effect, outside every
+        transaction, so its undo must not run inside one either: if another task's
+        transaction is open when the undo's turn comes, that transaction could roll the
+        undo back and leave the effect in place (records claimed until their ack timeout,
+        a reader past records nobody received). Such an undo waits on the worker and runs
+        right after the transaction ends, committed or not (:meth:`_run_deferred_undos`).
+        """
+        own = self._in_my_transaction()
+        self._worker.post(self._run_undo, fn, target, undo, own)
+
+    def _run_undo(self, fn: Callable[[Any, Callable[[Any], object]], None], target: Any,
+                  undo: Callable[[Any], object], own: bool) -> None:  # worker thread
+        if not own and self.sync.in_transaction():
+            self._deferred_undos.append(functools.partial(fn, target, undo))
+        else:
+            fn(target, undo)
+
+    def _run_deferred_undos(self) -> None:
+        """Worker thread, once the outermost transaction has ended: each in its own commit."""
+        while self._deferred_undos and not self.sync.in_transaction():
+            undo = self._deferred_undos.pop(0)
+            try:
+                undo()
+            except Exception:  # noqa: BLE001 - nobody awaits an undo; keep the others going
+                _log.warning("sqlstream.aio: undoing a cancelled call failed", exc_info=True)
 
     async def _transaction_free(self) -> None:
         while self._tx_current is not None and _tx_token.get() is not self._tx_current:
             assert self._tx_ended is not None
             await self._tx_ended.wait()
+
+    def _end_scope(self, scope: Any, exc_type: Any, exc: Any, tb: Any) -> Any:  # worker thread
+        """Commit or roll back a transaction block; after the outermost, run the deferred undos."""
+        try:
+            return scope.__exit__(exc_type, exc, tb)
+        finally:
+            self._run_deferred_undos()
 
     def _in_my_transaction(self) -> bool:
         return self._tx_current is not None and _tx_token.get() is self._tx_current
@@ -458,11 +534,7 @@ class AsyncDatabase:
             result = (await self._call(attempt, undo=_undo_second(undo)))[1]
             if result is not None:
                 return result
-            raise InvalidArgument(
-                "cannot block inside db.transaction(): the transaction holds the write lock "
-                "that the commit you wait for needs",
-                hint="pass timeout=0 inside transactions",
-            )
+            raise blocking_in_transaction()
         deadline = None if timeout is None else time.monotonic() + timeout
         undo_outcome = _undo_second(undo)
         self._wakeups.enter()
@@ -636,8 +708,8 @@ class AsyncTransaction:
         scope = adb.sync.transaction()
         try:
             # Cancelled while BEGIN runs: the undo, queued right behind it, rolls it back.
-            await adb._submit(scope.__enter__, undo=lambda _: scope.__exit__(
-                asyncio.CancelledError, asyncio.CancelledError(), None))
+            await adb._submit(scope.__enter__, undo=lambda _: adb._end_scope(
+                scope, asyncio.CancelledError, asyncio.CancelledError(), None))
         except BaseException:
             self._end()
             raise
@@ -646,7 +718,7 @@ class AsyncTransaction:
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         adb = self.adb
-        _, fut = adb._worker.call(self._scope.__exit__, (exc_type, exc, tb), {})
+        _, fut = adb._worker.call(adb._end_scope, (self._scope, exc_type, exc, tb), {})
         # Other tasks may go on now: their calls queue behind the commit/rollback on the
         # FIFO worker. Shielded, so that a cancellation here cannot drop it from the queue.
         self._end()
@@ -685,9 +757,11 @@ class AsyncStream:
         return await self.adb._call(self.sync.append, value, **options)
 
     async def extend(self, values: Iterable[Any], **options: Any) -> Any:
-        """``Stream.extend``: one atomic batch; a range of offsets (a list with ``dedup_ids``)."""
-        return await self.adb._call(self.sync.extend, list(values) if not isinstance(values, (str, bytes, dict)) else values,
-                                    **options)
+        """``Stream.extend``: one atomic batch; a range of offsets (a list with ``dedup_ids``).
+
+        ``values`` is handed to the worker as it is: ``Stream.extend`` validates it there
+        (and reads an iterator there, so a generator that does I/O never blocks the loop)."""
+        return await self.adb._call(self.sync.extend, values, **options)
 
     async def seal(self) -> bool:
         return await self.adb._call(self.sync.seal)
@@ -712,16 +786,23 @@ class AsyncStream:
             records, state = sync._read_once(offset, limit)
             return records if records or state.sealed else None
 
-        if timeout == 0:
-            return await self.adb._call(sync.read, offset, limit, 0)
+        if timeout == 0:  # also False and 0.0: Stream.read validates (and refuses False)
+            return await self.adb._call(sync.read, offset, limit, timeout)
+        # As Stream.read, before anything waits: the check below trusts its arguments.
+        check_offset(offset)
+        check_count(limit, "limit")
         check_timeout(timeout)
         return await self.adb._wait(check, timeout) or []
 
     async def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
         """``Stream.read_bytes``; ``WritePending`` when the bytes are not committed in time."""
         sync = self.sync
-        if timeout == 0:
-            return await self.adb._call(sync.read_bytes, offset, limit, 0)
+        if timeout == 0:  # also False and 0.0: Stream.read_bytes validates (and refuses False)
+            return await self.adb._call(sync.read_bytes, offset, limit, timeout)
+        # As Stream.read_bytes, before anything waits.
+        check_offset(offset)
+        if limit is not None:
+            check_offset(limit, "limit")
 
         def check() -> Chunk | None:
             try:
@@ -773,9 +854,8 @@ class AsyncSubscription:
         sub = self.sync
         if timeout == 0:
             # Not blocking: one call on the worker, without the waiting machinery.
-            return await self.adb._call(sub.fetch, consumer, max_records, 0, undo=_nack_cancelled(sub))
+            return await self.adb._call(sub.fetch, consumer, max_records, timeout, undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
-        engine = self.adb.sync.engine
         in_tx = self.adb._in_my_transaction()
         first = [True]
 
@@ -797,14 +877,33 @@ class AsyncSubscription:
             return batch if batch else None
 
         def wake_at() -> float | None:
-            at = deadline[0]
-            return None if at is None else time.monotonic() + max(0.001, at / 1e6 - engine.clock())
+            return sub.wake_time(deadline[0])
 
         got = await self.adb._wait(check, timeout, wake_at=wake_at, stop=stop, undo=_nack_cancelled(sub))
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
 
-    async def ack(self, *offsets: int) -> AckResult:
-        return await self.adb._call(self.sync.ack, *offsets)
+    async def wait(self, timeout: float | None) -> bool:
+        """``Subscription.wait``: await, read-only and without a lock, until a fetch could
+        claim something (True) or ``timeout`` passes (False). The way to wait in the
+        exactly-once pattern: wait, then ``async with db.transaction()`` and
+        ``fetch(timeout=0)`` inside it. Refused inside a transaction (``InvalidArgument``)
+        unless something is claimable at once."""
+        sub = self.sync
+        deadline: list[int | None] = [None]
+
+        def check() -> bool | None:
+            claimable, deadline[0] = sub.probe()
+            return True if claimable else None
+
+        return bool(await self.adb._wait(check, timeout, wake_at=lambda: sub.wake_time(deadline[0])))
+
+    async def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
+        """``Subscription.ack`` (``attempts=batch.attempts`` fences, as there)."""
+        return await self.adb._call(self.sync.ack, *offsets, attempts=attempts)
+
+    async def rejoin(self, consumer: str) -> int:
+        """``Subscription.rejoin``: take back at once what ``consumer`` held."""
+        return await self.adb._call(self.sync.rejoin, consumer)
 
     async def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
         return await self.adb._call(self.sync.nack, *offsets, delay=delay, error=error)
@@ -905,7 +1004,8 @@ class AsyncProducer:
 class AsyncConsumer:
     """Runs ``await handler(batch)`` over a subscription in ``concurrency`` tasks: ack on
     return, nack on raise (the exception text becomes the records' last error); a
-    cancelled handler nacks its batch at once. ``await run()`` until :meth:`stop`."""
+    cancelled handler nacks its batch at once. ``await run()`` until :meth:`stop`; it first
+    takes back what an earlier incarnation under this name left unacked (as ``Consumer``)."""
 
     def __init__(self, adb: AsyncDatabase, subscription: str | AsyncSubscription, handler: AsyncHandler, *,
                  name: str | None, batch: int, concurrency: int, nack_delay: float) -> None:
@@ -932,6 +1032,7 @@ class AsyncConsumer:
         sub = self._subscription
         if isinstance(sub, str):
             sub = self._subscription = await self.adb.subscription(sub)
+        await sub.rejoin(self.name)  # what an earlier incarnation under this name left unacked
         self._stopping = False
         workers = [asyncio.ensure_future(self._loop(sub)) for _ in range(self.concurrency)]
         try:
@@ -964,6 +1065,12 @@ class AsyncConsumer:
                 self.nacked += len(batch)
                 raise
             else:
-                done = await sub.ack(*batch.offsets)
+                try:
+                    done = await sub.ack(*batch.offsets, attempts=batch.attempts)
+                except ConcurrencyError:
+                    # Delivered again meanwhile: that delivery is the one to ack.
+                    _log.warning("sqlstream.aio consumer %s: offsets %s were delivered again before the ack",
+                                 self.name, batch.offsets)
+                    continue
                 self.acked += len(done.applied)
 

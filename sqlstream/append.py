@@ -42,6 +42,7 @@ __all__ = [
     "append_refused",
     "check_rows",
     "renumber_empty",
+    "StreamEnds",
 ]
 
 PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
@@ -76,6 +77,50 @@ _RENUMBER_SQL = (
 )
 
 
+class StreamEnds:
+    """A write connection's copy of what ``APPEND_SQL`` read, per stream name, kept after
+    each append it made, so the next append to the stream skips that statement.
+
+    Valid only while ``token()`` returns what it returned when an entry was stored. The
+    engine's token is ``(PRAGMA data_version, the connection's total_changes())``: the
+    first moves when another connection commits, the second whenever this connection
+    changes any row (a seal, a trim, retention settings, a deleted or renamed stream, an
+    import's renumbering), so every change to a stream's row or ends other than the
+    append itself drops the copy. A rollback does not lower ``total_changes()``, so the
+    owner calls :meth:`clear` on every rollback (transaction or savepoint): apsw's
+    rollback hook does not fire on ``ROLLBACK TO``, but the engine runs every one itself.
+    Holds at most ``limit`` streams (then starts again empty).
+    """
+
+    __slots__ = ("_entries", "_token", "_valid", "_limit")
+
+    def __init__(self, token: Callable[[], object], limit: int = 4096) -> None:
+        self._entries: dict[str, tuple[Any, ...]] = {}
+        self._token = token
+        self._valid: object = None
+        self._limit = limit
+
+    def get(self, name: str) -> tuple[Any, ...] | None:
+        """The stream's state as ``APPEND_SQL`` would read it now, or None if not known."""
+        if not self._entries:
+            return None
+        if self._token() != self._valid:
+            self._entries.clear()
+            return None
+        return self._entries.get(name)
+
+    def put(self, name: str, state: tuple[Any, ...]) -> None:
+        """Keep ``state`` (after the caller's last statement of the append)."""
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[name] = state
+        self._valid = self._token()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._valid = None
+
+
 @lru_cache(maxsize=None)
 def insert_sql(rows: int) -> str:
     """The INSERT of ``rows`` records (9 parameters each)."""
@@ -108,7 +153,7 @@ def check_rows(rows: Sequence[PreparedRecord], expect_offset: int | None, max_re
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: None = None,
-    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None,
+    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
 ) -> range: ...
 
 
@@ -116,7 +161,7 @@ def append_rows(
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
-    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None,
+    timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
 ) -> list[int]: ...
 
 
@@ -133,6 +178,7 @@ def append_rows(
     ids: Sequence[str | None] | None = None,
     timestamps: Sequence[int] | None = None,
     checked_bytes: int | None = None,
+    ends: StreamEnds | None = None,
 ) -> range | list[int]:
     """Append ``rows`` to stream ``name`` in the caller's write transaction; return offsets.
 
@@ -142,10 +188,12 @@ def append_rows(
     earlier row of the batch (those rows are not stored).
 
     ``txn`` returns the transaction's commit number (called once, only if a row is
-    stored; :func:`sqlstream.txn.next_txn` derives it without writing a page). ``now_us`` is the time of the append: records' timestamps, the retention
+    stored; :func:`sqlstream.txn.next_txn` increments the ``counters`` row). ``now_us`` is the time of the append: records' timestamps, the retention
     clock and dedup times. ``timestamps`` (archive import) gives each row its own
     timestamp instead (non-decreasing, none below the stream's last). ``checked_bytes``:
     the caller already ran :func:`check_rows` on these arguments and got this total.
+    ``ends``: the write connection's :class:`StreamEnds` (the engine's; None reads the
+    stream's state every time, as the SQLAlchemy outbox does on a caller's connection).
 
     Raises ``InvalidArgument``, ``PayloadTooLarge`` (before any statement),
     ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``; apsw
@@ -154,7 +202,7 @@ def append_rows(
     """
     total = check_rows(rows, expect_offset, max_record_bytes) if checked_bytes is None else checked_bytes
     if ids is None:
-        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps)
+        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps, ends)
     found = q(_dedup.STREAM_SQL, (name,))
     if not found or not _writesecrets.matches(found[0][4], secret):
         append_refused(q, name, secret, expect_offset)
@@ -166,7 +214,7 @@ def append_rows(
         batch = [rows[i] for i in new]
         stamps = None if timestamps is None else [timestamps[i] for i in new]
         total = sum(r[4] for r in batch)
-        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps)
+        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps, ends)
         entries = [(dedup_id, offset) for dedup_id, offset in zip((ids[i] for i in new), stored)
                    if dedup_id is not None]
         _dedup.remember(q, stream_id, entries, now_us)
@@ -178,13 +226,17 @@ def append_rows(
 def _store(
     q: Query, name: str, rows: Sequence[PreparedRecord], total: int, secret: str | None,
     expect_offset: int | None, txn: Callable[[], int], now_us: int, timestamps: Sequence[int] | None,
+    ends: StreamEnds | None,
 ) -> range:
     """The statements of an append: reserve offsets, insert the records, enforce retention."""
     count = len(rows)
-    got = q(APPEND_SQL, (name,))
-    if not got:
-        append_refused(q, name, secret, expect_offset)
-    stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = got[0]
+    state = None if ends is None else ends.get(name)
+    if state is None:
+        got = q(APPEND_SQL, (name,))
+        if not got:
+            append_refused(q, name, secret, expect_offset)
+        state = got[0]
+    stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = state
     refused = _refusal(name, sealed_at, write_secret, first, secret, expect_offset)
     if refused is not None:
         raise refused
@@ -212,7 +264,13 @@ def _store(
         if params:
             q(insert_sql(len(params) // 9), params)
     if trim:
-        _retention.enforce(q, stream_id, now_us)
+        _retention.enforce(q, stream_id, now_us)  # changes the row: nothing kept
+    elif ends is not None:
+        last = ts if timestamps is None else timestamps[-1]
+        if last_at is not None and last_at > last:
+            last = last_at
+        ends.put(name, (stream_id, next_offset, state[2] + total, last, sealed_at, write_secret,
+                        t_offset, t_bytes, t_time))
     return range(first, next_offset)
 
 

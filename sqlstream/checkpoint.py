@@ -8,16 +8,50 @@ its own connection. PASSIVE never takes the write lock, so writers keep committi
 while it copies pages. If the WAL still grows past ``HARD_LIMIT`` pages (the thread is
 starved, or readers pin old frames), the committing connection checkpoints itself,
 as SQLite would have, so the WAL cannot grow without bound.
+
+``checkpoints="external"`` (``sqlstream.open``, or ``$SQLSTREAM_CHECKPOINTS``) leaves every
+checkpoint to another process, such as Litestream, which must own them: it copies WAL
+frames before it checkpoints them, and a checkpoint it did not run makes it take a full
+new snapshot. sqlstream's connections then never checkpoint: no background thread, no
+inline or automatic checkpoint, none at close (``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``), so
+``-wal`` and ``-shm`` stay beside the file after the last close. ``db.maintain()`` still
+checkpoints when asked to (``checkpoint=False`` skips it).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import apsw
 
+from .errors import InvalidArgument
+
 SOFT_LIMIT = 1000  # pages; SQLite's default autocheckpoint threshold
 HARD_LIMIT = 8000  # pages (~32 MiB of WAL at 4 KiB pages)
+
+CHECKPOINT_MODES = ("auto", "external")
+CHECKPOINTS_ENV = "SQLSTREAM_CHECKPOINTS"
+
+
+def checkpoint_mode(value: str | None) -> str:
+    """The checkpoint mode to use: ``value``, else ``$SQLSTREAM_CHECKPOINTS``, else ``"auto"``.
+
+    The environment variable lets every process on a file (the CLI, ``serve``, an
+    application) agree without code changes, as Litestream needs. Raises InvalidArgument.
+    """
+    chosen = value if value is not None else os.environ.get(CHECKPOINTS_ENV) or "auto"
+    if chosen not in CHECKPOINT_MODES:
+        where = "checkpoints" if value is not None else f"${CHECKPOINTS_ENV}"
+        raise InvalidArgument(f"{where} must be 'auto' or 'external', not {chosen!r}",
+                              hint="'external' leaves checkpoints to another process such as Litestream")
+    return chosen
+
+
+def leave_checkpoints_out(conn: apsw.Connection) -> None:
+    """A connection that never checkpoints: not after commits, not when it closes last."""
+    conn.wal_autocheckpoint(0)
+    conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
 
 
 class Checkpointer:

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import apsw
 
-try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 3.14
+if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
-except ImportError:  # pragma: no cover - Python 3.10
-    from importlib.abc import Traversable
 
 from .errors import (
     CorruptDatabase, DatabaseError, InvalidArgument, QueryCancelled, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
@@ -73,6 +69,14 @@ def runner(conn: apsw.Connection) -> Query:
     return q
 
 
+def _jitter() -> float:
+    """A random fraction in [0, 1) that spreads retries of waiting processes apart.
+
+    From ``os.urandom``, not :mod:`random`: only a busy database needs it, and importing
+    ``random`` would cost every ``import sqlstream`` (tests/test_startup.py)."""
+    return int.from_bytes(os.urandom(2), "big") / 65536
+
+
 def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
     """Retry a busy database for up to ``timeout`` seconds, with short jittered sleeps.
 
@@ -89,7 +93,7 @@ def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
         elif now - state["start"] >= timeout:
             return False
         # 50 µs doubling to 2 ms, jittered so that waiting processes do not retry in step.
-        time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
+        time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + _jitter()))
         return True
 
     conn.set_busy_handler(handler)
@@ -133,7 +137,7 @@ def connection_wal(conn: apsw.Connection, timeout: float = 0.0) -> None:
         except apsw.BusyError:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(0.001 + 0.004 * random.random())
+            time.sleep(0.001 + 0.004 * _jitter())
     if str(mode).lower() != "wal":
         raise DatabaseError(
             f"could not put the database in WAL mode (journal_mode is {mode!r})",
@@ -320,6 +324,7 @@ class QueryBounds:
                     f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",
                     hint="select fewer rows or columns (substr() of large values), or raise max_bytes "
                     "(CLI: --max-bytes)",
+                    cli_hint="select fewer rows or columns (SQL substr(...) of large values), or raise --max-bytes",
                 )
             out.append(row)
         return out
@@ -377,6 +382,7 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int,
         raise QueryTooLarge(
             f"the query built a string or blob larger than max_bytes={max_bytes:,} bytes",
             hint="select substr() of large values, or raise max_bytes (CLI: --max-bytes)",
+            cli_hint="select SQL substr(...) of large values, or raise --max-bytes",
         ) from exc
     finally:
         conn.set_progress_handler(None)
@@ -392,6 +398,10 @@ def _migration_dir() -> Traversable:
     # Installed wheels carry the files as package data of ``sqlstream.migrations``; a source
     # checkout keeps them at the repository root. Traversables are used as they are:
     # a namespace package's MultiplexedPath is not a plain filesystem path.
+    # Imported here, not at the top: importlib.resources is a tenth of `import sqlstream`,
+    # and only opening a database needs it (tests/test_startup.py).
+    from importlib import resources
+
     try:
         packaged = resources.files("sqlstream.migrations")
         if packaged.is_dir() and any(p.name.endswith(".sql") for p in packaged.iterdir()):

@@ -6,19 +6,25 @@ the handler raised. A record is acked only after its handler call returned, so a
 (or SIGKILL) while handling leaves it pending and it is redelivered after the ack
 timeout: at-least-once. ``stop()`` is graceful: workers finish (and ack) the batch in
 hand, then return.
+
+A consumer that starts under a name takes back at once what an earlier incarnation under
+that name left unacked (``Subscription.rejoin``): a named consumer restarted after a
+crash gets its records again without waiting for their ack timeout. Its acks are fenced
+(``ack(attempts=batch.attempts)``): a late ack of the old incarnation's delivery never
+acks the new delivery of the same record.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import InvalidArgument, LockTimeout
+from .errors import ConcurrencyError, InvalidArgument, LockTimeout
+from .logs import LazyLogger
 from .records import check_name
 from .subscriptions import Batch, Subscription
 from .validation import check_count, check_seconds, check_timeout
@@ -26,7 +32,7 @@ from .validation import check_count, check_seconds, check_timeout
 if TYPE_CHECKING:
     from .database import Database
 
-log = logging.getLogger("sqlstream.consumer")
+log = LazyLogger("sqlstream.consumer")
 
 Handler = Callable[[Batch], object]
 """``handler(batch)``: process a :class:`Batch` of records; return to ack, raise to nack."""
@@ -49,7 +55,9 @@ class Consumer:
     """Runs ``handler`` over a subscription with ``concurrency`` worker threads.
 
     ``run()`` blocks until ``stop()`` is called from another thread (or Ctrl-C, which stops
-    gracefully and re-raises). ``start()`` runs the workers in the background; ``stop()``
+    gracefully and re-raises). ``start()`` runs the workers in the background (``start()``
+    and ``run()`` first take back what an earlier incarnation under this name left
+    unacked: ``Subscription.rejoin``); ``stop()``
     waits for them and re-raises the first error a worker met outside the handler (for
     example ``SubscriptionNotFound`` once the subscription is deleted). Also a context
     manager: ``with db.consumer(...):`` starts on entry and stops on exit.
@@ -103,6 +111,7 @@ class Consumer:
         """Start the workers in background threads and return at once."""
         if self.running:
             raise InvalidArgument(f"consumer {self.name!r} is already running")
+        self.subscription.rejoin(self.name)
         self._stop.clear()
         self._error = None
         self._threads = [
@@ -136,6 +145,7 @@ class Consumer:
         With ``concurrency`` 1 the handler runs in the calling thread. Ctrl-C stops the
         workers gracefully (each finishes its batch) and is re-raised.
         """
+        self.subscription.rejoin(self.name)
         self._stop.clear()
         self._error = None
         extra = [
@@ -206,6 +216,13 @@ class Consumer:
                     self.nacked += len(batch)
                 raise
             else:
-                done = sub.ack(*batch.offsets)
+                try:
+                    done = sub.ack(*batch.offsets, attempts=batch.attempts)
+                except ConcurrencyError:
+                    # Delivered again meanwhile (ack timeout, or a consumer rejoined under
+                    # this name): that delivery is the one to ack.
+                    log.warning("consumer %s: offsets %s were delivered again before the ack; not acked",
+                                self.name, batch.offsets)
+                    continue
                 with self._lock:
                     self.acked += len(done.applied)

@@ -13,15 +13,13 @@ import builtins
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
 
 from . import connection as cx
+from .checkpoint import checkpoint_mode
 from . import consumer as _consumer
 from . import dedup as _dedup
 from . import lineage as _lineage
@@ -80,6 +78,8 @@ _STREAM_COLUMNS = (
 )
 
 _QUERY_HINT = "query() is read-only; use the API to change data"
+_BACKUP_EXISTS = "choose a new path, or pass overwrite=True"
+_BACKUP_EXISTS_CLI = "choose a new path, or pass --force to replace it"
 
 DEFAULT_QUERY_MAX_BYTES = 256 * 1024 * 1024
 """db.query()'s default bound on the bytes of a result (and of any one value in it)."""
@@ -105,6 +105,7 @@ def open(  # noqa: A001 - the public name is part of the design
     poll_interval: float | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     vfs: str | None = None,
+    checkpoints: str | None = None,
 ) -> Database:
     """Open (creating if needed) the sqlstream database at ``path``.
 
@@ -117,6 +118,10 @@ def open(  # noqa: A001 - the public name is part of the design
     ``max_record_bytes``: larger records are refused with ``PayloadTooLarge``.
     ``vfs``: the name of a registered SQLite VFS for sqlstream's own connections (None:
     SQLite's default); the fault-injection tests use one.
+    ``checkpoints``: ``"auto"`` (sqlstream checkpoints the WAL in the background and at the
+    last close) or ``"external"`` (never: another process such as Litestream owns the
+    checkpoints; see ``sqlstream.checkpoint``); None takes ``$SQLSTREAM_CHECKPOINTS``, else
+    ``"auto"``.
 
     ``path=":memory:"``: a new private temporary file, deleted when this Database closes
     (WAL needs a file); other Databases and processes may open it by ``db.path`` meanwhile.
@@ -134,6 +139,7 @@ def open(  # noqa: A001 - the public name is part of the design
         poll_interval=poll_interval,
         max_record_bytes=max_record_bytes,
         vfs=vfs,
+        checkpoints=checkpoints,
     )
 
 
@@ -156,6 +162,7 @@ class Database:
         poll_interval: float | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         vfs: str | None = None,
+        checkpoints: str | None = None,
     ) -> None:
         try:
             path = os.fspath(path)
@@ -178,6 +185,7 @@ class Database:
         _validation.check_count(max_record_bytes, "max_record_bytes", maximum=1_000_000_000)
         if vfs is not None and not isinstance(vfs, str):
             raise InvalidArgument(f"vfs must be the name of a registered SQLite VFS or None, not {vfs!r}")
+        checkpoints = checkpoint_mode(checkpoints)
         self._memory_dir: str | None = None
         if path == ":memory:":
             path = self._memory_file(readonly, create)
@@ -192,11 +200,14 @@ class Database:
         self._options = dict(
             readonly=readonly, create=create, synchronous=synchronous, busy_timeout=busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
+        self.checkpoints = checkpoints
         # Connections, the write scope, snapshots, waiting and the clock (sqlstream.engine).
         self.engine = Engine(
             self.path, readonly=readonly, create=create, synchronous=synchronous, busy_timeout=self.busy_timeout,
             wakeup=wakeup, poll_interval=poll_interval, max_record_bytes=max_record_bytes, vfs=vfs,
+            checkpoints=checkpoints,
         )
 
     # ----------------------------------------------------------------- lifecycle
@@ -213,6 +224,8 @@ class Database:
             self.engine.close()
         finally:
             if self._memory_dir is not None:  # open(":memory:"): the file goes with it
+                import shutil  # here, not at the top: start-up time (tests/test_startup.py)
+
                 shutil.rmtree(self._memory_dir, ignore_errors=True)
 
     def _memory_file(self, readonly: bool, create: bool) -> str:
@@ -227,6 +240,8 @@ class Database:
                 "':memory:' is always a new, empty database: readonly=True or create=False cannot apply",
                 hint="open ':memory:' without readonly/create, or open a file path",
             )
+        import tempfile  # here, not at the top: start-up time (tests/test_startup.py)
+
         self._memory_dir = tempfile.mkdtemp(prefix="sqlstream-memory-")
         return os.path.join(self._memory_dir, "memory.db")
 
@@ -403,7 +418,6 @@ class Database:
                     hint="ack them first, or pass force=True (CLI: --force) to delete them with the stream",
                 )
             stream_id: Any = row[0][0]
-            _txn.keep_txn_floor(cx.runner(conn), stream_id)
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (stream_id,))
             conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
             # Its id may be reused by a new stream, which must inherit none of its counters.
@@ -590,7 +604,7 @@ class Database:
         except (apsw.AuthError, apsw.ReadOnlyError, apsw.ExecTraceAbort) as exc:
             what = guard.denied or "writing"
             raise ReadOnlyDatabase(
-                f"query() is read-only: {what} is not allowed", hint=_QUERY_HINT
+                f"read-only query: {what} is not allowed", hint=_QUERY_HINT
             ) from exc
         except apsw.Error as exc:
             raise convert(exc) from exc
@@ -640,7 +654,7 @@ class Database:
                 if os.path.samefile(dest, self.path):
                     raise InvalidArgument(f"cannot back {self.path} up onto itself")
             if not overwrite:
-                raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True")
+                raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI)
             if not os.path.isfile(dest) or os.path.islink(dest):
                 raise InvalidArgument(f"{dest} is not a regular file; refusing to replace it")
             if os.path.exists(dest + "-wal"):
@@ -690,7 +704,7 @@ class Database:
                 os.unlink(tmp)
             _fsync_dir(directory)
         except FileExistsError:
-            raise InvalidArgument(f"{dest} already exists", hint="choose a new path, or pass overwrite=True") from None
+            raise InvalidArgument(f"{dest} already exists", hint=_BACKUP_EXISTS, cli_hint=_BACKUP_EXISTS_CLI) from None
         except OSError as exc:
             raise DatabaseError(f"cannot write the backup {dest}: {exc.strerror}",
                                 hint="check that the directory exists and is writable") from exc
@@ -725,8 +739,8 @@ class Database:
     ) -> ExportResult:
         """Export streams to rolled archive files, incrementally and resumably.
 
-        A thin delegation to :func:`sqlstream.export.export`, which documents the
-        options; returns its :class:`~sqlstream.export.ExportResult`.
+        A thin delegation to :func:`sqlstream.archive.export.export`, which documents the
+        options; returns its :class:`~sqlstream.archive.export.ExportResult`.
         """
         # Imported here, not at the top: ``import sqlstream`` (every worker process's
         # start-up) should not pay for loading the archive wing and the storage drivers.
@@ -888,7 +902,7 @@ def _backup_in_steps(source: apsw.Connection, job: apsw.Backup, progress: Progre
 def _private_temp(directory: str, name: str) -> tuple[int, str]:
     """A new empty file (mode 0600) next to ``name`` in ``directory``: (descriptor, path)."""
     for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
         except FileExistsError:

@@ -25,7 +25,6 @@ Written against Datasette 0.64/0.65 (``get_metadata`` is gone from the 1.0 alpha
 
 from __future__ import annotations
 
-import datetime as _dt
 import sqlite3
 import weakref
 from collections.abc import Callable, Coroutine
@@ -34,6 +33,7 @@ from typing import Any, TypeVar, cast
 import datasette as _datasette
 from markupsafe import Markup
 
+from .clock import iso_time_us
 from .connection import SECRET_COLUMN, is_secret_column
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -165,7 +165,7 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "content_type": "json, text or bytes",
         "data": "the payload",
     }),
-    "counters": ("Counters", "Database-wide counters: txn is a floor of the commit sequence number (the last_txn view gives the last one handed out).", {}),
+    "counters": ("Counters", "Database-wide counters: txn is the last commit sequence number handed out (also the last_txn view).", {}),
     "subscriptions": ("Subscriptions", "One row per subscription (consumer group) and its settings.", {
         "next_offset": "delivery frontier: offsets from here on were never delivered",
         "ack_timeout": "seconds a consumer holds a record before it is redelivered",
@@ -402,12 +402,10 @@ def canned_queries(datasette: Any, database: str) -> Callable[[], Coroutine[Any,
 
 
 def format_micros(value: int) -> str | None:
-    """``value`` µs since the epoch as ISO 8601 UTC (``...T...Z``); None when out of range."""
-    try:
-        moment = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=value)
-    except OverflowError:
-        return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``value`` µs since the epoch as ISO 8601 UTC (``...T...Z``), by the one rule the
+    views and the CLI use (:func:`sqlstream.clock.iso_time_us`, milliseconds); None when
+    out of range."""
+    return iso_time_us(value)
 
 
 def preview_bytes(value: bytes, limit: int = PREVIEW_BYTES) -> str:

@@ -45,7 +45,7 @@ from . import connection as cx
 from . import retention as _retention
 from . import txn as _txn
 from . import writesecrets as _writesecrets
-from .checkpoint import install_wal_hook
+from .checkpoint import install_wal_hook, leave_checkpoints_out
 from .errors import (
     AccessDenied,
     ConcurrencyError,
@@ -100,8 +100,10 @@ class Engine:
         poll_interval: float | None,
         max_record_bytes: int,
         vfs: str | None,
+        checkpoints: str = "auto",
     ) -> None:
         self.path = path
+        self.checkpoints = checkpoints  # "auto" or "external" (checkpoint.py)
         self.readonly = readonly
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
@@ -129,7 +131,8 @@ class Engine:
             exists = cx.check_file_type(self.path)
             if not exists:
                 if readonly or not create:
-                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True")
+                    raise DatabaseError(f"no database at {self.path}", hint="check the path, or open with create=True",
+                                        cli_hint="check the path (--db); `sqlstream create NAME` makes a new file")
                 try:
                     cx.create_private_file(self.path)
                 except OSError as exc:
@@ -199,12 +202,21 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
-        self._tx_txn_version = 0  # PRAGMA data_version when _tx_txn was assigned
-        # (txn, data_version) of the last transaction this connection committed with a
-        # txn: the next one is txn + 1 while no other connection commits (txn.next_txn).
-        self._txn_committed: tuple[int, int] | None = None
+        # Whether another connection committed since this one's last commit (for the
+        # stream-ends copy below): the write connection's pager data version
+        # (sqlite3_file_control DATA_VERSION, ~0.1 µs, no statement) read right after each
+        # of its commits and again right after BEGIN IMMEDIATE. It moves with every commit,
+        # this connection's own included (hence read after them), and when a read
+        # transaction starts on a file another connection changed. Each transaction that
+        # finds it moved bumps _generation.
+        self._version_after_commit: int | None = None
+        self._generation = 0
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
+        # Each stream's state as the write connection's last append left it (see
+        # append.StreamEnds): valid while no other connection committed (data_version)
+        # and this one changed no other row (total_changes); dropped on every rollback.
+        self._ends = _append.StreamEnds(self._ends_token)
 
     def check_process(self) -> None:
         """Raise ``DatabaseClosed`` once closed; after a fork, drop the parent's connections."""
@@ -225,13 +237,16 @@ class Engine:
 
     def connect(self, *, readonly: bool = True) -> apsw.Connection:
         """A new connection of the caller's own (with sqlstream's settings); the caller closes it."""
-        return cx.connect(
+        conn = cx.connect(
             self.path,
             readonly=readonly,
             busy_timeout=self.busy_timeout,
             synchronous=self.synchronous,
             vfs=self.vfs,
         )
+        if self.checkpoints == "external":
+            leave_checkpoints_out(conn)
+        return conn
 
     def write_conn(self) -> apsw.Connection:
         """The write connection (opened on first use). Write through :meth:`write` only;
@@ -243,7 +258,8 @@ class Engine:
             with self._open_lock:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
-                    install_wal_hook(conn, self.notifier.checkpointer)
+                    if self.checkpoints == "auto":
+                        install_wal_hook(conn, self.notifier.checkpointer)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
@@ -303,8 +319,9 @@ class Engine:
         closed ``.db`` is then self-contained and can be copied alone. That needs no other
         process to hold the file open; if one does, the WAL is still checkpointed and
         truncated when no reader pins it, else SQLite's usual rules apply (the last
-        connection anywhere to close does it). A read-only Database that closes last
-        checkpoints only if a writable one in this process closed before it.
+        connection anywhere to close does it). A read-only Database that closes last does
+        the same when the file is writable to this process (no record changes: the WAL
+        holds only what others committed), so reading leaves no ``-wal``/``-shm`` behind.
         """
         if self._closed:
             return
@@ -333,11 +350,16 @@ class Engine:
             # write connection below still holds them.
             with _init_lock(self.path):
                 last = notifier.detach(wrote=wconn is not None)
-                if last and wconn is None and notifier.checkpoint_owed and os.access(self.path, os.W_OK):
+                # A read-only connection creates -wal and -shm but may not delete them at
+                # its close; a write connection, closed last, checkpoints (nothing, if no
+                # one wrote) and deletes them, so reading leaves one .db as it found it.
+                owed = notifier.checkpoint_owed or os.path.exists(self.path + "-wal")
+                ours = self.checkpoints == "auto"  # "external": another process checkpoints
+                if last and wconn is None and owed and ours and os.access(self.path, os.W_OK):
                     with contextlib.suppress(SqlstreamError, apsw.Error):
                         wconn = self.connect(readonly=False)
                 if wconn is not None:
-                    if last:
+                    if last and ours:
                         _checkpoint_on_close(wconn)
                     with contextlib.suppress(apsw.Error):
                         wconn.close(True)
@@ -369,6 +391,7 @@ class Engine:
         # block's own) was undone with it; one assigned outside it still stands.
         if self._tx_txn_depth > depth:
             self._tx_txn = None
+        self._ends.clear()  # total_changes() does not go back with the rows it counted
         with contextlib.suppress(apsw.Error):
             if depth == 0:
                 if not conn.getautocommit():
@@ -377,15 +400,23 @@ class Engine:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
 
+    def _ends_token(self) -> tuple[int, int]:
+        """What keeps :class:`~sqlstream.append.StreamEnds` valid: no other connection's
+        commit seen (``_generation``) and no row changed by this one other than by the
+        append that stored the entry (its change count). Called only inside a write scope."""
+        conn = self._wconn
+        assert conn is not None
+        return self._generation, conn.total_changes()
+
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily).
 
-        Writes no page: :func:`sqlstream.txn.next_txn` continues from this connection's
-        last committed number, or derives it when another connection committed since.
-        Only a committed transaction's number becomes the one continued from.
+        :func:`sqlstream.txn.next_txn` increments the ``counters`` row in this
+        transaction; a rollback of the block that took it gives it back (and a later
+        append in the transaction takes it again).
         """
         if self._tx_txn is None:
-            self._tx_txn, self._tx_txn_version = _txn.next_txn(cx.runner(conn), self._txn_committed)
+            self._tx_txn = _txn.next_txn(cx.runner(conn))
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -429,11 +460,7 @@ class Engine:
             result = check()
             if result is not None:
                 return result
-            raise InvalidArgument(
-                "cannot block inside db.transaction(): the transaction holds the write lock "
-                "that the commit you wait for needs",
-                hint="pass timeout=0 inside transactions",
-            )
+            raise blocking_in_transaction()
         self.check_process()
         return self.notifier.wait_until(check, timeout, self.wakeup, self.poll_interval, wake_at)
 
@@ -476,7 +503,7 @@ class Engine:
             return _append.append_rows(
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
                 timestamps=timestamps, txn=txn, now_us=self.now_us(),
-                max_record_bytes=self.max_record_bytes, checked_bytes=total,
+                max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
             )
 
     def seal(self, name: str, secret: str | None) -> bool:
@@ -534,6 +561,8 @@ class WriteScope:
         try:
             if depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
+                if conn.data_version() != engine._version_after_commit:
+                    engine._generation += 1  # another connection committed: ends may be stale
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -545,9 +574,11 @@ class WriteScope:
                     raise _rolled_back()
                 conn.execute(f"SAVEPOINT sqlstream_{depth}")
         except apsw.Error as exc:
+            _end_begun(conn, depth)
             engine._lock.release()
             raise convert(exc) from exc
         except BaseException:
+            _end_begun(conn, depth)
             engine._lock.release()
             raise
         self.changes0 = conn.total_changes()
@@ -585,12 +616,19 @@ class WriteScope:
                 # belongs to the enclosing block: only that block's rollback can undo it.
                 engine._tx_txn_depth = depth
             if depth == 0:
-                if engine._tx_txn is not None:
-                    engine._txn_committed = (engine._tx_txn, engine._tx_txn_version)
+                engine._version_after_commit = conn.data_version()
                 if engine._tx_wake:
                     engine.notifier.committed()
         finally:
             engine._lock.release()
+
+
+def _end_begun(conn: apsw.Connection, depth: int) -> None:
+    """A scope that failed while opening: roll back a transaction its BEGIN already opened
+    (the data-version read after it raised), so the connection is not left inside it."""
+    if depth == 0 and not conn.getautocommit():
+        with contextlib.suppress(apsw.Error):
+            conn.execute("ROLLBACK")
 
 
 def _checkpoint_on_close(conn: apsw.Connection) -> None:
@@ -644,3 +682,15 @@ if hasattr(os, "register_at_fork"):
 # Connections inherited across fork: kept referenced so they are never closed (or
 # garbage-collected and closed) in the child, which would disturb the parent's locks.
 _abandoned: builtins.list[apsw.Connection] = []
+
+
+def blocking_in_transaction() -> InvalidArgument:
+    """The error of a call that would block inside a write transaction (sync and aio alike)."""
+    return InvalidArgument(
+        "cannot block inside db.transaction(): the transaction holds the write lock "
+        "that the commit you wait for needs",
+        hint="pass timeout=0 inside transactions; to wait for a subscription's records, "
+        "call sub.wait(timeout) before the transaction opens",
+        # Only the Python API opens transactions: no command blocks inside one.
+        cli_hint="",
+    )

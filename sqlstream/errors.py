@@ -64,14 +64,42 @@ __all__ = [
 
 
 class SqlstreamError(Exception):
-    """Base class of every error sqlstream raises."""
+    """Base class of every error sqlstream raises.
+
+    ``hint`` says how to fix it in Python (``pass exist_ok=True``); ``cli_hint`` is the same
+    advice for the ``sqlstream`` command line (``pass --exist-ok``), which prints
+    :attr:`command_line_hint`. A class may set a default ``cli_hint`` for the hints its
+    raisers give; a raise site whose hint names Python gives its own ``cli_hint=`` (``""``:
+    no advice fits the command line). ``tests/test_cli_hints.py`` scans every hint the
+    command line can print for Python names.
+    """
 
     hint: str | None = None
+    cli_hint: str | None = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, cli_hint: str | None = None) -> None:
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+        if cli_hint is not None:
+            self.cli_hint = cli_hint
+
+    @property
+    def command_line_hint(self) -> str | None:
+        """The hint as the command line prints it (None: no hint line).
+
+        The raise site's own ``cli_hint`` wins; else the class's, but only when there is a
+        hint to replace (an error raised without advice stays one line); else ``hint``.
+        """
+        own = self.__dict__.get("cli_hint")
+        if own is not None:
+            return own or None
+        if self.hint is None:
+            return None
+        default = type(self).cli_hint
+        if default is not None:
+            return default or None
+        return self.hint
 
     def __str__(self) -> str:
         text = Exception.__str__(self)  # not super(): KeyError's __str__ would quote it
@@ -81,12 +109,17 @@ class SqlstreamError(Exception):
 class StreamNotFound(SqlstreamError, KeyError):
     """The named stream (or write secret) does not exist."""
 
+    # The command line says only "no stream named 'x'"; commands that write add how to make it.
+    cli_hint = ""
+
     def __str__(self) -> str:  # KeyError would quote the message
         return SqlstreamError.__str__(self)
 
 
 class StreamExists(SqlstreamError):
     """A stream with that name already exists."""
+
+    cli_hint = "pass --exist-ok to reuse the existing stream"
 
 
 class StreamSealed(SqlstreamError):
@@ -104,6 +137,8 @@ class WritePending(SqlstreamError):
 class ConcurrencyError(SqlstreamError):
     """An optimistic-concurrency check (``expect_offset``) failed."""
 
+    cli_hint = "check `sqlstream info NAME` and retry with the new --expect-offset"
+
 
 class StorageFull(SqlstreamError):
     """The disk (or the database's size limit) is full; nothing was written."""
@@ -115,6 +150,8 @@ class WriteError(SqlstreamError):
 
 class LockTimeout(SqlstreamError):
     """Another writer held the database longer than the busy timeout the caller chose."""
+
+    cli_hint = "another process held the write lock too long; retry once it finishes"
 
 
 class InvalidName(SqlstreamError, ValueError):
@@ -132,13 +169,19 @@ class InvalidArgument(SqlstreamError, ValueError):
 class PayloadTooLarge(SqlstreamError):
     """A record is larger than the database's maximum record size."""
 
+    cli_hint = "split the value into several smaller records"
+
 
 class SchemaVersionError(SqlstreamError):
     """The database was written by a newer sqlstream (or is not a sqlstream database)."""
 
+    cli_hint = "run any writing command once (e.g. `sqlstream create NAME --exist-ok`) to upgrade the file"
+
 
 class SubscriptionNotFound(SqlstreamError, KeyError):
     """The named subscription does not exist."""
+
+    cli_hint = "list them with `sqlstream subscriptions`; create one with `sqlstream subscribe NAME STREAM`"
 
     def __str__(self) -> str:
         return SqlstreamError.__str__(self)
@@ -147,13 +190,19 @@ class SubscriptionNotFound(SqlstreamError, KeyError):
 class SubscriptionExists(SqlstreamError):
     """A subscription with that name already exists."""
 
+    cli_hint = "pass --exist-ok to reuse it, or pick another name"
+
 
 class SubscriptionInUse(SqlstreamError):
     """The subscription still has pending (delivered, unacked) records; deleting it needs force."""
 
+    cli_hint = "ack the pending records (`sqlstream pending SUBSCRIPTION`), or pass --force"
+
 
 class ReaderNotFound(SqlstreamError, KeyError):
     """The named reader does not exist (or was deleted)."""
+
+    cli_hint = "name its stream to create it: `sqlstream reader NAME STREAM`"
 
     def __str__(self) -> str:
         return SqlstreamError.__str__(self)
@@ -162,9 +211,13 @@ class ReaderNotFound(SqlstreamError, KeyError):
 class AccessDenied(SqlstreamError):
     """The stream takes writes only through its write secret."""
 
+    cli_hint = "pass the stream's write secret with --secret"
+
 
 class ReadOnlyDatabase(SqlstreamError):
     """A write was attempted on a database opened read-only (or on a read-only file)."""
+
+    cli_hint = "sqlstream sql is read-only; change data with create/append/seal/delete"
 
 
 class QueryLimitExceeded(SqlstreamError):
@@ -194,17 +247,18 @@ class DamagedRecord(CorruptDatabase):
     ``stream`` and ``offset`` name it; its bytes stay readable with ``read_bytes``.
     """
 
-    def __init__(self, message: str, *, stream: str, offset: int, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, stream: str, offset: int, hint: str | None = None,
+                 cli_hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, cli_hint=cli_hint)
         self.stream = stream
         self.offset = offset
 
     def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments: pickle them explicitly
-        return (_damaged, (self.args[0], self.stream, self.offset, self.hint))
+        return (_damaged, (self.args[0], self.stream, self.offset, self.hint, self.__dict__.get("cli_hint")))
 
 
-def _damaged(message: str, stream: str, offset: int, hint: str | None) -> DamagedRecord:
-    return DamagedRecord(message, stream=stream, offset=offset, hint=hint)
+def _damaged(message: str, stream: str, offset: int, hint: str | None, cli_hint: str | None = None) -> DamagedRecord:
+    return DamagedRecord(message, stream=stream, offset=offset, hint=hint, cli_hint=cli_hint)
 
 
 class DatabaseClosed(SqlstreamError):
@@ -252,6 +306,8 @@ class UnsupportedVersion(ArchiveError):
 
 class RecordTooLarge(ArchiveError, PayloadTooLarge):
     """An archive record is (or decompresses to) more than the reader's ``max_record_bytes``."""
+
+    cli_hint = "if the archive is trusted, read it with `sqlstream archive cat --max-record-bytes N`"
 
 
 class NoMoreFiles(ArchiveError):

@@ -354,9 +354,9 @@ def check(
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
             problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
-        has_floor = cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn'")
+        has_counter = cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn'")
         last_txn: int | None = _txn.last_txn(cx.runner(conn))
-        if not has_floor:
+        if not has_counter:
             last_txn = None
             problem(None, None, "the counters table has no 'txn' row")
         streams = conn.execute(

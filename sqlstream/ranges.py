@@ -37,6 +37,7 @@ def read_many(
         raise InvalidArgument(
             f"positions must be a non-empty mapping of stream name to offset, not {show(positions)}",
             hint='db.read_many({"orders": 0, "payments": 5})',
+            cli_hint="sqlstream read-many orders=0 payments=5",
         )
     wanted = {check_name(name): check_offset(offset, f"offset of {name!r}") for name, offset in positions.items()}
     check_count(limit, "limit")

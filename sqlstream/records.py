@@ -185,19 +185,20 @@ def payload_bytes(content_type: str, data: bytes | str) -> bytes:
     return data if isinstance(data, bytes) else data.encode("utf-8")
 
 
-# The column list every record read selects, in Record field order after `stream`; the
+# The column list every record read selects, in Record field order after `stream` (the
+# timestamp divided as the SQL views divide it, so both render one millisecond); the
 # content type comes back as a small integer (an index into CONTENT_TYPES): SQLite hands
 # over a cached small int instead of a new str per record.
 CONTENT_TYPES = ("bytes", "text", "json")
 RECORD_COLUMNS = (
-    "offset, timestamp * 1e-6, key, headers, data, position, txn, "
+    "offset, timestamp / 1e6, key, headers, data, position, txn, "
     "CASE content_type WHEN 'bytes' THEN 0 WHEN 'text' THEN 1 ELSE 2 END"
 )
 # The same columns with the text ones as BLOBs (and the content type as stored): SQLite
 # hands them over undecoded, so a damaged record (invalid UTF-8, which apsw refuses to
 # decode) can be found and named.
 RAW_RECORD_COLUMNS = (
-    "offset, timestamp * 1e-6, CAST(key AS BLOB), CAST(headers AS BLOB), CAST(data AS BLOB), position, txn, "
+    "offset, timestamp / 1e6, CAST(key AS BLOB), CAST(headers AS BLOB), CAST(data AS BLOB), position, txn, "
     "content_type"
 )
 
@@ -267,6 +268,9 @@ class Damaged(NamedTuple):
             hint=f"its {len(self.data)} stored bytes are readable with "
             f"db.stream({stream!r}).read_bytes({self.position}, {len(self.data)}); {skip}; "
             "`sqlstream check` lists every damaged record",
+            cli_hint=f"its {len(self.data)} stored bytes are readable with `sqlstream sql \"SELECT CAST(data AS BLOB) FROM chunks "
+            f"WHERE offset = {self.offset} AND stream_id = (SELECT id FROM streams WHERE name = ?)\" "
+            f"{stream!r} --json`; `sqlstream check` lists every damaged record",
         )
 
 

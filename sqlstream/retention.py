@@ -34,12 +34,11 @@ SQLAlchemy connection, so both run the same statements.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from . import txn as _txn
 from .connection import Query as Query  # re-exported: it was defined here first
+from .logs import LazyLogger
 from .validation import duration_us
 
 HELD_RECHECK = 64  # appends between re-checks while keep_unacked holds records back
@@ -69,7 +68,7 @@ _COUNT_DROPPED_SQL = (
     "INSERT INTO counters (name, value) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
-_log = logging.getLogger("sqlstream")
+_log = LazyLogger("sqlstream")
 
 
 # A stream's ends (next offset, byte length, last append time) as streams_now derives them
@@ -297,7 +296,6 @@ def _trim(q: Query, st: _Stream, new_first: int) -> tuple[int, int]:
         position = int(rows[0][0])
     else:
         position = st.byte_length
-    _txn.keep_txn_floor(q, st.id, new_first)
     # Before the DELETE: the ends are derived from the last record, which may be deleted.
     q(_RAISE_FIRST_SQL, (st.id, new_first, position))
     q("DELETE FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ?", (st.id, st.first, new_first))

@@ -276,6 +276,59 @@ file_lineage = Table(
     Column("upto_txn", INTEGER, nullable=False),
 )
 
+# The Kafka-protocol listener's state (version 12, sqlstream.kafka).
+kafka_topics = Table(
+    "kafka_topics", metadata,
+    Column("name", TEXT, primary_key=True),
+    Column("partitions", INTEGER, nullable=False),
+    Column("first_stream", TEXT, nullable=False),
+    Column("topic_id", BLOB, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+kafka_batches = Table(
+    "kafka_batches", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    *(Column(name, INTEGER, nullable=False) for name in (
+        "base_offset", "last_offset", "base_timestamp", "max_timestamp", "running_max")),
+    Column("timestamps", TEXT),
+    Column("extras", TEXT),
+    PrimaryKeyConstraint("stream_id", "base_offset"),
+    Index("kafka_batches_by_time", "stream_id", "running_max"),
+    sqlite_with_rowid=False,
+)
+
+kafka_producers = Table(
+    "kafka_producers", metadata,
+    Column("producer_id", INTEGER, primary_key=True),
+    Column("epoch", INTEGER, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+)
+
+kafka_producer_state = Table(
+    "kafka_producer_state", metadata,
+    Column("producer_id", INTEGER, nullable=False),
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("epoch", INTEGER, nullable=False),
+    Column("batches", TEXT, nullable=False),
+    PrimaryKeyConstraint("producer_id", "stream_id"),
+    sqlite_with_rowid=False,
+)
+
+kafka_group_offsets = Table(
+    "kafka_group_offsets", metadata,
+    Column("group_id", TEXT, nullable=False),
+    Column("topic", TEXT, nullable=False),
+    Column("partition", INTEGER, nullable=False),
+    Column("offset", INTEGER, nullable=False),
+    Column("leader_epoch", INTEGER),
+    Column("metadata", TEXT),
+    Column("committed_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("group_id", "topic", "partition"),
+    sqlite_with_rowid=False,
+)
+
 views = MetaData()
 """The views for people (docs/sql.md), as Tables to select from; their columns are untyped."""
 
@@ -314,6 +367,13 @@ pending_deliveries = Table(
 )
 
 last_txn = Table("last_txn", views, Column("txn"))
+
+kafka_consumer_offsets = Table(
+    "kafka_consumer_offsets", views,
+    *(Column(name) for name in (
+        "group_id", "topic", "partition", "stream", "offset", "lag", "metadata", "committed",
+    )),
+)
 
 streams_now = Table(
     "streams_now", views,
@@ -488,17 +548,17 @@ def _write(
 
 def _txn_number(dbapi: _dbapi.Connection, q: Query) -> int:
     """One commit sequence number per transaction, as sqlstream's own appends get
-    (the same rule: :func:`sqlstream.txn.next_txn`, continuing from this connection's last
-    committed number while no other connection committed).
+    (the same rule: :func:`sqlstream.txn.next_txn` increments the ``counters`` row).
 
     The transaction keeps its number until it ends, through savepoint rollbacks too: it
-    holds the write lock, so nobody else can take the number meanwhile. The driver makes
-    it the connection's last committed number in SQLite's commit hook and forgets it on
-    rollback.
+    holds the write lock, so nobody else can take the number meanwhile. A savepoint
+    rollback (which no hook reports) may have taken the increment back, so each later
+    append of the transaction holds the row at the number (:func:`sqlstream.txn.hold_txn`,
+    which writes only then). The driver forgets the number at commit and rollback.
     """
     cached = dbapi.sqlstream_txn
     if cached is not None:
+        _txn.hold_txn(q, cached)
         return cached
-    txn, version = _txn.next_txn(q, dbapi.sqlstream_txn_committed)
-    dbapi.sqlstream_txn, dbapi.sqlstream_txn_version = txn, version
+    txn = dbapi.sqlstream_txn = _txn.next_txn(q)
     return txn

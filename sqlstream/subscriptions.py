@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,6 +32,7 @@ from .clock import us as _us
 from .connection import rows as _q
 from .errors import (
     AccessDenied,
+    ConcurrencyError,
     InvalidArgument,
     OffsetOutOfRange,
     StreamNotFound,
@@ -41,6 +41,7 @@ from .errors import (
     SubscriptionInUse,
     SubscriptionNotFound,
 )
+from .logs import LazyLogger
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
     MAX_COUNT,
@@ -57,7 +58,7 @@ from .validation import (
     timestamp_us,
 )
 
-_log = logging.getLogger("sqlstream")
+_log = LazyLogger("sqlstream")
 
 if TYPE_CHECKING:
     from .database import Database
@@ -353,11 +354,7 @@ class Subscription:
             return batch if batch else None
 
         def wake_at() -> float | None:
-            deadline = next_deadline[0]
-            if deadline is None:
-                return None
-            # Deadlines are wall-clock µs; the notifier sleeps on the monotonic clock.
-            return time.monotonic() + max(0.001, deadline / 1e6 - db.engine.clock())
+            return self.wake_time(next_deadline[0])
 
         timeout = check_timeout(timeout)
         # First a claim straight away (most fetches find records), then wait: starting to
@@ -366,6 +363,39 @@ class Subscription:
         if got is None and timeout != 0:
             got = db.engine.wait_until(check, timeout, wake_at=wake_at)
         return got if got is not None else Batch(subscription=self.name, consumer=consumer)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until a ``fetch`` could claim something; True if it could, False on timeout.
+
+        Read-only: takes no lock and claims nothing, so it is the way to wait in the
+        exactly-once pattern — wait first, then open the transaction and
+        ``fetch(timeout=0)`` inside it (a blocking fetch inside a transaction is refused:
+        it would hold the write lock that the commit it waits for needs). Something is
+        claimable when a new record is within ``max_unacked``, a pending record's ack
+        deadline has passed, or (key order) a waiting record's key became free. Woken
+        like ``fetch``: by appends, acks and nacks from any process and by the next ack
+        deadline. Another consumer may still claim first, so the fetch after it may find
+        nothing: loop. ``timeout`` (required, as waiting is the point): 0 looks once, a
+        positive number waits at most that long, None waits without limit.
+        Refused inside ``db.transaction()`` unless it finds something at once
+        (``InvalidArgument``). Raises ``SubscriptionNotFound``.
+        """
+        timeout = check_timeout(timeout)
+        next_deadline: list[int | None] = [None]
+
+        def check() -> bool | None:
+            claimable, next_deadline[0] = self.probe()
+            return True if claimable else None
+
+        return bool(self.db.engine.wait_until(check, timeout, wake_at=lambda: self.wake_time(next_deadline[0])))
+
+    def wake_time(self, deadline: int | None) -> float | None:
+        """The monotonic time at which to look again for the ack ``deadline`` (µs since the
+        epoch, from :meth:`probe`), or None. For waiters of their own (``sqlstream.aio``)."""
+        if deadline is None:
+            return None
+        # Deadlines are wall-clock µs (the database's clock); waiters sleep on the monotonic clock.
+        return time.monotonic() + max(0.001, deadline / 1e6 - self.db.engine.clock())
 
     def probe(self) -> tuple[bool, int | None]:
         """A read-only look, no claim: (whether a fetch could return something now, the
@@ -577,7 +607,7 @@ class Subscription:
             "UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (len(prepared), self._id)
         )
 
-    def ack(self, *offsets: int) -> AckResult:
+    def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
         """Acknowledge records: they leave the pending list and are never redelivered.
 
         Atomic (one transaction, or part of the caller's ``db.transaction()``). Offsets
@@ -586,14 +616,37 @@ class Subscription:
         accepted from any consumer, also after the record's deadline has passed (the
         work was done; a redelivery already under way is then acked too — at least once).
         Wakes fetches waiting for room under ``max_unacked``.
-        Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset).
+
+        ``attempts`` (fencing; pass ``batch.attempts``): acks only the delivery that
+        batch received. If any offset is no longer pending with that attempt count —
+        delivered again since (its ack deadline passed, or a consumer that came back
+        under the same name took it back, see :meth:`rejoin`) or already acked — nothing
+        is acked and ``ConcurrencyError`` is raised, so a transaction that wrote the
+        batch's output rolls back with it: a late ack of an old delivery never commits
+        output a newer delivery produces too.
+        Raises ``SubscriptionNotFound``, ``InvalidArgument`` (not an offset),
+        ``ConcurrencyError`` (fenced).
         """
         wanted = check_offsets(offsets)
+        fence = _check_attempts(attempts, wanted)
         if not wanted:
             return AckResult((), ())
         db = self.db
         with db.engine.write() as conn:
             self._check_exists(conn)
+            if fence is not None:
+                current = dict(_q(conn,
+                    f"SELECT offset, attempts FROM deliveries WHERE subscription_id = ? AND waiting = 0 "
+                    f"AND {_IN_OFFSETS}", (self._id, json.dumps(wanted)),
+                ))
+                stale = [o for o in wanted if current.get(o) != fence[o]]
+                if stale:
+                    raise ConcurrencyError(
+                        f"subscription {self.name!r}: offsets {show(stale[:10])} are no longer pending as "
+                        f"delivered (attempt {fence[stale[0]]}); acked, or delivered again since",
+                        hint="this delivery's work must not count: roll it back (an ack inside "
+                        "db.transaction() does so by raising)",
+                    )
             done = {
                 r[0] for r in _q(conn,
                     f"DELETE FROM deliveries WHERE subscription_id = ? AND waiting = 0 AND {_IN_OFFSETS} RETURNING offset",
@@ -603,6 +656,32 @@ class Subscription:
             if done:
                 conn.execute("UPDATE subscriptions SET acked = acked + ? WHERE id = ?", (len(done), self._id))
         return _result(wanted, done)
+
+    def rejoin(self, consumer: str) -> int:
+        """A consumer coming back under its name takes back, at once, what it held.
+
+        Every record ``consumer`` holds (delivered, not acked — by an earlier incarnation
+        that crashed or was killed) becomes claimable now instead of at its ack deadline:
+        the next fetch (normally the returning consumer's own first one) redelivers it
+        with attempts + 1, which fences the old delivery (see ``ack(attempts=...)``).
+        ``Consumer`` and ``sqlstream.aio``'s consumer call this when they start. Only
+        for a name one consumer uses at a time: a live consumer under the same name
+        loses its records this way. Atomic; wakes waiting fetches. Returns how many.
+        Raises ``InvalidName``, ``SubscriptionNotFound``.
+        """
+        check_name(consumer, "consumer")
+        db = self.db
+        with db.engine.write() as conn:
+            self._check_exists(conn)
+            taken = _q(conn,
+                "UPDATE deliveries SET consumer = NULL, deadline = ? "
+                "WHERE subscription_id = ? AND consumer = ? AND waiting = 0 RETURNING offset",
+                (_us(db.engine.clock()), self._id, consumer),
+            )
+        if taken:
+            _log.info("subscription %s: consumer %s came back; %d records it held are claimable again",
+                      self.name, consumer, len(taken))
+        return len(taken)
 
     def nack(self, *offsets: int, delay: float = 0.0, error: str | None = None) -> AckResult:
         """Give records back for redelivery after ``delay`` seconds (0: right away).
@@ -705,6 +784,7 @@ class Subscription:
             raise InvalidArgument(
                 "seek takes an offset or at= (a time), exactly one of them",
                 hint="sub.seek(120) or sub.seek(at=time.time() - 3600)",
+                cli_hint="sqlstream seek SUBSCRIPTION 120, or sqlstream seek SUBSCRIPTION --at 2026-01-01T00:00:00",
             )
         offset: int | None = None
         if position is not None:
@@ -723,7 +803,8 @@ class Subscription:
         """
         if not (isinstance(where, str) and where in ("earliest", "latest")):
             raise InvalidArgument(
-                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset"
+                f"reset takes 'earliest' or 'latest', not {show(where)}", hint="use seek() for an offset",
+                cli_hint="use `sqlstream seek SUBSCRIPTION OFFSET` for an offset"
             )
         with self.db.engine.write() as conn:
             _, _, first, nxt = self._stream_state(conn)
@@ -918,6 +999,7 @@ class Subscription:
                 raise InvalidArgument(
                     f"subscription {self.name!r} has no dead-letter stream",
                     hint="set one with sub.configure(max_deliveries=..., dead_letter=...)",
+                    cli_hint="set one with `sqlstream configure SUBSCRIPTION --max-deliveries N --dead-letter STREAM`",
                 )
             found = _q(conn, "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?", (dead_letter,))
             if not found:
@@ -995,6 +1077,24 @@ class Subscription:
         if not infos:
             raise self._missing()
         return infos[0]
+
+
+def _check_attempts(attempts: object, wanted: list[int]) -> dict[int, int] | None:
+    """``ack(attempts=...)``: None, or a mapping giving every acked offset its attempt count."""
+    if attempts is None:
+        return None
+    if not isinstance(attempts, Mapping):
+        raise InvalidArgument(f"attempts must be a mapping offset -> attempt count (batch.attempts), not {show(attempts)}")
+    fence: dict[int, int] = {}
+    for offset in wanted:
+        count = attempts.get(offset)
+        if count is None:
+            raise InvalidArgument(f"attempts names no attempt count for offset {offset}",
+                                  hint="pass the attempts of the batch that delivered these offsets")
+        checked = check_count(count, "attempts")
+        assert checked is not None  # not optional
+        fence[offset] = checked
+    return fence
 
 
 def _result(wanted: list[int], done: set[int]) -> AckResult:
@@ -1143,6 +1243,7 @@ def check_ordering(value: object) -> str:
     raise InvalidArgument(
         f"ordering must be None, 'none' or 'key', not {show(value)}",
         hint="ordering='key' delivers each key's records one at a time, in offset order",
+        cli_hint="--ordering key delivers each key's records one at a time, in offset order",
     )
 
 

@@ -2,69 +2,53 @@
 
 ``txn`` is strictly increasing over every commit that appends, shared by all streams and
 all processes writing the file (the streaming services use it as a block height). It is
-kept without a page write per append:
+the ``counters`` row ``txn``, which every transaction that appends increments once
+(:func:`next_txn`), in that transaction: writers are serialised by the write lock, so
+numbers follow commit order, and a rolled-back transaction (or savepoint) takes its
+increment back with its records, so it consumes nothing. The ``last_txn`` view reads the
+row: one seek, whatever the number of streams.
 
-- the last number given out is the ``last_txn`` view (migration 0009):
-  ``max(counters.txn, the txn of each stream's last record)``, one primary-key seek per
-  stream (a stream's txn never decreases with its offset);
-- ``counters.txn`` is a floor, raised by :func:`keep_txn_floor` only before records are
-  deleted (trim, retention, stream deletion, storage objects), so the view never goes
-  back and no number is given out twice, even once every record is gone;
-- a write connection continues from the number it last committed while ``PRAGMA
-  data_version`` shows no other connection committed since (:func:`next_txn`); the engine
-  and the SQLAlchemy outbox keep that cache per connection, promoted only on commit.
+(Schema versions 9 and 10 derived the number from each stream's last record instead,
+one seek per stream; the migration named ``txn_counter`` made the row exact again. Why,
+with figures: benchmarks/findings.md, issue 23.)
 
-Functions take ``q`` (a :class:`~sqlstream.connection.Query`) so the outbox runs them on
-the caller's connection.
+Functions take ``q`` (a :class:`~sqlstream.connection.Query`) so the SQLAlchemy outbox
+runs them on the caller's connection.
 """
 
 from __future__ import annotations
 
 from .connection import Query
 
-__all__ = ["LAST_TXN_SQL", "last_txn", "next_txn", "keep_txn_floor"]
+__all__ = ["LAST_TXN_SQL", "last_txn", "next_txn", "hold_txn"]
 
 LAST_TXN_SQL = "SELECT txn FROM last_txn"
-
-# Raise the floor to the txn of the stream's last record below ?2, before those records
-# are deleted (a stream's txn never decreases with its offset, so that is their highest).
-# Written only when it raises the floor.
-_TXN_FLOOR_SQL = """
-UPDATE counters SET value = f.txn
-  FROM (SELECT txn FROM chunks WHERE stream_id = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT 1) AS f
- WHERE name = 'txn' AND value < f.txn
-"""
+_NEXT_TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
+# Written only when a savepoint rollback took the increment back (see hold_txn).
+_HOLD_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn' AND value < ?1"
 
 
 def last_txn(q: Query) -> int:
     """The last commit sequence number given out (0 before the first append).
 
     What the streaming services call the head (block height) and ``check()`` bounds
-    records' txn by. Costs one primary-key seek per stream.
+    records' txn by. One row read.
     """
     return int(q(LAST_TXN_SQL)[0][0])
 
 
-def next_txn(q: Query, committed: tuple[int, int] | None) -> tuple[int, int]:
-    """The txn number for the caller's write transaction, and ``PRAGMA data_version`` now.
+def next_txn(q: Query) -> int:
+    """Take the next txn number for the caller's write transaction (holding the write lock).
 
-    Call it inside the write transaction (holding the write lock), once per transaction.
-    ``committed`` is ``(txn, data_version)`` as returned for the last transaction this
-    connection committed with a txn, or None. While data_version is unchanged no other
-    connection committed since, so the next number is that txn + 1 with nothing read or
-    written; otherwise it is :func:`last_txn` + 1. The caller keeps the returned pair as
-    its new ``committed`` only once the transaction commits: a rolled-back number is
-    given out again.
+    Call it once per transaction, before its first record is stored. It writes the
+    ``counters`` row (one page per commit); the caller's rollback of the enclosing
+    transaction or savepoint gives the number back.
     """
-    version = int(q("PRAGMA data_version")[0][0])
-    if committed is not None and committed[1] == version:
-        return committed[0] + 1, version
-    return last_txn(q) + 1, version
+    return int(q(_NEXT_TXN_SQL)[0][0])
 
 
-def keep_txn_floor(q: Query, stream_id: int, below_offset: int | None = None) -> None:
-    """Before deleting stream ``stream_id``'s records below ``below_offset`` (all if None):
-    keep their highest txn in the ``counters`` floor, so that :func:`last_txn` never goes
-    back and no number is given out twice once they are gone. Every ``DELETE FROM
-    chunks`` runs this first, in the same transaction."""
-    q(_TXN_FLOOR_SQL, (stream_id, (1 << 63) - 1 if below_offset is None else below_offset))
+def hold_txn(q: Query, number: int) -> None:
+    """Keep ``counters.txn`` at ``number`` or above, for a caller that keeps a number taken
+    earlier in its transaction across savepoint rollbacks (the SQLAlchemy outbox): a
+    rolled-back savepoint may have taken the increment back."""
+    q(_HOLD_TXN_SQL, (number,))

@@ -189,6 +189,7 @@ def check_offsets(offsets: Sequence[object]) -> list[int]:
             raise InvalidArgument(
                 f"offsets are ints from 0 to 2**63-1, not {show(offset)}",
                 hint="pass record offsets: sub.ack(*batch.offsets)",
+                cli_hint="pass record offsets, as `sqlstream fetch` prints them",
             )
         seen[offset] = None
     return list(seen)

@@ -72,7 +72,7 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     script = (
         "import sqlstream, pathlib\n"
         f"assert sqlstream.__file__.startswith({str(env_dir)!r}), sqlstream.__file__\n"
-        "import sqlstream.archive, sqlstream.cli, sqlstream.rolling  # subpackages are in the wheel\n"
+        "import sqlstream.archive.rolling, sqlstream.cli  # subpackages are in the wheel\n"
         "db = sqlstream.open('fresh.db')\n"
         "s = db.create_stream('s')\n"
         "assert s.append(b'x') == 0\n"
@@ -103,22 +103,38 @@ def test_py_typed_shipped() -> None:
 
 
 def test_quickstart_example_runs(tmp_path: Path) -> None:
-    """The README's first quickstart command runs the example end to end on a local file."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "blocked reader woke" in out.stdout
-    assert "finished=True" in out.stdout
-    assert (tmp_path / "quickstart.db").exists()
-    # Running it again on the same file works too (exist_ok streams, new byte log).
-    again = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert again.returncode == 0, again.stderr
+    """The README's first quickstart command runs the example end to end, on a new file in a
+    temporary directory each run (issue 20, item 6): nothing lands in the working directory,
+    and a second run tells the same story on its own new file."""
+    work, tmp = tmp_path / "checkout", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+            cwd=work, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "blocked reader woke" in out.stdout
+        assert "finished=True" in out.stdout
+        runs.append(out.stdout)
+    assert list(work.iterdir()) == []  # nothing written into the checkout
+    paths = [Path(run.splitlines()[0].removeprefix("database: ")) for run in runs]
+    assert paths[0] != paths[1] and all(p.exists() and p.parent.parent == tmp for p in paths)
+    import sqlstream  # noqa: PLC0415
+
+    def streams(path: Path) -> list[tuple[str, int]]:
+        with sqlstream.open(str(path), readonly=True) as db:
+            return [(i.name, i.next_offset) for i in db.streams()]
+
+    assert streams(paths[0]) == streams(paths[1])  # the same state: no new stream per run
+    # A named file is made new too: an existing one is refused, never added to.
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(paths[0])],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert streams(paths[0]) == streams(paths[1])
 
 
 # Build droppings and local state a copy of the tree leaves out.
@@ -142,6 +158,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dist
 
 
+# The tests that share the module's built sdist and wheel run on one pytest-xdist worker,
+# so the tree is built once.
+BUILT = pytest.mark.xdist_group("packaging-built")
+
+
+@BUILT
 @pytest.mark.slow
 def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Path) -> None:
     """What PyPI shows: the README renders, the license is MIT with its file in both
@@ -173,6 +195,7 @@ def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Pa
         assert any(n.endswith("/LICENSE") and n.count("/") == 1 for n in tf.getnames())
 
 
+@BUILT
 @pytest.mark.slow
 def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Path) -> None:
     """Unpacked, the sdist has the tests with conftest and helpers, docs, examples,

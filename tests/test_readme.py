@@ -6,18 +6,22 @@ README does), then the two tours a reader is most likely to paste again — the 
 and the command-line tour — twice on the same file. The only blocks not run are the
 install commands, which `tests/test_packaging.py` covers.
 
-The README leaves a few names to the reader (the work a consumer does, an application's
-main loop); ``PRELUDE`` gives them stand-ins, and a ``db`` opened on ``app.db`` as the API
-tour does, so that a later section's snippet can be pasted on its own.
+Each python block runs in a fresh namespace with nothing defined beforehand: a block that
+uses a name (``db``, the work a consumer does, an application's loop) defines it, so it
+runs as pasted (issue 20, item 6). ``test_python_blocks_define_every_name_they_use`` also
+checks this statically, for names used only on paths a run may not take (a handler
+called only when records come).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import shutil
 import subprocess
+import symtable
 import sys
 import textwrap
 from pathlib import Path
@@ -30,39 +34,15 @@ README = ROOT / "README.md"
 # Blocks whose first line starts with one of these are install commands: not run here.
 INSTALL_BLOCKS = ("pip install",)
 
-PRELUDE = textwrap.dedent(
-    """
-    import time
-    import sqlstream
-
-    db = sqlstream.open("app.db")         # the API tour's database and stream, for the later sections
-    orders = db.create_stream("orders", exist_ok=True)
-
-    def charge(value):                    # a consumer's work
-        pass
-
-    def make_invoice(value):
-        return {"invoice_for": value}
-
-    def serve_forever():                  # an application's main loop, cut short
-        time.sleep(0.2)
-
-    def log_failure(stream, records, exc):
-        print("producer batch failed:", stream, len(records), exc)
-    """
-)
-
-# Runs the python blocks given as a JSON list, in order, each in a fresh namespace that
-# starts with PRELUDE; a failure names the block and exits 1.
+# Runs the python blocks given as a JSON list, in order, each in a fresh namespace; a
+# failure names the block and exits 1.
 RUNNER = textwrap.dedent(
     """
     import json, sys, traceback
-    prelude, blocks = json.load(open(sys.argv[1]))
-    prelude = prelude or ""
+    blocks = json.load(open(sys.argv[1]))
     for index, block in blocks:
         namespace = {"__name__": "__readme__"}
         try:
-            exec(compile(prelude, "<prelude>", "exec"), namespace)
             exec(compile(block, f"<README python block {index}>", "exec"), namespace)
             db = namespace.get("db")
             if db is not None:
@@ -118,9 +98,9 @@ def workdir(tmp_path: Path) -> Path:
     return work
 
 
-def run_python(work: Path, blocks: list[tuple[int, str, str]], *, prelude: bool = True) -> None:
+def run_python(work: Path, blocks: list[tuple[int, str, str]]) -> None:
     payload = work.parent / "blocks.json"
-    payload.write_text(json.dumps([PRELUDE if prelude else "", [(i, code) for i, _, code in blocks]]))
+    payload.write_text(json.dumps([(i, code) for i, _, code in blocks]))
     runner = work.parent / "runner.py"
     runner.write_text(RUNNER)
     proc = subprocess.run([sys.executable, str(runner), str(payload)], cwd=work,
@@ -160,17 +140,17 @@ def test_readme_snippets_run_in_order_on_one_file(workdir: Path) -> None:
 
 
 def test_readme_api_tour_runs_twice_on_the_same_file(workdir: Path) -> None:
-    tour = find_block("import sqlstream\n\ndb = sqlstream.open(\"app.db\")")
+    tour = find_block("import sqlstream\n\ndb = sqlstream.open(\"app.db\")            # creates the file")
     run_python(workdir, [tour])
     run_python(workdir, [tour])
 
 
 def test_readme_sqlalchemy_snippet_runs_on_a_fresh_file_twice(workdir: Path) -> None:
-    """No prelude: the outbox snippet must create what it needs on a file that does not exist."""
+    """The outbox snippet must create what it needs on a file that does not exist."""
     pytest.importorskip("sqlalchemy")
     snippet = find_block("import sqlalchemy as sa")
-    run_python(workdir, [snippet], prelude=False)
-    run_python(workdir, [snippet], prelude=False)
+    run_python(workdir, [snippet])
+    run_python(workdir, [snippet])
     import sqlstream  # noqa: PLC0415
 
     with sqlstream.open(str(workdir / "app.db"), readonly=True) as db:
@@ -193,3 +173,36 @@ def test_every_readme_snippet_is_run_or_an_install_command() -> None:
         # Unlabelled blocks are not code (the layout tree); say so by having no language.
         assert lang == "", f"README block {index} has language {lang!r}, which no test runs:\n{code}"
         assert not code.lstrip().startswith(("import ", "sqlstream ", "$ ")), code
+
+
+def _undefined_names(code: str) -> set[str]:
+    """Names a block reads at module level or as globals in its functions but never binds."""
+    top = symtable.symtable(code, "<README block>", "exec")
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    missing: set[str] = set()
+
+    def walk(table: symtable.SymbolTable) -> None:
+        for symbol in table.get_symbols():
+            name = symbol.get_name()
+            global_read = table.get_type() == "module" or symbol.is_global()
+            if symbol.is_referenced() and global_read and name not in bound and not hasattr(builtins, name):
+                missing.add(name)
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    return missing
+
+
+def test_python_blocks_define_every_name_they_use() -> None:
+    """`charge`, `make_invoice`, `serve_forever`, `log_failure` were never defined (issue 20)."""
+    assert _undefined_names("def f():\n    charge(1)\n") == {"charge"}  # the check can fail
+    undefined = {index: sorted(names) for index, lang, code in runnable_blocks()
+                 if lang == "python" and (names := _undefined_names(code))}
+    assert undefined == {}, f"README python blocks use names they never define: {undefined}"
+
+
+def test_layout_names_the_newest_migration() -> None:
+    newest = sorted(p.name for p in (ROOT / "migrations").glob("[0-9][0-9][0-9][0-9]_*.sql"))[-1]
+    layout = README.read_text(encoding="utf-8").split("## Layout", 1)[1]
+    assert newest in layout, f"the README's Layout section does not name {newest}"

@@ -33,7 +33,7 @@ database file (its mode, without execute bits; folders get execute bits where re
 allowed, staging folders are the owner's only).
 
 :func:`trim_exported` deletes records below what an export has delivered;
-:mod:`sqlstream.importing` loads archives back.
+:mod:`sqlstream.archive.importing` loads archives back.
 """
 
 from __future__ import annotations
@@ -857,7 +857,8 @@ def export_status(db: Database, name: str) -> ExportStatus:
     with db.engine.snapshot() as conn:
         rows = cx.rows(conn, "SELECT id, directory FROM exports WHERE name = ?", (name,))
         if not rows:
-            raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first")
+            raise InvalidArgument(f"no export named {name!r}", hint="run db.export(..., name=...) first",
+                                  cli_hint="run `sqlstream export STREAM --dir DIR --name NAME` first")
         export_id, directory = rows[0]
         streams = {
             n: (e, d) for n, e, d in cx.rows(

@@ -255,6 +255,9 @@ class _Importer:
                  "rerun with the complete set fills it), or, if those records are gone for good (e.g. "
                  "trimmed before the export), pass allow_gap=True (CLI: --allow-gap) to start the stream "
                  f"at offset {offset}",
+            cli_hint="import a good copy of the archive holding them (nothing of this stream was stored, so a "
+                     "rerun with the complete set fills it), or, if those records are gone for good (e.g. "
+                     f"trimmed before the export), pass --allow-gap to start the stream at offset {offset}",
         )
 
     @staticmethod

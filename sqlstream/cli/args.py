@@ -11,7 +11,8 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from ..database import Database, open as open_database
@@ -33,6 +34,35 @@ Every command module's ``register(command)`` adds its commands through it."""
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and examples."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one command: options may come before, between or after its values.
+
+    ``sqlstream append t --key k1 hello`` is ``append t hello --key k1``: the command's
+    arguments are parsed intermixed (argparse's ``parse_known_intermixed_args``: options
+    first, then the values left, in order). Anything left over is this command's usage
+    error, printed with this command's usage rather than the top-level one.
+    """
+
+    _nested = False  # inside our own intermixed parse, which calls parse_known_args again
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A command group (``archive cat``) has a PARSER positional, which intermixed
+        # parsing cannot take: its sub-commands, parsers of this class, intermix instead.
+        group = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        if self._nested or group:
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def db_path(args: argparse.Namespace) -> str:
@@ -91,11 +121,33 @@ def stdin_lines(stdin: IO[str]) -> list[str]:
     return lines
 
 
+# What a number on the command line may look like: ASCII digits, an optional sign, and
+# for reals a point and an exponent. Python's int()/float() also take "1_000", " 3",
+# other scripts' digits, "nan" and "inf", so `--timeout 0_5` was 5 seconds.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+\Z")
+_REAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def strict_int(text: str, what: str = "an integer") -> int:
+    """``text`` as an int if it is written as one (digits, optional sign), else a usage error."""
+    if not _INT_TEXT.match(text):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r} (write digits only, e.g. 100)")
+    return int(text)
+
+
+def strict_float(text: str, what: str = "a number") -> float:
+    """``text`` as a finite float if written as a decimal number (``1``, ``0.5``, ``1e-3``),
+    else a usage error: no ``nan``, ``inf``, underscores or spaces."""
+    if not _REAL_TEXT.match(text):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r} (write a decimal number, e.g. 0.5)")
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999
+        raise argparse.ArgumentTypeError(f"{what} too large: {text}")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = strict_int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
     if value > COUNT_MAX:
@@ -104,10 +156,7 @@ def parse_positive_int(text: str) -> int:
 
 
 def parse_offset(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an offset: {text!r}") from None
+    value = strict_int(text, "an offset")
     if value < 0:
         raise argparse.ArgumentTypeError(f"an offset is >= 0, not {value}")
     if value > OFFSET_MAX:
@@ -116,15 +165,12 @@ def parse_offset(text: str) -> int:
 
 
 def parse_seconds(text: str, *, positive: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    bounds = f"a finite number {'>' if positive else '>='} 0 and at most {SECONDS_MAX:.0e} seconds"
+    if not _REAL_TEXT.match(text):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (write {bounds}, e.g. 0.5)")
+    value = float(text)
     if not math.isfinite(value) or value < 0 or (positive and value == 0) or value > SECONDS_MAX:
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number {'>' if positive else '>='} 0 and at most {SECONDS_MAX:.0e} seconds, "
-            f"not {text}"
-        )
+        raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
     return value
 
 
@@ -136,6 +182,14 @@ def parse_start(text: str) -> str:
     if text in ("earliest", "latest"):
         return text
     return str(parse_offset(text))
+
+
+def parse_stream_offset(text: str) -> tuple[str, int]:
+    """``STREAM=OFFSET`` (the last ``=`` splits: a stream name may hold one)."""
+    name, sep, offset = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected STREAM=OFFSET, not {text!r} (e.g. orders=0)")
+    return name, parse_offset(offset)
 
 
 def parse_header(text: str) -> tuple[str, str]:

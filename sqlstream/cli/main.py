@@ -17,7 +17,10 @@ error says how to fix it), 2 a usage error, 130 interrupted (Ctrl-C, including t
 end of ``tail -f``), 141 stdout closed early. A failure sqlstream did not foresee is still
 one ``Error: internal error: ...`` line and status 1, never a traceback.
 
-Numbers on the command line are checked when parsed (a usage error, status 2, otherwise):
+Options may come before, between or after a command's values (each command's arguments
+are parsed intermixed); a usage error prints that command's usage. Numbers are written
+plainly (ASCII digits, for seconds a point and an exponent too: no ``1_000``, spaces,
+``nan`` or ``inf``) and are checked when parsed (a usage error, status 2, otherwise):
 seconds are finite, >= 0 and at most ``SECONDS_MAX`` (1e9, about 31 years); offsets are
 0..2**63-1 (SQLite's INTEGER); counts and sizes are 1..``COUNT_MAX`` (2**62, leaving room
 for the margins retention adds to a limit).
@@ -34,7 +37,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import SqlstreamError
 from . import archive, maintenance, serve, streams, subscriptions
-from .args import DB_ENV, DEFAULT_DB, HelpFormatter
+from .args import DB_ENV, DEFAULT_DB, CommandParser, HelpFormatter
 from .output import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError, report_error
 
 
@@ -60,14 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Accept --db after the command too; SUPPRESS keeps an absent one from overwriting
     # the value given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help="database file")
-    json_out = argparse.ArgumentParser(add_help=False)
+    json_out = CommandParser(add_help=False)
     json_out.add_argument("--json", action="store_true", help="print JSON (one object per line) for scripts")
 
     # Not required=True: argparse would then report a missing COMMAND before an unknown
     # option (`sqlstream --bogus`); main() checks for the command after parsing.
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
     def command(
         name: str, handler: Callable[..., int], summary: str, example: str, *, json_output: bool = True,

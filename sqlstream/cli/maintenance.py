@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from ..maintenance import CheckReport, MaintenanceReport
 from ..retention import TrimResult
-from .args import CommandFactory, open_db, parse_offset, parse_positive_int
+from .args import CommandFactory, open_db, parse_offset, parse_positive_int, strict_float, strict_int
 from .output import EXIT_ERROR, EXIT_OK, Progress, dump, info_json, progress_bar
 
 
@@ -29,10 +29,7 @@ def _limit(cast: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if text.lower() == "none":
             return None
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number (or 'none'): {text!r}") from None
+        value = strict_int(text, "an integer (or 'none')") if cast is int else strict_float(text, "a number (or 'none')")
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise argparse.ArgumentTypeError(f"must be > 0 (or 'none'), not {text}")
         return value

@@ -7,7 +7,6 @@ docstring; every command module prints through these helpers so it holds everywh
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import importlib
 import json
 import math
@@ -15,18 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from ..errors import (
-    AccessDenied,
-    ConcurrencyError,
-    LockTimeout,
-    PayloadTooLarge,
-    ReadOnlyDatabase,
-    SchemaVersionError,
-    SqlstreamError,
-    StreamExists,
-    StreamNotFound,
-    SubscriptionInUse,
-)
+from .. import clock as _clock
+from ..errors import SqlstreamError
 from ..records import Record, StreamInfo
 
 EXIT_OK = 0
@@ -40,33 +29,11 @@ class CliError(SqlstreamError):
     """A problem the command line found itself (bad input, missing database file)."""
 
 
-# Hints in the core name the Python API ("pass exist_ok=True"); at the command line the
-# fix is a flag. Keyed by class, applied only when the core gave a hint, so an error the
-# core left hint-less stays one line. None drops a hint with no command-line equivalent.
-_CLI_HINTS: dict[type[SqlstreamError], str | None] = {
-    StreamNotFound: None,
-    StreamExists: "pass --exist-ok to reuse the existing stream",
-    AccessDenied: "pass the stream's write secret with --secret",
-    ConcurrencyError: "check `sqlstream info NAME` and retry with the new --expect-offset",
-    PayloadTooLarge: "split the value into several smaller records",
-    SchemaVersionError: (
-        "run any writing command once (e.g. `sqlstream create NAME --exist-ok`) to upgrade the file"
-    ),
-    ReadOnlyDatabase: "sqlstream sql is read-only; change data with create/append/seal/delete",
-    LockTimeout: "another process held the write lock too long; retry once it finishes",
-    SubscriptionInUse: "ack the pending records (`sqlstream pending SUBSCRIPTION`), or pass --force",
-}
-
-
 def report_error(exc: SqlstreamError, err: IO[str]) -> None:
-    """Write ``Error: <message>`` and, when there is one, ``Hint: <hint>`` to ``err``."""
+    """Write ``Error: <message>`` and, when there is one, ``Hint: <hint>`` to ``err``
+    (the error's :attr:`~sqlstream.errors.SqlstreamError.command_line_hint`)."""
     message = str(exc.args[0]) if exc.args else type(exc).__name__
-    hint = exc.hint
-    if hint is not None:
-        for cls, cli_hint in _CLI_HINTS.items():
-            if isinstance(exc, cls):
-                hint = cli_hint
-                break
+    hint = exc.command_line_hint  # the command line's form of the advice (errors.py)
     # Keep the contract of one line per field even if a message embeds a newline.
     err.write(f"Error: {' '.join(message.splitlines())}\n")
     if hint:
@@ -77,9 +44,10 @@ def report_error(exc: SqlstreamError, err: IO[str]) -> None:
 
 
 def iso_time(seconds: float) -> str:
-    """UTC ISO 8601 with milliseconds and a ``Z``, the form the SQL views use."""
-    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """UTC ISO 8601 with milliseconds and a ``Z``, by the one rule the SQL views and
+    Datasette use too (:func:`sqlstream.clock.iso_time`); ``-`` for a time no calendar
+    date can show (only a hand-edited file holds one)."""
+    return _clock.iso_time(seconds) or "-"
 
 
 # Control characters would break the one-record-per-line layout of human output.

@@ -33,6 +33,7 @@ from .args import (
     parse_positive_seconds,
     parse_seconds,
     parse_start,
+    parse_stream_offset,
     parse_value,
     stdin_lines,
     writable_stream,
@@ -266,12 +267,7 @@ def cmd_read(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def cmd_read_many(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print records from several streams at once (XREAD STREAMS): STREAM=OFFSET pairs."""
-    positions: dict[str, int] = {}
-    for pair in args.positions:
-        name, sep, offset = pair.rpartition("=")
-        if not sep or not name:
-            raise CliError(f"expected STREAM=OFFSET, got {pair!r}", hint="sqlstream read-many orders=0 payments=5")
-        positions[name] = parse_offset(offset)
+    positions: dict[str, int] = dict(args.positions)
     with open_db(args, write=False) as db:
         got = db.read_many(positions, limit=args.limit, timeout=args.timeout)
     for name, records in got.items():
@@ -474,7 +470,7 @@ def _json_params(text: str) -> list[Any] | dict[str, Any]:
     for value in values:
         if isinstance(value, (list, dict)):
             raise CliError("--json-params values must be numbers, strings, true/false or null",
-                           hint="pass a nested value as a JSON string and use json() in the query")
+                           hint="pass a nested value as a JSON string and wrap its placeholder in json(?) in the query")
         if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
             raise CliError(f"--json-params integer {value} does not fit SQLite's 64-bit INTEGER",
                            hint="pass it as a string or a float")
@@ -693,7 +689,7 @@ def register(command: CommandFactory) -> None:
         "each); with --timeout waits up to S seconds until one has. Human output prefixes\n"
         "each record line with its stream; --json objects carry \"stream\".",
     )
-    p.add_argument("positions", metavar="STREAM=OFFSET", nargs="+")
+    p.add_argument("positions", metavar="STREAM=OFFSET", nargs="+", type=parse_stream_offset)
     p.add_argument("--limit", type=parse_positive_int, default=100, metavar="N",
                    help="at most N records per stream (default 100)")
     p.add_argument("--timeout", type=parse_seconds, default=0.0, metavar="S",

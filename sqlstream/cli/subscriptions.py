@@ -11,10 +11,9 @@ objects of ``read --json`` with two more fields, ``subscription`` and ``attempts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
-import functools
-from collections.abc import Callable
 from typing import IO, Any
 
 from .args import (
@@ -25,41 +24,10 @@ from .args import (
     parse_positive_seconds,
     parse_seconds,
     parse_start,
+    strict_float,
 )
 from .output import EXIT_OK, CliError, dump, iso_time, print_records, record_json, record_line, render_table
-from ..errors import (
-    ReaderNotFound,
-    SqlstreamError,
-    SubscriptionExists,
-    SubscriptionInUse,
-    SubscriptionNotFound,
-)
 from ..subscriptions import AckResult, Batch, SubscriptionInfo
-
-Command = Callable[[argparse.Namespace, IO[str], IO[str]], int]
-
-# The core's hints name the Python API; at the command line the fix is a command or flag.
-_HINTS: dict[type[SqlstreamError], str] = {
-    SubscriptionNotFound: "list them with `sqlstream subscriptions`; create one with `sqlstream subscribe NAME STREAM`",
-    SubscriptionExists: "pass --exist-ok to reuse it, or pick another name",
-    SubscriptionInUse: "ack the pending records (`sqlstream pending NAME`) or pass --force",
-    ReaderNotFound: "name its stream to create it: `sqlstream reader NAME STREAM`",
-}
-
-
-def _cli_hints(func: Command) -> Command:
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-        try:
-            return func(args, out, err)
-        except SqlstreamError as exc:
-            for cls, hint in _HINTS.items():
-                if isinstance(exc, cls):
-                    exc.hint = hint
-            raise
-
-    return wrapper
-
 
 def _start_arg(text: str) -> int | str:
     value = parse_start(text)
@@ -74,7 +42,6 @@ def info_json(info: SubscriptionInfo) -> dict[str, Any]:
 # --------------------------------------------------------------------------- commands
 
 
-@_cli_hints
 def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Create a subscription."""
     with open_db(args, write=True) as db:
@@ -95,7 +62,6 @@ def cmd_subscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_unsubscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Delete a subscription."""
     with open_db(args, write=True) as db:
@@ -108,7 +74,6 @@ def cmd_unsubscribe(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_subscriptions(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """List subscriptions with their progress."""
     with open_db(args, write=False) as db:
@@ -126,7 +91,6 @@ def cmd_subscriptions(args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_fetch(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Claim records for a consumer and print them."""
     with open_db(args, write=True) as db:
@@ -160,7 +124,6 @@ def _report(result: AckResult, verb: str, args: argparse.Namespace, out: IO[str]
         err.write(f"note: moved to the dead-letter stream: {' '.join(map(str, result.dead_lettered))}\n")
 
 
-@_cli_hints
 def cmd_ack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Acknowledge records."""
     with open_db(args, write=True) as db:
@@ -169,7 +132,6 @@ def cmd_ack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Hand records back for redelivery."""
     with open_db(args, write=True) as db:
@@ -178,7 +140,6 @@ def cmd_nack(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_extend_deadline(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Push the ack deadline of records a consumer holds to --seconds from now."""
     with open_db(args, write=True) as db:
@@ -187,7 +148,6 @@ def cmd_extend_deadline(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """List a subscription's pending records."""
     with open_db(args, write=False) as db:
@@ -205,7 +165,6 @@ def cmd_pending(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Read from a named reader (advancing it), or list, seek or delete readers."""
     if args.list:
@@ -239,10 +198,8 @@ def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 def _at_arg(text: str) -> float | _dt.datetime:
     """--at: seconds since the epoch, or an ISO 8601 time (naive means local time)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        return strict_float(text)
     try:
         return _dt.datetime.fromisoformat(text)
     except ValueError:
@@ -257,7 +214,6 @@ def _moved(args: argparse.Namespace, out: IO[str], position: int) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_seek(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Move a subscription's delivery position to an offset or a time."""
     if (args.offset is None) == (args.at is None):
@@ -268,7 +224,6 @@ def cmd_seek(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return _moved(args, out, position)
 
 
-@_cli_hints
 def cmd_reset(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Move a subscription to the stream's first record or its end."""
     with open_db(args, write=True) as db:
@@ -276,7 +231,6 @@ def cmd_reset(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return _moved(args, out, position)
 
 
-@_cli_hints
 def cmd_configure(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Change a subscription's settings."""
     changes: dict[str, Any] = {}
@@ -313,7 +267,6 @@ def _print_batch(batch: Batch, args: argparse.Namespace, out: IO[str]) -> None:
         out.write("".join(f"{record_line(r)}\t(attempt {batch.attempts[r.offset]})\n" for r in batch))
 
 
-@_cli_hints
 def cmd_claim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Take over given pending records for a consumer (XCLAIM)."""
     with open_db(args, write=True) as db:
@@ -325,7 +278,6 @@ def cmd_claim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_autoclaim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Take over the oldest idle pending records for a consumer (XAUTOCLAIM)."""
     with open_db(args, write=True) as db:
@@ -334,7 +286,6 @@ def cmd_autoclaim(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-@_cli_hints
 def cmd_redrive(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Move dead letters back into the subscription's stream."""
     with open_db(args, write=True) as db:

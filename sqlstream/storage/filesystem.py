@@ -221,6 +221,7 @@ class FilesystemDriver(StorageDriver):
             raise InvalidObjectPath(
                 f"object path {path!r} is a symbolic link; links are never followed",
                 hint="delete_object() removes the link itself",
+                cli_hint="remove the link, or point the storage root elsewhere",
             )
 
     def _open_object(self, path: str) -> IO[bytes] | None:
@@ -388,7 +389,8 @@ class FilesystemDriver(StorageDriver):
         try:
             self._refuse_link(st, src_path)
             if src_dir is None or st is None or not stat.S_ISREG(st.st_mode):
-                raise ObjectNotFound(f"no object {src_path!r} to move", hint="check the path with list_objects()")
+                raise ObjectNotFound(f"no object {src_path!r} to move", hint="check the path with list_objects()",
+                                     cli_hint="check the object path")
             dst_dir = self._open_dir(dst_parents, dst_path, create=True)
             assert dst_dir is not None
             with dst_dir:

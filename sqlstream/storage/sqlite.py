@@ -39,7 +39,6 @@ import apsw
 
 from .. import connection as cx
 from ..clock import now_us
-from ..txn import keep_txn_floor
 from ..errors import InvalidArgument, ObjectNotFound, ObjectPathConflict, StorageError, convert
 from . import Chunk, Data, ObjectInfo, StorageDriver, check_path, chunk_spec, iter_data
 
@@ -152,7 +151,6 @@ class SqliteDriver(StorageDriver):
         for sid in set(stream_ids):
             if conn.execute("SELECT 1 FROM storage_segments WHERE stream_id = ? LIMIT 1", (sid,)).fetchall():
                 continue
-            keep_txn_floor(cx.runner(conn), sid)
             conn.execute("DELETE FROM chunks WHERE stream_id = ?", (sid,))
             conn.execute("DELETE FROM streams WHERE id = ?", (sid,))
 
@@ -341,7 +339,8 @@ class SqliteDriver(StorageDriver):
         with self.db.engine.write() as conn:
             found = self._object(conn, src)
             if found is None:
-                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()")
+                raise ObjectNotFound(f"no object {src!r} to move", hint="check the path with list_objects()",
+                                     cli_hint="check the object path")
             if src == dst:
                 return
             self._check_tree(conn, dst)

@@ -341,6 +341,7 @@ class _Relay(Service):
     """Connection handling shared by both directions."""
 
     SELF_PACED: ClassVar[bool] = True
+    DRAINS_ON_STOP: ClassVar[bool] = False  # a stop never waits on the server
     UNIT: ClassVar[str] = "run(s)"
 
     @classmethod

@@ -57,8 +57,9 @@ class Runner:
     """Runs services against one database until stopped (or, with ``once``, caught up).
 
     Use :meth:`run` in the calling thread, or :meth:`start` / :meth:`stop` / :meth:`join`
-    for a background thread. ``stop_event`` (a ``threading.Event``) ends the run after the
-    block in hand. The Database is not closed by the runner.
+    for a background thread; :meth:`stop` first streams what was committed before it.
+    ``stop_event`` (a ``threading.Event``) ends the run after the block in hand, without
+    draining (for signal handlers). The Database is not closed by the runner.
     """
 
     def __init__(self, db: Database, services: Sequence[Service], *, stop_event: threading.Event | None = None) -> None:
@@ -72,6 +73,7 @@ class Runner:
         self.error: BaseException | None = None
         self.result = RunResult()
         self._thread: threading.Thread | None = None
+        self._draining = threading.Event()  # set by stop(): finish what is committed, then end
         self._on_block: Callable[[str, int], None] | None = None  # catch-up progress, see run()
 
     @classmethod
@@ -80,8 +82,12 @@ class Runner:
 
     # -------------------------------------------------------------- one service
 
-    def _pending(self, service: Service, cursor: int, upto: int | None) -> int:
-        """Write every block of ``service`` above ``cursor`` (up to ``upto``); return the new cursor."""
+    def _pending(self, service: Service, cursor: int, upto: int | None, *, retry: bool = True) -> int:
+        """Write every block of ``service`` above ``cursor`` (up to ``upto``); return the new cursor.
+
+        ``retry=False`` (a drain): a failure of a service without stop-node-on-error is
+        recorded and ends its pass instead of being retried.
+        """
         delay = BACKOFF_FIRST
         while not self.stop_event.is_set():
             block = self.store.next_block(service.name, service.keys, cursor, upto)
@@ -98,6 +104,8 @@ class Runner:
                     self.store.record_error(service.name, message)
                 except SqlstreamError:
                     log.exception("cannot record the error of streaming service %r", service.name)
+                if not retry:
+                    return cursor
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -111,12 +119,17 @@ class Runner:
 
     # -------------------------------------------------------------- the loop
 
-    def _paced(self, service: Service, once: bool, errors: list[BaseException]) -> None:
-        """Run a self-paced service (its own loop, in its own thread) with the same error rules."""
+    def _paced(self, service: Service, once: bool, errors: list[BaseException], halt: threading.Event, *,
+               retry: bool = True) -> None:
+        """Run a self-paced service (its own loop, in its own thread) with the same error rules.
+
+        ``halt`` ends the service's own loop; the runner sets it when the run ends for any
+        reason (the stop event, a drain, another service's error).
+        """
         delay = BACKOFF_FIRST
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not halt.is_set():
             try:
-                done = service.run_paced(self.store, self.stop_event, once)
+                done = service.run_paced(self.store, halt, once)
             except Exception as exc:  # noqa: BLE001 - every failure is reported or retried
                 height = self.store.cursor(service.name, service.KIND) + 1
                 if service.stop_on_error or isinstance(exc, RecordsTrimmed):
@@ -129,16 +142,19 @@ class Runner:
                     self.store.record_error(service.name, message)
                 except SqlstreamError:
                     log.exception("cannot record the error of streaming service %r", service.name)
-                self.stop_event.wait(delay)
+                if not retry:
+                    return
+                halt.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             self.result[service.name] = self.result.get(service.name, 0) + done
             return
 
     def run(self, *, once: bool = False, progress: Callable[[int, int | None], None] | None = None) -> RunResult:
-        """Process blocks until the stop event is set (``once``: until caught up with the
-        commits visible when called). Raises ServiceError from a stopping service, and
-        RecordsTrimmed when retention removed records a service had not streamed.
+        """Process blocks until the stop event is set or :meth:`stop` drains the run
+        (``once``: until caught up with the commits visible when called). Raises
+        ServiceError from a stopping service, and RecordsTrimmed when retention removed
+        records a service had not streamed.
 
         Self-paced services (``archive``) run in threads of their own meanwhile; the first
         error of one stops the whole run and is raised here.
@@ -154,8 +170,10 @@ class Runner:
         paced = [s for s in active if s.SELF_PACED]
         active = [s for s in active if not s.SELF_PACED]
         errors: list[BaseException] = []
+        # Ends the self-paced services' live loops: set when the live run ends for any reason.
+        halt = threading.Event()
         threads = [
-            threading.Thread(target=self._paced, args=(s, once, errors), name=f"sqlstream-streaming-{s.name}",
+            threading.Thread(target=self._paced, args=(s, once, errors, halt), name=f"sqlstream-streaming-{s.name}",
                              daemon=True)
             for s in paced
         ]
@@ -168,7 +186,7 @@ class Runner:
                 thread.start()
             upto = self.store.head() if once else None
             catching_up = progress is not None
-            while not self.stop_event.is_set():
+            while not self.stop_event.is_set() and not self._draining.is_set():
                 seen = self.store.head()
                 if catching_up and progress is not None:
                     reached = {s.name: min(cursors[s.name], seen) for s in active}
@@ -194,21 +212,25 @@ class Runner:
                         thread.join()
                     break
                 # Everything up to `seen` is done; sleep until a later commit (or stop).
-                while not self.stop_event.is_set() and not self.store.wait_for_commit(seen, WAKE_SLICE):
+                while (not self.stop_event.is_set() and not self._draining.is_set()
+                       and not self.store.wait_for_commit(seen, WAKE_SLICE)):
                     pass
+            halt.set()
             for thread in threads:
                 thread.join()
+            if not once and self._draining.is_set() and not errors:
+                self._drain(active, paced, cursors, errors)
         except BaseException:
             self.stop_event.set()
+            halt.set()
             for thread in threads:
                 if thread.is_alive():
                     thread.join()
             raise
         finally:
-            if threads:
-                self.stop_event.set()
-                for thread in threads:
-                    thread.join()
+            halt.set()
+            for thread in threads:
+                thread.join()
             for service in self.services:
                 try:
                     service.close()
@@ -217,6 +239,26 @@ class Runner:
         if errors:
             raise errors[0]
         return self.result
+
+    def _drain(self, active: list[Service], paced: list[Service], cursors: dict[str, int],
+               errors: list[BaseException]) -> None:
+        """The last pass of a drained run: every service catches up with the commits visible
+        now (at least those before :meth:`stop`), as ``run(once=True)`` would.
+
+        Self-paced services with ``DRAINS_ON_STOP`` run their ``once`` pass (an archive closes
+        the archive in hand); the JetStream relays do not (a stop never waits on a server).
+        A failure is not retried here: it is recorded (or raised, with stop-node-on-error)
+        and the next run resumes. The stop event still ends this pass early
+        (``stop(drain=False)``).
+        """
+        upto = self.store.head()
+        for service in active:
+            cursors[service.name] = self._pending(service, cursors[service.name], upto, retry=False)
+        for service in paced:
+            if self.stop_event.is_set() or errors:
+                break
+            if service.DRAINS_ON_STOP:
+                self._paced(service, True, errors, self.stop_event, retry=False)
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread; :attr:`error` holds what stopped it, if anything."""
@@ -231,9 +273,23 @@ class Runner:
         self._thread.start()
         return self._thread
 
-    def stop(self) -> None:
-        """Ask the run to end after the block in hand (returns at once; see :meth:`join`)."""
-        self.stop_event.set()
+    def stop(self, *, drain: bool = True) -> None:
+        """Ask the run to end; returns at once (wait with :meth:`join`).
+
+        ``drain=True`` (the default): the local services first write what was committed
+        before this call -- block services (``file``) up to the newest commit, the
+        ``archive`` service a final ``once`` pass that closes its archive in hand -- so
+        ``append(); stop(); join()`` streams the append. The JetStream relays stop after
+        the batch in hand instead (a stop never waits on a server). A failure while
+        draining is recorded (or raised, with stop-node-on-error), not retried.
+        ``drain=False`` ends the run after the block in hand (what ``serve`` does on
+        SIGINT/SIGTERM). Either way the rest is streamed by the next run, since every
+        cursor is durable. The run's thread notices a stop within half a second when idle.
+        """
+        if drain:
+            self._draining.set()
+        else:
+            self.stop_event.set()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the background run to end; re-raise the error that stopped it."""
