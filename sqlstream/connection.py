@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 from .errors import (
-    CorruptDatabase, DatabaseError, InvalidArgument, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
+    CorruptDatabase, DatabaseError, InvalidArgument, QueryCancelled, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
 )
 from .writesecrets import hash_secret
 
@@ -283,6 +283,11 @@ def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str 
     return conn, guard
 
 
+#: What the smallest value (NULL, a number, an empty or short string or blob) counts
+#: towards a query's ``max_bytes``: about the reference a result row holds to it.
+VALUE_MIN_BYTES = 8
+
+
 class QueryBounds:
     """The result-size side of :func:`query_bounds`: what :meth:`fetch` may return."""
 
@@ -292,8 +297,11 @@ class QueryBounds:
     def fetch(self, cursor: apsw.Cursor, max_rows: int | None) -> list[tuple[Any, ...]]:
         """Every row of ``cursor``, or ``QueryTooLarge`` past ``max_rows`` rows or ``max_bytes``.
 
-        A value counts its bytes (str as UTF-8), any other value 8; the rows are read one
-        at a time, so a refused result is never held whole.
+        A value counts its bytes (str as UTF-8), at least ``VALUE_MIN_BYTES``; any other
+        value counts ``VALUE_MIN_BYTES``. The floor is what keeps the bound a bound: an
+        empty string or blob still takes memory in the result, and counted as 0 bytes an
+        endless query of ``''`` would be held without limit. The rows are read one at a
+        time, so a refused result is never held whole.
         """
         out: list[tuple[Any, ...]] = []
         total = 0
@@ -305,11 +313,12 @@ class QueryBounds:
                 )
             for value in row:
                 if isinstance(value, str):
-                    total += len(value.encode("utf-8", "surrogatepass"))
+                    size = len(value.encode("utf-8", "surrogatepass"))
                 elif isinstance(value, bytes):
-                    total += len(value)
+                    size = len(value)
                 else:
-                    total += 8
+                    size = 0
+                total += max(size, VALUE_MIN_BYTES)
             if total > self.max_bytes:
                 raise QueryTooLarge(
                     f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",
@@ -329,7 +338,8 @@ QUERY_CHECK_STEPS = 1000
 
 
 @contextlib.contextmanager
-def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -> Iterator[QueryBounds]:
+def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int,
+                 stop: Callable[[], bool] | None = None) -> Iterator[QueryBounds]:
     """Bound what a query on ``conn`` may take while the block runs.
 
     Time: a progress handler interrupts SQLite after ``timeout`` seconds (checked every
@@ -340,21 +350,28 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -
     allocating it, raising ``QueryTooLarge``; the rows themselves are counted by the
     returned :class:`QueryBounds`. After the block the connection's previous length limit
     is back and it has no progress handler (the query connection uses none otherwise).
+    ``stop``, if given, is called by the same handler: True ends the query with
+    ``QueryCancelled`` (how a cancelled ``sqlstream.aio`` call frees its worker thread).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
+    stopped = False
 
     def progress() -> bool:
-        nonlocal timed_out
+        nonlocal timed_out, stopped
         if deadline is not None and time.monotonic() >= deadline:
             timed_out = True
-        return timed_out  # True interrupts the statement
+        if stop is not None and not timed_out and stop():
+            stopped = True
+        return timed_out or stopped  # True interrupts the statement
 
     previous = conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
-    conn.set_progress_handler(progress if deadline is not None else None, QUERY_CHECK_STEPS)
+    conn.set_progress_handler(progress if deadline is not None or stop is not None else None, QUERY_CHECK_STEPS)
     try:
         yield QueryBounds(max_bytes)
     except apsw.InterruptError as exc:
+        if stopped:
+            raise QueryCancelled("the query was stopped by its caller") from exc
         if not timed_out:
             raise
         raise QueryTimeout(

@@ -13,7 +13,7 @@ import builtins
 import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
@@ -537,6 +537,7 @@ class Database:
         timeout: float | None = None,
         max_rows: int | None = None,
         max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+        stop: Callable[[], bool] | None = None,
     ) -> QueryResult:
         """Run one read-only SQL statement and return its columns and rows.
 
@@ -551,9 +552,14 @@ class Database:
         Bounds (see :func:`sqlstream.connection.query_bounds`): ``timeout`` seconds of
         running (None: no limit; the CLI's ``sqlstream sql`` sets one by default), then
         ``QueryTimeout``; more than ``max_rows`` rows (None: no limit) or ``max_bytes``
-        bytes of values in the result, or any one string or blob built on the way longer
+        bytes of values in the result (each value counts at least 8, so rows of empty
+        strings are bounded too), or any one string or blob built on the way longer
         than ``max_bytes``, ``QueryTooLarge``. Either way nothing is returned, and other
         connections were never blocked (the query only reads).
+
+        ``stop``: a callable checked as often as the timeout (from the calling thread);
+        when it returns True the query ends with ``QueryCancelled``. ``sqlstream.aio``
+        uses it so that a cancelled ``query()`` frees the worker thread.
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
@@ -561,12 +567,14 @@ class Database:
             timeout = _validation.check_seconds(timeout, "timeout", positive=True)
         _validation.check_count(max_rows, "max_rows", optional=True)
         _validation.check_count(max_bytes, "max_bytes", maximum=cx.MAX_QUERY_BYTES)
+        if stop is not None and not callable(stop):
+            raise InvalidArgument("stop must be a callable returning a bool, or None")
         self.engine.check_process()
         if self.in_transaction():
             raise InvalidArgument("db.query() is for reads outside transactions")
         conn, guard = self.engine.query_conn()
         try:
-            with cx.query_bounds(conn, timeout, max_bytes) as bounds:
+            with cx.query_bounds(conn, timeout, max_bytes, stop) as bounds:
                 conn.execute("BEGIN")
                 try:
                     guard.user, guard.denied = True, None
