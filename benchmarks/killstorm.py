@@ -220,6 +220,13 @@ def verify(path: Path, reports: list[Path], fig: Figures) -> Figures:
     return fig
 
 
+def _has_reported(report: Path) -> bool:
+    try:
+        return report.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def run(
     directory: Path,
     seconds: float,
@@ -277,9 +284,10 @@ def run(
             start(slot, kind)
         while time.monotonic() - started < seconds:
             time.sleep(rng.uniform(*interval))
-            # Kill a child that is running (it has opened the file: its report exists),
-            # not one still importing Python: those kills would prove nothing.
-            ready = [slot for slot in children if reports_of[slot].exists()]
+            # Kill a child that is working (it has reported a write or a batch), not one still
+            # importing Python or opening the file: such kills would prove nothing, and on
+            # a loaded machine every kill could land there.
+            ready = [slot for slot in children if _has_reported(reports_of[slot])]
             if not ready:
                 continue
             slot = rng.choice(ready)

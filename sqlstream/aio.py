@@ -642,10 +642,16 @@ class AsyncDatabase:
         self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None,
         max_rows: int | None = None, max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
     ) -> QueryResult:
-        """``Database.query`` (same bounds and errors). A cancelled call does not stop the
-        query on the worker: ``timeout`` does."""
-        return await self._call(self.sync.query, sql, params, timeout=timeout, max_rows=max_rows,
-                                max_bytes=max_bytes)
+        """``Database.query`` (same bounds and errors). A cancelled call stops the query on
+        the worker too (within ``QUERY_CHECK_STEPS`` steps of SQLite's machine): else an
+        endless query would hold the worker, and every later call, for ever."""
+        cancelled = threading.Event()
+        try:
+            return await self._call(self.sync.query, sql, params, timeout=timeout, max_rows=max_rows,
+                                    max_bytes=max_bytes, stop=cancelled.is_set)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     # ----------------------------------------------------------------- subscriptions, readers
 

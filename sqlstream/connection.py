@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import stat
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import apsw
 
-try:  # Python 3.11+; importlib.abc.Traversable is deprecated there and gone in 3.14
+if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
-except ImportError:  # pragma: no cover - Python 3.10
-    from importlib.abc import Traversable
 
 from .errors import (
-    CorruptDatabase, DatabaseError, InvalidArgument, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
+    CorruptDatabase, DatabaseError, InvalidArgument, QueryCancelled, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
 )
 from .writesecrets import hash_secret
 
@@ -73,6 +69,14 @@ def runner(conn: apsw.Connection) -> Query:
     return q
 
 
+def _jitter() -> float:
+    """A random fraction in [0, 1) that spreads retries of waiting processes apart.
+
+    From ``os.urandom``, not :mod:`random`: only a busy database needs it, and importing
+    ``random`` would cost every ``import sqlstream`` (tests/test_startup.py)."""
+    return int.from_bytes(os.urandom(2), "big") / 65536
+
+
 def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
     """Retry a busy database for up to ``timeout`` seconds, with short jittered sleeps.
 
@@ -89,7 +93,7 @@ def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
         elif now - state["start"] >= timeout:
             return False
         # 50 µs doubling to 2 ms, jittered so that waiting processes do not retry in step.
-        time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + random.random()))
+        time.sleep(min(0.002, 0.00005 * (2 ** min(tries, 6))) * (0.5 + _jitter()))
         return True
 
     conn.set_busy_handler(handler)
@@ -133,7 +137,7 @@ def connection_wal(conn: apsw.Connection, timeout: float = 0.0) -> None:
         except apsw.BusyError:
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(0.001 + 0.004 * random.random())
+            time.sleep(0.001 + 0.004 * _jitter())
     if str(mode).lower() != "wal":
         raise DatabaseError(
             f"could not put the database in WAL mode (journal_mode is {mode!r})",
@@ -279,6 +283,11 @@ def connect_query(path: str, *, busy_timeout: float, synchronous: str, vfs: str 
     return conn, guard
 
 
+#: What the smallest value (NULL, a number, an empty or short string or blob) counts
+#: towards a query's ``max_bytes``: about the reference a result row holds to it.
+VALUE_MIN_BYTES = 8
+
+
 class QueryBounds:
     """The result-size side of :func:`query_bounds`: what :meth:`fetch` may return."""
 
@@ -288,8 +297,11 @@ class QueryBounds:
     def fetch(self, cursor: apsw.Cursor, max_rows: int | None) -> list[tuple[Any, ...]]:
         """Every row of ``cursor``, or ``QueryTooLarge`` past ``max_rows`` rows or ``max_bytes``.
 
-        A value counts its bytes (str as UTF-8), any other value 8; the rows are read one
-        at a time, so a refused result is never held whole.
+        A value counts its bytes (str as UTF-8), at least ``VALUE_MIN_BYTES``; any other
+        value counts ``VALUE_MIN_BYTES``. The floor is what keeps the bound a bound: an
+        empty string or blob still takes memory in the result, and counted as 0 bytes an
+        endless query of ``''`` would be held without limit. The rows are read one at a
+        time, so a refused result is never held whole.
         """
         out: list[tuple[Any, ...]] = []
         total = 0
@@ -301,11 +313,12 @@ class QueryBounds:
                 )
             for value in row:
                 if isinstance(value, str):
-                    total += len(value.encode("utf-8", "surrogatepass"))
+                    size = len(value.encode("utf-8", "surrogatepass"))
                 elif isinstance(value, bytes):
-                    total += len(value)
+                    size = len(value)
                 else:
-                    total += 8
+                    size = 0
+                total += max(size, VALUE_MIN_BYTES)
             if total > self.max_bytes:
                 raise QueryTooLarge(
                     f"the query's result is larger than max_bytes={self.max_bytes:,} bytes",
@@ -325,7 +338,8 @@ QUERY_CHECK_STEPS = 1000
 
 
 @contextlib.contextmanager
-def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -> Iterator[QueryBounds]:
+def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int,
+                 stop: Callable[[], bool] | None = None) -> Iterator[QueryBounds]:
     """Bound what a query on ``conn`` may take while the block runs.
 
     Time: a progress handler interrupts SQLite after ``timeout`` seconds (checked every
@@ -336,21 +350,28 @@ def query_bounds(conn: apsw.Connection, timeout: float | None, max_bytes: int) -
     allocating it, raising ``QueryTooLarge``; the rows themselves are counted by the
     returned :class:`QueryBounds`. After the block the connection's previous length limit
     is back and it has no progress handler (the query connection uses none otherwise).
+    ``stop``, if given, is called by the same handler: True ends the query with
+    ``QueryCancelled`` (how a cancelled ``sqlstream.aio`` call frees its worker thread).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     timed_out = False
+    stopped = False
 
     def progress() -> bool:
-        nonlocal timed_out
+        nonlocal timed_out, stopped
         if deadline is not None and time.monotonic() >= deadline:
             timed_out = True
-        return timed_out  # True interrupts the statement
+        if stop is not None and not timed_out and stop():
+            stopped = True
+        return timed_out or stopped  # True interrupts the statement
 
     previous = conn.limit(apsw.SQLITE_LIMIT_LENGTH, max_bytes)
-    conn.set_progress_handler(progress if deadline is not None else None, QUERY_CHECK_STEPS)
+    conn.set_progress_handler(progress if deadline is not None or stop is not None else None, QUERY_CHECK_STEPS)
     try:
         yield QueryBounds(max_bytes)
     except apsw.InterruptError as exc:
+        if stopped:
+            raise QueryCancelled("the query was stopped by its caller") from exc
         if not timed_out:
             raise
         raise QueryTimeout(
@@ -377,6 +398,10 @@ def _migration_dir() -> Traversable:
     # Installed wheels carry the files as package data of ``sqlstream.migrations``; a source
     # checkout keeps them at the repository root. Traversables are used as they are:
     # a namespace package's MultiplexedPath is not a plain filesystem path.
+    # Imported here, not at the top: importlib.resources is a tenth of `import sqlstream`,
+    # and only opening a database needs it (tests/test_startup.py).
+    from importlib import resources
+
     try:
         packaged = resources.files("sqlstream.migrations")
         if packaged.is_dir() and any(p.name.endswith(".sql") for p in packaged.iterdir()):

@@ -17,7 +17,6 @@ acks the new delivery of the same record.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import socket
 import threading
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import ConcurrencyError, InvalidArgument, LockTimeout
+from .logs import LazyLogger
 from .records import check_name
 from .subscriptions import Batch, Subscription
 from .validation import check_count, check_seconds, check_timeout
@@ -32,7 +32,7 @@ from .validation import check_count, check_seconds, check_timeout
 if TYPE_CHECKING:
     from .database import Database
 
-log = logging.getLogger("sqlstream.consumer")
+log = LazyLogger("sqlstream.consumer")
 
 Handler = Callable[[Batch], object]
 """``handler(batch)``: process a :class:`Batch` of records; return to ack, raise to nack."""

@@ -13,10 +13,7 @@ import builtins
 import contextlib
 import json
 import os
-import secrets
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import apsw
@@ -229,6 +226,8 @@ class Database:
             self.engine.close()
         finally:
             if self._memory_dir is not None:  # open(":memory:"): the file goes with it
+                import shutil  # here, not at the top: start-up time (tests/test_startup.py)
+
                 shutil.rmtree(self._memory_dir, ignore_errors=True)
 
     def _memory_file(self, readonly: bool, create: bool) -> str:
@@ -243,6 +242,8 @@ class Database:
                 "':memory:' is always a new, empty database: readonly=True or create=False cannot apply",
                 hint="open ':memory:' without readonly/create, or open a file path",
             )
+        import tempfile  # here, not at the top: start-up time (tests/test_startup.py)
+
         self._memory_dir = tempfile.mkdtemp(prefix="sqlstream-memory-")
         return os.path.join(self._memory_dir, "memory.db")
 
@@ -538,6 +539,7 @@ class Database:
         timeout: float | None = None,
         max_rows: int | None = None,
         max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
+        stop: Callable[[], bool] | None = None,
     ) -> QueryResult:
         """Run one read-only SQL statement and return its columns and rows.
 
@@ -552,9 +554,14 @@ class Database:
         Bounds (see :func:`sqlstream.connection.query_bounds`): ``timeout`` seconds of
         running (None: no limit; the CLI's ``sqlstream sql`` sets one by default), then
         ``QueryTimeout``; more than ``max_rows`` rows (None: no limit) or ``max_bytes``
-        bytes of values in the result, or any one string or blob built on the way longer
+        bytes of values in the result (each value counts at least 8, so rows of empty
+        strings are bounded too), or any one string or blob built on the way longer
         than ``max_bytes``, ``QueryTooLarge``. Either way nothing is returned, and other
         connections were never blocked (the query only reads).
+
+        ``stop``: a callable checked as often as the timeout (from the calling thread);
+        when it returns True the query ends with ``QueryCancelled``. ``sqlstream.aio``
+        uses it so that a cancelled ``query()`` frees the worker thread.
         """
         if not isinstance(sql, str):
             raise InvalidValue("sql must be a str")
@@ -562,12 +569,14 @@ class Database:
             timeout = _validation.check_seconds(timeout, "timeout", positive=True)
         _validation.check_count(max_rows, "max_rows", optional=True)
         _validation.check_count(max_bytes, "max_bytes", maximum=cx.MAX_QUERY_BYTES)
+        if stop is not None and not callable(stop):
+            raise InvalidArgument("stop must be a callable returning a bool, or None")
         self.engine.check_process()
         if self.in_transaction():
             raise InvalidArgument("db.query() is for reads outside transactions")
         conn, guard = self.engine.query_conn()
         try:
-            with cx.query_bounds(conn, timeout, max_bytes) as bounds:
+            with cx.query_bounds(conn, timeout, max_bytes, stop) as bounds:
                 conn.execute("BEGIN")
                 try:
                     guard.user, guard.denied = True, None
@@ -732,8 +741,8 @@ class Database:
     ) -> ExportResult:
         """Export streams to rolled archive files, incrementally and resumably.
 
-        A thin delegation to :func:`sqlstream.export.export`, which documents the
-        options; returns its :class:`~sqlstream.export.ExportResult`.
+        A thin delegation to :func:`sqlstream.archive.export.export`, which documents the
+        options; returns its :class:`~sqlstream.archive.export.ExportResult`.
         """
         # Imported here, not at the top: ``import sqlstream`` (every worker process's
         # start-up) should not pay for loading the archive wing and the storage drivers.
@@ -926,7 +935,7 @@ def _backup_in_steps(source: apsw.Connection, job: apsw.Backup, progress: Progre
 def _private_temp(directory: str, name: str) -> tuple[int, str]:
     """A new empty file (mode 0600) next to ``name`` in ``directory``: (descriptor, path)."""
     for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
         except FileExistsError:

@@ -43,6 +43,7 @@ __all__ = [
     "QueryLimitExceeded",
     "QueryTimeout",
     "QueryTooLarge",
+    "QueryCancelled",
     "CorruptDatabase",
     "DamagedRecord",
     "DatabaseClosed",
@@ -258,6 +259,11 @@ class QueryTimeout(QueryLimitExceeded, TimeoutError):
 
 class QueryTooLarge(QueryLimitExceeded):
     """The query's result (rows or bytes), or one value it built, went past its bound."""
+
+
+class QueryCancelled(SqlstreamError):
+    """The query was stopped by its caller (``stop`` returned True; in ``sqlstream.aio``,
+    the awaiting task was cancelled); nothing is returned."""
 
 
 class CorruptDatabase(SqlstreamError):

@@ -9,11 +9,26 @@ layer does not import the archive wing to load a driver.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument
 
-__all__ = ["load_object"]
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+__all__ = ["entry_points", "load_object"]
+
+
+def entry_points(group: str) -> list[EntryPoint]:
+    """The installed entry points of ``group`` (e.g. ``"sqlstream.storage_drivers"``).
+
+    :mod:`importlib.metadata` (with email, zipfile, csv) is imported here, when a plugin
+    is looked up by name, not when the CLI or a package that names plugins is imported:
+    it was the largest part of ``sqlstream -h`` (tests/test_startup.py).
+    """
+    from importlib import metadata
+
+    return list(metadata.entry_points(group=group))
 
 
 def load_object(spec: str) -> Any:

@@ -15,12 +15,10 @@ batch, so a failure never blocks later appends.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import (
@@ -35,15 +33,18 @@ from .errors import (
     StreamSealed,
 )
 from .dedup import check_dedup_id
+from .logs import LazyLogger
 from .records import check_name
 from .streams import prepare_record
 from .validation import check_count, check_timeout, show
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .database import Database
     from .engine import PreparedRecord
 
-log = logging.getLogger("sqlstream.producer")
+log = LazyLogger("sqlstream.producer")
 
 # Errors that retrying the same records cannot fix.
 _PERMANENT = (
@@ -125,6 +126,11 @@ class Producer:
         self.max_pending = max_pending
         self.on_success = on_success
         self.on_error = on_error
+        # Imported by the first producer, not at the top: concurrent.futures brings logging,
+        # which would cost every `import sqlstream` (tests/test_startup.py).
+        from concurrent.futures import Future
+
+        self._future: type[Future[int]] = Future
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Item] = deque()
         self._queued_bytes = 0
@@ -183,7 +189,7 @@ class Producer:
                 f"a record of {size:,} bytes exceeds the producer's limit of {limit:,} bytes",
                 hint="split the value, or raise max_bytes (and the database's max_record_bytes)",
             )
-        future: Future[int] = Future()
+        future = self._future()
         future.set_running_or_notify_cancel()  # queued records cannot be cancelled
         record = ProducerRecord(stream, value, key, headers, dedup_id)
         with self._cond:

@@ -34,11 +34,11 @@ SQLAlchemy connection, so both run the same statements.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .connection import Query as Query  # re-exported: it was defined here first
+from .logs import LazyLogger
 from .validation import duration_us
 
 HELD_RECHECK = 64  # appends between re-checks while keep_unacked holds records back
@@ -68,7 +68,7 @@ _COUNT_DROPPED_SQL = (
     "INSERT INTO counters (name, value) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
-_log = logging.getLogger("sqlstream")
+_log = LazyLogger("sqlstream")
 
 
 # A stream's ends (next offset, byte length, last append time) as streams_now derives them

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +41,7 @@ from .errors import (
     SubscriptionInUse,
     SubscriptionNotFound,
 )
+from .logs import LazyLogger
 from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
 from .validation import (
     MAX_COUNT,
@@ -58,7 +58,7 @@ from .validation import (
     timestamp_us,
 )
 
-_log = logging.getLogger("sqlstream")
+_log = LazyLogger("sqlstream")
 
 if TYPE_CHECKING:
     from .database import Database

@@ -29,7 +29,6 @@ import re
 import select
 import socket
 import stat
-import tempfile
 import threading
 import time
 import warnings
@@ -70,6 +69,8 @@ class FileNotifier:
         self._watcher: threading.Thread | None = None
         self._watcher_ready = threading.Event()  # replaced for every new watcher thread
         self._last_waiter_left = 0.0
+        import tempfile  # here, not at the top: start-up time (tests/test_startup.py)
+
         root = os.path.join(tempfile.gettempdir(), f"sqlstream-{os.getuid() if hasattr(os, 'getuid') else 0}")
         self._bell_dir = os.path.join(root, f"{ident[0]:x}-{ident[1]:x}")
         # (announcement token when the folder was listed, the bells it held)

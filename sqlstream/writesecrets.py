@@ -13,9 +13,9 @@ code all call these functions.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets as _secrets
+# hashlib, hmac and secrets (OpenSSL, random) are imported by the functions below, when a
+# secret is made or checked, not by every `import sqlstream` (start-up time;
+# tests/test_startup.py). After the first call such an import is a dictionary lookup.
 
 __all__ = ["new_secret", "hash_secret", "matches"]
 
@@ -25,8 +25,10 @@ def new_secret() -> str:
 
     A leading dash would make ``sqlstream append --secret "$S"`` read it as an option.
     """
+    import secrets
+
     while True:
-        token = _secrets.token_urlsafe(24)
+        token = secrets.token_urlsafe(24)
         if not token.startswith("-"):
             return token
 
@@ -36,6 +38,8 @@ def hash_secret(secret: str) -> str:
 
     Any str hashes (a lone surrogate too: it can never match a real secret, which is ASCII).
     """
+    import hashlib
+
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -53,4 +57,6 @@ def matches(stored: object, secret: str | None) -> bool:
         return False
     if not isinstance(stored, str):
         return False
+    import hmac
+
     return hmac.compare_digest(hash_secret(secret).encode("ascii"), stored.encode("utf-8", "surrogatepass"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,50 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+# A memory address in a test id ("<object object at 0x7f...>", a function's repr): it differs
+# from one process to the next, so pytest-xdist's workers collect different test ids and
+# the run stops before any test ran.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse unstable test ids at collection, in serial runs too, with the fix named."""
+    unstable = [item.nodeid for item in items if _ADDRESS.search(item.nodeid)]
+    if unstable:
+        raise pytest.UsageError(
+            "test ids must be the same in every process (pytest-xdist compares them), but these hold a "
+            "memory address; give the parametrization ids= (strings, or a function that renders the "
+            "value without its address):\n  " + "\n  ".join(unstable)
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _child_bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Child interpreters (the CLI, helper processes) reuse compiled byte code.
+
+    Where writing byte code is turned off (PYTHONDONTWRITEBYTECODE, as in some CI images),
+    every child process the suite starts compiled sqlstream from source again: a tenth
+    of a second of CPU each, hundreds of times. The children get a byte-code cache of
+    their own instead, in the session's temporary directory (shared by the xdist workers,
+    never in the checkout), so each module is compiled once per run. Where byte code is
+    written as usual, nothing changes.
+    """
+    if not sys.flags.dont_write_bytecode or "PYTHONPYCACHEPREFIX" in os.environ:
+        yield
+        return
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    saved = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    try:
+        yield
+    finally:
+        os.environ.pop("PYTHONPYCACHEPREFIX", None)
+        if saved is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = saved
 
 
 @pytest.fixture

@@ -69,3 +69,15 @@ def test_quick_jetstream_benchmark_runs_and_reports_relay_and_direct_side_by_sid
         assert f"| {shape} | sqlstream jetstream relay | " in done.stdout
         assert f"| {shape} | nats-py publish_async | " in done.stdout
     assert "failed" not in done.stdout and "FAILED" not in done.stderr, done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_quick_startup_benchmark_runs_and_reports_every_case_beside_the_bare_interpreter() -> None:
+    """`python -m benchmarks.startup --quick` times fresh processes and prints each case."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--quick", "--rounds", "1"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for case in ("python -c pass", "python -c 'import sqlstream'", "--version", "-h"):
+        assert f"| `{case}" in done.stdout or f"{case}` |" in done.stdout, (case, done.stdout)
+    assert "Targets: `import sqlstream`" in done.stdout

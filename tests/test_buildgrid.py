@@ -39,7 +39,7 @@ from sqlstream.compat.buildgrid import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-JOIN = 20.0  # generous: the machine is shared and noisy
+JOIN = 60.0  # a hang guard, not a speed bound: the machine is shared and may be loaded
 
 
 @pytest.fixture
@@ -347,10 +347,8 @@ def test_blocking_read_woken_by_append(storage: StreamStorage) -> None:
     assert_blocked(reader)  # only 2 of the 4 bytes are committed
     storage.append_to_stream(h.write_resource_name, b"d")
     assert_blocked(reader, 0.2)  # still 1 short
-    t0 = time.monotonic()
     storage.append_to_stream(h.write_resource_name, b"efg")
-    assert reader.outcome() == StreamChunk(b"bcde", 4, False)
-    assert time.monotonic() - t0 < 5.0
+    assert reader.outcome() == StreamChunk(b"bcde", 4, False)  # no timeout: only the append ends it
 
 
 def test_blocking_read_woken_by_finish(storage: StreamStorage) -> None:
@@ -375,7 +373,7 @@ def test_blocking_read_timeout_and_delete(storage: StreamStorage) -> None:
     t0 = time.monotonic()
     with pytest.raises(StreamWritePendingError):
         storage.read_stream_chunk_blocking(h.name, 0, 1, timeout=0.3)
-    assert 0.25 <= time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 >= 0.25  # never early (how late depends on the machine's load)
     reader = Bg(storage.read_stream_chunk_blocking, h.name, 0, 1)
     iterator = Bg(lambda: list(storage.read_stream_bytes_blocking_iterator(h.name, 8)))
     assert_blocked(reader)
@@ -566,7 +564,7 @@ def test_wait_for_streaming_clients_blocks(storage: StreamStorage) -> None:
     h = storage.create_stream("ops", "")
     t0 = time.monotonic()
     assert storage.wait_for_streaming_clients(h.write_resource_name, timeout=0.4) is False
-    assert 0.35 <= time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 >= 0.35  # never early (how late depends on the machine's load)
     waiter = Bg(storage.wait_for_streaming_clients, h.write_resource_name, JOIN)
     assert_blocked(waiter)
     storage.new_client_streaming(h.name)

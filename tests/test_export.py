@@ -20,7 +20,7 @@ import sqlstream
 from sqlstream.archive import ArchiveReader, import_archives, pack
 from sqlstream.cli import main
 from sqlstream.errors import ArchiveError, ConcurrencyError, InvalidArgument, OffsetOutOfRange, StreamSealed
-from sqlstream.export import export_status, trim_exported
+from sqlstream.archive.export import export_status, trim_exported
 from sqlstream.retention import count_margin
 from sqlstream.storage import get_driver
 
@@ -387,7 +387,7 @@ def test_cli_export_errors(db_path: str, tmp_path: Path, capsys: pytest.CaptureF
 
 def test_progress_bar_only_on_a_terminal(db_path: str, tmp_path: Path) -> None:
     from sqlstream.cli.output import ProgressLine
-    from sqlstream.export import ExportProgress
+    from sqlstream.archive.export import ExportProgress
 
     buf = io.StringIO()
     bar = ProgressLine(buf, "export s")

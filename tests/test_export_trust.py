@@ -21,7 +21,7 @@ import pytest
 import sqlstream
 from sqlstream.archive import ArchiveReader
 from sqlstream.errors import InvalidArgument, StorageFull
-from sqlstream.export import export_status, trim_exported
+from sqlstream.archive.export import export_status, trim_exported
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +197,7 @@ def _umask() -> int:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_a_compressed_copy_keeps_the_mode_of_its_source(tmp_path: Path, compression: str) -> None:
-    from sqlstream.callbacks import compress_file
+    from sqlstream.archive.callbacks import compress_file
 
     if compression == "zstd":
         pytest.importorskip("zstandard")
@@ -228,7 +228,7 @@ def test_a_file_moved_across_filesystems_keeps_its_mode(tmp_path: Path, monkeypa
 
 
 def test_roll_manager_files_take_the_mode_asked_for(tmp_path: Path) -> None:
-    from sqlstream.rolling import WritingRollManager
+    from sqlstream.archive.rolling import WritingRollManager
 
     with WritingRollManager("x-%Y.events", directory=tmp_path / "rolls", file_mode=0o600) as manager:
         manager.write({"k": "v"}, b"payload")

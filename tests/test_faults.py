@@ -278,7 +278,7 @@ def test_lock_wait_past_busy_timeout(db_path: str) -> None:
                     write()
                 waited = time.monotonic() - started
                 check_error(info.value, errors.LockTimeout, apsw.BusyError)
-                assert 0.15 <= waited < 5.0, f"waited {waited:.3f}s for a 0.2s busy timeout"
+                assert waited >= 0.15, f"waited {waited:.3f}s for a 0.2s busy timeout"  # waited, then gave up
                 assert not db.in_transaction()
                 assert dump(db) == before  # reads are not blocked by the other writer
         finally:

@@ -20,7 +20,6 @@ import concurrent.futures
 import gzip
 import io
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from sqlstream.storage import get_driver
 from sqlstream.validation import show
 from test_fuzz_api import snapshot
 
-CALL_LIMIT = 10.0
+CALL_LIMIT = 60.0  # a hang guard, not a speed bound (a loaded machine is slow, not hung)
 
 # Relative or not a path at all: nothing here may name a place outside the example's folder.
 PATHS: list[Any] = ["a", "out", "a.events", "dir/x", "../up", ".", "", "x\x00y", "\udc80", "é", "x" * 300,
@@ -340,11 +339,9 @@ def test_archive_block_and_backup_entry_points_raise_only_sqlstream_errors(
             name = data.draw(st.sampled_from(sorted(ops)), label="op")
             call, strategies = ops[name]
             args = [data.draw(s, label=f"{name} arg {i}") for i, s in enumerate(strategies)]
-            started = time.monotonic()
             # export and backup are refused without a change, or succeed and change only
             # their own bookkeeping: check the database only for the others.
             touches = name not in ("export", "import_archives")
-            run_one(worker, name, call, args, db.path if touches else None)
-            assert time.monotonic() - started < CALL_LIMIT
+            run_one(worker, name, call, args, db.path if touches else None)  # fails past CALL_LIMIT
     finally:
         db.close()

@@ -184,6 +184,46 @@ async def test_inflation_is_bounded_by_max_record_bytes_exactly(db_path: str) ->
         assert [e.offset for e in reader.foreign] == [2, 3]
 
 
+class _CountingInflater:
+    """zlib's inflater, counting the bytes handed to it (what it may copy)."""
+
+    fed = 0
+
+    def __init__(self, wbits: int) -> None:
+        self.inner = _REAL_DECOMPRESSOBJ(wbits)
+
+    def decompress(self, data: Any, max_length: int = 0) -> bytes:
+        _CountingInflater.fed += len(data)
+        return self.inner.decompress(data, max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+_REAL_DECOMPRESSOBJ = hstreamdb.zlib.decompressobj
+
+
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=40))
+@settings(max_examples=50, deadline=None)
+def test_gzip_payloads_of_many_members_inflate_to_their_concatenation(parts: list[bytes]) -> None:
+    data = b"".join(gzip.compress(p) for p in parts)
+    assert hstreamdb._gunzip(data, 200_000) == b"".join(parts)
+    with pytest.raises(hstreamdb._Unmappable, match="truncated"):
+        hstreamdb._gunzip(data[:-1], 200_000)
+
+
+def test_a_payload_of_many_gzip_members_is_inflated_in_linear_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A foreign record of 20,000 empty gzip members (400 kB): each member used to be
+    handed the whole rest of the payload (and the inflater copied that rest after it):
+    about 4 GB of input for 400 kB, quadratic, so a 16 MiB record held a consumer for
+    minutes. The work is counted here (bytes fed to zlib), not timed."""
+    data = gzip.compress(b"") * 20_000 + gzip.compress(b"end")
+    monkeypatch.setattr(hstreamdb.zlib, "decompressobj", _CountingInflater)
+    _CountingInflater.fed = 0
+    assert hstreamdb._gunzip(data, 1000) == b"end"
+    assert _CountingInflater.fed <= 20 * len(data), _CountingInflater.fed
+
+
 # --------------------------------------------------------------------------- key order
 
 async def test_subscriptions_are_created_with_key_order(db_path: str) -> None:

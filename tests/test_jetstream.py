@@ -1453,6 +1453,44 @@ def test_source_sets_a_poison_message_aside_names_it_and_stores_the_rest(
         db.close()
 
 
+def delete_js_stream(url: str, stream: str) -> None:
+    async def main() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jsm().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_source_stores_a_jetstream_stream_created_again_under_its_name(tmp_path: Path, js: JS) -> None:
+    """A JetStream stream deleted and created again (by an operator, by `create = true`
+    after the server lost its storage) numbers its messages from 1 again. Its messages
+    are new ones: each is stored, none is taken for the earlier stream's message of the
+    same sequence (which the source stored already). Before, the position (3) made the
+    source start the new stream's consumer at sequence 4, and the dedup ids
+    `{stream}:{sequence}` named the earlier messages: 1-3 were never stored."""
+    db = sqlstream.open(str(tmp_path / "app.db"))
+    config = source_config_for(tmp_path, js)
+    subject = f"{js.prefix}.dev1.x"
+    try:
+        Runner.from_config(db, load_config(config)).run(once=True)  # creates the JetStream stream
+        publish(js.url, [(subject, v, None) for v in (b"a", b"b", b"c")])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert [r.value for r in db.stream("commands").read(0, limit=10)] == [b"a", b"b", b"c"]
+        delete_js_stream(js.url, js.stream)
+        Runner.from_config(db, load_config(config)).run(once=True)  # create = true: created again, empty
+        publish(js.url, [(subject, v, None) for v in (b"d", b"e", b"f", b"g")])
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert [r.value for r in db.stream("commands").read(0, limit=10)] == [b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+        # And once: a further run stores nothing twice.
+        Runner.from_config(db, load_config(config)).run(once=True)
+        assert db.stream("commands").info().next_offset == 7
+    finally:
+        db.close()
+
+
 # ---------------------------------------------------------------- forwarding pins (issue 19)
 
 

@@ -28,6 +28,7 @@ except ImportError:
         raise  # in CI the test extra must have installed it
     pytest.skip("the Kafka listener needs the kafka extra (kio: Python 3.11+)", allow_module_level=True)
 
+from crc32c import crc32c  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 import sqlstream  # noqa: E402
@@ -369,6 +370,76 @@ def test_connections_beyond_the_limit_are_refused(tmp_path, caplog):
         assert "max_connections" in caplog.text
         for h in held:
             h.close()
+    finally:
+        running.close()
+
+
+def test_small_compressed_batches_cannot_each_inflate_to_the_bound():
+    """The bound is on the decompressed batches of a record set together: 200 copies of a
+    zstd batch of ~1 MiB (a few hundred bytes each) used to decode to 200 MiB held at once
+    with a 1 MiB bound (a compression bomb in one small Produce)."""
+    value = b"\0" * ((1 << 18) - 200)
+    batch = encode_batch(0, [KafkaRecord(0, None, value, ())] * 4, codec=4)
+    [one] = decode_batches(batch, max_record_bytes=1 << 20, max_batch_bytes=1 << 20)
+    assert len(one.records) == 4
+    with pytest.raises(BatchError, match="limit"):
+        decode_batches(batch * 200, max_record_bytes=1 << 20, max_batch_bytes=1 << 20)
+    with pytest.raises(BatchError, match="limit"):
+        decode_batches(batch * 2, max_record_bytes=1 << 20, max_batch_bytes=1 << 20)
+
+
+def _produce_v3(topic: str, record_set: bytes) -> bytes:
+    name = topic.encode()
+    return (struct.pack(">hhi", -1, 1, 30000) + struct.pack(">ih", 1, len(name)) + name
+            + struct.pack(">iii", 1, 0, len(record_set)) + record_set)
+
+
+def _partition_error(reply: bytes) -> int:
+    """The first partition's error code in a Produce v3 response (after the correlation id)."""
+    pos = 4 + 4
+    (n,) = struct.unpack_from(">h", reply, pos)
+    pos += 2 + n + 4
+    return int(struct.unpack_from(">ih", reply, pos)[1])
+
+
+def test_a_record_set_refused_half_way_stores_none_of_it(sqlstream_kafka):
+    """[good batch, transactional batch] for one partition: refused whole. Before, the
+    good batch was stored and the error answered, so the client's retry stored it again."""
+    good = encode_batch(0, [KafkaRecord(0, None, b"order-1", ())])
+    bad = bytearray(encode_batch(0, [KafkaRecord(0, None, b"x", ())]))
+    struct.pack_into(">h", bad, 21, 0x10)  # attributes: transactional
+    struct.pack_into(">I", bad, 17, crc32c(bytes(bad[21:])))
+    for _attempt in range(2):
+        with socket.create_connection(("127.0.0.1", sqlstream_kafka.port)) as sock:
+            sock.sendall(_frame(0, 3, 7, _produce_v3("halfway", good + bytes(bad))))
+            assert _partition_error(_recv(sock)) == 87  # INVALID_RECORD
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        assert db.stream("halfway").read(0) == []
+
+
+def _closed(sock: socket.socket, data: bytes) -> bool:
+    """Whether the listener closes the connection instead of answering ``data``."""
+    try:
+        sock.sendall(data)
+        return _recv(sock) == b""
+    except ConnectionResetError:  # it closed before or while this was sent
+        return True
+
+
+def test_sasl_closes_the_connection_after_a_failed_authentication_and_bounds_earlier_frames(tmp_path):
+    running = start(tmp_path / "g.db", Settings(port=0, sasl_password="pw"))
+    try:
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            sock.sendall(_frame(17, 1, 1, struct.pack(">h", 5) + b"PLAIN"))
+            assert _recv(sock)
+            token = b"\0user\0wrong"
+            sock.sendall(_frame(36, 1, 2, struct.pack(">i", len(token)) + token))
+            assert _recv(sock)  # answered (SASL_AUTHENTICATION_FAILED) ...
+            assert _closed(sock, _frame(18, 0, 3))  # ... and closed: no second guess on this connection
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            # A frame larger than any pre-authentication request is refused by its size,
+            # before its bytes are read (they were buffered up to max_request_bytes).
+            assert _closed(sock, struct.pack(">i", 600 * 1024))
     finally:
         running.close()
 

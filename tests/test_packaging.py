@@ -72,7 +72,7 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     script = (
         "import sqlstream, pathlib\n"
         f"assert sqlstream.__file__.startswith({str(env_dir)!r}), sqlstream.__file__\n"
-        "import sqlstream.archive, sqlstream.cli, sqlstream.rolling  # subpackages are in the wheel\n"
+        "import sqlstream.archive.rolling, sqlstream.cli  # subpackages are in the wheel\n"
         "db = sqlstream.open('fresh.db')\n"
         "s = db.create_stream('s')\n"
         "assert s.append(b'x') == 0\n"
@@ -158,6 +158,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dist
 
 
+# The tests that share the module's built sdist and wheel run on one pytest-xdist worker,
+# so the tree is built once.
+BUILT = pytest.mark.xdist_group("packaging-built")
+
+
+@BUILT
 @pytest.mark.slow
 def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Path) -> None:
     """What PyPI shows: the README renders, the license is MIT with its file in both
@@ -189,6 +195,7 @@ def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Pa
         assert any(n.endswith("/LICENSE") and n.count("/") == 1 for n in tf.getnames())
 
 
+@BUILT
 @pytest.mark.slow
 def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Path) -> None:
     """Unpacked, the sdist has the tests with conftest and helpers, docs, examples,

@@ -75,14 +75,28 @@ def test_max_rows_is_exact(db: sqlstream.Database) -> None:
 
 
 def test_max_bytes_bounds_the_whole_result(db: sqlstream.Database) -> None:
-    ten = "SELECT 'abcd' FROM (" + rows(10) + ")"  # 10 rows of 4 bytes
-    assert len(db.query(ten, max_bytes=40).rows) == 10
+    ten = "SELECT 'abcdefgh' FROM (" + rows(10) + ")"  # 10 rows of 8 bytes
+    assert len(db.query(ten, max_bytes=80).rows) == 10
     with pytest.raises(QueryTooLarge, match="result"):
-        db.query(ten, max_bytes=39)
+        db.query(ten, max_bytes=79)
     with pytest.raises(QueryTooLarge):
         db.query("SELECT '€€' FROM (" + rows(10) + ")", max_bytes=59)  # UTF-8 bytes, not characters
     with pytest.raises(QueryTooLarge):
         db.query(ENDLESS_ROWS, max_bytes=10_000)
+
+
+@pytest.mark.parametrize("value", ["''", "x''", "NULL", "0", "'a'"])
+def test_max_bytes_bounds_a_result_of_empty_or_tiny_values(db: sqlstream.Database, value: str) -> None:
+    """An endless result of empty strings or blobs is refused like any other: each value
+    counts at least 8 bytes (it takes memory however short it is). Counted as 0, rows of
+    '' never reached max_bytes and were held until memory ran out."""
+    # (Finite here, so that a bound that does not work fails the test rather than filling memory.)
+    with pytest.raises(QueryTooLarge, match="max_bytes=1,000"):
+        db.query(f"SELECT {value}, {value} FROM (" + rows(100_000) + ")", max_bytes=1000)
+    # Exactly at the bound: 62 rows of two values fit in 1,000 bytes, 63 do not.
+    assert len(db.query(f"SELECT {value}, {value} FROM (" + rows(62) + ")", max_bytes=1000).rows) == 62
+    with pytest.raises(QueryTooLarge):
+        db.query(f"SELECT {value}, {value} FROM (" + rows(63) + ")", max_bytes=1000)
 
 
 @pytest.mark.parametrize(
@@ -183,3 +197,48 @@ def test_the_asyncio_face_takes_the_same_bounds(db_path: str) -> None:
     import asyncio
 
     asyncio.run(_aio_bounds(db_path))
+
+
+async def _cancelled_query_frees_the_worker(path: str) -> None:
+    import asyncio
+
+    from sqlstream import aio
+
+    adb = await aio.open(path)
+    task = asyncio.ensure_future(adb.query(ENDLESS))  # no timeout: runs until stopped
+    await asyncio.sleep(0.05)  # let the worker start it (either way it must not run on)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The worker is free again: before, the endless query held it for ever, and this call
+    # (like every later call, and close()) never returned. 60 s is only a hang guard; when
+    # it fires, close() is not called (it would hang too).
+    try:
+        result = await asyncio.wait_for(adb.query("SELECT 1"), 60)
+    except asyncio.TimeoutError:
+        pytest.fail("the cancelled query still holds the asyncio worker")
+    await adb.close()
+    assert result.rows == [(1,)]
+
+
+def test_a_cancelled_asyncio_query_stops_on_the_worker(db_path: str) -> None:
+    import asyncio
+
+    asyncio.run(_cancelled_query_frees_the_worker(db_path))
+
+
+def test_stop_ends_a_query_with_query_cancelled(db: sqlstream.Database) -> None:
+    from sqlstream.errors import QueryCancelled
+
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(QueryCancelled):
+        db.query(ENDLESS, stop=stop)
+    assert len(calls) == 3
+    assert db.query("SELECT 1", stop=lambda: False).rows == [(1,)]
+    with pytest.raises(InvalidArgument):
+        db.query("SELECT 1", stop="no")  # type: ignore[arg-type]

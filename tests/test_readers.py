@@ -11,6 +11,8 @@ import pytest
 import sqlstream
 from sqlstream import errors
 
+WAIT = 30.0  # a blocked read's own timeout: returning before it means a commit woke it
+
 
 def test_read_advances_and_the_position_persists(db_path: str) -> None:
     with sqlstream.open(db_path) as db:
@@ -104,15 +106,15 @@ def test_blocking_read_wakes_on_append_and_ends_on_seal(db: sqlstream.Database) 
     timer = threading.Timer(0.2, lambda: stream.append("x"))
     timer.start()
     started = time.monotonic()
-    assert [r.value for r in reader.read(10, timeout=10)] == ["x"]
-    assert time.monotonic() - started < 5
+    assert [r.value for r in reader.read(10, timeout=WAIT)] == ["x"]
+    assert time.monotonic() - started < WAIT  # woken by the append, not by its timeout
     timer.join()
     assert reader.read(10, timeout=0.1) == []
     timer = threading.Timer(0.2, stream.seal)
     timer.start()
     started = time.monotonic()
-    assert reader.read(10, timeout=10) == []
-    assert time.monotonic() - started < 5
+    assert reader.read(10, timeout=WAIT) == []
+    assert time.monotonic() - started < WAIT  # woken by the seal, not by its timeout
     timer.join()
 
 

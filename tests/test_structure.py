@@ -1,7 +1,7 @@
 """The package's structure: every module imports on its own, and no new import cycle.
 
 Both properties are cheap to lose and expensive to notice: a cycle hides until a module is
-imported first in a fresh interpreter (``from sqlstream.rolling import ...`` once failed
+imported first in a fresh interpreter (``from sqlstream.archive.rolling import ...`` once failed
 that way), and every cycle makes the next change harder. The graph is read from the
 source with :mod:`ast`, so function-level imports count as much as top-level ones.
 """
@@ -149,6 +149,38 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
         assert done.returncode != 0, f"{module} imports alone now: remove it from KNOWN_IMPORT_FAILURES"
         pytest.xfail("known import-order bug, fixed by the archive package step")
     assert done.returncode == 0, f"import {module} failed on its own:\n{done.stderr[-2000:]}"
+
+
+def _only_reexports(tree: ast.Module) -> bool:
+    """True for a module whose body is a docstring, imports and ``__all__``: a second
+    name for code that lives elsewhere."""
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]:
+            continue
+        return False
+    return True
+
+
+def test_the_reexport_finder_spots_a_compatibility_module() -> None:
+    assert _only_reexports(ast.parse('"""Old path."""\nfrom .archive.export import export\n__all__ = ["export"]\n'))
+    assert not _only_reexports(ast.parse("from .errors import SqlstreamError\nX = 1\n"))
+
+
+def test_every_module_has_one_name_no_module_only_reexports_another() -> None:
+    """Two import paths for one module mislead a reader (which one is the code?): apart
+    from package ``__init__`` files, which gather a package's names, every module holds
+    code of its own. (The top-level ``export``, ``rolling``, ``importing`` and
+    ``callbacks`` modules once only re-exported ``sqlstream.archive``.)"""
+    shims = sorted(
+        name for name, path in module_names().items()
+        if path.name not in ("__init__.py", "__main__.py")
+        and _only_reexports(ast.parse(path.read_text(encoding="utf-8")))
+    )
+    assert not shims, f"modules that only re-export another module: {shims}"
 
 
 def test_no_import_cycle_at_run_time_beyond_the_documented_ones() -> None:

@@ -4,8 +4,11 @@ Each test blocks a reader in this process and commits from elsewhere: another pr
 (a spawned helper that opens its own Database, or writes with plain ``sqlite3``/``apsw``),
 another Database on the same file in this process, or another thread. Latencies are
 measured with ``time.monotonic`` (CLOCK_MONOTONIC is system-wide on Linux, so the
-helper's timestamps are comparable) and asserted against generous bounds: the bounds
-are about never missing a wakeup, not about speed. Figures are printed (``-s``).
+helper's timestamps are comparable) and printed (``-s``), never bounded: how fast a
+reader wakes is a benchmark figure (``python -m benchmarks``, W5), and a bound would only
+measure how loaded the machine is. What the tests assert is the mechanism: a blocked
+reader is woken *by the commit* — it returns before its own (long) timeout could have
+ended the wait, after a couple of checks of its condition, not after polling.
 
 A reader's *check* is one evaluation of its condition; it is counted by tracing the
 statements run on the waiting thread's read connection (``db.engine.read_conn()``).
@@ -35,7 +38,7 @@ from sqlstream import errors, wakeup
 
 SPAWN = mp.get_context("spawn")
 MODES = ["poll", "notify"]
-WAKE_BOUND = 0.5  # seconds from a commit to the blocked reader running again
+WAIT = 30.0  # a blocked read's own timeout: returning before it means a wakeup ended the wait
 ROUNDS = 5
 DELAY = 0.2  # the helper waits this long before committing, so the reader is blocked by then
 
@@ -268,8 +271,8 @@ def wake_latency(t_wake: float, t0: float, t1: float) -> float:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("mode", MODES)
 def test_append_in_other_process_wakes_blocked_read(tmp_path: Path, remote: Remote, mode: str) -> None:
-    """Guarantee: a reader blocked in read(timeout=...) wakes promptly (< 0.5 s) when
-    another process commits an append, in poll and in notify mode — every time, and
+    """Guarantee: a reader blocked in read(timeout=...) is woken when another process
+    commits an append, in poll and in notify mode — every time (before its timeout), and
     after blocking rather than spinning (a couple of checks per wake)."""
     path = str(tmp_path / "w.db")
     with sqlstream.open(path, wakeup=mode) as db:
@@ -277,8 +280,9 @@ def test_append_in_other_process_wakes_blocked_read(tmp_path: Path, remote: Remo
         blocked_rounds = 0
         for i in range(3 * ROUNDS):
             remote.send("append", path=path, stream="s", value=f"v{i}", delay=DELAY)
+            t_read = time.monotonic()
             with counting_checks(db) as counter:
-                records = s.read(i, timeout=10)
+                records = s.read(i, timeout=WAIT)
             t_wake = time.monotonic()
             t0, t1, offset = remote.result()
             assert offset == i and [r.value for r in records] == [f"v{i}"]
@@ -287,7 +291,7 @@ def test_append_in_other_process_wakes_blocked_read(tmp_path: Path, remote: Remo
             blocked_rounds += 1
             latency = wake_latency(t_wake, t0, t1)
             note(f"{mode} other-process read", latency)
-            assert t_wake - t0 < WAKE_BOUND, f"woke {t_wake - t0:.3f}s after the commit started"
+            assert t_wake - t_read < WAIT, "the read ran into its timeout: the commit did not wake it"
             assert 2 <= counter.checks <= 4, counter.checks  # blocked, then woken (not polled)
             if blocked_rounds == ROUNDS:
                 break
@@ -297,25 +301,27 @@ def test_append_in_other_process_wakes_blocked_read(tmp_path: Path, remote: Remo
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("mode", MODES)
 def test_appends_and_seal_in_other_process_wake_follow(tmp_path: Path, remote: Remote, mode: str) -> None:
-    """Guarantee: follow() yields each record another process appends promptly (< 0.5 s)
-    and ends promptly when that process seals the stream."""
+    """Guarantee: follow() yields each record another process appends as it is committed,
+    and ends when that process seals the stream — each woken by the commit, never by
+    follow's own timeout (which would end it early, without the seal)."""
     path = str(tmp_path / "f.db")
     values = [f"r{i}" for i in range(ROUNDS)]
     with sqlstream.open(path, wakeup=mode) as db:
         s = db.create_stream("s")
         remote.send("trickle", path=path, stream="s", values=values, interval=0.15, seal=True)
         seen: list[tuple[str, float]] = []
-        for rec in s.follow(timeout=10):
+        for rec in s.follow(timeout=WAIT):
             seen.append((rec.value, time.monotonic()))
         t_end = time.monotonic()
         _, _, times = remote.result()
+        assert s.info().sealed_at is not None
     assert [v for v, _ in seen] == values
     for (_, t_wake), (t0, t1) in zip(seen, times):
         note(f"{mode} other-process follow", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < WAKE_BOUND
     seal_start, seal_end = times[-1]
     note(f"{mode} other-process seal", wake_latency(t_end, seal_start, seal_end))
-    assert t_end - seal_start < WAKE_BOUND, f"follow ended {t_end - seal_start:.3f}s after the seal"
+    # follow ends at its timeout with no record; it ended at the seal, so after it.
+    assert t_end >= seal_start, "follow ended before the seal: it timed out"
 
 
 @pytest.mark.multiprocess
@@ -329,30 +335,31 @@ def test_seal_in_other_process_wakes_blocked_read(tmp_path: Path, remote: Remote
         db.create_stream("s")
         s = db.stream("s")
         remote.send("seal", path=path, stream="s", delay=DELAY)
-        assert s.read(0, timeout=10) == []
+        t_read = time.monotonic()
+        assert s.read(0, timeout=WAIT) == []
         t_wake = time.monotonic()
         t0, t1, sealed = remote.result()
         assert sealed is True
         note(f"{mode} other-process seal", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < WAKE_BOUND
+        assert t_wake - t_read < WAIT, "the read ran into its timeout: the seal did not wake it"
 
         log = db.create_stream("log", secret=True)
         secret = log.write_secret
         remote.send("write_bytes", path=path, secret=secret, value=b"abc", delay=DELAY)
-        chunk = log.read_bytes(0, limit=3, timeout=10)
+        # A blocked read_bytes that runs into its timeout raises WritePending: returning
+        # the chunk means the write woke it.
+        chunk = log.read_bytes(0, limit=3, timeout=WAIT)
         t_wake = time.monotonic()
         t0, t1, _ = remote.result()
         assert chunk == sqlstream.records.Chunk(b"abc", 3, False)
         note(f"{mode} other-process read_bytes", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < WAKE_BOUND
 
         remote.send("seal", path=path, secret=secret, delay=DELAY)
-        chunk = log.read_bytes(3, limit=10, timeout=10)
+        chunk = log.read_bytes(3, limit=10, timeout=WAIT)  # WritePending at its timeout
         t_wake = time.monotonic()
         t0, t1, _ = remote.result()
         assert chunk == sqlstream.records.Chunk(b"", 0, True)
         note(f"{mode} other-process seal", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < WAKE_BOUND
 
 
 # --------------------------------------------------------------------------- timeouts and idling
@@ -366,22 +373,27 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_timeout_is_honoured(db_path: str, mode: str) -> None:
-    """Guarantee: a positive timeout ends the wait after about that long — never early,
-    not much late — for read ([]), follow (ends) and read_bytes (WritePending); and a
-    timeout of 0 never blocks."""
+    """Guarantee: a positive timeout ends the wait — never early — for read ([]), follow
+    (ends) and read_bytes (WritePending), after sleeping rather than re-checking (the
+    condition is checked on entry and at the end, a check or two besides); and a timeout
+    of 0 never blocks: one check, no wait. (How late a timeout may end is up to the
+    machine's load, so it is not bounded here.)"""
     with sqlstream.open(db_path, wakeup=mode) as db:
         s = db.create_stream("s")
-        result, elapsed = timed(lambda: s.read(0, timeout=0.5))
-        assert result == [] and 0.5 <= elapsed < 1.5, elapsed
+        with counting_checks(db) as counter:
+            result, elapsed = timed(lambda: s.read(0, timeout=0.5))
+        assert result == [] and elapsed >= 0.5, elapsed
+        assert 2 <= counter.checks <= 4, counter.checks
         result, elapsed = timed(lambda: list(s.follow(timeout=0.3)))
-        assert result == [] and 0.3 <= elapsed < 1.3, elapsed
+        assert result == [] and elapsed >= 0.3, elapsed
         start = time.monotonic()
         with pytest.raises(errors.WritePending):
             s.read_bytes(0, limit=1, timeout=0.3)
         elapsed = time.monotonic() - start
-        assert 0.3 <= elapsed < 1.3, elapsed
-        result, elapsed = timed(lambda: s.read(0, timeout=0))
-        assert result == [] and elapsed < 0.2, elapsed
+        assert elapsed >= 0.3, elapsed
+        with counting_checks(db) as counter:
+            assert s.read(0, timeout=0) == []
+        assert counter.checks == 1, counter.checks
 
 
 @pytest.mark.multiprocess
@@ -398,7 +410,7 @@ def test_timeout_is_honoured_amid_unrelated_commits(tmp_path: Path, remote: Remo
         with counting_checks(db) as counter:
             result, elapsed = timed(lambda: s.read(0, timeout=0.6))
         remote.result()
-        assert result == [] and 0.6 <= elapsed < 1.6, elapsed
+        assert result == [] and elapsed >= 0.6, elapsed  # never early
         assert counter.checks >= 3  # the unrelated commits did wake it; it went back to sleep
 
 
@@ -445,7 +457,8 @@ def test_idle_blocked_reader_does_not_spin(
 @pytest.mark.parametrize("writer_db", ["other Database", "same Database"])
 def test_commit_in_same_process_wakes_blocked_read(db_path: str, mode: str, writer_db: str) -> None:
     """Guarantee: in one process, a commit on one Database (or on the same Database from
-    another thread) wakes a reader blocked on another Database on the same file promptly."""
+    another thread) wakes a reader blocked on another Database on the same file (before its
+    timeout, after a couple of checks)."""
     with sqlstream.open(db_path, wakeup=mode) as reader_db, sqlstream.open(db_path, wakeup=mode) as other:
         s = reader_db.create_stream("s")
         writer = (other if writer_db == "other Database" else reader_db).stream("s")
@@ -460,8 +473,9 @@ def test_commit_in_same_process_wakes_blocked_read(db_path: str, mode: str, writ
 
             timer = threading.Timer(DELAY, append)
             timer.start()
+            t_read = time.monotonic()
             with counting_checks(reader_db) as counter:
-                records = s.read(i, timeout=10)
+                records = s.read(i, timeout=WAIT)
             t_wake = time.monotonic()
             timer.join()
             assert [r.value for r in records] == [f"v{i}"]
@@ -469,7 +483,7 @@ def test_commit_in_same_process_wakes_blocked_read(db_path: str, mode: str, writ
                 continue  # this (busy) machine let the commit come first: nothing was blocked
             blocked_rounds += 1
             note(f"{mode} same-process ({writer_db})", wake_latency(t_wake, times[0], times[1]))
-            assert t_wake - times[0] < WAKE_BOUND
+            assert t_wake - t_read < WAIT, "the read ran into its timeout: the commit did not wake it"
             assert 2 <= counter.checks <= 4, counter.checks
             if blocked_rounds == ROUNDS:
                 break
@@ -485,24 +499,26 @@ def test_foreign_writer_is_noticed_in_notify_mode(tmp_path: Path, remote: Remote
     """Guarantee: in notify mode a commit by a process that does not ring the doorbell
     (plain sqlite3 / apsw, e.g. the sqlite3 shell) is still noticed, by the watcher's
     fallback data_version check (~0.25 s): an INSERT-style append and an UPDATE seal
-    each wake the blocked reader well within 2 s."""
+    each wake the blocked reader, before its timeout."""
     path = str(tmp_path / "raw.db")
     with sqlstream.open(path, wakeup="notify") as db:
         s = db.create_stream("s")
         remote.send("raw_append", driver=driver, path=path, stream="s", value="from outside", delay=DELAY)
-        records = s.read(0, timeout=10)
+        t_read = time.monotonic()
+        records = s.read(0, timeout=WAIT)
         t_wake = time.monotonic()
         t0, t1, _ = remote.result()
         assert [(r.offset, r.value) for r in records] == [(0, "from outside")]
         note(f"notify foreign {driver} append", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < 2.0
+        assert t_wake - t_read < WAIT, "the read ran into its timeout: the foreign commit went unnoticed"
 
         remote.send("raw_seal", driver=driver, path=path, stream="s", delay=DELAY)
-        assert s.read(1, timeout=10) == []
+        t_read = time.monotonic()
+        assert s.read(1, timeout=WAIT) == []
         t_wake = time.monotonic()
         t0, t1, _ = remote.result()
         note(f"notify foreign {driver} seal", wake_latency(t_wake, t0, t1))
-        assert t_wake - t0 < 2.0
+        assert t_wake - t_read < WAIT, "the read ran into its timeout: the foreign seal went unnoticed"
         assert s.info().sealed_at is not None
 
 
@@ -595,7 +611,7 @@ def test_short_lived_databases_closing_while_others_wait(tmp_path: Path, remote:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with sqlstream.open(path, wakeup=mode) as db:
-                records = db.stream("s").read(len(got), timeout=2.0)
+                records = db.stream("s").read(len(got), timeout=WAIT)
                 if records:
                     got.extend(r.value for r in records)
                 elif db.stream("s").info().sealed_at is not None:

@@ -68,11 +68,11 @@ def test_four_writer_processes_one_commit_per_append_all_land_gap_free_in_order(
 
 def test_busy_timeout_ends_each_waiting_writers_own_wait_and_readers_never_wait(tmp_path: Path) -> None:
     """H holds the write lock; W1 (20 s timeout) and W2 (0.3 s) wait for it. W2 gets
-    LockTimeout after its own 0.3 s, a reader answers at once meanwhile, and H's commit
-    lets W1 in."""
+    LockTimeout after its own 0.3 s, a reader answers meanwhile without waiting at all (it
+    has no busy timeout: a wait would be a LockTimeout at once), and H's commit lets W1 in."""
     path = str(tmp_path / "w.db")
     with sqlstream.open(path) as h, sqlstream.open(path, busy_timeout=20) as w1, \
-            sqlstream.open(path, busy_timeout=0.3) as w2, sqlstream.open(path) as reader:
+            sqlstream.open(path, busy_timeout=0.3) as w2, sqlstream.open(path, busy_timeout=0) as reader:
         h.create_stream("s").append(b"0")
         done: list[Any] = []
         with h.transaction():
@@ -84,11 +84,9 @@ def test_busy_timeout_ends_each_waiting_writers_own_wait_and_readers_never_wait(
             with pytest.raises(errors.LockTimeout):
                 w2.stream("s").append(b"w2")
             waited = time.monotonic() - started
-            assert 0.25 <= waited < 3.0, f"waited {waited:.2f}s for a 0.3s busy timeout"
+            assert waited >= 0.25, f"waited {waited:.2f}s for a 0.3s busy timeout"  # its own wait, not less
             assert not w2.in_transaction()
-            started = time.monotonic()
             assert [r.value for r in reader.stream("s").read(0)] == [b"0"]
-            assert time.monotonic() - started < 1.0
             assert t.is_alive() and done == []  # W1 still waits: its own timeout is 20 s
         t.join(10)
         assert done == [2]
@@ -128,14 +126,13 @@ def test_writer_killed_while_holding_the_write_lock_lets_the_waiting_writers_in(
         for w in waiters:
             w.start()
         time.sleep(1.0)  # both have opened the file and wait for the lock
-        killed_at = time.monotonic()
         os.kill(holder.pid, signal.SIGKILL)  # type: ignore[arg-type]
         holder.join(10)
         got = [out.get(timeout=20) for _ in waiters]
         for w in waiters:
             w.join(10)
+        # "ok", not LockTimeout: the kill released the lock, they did not wait out their 30 s.
         assert [s for s, _ in got] == ["ok", "ok"]
-        assert time.monotonic() - killed_at < 10  # not their 30 s busy timeout
         # The killed transaction left nothing; both waiters' appends landed.
         assert [r.value for r in db.stream("s").read(0)] == [b"0", b"late", b"late"]
 

@@ -32,6 +32,9 @@ from sqlstream.storage import StorageDriver, get_driver
 ZUUL_VERSION = "1.3.0"
 NS = "registry"
 
+# One pytest-xdist worker runs this file, so zuul-registry is fetched once (module fixture).
+pytestmark = pytest.mark.xdist_group("zuul-registry")
+
 
 @pytest.fixture(scope="module")
 def zuul_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:

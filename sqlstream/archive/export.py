@@ -33,7 +33,7 @@ database file (its mode, without execute bits; folders get execute bits where re
 allowed, staging folders are the owner's only).
 
 :func:`trim_exported` deletes records below what an export has delivered;
-:mod:`sqlstream.importing` loads archives back.
+:mod:`sqlstream.archive.importing` loads archives back.
 """
 
 from __future__ import annotations

@@ -20,15 +20,18 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..archive.export import ExportProgress, export, export_status, trim_exported
-from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
-from ..archive.importing import ImportResult, import_archives
 from ..errors import ArchiveError, EndOfArchive, InvalidArgument, RecordTooLarge, SqlstreamError
-from ..streaming.file import decode_data, decode_meta, read_file
 from .args import CommandFactory, HelpFormatter, db_path, open_db, strict_float, strict_int
 from .output import CliError, dump, isatty, progress_bar, render_table, report_error
+
+# The archive package (compression, storage drivers, roll managers) is imported by the
+# commands that use it, not by every `sqlstream` invocation: start-up time, see
+# tests/test_startup.py.
+if TYPE_CHECKING:
+    from ..archive.export import ExportProgress
+    from ..archive.importing import ImportResult
 
 
 def parse_storage(text: str) -> dict[str, Any]:
@@ -72,6 +75,8 @@ def cmd_export_status(args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
     Lag is the stream's next offset minus the export's ``exported_offset`` (records not
     yet in any archive); ``delivered`` is the frontier of records in closed archives.
     """
+    from ..archive.export import export_status
+
     with open_db(args, write=False) as db:
         if args.name is not None:
             names = [args.name]
@@ -116,6 +121,8 @@ def cmd_export(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                        "`sqlstream export --status` shows the progress of past exports")
     if args.dir is None:
         raise CliError("--dir is required to export", hint="e.g. `sqlstream export orders --dir archives`")
+
+    from ..archive.export import export, trim_exported
 
     storage = parse_storage(args.storage) if args.storage else None
     stop = threading.Event()
@@ -180,6 +187,8 @@ def cmd_import(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             hint=f"to restore into a new file, add --create-db; or create it with `sqlstream --db {path} create NAME`",
         )
 
+    from ..archive.importing import import_archives
+
     storage = parse_storage(args.storage) if args.storage else None
     rename: dict[str, str] = {}
     for item in args.rename or []:
@@ -241,11 +250,14 @@ def _put_bytes(line: dict[str, Any], field: str, data: bytes, encoding_field: st
 
 def cmd_archive_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     """Print every record of the archive files as JSON lines."""
+    from ..archive.format import DEFAULT_MAX_RECORD_BYTES, ArchiveReader
+
+    limit = DEFAULT_MAX_RECORD_BYTES if args.max_record_bytes is None else args.max_record_bytes
 
     status = 0
     for filename in args.files:
         try:
-            with ArchiveReader(filename, max_record_bytes=args.max_record_bytes) as reader:
+            with ArchiveReader(filename, max_record_bytes=limit) as reader:
                 while True:
                     try:
                         metadata, payload = reader.read()
@@ -280,6 +292,8 @@ def cmd_block_cat(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     ``streams`` (``stream``, ``first_offset``, ``last_offset``). A file that cannot be read
     or is not a block file is reported on stderr and the others are still printed (exit 1).
     """
+    from ..streaming.file import decode_data, decode_meta, read_file  # see the note at the top
+
     status = 0
     for filename in args.files:
         try:
@@ -398,7 +412,7 @@ def register(command: CommandFactory) -> None:
         formatter_class=HelpFormatter,
     )
     cat.add_argument("files", metavar="FILE", nargs="+")
-    cat.add_argument("--max-record-bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES, metavar="N",
+    cat.add_argument("--max-record-bytes", type=_positive_int, default=None, metavar="N",
                      help="refuse records larger than N bytes, decompressed (default 16 MiB)")
     cat.set_defaults(handler=cmd_archive_cat)
 

@@ -15,15 +15,15 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..database import open as open_database
 from ..errors import SchemaVersionError
-from ..streaming import Runner, Store, load_config
-from ..streaming.runner import RunResult
-from ..streaming.config import StreamingConfig
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
+
+if TYPE_CHECKING:
+    from ..streaming import StreamingConfig
 
 
 def register(command: CommandFactory) -> None:
@@ -62,6 +62,11 @@ def _database_path(args: argparse.Namespace, config_db: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    # The streaming package is imported by the command that runs it, not by every
+    # `sqlstream` invocation (start-up time; tests/test_startup.py).
+    from ..streaming import Runner, StreamingConfig, load_config
+    from ..streaming.runner import RunResult
+
     if args.config is None and args.kafka is None and args.http is None:
         raise CliError("serve needs --config FILE, --kafka HOST:PORT, --http HOST:PORT, or several",
                        hint="sqlstream --db app.db serve --kafka 127.0.0.1:9092")
@@ -188,6 +193,8 @@ def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[s
 
 
 def _status(db: Any, config: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    from ..streaming import Store  # see cmd_serve
+
     store = Store(db) if db is not None else None
     known = {c.service: c for c in store.cursors()} if store is not None else {}
     head = store.head() if store is not None else 0

@@ -70,6 +70,7 @@ class Session:
     peer: str
     authenticated: bool = False
     mechanism: str | None = None
+    auth_failed: bool = False  # the listener closes the connection after answering
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +115,7 @@ class Handlers:
         ok = self.check_plain(bytes(req.body.auth_bytes))
         if not ok:
             log.warning("kafka: %s failed SASL/PLAIN authentication", session.peer)
+            session.auth_failed = True  # as Kafka: no second guess on this connection
             return {"error_code": SASL_AUTHENTICATION_FAILED, "error_message": "authentication failed: "
                     "wrong username or password"}
         session.authenticated = True
@@ -305,11 +307,13 @@ class Handlers:
             code = MESSAGE_TOO_LARGE if "limit" in str(exc) else CORRUPT_MESSAGE
             resp.update(error_code=code, error_message=str(exc))
             return resp
+        # Checked for every batch before any is stored: a record set refused half-way would
+        # keep its first batches, and the client's retry would store them again.
+        if any(batch.transactional or batch.control for batch in batches):
+            resp.update(error_code=INVALID_RECORD, error_message="transactional batches are not supported")
+            return resp
         stream = topic.stream(partition)
         for batch in batches:
-            if batch.transactional or batch.control:
-                resp.update(error_code=INVALID_RECORD, error_message="transactional batches are not supported")
-                return resp
             try:
                 got = await self._run(self.store.produce, stream, batch)
             except KafkaRefused as exc:

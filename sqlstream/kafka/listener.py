@@ -41,6 +41,10 @@ __all__ = ["KafkaListener", "RunningListener", "start", "check_bind"]
 log = logging.getLogger("sqlstream.kafka")
 _SIZE = struct.Struct(">i")
 _PRE_AUTH = {17, 18, 36}  # SaslHandshake, ApiVersions, SaslAuthenticate
+#: The largest frame taken before SASL authentication (Kafka's sasl.server.max.receive.size
+#: default): the requests allowed then are small, and an unauthenticated client must not
+#: make the listener buffer max_request_bytes per connection.
+PRE_AUTH_MAX_BYTES = 512 * 1024
 
 
 def check_bind(settings: Settings) -> None:
@@ -135,6 +139,10 @@ class KafkaListener:
                 log.warning("kafka: closing %s: a request frame of %d bytes (max_request_bytes %d)",
                             session.peer, size, limit)
                 return
+            if self.settings.sasl and not session.authenticated and size > PRE_AUTH_MAX_BYTES:
+                log.warning("kafka: closing %s: a request frame of %d bytes before SASL authentication "
+                            "(at most %d)", session.peer, size, PRE_AUTH_MAX_BYTES)
+                return
             frame = await reader.readexactly(size)
             try:
                 req = parse_request(frame)
@@ -157,6 +165,9 @@ class KafkaListener:
             writer.write(encode_response(req.api_key, req.version, req.correlation_id,
                                          build(response_schema(req.api_key, req.version), body)))
             await writer.drain()
+            if session.auth_failed:
+                log.info("kafka: closing %s after a failed authentication", session.peer)
+                return
 
     def _refusal(self, exc: ProtocolError) -> bytes | None:
         if exc.api_key is None or exc.correlation_id is None:

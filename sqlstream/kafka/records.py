@@ -185,11 +185,13 @@ def decode_batches(data: bytes, *, max_record_bytes: int, max_batch_bytes: int) 
     """Every batch in a Produce request's record set, checked and decompressed.
 
     Refuses (``BatchError``) message formats before v2, bad CRCs, lengths that disagree
-    with the bytes, a decompressed batch over ``max_batch_bytes`` and a value over
-    ``max_record_bytes``.
+    with the bytes, batches whose records take more than ``max_batch_bytes`` together
+    (decompressed: the bound is on what is held at once, so many small compressed batches
+    cannot each inflate to it) and a value over ``max_record_bytes``.
     """
     batches: list[Batch] = []
     pos = 0
+    held = 0  # decompressed bytes of the batches decoded so far
     while pos < len(data):
         if len(data) - pos < _HEADER.size:
             raise BatchError("a record batch is shorter than its header")
@@ -207,7 +209,10 @@ def decode_batches(data: bytes, *, max_record_bytes: int, max_batch_bytes: int) 
         body = bytes(memoryview(data)[pos + _HEADER.size:end])
         codec = attrs & 0x07
         if codec:
-            body = decompress(codec, body, max_batch_bytes)
+            body = decompress(codec, body, max_batch_bytes - held)  # what is left of the bound
+        held += len(body)
+        if held > max_batch_bytes:
+            raise BatchError(f"the batches decompress to more than the limit of {max_batch_bytes:,} bytes")
         records = _records(body, count, base_ts, max_record_bytes)
         batches.append(Batch(pid, epoch, base_seq, bool(attrs & 0x10), bool(attrs & 0x20), codec, records))
         pos = end

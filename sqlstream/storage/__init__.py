@@ -35,11 +35,10 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as _metadata
 from typing import IO, Any, ClassVar, Union
 
 from ..errors import InvalidArgument, InvalidObjectPath, ObjectNotFound, StorageError
-from ..plugins import load_object
+from ..plugins import entry_points, load_object
 
 __all__ = [
     "ObjectInfo",
@@ -252,9 +251,9 @@ def load_driver_class(name: str) -> type[StorageDriver]:
     if name in BUILTIN_DRIVERS:
         cls = load_object(BUILTIN_DRIVERS[name])
     else:
-        found = [ep for ep in _metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        found = [ep for ep in entry_points(ENTRY_POINT_GROUP) if ep.name == name]
         if not found:
-            known = sorted(set(BUILTIN_DRIVERS) | {ep.name for ep in _metadata.entry_points(group=ENTRY_POINT_GROUP)})
+            known = sorted(set(BUILTIN_DRIVERS) | {ep.name for ep in entry_points(ENTRY_POINT_GROUP)})
             raise InvalidArgument(
                 f"no storage driver named {name!r} (known: {', '.join(known)})",
                 hint=f"install the package that provides it (entry-point group {ENTRY_POINT_GROUP!r})",

@@ -33,11 +33,6 @@ from ..errors import InvalidArgument, InvalidName
 from ..validation import check_name
 from .services import Option, OptionError, Output, Service, known_services, resolve_path, service_class
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 __all__ = ["ConfigError", "StreamingConfig", "StreamerConfig", "load_config", "parse_config"]
 
 
@@ -108,6 +103,12 @@ def load_config(path: str | os.PathLike[str]) -> StreamingConfig:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ConfigError(path, "file", None, not_regular, hint="pass --config PATH to a TOML file")
+    # The TOML parser is imported when a file is read, not with the package: `sqlstream -h`
+    # and `import sqlstream.streaming` need none (tests/test_startup.py).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     with os.fdopen(fd, "rb") as fh:
         try:
             data = tomllib.load(fh)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import functools
 import json
 import logging
@@ -227,6 +228,7 @@ def _message_headers(headers: Mapping[str, str] | None) -> tuple[str | None, dic
 # prepare_options), so a value the relay could not use is refused before anything runs,
 # as a ConfigError naming the option -- not retried for ever, nor found when it runs.
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 MAX_SECONDS = 9_223_372_036.0  # the longest JetStream duration (int64 nanoseconds)
 MAX_IN_FLIGHT = 65_536  # unacknowledged messages (held in memory); far past any gain
 MAX_BATCH = 10_000  # messages per fetch and local transaction
@@ -1220,11 +1222,13 @@ class JetStreamSource(_Relay):
         self.durable = subject_token(str(self.options["durable"] or name))
         self.batch = int(self.options["batch"])
         self.dead_letter: str | None = self.options["dead_letter"]
+        self.generation = 0  # which stream of the name `stream` (Store.source_generation)
 
     def _item(self, headers: Mapping[str, str] | None, data: bytes, seq: int) -> SourceItem:
         """The record to store for message ``seq``, or (``problem`` set) why it cannot be one."""
         where = f"JetStream stream {self.stream!r} sequence {seq}"
-        dedup_id = f"{self.stream}:{seq}"
+        # A stream created again under its name numbers from 1 again: its ids name it.
+        dedup_id = f"{self.stream}:{seq}" if not self.generation else f"{self.stream}#{self.generation}:{seq}"
         try:
             key, own, ctype = _message_headers(headers)
         except ValueError as exc:
@@ -1254,6 +1258,36 @@ class JetStreamSource(_Relay):
                              ) from exc
         log.info("streamer %r: created JetStream stream %r (subjects %s)", self.name, self.stream, subjects)
 
+    async def _stream_created(self, jsm: Any) -> int | None:
+        """When the server created JetStream stream ``stream`` (µs since the epoch), creating
+        it first with ``create = true``; None when the server does not say. A missing stream
+        without ``create`` raises RelayError."""
+        nats = _nats()
+        try:
+            try:
+                info = await jsm.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                if not self.options["create"]:
+                    raise
+                await self._create_stream(jsm)
+                info = await jsm.stream_info(self.stream)
+        except nats.js.errors.NotFoundError as exc:
+            raise RelayError(f"streamer {self.name!r}: JetStream stream {self.stream!r} does not exist",
+                             hint="create it on the server, or set create = true (with subjects) in the "
+                                  "config, or fix `stream`") from exc
+        except nats.js.errors.APIError as exc:
+            if _is_transient_api_error(exc):
+                raise _Transient(f"cannot read stream {self.stream!r}: {exc}") from exc
+            raise RelayError(f"streamer {self.name!r}: cannot read JetStream stream {self.stream!r}: {exc}") from exc
+        except (nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            raise _Transient(f"JetStream did not answer: {exc}") from exc
+        created = getattr(info, "created", None)
+        if not isinstance(created, datetime.datetime):
+            return None
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=datetime.timezone.utc)
+        return (created - _EPOCH) // datetime.timedelta(microseconds=1)
+
     async def _session(self, nc: nats.aio.client.Client, store: Store, stop: threading.Event, once: bool) -> bool:
         nats = _nats()
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: PLC0415 - optional dependency
@@ -1261,6 +1295,10 @@ class JetStreamSource(_Relay):
         timeout = float(self.options["connect_timeout"]) + 3
         js = nc.jetstream(timeout=timeout)
         jsm = nc.jsm(timeout=timeout)
+        # A JetStream stream deleted and created again under its name numbers its messages
+        # from 1 again: the position (and the dedup ids) of the earlier one do not apply.
+        created = await self._stream_created(jsm)
+        self.generation = await asyncio.to_thread(store.source_generation, self.name, self.stream, created)
         known = await asyncio.to_thread(store.source_position, self.name)
         position = known[1] if known is not None and known[0] == self.stream else 0
         # The local position is the truth: everything up to it is stored, nothing above.

@@ -17,11 +17,10 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as _metadata
 from typing import Any, ClassVar
 
 from ..errors import InvalidArgument
-from ..plugins import load_object
+from ..plugins import entry_points, load_object
 from .store import Block, Store
 
 __all__ = ["Service", "Option", "OptionError", "Output", "output_directory", "ENTRY_POINT_GROUP", "BUILTIN_SERVICES", "service_class", "known_services"]
@@ -173,7 +172,7 @@ class Service(ABC):
 
 def known_services() -> list[str]:
     """Every service name the registry can build (built-ins and entry points)."""
-    return sorted(set(BUILTIN_SERVICES) | {ep.name for ep in _metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    return sorted(set(BUILTIN_SERVICES) | {ep.name for ep in entry_points(ENTRY_POINT_GROUP)})
 
 
 def service_class(kind: str) -> type[Service]:
@@ -181,7 +180,7 @@ def service_class(kind: str) -> type[Service]:
     if kind in BUILTIN_SERVICES:
         cls = load_object(BUILTIN_SERVICES[kind])
     else:
-        found = [ep for ep in _metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
+        found = [ep for ep in entry_points(ENTRY_POINT_GROUP) if ep.name == kind]
         if not found:
             raise InvalidArgument(
                 f"no streaming service named {kind!r} (known: {', '.join(known_services())})",

@@ -206,6 +206,8 @@ class SourceResult:
 # aside), whereas any other error (the disk is full, the stream is sealed) fails the batch.
 _RECORD_FAULTS = (InvalidArgument, InvalidValue, InvalidName, PayloadTooLarge)
 _COPIED_PREFIX = "relay_copied:"
+_SOURCE_CREATED_PREFIX = "jetstream_source_created:"
+_SOURCE_GENERATION_PREFIX = "jetstream_source_generation:"
 
 
 def _text(data: Any) -> bytes:
@@ -518,6 +520,39 @@ class Store:
                 conn.execute("UPDATE streaming_cursors SET last_error = NULL, error_at = NULL WHERE service = ?",
                              (service,))
         return SourceResult(stored, poisoned)
+
+    def source_generation(self, service: str, js_stream: str, created: int | None) -> int:
+        """Which JetStream stream of the name ``js_stream`` the source ``service`` reads now:
+        0 for the first one it has seen, one more for each one created later under that
+        name (deleted and created again on the server, which numbers its messages from 1
+        again). ``created`` is the server's creation time of the stream (µs; None when the
+        server does not say: then the stream is taken for the one seen before).
+
+        When ``created`` differs from the one recorded, the stream is a new one: the
+        position read from it goes back to 0 (the new stream's messages 1, 2, ... are not
+        the earlier ones, stored already) and the generation grows (the dedup ids of its
+        messages name it, so none is taken for the earlier stream's message of the same
+        sequence). One transaction; the rows are ``counters`` named
+        ``jetstream_source_created:{service}`` and ``jetstream_source_generation:{service}``.
+        """
+        created_key = f"{_SOURCE_CREATED_PREFIX}{service}"
+        generation_key = f"{_SOURCE_GENERATION_PREFIX}{service}"
+        with self.db.engine.write(wakes=False) as conn:
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (generation_key,)).fetchone()
+            generation = 0 if row is None else int(row[0])
+            if created is None:
+                return generation
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (created_key,)).fetchone()
+            if row is not None and int(row[0]) != created:
+                generation += 1
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                             "SET value = excluded.value", (generation_key, generation))
+                conn.execute("UPDATE jetstream_sources SET sequence = 0 WHERE service = ? AND js_stream = ?",
+                             (service, js_stream))
+            if row is None or int(row[0]) != created:
+                conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                             "SET value = excluded.value", (created_key, created))
+        return generation
 
     def source_position(self, service: str) -> tuple[str, int, int, int] | None:
         """(JetStream stream, highest sequence stored, messages stored, updated_at µs), or None."""
