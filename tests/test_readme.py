@@ -78,7 +78,10 @@ def find_block(first_line: str) -> tuple[int, str, str]:
 def _env(bin_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "SQLSTREAM_DB"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PATH"] = str(bin_dir) + os.pathsep + env.get("PATH", "")
+    # The interpreter's own scripts folder too (datasette, sqlstream): a venv's python run
+    # without activating the venv still finds the commands installed beside it.
+    scripts = Path(sys.executable).parent
+    env["PATH"] = os.pathsep.join([str(bin_dir), str(scripts), env.get("PATH", "")])
     return env
 
 
