@@ -51,6 +51,8 @@ from . import database as _database
 from .database import DEFAULT_QUERY_MAX_BYTES, Database, QueryResult
 from .engine import blocking_in_transaction
 from .errors import ConcurrencyError, DatabaseClosed, InvalidArgument, WritePending
+from .fencing import FencedAppend
+from .lifetimes import Lifetime
 from .producer import Producer
 from .readers import Reader, ReaderInfo
 from .records import Chunk, Record, StreamInfo
@@ -616,6 +618,26 @@ class AsyncDatabase:
     async def trim(self, stream: str, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self._call(self.sync.trim, stream, before_offset, force=force)
 
+    # Lifetimes (sqlstream.lifetimes): expiry, forks, soft deletion.
+    async def fork_stream(self, name: str, source: str, offset: int | None = None, **options: Any) -> AsyncStream:
+        """``Database.fork_stream`` (partial, metadata, ttl, expires_at)."""
+        return AsyncStream(self, await self._call(self.sync.fork_stream, name, source, offset, **options))
+
+    async def set_expiry(self, name: str, *, ttl: float | None = None, expires_at: float | None = None) -> None:
+        await self._call(self.sync.set_expiry, name, ttl=ttl, expires_at=expires_at)
+
+    async def touch(self, name: str) -> None:
+        await self._call(self.sync.touch, name)
+
+    async def lifetime(self, name: str) -> Lifetime:
+        return await self._call(self.sync.lifetime, name)
+
+    async def retire_stream(self, name: str) -> bool:
+        return await self._call(self.sync.retire_stream, name)
+
+    async def expire_streams(self) -> list[str]:
+        return await self._call(self.sync.expire_streams)
+
     async def query(
         self, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None,
         max_rows: int | None = None, max_bytes: int = DEFAULT_QUERY_MAX_BYTES,
@@ -765,6 +787,10 @@ class AsyncStream:
 
     async def seal(self) -> bool:
         return await self.adb._call(self.sync.seal)
+
+    async def append_fenced(self, values: Sequence[Any], **options: Any) -> FencedAppend:
+        """``Stream.append_fenced`` (producer, epoch, seq, writer_seq, seal): one atomic batch."""
+        return await self.adb._call(self.sync.append_fenced, list(values), **options)
 
     async def trim(self, before_offset: int | None = None, *, force: bool = False) -> TrimResult:
         return await self.adb._call(self.sync.trim, before_offset, force=force)

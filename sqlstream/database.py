@@ -22,6 +22,7 @@ from . import connection as cx
 from .checkpoint import checkpoint_mode
 from . import consumer as _consumer
 from . import dedup as _dedup
+from . import lifetimes as _lifetimes
 from . import lineage as _lineage
 from . import producer as _producer
 from . import ranges as _ranges
@@ -40,6 +41,7 @@ from .engine import (
     Engine,
     WriteScope,
 )
+from .lifetimes import Lifetime
 from .errors import (
     CorruptDatabase,
     DatabaseError,
@@ -861,6 +863,37 @@ class Database:
         return Consumer(
             self, subscription, handler, name=name, batch=batch, concurrency=concurrency, nack_delay=nack_delay
         )
+
+
+    # ----------------------------------------------------------------- lifetimes (sqlstream.lifetimes)
+
+    def fork_stream(self, name: str, source: str, offset: int | None = None, *, partial: int = 0,
+                    metadata: dict[str, Any] | None = None, ttl: float | None = None,
+                    expires_at: float | None = None) -> Stream:
+        """Create ``name`` as a copy of ``source``'s records below ``offset`` at the same offsets
+        (see :func:`sqlstream.lifetimes.fork_stream` for the contract)."""
+        return _lifetimes.fork_stream(self, name, source, offset, partial=partial, metadata=metadata,
+                                      ttl=ttl, expires_at=expires_at)
+
+    def set_expiry(self, name: str, *, ttl: float | None = None, expires_at: float | None = None) -> None:
+        """Give a stream a sliding ``ttl`` and/or an absolute ``expires_at`` (see ``sqlstream.lifetimes``)."""
+        _lifetimes.set_expiry(self, name, ttl=ttl, expires_at=expires_at)
+
+    def touch(self, name: str) -> None:
+        """Restart a stream's TTL window; quiet (wakes no reader)."""
+        _lifetimes.touch(self, name)
+
+    def lifetime(self, name: str) -> Lifetime:
+        """A stream's expiry, fork origin and (soft) deletion state."""
+        return _lifetimes.lifetime(self, name)
+
+    def retire_stream(self, name: str) -> bool:
+        """Delete a stream, or soft-delete it while forks name it (False); see ``sqlstream.lifetimes``."""
+        return _lifetimes.retire_stream(self, name)
+
+    def expire_streams(self) -> builtins.list[str]:
+        """Retire every expired stream; return their names."""
+        return _lifetimes.expire_streams(self)
 
 
 class Transaction(WriteScope):

@@ -22,6 +22,10 @@ __all__ = [
     "OffsetOutOfRange",
     "WritePending",
     "ConcurrencyError",
+    "StaleEpoch",
+    "SequenceGap",
+    "SequenceRegression",
+    "StreamGone",
     "StorageFull",
     "WriteError",
     "LockTimeout",
@@ -138,6 +142,31 @@ class ConcurrencyError(SqlstreamError):
     """An optimistic-concurrency check (``expect_offset``) failed."""
 
     cli_hint = "check `sqlstream info NAME` and retry with the new --expect-offset"
+
+
+class StaleEpoch(ConcurrencyError):
+    """A producer's epoch is older than the stream's for it: a fenced zombie (``current_epoch``)."""
+
+    def __init__(self, message: str, *, current_epoch: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or "a restarted producer takes a higher epoch")
+        self.current_epoch = current_epoch
+
+
+class SequenceGap(ConcurrencyError):
+    """A producer's ``seq`` skips ahead of the next expected one (``expected``, ``received``)."""
+
+    def __init__(self, message: str, *, expected: int, received: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.expected = expected
+        self.received = received
+
+
+class SequenceRegression(ConcurrencyError):
+    """A writer sequence token does not follow (byte-wise) the last one the stream accepted."""
+
+
+class StreamGone(SqlstreamError):
+    """The stream was deleted while forks still read from it (soft-deleted), or it expired."""
 
 
 class StorageFull(SqlstreamError):

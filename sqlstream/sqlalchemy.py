@@ -276,6 +276,35 @@ file_lineage = Table(
     Column("upto_txn", INTEGER, nullable=False),
 )
 
+producers = Table(
+    "producers", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    Column("producer", TEXT, nullable=False),
+    Column("epoch", INTEGER, nullable=False),
+    Column("seq", INTEGER, nullable=False),
+    Column("updated_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("stream_id", "producer"),
+    sqlite_with_rowid=False,
+)
+
+writer_seqs = Table(
+    "writer_seqs", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", TEXT, nullable=False),
+)
+
+stream_lifetimes = Table(
+    "stream_lifetimes", metadata,
+    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True),
+    Column("ttl", REAL),
+    Column("expires_at", INTEGER),
+    Column("touched_at", INTEGER, nullable=False),
+    Column("source", TEXT),
+    Column("fork_offset", INTEGER),
+    Column("deleted_at", INTEGER),
+    Index("stream_lifetimes_by_source", "source", sqlite_where=text("source IS NOT NULL")),
+)
+
 # The Kafka-protocol listener's state (version 12, sqlstream.kafka).
 kafka_topics = Table(
     "kafka_topics", metadata,

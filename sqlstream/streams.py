@@ -16,6 +16,7 @@ import apsw
 
 from . import connection as cx
 from . import dedup as _dedup
+from . import fencing as _fencing
 from . import ranges as _ranges
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
@@ -191,6 +192,32 @@ class Stream:
             info = self.info()
             return range(info.next_offset, info.next_offset)
         return self.db.engine.append_rows(self.name, self._secret, prepared, expect_offset)
+
+    def append_fenced(
+        self,
+        values: Sequence[Any],
+        *,
+        producer: str | None = None,
+        epoch: int | None = None,
+        seq: int | None = None,
+        writer_seq: str | None = None,
+        seal: bool = False,
+    ) -> _fencing.FencedAppend:
+        """Append ``values`` (one batch) as an idempotent producer and/or with a writer
+        sequence token, optionally sealing the stream in the same transaction.
+
+        ``producer``/``epoch``/``seq`` (all or none): a batch already accepted is a
+        duplicate (nothing stored, ``duplicate=True``, even on a sealed stream); an older
+        epoch raises ``StaleEpoch`` (``current_epoch``); a skipped seq ``SequenceGap``
+        (``expected``, ``received``); a new epoch must start at seq 0. ``writer_seq`` must
+        be byte-wise greater than the stream's last one (``SequenceRegression``).
+        ``seal=True`` seals after storing (with no values: seal only). Atomic: checks,
+        records, producer state and seal commit together; on any error nothing changes.
+        Also raises ``StreamNotFound``, ``StreamSealed``, ``AccessDenied``, ``InvalidArgument``.
+        See ``sqlstream.fencing``.
+        """
+        return _fencing.append_fenced(self.db.engine, self.name, values, self.extend, self.seal, producer=producer,
+                                      epoch=epoch, seq=seq, writer_seq=writer_seq, seal=seal)
 
     def seal(self) -> bool:
         """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.

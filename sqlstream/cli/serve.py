@@ -33,17 +33,22 @@ def register(command: CommandFactory) -> None:
         "run the streaming services of a config file (e.g. the Cosmos ADR-038 file streamer)",
         "sqlstream --db app.db serve --config sqlstream.toml\n"
         "sqlstream --db app.db serve --config sqlstream.toml --once\n"
-        "sqlstream --db app.db serve --config sqlstream.toml --status",
+        "sqlstream --db app.db serve --config sqlstream.toml --status\n"
+        "sqlstream --db app.db serve --http 127.0.0.1:4437",
         details="Runs until SIGINT/SIGTERM, woken by commits. Each service resumes after the\n"
                 "last block it finished (its cursor is kept in the database).",
     )
     sub.add_argument("--config", metavar="FILE",
-                     help="the TOML configuration (see README); optional with --kafka")
+                     help="the TOML configuration (see README); optional with --kafka or --http")
+    sub.add_argument("--http", metavar="HOST:PORT",
+                     help="also serve the file over HTTP as Durable Streams (needs the http extra; "
+                          "overrides [http] listen; loopback unless a token or --insecure)")
     sub.add_argument("--kafka", metavar="HOST:PORT",
                      help="also serve the Kafka protocol on HOST:PORT (needs the kafka extra; "
                           "loopback unless SASL or --insecure)")
     sub.add_argument("--insecure", action="store_true",
-                     help="let --kafka bind a non-loopback address without SASL credentials")
+                     help="let --kafka bind a non-loopback address without SASL credentials, and "
+                          "--http one without a token")
     sub.add_argument("--skip-trimmed", action="store_true",
                      help="go past records retention trimmed before a service streamed them (logged); "
                           "without it the service stops naming them")
@@ -62,8 +67,8 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     from ..streaming import Runner, StreamingConfig, load_config
     from ..streaming.runner import RunResult
 
-    if args.config is None and args.kafka is None:
-        raise CliError("serve needs --config FILE, --kafka HOST:PORT, or both",
+    if args.config is None and args.kafka is None and args.http is None:
+        raise CliError("serve needs --config FILE, --kafka HOST:PORT, --http HOST:PORT, or several",
                        hint="sqlstream --db app.db serve --kafka 127.0.0.1:9092")
     config = load_config(args.config) if args.config is not None else StreamingConfig("<none>", None)
     path = _database_path(args, config.db)
@@ -101,13 +106,22 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                     bar = None
         kafka = _start_kafka(args, config, path, err) if not args.once else None
         try:
+            http = _start_http(args, config, path, err) if not args.once else None
+        except BaseException:
+            if kafka is not None:
+                kafka.close()
+            raise
+        try:
             if services:
                 result = runner.run(once=args.once, progress=catch_up)
             else:
                 result = RunResult()
-                while not stop.wait(0.5):  # only the Kafka listener: until SIGINT/SIGTERM
-                    pass
+                while not stop.wait(0.5):  # only the listeners: until SIGINT/SIGTERM
+                    if http is not None and http.wait(0):
+                        raise CliError(f"the HTTP server stopped: {http.error!r}")
         finally:
+            if http is not None:
+                http.stop(10.0)  # drains: live reads answered, requests in hand finished
             if kafka is not None:
                 kafka.close()
             for sig, handler in previous.items():
@@ -138,6 +152,26 @@ def _start_kafka(args: argparse.Namespace, config: StreamingConfig, path: str, e
     err.write(f"kafka: listening on {running.bootstrap_servers}\n")
     err.flush()
     return running
+
+
+def _start_http(args: argparse.Namespace, config: StreamingConfig, path: str, err: IO[str]) -> Any:
+    """The HTTP front of ``--http`` or ``[http]``, running on its own thread (or None)."""
+    if args.http is None and config.http is None:
+        return None
+    try:
+        # Imported here: uvicorn and prometheus_client are the optional extra "http".
+        from ..http.config import http_settings
+        from ..http.server import HttpServer, parse_listen
+    except ImportError as exc:
+        raise CliError(f"the HTTP front needs the http extra ({exc.name} is missing)",
+                       hint='pip install "sqlstream[http]"') from None
+    settings = http_settings(config.http, config.path)
+    host, port = parse_listen(args.http or settings.listen)
+    server = HttpServer(path, host, port, settings.config, insecure=args.insecure or settings.insecure)
+    server.start()
+    err.write(f"serving {path} at {server.url}{settings.config.prefix}/{{stream}}\n")
+    err.flush()
+    return server
 
 
 def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

@@ -71,13 +71,16 @@ class StreamingConfig:
     #: The ``[kafka]`` table as written (validated by ``sqlstream.kafka.config.settings_from_config``,
     #: which needs the optional ``kafka`` extra); None when the file has none.
     kafka: Mapping[str, Any] | None = None
+    #: The ``[http]`` table as written (validated by ``sqlstream.http.config``, which needs
+    #: the optional ``http`` extra); None when the file has none.
+    http: dict[str, Any] | None = None
 
     def build(self) -> list[Service]:
         """One service per configured streamer, in ``store.streamers`` order."""
         return [s.build() for s in self.streamers]
 
 
-_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "kafka": "table"}
+_TOP = {"sqlstream": "table", "store": "table", "streamers": "table", "kafka": "table", "http": "table"}
 _KIND_NAMES = {"str": "a string", "path": "a string (a path)", "bool": "true or false", "int": "an integer",
                "number": "a number", "table": "a table", "list": "a list of strings"}
 
@@ -246,7 +249,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> StreamingCo
         streamers.append(StreamerConfig(name, kind, tuple(keys), options))
     _refuse_overlaps(path, streamers)
     return StreamingConfig(os.path.abspath(path) if not path.startswith("<") else path, db, tuple(streamers),
-                           data.get("kafka"))
+                           data.get("kafka"), data.get("http"))
 
 
 def _refuse_overlaps(path: str, streamers: list[StreamerConfig]) -> None:

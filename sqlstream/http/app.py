@@ -1,0 +1,940 @@
+"""The Durable Streams ASGI application: one sqlstream file served over HTTP.
+
+``create_app(path_or_db, config)`` returns a plain ASGI callable (raw ASGI, no framework:
+long-lived responses and client disconnects are handled directly, and the app mounts
+inside any ASGI app, Starlette and FastAPI included). Every stream URL
+``{prefix}/{name}`` is the sqlstream stream ``name``: same records, same offsets.
+It uses :mod:`sqlstream.aio` only: statements run on the AsyncDatabase's worker thread,
+and live reads (long-poll, SSE) wait on futures completed by sqlstream's wake-ups, so a
+record appended by any process wakes them and no thread is parked per connection.
+
+Contracts:
+
+- A request's writes are one transaction (create + initial body + expiry + close; an
+  append with its producer state, writer sequence and close).
+- A client that goes away mid long-poll or mid SSE is noticed (``http.disconnect``) and
+  its wait is cancelled at once: nothing stays behind (tasks, wake-up registrations).
+- Limits: request bodies up to the file's ``max_record_bytes`` (413), request headers up
+  to ``max_header_bytes`` (431), at most ``max_live`` open live reads (503 with
+  ``Retry-After``); with a ``token`` every request but ``/healthz`` needs
+  ``Authorization: Bearer <token>`` (401).
+- ``close()`` ends every live read (long-polls answer 204, SSE streams end) and closes the
+  database: the drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from .. import aio
+from ..errors import (
+    AccessDenied,
+    InvalidArgument,
+    InvalidName,
+    InvalidValue,
+    OffsetOutOfRange,
+    PayloadTooLarge,
+    SequenceGap,
+    SequenceRegression,
+    SqlstreamError,
+    StaleEpoch,
+    StreamExists,
+    StreamGone,
+    StreamNotFound,
+    StreamSealed,
+)
+from ..lifetimes import Lifetime
+from ..records import Record, StreamInfo
+from ..streams import Stream
+from ..validation import check_name
+from . import protocol as p
+from .metrics import Metrics
+from .protocol import ProtocolError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Records fetched per read while assembling a response.
+_READ_BATCH = 1000
+_EXPOSED = ", ".join((
+    "Stream-Next-Offset", "Stream-Up-To-Date", "Stream-Closed", "Stream-Cursor", "Stream-TTL",
+    "Stream-Expires-At", "Stream-Write-Secret", "Stream-SSE-Data-Encoding", "Producer-Epoch", "Producer-Seq",
+    "Producer-Expected-Seq", "Producer-Received-Seq", "ETag", "Location", "Content-Type", "Retry-After",
+))
+_ALLOWED_HEADERS = ", ".join((
+    "Content-Type", "Authorization", "If-None-Match", "Stream-TTL", "Stream-Expires-At", "Stream-Seq",
+    "Stream-Closed", "Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset", "Stream-Write-Secret",
+    "Producer-Id", "Producer-Epoch", "Producer-Seq",
+))
+_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
+
+
+@dataclass
+class HttpConfig:
+    """How the HTTP front serves a file (the ``[http]`` table of ``sqlstream serve``)."""
+
+    prefix: str = "/v1/stream"
+    """URL path under which stream names live: ``{prefix}/{name}``."""
+    token: str | None = None
+    """When set, every request but ``/healthz`` needs ``Authorization: Bearer <token>``."""
+    long_poll_timeout: float = 20.0
+    """Seconds a long-poll waits for data before answering 204."""
+    sse_max_seconds: float = 60.0
+    """An SSE response ends after this long (clients reconnect; lets CDNs collapse)."""
+    max_live: int = 1000
+    """Open long-poll/SSE responses at most; more get 503 + Retry-After."""
+    max_header_bytes: int = 16384
+    """Total size of a request's headers; larger get 431."""
+    max_chunk_bytes: int = 1024 * 1024
+    """A catch-up response carries about this many bytes; the client asks again for more."""
+    web_view: bool = True
+    """``GET /`` serves the live web view (streams, lag, a live tail)."""
+    cache_control: str = "public, max-age=60, stale-while-revalidate=300"
+    """Cache-Control of catch-up reads (``private, ...`` when a token is set)."""
+    metrics: bool = True
+    """``GET /metrics`` serves Prometheus metrics."""
+    retry_after: int = 1
+    """Seconds in the Retry-After of a 503."""
+    open_options: dict[str, Any] = field(default_factory=dict)
+    """Options for ``sqlstream.aio.open`` when the app opens the file itself."""
+
+
+class _Response:
+    """Status, headers and body of a plain (non-streaming) response."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers if headers is not None else {}
+        self.body = body
+
+
+class _Stream:
+    """What a request needs to know of a stream (one snapshot)."""
+
+    __slots__ = ("name", "info", "content_type", "json", "ttl", "expires_at")
+
+    def __init__(self, name: str, info: StreamInfo, ttl: float | None, expires_at: float | None) -> None:
+        self.name = name
+        self.info = info
+        self.content_type = str(info.metadata.get("content_type") or p.DEFAULT_CONTENT_TYPE)
+        self.json = p.is_json(self.content_type)
+        self.ttl = ttl
+        self.expires_at = expires_at
+
+    @property
+    def sealed(self) -> bool:
+        return self.info.sealed_at is not None
+
+
+class DurableStreamsApp:
+    """The ASGI application (see the module docstring). Create with :func:`create_app`."""
+
+    def __init__(self, target: str | aio.AsyncDatabase, config: HttpConfig | None = None) -> None:
+        self.config = config or HttpConfig()
+        self.prefix = "/" + self.config.prefix.strip("/") if self.config.prefix.strip("/") else ""
+        self._path = target if isinstance(target, str) else None
+        self._db = None if isinstance(target, str) else target
+        self._owns_db = isinstance(target, str)
+        self._opening = asyncio.Lock()
+        self._closing = asyncio.Event()
+        self.live = 0
+        self.metrics = Metrics()
+        if self.config.token is not None and self.config.cache_control.startswith("public"):
+            self.config.cache_control = "private" + self.config.cache_control[len("public"):]
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def db(self) -> aio.AsyncDatabase:
+        """The AsyncDatabase, opened on first use (on the serving loop)."""
+        if self._db is None:
+            async with self._opening:
+                if self._db is None:
+                    assert self._path is not None
+                    self._db = await aio.open(self._path, **self.config.open_options)
+        return self._db
+
+    def begin_drain(self) -> None:
+        """Make every live read end now (long-polls answer, SSE streams close); call on the loop."""
+        self._closing.set()
+
+    async def close(self) -> None:
+        """End every live read, then close the database if the app opened it."""
+        self._closing.set()
+        for _ in range(200):  # live reads end at their next step; wait a little for them
+            if self.live == 0:
+                break
+            await asyncio.sleep(0.01)
+        if self._owns_db and self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        status = await self._http(scope, receive, send)
+        self.metrics.request(scope["method"], status, time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.db()
+                except SqlstreamError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ----------------------------------------------------------------- routing
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
+        headers = _headers(scope)
+        method = scope["method"]
+        path: str = scope.get("path", "/")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        try:
+            if sum(len(k) + len(v) for k, v in scope["headers"]) > self.config.max_header_bytes:
+                raise ProtocolError(431, "request headers too large")
+            if method == "OPTIONS":
+                return await _send(send, _Response(204, {"access-control-max-age": "86400"}), headers)
+            if path == "/healthz":
+                await (await self.db()).query("SELECT 1")
+                return await _send(send, _Response(200, {"content-type": "text/plain"}, b"ok\n"), headers)
+            self._authorize(headers)
+            if path.startswith(self.prefix + "/") and len(path) > len(self.prefix) + 1:
+                name = path[len(self.prefix) + 1:]
+                return await self._stream_request(method, name, scope, headers, receive, send)
+            if method in ("GET", "HEAD"):
+                response = await self._site(path, headers)
+                if response is not None:
+                    if method == "HEAD":
+                        response.body = b""
+                    return await _send(send, response, headers)
+            raise ProtocolError(404, "not found")
+        except ProtocolError as exc:
+            return await _send(send, _error(exc.status, str(exc), exc.headers), headers)
+        except SqlstreamError as exc:
+            return await _send(send, _from_sqlstream(exc), headers)
+
+    def _authorize(self, headers: dict[str, str]) -> None:
+        if self.config.token is None:
+            return
+        given = headers.get("authorization", "")
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(),
+                                                                   self.config.token.encode()):
+            raise ProtocolError(401, "missing or wrong bearer token", {"www-authenticate": "Bearer"})
+
+    async def _site(self, path: str, headers: dict[str, str]) -> _Response | None:
+        if path == "/metrics" and self.config.metrics:
+            db = await self.db()
+            body, ctype = self.metrics.render(await db.streams(), await db.subscriptions(),
+                                              await _streaming_status(db), self.live)
+            return _Response(200, {"content-type": ctype, "cache-control": "no-store"}, body)
+        if path == "/" and self.config.web_view:
+            page = importlib.resources.files("sqlstream.http").joinpath("view.html").read_bytes()
+            page = page.replace(b"{{PREFIX}}", self.prefix.encode())
+            return _Response(200, {"content-type": "text/html; charset=utf-8", "cache-control": "no-store",
+                                   "content-security-policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                                                              "script-src 'unsafe-inline'"}, page)
+        if path == "/streams.json" and self.config.web_view:
+            db = await self.db()
+            infos = await db.streams()
+            listing = [{"name": i.name, "records": i.count, "bytes": i.byte_length, "next_offset": i.next_offset,
+                        "closed": i.sealed_at is not None,
+                        "content_type": i.metadata.get("content_type", p.DEFAULT_CONTENT_TYPE),
+                        "lag_seconds": None if i.last_append_at is None else max(0.0, time.time() - i.last_append_at)}
+                       for i in infos]
+            return _Response(200, {"content-type": "application/json", "cache-control": "no-store"},
+                             json.dumps(listing).encode())
+        return None
+
+    async def _stream_request(self, method: str, name: str, scope: Scope, headers: dict[str, str],
+                              receive: Receive, send: Send) -> int:
+        try:
+            check_name(name)
+        except InvalidName as exc:
+            raise ProtocolError(400, str(exc)) from None
+        if name == "__ds" or name.startswith("__ds/"):
+            raise ProtocolError(404, "the __ds control namespace is reserved (subscriptions are not served yet)")
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                                                keep_blank_values=True).items()}
+        if method == "PUT":
+            body = await self._body(receive, headers)
+            base = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{scope.get('root_path', '')}"
+            return await _send(send, await self._create(name, headers, body, base), headers)
+        if method == "POST":
+            body = await self._body(receive, headers)
+            return await _send(send, await self._append(name, headers, body), headers)
+        if method == "HEAD":
+            return await _send(send, await self._head(name), headers)
+        if method == "DELETE":
+            return await _send(send, await self._delete(name, headers), headers)
+        if method == "GET":
+            return await self._read(name, headers, query, receive, send)
+        raise ProtocolError(405, f"method {method} not allowed", {"allow": _METHODS})
+
+    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        limit = (await self.db()).sync.max_record_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ProtocolError(400, "client went away before sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(413, f"request body exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    # ----------------------------------------------------------------- stream lookups
+
+    async def _find(self, name: str, *, touch: bool) -> _Stream:
+        """The stream, or ProtocolError: 404 (absent or expired: then retired), 410 (soft-deleted)."""
+        db = await self.db()
+        try:
+            life = await db.lifetime(name)
+            if life.deleted:
+                raise ProtocolError(410, f"stream {name!r} was deleted")
+            if life.expired:
+                try:
+                    await db.retire_stream(name)
+                except (StreamNotFound, StreamGone):
+                    pass
+                raise ProtocolError(404, f"stream {name!r} expired")
+            if touch and life.ttl is not None:
+                await db.touch(name)
+            info = await db.stream_info(name)
+        except StreamNotFound:
+            raise ProtocolError(404, f"no stream {name!r}") from None
+        return _Stream(name, info, life.ttl, life.expires_at)
+
+    def _stream_headers(self, st: _Stream, end: tuple[int, int] | None = None) -> dict[str, str]:
+        """Content type, Stream-Next-Offset (``end`` = (offset, byte position), default the
+        tail), Stream-Closed, Stream-TTL / Stream-Expires-At."""
+        h = {"content-type": st.content_type, p.NEXT_OFFSET: p.format_offset(*(end or _tail(st.info)))}
+        if st.sealed:
+            h[p.CLOSED] = "true"
+        if st.ttl is not None:
+            h[p.TTL] = str(int(st.ttl))
+        if st.expires_at is not None:
+            h[p.EXPIRES_AT] = p.format_rfc3339(st.expires_at)
+        return h
+
+    # ----------------------------------------------------------------- PUT
+
+    async def _create(self, name: str, headers: dict[str, str], body: bytes, base: str) -> _Response:
+        db = await self.db()
+        ctype_given = headers.get("content-type")
+        ttl = expires_at = None
+        if p.TTL in headers:
+            ttl = p.parse_uint(headers[p.TTL], "Stream-TTL")
+        if p.EXPIRES_AT in headers:
+            expires_at = p.parse_rfc3339(headers[p.EXPIRES_AT])
+        if ttl is not None and expires_at is not None:
+            raise ProtocolError(400, "give Stream-TTL or Stream-Expires-At, not both")
+        closed = p.is_true(headers.get(p.CLOSED))
+        secret = p.WRITE_SECRET in headers
+        fork = await self._fork_request(headers, ctype_given)
+        ctype = (ctype_given or "").strip() or (fork[2] if fork else p.DEFAULT_CONTENT_TYPE)
+        if fork is not None and p.media_type(ctype) != p.media_type(fork[2]):
+            raise ProtocolError(409, f"a fork has its source's content type {fork[2]!r}")
+        meta: dict[str, Any] = {"content_type": ctype}
+        if fork is not None:
+            meta.update(forked_from=fork[0], fork_offset=fork[1], fork_sub_offset=fork[3])
+        existing = await self._existing(name, meta, ttl, expires_at, closed)
+        if existing is not None:
+            return existing
+        values = self._values(ctype, body, allow_empty_json=True) if body else []
+        try:
+            async with db.transaction():
+                if fork is not None:
+                    source, offset, _src_ctype, sub = fork
+                    stream = await self._fork(db, name, source, offset, sub, meta, ttl, expires_at)
+                else:
+                    stream = await db.create_stream(name, metadata=meta, secret=secret)
+                    if ttl is not None or expires_at is not None:
+                        await db.set_expiry(name, ttl=ttl, expires_at=expires_at)
+                if values or closed:
+                    await stream.append_fenced(values, seal=closed)
+        except StreamExists:
+            existing = await self._existing(name, meta, ttl, expires_at, closed)
+            if existing is not None:
+                return existing
+            raise ProtocolError(409, f"stream {name!r} exists with another configuration") from None
+        st = await self._find(name, touch=False)
+        h = self._stream_headers(st)
+        h["location"] = base + self.prefix + "/" + name
+        if stream.write_secret is not None:
+            h[p.WRITE_SECRET] = stream.write_secret
+        return _Response(201, h)
+
+    async def _fork_request(self, headers: dict[str, str],
+                            ctype: str | None) -> tuple[str, int | None, str, int] | None:
+        """(source name, fork offset or None for its tail, source content type, sub-offset) of a fork PUT."""
+        if p.FORKED_FROM not in headers:
+            if p.FORK_OFFSET in headers or p.FORK_SUB_OFFSET in headers:
+                raise ProtocolError(400, "Stream-Fork-Offset needs Stream-Forked-From")
+            return None
+        source_path = headers[p.FORKED_FROM].strip()
+        source = source_path[len(self.prefix) + 1:] if source_path.startswith(self.prefix + "/") else source_path.lstrip("/")
+        try:
+            check_name(source)
+        except InvalidName:
+            raise ProtocolError(404, f"no source stream at {source_path!r}") from None
+        offset = p.parse_token(headers[p.FORK_OFFSET].strip(), "Stream-Fork-Offset") if p.FORK_OFFSET in headers else None
+        sub = p.parse_uint(headers[p.FORK_SUB_OFFSET], "Stream-Fork-Sub-Offset") if p.FORK_SUB_OFFSET in headers else 0
+        db = await self.db()
+        try:
+            life = await db.lifetime(source)
+            info = await db.stream_info(source)
+        except StreamNotFound:
+            raise ProtocolError(404, f"no source stream {source!r}") from None
+        if life.deleted:
+            raise ProtocolError(409, f"source stream {source!r} was deleted")
+        if life.expired:
+            raise ProtocolError(404, f"source stream {source!r} expired")
+        if offset is not None and offset > info.next_offset:
+            raise ProtocolError(400, f"fork offset is past the end of {source!r}")
+        src_ctype = str(info.metadata.get("content_type") or p.DEFAULT_CONTENT_TYPE)
+        return source, offset, src_ctype, sub
+
+    async def _fork(self, db: aio.AsyncDatabase, name: str, source: str, offset: int | None, sub: int,
+                    meta: dict[str, Any], ttl: int | None, expires_at: float | None) -> aio.AsyncStream:
+        info = await db.stream_info(source)
+        at = info.next_offset if offset is None else offset
+        partial = 0
+        if sub:
+            if p.is_json(meta["content_type"]):
+                at += sub  # JSON mode: one message per record
+                if at > info.next_offset:
+                    raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the end of the source")
+            else:
+                partial = sub
+        try:
+            stream = await db.fork_stream(name, source, at, partial=partial, metadata=meta,
+                                          ttl=None if ttl is None else float(ttl), expires_at=expires_at)
+        except OffsetOutOfRange as exc:
+            raise ProtocolError(400, str(exc)) from None
+        except InvalidArgument as exc:
+            raise ProtocolError(400, str(exc)) from None
+        except StreamGone as exc:
+            raise ProtocolError(409, str(exc)) from None
+        return stream
+
+    async def _existing(self, name: str, meta: dict[str, Any], ttl: int | None, expires_at: float | None,
+                        closed: bool) -> _Response | None:
+        """200 when ``name`` exists with this configuration, 409 when with another; None if absent."""
+        db = await self.db()
+        try:
+            life = await db.lifetime(name)
+            info = await db.stream_info(name)
+        except StreamNotFound:
+            return None
+        if life.deleted:
+            raise ProtocolError(409, f"stream {name!r} was deleted but forks still use it; its name is taken")
+        if life.expired:
+            try:
+                await db.retire_stream(name)
+            except (StreamNotFound, StreamGone):
+                pass
+            else:
+                return None
+        st = _Stream(name, info, life.ttl, life.expires_at)
+        have = info.metadata
+        same = (p.media_type(str(have.get("content_type", p.DEFAULT_CONTENT_TYPE))) == p.media_type(meta["content_type"])
+                and st.sealed == closed and _same_fork(have, meta) and _same_expiry(life, ttl, expires_at))
+        if not same:
+            raise ProtocolError(409, f"stream {name!r} exists with another configuration")
+        return _Response(200, self._stream_headers(st))
+
+    # ----------------------------------------------------------------- POST
+
+    def _values(self, ctype: str, body: bytes, *, allow_empty_json: bool = False) -> list[Any]:
+        """A request body as record values: JSON messages, text (text/*) or bytes."""
+        if p.is_json(ctype):
+            return [_json_value(m) for m in p.parse_json_messages(body, allow_empty=allow_empty_json)]
+        if p.media_type(ctype).startswith("text/"):
+            try:
+                return [body.decode("utf-8")]
+            except UnicodeDecodeError:
+                return [body]
+        return [body]
+
+    async def _append(self, name: str, headers: dict[str, str], body: bytes) -> _Response:
+        db = await self.db()
+        closing = p.is_true(headers.get(p.CLOSED))
+        producer = p.parse_producer(headers)
+        st = await self._find(name, touch=True)
+        if not body and not closing:
+            raise ProtocolError(400, "an append needs a body (or Stream-Closed: true to close)")
+        if st.sealed and not producer:
+            if not body:
+                return _Response(204, self._stream_headers(st))
+            raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st))
+        if body:
+            given = headers.get("content-type")
+            if not given:
+                raise ProtocolError(400, "an append with a body needs a Content-Type")
+            if p.media_type(given) != p.media_type(st.content_type) and not st.sealed:
+                raise ProtocolError(409, f"stream {name!r} holds {st.content_type}, not {given}")
+        values = self._values(st.content_type, body) if body else []
+        stream = await self._writable(db, st, headers)
+        try:
+            result = await stream.append_fenced(
+                values, producer=producer.producer if producer else None, epoch=producer.epoch if producer else None,
+                seq=producer.seq if producer else None, writer_seq=headers.get(p.SEQ), seal=closing)
+        except StreamSealed:
+            st = await self._find(name, touch=False)
+            raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st)) from None
+        except StaleEpoch as exc:
+            raise ProtocolError(403, str(exc), {p.PRODUCER_EPOCH: str(exc.current_epoch)}) from None
+        except SequenceGap as exc:
+            raise ProtocolError(409, str(exc), {p.PRODUCER_EXPECTED_SEQ: str(exc.expected),
+                                                p.PRODUCER_RECEIVED_SEQ: str(exc.received)}) from None
+        except SequenceRegression as exc:
+            raise ProtocolError(409, str(exc)) from None
+        except InvalidArgument as exc:
+            raise ProtocolError(400, str(exc)) from None
+        h = {p.NEXT_OFFSET: p.format_offset(result.next_offset, result.byte_length)}
+        if result.sealed or (result.duplicate and st.sealed):
+            h[p.CLOSED] = "true"
+        elif result.duplicate:
+            info = await db.stream_info(name)
+            if info.sealed_at is not None:
+                h[p.CLOSED] = "true"
+        if producer:
+            h[p.PRODUCER_EPOCH] = str(result.epoch)
+            h[p.PRODUCER_SEQ] = str(result.seq)
+            return _Response(200 if result.offsets else 204, h)
+        return _Response(204, h)
+
+    def _closed_headers(self, st: _Stream) -> dict[str, str]:
+        return {p.CLOSED: "true", p.NEXT_OFFSET: p.format_offset(*_tail(st.info))}
+
+    async def _writable(self, db: aio.AsyncDatabase, st: _Stream, headers: dict[str, str]) -> aio.AsyncStream:
+        """A handle that may write: a secret stream needs its secret in Stream-Write-Secret (403)."""
+        if not st.info.secret:
+            return _handle(db, st.name)
+        secret = headers.get(p.WRITE_SECRET, "")
+        try:
+            stream = await db.writer(secret)
+        except (StreamNotFound, InvalidValue):
+            raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret") from None
+        if stream.name != st.name:
+            raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret")
+        return stream
+
+    # ----------------------------------------------------------------- HEAD, DELETE
+
+    async def _head(self, name: str) -> _Response:
+        st = await self._find(name, touch=False)
+        h = self._stream_headers(st)
+        h["cache-control"] = "no-store"
+        return _Response(200, h)
+
+    async def _delete(self, name: str, headers: dict[str, str]) -> _Response:
+        db = await self.db()
+        st = await self._find(name, touch=False)
+        await self._writable(db, st, headers)
+        try:
+            await db.retire_stream(name)
+        except StreamGone:
+            raise ProtocolError(410, f"stream {name!r} was deleted") from None
+        return _Response(204)
+
+    # ----------------------------------------------------------------- GET
+
+    async def _read(self, name: str, headers: dict[str, str], query: dict[str, str], receive: Receive,
+                    send: Send) -> int:
+        live = query.get("live")
+        if live not in (None, "long-poll", "sse"):
+            raise ProtocolError(400, f"live must be long-poll or sse, not {live!r}")
+        if live is not None and "offset" not in query:
+            raise ProtocolError(400, f"live={live} needs an offset")
+        offset = p.parse_offset(query.get("offset"))
+        st = await self._find(name, touch=True)
+        start = st.info.next_offset if offset.now else max(offset.position or 0, 0)
+        if offset.position is not None and offset.position >= 0 and start > st.info.next_offset:
+            raise ProtocolError(400, f"offset is past the end of stream {name!r}")
+        if start < st.info.first_offset and not (offset.position == -1 and st.info.first_offset >= start):
+            raise ProtocolError(410, f"offset {start} was removed by retention; the first retained offset is "
+                                     f"{p.format_offset(st.info.first_offset, st.info.first_position)}")
+        if offset.position == -1:
+            start = st.info.first_offset
+        if live == "sse":
+            return await self._sse(st, start, query.get("cursor"), headers, receive, send)
+        if live == "long-poll":
+            return await self._long_poll(st, start, query.get("cursor"), headers, receive, send)
+        if offset.now:
+            h = self._stream_headers(st)
+            h.update({p.UP_TO_DATE: "true", "cache-control": "no-store"})
+            return await _send(send, _Response(200, h, b"[]" if st.json else b""), headers)
+        return await _send(send, await self._catch_up(st, start, headers), headers)
+
+    async def _chunk(self, st: _Stream, start: int, *,
+                     fresh: bool = False) -> tuple[bytes | None, tuple[int, int], StreamInfo]:
+        """Up to ``max_chunk_bytes`` from ``start``: (payload, or None when there are no
+        records; the end as (offset, byte position); the stream's info: ``st.info`` when
+        the read ended exactly at its tail and ``fresh`` is not asked for (after a wake-up:
+        the stream may have been sealed), else a snapshot taken after the read)."""
+        db = await self.db()
+        stream = _handle(db, st.name)
+        budget = self.config.max_chunk_bytes
+        parts: list[bytes] = []
+        at = start
+        end_position: int | None = None
+        while budget > 0 and end_position is None:
+            try:
+                records = await stream.read(at, _READ_BATCH)
+            except OffsetOutOfRange:
+                raise ProtocolError(410, "the requested offset was removed by retention") from None
+            if not records:
+                break
+            for rec in records:
+                data = _json_of(rec) if st.json else _bytes_of(rec)
+                if parts and len(data) > budget:
+                    end_position = rec.position  # the first record left out starts here
+                    break
+                parts.append(data)
+                budget -= len(data)
+                at = rec.offset + 1
+            if len(records) < _READ_BATCH:
+                break
+        info = st.info
+        if fresh or end_position is not None or at != info.next_offset:
+            # The read did not end exactly at the snapshot's tail: the stream has moved
+            # since (or the chunk is cut): take a fresh snapshot. Ending at the snapshot's
+            # tail, the snapshot is the answer "as of when the response was made".
+            info = await db.stream_info(st.name)
+        if end_position is None:
+            if at >= info.next_offset:
+                end_position = info.byte_length
+            else:
+                end_position = (await stream.read(at, 1))[0].position
+        end = (at, end_position)
+        if not parts:
+            return None, end, info
+        if st.json:
+            return b"[" + b",".join(parts) + b"]", end, info
+        return b"".join(parts), end, info
+
+    async def _catch_up(self, st: _Stream, start: int, headers: dict[str, str]) -> _Response:
+        payload, end, info = await self._chunk(st, start)
+        st.info = info
+        closed = info.sealed_at is not None and end[0] >= info.next_offset
+        h = self._stream_headers(st, end)
+        h.pop(p.CLOSED, None)
+        if end[0] >= info.next_offset:
+            h[p.UP_TO_DATE] = "true"
+        if closed:
+            h[p.CLOSED] = "true"
+        tag = p.etag(str(info.created_at), start, end[0], closed)
+        h["etag"] = tag
+        h["cache-control"] = self.config.cache_control if payload is not None and not closed else "no-store"
+        if headers.get("if-none-match") == tag:
+            return _Response(304, h)
+        if payload is None:
+            payload = b"[]" if st.json else b""
+        return _Response(200, h, payload)
+
+    def _enter_live(self) -> None:
+        if self.live >= self.config.max_live:
+            raise ProtocolError(503, "too many live connections", {"retry-after": str(self.config.retry_after)})
+        self.live += 1
+        self.metrics.live(self.live)
+
+    def _leave_live(self) -> None:
+        self.live -= 1
+        self.metrics.live(self.live)
+
+    async def _wait(self, st: _Stream, at: int, timeout: float, disconnected: asyncio.Future[None]) -> bool:
+        """Wait until a record at ``at`` exists, the stream is sealed, ``timeout`` passes, the
+        client goes away or the app closes. True when there may be something to send."""
+        db = await self.db()
+        stream = _handle(db, st.name)
+        reader = asyncio.ensure_future(stream.read(at, 1, timeout=timeout))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            pending: set[asyncio.Future[Any]] = {reader, disconnected, closing}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not reader.done():
+                reader.cancel()
+        if reader.done() and not reader.cancelled():
+            exc = reader.exception()
+            if isinstance(exc, StreamNotFound):
+                raise ProtocolError(404, f"stream {st.name!r} was deleted")
+            if exc is not None:
+                raise exc
+            return True
+        return False
+
+    async def _long_poll(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
+                         receive: Receive, send: Send) -> int:
+        if start >= st.info.next_offset and st.sealed:
+            h = self._stream_headers(st)
+            h.update({p.UP_TO_DATE: "true", "cache-control": "no-store"})
+            return await _send(send, _Response(204, h), headers)
+        if start < st.info.next_offset:
+            response = await self._catch_up(st, start, headers)
+            response.headers[p.CURSOR] = p.cursor(client_cursor)
+            return await _send(send, response, headers)
+        self._enter_live()
+        disconnected = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await self._wait(st, start, self.config.long_poll_timeout, disconnected)
+            if disconnected.done():
+                return 499  # nobody to answer
+            db = await self.db()
+            try:
+                st.info = await db.stream_info(st.name)
+            except StreamNotFound:
+                raise ProtocolError(404, f"stream {st.name!r} was deleted") from None
+            if start < st.info.next_offset:
+                response = await self._catch_up(st, start, headers)
+                response.headers[p.CURSOR] = p.cursor(client_cursor)
+                return await _send(send, response, headers)
+            h = self._stream_headers(st)
+            h.update({p.UP_TO_DATE: "true", "cache-control": "no-store"})
+            if not st.sealed:
+                h[p.CURSOR] = p.cursor(client_cursor)
+            return await _send(send, _Response(204, h), headers)
+        finally:
+            disconnected.cancel()
+            self._leave_live()
+
+    async def _sse(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
+                   receive: Receive, send: Send) -> int:
+        self._enter_live()
+        disconnected = asyncio.ensure_future(_disconnect(receive))
+        try:
+            h = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+            text = p.is_text(st.content_type)
+            if not text:
+                h[p.SSE_ENCODING] = "base64"
+            await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(h, headers)})
+            deadline = time.monotonic() + self.config.sse_max_seconds
+            at = start
+            cur = p.cursor(client_cursor)
+            woke = False
+            while not disconnected.done() and not self._closing.is_set():
+                payload, end, info = await self._chunk(st, at, fresh=woke)
+                st.info = info
+                at = end[0]
+                closed = info.sealed_at is not None and at >= info.next_offset
+                control: dict[str, Any] = {"streamNextOffset": p.format_offset(*end)}
+                if closed:
+                    control.update(streamClosed=True, upToDate=True)
+                else:
+                    control["streamCursor"] = cur
+                    if at >= info.next_offset:
+                        control["upToDate"] = True
+                frame = b"" if payload is None else p.sse_data(payload, text=text)
+                if payload is not None or closed or at == start:
+                    await send({"type": "http.response.body", "body": frame + p.sse_event("control", json.dumps(
+                        control, separators=(",", ":"))), "more_body": True})
+                    start = -1  # the first control event is out
+                if closed:
+                    break
+                if at < info.next_offset:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await self._wait(st, at, remaining, disconnected)
+                woke = True
+            if not disconnected.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 200
+        except (ProtocolError, SqlstreamError):
+            # The response has started: a stream deleted (or the file closed) under a live
+            # SSE ends it; the client reconnects and gets the status then.
+            if not disconnected.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 200
+        finally:
+            disconnected.cancel()
+            self._leave_live()
+
+
+def create_app(target: str | aio.AsyncDatabase, config: HttpConfig | None = None, **options: Any) -> DurableStreamsApp:
+    """The ASGI app serving ``target`` (a path, opened on first use; or an open AsyncDatabase,
+    which the caller keeps and closes). ``options`` set :class:`HttpConfig` fields."""
+    if config is None:
+        config = HttpConfig(**options)
+    elif options:
+        raise InvalidArgument("give an HttpConfig or keyword options, not both")
+    return DurableStreamsApp(target, config)
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _handle(db: aio.AsyncDatabase, name: str) -> aio.AsyncStream:
+    """A handle on a stream the request has just found, without asking the file again
+    (``db.stream`` would re-check that it exists; reads and appends raise
+    ``StreamNotFound`` anyway if it went away since)."""
+    return aio.AsyncStream(db, Stream(db.sync, name))
+
+
+def _tail(info: StreamInfo) -> tuple[int, int]:
+    return info.next_offset, info.byte_length
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        key = k.decode("latin-1").lower()
+        value = v.decode("latin-1")
+        out[key] = out[key] + ", " + value if key in out else value
+    return out
+
+
+def _raw_headers(h: dict[str, str], request: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    out = dict(h)
+    out.setdefault("x-content-type-options", "nosniff")
+    out.setdefault("cross-origin-resource-policy", "cross-origin")
+    origin = request.get("origin")
+    out["access-control-allow-origin"] = origin or "*"
+    if origin:
+        out["vary"] = "Origin"
+    out["access-control-expose-headers"] = _EXPOSED
+    if request.get("access-control-request-method") is not None:
+        out["access-control-allow-methods"] = _METHODS
+        out["access-control-allow-headers"] = request.get("access-control-request-headers") or _ALLOWED_HEADERS
+    return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in out.items()]
+
+
+async def _send(send: Send, response: _Response, request: dict[str, str]) -> int:
+    body = response.body
+    h = dict(response.headers)
+    if response.status not in (204, 304):
+        h["content-length"] = str(len(body))
+    await send({"type": "http.response.start", "status": response.status, "headers": _raw_headers(h, request)})
+    await send({"type": "http.response.body", "body": body if response.status not in (204, 304) else b""})
+    return response.status
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Response:
+    h = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
+    h.update(headers or {})
+    return _Response(status, h, (message + "\n").encode("utf-8"))
+
+
+def _from_sqlstream(exc: SqlstreamError) -> _Response:
+    """The protocol's answer to a sqlstream error that no handler mapped."""
+    status = 500
+    if isinstance(exc, StreamNotFound):
+        status = 404
+    elif isinstance(exc, StreamGone):
+        status = 410
+    elif isinstance(exc, (StreamExists, StreamSealed)):
+        status = 409
+    elif isinstance(exc, PayloadTooLarge):
+        status = 413
+    elif isinstance(exc, AccessDenied):
+        status = 403
+    elif isinstance(exc, (InvalidArgument, InvalidValue, InvalidName)):
+        status = 400
+    elif isinstance(exc, OffsetOutOfRange):
+        status = 410
+    return _error(status, str(exc))
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client has gone away (the request body was read before)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _streaming_status(db: aio.AsyncDatabase) -> list[tuple[Any, ...]]:
+    """The streaming services' and relays' lag and last error (the ``streaming_progress`` view)."""
+    try:
+        result = await db.query("SELECT service, kind, lag, last_error FROM streaming_progress")
+    except SqlstreamError:
+        return []
+    return [tuple(r) for r in result.rows]
+
+
+def _json_value(message: Any) -> Any:
+    """A JSON message as a record value: sqlstream stores None as nothing, so JSON null is
+    kept as the bytes ``null`` (read back as JSON null)."""
+    return b"null" if message is None else message
+
+
+def _bytes_of(rec: Record) -> bytes:
+    value = rec.value
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return p.json_text(value).encode("utf-8")
+
+
+def _json_of(rec: Record) -> bytes:
+    """A record as one JSON message: JSON values as they are, text as a JSON string, bytes
+    verbatim when they are JSON text (else as a JSON string)."""
+    value = rec.value
+    if isinstance(value, bytes):
+        try:
+            json.loads(value.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return p.json_text(value.decode("utf-8", "replace")).encode("utf-8")
+        return value
+    return p.json_text(value).encode("utf-8")
+
+
+def _same_fork(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """A fork PUT matches an existing stream forked from the same source at the same point
+    (an omitted fork offset means "the tail", which matches the existing fork's)."""
+    if have.get("forked_from") != want.get("forked_from"):
+        return False
+    if want.get("forked_from") is None:
+        return True
+    return ((want.get("fork_offset") is None or have.get("fork_offset") == want.get("fork_offset"))
+            and have.get("fork_sub_offset", 0) == want.get("fork_sub_offset", 0))
+
+
+def _same_expiry(life: Lifetime, ttl: int | None, expires_at: float | None) -> bool:
+    """The requested expiry matches (a fork asked for none matches the one it inherited)."""
+    if ttl is None and expires_at is None and life.source is not None:
+        return True
+    return (life.ttl or None) == (None if ttl is None else float(ttl)) and _same_time(life.expires_at, expires_at)
+
+
+def _same_time(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) < 0.001

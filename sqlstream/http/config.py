@@ -1,0 +1,62 @@
+"""The ``[http]`` table of a ``sqlstream serve`` config, validated into an :class:`HttpConfig`.
+
+::
+
+    [http]
+    listen = "127.0.0.1:4437"     # HOST:PORT; another address than loopback needs a token
+    prefix = "/v1/stream"         # stream URLs are {prefix}/{name}
+    token = "..."                 # clients send Authorization: Bearer <token>
+    insecure = false              # serve a non-loopback address without a token anyway
+    long_poll_timeout = 20        # seconds
+    sse_max_seconds = 60
+    max_live = 1000               # open long-poll/SSE responses (more: 503 + Retry-After)
+    max_header_bytes = 16384      # (more: 431)
+    max_chunk_bytes = 1048576     # per catch-up response
+    web_view = true               # GET / : streams and a live tail
+    metrics = true                # GET /metrics : Prometheus
+
+The token may also come from the environment variable ``SQLSTREAM_HTTP_TOKEN`` (which
+wins), so it need not be written in a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ..streaming.config import ConfigError
+from .app import HttpConfig
+from .server import DEFAULT_PORT
+
+TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
+_OPTIONS: dict[str, type | tuple[type, ...]] = {
+    "listen": str, "prefix": str, "token": str, "insecure": bool, "long_poll_timeout": (int, float),
+    "sse_max_seconds": (int, float), "max_live": int, "max_header_bytes": int, "max_chunk_bytes": int,
+    "web_view": bool, "metrics": bool,
+}
+
+
+class HttpSettings(NamedTuple):
+    listen: str
+    insecure: bool
+    config: HttpConfig
+
+
+def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> HttpSettings:
+    """Validate an ``[http]`` table (None: all defaults); raises ``ConfigError``."""
+    values: dict[str, Any] = {}
+    for key, value in (table or {}).items():
+        if key not in _OPTIONS:
+            raise ConfigError(path, "http", key, "unknown option", hint=f"known: {', '.join(sorted(_OPTIONS))}")
+        kind = _OPTIONS[key]
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(path, "http", key, f"must be positive, not {value!r}")
+        values[key] = value
+    token = os.environ.get(TOKEN_ENV) or values.pop("token", None)
+    values.pop("token", None)
+    listen = values.pop("listen", f"127.0.0.1:{DEFAULT_PORT}")
+    insecure = values.pop("insecure", False)
+    return HttpSettings(listen, insecure, HttpConfig(token=token or None, **values))

@@ -1,0 +1,385 @@
+"""The Durable Streams HTTP front against a real uvicorn server on 127.0.0.1 (port 0) and a
+real HTTP client (httpx): one stream model for HTTP and Python, live reads woken by any
+process, and the safety limits (auth, secrets, 413, 431, 503, disconnects, SIGTERM).
+The official conformance suite runs in tests/test_http_conformance.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+import sqlstream  # noqa: E402
+from sqlstream.errors import InvalidArgument  # noqa: E402
+from sqlstream.http import HttpConfig  # noqa: E402
+from sqlstream.http import protocol as p  # noqa: E402
+from sqlstream.http.server import HttpServer, check_listen, parse_listen  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server(db_path: str) -> Iterator[HttpServer]:
+    with sqlstream.open(db_path):
+        pass  # the file exists before the server opens it
+    srv = HttpServer(db_path, "127.0.0.1", 0, HttpConfig(long_poll_timeout=5.0, max_live=4))
+    srv.start()
+    yield srv
+    srv.stop(10)
+
+
+@pytest.fixture
+def client(server: HttpServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url + "/v1/stream", timeout=20) as c:
+        yield c
+
+
+def _put(client: httpx.Client, name: str, ctype: str = "text/plain", body: bytes = b"", **headers: str) -> httpx.Response:
+    return client.put(f"/{name}", content=body, headers={"content-type": ctype, **headers})
+
+
+# ----------------------------------------------------------------- protocol rules (pure)
+
+
+def test_offset_tokens_sort_as_their_offsets_and_parse_back() -> None:
+    tokens = [p.format_offset(n, n * 7) for n in (0, 1, 9, 10, 99, 12345678)]
+    assert sorted(tokens) == tokens
+    assert [p.parse_offset(t).position for t in tokens] == [0, 1, 9, 10, 99, 12345678]
+    assert p.parse_offset(None).position == -1 and p.parse_offset("now").now
+    for bad in ("0,1", "abc", "00000001", "-2", "0000000000000000_0000000000000000/x"):
+        with pytest.raises(p.ProtocolError):
+            p.parse_offset(bad)
+
+
+def test_json_bodies_flatten_one_level_and_refuse_empty_appends() -> None:
+    assert p.parse_json_messages(b'[[1,2],{"a":1}]', allow_empty=False) == [[1, 2], {"a": 1}]
+    assert p.parse_json_messages(b'{"a":1}', allow_empty=False) == [{"a": 1}]
+    assert p.parse_json_messages(b"[]", allow_empty=True) == []
+    for bad in (b"[]", b"{", b"NaN", b"\xff"):
+        with pytest.raises(p.ProtocolError):
+            p.parse_json_messages(bad, allow_empty=False)
+
+
+def test_cursor_always_advances_past_an_echoed_one() -> None:
+    now = 1_800_000_000.0
+    current = int(p.cursor(None, now))
+    assert int(p.cursor(str(current), now)) > current
+    assert int(p.cursor(str(current + 500), now)) > current + 500
+    assert int(p.cursor(str(current - 5), now)) == current
+
+
+def test_listen_addresses_and_the_loopback_rule() -> None:
+    assert parse_listen("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_listen(":0") == ("127.0.0.1", 0)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    check_listen("127.0.0.1", None, False)
+    check_listen("::1", None, False)
+    check_listen("0.0.0.0", "tok", False)
+    check_listen("0.0.0.0", None, True)
+    with pytest.raises(InvalidArgument, match="without a token"):
+        check_listen("0.0.0.0", None, False)
+    with pytest.raises(InvalidArgument):
+        parse_listen("host:port")
+
+
+# ----------------------------------------------------------------- one stream model
+
+
+def test_http_streams_are_sqlstream_streams(server: HttpServer, client: httpx.Client, db_path: str) -> None:
+    assert _put(client, "orders", body=b"first").status_code == 201
+    r = client.post("/orders", content=b"second", headers={"content-type": "text/plain"})
+    assert r.status_code == 204
+    with sqlstream.open(db_path) as db:
+        recs = db.stream("orders").read()
+        assert [(x.offset, x.value) for x in recs] == [(0, "first"), (1, "second")]
+        db.stream("orders").append("third")  # from Python: HTTP readers see it at offset 2
+    r = client.get("/orders", params={"offset": "-1"})
+    assert r.text == "firstsecondthird"
+    assert p.parse_offset(r.headers["stream-next-offset"]).position == 3
+    mid = p.format_offset(1, len("first"))
+    assert client.get("/orders", params={"offset": mid}).text == "secondthird"
+
+
+def test_json_mode_keeps_messages_and_null(client: httpx.Client, db_path: str) -> None:
+    _put(client, "j", "application/json", b'[{"a":1},"s"]')
+    client.post("/j", content=b'[null, [1,2], 3.5, true]', headers={"content-type": "application/json"})
+    assert client.get("/j").json() == [{"a": 1}, "s", None, [1, 2], 3.5, True]
+    with sqlstream.open(db_path) as db:
+        assert [r.value for r in db.stream("j").read()] == [{"a": 1}, "s", b"null", [1, 2], 3.5, True]
+        db.stream("j").append({"from": "python"})
+    assert client.get("/j").json()[-1] == {"from": "python"}
+    assert client.post("/j", content=b"[]", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_idempotent_producer_over_http(client: httpx.Client) -> None:
+    _put(client, "p")
+    hdr = {"content-type": "text/plain", "producer-id": "w", "producer-epoch": "0", "producer-seq": "0"}
+    assert client.post("/p", content=b"a", headers=hdr).status_code == 200
+    assert client.post("/p", content=b"a", headers=hdr).status_code == 204  # the retry
+    gap = client.post("/p", content=b"c", headers={**hdr, "producer-seq": "5"})
+    assert gap.status_code == 409 and gap.headers["producer-expected-seq"] == "1"
+    client.post("/p", content=b"b", headers={**hdr, "producer-epoch": "1"})
+    stale = client.post("/p", content=b"z", headers={**hdr, "producer-seq": "1"})
+    assert stale.status_code == 403 and stale.headers["producer-epoch"] == "1"
+    assert client.get("/p").text == "ab"
+
+
+# ----------------------------------------------------------------- live reads
+
+
+def test_a_python_append_in_another_process_wakes_a_long_poll(client: httpx.Client, db_path: str) -> None:
+    _put(client, "live")
+    tail = client.head("/live").headers["stream-next-offset"]
+    result: dict[str, httpx.Response] = {}
+    reader = threading.Thread(target=lambda: result.update(r=client.get(
+        "/live", params={"offset": tail, "live": "long-poll"})))
+    reader.start()
+    time.sleep(0.3)
+    code = f"import sqlstream; sqlstream.open({db_path!r}).stream('live').append('from afar')"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    reader.join(10)
+    assert result["r"].status_code == 200 and result["r"].text == "from afar"
+
+
+def test_sse_tails_python_appends_and_ends_at_close(server: HttpServer, db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        s = db.create_stream("bin", metadata={"content_type": "application/octet-stream"})
+        s.append(b"\x00\x01")
+        events: list[tuple[str, str]] = []
+
+        def read() -> None:
+            with httpx.stream("GET", f"{server.url}/v1/stream/bin", params={"offset": "-1", "live": "sse"},
+                              timeout=20) as r:
+                assert r.headers["stream-sse-data-encoding"] == "base64"
+                event = ""
+                for line in r.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        events.append((event, line[5:]))
+
+        t = threading.Thread(target=read)
+        t.start()
+        time.sleep(0.3)
+        s.append(b"\xff")
+        time.sleep(0.3)
+        s.seal()
+        t.join(10)
+    data = b"".join(base64.b64decode(d) for e, d in events if e == "data")
+    assert data == b"\x00\x01\xff"
+    assert json.loads(events[-1][1])["streamClosed"] is True
+
+
+async def _hang_up(url: str, params: dict[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=5) as c:
+        async with c.stream("GET", url, params=params) as r:
+            if params["live"] == "sse":
+                async for _ in r.aiter_bytes():
+                    break  # the first event arrived: now hang up mid-stream
+
+
+def test_clients_that_hang_up_leave_nothing_behind(server: HttpServer, client: httpx.Client) -> None:
+    _put(client, "h")
+    app = server.app
+
+    def hang_ups(rounds: int) -> None:
+        for mode in ("sse", "long-poll") * rounds:
+            params = {"offset": "now", "live": mode}
+            try:
+                asyncio.run(asyncio.wait_for(_hang_up(f"{server.url}/v1/stream/h", params), 0.5))
+            except (asyncio.TimeoutError, TimeoutError):
+                pass  # the long-poll was still waiting: the client gave up on it
+        deadline = time.monotonic() + 5
+        while app.live and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    hang_ups(1)  # warm up: the file's wake-up watcher starts with the first live read
+    threads = sorted(t.name for t in threading.enumerate())
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    hang_ups(5)
+    assert app.live == 0
+    assert sorted(t.name for t in threading.enumerate()) == threads
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) <= fds
+    # The server still serves, and its wake-up registrations did not pile up.
+    assert client.get("/h").status_code == 200
+
+
+def test_live_connections_are_bounded_with_503_and_retry_after(server: HttpServer, client: httpx.Client) -> None:
+    _put(client, "busy")
+    url = f"{server.url}/v1/stream/busy"
+    results: list[int] = []
+    holders = [threading.Thread(target=lambda: results.append(httpx.get(
+        url, params={"offset": "now", "live": "long-poll"}, timeout=20).status_code)) for _ in range(4)]
+    for t in holders:
+        t.start()
+    deadline = time.monotonic() + 5
+    while server.app.live < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    refused = client.get("/busy", params={"offset": "now", "live": "sse"})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    client.post("/busy", content=b"x", headers={"content-type": "text/plain"})  # releases the long-polls
+    for t in holders:
+        t.join(10)
+    assert results == [200] * 4
+
+
+# ----------------------------------------------------------------- limits and safety
+
+
+def test_bodies_over_max_record_bytes_get_413_and_store_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "small.db")
+    with sqlstream.open(path):
+        pass
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(open_options={"max_record_bytes": 1000}))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream") as c:
+            _put(c, "s")
+            assert c.post("/s", content=b"x" * 1001, headers={"content-type": "text/plain"}).status_code == 413
+            chunked = c.post("/s", content=iter([b"x" * 600, b"x" * 600]), headers={"content-type": "text/plain"})
+            assert chunked.status_code == 413
+            assert c.post("/s", content=b"x" * 1000, headers={"content-type": "text/plain"}).status_code == 204
+            assert len(c.get("/s").content) == 1000
+    finally:
+        srv.stop(10)
+
+
+def test_oversized_headers_get_431(client: httpx.Client) -> None:
+    r = client.get("/x", headers={"x-big": "a" * 17000})
+    assert r.status_code in (431, 400)  # the app's bound (431) or h11's buffer before it (400)
+    assert client.get("/x", headers={"x-big": "a" * 15000}).status_code == 404
+
+
+def test_token_required_when_set(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    with sqlstream.open(path):
+        pass
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(token="s3cret"))
+    srv.start()
+    try:
+        assert httpx.put(srv.url + "/v1/stream/a").status_code == 401
+        assert httpx.put(srv.url + "/v1/stream/a", headers={"authorization": "Bearer nope"}).status_code == 401
+        ok = httpx.put(srv.url + "/v1/stream/a", content=b"data", headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 201
+        got = httpx.get(srv.url + "/v1/stream/a", headers={"authorization": "Bearer s3cret"})
+        assert got.headers["cache-control"].startswith("private")
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+    finally:
+        srv.stop(10)
+
+
+def test_secret_streams_take_writes_only_with_their_secret_header(client: httpx.Client) -> None:
+    r = _put(client, "log", **{"stream-write-secret": "new"})
+    secret = r.headers["stream-write-secret"]
+    assert client.post("/log", content=b"x", headers={"content-type": "text/plain"}).status_code == 403
+    bad = {"content-type": "text/plain", "stream-write-secret": "wrong"}
+    assert client.post("/log", content=b"x", headers=bad).status_code == 403
+    assert client.delete("/log").status_code == 403
+    good = {"content-type": "text/plain", "stream-write-secret": secret}
+    assert client.post("/log", content=b"x", headers=good).status_code == 204
+    assert client.get("/log").text == "x"  # reads need no secret
+
+
+def test_healthz_metrics_and_web_view(server: HttpServer, client: httpx.Client, db_path: str) -> None:
+    _put(client, "m", body=b"abc")
+    with sqlstream.open(db_path) as db:
+        sub = db.create_subscription("billing", "m")
+        db.stream("m").append(b"d")
+        sub.fetch("w1", max_records=1)  # one pending, one not yet delivered
+    root = httpx.Client(base_url=server.url)
+    assert root.get("/healthz").text == "ok\n"
+    text = root.get("/metrics").text
+    assert 'sqlstream_stream_records{stream="m"} 2.0' in text
+    assert 'sqlstream_stream_bytes{stream="m"} 4.0' in text
+    assert 'sqlstream_subscription_pending{stream="m",subscription="billing"} 1.0' in text
+    assert 'sqlstream_subscription_lag{stream="m",subscription="billing"} 1.0' in text
+    assert "sqlstream_http_requests_total" in text and "sqlstream_http_live_connections" in text
+    page = root.get("/")
+    assert page.status_code == 200 and "EventSource" in page.text
+    assert root.get("/streams.json").json()[0]["name"] == "m"
+    root.close()
+
+
+def test_cli_serve_http_drains_on_sigterm(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s")
+    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        url = line.split(" at ")[1].split("/v1/stream")[0]
+        result: dict[str, httpx.Response] = {}
+        poll = threading.Thread(target=lambda: result.update(r=httpx.get(
+            url + "/v1/stream/s", params={"offset": "now", "live": "long-poll"}, timeout=30)))
+        poll.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        poll.join(15)
+        assert proc.wait(15) == 0
+        assert result["r"].status_code == 204  # the live read was answered, not cut
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli.db")
+    with sqlstream.open(path):
+        pass
+    proc = subprocess.run([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "0.0.0.0:0"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1 and "without a token" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reads_below_retention_get_410_gone(client: httpx.Client, db_path: str) -> None:
+    _put(client, "r", body=b"a")
+    for part in (b"b", b"c"):
+        client.post("/r", content=part, headers={"content-type": "text/plain"})
+    with sqlstream.open(db_path) as db:
+        db.trim("r", 2)
+    assert client.get("/r", params={"offset": p.format_offset(0, 0)}).status_code == 410
+    assert client.get("/r", params={"offset": p.format_offset(2, 2)}).text == "c"
+    assert client.get("/r").text == "c"  # -1: from the first retained record
+
+
+def test_deleting_a_stream_ends_its_live_readers(server: HttpServer, client: httpx.Client) -> None:
+    _put(client, "gone")
+    done: list[str] = []
+
+    def sse() -> None:
+        with httpx.stream("GET", f"{server.url}/v1/stream/gone", params={"offset": "now", "live": "sse"},
+                          timeout=20) as r:
+            done.append("".join(r.iter_text()))
+
+    def poll() -> None:
+        done.append(str(httpx.get(f"{server.url}/v1/stream/gone", params={"offset": "now", "live": "long-poll"},
+                                  timeout=20).status_code))
+
+    readers = [threading.Thread(target=sse), threading.Thread(target=poll)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + 5
+    while server.app.live < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.delete("/gone").status_code == 204
+    for t in readers:
+        t.join(10)
+    assert "404" in done and any("event: control" in d for d in done)
+    assert server.app.live == 0
