@@ -383,3 +383,53 @@ def test_deleting_a_stream_ends_its_live_readers(server: HttpServer, client: htt
         t.join(10)
     assert "404" in done and any("event: control" in d for d in done)
     assert server.app.live == 0
+
+
+# ----------------------------------------------------------------- browser and network safety (findings B1-B5)
+
+
+def test_other_web_pages_get_no_cors_access_without_a_token(server: HttpServer, client: httpx.Client) -> None:
+    assert _put(client, "private", body=b"secret data").status_code == 201
+    evil = {"origin": "https://evil.example"}
+    pre = client.options("/private", headers={**evil, "access-control-request-method": "DELETE"})
+    assert "access-control-allow-origin" not in pre.headers and "access-control-allow-methods" not in pre.headers
+    read = client.get("/private", params={"offset": "-1"}, headers=evil)
+    assert read.status_code == 403 and "access-control-allow-origin" not in read.headers
+    # A "simple" POST (no preflight) from another page is refused, not stored.
+    post = client.post("/private", content=b" and more", headers={**evil, "content-type": "text/plain"})
+    assert post.status_code == 403
+    assert client.get("/private", params={"offset": "-1"}).content == b"secret data"
+    # The server's own pages (same origin, the web view) keep working.
+    same = client.get("/private", params={"offset": "-1"}, headers={"origin": server.url})
+    assert same.status_code == 200 and same.content == b"secret data"
+
+
+def test_cors_origins_opt_in_and_the_token_default(tmp_path: Path) -> None:
+    path = str(tmp_path / "c.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s").append(b"x")
+    app_origin = {"origin": "https://app.example"}
+    for config, origin, allowed in (
+        (HttpConfig(cors_origins=("https://app.example",)), app_origin, True),
+        (HttpConfig(cors_origins=("https://app.example",)), {"origin": "https://other.example"}, False),
+        (HttpConfig(token="t0ken"), {"origin": "https://any.example"}, True),  # bearer token: "*"
+        (HttpConfig(token="t0ken", cors_origins=()), app_origin, False),
+    ):
+        srv = HttpServer(path, "127.0.0.1", 0, config)
+        srv.start()
+        try:
+            with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20,
+                              headers={"authorization": "Bearer t0ken"}) as c:
+                pre = c.options("/s", headers={**origin, "access-control-request-method": "POST",
+                                               "access-control-request-private-network": "true"})
+                got = c.get("/s", params={"offset": "-1"}, headers=origin)
+        finally:
+            srv.stop(10)
+        if allowed:
+            assert pre.headers["access-control-allow-origin"] == origin["origin"]
+            assert "POST" in pre.headers["access-control-allow-methods"]
+            assert pre.headers["access-control-allow-private-network"] == "true"
+            assert got.status_code == 200 and got.headers["access-control-allow-origin"] == origin["origin"]
+        else:
+            assert pre.status_code == 403 and got.status_code == 403
+            assert "access-control-allow-origin" not in got.headers

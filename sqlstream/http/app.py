@@ -105,6 +105,12 @@ class HttpConfig:
     """``GET /metrics`` serves Prometheus metrics."""
     retry_after: int = 1
     """Seconds in the Retry-After of a 503."""
+    cors_origins: tuple[str, ...] | None = None
+    """Web origins (``https://app.example``) whose pages may call the API from a browser;
+    ``"*"``: any page. None (the default): ``("*",)`` with a token (a browser never attaches
+    a bearer token by itself, so a page needs the token to do anything), none without one
+    (else any page the user visits could read, append to and delete the local streams).
+    Same-origin pages (the web view) need no entry."""
     open_options: dict[str, Any] = field(default_factory=dict)
     """Options for ``sqlstream.aio.open`` when the app opens the file itself."""
 
@@ -207,8 +213,25 @@ class DurableStreamsApp:
 
     # ----------------------------------------------------------------- routing
 
+    def cors_allows(self, origin: str | None) -> bool:
+        """Whether a browser page of ``origin`` may read answers and send any request (CORS)."""
+        allowed = self.config.cors_origins
+        if allowed is None:
+            allowed = ("*",) if self.config.token is not None else ()
+        return origin is not None and ("*" in allowed or origin in allowed)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
         headers = _headers(scope)
+        origin = headers.get("origin")
+        if origin is not None and not self.cors_allows(origin):
+            # Refused, not just answered without CORS headers: a "simple" cross-origin POST
+            # (text/plain, forms) has no preflight, so it would append before the browser
+            # withheld the answer. A same-origin page (the web view) sends its own origin.
+            del headers["origin"]
+            if origin != f"{scope.get('scheme', 'http')}://{headers.get('host', '')}":
+                return await _send(send, _error(403, f"cross-origin requests from {origin} are not allowed "
+                                                     "(the server's [http] cors_origins lists the allowed ones)"),
+                                   headers)
         method = scope["method"]
         path: str = scope.get("path", "/")
         root = scope.get("root_path", "")
@@ -823,15 +846,19 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _raw_headers(h: dict[str, str], request: dict[str, str]) -> list[tuple[bytes, bytes]]:
     out = dict(h)
     out.setdefault("x-content-type-options", "nosniff")
+    out["vary"] = "Origin"
+    origin = request.get("origin")  # present only when CORS allows it (DurableStreamsApp._http)
+    if origin is None:
+        out.setdefault("cross-origin-resource-policy", "same-origin")
+        return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in out.items()]
     out.setdefault("cross-origin-resource-policy", "cross-origin")
-    origin = request.get("origin")
-    out["access-control-allow-origin"] = origin or "*"
-    if origin:
-        out["vary"] = "Origin"
+    out["access-control-allow-origin"] = origin
     out["access-control-expose-headers"] = _EXPOSED
     if request.get("access-control-request-method") is not None:
         out["access-control-allow-methods"] = _METHODS
         out["access-control-allow-headers"] = request.get("access-control-request-headers") or _ALLOWED_HEADERS
+        if request.get("access-control-request-private-network") == "true":
+            out["access-control-allow-private-network"] = "true"
     return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in out.items()]
 
 
