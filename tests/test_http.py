@@ -433,3 +433,25 @@ def test_cors_origins_opt_in_and_the_token_default(tmp_path: Path) -> None:
         else:
             assert pre.status_code == 403 and got.status_code == 403
             assert "access-control-allow-origin" not in got.headers
+
+
+def test_a_loopback_server_serves_only_loopback_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin
+    to itself; its requests name Host: evil.example, which a loopback server must not serve."""
+    path = str(tmp_path / "h.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("private").append(b"secret data")
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(allowed_hosts=("box.internal",)))
+    srv.start()
+    try:
+        url = srv.url + "/v1/stream/private"
+        for host, served in ((f"127.0.0.1:{srv.port}", True), (f"localhost:{srv.port}", True), ("[::1]", True),
+                             ("LocalHost", True), (f"box.internal:{srv.port}", True),
+                             ("evil.example", False), (f"evil.example:{srv.port}", False), ("127.0.0.1.evil.example", False)):
+            got = httpx.get(url, params={"offset": "-1"}, headers={"host": host, "origin": f"http://{host}"})
+            assert (got.status_code, got.content == b"secret data") == ((200, True) if served else (421, False)), host
+        posted = httpx.post(url, content=b"!", headers={"host": "evil.example", "content-type": "text/plain"})
+        assert posted.status_code == 421
+        assert httpx.get(url, params={"offset": "-1"}).content == b"secret data"
+    finally:
+        srv.stop(10)

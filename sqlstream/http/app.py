@@ -111,6 +111,10 @@ class HttpConfig:
     a bearer token by itself, so a page needs the token to do anything), none without one
     (else any page the user visits could read, append to and delete the local streams).
     Same-origin pages (the web view) need no entry."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (besides localhost and loopback addresses) that requests may name in their
+    ``Host`` header when the server listens on a loopback address; others get 421, so a
+    DNS-rebinding page (evil.example resolving to 127.0.0.1) is not served."""
     open_options: dict[str, Any] = field(default_factory=dict)
     """Options for ``sqlstream.aio.open`` when the app opens the file itself."""
 
@@ -220,8 +224,21 @@ class DurableStreamsApp:
             allowed = ("*",) if self.config.token is not None else ()
         return origin is not None and ("*" in allowed or origin in allowed)
 
+    def host_allowed(self, scope: Scope, host: str | None) -> bool:
+        """Whether a request naming ``host`` may be served: always unless the connection came to a
+        loopback address, where only loopback names, addresses and ``allowed_hosts`` are (DNS rebinding)."""
+        server = scope.get("server")
+        if host is None or not server or not p.is_loopback(str(server[0])):
+            return True
+        name = p.host_name(host)
+        return p.is_loopback(name) or name in (h.lower() for h in self.config.allowed_hosts)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
         headers = _headers(scope)
+        if not self.host_allowed(scope, headers.get("host")):
+            return await _send(send, _error(421, f"this server does not serve the host {headers.get('host')!r} "
+                                                 "(it listens on loopback; [http] allowed_hosts lists other names)"),
+                               {})
         origin = headers.get("origin")
         if origin is not None and not self.cors_allows(origin):
             # Refused, not just answered without CORS headers: a "simple" cross-origin POST

@@ -15,6 +15,7 @@
     web_view = true               # GET / : streams and a live tail
     metrics = true                # GET /metrics : Prometheus
     cors_origins = ["https://app.example"]  # browser pages of other origins allowed; "*": any
+    allowed_hosts = ["myhost.local"]  # Host names served on loopback besides localhost/127.x/[::1]
 
 The token may also come from the environment variable ``SQLSTREAM_HTTP_TOKEN`` (which
 wins), so it need not be written in a file.
@@ -34,7 +35,7 @@ TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
 _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "prefix": str, "token": str, "insecure": bool, "long_poll_timeout": (int, float),
     "sse_max_seconds": (int, float), "max_live": int, "max_header_bytes": int, "max_chunk_bytes": int,
-    "web_view": bool, "metrics": bool, "cors_origins": list,
+    "web_view": bool, "metrics": bool, "cors_origins": list, "allowed_hosts": list,
 }
 
 
@@ -57,8 +58,7 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
             raise ConfigError(path, "http", key, f"must be positive, not {value!r}")
         if isinstance(value, list):
             if not all(isinstance(item, str) and item for item in value):
-                raise ConfigError(path, "http", key, f"must be a list of origins (strings), not {value!r}",
-                                  hint='e.g. ["https://app.example"], or ["*"] for any page')
+                raise ConfigError(path, "http", key, f"must be a list of non-empty strings, not {value!r}")
             value = tuple(value)
         values[key] = value
     token = os.environ.get(TOKEN_ENV) or values.pop("token", None)

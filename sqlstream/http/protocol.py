@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import ipaddress
 import json
 import random
 import re
@@ -231,3 +232,21 @@ def sse_data(payload: bytes, *, text: bool) -> bytes:
 def etag(stream_id: str, start: int, end: int, closed: bool) -> str:
     """``"{stream}:{start}:{end}[:c]"``: changes with the range and with closure."""
     return f'"{stream_id}:{start}:{end}{":c" if closed else ""}"'
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, without port or brackets) names this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port (``[::1]:80`` -> ``::1``), lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header

@@ -15,7 +15,6 @@ buffer and by the app (431); bodies by the file's ``max_record_bytes`` (413).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import threading
 from typing import Any
@@ -24,6 +23,7 @@ import uvicorn
 
 from ..errors import InvalidArgument
 from .app import DurableStreamsApp, HttpConfig, create_app
+from .protocol import is_loopback
 
 DEFAULT_PORT = 4437
 
@@ -37,15 +37,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidArgument(f"listen address {text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:4437")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_listen(host: str, token: str | None, insecure: bool) -> None:
