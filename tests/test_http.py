@@ -455,3 +455,22 @@ def test_a_loopback_server_serves_only_loopback_host_names(tmp_path: Path) -> No
         assert httpx.get(url, params={"offset": "-1"}).content == b"secret data"
     finally:
         srv.stop(10)
+
+
+def test_numeric_options_must_be_finite_and_positive_when_loaded() -> None:
+    import tomllib
+
+    from sqlstream.http.app import NUMERIC_OPTIONS
+    from sqlstream.http.config import http_settings
+    from sqlstream.streaming.config import ConfigError
+
+    assert {"long_poll_timeout", "sse_max_seconds", "max_live"} <= set(NUMERIC_OPTIONS)
+    for key in NUMERIC_OPTIONS:
+        for text in ("nan", "inf", "-inf", "0", "-1", "0.0"):
+            table = tomllib.loads(f"[http]\n{key} = {text}\n")["http"]
+            with pytest.raises(ConfigError) as caught:
+                http_settings(table, "serve.toml")
+            assert caught.value.key == key and key in str(caught.value)
+            with pytest.raises(InvalidArgument, match=key):
+                HttpConfig(**{key: table[key]})
+    assert http_settings({"long_poll_timeout": 0.5}).config.long_poll_timeout == 0.5

@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import importlib.resources
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -117,6 +118,29 @@ class HttpConfig:
     DNS-rebinding page (evil.example resolving to 127.0.0.1) is not served."""
     open_options: dict[str, Any] = field(default_factory=dict)
     """Options for ``sqlstream.aio.open`` when the app opens the file itself."""
+
+    def __post_init__(self) -> None:
+        """Refuse numbers the server could not honour (``InvalidArgument`` naming the field)."""
+        for name in NUMERIC_OPTIONS:
+            problem = number_problem(getattr(self, name))
+            if problem is not None:
+                raise InvalidArgument(f"HttpConfig.{name} {problem}")
+
+
+NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_header_bytes", "max_chunk_bytes",
+                   "retry_after")
+"""The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
+
+
+def number_problem(value: object) -> str | None:
+    """Why ``value`` is not a usable count or number of seconds (None if it is): NaN would
+    make every comparison false (a long-poll then fails with the Python API's error), inf
+    a wait without end, 0 or less no service at all."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, not {value!r}"
+    if not math.isfinite(value) or value <= 0:
+        return f"must be a finite number > 0, not {value!r}"
+    return None
 
 
 class _Response:

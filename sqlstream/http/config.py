@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..streaming.config import ConfigError
-from .app import HttpConfig
+from .app import NUMERIC_OPTIONS, HttpConfig, number_problem
 from .server import DEFAULT_PORT
 
 TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
@@ -54,8 +54,9 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
         kind = _OPTIONS[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(path, "http", key, f"must be positive, not {value!r}")
+        problem = number_problem(value) if key in NUMERIC_OPTIONS else None
+        if problem is not None:
+            raise ConfigError(path, "http", key, problem)
         if isinstance(value, list):
             if not all(isinstance(item, str) and item for item in value):
                 raise ConfigError(path, "http", key, f"must be a list of non-empty strings, not {value!r}")
