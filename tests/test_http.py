@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -474,3 +475,85 @@ def test_numeric_options_must_be_finite_and_positive_when_loaded() -> None:
             with pytest.raises(InvalidArgument, match=key):
                 HttpConfig(**{key: table[key]})
     assert http_settings({"long_poll_timeout": 0.5}).config.long_poll_timeout == 0.5
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) rather than leaving it open; waits up
+    to the socket's timeout (generous: what is tested is that the close happens at all)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_are_bounded_and_slow_headers_time_out(tmp_path: Path) -> None:
+    """Slowloris: half-sent requests are closed after header_timeout (a long-poll, whose headers
+    are complete, is not), and connections past max_connections are closed when accepted."""
+    path = str(tmp_path / "s.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s").append(b"x")
+    half = b"GET /v1/stream/s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(header_timeout=0.5, long_poll_timeout=1.5))
+    srv.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        slow = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        slow.sendall(half)
+        assert _closed_by_server(silent) and _closed_by_server(slow)
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=30) as c:
+            assert c.get("/s", params={"offset": "-1"}).content == b"x"
+            # A kept-alive connection's next request is bounded the same way; a long-poll is not.
+            polled = c.get("/s", params={"offset": "now", "live": "long-poll"})
+            assert polled.status_code == 204
+        for s in (silent, slow):
+            s.close()
+    finally:
+        srv.stop(10)
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(max_connections=4, header_timeout=600))
+    srv.start()
+    held = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(4)]
+    try:
+        for s in held:
+            s.sendall(half)
+        extra = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(6)]
+        assert all(_closed_by_server(s) for s in extra)
+        for s in held[1:] + extra:
+            s.close()
+        held = held[:1]
+        got = None
+        for _attempt in range(100):  # the server notices the closes on its own loop
+            try:
+                got = httpx.get(srv.url + "/v1/stream/s", params={"offset": "-1"})
+            except httpx.TransportError:
+                continue
+            break
+        assert got is not None and got.content == b"x"
+    finally:
+        for s in held:
+            s.close()
+        srv.stop(10)
+
+
+def test_json_appends_carry_at_most_max_messages_per_append(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    with sqlstream.open(path):
+        pass
+    assert HttpConfig().max_messages_per_append == 10_000
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(max_messages_per_append=5))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as c:
+            json_type = {"content-type": "application/json"}
+            refused = c.put("/born", content=json.dumps(list(range(6))).encode(), headers=json_type)
+            assert refused.status_code == 413 and "max_messages_per_append" in refused.text
+            assert c.head("/born").status_code == 404
+            assert c.put("/j", content=json.dumps(list(range(5))).encode(), headers=json_type).status_code == 201
+            too_many = c.post("/j", content=json.dumps(list(range(6))).encode(), headers=json_type)
+            assert too_many.status_code == 413 and "at most 5" in too_many.text
+            assert c.post("/j", content=json.dumps([[0] * 100] * 5).encode(), headers=json_type).status_code == 204
+    finally:
+        srv.stop(10)
+    with sqlstream.open(path) as db:
+        assert db.stream("j").info().count == 10

@@ -106,6 +106,15 @@ class HttpConfig:
     """``GET /metrics`` serves Prometheus metrics."""
     retry_after: int = 1
     """Seconds in the Retry-After of a 503."""
+    max_messages_per_append: int = 10_000
+    """Messages one JSON-mode POST or PUT may carry (an array body is flattened into one record
+    per element, all in one transaction that holds the file's write lock); more get 413."""
+    max_connections: int = 1024
+    """Open connections at most (:class:`~sqlstream.http.server.HttpServer`): more are closed
+    when accepted, and 503 answers requests while that many run. Keep it above ``max_live``."""
+    header_timeout: float = 20.0
+    """Seconds a client has to send a request's headers (from connecting, or from the first
+    byte of a request on a kept-alive connection); slower connections are closed."""
     cors_origins: tuple[str, ...] | None = None
     """Web origins (``https://app.example``) whose pages may call the API from a browser;
     ``"*"``: any page. None (the default): ``("*",)`` with a token (a browser never attaches
@@ -128,7 +137,7 @@ class HttpConfig:
 
 
 NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_header_bytes", "max_chunk_bytes",
-                   "retry_after")
+                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append")
 """The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
 
 
@@ -545,7 +554,9 @@ class DurableStreamsApp:
     def _values(self, ctype: str, body: bytes, *, allow_empty_json: bool = False) -> list[Any]:
         """A request body as record values: JSON messages, text (text/*) or bytes."""
         if p.is_json(ctype):
-            return [_json_value(m) for m in p.parse_json_messages(body, allow_empty=allow_empty_json)]
+            messages = p.parse_json_messages(body, allow_empty=allow_empty_json,
+                                             limit=self.config.max_messages_per_append)
+            return [_json_value(m) for m in messages]
         if p.media_type(ctype).startswith("text/"):
             try:
                 return [body.decode("utf-8")]

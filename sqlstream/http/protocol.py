@@ -172,11 +172,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json_messages(body: bytes, *, allow_empty: bool) -> list[Any]:
+def parse_json_messages(body: bytes, *, allow_empty: bool, limit: int | None = None) -> list[Any]:
     """A JSON-mode body as messages: one value, or an array flattened one level.
 
     ``ProtocolError(400)`` for invalid JSON (NaN/Infinity included) and, unless
-    ``allow_empty`` (PUT), an empty array.
+    ``allow_empty`` (PUT), an empty array; ``ProtocolError(413)`` for more than ``limit``
+    messages (they would be stored in one transaction, holding the file's write lock).
     """
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
@@ -185,6 +186,9 @@ def parse_json_messages(body: bytes, *, allow_empty: bool) -> list[Any]:
     if isinstance(value, list):
         if not value and not allow_empty:
             raise ProtocolError(400, "an empty JSON array appends nothing")
+        if limit is not None and len(value) > limit:
+            raise ProtocolError(413, f"the JSON array holds {len(value)} messages; one request appends at most "
+                                     f"{limit} (max_messages_per_append): send them in several requests")
         return value
     return [value]
 
