@@ -319,12 +319,18 @@ def test_cli_serve_http_drains_on_sigterm(tmp_path: Path) -> None:
     path = str(tmp_path / "cli.db")
     with sqlstream.open(path) as db:
         db.create_stream("s")
-    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "127.0.0.1:0"],
+    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "127.0.0.1:0",
+                             "--cors-origin", "https://app.example"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         url = line.split(" at ")[1].split("/v1/stream")[0]
+        # --cors-origin lets that page's requests through, and only that page's.
+        for origin, status in (("https://app.example", 200), ("https://other.example", 403)):
+            got = httpx.get(url + "/v1/stream/s", params={"offset": "-1"}, headers={"origin": origin})
+            assert got.status_code == status and got.headers.get("access-control-allow-origin") == (
+                origin if status == 200 else None)
         result: dict[str, httpx.Response] = {}
         poll = threading.Thread(target=lambda: result.update(r=httpx.get(
             url + "/v1/stream/s", params={"offset": "now", "live": "long-poll"}, timeout=30)))
