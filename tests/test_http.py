@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -318,12 +319,18 @@ def test_cli_serve_http_drains_on_sigterm(tmp_path: Path) -> None:
     path = str(tmp_path / "cli.db")
     with sqlstream.open(path) as db:
         db.create_stream("s")
-    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "127.0.0.1:0"],
+    proc = subprocess.Popen([sys.executable, "-m", "sqlstream", "--db", path, "serve", "--http", "127.0.0.1:0",
+                             "--cors-origin", "https://app.example"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         url = line.split(" at ")[1].split("/v1/stream")[0]
+        # --cors-origin lets that page's requests through, and only that page's.
+        for origin, status in (("https://app.example", 200), ("https://other.example", 403)):
+            got = httpx.get(url + "/v1/stream/s", params={"offset": "-1"}, headers={"origin": origin})
+            assert got.status_code == status and got.headers.get("access-control-allow-origin") == (
+                origin if status == 200 else None)
         result: dict[str, httpx.Response] = {}
         poll = threading.Thread(target=lambda: result.update(r=httpx.get(
             url + "/v1/stream/s", params={"offset": "now", "live": "long-poll"}, timeout=30)))
@@ -383,3 +390,176 @@ def test_deleting_a_stream_ends_its_live_readers(server: HttpServer, client: htt
         t.join(10)
     assert "404" in done and any("event: control" in d for d in done)
     assert server.app.live == 0
+
+
+# ----------------------------------------------------------------- browser and network safety (findings B1-B5)
+
+
+def test_other_web_pages_get_no_cors_access_without_a_token(server: HttpServer, client: httpx.Client) -> None:
+    assert _put(client, "private", body=b"secret data").status_code == 201
+    evil = {"origin": "https://evil.example"}
+    pre = client.options("/private", headers={**evil, "access-control-request-method": "DELETE"})
+    assert "access-control-allow-origin" not in pre.headers and "access-control-allow-methods" not in pre.headers
+    read = client.get("/private", params={"offset": "-1"}, headers=evil)
+    assert read.status_code == 403 and "access-control-allow-origin" not in read.headers
+    # A "simple" POST (no preflight) from another page is refused, not stored.
+    post = client.post("/private", content=b" and more", headers={**evil, "content-type": "text/plain"})
+    assert post.status_code == 403
+    assert client.get("/private", params={"offset": "-1"}).content == b"secret data"
+    # The server's own pages (same origin, the web view) keep working.
+    same = client.get("/private", params={"offset": "-1"}, headers={"origin": server.url})
+    assert same.status_code == 200 and same.content == b"secret data"
+
+
+def test_cors_origins_opt_in_and_the_token_default(tmp_path: Path) -> None:
+    path = str(tmp_path / "c.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s").append(b"x")
+    app_origin = {"origin": "https://app.example"}
+    for config, origin, allowed in (
+        (HttpConfig(cors_origins=("https://app.example",)), app_origin, True),
+        (HttpConfig(cors_origins=("https://app.example",)), {"origin": "https://other.example"}, False),
+        (HttpConfig(token="t0ken"), {"origin": "https://any.example"}, True),  # bearer token: "*"
+        (HttpConfig(token="t0ken", cors_origins=()), app_origin, False),
+    ):
+        srv = HttpServer(path, "127.0.0.1", 0, config)
+        srv.start()
+        try:
+            with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20,
+                              headers={"authorization": "Bearer t0ken"}) as c:
+                pre = c.options("/s", headers={**origin, "access-control-request-method": "POST",
+                                               "access-control-request-private-network": "true"})
+                got = c.get("/s", params={"offset": "-1"}, headers=origin)
+        finally:
+            srv.stop(10)
+        if allowed:
+            assert pre.headers["access-control-allow-origin"] == origin["origin"]
+            assert "POST" in pre.headers["access-control-allow-methods"]
+            assert pre.headers["access-control-allow-private-network"] == "true"
+            assert got.status_code == 200 and got.headers["access-control-allow-origin"] == origin["origin"]
+        else:
+            assert pre.status_code == 403 and got.status_code == 403
+            assert "access-control-allow-origin" not in got.headers
+
+
+def test_a_loopback_server_serves_only_loopback_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin
+    to itself; its requests name Host: evil.example, which a loopback server must not serve."""
+    path = str(tmp_path / "h.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("private").append(b"secret data")
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(allowed_hosts=("box.internal",)))
+    srv.start()
+    try:
+        url = srv.url + "/v1/stream/private"
+        for host, served in ((f"127.0.0.1:{srv.port}", True), (f"localhost:{srv.port}", True), ("[::1]", True),
+                             ("LocalHost", True), (f"box.internal:{srv.port}", True),
+                             ("evil.example", False), (f"evil.example:{srv.port}", False), ("127.0.0.1.evil.example", False)):
+            got = httpx.get(url, params={"offset": "-1"}, headers={"host": host, "origin": f"http://{host}"})
+            assert (got.status_code, got.content == b"secret data") == ((200, True) if served else (421, False)), host
+        posted = httpx.post(url, content=b"!", headers={"host": "evil.example", "content-type": "text/plain"})
+        assert posted.status_code == 421
+        assert httpx.get(url, params={"offset": "-1"}).content == b"secret data"
+    finally:
+        srv.stop(10)
+
+
+def test_numeric_options_must_be_finite_and_positive_when_loaded() -> None:
+    import tomllib
+
+    from sqlstream.http.app import NUMERIC_OPTIONS
+    from sqlstream.http.config import http_settings
+    from sqlstream.streaming.config import ConfigError
+
+    assert {"long_poll_timeout", "sse_max_seconds", "max_live"} <= set(NUMERIC_OPTIONS)
+    for key in NUMERIC_OPTIONS:
+        for text in ("nan", "inf", "-inf", "0", "-1", "0.0"):
+            table = tomllib.loads(f"[http]\n{key} = {text}\n")["http"]
+            with pytest.raises(ConfigError) as caught:
+                http_settings(table, "serve.toml")
+            assert caught.value.key == key and key in str(caught.value)
+            with pytest.raises(InvalidArgument, match=key):
+                HttpConfig(**{key: table[key]})
+    assert http_settings({"long_poll_timeout": 0.5}).config.long_poll_timeout == 0.5
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) rather than leaving it open; waits up
+    to the socket's timeout (generous: what is tested is that the close happens at all)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_are_bounded_and_slow_headers_time_out(tmp_path: Path) -> None:
+    """Slowloris: half-sent requests are closed after header_timeout (a long-poll, whose headers
+    are complete, is not), and connections past max_connections are closed when accepted."""
+    path = str(tmp_path / "s.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s").append(b"x")
+    half = b"GET /v1/stream/s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(header_timeout=0.5, long_poll_timeout=1.5))
+    srv.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        slow = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        slow.sendall(half)
+        assert _closed_by_server(silent) and _closed_by_server(slow)
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=30) as c:
+            assert c.get("/s", params={"offset": "-1"}).content == b"x"
+            # A kept-alive connection's next request is bounded the same way; a long-poll is not.
+            polled = c.get("/s", params={"offset": "now", "live": "long-poll"})
+            assert polled.status_code == 204
+        for s in (silent, slow):
+            s.close()
+    finally:
+        srv.stop(10)
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(max_connections=4, header_timeout=600))
+    srv.start()
+    held = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(4)]
+    try:
+        for s in held:
+            s.sendall(half)
+        extra = [socket.create_connection(("127.0.0.1", srv.port), timeout=30) for _ in range(6)]
+        assert all(_closed_by_server(s) for s in extra)
+        for s in held[1:] + extra:
+            s.close()
+        held = held[:1]
+        got = None
+        for _attempt in range(100):  # the server notices the closes on its own loop
+            try:
+                got = httpx.get(srv.url + "/v1/stream/s", params={"offset": "-1"})
+            except httpx.TransportError:
+                continue
+            break
+        assert got is not None and got.content == b"x"
+    finally:
+        for s in held:
+            s.close()
+        srv.stop(10)
+
+
+def test_json_appends_carry_at_most_max_messages_per_append(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    with sqlstream.open(path):
+        pass
+    assert HttpConfig().max_messages_per_append == 10_000
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(max_messages_per_append=5))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as c:
+            json_type = {"content-type": "application/json"}
+            refused = c.put("/born", content=json.dumps(list(range(6))).encode(), headers=json_type)
+            assert refused.status_code == 413 and "max_messages_per_append" in refused.text
+            assert c.head("/born").status_code == 404
+            assert c.put("/j", content=json.dumps(list(range(5))).encode(), headers=json_type).status_code == 201
+            too_many = c.post("/j", content=json.dumps(list(range(6))).encode(), headers=json_type)
+            assert too_many.status_code == 413 and "at most 5" in too_many.text
+            assert c.post("/j", content=json.dumps([[0] * 100] * 5).encode(), headers=json_type).status_code == 204
+    finally:
+        srv.stop(10)
+    with sqlstream.open(path) as db:
+        assert db.stream("j").info().count == 10

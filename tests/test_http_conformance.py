@@ -84,7 +84,10 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
     # A short long-poll timeout keeps the suite's "waits, then 204" tests quick.
     config.write_text('[http]\nlong_poll_timeout = 1\n')
     server = subprocess.Popen(
-        [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--config", str(config), "--http", "127.0.0.1:0"],
+        [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--config", str(config), "--http", "127.0.0.1:0",
+         # The suite checks CORS answers as a public, tokenless server would give them:
+         # explicitly opted in here (the default serves no other origin without a token).
+         "--cors-origin", "*"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert server.stderr is not None

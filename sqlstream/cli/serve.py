@@ -43,6 +43,10 @@ def register(command: CommandFactory) -> None:
     sub.add_argument("--http", metavar="HOST:PORT",
                      help="also serve the file over HTTP as Durable Streams (needs the http extra; "
                           "overrides [http] listen; loopback unless a token or --insecure)")
+    sub.add_argument("--cors-origin", metavar="ORIGIN", action="append",
+                     help="let browser pages of ORIGIN (e.g. https://app.example; '*': any page) use the "
+                          "--http API; repeatable; overrides [http] cors_origins. Default: none without "
+                          "a token, any with one")
     sub.add_argument("--kafka", metavar="HOST:PORT",
                      help="also serve the Kafka protocol on HOST:PORT (needs the kafka extra; "
                           "loopback unless SASL or --insecure)")
@@ -166,6 +170,8 @@ def _start_http(args: argparse.Namespace, config: StreamingConfig, path: str, er
         raise CliError(f"the HTTP front needs the http extra ({exc.name} is missing)",
                        hint='pip install "sqlstream[http]"') from None
     settings = http_settings(config.http, config.path)
+    if args.cors_origin:
+        settings.config.cors_origins = tuple(args.cors_origin)
     host, port = parse_listen(args.http or settings.listen)
     server = HttpServer(path, host, port, settings.config, insecure=args.insecure or settings.insecure)
     server.start()

@@ -28,6 +28,7 @@ import asyncio
 import hmac
 import importlib.resources
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -105,8 +106,50 @@ class HttpConfig:
     """``GET /metrics`` serves Prometheus metrics."""
     retry_after: int = 1
     """Seconds in the Retry-After of a 503."""
+    max_messages_per_append: int = 10_000
+    """Messages one JSON-mode POST or PUT may carry (an array body is flattened into one record
+    per element, all in one transaction that holds the file's write lock); more get 413."""
+    max_connections: int = 1024
+    """Open connections at most (:class:`~sqlstream.http.server.HttpServer`): more are closed
+    when accepted, and 503 answers requests while that many run. Keep it above ``max_live``."""
+    header_timeout: float = 20.0
+    """Seconds a client has to send a request's headers (from connecting, or from the first
+    byte of a request on a kept-alive connection); slower connections are closed."""
+    cors_origins: tuple[str, ...] | None = None
+    """Web origins (``https://app.example``) whose pages may call the API from a browser;
+    ``"*"``: any page. None (the default): ``("*",)`` with a token (a browser never attaches
+    a bearer token by itself, so a page needs the token to do anything), none without one
+    (else any page the user visits could read, append to and delete the local streams).
+    Same-origin pages (the web view) need no entry."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (besides localhost and loopback addresses) that requests may name in their
+    ``Host`` header when the server listens on a loopback address; others get 421, so a
+    DNS-rebinding page (evil.example resolving to 127.0.0.1) is not served."""
     open_options: dict[str, Any] = field(default_factory=dict)
     """Options for ``sqlstream.aio.open`` when the app opens the file itself."""
+
+    def __post_init__(self) -> None:
+        """Refuse numbers the server could not honour (``InvalidArgument`` naming the field)."""
+        for name in NUMERIC_OPTIONS:
+            problem = number_problem(getattr(self, name))
+            if problem is not None:
+                raise InvalidArgument(f"HttpConfig.{name} {problem}")
+
+
+NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_header_bytes", "max_chunk_bytes",
+                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append")
+"""The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
+
+
+def number_problem(value: object) -> str | None:
+    """Why ``value`` is not a usable count or number of seconds (None if it is): NaN would
+    make every comparison false (a long-poll then fails with the Python API's error), inf
+    a wait without end, 0 or less no service at all."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, not {value!r}"
+    if not math.isfinite(value) or value <= 0:
+        return f"must be a finite number > 0, not {value!r}"
+    return None
 
 
 class _Response:
@@ -207,8 +250,38 @@ class DurableStreamsApp:
 
     # ----------------------------------------------------------------- routing
 
+    def cors_allows(self, origin: str | None) -> bool:
+        """Whether a browser page of ``origin`` may read answers and send any request (CORS)."""
+        allowed = self.config.cors_origins
+        if allowed is None:
+            allowed = ("*",) if self.config.token is not None else ()
+        return origin is not None and ("*" in allowed or origin in allowed)
+
+    def host_allowed(self, scope: Scope, host: str | None) -> bool:
+        """Whether a request naming ``host`` may be served: always unless the connection came to a
+        loopback address, where only loopback names, addresses and ``allowed_hosts`` are (DNS rebinding)."""
+        server = scope.get("server")
+        if host is None or not server or not p.is_loopback(str(server[0])):
+            return True
+        name = p.host_name(host)
+        return p.is_loopback(name) or name in (h.lower() for h in self.config.allowed_hosts)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
         headers = _headers(scope)
+        if not self.host_allowed(scope, headers.get("host")):
+            return await _send(send, _error(421, f"this server does not serve the host {headers.get('host')!r} "
+                                                 "(it listens on loopback; [http] allowed_hosts lists other names)"),
+                               {})
+        origin = headers.get("origin")
+        if origin is not None and not self.cors_allows(origin):
+            # Refused, not just answered without CORS headers: a "simple" cross-origin POST
+            # (text/plain, forms) has no preflight, so it would append before the browser
+            # withheld the answer. A same-origin page (the web view) sends its own origin.
+            del headers["origin"]
+            if origin != f"{scope.get('scheme', 'http')}://{headers.get('host', '')}":
+                return await _send(send, _error(403, f"cross-origin requests from {origin} are not allowed "
+                                                     "(the server's [http] cors_origins lists the allowed ones)"),
+                                   headers)
         method = scope["method"]
         path: str = scope.get("path", "/")
         root = scope.get("root_path", "")
@@ -481,7 +554,9 @@ class DurableStreamsApp:
     def _values(self, ctype: str, body: bytes, *, allow_empty_json: bool = False) -> list[Any]:
         """A request body as record values: JSON messages, text (text/*) or bytes."""
         if p.is_json(ctype):
-            return [_json_value(m) for m in p.parse_json_messages(body, allow_empty=allow_empty_json)]
+            messages = p.parse_json_messages(body, allow_empty=allow_empty_json,
+                                             limit=self.config.max_messages_per_append)
+            return [_json_value(m) for m in messages]
         if p.media_type(ctype).startswith("text/"):
             try:
                 return [body.decode("utf-8")]
@@ -823,15 +898,19 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _raw_headers(h: dict[str, str], request: dict[str, str]) -> list[tuple[bytes, bytes]]:
     out = dict(h)
     out.setdefault("x-content-type-options", "nosniff")
+    out["vary"] = "Origin"
+    origin = request.get("origin")  # present only when CORS allows it (DurableStreamsApp._http)
+    if origin is None:
+        out.setdefault("cross-origin-resource-policy", "same-origin")
+        return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in out.items()]
     out.setdefault("cross-origin-resource-policy", "cross-origin")
-    origin = request.get("origin")
-    out["access-control-allow-origin"] = origin or "*"
-    if origin:
-        out["vary"] = "Origin"
+    out["access-control-allow-origin"] = origin
     out["access-control-expose-headers"] = _EXPOSED
     if request.get("access-control-request-method") is not None:
         out["access-control-allow-methods"] = _METHODS
         out["access-control-allow-headers"] = request.get("access-control-request-headers") or _ALLOWED_HEADERS
+        if request.get("access-control-request-private-network") == "true":
+            out["access-control-allow-private-network"] = "true"
     return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in out.items()]
 
 

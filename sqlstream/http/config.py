@@ -11,9 +11,14 @@
     sse_max_seconds = 60
     max_live = 1000               # open long-poll/SSE responses (more: 503 + Retry-After)
     max_header_bytes = 16384      # (more: 431)
+    max_connections = 1024        # open connections (more: closed at once; 503 when that many requests run)
+    header_timeout = 20           # seconds to send a request's headers, else the connection is closed
     max_chunk_bytes = 1048576     # per catch-up response
+    max_messages_per_append = 10000  # messages in one JSON-mode POST/PUT (more: 413)
     web_view = true               # GET / : streams and a live tail
     metrics = true                # GET /metrics : Prometheus
+    cors_origins = ["https://app.example"]  # browser pages of other origins allowed; "*": any
+    allowed_hosts = ["myhost.local"]  # Host names served on loopback besides localhost/127.x/[::1]
 
 The token may also come from the environment variable ``SQLSTREAM_HTTP_TOKEN`` (which
 wins), so it need not be written in a file.
@@ -26,14 +31,15 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..streaming.config import ConfigError
-from .app import HttpConfig
+from .app import NUMERIC_OPTIONS, HttpConfig, number_problem
 from .server import DEFAULT_PORT
 
 TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
 _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "prefix": str, "token": str, "insecure": bool, "long_poll_timeout": (int, float),
     "sse_max_seconds": (int, float), "max_live": int, "max_header_bytes": int, "max_chunk_bytes": int,
-    "web_view": bool, "metrics": bool,
+    "web_view": bool, "metrics": bool, "cors_origins": list, "allowed_hosts": list,
+    "max_connections": int, "header_timeout": (int, float), "max_messages_per_append": int,
 }
 
 
@@ -52,8 +58,13 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
         kind = _OPTIONS[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(path, "http", key, f"must be positive, not {value!r}")
+        problem = number_problem(value) if key in NUMERIC_OPTIONS else None
+        if problem is not None:
+            raise ConfigError(path, "http", key, problem)
+        if isinstance(value, list):
+            if not all(isinstance(item, str) and item for item in value):
+                raise ConfigError(path, "http", key, f"must be a list of non-empty strings, not {value!r}")
+            value = tuple(value)
         values[key] = value
     token = os.environ.get(TOKEN_ENV) or values.pop("token", None)
     values.pop("token", None)

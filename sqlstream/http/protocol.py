@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import ipaddress
 import json
 import random
 import re
@@ -171,11 +172,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json_messages(body: bytes, *, allow_empty: bool) -> list[Any]:
+def parse_json_messages(body: bytes, *, allow_empty: bool, limit: int | None = None) -> list[Any]:
     """A JSON-mode body as messages: one value, or an array flattened one level.
 
     ``ProtocolError(400)`` for invalid JSON (NaN/Infinity included) and, unless
-    ``allow_empty`` (PUT), an empty array.
+    ``allow_empty`` (PUT), an empty array; ``ProtocolError(413)`` for more than ``limit``
+    messages (they would be stored in one transaction, holding the file's write lock).
     """
     try:
         value = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
@@ -184,6 +186,9 @@ def parse_json_messages(body: bytes, *, allow_empty: bool) -> list[Any]:
     if isinstance(value, list):
         if not value and not allow_empty:
             raise ProtocolError(400, "an empty JSON array appends nothing")
+        if limit is not None and len(value) > limit:
+            raise ProtocolError(413, f"the JSON array holds {len(value)} messages; one request appends at most "
+                                     f"{limit} (max_messages_per_append): send them in several requests")
         return value
     return [value]
 
@@ -231,3 +236,21 @@ def sse_data(payload: bytes, *, text: bool) -> bytes:
 def etag(stream_id: str, start: int, end: int, closed: bool) -> str:
     """``"{stream}:{start}:{end}[:c]"``: changes with the range and with closure."""
     return f'"{stream_id}:{start}:{end}{":c" if closed else ""}"'
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, without port or brackets) names this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port (``[::1]:80`` -> ``::1``), lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header

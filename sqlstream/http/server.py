@@ -9,21 +9,30 @@ alternatives: HTTP/2 buys little for this protocol, and neither is as widely dep
 
 Safety: loopback by default; any other address needs a bearer token unless the caller
 says ``insecure=True`` (:func:`check_listen`). Request headers are bounded both by h11's
-buffer and by the app (431); bodies by the file's ``max_record_bytes`` (413).
+buffer and by the app (431); bodies by the file's ``max_record_bytes`` (413). Open
+connections are bounded by ``max_connections`` (more are closed as soon as they are
+accepted; uvicorn's ``limit_concurrency``, the same number, answers 503 when that many
+requests run), and a request's headers must arrive within ``header_timeout`` seconds of
+the connection (or of its first byte on a kept-alive one), else the connection is closed:
+uvicorn has no such timeout of its own (``timeout_keep_alive`` runs only between
+requests), so the h11 protocol is subclassed (:func:`_bounded_h11`). Not bounded in time:
+a request body being received (bounded in size) and the server's answer being read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import threading
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import InvalidArgument
 from .app import DurableStreamsApp, HttpConfig, create_app
+from .protocol import is_loopback
 
 DEFAULT_PORT = 4437
 
@@ -39,15 +48,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_listen(host: str, token: str | None, insecure: bool) -> None:
     """Refuse a non-loopback address without a token unless ``insecure`` (``InvalidArgument``)."""
     if not is_loopback(host) and not token and not insecure:
@@ -55,6 +55,47 @@ def check_listen(host: str, token: str | None, insecure: bool) -> None:
             f"refusing to serve HTTP on {host} without a token: anyone who can reach it could read and write",
             hint="set [http] token (clients send Authorization: Bearer <token>), or pass --insecure",
         )
+
+
+def _bounded_h11(header_timeout: float, max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a header timeout and a hard bound on open connections."""
+
+    class BoundedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            if len(self.connections) > max_connections:
+                transport.close()  # connection_lost removes it from the count
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                self._arm()  # headers not complete yet (or a kept-alive connection's next request begun)
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return BoundedH11Protocol
 
 
 class HttpServer:
@@ -83,6 +124,8 @@ class HttpServer:
         self.port: int = self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, log_level=log_level, access_log=False, lifespan="on",
+            http=_bounded_h11(self.config.header_timeout, self.config.max_connections),
+            limit_concurrency=self.config.max_connections,
             h11_max_incomplete_event_size=self.config.max_header_bytes + 1024,
             timeout_graceful_shutdown=int(grace) or 1, server_header=False,
             # Past clients' own idle timeouts (undici 4 s, browsers ~60 s), so a client never
