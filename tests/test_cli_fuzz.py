@@ -193,8 +193,8 @@ def test_the_fuzz_covers_every_command() -> None:
     commands = walk("", build_parser())
     assert set(commands) == set(COMMANDS)
     # Options the fuzz leaves out on purpose: they wait (tail -f, export --follow, a
-    # `serve --kafka` listener) or choose an output format only.
-    skipped = {"--follow", "--kafka", "--table", "--csv", "--tsv", "--nl", "--json-array", "--reverse", "--records",
+    # `serve --kafka`/`--http` listener, with its options) or choose an output format only.
+    skipped = {"--follow", "--kafka", "--http", "--cors-origin", "--insecure", "--table", "--csv", "--tsv", "--nl", "--json-array", "--reverse", "--records",
                "--base64", "--file", "--quiet", "--lines", "--ordering", "--ack"}
     for command, options in commands.items():
         fuzzed = {o.partition(" ")[0].rstrip("!") for o in COMMANDS[command][1]}
