@@ -155,6 +155,15 @@ def test_writers_killed_at_random_under_litestream_restore_latest_and_point_in_t
     env = dict(os.environ, PYTHONPATH=str(ROOT), SQLSTREAM_CHECKPOINTS="external")
     replicate = subprocess.Popen([binary, "replicate", "-config", str(config)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True, env=env)
+    # The storm starts once the replica holds its first snapshot: a point in time before
+    # it has nothing to restore ("no matching backup files"), and Litestream's first
+    # snapshot can take seconds on a loaded machine.
+    probe = tmp_path / "probe.db"
+    for _attempt in range(600):
+        if subprocess.run([binary, "restore", "-config", str(config), "-o", str(probe), str(path)],
+                          capture_output=True, text=True, env=env, timeout=60).returncode == 0:
+            break
+        time.sleep(0.1)
     fork = multiprocessing.get_context("fork")
     rng = random.Random(20)
     kills = 0
@@ -185,7 +194,9 @@ def test_writers_killed_at_random_under_litestream_restore_latest_and_point_in_t
             kills += 1
             seqs[victim] = max([seqs[victim], *(int(line) for line in out.split())])
             if middle is None and time.monotonic() - started > 4.0:
-                middle = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # for the point-in-time restore
+                # For the point-in-time restore: the next whole second (the format has no
+                # fraction), so it falls inside the storm and after the first snapshot.
+                middle = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(time.time()) + 1))
         for proc, read_end in writers.values():
             assert proc.pid is not None
             os.kill(proc.pid, signal.SIGKILL)
