@@ -263,7 +263,7 @@ class KafkaStore:
             full = False
             while not full and position < end:
                 rows = runner(conn)(
-                    "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
+                    "SELECT offset, timestamp, key, headers, content_type, data FROM records "
                     "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
                 if not rows:
                     break
