@@ -68,18 +68,16 @@ BEGIN
 END;
 
 -- One row per record with its value in `data`, wherever it is stored (the columns of
--- `chunks` without `payload`, plus `size`, the payload's length in bytes). SQLite
--- flattens the view into a query on `chunks`: a payload row is read only for the
--- records whose value is selected and stored out of the row.
+-- `chunks` without `payload`, plus `size`, the value's length in bytes). SQLite flattens
+-- the view into a query on `chunks`, and leaves `payloads` out of a query that selects
+-- neither `data` nor `size`. A join rather than a correlated subquery: the value goes
+-- to the result without being copied between registers on the way (measured: 64 KiB
+-- reads 1.1-1.2x faster).
 CREATE VIEW records AS
 SELECT c.stream_id, c.offset, c.position, c.timestamp, c.txn, c.key, c.headers, c.content_type,
-       coalesce(c.data, CASE c.content_type
-                             WHEN 'bytes' THEN (SELECT p.data FROM payloads p WHERE p.id = c.payload)
-                             ELSE (SELECT CAST(p.data AS TEXT) FROM payloads p WHERE p.id = c.payload)
-                        END)                                                   AS data,
-       coalesce(length(CAST(c.data AS BLOB)),
-                (SELECT length(p.data) FROM payloads p WHERE p.id = c.payload)) AS size
-  FROM chunks c;
+       coalesce(c.data, CASE c.content_type WHEN 'bytes' THEN p.data ELSE CAST(p.data AS TEXT) END) AS data,
+       coalesce(length(CAST(c.data AS BLOB)), length(p.data))                                     AS size
+  FROM chunks c LEFT JOIN payloads p ON p.id = c.payload;
 
 -- As in version 10, with the last record's size from `records`.
 DROP VIEW streams_now;

@@ -255,15 +255,18 @@ SELECT st.name AS stream,
  GROUP BY st.name
  ORDER BY max_lag DESC, st.name"""
 
+# The record's columns as correlated subqueries, not a LEFT JOIN of the records view:
+# SQLite cannot flatten a view that is a join into the right side of a LEFT JOIN, and
+# would build the whole view first.
 _SQL_PENDING = """\
 SELECT p.subscription, p.stream, p.offset, p.consumer, p.attempts,
        p.delivered, p.deadline, p.idle_seconds, p.expired, p.last_error,
-       c.key, c.content_type,
-       CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes>'
-            ELSE substr(c.data, 1, 200) END AS value
+       (SELECT c.key FROM chunks c WHERE c.stream_id = s.id AND c.offset = p.offset) AS key,
+       (SELECT c.content_type FROM chunks c WHERE c.stream_id = s.id AND c.offset = p.offset) AS content_type,
+       (SELECT CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes>' ELSE substr(c.data, 1, 200) END
+          FROM records c WHERE c.stream_id = s.id AND c.offset = p.offset) AS value
   FROM pending_deliveries p
   JOIN streams s ON s.name = p.stream
-  LEFT JOIN records c ON c.stream_id = s.id AND c.offset = p.offset
  WHERE :subscription = '' OR p.subscription = :subscription
  ORDER BY p.expired DESC, p.attempts DESC, p.idle_seconds DESC"""
 
