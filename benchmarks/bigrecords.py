@@ -18,6 +18,7 @@ from .harness import Contender, Env, Outcome, Sample, alternate, open_raw, paylo
 
 SIZE = 65_536
 PAGE = 100
+BATCH = 100  # records per transaction when a read workload fills its stream
 
 
 def _counts(env: Env) -> tuple[int, int]:
@@ -28,9 +29,9 @@ def _counts(env: Env) -> tuple[int, int]:
 class SqlstreamAppend(Contender):
     name = "sqlstream append"
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, size: int = SIZE) -> None:
         self.count = count
-        self.data = payload(0, SIZE)
+        self.data = payload(0, size)
 
     def open(self, workdir: str) -> None:
         self.db = sqlstream.open(os.path.join(workdir, "bench.db"))
@@ -51,9 +52,9 @@ class SqlstreamAppend(Contender):
 class RawAppend(Contender):
     name = "raw apsw append"
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, size: int = SIZE) -> None:
         self.count = count
-        self.data = payload(0, SIZE)
+        self.data = payload(0, size)
 
     def open(self, workdir: str) -> None:
         self.conn = open_raw(os.path.join(workdir, "raw.db"))
@@ -76,21 +77,21 @@ class RawAppend(Contender):
 class SqlstreamRead(Contender):
     name = "sqlstream read"
 
-    def __init__(self, records: int) -> None:
-        self.records = records
+    def __init__(self, records: int, size: int = SIZE, page: int = PAGE) -> None:
+        self.records, self.size, self.page = records, size, page
 
     def open(self, workdir: str) -> None:
         self.db = sqlstream.open(os.path.join(workdir, "bench.db"))
         self.stream = self.db.create_stream("w9")
-        for start in range(0, self.records, PAGE):
-            self.stream.extend([payload(i, SIZE) for i in range(start, start + PAGE)])
+        for start in range(0, self.records, BATCH):
+            self.stream.extend([payload(i, self.size) for i in range(start, min(start + BATCH, self.records))])
 
     def round(self) -> Sample:
-        read, end = self.stream.read, self.records
+        read, end, size = self.stream.read, self.records, self.page
         offset = seen = 0
         start = time.perf_counter()
         while offset < end:
-            page = read(offset, PAGE)
+            page = read(offset, size)
             seen += len(page)
             offset = page[-1].offset + 1
         elapsed = time.perf_counter() - start
@@ -105,24 +106,24 @@ class SqlstreamRead(Contender):
 class RawRead(Contender):
     name = "raw apsw read"
 
-    def __init__(self, records: int) -> None:
-        self.records = records
+    def __init__(self, records: int, size: int = SIZE, page: int = PAGE) -> None:
+        self.records, self.size, self.page = records, size, page
 
     def open(self, workdir: str) -> None:
         conn = self.conn = open_raw(os.path.join(workdir, "raw.db"))
         conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        for start in range(0, self.records, PAGE):
+        for start in range(0, self.records, BATCH):
             with conn:
                 conn.executemany("INSERT INTO records (data) VALUES (?)",
-                                 [(payload(i, SIZE),) for i in range(start, start + PAGE)])
+                                 [(payload(i, self.size),) for i in range(start, min(start + BATCH, self.records))])
 
     def round(self) -> Sample:
-        execute, end = self.conn.execute, self.records
+        execute, end, size = self.conn.execute, self.records, self.page
         sql = "SELECT id, data FROM records WHERE id > ? ORDER BY id LIMIT ?"
         last = seen = 0
         start = time.perf_counter()
         while seen < end:
-            page = execute(sql, (last, PAGE)).fetchall()
+            page = execute(sql, (last, size)).fetchall()
             seen += len(page)
             last = page[-1][0]
         elapsed = time.perf_counter() - start

@@ -212,6 +212,33 @@ def test_migration_15_converts_an_older_file_with_offsets_positions_and_txns_unc
         assert [r.offset for r in db.subscription("billing").fetch("w2", max_records=100)][:1] == [5]
 
 
+def test_an_application_table_named_records_stops_the_upgrade_with_advice_and_no_change(tmp_path: Path) -> None:
+    # The SQLAlchemy outbox puts the application's tables in the same file.
+    path = str(tmp_path / "app.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s").append(b"x" * 5000)
+    _downgrade_to_version_14(path)
+    conn = apsw.Connection(path)
+    try:
+        conn.execute("CREATE TABLE Records (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.execute("INSERT INTO records (note) VALUES ('mine')")
+    finally:
+        conn.close()
+    with pytest.raises(sqlstream.errors.SchemaVersionError, match="'records'") as caught:
+        sqlstream.open(path)
+    assert "ALTER TABLE records RENAME TO app_records" in (caught.value.hint or "")
+    conn = apsw.Connection(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchall() == [(14,)]
+        assert conn.execute("SELECT length(data) FROM chunks").fetchall() == [(5000,)]
+        conn.execute("ALTER TABLE records RENAME TO app_records")
+    finally:
+        conn.close()
+    with sqlstream.open(path) as db:
+        assert db.stream("s").read(0, 1)[0].value == b"x" * 5000
+        assert db.query("SELECT note FROM app_records").rows == [("mine",)]
+
+
 # --------------------------------------------------------------------------- model
 
 
