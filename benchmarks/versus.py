@@ -9,9 +9,10 @@ two versions never share a process, a page cache warm-up or an import). The roun
 alternate A, B and raw apsw, rotating who goes first. The measured loops are the
 benchmarks' own contenders: W9's (64 KiB single appends, reads in pages of 100; issue
 23), W2's single appends, W1's batches of 1,000 and W3's pages of 1,000 (100-byte
-records). Each process opens its contender, runs one warm-up round, then one measured
-round; the figures are medians over the rounds of wall-clock records/s and of CPU
-seconds per record (``time.process_time``, which a loaded machine disturbs less).
+records). Each process opens its contender, runs one warm-up round, then ``--repeat``
+measured rounds; the figures are medians over the processes of each process's median
+wall-clock records/s and CPU seconds per record (``time.process_time``, which a loaded
+machine disturbs less).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def _contenders(workload: str) -> tuple[Callable[[], Contender], Callable[[], Co
     }[workload]
 
 
-def _child(workload: str, side: str, code: str) -> None:
-    """Measure one round of one contender; print {"rate", "cpu", "module"} as JSON."""
+def _child(workload: str, side: str, code: str, repeat: int) -> None:
+    """Measure ``repeat`` rounds of one contender after a warm-up; print the medians
+    {"rate", "cpu", "module"} as JSON."""
     import sqlstream
 
     if side != "raw" and not os.path.realpath(sqlstream.__file__).startswith(os.path.realpath(code) + os.sep):
@@ -64,13 +66,16 @@ def _child(workload: str, side: str, code: str) -> None:
     try:
         contender.open(tmp)
         contender.round()  # warm-up: caches, statement cache, first pages
-        cpu = time.process_time()
-        sample = contender.round()
-        cpu = time.process_time() - cpu
+        rates, cpus = [], []
+        for _ in range(repeat):
+            cpu = time.process_time()
+            sample = contender.round()
+            cpus.append((time.process_time() - cpu) / sample.ops)
+            rates.append(sample.ops / sample.seconds)
     finally:
         contender.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({"rate": sample.ops / sample.seconds, "cpu": cpu / sample.ops, "module": sqlstream.__file__}))
+    print(json.dumps({"rate": statistics.median(rates), "cpu": statistics.median(cpus), "module": sqlstream.__file__}))
 
 
 def _checkout(rev: str, root: str, into: str) -> str:
@@ -83,12 +88,12 @@ def _checkout(rev: str, root: str, into: str) -> str:
     return commit
 
 
-def _run(bench: str, code: str, workload: str, side: str) -> dict[str, float]:
+def _run(bench: str, code: str, workload: str, side: str, repeat: int) -> dict[str, float]:
     # sys.path: a directory holding only this tree's benchmarks package (the checkouts
     # have their own, older ones), then the revision's checkout (its sqlstream). The
     # working directory holds no sqlstream either, so nothing else shadows the checkout's.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([bench, code]))
-    out = subprocess.run([sys.executable, "-m", "benchmarks.versus", "--child", workload, side, code],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.versus", "--child", workload, side, code, str(repeat)],
                          cwd=os.path.dirname(bench), env=env, check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -100,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("b", nargs="?", help="git revision B (e.g. HEAD)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--only", help="comma-separated workloads: " + ", ".join(WORKLOADS))
-    p.add_argument("--child", nargs=3, metavar=("WORKLOAD", "SIDE", "CODE"), help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=3, help="measured rounds in each process (its median counts)")
+    p.add_argument("--child", nargs=4, metavar=("WORKLOAD", "SIDE", "CODE", "REPEAT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        _child(*args.child)
+        _child(*args.child[:3], int(args.child[3]))
         return 0
     if not args.a or not args.b:
         p.error("give two git revisions, e.g. main HEAD")
@@ -121,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = os.path.join(tmp, "bench")
         os.makedirs(bench)
         os.symlink(os.path.join(bench_root, "benchmarks"), os.path.join(bench, "benchmarks"))
-        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; {args.rounds} rounds", flush=True)
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; {args.rounds} rounds of "
+              f"{args.repeat} measured rounds each", flush=True)
         sides = [("A", codes["A"]), ("B", codes["B"]), ("raw", codes["B"])]
         print("| workload | A rec/s | B rec/s | raw rec/s | B/A wall | B/A CPU | B/raw wall | A/raw wall |")
         print("|---|---|---|---|---|---|---|---|")
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus: dict[str, list[float]] = {s: [] for s, _ in sides}
             for r in range(args.rounds):
                 for side, code in sides[r % 3:] + sides[:r % 3]:
-                    got = _run(bench, code, name, side)
+                    got = _run(bench, code, name, side, args.repeat)
                     rates[side].append(got["rate"])
                     cpus[side].append(got["cpu"])
             med = {s: statistics.median(v) for s, v in rates.items()}
