@@ -1,0 +1,361 @@
+"""Durable Streams subscriptions (pull-wake: claim, ack, release, generation fencing,
+leases) served from sqlstream subscriptions, against a real uvicorn server on 127.0.0.1
+(port 0) and a real HTTP client (httpx): an HTTP worker and a Python consumer share one
+group, leases end in redelivery, stale acks are fenced, a Python append in another
+process wakes a waiting worker, and bad input gets the protocol's 4xx."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+import sqlstream  # noqa: E402
+from sqlstream.http import HttpConfig  # noqa: E402
+from sqlstream.http import protocol as p  # noqa: E402
+from sqlstream.http.server import HttpServer  # noqa: E402
+from sqlstream.http.substore import glob_match, runs, webhook_url_problem  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server(db_path: str) -> Iterator[HttpServer]:
+    with sqlstream.open(db_path):
+        pass
+    srv = HttpServer(db_path, "127.0.0.1", 0, HttpConfig(long_poll_timeout=10.0))
+    srv.start()
+    yield srv
+    srv.stop(10)
+
+
+@pytest.fixture
+def client(server: HttpServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url + "/v1/stream", timeout=20) as c:
+        yield c
+
+
+def _json_stream(client: httpx.Client, name: str) -> None:
+    assert client.put(f"/{name}", content=b"[]", headers={"content-type": "application/json"}).status_code == 201
+
+
+def _subscribe(client: httpx.Client, sid: str, **config: Any) -> httpx.Response:
+    body = {"type": "pull-wake", "wake_stream": "wake", **config}
+    return client.put(f"/__ds/subscriptions/{sid}", json=body)
+
+
+def _claim(client: httpx.Client, sid: str, worker: str, **extra: Any) -> httpx.Response:
+    return client.post(f"/__ds/subscriptions/{sid}/claim", json={"worker": worker, **extra})
+
+
+def _ack(client: httpx.Client, sid: str, claim: dict[str, Any], acks: list[tuple[str, str]],
+         done: bool = True) -> httpx.Response:
+    return client.post(f"/__ds/subscriptions/{sid}/ack", headers={"authorization": f"Bearer {claim['token']}"},
+                       json={"wake_id": claim["wake_id"], "generation": claim["generation"], "done": done,
+                             "acks": [{"stream": s, "offset": o} for s, o in acks]})
+
+
+def _error(response: httpx.Response) -> str:
+    return str(response.json()["error"]["code"])
+
+
+def _claimed_values(client: httpx.Client, stream: dict[str, Any]) -> list[Any]:
+    """What an exact HTTP worker processes: the messages of each claimed run, read over HTTP."""
+    out: list[Any] = []
+    for start, end in stream["claimed"]:
+        a, b = p.parse_token(start, "start"), p.parse_token(end, "end")
+        messages = client.get(f"/{stream['path']}", params={"offset": start}).json()
+        out += messages[: b - a]
+    return out
+
+
+# ----------------------------------------------------------------- rules (pure)
+
+
+def test_glob_patterns_match_segments() -> None:
+    assert glob_match("events/*", "events/a") and not glob_match("events/*", "events/a/b")
+    assert glob_match("events/**", "events") and glob_match("events/**", "events/a/b")
+    assert glob_match("**/log", "a/b/log") and not glob_match("**/log", "a/b/log2")
+    assert not glob_match("events/*", "eventsx/a")
+
+
+def test_offsets_group_into_runs() -> None:
+    assert list(runs([1, 2, 3, 7, 9, 10])) == [(1, 4), (7, 8), (9, 11)]
+    assert list(runs([])) == []
+
+
+def test_webhook_urls_are_checked_against_ssrf() -> None:
+    assert webhook_url_problem("http://10.0.0.1/hook") is not None
+    assert webhook_url_problem("https://192.168.1.1/hook") is not None
+    assert webhook_url_problem("ftp://example.com/") is not None
+    assert webhook_url_problem("http://127.0.0.1:9/hook") is None
+    assert webhook_url_problem("https://hooks.example.com/x") is None
+
+
+# ----------------------------------------------------------------- the protocol's flow
+
+
+def test_pull_wake_claim_ack_release(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    created = _subscribe(client, "pool", pattern="events/*", lease_ttl_ms=30000)
+    assert created.status_code == 201, created.text
+    assert _subscribe(client, "pool", pattern="events/*", lease_ttl_ms=30000).status_code == 200
+    assert _error(_subscribe(client, "pool", pattern="events/**")) == "SUBSCRIPTION_ALREADY_EXISTS"
+    assert client.put("/events/a", content=b'{"n": 1}', headers={"content-type": "application/json"}).status_code == 201
+    # The stream created after the subscription is linked from its first record, and a
+    # wake event names the subscription in the wake stream.
+    events = client.get("/wake", params={"offset": "-1", "live": "long-poll"}).json()
+    assert events and events[0]["subscription_id"] == "pool" and events[0]["stream"] == "events/a"
+    claim = _claim(client, "pool", "w1")
+    assert claim.status_code == 200, claim.text
+    c1 = claim.json()
+    assert c1["generation"] == events[0]["generation"]
+    busy = _claim(client, "pool", "w2")
+    assert busy.status_code == 409 and busy.json()["error"]["current_holder"] == "w1"
+    (stream,) = [s for s in c1["streams"] if s["path"] == "events/a"]
+    assert stream["has_pending"] and _claimed_values(client, stream) == [{"n": 1}]
+    acked = _ack(client, "pool", c1, [("events/a", stream["tail_offset"])])
+    assert acked.status_code == 200 and acked.json() == {"ok": True, "next_wake": False}
+    got = client.get("/__ds/subscriptions/pool").json()
+    assert got["streams"] == [{"path": "events/a", "link_type": "glob", "acked_offset": stream["tail_offset"],
+                               "subscription": "pool@events/a"}]
+    # Nothing left: a claim finds no work.
+    assert _error(_claim(client, "pool", "w1")) == "NO_PENDING_WORK"
+    assert client.post("/events/a", content=b'{"n": 2}', headers={"content-type": "application/json"}).status_code == 204
+    c2 = _claim(client, "pool", "w1").json()
+    assert c2["generation"] > c1["generation"]
+    released = client.post("/__ds/subscriptions/pool/release", headers={"authorization": f"Bearer {c2['token']}"},
+                           json={"wake_id": c2["wake_id"], "generation": c2["generation"]})
+    assert released.status_code == 204
+    # Given back: claimable at once, by Python too, as a second delivery.
+    with sqlstream.open(db_path) as db:
+        batch = db.subscription("pool@events/a").fetch("py", timeout=10)
+        assert [r.value for r in batch] == [{"n": 2}] and batch.attempts == {1: 2}
+
+
+def test_http_and_python_consumers_share_one_group_exactly_once(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "orders")
+    assert _subscribe(client, "billing", streams=["orders"]).status_code == 201
+    total = 300
+    seen: list[Any] = []
+    with sqlstream.open(db_path) as db:
+        orders = db.stream("orders")
+        sub = db.subscription("billing@orders")  # the group behind the link: shared
+        orders.extend([{"i": i} for i in range(total)])
+        rounds = 0
+        while len(seen) < total:
+            rounds += 1
+            assert rounds < 200
+            claim = _claim(client, "billing", "http-worker", max_records=7)
+            py = sub.fetch("py-worker", max_records=5)  # while the lease holds HTTP's records
+            if claim.status_code == 200:
+                c = claim.json()
+                (stream,) = c["streams"]
+                seen += _claimed_values(client, stream)
+                assert _ack(client, "billing", c, [("orders", stream["tail_offset"])]).status_code == 200
+            else:
+                assert _error(claim) == "NO_PENDING_WORK"
+            seen += [r.value for r in py]
+            sub.ack(*py.offsets, attempts=py.attempts)
+        info = sub.info()
+    assert sorted(v["i"] for v in seen) == list(range(total))  # none lost, none twice
+    assert info.pending == 0 and info.lag == 0 and info.acked == total
+
+
+def test_an_ended_lease_redelivers_and_fences_its_holder(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "jobs")
+    assert _subscribe(client, "jobs", streams=["jobs"], lease_ttl_ms=1000).status_code == 201
+    with sqlstream.open(db_path) as db:
+        db.stream("jobs").extend([{"job": 1}, {"job": 2}])
+        c = _claim(client, "jobs", "slow").json()
+        assert [s["has_pending"] for s in c["streams"]] == [True]
+        # The HTTP worker never acks: once its lease ends, a Python consumer gets the
+        # records (second delivery) — it waits on the ack deadline, not on a clock of ours.
+        batch = db.subscription("jobs@jobs").fetch("py", max_records=10, timeout=30)
+        assert [r.value for r in batch] == [{"job": 1}, {"job": 2}] and set(batch.attempts.values()) == {2}
+        late = _ack(client, "jobs", c, [("jobs", c["streams"][0]["tail_offset"])])
+        assert late.status_code == 409 and _error(late) == "FENCED"
+        assert len(db.subscription("jobs@jobs").pending()) == 2  # the late ack acked nothing
+        db.subscription("jobs@jobs").ack(*batch.offsets, attempts=batch.attempts)
+
+
+def test_a_stale_generation_is_fenced(client: httpx.Client) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "s")
+    assert _subscribe(client, "g", streams=["s"]).status_code == 201
+    client.post("/s", content=b"[1, 2]", headers={"content-type": "application/json"})
+    old = _claim(client, "g", "w", max_records=1).json()
+    assert _ack(client, "g", old, [], done=False).json() == {"ok": True, "next_wake": False}  # heartbeat
+    released = client.post("/__ds/subscriptions/g/release", headers={"authorization": f"Bearer {old['token']}"},
+                           json={"wake_id": old["wake_id"], "generation": old["generation"]})
+    assert released.status_code == 204
+    new = _claim(client, "g", "w", max_records=1).json()
+    assert new["generation"] > old["generation"]
+    tail = old["streams"][0]["tail_offset"]
+    for stale in (old, {**new, "generation": old["generation"]}, {**new, "wake_id": old["wake_id"]}):
+        refused = _ack(client, "g", stale, [("s", tail)])
+        assert refused.status_code == 409 and _error(refused) == "FENCED", refused.text
+    wrong = _ack(client, "g", {**new, "token": "not-the-token"}, [("s", tail)])
+    assert wrong.status_code == 401 and _error(wrong) == "TOKEN_INVALID"
+    assert _ack(client, "g", new, [("s", new["streams"][0]["tail_offset"])]).json()["ok"] is True
+
+
+def test_a_python_append_in_another_process_wakes_a_waiting_worker(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "feed")
+    assert _subscribe(client, "feed", streams=["feed"]).status_code == 201
+    tail = client.head("/wake").headers["stream-next-offset"]
+    result: dict[str, httpx.Response] = {}
+    started = threading.Event()
+
+    def worker() -> None:  # waits on the wake stream, as a pull-wake worker does
+        started.set()
+        result["r"] = client.get("/wake", params={"offset": tail, "live": "long-poll"})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.wait()
+    code = f"import sqlstream; sqlstream.open({db_path!r}).stream('feed').append({{'from': 'afar'}})"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    thread.join(15)
+    woke = result["r"]
+    assert woke.status_code == 200, woke.status_code
+    assert [e["subscription_id"] for e in woke.json()] == ["feed"]
+    (stream,) = _claim(client, "feed", "w").json()["streams"]
+    assert _claimed_values(client, stream) == [{"from": "afar"}]
+
+
+def test_state_lives_in_the_file_across_a_restart(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        db.create_stream("t", metadata={"content_type": "application/json"})
+    first = HttpServer(db_path, "127.0.0.1", 0, HttpConfig())
+    first.start()
+    try:
+        with httpx.Client(base_url=first.url + "/v1/stream", timeout=20) as c:
+            assert _subscribe(c, "keep", streams=["t"]).status_code == 201
+            c.post("/t", content=b'"x"', headers={"content-type": "application/json"})
+            claim = _claim(c, "keep", "w").json()
+    finally:
+        first.stop(10)
+    second = HttpServer(db_path, "127.0.0.1", 0, HttpConfig())
+    second.start()
+    try:
+        with httpx.Client(base_url=second.url + "/v1/stream", timeout=20) as c:
+            assert _claim(c, "keep", "other").status_code == 409  # the lease survived
+            ok = _ack(c, "keep", claim, [("t", claim["streams"][0]["tail_offset"])])
+            assert ok.json() == {"ok": True, "next_wake": False}
+    finally:
+        second.stop(10)
+
+
+# ----------------------------------------------------------------- bad input, safety
+
+
+def test_bad_input_gets_the_protocols_4xx_and_changes_nothing(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "s")
+    assert _subscribe(client, "ok", streams=["s"]).status_code == 201
+    client.post("/s", content=b"[1, 2, 3]", headers={"content-type": "application/json"})
+    claim = _claim(client, "ok", "w").json()
+    base = "/__ds/subscriptions"
+    auth = {"authorization": f"Bearer {claim['token']}"}
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (client.get(f"{base}/nope"), 404, "SUBSCRIPTION_NOT_FOUND"),
+        (_claim(client, "nope", "w"), 404, "SUBSCRIPTION_NOT_FOUND"),
+        (client.get(f"{base}/bad@id"), 400, "INVALID_REQUEST"),
+        (client.get(f"{base}/{'x' * 101}"), 400, "INVALID_REQUEST"),
+        (client.get("/__ds/jwks.json"), 404, "NOT_FOUND"),
+        (client.put(f"{base}/n", content=b"{"), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", content=b"[1]"), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "pull-wake", "streams": ["s"]}), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "pull-wake", "wake_stream": "absent", "streams": ["s"]}), 400,
+         "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=10**30), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=999), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=1500.5), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n"), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["__ds/x"]), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=[7]), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "webhook", "pattern": "a/*", "webhook": {"url": "http://10.0.0.1/"}}),
+         400, "WEBHOOK_URL_REJECTED"),
+        (client.put(f"{base}/n", json={"type": "webhook", "pattern": "a/*", "webhook": {"url": "http://127.0.0.1/"}}),
+         400, "INVALID_REQUEST"),
+        (_claim(client, "ok", ""), 400, "INVALID_REQUEST"),
+        (_claim(client, "ok", "w", max_records=10**20), 400, "INVALID_REQUEST"),
+        (_claim(client, "ok", "no spaces"), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", {**claim, "generation": 10**30}, []), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", {**claim, "generation": -1}, []), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", claim, [("s", "garbage")]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("s", "-1")]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("s", p.format_offset(10**15, 0))]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("other", p.format_offset(0, 0))]), 409, "INVALID_OFFSET"),
+        (client.post(f"{base}/ok/ack", json={"wake_id": claim["wake_id"], "generation": claim["generation"]}),
+         401, "TOKEN_INVALID"),
+        (client.post(f"{base}/ok/ack", headers=auth, json={"generation": claim["generation"]}), 400,
+         "INVALID_REQUEST"),
+        (client.post(f"{base}/ok/ack", headers=auth, content=b"\xff"), 400, "INVALID_REQUEST"),
+        (client.post(f"{base}/ok/callback", json={}), 400, "INVALID_REQUEST"),
+        (client.get(f"{base}/ok/claim"), 405, "INVALID_REQUEST"),
+    ]
+    for response, status, code in cases:
+        assert (response.status_code, _error(response)) == (status, code), (response.request.url, response.text)
+        assert response.json()["error"]["message"]  # a message a user can act on
+    # Nothing changed: the claim still holds its three records and acks them.
+    with sqlstream.open(db_path) as db:
+        assert [e.offset for e in db.subscription("ok@s").pending("w")] == [0, 1, 2]
+        assert [i.name for i in db.subscriptions()] == ["ok@s"]
+    done = _ack(client, "ok", claim, [("s", claim["streams"][0]["tail_offset"])])
+    assert done.json() == {"ok": True, "next_wake": False}
+
+
+def test_control_routes_need_the_server_token_and_acks_the_claims(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        db.create_stream("s", metadata={"content_type": "application/json"})
+        db.stream("s").append(1)
+    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(token="sekrit"))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as anon, \
+                httpx.Client(base_url=srv.url + "/v1/stream", timeout=20,
+                             headers={"authorization": "Bearer sekrit"}) as c:
+            assert _subscribe(anon, "x", streams=["s"]).status_code == 401
+            assert _subscribe(c, "x", streams=["s"], lease_ttl_ms=5000).status_code == 201
+            c.post("/s", content=b"2", headers={"content-type": "application/json"})
+            assert _claim(anon, "x", "w").status_code == 401
+            claim = _claim(c, "x", "w").json()
+            # The ack's bearer is the claim's token (the server token is not the claim's).
+            assert _ack(c, "x", {**claim, "token": "sekrit"}, []).status_code == 401
+            ok = _ack(anon, "x", claim, [("s", claim["streams"][0]["tail_offset"])])
+            assert ok.json() == {"ok": True, "next_wake": False}
+    finally:
+        srv.stop(10)
+
+
+def test_deleting_a_subscription_deletes_its_groups(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "a")
+    assert _subscribe(client, "d", streams=["a", "later"]).status_code == 201
+    assert client.post("/__ds/subscriptions/d/streams", json={"streams": ["b"]}).status_code == 204
+    assert client.delete("/__ds/subscriptions/d/streams/later").status_code == 204
+    got = client.get("/__ds/subscriptions/d").json()
+    assert [(s["path"], s["link_type"]) for s in got["streams"]] == [("a", "explicit"), ("b", "explicit")]
+    with sqlstream.open(db_path) as db:
+        assert [i.name for i in db.subscriptions()] == ["d@a"]  # b does not exist (yet)
+    assert client.delete("/__ds/subscriptions/d").status_code == 204
+    assert client.get("/__ds/subscriptions/d").status_code == 404
+    with sqlstream.open(db_path) as db:
+        assert db.subscriptions() == []
