@@ -10,6 +10,7 @@ CREATE TABLE ds_subscriptions (
     pattern       TEXT,
     wake_stream   TEXT,
     webhook_url   TEXT,
+    callback_base TEXT,                            -- webhook: the stream root URL of callback URLs
     lease_ttl_ms  INTEGER NOT NULL CHECK (lease_ttl_ms > 0),
     description   TEXT,
     config_hash   TEXT    NOT NULL,                -- sha256 of the normalised configuration

@@ -5,11 +5,10 @@ cache folder (``$SQLSTREAM_TEST_CACHE``, else ``~/.cache/sqlstream-tests``) on f
 ``.ci/run`` installs it ahead (install_http_conformance). Its own CLI looks for test
 files under node_modules, which vitest excludes, so a small vitest config of ours
 (``sqlstream-vitest.config.mjs``) includes a runner of ours (``RUNNER``) that calls the suite's ``runConformanceTests`` with its
-optional subscription tests switched on (the suite's own runner leaves them out). Every
-test must pass except the webhook-delivery ones (``NOT_SERVED``: sqlstream serves
-pull-wake subscriptions and refuses webhook ones), which are filtered out by name and
-count as skipped; the count is printed. Without node/npm the test skips, except under
-CI, where it fails.
+optional subscription tests switched on (the suite's own runner leaves them out; the
+server runs with ``webhooks = true`` for its webhook tests). Every test must pass and
+none be skipped; the count is printed. Without node/npm the test skips, except under CI,
+where it fails.
 """
 
 from __future__ import annotations
@@ -46,16 +45,6 @@ RUNNER = """\
 import { runConformanceTests } from "@durable-streams/server-conformance-tests"
 runConformanceTests({ baseUrl: process.env.CONFORMANCE_TEST_URL, subscriptions: true })
 """
-# The suite's subscription tests that need webhook delivery (the server POSTing signed
-# wakes to a URL), which sqlstream does not do: a PUT of type webhook gets 400. Plain
-# words: they go into a JavaScript regex as they are.
-NOT_SERVED = (
-    "creates and idempotently re-confirms a webhook subscription",
-    "webhook synchronous done auto-acks the wake snapshot",
-    "webhook callback acks and fences stale wake generations",
-    "adds and removes explicit subscription streams",
-)
-
 
 class ConformanceCount(UserWarning):
     """Carries the conformance count to pytest's warnings summary (not a problem)."""
@@ -100,7 +89,8 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
         pass
     config = tmp_path / "serve.toml"
     # A short long-poll timeout keeps the suite's "waits, then 204" tests quick.
-    config.write_text('[http]\nlong_poll_timeout = 1\n')
+    # Webhook subscriptions are off by default; the suite tests them.
+    config.write_text('[http]\nlong_poll_timeout = 1\nwebhooks = true\n')
     server = subprocess.Popen(
         [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--config", str(config), "--http", "127.0.0.1:0",
          # The suite checks CORS answers as a public, tokenless server would give them:
@@ -114,8 +104,7 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
         url = line.split(" at ")[1].split("/v1/stream")[0]
         report = tmp_path / "report.json"
         run = subprocess.run(
-            ["npx", "vitest", "run", "--config", "sqlstream-vitest.config.mjs", "--reporter=json", f"--outputFile={report}",
-             "--testNamePattern", "^(?!.*(" + "|".join(NOT_SERVED) + ")).*$"],
+            ["npx", "vitest", "run", "--config", "sqlstream-vitest.config.mjs", "--reporter=json", f"--outputFile={report}"],
             cwd=folder, capture_output=True, text=True, timeout=900,
             env={**os.environ, "CONFORMANCE_TEST_URL": url})
         assert report.exists(), run.stderr[-2000:]
@@ -124,16 +113,14 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
                   f"{' / '.join(a['failureMessages'][0].splitlines()[:3])[:400]}"
                   for f in result["testResults"] for a in f["assertionResults"] if a["status"] == "failed"]
         count = (f"Durable Streams conformance {SUITE_VERSION}: {result['numPassedTests']} passed, "
-                 f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped (webhook delivery: not served), "
+                 f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped, "
                  f"of {result['numTotalTests']}")
         print("\n" + count)
         # The suite runs on xdist workers, whose prints CI does not show: a warning reaches
         # the summary at the end of every run.
         warnings.warn(ConformanceCount(count), stacklevel=1)
         assert not failed, "\n".join(failed)
-        skipped = {a["title"] for f in result["testResults"] for a in f["assertionResults"]
-                   if a["status"] in ("pending", "skipped")}
-        assert skipped == set(NOT_SERVED), skipped  # the subscription tests ran, only these left out
+        assert result["numPendingTests"] == 0  # the subscription tests ran too
         assert result["numPassedTests"] > 300
     finally:
         server.send_signal(signal.SIGTERM)

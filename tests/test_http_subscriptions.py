@@ -6,11 +6,15 @@ process wakes a waiting worker, and bad input gets the protocol's 4xx."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import queue
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 import sqlstream  # noqa: E402
+from cryptography.exceptions import InvalidSignature  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
 from sqlstream.http import HttpConfig  # noqa: E402
 from sqlstream.http import protocol as p  # noqa: E402
 from sqlstream.http.server import HttpServer  # noqa: E402
@@ -306,7 +312,8 @@ def test_bad_input_gets_the_protocols_4xx_and_changes_nothing(client: httpx.Clie
         (client.post(f"{base}/ok/ack", headers=auth, json={"generation": claim["generation"]}), 400,
          "INVALID_REQUEST"),
         (client.post(f"{base}/ok/ack", headers=auth, content=b"\xff"), 400, "INVALID_REQUEST"),
-        (client.post(f"{base}/ok/callback", json={}), 400, "INVALID_REQUEST"),
+        (client.post(f"{base}/ok/callback", headers=auth,
+                     json={"wake_id": claim["wake_id"], "generation": claim["generation"]}), 400, "INVALID_REQUEST"),
         (client.get(f"{base}/ok/claim"), 405, "INVALID_REQUEST"),
     ]
     for response, status, code in cases:
@@ -359,3 +366,121 @@ def test_deleting_a_subscription_deletes_its_groups(client: httpx.Client, db_pat
     assert client.get("/__ds/subscriptions/d").status_code == 404
     with sqlstream.open(db_path) as db:
         assert db.subscriptions() == []
+
+
+# ----------------------------------------------------------------- webhooks
+
+
+class _Receiver:
+    """A webhook receiver on 127.0.0.1 (port 0): records each POST, answers ``answer``."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        calls: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
+        self.calls = calls
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                calls.put(({k.lower(): v for k, v in self.headers.items()}, body))
+                payload = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next(self) -> tuple[dict[str, str], bytes]:
+        return self.calls.get(timeout=30)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks_client(db_path: str) -> Iterator[httpx.Client]:
+    with sqlstream.open(db_path):
+        pass
+    srv = HttpServer(db_path, "127.0.0.1", 0, HttpConfig(webhooks=True))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as c:
+            yield c
+    finally:
+        srv.stop(10)
+
+
+def _verified(client: httpx.Client, headers: dict[str, str], body: bytes) -> bool:
+    """Whether the Webhook-Signature verifies with a key of the server's JWKS."""
+    stamp, kid, signature = (part.split("=", 1)[1] for part in headers["webhook-signature"].split(","))
+    (key,) = [k for k in client.get("/__ds/jwks.json").json()["keys"] if k["kid"] == kid]
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=="))
+    try:
+        public.verify(base64.urlsafe_b64decode(signature + "=="), f"{stamp}.".encode() + body)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_webhooks_are_off_by_default(client: httpx.Client) -> None:
+    refused = client.put("/__ds/subscriptions/h", json={"type": "webhook", "pattern": "a/*",
+                                                        "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    assert refused.status_code == 400 and "webhooks = true" in refused.json()["error"]["message"]
+    assert client.get("/__ds/jwks.json").status_code == 404
+
+
+def test_a_webhook_is_called_signed_and_done_acks(hooks_client: httpx.Client, db_path: str) -> None:
+    receiver = _Receiver({"done": True})
+    try:
+        created = hooks_client.put("/__ds/subscriptions/h", json={
+            "type": "webhook", "pattern": "events/*", "webhook": {"url": receiver.url}})
+        assert created.status_code == 201
+        signing = created.json()["webhook"]["signing"]
+        assert signing["kid"].startswith("ds_") and signing["jwks_url"].endswith("/v1/stream/__ds/jwks.json")
+        with sqlstream.open(db_path) as db:
+            db.create_stream("events/py", metadata={"content_type": "application/json"}).append({"n": 1})
+            headers, body = receiver.next()
+            assert _verified(hooks_client, headers, body)
+            assert not _verified(hooks_client, headers, body + b" ")
+            wake = json.loads(body)
+            (stream,) = wake["streams"]
+            assert stream["path"] == "events/py" and stream["has_pending"]
+            assert wake["callback_url"].endswith("/v1/stream/__ds/subscriptions/h/callback")
+            sub = db.subscription("h@events/py")
+            # "done": the wake's records get acked (by the server after the answer; waited
+            # for through the file's wake-ups, not a clock).
+            assert db.engine.wait_until(lambda: sub.info().acked == 1 or None, 30)
+            assert sub.info().pending == 0
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_callback_acks_and_stale_ones_are_fenced(hooks_client: httpx.Client, db_path: str) -> None:
+    receiver = _Receiver({})
+    try:
+        assert hooks_client.put("/__ds/subscriptions/cb", json={
+            "type": "webhook", "streams": ["jobs"], "webhook": {"url": receiver.url},
+            "lease_ttl_ms": 60000}).status_code == 201
+        assert hooks_client.put("/jobs", content=b'[{"job": 1}]',
+                                headers={"content-type": "application/json"}).status_code == 201
+        wake = json.loads(receiver.next()[1])
+        ack = {"wake_id": wake["wake_id"], "generation": wake["generation"], "done": True,
+               "acks": [{"stream": "jobs", "offset": wake["streams"][0]["tail_offset"]}]}
+        auth = {"authorization": f"Bearer {wake['callback_token']}"}
+        assert hooks_client.post(wake["callback_url"], headers=auth, json=ack).json() == {"ok": True,
+                                                                                          "next_wake": False}
+        stale = hooks_client.post(wake["callback_url"], headers=auth, json=ack)
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "FENCED"
+        with sqlstream.open(db_path) as db:
+            info = db.subscription("cb@jobs").info()
+            assert (info.acked, info.pending) == (1, 0)
+    finally:
+        receiver.close()

@@ -122,6 +122,10 @@ class HttpConfig:
     a bearer token by itself, so a page needs the token to do anything), none without one
     (else any page the user visits could read, append to and delete the local streams).
     Same-origin pages (the web view) need no entry."""
+    webhooks: bool = False
+    """Serve webhook subscriptions (``__ds/subscriptions``): the server then POSTs signed wakes
+    to the URLs clients give (https to public hosts, http to localhost / 127.0.0.x). Off:
+    such a PUT gets 400, pull-wake subscriptions are served either way."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names (besides localhost and loopback addresses) that requests may name in their
     ``Host`` header when the server listens on a loopback address; others get 421, so a
@@ -195,7 +199,7 @@ class DurableStreamsApp:
         self._closing = asyncio.Event()
         self.live = 0
         self.metrics = Metrics()
-        self.subscriptions = SubscriptionRoutes()
+        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks)
         if self.config.token is not None and self.config.cache_control.startswith("public"):
             self.config.cache_control = "private" + self.config.cache_control[len("public"):]
 
@@ -302,8 +306,9 @@ class DurableStreamsApp:
                 return await _send(send, _Response(200, {"content-type": "text/plain"}, b"ok\n"), headers)
             if path == self.prefix + "/__ds" or path.startswith(self.prefix + "/__ds/"):
                 body = await self._body(receive, headers) if method in ("PUT", "POST") else b""
+                base = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{root}{self.prefix}"
                 status, h, payload = await self.subscriptions.handle(
-                    await self.db(), method, path[len(self.prefix) + 1:], headers, body,
+                    await self.db(), method, path[len(self.prefix) + 1:], headers, body, base,
                     lambda: self._authorize(headers))
                 return await _send(send, _Response(status, h, payload), headers)
             self._authorize(headers)

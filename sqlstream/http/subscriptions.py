@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from .. import aio
 from ..errors import DatabaseClosed, SqlstreamError
 from ..logs import LazyLogger
@@ -32,6 +34,7 @@ from .substore import (
     DEFAULT_CLAIM_RECORDS,
     MAX_CLAIM_RECORDS,
     DsError,
+    Delivery,
     DsStore,
     check_id,
     normalize_path,
@@ -39,6 +42,7 @@ from .substore import (
     parse_config,
     parse_json,
 )
+from .webhooks import Signer, post
 
 _log = LazyLogger("sqlstream.http")
 
@@ -66,36 +70,47 @@ def _bearer(headers: dict[str, str]) -> str | None:
 class SubscriptionRoutes:
     """The ``__ds`` routes of one app and its wake pump."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, webhooks: bool = False) -> None:
+        self.webhooks = webhooks
+        self.signer = Signer() if webhooks else None
         self._pump: asyncio.Task[None] | None = None
         self._created = asyncio.Event()
+        self._calls: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None
 
     # ----------------------------------------------------------------- routes
 
     async def handle(self, db: aio.AsyncDatabase, method: str, rel: str, headers: dict[str, str], body: bytes,
-                     authorize: Callable[[], None]) -> Answer:
-        """Answer a request for ``rel`` (the path under the stream prefix, starting ``__ds``).
+                     base: str, authorize: Callable[[], None]) -> Answer:
+        """Answer a request for ``rel`` (the path under the stream prefix, starting ``__ds``);
+        ``base``: the stream root's URL as the client sees it (``http://host/v1/stream``).
         ``authorize()`` raises the app's 401 when the server token is missing or wrong."""
         try:
-            return await self._route(db, method, rel, headers, body, authorize)
+            return await self._route(db, method, rel, headers, body, base, authorize)
         except DsError as exc:
             return _json(exc.status, exc.body())
 
     async def _route(self, db: aio.AsyncDatabase, method: str, rel: str, headers: dict[str, str], body: bytes,
-                     authorize: Callable[[], None]) -> Answer:
+                     base: str, authorize: Callable[[], None]) -> Answer:
         parts = rel.split("/")
+        if rel == "__ds/jwks.json" and self.signer is not None:
+            # Public keys, no secret: served without the token, like /healthz, so that
+            # webhook receivers can fetch them.
+            _allow(method, "GET")
+            return 200, {"content-type": "application/jwk-set+json", "cache-control": "public, max-age=300"}, \
+                json.dumps(self.signer.jwks()).encode()
         if len(parts) < 3 or parts[1] != "subscriptions" or not parts[2]:
             authorize()
             raise DsError(404, "NOT_FOUND", f"no control route {rel!r} (subscriptions live under "
                                             "__ds/subscriptions/ID; webhook keys are not served)")
         sid, tail = parts[2], parts[3:]
         store = DsStore(db.sync)
-        if len(tail) == 1 and tail[0] in ("ack", "release"):
+        if len(tail) == 1 and tail[0] in ("ack", "release", "callback"):
             return await self._lease_action(db, store, method, tail[0], check_id(sid), headers, body)
         authorize()
         check_id(sid)
         if not tail:
-            return await self._base(db, store, method, sid, body)
+            return await self._base(db, store, method, sid, body, base)
         if tail == ["streams"]:
             _allow(method, "POST")
             streams = parse_json(body).get("streams")
@@ -122,21 +137,19 @@ class SubscriptionRoutes:
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM_RECORDS:
                 raise DsError(400, "INVALID_REQUEST", f"max_records must be an integer from 1 to {MAX_CLAIM_RECORDS}")
             return _json(200, await db.run_sync(store.claim, sid, worker, limit))
-        if tail == ["callback"]:
-            _allow(method, "POST")
-            raise DsError(400, "INVALID_REQUEST", "callbacks belong to webhook subscriptions, which sqlstream "
-                                                  "does not serve")
         raise DsError(404, "NOT_FOUND", f"no control route {rel!r}")
 
-    async def _base(self, db: aio.AsyncDatabase, store: DsStore, method: str, sid: str, body: bytes) -> Answer:
+    async def _base(self, db: aio.AsyncDatabase, store: DsStore, method: str, sid: str, body: bytes,
+                    base: str) -> Answer:
+        signing = None if self.signer is None else self.signer.signing(f"{base}/__ds/jwks.json")
         if method == "PUT":
             config = parse_config(parse_json(body))
-            created = await db.run_sync(store.create, sid, config)
+            created = await db.run_sync(lambda: store.create(sid, config, webhooks=self.webhooks, callback_base=base))
             if created:
                 self._created.set()
-            return _json(201 if created else 200, await db.run_sync(store.describe, sid))
+            return _json(201 if created else 200, await db.run_sync(store.describe, sid, signing))
         if method == "GET":
-            return _json(200, await db.run_sync(store.describe, sid))
+            return _json(200, await db.run_sync(store.describe, sid, signing))
         if method == "DELETE":
             await db.run_sync(store.delete, sid)
             return _empty()
@@ -148,9 +161,12 @@ class SubscriptionRoutes:
         token = _bearer(headers)
         if token is None:
             raise DsError(401, "TOKEN_INVALID", "Authorization must be 'Bearer <token of the claim>'")
-        request = parse_ack(parse_json(body), with_acks=action == "ack")
-        if action == "ack":
-            next_wake = await db.run_sync(store.ack, sid, token, request)
+        request = parse_ack(parse_json(body), with_acks=action != "release")
+        if action != "release":
+            kind = "pull-wake" if action == "ack" else "webhook"
+            next_wake = await db.run_sync(store.ack, sid, token, request, kind)
+            if next_wake:
+                self._created.set()  # the pump: call the webhook again
             return _json(200, {"ok": True, "next_wake": next_wake})
         await db.run_sync(store.release, sid, token, request)
         return _empty()
@@ -163,13 +179,19 @@ class SubscriptionRoutes:
             self._pump = asyncio.ensure_future(self._run(db))
 
     async def stop(self) -> None:
+        """Stop the pump and any webhook call in flight (their wakes' leases run out)."""
         pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
+        tasks = [*self._calls, *([pump] if pump is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await pump
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - it was logged; stopping anyway
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - logged already; stopping anyway
                 pass
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
     async def _run(self, db: aio.AsyncDatabase) -> None:
         store = DsStore(db.sync)
@@ -183,8 +205,8 @@ class SubscriptionRoutes:
                 await asyncio.sleep(1.0)
 
     async def _step(self, db: aio.AsyncDatabase, store: DsStore) -> None:
+        self._created.clear()  # set from here on: look again at once
         if await db.run_sync(store.count) == 0:
-            self._created.clear()
             try:
                 await asyncio.wait_for(self._created.wait(), IDLE_RECHECK)
             except asyncio.TimeoutError:
@@ -192,11 +214,33 @@ class SubscriptionRoutes:
             return
         due = await db.run_sync(store.due)
         if due:
-            await db.run_sync(store.tick, due)
+            for delivery in await db.run_sync(store.tick, due):
+                task = asyncio.ensure_future(self._call(db, store, delivery))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
             return
         lease_end = await db.run_sync(store.next_lease_end)
         timeout = IDLE_RECHECK if lease_end is None else min(IDLE_RECHECK, max(0.01, lease_end - time.time() + 0.01))
-        await db.wait_for(lambda: store.due() or None, timeout)
+        waiting = asyncio.ensure_future(db.wait_for(lambda: store.due() or None, timeout))
+        nudged = asyncio.ensure_future(self._created.wait())
+        try:
+            await asyncio.wait({waiting, nudged}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            nudged.cancel()
+
+    async def _call(self, db: aio.AsyncDatabase, store: DsStore, delivery: Delivery) -> None:
+        """Call a webhook; a ``{"done": true}`` answer acks its wake."""
+        assert self.signer is not None
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        answer = await post(self._client, self.signer, delivery.url, delivery.body)
+        if isinstance(answer, dict) and answer.get("done") is True:
+            try:
+                await db.run_sync(store.finish_webhook, delivery.subscription, delivery.wake_id, delivery.generation)
+            except SqlstreamError as exc:
+                _log.warning("webhook %s: the done answer was not applied: %s", delivery.url, exc)
+            self._created.set()  # more work may be waiting: look now
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -320,7 +320,8 @@ def _iso(us: int) -> str:
 
 # ----------------------------------------------------------------- state in the file
 
-_COLUMNS = ("id, type, pattern, wake_stream, webhook_url, lease_ttl_ms, description, config_hash, created_at, "
+_COLUMNS = ("id, type, pattern, wake_stream, webhook_url, callback_base, lease_ttl_ms, description, config_hash, "
+            "created_at, "
             "generation, wake_id, holder, token_hash, lease_until")
 
 
@@ -331,6 +332,7 @@ class _Row:
     pattern: str | None
     wake_stream: str | None
     webhook_url: str | None
+    callback_base: str | None
     lease_ttl_ms: int
     description: str | None
     config_hash: str
@@ -399,8 +401,9 @@ class DsStore:
         records = self.db.stream(path).read(n, 1)
         return p.format_offset(n, records[0].position if records else info.first_position)
 
-    def describe(self, sid: str) -> dict[str, Any]:
-        """The GET answer (PROTOCOL.md 6.3); ``acked_offset``: every record before it was acked."""
+    def describe(self, sid: str, signing: dict[str, str] | None = None) -> dict[str, Any]:
+        """The GET answer (PROTOCOL.md 6.3); ``acked_offset``: every record before it was acked;
+        ``signing``: the webhook signing metadata (alg, kid, jwks_url) to show."""
         with self.db.transaction():
             row = self._must(sid)
             streams = []
@@ -410,15 +413,17 @@ class DsStore:
                 streams.append({"path": path, "link_type": "explicit" if explicit else "glob",
                                 "acked_offset": acked, "subscription": backing_name(sid, path)})
         return {"id": row.id, "subscription_id": row.id, "type": row.type, "pattern": row.pattern,
-                "streams": streams, "webhook": {"url": row.webhook_url} if row.webhook_url else None,
+                "streams": streams, "webhook": {"url": row.webhook_url, "signing": signing} if row.webhook_url else None,
                 "wake_stream": row.wake_stream, "lease_ttl_ms": row.lease_ttl_ms,
                 "created_at": _iso(row.created_at), "status": "active", "description": row.description}
 
     # -- configuration
 
-    def create(self, sid: str, config: Config) -> bool:
+    def create(self, sid: str, config: Config, *, webhooks: bool = False, callback_base: str | None = None) -> bool:
         """Create the subscription (True) or re-confirm an identical one (False); 409 when
-        one exists with another configuration, 400 when the wake stream does not exist."""
+        one exists with another configuration, 400 when the wake stream does not exist or
+        it is a webhook one and ``webhooks`` is off. ``callback_base``: the stream root URL
+        that webhook callback URLs start with."""
         db = self.db
         with db.transaction():
             row = self._row(sid)
@@ -427,20 +432,21 @@ class DsStore:
                     raise DsError(409, "SUBSCRIPTION_ALREADY_EXISTS",
                                   f"subscription {sid!r} exists with another configuration")
                 return False
-            if config.type == "webhook":
-                raise _invalid("webhook subscriptions are not served by sqlstream (it makes no outgoing requests): "
-                               "use type pull-wake with a wake_stream")
-            assert config.wake_stream is not None
-            try:
-                db.stream_info(config.wake_stream)
-            except StreamNotFound:
-                raise _invalid(f"wake_stream {config.wake_stream!r} does not exist: create it first "
-                               "(a JSON stream: PUT with Content-Type: application/json)") from None
+            if config.type == "webhook" and not webhooks:
+                raise _invalid("webhook subscriptions are off on this server (it would make outgoing requests): "
+                               "use type pull-wake with a wake_stream, or set [http] webhooks = true")
+            if config.wake_stream is not None:
+                try:
+                    db.stream_info(config.wake_stream)
+                except StreamNotFound:
+                    raise _invalid(f"wake_stream {config.wake_stream!r} does not exist: create it first "
+                                   "(a JSON stream: PUT with Content-Type: application/json)") from None
             with db.engine.write() as conn:
                 conn.execute(
-                    "INSERT INTO ds_subscriptions (id, type, pattern, wake_stream, webhook_url, lease_ttl_ms, "
-                    "description, config_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sid, config.type, config.pattern, config.wake_stream, config.webhook_url, config.lease_ttl_ms,
+                    "INSERT INTO ds_subscriptions (id, type, pattern, wake_stream, webhook_url, callback_base, "
+                    "lease_ttl_ms, description, config_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sid, config.type, config.pattern, config.wake_stream, config.webhook_url,
+                     callback_base if config.type == "webhook" else None, config.lease_ttl_ms,
                      config.description, config.hash, db.engine.now_us()))
             row = self._must(sid)
             for path in config.streams:
@@ -536,54 +542,63 @@ class DsStore:
     def claim(self, sid: str, worker: str, max_records: int) -> dict[str, Any]:
         """Take the lease and claim records for ``worker`` (see the module docstring)."""
         db = self.db
-        fail: DsError | None = None
         with db.transaction():
             row = self._must(sid)
             if row.type != "pull-wake":
                 raise _invalid(f"subscription {sid!r} is not pull-wake")
-            now = db.engine.now_us()
-            if row.leased(now):
+            if row.leased(db.engine.now_us()):
                 raise DsError(409, "ALREADY_CLAIMED", f"worker {row.holder!r} holds the lease",
                               current_holder=row.holder, generation=row.generation)
             self._refresh_links(row)
-            lease_s = row.lease_ttl_ms / 1000
-            streams: list[dict[str, Any]] = []
-            for path, explicit, _glob in self._links(sid):
-                sub = self._backing(row, path)
-                entry: dict[str, Any] = {"path": path, "link_type": "explicit" if explicit else "glob"}
-                batch = sub.fetch(worker, max_records, 0) if sub is not None else None
-                if sub is None or not batch:
-                    at = ZERO_TOKEN if sub is None else self._token(path, sub.info().acked_frontier)
-                    entry.update(acked_offset=at, tail_offset=at, has_pending=False, claimed=[])
-                else:
-                    sub.extend_deadline(*batch.offsets, seconds=lease_s)
-                    spans = [[self._token(path, a), self._token(path, b)] for a, b in runs(batch.offsets)]
-                    entry.update(acked_offset=spans[0][0], tail_offset=spans[-1][1], has_pending=True, claimed=spans)
-                streams.append(entry)
-            generation, wake_id = row.generation, row.wake_id
-            if not any(s["has_pending"] for s in streams):
-                fail = DsError(409, "NO_PENDING_WORK", f"subscription {sid!r} has no records to claim")
+            wake = self._take_lease(row, worker, max_records)
+            if wake is None:
                 with db.engine.write(wakes=False) as conn:  # the wake (if any) found its work done
                     conn.execute("UPDATE ds_subscriptions SET wake_id = NULL, holder = NULL, token_hash = NULL, "
                                  "lease_until = NULL WHERE id = ?", (sid,))
+        if wake is None:  # raised after the commit: the cleared wake stays cleared
+            raise DsError(409, "NO_PENDING_WORK", f"subscription {sid!r} has no records to claim")
+        return wake
+
+    def _take_lease(self, row: _Row, worker: str, max_records: int) -> dict[str, Any] | None:
+        """Fetch every link's records for ``worker`` until the lease's end and record the
+        lease; the claim's (or webhook's) body, or None when there was nothing to claim."""
+        db = self.db
+        now = db.engine.now_us()
+        lease_s = row.lease_ttl_ms / 1000
+        streams: list[dict[str, Any]] = []
+        for path, explicit, _glob in self._links(row.id):
+            sub = self._backing(row, path)
+            entry: dict[str, Any] = {"path": path, "link_type": "explicit" if explicit else "glob"}
+            batch = sub.fetch(worker, max_records, 0) if sub is not None else None
+            if sub is None or not batch:
+                at = ZERO_TOKEN if sub is None else self._token(path, sub.info().acked_frontier)
+                entry.update(acked_offset=at, tail_offset=at, has_pending=False, claimed=[])
             else:
-                if wake_id is None or row.holder is not None:  # no wake in flight, or its lease ended
-                    generation, wake_id = generation + 1, _wake_id()
-                token = f"{generation}.{secrets.token_urlsafe(32)}"  # the generation: to tell stale from wrong
-                with db.engine.write(wakes=False) as conn:
-                    conn.execute("UPDATE ds_subscriptions SET generation = ?, wake_id = ?, holder = ?, token_hash = ?, "
-                                 "lease_until = ? WHERE id = ?",
-                                 (generation, wake_id, worker, _hash(token), now + row.lease_ttl_ms * 1000, sid))
-        if fail is not None:
-            raise fail
+                sub.extend_deadline(*batch.offsets, seconds=lease_s)
+                spans = [[self._token(path, a), self._token(path, b)] for a, b in runs(batch.offsets)]
+                entry.update(acked_offset=spans[0][0], tail_offset=spans[-1][1], has_pending=True, claimed=spans)
+            streams.append(entry)
+        if not any(s["has_pending"] for s in streams):
+            return None
+        generation, wake_id = row.generation, row.wake_id
+        if wake_id is None or row.holder is not None:  # no wake in flight, or its lease ended
+            generation, wake_id = generation + 1, _wake_id()
+        token = f"{generation}.{secrets.token_urlsafe(32)}"  # the generation: to tell stale from wrong
+        with db.engine.write(wakes=False) as conn:
+            conn.execute("UPDATE ds_subscriptions SET generation = ?, wake_id = ?, holder = ?, token_hash = ?, "
+                         "lease_until = ? WHERE id = ?",
+                         (generation, wake_id, worker, _hash(token), now + row.lease_ttl_ms * 1000, row.id))
         return {"wake_id": wake_id, "generation": generation, "token": token, "streams": streams,
                 "lease_ttl_ms": row.lease_ttl_ms}
 
-    def _fenced(self, sid: str, token: str | None, req: AckRequest) -> _Row:
-        """The subscription, if ``token``/``req`` belong to its live lease; else 401/409."""
+    def _fenced(self, sid: str, token: str | None, req: AckRequest, kind: str) -> _Row:
+        """The subscription (of type ``kind``), if ``token``/``req`` belong to its live
+        lease; else 401/409."""
         row = self._must(sid)
-        if row.type != "pull-wake":
-            raise _invalid(f"subscription {sid!r} is not pull-wake")
+        if row.type != kind:
+            raise _invalid(f"subscription {sid!r} is {row.type}: "
+                           + ("acks and releases are for pull-wake ones" if kind == "pull-wake" else
+                              "callbacks are for webhook ones"))
         if not token or row.token_hash is None or not hmac.compare_digest(_hash(token), row.token_hash):
             if row.token_hash is None:
                 raise DsError(409, "FENCED", f"subscription {sid!r} has no live lease (released, done or expired)")
@@ -610,11 +625,13 @@ class DsStore:
             out.append((path, sub, {e.offset: e.attempts for e in sub.pending(row.holder)}))
         return out
 
-    def ack(self, sid: str, token: str | None, req: AckRequest) -> bool:
-        """Ack, heartbeat, and with ``done`` end the lease; True when another wake was issued."""
+    def ack(self, sid: str, token: str | None, req: AckRequest, kind: str = "pull-wake") -> bool:
+        """Ack, heartbeat, and with ``done`` end the lease; True when there is more work (a
+        pull-wake subscription then has a new wake issued; a webhook one is called again).
+        ``kind="webhook"``: the callback of a webhook subscription, the same otherwise."""
         db = self.db
         with db.transaction():
-            row = self._fenced(sid, token, req)
+            row = self._fenced(sid, token, req, kind)
             held = {path: (sub, mine) for path, sub, mine in self._held(row)}
             for path, n in req.acks:
                 if path not in held:
@@ -640,7 +657,7 @@ class DsStore:
     def release(self, sid: str, token: str | None, req: AckRequest) -> bool:
         """Give back every record of the lease and end it; True when another wake was issued."""
         with self.db.transaction():
-            row = self._fenced(sid, token, req)
+            row = self._fenced(sid, token, req, "pull-wake")
             return self._end_lease(row, {path: (sub, mine) for path, sub, mine in self._held(row)})
 
     def _end_lease(self, row: _Row, held: dict[str, tuple[Subscription, dict[int, int]]]) -> bool:
@@ -651,7 +668,24 @@ class DsStore:
             conn.execute("UPDATE ds_subscriptions SET wake_id = NULL, holder = NULL, token_hash = NULL, "
                          "lease_until = NULL WHERE id = ?", (row.id,))
         row.wake_id = row.holder = None
+        if row.type == "webhook":
+            return self._claimable(row) is not None  # the pump calls the webhook again
         return self._wake_if_pending(row)
+
+    def finish_webhook(self, sid: str, wake_id: str, generation: int) -> None:
+        """A webhook answered ``{"done": true}``: ack every record of that wake and end its
+        lease — if it is still the current one (else nothing: it ended meanwhile)."""
+        with self.db.transaction():
+            row = self._row(sid)
+            if (row is None or row.type != "webhook" or row.wake_id != wake_id or row.generation != generation
+                    or not row.leased(self.db.engine.now_us())):
+                return
+            held = {path: (sub, mine) for path, sub, mine in self._held(row)}
+            for sub, mine in held.values():
+                if mine:
+                    sub.ack(*mine, attempts=dict(mine))
+                    mine.clear()
+            self._end_lease(row, held)
 
     def _claimable(self, row: _Row) -> str | None:
         """The first linked stream with a record a fetch could claim now, or None."""
@@ -684,14 +718,14 @@ class DsStore:
     # -- the pump
 
     def due(self) -> list[str]:
-        """Read-only: the pull-wake subscriptions a :meth:`tick` would act on (idle, or with
-        an ended lease, and something to claim or a new stream to link)."""
+        """Read-only: the subscriptions a :meth:`tick` would act on (idle, or with an ended
+        lease, and something to claim or a new stream to link)."""
         db = self.db
         now = db.engine.now_us()
         with db.engine.snapshot() as conn:
             rows = [_Row(*r) for r in _q(conn,
-                f"SELECT {_COLUMNS} FROM ds_subscriptions WHERE type = 'pull-wake' "
-                "AND (holder IS NULL OR lease_until <= ?) AND (wake_id IS NULL OR holder IS NOT NULL)", (now,))]
+                f"SELECT {_COLUMNS} FROM ds_subscriptions WHERE "
+                "(holder IS NULL OR lease_until <= ?) AND (wake_id IS NULL OR holder IS NOT NULL)", (now,))]
         if not rows:
             return []
         names = None
@@ -720,14 +754,17 @@ class DsStore:
                     break
         return out
 
-    def tick(self, sids: list[str]) -> None:
-        """For each subscription: end an expired lease, link new streams, and issue a wake if
-        it is idle and has work. Each subscription in its own transaction."""
+    def tick(self, sids: list[str]) -> list[Delivery]:
+        """For each subscription: end an expired lease, link new streams, and if it is idle
+        with work, issue a wake — pull-wake: a wake event in its wake stream; webhook: a
+        lease held by the webhook's consumer, returned as a :class:`Delivery` for the
+        caller to send. Each subscription in its own transaction."""
         db = self.db
+        out: list[Delivery] = []
         for sid in sids:
             with db.transaction():
                 row = self._row(sid)
-                if row is None or row.type != "pull-wake":
+                if row is None:
                     continue
                 now = db.engine.now_us()
                 if row.holder is not None and not row.leased(now):
@@ -738,7 +775,17 @@ class DsStore:
                 elif row.holder is not None or row.wake_id is not None:
                     continue
                 self._refresh_links(row)
-                self._wake_if_pending(row)
+                if row.type == "pull-wake":
+                    self._wake_if_pending(row)
+                    continue
+                wake = self._take_lease(row, webhook_consumer(sid), DEFAULT_CLAIM_RECORDS)
+                if wake is not None and row.webhook_url is not None:
+                    out.append(Delivery(row.webhook_url, sid, wake["wake_id"], wake["generation"], {
+                        "subscription_id": sid, "wake_id": wake["wake_id"], "generation": wake["generation"],
+                        "streams": wake["streams"],
+                        "callback_url": f"{row.callback_base}/__ds/subscriptions/{sid}/callback",
+                        "callback_token": wake["token"]}))
+        return out
 
     def next_lease_end(self) -> float | None:
         """Seconds since the epoch at which the earliest live lease ends (None: none)."""
@@ -747,9 +794,25 @@ class DsStore:
         return None if not rows or rows[0][0] is None else rows[0][0] / 1e6
 
     def count(self) -> int:
-        """How many pull-wake subscriptions the file holds."""
+        """How many subscriptions the file holds."""
         with self.db.engine.snapshot() as conn:
-            return int(_q(conn, "SELECT count(*) FROM ds_subscriptions WHERE type = 'pull-wake'")[0][0])
+            return int(_q(conn, "SELECT count(*) FROM ds_subscriptions")[0][0])
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook call to make: the URL, which wake it is, and the JSON body."""
+
+    url: str
+    subscription: str
+    wake_id: str
+    generation: int
+    body: dict[str, Any]
+
+
+def webhook_consumer(sid: str) -> str:
+    """The sqlstream consumer name under which a webhook subscription's wakes hold records."""
+    return f"webhook:{sid}"
 
 
 def _exists(db: Database, path: str) -> bool:
