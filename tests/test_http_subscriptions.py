@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 from sqlstream.http import HttpConfig  # noqa: E402
 from sqlstream.http import protocol as p  # noqa: E402
 from sqlstream.http.server import HttpServer  # noqa: E402
-from sqlstream.http.substore import glob_match, runs, webhook_url_problem  # noqa: E402
+from sqlstream.http.subprotocol import glob_match, runs, webhook_url_problem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,18 +30,17 @@ from .. import aio
 from ..errors import DatabaseClosed, SqlstreamError
 from ..logs import LazyLogger
 from ..validation import check_name
-from .substore import (
+from .subprotocol import (
     DEFAULT_CLAIM_RECORDS,
     MAX_CLAIM_RECORDS,
     DsError,
-    Delivery,
-    DsStore,
     check_id,
     normalize_path,
     parse_ack,
     parse_config,
     parse_json,
 )
+from .substore import Delivery, DsStore
 from .webhooks import Signer, post
 
 _log = LazyLogger("sqlstream.http")
@@ -77,6 +76,7 @@ class SubscriptionRoutes:
         self._created = asyncio.Event()
         self._calls: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._last_due: list[str] = []
 
     # ----------------------------------------------------------------- routes
 
@@ -213,6 +213,11 @@ class SubscriptionRoutes:
                 pass
             return
         due = await db.run_sync(store.due)
+        if due and due == self._last_due:
+            # Due again right after a tick: it could not act (a link whose subscription
+            # cannot be made, a record set aside as damaged). Look again later, not now.
+            await asyncio.sleep(1.0)
+        self._last_due = due
         if due:
             for delivery in await db.run_sync(store.tick, due):
                 task = asyncio.ensure_future(self._call(db, store, delivery))

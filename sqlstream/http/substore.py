@@ -8,7 +8,8 @@ delivered to both while either holds it. The tables of migration ``http_subscrip
 keep only what the protocol adds: the configuration, the wake generation, the lease and
 the links.
 
-The mapping (pull-wake, PROTOCOL.md section 7):
+The mapping (pull-wake, PROTOCOL.md section 7; the request rules are in
+:mod:`sqlstream.http.subprotocol`):
 
 - *wake*: when an idle subscription (no wake in flight, no live lease) has a record a
   fetch could claim on any link, the generation goes up by one, a new ``wake_id`` is
@@ -30,9 +31,11 @@ The mapping (pull-wake, PROTOCOL.md section 7):
   the lease ends its records' ack deadlines have passed too, so any consumer (HTTP or
   Python) may claim them again (redelivery, attempts + 1).
 
-Webhook subscriptions are not served (400 ``INVALID_REQUEST``; an unsafe URL is refused
-first with the protocol's ``WEBHOOK_URL_REJECTED``): delivering them means this server
-making outgoing requests, which a file server on loopback should not do by default.
+Webhook subscriptions (only when the app allows them) take the same path: the wake is a
+lease held by the consumer ``webhook:{id}`` (:func:`webhook_consumer`), returned by
+:meth:`DsStore.tick` as a :class:`Delivery` for the pump to POST; a ``{"done": true}``
+answer acks the wake's records (:meth:`DsStore.finish_webhook`), a callback is an ack.
+A delivery that fails leaves its lease to end; the next wake calls again.
 
 Everything in :class:`DsStore` is synchronous and runs on the AsyncDatabase's worker
 thread (``run_sync``); it uses the public API and the engine interface (``db.engine``).
@@ -43,14 +46,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
-import ipaddress
-import json
-import re
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ..connection import rows as _q
 from ..errors import (
@@ -65,249 +63,23 @@ from ..errors import (
 from ..logs import LazyLogger
 from ..validation import check_name
 from . import protocol as p
+from .subprotocol import (
+    DEFAULT_CLAIM_RECORDS,
+    ZERO_TOKEN,
+    AckRequest,
+    Config,
+    DsError,
+    backing_name,
+    glob_match,
+    invalid,
+    runs,
+)
 
 if TYPE_CHECKING:
     from ..database import Database
     from ..subscriptions import Subscription
 
 _log = LazyLogger("sqlstream.http")
-
-DEFAULT_LEASE_TTL_MS = 30_000
-MIN_LEASE_TTL_MS = 1_000
-MAX_LEASE_TTL_MS = 600_000
-DEFAULT_CLAIM_RECORDS = 1000
-MAX_CLAIM_RECORDS = 10_000
-MAX_STREAMS = 1000
-"""Explicit streams one request may name."""
-# Subscription ids: a sqlstream name without '/' (it is one URL segment) or '@' (the
-# separator of the backing subscription's name, which must stay unambiguous).
-_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:=+]{0,99}")
-ZERO_TOKEN = p.format_offset(0, 0)
-
-
-class DsError(Exception):
-    """A refused subscription request: HTTP ``status``, the protocol's error ``code``, a
-    message, and extra fields of the error object (``current_holder``, ``generation``)."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": str(self), **self.extra}}
-
-
-def _invalid(message: str) -> DsError:
-    return DsError(400, "INVALID_REQUEST", message)
-
-
-# ----------------------------------------------------------------- pure rules
-
-
-def check_id(raw: str) -> str:
-    """A subscription id from the URL; ``DsError(400)`` unless it is 1-100 of
-    ``A-Z a-z 0-9 _ . - : = +`` (not starting with ``.-:=+``)."""
-    if not _ID.fullmatch(raw):
-        raise _invalid(f"invalid subscription id {raw[:120]!r}: 1 to 100 characters of A-Z a-z 0-9 _ . - : = +, "
-                       "starting with a letter, digit or _")
-    return raw
-
-
-def backing_name(sid: str, path: str) -> str:
-    """The sqlstream subscription behind the link of ``sid`` to stream ``path``."""
-    return f"{sid}@{path}"
-
-
-def normalize_path(raw: object, what: str) -> str:
-    """A stream-root-relative path as a stream name (slashes at either end dropped)."""
-    if not isinstance(raw, str) or not raw.strip("/"):
-        raise _invalid(f"{what} must be a non-empty string (a stream path such as 'events/abc')")
-    path = raw.strip("/")
-    try:
-        check_name(path, what)
-    except InvalidName as exc:
-        raise _invalid(str(exc)) from None
-    if path == "__ds" or path.startswith("__ds/"):
-        raise _invalid(f"{what} {path!r} is in the reserved __ds namespace")
-    return path
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """``*`` matches one path segment, ``**`` zero or more, anything else itself."""
-    pat = [s for s in pattern.split("/") if s]
-    parts = [s for s in path.split("/") if s]
-
-    def match(pi: int, si: int) -> bool:
-        while pi < len(pat) and si < len(parts):
-            seg = pat[pi]
-            if seg == "**":
-                return any(match(pi + 1, i) for i in range(si, len(parts) + 1))
-            if seg != "*" and seg != parts[si]:
-                return False
-            pi += 1
-            si += 1
-        while pi < len(pat) and pat[pi] == "**":
-            pi += 1
-        return pi == len(pat) and si == len(parts)
-
-    return match(0, 0)
-
-
-def webhook_url_problem(url: str) -> str | None:
-    """Why a webhook URL is unsafe (PROTOCOL.md 6.2, against SSRF), or None: https to a
-    public host, or http only to localhost / 127.0.0.x."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
-        return "webhook.url must be a valid URL"
-    if parts.scheme == "http":
-        if host == "localhost" or re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}", host):
-            return None
-        return "http webhook URLs are allowed only for localhost or 127.0.0.x"
-    if parts.scheme != "https" or not host:
-        return "webhook.url must be an https URL"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return "https webhook URLs must not name localhost" if host == "localhost" else None
-    if not address.is_global:
-        return "webhook.url must not target private, loopback or link-local addresses"
-    return None
-
-
-@dataclass(frozen=True)
-class Config:
-    """A subscription's normalised configuration (what PUT compares to re-confirm)."""
-
-    type: str
-    pattern: str | None
-    streams: tuple[str, ...]
-    wake_stream: str | None
-    webhook_url: str | None
-    lease_ttl_ms: int
-    description: str | None
-
-    @property
-    def hash(self) -> str:
-        canonical = {"type": self.type, "pattern": self.pattern, "streams": sorted(set(self.streams)),
-                     "webhook": self.webhook_url, "wake_stream": self.wake_stream,
-                     "lease_ttl_ms": self.lease_ttl_ms, "description": self.description}
-        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object (empty: ``{}``)."""
-    if not body.strip():
-        return {}
-    try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _invalid("the body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise _invalid("the body must be a JSON object")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _int(value: object, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(f"{what} must be an integer from {low} to {high}, not {str(value)[:40]}")
-    return value
-
-
-def parse_config(body: dict[str, Any]) -> Config:
-    """The body of a create PUT (PROTOCOL.md 6.2); ``DsError`` naming the bad field."""
-    kind = body.get("type")
-    if kind not in ("webhook", "pull-wake"):
-        raise _invalid('type must be "webhook" or "pull-wake"')
-    pattern = body.get("pattern")
-    if pattern is not None:
-        if not isinstance(pattern, str) or not pattern.strip("/") or len(pattern) > 400:
-            raise _invalid("pattern must be a non-empty glob of at most 400 characters, such as 'events/*'")
-        pattern = pattern.strip("/")
-    raw_streams = body.get("streams", [])
-    if not isinstance(raw_streams, list) or len(raw_streams) > MAX_STREAMS:
-        raise _invalid(f"streams must be an array of at most {MAX_STREAMS} stream paths")
-    streams = tuple(normalize_path(s, "stream") for s in raw_streams)
-    if pattern is None and not streams:
-        raise _invalid("give a pattern, streams, or both")
-    lease = _int(body.get("lease_ttl_ms", DEFAULT_LEASE_TTL_MS), "lease_ttl_ms", MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS)
-    description = body.get("description")
-    if description is not None and (not isinstance(description, str) or len(description) > 1000):
-        raise _invalid("description must be a string of at most 1000 characters")
-    webhook_url = wake_stream = None
-    if kind == "webhook":
-        hook = body.get("webhook")
-        url = hook.get("url") if isinstance(hook, dict) else None
-        if not isinstance(url, str) or not url:
-            raise _invalid("webhook subscriptions need webhook.url")
-        problem = webhook_url_problem(url)
-        if problem is not None:
-            raise DsError(400, "WEBHOOK_URL_REJECTED", problem)
-        webhook_url = url
-    else:
-        wake_stream = normalize_path(body.get("wake_stream"), "wake_stream")
-    return Config(kind, pattern, streams, wake_stream, webhook_url, lease, description)
-
-
-@dataclass(frozen=True)
-class AckRequest:
-    """The body of an ack, release or callback: the wake it belongs to, acks, done."""
-
-    wake_id: str
-    generation: int
-    acks: tuple[tuple[str, int], ...]
-    done: bool
-
-
-def parse_ack(body: dict[str, Any], *, with_acks: bool) -> AckRequest:
-    wake_id = body.get("wake_id")
-    if not isinstance(wake_id, str) or not wake_id or len(wake_id) > 100:
-        raise _invalid("wake_id must be the wake_id of the claim (a string)")
-    generation = _int(body.get("generation"), "generation", 0, p.MAX_SAFE)
-    acks: list[tuple[str, int]] = []
-    raw = body.get("acks", []) if with_acks else []
-    if not isinstance(raw, list) or len(raw) > MAX_STREAMS:
-        raise _invalid(f"acks must be an array of at most {MAX_STREAMS} {{stream, offset}} objects")
-    for item in raw:
-        if not isinstance(item, dict):
-            raise _invalid("each ack is an object {stream, offset}")
-        path = normalize_path(item.get("stream", item.get("path")), "ack stream")
-        offset = item.get("offset")
-        if not isinstance(offset, str):
-            raise DsError(409, "INVALID_OFFSET", f"the ack of {path!r} needs an offset token (a string)")
-        try:
-            acks.append((path, p.parse_token(offset, "offset") if offset != "-1" else -1))
-        except p.ProtocolError:
-            raise DsError(409, "INVALID_OFFSET", f"malformed offset {offset[:80]!r} in the ack of {path!r}: "
-                                                 "use a tail_offset or Stream-Next-Offset value") from None
-        if acks[-1][1] < 0:
-            raise DsError(409, "INVALID_OFFSET", "an ack offset must not be -1")
-    done = body.get("done", False)
-    if not isinstance(done, bool):
-        raise _invalid("done must be true or false")
-    return AckRequest(wake_id, generation, tuple(acks), done)
-
-
-def runs(offsets: list[int]) -> Iterator[tuple[int, int]]:
-    """Sorted offsets as (start, end) runs of consecutive ones, end exclusive."""
-    start = prev = None
-    for o in offsets:
-        if prev is not None and o == prev + 1:
-            prev = o
-            continue
-        if start is not None and prev is not None:
-            yield start, prev + 1
-        start = prev = o
-    if start is not None and prev is not None:
-        yield start, prev + 1
-
 
 def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
@@ -401,6 +173,17 @@ class DsStore:
         records = self.db.stream(path).read(n, 1)
         return p.format_offset(n, records[0].position if records else info.first_position)
 
+    def _acked(self, sid: str, path: str) -> str:
+        """The token before which every record of the link was acked (read-only: a link whose
+        subscription is yet to be made, from the stream's first record, is at that record)."""
+        try:
+            return self._token(path, self.db.subscription(backing_name(sid, path)).info().acked_frontier)
+        except SubscriptionNotFound:
+            try:
+                return self._token(path, self.db.stream_info(path).first_offset)
+            except StreamNotFound:
+                return ZERO_TOKEN
+
     def describe(self, sid: str, signing: dict[str, str] | None = None) -> dict[str, Any]:
         """The GET answer (PROTOCOL.md 6.3); ``acked_offset``: every record before it was acked;
         ``signing``: the webhook signing metadata (alg, kid, jwks_url) to show."""
@@ -408,10 +191,8 @@ class DsStore:
             row = self._must(sid)
             streams = []
             for path, explicit, _glob in self._links(sid):
-                sub = self._backing(row, path)
-                acked = ZERO_TOKEN if sub is None else self._token(path, sub.info().acked_frontier)
                 streams.append({"path": path, "link_type": "explicit" if explicit else "glob",
-                                "acked_offset": acked, "subscription": backing_name(sid, path)})
+                                "acked_offset": self._acked(sid, path), "subscription": backing_name(sid, path)})
         return {"id": row.id, "subscription_id": row.id, "type": row.type, "pattern": row.pattern,
                 "streams": streams, "webhook": {"url": row.webhook_url, "signing": signing} if row.webhook_url else None,
                 "wake_stream": row.wake_stream, "lease_ttl_ms": row.lease_ttl_ms,
@@ -433,13 +214,13 @@ class DsStore:
                                   f"subscription {sid!r} exists with another configuration")
                 return False
             if config.type == "webhook" and not webhooks:
-                raise _invalid("webhook subscriptions are off on this server (it would make outgoing requests): "
+                raise invalid("webhook subscriptions are off on this server (it would make outgoing requests): "
                                "use type pull-wake with a wake_stream, or set [http] webhooks = true")
             if config.wake_stream is not None:
                 try:
                     db.stream_info(config.wake_stream)
                 except StreamNotFound:
-                    raise _invalid(f"wake_stream {config.wake_stream!r} does not exist: create it first "
+                    raise invalid(f"wake_stream {config.wake_stream!r} does not exist: create it first "
                                    "(a JSON stream: PUT with Content-Type: application/json)") from None
             with db.engine.write() as conn:
                 conn.execute(
@@ -468,7 +249,7 @@ class DsStore:
         try:
             check_name(name, "subscription")
         except InvalidName:
-            raise _invalid(f"stream path {path!r} is too long to link to subscription {row.id!r} "
+            raise invalid(f"stream path {path!r} is too long to link to subscription {row.id!r} "
                            f"(the subscription {row.id}@{path} is over 200 characters)") from None
         db = self.db
         with db.engine.write() as conn:
@@ -503,7 +284,7 @@ class DsStore:
             keep_glob = self._matches(row, path)
             with db.engine.write() as conn:
                 if keep_glob:
-                    conn.execute("UPDATE ds_subscription_links SET explicit = 0 WHERE subscription = ? AND path = ?",
+                    conn.execute("UPDATE ds_subscription_links SET explicit = 0, glob = 1 WHERE subscription = ? AND path = ?",
                                  (sid, path))
                     return
                 gone = _q(conn, "DELETE FROM ds_subscription_links WHERE subscription = ? AND path = ? RETURNING 1",
@@ -545,7 +326,7 @@ class DsStore:
         with db.transaction():
             row = self._must(sid)
             if row.type != "pull-wake":
-                raise _invalid(f"subscription {sid!r} is not pull-wake")
+                raise invalid(f"subscription {sid!r} is not pull-wake")
             if row.leased(db.engine.now_us()):
                 raise DsError(409, "ALREADY_CLAIMED", f"worker {row.holder!r} holds the lease",
                               current_holder=row.holder, generation=row.generation)
@@ -571,7 +352,7 @@ class DsStore:
             entry: dict[str, Any] = {"path": path, "link_type": "explicit" if explicit else "glob"}
             batch = sub.fetch(worker, max_records, 0) if sub is not None else None
             if sub is None or not batch:
-                at = ZERO_TOKEN if sub is None else self._token(path, sub.info().acked_frontier)
+                at = self._acked(row.id, path)
                 entry.update(acked_offset=at, tail_offset=at, has_pending=False, claimed=[])
             else:
                 sub.extend_deadline(*batch.offsets, seconds=lease_s)
@@ -596,7 +377,7 @@ class DsStore:
         lease; else 401/409."""
         row = self._must(sid)
         if row.type != kind:
-            raise _invalid(f"subscription {sid!r} is {row.type}: "
+            raise invalid(f"subscription {sid!r} is {row.type}: "
                            + ("acks and releases are for pull-wake ones" if kind == "pull-wake" else
                               "callbacks are for webhook ones"))
         if not token or row.token_hash is None or not hmac.compare_digest(_hash(token), row.token_hash):
