@@ -13,12 +13,15 @@ import queue
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -29,7 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  
 from sqlstream.http import HttpConfig  # noqa: E402
 from sqlstream.http import protocol as p  # noqa: E402
 from sqlstream.http.server import HttpServer  # noqa: E402
-from sqlstream.http.subprotocol import glob_match, runs, webhook_url_problem  # noqa: E402
+from sqlstream.errors import ConcurrencyError  # noqa: E402
+from sqlstream.http.subprotocol import AckRequest, DsError, glob_match, parse_config, runs, webhook_url_problem  # noqa: E402
+from sqlstream.http.substore import DsStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,6 +181,25 @@ def test_http_and_python_consumers_share_one_group_exactly_once(client: httpx.Cl
         info = sub.info()
     assert sorted(v["i"] for v in seen) == list(range(total))  # none lost, none twice
     assert info.pending == 0 and info.lag == 0 and info.acked == total
+
+
+def test_an_http_release_gives_back_only_what_the_lease_held(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "q")
+    assert _subscribe(client, "q", streams=["q"]).status_code == 201
+    with sqlstream.open(db_path) as db:
+        db.stream("q").extend([0, 1, 2, 3])
+        sub = db.subscription("q@q")
+        c = _claim(client, "q", "http", max_records=2).json()
+        mine = sub.fetch("py", max_records=2)
+        assert mine.offsets == [2, 3] and c["streams"][0]["claimed"] == [[p.format_offset(0, 0), p.format_offset(2, 2)]]
+        released = client.post("/__ds/subscriptions/q/release", headers={"authorization": f"Bearer {c['token']}"},
+                                json={"wake_id": c["wake_id"], "generation": c["generation"]})
+        assert released.status_code == 204
+        again = _claim(client, "q", "http").json()  # HTTP's two again; Python's stay Python's
+        assert again["streams"][0]["claimed"] == [[p.format_offset(0, 0), p.format_offset(2, 2)]]
+        assert sub.ack(*mine.offsets, attempts=mine.attempts).applied == (2, 3)
+        assert [(e.offset, e.consumer, e.attempts) for e in sub.pending()] == [(0, "http", 2), (1, "http", 2)]
 
 
 def test_an_ended_lease_redelivers_and_fences_its_holder(client: httpx.Client, db_path: str) -> None:
@@ -484,3 +508,106 @@ def test_a_webhook_callback_acks_and_stale_ones_are_fenced(hooks_client: httpx.C
             assert (info.acked, info.pending) == (1, 0)
     finally:
         receiver.close()
+
+
+# ----------------------------------------------------------------- the shared group, at random
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 4)),
+    st.tuples(st.just("claim"), st.integers(1, 2)),
+    st.tuples(st.just("ack"), st.integers(0, 5)),   # how many of the claim's records
+    st.tuples(st.just("done"), st.integers(0, 5)),
+    st.tuples(st.just("release"), st.just(0)),
+    st.tuples(st.just("fetch"), st.integers(1, 2)),
+    st.tuples(st.just("py_ack"), st.integers(0, 4)),
+    st.tuples(st.just("py_nack"), st.just(0)),
+    st.tuples(st.just("expire"), st.just(0)),        # the clock passes every lease and deadline
+), max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_http_and_python_consumers_never_hold_or_ack_a_record_twice(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
+    """A model of one group shared by an HTTP worker (the store's claim/ack/release) and a
+    Python consumer, with leases ending at random: no record is held by both at once, none
+    is acked twice, and after draining every record was acked exactly once."""
+    path = tmp_path / f"m{uuid.uuid4().hex}.db"
+    with sqlstream.open(str(path)) as db:
+        now = [1_000_000.0]
+        db.engine.clock = lambda: now[0]
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        stream = db.create_stream("s", metadata={"content_type": "application/json"})
+        store = DsStore(db)
+        assert store.create("g", parse_config({"type": "pull-wake", "streams": ["s"], "wake_stream": "wake",
+                                                "lease_ttl_ms": 1000}))
+        sub = db.subscription("g@s")
+        acked: list[int] = []
+        lease: dict[str, Any] | None = None
+        http_held: list[int] = []
+        py_batch: dict[int, int] = {}
+        appended = 0
+
+        def ack_request(done: bool, upto: int | None) -> AckRequest:
+            assert lease is not None
+            acks = () if upto is None else (("s", upto),)
+            return AckRequest(lease["wake_id"], lease["generation"], acks, done)
+
+        for op, n in ops:
+            if op == "append":
+                stream.extend(list(range(appended, appended + n)))
+                appended += n
+            elif op == "claim":
+                try:
+                    lease = store.claim("g", "http", n)
+                except DsError as exc:
+                    assert exc.code in ("NO_PENDING_WORK", "ALREADY_CLAIMED")
+                    continue
+                http_held = [o for a, b in lease["streams"][0]["claimed"]
+                             for o in range(p.parse_token(a, "a"), p.parse_token(b, "b"))]
+                assert not set(http_held) & set(py_batch), "held by both"
+            elif op in ("ack", "done", "release") and lease is not None:
+                upto = http_held[n - 1] + 1 if 0 < n <= len(http_held) else None
+                try:
+                    if op == "release":
+                        store.release("g", lease["token"], ack_request(False, None))
+                    else:
+                        store.ack("g", lease["token"], ack_request(op == "done", upto))
+                except DsError as exc:
+                    assert exc.code == "FENCED"  # its lease ended ("expire"): nothing applied
+                    lease, http_held = None, []
+                    continue
+                if op != "release" and upto is not None:
+                    acked += [o for o in http_held if o < upto]
+                    http_held = [o for o in http_held if o >= upto]
+                if op != "ack":
+                    lease, http_held = None, []
+            elif op == "fetch":
+                batch = sub.fetch("py", max_records=n)
+                assert not set(batch.offsets) & set(http_held), "held by both"
+                py_batch.update(batch.attempts)
+            elif op == "py_ack" and py_batch:
+                chosen = dict(list(py_batch.items())[:n])
+                try:
+                    result = sub.ack(*chosen, attempts=chosen)
+                    acked += list(result.applied)
+                except ConcurrencyError:
+                    pass  # delivered again since ("expire"): the old delivery must not count
+                for o in chosen:
+                    del py_batch[o]
+            elif op == "py_nack" and py_batch:
+                sub.nack(*py_batch)
+                py_batch = {}
+            elif op == "expire":
+                now[0] += 2.0
+                py_batch = {}  # both holds are void now: their records go to the next taker
+                http_held = []
+            assert len(acked) == len(set(acked)), "a record acked twice"
+        # Drain: what is left is delivered and acked once.
+        now[0] += 2.0
+        while True:
+            batch = sub.fetch("drain", max_records=100)
+            if not batch:
+                break
+            acked += list(sub.ack(*batch.offsets, attempts=batch.attempts).applied)
+        assert sorted(acked) == list(range(appended))
