@@ -7,6 +7,7 @@ process wakes a waiting worker, and bad input gets the protocol's 4xx."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -39,19 +40,23 @@ from sqlstream.http.substore import DsStore  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def server(db_path: str) -> Iterator[HttpServer]:
-    with sqlstream.open(db_path):
+@contextlib.contextmanager
+def _serving(path: str, config: HttpConfig, **headers: str) -> Iterator[httpx.Client]:
+    """A server for the file at ``path`` (made if missing) and a client of its streams."""
+    with sqlstream.open(path):
         pass
-    srv = HttpServer(db_path, "127.0.0.1", 0, HttpConfig(long_poll_timeout=10.0))
+    srv = HttpServer(path, "127.0.0.1", 0, config)
     srv.start()
-    yield srv
-    srv.stop(10)
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20, headers=headers) as c:
+            yield c
+    finally:
+        srv.stop(10)
 
 
 @pytest.fixture
-def client(server: HttpServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url + "/v1/stream", timeout=20) as c:
+def client(db_path: str) -> Iterator[httpx.Client]:
+    with _serving(db_path, HttpConfig(long_poll_timeout=10.0)) as c:
         yield c
 
 
@@ -270,24 +275,14 @@ def test_state_lives_in_the_file_across_a_restart(db_path: str) -> None:
     with sqlstream.open(db_path) as db:
         db.create_stream("wake", metadata={"content_type": "application/json"})
         db.create_stream("t", metadata={"content_type": "application/json"})
-    first = HttpServer(db_path, "127.0.0.1", 0, HttpConfig())
-    first.start()
-    try:
-        with httpx.Client(base_url=first.url + "/v1/stream", timeout=20) as c:
-            assert _subscribe(c, "keep", streams=["t"]).status_code == 201
-            c.post("/t", content=b'"x"', headers={"content-type": "application/json"})
-            claim = _claim(c, "keep", "w").json()
-    finally:
-        first.stop(10)
-    second = HttpServer(db_path, "127.0.0.1", 0, HttpConfig())
-    second.start()
-    try:
-        with httpx.Client(base_url=second.url + "/v1/stream", timeout=20) as c:
-            assert _claim(c, "keep", "other").status_code == 409  # the lease survived
-            ok = _ack(c, "keep", claim, [("t", claim["streams"][0]["tail_offset"])])
-            assert ok.json() == {"ok": True, "next_wake": False}
-    finally:
-        second.stop(10)
+    with _serving(db_path, HttpConfig()) as c:
+        assert _subscribe(c, "keep", streams=["t"]).status_code == 201
+        c.post("/t", content=b'"x"', headers={"content-type": "application/json"})
+        claim = _claim(c, "keep", "w").json()
+    with _serving(db_path, HttpConfig()) as c:  # a second server on the same file
+        assert _claim(c, "keep", "other").status_code == 409  # the lease survived
+        ok = _ack(c, "keep", claim, [("t", claim["streams"][0]["tail_offset"])])
+        assert ok.json() == {"ok": True, "next_wake": False}
 
 
 # ----------------------------------------------------------------- bad input, safety
@@ -357,12 +352,8 @@ def test_control_routes_need_the_server_token_and_acks_the_claims(tmp_path: Path
         db.create_stream("wake", metadata={"content_type": "application/json"})
         db.create_stream("s", metadata={"content_type": "application/json"})
         db.stream("s").append(1)
-    srv = HttpServer(path, "127.0.0.1", 0, HttpConfig(token="sekrit"))
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as anon, \
-                httpx.Client(base_url=srv.url + "/v1/stream", timeout=20,
-                             headers={"authorization": "Bearer sekrit"}) as c:
+    with _serving(path, HttpConfig(token="sekrit"), authorization="Bearer sekrit") as c:
+        with httpx.Client(base_url=c.base_url, timeout=20) as anon:
             assert _subscribe(anon, "x", streams=["s"]).status_code == 401
             assert _subscribe(c, "x", streams=["s"], lease_ttl_ms=5000).status_code == 201
             c.post("/s", content=b"2", headers={"content-type": "application/json"})
@@ -372,8 +363,6 @@ def test_control_routes_need_the_server_token_and_acks_the_claims(tmp_path: Path
             assert _ack(c, "x", {**claim, "token": "sekrit"}, []).status_code == 401
             ok = _ack(anon, "x", claim, [("s", claim["streams"][0]["tail_offset"])])
             assert ok.json() == {"ok": True, "next_wake": False}
-    finally:
-        srv.stop(10)
 
 
 def test_deleting_a_subscription_deletes_its_groups(client: httpx.Client, db_path: str) -> None:
@@ -431,15 +420,8 @@ class _Receiver:
 
 @pytest.fixture
 def hooks_client(db_path: str) -> Iterator[httpx.Client]:
-    with sqlstream.open(db_path):
-        pass
-    srv = HttpServer(db_path, "127.0.0.1", 0, HttpConfig(webhooks=True))
-    srv.start()
-    try:
-        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20) as c:
-            yield c
-    finally:
-        srv.stop(10)
+    with _serving(db_path, HttpConfig(webhooks=True)) as c:
+        yield c
 
 
 def _verified(client: httpx.Client, headers: dict[str, str], body: bytes) -> bool:

@@ -3,7 +3,7 @@
 Off by default (``[http] webhooks = true`` turns it on): a server that calls URLs its
 clients name is a request forger in waiting, even with the protocol's URL rules (https
 to public hosts, plain http only to localhost / 127.0.0.x; see
-:func:`sqlstream.http.substore.webhook_url_problem`).
+:func:`sqlstream.http.subprotocol.webhook_url_problem`).
 
 Signing (PROTOCOL.md 6.5, 7.1): ``Webhook-Signature: t=<unix seconds>,kid=<kid>,
 ed25519=<base64url signature of "<t>.<raw body>">``. The key pair is made when the app
