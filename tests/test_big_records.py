@@ -10,6 +10,7 @@ payload rows in the same statement.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -130,8 +131,11 @@ def _downgrade_to_version_14(path: str) -> None:
     """Rewrite a file to the layout schema version 14 had: every payload in its chunks
     row, no payloads table, trigger, index or records view, streams_now as version 10
     defined it. Everything else (streams, subscriptions, deliveries, ...) is left as is:
-    this is the file the code before migration 15 would have written."""
+    this is the file the code before migration 15 would have written. What later
+    migrations created is dropped too (they run again on open)."""
     plan = cx.load_migrations()
+    later = [name for version, _n, sql in plan if version > 15
+             for name in re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:TABLE|VIEW|INDEX|TRIGGER)\s+(\w+)", sql)]
     v10 = next(sql for version, _n, sql in plan if version == 10)
     streams_now = v10[v10.index("CREATE VIEW streams_now AS"):v10.index("FROM streams s;") + len("FROM streams s;")]
     v1 = next(sql for version, _n, sql in plan if version == 1)
@@ -139,6 +143,10 @@ def _downgrade_to_version_14(path: str) -> None:
     conn = apsw.Connection(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        for name in reversed(later):
+            kind = conn.execute("SELECT type FROM sqlite_schema WHERE name = ?", (name,)).fetchall()
+            if kind:  # an index or trigger goes with its table
+                conn.execute(f"DROP {kind[0][0].upper()} {name}")
         conn.execute("CREATE TABLE chunks_v14 AS SELECT stream_id, offset, position, timestamp, txn, key, headers, "
                      "content_type, data FROM records")
         for stmt in ("DROP VIEW records", "DROP VIEW streams_now", "DROP TRIGGER chunks_payload_delete",
