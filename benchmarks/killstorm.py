@@ -190,7 +190,7 @@ def verify(path: Path, reports: list[Path], fig: Figures) -> Figures:
     with sqlstream.open(path) as db:
         s, a, b = (_read_all(db.stream(n)) for n in ("s", "a", "b"))
         fig.records = len(s) + len(a) + len(b)
-        fig.out_of_row = db.query("SELECT count(*) FROM chunks WHERE payload IS NOT NULL").rows[0][0]
+        fig.out_of_row = db.query("SELECT count(*) FROM chunks WHERE data IS NULL").rows[0][0]
         s_groups, a_groups, b_groups = _groups(s, fig), _groups(a, fig), _groups(b, fig)
         # A transaction across 'a' and 'b' is whole in both, or in neither.
         fig.partial += len(set(a_groups) ^ set(b_groups))

@@ -8,19 +8,26 @@
 -- (benchmarks/findings.md, issue 23). Since this version a payload larger than
 -- `sqlstream_inline_max()` bytes (sqlstream.records.inline_max: what still fits in the
 -- cell beside a typical key and headers) is stored as a BLOB in `payloads`, a rowid table
--- (its integer key is compared without reading the payload), and its `chunks` row keeps
--- `data` NULL and the payload's id in `payload`. Smaller payloads stay in `data`, as
--- before. A trigger deletes a record's payload row with the record, in the same
--- statement, whoever deletes it (retention, a deleted stream's cascade, plain SQL), so no
--- payload outlives its record. The view `records` shows every record with its value in
--- `data` wherever it is stored: query it, not `chunks`, to see values in SQL.
+-- (its integer key is compared without reading the payload) found by the record's
+-- (stream_id, offset) through a small index, and the record's `chunks` row keeps `data`
+-- NULL. Smaller payloads stay in `data`, as before, and their rows are exactly as before:
+-- no column or constraint is added to `chunks`, so a small record costs what it did (an
+-- extra `payload` column with a CHECK and a partial index, measured first, cost batched
+-- 100-byte appends 5-7% more instructions). A trigger deletes a record's payload row
+-- with the record, in the same statement, whoever deletes it (retention, a deleted
+-- stream's cascade, plain SQL), so no payload outlives its record. The view `records`
+-- shows every record with its value in `data` wherever it is stored: query it, not
+-- `chunks`, to see values in SQL.
 
 CREATE TABLE payloads (
-    id    INTEGER PRIMARY KEY,
-    data  BLOB NOT NULL                             -- the stored bytes (UTF-8 for text and json)
+    id         INTEGER PRIMARY KEY,
+    stream_id  INTEGER NOT NULL,                   -- the record whose value this is
+    offset     INTEGER NOT NULL,
+    data       BLOB    NOT NULL                    -- the stored bytes (UTF-8 for text and json)
 );
+CREATE UNIQUE INDEX payloads_by_record ON payloads (stream_id, offset);
 
--- The rebuilt chunks table: as in version 1, with `data` nullable and `payload` added.
+-- The rebuilt chunks table: as in version 1, with `data` nullable.
 CREATE TABLE chunks_v15 (
     stream_id     INTEGER NOT NULL REFERENCES streams (id) ON DELETE CASCADE,
     offset        INTEGER NOT NULL,
@@ -30,25 +37,19 @@ CREATE TABLE chunks_v15 (
     key           TEXT,
     headers       TEXT,
     content_type  TEXT    NOT NULL CHECK (content_type = 'bytes' OR content_type = 'text' OR content_type = 'json'),
-    data          BLOB,                            -- the payload when stored in the row, else NULL
-    payload       INTEGER,                         -- payloads.id when stored out of the row, else NULL
-    CHECK ((data IS NULL) <> (payload IS NULL)),
+    data          BLOB,                            -- the payload; NULL when it is in `payloads`
     PRIMARY KEY (stream_id, offset)
 ) WITHOUT ROWID;
 
--- Payloads above the limit move out, numbered in (stream_id, offset) order; both
--- statements number the same rows the same way.
-INSERT INTO payloads (id, data)
-SELECT row_number() OVER (ORDER BY stream_id, offset), CAST(data AS BLOB)
-  FROM chunks WHERE length(CAST(data AS BLOB)) > sqlstream_inline_max();
+-- Payloads above the limit move out; their records keep `data` NULL.
+INSERT INTO payloads (stream_id, offset, data)
+SELECT stream_id, offset, CAST(data AS BLOB)
+  FROM chunks WHERE length(CAST(data AS BLOB)) > sqlstream_inline_max() ORDER BY stream_id, offset;
 
-INSERT INTO chunks_v15 (stream_id, offset, position, timestamp, txn, key, headers, content_type, data, payload)
-SELECT c.stream_id, c.offset, c.position, c.timestamp, c.txn, c.key, c.headers, c.content_type,
-       CASE WHEN m.n IS NULL THEN c.data END, m.n
-  FROM chunks c
-  LEFT JOIN (SELECT stream_id, offset, row_number() OVER (ORDER BY stream_id, offset) AS n
-               FROM chunks WHERE length(CAST(data AS BLOB)) > sqlstream_inline_max()) m
-         ON m.stream_id = c.stream_id AND m.offset = c.offset;
+INSERT INTO chunks_v15 (stream_id, offset, position, timestamp, txn, key, headers, content_type, data)
+SELECT stream_id, offset, position, timestamp, txn, key, headers, content_type,
+       CASE WHEN length(CAST(data AS BLOB)) <= sqlstream_inline_max() THEN data END
+  FROM chunks;
 
 -- SQLite's procedure for a changed table (https://sqlite.org/lang_altertable.html, "other
 -- kinds of table schema changes"): the views that name `chunks` keep naming it, and
@@ -58,26 +59,25 @@ PRAGMA legacy_alter_table = ON;
 ALTER TABLE chunks_v15 RENAME TO chunks;
 PRAGMA legacy_alter_table = OFF;
 
--- One record per payload (the trigger below deletes a payload with its record), and the
--- way `check` finds a payload no record names. Partial: small records add no entry.
-CREATE UNIQUE INDEX chunks_by_payload ON chunks (payload) WHERE payload IS NOT NULL;
-
-CREATE TRIGGER chunks_payload_delete AFTER DELETE ON chunks WHEN old.payload IS NOT NULL
+CREATE TRIGGER chunks_payload_delete AFTER DELETE ON chunks WHEN old.data IS NULL
 BEGIN
-    DELETE FROM payloads WHERE id = old.payload;
+    DELETE FROM payloads WHERE stream_id = old.stream_id AND offset = old.offset;
 END;
 
 -- One row per record with its value in `data`, wherever it is stored (the columns of
--- `chunks` without `payload`, plus `size`, the value's length in bytes). SQLite flattens
--- the view into a query on `chunks`, and leaves `payloads` out of a query that selects
--- neither `data` nor `size`. A join rather than a correlated subquery: the value goes
--- to the result without being copied between registers on the way (measured: 64 KiB
--- reads 1.1-1.2x faster).
+-- `chunks`, plus `size`, the value's length in bytes). A view of one table: SQLite
+-- flattens it into any query on it, also on the right of a LEFT JOIN. The payload is a
+-- subquery that coalesce() runs only when `data` is NULL, so a record stored in its row
+-- costs one more test, not a join step (a LEFT JOIN on `payloads` cost 100-byte page
+-- reads 9% more CPU in the statement, this 1-4%; a 64 KiB value is copied once more on
+-- its way to the result: benchmarks/findings.md, issue 23).
 CREATE VIEW records AS
 SELECT c.stream_id, c.offset, c.position, c.timestamp, c.txn, c.key, c.headers, c.content_type,
-       coalesce(c.data, CASE c.content_type WHEN 'bytes' THEN p.data ELSE CAST(p.data AS TEXT) END) AS data,
-       coalesce(length(CAST(c.data AS BLOB)), length(p.data))                                     AS size
-  FROM chunks c LEFT JOIN payloads p ON p.id = c.payload;
+       coalesce(c.data, (SELECT CASE c.content_type WHEN 'bytes' THEN p.data ELSE CAST(p.data AS TEXT) END
+                           FROM payloads p WHERE p.stream_id = c.stream_id AND p.offset = c.offset)) AS data,
+       coalesce(length(CAST(c.data AS BLOB)),
+                (SELECT length(p.data) FROM payloads p WHERE p.stream_id = c.stream_id AND p.offset = c.offset)) AS size
+  FROM chunks c;
 
 -- As in version 10, with the last record's size from `records`.
 DROP VIEW streams_now;

@@ -66,7 +66,7 @@ ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable 
 _LAST = "FROM chunks l WHERE l.stream_id = s.id ORDER BY l.offset DESC LIMIT 1"
 # A payload stored out of the row (migration 15) is a BLOB: length() reads its size from
 # the record header without loading it.
-_PAYLOAD_SIZE = "(SELECT length(p.data) FROM payloads p WHERE p.id = l.payload)"
+_PAYLOAD_SIZE = "(SELECT length(p.data) FROM payloads p WHERE p.stream_id = l.stream_id AND p.offset = l.offset)"
 APPEND_SQL = f"""
 SELECT s.id,
        max(s.next_offset, coalesce((SELECT l.offset + 1 {_LAST}), 0)),
@@ -125,16 +125,12 @@ class StreamEnds:
         self._valid = None
 
 
-# A payload larger than the limit (records.inline_max) is stored in `payloads` and its
-# record's row holds the payload's id (migration 15). Text is stored as its UTF-8 bytes,
-# so its size is read from the record header whatever the SQLite; the view `records` and
-# the record reads turn it back into text by content type. `chunks_payload_delete`
-# removes the payload row with its record.
-PAYLOAD_SQL = "INSERT INTO payloads (data) VALUES (CAST(? AS BLOB)) RETURNING id"
-OUT_OF_ROW_SQL = (
-    "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, content_type, payload) "
-    "VALUES (?,?,?,?,?,?,?,?,?)"
-)
+# A payload larger than the limit (records.inline_max) is stored in `payloads` under its
+# record's (stream_id, offset), and the record's row holds NULL in `data` (migration 15).
+# Text is stored as its UTF-8 bytes, so its size is read from the record header whatever
+# the SQLite; the view `records` and the record reads turn it back into text by content
+# type. `chunks_payload_delete` removes the payload row with its record.
+PAYLOAD_SQL = "INSERT INTO payloads (stream_id, offset, data) VALUES (?, ?, CAST(? AS BLOB))"
 
 
 @lru_cache(maxsize=None)
@@ -271,24 +267,23 @@ def _store(
     if count == 1 and timestamps is None:  # the common case: no batching loop
         key, headers, ctype, data, nbytes = rows[0]
         if nbytes > inline_max:
-            _store_out_of_row(q, (stream_id, first, position, ts, number, key, headers, ctype, data))
-        else:
-            q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
+            q(PAYLOAD_SQL, (stream_id, first, data))
+            data = None
+        q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
     else:
         params: list[Any] = []
         offset = first
         for i, (key, headers, ctype, data, nbytes) in enumerate(rows):
-            row = (stream_id, offset, position, ts if timestamps is None else timestamps[i],
-                   number, key, headers, ctype, data)
             if nbytes > inline_max:
-                _store_out_of_row(q, row)
-            else:
-                params += row
-                if len(params) == 9 * ROWS_PER_INSERT:
-                    q(insert_sql(ROWS_PER_INSERT), params)
-                    params = []
+                q(PAYLOAD_SQL, (stream_id, offset, data))
+                data = None
+            params += (stream_id, offset, position, ts if timestamps is None else timestamps[i],
+                       number, key, headers, ctype, data)
             offset += 1
             position += nbytes
+            if len(params) == 9 * ROWS_PER_INSERT:
+                q(insert_sql(ROWS_PER_INSERT), params)
+                params = []
         if params:
             q(insert_sql(len(params) // 9), params)
     if trim:
@@ -300,12 +295,6 @@ def _store(
         ends.put(name, (stream_id, next_offset, state[2] + total, last, sealed_at, write_secret,
                         t_offset, t_bytes, t_time))
     return range(first, next_offset)
-
-
-def _store_out_of_row(q: Query, row: tuple[Any, ...]) -> None:
-    """Insert one record (the 9 values of ``insert_sql``) with its payload in ``payloads``."""
-    payload = q(PAYLOAD_SQL, (row[8],))[0][0]
-    q(OUT_OF_ROW_SQL, (*row[:8], payload))
 
 
 def renumber_empty(q: Query, stream_id: int, offset: int, position: int) -> None:

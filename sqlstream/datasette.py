@@ -168,9 +168,10 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "size": "the value's length in bytes",
     }),
     "payloads": ("Large payloads", "Values longer than about a quarter of a page, stored out of their "
-                 "record's row (as bytes); the records view shows them in place.", {}),
+                 "record's row (as bytes) under the record's stream_id and offset; the records view shows "
+                 "them in place.", {}),
     "chunks": ("Records (as stored)", "One row per record, keyed by (stream_id, offset), as stored: data holds "
-               "the value when it is small; a larger one is in payloads (data NULL, payload its id). "
+               "the value when it is small; a larger one is in payloads (data NULL). "
                "The records view shows every value.", {
         "offset": "the record's offset in its stream",
         "position": "byte offset of its first byte in the stream",
@@ -179,7 +180,6 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "headers": "JSON object of string headers",
         "content_type": "json, text or bytes",
         "data": "the value when stored in the row (NULL when it is in payloads)",
-        "payload": "the payloads row holding the value, or NULL",
     }),
     "counters": ("Counters", "Database-wide counters: txn is the last commit sequence number handed out (also the last_txn view).", {}),
     "subscriptions": ("Subscriptions", "One row per subscription (consumer group) and its settings.", {
@@ -255,18 +255,15 @@ SELECT st.name AS stream,
  GROUP BY st.name
  ORDER BY max_lag DESC, st.name"""
 
-# The record's columns as correlated subqueries, not a LEFT JOIN of the records view:
-# SQLite cannot flatten a view that is a join into the right side of a LEFT JOIN, and
-# would build the whole view first.
 _SQL_PENDING = """\
 SELECT p.subscription, p.stream, p.offset, p.consumer, p.attempts,
        p.delivered, p.deadline, p.idle_seconds, p.expired, p.last_error,
-       (SELECT c.key FROM chunks c WHERE c.stream_id = s.id AND c.offset = p.offset) AS key,
-       (SELECT c.content_type FROM chunks c WHERE c.stream_id = s.id AND c.offset = p.offset) AS content_type,
-       (SELECT CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes>' ELSE substr(c.data, 1, 200) END
-          FROM records c WHERE c.stream_id = s.id AND c.offset = p.offset) AS value
+       c.key, c.content_type,
+       CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes>'
+            ELSE substr(c.data, 1, 200) END AS value
   FROM pending_deliveries p
   JOIN streams s ON s.name = p.stream
+  LEFT JOIN records c ON c.stream_id = s.id AND c.offset = p.offset
  WHERE :subscription = '' OR p.subscription = :subscription
  ORDER BY p.expired DESC, p.attempts DESC, p.idle_seconds DESC"""
 
@@ -466,11 +463,13 @@ def render_cell(row: Any, value: Any, column: str, table: str | None, database: 
         if objects is None or (table is not None and table not in _TABLES):
             return None
         download_url = None
-        if table == "chunks" and isinstance(value, bytes):
-            # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset).
+        if table in ("chunks", "payloads") and isinstance(value, bytes):
+            # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset),
+            # a large payload's its id.
+            pks = ("stream_id", "offset") if table == "chunks" else ("id",)
             try:
                 # A foreign key cell arrives expanded ({"value": ..., "label": ...}).
-                keys = [row[pk]["value"] if isinstance(row[pk], dict) else row[pk] for pk in ("stream_id", "offset")]
+                keys = [row[pk]["value"] if isinstance(row[pk], dict) else row[pk] for pk in pks]
                 row_path = ",".join(str(int(k)) for k in keys)
             except (KeyError, IndexError, TypeError, ValueError):
                 pass

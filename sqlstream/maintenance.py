@@ -306,23 +306,24 @@ def _checkpoint(db: Database, timeout: float) -> str:
 
 # --------------------------------------------------------------------------- check
 
-# The stored form of each record: a payload out of the row (migration 15) is a BLOB in
-# `payloads`, whatever the content type ('out of row'; 'missing' when its row is gone),
-# and its size is read from the record header without loading it.
+# The stored form of each record: a payload out of the row (migration 15: `data` NULL)
+# is a BLOB in `payloads`, whatever the content type ('out of row'; 'missing' when its row
+# is gone), and its size is read from the record header without loading it.
 _RECORDS_SQL = (
     "SELECT c.offset, c.position, c.timestamp, c.txn, c.content_type, "
-    "CASE WHEN c.payload IS NULL THEN typeof(c.data) WHEN p.id IS NULL THEN 'missing' ELSE 'out of row' END, "
+    "CASE WHEN c.data IS NOT NULL THEN typeof(c.data) WHEN p.id IS NULL THEN 'missing' ELSE 'out of row' END, "
     "coalesce(octet_length(c.data), length(p.data), 0), "
     "CASE WHEN c.content_type = 'json' AND ?2 THEN json_valid(coalesce(c.data, CAST(p.data AS TEXT))) ELSE 1 END, "
     # Text payloads undecoded, to find damaged records (invalid UTF-8) without apsw's decoding failing.
     "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), p.data) END "
-    "FROM chunks c LEFT JOIN payloads p ON p.id = c.payload WHERE c.stream_id = ?1 ORDER BY c.offset"
+    "FROM chunks c LEFT JOIN payloads p ON c.data IS NULL AND p.stream_id = c.stream_id AND p.offset = c.offset "
+    "WHERE c.stream_id = ?1 ORDER BY c.offset"
 )
-# Payload rows no record names (the trigger chunks_payload_delete leaves none; SQL that
-# inserts payload rows by hand, or changes a record's `payload`, can).
+# Payload rows no record stored out of its row names (the trigger chunks_payload_delete
+# leaves none; SQL that inserts payload rows or writes a record's `data` by hand can).
 _ORPHANS_SQL = (
-    "SELECT count(*), min(p.id) FROM payloads p "
-    "WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.payload = p.id)"
+    "SELECT count(*), min(p.id) FROM payloads p WHERE NOT EXISTS "
+    "(SELECT 1 FROM chunks c WHERE c.stream_id = p.stream_id AND c.offset = p.offset AND c.data IS NULL)"
 )
 
 

@@ -106,16 +106,17 @@ chunks = Table(
     Column("headers", TEXT),
     Column("content_type", TEXT, nullable=False),
     Column("data", BLOB),  # NULL when the payload is stored out of the row (payloads)
-    Column("payload", INTEGER),  # payloads.id, or NULL
     PrimaryKeyConstraint("stream_id", "offset"),
-    Index("chunks_by_payload", "payload", unique=True, sqlite_where=text("payload IS NOT NULL")),
     sqlite_with_rowid=False,
 )
 
 payloads = Table(
     "payloads", metadata,
     Column("id", INTEGER, primary_key=True),
+    Column("stream_id", INTEGER, nullable=False),  # the record whose value this is
+    Column("offset", INTEGER, nullable=False),
     Column("data", BLOB, nullable=False),
+    Index("payloads_by_record", "stream_id", "offset", unique=True),
 )
 
 counters = Table(

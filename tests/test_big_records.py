@@ -1,8 +1,8 @@
 """Large payloads out of the row (migration 15): the layout, its migration, and no orphans.
 
 A payload longer than ``records.inline_max`` (906 bytes at a 4,096-byte page) is stored in
-``payloads`` and its ``chunks`` row holds the payload's id; reads, ``read_bytes``, the
-byte accounting, ``check``, export and the ``records`` view see the value wherever it is.
+``payloads`` under its record's (stream_id, offset), and its ``chunks`` row keeps ``data``
+NULL; reads, ``read_bytes``, the byte accounting, ``check``, export and the ``records`` view see the value wherever it is.
 An older file is converted by the migration with offsets, positions and commit numbers
 unchanged; deleting records (trim, retention, a deleted stream, plain SQL) deletes their
 payload rows in the same statement.
@@ -40,8 +40,8 @@ def _value(kind: str, size: int, salt: int) -> Any:
 
 def _layout(db: sqlstream.Database) -> tuple[int, int, int]:
     """(records stored in the row, records stored out of it, payload rows)."""
-    inline = db.query("SELECT count(*) FROM chunks WHERE payload IS NULL").rows[0][0]
-    out = db.query("SELECT count(*) FROM chunks WHERE payload IS NOT NULL").rows[0][0]
+    inline = db.query("SELECT count(*) FROM chunks WHERE data IS NOT NULL").rows[0][0]
+    out = db.query("SELECT count(*) FROM chunks WHERE data IS NULL").rows[0][0]
     return inline, out, db.query("SELECT count(*) FROM payloads").rows[0][0]
 
 
@@ -115,8 +115,8 @@ def test_check_names_a_missing_payload_and_an_orphan_payload_row(db: sqlstream.D
     assert db.check().ok
     conn = apsw.Connection(str(db.path))
     try:
-        conn.execute("DELETE FROM payloads WHERE id = (SELECT payload FROM chunks WHERE offset = 0)")
-        conn.execute("INSERT INTO payloads (id, data) VALUES (1000, x'00')")
+        conn.execute("DELETE FROM payloads WHERE offset = 0")
+        conn.execute("INSERT INTO payloads (id, stream_id, offset, data) VALUES (1000, 1, 99, x'00')")
     finally:
         conn.close()
     problems = [p.message for p in db.check().problems]
@@ -150,7 +150,7 @@ def _downgrade_to_version_14(path: str) -> None:
         conn.execute("CREATE TABLE chunks_v14 AS SELECT stream_id, offset, position, timestamp, txn, key, headers, "
                      "content_type, data FROM records")
         for stmt in ("DROP VIEW records", "DROP VIEW streams_now", "DROP TRIGGER chunks_payload_delete",
-                     "DROP INDEX chunks_by_payload", "DROP TABLE chunks", "DROP TABLE payloads"):
+                     "DROP TABLE chunks", "DROP TABLE payloads"):
             conn.execute(stmt)
         conn.execute(chunks)
         conn.execute("INSERT INTO chunks SELECT * FROM chunks_v14")
@@ -325,7 +325,8 @@ class PayloadModel(RuleBasedStateMachine):
         big = sum(1 for _f, values in self.model.values() for v in values if len(v) > INLINE_MAX)
         assert _layout(self.db)[1:] == (big, big)
         orphans = self.db.query("SELECT count(*) FROM payloads p WHERE NOT EXISTS "
-                                "(SELECT 1 FROM chunks c WHERE c.payload = p.id)").rows
+                                "(SELECT 1 FROM chunks c WHERE c.stream_id = p.stream_id AND c.offset = p.offset "
+                                "AND c.data IS NULL)").rows
         assert orphans == [(0,)]
 
 

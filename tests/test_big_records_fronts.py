@@ -24,7 +24,7 @@ VALUES = [b"s" * 10, bytes(range(256)) * (BIG // 256), b"m" * (INLINE_MAX + 1), 
 def _out_of_row(db: sqlstream.Database, stream: str) -> list[int]:
     """Offsets of ``stream`` whose payload is stored in ``payloads``."""
     return [r[0] for r in db.query(
-        "SELECT offset FROM chunks WHERE payload IS NOT NULL AND stream_id = (SELECT id FROM streams WHERE name = ?) "
+        "SELECT offset FROM chunks WHERE data IS NULL AND stream_id = (SELECT id FROM streams WHERE name = ?) "
         "ORDER BY offset", (stream,)).rows]
 
 
