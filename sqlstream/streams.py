@@ -18,6 +18,7 @@ from . import connection as cx
 from . import dedup as _dedup
 from . import fencing as _fencing
 from . import ranges as _ranges
+from . import raw as _raw
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
     Chunk,
@@ -248,19 +249,24 @@ class Stream:
             raise StreamNotFound(f"no stream named {self.name!r}")
         return _State(rows[0])
 
+    def _check_range(self, offset: int, st: _State) -> None:
+        """``OffsetOutOfRange`` for a record read at ``offset`` below the first retained
+        offset or past the end of the sealed stream."""
+        if offset < st.first_offset:
+            raise OffsetOutOfRange(
+                f"offset {offset} of stream {self.name!r} was trimmed; the first available "
+                f"offset is {st.first_offset}",
+            )
+        if offset > st.next_offset and st.sealed:
+            raise OffsetOutOfRange(
+                f"offset {offset} is past the end of sealed stream {self.name!r} "
+                f"(next offset {st.next_offset})"
+            )
+
     def _read_once(self, offset: int, limit: int) -> tuple[list[Record], _State]:
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
-            if offset < st.first_offset:
-                raise OffsetOutOfRange(
-                    f"offset {offset} of stream {self.name!r} was trimmed; the first available "
-                    f"offset is {st.first_offset}",
-                )
-            if offset > st.next_offset and st.sealed:
-                raise OffsetOutOfRange(
-                    f"offset {offset} is past the end of sealed stream {self.name!r} "
-                    f"(next offset {st.next_offset})"
-                )
+            self._check_range(offset, st)
             if offset >= st.next_offset:
                 return [], st
             records, damaged = read_records(conn, self.name, _RANGE_SQL, (st.id, offset, limit))
@@ -288,6 +294,39 @@ class Stream:
             return records if records or st.sealed else None
 
         return self.db.engine.wait_until(check, timeout) or []
+
+    def read_raw(self, offset: int = 0, limit: int = 1000, max_bytes: int | None = None) -> _raw.RawRecords:
+        """Up to ``limit`` records from ``offset`` as stored bytes, without decoding them.
+
+        For code that forwards records as they are stored (a JSON-mode HTTP response is
+        the stored JSON texts joined with commas): no ``Record`` objects are built and no
+        value is decoded. ``max_bytes`` bounds the payload bytes returned: records are
+        taken in order while their total stays within it, but the first always (so a
+        record larger than ``max_bytes`` comes alone). Never blocks; see
+        :class:`sqlstream.raw.RawRecords` for what each field holds (the stream's tail
+        and seal state come from the same snapshot as the records).
+        Errors as :meth:`read`: ``OffsetOutOfRange`` below the first retained offset or
+        past the end of a sealed stream, ``StreamNotFound``; a damaged record ends the
+        page before it, and a read that starts at one raises ``DamagedRecord``.
+        """
+        check_offset(offset)
+        check_count(limit, "limit")
+        if max_bytes is not None:
+            check_count(max_bytes, "max_bytes")
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            self._check_range(offset, st)
+            state = (st.next_offset, st.byte_length, st.sealed)
+            if offset >= st.next_offset:
+                return _raw.build(self.name, offset, [], st.byte_length, None, state)
+            position = int(conn.execute(_raw.POSITION_SQL, (st.id, offset)).fetchall()[0][0])
+            end = min(offset + limit, st.next_offset)
+            if max_bytes is not None:
+                # Positions add up the stored lengths: the records that start within the
+                # budget are found by a binary search, so no row past them is fetched.
+                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            rows = conn.execute(_raw.RAW_SQL, (st.id, offset, end)).fetchall()
+        return _raw.build(self.name, offset, rows, position, max_bytes, state)
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
         """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).
