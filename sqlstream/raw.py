@@ -81,14 +81,17 @@ def cut(sizes: list[int], max_bytes: int) -> int:
 def first_damaged(codes: tuple[int, ...] | list[int], payloads: list[bytes]) -> tuple[int, str] | None:
     """(index, reason) of the first payload :meth:`Stream.read` would refuse, or None.
 
-    The common case costs one UTF-8 decode of the text and JSON payloads joined with a
-    comma (an ASCII byte between them keeps a sequence cut at a record's end from being
-    completed by the next) and SQLite's ``json_valid`` (code 3); only when either
-    complains is each record checked on its own, with the rule ``read`` applies.
+    The common case costs one scan of the text and JSON payloads joined with a comma (an
+    ASCII byte between them keeps a sequence cut at a record's end from being completed
+    by the next): ``isascii`` (no copy; ASCII is valid UTF-8), else one UTF-8 decode; and
+    SQLite's ``json_valid`` (code 3). Only when either complains is each record checked
+    on its own, with the rule ``read`` applies.
     """
     texty = payloads if 0 not in codes else [p for c, p in zip(codes, payloads) if c]
+    joined = b",".join(texty)
     try:
-        b",".join(texty).decode("utf-8")
+        if not joined.isascii():
+            joined.decode("utf-8")
     except UnicodeDecodeError:
         pass
     else:

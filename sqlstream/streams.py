@@ -300,14 +300,27 @@ class Stream:
 
         For code that forwards records as they are stored (a JSON-mode HTTP response is
         the stored JSON texts joined with commas): no ``Record`` objects are built and no
-        value is decoded. ``max_bytes`` bounds the payload bytes returned: records are
-        taken in order while their total stays within it, but the first always (so a
-        record larger than ``max_bytes`` comes alone). Never blocks; see
-        :class:`sqlstream.raw.RawRecords` for what each field holds (the stream's tail
-        and seal state come from the same snapshot as the records).
-        Errors as :meth:`read`: ``OffsetOutOfRange`` below the first retained offset or
-        past the end of a sealed stream, ``StreamNotFound``; a damaged record ends the
-        page before it, and a read that starts at one raises ``DamagedRecord``.
+        value is decoded, which makes a large read several times cheaper than
+        :meth:`read`. Only payloads are returned: no keys, headers or timestamps (use
+        :meth:`read` for those). ``payloads[i]`` is record ``offset + i`` as stored:
+        bytes as appended, text as UTF-8, a JSON value as the compact UTF-8 JSON text the
+        append stored (:class:`sqlstream.RawRecords` says exactly what each field holds).
+
+        ``max_bytes`` bounds the payload bytes returned: records are taken in order while
+        their total stays within it, but the first always (so a record larger than
+        ``max_bytes`` comes alone); ``None``: only ``limit`` bounds the read.
+
+        Atomic: the records, the stream's tail (``stream_next_offset``,
+        ``stream_byte_length``) and ``sealed`` come from one snapshot, so ``up_to_date``
+        says whether the records reached the tail as of the read. Never blocks (to wait
+        for records, call it from a :meth:`sqlstream.aio.AsyncDatabase.wait_for` check or
+        use :meth:`read` with a timeout). Errors as :meth:`read`: ``InvalidArgument`` for
+        a negative offset or a ``limit`` or ``max_bytes`` that is not a positive int,
+        ``OffsetOutOfRange`` below the first retained offset or past the end of a sealed
+        stream, ``StreamNotFound``. Payloads are checked as :meth:`read` checks them (text
+        and JSON valid UTF-8, JSON parses): a damaged record (written by another tool)
+        ends the result before it, and a read that starts at one raises
+        ``DamagedRecord`` (read on from the next offset to skip it).
         """
         check_offset(offset)
         check_count(limit, "limit")

@@ -134,3 +134,21 @@ def test_damaged_records_end_the_page_as_in_read(tmp_path: Path) -> None:
                 s.read_raw(bad)
             assert caught.value.offset == bad
         assert s.read_raw(2).payloads == [b"raw", b"xyz"]
+
+
+def test_the_async_read_raw_is_the_sync_one_on_the_worker(tmp_path: Path) -> None:
+    import asyncio
+
+    import sqlstream.aio
+
+    async def main() -> tuple[sqlstream.RawRecords, sqlstream.RawRecords]:
+        async with await sqlstream.aio.open(tmp_path / "a.db") as adb:
+            s = await adb.create_stream("s")
+            await s.extend([{"a": 1}, "text", b"\x00\xff"])
+            with pytest.raises(errors.InvalidArgument):  # errors as the sync call's
+                await s.read_raw(0, 0)
+            return await s.read_raw(1, 10, 5), s.sync.read_raw(1, 10, 5)
+
+    got, sync = asyncio.run(main())
+    assert got == sync
+    assert (got.payloads, got.content_types, got.up_to_date) == ([b"text"], ["text"], False)

@@ -99,7 +99,16 @@ def json_pieces(messages: Sequence[Any]) -> list[bytes]:
 
 def body(pieces: Sequence[bytes], json_mode: bool) -> bytes:
     """Rendered records as one body: a JSON array in JSON mode, else their bytes joined."""
-    return b"[" + b",".join(pieces) + b"]" if json_mode else b"".join(pieces)
+    if not json_mode:
+        return b"".join(pieces)
+    if not pieces:
+        return b"[]"
+    # The brackets go on the first and last piece, so that the page's bytes are copied
+    # once (by the join), not three times ("[" + joined + "]").
+    ends = list(pieces)
+    ends[0] = b"[" + ends[0]
+    ends[-1] = ends[-1] + b"]"
+    return b",".join(ends)
 
 
 class _Waiter:
