@@ -1,10 +1,12 @@
 """HTTP front: sqlstream serve --http against the Durable Streams reference server (Node).
 
-    python -m benchmarks.http [--seconds 5] [--messages 100000] [--reads 3] [--tail 300] [--baseline REV]
+    python -m benchmarks.http [--seconds 5] [--messages 100000] [--reads 5] [--tail 300] [--baseline REV]
 
 Side by side in one run, on the same machine, driven by the same Node client
 (``benchmarks/http_js/driver.mjs``, Node's undici: not the bottleneck a sequential
-Python client is):
+Python client is). Every server runs for the whole run and each phase goes round them in
+turn (the catch-up read round by round), so a loaded machine's ups and downs fall on all
+of them alike:
 
 - append rate: one POST per 100-byte message, 1 and 8 concurrent clients;
 - catch-up read of ``--messages`` 100-byte JSON messages (MB/s of response bodies; the
@@ -30,6 +32,7 @@ mean anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="append phase length per client count")
     parser.add_argument("--messages", type=int, default=100_000, help="messages read in the catch-up phase")
-    parser.add_argument("--reads", type=int, default=3, help="catch-up reads of the stream (the median is shown)")
+    parser.add_argument("--reads", type=int, default=5, help="catch-up reads of the stream (the median is shown)")
     parser.add_argument("--tail", type=int, default=300, help="live-tail round trips")
     parser.add_argument("--idle", type=int, metavar="N",
                         help="instead: hold N idle SSE connections (RSS, CPU), then 10,000 connects/disconnects")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| what | memory | other |\n|---|---|---|")
         idle_and_churn(folder, args.idle, 10_000)
         return 0
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         setups = [_sqlstream(folder, work, "normal"), _sqlstream(folder, work, "full")]
@@ -219,30 +222,38 @@ def main(argv: list[str] | None = None) -> int:
             setups += [_sqlstream(folder, work, sync, old, f"@{args.baseline}") for sync in ("normal", "full")]
         if not args.only_sqlstream:
             setups += [_reference(folder, work, True), _reference(folder, work, False)]
-        for server, base in setups:
-            with server:
-                row: dict[str, Any] = {"server": server.label, "durability": server.durability}
-                for clients in (1, 8):
+        # Every server runs for the whole run and each phase goes round them in turn, so
+        # that what else the machine does in a given minute weighs on every server alike.
+        with contextlib.ExitStack() as running:
+            for server, _ in setups:
+                running.enter_context(server)
+            rows = [{"server": server.label, "durability": server.durability} for server, _ in setups]
+            for clients in (1, 8):
+                for row, (_, base) in zip(rows, setups):
                     r = _drive(folder, "append", f"{base}/append-{clients}", str(clients), str(args.seconds))
                     row[f"append{clients}"] = r["messages"] / r["seconds"]
+            for _, base in setups:
                 _drive(folder, "fill", f"{base}/catchup", str(args.messages))
-                # The median of a few reads: one read is a second or two, and on a shared
-                # machine a single one moves by 2x with what else runs in that second.
-                reads = sorted((_drive(folder, "catchup", f"{base}/catchup") for _ in range(args.reads)),
-                               key=lambda r: float(r["seconds"]))
-                r = reads[len(reads) // 2]
+            # The median of a few reads, taken round by round: one read is a second or two,
+            # and on a shared machine a single one moves by 2x with what else runs then.
+            reads: list[list[dict[str, Any]]] = [[] for _ in setups]
+            for _ in range(args.reads):
+                for done, (_, base) in zip(reads, setups):
+                    done.append(_drive(folder, "catchup", f"{base}/catchup"))
+            for row, done in zip(rows, reads):
+                r = sorted(done, key=lambda r: float(r["seconds"]))[len(done) // 2]
                 row["catchup_mbs"] = r["bytes"] / r["seconds"] / 1e6
                 row["catchup_s"] = r["seconds"]
+            for row, (_, base) in zip(rows, setups):
                 r = _drive(folder, "tail", f"{base}/tail", str(args.tail))
                 row["p50"], row["p99"] = r["p50"], r["p99"]
-                rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     base_label = "sqlstream (synchronous=full)" if args.only_sqlstream else "reference server, file-backed"
     base_row = next(r for r in rows if r["server"] == base_label)
     print("## HTTP front (`sqlstream serve --http`) against the Durable Streams reference server\n")
     print("```\npython -m benchmarks.http" + (f" --seconds {args.seconds:g}" if args.seconds != 5 else "")
           + (f" --messages {args.messages}" if args.messages != 100_000 else "")
-          + (f" --reads {args.reads}" if args.reads != 3 else "")
+          + (f" --reads {args.reads}" if args.reads != 5 else "")
           + (f" --tail {args.tail}" if args.tail != 300 else "")
           + (f" --baseline {args.baseline}" if args.baseline else "")
           + (" --only-sqlstream" if args.only_sqlstream else "") + "\n```\n")
