@@ -332,13 +332,13 @@ class Stream:
             state = (st.next_offset, st.byte_length, st.sealed)
             if offset >= st.next_offset:
                 return _raw.build(self.name, offset, [], st.byte_length, None, state)
-            position = int(conn.execute(_raw.POSITION_SQL, (st.id, offset)).fetchall()[0][0])
+            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
             end = min(offset + limit, st.next_offset)
             if max_bytes is not None:
                 # Positions add up the stored lengths: the records that start within the
                 # budget are found by a binary search, so no row past them is fetched.
                 end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
-            rows = conn.execute(_raw.RAW_SQL, (st.id, offset, end)).fetchall()
+            rows = cx.rows(conn, _raw.RAW_SQL, (st.id, offset, end))
         return _raw.build(self.name, offset, rows, position, max_bytes, state)
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
