@@ -98,3 +98,40 @@ def test_a_damaged_record_section_is_refused_with_batch_error_only(batch, data):
         return
     for b in batches:
         assert all(isinstance(r, KafkaRecord) for r in b.records)
+
+
+def _read_all(data: bytes) -> list[tuple[int, int, list[tuple[int, int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]]]]:
+    """Every batch in ``data`` as kafka-python reads it: (base offset, count, records)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack_from(">i", data, pos + 8)
+        read = default_records.DefaultRecordBatch(data[pos:pos + 12 + length])
+        assert read.validate_crc()
+        records = [(r.offset, r.timestamp, r.key, r.value, tuple(r.headers)) for r in read]
+        out.append((read.base_offset, len(records), records))
+        pos += 12 + length
+    return out
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 5000)), min_size=1, max_size=4), st.integers(0, 2**40),
+       st.lists(_record, min_size=1, max_size=6))
+@settings(max_examples=30, deadline=None)
+def test_encode_batches_starts_a_batch_at_every_gap_and_after_max_batch_records(runs, first, drawn):
+    """Runs of consecutive offsets separated by gaps (retention, or a Fetch across records
+    that were never Kafka's): each run is its own batches, none over MAX_BATCH_RECORDS,
+    and every record comes back at its own offset with its own fields."""
+    from sqlstream.kafka.records import MAX_BATCH_RECORDS, encode_batches
+
+    pool = _as_records(drawn)
+    pairs: list[tuple[int, KafkaRecord]] = []
+    offset = first
+    for gap, length in runs:
+        offset += gap - 1
+        for _ in range(length):
+            pairs.append((offset, pool[offset % len(pool)]))
+            offset += 1
+    got = _read_all(bytes(encode_batches(pairs)))
+    assert all(count <= MAX_BATCH_RECORDS for _, count, _ in got)
+    flat = [r for _, _, records in got for r in records]
+    assert flat == [(o, r.timestamp, r.key, r.value, r.headers) for o, r in pairs]

@@ -24,7 +24,9 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from operator import itemgetter
 from typing import NamedTuple
 
 import cramjam
@@ -37,6 +39,8 @@ __all__ = [
     "CODECS",
     "decode_batches",
     "encode_batch",
+    "encode_batches",
+    "MAX_BATCH_RECORDS",
     "compress",
     "decompress",
 ]
@@ -260,44 +264,57 @@ def decode_batches(data: bytes, *, max_record_bytes: int, max_batch_bytes: int) 
     return batches
 
 
-def _zigzag(buf: bytearray, n: int) -> None:
-    n = (n << 1) ^ (n >> 63)
-    while n > 0x7F:
-        buf.append((n & 0x7F) | 0x80)
-        n >>= 7
-    buf.append(n)
-
-
-def _zz_bytes(n: int) -> bytes:
+def _zz_long(n: int) -> bytes:
+    """The zig-zag varint of ``n`` (any int64), for numbers outside ``_SMALL``."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x4000:
+        return bytes((z & 0x7F | 0x80, z >> 7)) if z >= 0x80 else bytes((z,))
     out = bytearray()
-    _zigzag(out, n)
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
     return bytes(out)
 
 
 # Zig-zag varints of the small numbers every record carries (lengths, deltas), made once.
-_SMALL = [_zz_bytes(n) for n in range(4096)]
+_SMALL = [_zz_long(n) for n in range(4096)]
+#: The most records encoded into one batch: every offset delta is then in ``_SMALL``.
+MAX_BATCH_RECORDS = len(_SMALL)
 
 
 def _zz(n: int) -> bytes:
-    return _SMALL[n] if 0 <= n < 4096 else _zz_bytes(n)
+    return _SMALL[n] if 0 <= n < 4096 else _zz_long(n)
 
 
-def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int = 0) -> bytes:
-    """One batch holding ``records`` at offsets ``base_offset``, ``base_offset + 1``, ...
-
-    Producer id -1 (not idempotent), CreateTime timestamps, ``codec`` 0 (none) or a Kafka
-    codec number.
-    """
-    base_ts = records[0].timestamp
+def _batch(parts: list[bytes], records: Iterable[KafkaRecord], count: int, base_ts: int, codec: int) -> int:
+    """Append one batch of the ``count`` ``records`` (the first's timestamp ``base_ts``) to
+    ``parts``, its first 21 bytes (base offset .. CRC) zeros for the caller to fill in
+    (:func:`_seal`); return the batch's size."""
     max_ts = base_ts
-    # Each record is a small header (length, attributes, deltas, key, value length), its
-    # value and its headers, joined once at the end: a value's bytes are copied once.
-    parts: list[bytes] = []
-    append = parts.append
+    small = _SMALL
+    zz_long = _zz_long
+    # Each record is a few small parts (length, attributes, deltas, key, value length), its
+    # value and its headers, joined once by the caller: a value's bytes are copied once.
+    # The common record (no key, no headers) takes no function call but the join's.
+    body: list[bytes] = []
+    extend = body.extend
+    size = 0
     for delta, (ts, key, value, headers) in enumerate(records):
         if ts > max_ts:
             max_ts = ts
-        head = b"\0" + _zz(ts - base_ts) + _zz(delta)
+        d = ts - base_ts
+        td = small[d] if 0 <= d < 4096 else zz_long(d)
+        od = small[delta] if delta < 4096 else zz_long(delta)
+        if key is None and not headers and value is not None:
+            n = len(value)
+            vl = small[n] if n < 4096 else zz_long(n)
+            total = 3 + len(td) + len(od) + len(vl) + n
+            length = small[total] if total < 4096 else zz_long(total)
+            extend((length, b"\0", td, od, b"\1", vl, value, b"\0"))
+            size += len(length) + total
+            continue
+        head = b"\0" + td + od
         head += b"\1" if key is None else _zz(len(key)) + key
         if value is None:
             head += b"\1"
@@ -313,16 +330,82 @@ def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int
             tail_bytes = bytes(trailer)
         else:
             tail_bytes = b"\0"
-        append(_zz(len(head) + len(value) + len(tail_bytes)))
-        append(head)
-        append(value)
-        append(tail_bytes)
-    body = b"".join(parts)
-    payload = compress(codec, body) if codec else body
-    tail = struct.pack(">hiqqqhii", codec, len(records) - 1, base_ts, max_ts, -1, -1, -1, len(records))
-    crc = crc32c(payload, crc32c(tail))
-    head = struct.pack(">qiibI", base_offset, 9 + len(tail) + len(payload), 0, 2, crc)
-    return b"".join((head, tail, payload))
+        total = len(head) + len(value) + len(tail_bytes)
+        length = _zz(total)
+        extend((length, head, value, tail_bytes))
+        size += len(length) + total
+    parts.append(_UNSEALED)
+    parts.append(struct.pack(">hiqqqhii", codec, count - 1, base_ts, max_ts, -1, -1, -1, count))
+    if codec:
+        payload = compress(codec, b"".join(body))
+        parts.append(payload)
+        size = len(payload)
+    else:
+        parts += body
+    return _SEALED_AT + 40 + size
+
+
+_second = itemgetter(1)
+_SEALED_AT = 21  # base offset, length, leader epoch, magic, CRC: what _seal writes
+_UNSEALED = bytes(_SEALED_AT)
+_SEAL = struct.Struct(">qiibI")
+
+
+def _seal(buf: bytearray, start: int, size: int, base_offset: int) -> None:
+    """Fill in the first 21 bytes of the batch at ``buf[start:start + size]``."""
+    with memoryview(buf) as view:
+        crc = crc32c(view[start + _SEALED_AT:start + size])
+    _SEAL.pack_into(buf, start, base_offset, size - 12, 0, 2, crc)
+
+
+def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int = 0) -> bytes:
+    """One batch holding ``records`` at offsets ``base_offset``, ``base_offset + 1``, ...
+
+    Producer id -1 (not idempotent), CreateTime timestamps, ``codec`` 0 (none) or a Kafka
+    codec number.
+    """
+    parts: list[bytes] = []
+    size = _batch(parts, records, len(records), records[0].timestamp, codec)
+    buf = bytearray().join(parts)
+    _seal(buf, 0, size, base_offset)
+    return bytes(buf)
+
+
+def encode_batches(records: Sequence[tuple[int, KafkaRecord]], *, codec: int = 0) -> bytearray:
+    """``(offset, record)`` pairs in ascending offsets as record batches: one batch per run
+    of consecutive offsets (a gap starts a new one: a batch's offsets are base + index),
+    at most ``MAX_BATCH_RECORDS`` records each; as :func:`encode_batch` otherwise.
+
+    One buffer, written once (a Fetch response's records are megabytes: every extra copy
+    of them costs more than the encoding of a small record)."""
+    parts: list[bytes] = []
+    batches: list[tuple[int, int]] = []  # (base offset, size)
+    start = 0
+    n = len(records)
+    while start < n:
+        stop = min(n, start + MAX_BATCH_RECORDS)
+        base = records[start][0]
+        if records[stop - 1][0] - base != stop - 1 - start:
+            # A gap: offsets ascend, so the run is the prefix whose offsets are base + index;
+            # its end is found by bisection.
+            lo, hi = start + 1, stop - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if records[mid][0] - base == mid - start:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            stop = lo
+        size = _batch(parts, map(_second, islice(records, start, stop)), stop - start, records[start][1].timestamp,
+                      codec)
+        batches.append((base, size))
+        start = stop
+    buf = bytearray().join(parts)
+    at = 0
+    for base_offset, size in batches:
+        _seal(buf, at, size, base_offset)
+        at += size
+    return buf
 
 
 def compress(codec: int, data: bytes) -> bytes:

@@ -89,6 +89,11 @@ class Fetched:
 
 
 _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
+# A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
+# UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
+_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM chunks "
+             "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
+_NO_BATCH = (-1, -1, 0, None, None)
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -262,13 +267,11 @@ class KafkaStore:
             position = offset
             full = False
             while not full and position < end:
-                rows = runner(conn)(
-                    "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
-                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
+                rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
                 for row in rows:
-                    n = len(row[5]) + 64
+                    n = len(row[4]) + 64
                     if kept and size + n > max_bytes:
                         full = True
                         break
@@ -410,36 +413,46 @@ def _native_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, st
 
 
 def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord]]:
+    """Kafka records from ``_READ_SQL`` rows (ascending offsets) and the ``kafka_batches``
+    rows that may cover them (ascending base offsets): a covered record gets its
+    producer's timestamp and the facts in ``extras``; others their append time."""
+    # Fetch's per-record loop: the covering batch is looked up once per batch, not per row.
     out: list[tuple[int, KafkaRecord]] = []
-    bi = 0
-    parsed: tuple[int, int, int, list[int] | None, dict[str, Any]] | None = None
-    for offset, ts_us, key, headers, ctype, data in rows:
-        while bi < len(batches) and batches[bi][1] < offset:
-            bi += 1
-            parsed = None
-        extra: dict[str, Any] | None = None
-        if bi < len(batches) and batches[bi][0] <= offset:
-            if parsed is None:
-                b = batches[bi]
-                parsed = (b[0], b[1], b[2], json.loads(b[3]) if b[3] else None, json.loads(b[4]) if b[4] else {})
-            i = offset - parsed[0]
-            ts = parsed[2] + (parsed[3][i] if parsed[3] else 0)
-            extra = parsed[4].get(str(i))
-        else:
-            ts = ts_us // 1000
-        value: bytes | None = data if isinstance(data, bytes) else data.encode("utf-8")
-        k: bytes | None = None if key is None else (key.encode("utf-8") if isinstance(key, str) else bytes(key))
+    append = out.append
+    new = tuple.__new__
+    cls = KafkaRecord
+    later = iter(batches)
+    upcoming = next(later, None)
+    base, last, base_ts, deltas, extras = _NO_BATCH  # the batch covering the current rows
+    covered = False
+    for offset, ts, key, headers, value in rows:
+        if offset > last:
+            while upcoming is not None and upcoming[1] < offset:
+                upcoming = next(later, None)
+            covered = upcoming is not None and upcoming[0] <= offset
+            if covered:
+                assert upcoming is not None
+                base, last, base_ts, d, e = upcoming
+                deltas = json.loads(d) if d else None
+                extras = {int(i): x for i, x in json.loads(e).items()} if e else None
+                upcoming = next(later, None)
+            else:  # rows up to the next batch were not written by a Kafka producer
+                last = upcoming[0] - 1 if upcoming is not None else offset
         hs: tuple[tuple[str, bytes | None], ...] = ()
         if headers:
             hs = tuple((name, str(v).encode("utf-8")) for name, v in json.loads(headers).items())
-        if extra:
-            if "key" in extra:
-                k = bytes.fromhex(extra["key"])
-            if "headers" in extra:
-                hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
-            if "value" in extra:
-                value = None
-        out.append((offset, KafkaRecord(ts, k, value, hs)))
+        if covered:
+            i = offset - base
+            ts = base_ts + deltas[i] if deltas else base_ts
+            extra = extras.get(i) if extras else None
+            if extra:
+                if "key" in extra:
+                    key = bytes.fromhex(extra["key"])
+                if "headers" in extra:
+                    hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
+                if "value" in extra:
+                    value = None
+        append((offset, new(cls, (ts, key, value, hs))))
     return out
 
 
