@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 from typing import Any
 
 from ..connection import runner
@@ -93,7 +96,8 @@ _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics
 # UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
 _READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM chunks "
              "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
-_NO_BATCH = (-1, -1, 0, None, None)
+_value = itemgetter(4)
+_RECORD_OVERHEAD = 64  # bytes a fetched record counts for besides its value (Kafka's record framing, about)
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -270,13 +274,17 @@ class KafkaStore:
                 rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
-                for row in rows:
-                    n = len(row[4]) + 64
-                    if kept and size + n > max_bytes:
-                        full = True
+                # What each row costs the budget (its value and 64 bytes), summed in C; the
+                # rows that fit are a prefix, found by bisection.
+                costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
+                fit = bisect_right(costs, max_bytes - size) or (0 if kept else 1)  # Kafka: at least one
+                if fit < len(rows):
+                    full = True
+                    if not fit:
                         break
-                    size += n
-                    kept.append(row)
+                    rows = rows[:fit]
+                kept += rows
+                size += costs[fit - 1]
                 position = rows[-1][0] + 1
                 average = size // len(kept)
                 page = max(1, min(1000, (max_bytes - size) // average + 1))
@@ -416,43 +424,64 @@ def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord
     """Kafka records from ``_READ_SQL`` rows (ascending offsets) and the ``kafka_batches``
     rows that may cover them (ascending base offsets): a covered record gets its
     producer's timestamp and the facts in ``extras``; others their append time."""
-    # Fetch's per-record loop: the covering batch is looked up once per batch, not per row.
+    # Fetch's per-record work: the rows a batch covers are found by bisection and made
+    # into records by one comprehension per run (no Python statement per record).
     out: list[tuple[int, KafkaRecord]] = []
-    append = out.append
-    new = tuple.__new__
-    cls = KafkaRecord
-    later = iter(batches)
-    upcoming = next(later, None)
-    base, last, base_ts, deltas, extras = _NO_BATCH  # the batch covering the current rows
-    covered = False
-    for offset, ts, key, headers, value in rows:
-        if offset > last:
-            while upcoming is not None and upcoming[1] < offset:
-                upcoming = next(later, None)
-            covered = upcoming is not None and upcoming[0] <= offset
-            if covered:
-                assert upcoming is not None
-                base, last, base_ts, d, e = upcoming
-                deltas = json.loads(d) if d else None
-                extras = {int(i): x for i, x in json.loads(e).items()} if e else None
-                upcoming = next(later, None)
-            else:  # rows up to the next batch were not written by a Kafka producer
-                last = upcoming[0] - 1 if upcoming is not None else offset
-        hs: tuple[tuple[str, bytes | None], ...] = ()
-        if headers:
-            hs = tuple((name, str(v).encode("utf-8")) for name, v in json.loads(headers).items())
-        if covered:
-            i = offset - base
-            ts = base_ts + deltas[i] if deltas else base_ts
-            extra = extras.get(i) if extras else None
-            if extra:
-                if "key" in extra:
-                    key = bytes.fromhex(extra["key"])
-                if "headers" in extra:
-                    hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
-                if "value" in extra:
-                    value = None
-        append((offset, new(cls, (ts, key, value, hs))))
+    at = 0
+    n = len(rows)
+    for base, last, base_ts, d, e in batches:
+        start = bisect_left(rows, base, at, n, key=_offset)
+        if start > at:
+            out += _appended(rows[at:start])
+        stop = bisect_right(rows, last, start, n, key=_offset)
+        if stop > start:
+            deltas = json.loads(d) if d else None
+            if e:
+                extras = {int(i): x for i, x in json.loads(e).items()}
+                out += _with_extras(rows[start:stop], base, base_ts, deltas, extras)
+            elif deltas:
+                out += [(o, _new(_KR, (base_ts + deltas[o - base], k, v, _headers(h) if h else ())))
+                        for o, _, k, h, v in rows[start:stop]]
+            else:
+                out += [(o, _new(_KR, (base_ts, k, v, _headers(h) if h else ()))) for o, _, k, h, v in rows[start:stop]]
+        at = stop
+    if at < n:
+        out += _appended(rows[at:])
+    return out
+
+
+_offset = itemgetter(0)
+_new = tuple.__new__  # KafkaRecord's own __new__ is a Python function: one call per record saved
+_KR = KafkaRecord
+
+
+def _appended(rows: list[Any]) -> list[tuple[int, KafkaRecord]]:
+    """Records no Kafka producer wrote (the Python API, HTTP, ...): their append time."""
+    return [(o, _new(_KR, (ts, k, v, _headers(h) if h else ()))) for o, ts, k, h, v in rows]
+
+
+def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
+    """A chunk's ``headers`` JSON (names to text) as Kafka headers."""
+    return tuple((name, str(v).encode("utf-8")) for name, v in json.loads(text).items())
+
+
+def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | None,
+                 extras: dict[int, Any]) -> list[tuple[int, KafkaRecord]]:
+    """The rows of one Kafka batch with facts the chunk row cannot hold (a binary key,
+    repeated, binary or null headers, a null value) in ``extras`` by index."""
+    out: list[tuple[int, KafkaRecord]] = []
+    for offset, _, key, headers, value in rows:
+        i = offset - base
+        hs = _headers(headers) if headers else ()
+        extra = extras.get(i)
+        if extra:
+            if "key" in extra:
+                key = bytes.fromhex(extra["key"])
+            if "headers" in extra:
+                hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
+            if "value" in extra:
+                value = None
+        out.append((offset, _new(_KR, (base_ts + deltas[i] if deltas else base_ts, key, value, hs))))
     return out
 
 
