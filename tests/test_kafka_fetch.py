@@ -88,8 +88,8 @@ def test_a_fetch_gives_the_exact_records_from_any_offset_within_the_byte_budget(
             k = 0
             while offset + k < len(expected) and (k == 0 or sum(costs[offset:offset + k + 1]) <= budget):
                 k += 1
-            assert [o for o, _ in got.records] == list(range(offset, offset + k))
-            assert [r for _, r in got.records] == expected[offset:offset + k]
+            assert [r[0] for r in got.records] == list(range(offset, offset + k))
+            assert [KafkaRecord(*r[1:]) for r in got.records] == expected[offset:offset + k]
             assert got.size == sum(costs[offset:offset + k])
 
 
@@ -106,8 +106,8 @@ def test_a_fetch_across_many_pages_reads_every_record_once(tmp_path):
             sent += records
         db.stream("t").extend([b"api"] * 30)
         got = store.read("t", 3, 1 << 30)
-        assert [o for o, _ in got.records] == list(range(3, len(sent) + 30))
-        assert [r for _, r in got.records][:len(sent) - 3] == sent[3:]
-        assert [r.value for _, r in got.records][len(sent) - 3:] == [b"api"] * 30
+        assert [r[0] for r in got.records] == list(range(3, len(sent) + 30))
+        assert [KafkaRecord(*r[1:]) for r in got.records][:len(sent) - 3] == sent[3:]
+        assert [r[3] for r in got.records][len(sent) - 3:] == [b"api"] * 30
         cut = store.read("t", 0, 100 * (OVERHEAD + 5))  # every value here is 5 bytes
-        assert [o for o, _ in cut.records] == list(range(100))
+        assert [r[0] for r in cut.records] == list(range(100))

@@ -121,17 +121,17 @@ def test_encode_batches_starts_a_batch_at_every_gap_and_after_max_batch_records(
     """Runs of consecutive offsets separated by gaps (retention, or a Fetch across records
     that were never Kafka's): each run is its own batches, none over MAX_BATCH_RECORDS,
     and every record comes back at its own offset with its own fields."""
-    from sqlstream.kafka.records import MAX_BATCH_RECORDS, encode_batches
+    from sqlstream.kafka.records import MAX_BATCH_RECORDS, FetchedRecord, encode_batches
 
     pool = _as_records(drawn)
-    pairs: list[tuple[int, KafkaRecord]] = []
+    fetched: list[FetchedRecord] = []
     offset = first
     for gap, length in runs:
         offset += gap - 1
         for _ in range(length):
-            pairs.append((offset, pool[offset % len(pool)]))
+            fetched.append((offset, *pool[offset % len(pool)]))
             offset += 1
-    got = _read_all(bytes(encode_batches(pairs)))
+    got = _read_all(bytes(encode_batches(fetched)))
     assert all(count <= MAX_BATCH_RECORDS for _, count, _ in got)
     flat = [r for _, _, records in got for r in records]
-    assert flat == [(o, r.timestamp, r.key, r.value, r.headers) for o, r in pairs]
+    assert flat == fetched

@@ -26,7 +26,6 @@ import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from itertools import islice
-from operator import itemgetter
 from typing import NamedTuple
 
 import cramjam
@@ -40,6 +39,7 @@ __all__ = [
     "decode_batches",
     "encode_batch",
     "encode_batches",
+    "FetchedRecord",
     "MAX_BATCH_RECORDS",
     "compress",
     "decompress",
@@ -62,6 +62,12 @@ class KafkaRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]   # in order, names may repeat
+
+
+#: A record as a Fetch serves it, flat: (offset, timestamp ms, key, value, headers), the
+#: fields of :class:`KafkaRecord` after the offset. One tuple per record, made once by
+#: the store and read once by :func:`encode_batches` (Fetch's per-record cost).
+FetchedRecord = tuple[int, int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]
 
 
 class Batch(NamedTuple):
@@ -287,8 +293,9 @@ def _zz(n: int) -> bytes:
     return _SMALL[n] if 0 <= n < 4096 else _zz_long(n)
 
 
-def _batch(parts: list[bytes], records: Iterable[KafkaRecord], count: int, base_ts: int, codec: int) -> int:
-    """Append one batch of the ``count`` ``records`` (the first's timestamp ``base_ts``) to
+def _batch(parts: list[bytes], records: Iterable[FetchedRecord], count: int, base_ts: int, codec: int) -> int:
+    """Append one batch of the ``count`` ``records`` (the first's timestamp ``base_ts``;
+    their offsets are not read: a record's offset delta is its index) to
     ``parts``, its first 21 bytes (base offset .. CRC) zeros for the caller to fill in
     (:func:`_seal`); return the batch's size."""
     max_ts = base_ts
@@ -300,7 +307,7 @@ def _batch(parts: list[bytes], records: Iterable[KafkaRecord], count: int, base_
     body: list[bytes] = []
     extend = body.extend
     size = 0
-    for delta, (ts, key, value, headers) in enumerate(records):
+    for delta, (_, ts, key, value, headers) in enumerate(records):
         if ts > max_ts:
             max_ts = ts
         d = ts - base_ts
@@ -345,7 +352,6 @@ def _batch(parts: list[bytes], records: Iterable[KafkaRecord], count: int, base_
     return _SEALED_AT + 40 + size
 
 
-_second = itemgetter(1)
 _SEALED_AT = 21  # base offset, length, leader epoch, magic, CRC: what _seal writes
 _UNSEALED = bytes(_SEALED_AT)
 _SEAL = struct.Struct(">qiibI")
@@ -365,14 +371,14 @@ def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int
     codec number.
     """
     parts: list[bytes] = []
-    size = _batch(parts, records, len(records), records[0].timestamp, codec)
+    size = _batch(parts, [(0, *r) for r in records], len(records), records[0].timestamp, codec)
     buf = bytearray().join(parts)
     _seal(buf, 0, size, base_offset)
     return bytes(buf)
 
 
-def encode_batches(records: Sequence[tuple[int, KafkaRecord]], *, codec: int = 0) -> bytearray:
-    """``(offset, record)`` pairs in ascending offsets as record batches: one batch per run
+def encode_batches(records: Sequence[FetchedRecord], *, codec: int = 0) -> bytearray:
+    """Fetched records in ascending offsets as record batches: one batch per run
     of consecutive offsets (a gap starts a new one: a batch's offsets are base + index),
     at most ``MAX_BATCH_RECORDS`` records each; as :func:`encode_batch` otherwise.
 
@@ -396,8 +402,7 @@ def encode_batches(records: Sequence[tuple[int, KafkaRecord]], *, codec: int = 0
                 else:
                     hi = mid
             stop = lo
-        size = _batch(parts, map(_second, islice(records, start, stop)), stop - start, records[start][1].timestamp,
-                      codec)
+        size = _batch(parts, islice(records, start, stop), stop - start, records[start][1], codec)
         batches.append((base, size))
         start = stop
     buf = bytearray().join(parts)

@@ -36,7 +36,7 @@ from typing import Any
 from ..connection import runner
 from ..database import Database
 from ..errors import SqlstreamError, StreamExists, StreamNotFound
-from .records import Batch, KafkaRecord
+from .records import Batch, FetchedRecord, KafkaRecord
 
 __all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "PRODUCER_BATCHES_KEPT"]
 
@@ -85,7 +85,7 @@ class Produced:
 class Fetched:
     """Records read from a partition and its offsets."""
 
-    records: list[tuple[int, KafkaRecord]]
+    records: list[FetchedRecord]
     log_start: int
     high_watermark: int
     size: int
@@ -260,7 +260,7 @@ class KafkaStore:
             if not got:
                 return None
             stream_id, first, end = got[0]
-            out: list[tuple[int, KafkaRecord]] = []
+            out: list[FetchedRecord] = []
             size = 0
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
@@ -420,13 +420,14 @@ def _native_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, st
     return out
 
 
-def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord]]:
+def _restore(rows: list[Any], batches: list[Any]) -> list[FetchedRecord]:
     """Kafka records from ``_READ_SQL`` rows (ascending offsets) and the ``kafka_batches``
     rows that may cover them (ascending base offsets): a covered record gets its
     producer's timestamp and the facts in ``extras``; others their append time."""
     # Fetch's per-record work: the rows a batch covers are found by bisection and made
-    # into records by one comprehension per run (no Python statement per record).
-    out: list[tuple[int, KafkaRecord]] = []
+    # into records by one comprehension per run (no Python statement per record), one
+    # tuple each.
+    out: list[FetchedRecord] = []
     at = 0
     n = len(rows)
     for base, last, base_ts, d, e in batches:
@@ -440,10 +441,10 @@ def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord
                 extras = {int(i): x for i, x in json.loads(e).items()}
                 out += _with_extras(rows[start:stop], base, base_ts, deltas, extras)
             elif deltas:
-                out += [(o, _new(_KR, (base_ts + deltas[o - base], k, v, _headers(h) if h else ())))
+                out += [(o, base_ts + deltas[o - base], k, v, _headers(h) if h else ())
                         for o, _, k, h, v in rows[start:stop]]
             else:
-                out += [(o, _new(_KR, (base_ts, k, v, _headers(h) if h else ()))) for o, _, k, h, v in rows[start:stop]]
+                out += [(o, base_ts, k, v, _headers(h) if h else ()) for o, _, k, h, v in rows[start:stop]]
         at = stop
     if at < n:
         out += _appended(rows[at:])
@@ -451,13 +452,11 @@ def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord
 
 
 _offset = itemgetter(0)
-_new = tuple.__new__  # KafkaRecord's own __new__ is a Python function: one call per record saved
-_KR = KafkaRecord
 
 
-def _appended(rows: list[Any]) -> list[tuple[int, KafkaRecord]]:
+def _appended(rows: list[Any]) -> list[FetchedRecord]:
     """Records no Kafka producer wrote (the Python API, HTTP, ...): their append time."""
-    return [(o, _new(_KR, (ts, k, v, _headers(h) if h else ()))) for o, ts, k, h, v in rows]
+    return [(o, ts, k, v, _headers(h) if h else ()) for o, ts, k, h, v in rows]
 
 
 def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
@@ -466,10 +465,10 @@ def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
 
 
 def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | None,
-                 extras: dict[int, Any]) -> list[tuple[int, KafkaRecord]]:
+                 extras: dict[int, Any]) -> list[FetchedRecord]:
     """The rows of one Kafka batch with facts the chunk row cannot hold (a binary key,
     repeated, binary or null headers, a null value) in ``extras`` by index."""
-    out: list[tuple[int, KafkaRecord]] = []
+    out: list[FetchedRecord] = []
     for offset, _, key, headers, value in rows:
         i = offset - base
         hs = _headers(headers) if headers else ()
@@ -481,7 +480,7 @@ def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | N
                 hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
             if "value" in extra:
                 value = None
-        out.append((offset, _new(_KR, (base_ts + deltas[i] if deltas else base_ts, key, value, hs))))
+        out.append((offset, base_ts + deltas[i] if deltas else base_ts, key, value, hs))
     return out
 
 
