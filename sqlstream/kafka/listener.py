@@ -23,7 +23,6 @@ pytest fixture) and returns once it accepts connections.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import struct
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import aio
+from ..addresses import is_loopback
 from ..errors import InvalidArgument, SqlstreamError
 from .handlers import Handlers, Session, Settings
 from .protocol import SUPPORTED, ProtocolError, Request, build, encode_response, error_response, parse_request, response_schema
@@ -50,11 +50,7 @@ PRE_AUTH_MAX_BYTES = 512 * 1024
 def check_bind(settings: Settings) -> None:
     """Refuse (``InvalidArgument``) a non-loopback address without SASL or ``insecure``."""
     host = settings.host
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not settings.sasl and not settings.insecure:
+    if not is_loopback(host) and not settings.sasl and not settings.insecure:
         raise InvalidArgument(
             f"the Kafka listener would accept anyone on {host}: a non-loopback address needs SASL/PLAIN "
             "credentials or an explicit opt-out",
