@@ -18,7 +18,10 @@ transaction. Reading back gives every field exactly as produced.
 
 Atomicity: :meth:`KafkaStore.produce` stores a partition's batch, its ``kafka_batches``
 row and the producer's sequence numbers in one transaction: a retried batch is
-recognised after a crash or restart exactly when its records were stored.
+recognised after a crash or restart exactly when its records were stored. A Produce
+request carries exactly one batch per partition (Kafka's rule for Produce v3+, enforced
+by the handler before anything is stored), so a partition's records in one request are
+stored whole or not at all; partitions of one request are independent, as in Kafka.
 """
 
 from __future__ import annotations
