@@ -16,6 +16,7 @@ from typing import Any
 
 from ..aio import AsyncDatabase
 from ..errors import PayloadTooLarge, SqlstreamError, StreamSealed
+from ..validation import check_seconds
 from .groups import Coordinator, GroupError
 from .protocol import SUPPORTED, Request
 from .records import BatchError, decode_batches, encode_batch
@@ -57,6 +58,24 @@ class Settings:
     sasl_password: str | None = None
     insecure: bool = False
     group_initial_delay: float = 0.1
+    #: Seconds a connection may wait between requests (Kafka's connections.max.idle.ms,
+    #: 9 minutes); a request being handled (a long poll, a JoinGroup) is not idleness.
+    idle_timeout: float = 540.0
+    #: Seconds from connecting to a completed SASL authentication, when SASL is on.
+    auth_timeout: float = 10.0
+    #: Seconds for a request frame to arrive whole once its first byte has.
+    frame_timeout: float = 60.0
+    #: Seconds after its last produce (or its InitProducerId) that an idempotent
+    #: producer's state may be forgotten (Kafka's transactional.id.expiration.ms, 7 days).
+    producer_expiry: float = 7 * 24 * 3600.0
+
+    #: The options that are durations in seconds (finite, > 0; checked by :meth:`check`).
+    SECONDS = ("idle_timeout", "auth_timeout", "frame_timeout", "producer_expiry", "group_initial_delay")
+
+    def check(self) -> None:
+        """Raise ``InvalidArgument`` for a duration that is not finite and > 0."""
+        for name in self.SECONDS:
+            check_seconds(getattr(self, name), name, positive=name != "group_initial_delay")
 
     @property
     def sasl(self) -> bool:
