@@ -17,6 +17,7 @@
     auth_timeout = 10              # seconds to complete SASL after connecting (SASL on)
     frame_timeout = 60             # seconds for a request frame to arrive whole after its first byte
     producer_expiry = 604800       # seconds an idle idempotent producer's state is kept (7 days)
+    producer_expiry_check = 600    # seconds between two looks for expired producers
 
 Validation is strict, as for the rest of the file: an unknown key, a wrong type or a
 duration that is not finite and > 0 is a :class:`~sqlstream.streaming.config.ConfigError`

@@ -69,8 +69,12 @@ class Settings:
     #: producer's state may be forgotten (Kafka's transactional.id.expiration.ms, 7 days).
     producer_expiry: float = 7 * 24 * 3600.0
 
+    #: Seconds between two expiry runs (Kafka's producer.id.expiration.check.interval.ms).
+    producer_expiry_check: float = 600.0
+
     #: The options that are durations in seconds (finite, > 0; checked by :meth:`check`).
-    SECONDS = ("idle_timeout", "auth_timeout", "frame_timeout", "producer_expiry", "group_initial_delay")
+    SECONDS = ("idle_timeout", "auth_timeout", "frame_timeout", "producer_expiry", "producer_expiry_check",
+               "group_initial_delay")
 
     def check(self) -> None:
         """Raise ``InvalidArgument`` for a duration that is not finite and > 0."""

@@ -84,6 +84,7 @@ class KafkaListener:
         self.port = 0
         # Every open connection: its task and transport (aborted at close()).
         self.connections: dict[asyncio.Task[None], asyncio.WriteTransport] = {}
+        self.upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the file and start accepting connections (the port is then ``self.port``).
@@ -102,6 +103,7 @@ class KafkaListener:
         self.port = self.server.sockets[0].getsockname()[1]
         self.handlers = Handlers(self.adb, self.settings, self.port)
         self.handlers.groups.start()
+        self.upkeep = asyncio.get_running_loop().create_task(self._upkeep())
         log.info("kafka: listening on %s:%d for %s", self.settings.host, self.port, self.path)
 
     async def close(self) -> None:
@@ -111,7 +113,9 @@ class KafkaListener:
         connection tasks cancelled, whatever they were waiting for."""
         if self.server is not None:
             self.server.close()
-        tasks = list(self.connections)
+        if self.upkeep is not None:
+            self.upkeep.cancel()
+        tasks = list(self.connections) + ([self.upkeep] if self.upkeep is not None else [])
         for task, transport in list(self.connections.items()):
             transport.abort()
             task.cancel()
@@ -123,6 +127,23 @@ class KafkaListener:
             await self.server.wait_closed()
         if self.adb is not None:
             await self.adb.close()
+
+    async def _upkeep(self) -> None:
+        """Every ``producer_expiry_check`` seconds, forget producers idle for
+        ``producer_expiry`` (:meth:`KafkaStore.expire_producers`). A failure is logged
+        and the next run tries again: upkeep never stops the listener."""
+        assert self.handlers is not None
+        store, settings = self.handlers.store, self.settings
+        while True:
+            await asyncio.sleep(settings.producer_expiry_check)
+            try:
+                states, ids = await self.handlers.adb.run_sync(store.expire_producers, settings.producer_expiry)
+            except SqlstreamError as exc:
+                log.warning("kafka: expiring idle producers failed (tried again later): %s", exc)
+                continue
+            if states or ids:
+                log.info("kafka: forgot %d producer state(s) and %d producer id(s) idle for %g s (producer_expiry)",
+                         states, ids, settings.producer_expiry)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
