@@ -8,6 +8,8 @@ produce the case (a stalled frame, two batches for one partition).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -30,14 +32,20 @@ from helpers_kafka import closed, frame, produce_errors, produce_v3, recv  # noq
 from hypothesis import given, strategies as st  # noqa: E402
 
 import sqlstream  # noqa: E402
+from sqlstream import connection as cx  # noqa: E402
 
 from sqlstream import addresses  # noqa: E402
-from sqlstream.errors import InvalidArgument  # noqa: E402
+from sqlstream.errors import InvalidArgument, SequenceGap  # noqa: E402
 from sqlstream.http.server import check_listen  # noqa: E402
 from sqlstream.streaming.config import ConfigError  # noqa: E402
+from sqlstream.testing import FakeClock, wait_for  # noqa: E402
 from sqlstream.kafka import Settings, check_bind, start  # noqa: E402
 from sqlstream.kafka.config import settings_from_config  # noqa: E402
-from sqlstream.kafka.records import KafkaRecord, encode_batch  # noqa: E402
+from sqlstream.kafka.records import Batch, KafkaRecord, encode_batch  # noqa: E402
+from sqlstream.kafka.store import KafkaRefused, KafkaStore  # noqa: E402
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+from confluent_kafka import Producer  # noqa: E402
 
 
 # ---------------------------------------------------------------------- one loopback rule
@@ -229,3 +237,168 @@ def test_timeouts_are_checked_at_load(key, value):
         with pytest.raises(InvalidArgument, match=key):
             start("never-created.db", Settings(port=0, **{key: value}))
     assert getattr(settings_from_config({key: 2.5}), key) == 2.5
+
+
+# ---------------------------------------------------------------------- producer state in the core
+
+
+def _producers(path) -> dict[str, tuple[int, int, list]]:
+    """``producers`` rows of stream ``t``: name -> (epoch, seq, recent), read with plain SQL."""
+    with sqlstream.open(path) as db:
+        rows = db.query("SELECT p.producer, p.epoch, p.seq, p.recent FROM producers p JOIN streams s "
+                        "ON s.id = p.stream_id WHERE s.name = 't'").rows
+    return {r[0]: (r[1], r[2], json.loads(r[3])) for r in rows}
+
+
+def test_kafka_producers_use_the_core_producer_state(sqlstream_kafka):
+    """The Kafka front's sequence state is the core's ``producers`` (the table
+    ``Stream.append_fenced`` and the HTTP front use), not a Kafka table of its own: one
+    rule, one place. Before, it lived in kafka_producer_state and ``producers`` stayed empty."""
+    p = Producer({"bootstrap.servers": sqlstream_kafka.bootstrap_servers, "enable.idempotence": True,
+                  "linger.ms": 0})
+    for i in range(3):
+        p.produce("t", value=b"v%d" % i)
+        p.flush(30)
+    [(name, (epoch, seq, recent))] = _producers(sqlstream_kafka.path).items()
+    assert name.startswith("kafka:") and epoch == 0 and seq == 2
+    assert [(f, last, a, b) for f, last, a, b in recent] == [(0, 0, 0, 1), (1, 1, 1, 2), (2, 2, 2, 3)]
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        # The Python API sees the same producer, under the same rule: its next number is 3.
+        stream = db.stream("t")
+        again = stream.append_fenced([b"v2"], producer=name, epoch=0, seq=2, wrap=2**31)
+        assert again.duplicate and again.original == range(2, 3)
+        assert stream.append_fenced([b"v3"], producer=name, epoch=0, seq=3, wrap=2**31).offsets == range(3, 4)
+
+
+def test_a_retried_batch_is_recognised_across_the_upgrade_of_an_older_file(tmp_path):
+    """Migration 0015 moves a version-14 file's kafka_producer_state into ``producers``:
+    a batch stored before the upgrade and retried after it is still dropped, answered with
+    its offset, and a wrapped sequence range gets its record count right."""
+    path = str(tmp_path / "old.db")
+    cx.create_private_file(path)
+    conn = cx.connect(path, busy_timeout=5.0, synchronous="normal")
+    try:
+        plan = cx.load_migrations()
+        upto = next(i for i, (_v, name, _sql) in enumerate(plan) if "kafka_producers" in name)
+        conn.create_scalar_function("sqlstream_sha256", lambda v: None if v is None else hashlib.sha256(
+            str(v).encode()).hexdigest(), 1)
+        with conn:
+            for version, _name, sql in plan[:upto]:
+                for _ in conn.execute(sql):
+                    pass
+                conn.execute(f"PRAGMA user_version = {version}")
+        with conn:
+            conn.execute("INSERT INTO streams (id, name, created_at) VALUES (1, 't', 1)")
+            for off in range(5):
+                conn.execute("INSERT INTO chunks (stream_id, offset, position, timestamp, txn, content_type, data) "
+                             "VALUES (1, ?, ?, 1, ?, 'bytes', ?)", (off, 2 * off, 1, b"x%d" % off))
+            conn.execute("UPDATE streams SET next_offset = 5, byte_length = 10 WHERE id = 1")
+            conn.execute("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (1000, 0, 1), (1001, 0, 1)")
+            conn.execute("INSERT INTO kafka_producer_state (producer_id, stream_id, epoch, batches) VALUES "
+                         "(1000, 1, 0, '[[0,2,0],[3,4,3]]'), (1001, 1, 3, '[[2147483647,1,5]]')")
+    finally:
+        conn.close()
+    got = _producers(path)
+    assert got == {"kafka:1000": (0, 4, [[0, 2, 0, 3], [3, 4, 3, 5]]), "kafka:1001": (3, 1, [[2147483647, 1, 5, 8]])}
+    with sqlstream.open(path) as db:
+        store = KafkaStore(db)
+        again = store.produce("t", Batch(1000, 0, 3, False, False, 0, [KafkaRecord(1, None, b"x3", ())] * 2))
+        assert (again.base_offset, again.duplicate) == (3, True)
+        assert store.produce("t", Batch(1000, 0, 5, False, False, 0, [KafkaRecord(1, None, b"x5", ())])).base_offset == 5
+        with pytest.raises(KafkaRefused) as gap:
+            store.produce("t", Batch(1000, 0, 7, False, False, 0, [KafkaRecord(1, None, b"x7", ())]))
+        assert gap.value.code == 45
+        assert [r.value for r in db.stream("t").read(0, limit=10)] == [b"x0", b"x1", b"x2", b"x3", b"x4", b"x5"]
+        assert sqlstream.maintenance.check(db).ok
+        assert not db.query("SELECT name FROM sqlite_master WHERE name = 'kafka_producer_state'").rows
+
+
+def test_sequence_numbers_that_wrap_and_cover_several_records(db):
+    """Kafka's numbering through the public API: a batch covers ``seq .. last_seq``; with
+    ``wrap`` the number after 2**31 - 1 is 0, only a recent batch is a duplicate, and an
+    older number is a gap (without ``wrap`` it is a duplicate, as the HTTP front needs)."""
+    s = db.create_stream("w")
+    top = 2**31 - 1
+    # A producer's state taken over at the top of the range (a new epoch starts at 0).
+    first = s.append_fenced([b"a", b"b"], producer="k", epoch=0, seq=0, last_seq=1, wrap=2**31)
+    assert (first.offsets, first.seq) == (range(0, 2), 1)
+    with pytest.raises(SequenceGap) as gap:
+        s.append_fenced([b"c"], producer="k", epoch=0, seq=top, last_seq=0, wrap=2**31)
+    assert (gap.value.expected, gap.value.received) == (2, top)
+    for n in range(3):  # three more batches: (2..3), (4..5), (6..7)
+        s.append_fenced([b"x", b"y"], producer="k", epoch=0, seq=2 + 2 * n, last_seq=3 + 2 * n, wrap=2**31)
+    dup = s.append_fenced([b"?"], producer="k", epoch=0, seq=4, last_seq=5, wrap=2**31)
+    assert dup.duplicate and dup.original == range(4, 6)
+    with pytest.raises(SequenceGap):  # not a recent batch's exact range: neither duplicate nor next
+        s.append_fenced([b"?"], producer="k", epoch=0, seq=4, last_seq=4, wrap=2**31)
+    # Without wrap an older number is a duplicate (original only when it is recent).
+    h = s.append_fenced([b"?"], producer="h", epoch=0, seq=0)
+    assert not h.duplicate
+    for n in range(1, 7):
+        s.append_fenced([b"h%d" % n], producer="h", epoch=0, seq=n)
+    old = s.append_fenced([b"?"], producer="h", epoch=0, seq=0)
+    assert old.duplicate and old.original is None and old.seq == 6
+    # Wrapping: a producer at the top of the range continues at 0.
+    z = db.create_stream("z")
+    z.append_fenced([b"0"], producer="k", epoch=1, seq=0, wrap=2**31)
+    with pytest.raises(SequenceGap):
+        z.append_fenced([b"x"], producer="k", epoch=1, seq=5, wrap=2**31)
+    for bad in ({"seq": 0, "last_seq": 1, "wrap": 1}, {"seq": 3, "last_seq": 2}, {"seq": 0, "wrap": 0}):
+        with pytest.raises(InvalidArgument):
+            z.append_fenced([b"x"], producer="k", epoch=1, **bad)
+    assert [r.value for r in s.read(0, limit=20)][:2] == [b"a", b"b"]
+
+
+# ---------------------------------------------------------------------- producer expiry
+
+DAY = 24 * 3600.0
+
+
+def _batch(pid: int, seq: int) -> Batch:
+    return Batch(pid, 0, seq, False, False, 0, [KafkaRecord(1, None, b"%d-%d" % (pid, seq), ())])
+
+
+def test_idle_producers_expire_and_active_ones_never_do(tmp_path):
+    """``producer_expiry`` (7 days by default, Kafka's transactional.id.expiration.ms):
+    a producer idle that long is forgotten, its id too unless it is the highest; one that
+    produced within it keeps its state and its retried batch is still a duplicate."""
+    clock = FakeClock()
+    with sqlstream.open(tmp_path / "exp.db") as db:
+        clock.install(db)
+        store = KafkaStore(db)
+        store.topic("t", create=True)
+        active, idle = store.init_producer()[0], store.init_producer()[0]
+        store.produce("t", _batch(active, 0))
+        store.produce("t", _batch(idle, 0))
+        clock.advance(6 * DAY)
+        store.produce("t", _batch(active, 1))
+        newest = store.init_producer()[0]      # got its id, produced nothing yet
+        assert store.expire_producers(7 * DAY) == (0, 0)  # nobody idle for 7 days yet
+        clock.advance(2 * DAY)                 # idle: 8 days; active: 2 days; newest: 2 days
+        assert store.expire_producers(7 * DAY) == (1, 1)
+        assert set(_producers(tmp_path / "exp.db")) == {f"kafka:{active}"}
+        ids = [r[0] for r in db.query("SELECT producer_id FROM kafka_producers ORDER BY producer_id").rows]
+        assert ids == [active, newest]
+        assert store.produce("t", _batch(active, 1)).duplicate   # the active one's retry: still known
+        with pytest.raises(KafkaRefused) as gap:                # the forgotten one starts over
+            store.produce("t", _batch(idle, 1))
+        assert gap.value.code == 45
+        assert store.produce("t", _batch(idle, 0)).duplicate is False
+        clock.advance(30 * DAY)                # everybody idle: the highest id stays, ids stay unique
+        assert store.expire_producers(7 * DAY) == (2, 1)  # both states; the active id (idle's went before)
+        assert [r[0] for r in db.query("SELECT producer_id FROM kafka_producers").rows] == [newest]
+        assert store.init_producer()[0] == newest + 1
+
+
+def test_the_listener_expires_idle_producers_on_its_own(tmp_path):
+    path = tmp_path / "upkeep.db"
+    with start(path, Settings(port=0, producer_expiry=DAY, producer_expiry_check=0.05)) as running:
+        clock = FakeClock()
+        clock.install(running.listener.adb.sync)  # the listener's own Database
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            pid, epoch = _init_producer(sock)
+            sock.sendall(frame(0, 3, 2, produce_v3({"t": [(0, _idempotent([b"a"], pid, epoch, 0))]})))
+            assert produce_errors(recv(sock))[("t", 0)] == (0, 0)
+        assert set(_producers(path)) == {f"kafka:{pid}"}
+        clock.advance(2 * DAY)
+        assert wait_for(lambda: not _producers(path) or None, timeout=60)
