@@ -402,3 +402,18 @@ def test_the_listener_expires_idle_producers_on_its_own(tmp_path):
         assert set(_producers(path)) == {f"kafka:{pid}"}
         clock.advance(2 * DAY)
         assert wait_for(lambda: not _producers(path) or None, timeout=60)
+
+
+def test_a_client_that_stops_reading_its_responses_is_closed_as_idle(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sqlstream.kafka")
+    path = tmp_path / "unread.db"
+    with sqlstream.open(path) as db:
+        db.create_stream("big").append(b"x" * (1 << 20))
+    with start(path, Settings(port=0, idle_timeout=0.5)) as running:
+        with socket.create_connection(("127.0.0.1", running.port)) as unread:
+            unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            for i in range(64):  # 64 MiB of answers, never read: the listener's writes block
+                unread.sendall(frame(1, 4, 10 + i, _fetch_v4("big", 0, 0)))
+            wait_for(lambda: "a response unread for 0.5 s (idle_timeout)" in caplog.text, timeout=60)
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            assert _api_versions(sock, 1)  # the listener goes on serving

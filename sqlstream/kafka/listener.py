@@ -218,8 +218,7 @@ class KafkaListener:
                     log.debug("kafka: the frame from %s began %s", session.peer, frame[:256].hex())
                     return
                 log.info("kafka: %s: %s", session.peer, exc)
-                writer.write(reply)
-                await writer.drain()
+                await self._send(writer, watchdog, reply)
                 continue
             if self.settings.sasl and not session.authenticated and req.api_key not in _PRE_AUTH:
                 log.warning("kafka: closing %s: %s before SASL authentication", session.peer, req.api_key)
@@ -227,15 +226,19 @@ class KafkaListener:
             body = await self.handlers.handle(req, session)
             if body is None:
                 continue  # Produce with acks=0: no response
-            writer.write(encode_response(req.api_key, req.version, req.correlation_id,
-                                         build(response_schema(req.api_key, req.version), body)))
-            # A client that stops reading its responses is idle too (the next read re-arms).
-            watchdog.arm(self.settings.idle_timeout, f"a response unread for {self.settings.idle_timeout:g} s "
-                                                     "(idle_timeout)")
-            await writer.drain()
+            await self._send(writer, watchdog, encode_response(
+                req.api_key, req.version, req.correlation_id, build(response_schema(req.api_key, req.version), body)))
             if session.auth_failed:
                 log.info("kafka: closing %s after a failed authentication", session.peer)
                 return
+
+    async def _send(self, writer: asyncio.StreamWriter, watchdog: _Watchdog, data: bytes) -> None:
+        """Write a response; a client that stops reading its responses for
+        ``idle_timeout`` seconds is idle too (the next read re-arms the watchdog)."""
+        writer.write(data)
+        watchdog.arm(self.settings.idle_timeout, f"a response unread for {self.settings.idle_timeout:g} s "
+                                                 "(idle_timeout)")
+        await writer.drain()
 
     def _refusal(self, exc: ProtocolError) -> bytes | None:
         if exc.api_key is None or exc.correlation_id is None:
