@@ -22,7 +22,8 @@ recognised:
   every older one.
 
 :func:`expire_producers` forgets producers that have not appended for a while (the Kafka
-front's ``producer_expiry``, as Kafka's ``transactional.id.expiration.ms``).
+front's ``producer_expiry``, as Kafka's ``transactional.id.expiration.ms``). A producer the
+stream has no state for starts at ``seq`` 0, or anywhere with ``resume`` (Kafka's rule).
 
 A writer sequence token (``writer_seq``) is an opaque string per stream that must grow
 (byte-wise) with every append that carries one, else ``SequenceRegression``.
@@ -88,17 +89,24 @@ def append_fenced(
     seq: int | None = None,
     last_seq: int | None = None,
     wrap: int | None = None,
+    resume: bool = False,
     writer_seq: str | None = None,
     seal: bool = False,
 ) -> FencedAppend:
     """See :meth:`sqlstream.Stream.append_fenced` (the contract is there). ``extend`` and
     ``seal_stream`` run inside this function's write scope: the stream handle's own (so
     its write secret applies), or a protocol front's (the Kafka store appends its rows
-    with per-record keys and headers, in its own write scope around this call)."""
+    with per-record keys and headers, in its own write scope around this call).
+
+    ``resume=True`` (the Kafka front, as a Kafka broker does) lets a producer this stream
+    has no state for start at any ``seq``, not only 0: a producer whose state
+    :func:`expire_producers` forgot carries on where it was instead of being refused for
+    good (librdkafka treats that refusal as fatal). Without it such a batch is a
+    ``SequenceGap``."""
     if (producer is None) != (epoch is None) or (producer is None) != (seq is None):
         raise InvalidArgument("producer, epoch and seq go together: give all three or none")
-    if producer is None and (last_seq is not None or wrap is not None):
-        raise InvalidArgument("last_seq and wrap go with a producer, epoch and seq")
+    if producer is None and (last_seq is not None or wrap is not None or resume):
+        raise InvalidArgument("last_seq, wrap and resume go with a producer, epoch and seq")
     if producer is not None:
         if not isinstance(producer, str) or not producer:
             raise InvalidArgument("a producer id is a non-empty str")
@@ -143,7 +151,7 @@ def append_fenced(
                         )
                 elif seq != 0:
                     raise InvalidArgument(f"producer {producer!r} starts epoch {epoch} at seq {seq}: a new epoch starts at seq 0")
-            elif seq != 0:
+            elif seq != 0 and not resume:
                 raise SequenceGap(f"producer {producer!r} is new here: its first seq is 0, not {seq}",
                                   expected=0, received=seq)
         if sealed:
@@ -175,8 +183,10 @@ def expire_producers(engine: Engine, idle: float, *, prefix: str = "") -> int:
     """Forget every producer whose name starts with ``prefix`` on every stream where it
     has not appended for ``idle`` seconds (by the engine's clock); returns how many
     (stream, producer) states went. A producer that appended within ``idle`` keeps its
-    state; one forgotten must start again at seq 0 (or a new epoch) on that stream. One
-    write transaction (or part of the caller's)."""
+    state; one forgotten is new to that stream: it starts again at seq 0 (or a new epoch),
+    or anywhere when its appends pass ``resume`` (and a retry of a batch from before is then
+    stored again: hence an expiry far longer than any retry). One write transaction (or
+    part of the caller's)."""
     cutoff = engine.now_us() - int(idle * 1_000_000)
     with engine.write(wakes=False) as conn:
         # substr, not LIKE: LIKE ignores ASCII case and reads the prefix's % and _ as wildcards.

@@ -176,14 +176,18 @@ class KafkaListener:
         None when the frame is refused by its size (the reason logged)."""
         s = self.settings
         pre_auth = s.sasl and not session.authenticated
-        auth_left = auth_deadline - watchdog.loop.time() if pre_auth else math.inf
-        if auth_left < s.idle_timeout:
-            watchdog.arm(auth_left, f"not authenticated within {s.auth_timeout:g} s of connecting (auth_timeout)")
+        unauthenticated = f"not authenticated within {s.auth_timeout:g} s of connecting (auth_timeout)"
+
+        def auth_left() -> float:  # read afresh after every wait: the deadline does not move
+            return auth_deadline - watchdog.loop.time() if pre_auth else math.inf
+
+        if auth_left() < s.idle_timeout:
+            watchdog.arm(auth_left(), unauthenticated)
         else:
             watchdog.arm(s.idle_timeout, f"no request for {s.idle_timeout:g} s (idle_timeout)")
         first = await reader.readexactly(1)
-        if auth_left < s.frame_timeout:
-            watchdog.arm(auth_left, f"not authenticated within {s.auth_timeout:g} s of connecting (auth_timeout)")
+        if auth_left() < s.frame_timeout:
+            watchdog.arm(auth_left(), unauthenticated)
         else:
             watchdog.arm(s.frame_timeout, f"a request frame did not arrive whole within {s.frame_timeout:g} s "
                                           "(frame_timeout)")

@@ -217,7 +217,9 @@ class KafkaStore:
         (:func:`sqlstream.fencing.append_fenced`, the rule ``Stream.append_fenced`` and the
         HTTP front use): the producer is ``kafka:<producer id>`` in ``producers``, its
         batch covers the sequence numbers ``base_sequence`` .. ``base_sequence + n - 1``
-        modulo 2**31, as Kafka counts them.
+        modulo 2**31, as Kafka counts them. As in Kafka, a producer this partition keeps no
+        state for (never produced here, or forgotten by :meth:`expire_producers`) may start
+        at any sequence, so a producer idle past its expiry carries on.
 
         Raises ``KafkaRefused`` 45 OUT_OF_ORDER_SEQUENCE_NUMBER, 47 INVALID_PRODUCER_EPOCH,
         3 UNKNOWN_TOPIC_OR_PARTITION; sqlstream errors (``PayloadTooLarge``,
@@ -264,7 +266,7 @@ class KafkaStore:
         try:
             return append_fenced(self.engine, stream, rows, append, _never_seal, producer=producer_name(
                 batch.producer_id), epoch=batch.producer_epoch, seq=first, last_seq=(first + n - 1) % SEQUENCE_WRAP,
-                wrap=SEQUENCE_WRAP)
+                wrap=SEQUENCE_WRAP, resume=True)
         except StaleEpoch as exc:
             raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than "
                                    f"{exc.current_epoch}") from exc
