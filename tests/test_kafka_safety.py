@@ -309,7 +309,7 @@ def test_kafka_producers_use_the_core_producer_state(sqlstream_kafka):
 
 
 def test_a_retried_batch_is_recognised_across_the_upgrade_of_an_older_file(tmp_path):
-    """Migration 0015 moves a version-14 file's kafka_producer_state into ``producers``:
+    """The kafka_producers migration moves an older file's kafka_producer_state into ``producers``:
     a batch stored before the upgrade and retried after it is still dropped, answered with
     its offset, and a wrapped sequence range gets its record count right."""
     path = str(tmp_path / "old.db")

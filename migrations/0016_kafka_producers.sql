@@ -1,4 +1,4 @@
--- sqlstream schema, version 15: one producer-state table for every front. The Kafka
+-- sqlstream schema: one producer-state table for every front. The Kafka
 -- listener's idempotent producers move from kafka_producer_state into `producers` (the
 -- core's, also used by Stream.append_fenced and the HTTP front), named `kafka:<producer
 -- id>`, with `recent`: the producer's last batches on that stream, so a retried batch is
