@@ -283,6 +283,7 @@ producers = Table(
     Column("epoch", INTEGER, nullable=False),
     Column("seq", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
+    Column("recent", TEXT),
     PrimaryKeyConstraint("stream_id", "producer"),
     sqlite_with_rowid=False,
 )
@@ -333,16 +334,6 @@ kafka_producers = Table(
     Column("producer_id", INTEGER, primary_key=True),
     Column("epoch", INTEGER, nullable=False),
     Column("created_at", INTEGER, nullable=False),
-)
-
-kafka_producer_state = Table(
-    "kafka_producer_state", metadata,
-    Column("producer_id", INTEGER, nullable=False),
-    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
-    Column("epoch", INTEGER, nullable=False),
-    Column("batches", TEXT, nullable=False),
-    PrimaryKeyConstraint("producer_id", "stream_id"),
-    sqlite_with_rowid=False,
 )
 
 kafka_group_offsets = Table(

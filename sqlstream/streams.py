@@ -201,6 +201,8 @@ class Stream:
         producer: str | None = None,
         epoch: int | None = None,
         seq: int | None = None,
+        last_seq: int | None = None,
+        wrap: int | None = None,
         writer_seq: str | None = None,
         seal: bool = False,
     ) -> _fencing.FencedAppend:
@@ -208,9 +210,13 @@ class Stream:
         sequence token, optionally sealing the stream in the same transaction.
 
         ``producer``/``epoch``/``seq`` (all or none): a batch already accepted is a
-        duplicate (nothing stored, ``duplicate=True``, even on a sealed stream); an older
-        epoch raises ``StaleEpoch`` (``current_epoch``); a skipped seq ``SequenceGap``
-        (``expected``, ``received``); a new epoch must start at seq 0. ``writer_seq`` must
+        duplicate (nothing stored, ``duplicate=True``, even on a sealed stream; one of the
+        producer's last 5 batches also gives ``original``, the offsets it was stored at);
+        an older epoch raises ``StaleEpoch`` (``current_epoch``); a skipped seq
+        ``SequenceGap`` (``expected``, ``received``); a new epoch must start at seq 0. A
+        batch may cover the numbers ``seq`` .. ``last_seq`` (Kafka numbers records, not
+        batches); with ``wrap`` the numbers count modulo it (Kafka: 2**31) and only a
+        recent batch or the next number is accepted (see ``sqlstream.fencing``). ``writer_seq`` must
         be byte-wise greater than the stream's last one (``SequenceRegression``).
         ``seal=True`` seals after storing (with no values: seal only). Atomic: checks,
         records, producer state and seal commit together; on any error nothing changes.
@@ -218,7 +224,8 @@ class Stream:
         See ``sqlstream.fencing``.
         """
         return _fencing.append_fenced(self.db.engine, self.name, values, self.extend, self.seal, producer=producer,
-                                      epoch=epoch, seq=seq, writer_seq=writer_seq, seal=seal)
+                                      epoch=epoch, seq=seq, last_seq=last_seq, wrap=wrap, writer_seq=writer_seq,
+                                      seal=seal)
 
     def seal(self) -> bool:
         """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.
