@@ -349,6 +349,36 @@ kafka_group_offsets = Table(
     sqlite_with_rowid=False,
 )
 
+# Durable Streams subscriptions (version 15, sqlstream.http): the protocol's own state;
+# the cursor and deliveries are an ordinary subscription named "{id}@{path}".
+ds_subscriptions = Table(
+    "ds_subscriptions", metadata,
+    Column("id", TEXT, primary_key=True),
+    Column("type", TEXT, nullable=False),
+    *(Column(name, TEXT) for name in ("pattern", "wake_stream", "webhook_url", "callback_base")),
+    Column("lease_ttl_ms", INTEGER, nullable=False),
+    Column("description", TEXT),
+    Column("config_hash", TEXT, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    Column("generation", INTEGER, nullable=False, server_default=text("0")),
+    Column("wake_id", TEXT),
+    Column("holder", TEXT),
+    Column("token_hash", BLOB),
+    Column("lease_until", INTEGER),
+    sqlite_with_rowid=False,
+)
+
+ds_subscription_links = Table(
+    "ds_subscription_links", metadata,
+    Column("subscription", TEXT, ForeignKey("ds_subscriptions.id", ondelete="CASCADE"), nullable=False),
+    Column("path", TEXT, nullable=False),
+    Column("explicit", INTEGER, nullable=False, server_default=text("0")),
+    Column("glob", INTEGER, nullable=False, server_default=text("0")),
+    Column("linked_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("subscription", "path"),
+    sqlite_with_rowid=False,
+)
+
 views = MetaData()
 """The views for people (docs/sql.md), as Tables to select from; their columns are untyped."""
 
