@@ -42,6 +42,12 @@ from . import connection as cx
 from .engine import Engine
 from .errors import InvalidArgument, SequenceGap, SequenceRegression, StaleEpoch, StreamNotFound, StreamSealed
 
+#: Producer names that start with this belong to the Kafka front (``kafka:<producer id>``,
+#: :mod:`sqlstream.kafka.store`). The Python API may use them (to carry on a Kafka
+#: producer's numbering); the HTTP front refuses them, so a Durable Streams client can
+#: never move a Kafka producer's sequence.
+KAFKA_PRODUCER_PREFIX = "kafka:"
+
 # Producer epochs and sequences travel as JSON numbers in other languages: keep them exact.
 MAX_COUNTER = 2**53 - 1
 #: Batches per producer and stream whose retry is recognised with its offsets (a Kafka

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 # The loopback rule is shared with the Kafka front: it lives in sqlstream.addresses.
 from ..addresses import is_loopback as is_loopback
+from ..fencing import KAFKA_PRODUCER_PREFIX
 
 # Header names (lower case, as ASGI delivers them).
 NEXT_OFFSET = "stream-next-offset"
@@ -166,6 +167,10 @@ def parse_producer(headers: Mapping[str, str]) -> Producer | None:
     pid = headers[PRODUCER_ID]
     if not pid.strip():
         raise ProtocolError(400, "Producer-Id must not be empty")
+    if pid.startswith(KAFKA_PRODUCER_PREFIX):
+        # Those rows are the Kafka listener's producers on the same streams.
+        raise ProtocolError(400, f"Producer-Id must not start with {KAFKA_PRODUCER_PREFIX!r}: "
+                                 "that prefix is reserved for the Kafka listener's producers")
     return Producer(pid, parse_uint(headers[PRODUCER_EPOCH], "Producer-Epoch"),
                     parse_uint(headers[PRODUCER_SEQ], "Producer-Seq"))
 

@@ -39,7 +39,7 @@ from typing import Any
 from ..connection import runner
 from ..database import Database
 from ..errors import InvalidArgument, SequenceGap, SqlstreamError, StaleEpoch, StreamExists, StreamNotFound
-from ..fencing import FencedAppend, append_fenced, expire_producers
+from ..fencing import KAFKA_PRODUCER_PREFIX, FencedAppend, append_fenced, expire_producers
 from .records import Batch, FetchedRecord, KafkaRecord
 
 __all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "producer_name", "SEQUENCE_WRAP"]
@@ -47,7 +47,7 @@ __all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "producer_
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 SEQUENCE_WRAP = 2**31  # Kafka's sequence numbers are int32: after 2**31 - 1 comes 0
 #: Kafka producers' names in the core's ``producers`` table start with this.
-PRODUCER_PREFIX = "kafka:"
+PRODUCER_PREFIX = KAFKA_PRODUCER_PREFIX
 
 
 def producer_name(producer_id: int) -> str:
