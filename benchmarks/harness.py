@@ -364,8 +364,6 @@ def open_raw_schema(path: str) -> Any:
     # Migration 10 hashes stored write secrets with a function sqlstream defines on its
     # migrating connection (none are stored here, but the statement must compile).
     conn.create_scalar_function("sqlstream_sha256", lambda v: None if v is None else hash_secret(str(v)), 1)
-    # Migration 15 moves payloads above this size out of the row (none exist here yet).
-    conn.create_scalar_function("sqlstream_inline_max", lambda: 906, 0)
     for name in sorted(os.listdir(MIGRATIONS)):
         if name.endswith(".sql"):
             with open(os.path.join(MIGRATIONS, name), encoding="utf-8") as f:

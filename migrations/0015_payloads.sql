@@ -6,8 +6,8 @@
 -- reads all of them (a b-tree comparison loads the whole stored row). A 64 KiB record
 -- made range reads, appends and scans of offsets and times 1.2-70x slower than needed
 -- (benchmarks/findings.md, issue 23). Since this version a payload larger than
--- `sqlstream_inline_max()` bytes (sqlstream.records.inline_max: what still fits in the
--- cell beside a typical key and headers) is stored as a BLOB in `payloads`, a rowid table
+-- sqlstream.records.inline_max(page_size) bytes (what still fits in the cell beside a
+-- typical key and headers; spelled out in SQL below, as of this version) is stored as a BLOB in `payloads`, a rowid table
 -- (its integer key is compared without reading the payload) found by the record's
 -- (stream_id, offset) through a small index, and the record's `chunks` row keeps `data`
 -- NULL. Smaller payloads stay in `data`, as before, and their rows are exactly as before:
@@ -41,14 +41,18 @@ CREATE TABLE chunks_v15 (
     PRIMARY KEY (stream_id, offset)
 ) WITHOUT ROWID;
 
--- Payloads above the limit move out; their records keep `data` NULL.
+-- Payloads above the limit move out; their records keep `data` NULL. The limit is
+-- records.inline_max at the file's page size: SQLite keeps at most (U - 12) * 64 / 255 - 23
+-- bytes of an index-b-tree cell on its page (U: the usable page size), less 96 for the
+-- other columns (the same expression in both statements).
+
 INSERT INTO payloads (stream_id, offset, data)
 SELECT stream_id, offset, CAST(data AS BLOB)
-  FROM chunks WHERE length(CAST(data AS BLOB)) > sqlstream_inline_max() ORDER BY stream_id, offset;
+  FROM chunks WHERE length(CAST(data AS BLOB)) > (SELECT (page_size - 12) * 64 / 255 - 23 - 96 FROM pragma_page_size()) ORDER BY stream_id, offset;
 
 INSERT INTO chunks_v15 (stream_id, offset, position, timestamp, txn, key, headers, content_type, data)
 SELECT stream_id, offset, position, timestamp, txn, key, headers, content_type,
-       CASE WHEN length(CAST(data AS BLOB)) <= sqlstream_inline_max() THEN data END
+       CASE WHEN length(CAST(data AS BLOB)) <= (SELECT (page_size - 12) * 64 / 255 - 23 - 96 FROM pragma_page_size()) THEN data END
   FROM chunks;
 
 -- SQLite's procedure for a changed table (https://sqlite.org/lang_altertable.html, "other

@@ -17,6 +17,7 @@ from .maintenance import CheckReport, MaintenanceReport, Problem
 from .streams import Stream
 from .consumer import Consumer
 from .producer import Producer, ProducerRecord
+from .raw import RawRecords
 from .readers import Reader, ReaderInfo
 from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
 
@@ -35,6 +36,7 @@ __all__ = [
     "Producer",
     "ProducerRecord",
     "QueryResult",
+    "RawRecords",
     "Reader",
     "ReaderInfo",
     "Record",

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 from .errors import (
     CorruptDatabase, DatabaseError, InvalidArgument, QueryCancelled, QueryTimeout, QueryTooLarge, SchemaVersionError, translate,
 )
-from .records import inline_max
 from .writesecrets import hash_secret
 
 SYNCHRONOUS_LEVELS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
@@ -444,10 +443,8 @@ def migrate(conn: apsw.Connection) -> int:
     once apply each step exactly once. A database newer than the code is refused.
 
     Migrations run with ``PRAGMA secure_delete`` on (what they replace is overwritten
-    with zeros where SQLite frees it) and with ``sqlstream_sha256()`` (migration 10
-    hashes the write secrets) and ``sqlstream_inline_max()`` (migration 15 moves larger
-    payloads out of the row: :func:`sqlstream.records.inline_max` at the file's page
-    size) defined; then a pending :func:`scrub` runs.
+    with zeros where SQLite frees it) and with ``sqlstream_sha256()`` defined (migration
+    10 hashes the write secrets); then a pending :func:`scrub` runs.
     """
     plan = load_migrations()
     latest = len(plan)
@@ -470,12 +467,6 @@ def migrate(conn: apsw.Connection) -> int:
 def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> None:
     """Run the steps of ``plan`` the file lacks, each in its own transaction."""
     conn.create_scalar_function("sqlstream_sha256", _sha256_or_null, 1, deterministic=True)
-    limit = inline_max(int(pragma(conn, "page_size")))
-
-    def sqlstream_inline_max(*_: Any) -> int:
-        return limit
-
-    conn.create_scalar_function("sqlstream_inline_max", sqlstream_inline_max, 0, deterministic=True)
     secure = pragma(conn, "secure_delete")
     pragma(conn, "secure_delete = 1")
     try:
@@ -497,7 +488,6 @@ def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> Non
     finally:
         pragma(conn, f"secure_delete = {int(secure)}")
         conn.create_scalar_function("sqlstream_sha256", None)
-        conn.create_scalar_function("sqlstream_inline_max", None)
 
 
 # The schema statements of a migration file, in order: what each step creates, drops or

@@ -10,7 +10,7 @@ payload rows in the same statement.
 
 from __future__ import annotations
 
-import re
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -127,37 +127,33 @@ def test_check_names_a_missing_payload_and_an_orphan_payload_row(db: sqlstream.D
 # --------------------------------------------------------------------------- migration
 
 
-def _downgrade_to_version_14(path: str) -> None:
-    """Rewrite a file to the layout schema version 14 had: every payload in its chunks
-    row, no payloads table, trigger, index or records view, streams_now as version 10
-    defined it. Everything else (streams, subscriptions, deliveries, ...) is left as is:
-    this is the file the code before migration 15 would have written. What later
-    migrations created is dropped too (they run again on open)."""
+def _as_version_14(src: str, dst: str) -> None:
+    """Write ``dst`` as the code before migration 15 would have: schema version 14 built
+    from migrations 1..14 as plain SQL, holding every row of ``src`` (a current file) in
+    the columns version 14 has, each record's payload in its ``chunks`` row."""
     plan = cx.load_migrations()
-    later = [name for version, _n, sql in plan if version > 15
-             for name in re.findall(r"CREATE\s+(?:UNIQUE\s+)?(?:TABLE|VIEW|INDEX|TRIGGER)\s+(\w+)", sql)]
-    v10 = next(sql for version, _n, sql in plan if version == 10)
-    streams_now = v10[v10.index("CREATE VIEW streams_now AS"):v10.index("FROM streams s;") + len("FROM streams s;")]
-    v1 = next(sql for version, _n, sql in plan if version == 1)
-    chunks = v1[v1.index("CREATE TABLE chunks ("):v1.index(") WITHOUT ROWID;") + len(") WITHOUT ROWID;")]
-    conn = apsw.Connection(path)
+    conn = apsw.Connection(dst)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        for name in reversed(later):
-            kind = conn.execute("SELECT type FROM sqlite_schema WHERE name = ?", (name,)).fetchall()
-            if kind:  # an index or trigger goes with its table
-                conn.execute(f"DROP {kind[0][0].upper()} {name}")
-        conn.execute("CREATE TABLE chunks_v14 AS SELECT stream_id, offset, position, timestamp, txn, key, headers, "
-                     "content_type, data FROM records")
-        for stmt in ("DROP VIEW records", "DROP VIEW streams_now", "DROP TRIGGER chunks_payload_delete",
-                     "DROP TABLE chunks", "DROP TABLE payloads"):
-            conn.execute(stmt)
-        conn.execute(chunks)
-        conn.execute("INSERT INTO chunks SELECT * FROM chunks_v14")
-        conn.execute("DROP TABLE chunks_v14")
-        conn.execute(streams_now)
-        conn.execute("PRAGMA user_version = 14")
-        conn.execute("COMMIT")
+        conn.create_scalar_function("sqlstream_sha256", lambda v: None if v is None else hashlib.sha256(
+            str(v).encode()).hexdigest(), 1)
+        with conn:
+            for version, _name, sql in plan[:14]:
+                for _ in conn.execute(sql):
+                    pass
+            conn.execute("PRAGMA user_version = 14")
+        conn.execute("PRAGMA journal_mode = wal")
+        conn.execute("ATTACH ? AS new", (src,))
+        with conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM main.sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            for table in tables:
+                source = "records" if table == "chunks" else table  # the view: every value in `data`
+                have = {r[1] for r in conn.execute(f"PRAGMA new.table_info({source})")}
+                cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})") if r[1] in have)
+                conn.execute(f"DELETE FROM main.{table}")  # rows the migrations seeded (counters)
+                if cols:  # a table later migrations dropped (its rows moved elsewhere) stays empty
+                    conn.execute(f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM new.{source}")
+        conn.execute("DETACH new")
     finally:
         conn.close()
 
@@ -182,8 +178,8 @@ def _state(db: sqlstream.Database) -> dict[str, Any]:
 
 
 def test_migration_15_converts_an_older_file_with_offsets_positions_and_txns_unchanged(tmp_path: Path) -> None:
-    path = str(tmp_path / "old.db")
-    with sqlstream.open(path) as db:
+    current, path = str(tmp_path / "current.db"), str(tmp_path / "old.db")
+    with sqlstream.open(current) as db:
         a = db.create_stream("a")
         for i, size in enumerate(SIZES * 2):
             kind = ("bytes", "text", "json")[i % 3]
@@ -197,7 +193,7 @@ def test_migration_15_converts_an_older_file_with_offsets_positions_and_txns_unc
         fetched = sub.fetch("w1", max_records=5)
         sub.ack(fetched[0].offset)
         before = _state(db)
-    _downgrade_to_version_14(path)
+    _as_version_14(current, path)
     conn = apsw.Connection(path)
     try:
         assert conn.execute("PRAGMA user_version").fetchall() == [(14,)]
@@ -222,10 +218,10 @@ def test_migration_15_converts_an_older_file_with_offsets_positions_and_txns_unc
 
 def test_an_application_table_named_records_stops_the_upgrade_with_advice_and_no_change(tmp_path: Path) -> None:
     # The SQLAlchemy outbox puts the application's tables in the same file.
-    path = str(tmp_path / "app.db")
-    with sqlstream.open(path) as db:
+    current, path = str(tmp_path / "current.db"), str(tmp_path / "app.db")
+    with sqlstream.open(current) as db:
         db.create_stream("s").append(b"x" * 5000)
-    _downgrade_to_version_14(path)
+    _as_version_14(current, path)
     conn = apsw.Connection(path)
     try:
         conn.execute("CREATE TABLE Records (id INTEGER PRIMARY KEY, note TEXT)")

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_procs import run_group, start_logged
 
 import sqlstream
 
@@ -91,23 +92,23 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
     # A short long-poll timeout keeps the suite's "waits, then 204" tests quick.
     # Webhook subscriptions are off by default; the suite tests them.
     config.write_text('[http]\nlong_poll_timeout = 1\nwebhooks = true\n')
-    server = subprocess.Popen(
+    # The server's log and the suite's output go to files (tests/helpers_procs.py): an
+    # unread pipe would stall a server that logs, and vitest's workers would hold a pipe
+    # open past a timeout.
+    server, line = start_logged(
         [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--config", str(config), "--http", "127.0.0.1:0",
          # The suite checks CORS answers as a public, tokenless server would give them:
          # explicitly opted in here (the default serves no other origin without a token).
          "--cors-origin", "*"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, log=tmp_path / "server.log", marker=" at http://")
     try:
-        assert server.stderr is not None
-        line = server.stderr.readline()
-        assert " at http://" in line, line
         url = line.split(" at ")[1].split("/v1/stream")[0]
         report = tmp_path / "report.json"
-        run = subprocess.run(
+        run = run_group(
             ["npx", "vitest", "run", "--config", "sqlstream-vitest.config.mjs", "--reporter=json", f"--outputFile={report}"],
-            cwd=folder, capture_output=True, text=True, timeout=900,
+            cwd=folder, timeout=900, log=tmp_path / "vitest.log",
             env={**os.environ, "CONFORMANCE_TEST_URL": url})
-        assert report.exists(), run.stderr[-2000:]
+        assert report.exists(), run.stdout[-2000:]
         result = json.loads(report.read_text())
         failed = [f"{' > '.join(a['ancestorTitles'][1:])} :: {a['title']} :: "
                   f"{' / '.join(a['failureMessages'][0].splitlines()[:3])[:400]}"

@@ -18,7 +18,10 @@ transaction. Reading back gives every field exactly as produced.
 
 Atomicity: :meth:`KafkaStore.produce` stores a partition's batch, its ``kafka_batches``
 row and the producer's sequence numbers in one transaction: a retried batch is
-recognised after a crash or restart exactly when its records were stored.
+recognised after a crash or restart exactly when its records were stored. A Produce
+request carries exactly one batch per partition (Kafka's rule for Produce v3+, enforced
+by the handler before anything is stored), so a partition's records in one request are
+stored whole or not at all; partitions of one request are independent, as in Kafka.
 """
 
 from __future__ import annotations
@@ -26,20 +29,34 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 from typing import Any
 
 from ..connection import runner
 from ..database import Database
-from ..errors import SqlstreamError, StreamExists, StreamNotFound
-from .records import Batch, KafkaRecord
+from ..errors import InvalidArgument, SequenceGap, SqlstreamError, StaleEpoch, StreamExists, StreamNotFound
+from ..fencing import KAFKA_PRODUCER_PREFIX, FencedAppend, append_fenced, expire_producers
+from .records import Batch, FetchedRecord, KafkaRecord
 
-__all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "PRODUCER_BATCHES_KEPT"]
+__all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "producer_name", "SEQUENCE_WRAP"]
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
-PRODUCER_BATCHES_KEPT = 5  # as a Kafka broker: a producer has at most 5 batches in flight
-_SEQ_WRAP = 2**31
+SEQUENCE_WRAP = 2**31  # Kafka's sequence numbers are int32: after 2**31 - 1 comes 0
+#: Kafka producers' names in the core's ``producers`` table start with this.
+PRODUCER_PREFIX = KAFKA_PRODUCER_PREFIX
+
+
+def producer_name(producer_id: int) -> str:
+    """The name a Kafka producer id has in the ``producers`` table (``kafka:1000``)."""
+    return f"{PRODUCER_PREFIX}{producer_id}"
+
+
+def _never_seal() -> bool:
+    return False  # a Kafka produce never seals its stream
 
 
 def valid_topic_name(name: str) -> bool:
@@ -82,13 +99,19 @@ class Produced:
 class Fetched:
     """Records read from a partition and its offsets."""
 
-    records: list[tuple[int, KafkaRecord]]
+    records: list[FetchedRecord]
     log_start: int
     high_watermark: int
     size: int
 
 
 _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
+# A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
+# UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
+_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM records "
+             "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
+_value = itemgetter(4)
+_RECORD_OVERHEAD = 64  # bytes a fetched record counts for besides its value (Kafka's record framing, about)
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -199,24 +222,36 @@ class KafkaStore:
         """Store one producer batch in ``stream`` (see the module docstring: atomic with
         its Kafka facts and the producer's sequence numbers).
 
+        An idempotent producer's batch goes through the core's fenced append
+        (:func:`sqlstream.fencing.append_fenced`, the rule ``Stream.append_fenced`` and the
+        HTTP front use): the producer is ``kafka:<producer id>`` in ``producers``, its
+        batch covers the sequence numbers ``base_sequence`` .. ``base_sequence + n - 1``
+        modulo 2**31, as Kafka counts them. As in Kafka, a producer this partition keeps no
+        state for (never produced here, or forgotten by :meth:`expire_producers`) may start
+        at any sequence, so a producer idle past its expiry carries on.
+
         Raises ``KafkaRefused`` 45 OUT_OF_ORDER_SEQUENCE_NUMBER, 47 INVALID_PRODUCER_EPOCH,
         3 UNKNOWN_TOPIC_OR_PARTITION; sqlstream errors (``PayloadTooLarge``,
         ``StreamSealed``, ...) leave unchanged and store nothing."""
         rows, timestamps, extras = _rows(batch.records)
         n = len(batch.records)
+
+        def append(values: Sequence[Any]) -> range:
+            return self.engine.append_rows(stream, None, values, None)
+
         with self.engine.write() as conn:
             q = runner(conn)
             got = q(_ENDS_SQL, (stream,))
             if not got:
                 raise KafkaRefused(3, f"no stream {stream!r} for this partition")
             stream_id, log_start, _ = got[0]
-            state: list[Any] | None = None
             if batch.producer_id >= 0:
-                checked = _check_sequence(q, batch, stream_id, n)
-                if isinstance(checked, Produced):
-                    return Produced(checked.base_offset, True, log_start)
-                state = checked
-            offsets = self.engine.append_rows(stream, None, rows, None)
+                fenced = self._fenced(stream, rows, append, batch, n)
+                if fenced.duplicate:
+                    return Produced(fenced.original.start if fenced.original else -1, True, log_start)
+                offsets = fenced.offsets
+            else:
+                offsets = append(rows)
             base = offsets.start
             base_ts = timestamps[0] if n else 0
             max_ts = max(timestamps) if n else 0
@@ -229,12 +264,26 @@ class KafkaStore:
               (stream_id, base, base + n - 1, base_ts, max_ts, running,
                json.dumps(deltas, separators=(",", ":")) if any(deltas) else None,
                json.dumps(extras, separators=(",", ":")) if extras else None))
-            if batch.producer_id >= 0:
-                _save_sequence(q, batch, stream_id, n, base, state)
             # Batches whose records retention has trimmed go too (one range seek of the key).
             q("DELETE FROM kafka_batches WHERE stream_id = ? AND base_offset < ? AND last_offset < ?",
               (stream_id, log_start, log_start))
         return Produced(base, False, log_start)
+
+    def _fenced(self, stream: str, rows: list[Any], append: Any, batch: Batch, n: int) -> FencedAppend:
+        """The core's fenced append of an idempotent batch, its refusals as Kafka's codes."""
+        first = batch.base_sequence
+        try:
+            return append_fenced(self.engine, stream, rows, append, _never_seal, producer=producer_name(
+                batch.producer_id), epoch=batch.producer_epoch, seq=first, last_seq=(first + n - 1) % SEQUENCE_WRAP,
+                wrap=SEQUENCE_WRAP, resume=True)
+        except StaleEpoch as exc:
+            raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than "
+                                   f"{exc.current_epoch}") from exc
+        except SequenceGap as exc:
+            raise KafkaRefused(45, f"producer {batch.producer_id}: sequence {first} out of order "
+                                   f"(expected {exc.expected})") from exc
+        except InvalidArgument as exc:  # a new epoch not at 0, a negative sequence or epoch
+            raise KafkaRefused(45, f"producer {batch.producer_id}: {exc}") from exc
 
     def ends(self, stream: str) -> tuple[int, int] | None:
         """(log start offset, high watermark) of ``stream``, None when it does not exist."""
@@ -251,7 +300,7 @@ class KafkaStore:
             if not got:
                 return None
             stream_id, first, end = got[0]
-            out: list[tuple[int, KafkaRecord]] = []
+            out: list[FetchedRecord] = []
             size = 0
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
@@ -262,18 +311,20 @@ class KafkaStore:
             position = offset
             full = False
             while not full and position < end:
-                rows = runner(conn)(
-                    "SELECT offset, timestamp, key, headers, content_type, data FROM records "
-                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
+                rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
-                for row in rows:
-                    n = len(row[5]) + 64
-                    if kept and size + n > max_bytes:
-                        full = True
+                # What each row costs the budget (its value and 64 bytes), summed in C; the
+                # rows that fit are a prefix, found by bisection.
+                costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
+                fit = bisect_right(costs, max_bytes - size) or (0 if kept else 1)  # Kafka: at least one
+                if fit < len(rows):
+                    full = True
+                    if not fit:
                         break
-                    size += n
-                    kept.append(row)
+                    rows = rows[:fit]
+                kept += rows
+                size += costs[fit - 1]
                 position = rows[-1][0] + 1
                 average = size // len(kept)
                 page = max(1, min(1000, (max_bytes - size) // average + 1))
@@ -326,12 +377,31 @@ class KafkaStore:
     # ------------------------------------------------------------------ producers
 
     def init_producer(self) -> tuple[int, int]:
-        """A new idempotent producer: (producer id, epoch 0), kept in the file."""
+        """A new idempotent producer: (producer id, epoch 0), kept in the file. Ids are
+        never handed out twice (:meth:`expire_producers` keeps the highest)."""
         with self.engine.write() as conn:
             pid = runner(conn)("SELECT coalesce(max(producer_id), 999) + 1 FROM kafka_producers")[0][0]
             runner(conn)("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (?, 0, ?)",
                          (pid, self.engine.now_us()))
         return int(pid), 0
+
+    def expire_producers(self, idle: float) -> tuple[int, int]:
+        """Forget idempotent producers idle for ``idle`` seconds (Kafka's
+        transactional.id.expiration.ms), in one transaction: each partition's sequence
+        state not written for that long (:func:`sqlstream.fencing.expire_producers`), then
+        the ids handed out that long ago that no partition remembers any more, except the
+        highest (so an id is never handed out twice). A producer that produced, or got its
+        id, within ``idle`` keeps everything. Returns (states, ids) forgotten."""
+        with self.engine.write(wakes=False) as conn:
+            states = expire_producers(self.engine, idle, prefix=PRODUCER_PREFIX)
+            runner(conn)(
+                "DELETE FROM kafka_producers WHERE created_at < ? "
+                "AND producer_id < (SELECT max(producer_id) FROM kafka_producers) "
+                "AND producer_id NOT IN (SELECT CAST(substr(producer, ?) AS INTEGER) FROM producers "
+                "WHERE substr(producer, 1, ?) = ?)",
+                (self.engine.now_us() - int(idle * 1_000_000), len(PRODUCER_PREFIX) + 1, len(PRODUCER_PREFIX),
+                 PRODUCER_PREFIX))
+            return states, int(conn.changes())
 
     # ------------------------------------------------------------------ groups
 
@@ -409,72 +479,65 @@ def _native_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, st
     return out
 
 
-def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord]]:
-    out: list[tuple[int, KafkaRecord]] = []
-    bi = 0
-    parsed: tuple[int, int, int, list[int] | None, dict[str, Any]] | None = None
-    for offset, ts_us, key, headers, ctype, data in rows:
-        while bi < len(batches) and batches[bi][1] < offset:
-            bi += 1
-            parsed = None
-        extra: dict[str, Any] | None = None
-        if bi < len(batches) and batches[bi][0] <= offset:
-            if parsed is None:
-                b = batches[bi]
-                parsed = (b[0], b[1], b[2], json.loads(b[3]) if b[3] else None, json.loads(b[4]) if b[4] else {})
-            i = offset - parsed[0]
-            ts = parsed[2] + (parsed[3][i] if parsed[3] else 0)
-            extra = parsed[4].get(str(i))
-        else:
-            ts = ts_us // 1000
-        value: bytes | None = data if isinstance(data, bytes) else data.encode("utf-8")
-        k: bytes | None = None if key is None else (key.encode("utf-8") if isinstance(key, str) else bytes(key))
-        hs: tuple[tuple[str, bytes | None], ...] = ()
-        if headers:
-            hs = tuple((name, str(v).encode("utf-8")) for name, v in json.loads(headers).items())
+def _restore(rows: list[Any], batches: list[Any]) -> list[FetchedRecord]:
+    """Kafka records from ``_READ_SQL`` rows (ascending offsets) and the ``kafka_batches``
+    rows that may cover them (ascending base offsets): a covered record gets its
+    producer's timestamp and the facts in ``extras``; others their append time."""
+    # Fetch's per-record work: the rows a batch covers are found by bisection and made
+    # into records by one comprehension per run (no Python statement per record), one
+    # tuple each.
+    out: list[FetchedRecord] = []
+    at = 0
+    n = len(rows)
+    for base, last, base_ts, d, e in batches:
+        start = bisect_left(rows, base, at, n, key=_offset)
+        if start > at:
+            out += _appended(rows[at:start])
+        stop = bisect_right(rows, last, start, n, key=_offset)
+        if stop > start:
+            deltas = json.loads(d) if d else None
+            if e:
+                extras = {int(i): x for i, x in json.loads(e).items()}
+                out += _with_extras(rows[start:stop], base, base_ts, deltas, extras)
+            elif deltas:
+                out += [(o, base_ts + deltas[o - base], k, v, _headers(h) if h else ())
+                        for o, _, k, h, v in rows[start:stop]]
+            else:
+                out += [(o, base_ts, k, v, _headers(h) if h else ()) for o, _, k, h, v in rows[start:stop]]
+        at = stop
+    if at < n:
+        out += _appended(rows[at:])
+    return out
+
+
+_offset = itemgetter(0)
+
+
+def _appended(rows: list[Any]) -> list[FetchedRecord]:
+    """Records no Kafka producer wrote (the Python API, HTTP, ...): their append time."""
+    return [(o, ts, k, v, _headers(h) if h else ()) for o, ts, k, h, v in rows]
+
+
+def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
+    """A chunk's ``headers`` JSON (names to text) as Kafka headers."""
+    return tuple((name, str(v).encode("utf-8")) for name, v in json.loads(text).items())
+
+
+def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | None,
+                 extras: dict[int, Any]) -> list[FetchedRecord]:
+    """The rows of one Kafka batch with facts the chunk row cannot hold (a binary key,
+    repeated, binary or null headers, a null value) in ``extras`` by index."""
+    out: list[FetchedRecord] = []
+    for offset, _, key, headers, value in rows:
+        i = offset - base
+        hs = _headers(headers) if headers else ()
+        extra = extras.get(i)
         if extra:
             if "key" in extra:
-                k = bytes.fromhex(extra["key"])
+                key = bytes.fromhex(extra["key"])
             if "headers" in extra:
                 hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
             if "value" in extra:
                 value = None
-        out.append((offset, KafkaRecord(ts, k, value, hs)))
+        out.append((offset, base_ts + deltas[i] if deltas else base_ts, key, value, hs))
     return out
-
-
-def _check_sequence(q: Any, batch: Batch, stream_id: int, n: int) -> Produced | list[Any] | None:
-    """Kafka's idempotence rules for one partition: a Produced for a duplicate (stored
-    already), else the state to update (None: first batch of this producer here)."""
-    got = q("SELECT epoch, batches FROM kafka_producer_state WHERE producer_id = ? AND stream_id = ?",
-            (batch.producer_id, stream_id))
-    first = batch.base_sequence
-    last = (first + n - 1) % _SEQ_WRAP
-    if not got:
-        if first != 0:
-            raise KafkaRefused(45, f"producer {batch.producer_id}: first sequence here must be 0, not {first}")
-        return None
-    epoch, text = got[0]
-    if batch.producer_epoch < epoch:
-        raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than {epoch}")
-    if batch.producer_epoch > epoch:
-        if first != 0:
-            raise KafkaRefused(45, f"producer {batch.producer_id}: a new epoch starts at sequence 0, not {first}")
-        return None
-    kept: list[list[int]] = json.loads(text)
-    for f, l, base in kept:
-        if f == first and l == last:
-            return Produced(base, True, 0)
-    expected = (kept[-1][1] + 1) % _SEQ_WRAP if kept else 0
-    if first != expected:
-        raise KafkaRefused(45, f"producer {batch.producer_id}: sequence {first} out of order (expected {expected})")
-    return kept
-
-
-def _save_sequence(q: Any, batch: Batch, stream_id: int, n: int, base: int, state: list[Any] | None) -> None:
-    kept = list(state or [])
-    kept.append([batch.base_sequence, (batch.base_sequence + n - 1) % _SEQ_WRAP, base])
-    q("INSERT INTO kafka_producer_state (producer_id, stream_id, epoch, batches) VALUES (?, ?, ?, ?) "
-      "ON CONFLICT (producer_id, stream_id) DO UPDATE SET epoch = excluded.epoch, batches = excluded.batches",
-      (batch.producer_id, stream_id, batch.producer_epoch,
-       json.dumps(kept[-PRODUCER_BATCHES_KEPT:], separators=(",", ":"))))
