@@ -264,6 +264,7 @@ def _store(
     trim = ((t_offset is not None and next_offset > t_offset)
             or (t_bytes is not None and position + total > t_bytes)
             or (t_time is not None and ts >= t_time))
+    data: bytes | str | None  # None: the payload went to `payloads`
     if count == 1 and timestamps is None:  # the common case: no batching loop
         key, headers, ctype, data, nbytes = rows[0]
         if nbytes > inline_max:
