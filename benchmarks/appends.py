@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from .harness import (
     open_raw,
     open_raw_schema,
     payload,
+    start_together,
     workdir,
 )
 
@@ -379,22 +379,7 @@ def _raw_writer(path: str, count: int, go: Any, results: Any, ident: int) -> Non
 
 
 def _run_writers(target: Any, path: str, count: int) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    go = ctx.Event()
-    results = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(path, count, go, results, i)) for i in range(WRITERS)]
-    for p in procs:
-        p.start()
-    try:
-        time.sleep(0.5)  # let every writer open its connection before the start signal
-        go.set()
-        got = [results.get(timeout=600) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    got = start_together(target, [(path, count)] * WRITERS)
     start = min(g[4] for g in got)
     end = max(g[5] for g in got)
     done = sum(g[1] for g in got)

@@ -26,14 +26,12 @@ commit PROTOTYPE, named below).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import queue
 import statistics
 import time
 from typing import Any
 
-from .harness import open_raw, payload, workdir
+from .harness import open_raw, payload, start_together, workdir
 
 # The commit holding the writer queue prototype (sqlstream/writerqueue.py), not kept.
 PROTOTYPE = "7d4c9f8"
@@ -157,30 +155,10 @@ def run_variant(variant: str, path: str, count: int, writers: int) -> dict[str, 
         with sqlstream.open(path) as db:
             db.create_stream("w7")
         target = _sqlstream_writer
-    ctx = multiprocessing.get_context("spawn")
-    go = ctx.Event()
-    results = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(variant, path, count, go, results, i)) for i in range(writers)]
-    for p in procs:
-        p.start()
     try:
-        time.sleep(0.5)  # every writer opens its connection before the start signal
-        go.set()
-        got: list[Any] = []
-        deadline = time.monotonic() + 600
-        while len(got) < len(procs):
-            try:
-                got.append(results.get(timeout=1))
-            except queue.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead or time.monotonic() > deadline:
-                    raise RuntimeError(f"{variant}: a writer failed (exit codes {dead})") from None
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        got = start_together(target, [(variant, path, count)] * writers)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{variant}: {exc}") from None
     start = min(g[4] for g in got)
     end = max(g[5] for g in got)
     done = sum(g[1] for g in got)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import os
+import queue
 import shutil
 import statistics
 import tempfile
@@ -409,3 +411,39 @@ def section_args(prog: str, description: str, argv: list[str] | None) -> tuple[b
     if not 1 <= rounds <= 50:
         raise SystemExit("--rounds must be 1..50")
     return args.quick, rounds, prog + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+
+
+def start_together(target: Callable[..., None], args: Sequence[tuple[Any, ...]], timeout: float = 600) -> list[Any]:
+    """Run ``target(*args[i], go, results, i)`` in one spawned process per ``args`` entry.
+
+    Every process opens what it needs, then waits on ``go``; the start signal is given once
+    all have had half a second to get there, so the measured part begins together. Each
+    process puts one result on ``results``; they are returned in the order they arrived.
+    A process that dies without a result, or ``timeout`` seconds without all results,
+    raises ``RuntimeError`` (rather than waiting out the timeout on a dead writer).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    go = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, go, results, i)) for i, a in enumerate(args)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.5)  # every process opens its connection before the start signal
+        go.set()
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < len(procs):
+            try:
+                got.append(results.get(timeout=1))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker process failed (exit codes {dead})") from None
+        return got
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()

@@ -18,7 +18,6 @@ table (benchmarks/findings.md compares it with the same module run on older code
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import apsw
 
 import sqlstream
 
-from .harness import Check, Env, Outcome, Series, payload, section_args, workdir
+from .harness import Check, Env, Outcome, Series, payload, section_args, start_together, workdir
 
 def stream_counts(quick: bool) -> tuple[int, ...]:
     return (10, 1_000, 10_000) if quick else (10, 10_000, 1_000_000)
@@ -83,22 +82,7 @@ def _writer(path: str, stream: str, count: int, go: Any, results: Any, ident: in
 
 def run_writers(path: str, writers: int, count: int) -> dict[str, Any]:
     """``writers`` processes, each ``count`` single appends to its own stream (s0, s1, …)."""
-    ctx = multiprocessing.get_context("spawn")
-    go = ctx.Event()
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(path, f"s{i}", count, go, results, i)) for i in range(writers)]
-    for p in procs:
-        p.start()
-    try:
-        time.sleep(0.5)  # every writer opens its connection before the start signal
-        go.set()
-        got = [results.get(timeout=600) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    got = start_together(_writer, [(path, f"s{i}", count) for i in range(writers)])
     done = sum(g[1] for g in got)
     seconds = max(g[4] for g in got) - min(g[3] for g in got)
     return {"appended": done, "errors": sum(g[2] for g in got), "rate": done / seconds}

@@ -688,6 +688,9 @@ class Database:
                         if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'file_lineage'").fetchall():
                             with target:
                                 _lineage.fork(cx.runner(target))
+                                # Its first writable open notes where it lives (a rename
+                                # keeps the inode) without forking it again.
+                                _lineage.forget_places(cx.runner(target))
                     finally:
                         target.close()
             finally:

@@ -42,6 +42,7 @@ import apsw
 from . import append as _append
 from . import clock as _clock
 from . import connection as cx
+from . import lineage as _lineage
 from . import retention as _retention
 from . import txn as _txn
 from . import writesecrets as _writesecrets
@@ -162,9 +163,30 @@ class Engine:
                             cx._check_empty_or_ours(conn)
                         cx.connection_wal(conn, self.busy_timeout)
                     cx.migrate(conn)
+                    self._settle_place(conn)
                 except BaseException:
                     self.close()
                     raise
+
+    def _settle_place(self, conn: apsw.Connection) -> None:
+        """Give a file copied by other means than backup() (cp, a snapshot, a restore) an
+        identity of its own before it writes anything (:func:`sqlstream.lineage.settle`).
+        At a known place this is one read."""
+        where = _lineage.location(self.path)
+        if where is None:
+            return
+        with translate():
+            q = cx.runner(conn)
+            if _lineage.known_place(q, where):
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _lineage.settle(q, where, self.now_us())
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+                raise
 
     def _check_readable_schema(self) -> None:
         conn = self.read_conn()

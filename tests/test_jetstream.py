@@ -1370,6 +1370,43 @@ def test_a_backup_copy_has_its_own_identity_and_knows_its_original(tmp_path: Pat
         assert identity.origin(head) == original and identity.origin(head + 1) == file_id(copy)
 
 
+@pytest.mark.parametrize("relayed_before_the_copy", [True, False])
+def test_two_files_copied_with_cp_relay_their_new_records_under_ids_of_their_own(
+        tmp_path: Path, js: JS, relayed_before_the_copy: bool) -> None:
+    """A copy made with cp (or a snapshot, a restore, a file shipped to many devices from
+    one template) is not a backup(): nothing could give it an identity of its own when it
+    was made. Its relay notices that the file is not where it was (file_location) and
+    forks it then, so the two files' records at the same offsets are both delivered."""
+    original = str(tmp_path / "app.db")
+    copy = str(tmp_path / "copy.db")
+    config = js.forward_config(tmp_path)
+    with sqlstream.open(original) as db:
+        db.create_stream("a").extend([b"0", b"1"])
+        if relayed_before_the_copy:
+            Runner.from_config(db, load_config(config)).run(once=True)
+    shutil.copyfile(original, copy)  # closed cleanly: one file, no -wal
+    for path, value in ((original, b"from the original"), (copy, b"from the copy")):
+        with sqlstream.open(path) as db:
+            assert db.stream("a").append(value) == 2
+            Runner.from_config(db, load_config(config)).run(once=True)
+    got = js.messages()
+    assert sorted(m[2] for m in got) == [b"0", b"1", b"from the copy", b"from the original"]
+    with sqlstream.open(copy) as db:
+        assert file_id(db) != Store(db).identity().origin(1)  # the shared records keep the original's id
+    with sqlstream.open(original) as db:  # the original, where it always was, is not forked
+        assert db.query("SELECT count(*) FROM file_lineage").rows == [(0,)]
+
+
+def test_a_backup_copy_is_forked_once_not_again_when_its_relay_starts(tmp_path: Path) -> None:
+    with sqlstream.open(str(tmp_path / "app.db")) as db:
+        db.create_stream("a").append(b"x")
+        db.backup(str(tmp_path / "copy.db"))
+    with sqlstream.open(str(tmp_path / "copy.db")) as copy:
+        before = file_id(copy)
+        assert Store(copy).identity().file_id == before
+        assert copy.query("SELECT count(*) FROM file_lineage").rows == [(1,)]
+
+
 def test_forward_lag_is_zero_after_once_when_the_newest_commit_touched_no_forwarded_stream(
         tmp_path: Path, js: JS) -> None:
     db = sqlstream.open(str(tmp_path / "app.db"))

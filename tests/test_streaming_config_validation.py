@@ -52,6 +52,7 @@ BAD_FORWARD = [
     ("subjects", ["edge..x"]), ("subjects", ["edge.>.x"]), ("subjects", ["a b"]),
     ("servers", []), ("servers", ["http://hub:4222"]),
     ("user", "edge"),  # without password
+    ("tls_ca", "no-such-ca.pem"), ("creds", "no-such.creds"), ("nkey", "."),
     ("subject", "edge.{host}"), ("subject", "edge..{stream}"), ("subject", "edge.*.{stream}"),
 ]
 

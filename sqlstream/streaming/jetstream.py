@@ -54,6 +54,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import socket
@@ -335,6 +336,13 @@ def _connection_problems(options: Mapping[str, Any]) -> None:
         raise OptionError("user", "user and password go together", hint="give both, or neither")
     if (options["tls_cert"] is None) != (options["tls_key"] is None):
         raise OptionError("tls_cert", "tls_cert and tls_key go together", hint="give both, or neither")
+    # A missing key or certificate file would otherwise surface only when the relay first
+    # connects, as a retried error in --status: name it when the config loads instead.
+    for key in ("creds", "nkey", "tls_ca", "tls_cert", "tls_key"):
+        path = options[key]
+        if path is not None and not os.path.isfile(path):
+            raise OptionError(key, f"{path!r} is not a file", hint=f"check the {key} path (relative paths are "
+                                                                    "read from the config file's folder)")
 
 
 class _Relay(Service):
