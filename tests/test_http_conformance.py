@@ -3,9 +3,11 @@
 The pinned npm package ``@durable-streams/server-conformance-tests`` is installed into a
 cache folder (``$SQLSTREAM_TEST_CACHE``, else ``~/.cache/sqlstream-tests``) on first use;
 ``.ci/run`` installs it ahead (install_http_conformance). Its own CLI looks for test
-files under node_modules, which vitest excludes, so a small vitest config includes its
-``dist/test-runner.js``. Every test must pass (the suite skips its subscription tests
-unless asked); the count is printed. Without node/npm the test skips, except under CI,
+files under node_modules, which vitest excludes, so a small vitest config of ours
+(``sqlstream-vitest.config.mjs``) includes a runner of ours (``RUNNER``) that calls the suite's ``runConformanceTests`` with its
+optional subscription tests switched on (the suite's own runner leaves them out; the
+server runs with ``webhooks = true`` for its webhook tests). Every test must pass and
+none be skipped; the count is printed. Without node/npm the test skips, except under CI,
 where it fails.
 """
 
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_procs import run_group, start_logged
 
 import sqlstream
 
@@ -31,7 +34,7 @@ VITEST_CONFIG = """\
 import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
-    include: ["node_modules/@durable-streams/server-conformance-tests/dist/test-runner.js"],
+    include: ["sqlstream-conformance.test.mjs"],
     exclude: [],
     testTimeout: 30000,
     hookTimeout: 30000,
@@ -39,6 +42,10 @@ export default defineConfig({
 })
 """
 
+RUNNER = """\
+import { runConformanceTests } from "@durable-streams/server-conformance-tests"
+runConformanceTests({ baseUrl: process.env.CONFORMANCE_TEST_URL, subscriptions: true })
+"""
 
 class ConformanceCount(UserWarning):
     """Carries the conformance count to pytest's warnings summary (not a problem)."""
@@ -68,7 +75,8 @@ def install_suite() -> Path:
                               cwd=folder, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             _missing(f"npm install {SUITE}@{SUITE_VERSION} failed: {proc.stderr[-500:]}")
-    (folder / "vitest.config.mjs").write_text(VITEST_CONFIG)
+    (folder / "sqlstream-vitest.config.mjs").write_text(VITEST_CONFIG)
+    (folder / "sqlstream-conformance.test.mjs").write_text(RUNNER)
     return folder
 
 
@@ -82,36 +90,38 @@ def test_official_conformance_suite_passes(tmp_path: Path) -> None:
         pass
     config = tmp_path / "serve.toml"
     # A short long-poll timeout keeps the suite's "waits, then 204" tests quick.
-    config.write_text('[http]\nlong_poll_timeout = 1\n')
-    server = subprocess.Popen(
+    # Webhook subscriptions are off by default; the suite tests them.
+    config.write_text('[http]\nlong_poll_timeout = 1\nwebhooks = true\n')
+    # The server's log and the suite's output go to files (tests/helpers_procs.py): an
+    # unread pipe would stall a server that logs, and vitest's workers would hold a pipe
+    # open past a timeout.
+    server, line = start_logged(
         [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--config", str(config), "--http", "127.0.0.1:0",
          # The suite checks CORS answers as a public, tokenless server would give them:
          # explicitly opted in here (the default serves no other origin without a token).
          "--cors-origin", "*"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, log=tmp_path / "server.log", marker=" at http://")
     try:
-        assert server.stderr is not None
-        line = server.stderr.readline()
-        assert " at http://" in line, line
         url = line.split(" at ")[1].split("/v1/stream")[0]
         report = tmp_path / "report.json"
-        run = subprocess.run(
-            ["npx", "vitest", "run", "--reporter=json", f"--outputFile={report}"],
-            cwd=folder, capture_output=True, text=True, timeout=900,
+        run = run_group(
+            ["npx", "vitest", "run", "--config", "sqlstream-vitest.config.mjs", "--reporter=json", f"--outputFile={report}"],
+            cwd=folder, timeout=900, log=tmp_path / "vitest.log",
             env={**os.environ, "CONFORMANCE_TEST_URL": url})
-        assert report.exists(), run.stderr[-2000:]
+        assert report.exists(), run.stdout[-2000:]
         result = json.loads(report.read_text())
         failed = [f"{' > '.join(a['ancestorTitles'][1:])} :: {a['title']} :: "
                   f"{' / '.join(a['failureMessages'][0].splitlines()[:3])[:400]}"
                   for f in result["testResults"] for a in f["assertionResults"] if a["status"] == "failed"]
         count = (f"Durable Streams conformance {SUITE_VERSION}: {result['numPassedTests']} passed, "
-                 f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped by the suite, "
+                 f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped, "
                  f"of {result['numTotalTests']}")
         print("\n" + count)
         # The suite runs on xdist workers, whose prints CI does not show: a warning reaches
         # the summary at the end of every run.
         warnings.warn(ConformanceCount(count), stacklevel=1)
         assert not failed, "\n".join(failed)
+        assert result["numPendingTests"] == 0  # the subscription tests ran too
         assert result["numPassedTests"] > 300
     finally:
         server.send_signal(signal.SIGTERM)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers_procs import start_logged
 
 ds = pytest.importorskip("durable_streams")
 pytest.importorskip("uvicorn")
@@ -39,16 +40,14 @@ class Served:
     def __init__(self, path: str) -> None:
         self.path = path
         self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        # Its log goes to a file (tests/helpers_procs.py): nobody reads a pipe after the first line.
+        self.proc, line = start_logged(
             [sys.executable, "-m", "sqlstream", "--db", self.path, "serve", "--http", f"127.0.0.1:{self.port}"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert self.proc.stderr is not None
-        line = self.proc.stderr.readline()
-        assert " at http://" in line, line
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, log=Path(self.path + ".serve.log"), marker=" at http://")
         self.url = line.split(" at ")[1].split("/v1/stream")[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 

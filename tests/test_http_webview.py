@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -50,7 +51,12 @@ class Browser:
     """Headless chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
     NUL-terminated JSON on the child's fds 3 and 4), so no extra client library is needed."""
 
+    #: How long one DevTools call may wait for its reply: a browser that neither answers nor
+    #: closes the pipe fails the test with its own log instead of blocking the run for ever.
+    REPLY_WAIT = 60.0
+
     def __init__(self, binary: str, profile: Path) -> None:
+        self._log = profile.with_suffix(".log")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
 
@@ -58,10 +64,13 @@ class Browser:
             os.dup2(to_child_r, 3)
             os.dup2(from_child_w, 4)
 
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=fds, close_fds=False)
+        # --disable-dev-shm-usage: containers often give /dev/shm 64 MiB, where chromium's
+        # renderer stalls or crashes; its shared memory goes to /tmp instead.
+        with open(self._log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+                stdout=log, stderr=log, preexec_fn=fds, close_fds=False)
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""
@@ -75,6 +84,9 @@ class Browser:
         os.write(self._to_child, json.dumps(message).encode() + b"\0")
         while True:
             while b"\0" not in self._buffer:
+                if not select.select([self._from_child], [], [], self.REPLY_WAIT)[0]:
+                    raise RuntimeError(f"chromium did not answer {method} in {self.REPLY_WAIT:.0f} s; "
+                                       f"its log: {self._log.read_text(errors='replace')[-2000:]!r}")
                 chunk = os.read(self._from_child, 65536)
                 if not chunk:
                     raise RuntimeError("chromium closed the DevTools pipe")

@@ -153,8 +153,10 @@ def test_writers_killed_at_random_under_litestream_restore_latest_and_point_in_t
     config.write_text(f"dbs:\n  - path: {path}\n    replicas:\n      - type: file\n"
                       f"        path: {tmp_path / 'replica'}\n        sync-interval: 100ms\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT), SQLSTREAM_CHECKPOINTS="external")
+    # Its log goes to a file: a pipe read only at the end fills during the storm and stalls it.
+    replicate_log = open(tmp_path / "replicate.log", "wb")  # noqa: SIM115 (closed after it stops)
     replicate = subprocess.Popen([binary, "replicate", "-config", str(config)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True, env=env)
+                                 stderr=replicate_log, env=env)
     # The storm starts once the replica holds its first snapshot: a point in time before
     # it has nothing to restore ("no matching backup files"), and Litestream's first
     # snapshot can take seconds on a loaded machine.
@@ -224,10 +226,11 @@ def test_writers_killed_at_random_under_litestream_restore_latest_and_point_in_t
     finally:
         replicate.send_signal(signal.SIGTERM)
         try:
-            replicate.communicate(timeout=30)
+            replicate.wait(30)
         except subprocess.TimeoutExpired:
             replicate.kill()
-            replicate.communicate()
+            replicate.wait()
+        replicate_log.close()
     # Point in time: the state as of the middle of the storm, consistent and a prefix.
     assert middle is not None
     earlier = tmp_path / "earlier.db"

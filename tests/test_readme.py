@@ -41,6 +41,7 @@ RUNNER = textwrap.dedent(
     import json, sys, traceback
     blocks = json.load(open(sys.argv[1]))
     for index, block in blocks:
+        print(f"\\0README block {index}", flush=True)
         namespace = {"__name__": "__readme__"}
         try:
             exec(compile(block, f"<README python block {index}>", "exec"), namespace)
@@ -101,7 +102,8 @@ def workdir(tmp_path: Path) -> Path:
     return work
 
 
-def run_python(work: Path, blocks: list[tuple[int, str, str]]) -> None:
+def run_python(work: Path, blocks: list[tuple[int, str, str]]) -> dict[int, str]:
+    """Run the python blocks in order in one process; each block's stdout by its index."""
     payload = work.parent / "blocks.json"
     payload.write_text(json.dumps([(i, code) for i, _, code in blocks]))
     runner = work.parent / "runner.py"
@@ -109,6 +111,11 @@ def run_python(work: Path, blocks: list[tuple[int, str, str]]) -> None:
     proc = subprocess.run([sys.executable, str(runner), str(payload)], cwd=work,
                           env=_env(work.parent / "bin"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+    outputs: dict[int, str] = {}
+    for part in proc.stdout.split("\0README block ")[1:]:
+        index, _, out = part.partition("\n")
+        outputs[int(index)] = out
+    return outputs
 
 
 def run_sh(work: Path, block: tuple[int, str, str]) -> str:
@@ -124,22 +131,63 @@ def _missing_tools(code: str) -> list[str]:
     return [tool for tool in ("sqlite3", "jq") if re.search(rf"\b{tool}\b ", code) and not shutil.which(tool)]
 
 
+# Comments after a print that describe what is printed rather than show it literally.
+DESCRIBED_OUTPUTS = frozenset({
+    "the offset",
+    "['/abs/path/archives/orders-20240101T120000.123456Z.events.gz', ...]",
+    "RecordId(shard_id, batch_id, batch_index=0..1)",
+})
+
+
+def printed_outputs() -> list[tuple[int, str, str]]:
+    """(block index, line, comment) of every README line that prints (a python `print(`, a sh
+    `; echo`) and shows its output in a trailing comment, except the DESCRIBED_OUTPUTS."""
+    found = []
+    for index, lang, code in runnable_blocks():
+        for line in code.splitlines():
+            prints = r"^\s*print\(" if lang == "python" else r";\s*echo\b"
+            match = re.search(prints + r".*?\s#\s(.+)$", line)
+            if match and match.group(1).strip() not in DESCRIBED_OUTPUTS:
+                found.append((index, line, match.group(1).strip()))
+    return found
+
+
+def _printed(expected: str, out: str) -> bool:
+    """Whether `out` has a line equal to `expected`, where `...` in it stands for anything."""
+    pattern = ".*".join(re.escape(part) for part in expected.split("..."))
+    return any(re.fullmatch(pattern, line.rstrip()) for line in out.splitlines())
+
+
+def test_printed_outputs_are_found_and_compared() -> None:
+    """The output check itself: it finds the README's output comments and can fail."""
+    shown = {expected for _, _, expected in printed_outputs()}
+    assert '[{"id":1},{"id":2}]' in shown and "[{'hello': 1}]" in shown
+    assert _printed("[(0, b'c1', ...), (1, b'c2', ...)]", "x\n[(0, b'c1', b'5'), (1, b'c2', b'7')]\n")
+    assert not _printed("[(0, b'c1', ...)]", "[(0, None, b'{}')]\n")
+
+
 @pytest.mark.slow
 def test_readme_snippets_run_in_order_on_one_file(workdir: Path) -> None:
-    """Every python and sh snippet, pasted in the README's order into one directory, runs."""
+    """Every python and sh snippet, pasted in the README's order into one directory, runs
+    and prints what its comments say it prints."""
     pending: list[tuple[int, str, str]] = []
+    outputs: dict[int, str] = {}
     for block in runnable_blocks():
         if block[1] == "python":
             pending.append(block)
             continue
         if pending:
-            run_python(workdir, pending)
+            outputs.update(run_python(workdir, pending))
             pending = []
         if _missing_tools(block[2]):
             continue  # e.g. no sqlite3 shell on this machine: the block cannot run here
-        run_sh(workdir, block)
+        outputs[block[0]] = run_sh(workdir, block)
     if pending:
-        run_python(workdir, pending)
+        outputs.update(run_python(workdir, pending))
+    wrong = [(index, line, expected, outputs[index]) for index, line, expected in printed_outputs()
+             if index in outputs and not _printed(expected, outputs[index])]
+    assert wrong == [], "README lines whose output is not what their comment shows:\n" + "\n".join(
+        f"block {index}: {line.strip()}\n  comment: {expected}\n  printed: {out!r}" for index, line, expected, out in wrong)
 
 
 def test_readme_api_tour_runs_twice_on_the_same_file(workdir: Path) -> None:

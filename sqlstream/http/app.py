@@ -59,6 +59,7 @@ from ..validation import check_name
 from . import protocol as p
 from .metrics import Metrics
 from .protocol import ProtocolError
+from .subscriptions import SubscriptionRoutes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -121,6 +122,10 @@ class HttpConfig:
     a bearer token by itself, so a page needs the token to do anything), none without one
     (else any page the user visits could read, append to and delete the local streams).
     Same-origin pages (the web view) need no entry."""
+    webhooks: bool = False
+    """Serve webhook subscriptions (``__ds/subscriptions``): the server then POSTs signed wakes
+    to the URLs clients give (https to public hosts, http to localhost / 127.0.0.x). Off:
+    such a PUT gets 400, pull-wake subscriptions are served either way."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names (besides localhost and loopback addresses) that requests may name in their
     ``Host`` header when the server listens on a loopback address; others get 421, so a
@@ -194,6 +199,7 @@ class DurableStreamsApp:
         self._closing = asyncio.Event()
         self.live = 0
         self.metrics = Metrics()
+        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks)
         if self.config.token is not None and self.config.cache_control.startswith("public"):
             self.config.cache_control = "private" + self.config.cache_control[len("public"):]
 
@@ -206,6 +212,8 @@ class DurableStreamsApp:
                 if self._db is None:
                     assert self._path is not None
                     self._db = await aio.open(self._path, **self.config.open_options)
+        if not self._closing.is_set():
+            self.subscriptions.start(self._db)  # the wake pump (idempotent)
         return self._db
 
     def begin_drain(self) -> None:
@@ -215,6 +223,7 @@ class DurableStreamsApp:
     async def close(self) -> None:
         """End every live read, then close the database if the app opened it."""
         self._closing.set()
+        await self.subscriptions.stop()
         for _ in range(200):  # live reads end at their next step; wait a little for them
             if self.live == 0:
                 break
@@ -295,6 +304,13 @@ class DurableStreamsApp:
             if path == "/healthz":
                 await (await self.db()).query("SELECT 1")
                 return await _send(send, _Response(200, {"content-type": "text/plain"}, b"ok\n"), headers)
+            if path == self.prefix + "/__ds" or path.startswith(self.prefix + "/__ds/"):
+                body = await self._body(receive, headers) if method in ("PUT", "POST") else b""
+                base = f"{scope.get('scheme', 'http')}://{headers.get('host', 'localhost')}{root}{self.prefix}"
+                status, h, payload = await self.subscriptions.handle(
+                    await self.db(), method, path[len(self.prefix) + 1:], headers, body, base,
+                    lambda: self._authorize(headers))
+                return await _send(send, _Response(status, h, payload), headers)
             self._authorize(headers)
             if path.startswith(self.prefix + "/") and len(path) > len(self.prefix) + 1:
                 name = path[len(self.prefix) + 1:]
@@ -350,8 +366,6 @@ class DurableStreamsApp:
             check_name(name)
         except InvalidName as exc:
             raise ProtocolError(400, str(exc)) from None
-        if name == "__ds" or name.startswith("__ds/"):
-            raise ProtocolError(404, "the __ds control namespace is reserved (subscriptions are not served yet)")
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1"),
                                                 keep_blank_values=True).items()}
         if method == "PUT":

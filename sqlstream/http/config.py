@@ -19,6 +19,7 @@
     metrics = true                # GET /metrics : Prometheus
     cors_origins = ["https://app.example"]  # browser pages of other origins allowed; "*": any
     allowed_hosts = ["myhost.local"]  # Host names served on loopback besides localhost/127.x/[::1]
+    webhooks = false              # serve webhook subscriptions (the server POSTs to client-given URLs)
 
 The token may also come from the environment variable ``SQLSTREAM_HTTP_TOKEN`` (which
 wins), so it need not be written in a file.
@@ -40,6 +41,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "sse_max_seconds": (int, float), "max_live": int, "max_header_bytes": int, "max_chunk_bytes": int,
     "web_view": bool, "metrics": bool, "cors_origins": list, "allowed_hosts": list,
     "max_connections": int, "header_timeout": (int, float), "max_messages_per_append": int,
+    "webhooks": bool,
 }
 
 

@@ -1,0 +1,85 @@
+"""Webhook delivery of Durable Streams subscriptions: Ed25519 signatures, the JWKS, the POST.
+
+Off by default (``[http] webhooks = true`` turns it on): a server that calls URLs its
+clients name is a request forger in waiting, even with the protocol's URL rules (https
+to public hosts, plain http only to localhost / 127.0.0.x; see
+:func:`sqlstream.http.subprotocol.webhook_url_problem`).
+
+Signing (PROTOCOL.md 6.5, 7.1): ``Webhook-Signature: t=<unix seconds>,kid=<kid>,
+ed25519=<base64url signature of "<t>.<raw body>">``. The key pair is made when the app
+starts and lives in memory only (the protocol's SHOULD persist is not met: a private key
+would be a secret at rest in the file); ``kid`` is ``ds_`` + the RFC 7638 thumbprint of
+the public key, published at ``{prefix}/__ds/jwks.json``. A restart publishes a new key;
+receivers look keys up by ``kid`` in the JWKS, so they follow.
+
+Delivery: one POST per wake (timeout 10 s, redirects not followed). A 2xx answer of
+``{"done": true}`` acks the wake's records; any other answer leaves the wake's lease to
+run out, after which the pump calls again with a new wake (a retry every
+``lease_ttl_ms``), and the records it held are claimable by any consumer meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ..logs import LazyLogger
+
+_log = LazyLogger("sqlstream.http")
+TIMEOUT = 10.0
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class Signer:
+    """An Ed25519 key pair for webhook signatures, made at construction (in memory)."""
+
+    def __init__(self) -> None:
+        self._key = Ed25519PrivateKey.generate()
+        self.x = _b64url(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        # RFC 7638: the required members in lexicographic order, no whitespace.
+        thumbprint = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": self.x}, separators=(",", ":"))
+        self.kid = "ds_" + _b64url(hashlib.sha256(thumbprint.encode()).digest())
+
+    def jwks(self) -> dict[str, Any]:
+        """The JSON Web Key Set publishing the public key."""
+        return {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "use": "sig", "alg": "EdDSA",
+                          "x": self.x}]}
+
+    def signing(self, jwks_url: str) -> dict[str, str]:
+        """The ``webhook.signing`` metadata of a subscription."""
+        return {"alg": "ed25519", "kid": self.kid, "jwks_url": jwks_url}
+
+    def sign(self, body: bytes, now: float | None = None) -> str:
+        """The ``Webhook-Signature`` header value for ``body``."""
+        stamp = int(time.time() if now is None else now)
+        signature = self._key.sign(f"{stamp}.".encode() + body)
+        return f"t={stamp},kid={self.kid},ed25519={_b64url(signature)}"
+
+
+async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dict[str, Any]) -> Any:
+    """POST the signed ``payload``; the JSON of a 2xx answer (None when not 2xx, not JSON,
+    or the call failed: logged)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"content-type": "application/json", "webhook-signature": signer.sign(body)}
+    try:
+        response = await client.post(url, content=body, headers=headers, timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        _log.warning("webhook %s: %s", url, exc)
+        return None
+    if not 200 <= response.status_code < 300:
+        _log.warning("webhook %s answered %d", url, response.status_code)
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None

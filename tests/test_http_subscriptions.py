@@ -1,0 +1,595 @@
+"""Durable Streams subscriptions (pull-wake: claim, ack, release, generation fencing,
+leases) served from sqlstream subscriptions, against a real uvicorn server on 127.0.0.1
+(port 0) and a real HTTP client (httpx): an HTTP worker and a Python consumer share one
+group, leases end in redelivery, stale acks are fenced, a Python append in another
+process wakes a waiting worker, and bad input gets the protocol's 4xx."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+import sqlstream  # noqa: E402
+from cryptography.exceptions import InvalidSignature  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+from sqlstream.http import HttpConfig  # noqa: E402
+from sqlstream.http import protocol as p  # noqa: E402
+from sqlstream.http.server import HttpServer  # noqa: E402
+from sqlstream.errors import ConcurrencyError  # noqa: E402
+from sqlstream.http.subprotocol import AckRequest, DsError, glob_match, parse_config, runs, webhook_url_problem  # noqa: E402
+from sqlstream.http.substore import DsStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _serving(path: str, config: HttpConfig, **headers: str) -> Iterator[httpx.Client]:
+    """A server for the file at ``path`` (made if missing) and a client of its streams."""
+    with sqlstream.open(path):
+        pass
+    srv = HttpServer(path, "127.0.0.1", 0, config)
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url + "/v1/stream", timeout=20, headers=headers) as c:
+            yield c
+    finally:
+        srv.stop(10)
+
+
+@pytest.fixture
+def client(db_path: str) -> Iterator[httpx.Client]:
+    with _serving(db_path, HttpConfig(long_poll_timeout=10.0)) as c:
+        yield c
+
+
+def _json_stream(client: httpx.Client, name: str) -> None:
+    assert client.put(f"/{name}", content=b"[]", headers={"content-type": "application/json"}).status_code == 201
+
+
+def _subscribe(client: httpx.Client, sid: str, **config: Any) -> httpx.Response:
+    body = {"type": "pull-wake", "wake_stream": "wake", **config}
+    return client.put(f"/__ds/subscriptions/{sid}", json=body)
+
+
+def _claim(client: httpx.Client, sid: str, worker: str, **extra: Any) -> httpx.Response:
+    return client.post(f"/__ds/subscriptions/{sid}/claim", json={"worker": worker, **extra})
+
+
+def _ack(client: httpx.Client, sid: str, claim: dict[str, Any], acks: list[tuple[str, str]],
+         done: bool = True) -> httpx.Response:
+    return client.post(f"/__ds/subscriptions/{sid}/ack", headers={"authorization": f"Bearer {claim['token']}"},
+                       json={"wake_id": claim["wake_id"], "generation": claim["generation"], "done": done,
+                             "acks": [{"stream": s, "offset": o} for s, o in acks]})
+
+
+def _error(response: httpx.Response) -> str:
+    return str(response.json()["error"]["code"])
+
+
+def _claimed_values(client: httpx.Client, stream: dict[str, Any]) -> list[Any]:
+    """What an exact HTTP worker processes: the messages of each claimed run, read over HTTP."""
+    out: list[Any] = []
+    for start, end in stream["claimed"]:
+        a, b = p.parse_token(start, "start"), p.parse_token(end, "end")
+        messages = client.get(f"/{stream['path']}", params={"offset": start}).json()
+        out += messages[: b - a]
+    return out
+
+
+# ----------------------------------------------------------------- rules (pure)
+
+
+def test_glob_patterns_match_segments() -> None:
+    assert glob_match("events/*", "events/a") and not glob_match("events/*", "events/a/b")
+    assert glob_match("events/**", "events") and glob_match("events/**", "events/a/b")
+    assert glob_match("**/log", "a/b/log") and not glob_match("**/log", "a/b/log2")
+    assert not glob_match("events/*", "eventsx/a")
+
+
+def test_offsets_group_into_runs() -> None:
+    assert list(runs([1, 2, 3, 7, 9, 10])) == [(1, 4), (7, 8), (9, 11)]
+    assert list(runs([])) == []
+
+
+def test_webhook_urls_are_checked_against_ssrf() -> None:
+    assert webhook_url_problem("http://10.0.0.1/hook") is not None
+    assert webhook_url_problem("https://192.168.1.1/hook") is not None
+    assert webhook_url_problem("ftp://example.com/") is not None
+    assert webhook_url_problem("http://127.0.0.1:9/hook") is None
+    assert webhook_url_problem("https://hooks.example.com/x") is None
+
+
+# ----------------------------------------------------------------- the protocol's flow
+
+
+def test_pull_wake_claim_ack_release(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    created = _subscribe(client, "pool", pattern="events/*", lease_ttl_ms=30000)
+    assert created.status_code == 201, created.text
+    assert _subscribe(client, "pool", pattern="events/*", lease_ttl_ms=30000).status_code == 200
+    assert _error(_subscribe(client, "pool", pattern="events/**")) == "SUBSCRIPTION_ALREADY_EXISTS"
+    assert client.put("/events/a", content=b'{"n": 1}', headers={"content-type": "application/json"}).status_code == 201
+    # The stream created after the subscription is linked from its first record, and a
+    # wake event names the subscription in the wake stream.
+    events = client.get("/wake", params={"offset": "-1", "live": "long-poll"}).json()
+    assert events and events[0]["subscription_id"] == "pool" and events[0]["stream"] == "events/a"
+    claim = _claim(client, "pool", "w1")
+    assert claim.status_code == 200, claim.text
+    c1 = claim.json()
+    assert c1["generation"] == events[0]["generation"]
+    busy = _claim(client, "pool", "w2")
+    assert busy.status_code == 409 and busy.json()["error"]["current_holder"] == "w1"
+    (stream,) = [s for s in c1["streams"] if s["path"] == "events/a"]
+    assert stream["has_pending"] and _claimed_values(client, stream) == [{"n": 1}]
+    acked = _ack(client, "pool", c1, [("events/a", stream["tail_offset"])])
+    assert acked.status_code == 200 and acked.json() == {"ok": True, "next_wake": False}
+    got = client.get("/__ds/subscriptions/pool").json()
+    assert got["streams"] == [{"path": "events/a", "link_type": "glob", "acked_offset": stream["tail_offset"],
+                               "subscription": "pool@events/a"}]
+    # Nothing left: a claim finds no work.
+    assert _error(_claim(client, "pool", "w1")) == "NO_PENDING_WORK"
+    assert client.post("/events/a", content=b'{"n": 2}', headers={"content-type": "application/json"}).status_code == 204
+    c2 = _claim(client, "pool", "w1").json()
+    assert c2["generation"] > c1["generation"]
+    released = client.post("/__ds/subscriptions/pool/release", headers={"authorization": f"Bearer {c2['token']}"},
+                           json={"wake_id": c2["wake_id"], "generation": c2["generation"]})
+    assert released.status_code == 204
+    # Given back: claimable at once, by Python too, as a second delivery.
+    with sqlstream.open(db_path) as db:
+        batch = db.subscription("pool@events/a").fetch("py", timeout=10)
+        assert [r.value for r in batch] == [{"n": 2}] and batch.attempts == {1: 2}
+
+
+def test_http_and_python_consumers_share_one_group_exactly_once(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "orders")
+    assert _subscribe(client, "billing", streams=["orders"]).status_code == 201
+    total = 300
+    seen: list[Any] = []
+    with sqlstream.open(db_path) as db:
+        orders = db.stream("orders")
+        sub = db.subscription("billing@orders")  # the group behind the link: shared
+        orders.extend([{"i": i} for i in range(total)])
+        rounds = 0
+        while len(seen) < total:
+            rounds += 1
+            assert rounds < 200
+            claim = _claim(client, "billing", "http-worker", max_records=7)
+            py = sub.fetch("py-worker", max_records=5)  # while the lease holds HTTP's records
+            if claim.status_code == 200:
+                c = claim.json()
+                (stream,) = c["streams"]
+                seen += _claimed_values(client, stream)
+                assert _ack(client, "billing", c, [("orders", stream["tail_offset"])]).status_code == 200
+            else:
+                assert _error(claim) == "NO_PENDING_WORK"
+            seen += [r.value for r in py]
+            sub.ack(*py.offsets, attempts=py.attempts)
+        info = sub.info()
+    assert sorted(v["i"] for v in seen) == list(range(total))  # none lost, none twice
+    assert info.pending == 0 and info.lag == 0 and info.acked == total
+
+
+def test_an_http_release_gives_back_only_what_the_lease_held(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "q")
+    assert _subscribe(client, "q", streams=["q"]).status_code == 201
+    with sqlstream.open(db_path) as db:
+        db.stream("q").extend([0, 1, 2, 3])
+        sub = db.subscription("q@q")
+        c = _claim(client, "q", "http", max_records=2).json()
+        mine = sub.fetch("py", max_records=2)
+        assert mine.offsets == [2, 3] and c["streams"][0]["claimed"] == [[p.format_offset(0, 0), p.format_offset(2, 2)]]
+        released = client.post("/__ds/subscriptions/q/release", headers={"authorization": f"Bearer {c['token']}"},
+                                json={"wake_id": c["wake_id"], "generation": c["generation"]})
+        assert released.status_code == 204
+        again = _claim(client, "q", "http").json()  # HTTP's two again; Python's stay Python's
+        assert again["streams"][0]["claimed"] == [[p.format_offset(0, 0), p.format_offset(2, 2)]]
+        assert sub.ack(*mine.offsets, attempts=mine.attempts).applied == (2, 3)
+        assert [(e.offset, e.consumer, e.attempts) for e in sub.pending()] == [(0, "http", 2), (1, "http", 2)]
+
+
+def test_an_ended_lease_redelivers_and_fences_its_holder(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "jobs")
+    assert _subscribe(client, "jobs", streams=["jobs"], lease_ttl_ms=1000).status_code == 201
+    with sqlstream.open(db_path) as db:
+        db.stream("jobs").extend([{"job": 1}, {"job": 2}])
+        c = _claim(client, "jobs", "slow").json()
+        assert [s["has_pending"] for s in c["streams"]] == [True]
+        # The HTTP worker never acks: once its lease ends, a Python consumer gets the
+        # records (second delivery) — it waits on the ack deadline, not on a clock of ours.
+        batch = db.subscription("jobs@jobs").fetch("py", max_records=10, timeout=30)
+        assert [r.value for r in batch] == [{"job": 1}, {"job": 2}] and set(batch.attempts.values()) == {2}
+        late = _ack(client, "jobs", c, [("jobs", c["streams"][0]["tail_offset"])])
+        assert late.status_code == 409 and _error(late) == "FENCED"
+        assert len(db.subscription("jobs@jobs").pending()) == 2  # the late ack acked nothing
+        db.subscription("jobs@jobs").ack(*batch.offsets, attempts=batch.attempts)
+
+
+def test_a_stale_generation_is_fenced(client: httpx.Client) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "s")
+    assert _subscribe(client, "g", streams=["s"]).status_code == 201
+    client.post("/s", content=b"[1, 2]", headers={"content-type": "application/json"})
+    old = _claim(client, "g", "w", max_records=1).json()
+    assert _ack(client, "g", old, [], done=False).json() == {"ok": True, "next_wake": False}  # heartbeat
+    released = client.post("/__ds/subscriptions/g/release", headers={"authorization": f"Bearer {old['token']}"},
+                           json={"wake_id": old["wake_id"], "generation": old["generation"]})
+    assert released.status_code == 204
+    new = _claim(client, "g", "w", max_records=1).json()
+    assert new["generation"] > old["generation"]
+    tail = old["streams"][0]["tail_offset"]
+    for stale in (old, {**new, "generation": old["generation"]}, {**new, "wake_id": old["wake_id"]}):
+        refused = _ack(client, "g", stale, [("s", tail)])
+        assert refused.status_code == 409 and _error(refused) == "FENCED", refused.text
+    wrong = _ack(client, "g", {**new, "token": "not-the-token"}, [("s", tail)])
+    assert wrong.status_code == 401 and _error(wrong) == "TOKEN_INVALID"
+    assert _ack(client, "g", new, [("s", new["streams"][0]["tail_offset"])]).json()["ok"] is True
+
+
+def test_a_python_append_in_another_process_wakes_a_waiting_worker(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "feed")
+    assert _subscribe(client, "feed", streams=["feed"]).status_code == 201
+    tail = client.head("/wake").headers["stream-next-offset"]
+    result: dict[str, httpx.Response] = {}
+    started = threading.Event()
+
+    def worker() -> None:  # waits on the wake stream, as a pull-wake worker does
+        started.set()
+        result["r"] = client.get("/wake", params={"offset": tail, "live": "long-poll"})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.wait()
+    code = f"import sqlstream; sqlstream.open({db_path!r}).stream('feed').append({{'from': 'afar'}})"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    thread.join(15)
+    woke = result["r"]
+    assert woke.status_code == 200, woke.status_code
+    assert [e["subscription_id"] for e in woke.json()] == ["feed"]
+    (stream,) = _claim(client, "feed", "w").json()["streams"]
+    assert _claimed_values(client, stream) == [{"from": "afar"}]
+
+
+def test_state_lives_in_the_file_across_a_restart(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        db.create_stream("t", metadata={"content_type": "application/json"})
+    with _serving(db_path, HttpConfig()) as c:
+        assert _subscribe(c, "keep", streams=["t"]).status_code == 201
+        c.post("/t", content=b'"x"', headers={"content-type": "application/json"})
+        claim = _claim(c, "keep", "w").json()
+    with _serving(db_path, HttpConfig()) as c:  # a second server on the same file
+        assert _claim(c, "keep", "other").status_code == 409  # the lease survived
+        ok = _ack(c, "keep", claim, [("t", claim["streams"][0]["tail_offset"])])
+        assert ok.json() == {"ok": True, "next_wake": False}
+
+
+# ----------------------------------------------------------------- bad input, safety
+
+
+def test_bad_input_gets_the_protocols_4xx_and_changes_nothing(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "s")
+    assert _subscribe(client, "ok", streams=["s"]).status_code == 201
+    client.post("/s", content=b"[1, 2, 3]", headers={"content-type": "application/json"})
+    claim = _claim(client, "ok", "w").json()
+    base = "/__ds/subscriptions"
+    auth = {"authorization": f"Bearer {claim['token']}"}
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (client.get(f"{base}/nope"), 404, "SUBSCRIPTION_NOT_FOUND"),
+        (_claim(client, "nope", "w"), 404, "SUBSCRIPTION_NOT_FOUND"),
+        (client.get(f"{base}/bad@id"), 400, "INVALID_REQUEST"),
+        (client.get(f"{base}/{'x' * 101}"), 400, "INVALID_REQUEST"),
+        (client.get("/__ds/jwks.json"), 404, "NOT_FOUND"),
+        (client.put(f"{base}/n", content=b"{"), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", content=b"[1]"), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "pull-wake", "streams": ["s"]}), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "pull-wake", "wake_stream": "absent", "streams": ["s"]}), 400,
+         "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=10**30), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=999), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["s"], lease_ttl_ms=1500.5), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n"), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=["__ds/x"]), 400, "INVALID_REQUEST"),
+        (_subscribe(client, "n", streams=[7]), 400, "INVALID_REQUEST"),
+        (client.put(f"{base}/n", json={"type": "webhook", "pattern": "a/*", "webhook": {"url": "http://10.0.0.1/"}}),
+         400, "WEBHOOK_URL_REJECTED"),
+        (client.put(f"{base}/n", json={"type": "webhook", "pattern": "a/*", "webhook": {"url": "http://127.0.0.1/"}}),
+         400, "INVALID_REQUEST"),
+        (_claim(client, "ok", ""), 400, "INVALID_REQUEST"),
+        (_claim(client, "ok", "w", max_records=10**20), 400, "INVALID_REQUEST"),
+        (_claim(client, "ok", "no spaces"), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", {**claim, "generation": 10**30}, []), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", {**claim, "generation": -1}, []), 400, "INVALID_REQUEST"),
+        (_ack(client, "ok", claim, [("s", "garbage")]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("s", "-1")]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("s", p.format_offset(10**15, 0))]), 409, "INVALID_OFFSET"),
+        (_ack(client, "ok", claim, [("other", p.format_offset(0, 0))]), 409, "INVALID_OFFSET"),
+        (client.post(f"{base}/ok/ack", json={"wake_id": claim["wake_id"], "generation": claim["generation"]}),
+         401, "TOKEN_INVALID"),
+        (client.post(f"{base}/ok/ack", headers=auth, json={"generation": claim["generation"]}), 400,
+         "INVALID_REQUEST"),
+        (client.post(f"{base}/ok/ack", headers=auth, content=b"\xff"), 400, "INVALID_REQUEST"),
+        (client.post(f"{base}/ok/callback", headers=auth,
+                     json={"wake_id": claim["wake_id"], "generation": claim["generation"]}), 400, "INVALID_REQUEST"),
+        (client.get(f"{base}/ok/claim"), 405, "INVALID_REQUEST"),
+    ]
+    for response, status, code in cases:
+        assert (response.status_code, _error(response)) == (status, code), (response.request.url, response.text)
+        assert response.json()["error"]["message"]  # a message a user can act on
+    # Nothing changed: the claim still holds its three records and acks them.
+    with sqlstream.open(db_path) as db:
+        assert [e.offset for e in db.subscription("ok@s").pending("w")] == [0, 1, 2]
+        assert [i.name for i in db.subscriptions()] == ["ok@s"]
+    done = _ack(client, "ok", claim, [("s", claim["streams"][0]["tail_offset"])])
+    assert done.json() == {"ok": True, "next_wake": False}
+
+
+def test_control_routes_need_the_server_token_and_acks_the_claims(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        db.create_stream("s", metadata={"content_type": "application/json"})
+        db.stream("s").append(1)
+    with _serving(path, HttpConfig(token="sekrit"), authorization="Bearer sekrit") as c:
+        with httpx.Client(base_url=c.base_url, timeout=20) as anon:
+            assert _subscribe(anon, "x", streams=["s"]).status_code == 401
+            assert _subscribe(c, "x", streams=["s"], lease_ttl_ms=5000).status_code == 201
+            c.post("/s", content=b"2", headers={"content-type": "application/json"})
+            assert _claim(anon, "x", "w").status_code == 401
+            claim = _claim(c, "x", "w").json()
+            # The ack's bearer is the claim's token (the server token is not the claim's).
+            assert _ack(c, "x", {**claim, "token": "sekrit"}, []).status_code == 401
+            ok = _ack(anon, "x", claim, [("s", claim["streams"][0]["tail_offset"])])
+            assert ok.json() == {"ok": True, "next_wake": False}
+
+
+def test_deleting_a_subscription_deletes_its_groups(client: httpx.Client, db_path: str) -> None:
+    _json_stream(client, "wake")
+    _json_stream(client, "a")
+    assert _subscribe(client, "d", streams=["a", "later"]).status_code == 201
+    assert client.post("/__ds/subscriptions/d/streams", json={"streams": ["b"]}).status_code == 204
+    assert client.delete("/__ds/subscriptions/d/streams/later").status_code == 204
+    got = client.get("/__ds/subscriptions/d").json()
+    assert [(s["path"], s["link_type"]) for s in got["streams"]] == [("a", "explicit"), ("b", "explicit")]
+    with sqlstream.open(db_path) as db:
+        assert [i.name for i in db.subscriptions()] == ["d@a"]  # b does not exist (yet)
+    assert client.delete("/__ds/subscriptions/d").status_code == 204
+    assert client.get("/__ds/subscriptions/d").status_code == 404
+    with sqlstream.open(db_path) as db:
+        assert db.subscriptions() == []
+
+
+# ----------------------------------------------------------------- webhooks
+
+
+class _Receiver:
+    """A webhook receiver on 127.0.0.1 (port 0): records each POST, answers ``answer``."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        calls: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
+        self.calls = calls
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                calls.put(({k.lower(): v for k, v in self.headers.items()}, body))
+                payload = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next(self) -> tuple[dict[str, str], bytes]:
+        return self.calls.get(timeout=30)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks_client(db_path: str) -> Iterator[httpx.Client]:
+    with _serving(db_path, HttpConfig(webhooks=True)) as c:
+        yield c
+
+
+def _verified(client: httpx.Client, headers: dict[str, str], body: bytes) -> bool:
+    """Whether the Webhook-Signature verifies with a key of the server's JWKS."""
+    stamp, kid, signature = (part.split("=", 1)[1] for part in headers["webhook-signature"].split(","))
+    (key,) = [k for k in client.get("/__ds/jwks.json").json()["keys"] if k["kid"] == kid]
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=="))
+    try:
+        public.verify(base64.urlsafe_b64decode(signature + "=="), f"{stamp}.".encode() + body)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_webhooks_are_off_by_default(client: httpx.Client) -> None:
+    refused = client.put("/__ds/subscriptions/h", json={"type": "webhook", "pattern": "a/*",
+                                                        "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    assert refused.status_code == 400 and "webhooks = true" in refused.json()["error"]["message"]
+    assert client.get("/__ds/jwks.json").status_code == 404
+
+
+def test_a_webhook_is_called_signed_and_done_acks(hooks_client: httpx.Client, db_path: str) -> None:
+    receiver = _Receiver({"done": True})
+    try:
+        created = hooks_client.put("/__ds/subscriptions/h", json={
+            "type": "webhook", "pattern": "events/*", "webhook": {"url": receiver.url}})
+        assert created.status_code == 201
+        signing = created.json()["webhook"]["signing"]
+        assert signing["kid"].startswith("ds_") and signing["jwks_url"].endswith("/v1/stream/__ds/jwks.json")
+        with sqlstream.open(db_path) as db:
+            db.create_stream("events/py", metadata={"content_type": "application/json"}).append({"n": 1})
+            headers, body = receiver.next()
+            assert _verified(hooks_client, headers, body)
+            assert not _verified(hooks_client, headers, body + b" ")
+            wake = json.loads(body)
+            (stream,) = wake["streams"]
+            assert stream["path"] == "events/py" and stream["has_pending"]
+            assert wake["callback_url"].endswith("/v1/stream/__ds/subscriptions/h/callback")
+            sub = db.subscription("h@events/py")
+            # "done": the wake's records get acked (by the server after the answer; waited
+            # for through the file's wake-ups, not a clock).
+            assert db.engine.wait_until(lambda: sub.info().acked == 1 or None, 30)
+            assert sub.info().pending == 0
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_callback_acks_and_stale_ones_are_fenced(hooks_client: httpx.Client, db_path: str) -> None:
+    receiver = _Receiver({})
+    try:
+        assert hooks_client.put("/__ds/subscriptions/cb", json={
+            "type": "webhook", "streams": ["jobs"], "webhook": {"url": receiver.url},
+            "lease_ttl_ms": 60000}).status_code == 201
+        assert hooks_client.put("/jobs", content=b'[{"job": 1}]',
+                                headers={"content-type": "application/json"}).status_code == 201
+        wake = json.loads(receiver.next()[1])
+        ack = {"wake_id": wake["wake_id"], "generation": wake["generation"], "done": True,
+               "acks": [{"stream": "jobs", "offset": wake["streams"][0]["tail_offset"]}]}
+        auth = {"authorization": f"Bearer {wake['callback_token']}"}
+        assert hooks_client.post(wake["callback_url"], headers=auth, json=ack).json() == {"ok": True,
+                                                                                          "next_wake": False}
+        stale = hooks_client.post(wake["callback_url"], headers=auth, json=ack)
+        assert stale.status_code == 409 and stale.json()["error"]["code"] == "FENCED"
+        with sqlstream.open(db_path) as db:
+            info = db.subscription("cb@jobs").info()
+            assert (info.acked, info.pending) == (1, 0)
+    finally:
+        receiver.close()
+
+
+# ----------------------------------------------------------------- the shared group, at random
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 4)),
+    st.tuples(st.just("claim"), st.integers(1, 2)),
+    st.tuples(st.just("ack"), st.integers(0, 5)),   # how many of the claim's records
+    st.tuples(st.just("done"), st.integers(0, 5)),
+    st.tuples(st.just("release"), st.just(0)),
+    st.tuples(st.just("fetch"), st.integers(1, 2)),
+    st.tuples(st.just("py_ack"), st.integers(0, 4)),
+    st.tuples(st.just("py_nack"), st.just(0)),
+    st.tuples(st.just("expire"), st.just(0)),        # the clock passes every lease and deadline
+), max_size=30)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_http_and_python_consumers_never_hold_or_ack_a_record_twice(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
+    """A model of one group shared by an HTTP worker (the store's claim/ack/release) and a
+    Python consumer, with leases ending at random: no record is held by both at once, none
+    is acked twice, and after draining every record was acked exactly once."""
+    path = tmp_path / f"m{uuid.uuid4().hex}.db"
+    with sqlstream.open(str(path)) as db:
+        now = [1_000_000.0]
+        db.engine.clock = lambda: now[0]
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        stream = db.create_stream("s", metadata={"content_type": "application/json"})
+        store = DsStore(db)
+        assert store.create("g", parse_config({"type": "pull-wake", "streams": ["s"], "wake_stream": "wake",
+                                                "lease_ttl_ms": 1000}))
+        sub = db.subscription("g@s")
+        acked: list[int] = []
+        lease: dict[str, Any] | None = None
+        http_held: list[int] = []
+        py_batch: dict[int, int] = {}
+        appended = 0
+
+        def ack_request(done: bool, upto: int | None) -> AckRequest:
+            assert lease is not None
+            acks = () if upto is None else (("s", upto),)
+            return AckRequest(lease["wake_id"], lease["generation"], acks, done)
+
+        for op, n in ops:
+            if op == "append":
+                stream.extend(list(range(appended, appended + n)))
+                appended += n
+            elif op == "claim":
+                try:
+                    lease = store.claim("g", "http", n)
+                except DsError as exc:
+                    assert exc.code in ("NO_PENDING_WORK", "ALREADY_CLAIMED")
+                    continue
+                http_held = [o for a, b in lease["streams"][0]["claimed"]
+                             for o in range(p.parse_token(a, "a"), p.parse_token(b, "b"))]
+                assert not set(http_held) & set(py_batch), "held by both"
+            elif op in ("ack", "done", "release") and lease is not None:
+                upto = http_held[n - 1] + 1 if 0 < n <= len(http_held) else None
+                try:
+                    if op == "release":
+                        store.release("g", lease["token"], ack_request(False, None))
+                    else:
+                        store.ack("g", lease["token"], ack_request(op == "done", upto))
+                except DsError as exc:
+                    assert exc.code == "FENCED"  # its lease ended ("expire"): nothing applied
+                    lease, http_held = None, []
+                    continue
+                if op != "release" and upto is not None:
+                    acked += [o for o in http_held if o < upto]
+                    http_held = [o for o in http_held if o >= upto]
+                if op != "ack":
+                    lease, http_held = None, []
+            elif op == "fetch":
+                batch = sub.fetch("py", max_records=n)
+                assert not set(batch.offsets) & set(http_held), "held by both"
+                py_batch.update(batch.attempts)
+            elif op == "py_ack" and py_batch:
+                chosen = dict(list(py_batch.items())[:n])
+                try:
+                    result = sub.ack(*chosen, attempts=chosen)
+                    acked += list(result.applied)
+                except ConcurrencyError:
+                    pass  # delivered again since ("expire"): the old delivery must not count
+                for o in chosen:
+                    del py_batch[o]
+            elif op == "py_nack" and py_batch:
+                sub.nack(*py_batch)
+                py_batch = {}
+            elif op == "expire":
+                now[0] += 2.0
+                py_batch = {}  # both holds are void now: their records go to the next taker
+                http_held = []
+            assert len(acked) == len(set(acked)), "a record acked twice"
+        # Drain: what is left is delivered and acked once.
+        now[0] += 2.0
+        while True:
+            batch = sub.fetch("drain", max_records=100)
+            if not batch:
+                break
+            acked += list(sub.ack(*batch.offsets, attempts=batch.attempts).applied)
+        assert sorted(acked) == list(range(appended))
