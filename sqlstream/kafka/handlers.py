@@ -18,7 +18,7 @@ from ..aio import AsyncDatabase
 from ..errors import PayloadTooLarge, SqlstreamError, StreamSealed
 from .groups import Coordinator, GroupError
 from .protocol import SUPPORTED, Request
-from .records import BatchError, decode_batches, encode_batch
+from .records import BatchError, decode_batches, encode_batches
 from .store import Fetched, KafkaRefused, KafkaStore, Topic, valid_topic_name
 
 __all__ = ["Handlers", "Settings", "Session"]
@@ -537,15 +537,5 @@ def _fetch_partition(partition: int, code: int, got: Fetched | None) -> dict[str
         item.update(high_watermark=got.high_watermark, last_stable_offset=got.high_watermark,
                     log_start_offset=got.log_start)
         if got.records and code == NONE:
-            # One batch per run of consecutive offsets (trimmed or compacted gaps split it).
-            parts = []
-            run = [got.records[0]]
-            for off, rec in got.records[1:]:
-                if off == run[-1][0] + 1:
-                    run.append((off, rec))
-                else:
-                    parts.append(encode_batch(run[0][0], [r for _, r in run]))
-                    run = [(off, rec)]
-            parts.append(encode_batch(run[0][0], [r for _, r in run]))
-            item["records"] = b"".join(parts)
+            item["records"] = encode_batches(got.records)
     return item

@@ -21,7 +21,6 @@ Produce 13+) are not offered, so every client talks in topic names.
 from __future__ import annotations
 
 import datetime
-import io
 import struct
 import types
 import typing
@@ -153,19 +152,25 @@ def _writer(cls: Any) -> Any:
     return entity_writer(cls)
 
 
+class _Parts(list):  # type: ignore[type-arg]
+    """What kio's writers write to: each field's bytes kept by reference (``write`` is
+    ``list.append``), so a Fetch response's records are copied once, into the frame."""
+
+    write = list.append
+
+
 def encode_response(api_key: int, version: int, correlation_id: int, body: Any) -> bytes:
     """The frame for a response entity: size, response header (v0, or v1 for flexible
     versions except ApiVersions, whose header is always v0), body."""
-    buf = io.BytesIO()
-    buf.write(b"\0\0\0\0")
-    buf.write(_SIZE.pack(correlation_id))
+    parts = _Parts()
+    parts.append(b"")  # the size, once known
+    parts.append(_SIZE.pack(correlation_id))
     if type(body).__flexible__ and api_key != 18:
-        buf.write(b"\0")  # the header's empty tagged-field section
+        parts.append(b"\0")  # the header's empty tagged-field section
     writer: Any = _writer
-    writer(type(body))(buf, body)
-    data = buf.getbuffer()
-    _SIZE.pack_into(data, 0, len(data) - 4)
-    return bytes(data)
+    writer(type(body))(parts, body)
+    parts[0] = _SIZE.pack(sum(map(len, parts)))
+    return b"".join(parts)
 
 
 def build(cls: Any, data: dict[str, Any]) -> Any:

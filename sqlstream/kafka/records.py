@@ -24,7 +24,8 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import NamedTuple
 
 import cramjam
@@ -37,6 +38,9 @@ __all__ = [
     "CODECS",
     "decode_batches",
     "encode_batch",
+    "encode_batches",
+    "FetchedRecord",
+    "MAX_BATCH_RECORDS",
     "compress",
     "decompress",
 ]
@@ -60,6 +64,12 @@ class KafkaRecord(NamedTuple):
     headers: tuple[tuple[str, bytes | None], ...]   # in order, names may repeat
 
 
+#: A record as a Fetch serves it, flat: (offset, timestamp ms, key, value, headers), the
+#: fields of :class:`KafkaRecord` after the offset. One tuple per record, made once by
+#: the store and read once by :func:`encode_batches` (Fetch's per-record cost).
+FetchedRecord = tuple[int, int, bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]
+
+
 class Batch(NamedTuple):
     """One decoded producer batch."""
 
@@ -72,8 +82,8 @@ class Batch(NamedTuple):
     records: list[KafkaRecord]
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """A zig-zag varint (up to 64 bits) at ``pos``: (value, next position)."""
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The raw (still zig-zag encoded) varint of up to 64 bits at ``pos``: (raw, next position)."""
     shift = 0
     raw = 0
     while True:
@@ -83,10 +93,16 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         raw |= (b & 0x7F) << shift
         if not b & 0x80:
-            return (raw >> 1) ^ -(raw & 1), pos
+            return raw, pos
         shift += 7
         if shift > 63:
             raise BatchError("a varint is longer than 10 bytes")
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint (up to 64 bits) at ``pos``: (value, next position)."""
+    raw, pos = _uvarint(buf, pos)
+    return (raw >> 1) ^ -(raw & 1), pos
 
 
 def _bytes(buf: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
@@ -102,60 +118,95 @@ def _bytes(buf: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
 
 
 def _records(buf: bytes, count: int, base_ts: int, max_record_bytes: int) -> list[KafkaRecord]:
-    # The hot loop of Produce: one-byte varints (most lengths, deltas and counts of small
-    # records) are decoded inline; longer ones go through _varint.
+    # The hot loop of Produce, about 1 µs a record: every varint of one or two bytes (the
+    # lengths, deltas and counts of records up to 8 KiB, and timestamp deltas up to 8 s)
+    # is decoded inline, longer ones through _uvarint/_varint; records are made with
+    # tuple.__new__ (the namedtuple's own __new__ is a Python function).
     out: list[KafkaRecord] = []
     append = out.append
+    new = tuple.__new__
+    cls = KafkaRecord
     pos = 0
     size = len(buf)
     varint = _varint
+    uvarint = _uvarint
     try:
         for i in range(count):
             b = buf[pos]
             if b < 0x80:
-                length, pos = (b >> 1) ^ -(b & 1), pos + 1
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                b = (b & 0x7F) | (buf[pos + 1] << 7)
+                pos += 2
             else:
-                length, pos = varint(buf, pos)
+                b, pos = uvarint(buf, pos)
+            length = (b >> 1) ^ -(b & 1)
             end = pos + length
             if length < 0 or end > size:
                 raise BatchError(f"record {i} claims {length} bytes, more than the batch holds")
-            b = buf[pos + 1]  # after the attributes byte (unused in v2)
+            pos += 1  # the attributes byte (unused in v2)
+            b = buf[pos]
             if b < 0x80:
-                delta, pos = (b >> 1) ^ -(b & 1), pos + 2
+                delta = (b >> 1) ^ -(b & 1)
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                b = (b & 0x7F) | (buf[pos + 1] << 7)
+                delta = (b >> 1) ^ -(b & 1)
+                pos += 2
             else:
-                delta, pos = varint(buf, pos + 1)
+                delta, pos = varint(buf, pos)
+            # The offset delta: the listener assigns offsets, so it is only skipped.
             if buf[pos] < 0x80:
-                pos += 1  # the offset delta: the listener assigns offsets
+                pos += 1
+            elif buf[pos + 1] < 0x80:
+                pos += 2
             else:
-                _, pos = varint(buf, pos)
+                _, pos = uvarint(buf, pos)
             b = buf[pos]
             if b == 1:
-                key, pos = None, pos + 1
+                key = None
+                pos += 1
             else:
-                n, pos = ((b >> 1) ^ -(b & 1), pos + 1) if b < 0x80 else varint(buf, pos)
+                if b < 0x80:
+                    pos += 1
+                elif buf[pos + 1] < 0x80:
+                    b = (b & 0x7F) | (buf[pos + 1] << 7)
+                    pos += 2
+                else:
+                    b, pos = uvarint(buf, pos)
+                n = (b >> 1) ^ -(b & 1)
                 if n < 0 or pos + n > end:
                     raise BatchError(f"record {i}: its key runs past the record")
-                key, pos = buf[pos:pos + n], pos + n
+                key = buf[pos:pos + n]
+                pos += n
             b = buf[pos]
             if b == 1:
-                value, pos = None, pos + 1
+                value = None
+                pos += 1
             else:
-                n, pos = ((b >> 1) ^ -(b & 1), pos + 1) if b < 0x80 else varint(buf, pos)
+                if b < 0x80:
+                    pos += 1
+                elif buf[pos + 1] < 0x80:
+                    b = (b & 0x7F) | (buf[pos + 1] << 7)
+                    pos += 2
+                else:
+                    b, pos = uvarint(buf, pos)
+                n = (b >> 1) ^ -(b & 1)
                 if n < 0 or pos + n > end:
                     raise BatchError(f"record {i}: its value runs past the record")
                 if n > max_record_bytes:
                     raise BatchError(f"record {i} has a value of {n:,} bytes, over the limit of "
                                      f"{max_record_bytes:,}")
-                value, pos = buf[pos:pos + n], pos + n
-            b = buf[pos]
-            if b == 0:
+                value = buf[pos:pos + n]
+                pos += n
+            if buf[pos] == 0:
                 pos += 1
                 headers: tuple[tuple[str, bytes | None], ...] = ()
             else:
                 headers, pos = _headers(buf, pos, end, i)
             if pos != end:
                 raise BatchError(f"record {i}: its fields do not add up to its length")
-            append(KafkaRecord(base_ts + delta, key, value, headers))
+            append(new(cls, (base_ts + delta, key, value, headers)))
     except IndexError:
         raise BatchError("a record runs past the end of its batch") from None
     if pos != size:
@@ -219,44 +270,58 @@ def decode_batches(data: bytes, *, max_record_bytes: int, max_batch_bytes: int) 
     return batches
 
 
-def _zigzag(buf: bytearray, n: int) -> None:
-    n = (n << 1) ^ (n >> 63)
-    while n > 0x7F:
-        buf.append((n & 0x7F) | 0x80)
-        n >>= 7
-    buf.append(n)
-
-
-def _zz_bytes(n: int) -> bytes:
+def _zz_long(n: int) -> bytes:
+    """The zig-zag varint of ``n`` (any int64), for numbers outside ``_SMALL``."""
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x4000:
+        return bytes((z & 0x7F | 0x80, z >> 7)) if z >= 0x80 else bytes((z,))
     out = bytearray()
-    _zigzag(out, n)
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
     return bytes(out)
 
 
 # Zig-zag varints of the small numbers every record carries (lengths, deltas), made once.
-_SMALL = [_zz_bytes(n) for n in range(4096)]
+_SMALL = [_zz_long(n) for n in range(4096)]
+#: The most records encoded into one batch: every offset delta is then in ``_SMALL``.
+MAX_BATCH_RECORDS = len(_SMALL)
 
 
 def _zz(n: int) -> bytes:
-    return _SMALL[n] if 0 <= n < 4096 else _zz_bytes(n)
+    return _SMALL[n] if 0 <= n < 4096 else _zz_long(n)
 
 
-def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int = 0) -> bytes:
-    """One batch holding ``records`` at offsets ``base_offset``, ``base_offset + 1``, ...
-
-    Producer id -1 (not idempotent), CreateTime timestamps, ``codec`` 0 (none) or a Kafka
-    codec number.
-    """
-    base_ts = records[0].timestamp
+def _batch(parts: list[bytes], records: Iterable[FetchedRecord], count: int, base_ts: int, codec: int) -> int:
+    """Append one batch of the ``count`` ``records`` (the first's timestamp ``base_ts``;
+    their offsets are not read: a record's offset delta is its index) to
+    ``parts``, its first 21 bytes (base offset .. CRC) zeros for the caller to fill in
+    (:func:`_seal`); return the batch's size."""
     max_ts = base_ts
-    # Each record is a small header (length, attributes, deltas, key, value length), its
-    # value and its headers, joined once at the end: a value's bytes are copied once.
-    parts: list[bytes] = []
-    append = parts.append
-    for delta, (ts, key, value, headers) in enumerate(records):
+    small = _SMALL
+    zz_long = _zz_long
+    # Each record is a few small parts (length, attributes, deltas, key, value length), its
+    # value and its headers, joined once by the caller: a value's bytes are copied once.
+    # The common record (no key, no headers) takes no function call but the join's.
+    body: list[bytes] = []
+    extend = body.extend
+    size = 0
+    for delta, (_, ts, key, value, headers) in enumerate(records):
         if ts > max_ts:
             max_ts = ts
-        head = b"\0" + _zz(ts - base_ts) + _zz(delta)
+        d = ts - base_ts
+        td = small[d] if 0 <= d < 4096 else zz_long(d)
+        od = small[delta] if delta < 4096 else zz_long(delta)
+        if key is None and not headers and value is not None:
+            n = len(value)
+            vl = small[n] if n < 4096 else zz_long(n)
+            total = 3 + len(td) + len(od) + len(vl) + n
+            length = small[total] if total < 4096 else zz_long(total)
+            extend((length, b"\0", td, od, b"\1", vl, value, b"\0"))
+            size += len(length) + total
+            continue
+        head = b"\0" + td + od
         head += b"\1" if key is None else _zz(len(key)) + key
         if value is None:
             head += b"\1"
@@ -272,16 +337,80 @@ def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int
             tail_bytes = bytes(trailer)
         else:
             tail_bytes = b"\0"
-        append(_zz(len(head) + len(value) + len(tail_bytes)))
-        append(head)
-        append(value)
-        append(tail_bytes)
-    body = b"".join(parts)
-    payload = compress(codec, body) if codec else body
-    tail = struct.pack(">hiqqqhii", codec, len(records) - 1, base_ts, max_ts, -1, -1, -1, len(records))
-    crc = crc32c(payload, crc32c(tail))
-    head = struct.pack(">qiibI", base_offset, 9 + len(tail) + len(payload), 0, 2, crc)
-    return b"".join((head, tail, payload))
+        total = len(head) + len(value) + len(tail_bytes)
+        length = _zz(total)
+        extend((length, head, value, tail_bytes))
+        size += len(length) + total
+    parts.append(_UNSEALED)
+    parts.append(struct.pack(">hiqqqhii", codec, count - 1, base_ts, max_ts, -1, -1, -1, count))
+    if codec:
+        payload = compress(codec, b"".join(body))
+        parts.append(payload)
+        size = len(payload)
+    else:
+        parts += body
+    return _SEALED_AT + 40 + size
+
+
+_SEALED_AT = 21  # base offset, length, leader epoch, magic, CRC: what _seal writes
+_UNSEALED = bytes(_SEALED_AT)
+_SEAL = struct.Struct(">qiibI")
+
+
+def _seal(buf: bytearray, start: int, size: int, base_offset: int) -> None:
+    """Fill in the first 21 bytes of the batch at ``buf[start:start + size]``."""
+    with memoryview(buf) as view:
+        crc = crc32c(view[start + _SEALED_AT:start + size])
+    _SEAL.pack_into(buf, start, base_offset, size - 12, 0, 2, crc)
+
+
+def encode_batch(base_offset: int, records: Sequence[KafkaRecord], *, codec: int = 0) -> bytes:
+    """One batch holding ``records`` at offsets ``base_offset``, ``base_offset + 1``, ...
+
+    Producer id -1 (not idempotent), CreateTime timestamps, ``codec`` 0 (none) or a Kafka
+    codec number.
+    """
+    parts: list[bytes] = []
+    size = _batch(parts, [(0, *r) for r in records], len(records), records[0].timestamp, codec)
+    buf = bytearray().join(parts)
+    _seal(buf, 0, size, base_offset)
+    return bytes(buf)
+
+
+def encode_batches(records: Sequence[FetchedRecord], *, codec: int = 0) -> bytearray:
+    """Fetched records in ascending offsets as record batches: one batch per run
+    of consecutive offsets (a gap starts a new one: a batch's offsets are base + index),
+    at most ``MAX_BATCH_RECORDS`` records each; as :func:`encode_batch` otherwise.
+
+    One buffer, written once (a Fetch response's records are megabytes: every extra copy
+    of them costs more than the encoding of a small record)."""
+    parts: list[bytes] = []
+    batches: list[tuple[int, int]] = []  # (base offset, size)
+    start = 0
+    n = len(records)
+    while start < n:
+        stop = min(n, start + MAX_BATCH_RECORDS)
+        base = records[start][0]
+        if records[stop - 1][0] - base != stop - 1 - start:
+            # A gap: offsets ascend, so the run is the prefix whose offsets are base + index;
+            # its end is found by bisection.
+            lo, hi = start + 1, stop - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if records[mid][0] - base == mid - start:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            stop = lo
+        size = _batch(parts, islice(records, start, stop), stop - start, records[start][1], codec)
+        batches.append((base, size))
+        start = stop
+    buf = bytearray().join(parts)
+    at = 0
+    for base_offset, size in batches:
+        _seal(buf, at, size, base_offset)
+        at += size
+    return buf
 
 
 def compress(codec: int, data: bytes) -> bytes:

@@ -26,14 +26,17 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 from typing import Any
 
 from ..connection import runner
 from ..database import Database
 from ..errors import SqlstreamError, StreamExists, StreamNotFound
-from .records import Batch, KafkaRecord
+from .records import Batch, FetchedRecord, KafkaRecord
 
 __all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "PRODUCER_BATCHES_KEPT"]
 
@@ -82,13 +85,19 @@ class Produced:
 class Fetched:
     """Records read from a partition and its offsets."""
 
-    records: list[tuple[int, KafkaRecord]]
+    records: list[FetchedRecord]
     log_start: int
     high_watermark: int
     size: int
 
 
 _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
+# A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
+# UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
+_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM chunks "
+             "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
+_value = itemgetter(4)
+_RECORD_OVERHEAD = 64  # bytes a fetched record counts for besides its value (Kafka's record framing, about)
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -251,7 +260,7 @@ class KafkaStore:
             if not got:
                 return None
             stream_id, first, end = got[0]
-            out: list[tuple[int, KafkaRecord]] = []
+            out: list[FetchedRecord] = []
             size = 0
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
@@ -262,18 +271,20 @@ class KafkaStore:
             position = offset
             full = False
             while not full and position < end:
-                rows = runner(conn)(
-                    "SELECT offset, timestamp, key, headers, content_type, data FROM chunks "
-                    "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?", (stream_id, position, page))
+                rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
-                for row in rows:
-                    n = len(row[5]) + 64
-                    if kept and size + n > max_bytes:
-                        full = True
+                # What each row costs the budget (its value and 64 bytes), summed in C; the
+                # rows that fit are a prefix, found by bisection.
+                costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
+                fit = bisect_right(costs, max_bytes - size) or (0 if kept else 1)  # Kafka: at least one
+                if fit < len(rows):
+                    full = True
+                    if not fit:
                         break
-                    size += n
-                    kept.append(row)
+                    rows = rows[:fit]
+                kept += rows
+                size += costs[fit - 1]
                 position = rows[-1][0] + 1
                 average = size // len(kept)
                 page = max(1, min(1000, (max_bytes - size) // average + 1))
@@ -409,37 +420,67 @@ def _native_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, st
     return out
 
 
-def _restore(rows: list[Any], batches: list[Any]) -> list[tuple[int, KafkaRecord]]:
-    out: list[tuple[int, KafkaRecord]] = []
-    bi = 0
-    parsed: tuple[int, int, int, list[int] | None, dict[str, Any]] | None = None
-    for offset, ts_us, key, headers, ctype, data in rows:
-        while bi < len(batches) and batches[bi][1] < offset:
-            bi += 1
-            parsed = None
-        extra: dict[str, Any] | None = None
-        if bi < len(batches) and batches[bi][0] <= offset:
-            if parsed is None:
-                b = batches[bi]
-                parsed = (b[0], b[1], b[2], json.loads(b[3]) if b[3] else None, json.loads(b[4]) if b[4] else {})
-            i = offset - parsed[0]
-            ts = parsed[2] + (parsed[3][i] if parsed[3] else 0)
-            extra = parsed[4].get(str(i))
-        else:
-            ts = ts_us // 1000
-        value: bytes | None = data if isinstance(data, bytes) else data.encode("utf-8")
-        k: bytes | None = None if key is None else (key.encode("utf-8") if isinstance(key, str) else bytes(key))
-        hs: tuple[tuple[str, bytes | None], ...] = ()
-        if headers:
-            hs = tuple((name, str(v).encode("utf-8")) for name, v in json.loads(headers).items())
+def _restore(rows: list[Any], batches: list[Any]) -> list[FetchedRecord]:
+    """Kafka records from ``_READ_SQL`` rows (ascending offsets) and the ``kafka_batches``
+    rows that may cover them (ascending base offsets): a covered record gets its
+    producer's timestamp and the facts in ``extras``; others their append time."""
+    # Fetch's per-record work: the rows a batch covers are found by bisection and made
+    # into records by one comprehension per run (no Python statement per record), one
+    # tuple each.
+    out: list[FetchedRecord] = []
+    at = 0
+    n = len(rows)
+    for base, last, base_ts, d, e in batches:
+        start = bisect_left(rows, base, at, n, key=_offset)
+        if start > at:
+            out += _appended(rows[at:start])
+        stop = bisect_right(rows, last, start, n, key=_offset)
+        if stop > start:
+            deltas = json.loads(d) if d else None
+            if e:
+                extras = {int(i): x for i, x in json.loads(e).items()}
+                out += _with_extras(rows[start:stop], base, base_ts, deltas, extras)
+            elif deltas:
+                out += [(o, base_ts + deltas[o - base], k, v, _headers(h) if h else ())
+                        for o, _, k, h, v in rows[start:stop]]
+            else:
+                out += [(o, base_ts, k, v, _headers(h) if h else ()) for o, _, k, h, v in rows[start:stop]]
+        at = stop
+    if at < n:
+        out += _appended(rows[at:])
+    return out
+
+
+_offset = itemgetter(0)
+
+
+def _appended(rows: list[Any]) -> list[FetchedRecord]:
+    """Records no Kafka producer wrote (the Python API, HTTP, ...): their append time."""
+    return [(o, ts, k, v, _headers(h) if h else ()) for o, ts, k, h, v in rows]
+
+
+def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
+    """A chunk's ``headers`` JSON (names to text) as Kafka headers."""
+    return tuple((name, str(v).encode("utf-8")) for name, v in json.loads(text).items())
+
+
+def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | None,
+                 extras: dict[int, Any]) -> list[FetchedRecord]:
+    """The rows of one Kafka batch with facts the chunk row cannot hold (a binary key,
+    repeated, binary or null headers, a null value) in ``extras`` by index."""
+    out: list[FetchedRecord] = []
+    for offset, _, key, headers, value in rows:
+        i = offset - base
+        hs = _headers(headers) if headers else ()
+        extra = extras.get(i)
         if extra:
             if "key" in extra:
-                k = bytes.fromhex(extra["key"])
+                key = bytes.fromhex(extra["key"])
             if "headers" in extra:
                 hs = tuple((name, None if v is None else bytes.fromhex(v)) for name, v in extra["headers"])
             if "value" in extra:
                 value = None
-        out.append((offset, KafkaRecord(ts, k, value, hs)))
+        out.append((offset, base_ts + deltas[i] if deltas else base_ts, key, value, hs))
     return out
 
 
