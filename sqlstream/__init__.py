@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .errors import SqlstreamError
     from .maintenance import CheckReport, MaintenanceReport, Problem
     from .producer import Producer, ProducerRecord
+    from .raw import RawRecords
     from .readers import Reader, ReaderInfo
     from .records import Chunk, Record, StreamInfo
     from .retention import TrimResult
@@ -50,6 +51,7 @@ _WHERE = {
     "Producer": "producer",
     "ProducerRecord": "producer",
     "QueryResult": "database",
+    "RawRecords": "raw",
     "Reader": "readers",
     "ReaderInfo": "readers",
     "Record": "records",

@@ -54,6 +54,7 @@ from .errors import ConcurrencyError, DatabaseClosed, InvalidArgument, WritePend
 from .fencing import FencedAppend
 from .lifetimes import Lifetime
 from .producer import Producer
+from .raw import RawRecords
 from .readers import Reader, ReaderInfo
 from .records import Chunk, Record, StreamInfo
 from .retention import TrimResult
@@ -819,6 +820,11 @@ class AsyncStream:
         check_count(limit, "limit")
         check_timeout(timeout)
         return await self.adb._wait(check, timeout) or []
+
+    async def read_raw(self, offset: int = 0, limit: int = 1000, max_bytes: int | None = None) -> RawRecords:
+        """``Stream.read_raw``: records as stored bytes, never blocks. To wait for them, pass a
+        check that calls ``self.sync.read_raw`` to :meth:`AsyncDatabase.wait_for`."""
+        return await self.adb._call(self.sync.read_raw, offset, limit, max_bytes)
 
     async def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
         """``Stream.read_bytes``; ``WritePending`` when the bytes are not committed in time."""

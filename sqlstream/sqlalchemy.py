@@ -283,6 +283,7 @@ producers = Table(
     Column("epoch", INTEGER, nullable=False),
     Column("seq", INTEGER, nullable=False),
     Column("updated_at", INTEGER, nullable=False),
+    Column("recent", TEXT),
     PrimaryKeyConstraint("stream_id", "producer"),
     sqlite_with_rowid=False,
 )
@@ -335,16 +336,6 @@ kafka_producers = Table(
     Column("created_at", INTEGER, nullable=False),
 )
 
-kafka_producer_state = Table(
-    "kafka_producer_state", metadata,
-    Column("producer_id", INTEGER, nullable=False),
-    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
-    Column("epoch", INTEGER, nullable=False),
-    Column("batches", TEXT, nullable=False),
-    PrimaryKeyConstraint("producer_id", "stream_id"),
-    sqlite_with_rowid=False,
-)
-
 kafka_group_offsets = Table(
     "kafka_group_offsets", metadata,
     Column("group_id", TEXT, nullable=False),
@@ -355,6 +346,36 @@ kafka_group_offsets = Table(
     Column("metadata", TEXT),
     Column("committed_at", INTEGER, nullable=False),
     PrimaryKeyConstraint("group_id", "topic", "partition"),
+    sqlite_with_rowid=False,
+)
+
+# Durable Streams subscriptions (version 15, sqlstream.http): the protocol's own state;
+# the cursor and deliveries are an ordinary subscription named "{id}@{path}".
+ds_subscriptions = Table(
+    "ds_subscriptions", metadata,
+    Column("id", TEXT, primary_key=True),
+    Column("type", TEXT, nullable=False),
+    *(Column(name, TEXT) for name in ("pattern", "wake_stream", "webhook_url", "callback_base")),
+    Column("lease_ttl_ms", INTEGER, nullable=False),
+    Column("description", TEXT),
+    Column("config_hash", TEXT, nullable=False),
+    Column("created_at", INTEGER, nullable=False),
+    Column("generation", INTEGER, nullable=False, server_default=text("0")),
+    Column("wake_id", TEXT),
+    Column("holder", TEXT),
+    Column("token_hash", BLOB),
+    Column("lease_until", INTEGER),
+    sqlite_with_rowid=False,
+)
+
+ds_subscription_links = Table(
+    "ds_subscription_links", metadata,
+    Column("subscription", TEXT, ForeignKey("ds_subscriptions.id", ondelete="CASCADE"), nullable=False),
+    Column("path", TEXT, nullable=False),
+    Column("explicit", INTEGER, nullable=False, server_default=text("0")),
+    Column("glob", INTEGER, nullable=False, server_default=text("0")),
+    Column("linked_at", INTEGER, nullable=False),
+    PrimaryKeyConstraint("subscription", "path"),
     sqlite_with_rowid=False,
 )
 

@@ -18,6 +18,7 @@ from . import connection as cx
 from . import dedup as _dedup
 from . import fencing as _fencing
 from . import ranges as _ranges
+from . import raw as _raw
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
     Chunk,
@@ -200,6 +201,8 @@ class Stream:
         producer: str | None = None,
         epoch: int | None = None,
         seq: int | None = None,
+        last_seq: int | None = None,
+        wrap: int | None = None,
         writer_seq: str | None = None,
         seal: bool = False,
     ) -> _fencing.FencedAppend:
@@ -207,9 +210,13 @@ class Stream:
         sequence token, optionally sealing the stream in the same transaction.
 
         ``producer``/``epoch``/``seq`` (all or none): a batch already accepted is a
-        duplicate (nothing stored, ``duplicate=True``, even on a sealed stream); an older
-        epoch raises ``StaleEpoch`` (``current_epoch``); a skipped seq ``SequenceGap``
-        (``expected``, ``received``); a new epoch must start at seq 0. ``writer_seq`` must
+        duplicate (nothing stored, ``duplicate=True``, even on a sealed stream; one of the
+        producer's last 5 batches also gives ``original``, the offsets it was stored at);
+        an older epoch raises ``StaleEpoch`` (``current_epoch``); a skipped seq
+        ``SequenceGap`` (``expected``, ``received``); a new epoch must start at seq 0. A
+        batch may cover the numbers ``seq`` .. ``last_seq`` (Kafka numbers records, not
+        batches); with ``wrap`` the numbers count modulo it (Kafka: 2**31) and only a
+        recent batch or the next number is accepted (see ``sqlstream.fencing``). ``writer_seq`` must
         be byte-wise greater than the stream's last one (``SequenceRegression``).
         ``seal=True`` seals after storing (with no values: seal only). Atomic: checks,
         records, producer state and seal commit together; on any error nothing changes.
@@ -217,7 +224,8 @@ class Stream:
         See ``sqlstream.fencing``.
         """
         return _fencing.append_fenced(self.db.engine, self.name, values, self.extend, self.seal, producer=producer,
-                                      epoch=epoch, seq=seq, writer_seq=writer_seq, seal=seal)
+                                      epoch=epoch, seq=seq, last_seq=last_seq, wrap=wrap, writer_seq=writer_seq,
+                                      seal=seal)
 
     def seal(self) -> bool:
         """Mark the stream finished: later appends raise ``StreamSealed``; blocked readers wake.
@@ -248,19 +256,24 @@ class Stream:
             raise StreamNotFound(f"no stream named {self.name!r}")
         return _State(rows[0])
 
+    def _check_range(self, offset: int, st: _State) -> None:
+        """``OffsetOutOfRange`` for a record read at ``offset`` below the first retained
+        offset or past the end of the sealed stream."""
+        if offset < st.first_offset:
+            raise OffsetOutOfRange(
+                f"offset {offset} of stream {self.name!r} was trimmed; the first available "
+                f"offset is {st.first_offset}",
+            )
+        if offset > st.next_offset and st.sealed:
+            raise OffsetOutOfRange(
+                f"offset {offset} is past the end of sealed stream {self.name!r} "
+                f"(next offset {st.next_offset})"
+            )
+
     def _read_once(self, offset: int, limit: int) -> tuple[list[Record], _State]:
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
-            if offset < st.first_offset:
-                raise OffsetOutOfRange(
-                    f"offset {offset} of stream {self.name!r} was trimmed; the first available "
-                    f"offset is {st.first_offset}",
-                )
-            if offset > st.next_offset and st.sealed:
-                raise OffsetOutOfRange(
-                    f"offset {offset} is past the end of sealed stream {self.name!r} "
-                    f"(next offset {st.next_offset})"
-                )
+            self._check_range(offset, st)
             if offset >= st.next_offset:
                 return [], st
             records, damaged = read_records(conn, self.name, _RANGE_SQL, (st.id, offset, limit))
@@ -288,6 +301,52 @@ class Stream:
             return records if records or st.sealed else None
 
         return self.db.engine.wait_until(check, timeout) or []
+
+    def read_raw(self, offset: int = 0, limit: int = 1000, max_bytes: int | None = None) -> _raw.RawRecords:
+        """Up to ``limit`` records from ``offset`` as stored bytes, without decoding them.
+
+        For code that forwards records as they are stored (a JSON-mode HTTP response is
+        the stored JSON texts joined with commas): no ``Record`` objects are built and no
+        value is decoded, which makes a large read several times cheaper than
+        :meth:`read`. Only payloads are returned: no keys, headers or timestamps (use
+        :meth:`read` for those). ``payloads[i]`` is record ``offset + i`` as stored:
+        bytes as appended, text as UTF-8, a JSON value as the compact UTF-8 JSON text the
+        append stored (:class:`sqlstream.RawRecords` says exactly what each field holds).
+
+        ``max_bytes`` bounds the payload bytes returned: records are taken in order while
+        their total stays within it, but the first always (so a record larger than
+        ``max_bytes`` comes alone); ``None``: only ``limit`` bounds the read.
+
+        Atomic: the records, the stream's tail (``stream_next_offset``,
+        ``stream_byte_length``) and ``sealed`` come from one snapshot, so ``up_to_date``
+        says whether the records reached the tail as of the read. Never blocks (to wait
+        for records, call it from a :meth:`sqlstream.aio.AsyncDatabase.wait_for` check or
+        use :meth:`read` with a timeout). Errors as :meth:`read`: ``InvalidArgument`` for
+        a negative offset or a ``limit`` or ``max_bytes`` that is not a positive int,
+        ``OffsetOutOfRange`` below the first retained offset or past the end of a sealed
+        stream, ``StreamNotFound``. Payloads are checked as :meth:`read` checks them (text
+        and JSON valid UTF-8, JSON parses): a damaged record (written by another tool)
+        ends the result before it, and a read that starts at one raises
+        ``DamagedRecord`` (read on from the next offset to skip it).
+        """
+        check_offset(offset)
+        check_count(limit, "limit")
+        if max_bytes is not None:
+            check_count(max_bytes, "max_bytes")
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            self._check_range(offset, st)
+            state = (st.next_offset, st.byte_length, st.sealed)
+            if offset >= st.next_offset:
+                return _raw.build(self.name, offset, [], st.byte_length, None, state)
+            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+            end = min(offset + limit, st.next_offset)
+            if max_bytes is not None:
+                # Positions add up the stored lengths: the records that start within the
+                # budget are found by a binary search, so no row past them is fetched.
+                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            rows = cx.rows(conn, _raw.RAW_SQL, (st.id, offset, end))
+        return _raw.build(self.name, offset, rows, position, max_bytes, state)
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
         """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).

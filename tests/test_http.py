@@ -138,6 +138,21 @@ def test_idempotent_producer_over_http(client: httpx.Client) -> None:
     assert client.get("/p").text == "ab"
 
 
+def test_kafka_producer_names_are_refused_over_http(client: httpx.Client, db_path: str) -> None:
+    """``kafka:<id>`` rows in ``producers`` are the Kafka listener's: an HTTP producer using
+    that name would move a Kafka producer's sequence on a shared stream."""
+    _put(client, "shared")
+    with sqlstream.open(db_path) as db:  # a Kafka producer's numbering, as the listener keeps it
+        db.stream("shared").append_fenced(["k0"], producer="kafka:1000", epoch=0, seq=0)
+    hdr = {"content-type": "text/plain", "producer-id": "kafka:1000", "producer-epoch": "0", "producer-seq": "1"}
+    refused = client.post("/shared", content=b"h", headers=hdr)
+    assert refused.status_code == 400 and "reserved" in refused.text
+    with sqlstream.open(db_path) as db:
+        assert [r.value for r in db.stream("shared").read(0)] == ["k0"]
+        # The Kafka producer's next number is still 1.
+        db.stream("shared").append_fenced(["k1"], producer="kafka:1000", epoch=0, seq=1)
+
+
 # ----------------------------------------------------------------- live reads
 
 

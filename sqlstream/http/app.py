@@ -52,12 +52,14 @@ from ..errors import (
     StreamNotFound,
     StreamSealed,
 )
+from ..fencing import FencedAppend
 from ..lifetimes import Lifetime
-from ..records import Record, StreamInfo
+from ..records import StreamInfo
 from ..streams import Stream
 from ..validation import check_name
 from . import protocol as p
 from .metrics import Metrics
+from .pages import Page, Tails, json_pieces, page_of
 from .protocol import ProtocolError
 from .subscriptions import SubscriptionRoutes
 
@@ -66,8 +68,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Records fetched per read while assembling a response.
-_READ_BATCH = 1000
+# Records one page (a catch-up response, an SSE data event) holds at most, besides its
+# byte bound: only records under ~20 bytes reach it; it keeps one read of the database
+# thread short (the thread serves every request).
+_PAGE_RECORDS = 50_000
 _EXPOSED = ", ".join((
     "Stream-Next-Offset", "Stream-Up-To-Date", "Stream-Closed", "Stream-Cursor", "Stream-TTL",
     "Stream-Expires-At", "Stream-Write-Secret", "Stream-SSE-Data-Encoding", "Producer-Epoch", "Producer-Seq",
@@ -198,6 +202,7 @@ class DurableStreamsApp:
         self._opening = asyncio.Lock()
         self._closing = asyncio.Event()
         self.live = 0
+        self.tails = Tails()
         self.metrics = Metrics()
         self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks)
         if self.config.token is not None and self.config.cache_control.startswith("public"):
@@ -613,6 +618,8 @@ class DurableStreamsApp:
             raise ProtocolError(409, str(exc)) from None
         except InvalidArgument as exc:
             raise ProtocolError(400, str(exc)) from None
+        if not result.duplicate and (result.offsets or closing):
+            self._publish(st, values, result)
         h = {p.NEXT_OFFSET: p.format_offset(result.next_offset, result.byte_length)}
         if result.sealed or (result.duplicate and st.sealed):
             h[p.CLOSED] = "true"
@@ -625,6 +632,20 @@ class DurableStreamsApp:
             h[p.PRODUCER_SEQ] = str(result.seq)
             return _Response(200 if result.offsets else 204, h)
         return _Response(204, h)
+
+    def _publish(self, st: _Stream, values: list[Any], result: FencedAppend) -> None:
+        """Hand the records just committed to the live reads waiting at their first offset
+        (see :class:`~sqlstream.http.pages.Tails`); called on the loop right after the
+        commit, before anything else can run on it."""
+        first = result.offsets.start if result.offsets else result.next_offset
+
+        def render() -> list[bytes]:
+            if st.json:
+                return json_pieces([None if v == b"null" else v for v in values])
+            return [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+
+        self.tails.publish(st.name, first, (result.next_offset, result.byte_length), result.sealed, render, st.json,
+                           self.config.max_chunk_bytes)
 
     def _closed_headers(self, st: _Stream) -> dict[str, str]:
         return {p.CLOSED: "true", p.NEXT_OFFSET: p.format_offset(*_tail(st.info))}
@@ -689,68 +710,39 @@ class DurableStreamsApp:
             return await _send(send, _Response(200, h, b"[]" if st.json else b""), headers)
         return await _send(send, await self._catch_up(st, start, headers), headers)
 
-    async def _chunk(self, st: _Stream, start: int, *,
-                     fresh: bool = False) -> tuple[bytes | None, tuple[int, int], StreamInfo]:
-        """Up to ``max_chunk_bytes`` from ``start``: (payload, or None when there are no
-        records; the end as (offset, byte position); the stream's info: ``st.info`` when
-        the read ended exactly at its tail and ``fresh`` is not asked for (after a wake-up:
-        the stream may have been sealed), else a snapshot taken after the read)."""
+    async def _page(self, st: _Stream, start: int) -> Page:
+        """Up to ``max_chunk_bytes`` from ``start`` (one read of the stored bytes, on the
+        database thread, in one snapshot with the stream's tail and seal state)."""
         db = await self.db()
-        stream = _handle(db, st.name)
-        budget = self.config.max_chunk_bytes
-        parts: list[bytes] = []
-        at = start
-        end_position: int | None = None
-        while budget > 0 and end_position is None:
-            try:
-                records = await stream.read(at, _READ_BATCH)
-            except OffsetOutOfRange:
-                raise ProtocolError(410, "the requested offset was removed by retention") from None
-            if not records:
-                break
-            for rec in records:
-                data = _json_of(rec) if st.json else _bytes_of(rec)
-                if parts and len(data) > budget:
-                    end_position = rec.position  # the first record left out starts here
-                    break
-                parts.append(data)
-                budget -= len(data)
-                at = rec.offset + 1
-            if len(records) < _READ_BATCH:
-                break
-        info = st.info
-        if fresh or end_position is not None or at != info.next_offset:
-            # The read did not end exactly at the snapshot's tail: the stream has moved
-            # since (or the chunk is cut): take a fresh snapshot. Ending at the snapshot's
-            # tail, the snapshot is the answer "as of when the response was made".
-            info = await db.stream_info(st.name)
-        if end_position is None:
-            if at >= info.next_offset:
-                end_position = info.byte_length
-            else:
-                end_position = (await stream.read(at, 1))[0].position
-        end = (at, end_position)
-        if not parts:
-            return None, end, info
-        if st.json:
-            return b"[" + b",".join(parts) + b"]", end, info
-        return b"".join(parts), end, info
+        return await db.run_sync(self._page_now, st.name, st.json, start)
 
-    async def _catch_up(self, st: _Stream, start: int, headers: dict[str, str]) -> _Response:
-        payload, end, info = await self._chunk(st, start)
-        st.info = info
-        closed = info.sealed_at is not None and end[0] >= info.next_offset
-        h = self._stream_headers(st, end)
+    def _page_now(self, name: str, json_mode: bool, start: int) -> Page:
+        """The page at ``start`` (database thread); ``ProtocolError(410)`` below retention."""
+        db = self._db
+        assert db is not None
+        budget = self.config.max_chunk_bytes
+        try:
+            raw = Stream(db.sync, name).read_raw(start, _PAGE_RECORDS, budget)
+        except OffsetOutOfRange:
+            raise ProtocolError(410, "the requested offset was removed by retention") from None
+        return page_of(raw, json_mode, budget)
+
+    async def _catch_up(self, st: _Stream, start: int, headers: dict[str, str], page: Page | None = None) -> _Response:
+        if page is None:
+            page = await self._page(st, start)
+        closed = page.closed
+        h = self._stream_headers(st, page.end)
         h.pop(p.CLOSED, None)
-        if end[0] >= info.next_offset:
+        if page.up_to_date:
             h[p.UP_TO_DATE] = "true"
         if closed:
             h[p.CLOSED] = "true"
-        tag = p.etag(str(info.created_at), start, end[0], closed)
+        tag = p.etag(str(st.info.created_at), start, page.end[0], closed)
         h["etag"] = tag
-        h["cache-control"] = self.config.cache_control if payload is not None and not closed else "no-store"
+        h["cache-control"] = self.config.cache_control if page.payload is not None and not closed else "no-store"
         if headers.get("if-none-match") == tag:
             return _Response(304, h)
+        payload = page.payload
         if payload is None:
             payload = b"[]" if st.json else b""
         return _Response(200, h, payload)
@@ -765,28 +757,41 @@ class DurableStreamsApp:
         self.live -= 1
         self.metrics.live(self.live)
 
-    async def _wait(self, st: _Stream, at: int, timeout: float, disconnected: asyncio.Future[None]) -> bool:
-        """Wait until a record at ``at`` exists, the stream is sealed, ``timeout`` passes, the
-        client goes away or the app closes. True when there may be something to send."""
+    async def _wait(self, st: _Stream, at: int, timeout: float, disconnected: asyncio.Future[None]) -> Page | None:
+        """Wait until a record at ``at`` exists or the stream is sealed (then its page),
+        ``timeout`` passes, the client goes away or the app closes (then None).
+
+        Two sources, first wins: an append over HTTP in this app hands its page over on the
+        loop (:class:`~sqlstream.http.pages.Tails`); any other commit, from any process,
+        wakes ``wait_for``, whose check reads the page on the database thread."""
         db = await self.db()
-        stream = _handle(db, st.name)
-        reader = asyncio.ensure_future(stream.read(at, 1, timeout=timeout))
+        handed = self.tails.watch(st.name, at)  # before the first check: see Tails
+
+        def check() -> Page | None:
+            page = self._page_now(st.name, st.json, at)
+            return page if page.payload is not None or page.sealed else None
+
+        reader = asyncio.ensure_future(db.wait_for(check, timeout))
         closing = asyncio.ensure_future(self._closing.wait())
         try:
-            pending: set[asyncio.Future[Any]] = {reader, disconnected, closing}
+            pending: set[asyncio.Future[Any]] = {reader, handed, disconnected, closing}
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.tails.forget(st.name, handed)
             closing.cancel()
             if not reader.done():
                 reader.cancel()
+        if handed.done():
+            self.metrics.live_direct.inc()
+            return handed.result()
         if reader.done() and not reader.cancelled():
             exc = reader.exception()
             if isinstance(exc, StreamNotFound):
                 raise ProtocolError(404, f"stream {st.name!r} was deleted")
             if exc is not None:
                 raise exc
-            return True
-        return False
+            return reader.result()
+        return None
 
     async def _long_poll(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
                          receive: Receive, send: Send) -> int:
@@ -801,9 +806,13 @@ class DurableStreamsApp:
         self._enter_live()
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
-            await self._wait(st, start, self.config.long_poll_timeout, disconnected)
+            page = await self._wait(st, start, self.config.long_poll_timeout, disconnected)
             if disconnected.done():
                 return 499  # nobody to answer
+            if page is not None and page.payload is not None:
+                response = await self._catch_up(st, start, headers, page)
+                response.headers[p.CURSOR] = p.cursor(client_cursor)
+                return await _send(send, response, headers)
             db = await self.db()
             try:
                 st.info = await db.stream_info(st.name)
@@ -835,33 +844,33 @@ class DurableStreamsApp:
             deadline = time.monotonic() + self.config.sse_max_seconds
             at = start
             cur = p.cursor(client_cursor)
-            woke = False
+            first = True
+            page: Page | None = None
             while not disconnected.done() and not self._closing.is_set():
-                payload, end, info = await self._chunk(st, at, fresh=woke)
-                st.info = info
-                at = end[0]
-                closed = info.sealed_at is not None and at >= info.next_offset
-                control: dict[str, Any] = {"streamNextOffset": p.format_offset(*end)}
-                if closed:
+                if page is None:
+                    page = await self._page(st, at)
+                at = page.end[0]
+                control: dict[str, Any] = {"streamNextOffset": p.format_offset(*page.end)}
+                if page.closed:
                     control.update(streamClosed=True, upToDate=True)
                 else:
                     control["streamCursor"] = cur
-                    if at >= info.next_offset:
+                    if page.up_to_date:
                         control["upToDate"] = True
-                frame = b"" if payload is None else p.sse_data(payload, text=text)
-                if payload is not None or closed or at == start:
+                frame = b"" if page.payload is None else p.sse_data(page.payload, text=text)
+                if page.payload is not None or page.closed or first:
                     await send({"type": "http.response.body", "body": frame + p.sse_event("control", json.dumps(
                         control, separators=(",", ":"))), "more_body": True})
-                    start = -1  # the first control event is out
-                if closed:
+                    first = False
+                if page.closed:
                     break
-                if at < info.next_offset:
+                if not page.up_to_date:
+                    page = None
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                await self._wait(st, at, remaining, disconnected)
-                woke = True
+                page = await self._wait(st, at, remaining, disconnected)
             if not disconnected.done():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return 200
@@ -985,28 +994,6 @@ def _json_value(message: Any) -> Any:
     """A JSON message as a record value: sqlstream stores None as nothing, so JSON null is
     kept as the bytes ``null`` (read back as JSON null)."""
     return b"null" if message is None else message
-
-
-def _bytes_of(rec: Record) -> bytes:
-    value = rec.value
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return p.json_text(value).encode("utf-8")
-
-
-def _json_of(rec: Record) -> bytes:
-    """A record as one JSON message: JSON values as they are, text as a JSON string, bytes
-    verbatim when they are JSON text (else as a JSON string)."""
-    value = rec.value
-    if isinstance(value, bytes):
-        try:
-            json.loads(value.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return p.json_text(value.decode("utf-8", "replace")).encode("utf-8")
-        return value
-    return p.json_text(value).encode("utf-8")
 
 
 def _same_fork(have: dict[str, Any], want: dict[str, Any]) -> bool:

@@ -29,6 +29,9 @@ class Metrics:
                                   "until they end)", ["method"], registry=self.registry)
         self.live_connections = Gauge("sqlstream_http_live_connections", "Open long-poll and SSE responses",
                                       registry=self.registry)
+        self.live_direct = Counter("sqlstream_http_live_direct", "Live reads answered straight from an append "
+                                   "made over HTTP in this process (the others read the file after a wake-up)",
+                                   registry=self.registry)
 
     def request(self, method: str, status: int, seconds: float) -> None:
         self.requests.labels(method, str(status)).inc()

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import ipaddress
 import json
 import random
 import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
+
+# The loopback rule is shared with the Kafka front: it lives in sqlstream.addresses.
+from ..addresses import is_loopback as is_loopback
+from ..fencing import KAFKA_PRODUCER_PREFIX
 
 # Header names (lower case, as ASGI delivers them).
 NEXT_OFFSET = "stream-next-offset"
@@ -164,6 +167,10 @@ def parse_producer(headers: Mapping[str, str]) -> Producer | None:
     pid = headers[PRODUCER_ID]
     if not pid.strip():
         raise ProtocolError(400, "Producer-Id must not be empty")
+    if pid.startswith(KAFKA_PRODUCER_PREFIX):
+        # Those rows are the Kafka listener's producers on the same streams.
+        raise ProtocolError(400, f"Producer-Id must not start with {KAFKA_PRODUCER_PREFIX!r}: "
+                                 "that prefix is reserved for the Kafka listener's producers")
     return Producer(pid, parse_uint(headers[PRODUCER_EPOCH], "Producer-Epoch"),
                     parse_uint(headers[PRODUCER_SEQ], "Producer-Seq"))
 
@@ -236,16 +243,6 @@ def sse_data(payload: bytes, *, text: bool) -> bytes:
 def etag(stream_id: str, start: int, end: int, closed: bool) -> str:
     """``"{stream}:{start}:{end}[:c]"``: changes with the range and with closure."""
     return f'"{stream_id}:{start}:{end}{":c" if closed else ""}"'
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or address, without port or brackets) names this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str) -> str:

@@ -13,9 +13,15 @@
     username = "app"               # SASL/PLAIN; a password turns SASL on
     password = "secret"
     insecure = false               # true: allow a non-loopback address without SASL
+    idle_timeout = 540             # seconds without a request before a connection is closed
+    auth_timeout = 10              # seconds to complete SASL after connecting (SASL on)
+    frame_timeout = 60             # seconds for a request frame to arrive whole after its first byte
+    producer_expiry = 604800       # seconds an idle idempotent producer's state is kept (7 days)
+    producer_expiry_check = 600    # seconds between two looks for expired producers
 
-Validation is strict, as for the rest of the file: an unknown key or a wrong type is a
-:class:`~sqlstream.streaming.config.ConfigError` naming the file, table and key.
+Validation is strict, as for the rest of the file: an unknown key, a wrong type or a
+duration that is not finite and > 0 is a :class:`~sqlstream.streaming.config.ConfigError`
+naming the file, table and key.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidArgument
+from ..validation import check_seconds
 from ..streaming.config import ConfigError
 from .handlers import Settings
 
@@ -32,6 +39,7 @@ __all__ = ["parse_listen", "settings_from_config"]
 _KINDS: dict[str, Any] = {
     "listen": str, "advertised_host": str, "advertised_port": int, "auto_create_topics": bool, "default_partitions": int,
     "max_request_bytes": int, "max_connections": int, "username": str, "password": str, "insecure": bool,
+    **{key: (int, float) for key in Settings.SECONDS if key != "group_initial_delay"},
 }
 
 
@@ -53,9 +61,14 @@ def settings_from_config(table: Mapping[str, Any] | None, path: str = "<config>"
         kind = _KINDS.get(key)
         if kind is None:
             raise ConfigError(path, "kafka", key, "unknown option", hint=f"known: {', '.join(sorted(_KINDS))}")
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(path, "kafka", key, f"must be {'an integer' if kind is int else kind.__name__}, "
-                                                  f"not {value!r}")
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            what = "an integer" if kind is int else "a number" if kind == (int, float) else kind.__name__
+            raise ConfigError(path, "kafka", key, f"must be {what}, not {value!r}")
+        if key in Settings.SECONDS:
+            try:
+                value = check_seconds(value, key, positive=True)
+            except InvalidArgument as exc:
+                raise ConfigError(path, "kafka", key, str(exc)) from None
         if kind is int and value < (0 if key == "default_partitions" else 1):
             raise ConfigError(path, "kafka", key, f"must be positive, not {value}")
         if key == "listen":

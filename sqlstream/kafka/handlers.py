@@ -16,6 +16,7 @@ from typing import Any
 
 from ..aio import AsyncDatabase
 from ..errors import PayloadTooLarge, SqlstreamError, StreamSealed
+from ..validation import check_seconds
 from .groups import Coordinator, GroupError
 from .protocol import SUPPORTED, Request
 from .records import BatchError, decode_batches, encode_batches
@@ -57,6 +58,28 @@ class Settings:
     sasl_password: str | None = None
     insecure: bool = False
     group_initial_delay: float = 0.1
+    #: Seconds a connection may wait between requests (Kafka's connections.max.idle.ms,
+    #: 9 minutes); a request being handled (a long poll, a JoinGroup) is not idleness.
+    idle_timeout: float = 540.0
+    #: Seconds from connecting to a completed SASL authentication, when SASL is on.
+    auth_timeout: float = 10.0
+    #: Seconds for a request frame to arrive whole once its first byte has.
+    frame_timeout: float = 60.0
+    #: Seconds after its last produce (or its InitProducerId) that an idempotent
+    #: producer's state may be forgotten (Kafka's transactional.id.expiration.ms, 7 days).
+    producer_expiry: float = 7 * 24 * 3600.0
+
+    #: Seconds between two expiry runs (Kafka's producer.id.expiration.check.interval.ms).
+    producer_expiry_check: float = 600.0
+
+    #: The options that are durations in seconds (finite, > 0; checked by :meth:`check`).
+    SECONDS = ("idle_timeout", "auth_timeout", "frame_timeout", "producer_expiry", "producer_expiry_check",
+               "group_initial_delay")
+
+    def check(self) -> None:
+        """Raise ``InvalidArgument`` for a duration that is not finite and > 0."""
+        for name in self.SECONDS:
+            check_seconds(getattr(self, name), name, positive=name != "group_initial_delay")
 
     @property
     def sasl(self) -> bool:
@@ -280,7 +303,7 @@ class Handlers:
             topic = await self._topic(t.name, True)
             parts = []
             for p in t.partition_data:
-                parts.append(await self._produce_partition(topic, t.name, p.index, p.records))
+                parts.append(await self._produce_partition(topic, t.name, p.index, p.records, req.version))
             responses.append({"name": t.name, "partition_responses": parts})
         if acks == 0:
             return None
@@ -293,7 +316,7 @@ class Handlers:
             for p in t.partition_data]} for t in body.topic_data]}
 
     async def _produce_partition(self, topic: Topic | None, name: str, partition: int,
-                                 records: bytes | None) -> dict[str, Any]:
+                                 records: bytes | None, version: int) -> dict[str, Any]:
         resp: dict[str, Any] = {"index": partition, "error_code": NONE, "base_offset": -1, "log_append_time": None,
                                 "log_start_offset": -1}
         if topic is None or not 0 <= partition < topic.partitions:
@@ -307,32 +330,38 @@ class Handlers:
             code = MESSAGE_TOO_LARGE if "limit" in str(exc) else CORRUPT_MESSAGE
             resp.update(error_code=code, error_message=str(exc))
             return resp
-        # Checked for every batch before any is stored: a record set refused half-way would
-        # keep its first batches, and the client's retry would store them again.
-        if any(batch.transactional or batch.control for batch in batches):
+        # Kafka's contract (ProduceRequest.validateRecords, every version served here, 3+):
+        # a partition's record set is exactly one batch, refused with INVALID_RECORD
+        # otherwise before anything is stored. So a partition's records are stored whole
+        # or not at all (one transaction, see KafkaStore.produce), and each partition of a
+        # request succeeds or fails on its own, as in Kafka.
+        if len(batches) != 1:
+            resp.update(error_code=INVALID_RECORD, error_message=(
+                f"Produce requests with version {version} are only allowed to contain exactly one record batch "
+                f"per partition (got {len(batches)})"))
+            return resp
+        [batch] = batches
+        if batch.transactional or batch.control:
             resp.update(error_code=INVALID_RECORD, error_message="transactional batches are not supported")
             return resp
         stream = topic.stream(partition)
-        for batch in batches:
-            try:
-                got = await self._run(self.store.produce, stream, batch)
-            except KafkaRefused as exc:
-                log.info("kafka: produce to %s refused: %s", stream, exc)
-                resp.update(error_code=exc.code, error_message=str(exc))
-                return resp
-            except PayloadTooLarge as exc:
-                resp.update(error_code=MESSAGE_TOO_LARGE, error_message=str(exc))
-                return resp
-            except StreamSealed as exc:
-                resp.update(error_code=INVALID_REQUEST, error_message=str(exc))
-                return resp
-            except SqlstreamError as exc:
-                log.warning("kafka: produce to %s refused: %s", stream, exc)
-                resp.update(error_code=KAFKA_STORAGE_ERROR, error_message=str(exc))
-                return resp
-            if resp["base_offset"] < 0:
-                resp["base_offset"] = got.base_offset
-            resp["log_start_offset"] = got.log_start
+        try:
+            got = await self._run(self.store.produce, stream, batch)
+        except KafkaRefused as exc:
+            log.info("kafka: produce to %s refused: %s", stream, exc)
+            resp.update(error_code=exc.code, error_message=str(exc))
+            return resp
+        except PayloadTooLarge as exc:
+            resp.update(error_code=MESSAGE_TOO_LARGE, error_message=str(exc))
+            return resp
+        except StreamSealed as exc:
+            resp.update(error_code=INVALID_REQUEST, error_message=str(exc))
+            return resp
+        except SqlstreamError as exc:
+            log.warning("kafka: produce to %s refused: %s", stream, exc)
+            resp.update(error_code=KAFKA_STORAGE_ERROR, error_message=str(exc))
+            return resp
+        resp.update(base_offset=got.base_offset, log_start_offset=got.log_start)
         return resp
 
     # ------------------------------------------------------------------ fetch

@@ -16,6 +16,18 @@ needs SASL/PLAIN credentials or ``insecure=True``. Connections beyond
 ``max_connections`` are closed at once (logged). With SASL configured, a connection may
 send only ApiVersions, SaslHandshake and SaslAuthenticate until it has authenticated.
 
+Timeouts (each closes the connection with the reason logged): ``idle_timeout`` seconds
+waiting for the next request (a request being handled, such as a long-poll Fetch or a
+JoinGroup, is not idleness); ``frame_timeout`` seconds for a frame to arrive whole once
+its first byte has (a stalled or trickled frame); with SASL on, ``auth_timeout`` seconds
+from connecting to a completed authentication. One timer per connection, re-armed per
+wait (no task per read).
+
+Shutdown (:meth:`KafkaListener.close`) aborts every connection's transport (buffered
+responses a client does not read are dropped, not flushed) and cancels its task, so it
+returns whatever the connections are doing: idle, mid-frame, mid-long-poll, or blocked
+writing to a client that stopped reading.
+
 :func:`start` runs a listener on its own thread and event loop (``sqlstream serve``, the
 pytest fixture) and returns once it accepts connections.
 """
@@ -23,8 +35,8 @@ pytest fixture) and returns once it accepts connections.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+import math
 import struct
 import threading
 from concurrent.futures import Future
@@ -32,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import aio
+from ..addresses import is_loopback
 from ..errors import InvalidArgument, SqlstreamError
 from .handlers import Handlers, Session, Settings
 from .protocol import SUPPORTED, ProtocolError, Request, build, encode_response, error_response, parse_request, response_schema
@@ -50,11 +63,7 @@ PRE_AUTH_MAX_BYTES = 512 * 1024
 def check_bind(settings: Settings) -> None:
     """Refuse (``InvalidArgument``) a non-loopback address without SASL or ``insecure``."""
     host = settings.host
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback and not settings.sasl and not settings.insecure:
+    if not is_loopback(host) and not settings.sasl and not settings.insecure:
         raise InvalidArgument(
             f"the Kafka listener would accept anyone on {host}: a non-loopback address needs SASL/PLAIN "
             "credentials or an explicit opt-out",
@@ -73,13 +82,17 @@ class KafkaListener:
         self.handlers: Handlers | None = None
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
-        self.connections: set[asyncio.Task[None]] = set()
+        # Every open connection: its task and transport (aborted at close()).
+        self.connections: dict[asyncio.Task[None], asyncio.WriteTransport] = {}
+        self.upkeep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the file and start accepting connections (the port is then ``self.port``).
 
-        Raises ``InvalidArgument`` (address policy) and sqlstream errors opening the file."""
+        Raises ``InvalidArgument`` (address policy, a duration that is not finite and > 0)
+        and sqlstream errors opening the file."""
         check_bind(self.settings)
+        self.settings.check()
         self.adb = await aio.open(self.path, **self.db_options)
         try:
             self.server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
@@ -90,22 +103,47 @@ class KafkaListener:
         self.port = self.server.sockets[0].getsockname()[1]
         self.handlers = Handlers(self.adb, self.settings, self.port)
         self.handlers.groups.start()
+        self.upkeep = asyncio.get_running_loop().create_task(self._upkeep())
         log.info("kafka: listening on %s:%d for %s", self.settings.host, self.port, self.path)
 
     async def close(self) -> None:
-        """Stop accepting, end every connection, close the file."""
+        """Stop accepting, end every connection, close the file.
+
+        Never waits for a client: transports are aborted (unsent responses dropped) and
+        connection tasks cancelled, whatever they were waiting for."""
         if self.server is not None:
             self.server.close()
-        for task in list(self.connections):
+        if self.upkeep is not None:
+            self.upkeep.cancel()
+        tasks = list(self.connections) + ([self.upkeep] if self.upkeep is not None else [])
+        for task, transport in list(self.connections.items()):
+            transport.abort()
             task.cancel()
-        if self.connections:
-            await asyncio.gather(*self.connections, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self.handlers is not None:
             self.handlers.groups.stop()
         if self.server is not None:
             await self.server.wait_closed()
         if self.adb is not None:
             await self.adb.close()
+
+    async def _upkeep(self) -> None:
+        """Every ``producer_expiry_check`` seconds, forget producers idle for
+        ``producer_expiry`` (:meth:`KafkaStore.expire_producers`). A failure is logged
+        and the next run tries again: upkeep never stops the listener."""
+        assert self.handlers is not None
+        store, settings = self.handlers.store, self.settings
+        while True:
+            await asyncio.sleep(settings.producer_expiry_check)
+            try:
+                states, ids = await self.handlers.adb.run_sync(store.expire_producers, settings.producer_expiry)
+            except SqlstreamError as exc:
+                log.warning("kafka: expiring idle producers failed (tried again later): %s", exc)
+                continue
+            if states or ids:
+                log.info("kafka: forgot %d producer state(s) and %d producer id(s) idle for %g s (producer_expiry)",
+                         states, ids, settings.producer_expiry)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -116,9 +154,10 @@ class KafkaListener:
             return
         task = asyncio.current_task()
         assert task is not None
-        self.connections.add(task)
+        self.connections[task] = writer.transport
+        watchdog = _Watchdog(writer.transport, name)
         try:
-            await self._serve(reader, writer, Session(name))
+            await self._serve(reader, writer, Session(name), watchdog)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -126,24 +165,54 @@ class KafkaListener:
         except Exception:  # a bug must not stop the listener: log it, drop this connection
             log.exception("kafka: connection %s closed after an internal error", name)
         finally:
-            self.connections.discard(task)
+            watchdog.disarm()
+            self.connections.pop(task, None)
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session) -> None:
+    async def _read_frame(self, reader: asyncio.StreamReader, session: Session, watchdog: _Watchdog,
+                          auth_deadline: float) -> bytes | None:
+        """The next request frame, within the idle, frame and authentication timeouts
+        (the watchdog closes the connection when one runs out: the read then fails).
+        None when the frame is refused by its size (the reason logged)."""
+        s = self.settings
+        pre_auth = s.sasl and not session.authenticated
+        unauthenticated = f"not authenticated within {s.auth_timeout:g} s of connecting (auth_timeout)"
+
+        def auth_left() -> float:  # read afresh after every wait: the deadline does not move
+            return auth_deadline - watchdog.loop.time() if pre_auth else math.inf
+
+        if auth_left() < s.idle_timeout:
+            watchdog.arm(auth_left(), unauthenticated)
+        else:
+            watchdog.arm(s.idle_timeout, f"no request for {s.idle_timeout:g} s (idle_timeout)")
+        first = await reader.readexactly(1)
+        if auth_left() < s.frame_timeout:
+            watchdog.arm(auth_left(), unauthenticated)
+        else:
+            watchdog.arm(s.frame_timeout, f"a request frame did not arrive whole within {s.frame_timeout:g} s "
+                                          "(frame_timeout)")
+        (size,) = _SIZE.unpack(first + await reader.readexactly(3))
+        limit = s.max_request_bytes
+        if size < 0 or size > limit:
+            log.warning("kafka: closing %s: a request frame of %d bytes (max_request_bytes %d)",
+                        session.peer, size, limit)
+            return None
+        if pre_auth and size > PRE_AUTH_MAX_BYTES:
+            log.warning("kafka: closing %s: a request frame of %d bytes before SASL authentication "
+                        "(at most %d)", session.peer, size, PRE_AUTH_MAX_BYTES)
+            return None
+        frame = await reader.readexactly(size)
+        watchdog.disarm()
+        return frame
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: Session,
+                     watchdog: _Watchdog) -> None:
         assert self.handlers is not None
-        limit = self.settings.max_request_bytes
+        auth_deadline = watchdog.loop.time() + self.settings.auth_timeout
         while True:
-            head = await reader.readexactly(4)
-            (size,) = _SIZE.unpack(head)
-            if size < 0 or size > limit:
-                log.warning("kafka: closing %s: a request frame of %d bytes (max_request_bytes %d)",
-                            session.peer, size, limit)
+            frame = await self._read_frame(reader, session, watchdog, auth_deadline)
+            if frame is None:
                 return
-            if self.settings.sasl and not session.authenticated and size > PRE_AUTH_MAX_BYTES:
-                log.warning("kafka: closing %s: a request frame of %d bytes before SASL authentication "
-                            "(at most %d)", session.peer, size, PRE_AUTH_MAX_BYTES)
-                return
-            frame = await reader.readexactly(size)
             try:
                 req = parse_request(frame)
             except ProtocolError as exc:
@@ -153,8 +222,7 @@ class KafkaListener:
                     log.debug("kafka: the frame from %s began %s", session.peer, frame[:256].hex())
                     return
                 log.info("kafka: %s: %s", session.peer, exc)
-                writer.write(reply)
-                await writer.drain()
+                await self._send(writer, watchdog, reply)
                 continue
             if self.settings.sasl and not session.authenticated and req.api_key not in _PRE_AUTH:
                 log.warning("kafka: closing %s: %s before SASL authentication", session.peer, req.api_key)
@@ -162,12 +230,19 @@ class KafkaListener:
             body = await self.handlers.handle(req, session)
             if body is None:
                 continue  # Produce with acks=0: no response
-            writer.write(encode_response(req.api_key, req.version, req.correlation_id,
-                                         build(response_schema(req.api_key, req.version), body)))
-            await writer.drain()
+            await self._send(writer, watchdog, encode_response(
+                req.api_key, req.version, req.correlation_id, build(response_schema(req.api_key, req.version), body)))
             if session.auth_failed:
                 log.info("kafka: closing %s after a failed authentication", session.peer)
                 return
+
+    async def _send(self, writer: asyncio.StreamWriter, watchdog: _Watchdog, data: bytes) -> None:
+        """Write a response; a client that stops reading its responses for
+        ``idle_timeout`` seconds is idle too (the next read re-arms the watchdog)."""
+        writer.write(data)
+        watchdog.arm(self.settings.idle_timeout, f"a response unread for {self.settings.idle_timeout:g} s "
+                                                 "(idle_timeout)")
+        await writer.drain()
 
     def _refusal(self, exc: ProtocolError) -> bytes | None:
         if exc.api_key is None or exc.correlation_id is None:
@@ -186,6 +261,34 @@ class KafkaListener:
         if resp is None:
             return None
         return encode_response(exc.api_key, exc.version, exc.correlation_id, resp)
+
+
+class _Watchdog:
+    """One connection's timer: when the current wait outlasts its deadline, the reason is
+    logged and the transport aborted (the pending read then fails and the connection's
+    task ends). Re-arming replaces the timer; a timer handle costs far less than a task
+    per read."""
+
+    def __init__(self, transport: asyncio.WriteTransport, peer: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.peer = peer
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, seconds: float, reason: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(max(0.0, seconds), self._expire, reason)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self, reason: str) -> None:
+        self.timer = None
+        log.warning("kafka: closing %s: %s", self.peer, reason)
+        self.transport.abort()
 
 
 class RunningListener:

@@ -18,7 +18,10 @@ transaction. Reading back gives every field exactly as produced.
 
 Atomicity: :meth:`KafkaStore.produce` stores a partition's batch, its ``kafka_batches``
 row and the producer's sequence numbers in one transaction: a retried batch is
-recognised after a crash or restart exactly when its records were stored.
+recognised after a crash or restart exactly when its records were stored. A Produce
+request carries exactly one batch per partition (Kafka's rule for Produce v3+, enforced
+by the handler before anything is stored), so a partition's records in one request are
+stored whole or not at all; partitions of one request are independent, as in Kafka.
 """
 
 from __future__ import annotations
@@ -35,14 +38,25 @@ from typing import Any
 
 from ..connection import runner
 from ..database import Database
-from ..errors import SqlstreamError, StreamExists, StreamNotFound
+from ..errors import InvalidArgument, SequenceGap, SqlstreamError, StaleEpoch, StreamExists, StreamNotFound
+from ..fencing import KAFKA_PRODUCER_PREFIX, FencedAppend, append_fenced, expire_producers
 from .records import Batch, FetchedRecord, KafkaRecord
 
-__all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "PRODUCER_BATCHES_KEPT"]
+__all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "producer_name", "SEQUENCE_WRAP"]
 
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
-PRODUCER_BATCHES_KEPT = 5  # as a Kafka broker: a producer has at most 5 batches in flight
-_SEQ_WRAP = 2**31
+SEQUENCE_WRAP = 2**31  # Kafka's sequence numbers are int32: after 2**31 - 1 comes 0
+#: Kafka producers' names in the core's ``producers`` table start with this.
+PRODUCER_PREFIX = KAFKA_PRODUCER_PREFIX
+
+
+def producer_name(producer_id: int) -> str:
+    """The name a Kafka producer id has in the ``producers`` table (``kafka:1000``)."""
+    return f"{PRODUCER_PREFIX}{producer_id}"
+
+
+def _never_seal() -> bool:
+    return False  # a Kafka produce never seals its stream
 
 
 def valid_topic_name(name: str) -> bool:
@@ -208,24 +222,36 @@ class KafkaStore:
         """Store one producer batch in ``stream`` (see the module docstring: atomic with
         its Kafka facts and the producer's sequence numbers).
 
+        An idempotent producer's batch goes through the core's fenced append
+        (:func:`sqlstream.fencing.append_fenced`, the rule ``Stream.append_fenced`` and the
+        HTTP front use): the producer is ``kafka:<producer id>`` in ``producers``, its
+        batch covers the sequence numbers ``base_sequence`` .. ``base_sequence + n - 1``
+        modulo 2**31, as Kafka counts them. As in Kafka, a producer this partition keeps no
+        state for (never produced here, or forgotten by :meth:`expire_producers`) may start
+        at any sequence, so a producer idle past its expiry carries on.
+
         Raises ``KafkaRefused`` 45 OUT_OF_ORDER_SEQUENCE_NUMBER, 47 INVALID_PRODUCER_EPOCH,
         3 UNKNOWN_TOPIC_OR_PARTITION; sqlstream errors (``PayloadTooLarge``,
         ``StreamSealed``, ...) leave unchanged and store nothing."""
         rows, timestamps, extras = _rows(batch.records)
         n = len(batch.records)
+
+        def append(values: Sequence[Any]) -> range:
+            return self.engine.append_rows(stream, None, values, None)
+
         with self.engine.write() as conn:
             q = runner(conn)
             got = q(_ENDS_SQL, (stream,))
             if not got:
                 raise KafkaRefused(3, f"no stream {stream!r} for this partition")
             stream_id, log_start, _ = got[0]
-            state: list[Any] | None = None
             if batch.producer_id >= 0:
-                checked = _check_sequence(q, batch, stream_id, n)
-                if isinstance(checked, Produced):
-                    return Produced(checked.base_offset, True, log_start)
-                state = checked
-            offsets = self.engine.append_rows(stream, None, rows, None)
+                fenced = self._fenced(stream, rows, append, batch, n)
+                if fenced.duplicate:
+                    return Produced(fenced.original.start if fenced.original else -1, True, log_start)
+                offsets = fenced.offsets
+            else:
+                offsets = append(rows)
             base = offsets.start
             base_ts = timestamps[0] if n else 0
             max_ts = max(timestamps) if n else 0
@@ -238,12 +264,26 @@ class KafkaStore:
               (stream_id, base, base + n - 1, base_ts, max_ts, running,
                json.dumps(deltas, separators=(",", ":")) if any(deltas) else None,
                json.dumps(extras, separators=(",", ":")) if extras else None))
-            if batch.producer_id >= 0:
-                _save_sequence(q, batch, stream_id, n, base, state)
             # Batches whose records retention has trimmed go too (one range seek of the key).
             q("DELETE FROM kafka_batches WHERE stream_id = ? AND base_offset < ? AND last_offset < ?",
               (stream_id, log_start, log_start))
         return Produced(base, False, log_start)
+
+    def _fenced(self, stream: str, rows: list[Any], append: Any, batch: Batch, n: int) -> FencedAppend:
+        """The core's fenced append of an idempotent batch, its refusals as Kafka's codes."""
+        first = batch.base_sequence
+        try:
+            return append_fenced(self.engine, stream, rows, append, _never_seal, producer=producer_name(
+                batch.producer_id), epoch=batch.producer_epoch, seq=first, last_seq=(first + n - 1) % SEQUENCE_WRAP,
+                wrap=SEQUENCE_WRAP, resume=True)
+        except StaleEpoch as exc:
+            raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than "
+                                   f"{exc.current_epoch}") from exc
+        except SequenceGap as exc:
+            raise KafkaRefused(45, f"producer {batch.producer_id}: sequence {first} out of order "
+                                   f"(expected {exc.expected})") from exc
+        except InvalidArgument as exc:  # a new epoch not at 0, a negative sequence or epoch
+            raise KafkaRefused(45, f"producer {batch.producer_id}: {exc}") from exc
 
     def ends(self, stream: str) -> tuple[int, int] | None:
         """(log start offset, high watermark) of ``stream``, None when it does not exist."""
@@ -337,12 +377,31 @@ class KafkaStore:
     # ------------------------------------------------------------------ producers
 
     def init_producer(self) -> tuple[int, int]:
-        """A new idempotent producer: (producer id, epoch 0), kept in the file."""
+        """A new idempotent producer: (producer id, epoch 0), kept in the file. Ids are
+        never handed out twice (:meth:`expire_producers` keeps the highest)."""
         with self.engine.write() as conn:
             pid = runner(conn)("SELECT coalesce(max(producer_id), 999) + 1 FROM kafka_producers")[0][0]
             runner(conn)("INSERT INTO kafka_producers (producer_id, epoch, created_at) VALUES (?, 0, ?)",
                          (pid, self.engine.now_us()))
         return int(pid), 0
+
+    def expire_producers(self, idle: float) -> tuple[int, int]:
+        """Forget idempotent producers idle for ``idle`` seconds (Kafka's
+        transactional.id.expiration.ms), in one transaction: each partition's sequence
+        state not written for that long (:func:`sqlstream.fencing.expire_producers`), then
+        the ids handed out that long ago that no partition remembers any more, except the
+        highest (so an id is never handed out twice). A producer that produced, or got its
+        id, within ``idle`` keeps everything. Returns (states, ids) forgotten."""
+        with self.engine.write(wakes=False) as conn:
+            states = expire_producers(self.engine, idle, prefix=PRODUCER_PREFIX)
+            runner(conn)(
+                "DELETE FROM kafka_producers WHERE created_at < ? "
+                "AND producer_id < (SELECT max(producer_id) FROM kafka_producers) "
+                "AND producer_id NOT IN (SELECT CAST(substr(producer, ?) AS INTEGER) FROM producers "
+                "WHERE substr(producer, 1, ?) = ?)",
+                (self.engine.now_us() - int(idle * 1_000_000), len(PRODUCER_PREFIX) + 1, len(PRODUCER_PREFIX),
+                 PRODUCER_PREFIX))
+            return states, int(conn.changes())
 
     # ------------------------------------------------------------------ groups
 
@@ -482,40 +541,3 @@ def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | N
                 value = None
         out.append((offset, base_ts + deltas[i] if deltas else base_ts, key, value, hs))
     return out
-
-
-def _check_sequence(q: Any, batch: Batch, stream_id: int, n: int) -> Produced | list[Any] | None:
-    """Kafka's idempotence rules for one partition: a Produced for a duplicate (stored
-    already), else the state to update (None: first batch of this producer here)."""
-    got = q("SELECT epoch, batches FROM kafka_producer_state WHERE producer_id = ? AND stream_id = ?",
-            (batch.producer_id, stream_id))
-    first = batch.base_sequence
-    last = (first + n - 1) % _SEQ_WRAP
-    if not got:
-        if first != 0:
-            raise KafkaRefused(45, f"producer {batch.producer_id}: first sequence here must be 0, not {first}")
-        return None
-    epoch, text = got[0]
-    if batch.producer_epoch < epoch:
-        raise KafkaRefused(47, f"producer {batch.producer_id}: epoch {batch.producer_epoch} is older than {epoch}")
-    if batch.producer_epoch > epoch:
-        if first != 0:
-            raise KafkaRefused(45, f"producer {batch.producer_id}: a new epoch starts at sequence 0, not {first}")
-        return None
-    kept: list[list[int]] = json.loads(text)
-    for f, l, base in kept:
-        if f == first and l == last:
-            return Produced(base, True, 0)
-    expected = (kept[-1][1] + 1) % _SEQ_WRAP if kept else 0
-    if first != expected:
-        raise KafkaRefused(45, f"producer {batch.producer_id}: sequence {first} out of order (expected {expected})")
-    return kept
-
-
-def _save_sequence(q: Any, batch: Batch, stream_id: int, n: int, base: int, state: list[Any] | None) -> None:
-    kept = list(state or [])
-    kept.append([batch.base_sequence, (batch.base_sequence + n - 1) % _SEQ_WRAP, base])
-    q("INSERT INTO kafka_producer_state (producer_id, stream_id, epoch, batches) VALUES (?, ?, ?, ?) "
-      "ON CONFLICT (producer_id, stream_id) DO UPDATE SET epoch = excluded.epoch, batches = excluded.batches",
-      (batch.producer_id, stream_id, batch.producer_epoch,
-       json.dumps(kept[-PRODUCER_BATCHES_KEPT:], separators=(",", ":"))))
