@@ -3,8 +3,10 @@
 ``python -m benchmarks.startup [--quick] [--rounds R]``
 
 Each case is a fresh process: ``python -c pass`` (the bare interpreter, the baseline),
-``python -c "import apsw"`` (the one dependency, a floor no laziness can go under),
-``python -c "import sqlstream"``, and the console script with ``--version`` and ``-h``.
+``python -c "import apsw"`` (the one dependency), ``python -c "import sqlstream"`` (the
+package alone: its public names load on first use), ``python -c "from sqlstream import
+open"`` (the core, which the first use loads), and the console script with ``--version``
+and ``-h``.
 Every round runs each case ``PER_ROUND`` times, in an order rotated every round, so
 drift on a shared machine hits every case alike. Reported per case: the median and p90
 of the wall time, the median CPU time of the child (user + system, from ``wait4``; less
@@ -54,6 +56,9 @@ def cases() -> list[tuple[str, list[str]]]:
         ("python -c pass", [sys.executable, "-c", "pass"]),
         ("python -c 'import apsw'", [sys.executable, "-c", "import apsw"]),
         ("python -c 'import sqlstream'", [sys.executable, "-c", "import sqlstream"]),
+        # The public names load on first use: this is what the first sqlstream.open pays
+        # for the code (the core and apsw) before it touches a file.
+        ("python -c 'from sqlstream import open'", [sys.executable, "-c", "from sqlstream import open"]),
         (f"{shown} --version", [*script, "--version"]),
         (f"{shown} -h", [*script, "-h"]),
     ]
@@ -131,12 +136,20 @@ def markdown(results: dict[str, tuple[list[float], list[float]]], command: str, 
     ver = next(label for label in labels if label.endswith("--version"))
     imp_over = statistics.median(results[imp][0]) - base_wall
     ver_wall = statistics.median(results[ver][0])
+    imp_over_cpu = statistics.median(results[imp][1]) - base_cpu
+    ver_cpu = statistics.median(results[ver][1])
+
+    def verdict(value: float, target_ms: float) -> str:
+        return "met" if value * 1000 <= target_ms else "MISSED"
+
+    # Both clocks: the wall time is the target's own measure but on a loaded machine it
+    # mostly measures the other jobs; the child's CPU time is the steadier figure.
     lines += [
         "",
-        f"Targets: `import sqlstream` ≤ {IMPORT_TARGET_MS:.0f} ms over bare: {_ms(imp_over)} "
-        f"({'met' if imp_over * 1000 <= IMPORT_TARGET_MS else 'MISSED'}); "
-        f"`sqlstream --version` ≤ {VERSION_TARGET_MS:.0f} ms: {_ms(ver_wall)} "
-        f"({'met' if ver_wall * 1000 <= VERSION_TARGET_MS else 'MISSED'}).",
+        f"Targets: `import sqlstream` ≤ {IMPORT_TARGET_MS:.0f} ms over bare: {_ms(imp_over)} wall "
+        f"({verdict(imp_over, IMPORT_TARGET_MS)}), {_ms(imp_over_cpu)} CPU ({verdict(imp_over_cpu, IMPORT_TARGET_MS)}); "
+        f"`sqlstream --version` ≤ {VERSION_TARGET_MS:.0f} ms: {_ms(ver_wall)} wall "
+        f"({verdict(ver_wall, VERSION_TARGET_MS)}), {_ms(ver_cpu)} CPU ({verdict(ver_cpu, VERSION_TARGET_MS)}).",
     ]
     return "\n".join(lines)
 

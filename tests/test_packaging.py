@@ -27,22 +27,47 @@ def _apsw_install_items() -> list[Path]:
     return items
 
 
+# Build droppings and local state a copy of the tree leaves out.
+_NOT_SOURCE = shutil.ignore_patterns(
+    "__pycache__", "*.egg-info", "build", "dist", ".venv", ".git", ".hypothesis", ".mypy_cache",
+    ".pytest_cache", "*.db", "*.db-wal", "*.db-shm", ".work",
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m build`` (sdist, then a wheel from that sdist) of a copy of the tree."""
+    pytest.importorskip("build")
+    tmp = tmp_path_factory.mktemp("build")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=_NOT_SOURCE)
+    dist = tmp / "dist"
+    proc = subprocess.run([sys.executable, "-m", "build", "-o", str(dist), str(src)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dist
+
+
+# The tests that share the module's built sdist and wheel run on one pytest-xdist worker,
+# so the tree is built once.
+BUILT = pytest.mark.xdist_group("packaging-built")
+
+
+def _outer_pip_targets_other_interpreters() -> bool:
+    """Whether this interpreter's pip can install into another one (``pip --python``, 22.3+)."""
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("pip").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (22, 3)
+
+
+@BUILT
 @pytest.mark.slow
-def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -> None:
-    """A wheel built from the tree, installed in a new venv, creates a migrated database."""
-    src = tmp_path / "src"
-    src.mkdir()
-    # Build from a copy so the checkout gets no build/ or egg-info droppings.
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(ROOT / name, src / name)
-    for name in ("sqlstream", "migrations"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
-        check=True,
-    )
-    wheels = list(dist.glob("sqlstream-*.whl"))
+def test_wheel_installs_into_fresh_venv_and_creates_a_database(built: Path, tmp_path: Path) -> None:
+    """The wheel ``python -m build`` makes (the one the twine test checks), installed in a
+    new venv, creates a migrated database."""
+    wheels = list(built.glob("sqlstream-*.whl"))
     assert len(wheels) == 1
 
     env_dir = tmp_path / "venv"
@@ -51,8 +76,12 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     # the interpreter running the tests is exposed to it through a .pth file naming a
     # folder that holds only apsw and its metadata, so pip sees the dependency declared
     # by the wheel as satisfied without a download, and nothing else leaks in.
-    venv.EnvBuilder(system_site_packages=False, with_pip=True).create(env_dir)
+    # The venv gets no pip of its own where the outer pip can install into it (`pip
+    # --python`): ensurepip costs seconds of CPU and tests nothing of ours.
+    outer_pip = _outer_pip_targets_other_interpreters()
+    venv.EnvBuilder(system_site_packages=False, with_pip=not outer_pip).create(env_dir)
     py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(py)] if outer_pip else [str(py), "-m", "pip"]
     deps = tmp_path / "deps"
     deps.mkdir()
     for item in _apsw_install_items():
@@ -64,8 +93,8 @@ def test_wheel_installs_into_fresh_venv_and_creates_a_database(tmp_path: Path) -
     (Path(site_dir) / "outer-apsw.pth").write_text(f"{deps}\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     # With dependencies: pip must find the declared apsw requirement met.
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheels[0])], check=True, env=env)
-    subprocess.run([str(py), "-m", "pip", "check"], check=True, env=env, capture_output=True)
+    subprocess.run([*pip, "install", "-q", "--no-index", str(wheels[0])], check=True, env=env)
+    subprocess.run([*pip, "check"], check=True, env=env, capture_output=True)
 
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -135,32 +164,6 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
                            cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "exists" in again.stderr
     assert streams(paths[0]) == streams(paths[1])
-
-
-# Build droppings and local state a copy of the tree leaves out.
-_NOT_SOURCE = shutil.ignore_patterns(
-    "__pycache__", "*.egg-info", "build", "dist", ".venv", ".git", ".hypothesis", ".mypy_cache",
-    ".pytest_cache", "*.db", "*.db-wal", "*.db-shm", ".work",
-)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python -m build`` (sdist, then a wheel from that sdist) of a copy of the tree."""
-    pytest.importorskip("build")
-    tmp = tmp_path_factory.mktemp("build")
-    src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=_NOT_SOURCE)
-    dist = tmp / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "-o", str(dist), str(src)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dist
-
-
-# The tests that share the module's built sdist and wheel run on one pytest-xdist worker,
-# so the tree is built once.
-BUILT = pytest.mark.xdist_group("packaging-built")
 
 
 @BUILT

@@ -9,6 +9,7 @@ source with :mod:`ast`, so function-level imports count as much as top-level one
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 import subprocess
@@ -51,6 +52,13 @@ def module_names() -> dict[str, Path]:
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def parsed(path: Path) -> ast.Module:
+    """The syntax tree of a package file, parsed once per process (the checks here only
+    read the trees; parsing every module again in each of them cost seconds of CPU)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _targets(module: str, path: Path, node: ast.Import | ast.ImportFrom, known: dict[str, Path]) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
@@ -74,7 +82,7 @@ def import_graph(*, typing_only: bool = True) -> dict[str, set[str]]:
     known = module_names()
     edges: dict[str, set[str]] = defaultdict(set)
     for module, path in known.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = parsed(path)
         skipped: set[int] = set()
         if not typing_only:
             for node in ast.walk(tree):
@@ -178,7 +186,7 @@ def test_every_module_has_one_name_no_module_only_reexports_another() -> None:
     shims = sorted(
         name for name, path in module_names().items()
         if path.name not in ("__init__.py", "__main__.py")
-        and _only_reexports(ast.parse(path.read_text(encoding="utf-8")))
+        and _only_reexports(parsed(path))
     )
     assert not shims, f"modules that only re-export another module: {shims}"
 
@@ -209,7 +217,7 @@ def test_the_one_annotation_cycle_closes_only_through_imports_of_Database_for_ty
 
 def _private_members(module: str, classes: set[str]) -> set[str]:
     """Names ``_x`` (not dunder) defined by ``classes`` in ``module``: methods and ``self._x`` attributes."""
-    tree = ast.parse(module_names()[module].read_text(encoding="utf-8"))
+    tree = parsed(module_names()[module])
     found: set[str] = set()
     for cls in tree.body:
         if isinstance(cls, ast.ClassDef) and cls.name in classes:
@@ -233,7 +241,7 @@ def test_no_module_outside_the_engine_and_facade_touches_their_private_members()
     for module, path in module_names().items():
         if module in OWNERS:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parsed(path)):
             # ``self._lock`` in another class is that class's own member.
             if isinstance(node, ast.Attribute) and node.attr in private and not (
                 isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
@@ -246,7 +254,7 @@ def test_no_private_name_is_imported_from_another_sqlstream_module() -> None:
     known = module_names()
     offenders = []
     for module, path in known.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parsed(path)):
             if not isinstance(node, ast.ImportFrom):
                 continue
             targets = _targets(module, path, node, known)

@@ -13,11 +13,15 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..database import Database, open as open_database
-from ..streams import Stream
 from .output import CliError
+
+# The core is imported by the handlers that use it, not here: `sqlstream --version` and
+# `-h` build the whole parser but open no database (tests/test_startup.py).
+if TYPE_CHECKING:
+    from ..database import Database
+    from ..streams import Stream
 
 DEFAULT_DB = "sqlstream.db"
 DB_ENV = "SQLSTREAM_DB"
@@ -77,6 +81,8 @@ def open_db(args: argparse.Namespace, *, write: bool, create: bool = False) -> D
             f"no database at {os.path.abspath(path)}",
             hint=f"create one with `sqlstream --db {path} create NAME`, or set --db / ${DB_ENV}",
         )
+    from ..database import open as open_database  # noqa: PLC0415 - see the imports
+
     return open_database(path, readonly=not write, create=create)
 
 

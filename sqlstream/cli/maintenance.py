@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..maintenance import CheckReport, MaintenanceReport
-from ..retention import TrimResult
 from .args import CommandFactory, open_db, parse_offset, parse_positive_int, strict_float, strict_int
-from .output import EXIT_ERROR, EXIT_OK, Progress, dump, info_json, progress_bar
+from .output import EXIT_ERROR, EXIT_OK, Progress, as_dict, dump, info_json, progress_bar
+
+# The core is imported by the handlers that use it, not here: `sqlstream --version` and
+# `-h` build the whole parser but open no database (tests/test_startup.py).
+if TYPE_CHECKING:
+    from ..maintenance import CheckReport, MaintenanceReport
+    from ..retention import TrimResult
 
 
 def _limit(cast: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -125,7 +128,7 @@ def cmd_vacuum(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     with open_db(args, write=True) as db, _closing(bar):
         report = db.maintain(full=args.full, retention=not args.no_retention, checkpoint=not args.no_checkpoint,
                              progress=bar.update if bar is not None else None)
-    out.write(dump(dataclasses.asdict(report)) + "\n" if args.json else _maintenance_lines(report))
+    out.write(dump(as_dict(report)) + "\n" if args.json else _maintenance_lines(report))
     return EXIT_OK
 
 
@@ -133,7 +136,7 @@ def _check_json(report: CheckReport) -> dict[str, Any]:
     return {
         "ok": report.ok,
         "integrity": report.integrity,
-        "problems": [dataclasses.asdict(p) for p in report.problems],
+        "problems": [as_dict(p) for p in report.problems],
         "truncated": report.truncated,
         "streams": report.streams,
         "records": report.records,

@@ -12,11 +12,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import clock as _clock
 from ..errors import SqlstreamError
-from ..records import Record, StreamInfo
+
+if TYPE_CHECKING:  # the core is loaded by the commands that produce records
+    from ..records import Record, StreamInfo
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -168,6 +170,16 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[
 def dump(obj: Any) -> str:
     # ASCII-only JSON is valid whatever the terminal's or pipe's encoding.
     return json.dumps(obj, ensure_ascii=True, allow_nan=False)
+
+
+def as_dict(report: Any) -> dict[str, Any]:
+    """A result dataclass (report, info) as a plain dict for ``--json``.
+
+    dataclasses is imported here, not at the top: the module imports inspect, a good part
+    of what `sqlstream --version` would otherwise pay (the core has it loaded by then)."""
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.asdict(report)
 
 
 def print_records(records: Sequence[Record], as_json: bool, out: IO[str]) -> None:

@@ -17,7 +17,6 @@ import threading
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from ..database import open as open_database
 from ..errors import SchemaVersionError
 from .args import DB_ENV, DEFAULT_DB, CommandFactory
 from .output import CliError, dump, progress_bar
@@ -81,6 +80,8 @@ def cmd_serve(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
                        hint="give --db, or [sqlstream] db in the config, naming an existing database")
     if args.status:
         return _status_readonly(path, config, args, out, err)
+    from ..database import open as open_database  # noqa: PLC0415 - the core, when a command runs
+
     with open_database(path) as db:
         services = config.build()
         for service in services:
@@ -186,6 +187,8 @@ def _status_readonly(path: str, config: Any, args: argparse.Namespace, out: IO[s
     A file from before the streaming schema (version < 5) cannot hold any cursor: every
     service is reported at height 0, with a note on stderr saying why.
     """
+    from ..database import open as open_database  # noqa: PLC0415 - the core, when a command runs
+
     try:
         db = open_database(path, readonly=True)
     except SchemaVersionError as exc:

@@ -15,15 +15,11 @@ import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import apsw
 
-from ..append import PreparedRecord
-from ..database import DEFAULT_QUERY_MAX_BYTES
 from ..errors import OffsetOutOfRange, StreamExists, StreamNotFound
-from ..records import Record, encode_headers, encode_key, encode_value
-from ..streams import Stream
 from .args import (
     CommandFactory,
     open_db,
@@ -52,6 +48,13 @@ from .output import (
     record_line,
     render_table,
 )
+
+# The core is imported by the handlers that use it, not here: `sqlstream --version` and
+# `-h` build the whole parser but open no database (tests/test_startup.py).
+if TYPE_CHECKING:
+    from ..append import PreparedRecord
+    from ..records import Record
+    from ..streams import Stream
 
 _PAGE = 1000  # records fetched per read: bounds memory without a query per record
 
@@ -109,6 +112,8 @@ def cmd_create(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 def _record_row(text: str, where: str) -> PreparedRecord:
     """One line of ``read --json`` output as a row to append, with its own key, headers
     and content type (``--records``); ``CliError`` naming ``where`` if it is not one."""
+    from ..records import encode_headers, encode_key, encode_value  # noqa: PLC0415 - the core, when used
+
     try:
         obj = json.loads(text, parse_constant=lambda c: _reject_constant(c))
     except (ValueError, RecursionError) as exc:
@@ -196,6 +201,8 @@ def cmd_append(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     rows: list[PreparedRecord] | None = None
     values: list[Any] = []
     if args.records:
+        from ..records import encode_headers, encode_key  # noqa: PLC0415 - the core, when used
+
         rows = []
         for text, where in texts:
             k, h, ctype, data, size = _record_row(text, where)
@@ -558,8 +565,9 @@ def cmd_sql(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     params = _sql_params(args)
     fmt = _sql_format(args)
     with open_db(args, write=False) as db:
-        result = db.query(args.query, params, timeout=args.timeout or None, max_rows=args.max_rows,
-                          max_bytes=args.max_bytes)
+        # Without --max-bytes, Database.query's own default applies (its one home).
+        limits = {} if args.max_bytes is None else {"max_bytes": args.max_bytes}
+        result = db.query(args.query, params, timeout=args.timeout or None, max_rows=args.max_rows, **limits)
     if fmt in ("nl", "array"):
         columns = _unique_columns(result.columns)
         objects = [dump({c: json_cell(v) for c, v in zip(columns, row)}) for row in result.rows]
@@ -762,7 +770,7 @@ def register(command: CommandFactory) -> None:
                    help=f"stop the query after S seconds (default {DEFAULT_SQL_TIMEOUT:g}; 0: no limit)")
     p.add_argument("--max-rows", type=parse_positive_int, default=None, metavar="N",
                    help="refuse a result of more than N rows (default: no limit)")
-    p.add_argument("--max-bytes", type=parse_positive_int, default=DEFAULT_QUERY_MAX_BYTES, metavar="N",
+    p.add_argument("--max-bytes", type=parse_positive_int, default=None, metavar="N",
                    help="refuse a result (or a value) of more than N bytes (default 256 MiB)")
     p.add_argument("--param", type=_sql_named, action="append", metavar="NAME=VALUE",
                    help="value for a :NAME placeholder (typed like PARAM); repeatable")

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime as _dt
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .args import (
     CommandFactory,
@@ -26,8 +25,12 @@ from .args import (
     parse_start,
     strict_float,
 )
-from .output import EXIT_OK, CliError, dump, iso_time, print_records, record_json, record_line, render_table
-from ..subscriptions import AckResult, Batch, SubscriptionInfo
+from .output import EXIT_OK, CliError, as_dict, dump, iso_time, print_records, record_json, record_line, render_table
+
+# The core is imported by the handlers that use it, not here: `sqlstream --version` and
+# `-h` build the whole parser but open no database (tests/test_startup.py).
+if TYPE_CHECKING:
+    from ..subscriptions import AckResult, Batch, SubscriptionInfo
 
 def _start_arg(text: str) -> int | str:
     value = parse_start(text)
@@ -36,7 +39,7 @@ def _start_arg(text: str) -> int | str:
 
 def info_json(info: SubscriptionInfo) -> dict[str, Any]:
     """The stable JSON form of a subscription; times are float seconds."""
-    return dataclasses.asdict(info)
+    return as_dict(info)
 
 
 # --------------------------------------------------------------------------- commands
@@ -171,7 +174,7 @@ def cmd_reader(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         with open_db(args, write=False) as db:
             readers = db.readers()
         if args.json:
-            out.write("".join(dump(dataclasses.asdict(r)) + "\n" for r in readers))
+            out.write("".join(dump(as_dict(r)) + "\n" for r in readers))
         else:
             rows = [(r.name, r.stream, r.position, r.lag, iso_time(r.updated_at)) for r in readers]
             out.write("".join(line + "\n" for line in render_table(
