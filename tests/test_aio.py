@@ -65,10 +65,18 @@ class SqlThreads:
         assert threading.get_ident() not in self.threads, "an SQLite statement ran on the event loop's thread"
 
 
-async def _blocked(adb: sqlstream.aio.AsyncDatabase) -> None:
-    """Return once every call queued on ``adb``'s worker before this one has run its first
-    check: a blocked call started before is then registered or about to (FIFO worker)."""
+async def _blocked(adb: sqlstream.aio.AsyncDatabase, calls: int = 1) -> None:
+    """Return once ``calls`` calls are registered as blocked on ``adb`` (its wake-ups
+    re-check them from now on). The worker is FIFO, so after ``streams()`` their first
+    check has run; registering happens next, on the loop, which this coroutine yields to.
+    A test that then holds the loop (a busy wait) relies on that: a commit before the
+    registration would leave the wake-up to the held loop, and the test waiting for ever."""
     await adb.streams()
+    for _ in range(100_000):
+        if len(adb._wakeups.blocked) >= calls:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{calls} blocked call(s) expected, {len(adb._wakeups.blocked)} registered")
 
 
 async def test_append_read_roundtrip_matches_the_sync_api(adb: sqlstream.aio.AsyncDatabase) -> None:
@@ -339,8 +347,12 @@ async def test_blocked_fetch_cancelled_after_a_commit_woke_it_hands_the_claim_ba
     task = asyncio.ensure_future(sub.fetch("c1", 10, timeout=None))
     await _blocked(adb)
     adb.sync.stream("s").append("x")  # on the loop thread, on purpose: no await until cancel
-    while adb.sync.subscription("g").info().pending == 0:
-        time.sleep(0.001)  # holding the loop: the worker's re-check claims, its result waits
+    for _ in range(60_000):  # holding the loop: the worker's re-check claims, its result waits
+        if adb.sync.subscription("g").info().pending:
+            break
+        time.sleep(0.001)
+    else:
+        raise AssertionError("the commit's re-check on the worker never claimed the record")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
