@@ -322,6 +322,30 @@ def test_a_python_append_in_another_process_wakes_a_waiting_worker(client: httpx
     assert _claimed_values(client, stream) == [{"from": "afar"}]
 
 
+def test_a_matching_stream_too_long_to_link_neither_stops_the_pump_nor_blocks_claims(client: httpx.Client) -> None:
+    # The backing subscription "{id}@{path}" of a 100-character id and a 150-character
+    # stream is over 200 characters: it cannot exist. Linking such a stream by the pattern
+    # raised DsError in the pump (not a SqlstreamError: the pump task died, and no
+    # subscription of the server was woken again) and in every claim (400, for ever).
+    _json_stream(client, "wake")
+    sid = "s" * 100
+    assert _subscribe(client, sid, pattern="ev/**").status_code == 201
+    assert _subscribe(client, "other", streams=["q"]).status_code == 201
+    tail = client.head("/wake").headers["stream-next-offset"]
+    assert client.put("/ev/" + "x" * 150, content=b"[1]", headers={"content-type": "application/json"}).status_code == 201
+    assert client.put("/ev/a", content=b"[2]", headers={"content-type": "application/json"}).status_code == 201
+    claim = _claim(client, sid, "w")
+    assert claim.status_code == 200, claim.text
+    assert [(s["path"], _claimed_values(client, s)) for s in claim.json()["streams"]] == [("ev/a", [2])]
+    assert client.put("/q", content=b"[3]", headers={"content-type": "application/json"}).status_code == 201
+    woke: list[Any] = []
+    while not any(e["subscription_id"] == "other" for e in woke):  # the pump still wakes (long-polls)
+        r = client.get("/wake", params={"offset": tail, "live": "long-poll"})
+        assert r.status_code == 200, "the pump issued no wake for 'other'"
+        woke += r.json()
+        tail = r.headers["stream-next-offset"]
+
+
 def test_state_lives_in_the_file_across_a_restart(db_path: str) -> None:
     with sqlstream.open(db_path) as db:
         db.create_stream("wake", metadata={"content_type": "application/json"})
