@@ -291,10 +291,11 @@ class KafkaStore:
             got = runner(conn)(_ENDS_SQL, (stream,))
         return (got[0][1], got[0][2]) if got else None
 
-    def read(self, stream: str, offset: int, max_bytes: int) -> Fetched | None:
-        """Records of ``stream`` from ``offset``, up to about ``max_bytes`` of values (at
-        least one record when there is one, as Kafka), with every Kafka field restored.
-        None when the stream does not exist."""
+    def read(self, stream: str, offset: int, max_bytes: int, *, at_least_one: bool = True) -> Fetched | None:
+        """Records of ``stream`` from ``offset``, up to about ``max_bytes`` of values (and
+        with ``at_least_one``, one record when there is one even if it is larger, as Kafka
+        does for the first non-empty partition of a fetch), with every Kafka field
+        restored. None when the stream does not exist."""
         with self.engine.snapshot() as conn:
             got = runner(conn)(_ENDS_SQL, (stream,))
             if not got:
@@ -317,7 +318,7 @@ class KafkaStore:
                 # What each row costs the budget (its value and 64 bytes), summed in C; the
                 # rows that fit are a prefix, found by bisection.
                 costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
-                fit = bisect_right(costs, max_bytes - size) or (0 if kept else 1)  # Kafka: at least one
+                fit = bisect_right(costs, max_bytes - size) or (0 if kept or not at_least_one else 1)
                 if fit < len(rows):
                     full = True
                     if not fit:
