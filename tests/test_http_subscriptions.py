@@ -668,3 +668,48 @@ def test_http_and_python_consumers_never_hold_or_ack_a_record_twice(tmp_path: Pa
                 break
             acked += list(sub.ack(*batch.offsets, attempts=batch.attempts).applied)
         assert sorted(acked) == list(range(appended))
+
+
+def test_a_webhook_answer_is_read_only_up_to_a_bound(hooks_client: httpx.Client, db_path: str) -> None:
+    # A receiver (the subscription's creator names it) answered {"done": true} and then
+    # 64 MB of JSON whitespace: the server read every byte into memory, then acked. Now
+    # it stops reading past a bound (the answer is not taken: the wake's lease runs out)
+    # and closes the connection under the receiver's writes.
+    outcome: queue.Queue[str] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["content-length"]))
+            filler = b" " * (1 << 20)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(b'{"done": true}') + 64 * len(filler)))
+            self.end_headers()
+            try:
+                self.wfile.write(b'{"done": true}')
+                for _ in range(64):
+                    self.wfile.write(filler)
+                self.wfile.flush()
+            except OSError:
+                outcome.put("cut")
+                return
+            outcome.put("read whole")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        assert hooks_client.put("/__ds/subscriptions/big", json={
+            "type": "webhook", "pattern": "big/*", "webhook": {"url": url}}).status_code == 201
+        with sqlstream.open(db_path) as db:
+            db.create_stream("big/a", metadata={"content_type": "application/json"}).append({"n": 1})
+        assert outcome.get(timeout=60) == "cut"
+        with sqlstream.open(db_path) as db:
+            assert db.subscription("big@big/a").info().acked == 0
+    finally:
+        server.shutdown()
+        server.server_close()
