@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from . import appends, manystreams, reads, report, scale, subscriptions, wakeups
+from . import appends, bigrecords, manystreams, reads, report, scale, subscriptions, wakeups
 from .harness import Env, Outcome, Sizes
 from .peers import redis_server, version_of
 
@@ -40,6 +40,7 @@ WORKLOADS: dict[str, Callable[[Env], Outcome]] = {
     "W6": scale.w6,
     "W7": appends.w7,
     "W8": manystreams.w8,
+    "W9": bigrecords.w9,
 }
 
 

@@ -24,6 +24,8 @@ its own id). At the end every child is killed too, and the file is checked:
   only in part;
 * ``duplicates``: a record written twice, or a source record processed twice;
 * ``gaps``: offsets not running 0, 1, 2, ... in a stream;
+* ``corrupt``: records whose value is not the one written (every fourth is over 1,000
+  bytes, stored out of its row in ``payloads``; ``out_of_row`` counts those in the file);
 * ``check_ok``: ``db.check()`` found nothing wrong, after a final drain of the
   subscription (the drain must process every source record exactly once).
 """
@@ -60,7 +62,10 @@ s, a, b = db.stream("s"), db.stream("a"), db.stream("b")
 fd = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 def values(seq, count):
-    return [f"{inc}:{seq}:{i}:{count}:" + "x" * ((seq * 7 + i * 13) % 100) for i in range(count)]
+    # Every fourth record is large enough to be stored out of its row (payloads), so a
+    # kill also lands between a payload's insert and its record's.
+    sizes = [(seq * 7 + i * 13) % 100 + (1_000 + seq * 31 % 3_000 if (seq + i) % 4 == 0 else 0) for i in range(count)]
+    return [f"{inc}:{seq}:{i}:{count}:{n}:" + "x" * n for i, n in enumerate(sizes)]
 
 seq = 0
 while True:
@@ -118,11 +123,13 @@ class Figures:
     partial: int = 0
     duplicates: int = 0
     gaps: int = 0
+    corrupt: int = 0  # records whose value is not the one written (its filler's length and bytes)
+    out_of_row: int = 0  # records in the file stored out of their row (large payloads, in payloads)
     check_ok: bool = False
 
     @property
     def clean(self) -> bool:
-        return self.check_ok and not (self.lost or self.partial or self.duplicates or self.gaps)
+        return self.check_ok and not (self.lost or self.partial or self.duplicates or self.gaps or self.corrupt)
 
 
 def _read_all(stream: sqlstream.Stream) -> list[sqlstream.Record]:
@@ -147,7 +154,9 @@ def _groups(records: list[sqlstream.Record], fig: Figures) -> dict[tuple[int, in
     for i, rec in enumerate(records):
         if rec.offset != i:
             fig.gaps += 1
-        inc, seq, index, count = (int(x) for x in str(rec.value).split(":")[:4])
+        inc, seq, index, count, size = (int(x) for x in str(rec.value).split(":")[:5])
+        if str(rec.value).split(":", 5)[5] != "x" * size:
+            fig.corrupt += 1
         found[(inc, seq)].append((rec.offset, index, count))
     groups: dict[tuple[int, int], tuple[int, int]] = {}
     for key, members in found.items():
@@ -181,6 +190,7 @@ def verify(path: Path, reports: list[Path], fig: Figures) -> Figures:
     with sqlstream.open(path) as db:
         s, a, b = (_read_all(db.stream(n)) for n in ("s", "a", "b"))
         fig.records = len(s) + len(a) + len(b)
+        fig.out_of_row = db.query("SELECT count(*) FROM chunks WHERE data IS NULL").rows[0][0]
         s_groups, a_groups, b_groups = _groups(s, fig), _groups(a, fig), _groups(b, fig)
         # A transaction across 'a' and 'b' is whole in both, or in neither.
         fig.partial += len(set(a_groups) ^ set(b_groups))

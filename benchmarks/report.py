@@ -184,6 +184,8 @@ METHOD = [
     "10,000 or 1,000,000 streams (one 100-byte record each, built with plain SQL); with 2 writers every "
     "append follows the other's commit and derives the commit number again. The rate counts each writer's "
     "first append after opening; afterwards offsets, txn order and the last txn are checked.",
+    "W9: 64 KiB records, one commit per append, then a stream of them read in pages of 100; the raw "
+    "baseline is a rowid table (id, data), the layout SQLite suits best to large rows.",
     "Numbers from a shared machine drift between runs; the ratios, measured side by side, are what to compare.",
 ]
 

@@ -28,6 +28,7 @@ from typing import Any, overload
 
 from . import dedup as _dedup, retention as _retention, writesecrets as _writesecrets
 from .connection import Query
+from .records import INLINE_MAX
 from .errors import (
     AccessDenied, ConcurrencyError, PayloadTooLarge, SqlstreamError, StreamNotFound, StreamSealed,
 )
@@ -63,10 +64,13 @@ ROWS_PER_INSERT = 200  # 9 parameters a row, well under SQLite's 32766-variable 
 # retention triggers (migration 0004) are compared in Python: NULL for a stream without
 # limits, so retention costs such appends no statement.
 _LAST = "FROM chunks l WHERE l.stream_id = s.id ORDER BY l.offset DESC LIMIT 1"
+# A payload stored out of the row (migration 15) is a BLOB: length() reads its size from
+# the record header without loading it.
+_PAYLOAD_SIZE = "(SELECT length(p.data) FROM payloads p WHERE p.stream_id = l.stream_id AND p.offset = l.offset)"
 APPEND_SQL = f"""
 SELECT s.id,
        max(s.next_offset, coalesce((SELECT l.offset + 1 {_LAST}), 0)),
-       max(s.byte_length, coalesce((SELECT l.position + octet_length(l.data) {_LAST}), 0)),
+       max(s.byte_length, coalesce((SELECT l.position + coalesce(octet_length(l.data), {_PAYLOAD_SIZE}) {_LAST}), 0)),
        coalesce((SELECT max(coalesce(s.last_append_at, l.timestamp), l.timestamp) {_LAST}), s.last_append_at),
        s.sealed_at, s.write_secret_sha256, s.trim_offset, s.trim_bytes, s.trim_time
   FROM streams s WHERE s.name = ?
@@ -121,6 +125,14 @@ class StreamEnds:
         self._valid = None
 
 
+# A payload larger than the limit (records.inline_max) is stored in `payloads` under its
+# record's (stream_id, offset), and the record's row holds NULL in `data` (migration 15).
+# Text is stored as its UTF-8 bytes, so its size is read from the record header whatever
+# the SQLite; the view `records` and the record reads turn it back into text by content
+# type. `chunks_payload_delete` removes the payload row with its record.
+PAYLOAD_SQL = "INSERT INTO payloads (stream_id, offset, data) VALUES (?, ?, CAST(? AS BLOB))"
+
+
 @lru_cache(maxsize=None)
 def insert_sql(rows: int) -> str:
     """The INSERT of ``rows`` records (9 parameters each)."""
@@ -154,6 +166,7 @@ def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: None = None,
     timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
+    inline_max: int = INLINE_MAX,
 ) -> range: ...
 
 
@@ -162,6 +175,7 @@ def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
     txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
     timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
+    inline_max: int = INLINE_MAX,
 ) -> list[int]: ...
 
 
@@ -179,6 +193,7 @@ def append_rows(
     timestamps: Sequence[int] | None = None,
     checked_bytes: int | None = None,
     ends: StreamEnds | None = None,
+    inline_max: int = INLINE_MAX,
 ) -> range | list[int]:
     """Append ``rows`` to stream ``name`` in the caller's write transaction; return offsets.
 
@@ -194,6 +209,8 @@ def append_rows(
     the caller already ran :func:`check_rows` on these arguments and got this total.
     ``ends``: the write connection's :class:`StreamEnds` (the engine's; None reads the
     stream's state every time, as the SQLAlchemy outbox does on a caller's connection).
+    ``inline_max``: payloads larger than this many bytes are stored out of the row
+    (:func:`sqlstream.records.inline_max` at the file's page size).
 
     Raises ``InvalidArgument``, ``PayloadTooLarge`` (before any statement),
     ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``; apsw
@@ -202,7 +219,7 @@ def append_rows(
     """
     total = check_rows(rows, expect_offset, max_record_bytes) if checked_bytes is None else checked_bytes
     if ids is None:
-        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps, ends)
+        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps, ends, inline_max)
     found = q(_dedup.STREAM_SQL, (name,))
     if not found or not _writesecrets.matches(found[0][4], secret):
         append_refused(q, name, secret, expect_offset)
@@ -214,7 +231,7 @@ def append_rows(
         batch = [rows[i] for i in new]
         stamps = None if timestamps is None else [timestamps[i] for i in new]
         total = sum(r[4] for r in batch)
-        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps, ends)
+        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps, ends, inline_max)
         entries = [(dedup_id, offset) for dedup_id, offset in zip((ids[i] for i in new), stored)
                    if dedup_id is not None]
         _dedup.remember(q, stream_id, entries, now_us)
@@ -226,7 +243,7 @@ def append_rows(
 def _store(
     q: Query, name: str, rows: Sequence[PreparedRecord], total: int, secret: str | None,
     expect_offset: int | None, txn: Callable[[], int], now_us: int, timestamps: Sequence[int] | None,
-    ends: StreamEnds | None,
+    ends: StreamEnds | None, inline_max: int,
 ) -> range:
     """The statements of an append: reserve offsets, insert the records, enforce retention."""
     count = len(rows)
@@ -247,13 +264,20 @@ def _store(
     trim = ((t_offset is not None and next_offset > t_offset)
             or (t_bytes is not None and position + total > t_bytes)
             or (t_time is not None and ts >= t_time))
+    data: bytes | str | None  # None: the payload went to `payloads`
     if count == 1 and timestamps is None:  # the common case: no batching loop
-        key, headers, ctype, data, _ = rows[0]
+        key, headers, ctype, data, nbytes = rows[0]
+        if nbytes > inline_max:
+            q(PAYLOAD_SQL, (stream_id, first, data))
+            data = None
         q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
     else:
         params: list[Any] = []
         offset = first
         for i, (key, headers, ctype, data, nbytes) in enumerate(rows):
+            if nbytes > inline_max:
+                q(PAYLOAD_SQL, (stream_id, offset, data))
+                data = None
             params += (stream_id, offset, position, ts if timestamps is None else timestamps[i],
                        number, key, headers, ctype, data)
             offset += 1

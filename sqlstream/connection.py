@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, cast
 from functools import lru_cache
 from pathlib import Path
 
@@ -470,12 +470,13 @@ def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> Non
     secure = pragma(conn, "secure_delete")
     pragma(conn, "secure_delete = 1")
     try:
-        for version, _name, sql in plan:
+        for version, filename, sql in plan:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # Another process may have migrated while we waited for the lock.
                 now = int(pragma(conn, "user_version"))
                 if now < version:
+                    _refuse_name_clash(conn, version, filename, sql)
                     for _ in conn.execute(sql):
                         pass
                     pragma(conn, f"user_version = {version}")
@@ -487,6 +488,53 @@ def _apply(conn: apsw.Connection, plan: tuple[tuple[int, str, str], ...]) -> Non
     finally:
         pragma(conn, f"secure_delete = {int(secure)}")
         conn.create_scalar_function("sqlstream_sha256", None)
+
+
+# The schema statements of a migration file, in order: what each step creates, drops or
+# renames (comments removed first; migration files hold no string literal with "--").
+_SCHEMA_STATEMENT = re.compile(
+    r"\bCREATE\s+(?:UNIQUE\s+)?(?:TABLE|VIEW|INDEX|TRIGGER)\s+(?P<maybe>IF\s+NOT\s+EXISTS\s+)?(?P<created>\w+)"
+    r"|\bDROP\s+(?:TABLE|VIEW|INDEX|TRIGGER)\s+(?:IF\s+EXISTS\s+)?(?P<dropped>\w+)"
+    r"|\bALTER\s+TABLE\s+(?P<renamed>\w+)\s+RENAME\s+TO\s+(?P<target>\w+)",
+    re.IGNORECASE,
+)
+
+
+def _refuse_name_clash(conn: apsw.Connection, version: int, filename: str, sql: str) -> None:
+    """Raise ``SchemaVersionError`` before migration ``version`` runs if it would create
+    a table, view, index or trigger under a name the file already uses (an application
+    sharing the file, e.g. through the SQLAlchemy outbox, may own a ``records`` table).
+
+    SQLite would refuse the step with a bare "already exists"; this names the object and
+    what to do. Names the step drops or renames first are free for it to reuse.
+    """
+    owner = {name.lower(): table.lower() for name, table in conn.execute("SELECT name, tbl_name FROM sqlite_schema")}
+    for m in _SCHEMA_STATEMENT.finditer(re.sub(r"--[^\n]*", "", sql)):
+        if m["dropped"]:
+            gone = m["dropped"].lower()
+            # A dropped table takes its indexes and triggers with it.
+            owner = {n: t for n, t in owner.items() if n != gone and t != gone}
+        elif m["renamed"]:
+            old, new = m["renamed"].lower(), m["target"].lower()
+            if new in owner:
+                _clash(version, filename, new)
+            owner = {(new if n == old else n): (new if t == old else t) for n, t in owner.items()}
+        elif not m["maybe"]:
+            name = m["created"].lower()
+            if name in owner:
+                _clash(version, filename, m["created"])
+            owner[name] = name
+
+
+def _clash(version: int, filename: str, name: str) -> NoReturn:
+    raise SchemaVersionError(
+        f"cannot upgrade the file to schema version {version} ({filename}): it already holds a table, view, "
+        f"index or trigger named {name!r}, a name sqlstream's schema needs; nothing was changed",
+        hint=f"rename the application's {name!r} (e.g. ALTER TABLE {name} RENAME TO app_{name}) and open the file again",
+        # Not the class's "run a writing command to upgrade": that is what failed.
+        cli_hint=f"rename the application's {name!r} (e.g. sqlite3 FILE 'ALTER TABLE {name} RENAME TO app_{name}') "
+        "and run the command again",
+    )
 
 
 def _sha256_or_null(*values: Any) -> str | None:

@@ -155,15 +155,31 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "trim_bytes": "retention trigger (a hint)",
         "trim_time": "retention trigger (a hint)",
     }),
-    "chunks": ("Records", "One row per record, keyed by (stream_id, offset). "
-               "data is a BLOB for bytes records and text for text and JSON records (content_type says which).", {
+    "records": ("Records (with values)", "One row per record, keyed by (stream_id, offset), with its value in data "
+                "wherever it is stored: a BLOB for bytes records, text for text and JSON records "
+                "(content_type says which). size is the value's length in bytes.", {
         "offset": "the record's offset in its stream",
         "position": "byte offset of its first byte in the stream",
         "timestamp": "append time",
         "txn": "commit sequence number: records of one transaction share it",
         "headers": "JSON object of string headers",
         "content_type": "json, text or bytes",
-        "data": "the payload",
+        "data": "the value",
+        "size": "the value's length in bytes",
+    }),
+    "payloads": ("Large payloads", "Values longer than about a quarter of a page, stored out of their "
+                 "record's row (as bytes) under the record's stream_id and offset; the records view shows "
+                 "them in place.", {}),
+    "chunks": ("Records (as stored)", "One row per record, keyed by (stream_id, offset), as stored: data holds "
+               "the value when it is small; a larger one is in payloads (data NULL). "
+               "The records view shows every value.", {
+        "offset": "the record's offset in its stream",
+        "position": "byte offset of its first byte in the stream",
+        "timestamp": "append time",
+        "txn": "commit sequence number: records of one transaction share it",
+        "headers": "JSON object of string headers",
+        "content_type": "json, text or bytes",
+        "data": "the value when stored in the row (NULL when it is in payloads)",
     }),
     "counters": ("Counters", "Database-wide counters: txn is the last commit sequence number handed out (also the last_txn view).", {}),
     "subscriptions": ("Subscriptions", "One row per subscription (consumer group) and its settings.", {
@@ -243,11 +259,11 @@ _SQL_PENDING = """\
 SELECT p.subscription, p.stream, p.offset, p.consumer, p.attempts,
        p.delivered, p.deadline, p.idle_seconds, p.expired, p.last_error,
        c.key, c.content_type,
-       CASE c.content_type WHEN 'bytes' THEN '<' || length(c.data) || ' bytes>'
+       CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes>'
             ELSE substr(c.data, 1, 200) END AS value
   FROM pending_deliveries p
   JOIN streams s ON s.name = p.stream
-  LEFT JOIN chunks c ON c.stream_id = s.id AND c.offset = p.offset
+  LEFT JOIN records c ON c.stream_id = s.id AND c.offset = p.offset
  WHERE :subscription = '' OR p.subscription = :subscription
  ORDER BY p.expired DESC, p.attempts DESC, p.idle_seconds DESC"""
 
@@ -262,9 +278,9 @@ SELECT s.name AS dead_letter_stream,
        json_extract(c.headers, '$."sqlstream.last_error"') AS last_error,
        c.key,
        c.content_type,
-       CASE c.content_type WHEN 'bytes' THEN '<' || length(c.data) || ' bytes> ' || hex(substr(c.data, 1, 16))
+       CASE c.content_type WHEN 'bytes' THEN '<' || c.size || ' bytes> ' || hex(substr(c.data, 1, 16))
             ELSE substr(c.data, 1, 200) END AS value
-  FROM chunks c JOIN streams s ON s.id = c.stream_id
+  FROM records c JOIN streams s ON s.id = c.stream_id
  WHERE s.name IN (SELECT dead_letter FROM subscriptions WHERE dead_letter IS NOT NULL)
  ORDER BY c.timestamp DESC, s.name, c.offset DESC
  LIMIT 1000"""
@@ -297,7 +313,7 @@ SELECT c.offset,
        CASE c.content_type
             WHEN 'json' THEN json(c.data)
             WHEN 'text' THEN c.data
-            ELSE '<' || length(c.data) || ' bytes> ' || hex(substr(c.data, 1, 32))
+            ELSE '<' || c.size || ' bytes> ' || hex(substr(c.data, 1, 32))
        END AS value,
        CASE WHEN c.content_type = 'json' AND json_type(c.data) IN ('object', 'array') THEN
             (SELECT group_concat(j.key || ': ' || CASE j.type
@@ -308,7 +324,7 @@ SELECT c.offset,
                                      ELSE j.value END, char(10))
                FROM json_each(c.data) j)
        END AS json_fields
-  FROM chunks c
+  FROM records c
  WHERE c.stream_id = (SELECT id FROM streams WHERE name = :stream)
  ORDER BY c.offset DESC
  LIMIT min(max(coalesce(CAST(nullif(:limit, '') AS INTEGER), 20), 1), 1000)"""
@@ -324,14 +340,14 @@ _QUERIES: dict[str, tuple[frozenset[str], str, str, str]] = {
         _SQL_STREAMS_AND_LAG,
     ),
     "pending": (
-        frozenset({"pending_deliveries", "chunks"}),
+        frozenset({"pending_deliveries", "records"}),
         "Pending deliveries",
         "Delivered, unacked records with the record they hold: expired and most-retried first. "
         "Leave subscription empty for all.",
         _SQL_PENDING,
     ),
     "dead_letters": (
-        frozenset({"subscriptions", "chunks"}),
+        frozenset({"subscriptions", "records"}),
         "Dead letters",
         "Records in the dead-letter streams of subscriptions, with where they came from "
         "(the sqlstream.* headers): source stream and offset, subscription, attempts, last error.",
@@ -345,7 +361,7 @@ _QUERIES: dict[str, tuple[frozenset[str], str, str, str]] = {
         _SQL_EXPORT_PROGRESS,
     ),
     "latest_records": (
-        frozenset({"chunks"}),
+        frozenset({"records"}),
         "A stream's latest records",
         "The newest records of a stream (limit: default 20, at most 1000), newest first. JSON "
         "values are shown as JSON with their top-level fields one per line; text as itself; "
@@ -447,11 +463,13 @@ def render_cell(row: Any, value: Any, column: str, table: str | None, database: 
         if objects is None or (table is not None and table not in _TABLES):
             return None
         download_url = None
-        if table == "chunks" and isinstance(value, bytes):
-            # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset).
+        if table in ("chunks", "payloads") and isinstance(value, bytes):
+            # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset),
+            # a large payload's its id.
+            pks = ("stream_id", "offset") if table == "chunks" else ("id",)
             try:
                 # A foreign key cell arrives expanded ({"value": ..., "label": ...}).
-                keys = [row[pk]["value"] if isinstance(row[pk], dict) else row[pk] for pk in ("stream_id", "offset")]
+                keys = [row[pk]["value"] if isinstance(row[pk], dict) else row[pk] for pk in pks]
                 row_path = ",".join(str(int(k)) for k in keys)
             except (KeyError, IndexError, TypeError, ValueError):
                 pass

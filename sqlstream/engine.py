@@ -63,6 +63,7 @@ from .errors import (
     convert,
     translate,
 )
+from .records import INLINE_MAX, inline_max
 from .validation import check_timeout
 from .wakeup import FileNotifier, notifier_for
 
@@ -239,6 +240,7 @@ class Engine:
         # append.StreamEnds): valid while no other connection committed (data_version)
         # and this one changed no other row (total_changes); dropped on every rollback.
         self._ends = _append.StreamEnds(self._ends_token)
+        self._inline_max = INLINE_MAX  # the write connection's (set when it opens)
 
     def check_process(self) -> None:
         """Raise ``DatabaseClosed`` once closed; after a fork, drop the parent's connections."""
@@ -287,6 +289,8 @@ class Engine:
                     self._wq = cx.runner(conn)
                     self._wtxn = lambda conn=conn: self.txn_number(conn)
                     self._wconn = conn
+                    # The page size is the file's: fixed once it holds a table.
+                    self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
                 conn = self._wconn
         return conn
 
@@ -526,6 +530,7 @@ class Engine:
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
                 timestamps=timestamps, txn=txn, now_us=self.now_us(),
                 max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
+                inline_max=self._inline_max,
             )
 
     def seal(self, name: str, secret: str | None) -> bool:

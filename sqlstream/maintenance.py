@@ -306,12 +306,24 @@ def _checkpoint(db: Database, timeout: float) -> str:
 
 # --------------------------------------------------------------------------- check
 
+# The stored form of each record: a payload out of the row (migration 15: `data` NULL)
+# is a BLOB in `payloads`, whatever the content type ('out of row'; 'missing' when its row
+# is gone), and its size is read from the record header without loading it.
 _RECORDS_SQL = (
-    "SELECT offset, position, timestamp, txn, content_type, typeof(data), octet_length(data), "
-    "CASE WHEN content_type = 'json' AND ?2 THEN json_valid(data) ELSE 1 END, "
+    "SELECT c.offset, c.position, c.timestamp, c.txn, c.content_type, "
+    "CASE WHEN c.data IS NOT NULL THEN typeof(c.data) WHEN p.id IS NULL THEN 'missing' ELSE 'out of row' END, "
+    "coalesce(octet_length(c.data), length(p.data), 0), "
+    "CASE WHEN c.content_type = 'json' AND ?2 THEN json_valid(coalesce(c.data, CAST(p.data AS TEXT))) ELSE 1 END, "
     # Text payloads undecoded, to find damaged records (invalid UTF-8) without apsw's decoding failing.
-    "CASE WHEN content_type != 'bytes' AND ?2 THEN CAST(data AS BLOB) END "
-    "FROM chunks WHERE stream_id = ?1 ORDER BY offset"
+    "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), p.data) END "
+    "FROM chunks c LEFT JOIN payloads p ON c.data IS NULL AND p.stream_id = c.stream_id AND p.offset = c.offset "
+    "WHERE c.stream_id = ?1 ORDER BY c.offset"
+)
+# Payload rows no record stored out of its row names (the trigger chunks_payload_delete
+# leaves none; SQL that inserts payload rows or writes a record's `data` by hand can).
+_ORPHANS_SQL = (
+    "SELECT count(*), min(p.id) FROM payloads p WHERE NOT EXISTS "
+    "(SELECT 1 FROM chunks c WHERE c.stream_id = p.stream_id AND c.offset = p.offset AND c.data IS NULL)"
 )
 
 
@@ -383,7 +395,8 @@ def _check_stream(
 ) -> bool:
     """Check one stream's records; False when the problem list is full."""
     sid, name, first, nxt, first_pos, length, last_append = stream
-    expect, position, prev_ts = first, first_pos, None
+    expect, prev_ts = first, None
+    position: int | None = first_pos
     for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw in conn.execute(_RECORDS_SQL, (sid, validate_json)):
         report.records += 1
         if progress is not None and report.records % CHECK_PROGRESS_EVERY == 0:
@@ -401,13 +414,16 @@ def _check_stream(
             if not problem(name, expect, f"gap: {missing} missing (offsets must be gap-free)"):
                 return False
             position = pos  # resynchronise so one gap is reported once
-        elif pos != position:
+        elif position is not None and pos != position:
             if not problem(name, offset, f"byte position {pos}, expected {position} (the sum of earlier payloads)"):
                 return False
         if prev_ts is not None and ts < prev_ts:
             if not problem(name, offset, "timestamp earlier than the previous record's (timestamps never decrease)"):
                 return False
-        if _STORAGE.get(ctype) != storage:
+        if storage == "missing":
+            if not problem(name, offset, "damaged record: its payload row is missing from the payloads table"):
+                return False
+        elif storage != "out of row" and _STORAGE.get(ctype) != storage:
             if not problem(name, offset, f"content type {ctype!r} stored as {storage}"):
                 return False
         elif raw is not None and damage_of("text", raw) is not None:
@@ -420,12 +436,13 @@ def _check_stream(
         if last_txn is not None and not 0 < txn <= last_txn:
             if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):
                 return False
-        expect, position, prev_ts = offset + 1, pos + nbytes, ts
+        # A missing payload's size is unknown: the next record's position is taken as it is.
+        expect, position, prev_ts = offset + 1, None if storage == "missing" else pos + nbytes, ts
     if expect < nxt:
         missing = f"offset {expect} is" if expect + 1 == nxt else f"offsets {expect}..{nxt - 1} are"
         if not problem(name, expect, f"gap: {missing} missing (next_offset is {nxt})"):
             return False
-    elif position != length:
+    elif position is not None and position != length:
         if not problem(name, None, f"byte_length is {length} but the retained records end at byte {position}"):
             return False
     if prev_ts is not None and last_append is not None and prev_ts > last_append:
@@ -443,6 +460,10 @@ def _check_references(conn: apsw.Connection, problem: Any, last_txn: int | None)
     position, a reader, a dedup entry past the stream's (derived) end, or a streaming
     service past the last commit.
     """
+    orphans, first_orphan = conn.execute(_ORPHANS_SQL).fetchall()[0]
+    if orphans and not problem(None, None, f"{orphans} payload row(s) belong to no record (the first: id "
+                               f"{first_orphan}): written by hand, not by sqlstream"):
+        return
     for sub, stream, offset, frontier, exists in conn.execute(
         "SELECT s.name, st.name, d.offset, s.next_offset, "
         "EXISTS (SELECT 1 FROM chunks c WHERE c.stream_id = s.stream_id AND c.offset = d.offset) "

@@ -23,7 +23,8 @@ from .records import CONTENT_TYPES, Damaged, damage_of
 RAW_SQL = (
     "SELECT CASE content_type WHEN 'bytes' THEN 0 WHEN 'text' THEN 1 "
     "ELSE (CASE WHEN json_valid(data) THEN 2 ELSE 3 END) END, CAST(data AS BLOB) "
-    "FROM chunks WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset"
+    # The records view: a large payload is stored out of its row (migration 15).
+    "FROM records WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset"
 )
 _NAMES = (*CONTENT_TYPES, "json")  # by code
 POSITION_SQL = "SELECT position FROM chunks WHERE stream_id = ? AND offset = ?"

@@ -180,6 +180,25 @@ def encode_headers(headers: object) -> str | None:
     return text
 
 
+def inline_max(page_size: int) -> int:
+    """The largest payload, in bytes, stored in its ``chunks`` row at this page size.
+
+    Larger payloads go to the ``payloads`` table (migration 15). A ``chunks`` row is a
+    cell of a WITHOUT ROWID (index) b-tree, which keeps at most ``(U - 12) * 64 // 255 -
+    23`` bytes of a cell on its page (U, the usable page size: 1,002 of 4,096) and spills
+    the rest to overflow pages that every seek or scan passing the cell then reads.
+    ``INLINE_ROOM`` bytes of that are left for the other columns (integers, content type,
+    a typical key and headers). Measured (benchmarks/findings.md, issue 23): rows that fit
+    cost less inline; rows that overflow cost 1.1-3x more than out of line.
+    """
+    return (page_size - 12) * 64 // 255 - 23 - INLINE_ROOM
+
+
+INLINE_ROOM = 96
+INLINE_MAX = inline_max(4096)
+"""``inline_max`` at SQLite's default page size (906 bytes)."""
+
+
 def payload_bytes(content_type: str, data: bytes | str) -> bytes:
     """The bytes a record contributes to its stream's byte log."""
     return data if isinstance(data, bytes) else data.encode("utf-8")
@@ -268,7 +287,7 @@ class Damaged(NamedTuple):
             hint=f"its {len(self.data)} stored bytes are readable with "
             f"db.stream({stream!r}).read_bytes({self.position}, {len(self.data)}); {skip}; "
             "`sqlstream check` lists every damaged record",
-            cli_hint=f"its {len(self.data)} stored bytes are readable with `sqlstream sql \"SELECT CAST(data AS BLOB) FROM chunks "
+            cli_hint=f"its {len(self.data)} stored bytes are readable with `sqlstream sql \"SELECT CAST(data AS BLOB) FROM records "
             f"WHERE offset = {self.offset} AND stream_id = (SELECT id FROM streams WHERE name = ?)\" "
             f"{stream!r} --json`; `sqlstream check` lists every damaged record",
         )
@@ -335,8 +354,11 @@ def read_records(
 
 
 def record_sql(tail: str) -> tuple[str, str]:
-    """``SELECT <record columns> FROM chunks <tail>``, decoded and raw (for read_records)."""
-    return f"SELECT {RECORD_COLUMNS} FROM chunks {tail}", f"SELECT {RAW_RECORD_COLUMNS} FROM chunks {tail}"
+    """``SELECT <record columns> FROM records <tail>``, decoded and raw (for read_records).
+
+    ``records`` is the view (migration 15) that shows each value wherever it is stored;
+    SQLite flattens it into the query on ``chunks``."""
+    return f"SELECT {RECORD_COLUMNS} FROM records {tail}", f"SELECT {RAW_RECORD_COLUMNS} FROM records {tail}"
 
 
 def damage_of(ctype: str, data: bytes) -> str | None:

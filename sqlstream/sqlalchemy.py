@@ -105,9 +105,18 @@ chunks = Table(
     Column("key", TEXT),
     Column("headers", TEXT),
     Column("content_type", TEXT, nullable=False),
-    Column("data", BLOB, nullable=False),
+    Column("data", BLOB),  # NULL when the payload is stored out of the row (payloads)
     PrimaryKeyConstraint("stream_id", "offset"),
     sqlite_with_rowid=False,
+)
+
+payloads = Table(
+    "payloads", metadata,
+    Column("id", INTEGER, primary_key=True),
+    Column("stream_id", INTEGER, nullable=False),  # the record whose value this is
+    Column("offset", INTEGER, nullable=False),
+    Column("data", BLOB, nullable=False),
+    Index("payloads_by_record", "stream_id", "offset", unique=True),
 )
 
 counters = Table(
@@ -417,6 +426,14 @@ pending_deliveries = Table(
 )
 
 last_txn = Table("last_txn", views, Column("txn"))
+
+records = Table(
+    "records", views,
+    # chunks with each value in `data` wherever it is stored, and its size in bytes.
+    *(Column(name) for name in (
+        "stream_id", "offset", "position", "timestamp", "txn", "key", "headers", "content_type", "data", "size",
+    )),
+)
 
 kafka_consumer_offsets = Table(
     "kafka_consumer_offsets", views,

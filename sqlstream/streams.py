@@ -537,7 +537,7 @@ def _slice(conn: apsw.Connection, st: _State, start: int, end: int) -> bytes:
     parts = []
     cursor = conn.execute(
         # As a BLOB: the bytes as stored, also those of a damaged (not valid UTF-8) record.
-        "SELECT position, content_type, CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? "
+        "SELECT position, content_type, CAST(data AS BLOB) FROM records WHERE stream_id = ? AND offset >= ? "
         "ORDER BY offset",
         (st.id, first),
     )

@@ -569,7 +569,7 @@ class Subscription:
         info = {e[0]: (e[1], e[2]) for e in entries}
         rows = _q(conn,
             "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
-            f"FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset",
+            f"FROM records WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset",
             (stream_id, json.dumps(offsets)),
         )
         prepared: list[PreparedRecord] = []
@@ -1013,7 +1013,7 @@ class Subscription:
             while pos < nxt and len(prepared) < limit:
                 page = _q(conn,
                     "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
-                    "FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
+                    "FROM records WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
                     (dl_id, pos),
                 )
                 if not page:

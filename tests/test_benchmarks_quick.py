@@ -38,7 +38,7 @@ def test_quick_benchmarks_run_and_report(tmp_path: Path) -> None:
         pytest.fail(f"quick benchmarks hung; stacks:\n{stderr[-6000:]}\n{stdout[-2000:]}")
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     results = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
-    for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"):
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"):
         assert f"### {workload}" in results, f"{workload} missing from RESULTS.md"
     raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert raw, "results.json is empty"

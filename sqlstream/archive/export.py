@@ -108,7 +108,7 @@ _IDLE_WAIT = 1.0  # seconds a follow=True export waits before re-checking `stop`
 _RECORD_SQL = (
     # CAST: the stored bytes as they are; export never decodes a payload, so a damaged
     # text record is archived byte for byte rather than failing the export.
-    "SELECT offset, timestamp, key, headers, content_type, CAST(data AS BLOB), position, txn FROM chunks "
+    "SELECT offset, timestamp, key, headers, content_type, CAST(data AS BLOB), position, txn FROM records "
     "WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset LIMIT ?"
 )
 

@@ -739,7 +739,7 @@ def register(command: CommandFactory) -> None:
 
     p = command(
         "sql", cmd_sql, "Run one read-only SQL query and print the rows.",
-        "sqlstream sql \"SELECT offset, json_extract(data, '$.id') AS id FROM chunks "
+        "sqlstream sql \"SELECT offset, json_extract(data, '$.id') AS id FROM records "
         "WHERE stream_id = (SELECT id FROM streams WHERE name = ?)\" orders",
         details="The database is opened read-only, so statements that write are refused: raw\n"
         "writes could break the offsets and byte positions sqlstream keeps in step. Use\n"
@@ -757,8 +757,10 @@ def register(command: CommandFactory) -> None:
         "Bounds: a query running past --timeout (default 30 s; 0: no limit) is stopped,\n"
         "one returning more than --max-rows rows (default: no limit) or --max-bytes bytes\n"
         "(default 256 MiB, also the longest value it may build) is refused; exit 1.\n\n"
-        "Views for people: stream_stats, subscription_stats, pending_deliveries.\n"
-        "Tables: streams, chunks, counters, subscriptions, deliveries, cursors, dedup,\n"
+        "Views for people: stream_stats, subscription_stats, pending_deliveries, and\n"
+        "records (every record with its value in data, wherever it is stored).\n"
+        "Tables: streams, chunks and payloads (records as stored: values larger than\n"
+        "about 900 bytes are in payloads), counters, subscriptions, deliveries, cursors, dedup,\n"
         "exports, export_streams, export_files, export_ranges, storage_objects,\n"
         "storage_segments. docs/sql.md describes them, with example queries.",
     )

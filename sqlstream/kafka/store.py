@@ -108,7 +108,7 @@ class Fetched:
 _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
 # A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
 # UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
-_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM chunks "
+_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM records "
              "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 _key = itemgetter(2)
 _header_text = itemgetter(3)

@@ -64,7 +64,7 @@ class _SnapshotReader:
     def __init__(self, conn: apsw.Connection, object_id: int) -> None:
         self._conn: apsw.Connection | None = conn
         self._cursor = conn.execute(
-            "SELECT c.data FROM storage_segments s JOIN chunks c ON c.stream_id = s.stream_id "
+            "SELECT c.data FROM storage_segments s JOIN records c ON c.stream_id = s.stream_id "
             "WHERE s.object_id = ? ORDER BY s.seq, c.offset",
             (object_id,),
         )
@@ -300,7 +300,7 @@ class SqliteDriver(StorageDriver):
             if found is None:
                 return None
             parts = [bytes(r[0]) if not isinstance(r[0], str) else r[0].encode() for r in conn.execute(
-                "SELECT c.data FROM storage_segments s JOIN chunks c ON c.stream_id = s.stream_id "
+                "SELECT c.data FROM storage_segments s JOIN records c ON c.stream_id = s.stream_id "
                 "WHERE s.object_id = ? ORDER BY s.seq, c.offset",
                 (found[0],),
             )]
@@ -378,7 +378,7 @@ class SqliteDriver(StorageDriver):
     def _md5(self, conn: apsw.Connection, object_id: int) -> str:
         digest = hashlib.md5(usedforsecurity=False)
         for (data,) in conn.execute(
-            "SELECT c.data FROM storage_segments s JOIN chunks c ON c.stream_id = s.stream_id "
+            "SELECT c.data FROM storage_segments s JOIN records c ON c.stream_id = s.stream_id "
             "WHERE s.object_id = ? ORDER BY s.seq, c.offset",
             (object_id,),
         ):

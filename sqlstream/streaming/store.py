@@ -621,7 +621,7 @@ class Store:
                 # stopping every service at its block for ever.
                 for offset, ts, txn, key, headers, ctype, data in conn.execute(
                     "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
-                    "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+                    "CAST(data AS BLOB) FROM records WHERE stream_id = ? AND offset >= ? ORDER BY offset",
                     (sid, start[0]),
                 ):
                     if txn != height:
@@ -651,7 +651,7 @@ class Store:
                 offset = self._first_after(conn, service, sid, first, nxt, after, incarnations[sid])
                 rows: list[Any] = conn.execute(
                     "SELECT offset, timestamp, txn, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, "
-                    "CAST(data AS BLOB) FROM chunks WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
+                    "CAST(data AS BLOB) FROM records WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?",
                     (sid, offset, max_records + 1),
                 ).fetchall()
                 if len(rows) > max_records:
