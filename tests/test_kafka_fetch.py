@@ -68,7 +68,7 @@ def _model(db: sqlstream.Database, ops: list[tuple[str, list]]) -> list[KafkaRec
 def _stored_len(db: sqlstream.Database) -> list[int]:
     """Each record's stored bytes: value, key and headers (what a fetch sends of it)."""
     return [n for (n,) in db.query("SELECT length(CAST(data AS BLOB)) + coalesce(length(CAST(key AS BLOB)), 0) "
-                                   "+ coalesce(length(CAST(headers AS BLOB)), 0) FROM chunks c JOIN streams s "
+                                   "+ coalesce(length(CAST(headers AS BLOB)), 0) FROM records c JOIN streams s "
                                    "ON s.id = c.stream_id WHERE s.name = 't' ORDER BY offset").rows]
 
 
