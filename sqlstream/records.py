@@ -306,7 +306,7 @@ def _decode_raw(stream: str, row: tuple[Any, ...]) -> Record | Damaged:
         h = json.loads(bytes(headers).decode("utf-8")) if headers else {}
         if not isinstance(h, dict):
             raise ValueError("not an object")
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         h = {}
         reasons.append("its headers are not a valid JSON object")
     value: Any = raw
@@ -319,7 +319,7 @@ def _decode_raw(stream: str, row: tuple[Any, ...]) -> Record | Damaged:
             if ctype == "json":
                 try:
                     value = json.loads(value)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
                     reasons.append(f"json payload does not parse: {exc}")
     if reasons:
         return Damaged(offset, position, "; ".join(reasons), k, h, raw)
@@ -340,7 +340,7 @@ def read_records(
     try:
         with _gc_paused(GC_PAUSE_ROWS):  # the fetched rows are GC-tracked tuples too
             return make_records(stream, conn.execute(sql[0], params).fetchall()), []
-    except ValueError:  # UnicodeDecodeError (apsw) or JSONDecodeError (make_records)
+    except (ValueError, RecursionError):  # UnicodeDecodeError (apsw), JSONDecodeError or deep nesting (make_records)
         pass
     records: list[Record] = []
     damaged: list[Damaged] = []
@@ -372,7 +372,7 @@ def damage_of(ctype: str, data: bytes) -> str | None:
     if ctype == "json":
         try:
             json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             return f"json payload does not parse: {exc}"
     return None
 

@@ -71,8 +71,8 @@ def _old_piece(record: sqlstream.Record, json_mode: bool) -> bytes:
         if not json_mode:
             return value
         try:
-            json.loads(value.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+            _strict_json(value)  # NaN/Infinity are not JSON: the front sends such bytes as strings
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return _dumps(value.decode("utf-8", "replace"))
         return value
     if isinstance(value, str) and not json_mode:
@@ -240,3 +240,25 @@ def test_a_json_append_larger_than_a_page_is_read_from_the_file_in_bounded_pages
     pages = [json.loads(d) for d in sse.data()]
     assert [m for page in pages for m in page] == messages
     assert [len(page) for page in pages] == [2, 2, 2]
+
+
+def _strict_json(body: bytes) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(body.decode("utf-8"), parse_constant=refuse)
+
+
+def test_bytes_that_python_parses_but_json_forbids_are_sent_as_strings(server: Served) -> None:
+    # Python's json.loads takes NaN and Infinity; a JSON-mode page that forwarded such
+    # bytes verbatim was not JSON ("[NaN]"), and every strict client failed on the page;
+    # bytes nested deeper than Python's parser recurses raised RecursionError in the read.
+    name = f"nan{next(_names)}"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    stored = [b"NaN", b"[1,Infinity]", b"-Infinity", deep, b'{"ok":1}']
+    with httpx.Client(base_url=server.url + "/v1/stream", timeout=20) as client:
+        assert client.put(f"/{name}", headers={"content-type": "application/json"}).status_code == 201
+        with sqlstream.open(server.path) as db:
+            db.stream(name).extend(stored)
+        bodies = [body for body, _ in _served_pages(client, name)]
+    messages = [m for body in bodies for m in _strict_json(body)]
+    assert messages == ["NaN", "[1,Infinity]", "-Infinity", deep.decode(), {"ok": 1}]

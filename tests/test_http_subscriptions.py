@@ -104,6 +104,57 @@ def test_glob_patterns_match_segments() -> None:
     assert not glob_match("events/*", "eventsx/a")
 
 
+def _glob_reference(pattern: str, path: str) -> bool:
+    """The glob rule spelled out by recursion (exponential: small inputs only)."""
+    pat = [s for s in pattern.split("/") if s]
+    parts = [s for s in path.split("/") if s]
+
+    def match(pi: int, si: int) -> bool:
+        if pi == len(pat):
+            return si == len(parts)
+        if pat[pi] == "**":
+            return any(match(pi + 1, i) for i in range(si, len(parts) + 1))
+        return si < len(parts) and pat[pi] in ("*", parts[si]) and match(pi + 1, si + 1)
+
+    return match(0, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["*", "**", "a", "b"]), min_size=1, max_size=6),
+       st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=6))
+def test_glob_matches_the_reference_rule(pattern: list[str], path: list[str]) -> None:
+    assert glob_match("/".join(pattern), "/".join(path)) == _glob_reference("/".join(pattern), "/".join(path))
+
+
+def test_glob_with_many_double_stars_does_a_bounded_amount_of_work() -> None:
+    # A pattern (accepted by PUT: under 400 characters) of 60 '**' against a stream of
+    # 60 segments that it does not match: the recursive matcher tried every way to split
+    # the path among the '**'s (C(120, 60) ways), on the database thread, for every
+    # stream at create and on every pump look: the server hung. Counted in Python
+    # events (calls and lines), not seconds; the tracer stops a runaway match at once.
+    pattern = "/".join(["**"] * 60) + "/z"
+    path = "/".join(["a"] * 60)
+    events = 0
+
+    class Runaway(Exception):
+        pass
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal events
+        events += 1
+        if events > 200_000:
+            raise Runaway
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        matched = glob_match(pattern, path)
+    finally:
+        sys.settrace(None)
+    assert matched is False
+    assert glob_match(pattern, path + "/z") is True
+
+
 def test_offsets_group_into_runs() -> None:
     assert list(runs([1, 2, 3, 7, 9, 10])) == [(1, 4), (7, 8), (9, 11)]
     assert list(runs([])) == []
@@ -269,6 +320,30 @@ def test_a_python_append_in_another_process_wakes_a_waiting_worker(client: httpx
     assert [e["subscription_id"] for e in woke.json()] == ["feed"]
     (stream,) = _claim(client, "feed", "w").json()["streams"]
     assert _claimed_values(client, stream) == [{"from": "afar"}]
+
+
+def test_a_matching_stream_too_long_to_link_neither_stops_the_pump_nor_blocks_claims(client: httpx.Client) -> None:
+    # The backing subscription "{id}@{path}" of a 100-character id and a 150-character
+    # stream is over 200 characters: it cannot exist. Linking such a stream by the pattern
+    # raised DsError in the pump (not a SqlstreamError: the pump task died, and no
+    # subscription of the server was woken again) and in every claim (400, for ever).
+    _json_stream(client, "wake")
+    sid = "s" * 100
+    assert _subscribe(client, sid, pattern="ev/**").status_code == 201
+    assert _subscribe(client, "other", streams=["q"]).status_code == 201
+    tail = client.head("/wake").headers["stream-next-offset"]
+    assert client.put("/ev/" + "x" * 150, content=b"[1]", headers={"content-type": "application/json"}).status_code == 201
+    assert client.put("/ev/a", content=b"[2]", headers={"content-type": "application/json"}).status_code == 201
+    claim = _claim(client, sid, "w")
+    assert claim.status_code == 200, claim.text
+    assert [(s["path"], _claimed_values(client, s)) for s in claim.json()["streams"]] == [("ev/a", [2])]
+    assert client.put("/q", content=b"[3]", headers={"content-type": "application/json"}).status_code == 201
+    woke: list[Any] = []
+    while not any(e["subscription_id"] == "other" for e in woke):  # the pump still wakes (long-polls)
+        r = client.get("/wake", params={"offset": tail, "live": "long-poll"})
+        assert r.status_code == 200, "the pump issued no wake for 'other'"
+        woke += r.json()
+        tail = r.headers["stream-next-offset"]
 
 
 def test_state_lives_in_the_file_across_a_restart(db_path: str) -> None:
@@ -593,3 +668,48 @@ def test_http_and_python_consumers_never_hold_or_ack_a_record_twice(tmp_path: Pa
                 break
             acked += list(sub.ack(*batch.offsets, attempts=batch.attempts).applied)
         assert sorted(acked) == list(range(appended))
+
+
+def test_a_webhook_answer_is_read_only_up_to_a_bound(hooks_client: httpx.Client, db_path: str) -> None:
+    # A receiver (the subscription's creator names it) answered {"done": true} and then
+    # 64 MB of JSON whitespace: the server read every byte into memory, then acked. Now
+    # it stops reading past a bound (the answer is not taken: the wake's lease runs out)
+    # and closes the connection under the receiver's writes.
+    outcome: queue.Queue[str] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["content-length"]))
+            filler = b" " * (1 << 20)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(b'{"done": true}') + 64 * len(filler)))
+            self.end_headers()
+            try:
+                self.wfile.write(b'{"done": true}')
+                for _ in range(64):
+                    self.wfile.write(filler)
+                self.wfile.flush()
+            except OSError:
+                outcome.put("cut")
+                return
+            outcome.put("read whole")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        assert hooks_client.put("/__ds/subscriptions/big", json={
+            "type": "webhook", "pattern": "big/*", "webhook": {"url": url}}).status_code == 201
+        with sqlstream.open(db_path) as db:
+            db.create_stream("big/a", metadata={"content_type": "application/json"}).append({"n": 1})
+        assert outcome.get(timeout=60) == "cut"
+        with sqlstream.open(db_path) as db:
+            assert db.subscription("big@big/a").info().acked == 0
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -691,3 +691,62 @@ def test_the_mapping_gives_back_every_produced_record_exactly(tmp_path_factory, 
             except UnicodeDecodeError:
                 expected.append(None)
         assert keys == expected
+
+
+def test_a_fetch_stays_within_fetch_max_bytes_across_partitions(sqlstream_kafka):
+    # Kafka returns a record over the budget only as the first record of the first
+    # non-empty partition (KIP-74). The listener gave every partition its first record
+    # once the budget was spent, so a response to fetch.max.bytes=1000 over 6 partitions
+    # of 900-byte records was ~6 KB: librdkafka refuses a response above
+    # receive.message.max.bytes and retried the same fetch for ever (0 records).
+    bs = sqlstream_kafka.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bs})
+    for f in admin.create_topics([NewTopic("wide", 6, 1)]).values():
+        f.result()
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        for partition in range(6):
+            db.stream(f"wide/{partition}").extend([b"%d" % partition + b"x" * 899] * 3)
+    c = Consumer({"bootstrap.servers": bs, "group.id": f"g-{uuid.uuid4()}", "enable.auto.commit": False,
+                  "fetch.max.bytes": 1000, "message.max.bytes": 1000, "receive.message.max.bytes": 1512,
+                  "max.partition.fetch.bytes": 1000})
+    c.assign([TopicPartition("wide", partition, 0) for partition in range(6)])
+    got: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 60  # gives up (fails) rather than hangs; not a speed bound
+    try:
+        while len(got) < 18 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            assert m.value()[:1] == b"%d" % m.partition()
+            got.append((m.partition(), m.offset()))
+    finally:
+        c.close()
+    assert sorted(got) == [(partition, offset) for partition in range(6) for offset in range(3)]
+
+
+def test_keys_and_headers_count_in_the_fetch_budget(sqlstream_kafka):
+    # The budget counted values only: 50 records of a 1-byte value, a 5,000-byte key and
+    # a 3,000-byte header answered a 20,000-byte fetch.max.bytes with ~400 KB, which
+    # librdkafka refuses (receive.message.max.bytes): the consumer never got a record.
+    with sqlstream.open(sqlstream_kafka.path) as db:
+        s = db.create_stream("keyed")
+        for _ in range(50):
+            s.append(b"v", key="k" * 5000, headers={"h": "y" * 3000})
+    c = Consumer({"bootstrap.servers": sqlstream_kafka.bootstrap_servers, "group.id": f"g-{uuid.uuid4()}",
+                  "enable.auto.commit": False, "fetch.max.bytes": 20000, "message.max.bytes": 20000,
+                  "receive.message.max.bytes": 20512, "max.partition.fetch.bytes": 20000})
+    c.assign([TopicPartition("keyed", 0, 0)])
+    got: list[int] = []
+    deadline = time.monotonic() + 60  # gives up (fails) rather than hangs; not a speed bound
+    try:
+        while len(got) < 50 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            assert (m.key(), m.value()) == (b"k" * 5000, b"v")
+            got.append(m.offset())
+    finally:
+        c.close()
+    assert got == list(range(50))

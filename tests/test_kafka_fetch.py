@@ -20,7 +20,7 @@ import sqlstream  # noqa: E402
 from sqlstream.kafka.records import Batch, KafkaRecord  # noqa: E402
 from sqlstream.kafka.store import KafkaStore  # noqa: E402
 
-OVERHEAD = 64  # what a record counts for besides its value (KafkaStore.read's budget rule)
+OVERHEAD = 64  # what a record counts for besides its stored value, key and headers (KafkaStore.read's budget rule)
 
 _texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
 _kafka_batch = st.lists(st.builds(
@@ -66,7 +66,9 @@ def _model(db: sqlstream.Database, ops: list[tuple[str, list]]) -> list[KafkaRec
 
 
 def _stored_len(db: sqlstream.Database) -> list[int]:
-    return [n for (n,) in db.query("SELECT length(CAST(data AS BLOB)) FROM chunks c JOIN streams s "
+    """Each record's stored bytes: value, key and headers (what a fetch sends of it)."""
+    return [n for (n,) in db.query("SELECT length(CAST(data AS BLOB)) + coalesce(length(CAST(key AS BLOB)), 0) "
+                                   "+ coalesce(length(CAST(headers AS BLOB)), 0) FROM records c JOIN streams s "
                                    "ON s.id = c.stream_id WHERE s.name = 't' ORDER BY offset").rows]
 
 

@@ -473,3 +473,34 @@ def test_a_client_that_stops_reading_its_responses_is_closed_as_idle(tmp_path, c
             wait_for(lambda: "a response unread for 0.5 s (idle_timeout)" in caplog.text, timeout=60)
         with socket.create_connection(("127.0.0.1", running.port)) as sock:
             assert _api_versions(sock, 1)  # the listener goes on serving
+
+
+def test_a_metadata_request_for_a_topic_by_id_only_is_answered(sqlstream_kafka):
+    # Metadata v10+ names a topic by id with a null name. The answer's topic name (a
+    # kio TopicName, a str subclass) fell to the int default of protocol.build, and
+    # writing the response raised TypeError: the connection closed as an internal error.
+    import io
+    import uuid
+
+    from kio.schema.metadata.v11.request import MetadataRequest, MetadataRequestTopic
+    from kio.schema.request_header.v2.header import RequestHeader
+    from kio.serial import entity_writer
+    from kio.static.primitive import i16, i32
+
+    buf = io.BytesIO()
+    entity_writer(RequestHeader)(buf, RequestHeader(request_api_key=i16(3), request_api_version=i16(11),
+                                                    correlation_id=i32(5), client_id="t"))
+    entity_writer(MetadataRequest)(buf, MetadataRequest(
+        topics=(MetadataRequestTopic(topic_id=uuid.uuid4(), name=None),), allow_auto_topic_creation=True,
+        include_topic_authorized_operations=False))
+    payload = buf.getvalue()
+    with socket.create_connection(("127.0.0.1", sqlstream_kafka.port)) as sock:
+        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        reply = recv(sock)
+    assert reply[:4] == struct.pack(">i", 5)  # answered (correlation id 5), not closed
+    from kio.schema.metadata.v11.response import MetadataResponse
+    from kio.serial import entity_reader
+
+    response, _ = entity_reader(MetadataResponse)(reply, 5)  # after the correlation id and tagged fields
+    (topic,) = response.topics
+    assert (topic.error_code.value, topic.name) == (3, "")  # UNKNOWN_TOPIC_OR_PARTITION

@@ -136,6 +136,28 @@ def test_damaged_records_end_the_page_as_in_read(tmp_path: Path) -> None:
         assert s.read_raw(2).payloads == [b"raw", b"xyz"]
 
 
+def test_json_nested_deeper_than_python_decodes_is_a_damaged_record(tmp_path: Path) -> None:
+    # Valid JSON text (another tool wrote it), nested deeper than Python's parser
+    # recurses: read() and read_raw() raised a bare RecursionError instead of
+    # DamagedRecord, and a page from an earlier offset did not end before it.
+    path = tmp_path / "d.db"
+    with sqlstream.open(path) as db:
+        db.create_stream("s").extend([{"a": 1}, {"b": 2}, {"c": 3}])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE chunks SET data = ? WHERE offset = 1", ("[" * 100_000 + "]" * 100_000,))
+    conn.commit()
+    conn.close()
+    with sqlstream.open(path) as db:
+        s = db.stream("s")
+        assert [r.value for r in s.read(0)] == [{"a": 1}]
+        assert s.read_raw(0).payloads == [b'{"a":1}']
+        for read in (s.read, s.read_raw):
+            with pytest.raises(errors.DamagedRecord) as caught:
+                read(1)
+            assert caught.value.offset == 1
+        assert s.read_raw(2).payloads == [b'{"c":3}'] and [r.value for r in s.read(2)] == [{"c": 3}]
+
+
 def test_the_async_read_raw_is_the_sync_one_on_the_worker(tmp_path: Path) -> None:
     import asyncio
 

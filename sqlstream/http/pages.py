@@ -60,7 +60,9 @@ class Page:
 
 def json_piece(content_type: str, stored: bytes) -> bytes:
     """A stored record as one JSON message (JSON mode): JSON as stored, text as a JSON
-    string, bytes verbatim when they are JSON text (else as a JSON string)."""
+    string, bytes verbatim when they are JSON text (else as a JSON string: NaN and
+    Infinity, which Python's parser takes, are not JSON; nor is nesting too deep for it
+    to check)."""
     if content_type == "json":
         return stored
     if content_type == "text":
@@ -68,8 +70,8 @@ def json_piece(content_type: str, stored: bytes) -> bytes:
     if stored == b"null":  # how JSON null is stored (the common case of bytes in JSON mode)
         return stored
     try:
-        json.loads(stored.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        json.loads(stored.decode("utf-8"), parse_constant=p.no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return p.json_text(stored.decode("utf-8", "replace")).encode("utf-8")
     return stored
 

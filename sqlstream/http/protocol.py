@@ -175,7 +175,8 @@ def parse_producer(headers: Mapping[str, str]) -> Producer | None:
                     parse_uint(headers[PRODUCER_SEQ], "Producer-Seq"))
 
 
-def _no_constants(name: str) -> Any:
+def no_constants(name: str) -> Any:
+    """``json.loads``'s ``parse_constant``: NaN, Infinity and -Infinity are not JSON (ValueError)."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -187,7 +188,7 @@ def parse_json_messages(body: bytes, *, allow_empty: bool, limit: int | None = N
     messages (they would be stored in one transaction, holding the file's write lock).
     """
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        value = json.loads(body.decode("utf-8"), parse_constant=no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(400, f"body is not valid JSON: {exc}") from None
     if isinstance(value, list):

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,24 +87,20 @@ def normalize_path(raw: object, what: str) -> str:
 
 
 def glob_match(pattern: str, path: str) -> bool:
-    """``*`` matches one path segment, ``**`` zero or more, anything else itself."""
+    """``*`` matches one path segment, ``**`` zero or more, anything else itself.
+
+    One pass over the pattern keeping the set of path prefixes matched so far: the work
+    is (pattern segments x path segments), however many ``**`` the pattern holds (trying
+    each way to share the path among them, as a recursive matcher does, is exponential)."""
     pat = [s for s in pattern.split("/") if s]
     parts = [s for s in path.split("/") if s]
-
-    def match(pi: int, si: int) -> bool:
-        while pi < len(pat) and si < len(parts):
-            seg = pat[pi]
-            if seg == "**":
-                return any(match(pi + 1, i) for i in range(si, len(parts) + 1))
-            if seg != "*" and seg != parts[si]:
-                return False
-            pi += 1
-            si += 1
-        while pi < len(pat) and pat[pi] == "**":
-            pi += 1
-        return pi == len(pat) and si == len(parts)
-
-    return match(0, 0)
+    reach = [True] + [False] * len(parts)  # reach[i]: the segments so far match parts[:i]
+    for seg in pat:
+        if seg == "**":
+            reach = list(accumulate(reach, operator.or_))
+        else:
+            reach = [False] + [r and (seg == "*" or seg == part) for r, part in zip(reach, parts)]
+    return reach[-1]
 
 
 def webhook_url_problem(url: str) -> str | None:

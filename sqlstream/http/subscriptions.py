@@ -200,7 +200,7 @@ class SubscriptionRoutes:
                 await self._step(db, store)
             except DatabaseClosed:
                 return
-            except SqlstreamError as exc:
+            except (SqlstreamError, DsError) as exc:  # the pump serves every subscription: it carries on
                 _log.warning("subscription wake pump: %s", exc)
                 await asyncio.sleep(1.0)
 

@@ -239,18 +239,19 @@ class DsStore:
         return True
 
     def _matches(self, row: _Row, path: str) -> bool:
+        """The pattern links ``path``: it matches, and the sqlstream subscription the link
+        needs can exist (a stream whose ``{id}@{path}`` is over 200 characters cannot be
+        served, and is left unlinked rather than refusing every claim and tick)."""
         return (row.pattern is not None and path != row.wake_stream and not path.startswith("__ds/")
-                and glob_match(row.pattern, path))
+                and glob_match(row.pattern, path) and _linkable(row.id, path))
 
     def _link(self, row: _Row, path: str, *, explicit: bool, start: str = "latest") -> None:
         """Link ``path`` (idempotent; adds the link kind). A new link to an existing stream
         starts at its tail (``start``); its subscription is adopted if one exists already."""
         name = backing_name(row.id, path)
-        try:
-            check_name(name, "subscription")
-        except InvalidName:
+        if not _linkable(row.id, path):
             raise invalid(f"stream path {path!r} is too long to link to subscription {row.id!r} "
-                           f"(the subscription {row.id}@{path} is over 200 characters)") from None
+                           f"(the subscription {row.id}@{path} is over 200 characters)")
         db = self.db
         with db.engine.write() as conn:
             have = _q(conn, "SELECT 1 FROM ds_subscription_links WHERE subscription = ? AND path = ?", (row.id, path))
@@ -600,6 +601,15 @@ def _exists(db: Database, path: str) -> bool:
     try:
         db.stream_info(path)
     except StreamNotFound:
+        return False
+    return True
+
+
+def _linkable(sid: str, path: str) -> bool:
+    """Whether the sqlstream subscription behind a link of ``sid`` to ``path`` can exist."""
+    try:
+        check_name(backing_name(sid, path), "subscription")
+    except InvalidName:
         return False
     return True
 

@@ -12,8 +12,9 @@ would be a secret at rest in the file); ``kid`` is ``ds_`` + the RFC 7638 thumbp
 the public key, published at ``{prefix}/__ds/jwks.json``. A restart publishes a new key;
 receivers look keys up by ``kid`` in the JWKS, so they follow.
 
-Delivery: one POST per wake (timeout 10 s, redirects not followed). A 2xx answer of
-``{"done": true}`` acks the wake's records; any other answer leaves the wake's lease to
+Delivery: one POST per wake (timeout 10 s, redirects not followed, at most 64 KiB of
+the answer read). A 2xx answer of ``{"done": true}`` acks the wake's records; any other
+answer (a longer one included) leaves the wake's lease to
 run out, after which the pump calls again with a new wake (a retry every
 ``lease_ttl_ms``), and the records it held are claimable by any consumer meanwhile.
 """
@@ -34,6 +35,9 @@ from ..logs import LazyLogger
 
 _log = LazyLogger("sqlstream.http")
 TIMEOUT = 10.0
+MAX_ANSWER_BYTES = 64 * 1024
+"""The most of a webhook's answer read: the receiver is whoever the subscription names,
+and only ``{"done": true}`` matters in what it says."""
 
 
 def _b64url(data: bytes) -> str:
@@ -68,18 +72,24 @@ class Signer:
 
 async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dict[str, Any]) -> Any:
     """POST the signed ``payload``; the JSON of a 2xx answer (None when not 2xx, not JSON,
-    or the call failed: logged)."""
+    over :data:`MAX_ANSWER_BYTES` (not read further), or the call failed: logged)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "webhook-signature": signer.sign(body)}
+    answer = bytearray()
     try:
-        response = await client.post(url, content=body, headers=headers, timeout=TIMEOUT)
+        async with client.stream("POST", url, content=body, headers=headers, timeout=TIMEOUT) as response:
+            if not 200 <= response.status_code < 300:
+                _log.warning("webhook %s answered %d", url, response.status_code)
+                return None
+            async for chunk in response.aiter_bytes():
+                answer += chunk
+                if len(answer) > MAX_ANSWER_BYTES:
+                    _log.warning("webhook %s: an answer over %d bytes is not read", url, MAX_ANSWER_BYTES)
+                    return None
     except httpx.HTTPError as exc:
         _log.warning("webhook %s: %s", url, exc)
         return None
-    if not 200 <= response.status_code < 300:
-        _log.warning("webhook %s answered %d", url, response.status_code)
-        return None
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(answer)
+    except (ValueError, RecursionError):
         return None

@@ -381,14 +381,16 @@ class Handlers:
         def read_all() -> list[tuple[Any, ...]]:
             out: list[tuple[Any, ...]] = []
             budget = max_bytes
+            first = True  # no records yet: Kafka's one record over the budget (KIP-74), only here
             for name, topic, partition, offset, pmax in wanted:
                 if topic is None or not 0 <= partition < topic.partitions:
                     out.append((name, partition, UNKNOWN_TOPIC_OR_PARTITION, None))
                     continue
-                got = self.store.read(topic.stream(partition), offset, max(1, min(pmax, budget)))
+                got = self.store.read(topic.stream(partition), offset, max(1, min(pmax, budget)), at_least_one=first)
                 if got is None:
                     out.append((name, partition, UNKNOWN_TOPIC_OR_PARTITION, None))
                     continue
+                first = first and not got.records
                 budget = max(0, budget - got.size)
                 code = 1 if not got.log_start <= offset <= got.high_watermark else NONE  # OFFSET_OUT_OF_RANGE
                 out.append((name, partition, code, got))

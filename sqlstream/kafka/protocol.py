@@ -223,9 +223,10 @@ def _implicit(kind: str, inner: Any) -> Any:
         return None
     if inner is bool:
         return False
-    if inner is str:
+    # Subclasses too: kio types names as str subclasses (TopicName, GroupId, ...).
+    if isinstance(inner, type) and issubclass(inner, str):
         return ""
-    if inner is bytes:
+    if isinstance(inner, type) and issubclass(inner, bytes):
         return b""
     if isinstance(inner, type) and issubclass(inner, float):
         return 0.0

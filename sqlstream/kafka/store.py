@@ -110,8 +110,20 @@ _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics
 # UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
 _READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM records "
              "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
+_key = itemgetter(2)
+_header_text = itemgetter(3)
 _value = itemgetter(4)
-_RECORD_OVERHEAD = 64  # bytes a fetched record counts for besides its value (Kafka's record framing, about)
+_RECORD_OVERHEAD = 64  # bytes a fetched record counts for besides its value, key and headers (Kafka's framing, about)
+
+
+def _cost(row: Any) -> int:
+    """What a fetched row counts for in a fetch's budget: its value, key and headers as
+    stored (the key and header values travel too: a budget of values alone let records
+    with large keys answer far more than fetch.max.bytes) and the record framing."""
+    _, _, key, headers, value = row
+    return (len(value) + (0 if key is None else len(key)) + (len(headers.encode("utf-8")) if headers else 0)
+            + _RECORD_OVERHEAD)
+
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -291,10 +303,11 @@ class KafkaStore:
             got = runner(conn)(_ENDS_SQL, (stream,))
         return (got[0][1], got[0][2]) if got else None
 
-    def read(self, stream: str, offset: int, max_bytes: int) -> Fetched | None:
-        """Records of ``stream`` from ``offset``, up to about ``max_bytes`` of values (at
-        least one record when there is one, as Kafka), with every Kafka field restored.
-        None when the stream does not exist."""
+    def read(self, stream: str, offset: int, max_bytes: int, *, at_least_one: bool = True) -> Fetched | None:
+        """Records of ``stream`` from ``offset``, up to about ``max_bytes`` of values, keys
+        and headers (:func:`_cost`; with ``at_least_one``, one record when there is one
+        even if it is larger, as Kafka does for the first non-empty partition of a fetch),
+        with every Kafka field restored. None when the stream does not exist."""
         with self.engine.snapshot() as conn:
             got = runner(conn)(_ENDS_SQL, (stream,))
             if not got:
@@ -314,10 +327,14 @@ class KafkaStore:
                 rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
-                # What each row costs the budget (its value and 64 bytes), summed in C; the
-                # rows that fit are a prefix, found by bisection.
-                costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
-                fit = bisect_right(costs, max_bytes - size) or (0 if kept else 1)  # Kafka: at least one
+                # What each row costs the budget (_cost), summed in C when no row has a key
+                # or headers (the common case: values only); the rows that fit are a
+                # prefix, found by bisection.
+                if any(map(_key, rows)) or any(map(_header_text, rows)):
+                    costs = list(accumulate(map(_cost, rows)))
+                else:
+                    costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
+                fit = bisect_right(costs, max_bytes - size) or (0 if kept or not at_least_one else 1)
                 if fit < len(rows):
                     full = True
                     if not fit:
