@@ -713,3 +713,35 @@ def test_a_webhook_answer_is_read_only_up_to_a_bound(hooks_client: httpx.Client,
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ----------------------------------------------------------------- wake loops
+
+
+def test_a_configuration_whose_wakes_feed_each_other_is_refused(client: httpx.Client, db_path: str) -> None:
+    # A linked s1 and woke into s2; B linked s2 and woke into s1: every wake of one was
+    # new work for the other, so the two woke each other for ever (one event per turn,
+    # however fast the workers acked). Both PUTs were 201 before.
+    for name in ("s1", "s2", "s3", "w/a", "w/b", "solo"):
+        _json_stream(client, name)
+    assert _subscribe(client, "A", streams=["s1"], wake_stream="s2").status_code == 201
+    refused = _subscribe(client, "B", streams=["s2"], wake_stream="s1")
+    assert (refused.status_code, _error(refused)) == (400, "INVALID_REQUEST"), refused.text
+    assert "wake loop" in refused.json()["error"]["message"] and "'A'" in refused.json()["error"]["message"]
+    # A chain that does not come back is fine: C consumes A's wakes, and wakes into s3.
+    assert _subscribe(client, "C", streams=["s2"], wake_stream="s3").status_code == 201
+    # ... until a link closes it: A linking s3 (C's wake stream) is refused, and changes nothing.
+    closing = client.post("/__ds/subscriptions/A/streams", json={"streams": ["s1", "s3"]})
+    assert (closing.status_code, _error(closing)) == (400, "INVALID_REQUEST"), closing.text
+    assert [s["path"] for s in client.get("/__ds/subscriptions/A").json()["streams"]] == ["s1"]
+    # Through patterns: each matches the other's wake stream (never its own).
+    assert _subscribe(client, "P", pattern="w/*", wake_stream="w/a").status_code == 201
+    by_glob = _subscribe(client, "Q", pattern="w/**", wake_stream="w/b")
+    assert (by_glob.status_code, _error(by_glob)) == (400, "INVALID_REQUEST"), by_glob.text
+    # A subscription linking its own wake stream explicitly is a loop of one.
+    own = _subscribe(client, "O", streams=["solo"], wake_stream="solo")
+    assert (own.status_code, _error(own)) == (400, "INVALID_REQUEST"), own.text
+    with sqlstream.open(db_path) as db:  # nothing of the refused ones was made
+        assert sorted(i.name for i in db.subscriptions()) == ["A@s1", "C@s2", "P@w/b"]
+    for sid in ("B", "Q", "O"):
+        assert client.get(f"/__ds/subscriptions/{sid}").status_code == 404

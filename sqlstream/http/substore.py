@@ -230,6 +230,7 @@ class DsStore:
                      callback_base if config.type == "webhook" else None, config.lease_ttl_ms,
                      config.description, config.hash, db.engine.now_us()))
             row = self._must(sid)
+            self._refuse_wake_loop(row, config.streams)
             for path in config.streams:
                 self._link(row, path, explicit=True)
             if config.pattern is not None:
@@ -244,6 +245,52 @@ class DsStore:
         served, and is left unlinked rather than refusing every claim and tick)."""
         return (row.pattern is not None and path != row.wake_stream and not path.startswith("__ds/")
                 and glob_match(row.pattern, path) and _linkable(row.id, path))
+
+    def _refuse_wake_loop(self, row: _Row, more: tuple[str, ...] | list[str] = ()) -> None:
+        """400 when ``row`` (with the explicit links ``more`` added) would be part of a wake
+        loop: a chain of subscriptions each of which links (explicitly, or by its pattern)
+        the wake stream of the one before, back to the first. Every wake appends an event
+        to the wake stream, which is new work for the next one in the chain: a loop wakes
+        itself for ever, one event per turn, however fast its workers ack. Patterns count
+        by name (a wake stream exists before its subscription, so a pattern that matches it
+        links it at the next look), which includes a subscription linking its own wake
+        stream explicitly. Other subscriptions are loop-free (each was checked when made or
+        changed), so any new loop passes through ``row``: one search from it suffices."""
+        with self.db.engine.snapshot() as conn:
+            rows = {r[0]: _Row(*r) for r in _q(conn, f"SELECT {_COLUMNS} FROM ds_subscriptions")}
+            linked: dict[str, set[str]] = {}
+            for sid, path in _q(conn, "SELECT subscription, path FROM ds_subscription_links"):
+                linked.setdefault(sid, set()).add(path)
+        rows[row.id] = row
+        linked.setdefault(row.id, set()).update(more)
+
+        def feeds(source: _Row) -> list[_Row]:
+            """The subscriptions for which a wake event of ``source`` is work."""
+            wake = source.wake_stream
+            if wake is None:
+                return []
+            return [r for r in rows.values() if wake in linked.get(r.id, ()) or self._matches(r, wake)]
+
+        came_from: dict[str, _Row] = {}
+        frontier = [row]
+        while frontier:
+            nxt = []
+            for source in frontier:
+                for target in feeds(source):
+                    if target.id == row.id:
+                        chain = [source]
+                        while chain[-1].id != row.id:
+                            chain.append(came_from[chain[-1].id])
+                        chain.reverse()
+                        steps = "; ".join(f"{a.id!r} wakes into {a.wake_stream!r}, which {b.id!r} links"
+                                          for a, b in zip(chain, [*chain[1:], row]))
+                        raise invalid(f"this configuration would make a wake loop ({steps}): every wake would "
+                                      "be new work for the next, for ever. Use a wake stream no subscription "
+                                      "of the loop links (a pattern never links its own subscription's)")
+                    if target.id not in came_from:
+                        came_from[target.id] = source
+                        nxt.append(target)
+            frontier = nxt
 
     def _link(self, row: _Row, path: str, *, explicit: bool, start: str = "latest") -> None:
         """Link ``path`` (idempotent; adds the link kind). A new link to an existing stream
@@ -271,8 +318,10 @@ class DsStore:
                           f"the sqlstream subscription {name!r} exists on another stream") from None
 
     def add_streams(self, sid: str, paths: list[str]) -> None:
+        """Link ``paths`` explicitly; 400 when that closes a wake loop (:meth:`_refuse_wake_loop`)."""
         with self.db.transaction():
             row = self._must(sid)
+            self._refuse_wake_loop(row, paths)
             for path in paths:
                 self._link(row, path, explicit=True)
 
