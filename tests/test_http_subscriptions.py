@@ -745,3 +745,24 @@ def test_a_configuration_whose_wakes_feed_each_other_is_refused(client: httpx.Cl
         assert sorted(i.name for i in db.subscriptions()) == ["A@s1", "C@s2", "P@w/b"]
     for sid in ("B", "Q", "O"):
         assert client.get(f"/__ds/subscriptions/{sid}").status_code == 404
+
+
+def test_acked_offset_after_retention_trimmed_unacked_records_is_readable(client: httpx.Client, db_path: str) -> None:
+    # Retention removed records 0-5 that the group had not acked: GET showed acked_offset
+    # as offset 0 (with the byte position of record 6), and a read from it was 410 Gone.
+    _json_stream(client, "wake")
+    _json_stream(client, "r")
+    assert _subscribe(client, "ret", streams=["r"]).status_code == 201
+    with sqlstream.open(db_path) as db:
+        db.stream("r").extend([{"i": i} for i in range(10)])
+        db.trim("r", 6)
+        first = db.stream_info("r")
+        assert first.first_offset == 6
+    (link,) = client.get("/__ds/subscriptions/ret").json()["streams"]
+    assert link["acked_offset"] == p.format_offset(6, first.first_position)
+    read = client.get("/r", params={"offset": link["acked_offset"]})
+    assert read.status_code == 200 and read.json() == [{"i": i} for i in range(6, 10)]
+    claim = _claim(client, "ret", "w").json()
+    (stream,) = claim["streams"]
+    assert stream["acked_offset"] == link["acked_offset"] and _claimed_values(client, stream) == read.json()
+    assert _ack(client, "ret", claim, [("r", stream["tail_offset"])]).status_code == 200

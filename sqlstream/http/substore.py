@@ -164,12 +164,14 @@ class DsStore:
             return None
 
     def _token(self, path: str, n: int) -> str:
-        """The offset token of the position before record ``n`` of stream ``path``."""
+        """The offset token of the position before record ``n`` of stream ``path``; below
+        the first retained record, that record's (a record retention removed is gone
+        whether it was acked or not: a token below it would only read as 410 Gone)."""
         info = self.db.stream_info(path)
         if n >= info.next_offset:
             return p.format_offset(n, info.byte_length)
         if n <= info.first_offset:
-            return p.format_offset(n, info.first_position)
+            return p.format_offset(info.first_offset, info.first_position)
         records = self.db.stream(path).read(n, 1)
         return p.format_offset(n, records[0].position if records else info.first_position)
 
