@@ -124,6 +124,29 @@ def _cost(row: Any) -> int:
     return (len(value) + (0 if key is None else len(key)) + (len(headers.encode("utf-8")) if headers else 0)
             + _RECORD_OVERHEAD)
 
+
+# The batches with facts a chunk row cannot hold (binary keys, headers that are not
+# unique UTF-8 text) that may cover the offsets from ? (the fourth parameter) to ? (the
+# second): their keys and headers travel in a fetch, so they count too.
+_EXTRAS_SQL = ("SELECT base_offset, extras FROM kafka_batches WHERE stream_id = ? AND base_offset <= ? "
+               "AND base_offset >= coalesce((SELECT max(base_offset) FROM kafka_batches WHERE stream_id = ? "
+               "AND base_offset <= ?), 0) AND extras IS NOT NULL")
+
+
+def _extra_costs(batches: list[Any]) -> dict[int, int]:
+    """Offset -> the bytes of the key and headers kept in ``kafka_batches.extras`` (hex
+    there; their row's columns are NULL, so :func:`_cost` does not see them)."""
+    out: dict[int, int] = {}
+    for base, text in batches:
+        for i, extra in json.loads(text).items():
+            n = len(extra.get("key", "")) // 2
+            for name, value in extra.get("headers", ()):
+                n += len(name.encode("utf-8")) + (0 if value is None else len(value) // 2)
+            if n:
+                out[base + int(i)] = n
+    return out
+
+
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
 
 
@@ -330,7 +353,10 @@ class KafkaStore:
                 # What each row costs the budget (_cost), summed in C when no row has a key
                 # or headers (the common case: values only); the rows that fit are a
                 # prefix, found by bisection.
-                if any(map(_key, rows)) or any(map(_header_text, rows)):
+                extra = _extra_costs(runner(conn)(_EXTRAS_SQL, (stream_id, rows[-1][0], stream_id, rows[0][0])))
+                if extra:
+                    costs = list(accumulate(_cost(row) + extra.get(row[0], 0) for row in rows))
+                elif any(map(_key, rows)) or any(map(_header_text, rows)):
                     costs = list(accumulate(map(_cost, rows)))
                 else:
                     costs = list(accumulate(map(add, map(len, map(_value, rows)), repeat(_RECORD_OVERHEAD))))
