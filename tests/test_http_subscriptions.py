@@ -766,3 +766,48 @@ def test_acked_offset_after_retention_trimmed_unacked_records_is_readable(client
     (stream,) = claim["streams"]
     assert stream["acked_offset"] == link["acked_offset"] and _claimed_values(client, stream) == read.json()
     assert _ack(client, "ret", claim, [("r", stream["tail_offset"])]).status_code == 200
+
+
+def test_a_webhook_answer_nested_too_deep_is_not_taken() -> None:
+    # 30,000 nested arrays (under the 64 KiB answer bound) make Python's JSON parser raise
+    # RecursionError: it escaped post(), so the call's task died with it (asyncio logged a
+    # never-retrieved exception). Now such an answer is "not JSON": not taken, like any other.
+    import asyncio
+
+    from sqlstream.http.webhooks import MAX_ANSWER_BYTES, Signer, post
+
+    deep = b"[" * 30_000 + b"]" * 30_000
+    assert len(deep) <= MAX_ANSWER_BYTES
+    for answer, taken in ((deep, None), (b'{"done": true}', {"done": True})):
+        receiver = _RawReceiver(answer)
+        try:
+            async def call() -> Any:
+                async with httpx.AsyncClient() as http:
+                    return await post(http, Signer(), receiver.url, {"wake_id": "w"})
+
+            assert asyncio.run(call()) == taken
+        finally:
+            receiver.close()
+
+
+class _RawReceiver(_Receiver):
+    """A webhook receiver that answers the given bytes as JSON."""
+
+    def __init__(self, answer: bytes) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.calls = queue.Queue()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
