@@ -312,10 +312,12 @@ def _checkpoint(db: Database, timeout: float) -> str:
 _RECORDS_SQL = (
     "SELECT c.offset, c.position, c.timestamp, c.txn, c.content_type, "
     "CASE WHEN c.data IS NOT NULL THEN typeof(c.data) WHEN p.id IS NULL THEN 'missing' ELSE 'out of row' END, "
-    "coalesce(octet_length(c.data), length(p.data), 0), "
+    "coalesce(octet_length(c.data), octet_length(p.data), 0), "
     "CASE WHEN c.content_type = 'json' AND ?2 THEN json_valid(coalesce(c.data, CAST(p.data AS TEXT))) ELSE 1 END, "
     # Text payloads undecoded, to find damaged records (invalid UTF-8) without apsw's decoding failing.
-    "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), p.data) END "
+    # CAST of p.data too: a payload row written as TEXT by foreign SQL (`X'FF' || ...` is
+    # TEXT) would come back as a str apsw cannot decode.
+    "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), CAST(p.data AS BLOB)) END "
     "FROM chunks c LEFT JOIN payloads p ON c.data IS NULL AND p.stream_id = c.stream_id AND p.offset = c.offset "
     "WHERE c.stream_id = ?1 ORDER BY c.offset"
 )

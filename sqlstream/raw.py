@@ -16,7 +16,7 @@ from bisect import bisect_left, bisect_right
 from itertools import accumulate
 from typing import Any, NamedTuple
 
-from .records import CONTENT_TYPES, Damaged, damage_of
+from .records import CONTENT_TYPES, MISSING_PAYLOAD, Damaged, damage_of
 
 # Content type as an index into CONTENT_TYPES; 3: a JSON payload SQLite's json_valid
 # refuses (checked again in Python, which decides: see _first_damaged).
@@ -118,6 +118,12 @@ def build(stream: str, offset: int, rows: list[tuple[Any, ...]], position: int, 
         payloads = list(data)
     else:
         codes, payloads = (), []
+    if None in payloads:  # a record whose payloads row is gone (foreign SQL): the read ends before it
+        missing = payloads.index(None)  # type: ignore[arg-type]
+        if missing == 0:
+            raise Damaged(offset, position, MISSING_PAYLOAD, None, {}, b"").error(
+                stream, f"read on from offset {offset + 1} to skip it")
+        codes, payloads = codes[:missing], payloads[:missing]
     if max_bytes is not None:
         keep = cut(list(map(len, payloads)), max_bytes)
         if keep < len(payloads):

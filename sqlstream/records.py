@@ -209,8 +209,13 @@ def payload_bytes(content_type: str, data: bytes | str) -> bytes:
 # content type comes back as a small integer (an index into CONTENT_TYPES): SQLite hands
 # over a cached small int instead of a new str per record.
 CONTENT_TYPES = ("bytes", "text", "json")
+# `data` is NULL only for a record stored out of its row whose `payloads` row is gone
+# (foreign SQL): the text that is not UTF-8 put in its place makes apsw's decoding fail,
+# so the fast path of read_records falls to the undecoded one, which names it (coalesce
+# evaluates it only then: a healthy record costs one test).
+MISSING_PAYLOAD = "its payload row is missing from the payloads table"
 RECORD_COLUMNS = (
-    "offset, timestamp / 1e6, key, headers, data, position, txn, "
+    "offset, timestamp / 1e6, key, headers, coalesce(data, CAST(X'FF' AS TEXT)), position, txn, "
     "CASE content_type WHEN 'bytes' THEN 0 WHEN 'text' THEN 1 ELSE 2 END"
 )
 # The same columns with the text ones as BLOBs (and the content type as stored): SQLite
@@ -280,6 +285,14 @@ class Damaged(NamedTuple):
 
     def error(self, stream: str, skip: str) -> DamagedRecord:
         """The DamagedRecord error for it; ``skip`` says how the caller can move past it."""
+        if self.reason == MISSING_PAYLOAD:  # no stored bytes to point at
+            return DamagedRecord(
+                f"record {self.offset} of stream {stream!r} is damaged ({self.reason}); nothing was read",
+                stream=stream,
+                offset=self.offset,
+                hint=f"its value is lost (SQL outside sqlstream deleted its payloads row, or never wrote it); "
+                f"{skip}; `sqlstream check` lists every damaged record",
+            )
         return DamagedRecord(
             f"record {self.offset} of stream {stream!r} is damaged ({self.reason}); nothing was read",
             stream=stream,
@@ -296,6 +309,8 @@ class Damaged(NamedTuple):
 def _decode_raw(stream: str, row: tuple[Any, ...]) -> Record | Damaged:
     """Decode one row of RAW_RECORD_COLUMNS: the one place a stored record is interpreted."""
     offset, ts, key, headers, data, position, txn, ctype = row
+    if data is None:
+        return Damaged(offset, position, MISSING_PAYLOAD, None, {}, b"")
     raw = bytes(data) if not isinstance(data, bytes) else data
     reasons = []
     try:

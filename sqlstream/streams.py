@@ -28,6 +28,7 @@ from .records import (
     encode_headers,
     encode_key,
     encode_value,
+    MISSING_PAYLOAD,
     payload_bytes,
     read_records,
     record_sql,
@@ -434,7 +435,7 @@ class Stream:
                     if not st.sealed:
                         return None
                     end = length
-            data = _slice(conn, st, offset, end)
+            data = _slice(conn, st, offset, end, self.name)
             return Chunk(data, len(data), st.sealed and end == length)
 
     def read_bytes(self, offset: int = 0, limit: int | None = None, timeout: float | None = 0) -> Chunk:
@@ -482,7 +483,7 @@ class Stream:
                     raise OffsetOutOfRange(f"byte {position} of stream {self.name!r} was trimmed")
                 if position < st.byte_length:
                     end = min(position + chunk_size, st.byte_length)
-                    data = _slice(conn, st, position, end)
+                    data = _slice(conn, st, position, end, self.name)
                     return Chunk(data, len(data), st.sealed and end == st.byte_length)
                 if st.sealed:
                     if position > st.byte_length:
@@ -527,8 +528,9 @@ def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, stri
     return lo
 
 
-def _slice(conn: apsw.Connection, st: _State, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of the stream's byte log, across record boundaries."""
+def _slice(conn: apsw.Connection, st: _State, start: int, end: int, name: str) -> bytes:
+    """Bytes ``[start, end)`` of the stream's byte log, across record boundaries
+    (``DamagedRecord`` at a record whose payload row is gone: its bytes are unknown)."""
     if end <= start:
         return b""
     # The record holding byte `start` is the last one whose position is <= start.
@@ -537,13 +539,17 @@ def _slice(conn: apsw.Connection, st: _State, start: int, end: int) -> bytes:
     parts = []
     cursor = conn.execute(
         # As a BLOB: the bytes as stored, also those of a damaged (not valid UTF-8) record.
-        "SELECT position, content_type, CAST(data AS BLOB) FROM records WHERE stream_id = ? AND offset >= ? "
+        "SELECT offset, position, content_type, CAST(data AS BLOB) FROM records WHERE stream_id = ? AND offset >= ? "
         "ORDER BY offset",
         (st.id, first),
     )
-    for position, ctype, data in cursor:
+    for offset, position, ctype, data in cursor:
         if position >= end:
             break
+        if data is None:
+            cursor.close()
+            raise Damaged(offset, position, MISSING_PAYLOAD, None, {}, b"").error(
+                name, "read on from the next record's position to skip it")
         raw = payload_bytes(ctype, data)
         lo = max(0, start - position)
         hi = min(len(raw), end - position)

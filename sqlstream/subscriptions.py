@@ -575,6 +575,8 @@ class Subscription:
         prepared: list[PreparedRecord] = []
         for offset, raw_key, raw_headers, ctype, raw in rows:
             attempts, last_error = info[offset]
+            if raw is None:  # its payloads row is gone (foreign SQL): the copy has no value left
+                raw = b""
             # Undecoded above, so a damaged record moves too: as its stored bytes.
             key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
             if not isinstance(data, str) and ctype != "bytes":

@@ -124,6 +124,67 @@ def test_check_names_a_missing_payload_and_an_orphan_payload_row(db: sqlstream.D
     assert any("belong to no record" in m for m in problems), problems
 
 
+def _damage(db: sqlstream.Database, *statements: str) -> None:
+    """Run SQL on the file outside sqlstream, as a foreign tool would."""
+    conn = apsw.Connection(str(db.path))
+    try:
+        for sql in statements:
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "text", "json"])
+def test_a_record_whose_payload_row_is_gone_reads_as_damaged(db: sqlstream.Database, tmp_path: Path, kind: str) -> None:
+    # SQL outside sqlstream deleted the payloads row of record 1: read() and read_raw()
+    # raised TypeError (len of None), read_bytes() and export AttributeError, a Kafka
+    # fetch TypeError. Now each raises DamagedRecord naming the record (the reads before
+    # it return what precedes it), and check names it.
+    from sqlstream.errors import DamagedRecord
+
+    s = db.create_stream("s", metadata={"content_type": "application/json"} if kind == "json" else None)
+    s.extend([_value(kind, 10, 0), _value(kind, 5000, 1), _value(kind, 10, 2)])
+    assert _layout(db) == (2, 1, 1)
+    _damage(db, "DELETE FROM payloads WHERE offset = 1")
+    for read in (lambda: s.read(1, 10), lambda: s.read_raw(1, 10), lambda: s.read_bytes(0, 20),
+                 lambda: db.export("s", str(tmp_path / "out"))):
+        with pytest.raises(DamagedRecord) as caught:
+            read()
+        assert (caught.value.stream, caught.value.offset) == ("s", 1)
+        assert "payload row is missing" in str(caught.value)
+    assert [r.offset for r in s.read(0, 10)] == [0]
+    assert s.read_raw(0, 10).next_offset == 1
+    assert [r.offset for r in s.read(2, 10)] == [2]
+    assert [p.offset for p in db.check().problems] == [1]
+
+
+def test_a_kafka_fetch_ends_before_a_record_whose_payload_row_is_gone(db: sqlstream.Database) -> None:
+    pytest.importorskip("kio", reason="the kafka extra (kio needs Python 3.11+)")
+    from sqlstream.errors import DamagedRecord
+    from sqlstream.kafka.store import KafkaStore
+
+    store = KafkaStore(db)
+    store.topic("k", create=True)
+    db.stream("k").extend([b"a", b"b" * 5000, b"c"])
+    _damage(db, "DELETE FROM payloads WHERE offset = 1")
+    got = store.read("k", 0, 1 << 20)
+    assert got is not None and [r[0] for r in got.records] == [0]
+    with pytest.raises(DamagedRecord):
+        store.read("k", 1, 1 << 20)
+    got = store.read("k", 2, 1 << 20)
+    assert got is not None and [r[3] for r in got.records] == [b"c"]
+
+
+def test_check_reads_a_text_payload_row_written_as_text_by_foreign_sql(db: sqlstream.Database) -> None:
+    # `X'FF' || zeroblob(n)` is TEXT in SQLite: such a payload row came back from check's
+    # query as a str apsw could not decode, and check raised UnicodeDecodeError.
+    s = db.create_stream("s")
+    s.append("x" * 5000)
+    _damage(db, "UPDATE payloads SET data = X'FFFE' || zeroblob(4998) WHERE offset = 0")
+    problems = db.check().problems
+    assert (problems[0].offset, "not valid UTF-8" in problems[0].message) == (0, True), problems
+
+
 # --------------------------------------------------------------------------- migration
 
 

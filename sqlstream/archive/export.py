@@ -68,7 +68,7 @@ from ..errors import (
     WriteError,
     convert,
 )
-from ..records import check_name
+from ..records import MISSING_PAYLOAD, Damaged, check_name
 from ..retention import trim_below
 from ..storage import StorageDriver, get_driver, upload_file
 from .callbacks import EXTENSIONS, check_compression, compress_file
@@ -243,6 +243,9 @@ def record_metadata(stream: str, row: tuple[Any, ...]) -> tuple[dict[str, str], 
         meta["key"] = key
     if headers:
         meta["headers"] = headers
+    if data is None:  # its payloads row is gone (foreign SQL): there is nothing to archive
+        raise Damaged(offset, position, MISSING_PAYLOAD, None, {}, b"").error(
+            stream, "trim the stream past it to export what follows")
     return meta, data if isinstance(data, bytes) else data.encode("utf-8")
 
 

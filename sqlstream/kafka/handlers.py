@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..aio import AsyncDatabase
-from ..errors import PayloadTooLarge, SqlstreamError, StreamSealed
+from ..errors import DamagedRecord, PayloadTooLarge, SqlstreamError, StreamSealed
 from ..validation import check_seconds
 from .groups import Coordinator, GroupError
 from .protocol import SUPPORTED, Request
@@ -386,7 +386,13 @@ class Handlers:
                 if topic is None or not 0 <= partition < topic.partitions:
                     out.append((name, partition, UNKNOWN_TOPIC_OR_PARTITION, None))
                     continue
-                got = self.store.read(topic.stream(partition), offset, max(1, min(pmax, budget)), at_least_one=first)
+                try:
+                    got = self.store.read(topic.stream(partition), offset, max(1, min(pmax, budget)),
+                                          at_least_one=first)
+                except DamagedRecord as exc:  # a record whose value is lost (foreign SQL): this partition only
+                    log.warning("fetch of %s-%d at %d: %s", name, partition, offset, exc)
+                    out.append((name, partition, KAFKA_STORAGE_ERROR, None))
+                    continue
                 if got is None:
                     out.append((name, partition, UNKNOWN_TOPIC_OR_PARTITION, None))
                     continue

@@ -40,6 +40,7 @@ from ..connection import runner
 from ..database import Database
 from ..errors import InvalidArgument, SequenceGap, SqlstreamError, StaleEpoch, StreamExists, StreamNotFound
 from ..fencing import KAFKA_PRODUCER_PREFIX, FencedAppend, append_fenced, expire_producers
+from ..records import MISSING_PAYLOAD, Damaged
 from .records import Batch, FetchedRecord, KafkaRecord
 
 __all__ = ["KafkaStore", "Topic", "KafkaRefused", "valid_topic_name", "producer_name", "SEQUENCE_WRAP"]
@@ -350,6 +351,14 @@ class KafkaStore:
                 rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
+                if None in map(_value, rows):  # a payload row gone (foreign SQL): the read ends before it
+                    cut = [row[4] for row in rows].index(None)
+                    if cut == 0 and not kept:
+                        raise Damaged(rows[0][0], 0, MISSING_PAYLOAD, None, {}, b"").error(
+                            stream, f"commit offset {rows[0][0] + 1} to skip it")
+                    rows, full = rows[:cut], True
+                    if not rows:
+                        break
                 # What each row costs the budget (_cost), summed in C when no row has a key
                 # or headers (the common case: values only); the rows that fit are a
                 # prefix, found by bisection.
