@@ -158,6 +158,19 @@ def test_a_record_whose_payload_row_is_gone_reads_as_damaged(db: sqlstream.Datab
     assert [p.offset for p in db.check().problems] == [1]
 
 
+def test_a_subscription_sets_aside_a_record_whose_payload_row_is_gone(db: sqlstream.Database) -> None:
+    # fetch() sets a damaged record aside (to the dead-letter stream, as bytes): copying
+    # one whose payload row was gone raised AttributeError (None has no decode).
+    s = db.create_stream("s")
+    s.extend([b"a", b"b" * 5000, b"c"])
+    sub = db.create_subscription("g", "s", start="earliest", dead_letter="dlq", max_deliveries=5)
+    _damage(db, "DELETE FROM payloads WHERE offset = 1")
+    batch = sub.fetch("w", max_records=10)
+    assert batch.offsets == [0, 2] and sub.info().dead_lettered == 1
+    (copy,) = db.stream("dlq").read(0, 10)
+    assert copy.value == b"" and copy.headers["sqlstream.source_offset"] == "1"
+
+
 def test_a_kafka_fetch_ends_before_a_record_whose_payload_row_is_gone(db: sqlstream.Database) -> None:
     pytest.importorskip("kio", reason="the kafka extra (kio needs Python 3.11+)")
     from sqlstream.errors import DamagedRecord
