@@ -811,3 +811,25 @@ class _RawReceiver(_Receiver):
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+
+def test_an_ack_naming_a_linked_stream_deleted_since_the_claim_applies_the_rest(client: httpx.Client,
+                                                                                db_path: str) -> None:
+    # The claim held records of s and t; s was deleted meanwhile (its group with it). The
+    # worker's ack naming both was refused whole with 409 INVALID_OFFSET "stream 's' is
+    # not linked" (GET still lists the link), so nothing of t was acked and the lease
+    # stayed until it ran out. Deleted records need no ack: the rest applies.
+    for name in ("wake", "s", "t"):
+        _json_stream(client, name)
+    assert _subscribe(client, "del", streams=["s", "t"]).status_code == 201
+    client.post("/s", content=b"[1]", headers={"content-type": "application/json"})
+    client.post("/t", content=b"[2]", headers={"content-type": "application/json"})
+    claim = _claim(client, "del", "w").json()
+    tails = {s["path"]: s["tail_offset"] for s in claim["streams"]}
+    assert client.delete("/s").status_code == 204
+    acked = _ack(client, "del", claim, [("s", tails["s"]), ("t", tails["t"])])
+    assert acked.status_code == 200, acked.text
+    with sqlstream.open(db_path) as db:
+        info = db.subscription("del@t").info()
+        assert (info.acked, info.pending) == (1, 0)
+    assert _error(_claim(client, "del", "w")) == "NO_PENDING_WORK"  # the lease ended with the done ack

@@ -466,8 +466,11 @@ class DsStore:
         with db.transaction():
             row = self._fenced(sid, token, req, kind)
             held = {path: (sub, mine) for path, sub, mine in self._held(row)}
+            linked = {path for path, _e, _g in self._links(sid)}
             for path, n in req.acks:
                 if path not in held:
+                    if path in linked:
+                        continue  # its stream (and group) was deleted since the claim: nothing left to ack
                     raise DsError(409, "INVALID_OFFSET", f"stream {path!r} is not linked to subscription {sid!r}")
                 sub, mine = held[path]
                 if n > db.stream_info(path).next_offset:
