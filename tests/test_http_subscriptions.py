@@ -168,6 +168,19 @@ def test_webhook_urls_are_checked_against_ssrf() -> None:
     assert webhook_url_problem("https://hooks.example.com/x") is None
 
 
+@pytest.mark.parametrize("url", [
+    "https://0x7f000001/", "https://2130706433/", "https://127.1/", "https://0177.0.0.1/", "https://10.1/",
+    "https://0xa9.254.169.254/", "https://localhost./", "https://api.localhost/", "https://127.0.0.1./",
+], ids=["hex", "decimal", "short", "octal", "short-private", "hex-octet", "localhost-dot", "sub-localhost",
+        "trailing-dot"])
+def test_webhook_urls_naming_a_private_address_in_another_spelling_are_refused(url: str) -> None:
+    # The C resolver (inet_aton, behind getaddrinfo and so httpx) reads hex, octal, decimal
+    # and short dotted forms as IPv4 addresses: https://0x7f000001/ is 127.0.0.1, and
+    # https://10.1/ is 10.0.0.1. They passed as host names; so did "localhost." and
+    # "*.localhost" (which resolvers answer with loopback).
+    assert webhook_url_problem(url) is not None, url
+
+
 # ----------------------------------------------------------------- the protocol's flow
 
 

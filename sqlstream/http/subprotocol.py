@@ -14,6 +14,7 @@ import ipaddress
 import json
 import operator
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -108,7 +109,8 @@ def webhook_url_problem(url: str) -> str | None:
     public host, or http only to localhost / 127.0.0.x."""
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        # A fully qualified name's final dot names the same host ("localhost." is localhost).
+        host = (parts.hostname or "").lower().removesuffix(".")
     except ValueError:
         return "webhook.url must be a valid URL"
     if parts.scheme == "http":
@@ -117,13 +119,31 @@ def webhook_url_problem(url: str) -> str | None:
         return "http webhook URLs are allowed only for localhost or 127.0.0.x"
     if parts.scheme != "https" or not host:
         return "webhook.url must be an https URL"
+    if host == "localhost" or host.endswith(".localhost"):  # resolvers answer *.localhost with loopback (RFC 6761)
+        return "https webhook URLs must not name localhost"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return "https webhook URLs must not name localhost" if host == "localhost" else None
+        address = _inet_aton(host)
+        if address is None:
+            return None  # a host name (what it resolves to is not checked: see the README)
     if not address.is_global:
         return "webhook.url must not target private, loopback or link-local addresses"
     return None
+
+
+def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address the C resolver reads ``host`` as, or None for a name. inet_aton
+    (behind getaddrinfo, so behind the HTTP client) takes hex, octal, decimal and short
+    dotted forms: ``0x7f000001``, ``2130706433``, ``127.1`` and ``0177.0.0.1`` are all
+    127.0.0.1, which ``ipaddress`` does not parse. Only digits, dots and ``x``/hex digits
+    can be such a form: a name with other letters is never read as an address."""
+    if not re.fullmatch(r"[0-9a-fx.]+", host) or not host[0].isdigit():
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
