@@ -121,12 +121,13 @@ def webhook_url_problem(url: str) -> str | None:
         return "webhook.url must be an https URL"
     if host == "localhost" or host.endswith(".localhost"):  # resolvers answer *.localhost with loopback (RFC 6761)
         return "https webhook URLs must not name localhost"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = _inet_aton(host)
-        if address is None:
-            return None  # a host name (what it resolves to is not checked: see the README)
+    if address is None:
+        return None  # a host name (what it resolves to is not checked: see the README)
     if not address.is_global:
         return "webhook.url must not target private, loopback or link-local addresses"
     return None
