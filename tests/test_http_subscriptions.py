@@ -473,9 +473,10 @@ def test_deleting_a_subscription_deletes_its_groups(client: httpx.Client, db_pat
 
 
 class _Receiver:
-    """A webhook receiver on 127.0.0.1 (port 0): records each POST, answers ``answer``."""
+    """A webhook receiver on 127.0.0.1 (port 0): records each POST, answers ``answer``
+    (as JSON; bytes as they are)."""
 
-    def __init__(self, answer: dict[str, Any]) -> None:
+    def __init__(self, answer: dict[str, Any] | bytes) -> None:
         calls: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
         self.calls = calls
 
@@ -483,7 +484,7 @@ class _Receiver:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["content-length"]))
                 calls.put(({k.lower(): v for k, v in self.headers.items()}, body))
-                payload = json.dumps(answer).encode()
+                payload = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
@@ -792,7 +793,7 @@ def test_a_webhook_answer_nested_too_deep_is_not_taken() -> None:
     deep = b"[" * 30_000 + b"]" * 30_000
     assert len(deep) <= MAX_ANSWER_BYTES
     for answer, taken in ((deep, None), (b'{"done": true}', {"done": True})):
-        receiver = _RawReceiver(answer)
+        receiver = _Receiver(answer)
         try:
             async def call() -> Any:
                 async with httpx.AsyncClient() as http:
@@ -802,28 +803,6 @@ def test_a_webhook_answer_nested_too_deep_is_not_taken() -> None:
         finally:
             receiver.close()
 
-
-class _RawReceiver(_Receiver):
-    """A webhook receiver that answers the given bytes as JSON."""
-
-    def __init__(self, answer: bytes) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers["content-length"]))
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.calls = queue.Queue()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
 
 def test_an_ack_naming_a_linked_stream_deleted_since_the_claim_applies_the_rest(client: httpx.Client,
