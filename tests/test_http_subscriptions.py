@@ -825,3 +825,51 @@ def test_an_ack_naming_a_linked_stream_deleted_since_the_claim_applies_the_rest(
         info = db.subscription("del@t").info()
         assert (info.acked, info.pending) == (1, 0)
     assert _error(_claim(client, "del", "w")) == "NO_PENDING_WORK"  # the lease ended with the done ack
+
+
+def test_a_webhook_answer_trickled_byte_by_byte_is_cut_at_the_calls_deadline() -> None:
+    # httpx's timeout bounds each read: a receiver that sent its answer a byte at a time,
+    # each within the timeout, held the call (and its connection) until it chose to stop
+    # (64 KiB at a byte per 9 s: days), and the pump starts another call every time the
+    # wake's lease ends. Now the call has one deadline: the connection is closed under
+    # the receiver's writes, and the answer is not taken.
+    import asyncio
+
+    from sqlstream.http.webhooks import Signer, post
+
+    outcome: queue.Queue[str] = queue.Queue()
+    answer = b'{"done": true}' + b" " * 40
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            try:
+                for i in range(len(answer)):  # 54 bytes, 0.1 s apart: 5.4 s, each read well within 0.5 s
+                    self.wfile.write(answer[i:i + 1])
+                    self.wfile.flush()
+                    threading.Event().wait(0.1)
+            except OSError:
+                outcome.put("cut")
+                return
+            outcome.put("sent whole")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async def call() -> Any:
+            async with httpx.AsyncClient() as http:
+                return await post(http, Signer(), f"http://127.0.0.1:{server.server_address[1]}/hook",
+                                  {"wake_id": "w"}, timeout=0.5)
+
+        assert asyncio.run(call()) is None
+        assert outcome.get(timeout=60) == "cut"
+    finally:
+        server.shutdown()
+        server.server_close()

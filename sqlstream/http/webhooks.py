@@ -12,7 +12,7 @@ would be a secret at rest in the file); ``kid`` is ``ds_`` + the RFC 7638 thumbp
 the public key, published at ``{prefix}/__ds/jwks.json``. A restart publishes a new key;
 receivers look keys up by ``kid`` in the JWKS, so they follow.
 
-Delivery: one POST per wake (timeout 10 s, redirects not followed, at most 64 KiB of
+Delivery: one POST per wake (10 s for the whole call, redirects not followed, at most 64 KiB of
 the answer read). A 2xx answer of ``{"done": true}`` acks the wake's records; any other
 answer (a longer one included) leaves the wake's lease to
 run out, after which the pump calls again with a new wake (a retry every
@@ -21,6 +21,7 @@ run out, after which the pump calls again with a new wake (a retry every
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -70,26 +71,43 @@ class Signer:
         return f"t={stamp},kid={self.kid},ed25519={_b64url(signature)}"
 
 
-async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dict[str, Any]) -> Any:
+async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dict[str, Any],
+               timeout: float = TIMEOUT) -> Any:
     """POST the signed ``payload``; the JSON of a 2xx answer (None when not 2xx, not JSON,
-    over :data:`MAX_ANSWER_BYTES` (not read further), or the call failed: logged)."""
+    over :data:`MAX_ANSWER_BYTES` (not read further), not complete within ``timeout``
+    seconds from the start of the call, or the call failed: logged)."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "webhook-signature": signer.sign(body)}
-    answer = bytearray()
     try:
-        async with client.stream("POST", url, content=body, headers=headers, timeout=TIMEOUT) as response:
-            if not 200 <= response.status_code < 300:
-                _log.warning("webhook %s answered %d", url, response.status_code)
-                return None
-            async for chunk in response.aiter_bytes():
-                answer += chunk
-                if len(answer) > MAX_ANSWER_BYTES:
-                    _log.warning("webhook %s: an answer over %d bytes is not read", url, MAX_ANSWER_BYTES)
-                    return None
+        # One deadline for the whole call: httpx's timeout bounds each read, so a receiver
+        # that sends a byte now and then would hold the call (and its connection) for days,
+        # and the pump starts another call for the subscription every time a lease ends.
+        answer = await asyncio.wait_for(_exchange(client, url, body, headers, timeout), timeout)
     except httpx.HTTPError as exc:
         _log.warning("webhook %s: %s", url, exc)
+        return None
+    except asyncio.TimeoutError:
+        _log.warning("webhook %s: no whole answer within %s s", url, timeout)
+        return None
+    if answer is None:
         return None
     try:
         return json.loads(answer)
     except (ValueError, RecursionError):
         return None
+
+
+async def _exchange(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
+                    timeout: float) -> bytes | None:
+    """The POST and the bytes of its 2xx answer (None: not 2xx, or over the bound)."""
+    answer = bytearray()
+    async with client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+        if not 200 <= response.status_code < 300:
+            _log.warning("webhook %s answered %d", url, response.status_code)
+            return None
+        async for chunk in response.aiter_bytes():
+            answer += chunk
+            if len(answer) > MAX_ANSWER_BYTES:
+                _log.warning("webhook %s: an answer over %d bytes is not read", url, MAX_ANSWER_BYTES)
+                return None
+    return bytes(answer)
