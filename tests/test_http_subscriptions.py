@@ -873,3 +873,36 @@ def test_a_webhook_answer_trickled_byte_by_byte_is_cut_at_the_calls_deadline() -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_webhook_host_name_resolving_to_a_private_address_is_not_called() -> None:
+    # The URL rule looks at the URL only: https://NAME/ passed for any name, and the call
+    # went wherever NAME resolved to then (this machine's own name resolves to loopback
+    # here; a name's DNS can answer anything, and change its answer after the check).
+    # Now the call resolves the name, checks every address, and connects to the one checked.
+    import asyncio
+    import socket
+
+    from sqlstream.http.webhooks import Signer, post
+
+    name = socket.gethostname()
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(name, 443, type=socket.SOCK_STREAM)}
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    if not any(addr.startswith("127.") for addr in resolved) or webhook_url_problem(f"https://{name}/") is not None:
+        pytest.skip(f"this machine's name {name!r} does not resolve to 127.x only ({resolved})")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    try:
+        async def call() -> Any:
+            async with httpx.AsyncClient() as http:
+                return await post(http, Signer(), f"https://{name}:{listener.getsockname()[1]}/hook", {"wake_id": "w"})
+
+        assert asyncio.run(call()) is None
+        with pytest.raises(BlockingIOError):  # nobody connected (the TCP handshake would be queued)
+            listener.accept()
+    finally:
+        listener.close()

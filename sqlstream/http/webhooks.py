@@ -12,7 +12,8 @@ would be a secret at rest in the file); ``kid`` is ``ds_`` + the RFC 7638 thumbp
 the public key, published at ``{prefix}/__ds/jwks.json``. A restart publishes a new key;
 receivers look keys up by ``kid`` in the JWKS, so they follow.
 
-Delivery: one POST per wake (10 s for the whole call, redirects not followed, at most 64 KiB of
+Delivery: one POST per wake (10 s for the whole call, a host name resolved and its addresses
+checked at each call and the call made to the address checked, redirects not followed, at most 64 KiB of
 the answer read). A 2xx answer of ``{"done": true}`` acks the wake's records; any other
 answer (a longer one included) leaves the wake's lease to
 run out, after which the pump calls again with a new wake (a retry every
@@ -24,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import json
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -79,10 +83,19 @@ async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dic
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "webhook-signature": signer.sign(body)}
     try:
+        target = await asyncio.wait_for(_pin(url), timeout)
+    except asyncio.TimeoutError:
+        target = f"resolving took over {timeout} s"
+    if isinstance(target, str):
+        _log.warning("webhook %s not called: %s", url, target)
+        return None
+    url, extra, extensions = target
+    headers.update(extra)
+    try:
         # One deadline for the whole call: httpx's timeout bounds each read, so a receiver
         # that sends a byte now and then would hold the call (and its connection) for days,
         # and the pump starts another call for the subscription every time a lease ends.
-        answer = await asyncio.wait_for(_exchange(client, url, body, headers, timeout), timeout)
+        answer = await asyncio.wait_for(_exchange(client, url, body, headers, extensions, timeout), timeout)
     except httpx.HTTPError as exc:
         _log.warning("webhook %s: %s", url, exc)
         return None
@@ -97,11 +110,42 @@ async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dic
         return None
 
 
+async def _pin(url: str) -> tuple[str, dict[str, str], dict[str, Any]] | str:
+    """Where to connect for ``url``: (the URL with its host name replaced by an address it
+    resolves to now, the Host header to send, the request's extensions: the TLS server
+    name), or why not (a str). Every address the name resolves to must pass the rule the
+    URL passed at creation (https: public; http: loopback), checked here because what a
+    name resolves to is up to its DNS, and can change after the check (DNS rebinding):
+    the call goes to the address checked, not to a second lookup's answer."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return url, {}, {}  # an address: checked when the subscription was made
+    except ValueError:
+        pass
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host!r}: {exc}"
+    addresses = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
+    wanted = "loopback" if parts.scheme == "http" else "public"
+    refused = [a for a in addresses if not (a.is_loopback if parts.scheme == "http" else a.is_global)]
+    if not addresses or refused:
+        return f"{host!r} resolves to {refused[0] if refused else 'no address'}, not a {wanted} address"
+    first = addresses[0]
+    netloc = (f"[{first}]" if first.version == 6 else str(first)) + (f":{parts.port}" if parts.port else "")
+    name = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), {"host": name}, {"sni_hostname": host}
+
+
 async def _exchange(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
-                    timeout: float) -> bytes | None:
+                    extensions: dict[str, Any], timeout: float) -> bytes | None:
     """The POST and the bytes of its 2xx answer (None: not 2xx, or over the bound)."""
     answer = bytearray()
-    async with client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+    async with client.stream("POST", url, content=body, headers=headers, timeout=timeout,
+                             extensions=extensions) as response:
         if not 200 <= response.status_code < 300:
             _log.warning("webhook %s answered %d", url, response.status_code)
             return None
