@@ -134,7 +134,10 @@ async def _pin(url: str) -> tuple[str, dict[str, str], dict[str, Any]] | str:
     refused = [a for a in addresses if not (a.is_loopback if parts.scheme == "http" else a.is_global)]
     if not addresses or refused:
         return f"{host!r} resolves to {refused[0] if refused else 'no address'}, not a {wanted} address"
-    first = addresses[0]
+    # One address is called (not each in turn, as a client's happy eyeballs would): IPv4
+    # first, which a receiver listening on 127.0.0.1 for http://localhost/ needs where
+    # localhost resolves to ::1 first.
+    first = min(addresses, key=lambda a: a.version)
     netloc = (f"[{first}]" if first.version == 6 else str(first)) + (f":{parts.port}" if parts.port else "")
     name = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc)), {"host": name}, {"sni_hostname": host}
