@@ -906,3 +906,24 @@ def test_a_webhook_host_name_resolving_to_a_private_address_is_not_called() -> N
             listener.accept()
     finally:
         listener.close()
+
+
+def test_a_webhook_by_host_name_is_called_at_the_checked_address_with_its_name_as_host() -> None:
+    import asyncio
+
+    from sqlstream.http.webhooks import Signer, post
+
+    receiver = _Receiver({"done": True})
+    try:
+        url = receiver.url.replace("127.0.0.1", "localhost")
+        assert webhook_url_problem(url) is None
+
+        async def call() -> Any:
+            async with httpx.AsyncClient() as http:
+                return await post(http, Signer(), url, {"wake_id": "w"})
+
+        assert asyncio.run(call()) == {"done": True}
+        headers, _body = receiver.next()
+        assert headers["host"] == url.split("/")[2]  # localhost:PORT, though the call went to 127.0.0.1
+    finally:
+        receiver.close()
