@@ -154,3 +154,29 @@ def test_binary_keys_and_headers_kept_aside_count_toward_the_budget(tmp_path):
         got = store.read("t", 10, 2_000)
         assert [r[0] for r in got.records] == [10, 11, 12] and got.size == 3 * (1 + 502 + OVERHEAD)
         assert [KafkaRecord(*r[1:]) for r in got.records] == headed[:3]
+
+
+def test_a_fetch_of_big_records_reads_about_its_budget_not_a_page_of_them(tmp_path):
+    """The first page of rows was sized for small records (budget / 128, up to 1,000
+    rows), and every row's value was read before the budget cut: a 1 MiB fetch of a
+    partition of 1 MiB records read 60 of them (60 MiB) to answer one. Now a page never
+    reaches past the rows whose values (their byte positions say) fit the budget."""
+    import tracemalloc
+
+    with sqlstream.open(tmp_path / "big.db") as db:
+        store = KafkaStore(db)
+        store.topic("t", create=True)
+        for i in range(60):
+            db.stream("t").append(bytes([i]) * (1 << 20))
+        tracemalloc.start()
+        try:
+            got = store.read("t", 0, 1 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert got is not None and [r[0] for r in got.records] == [0]
+        assert peak < 8 << 20, f"{peak:,} bytes held to answer 1 MiB"
+        got = store.read("t", 3, 3 << 20)  # two whole records, the third is over
+        assert [r[0] for r in got.records] == [3, 4]
+        got = store.read("t", 58, 100 << 20)
+        assert [r[0] for r in got.records] == [58, 59]

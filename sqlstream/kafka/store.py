@@ -149,6 +149,8 @@ def _extra_costs(batches: list[Any]) -> dict[int, int]:
 
 
 _ENDS_SQL = "SELECT id, first_offset, next_offset FROM streams_now WHERE name = ?"
+_READ_ENDS_SQL = "SELECT id, first_offset, next_offset, byte_length FROM streams_now WHERE name = ?"
+_POSITION_SQL = "SELECT position FROM chunks WHERE stream_id = ? AND offset = ?"
 
 
 class KafkaStore:
@@ -333,14 +335,20 @@ class KafkaStore:
         even if it is larger, as Kafka does for the first non-empty partition of a fetch),
         with every Kafka field restored. None when the stream does not exist."""
         with self.engine.snapshot() as conn:
-            got = runner(conn)(_ENDS_SQL, (stream,))
+            got = runner(conn)(_READ_ENDS_SQL, (stream,))
             if not got:
                 return None
-            stream_id, first, end = got[0]
+            stream_id, first, end, byte_length = got[0]
             out: list[FetchedRecord] = []
             size = 0
             if offset < first or offset >= end:
                 return Fetched(out, first, end, 0)
+
+            def at(n: int) -> int:
+                """The byte position of record ``n`` (the stream's byte length at its end):
+                the values of records a..b-1 take at(b) - at(a) bytes."""
+                return int(byte_length if n >= end else runner(conn)(_POSITION_SQL, (stream_id, n))[0][0])
+
             # Pages of rows until the budget is spent: a first page sized for small records,
             # later ones from the sizes seen, so large records are not read for nothing.
             kept: list[Any] = []
@@ -348,6 +356,16 @@ class KafkaStore:
             position = offset
             full = False
             while not full and position < end:
+                # No row past the one whose value crosses the budget: the rows' byte positions
+                # say where that is (a page sized for small records read 1,000 large ones to
+                # answer one). Keys, headers and framing cost more: cut below.
+                stop, base, room = min(position + page, end), at(position), max_bytes - size
+                if at(stop) - base > room:
+                    lo, hi = position + 1, stop
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        lo, hi = (lo, mid) if at(mid) - base > room else (mid + 1, hi)
+                    page = lo - position
                 rows = runner(conn)(_READ_SQL, (stream_id, position, page))
                 if not rows:
                     break
