@@ -83,19 +83,10 @@ async def post(client: httpx.AsyncClient, signer: Signer, url: str, payload: dic
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {"content-type": "application/json", "webhook-signature": signer.sign(body)}
     try:
-        target = await asyncio.wait_for(_pin(url), timeout)
-    except asyncio.TimeoutError:
-        target = f"resolving took over {timeout} s"
-    if isinstance(target, str):
-        _log.warning("webhook %s not called: %s", url, target)
-        return None
-    url, extra, extensions = target
-    headers.update(extra)
-    try:
         # One deadline for the whole call: httpx's timeout bounds each read, so a receiver
         # that sends a byte now and then would hold the call (and its connection) for days,
         # and the pump starts another call for the subscription every time a lease ends.
-        answer = await asyncio.wait_for(_exchange(client, url, body, headers, extensions, timeout), timeout)
+        answer = await asyncio.wait_for(_exchange(client, url, body, headers, timeout), timeout)
     except httpx.HTTPError as exc:
         _log.warning("webhook %s: %s", url, exc)
         return None
@@ -138,16 +129,23 @@ async def _pin(url: str) -> tuple[str, dict[str, str], dict[str, Any]] | str:
     # first, which a receiver listening on 127.0.0.1 for http://localhost/ needs where
     # localhost resolves to ::1 first.
     first = min(addresses, key=lambda a: a.version)
-    netloc = (f"[{first}]" if first.version == 6 else str(first)) + (f":{parts.port}" if parts.port else "")
+    userinfo, at, _ = parts.netloc.rpartition("@")  # credentials in the URL go along
+    netloc = userinfo + at + (f"[{first}]" if first.version == 6 else str(first)) + (f":{parts.port}" if parts.port else "")
     name = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc)), {"host": name}, {"sni_hostname": host}
 
 
 async def _exchange(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
-                    extensions: dict[str, Any], timeout: float) -> bytes | None:
-    """The POST and the bytes of its 2xx answer (None: not 2xx, or over the bound)."""
+                    timeout: float) -> bytes | None:
+    """The POST (to the address :func:`_pin` checked) and the bytes of its 2xx answer (None:
+    not called, not 2xx, or over the bound)."""
+    target = await _pin(url)
+    if isinstance(target, str):
+        _log.warning("webhook %s not called: %s", url, target)
+        return None
+    address_url, extra, extensions = target
     answer = bytearray()
-    async with client.stream("POST", url, content=body, headers=headers, timeout=timeout,
+    async with client.stream("POST", address_url, content=body, headers={**headers, **extra}, timeout=timeout,
                              extensions=extensions) as response:
         if not 200 <= response.status_code < 300:
             _log.warning("webhook %s answered %d", url, response.status_code)
