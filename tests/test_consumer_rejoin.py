@@ -111,6 +111,9 @@ def test_a_consumer_sigkilled_and_restarted_under_its_name_gets_its_records_back
         try:
             # Only the take-back can deliver them before their one-hour ack deadline.
             done = wait_for_stream(db, "done", 5, timeout=60)
+            # The consumer acks after its callback returns, in a transaction of its own:
+            # wait for the acks (through the file's wake-ups) before killing it.
+            assert db.engine.wait_until(lambda: db.subscription("g").info().acked == 5 or None, 60)
         finally:
             second.send_signal(signal.SIGKILL)
             second.wait()
