@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 import sqlstream
@@ -134,3 +135,51 @@ def test_a_kafka_client_produces_and_fetches_big_records(sqlstream_kafka: Any) -
     finally:
         consumer.close()
     assert [(m.offset(), m.value()) for m in got] == [(0, b"small"), (1, big), (2, VALUES[1])]
+
+
+def test_a_kafka_fetch_at_a_record_whose_payload_row_is_gone_answers_that_partitions_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: KafkaStore.read raised TypeError (len of None) at the record, the request
+    # failed as an internal error and the connection was closed, at every retry. Now the
+    # fetch answers what precedes it, then KAFKA_STORAGE_ERROR for that partition (logged);
+    # once the record is trimmed away the consumer goes on past it.
+    pytest.importorskip("kio")
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    import logging
+
+    from sqlstream import kafka
+
+    path = tmp_path / "k.db"
+    with sqlstream.open(path) as db:
+        db.create_stream("t").extend([b"a", b"b" * 5000, b"c"])
+    conn = apsw.Connection(str(path))
+    try:
+        conn.execute("DELETE FROM payloads WHERE offset = 1")
+    finally:
+        conn.close()
+    caplog.set_level(logging.WARNING, logger="sqlstream.kafka")
+    running = kafka.start(path, kafka.Settings(port=0))
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": running.bootstrap_servers, "group.id": "g",
+                                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.subscribe(["t"])
+        got: list[Any] = []
+        for _ in range(240):
+            if got and "fetch of t-0 at 1" in caplog.text:
+                break
+            m = consumer.poll(0.25)
+            if m is not None and m.error() is None:
+                got.append((m.offset(), m.value()))
+        assert got == [(0, b"a")] and "damaged" in caplog.text, caplog.text[-2000:]
+        with sqlstream.open(path) as db:
+            db.trim("t", 2)
+        for _ in range(240):
+            if len(got) == 2:
+                break
+            m = consumer.poll(0.25)
+            if m is not None and m.error() is None:
+                got.append((m.offset(), m.value()))
+        assert got == [(0, b"a"), (2, b"c")]
+    finally:
+        consumer.close()
+        running.close()
