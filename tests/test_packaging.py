@@ -210,8 +210,10 @@ def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Pa
         assert (top / needed).is_file(), needed
     assert not list(top.rglob("__pycache__")) and not list(top.rglob("*.db"))
     env = {k: v for k, v in os.environ.items() if k != "SQLSTREAM_TEST_INSTALLED"}
+    # -n 0: five tests in one process. The sdist's addopts would start an xdist worker per
+    # CPU plus one, each importing and collecting on its own: 8-9 s of CPU instead of 2.
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_basics.py",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_basics.py",
          "tests/test_readme.py::test_every_readme_snippet_is_run_or_an_install_command"],
         cwd=top, env=env, capture_output=True, text=True, timeout=300,
     )
