@@ -12,6 +12,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from helpers_once import once_per_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,21 +37,18 @@ _NOT_SOURCE = shutil.ignore_patterns(
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python -m build`` (sdist, then a wheel from that sdist) of a copy of the tree."""
+    """``python -m build`` (sdist, then a wheel from that sdist) of a copy of the tree, made
+    once per run and shared by the xdist workers (helpers_once)."""
     pytest.importorskip("build")
-    tmp = tmp_path_factory.mktemp("build")
-    src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=_NOT_SOURCE)
-    dist = tmp / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "-o", str(dist), str(src)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dist
 
+    def build(tmp: Path) -> None:
+        src = tmp / "src"
+        shutil.copytree(ROOT, src, ignore=_NOT_SOURCE)
+        proc = subprocess.run([sys.executable, "-m", "build", "-o", str(tmp / "dist"), str(src)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-# The tests that share the module's built sdist and wheel run on one pytest-xdist worker,
-# so the tree is built once.
-BUILT = pytest.mark.xdist_group("packaging-built")
+    return once_per_run(tmp_path_factory, "packaging-built", build) / "dist"
 
 
 def _outer_pip_targets_other_interpreters() -> bool:
@@ -62,7 +60,6 @@ def _outer_pip_targets_other_interpreters() -> bool:
     return (major, minor) >= (22, 3)
 
 
-@BUILT
 @pytest.mark.slow
 def test_wheel_installs_into_fresh_venv_and_creates_a_database(built: Path, tmp_path: Path) -> None:
     """The wheel ``python -m build`` makes (the one the twine test checks), installed in a
@@ -166,7 +163,6 @@ def test_quickstart_example_runs(tmp_path: Path) -> None:
     assert streams(paths[0]) == streams(paths[1])
 
 
-@BUILT
 @pytest.mark.slow
 def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Path) -> None:
     """What PyPI shows: the README renders, the license is MIT with its file in both
@@ -198,7 +194,6 @@ def test_sdist_and_wheel_pass_twine_check_with_license_and_classifiers(built: Pa
         assert any(n.endswith("/LICENSE") and n.count("/") == 1 for n in tf.getnames())
 
 
-@BUILT
 @pytest.mark.slow
 def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Path) -> None:
     """Unpacked, the sdist has the tests with conftest and helpers, docs, examples,
@@ -215,8 +210,10 @@ def test_sdist_contains_its_tests_and_they_run_from_it(built: Path, tmp_path: Pa
         assert (top / needed).is_file(), needed
     assert not list(top.rglob("__pycache__")) and not list(top.rglob("*.db"))
     env = {k: v for k, v in os.environ.items() if k != "SQLSTREAM_TEST_INSTALLED"}
+    # -n 0: five tests in one process. The sdist's addopts would start an xdist worker per
+    # CPU plus one, each importing and collecting on its own: 8-9 s of CPU instead of 2.
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_basics.py",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_basics.py",
          "tests/test_readme.py::test_every_readme_snippet_is_run_or_an_install_command"],
         cwd=top, env=env, capture_output=True, text=True, timeout=300,
     )

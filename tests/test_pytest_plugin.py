@@ -105,6 +105,7 @@ def test_the_clock_redelivers_after_a_30_s_ack_timeout_at_once(pytester: pytest.
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.slow  # a pytest run of its own on xdist workers: interpreters and collection
 def test_the_fixtures_run_under_pytest_xdist_one_file_per_test(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile(

@@ -30,7 +30,7 @@ DRIVERS = ["filesystem", "sqlite", "s3"]
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     pytest.importorskip("boto3", reason="the s3 driver needs boto3 (pip install 'sqlstream[s3]')")
-    moto_server = pytest.importorskip("moto.server", reason="the s3 tests need moto[server] (the test extra)")
+    moto_server = pytest.importorskip("moto.server", reason="the s3 tests need moto with flask (the test extra)")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

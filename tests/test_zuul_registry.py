@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_once import once_per_run
 
 from sqlstream.storage import StorageDriver, get_driver
 
 ZUUL_VERSION = "1.3.0"
 NS = "registry"
-
-# One pytest-xdist worker runs this file, so zuul-registry is fetched once (module fixture).
-pytestmark = pytest.mark.xdist_group("zuul-registry")
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +42,21 @@ def zuul_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return
     except ImportError:
         pass
-    target = tmp_path_factory.mktemp("zuul-registry")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--target", str(target), f"zuul-registry=={ZUUL_VERSION}", "sha256"],
-        capture_output=True, text=True, timeout=300,
-    )
-    if proc.returncode != 0:
-        tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+    failed: list[str] = []
+
+    def install(target: Path) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--target", str(target), f"zuul-registry=={ZUUL_VERSION}", "sha256"],
+            capture_output=True, text=True, timeout=300,
+        )
+        if proc.returncode != 0:
+            failed.append(" ".join(proc.stderr.strip().splitlines()[-2:]))
+
+    # Fetched once per run (helpers_once), whichever worker asks first.
+    target = once_per_run(tmp_path_factory, "zuul-registry", install)
+    if failed or not (target / "zuul_registry").is_dir():
+        tail = failed[0] if failed else "an earlier attempt in this run failed"
         pytest.skip(f"cannot install zuul-registry=={ZUUL_VERSION} and sha256 with pip --no-deps: {tail}")
     sys.path.insert(0, str(target))
     try:
