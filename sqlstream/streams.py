@@ -336,7 +336,7 @@ class Stream:
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             self._check_range(offset, st)
-            state = (st.next_offset, st.byte_length, st.sealed)
+            state = (st.next_offset, st.byte_length, st.sealed, st.id)
             if offset >= st.next_offset:
                 return _raw.build(self.name, offset, [], st.byte_length, None, state)
             position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
@@ -347,6 +347,70 @@ class Stream:
                 end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
             rows = cx.rows(conn, _raw.RAW_SQL, (st.id, offset, end))
         return _raw.build(self.name, offset, rows, position, max_bytes, state)
+
+    def read_joined(self, offset: int = 0, limit: int = 1000, max_bytes: int | None = None, *,
+                    json_array: bool = False) -> _raw.JoinedRecords | None:
+        """The records :meth:`read_raw` would return, their payloads joined into one
+        ``bytes`` by SQLite, or None when they cannot be sent as they are.
+
+        For servers that send records as stored (a JSON-mode HTTP response is the stored
+        JSON texts joined with commas): one row comes back for the whole range, so no
+        ``bytes`` object is built per record. ``json_array``: payloads are joined with
+        ``b","`` and every record must be JSON; otherwise with nothing between them, and
+        every record must be bytes, or none may be and all must be ASCII.
+
+        None (then call :meth:`read_raw`, which renders or refuses record by record): a
+        record of another kind, a text or JSON payload that a joined check cannot settle
+        (not ASCII without ``json_array``, not valid UTF-8 with it) or JSON that SQLite's
+        ``json_valid`` refuses (a damaged record, or one only Python's parser takes).
+
+        Same range rules, atomicity and errors as :meth:`read_raw`: records from
+        ``offset`` while their stored bytes stay within ``max_bytes`` (the first always),
+        at most ``limit``, and the stream's tail and seal state from the same snapshot.
+        """
+        check_offset(offset)
+        check_count(limit, "limit")
+        if max_bytes is not None:
+            check_count(max_bytes, "max_bytes")
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            self._check_range(offset, st)
+            state = (st.next_offset, st.byte_length, st.sealed, st.id)
+            if offset >= st.next_offset:
+                return _raw.JoinedRecords(offset, 0, b"", st.byte_length, st.byte_length, *state)
+            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+            end = min(offset + limit, st.next_offset)
+            if max_bytes is not None:
+                # As in read_raw: the records that start within the budget, less the last
+                # when it ends past it (the first always stays).
+                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            end_position = self._position(conn, st, end)
+            if max_bytes is not None and end_position - position > max_bytes and end - offset > 1:
+                end -= 1
+                end_position = self._position(conn, st, end)
+            row = cx.rows(conn, _raw.JOINED_SQL, (b"," if json_array else b"", st.id, offset, end))[0]
+        data = _raw.passes(row, json_array)
+        if data is None:
+            return None
+        return _raw.JoinedRecords(offset, end - offset, data, position, end_position, *state)
+
+    def record_at_position(self, position: int) -> tuple[int, int]:
+        """(offset, byte position) of the first retained record that starts at byte
+        ``position`` or later; (next offset, byte length) when none does. The records
+        starting below ``position`` end there. Never blocks; a binary search over the
+        primary key."""
+        check_offset(position, "position")
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            offset = _bisect(conn, st, "position", position, strict=False)
+            return offset, self._position(conn, st, offset)
+
+    @staticmethod
+    def _position(conn: apsw.Connection, st: _State, offset: int) -> int:
+        """Byte position of record ``offset`` (the byte length at the tail)."""
+        if offset >= st.next_offset:
+            return st.byte_length
+        return int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
         """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).
