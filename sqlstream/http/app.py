@@ -768,20 +768,25 @@ class DurableStreamsApp:
         # is read (text records are rendered), so the server sends it chunked.
         await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(h, headers)})
         disconnected = asyncio.ensure_future(_disconnect(receive))
+        ahead: asyncio.Future[catchup.Piece | None] | None = None
         self.metrics.catch_up_open.inc()
         try:
             piece = plan.first
             await send({"type": "http.response.body", "body": b"[" if st.json else b"", "more_body": True})
             while True:
                 assert piece.page.inner is not None
-                await send({"type": "http.response.body", "body": piece.page.inner, "more_body": True})
                 at = piece.page.end
-                if at[0] >= plan.end[0]:
+                # The next piece is read on the database thread while this one goes out
+                # (send waits while the transport's buffer is full): two pieces at most.
+                ahead = None if at[0] >= plan.end[0] else asyncio.ensure_future(db.run_sync(
+                    catchup.next_piece, db.sync, st.name, st.json, plan, at, config.max_chunk_bytes, self.damage))
+                await send({"type": "http.response.body", "body": piece.page.inner, "more_body": True})
+                if ahead is None:
                     break
                 if disconnected.done():
-                    return 499  # nobody to answer: nothing more is read
-                following = await db.run_sync(catchup.next_piece, db.sync, st.name, st.json, plan, at,
-                                              config.max_chunk_bytes, self.damage)
+                    return 499  # nobody to answer: nothing more is sent or read
+                following = await ahead
+                ahead = None
                 if following is None:
                     # Abandoned (see sqlstream.http.catchup): no last body message, so
                     # the server closes the connection and the client retries.
@@ -793,6 +798,8 @@ class DurableStreamsApp:
             await send({"type": "http.response.body", "body": b"]" if st.json else b"", "more_body": False})
             return 200
         finally:
+            if ahead is not None:
+                ahead.cancel()
             self.metrics.catch_up_open.dec()
             disconnected.cancel()
 

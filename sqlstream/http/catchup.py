@@ -7,10 +7,10 @@ its body, so the response's end is fixed first: :func:`plan` reads the first pie
 most ``max_chunk_bytes``) and the stream's tail and seal state in one snapshot, and
 ends the response at the last record that starts within ``max_response_bytes`` of the
 start, never past that snapshot's tail. The rest of the body is read piece by piece
-(:func:`read_piece`, one database-thread hop each, ``max_chunk_bytes`` at most) while the
-client takes in the previous one: one response holds at most about two pieces in memory
-(the one being read and the one the transport is sending; the ASGI server's ``send``
-waits while its write buffer is full).
+(:func:`next_piece`, one database-thread hop each, ``max_chunk_bytes`` at most), each read
+while the previous one goes out to the client: one response holds at most about two
+pieces in memory (the one being read ahead and the one being sent; the ASGI server's
+``send`` waits while its write buffer is full).
 
 Why later pieces need no snapshot of their own: records below the tail seen by the plan
 never change, but retention (or a trim, or the stream's deletion) may remove them while
@@ -22,8 +22,8 @@ last body message, so the server closes the connection and the client sees a fai
 (incomplete) response, never a body with records missing or one shorter than its
 headers said. The client's retry at the same offset then gets ``410`` (retention), the
 records before the damaged one (the damaged offset is remembered: :class:`Damage`), or
-``404``. A client that goes away mid-response is noticed before the next piece is read:
-nothing more is read for it.
+``404``. A client that goes away mid-response is noticed after the piece being sent: nothing more
+is sent, and nothing read beyond the one piece read ahead.
 """
 
 from __future__ import annotations
