@@ -4,14 +4,19 @@ A *page* is what one catch-up response (or one SSE data event) carries: the body
 where it ends (offset and byte position: the next ``Stream-Next-Offset``), and the
 stream's tail and seal state in the snapshot the records were read in.
 
-Two ways to a page, byte for byte the same body:
+Three ways to a page, byte for byte the same body:
 
+- :func:`page_of_joined` takes a :class:`~sqlstream.raw.JoinedRecords`
+  (``Stream.read_joined``): the range's payloads joined by SQLite in one row, when every
+  record can be sent as stored (the common case: a JSON-mode stream of JSON records, a
+  byte stream). No ``bytes`` object per record is built.
 - :func:`page_of` renders a :class:`~sqlstream.raw.RawRecords` (``Stream.read_raw``):
   without decoding a single record in the common case. A JSON-mode body is the stored
   JSON texts joined with commas inside brackets (sqlstream stores JSON values as compact
   JSON text, JSON null as the bytes ``null``); text records (JSON strings appended as
   messages, stored as text) become JSON strings; other bytes are sent when they are
   JSON text, else as a JSON string. Other streams' bodies are the stored bytes joined.
+  Used when ``read_joined`` declines (other kinds of records, damage to look at).
 - :class:`Tails` hands the records of an append made over HTTP in this process straight
   to the live reads waiting at exactly its first offset, on the event loop, rendered
   from the request (what was stored), without a read of the file or a hop to the
