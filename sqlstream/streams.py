@@ -329,22 +329,14 @@ class Stream:
         ends the result before it, and a read that starts at one raises
         ``DamagedRecord`` (read on from the next offset to skip it).
         """
-        check_offset(offset)
-        check_count(limit, "limit")
-        if max_bytes is not None:
-            check_count(max_bytes, "max_bytes")
+        _check_raw_read(offset, limit, max_bytes)
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             self._check_range(offset, st)
             state = (st.next_offset, st.byte_length, st.sealed, st.id)
             if offset >= st.next_offset:
                 return _raw.build(self.name, offset, [], st.byte_length, None, state)
-            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
-            end = min(offset + limit, st.next_offset)
-            if max_bytes is not None:
-                # Positions add up the stored lengths: the records that start within the
-                # budget are found by a binary search, so no row past them is fetched.
-                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            position, end = _budget_end(conn, st, offset, limit, max_bytes)
             rows = cx.rows(conn, _raw.RAW_SQL, (st.id, offset, end))
         return _raw.build(self.name, offset, rows, position, max_bytes, state)
 
@@ -368,22 +360,15 @@ class Stream:
         ``offset`` while their stored bytes stay within ``max_bytes`` (the first always),
         at most ``limit``, and the stream's tail and seal state from the same snapshot.
         """
-        check_offset(offset)
-        check_count(limit, "limit")
-        if max_bytes is not None:
-            check_count(max_bytes, "max_bytes")
+        _check_raw_read(offset, limit, max_bytes)
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             self._check_range(offset, st)
             state = (st.next_offset, st.byte_length, st.sealed, st.id)
             if offset >= st.next_offset:
                 return _raw.JoinedRecords(offset, 0, b"", st.byte_length, st.byte_length, *state)
-            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
-            end = min(offset + limit, st.next_offset)
-            if max_bytes is not None:
-                # As in read_raw: the records that start within the budget, less the last
-                # when it ends past it (the first always stays).
-                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            position, end = _budget_end(conn, st, offset, limit, max_bytes)
+            # As read_raw's cut: less the last record when it ends past the budget.
             end_position = self._position(conn, st, end)
             if max_bytes is not None and end_position - position > max_bytes and end - offset > 1:
                 end -= 1
@@ -571,6 +556,27 @@ def prepare_record(value: Any, key: Any, headers: Any) -> PreparedRecord:
     """A value, key and headers encoded as the append path stores them (raises ``InvalidValue``)."""
     ctype, data, nbytes = encode_value(value)
     return (encode_key(key), encode_headers(headers), ctype, data, nbytes)
+
+
+def _check_raw_read(offset: int, limit: int, max_bytes: int | None) -> None:
+    """The arguments of read_raw and read_joined (``InvalidArgument``)."""
+    check_offset(offset)
+    check_count(limit, "limit")
+    if max_bytes is not None:
+        check_count(max_bytes, "max_bytes")
+
+
+def _budget_end(conn: apsw.Connection, st: _State, offset: int, limit: int, max_bytes: int | None) -> tuple[int, int]:
+    """(position of ``offset``, the offset after the last record a raw read from ``offset``
+    may return): at most ``limit`` records, the tail, and with ``max_bytes`` those that
+    start within the budget (the first always). ``offset`` is below the tail."""
+    position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+    end = min(offset + limit, st.next_offset)
+    if max_bytes is not None:
+        # Positions add up the stored lengths: the records that start within the
+        # budget are found by a binary search, so no row past them is fetched.
+        end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+    return position, end
 
 
 def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, strict: bool) -> int:
