@@ -320,3 +320,23 @@ def test_a_real_client_dropping_a_pieced_response_leaves_nothing_open(tmp_path: 
         assert whole.status_code == 200 and len(json.loads(whole.content)) == 4000
     finally:
         srv.stop(10)
+
+
+def test_a_response_whose_file_is_closed_meanwhile_is_abandoned_not_raised(tmp_path: Path) -> None:
+    path = str(tmp_path / "x.db")
+    _fill(path, "x")
+
+    async def main() -> tuple[Exchange, float]:
+        app = _app(path)
+        ex = Exchange()
+
+        async def close_file(ex: Exchange) -> None:
+            if len(ex.bodies) == 2:  # "[" and the first piece: the app's file goes away
+                await app.close()
+
+        # Before: DatabaseClosed reached the error handler, which began a second response.
+        await ex.run(app, "x", "-1", close_file)
+        return ex, _metric(app, "sqlstream_http_catch_up_abandoned_total")
+
+    ex, abandoned = asyncio.run(main())
+    assert ex.status == 200 and not ex.completed and abandoned == 1

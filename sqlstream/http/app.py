@@ -788,7 +788,10 @@ class DurableStreamsApp:
                     break
                 if disconnected.done():
                     return 499  # nobody to answer: nothing more is sent or read
-                following = await ahead
+                try:
+                    following = await ahead
+                except SqlstreamError:  # the file closed under it (a stop that did not wait)
+                    following = None
                 ahead = None
                 if following is None:
                     # Abandoned (see sqlstream.http.catchup): no last body message, so
