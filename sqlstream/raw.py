@@ -55,6 +55,9 @@ class RawRecords(NamedTuple):
     """The stream's byte length in the snapshot."""
     sealed: bool
     """The stream was sealed in the snapshot."""
+    stream_id: int
+    """The stream's id in the file (``streams.id``): a stream deleted and created again
+    under the same name has another, so a reader of several ranges can tell."""
 
     @property
     def next_offset(self) -> int:
@@ -106,11 +109,11 @@ def first_damaged(codes: tuple[int, ...] | list[int], payloads: list[bytes]) -> 
 
 
 def build(stream: str, offset: int, rows: list[tuple[Any, ...]], position: int, max_bytes: int | None,
-          state: tuple[int, int, bool]) -> RawRecords:
+          state: tuple[int, int, bool, int]) -> RawRecords:
     """A RawRecords from rows of RAW_SQL starting at ``offset`` (whose byte position is
     ``position``), cut to ``max_bytes`` and before the first damaged record (raised as
     ``DamagedRecord`` when it is the first one). ``state``: (next offset, byte length,
-    sealed) of the stream in the rows' snapshot."""
+    sealed, id) of the stream in the rows' snapshot."""
     codes: tuple[int, ...]
     payloads: list[bytes]
     if rows:
@@ -137,3 +140,76 @@ def build(stream: str, offset: int, rows: list[tuple[Any, ...]], position: int, 
         codes, payloads = codes[:index], payloads[:index]
     end = position + sum(map(len, payloads))
     return RawRecords(offset, list(map(_NAMES.__getitem__, codes)), payloads, position, end, *state)
+
+
+# One row for a whole range: the payloads joined in SQLite (no bytes object per record),
+# and what decides whether they may be sent as they are: how many records, how many are
+# bytes, how many are JSON and how many JSON payloads json_valid refuses. A FROM-clause
+# subquery in offset order (the primary key's order: the planner scans it, no sort).
+JOINED_SQL = (
+    "SELECT CAST(group_concat(data, ?) AS BLOB), count(*), total(content_type = 'bytes'), "
+    "total(content_type = 'json'), total(content_type = 'json' AND NOT json_valid(data)) "
+    "FROM (SELECT content_type, data FROM records WHERE stream_id = ? AND offset >= ? AND offset < ? "
+    "ORDER BY offset)"
+)
+
+
+class JoinedRecords(NamedTuple):
+    """Consecutive records of one stream as stored, joined into one ``bytes``
+    (see :meth:`sqlstream.Stream.read_joined`)."""
+
+    offset: int
+    """Offset of the first record (the offset asked for)."""
+    records: int
+    """How many records ``data`` holds."""
+    data: bytes
+    """Their stored payloads joined (with ``b","`` between them for ``json_array``)."""
+    position: int
+    """Byte position of the first record (of ``next_offset`` when there is none)."""
+    end_position: int
+    """Byte position after the last record: the position of ``next_offset``."""
+    stream_next_offset: int
+    """The stream's next offset (its tail) in the snapshot."""
+    stream_byte_length: int
+    """The stream's byte length in the snapshot."""
+    sealed: bool
+    """The stream was sealed in the snapshot."""
+    stream_id: int
+    """The stream's id in the file (``streams.id``): a stream deleted and created again
+    under the same name has another, so a reader of several ranges can tell."""
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last record returned (where the next read starts)."""
+        return self.offset + self.records
+
+    @property
+    def up_to_date(self) -> bool:
+        """The records reach the stream's tail as of the snapshot."""
+        return self.next_offset >= self.stream_next_offset
+
+
+def passes(row: tuple[Any, ...], json_array: bool) -> bytes | None:
+    """The joined payloads of a JOINED_SQL row when they may be used as they are, else None:
+    for ``json_array`` every record is JSON that json_valid takes and the joined text is
+    valid UTF-8 (a comma between payloads keeps a cut sequence from being completed by the
+    next, as in :func:`first_damaged`); otherwise every record is bytes (never checked) or
+    none is and the joined text is ASCII (so each payload is valid UTF-8; without a
+    separator a decode of the whole could not tell). JSON that json_valid refuses is
+    decided per record by :meth:`Stream.read_raw`, which is also what None leads to."""
+    data, count, nbytes, njson, bad = row
+    joined = b"" if data is None else bytes(data)
+    if bad:
+        return None
+    if json_array:
+        if njson != count:
+            return None
+        if not joined.isascii():
+            try:
+                joined.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return joined
+    if nbytes == count or (nbytes == 0 and joined.isascii()):
+        return joined
+    return None

@@ -330,24 +330,73 @@ class Stream:
         ends the result before it, and a read that starts at one raises
         ``DamagedRecord`` (read on from the next offset to skip it).
         """
-        check_offset(offset)
-        check_count(limit, "limit")
-        if max_bytes is not None:
-            check_count(max_bytes, "max_bytes")
+        _check_raw_read(offset, limit, max_bytes)
         with self.db.engine.snapshot() as conn:
             st = self._state(conn)
             self._check_range(offset, st)
-            state = (st.next_offset, st.byte_length, st.sealed)
+            state = (st.next_offset, st.byte_length, st.sealed, st.id)
             if offset >= st.next_offset:
                 return _raw.build(self.name, offset, [], st.byte_length, None, state)
-            position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
-            end = min(offset + limit, st.next_offset)
-            if max_bytes is not None:
-                # Positions add up the stored lengths: the records that start within the
-                # budget are found by a binary search, so no row past them is fetched.
-                end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+            position, end = _budget_end(conn, st, offset, limit, max_bytes)
             rows = cx.rows(conn, _raw.RAW_SQL, (st.id, offset, end))
         return _raw.build(self.name, offset, rows, position, max_bytes, state)
+
+    def read_joined(self, offset: int = 0, limit: int = 1000, max_bytes: int | None = None, *,
+                    json_array: bool = False) -> _raw.JoinedRecords | None:
+        """The records :meth:`read_raw` would return, their payloads joined into one
+        ``bytes`` by SQLite, or None when they cannot be sent as they are.
+
+        For servers that send records as stored (a JSON-mode HTTP response is the stored
+        JSON texts joined with commas): one row comes back for the whole range, so no
+        ``bytes`` object is built per record. ``json_array``: payloads are joined with
+        ``b","`` and every record must be JSON; otherwise with nothing between them, and
+        every record must be bytes, or none may be and all must be ASCII.
+
+        None (then call :meth:`read_raw`, which renders or refuses record by record): a
+        record of another kind, a text or JSON payload that a joined check cannot settle
+        (not ASCII without ``json_array``, not valid UTF-8 with it) or JSON that SQLite's
+        ``json_valid`` refuses (a damaged record, or one only Python's parser takes).
+
+        Same range rules, atomicity and errors as :meth:`read_raw`: records from
+        ``offset`` while their stored bytes stay within ``max_bytes`` (the first always),
+        at most ``limit``, and the stream's tail and seal state from the same snapshot.
+        """
+        _check_raw_read(offset, limit, max_bytes)
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            self._check_range(offset, st)
+            state = (st.next_offset, st.byte_length, st.sealed, st.id)
+            if offset >= st.next_offset:
+                return _raw.JoinedRecords(offset, 0, b"", st.byte_length, st.byte_length, *state)
+            position, end = _budget_end(conn, st, offset, limit, max_bytes)
+            # As read_raw's cut: less the last record when it ends past the budget.
+            end_position = self._position(conn, st, end)
+            if max_bytes is not None and end_position - position > max_bytes and end - offset > 1:
+                end -= 1
+                end_position = self._position(conn, st, end)
+            row = cx.rows(conn, _raw.JOINED_SQL, (b"," if json_array else b"", st.id, offset, end))[0]
+        data = _raw.passes(row, json_array)
+        if data is None:
+            return None
+        return _raw.JoinedRecords(offset, end - offset, data, position, end_position, *state)
+
+    def record_at_position(self, position: int) -> tuple[int, int]:
+        """(offset, byte position) of the first retained record that starts at byte
+        ``position`` or later; (next offset, byte length) when none does. The records
+        starting below ``position`` end there. Never blocks; a binary search over the
+        primary key."""
+        check_offset(position, "position")
+        with self.db.engine.snapshot() as conn:
+            st = self._state(conn)
+            offset = _bisect(conn, st, "position", position, strict=False)
+            return offset, self._position(conn, st, offset)
+
+    @staticmethod
+    def _position(conn: apsw.Connection, st: _State, offset: int) -> int:
+        """Byte position of record ``offset`` (the byte length at the tail)."""
+        if offset >= st.next_offset:
+            return st.byte_length
+        return int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
         """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).
@@ -508,6 +557,27 @@ def prepare_record(value: Any, key: Any, headers: Any) -> PreparedRecord:
     """A value, key and headers encoded as the append path stores them (raises ``InvalidValue``)."""
     ctype, data, nbytes = encode_value(value)
     return (encode_key(key), encode_headers(headers), ctype, data, nbytes)
+
+
+def _check_raw_read(offset: int, limit: int, max_bytes: int | None) -> None:
+    """The arguments of read_raw and read_joined (``InvalidArgument``)."""
+    check_offset(offset)
+    check_count(limit, "limit")
+    if max_bytes is not None:
+        check_count(max_bytes, "max_bytes")
+
+
+def _budget_end(conn: apsw.Connection, st: _State, offset: int, limit: int, max_bytes: int | None) -> tuple[int, int]:
+    """(position of ``offset``, the offset after the last record a raw read from ``offset``
+    may return): at most ``limit`` records, the tail, and with ``max_bytes`` those that
+    start within the budget (the first always). ``offset`` is below the tail."""
+    position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+    end = min(offset + limit, st.next_offset)
+    if max_bytes is not None:
+        # Positions add up the stored lengths: the records that start within the
+        # budget are found by a binary search, so no row past them is fetched.
+        end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
+    return position, end
 
 
 def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, strict: bool) -> int:

@@ -45,7 +45,9 @@ _names = itertools.count()
 class Served:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.http = HttpServer(path, "127.0.0.1", 0, HttpConfig(max_chunk_bytes=PAGE, long_poll_timeout=5.0))
+        # One page per response (tests/test_http_catchup.py has responses of several pieces).
+        config = HttpConfig(max_chunk_bytes=PAGE, max_response_bytes=PAGE, long_poll_timeout=5.0)
+        self.http = HttpServer(path, "127.0.0.1", 0, config)
         self.url = self.http.url
 
 

@@ -174,3 +174,58 @@ def test_the_async_read_raw_is_the_sync_one_on_the_worker(tmp_path: Path) -> Non
     got, sync = asyncio.run(main())
     assert got == sync
     assert (got.payloads, got.content_types, got.up_to_date) == ([b"text"], ["text"], False)
+
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vals=values, start=st.integers(0, 29), budget=st.integers(1, 400) | st.none(), json_array=st.booleans(),
+       limit=st.integers(1, 40))
+def test_read_joined_is_read_raw_joined_or_none(tmp_path: Path, vals: list[Any], start: int, budget: int | None,
+                                                json_array: bool, limit: int) -> None:
+    with sqlstream.open(tmp_path / "j.db") as db:
+        s = db.create_stream(f"j{next(_names)}")
+        s.extend(vals)
+        start = min(start, len(vals))
+        raw = s.read_raw(start, limit, budget)
+        joined = s.read_joined(start, limit, budget, json_array=json_array)
+        kinds = set(raw.content_types)
+        texty = b"".join(p for c, p in zip(raw.content_types, raw.payloads) if c != "bytes")
+        # When it must answer (and when it must not): every record JSON for an array; else
+        # all bytes, or no bytes and ASCII text.
+        if json_array:
+            passes = kinds <= {"json"}
+        else:
+            passes = kinds <= {"bytes"} or ("bytes" not in kinds and texty.isascii())
+        assert (joined is not None) == passes
+        if joined is None:
+            return
+        assert joined.data == (b"," if json_array else b"").join(raw.payloads)
+        assert (joined.offset, joined.records, joined.position, joined.end_position, joined.next_offset) == (
+            raw.offset, len(raw.payloads), raw.position, raw.end_position, raw.next_offset)
+        assert (joined.stream_next_offset, joined.stream_byte_length, joined.sealed, joined.stream_id,
+                joined.up_to_date) == (raw.stream_next_offset, raw.stream_byte_length, raw.sealed, raw.stream_id,
+                                       raw.up_to_date)
+
+
+def test_read_joined_leaves_damaged_records_to_read_raw(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    with sqlstream.open(path) as db:
+        db.create_stream("s").extend([{"a": 1}, {"b": 2}, {"c": 3}, "é", "é"])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE chunks SET data = '{bad' WHERE offset = 1")  # JSON that does not parse
+    conn.execute("UPDATE chunks SET data = CAST(X'C3' AS TEXT) WHERE offset = 3")  # a cut UTF-8 sequence
+    conn.commit()
+    conn.close()
+    with sqlstream.open(path) as db:
+        s = db.stream("s")
+        assert s.read_joined(0, json_array=True) is None  # json_valid refuses offset 1
+        assert s.read_joined(0, 1, json_array=True).data == b'{"a":1}'  # type: ignore[union-attr]
+        assert s.read_joined(2, 1, json_array=True).data == b'{"c":3}'  # type: ignore[union-attr]
+        # Text without a separator: only ASCII is settled by the joined check (here the
+        # cut sequence at 3 would be completed by the next record's first byte).
+        assert s.read_joined(3) is None
+        with pytest.raises(errors.DamagedRecord):
+            s.read_raw(3)
+        assert s.record_at_position(0) == (0, 0)
+        assert s.record_at_position(1) == (1, 7)  # the first record starting at or after byte 1
+        assert s.record_at_position(10**9) == (5, s.info().byte_length)

@@ -13,7 +13,8 @@
     max_header_bytes = 16384      # (more: 431)
     max_connections = 1024        # open connections (more: closed at once; 503 when that many requests run)
     header_timeout = 20           # seconds to send a request's headers, else the connection is closed
-    max_chunk_bytes = 1048576     # per catch-up response
+    max_chunk_bytes = 4194304     # bytes read and held at a time per response (a catch-up piece, an SSE event)
+    max_response_bytes = 67108864 # per catch-up response (sent in pieces of max_chunk_bytes)
     max_messages_per_append = 10000  # messages in one JSON-mode POST/PUT (more: 413)
     web_view = true               # GET / : streams and a live tail
     metrics = true                # GET /metrics : Prometheus
@@ -39,6 +40,7 @@ TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
 _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "prefix": str, "token": str, "insecure": bool, "long_poll_timeout": (int, float),
     "sse_max_seconds": (int, float), "max_live": int, "max_header_bytes": int, "max_chunk_bytes": int,
+    "max_response_bytes": int,
     "web_view": bool, "metrics": bool, "cors_origins": list, "allowed_hosts": list,
     "max_connections": int, "header_timeout": (int, float), "max_messages_per_append": int,
     "webhooks": bool,

@@ -32,6 +32,11 @@ class Metrics:
         self.live_direct = Counter("sqlstream_http_live_direct", "Live reads answered straight from an append "
                                    "made over HTTP in this process (the others read the file after a wake-up)",
                                    registry=self.registry)
+        self.catch_up_open = Gauge("sqlstream_http_catch_up_streaming", "Catch-up responses being sent in "
+                                   "pieces now", registry=self.registry)
+        self.catch_up_abandoned = Counter("sqlstream_http_catch_up_abandoned", "Catch-up responses ended "
+                                          "without their last piece (records of their range removed meanwhile, "
+                                          "or a damaged record found): the client retries", registry=self.registry)
 
     def request(self, method: str, status: int, seconds: float) -> None:
         self.requests.labels(method, str(status)).inc()

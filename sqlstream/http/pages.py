@@ -4,14 +4,19 @@ A *page* is what one catch-up response (or one SSE data event) carries: the body
 where it ends (offset and byte position: the next ``Stream-Next-Offset``), and the
 stream's tail and seal state in the snapshot the records were read in.
 
-Two ways to a page, byte for byte the same body:
+Three ways to a page, byte for byte the same body:
 
+- :func:`page_of_joined` takes a :class:`~sqlstream.raw.JoinedRecords`
+  (``Stream.read_joined``): the range's payloads joined by SQLite in one row, when every
+  record can be sent as stored (the common case: a JSON-mode stream of JSON records, a
+  byte stream). No ``bytes`` object per record is built.
 - :func:`page_of` renders a :class:`~sqlstream.raw.RawRecords` (``Stream.read_raw``):
   without decoding a single record in the common case. A JSON-mode body is the stored
   JSON texts joined with commas inside brackets (sqlstream stores JSON values as compact
   JSON text, JSON null as the bytes ``null``); text records (JSON strings appended as
   messages, stored as text) become JSON strings; other bytes are sent when they are
   JSON text, else as a JSON string. Other streams' bodies are the stored bytes joined.
+  Used when ``read_joined`` declines (other kinds of records, damage to look at).
 - :class:`Tails` hands the records of an append made over HTTP in this process straight
   to the live reads waiting at exactly its first offset, on the event loop, rendered
   from the request (what was stored), without a read of the file or a hop to the
@@ -30,23 +35,32 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..raw import RawRecords, cut
+from ..raw import JoinedRecords, RawRecords, cut
 from . import protocol as p
 
 
 class Page:
-    """One response body (``payload`` None: no records) and where it ends."""
+    """The records of one response body (``inner`` None: no records) and where they end."""
 
-    __slots__ = ("payload", "end", "tail", "sealed")
+    __slots__ = ("inner", "json", "end", "tail", "sealed")
 
-    def __init__(self, payload: bytes | None, end: tuple[int, int], tail: int, sealed: bool) -> None:
-        self.payload = payload
+    def __init__(self, inner: bytes | None, json_mode: bool, end: tuple[int, int], tail: int, sealed: bool) -> None:
+        self.inner = inner
+        """The records rendered and joined (in JSON mode with commas, without the brackets)."""
+        self.json = json_mode
         self.end = end
         """(offset, byte position) after the page's last record."""
         self.tail = tail
         """The stream's next offset when the page was read."""
         self.sealed = sealed
         """The stream was sealed when the page was read."""
+
+    @property
+    def payload(self) -> bytes | None:
+        """The body (a JSON array in JSON mode), None when the page holds no records."""
+        if self.inner is None or not self.json:
+            return self.inner
+        return b"".join((b"[", self.inner, b"]"))  # one copy of the page
 
     @property
     def up_to_date(self) -> bool:
@@ -83,14 +97,14 @@ def page_of(raw: RawRecords, json_mode: bool, max_bytes: int) -> Page:
     payloads = raw.payloads
     state = (raw.stream_next_offset, raw.sealed)
     if not payloads:
-        return Page(None, (raw.next_offset, raw.end_position), *state)
+        return Page(None, json_mode, (raw.next_offset, raw.end_position), *state)
     kinds = raw.content_types
     if not json_mode or ("text" not in kinds and "bytes" not in kinds):
-        return Page(body(payloads, json_mode), (raw.next_offset, raw.end_position), *state)
+        return Page(inner(payloads, json_mode), json_mode, (raw.next_offset, raw.end_position), *state)
     pieces = [json_piece(k, d) for k, d in zip(kinds, payloads)]
     keep = cut(list(map(len, pieces)), max_bytes)  # a rendered piece may be longer than stored
     end = (raw.offset + keep, raw.position + sum(map(len, payloads[:keep])))
-    return Page(body(pieces[:keep], json_mode), end, *state)
+    return Page(inner(pieces[:keep], json_mode), json_mode, end, *state)
 
 
 def json_pieces(messages: Sequence[Any]) -> list[bytes]:
@@ -99,18 +113,16 @@ def json_pieces(messages: Sequence[Any]) -> list[bytes]:
     return [p.json_text(m).encode("utf-8") for m in messages]
 
 
-def body(pieces: Sequence[bytes], json_mode: bool) -> bytes:
-    """Rendered records as one body: a JSON array in JSON mode, else their bytes joined."""
-    if not json_mode:
-        return b"".join(pieces)
-    if not pieces:
-        return b"[]"
-    # The brackets go on the first and last piece, so that the page's bytes are copied
-    # once (by the join), not three times ("[" + joined + "]").
-    ends = list(pieces)
-    ends[0] = b"[" + ends[0]
-    ends[-1] = ends[-1] + b"]"
-    return b",".join(ends)
+def inner(pieces: Sequence[bytes], json_mode: bool) -> bytes:
+    """Rendered records joined as a body holds them: with commas in JSON mode (the
+    brackets are :attr:`Page.payload`'s), else their bytes end to end."""
+    return b",".join(pieces) if json_mode else b"".join(pieces)
+
+
+def page_of_joined(joined: JoinedRecords, json_mode: bool) -> Page:
+    """The page of ``joined`` (``Stream.read_joined``, with ``json_array=json_mode``)."""
+    return Page(joined.data if joined.records else None, json_mode, (joined.next_offset, joined.end_position),
+                joined.stream_next_offset, joined.sealed)
 
 
 class _Waiter:
@@ -170,5 +182,5 @@ class Tails:
                 pieces = render() if end[0] > first else []
                 if cut(list(map(len, pieces)), max_bytes) < len(pieces):
                     return
-                page = Page(body(pieces, json_mode) if pieces else None, end, end[0], sealed)
+                page = Page(inner(pieces, json_mode) if pieces else None, json_mode, end, end[0], sealed)
             waiter.fut.set_result(page)
