@@ -72,7 +72,7 @@ def test_a_fired_trigger_trims_a_batch_then_appends_are_plain_again(db: sqlstrea
     assert (info.first_offset, info.count) == (11, 160)  # trimmed exactly to max_count
     with statements(db) as quiet:
         stream.append(b"r")
-    assert len(quiet) == 5
+    assert len(quiet) == 6
 
 
 # --------------------------------------------------------------------------- limits
