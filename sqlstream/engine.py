@@ -442,7 +442,8 @@ class Engine:
         append in the transaction takes it again).
         """
         if self._tx_txn is None:
-            self._tx_txn = _txn.next_txn(cx.runner(conn))
+            # The write connection's runner is made once (write_conn), not per append.
+            self._tx_txn = _txn.next_txn(self._wq if conn is self._wconn and self._wq is not None else cx.runner(conn))
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -576,7 +577,8 @@ class WriteScope:
         engine = self.engine
         if engine._closed or engine._pid != os.getpid():
             engine.check_process()
-        conn = self.conn = engine.write_conn()
+        # The write connection once it is open (every append after the first), without a call.
+        conn = self.conn = engine._wconn or engine.write_conn()
         lock = engine._lock
         # Uncontended first: acquire with a timeout is several times slower.
         if not lock.acquire(False) and not lock.acquire(timeout=engine.busy_timeout):

@@ -23,7 +23,13 @@ from .connection import Query
 __all__ = ["LAST_TXN_SQL", "last_txn", "next_txn", "hold_txn"]
 
 LAST_TXN_SQL = "SELECT txn FROM last_txn"
-_NEXT_TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value"
+# Two statements, not one UPDATE ... RETURNING: SQLite runs a RETURNING statement through
+# an ephemeral table of its results, and the pair costs a single append ~8,600 fewer
+# instructions (callgrind, a one-record commit: RETURNING 63.5k, UPDATE + SELECT 54.9k;
+# benchmarks/findings.md, issue 23 item 3). The SELECT reads this transaction's own
+# write, under the write lock.
+_NEXT_TXN_SQL = "UPDATE counters SET value = value + 1 WHERE name = 'txn'"
+_TXN_SQL = "SELECT value FROM counters WHERE name = 'txn'"
 # Written only when a savepoint rollback took the increment back (see hold_txn).
 _HOLD_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn' AND value < ?1"
 
@@ -44,7 +50,8 @@ def next_txn(q: Query) -> int:
     ``counters`` row (one page per commit); the caller's rollback of the enclosing
     transaction or savepoint gives the number back.
     """
-    return int(q(_NEXT_TXN_SQL)[0][0])
+    q(_NEXT_TXN_SQL)
+    return int(q(_TXN_SQL)[0][0])
 
 
 def hold_txn(q: Query, number: int) -> None:

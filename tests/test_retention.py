@@ -54,9 +54,9 @@ def test_appends_within_limits_run_the_same_statements_as_plain_ones(db: sqlstre
         plain.append(b"x")
     with statements(db) as b:
         limited.append(b"x")
-    # BEGIN, PRAGMA data_version (txn), insert, COMMIT: each stream's state as its last
-    # append left it is kept by the write connection (append.StreamEnds)
-    assert len(a) == len(b) == 4, (a, b)
+    # BEGIN, the txn counter's UPDATE and SELECT, insert, COMMIT: each stream's state as
+    # its last append left it is kept by the write connection (append.StreamEnds)
+    assert len(a) == len(b) == 5, (a, b)
     assert not any("DELETE" in s for s in b)
 
 
@@ -72,7 +72,7 @@ def test_a_fired_trigger_trims_a_batch_then_appends_are_plain_again(db: sqlstrea
     assert (info.first_offset, info.count) == (11, 160)  # trimmed exactly to max_count
     with statements(db) as quiet:
         stream.append(b"r")
-    assert len(quiet) == 5
+    assert len(quiet) == 6
 
 
 # --------------------------------------------------------------------------- limits

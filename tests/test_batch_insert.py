@@ -1,0 +1,77 @@
+"""A batch append's rows as stored (issue 23, item 3).
+
+A batch binds its stream, timestamp, txn and first offset once per INSERT and writes row
+k's offset as ``first + k`` (``append.insert_batch_sql``); only position, key, headers,
+content type and data are bound per row. These tests read the rows back from ``chunks``
+and ``payloads`` and hold every column to what one append at a time would have stored,
+across the statement boundaries (``ROWS_PER_INSERT``) and with payloads stored out of the
+row in between.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+import sqlstream
+from sqlstream.append import ROWS_PER_INSERT, insert_batch_sql
+from sqlstream.records import INLINE_MAX
+
+values = st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=INLINE_MAX + 1, max_size=INLINE_MAX + 50),  # stored in `payloads`
+    st.text(max_size=20),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+_examples = itertools.count()
+
+
+def _stored(db: sqlstream.Database, name: str) -> list[tuple[Any, ...]]:
+    return db.query(
+        "SELECT c.offset, c.position, c.timestamp, c.txn, c.key, c.headers, c.content_type, c.data IS NULL, "
+        "(SELECT count(*) FROM payloads p WHERE p.stream_id = c.stream_id AND p.offset = c.offset) "
+        "FROM chunks c JOIN streams s ON s.id = c.stream_id WHERE s.name = ? ORDER BY c.offset",
+        (name,),
+    ).rows
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.integers(0, 3),
+    batch=st.lists(values, min_size=1, max_size=ROWS_PER_INSERT + 30),
+    key=st.one_of(st.none(), st.text(max_size=4)),
+    headers=st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
+)
+def test_a_batch_stores_the_same_columns_as_appends_one_at_a_time(
+    db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
+) -> None:
+    n = next(_examples)
+    one, many = db.create_stream(f"one_by_one_{n}"), db.create_stream(f"batched_{n}")
+    for s in (one, many):
+        s.extend([b"x" * i for i in range(before)])
+    with db.transaction():
+        for v in batch:
+            one.append(v, key=key, headers=headers)
+    got = many.extend(batch, key=key, headers=headers)
+    assert got == range(before, before + len(batch))
+    a, b = _stored(db, one.name), _stored(db, many.name)
+    batch_rows = b[before:]
+    assert len({row[2] for row in batch_rows}) == 1  # one timestamp
+    assert len({row[3] for row in batch_rows}) == 1  # one txn
+    # Everything but the timestamp and txn (the two streams were written by different
+    # transactions) is what appending one record at a time stored.
+    assert [row[:2] + row[4:] for row in a] == [row[:2] + row[4:] for row in b]
+    assert [r.value for r in many.read(before, len(batch))] == [r.value for r in one.read(before, len(batch))]
+
+
+def test_the_batch_statement_numbers_offsets_from_one_bound_first_offset() -> None:
+    sql = insert_batch_sql(3)
+    assert "(?1,?4+0,?5,?2,?3,?6,?7,?8,?9)" in sql
+    assert sql.endswith("(?1,?4+2,?15,?2,?3,?16,?17,?18,?19)")
+    # apsw compiles a statement again on every execute when its text is 16 KiB or more.
+    assert len(insert_batch_sql(ROWS_PER_INSERT)) < 16 * 1024
