@@ -181,7 +181,18 @@ with sqlstream.open(path) as db:
     with db.producer(max_batch=20, max_delay=0.001) as producer:
         futures = {}
         i = 0
+        mid = False
         while i < len(ids):
+            if not mid and i >= 100:
+                # A second meeting point once each has stored its first ~100 ids: on a
+                # loaded machine a process can still be descheduled after the gate while
+                # another stores every id; past this point all are writing at once.
+                mid = True
+                open(os.path.join(gate, f"mid-{seed}"), "w").close()
+                deadline = time.monotonic() + 60
+                while (sum(f.startswith("mid-") for f in os.listdir(gate)) < writers
+                       and time.monotonic() < deadline):
+                    time.sleep(0.005)
             how = rng.choice(["append", "extend", "producer"])
             if how == "append":
                 got[ids[i]] = stream.append({"id": ids[i], "p": seed}, dedup_id=f"id-{ids[i]}")
