@@ -36,6 +36,8 @@ from sqlstream.errors import InvalidArgument  # noqa: E402
 from sqlstream.kafka import Settings, start  # noqa: E402
 from sqlstream.kafka.records import BatchError, KafkaRecord, decode_batches, encode_batch  # noqa: E402
 
+from helpers_kafka import frame as _frame, recv as _recv  # noqa: E402
+
 confluent_kafka = pytest.importorskip("confluent_kafka")
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic  # noqa: E402
@@ -304,27 +306,6 @@ def test_sasl_plain_lets_the_right_password_in_only(tmp_path):
         running.close()
     with sqlstream.open(tmp_path / "s.db") as db:
         assert [r.value for r in db.stream("secure").read(0)] == [b"ok"]
-
-
-def _frame(api_key: int, version: int, correlation: int, body: bytes = b"") -> bytes:
-    payload = struct.pack(">hhih", api_key, version, correlation, -1) + body
-    return struct.pack(">i", len(payload)) + payload
-
-
-def _recv(sock: socket.socket) -> bytes:
-    """One response frame, or b"" when the listener closed the connection."""
-    sock.settimeout(60)  # a listener that neither answers nor closes fails, not hangs
-    head = b""
-    while len(head) < 4:
-        chunk = sock.recv(4 - len(head))
-        if not chunk:
-            return b""
-        head += chunk
-    (n,) = struct.unpack(">i", head)
-    data = b""
-    while len(data) < n:
-        data += sock.recv(n - len(data))
-    return data
 
 
 def test_malformed_frames_are_answered_or_closed_with_a_logged_reason(sqlstream_kafka, caplog):
