@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -123,12 +124,16 @@ def test_filesystem_writes_never_land_outside_the_root_while_a_directory_is_swap
     (root / "d" / "e").mkdir(parents=True)
     stop = threading.Event()
     swaps = [0]
+    # A fresh name for every move: when a writer re-created the directory before it came
+    # back, the moved one stays where it went, and moving the next one onto that name
+    # would fail for ever (the swapper then stopped swapping: a flaky failure under load).
+    aways = itertools.count()
 
     def swapper() -> None:
         # Swap root/d (and root/d/e) for symlinks to `outside` and back, as fast as possible.
         while not stop.is_set():
             for name in ("d", "d/e"):
-                away = root / f"{name}-away{swaps[0]}"
+                away = root / f"{name}-away{next(aways)}"
                 try:
                     os.rename(root / name, away)
                 except OSError:
