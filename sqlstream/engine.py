@@ -46,7 +46,7 @@ from . import lineage as _lineage
 from . import retention as _retention
 from . import txn as _txn
 from . import writesecrets as _writesecrets
-from .checkpoint import install_wal_hook, leave_checkpoints_out
+from .checkpoint import WalHook, install_wal_hook, leave_checkpoints_out
 from .errors import (
     AccessDenied,
     ConcurrencyError,
@@ -122,6 +122,9 @@ class Engine:
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
         self._wtxn: Callable[[], int] | None = None
+        # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
+        # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
+        self._wal_hook: WalHook | None = None
         self._init_process_state()
 
         # One opening at a time per file in this process: check_header() and
@@ -283,7 +286,7 @@ class Engine:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
                     if self.checkpoints == "auto":
-                        install_wal_hook(conn, self.notifier.checkpointer)
+                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
@@ -648,6 +651,9 @@ class WriteScope:
                 engine._version_after_commit = conn.data_version()
                 if engine._tx_wake:
                     engine.notifier.committed()
+                hook = engine._wal_hook
+                if hook is not None and hook.restart_due:
+                    hook.restart(conn)
         finally:
             engine._lock.release()
 
