@@ -228,6 +228,11 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
+        # The txn number the write connection's last outermost commit took, and the
+        # (_generation, total_changes()) right after that commit: while both are unchanged
+        # the counters row still holds it (see txn_number). Dropped on every rollback.
+        self._txn_committed: int | None = None
+        self._txn_token: tuple[int, int] | None = None
         # Whether another connection committed since this one's last commit (for the
         # stream-ends copy below): the write connection's pager data version
         # (sqlite3_file_control DATA_VERSION, ~0.1 µs, no statement) read right after each
@@ -421,6 +426,7 @@ class Engine:
         if self._tx_txn_depth > depth:
             self._tx_txn = None
         self._ends.clear()  # total_changes() does not go back with the rows it counted
+        self._txn_committed = None
         with contextlib.suppress(apsw.Error):
             if depth == 0:
                 if not conn.getautocommit():
@@ -442,11 +448,20 @@ class Engine:
 
         :func:`sqlstream.txn.next_txn` increments the ``counters`` row in this
         transaction; a rollback of the block that took it gives it back (and a later
-        append in the transaction takes it again).
+        append in the transaction takes it again). When the write connection's own last
+        commit took the number before and nothing changed since (no other connection
+        committed, this one changed no row: the token ``StreamEnds`` is kept by), the row
+        holds that number, and one UPDATE writes the next (:func:`sqlstream.txn.set_txn`).
         """
         if self._tx_txn is None:
-            # The write connection's runner is made once (write_conn), not per append.
-            self._tx_txn = _txn.next_txn(self._wq if conn is self._wconn and self._wq is not None else cx.runner(conn))
+            if conn is self._wconn and self._wq is not None:
+                last = self._txn_committed
+                if last is not None and self._txn_token == (self._generation, conn.total_changes()):
+                    self._tx_txn = _txn.set_txn(self._wq, last + 1)
+                else:
+                    self._tx_txn = _txn.next_txn(self._wq)
+            else:
+                self._tx_txn = _txn.next_txn(cx.runner(conn))
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -649,6 +664,9 @@ class WriteScope:
                 engine._tx_txn_depth = depth
             if depth == 0:
                 engine._version_after_commit = conn.data_version()
+                if engine._tx_txn is not None:
+                    engine._txn_committed = engine._tx_txn
+                    engine._txn_token = (engine._generation, conn.total_changes())
                 if engine._tx_wake:
                     engine.notifier.committed()
                 hook = engine._wal_hook
