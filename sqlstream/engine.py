@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -295,7 +296,7 @@ class Engine:
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
-                    self._wtxn = lambda conn=conn: self.txn_number(conn)
+                    self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
                     self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
@@ -542,7 +543,7 @@ class Engine:
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
         total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
-        with self.write():
+        with WriteScope(self, None):  # what write() returns, without its call
             q, txn = self._wq, self._wtxn
             assert q is not None and txn is not None  # set with the write connection
             return _append.append_rows(
