@@ -282,9 +282,10 @@ def _store(
             append_refused(q, name, secret, expect_offset)
         state = got[0]
     stream_id, first, position, last_at, sealed_at, write_secret, t_offset, t_bytes, t_time = state
-    refused = _refusal(name, sealed_at, write_secret, first, secret, expect_offset)
-    if refused is not None:
-        raise refused
+    if write_secret is not None or sealed_at is not None or expect_offset is not None:  # else nothing to refuse
+        refused = _refusal(name, sealed_at, write_secret, first, secret, expect_offset)
+        if refused is not None:
+            raise refused
     number = txn()
     stamp = now_us if timestamps is None else timestamps[-1]
     ts = stamp if last_at is None or last_at < stamp else last_at  # timestamps never decrease

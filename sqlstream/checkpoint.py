@@ -6,8 +6,17 @@ hundred pays milliseconds. sqlstream's write connections instead install a WAL h
 that asks a background thread (one per file per process) to run a PASSIVE checkpoint on
 its own connection. PASSIVE never takes the write lock, so writers keep committing
 while it copies pages. If the WAL still grows past ``HARD_LIMIT`` pages (the thread is
-starved, or readers pin old frames), the committing connection checkpoints itself,
-as SQLite would have, so the WAL cannot grow without bound.
+starved, readers pin old frames, or other writers keep appending while it copies), the
+committing connection runs a RESTART checkpoint itself right after its COMMIT, so the
+WAL cannot grow without bound: it takes the write lock (waiting at most ``RESTART_WAIT``
+for it and for readers of old frames), copies what is left and starts the WAL over.
+
+Why RESTART and not PASSIVE there: the WAL starts over only when a writer begins with
+every frame copied. With other writers committing during the copy, a PASSIVE checkpoint
+almost never ends that way, so with several writer processes the WAL stayed past
+``HARD_LIMIT`` and every commit paid an inline checkpoint (two fsyncs): 5,000–8,000 of
+W7's 12,000 commits did (benchmarks/findings.md, issue 23, "W7"). A failed attempt is
+retried only after ``SOFT_LIMIT`` more pages, not at every commit.
 
 ``checkpoints="external"`` (``sqlstream.open``, or ``$SQLSTREAM_CHECKPOINTS``) leaves every
 checkpoint to another process, such as Litestream, which must own them: it copies WAL
@@ -20,15 +29,22 @@ checkpoints when asked to (``checkpoint=False`` skips it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 
 import apsw
 
+from .connection import connection_busy_handler
 from .errors import InvalidArgument
 
 SOFT_LIMIT = 1000  # pages; SQLite's default autocheckpoint threshold
 HARD_LIMIT = 8000  # pages (~32 MiB of WAL at 4 KiB pages)
+# How long the committing connection's RESTART checkpoint at HARD_LIMIT may wait for the
+# write lock and for readers of old frames. It holds the write lock while it waits for
+# readers, so every writer waits with it: short, and retried after SOFT_LIMIT more pages.
+RESTART_WAIT = 0.1  # seconds
 
 CHECKPOINT_MODES = ("auto", "external")
 CHECKPOINTS_ENV = "SQLSTREAM_CHECKPOINTS"
@@ -64,6 +80,10 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed background checkpoints (for tests and stats)
+        # RESTART checkpoints run by committing connections past HARD_LIMIT (tried, and
+        # those that completed: every frame copied, no reader left on the WAL).
+        self.restarts_tried = 0
+        self.restarts = 0
         self.last_result: tuple[int, int] = (-1, -1)  # (WAL frames, frames checkpointed)
 
     def request(self) -> None:
@@ -120,23 +140,73 @@ class Checkpointer:
                 conn.close()
 
 
-def install_wal_hook(conn: apsw.Connection, checkpointer: Checkpointer) -> None:
-    """Replace SQLite's inline autocheckpoint on ``conn`` with the background one."""
+class WalHook:
+    """The WAL hook of one write connection: asks the background thread for a PASSIVE
+    checkpoint every ``SOFT_LIMIT`` pages, and past ``HARD_LIMIT`` marks a RESTART
+    checkpoint due, which the owner runs with :meth:`restart` once its COMMIT has
+    returned (inside the hook the connection still holds its own read lock, which a
+    RESTART waits for: it would always fail there). At most one RESTART per
+    ``SOFT_LIMIT`` pages of WAL growth."""
 
-    asked_at = [0]  # WAL size at the last request: ask again only after SOFT_LIMIT more pages
+    __slots__ = ("checkpointer", "busy_timeout", "asked_at", "tried_at", "restart_due")
 
-    def hook(connection: apsw.Connection, dbname: str, pages: int) -> int:
-        if pages < asked_at[0]:
-            asked_at[0] = 0  # the WAL was restarted after a complete checkpoint
-        if pages >= HARD_LIMIT:
-            # We are inside COMMIT's WAL hook, where SQLite's own autocheckpoint runs too.
-            try:
-                connection.wal_checkpoint(dbname, apsw.SQLITE_CHECKPOINT_PASSIVE)
-            except apsw.Error:
-                pass
-        elif pages - asked_at[0] >= SOFT_LIMIT:
-            asked_at[0] = pages
-            checkpointer.request()
+    def __init__(self, checkpointer: Checkpointer, busy_timeout: float) -> None:
+        self.checkpointer = checkpointer
+        self.busy_timeout = busy_timeout  # the connection's own, put back after a RESTART
+        self.asked_at = 0  # WAL size at the last request: ask again after SOFT_LIMIT more pages
+        self.tried_at = 0  # WAL size at the last RESTART marked due
+        self.restart_due = False
+
+    def on_commit(self, connection: apsw.Connection, dbname: str, pages: int) -> int:
+        """The hook itself (SQLite calls it after every commit with the WAL's size in pages)."""
+        if pages < self.asked_at:
+            self.asked_at = 0  # the WAL was restarted after a complete checkpoint
+        if pages < self.tried_at:
+            self.tried_at = 0
+        if pages >= HARD_LIMIT and pages - self.tried_at >= SOFT_LIMIT:
+            self.tried_at = pages
+            self.restart_due = True
+        elif pages - self.asked_at >= SOFT_LIMIT:
+            self.asked_at = pages
+            self.checkpointer.request()
         return apsw.SQLITE_OK
 
-    conn.set_wal_hook(hook)
+    def restart(self, conn: apsw.Connection) -> None:
+        """Run the due RESTART checkpoint on ``conn`` (outside any transaction), trying for
+        at most ``RESTART_WAIT`` to get the write lock and readers off the WAL; never raises.
+
+        Another connection's checkpoint in progress (this process's background thread, or
+        another process's) makes SQLite refuse at once without calling the busy handler,
+        so that case is retried here after a short sleep."""
+        self.restart_due = False
+        cp = self.checkpointer
+        cp.restarts_tried += 1
+        deadline = time.monotonic() + RESTART_WAIT
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                conn.set_busy_timeout(max(1, int(left * 1000)))
+                try:
+                    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+                    cp.restarts += 1
+                    return
+                except apsw.BusyError:
+                    if time.monotonic() >= deadline:
+                        return  # the background checkpoints go on; tried again SOFT_LIMIT pages on
+                    time.sleep(0.0005)
+                except apsw.Error:
+                    return
+        finally:
+            with contextlib.suppress(apsw.Error):
+                connection_busy_handler(conn, self.busy_timeout)
+
+
+def install_wal_hook(conn: apsw.Connection, checkpointer: Checkpointer, busy_timeout: float) -> WalHook:
+    """Replace SQLite's inline autocheckpoint on ``conn`` with the background one and the
+    RESTART past ``HARD_LIMIT``; the caller runs :meth:`WalHook.restart` after a COMMIT
+    when ``restart_due`` (``busy_timeout``: the connection's own)."""
+    hook = WalHook(checkpointer, busy_timeout)
+    # A bound method, not the instance: calling an instance from C looks up __call__ on
+    # its type at every commit (~2,000 instructions more per append, callgrind).
+    conn.set_wal_hook(hook.on_commit)
+    return hook

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import threading
 import time
@@ -46,7 +47,7 @@ from . import lineage as _lineage
 from . import retention as _retention
 from . import txn as _txn
 from . import writesecrets as _writesecrets
-from .checkpoint import install_wal_hook, leave_checkpoints_out
+from .checkpoint import WalHook, install_wal_hook, leave_checkpoints_out
 from .errors import (
     AccessDenied,
     ConcurrencyError,
@@ -122,6 +123,9 @@ class Engine:
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
         self._wtxn: Callable[[], int] | None = None
+        # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
+        # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
+        self._wal_hook: WalHook | None = None
         self._init_process_state()
 
         # One opening at a time per file in this process: check_header() and
@@ -225,6 +229,11 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
+        # The txn number the write connection's last outermost commit took, and the
+        # (_generation, total_changes()) right after that commit: while both are unchanged
+        # the counters row still holds it (see txn_number). Dropped on every rollback.
+        self._txn_committed: int | None = None
+        self._txn_token: tuple[int, int] | None = None
         # Whether another connection committed since this one's last commit (for the
         # stream-ends copy below): the write connection's pager data version
         # (sqlite3_file_control DATA_VERSION, ~0.1 µs, no statement) read right after each
@@ -283,11 +292,11 @@ class Engine:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
                     if self.checkpoints == "auto":
-                        install_wal_hook(conn, self.notifier.checkpointer)
+                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wq = cx.runner(conn)
-                    self._wtxn = lambda conn=conn: self.txn_number(conn)
+                    self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
                     self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
@@ -418,6 +427,7 @@ class Engine:
         if self._tx_txn_depth > depth:
             self._tx_txn = None
         self._ends.clear()  # total_changes() does not go back with the rows it counted
+        self._txn_committed = None
         with contextlib.suppress(apsw.Error):
             if depth == 0:
                 if not conn.getautocommit():
@@ -439,11 +449,20 @@ class Engine:
 
         :func:`sqlstream.txn.next_txn` increments the ``counters`` row in this
         transaction; a rollback of the block that took it gives it back (and a later
-        append in the transaction takes it again).
+        append in the transaction takes it again). When the write connection's own last
+        commit took the number before and nothing changed since (no other connection
+        committed, this one changed no row: the token ``StreamEnds`` is kept by), the row
+        holds that number, and one UPDATE writes the next (:func:`sqlstream.txn.set_txn`).
         """
         if self._tx_txn is None:
-            # The write connection's runner is made once (write_conn), not per append.
-            self._tx_txn = _txn.next_txn(self._wq if conn is self._wconn and self._wq is not None else cx.runner(conn))
+            if conn is self._wconn and self._wq is not None:
+                last = self._txn_committed
+                if last is not None and self._txn_token == (self._generation, conn.total_changes()):
+                    self._tx_txn = _txn.set_txn(self._wq, last + 1)
+                else:
+                    self._tx_txn = _txn.next_txn(self._wq)
+            else:
+                self._tx_txn = _txn.next_txn(cx.runner(conn))
             self._tx_txn_depth = self._tx_depth
         return self._tx_txn
 
@@ -524,7 +543,7 @@ class Engine:
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
         total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
-        with self.write():
+        with WriteScope(self, None):  # what write() returns, without its call
             q, txn = self._wq, self._wtxn
             assert q is not None and txn is not None  # set with the write connection
             return _append.append_rows(
@@ -646,8 +665,14 @@ class WriteScope:
                 engine._tx_txn_depth = depth
             if depth == 0:
                 engine._version_after_commit = conn.data_version()
+                if engine._tx_txn is not None:
+                    engine._txn_committed = engine._tx_txn
+                    engine._txn_token = (engine._generation, conn.total_changes())
                 if engine._tx_wake:
                     engine.notifier.committed()
+                hook = engine._wal_hook
+                if hook is not None and hook.restart_due:
+                    hook.restart(conn)
         finally:
             engine._lock.release()
 

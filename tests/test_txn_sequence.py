@@ -199,3 +199,61 @@ def test_streaming_head_and_check_read_the_derived_txn(db: sqlstream.Database) -
         events.append(f"e{i}")
     assert Store(db).head() == 3
     assert check(db).ok
+
+
+def test_a_lone_writer_reads_the_counters_row_only_when_another_commit_came_between(db_path: str) -> None:
+    """The write connection keeps the number its last commit took: while no other
+    connection committed and it changed no other row, the next append writes the next
+    number with one UPDATE and reads nothing back. A commit by another connection, or
+    another row changed by this one, makes it read the row again."""
+    db = sqlstream.open(db_path)
+    other = sqlstream.open(db_path)
+    try:
+        events = db.create_stream("events")
+        events.append("first")
+        reads: list[str] = []
+        conn = db.engine.write_conn()
+
+        def tracer(cursor: Any, sql: str, bindings: Any) -> bool:
+            if "FROM counters" in sql:
+                reads.append(sql)
+            return True
+
+        conn.exec_trace = tracer
+        try:
+            for i in range(20):
+                events.append(f"e{i}")
+            assert reads == []
+            other.stream("events").append("from another connection")
+            events.append("after it")
+            assert len(reads) == 1
+            db.create_stream("another")  # this connection changed another row
+            events.append("after that")
+            assert len(reads) == 2
+            events.append("and again")
+            assert len(reads) == 2
+        finally:
+            conn.exec_trace = None
+        txns = [r.txn for r in events.read()]
+        assert txns == list(range(txns[0], txns[0] + len(txns)))
+        assert counter(db) == head(db) == txns[-1]
+    finally:
+        other.close()
+        db.close()
+
+
+def test_a_savepoint_rollback_after_a_kept_number_gives_the_number_back(db: sqlstream.Database) -> None:
+    """An append inside a rolled-back savepoint took the next number from the kept one;
+    the rollback gives it back, and the append after it takes the same number."""
+    a = db.create_stream("a")
+    a.append("0")
+    first = a.read(0, 1)[0].txn
+    with db.transaction():
+        with pytest.raises(RuntimeError):
+            with db.transaction():
+                a.append("rolled back")
+                raise RuntimeError
+        a.append("kept")
+    a.append("next")
+    assert [(r.value, r.txn) for r in a.read()] == [("0", first), ("kept", first + 1), ("next", first + 2)]
+    assert counter(db) == head(db) == first + 2
