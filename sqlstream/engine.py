@@ -301,6 +301,7 @@ class Engine:
             conn = self.connect(readonly=self.readonly)
             with translate():
                 cx.pragma(conn, "query_only = 1")
+                cx.connection_stable_plans(conn)
             with self._open_lock:
                 self._read_conns.append(conn)
             self._local.conn = conn

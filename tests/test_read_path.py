@@ -6,6 +6,7 @@ import gc
 import pickle
 from pathlib import Path
 
+import apsw
 import pytest
 
 import sqlstream
@@ -43,3 +44,29 @@ def test_records_keep_their_content_types_attributes_equality_and_pickling(tmp_p
         assert got[2] == Record("s", 2, got[2].timestamp, "k", {"h": "v"}, {"j": [1]}, got[2].position, got[2].txn, "json")
         assert pickle.loads(pickle.dumps(got)) == got
         assert got[0]._replace(value=b"c").value == b"c"
+
+
+def test_repeated_reads_reuse_their_compiled_statements_whatever_values_are_bound(tmp_path: Path) -> None:
+    # SQLite compiles a statement again when a value it planned with is bound anew (a
+    # LIMIT ?, ORDER BY ... LIMIT ? ranges) unless the connection has the query planner
+    # stability guarantee; the authorizer is called exactly when SQLite compiles.
+    with sqlstream.open(str(tmp_path / "r.db")) as db:
+        s = db.create_stream("s")
+        s.extend([b"x", "t", {"j": 1}] * 10)
+        conn = db.engine.read_conn()
+        compiled: list[int] = []
+
+        def authorizer(action: int, *args: object) -> int:
+            compiled.append(action)
+            return apsw.SQLITE_OK
+
+        conn.authorizer = authorizer  # expires every cached statement: each compiles once more
+        s.read(0, 1)
+        s.read_raw(0, 1)
+        s.read_reverse(5, 1)
+        compiled.clear()
+        for offset in range(1, 20):
+            assert [r.offset for r in s.read(offset, 1 + offset % 4)][0] == offset
+            assert s.read_raw(offset, 2 + offset % 3).payloads
+            assert s.read_reverse(offset + 1, 1 + offset % 2)[0].offset == offset
+        assert compiled == []
