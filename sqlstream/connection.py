@@ -170,15 +170,23 @@ def connect(
     synchronous: str,
     create: bool = False,
     vfs: str | None = None,
+    single_thread: bool = False,
 ) -> apsw.Connection:
     """Open one connection with every per-connection setting applied.
 
     ``vfs`` names a registered SQLite VFS (None: the default); tests inject I/O faults
-    through one.
+    through one. ``single_thread``: open it ``SQLITE_OPEN_NOMUTEX`` (SQLite's
+    multi-thread mode: no connection mutex taken by every call, ~1,400 instructions of a
+    record read's ~8,600). Then neither SQLite nor apsw (which uses that mutex as its own
+    guard) stops two threads from using the connection at once, and doing so corrupts
+    memory: the caller must guarantee that one thread at a time uses it, closing
+    included (see ``Engine.read_conn``).
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
     if create and not readonly:
         flags |= apsw.SQLITE_OPEN_CREATE
+    if single_thread:
+        flags |= apsw.SQLITE_OPEN_NOMUTEX
     with translate():
         conn = apsw.Connection(path, flags=flags, vfs=vfs)
         try:

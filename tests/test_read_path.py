@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import threading
+import time
 import pickle
 from pathlib import Path
 
@@ -70,3 +72,42 @@ def test_repeated_reads_reuse_their_compiled_statements_whatever_values_are_boun
             assert s.read_raw(offset, 2 + offset % 3).payloads
             assert s.read_reverse(offset + 1, 1 + offset % 2)[0].offset == offset
         assert compiled == []
+
+
+def test_close_from_another_thread_waits_for_a_read_in_progress(tmp_path: Path) -> None:
+    # Read connections are opened NOMUTEX (SQLite and apsw no longer keep a second thread
+    # out): close() must take each connection's guard rather than close it under a reader.
+    db = sqlstream.open(str(tmp_path / "r.db"))
+    s = db.create_stream("s")
+    s.extend([b"x"] * 10)
+    entered, proceed = threading.Event(), threading.Event()
+    log: list[object] = []
+
+    def reader() -> None:
+        try:
+            with db.engine.snapshot() as conn:
+                entered.set()
+                proceed.wait(30)
+                log.append(conn.execute("SELECT count(*) FROM chunks").fetchall()[0][0])
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            log.append(exc)
+
+    def closer() -> None:
+        db.close()
+        log.append("closed")
+
+    r = threading.Thread(target=reader)
+    r.start()
+    assert entered.wait(30)
+    c = threading.Thread(target=closer)
+    c.start()
+    deadline = time.monotonic() + 30
+    while not db.engine.closed and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert db.engine.closed  # close() has begun while the read is still open
+    proceed.set()
+    r.join(30)
+    c.join(30)
+    assert log == [10, "closed"]
+    with pytest.raises(sqlstream.errors.DatabaseClosed):
+        s.read(0, 1)
