@@ -387,6 +387,8 @@ class FileNotifier:
                 self._bell_lock.release()
                 # Threads that waited on cond while we slept: one of them takes the bell next.
                 self.cond.notify_all()
+                if self._waiters > self._sync_waiters:
+                    self._watch_cond.notify_all()  # aio registrations: the watcher hears it now
         if rung:
             self._bump(False)  # wake the others and the listeners; we are awake already
 
