@@ -125,6 +125,9 @@ class Engine:
         # sleeping; processes sharing a file must all use real time.
         self.clock: Callable[[], float] = time.time
         self._closed = False
+        # Set when close() starts closing the read connections (before it waits for the
+        # write lock, so an open transaction still finishes: _closed comes after it).
+        self._closing = False
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
@@ -325,7 +328,7 @@ class Engine:
                 raise
             pair = (conn, threading.RLock())
             with self._open_lock:
-                if self._closed:  # close() ran meanwhile: it would never see this one
+                if self._closing:  # close() ran meanwhile: it would never see this one
                     conn.close()
                     raise DatabaseClosed(f"the database {self.path} is closed")
                 self._guarded.append(pair)
@@ -338,7 +341,7 @@ class Engine:
         self.check_process()
         conn, guard = self._read_pair()
         with guard:
-            if self._closed:  # closed by another thread while we waited for the guard
+            if self._closing:  # closed by another thread while we waited for the guard
                 raise DatabaseClosed(f"the database {self.path} is closed")
             with translate():
                 yield conn
@@ -393,7 +396,7 @@ class Engine:
             return
         deadline = time.monotonic() + self.busy_timeout
         with self._open_lock:
-            self._closed = True
+            self._closing = True
             guarded = list(self._guarded)
             self._guarded.clear()
         # Before the write lock: a reader may hold its guard while it waits for that lock.
@@ -409,6 +412,7 @@ class Engine:
             # that another thread is inside), not closed under its user.
         got = self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
         try:
+            self._closed = True
             with self._open_lock:
                 conns = list(self._read_conns)
                 self._read_conns.clear()
@@ -448,6 +452,11 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def closing(self) -> bool:
+        """``close()`` has begun (its read connections are closed or being closed)."""
+        return self._closing
 
     # ----------------------------------------------------------------- write scope, snapshot, wait
 
@@ -512,7 +521,7 @@ class Engine:
             return
         conn, guard = self._read_pair()
         with guard:
-            if self._closed:  # closed by another thread while we waited for the guard
+            if self._closing:  # closed by another thread while we waited for the guard
                 raise DatabaseClosed(f"the database {self.path} is closed")
             with translate():
                 conn.execute("BEGIN")

@@ -102,12 +102,46 @@ def test_close_from_another_thread_waits_for_a_read_in_progress(tmp_path: Path) 
     c = threading.Thread(target=closer)
     c.start()
     deadline = time.monotonic() + 30
-    while not db.engine.closed and time.monotonic() < deadline:
+    while not db.engine.closing and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert db.engine.closed  # close() has begun while the read is still open
+    assert db.engine.closing  # close() has begun while the read is still open
     proceed.set()
     r.join(30)
     c.join(30)
     assert log == [10, "closed"]
     with pytest.raises(sqlstream.errors.DatabaseClosed):
         s.read(0, 1)
+
+
+def test_close_lets_a_transaction_in_another_thread_finish_with_its_reads(tmp_path: Path) -> None:
+    # close() closes the read connections first, but waits for the write lock before the
+    # Database counts as closed: a transaction under way still reads and commits.
+    db = sqlstream.open(str(tmp_path / "r.db"))
+    s = db.create_stream("s")
+    s.append(b"a")
+    entered, proceed = threading.Event(), threading.Event()
+    log: list[object] = []
+
+    def writer() -> None:
+        with db.transaction():
+            entered.set()
+            proceed.wait(30)
+            log.append([r.value for r in s.read(0, 10)])
+            s.append(b"b")
+        log.append("committed")
+
+    w = threading.Thread(target=writer)
+    w.start()
+    assert entered.wait(30)
+    c = threading.Thread(target=db.close)
+    c.start()
+    deadline = time.monotonic() + 30
+    while not db.engine.closing and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert db.engine.closing and not db.engine.closed
+    proceed.set()
+    w.join(30)
+    c.join(30)
+    assert log == [[b"a"], "committed"]
+    with sqlstream.open(str(tmp_path / "r.db")) as again:
+        assert [r.value for r in again.stream("s").read(0, 10)] == [b"a", b"b"]
