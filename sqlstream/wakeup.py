@@ -68,7 +68,8 @@ class FileNotifier:
 
     def __init__(self, path: str, ident: tuple[int, int]) -> None:
         self.path = path
-        self.cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()  # shared with _watch_cond (below)
+        self.cond = threading.Condition(lock)
         self.generation = 0
         self._waiters = 0
         self._poll_waiters = 0
@@ -118,7 +119,7 @@ class FileNotifier:
         self._last_sync_left = -_LINGER  # monotonic time the last of them left
         # The watcher waits on this (same lock as ``cond``) while it leaves the doorbell to
         # sleepers, so that the generation's bumps do not wake it too.
-        self._watch_cond = threading.Condition(self.cond._lock)  # type: ignore[attr-defined]
+        self._watch_cond = threading.Condition(lock)
         # Called after every generation bump, from whichever thread bumped (a committer
         # or the watcher): sqlstream.aio completes asyncio futures from here. A tuple,
         # replaced on change, so bump() iterates it without holding the lock.
