@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, overload
 
 from . import dedup as _dedup, retention as _retention, writesecrets as _writesecrets
@@ -40,6 +41,7 @@ __all__ = [
     "ROWS_PER_INSERT",
     "insert_sql",
     "insert_batch_sql",
+    "insert_shared_sql",
     "append_rows",
     "append_refused",
     "check_rows",
@@ -164,6 +166,28 @@ def insert_batch_sql(rows: int) -> str:
     values = ",".join(
         f"(?1,?4+{k},?{n},?2,?3,?{n + 1},?{n + 2},?{n + 3},?{n + 4})"
         for k, n in ((k, _SHARED + 1 + 5 * k) for k in range(rows))
+    )
+    return (
+        "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
+        f"content_type, data) VALUES {values}"
+    )
+
+
+# When the rows of one INSERT also share their key, headers and content type (``extend``
+# gives every record the batch's key and headers; a batch of bytes has one content type)
+# those are bound once too, as ?5-?7, and each row binds its position and data only.
+# Measured (raw apsw, callgrind): 8,315 -> 6,897 instructions a row for the INSERT.
+_SHARED_ALL = 7
+_head = itemgetter(0, 1, 2)  # (key, headers, content type) of a PreparedRecord
+
+
+@lru_cache(maxsize=None)
+def insert_shared_sql(rows: int) -> str:
+    """The INSERT of ``rows`` records that share stream, timestamp, txn, key, headers and
+    content type: parameters ``(stream_id, timestamp, txn, first_offset, key, headers,
+    content_type)`` then ``(position, data)`` per row."""
+    values = ",".join(
+        f"(?1,?4+{k},?{n},?2,?3,?5,?6,?7,?{n + 1})" for k, n in ((k, _SHARED_ALL + 1 + 2 * k) for k in range(rows))
     )
     return (
         "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
@@ -302,19 +326,29 @@ def _store(
         q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
     elif timestamps is None:
         offset = first
-        params: list[Any] = [stream_id, ts, number, offset]
-        for key, headers, ctype, data, nbytes in rows:
-            if nbytes > inline_max:
-                q(PAYLOAD_SQL, (stream_id, offset, data))
-                data = None
-            params += (position, key, headers, ctype, data)
-            offset += 1
-            position += nbytes
-            if len(params) == _SHARED + 5 * ROWS_PER_INSERT:
-                q(insert_batch_sql(ROWS_PER_INSERT), params)
-                params = [stream_id, ts, number, offset]
-        if len(params) > _SHARED:
-            q(insert_batch_sql((len(params) - _SHARED) // 5), params)
+        params: list[Any]
+        for start in range(0, count, ROWS_PER_INSERT):
+            part = rows[start:start + ROWS_PER_INSERT]
+            if len(set(map(_head, part))) == 1:  # one key, headers and content type
+                params = [stream_id, ts, number, offset, *_head(part[0])]
+                for _, _, _, data, nbytes in part:
+                    if nbytes > inline_max:
+                        q(PAYLOAD_SQL, (stream_id, offset, data))
+                        data = None
+                    params += (position, data)
+                    offset += 1
+                    position += nbytes
+                q(insert_shared_sql(len(part)), params)
+                continue
+            params = [stream_id, ts, number, offset]
+            for key, headers, ctype, data, nbytes in part:
+                if nbytes > inline_max:
+                    q(PAYLOAD_SQL, (stream_id, offset, data))
+                    data = None
+                params += (position, key, headers, ctype, data)
+                offset += 1
+                position += nbytes
+            q(insert_batch_sql(len(part)), params)
     else:  # archive import: each row its own timestamp
         params = []
         offset = first

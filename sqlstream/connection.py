@@ -110,6 +110,23 @@ def connection_dqs(conn: apsw.Connection) -> None:
     conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
 
 
+def connection_stable_plans(conn: apsw.Connection) -> None:
+    """Compile each cached statement once, whatever values are bound to it (read connections).
+
+    SQLite 3.54 reads some bound values while planning (a ``LIMIT ?``, and the range of
+    ``... ORDER BY offset LIMIT ?`` reads) and marks such a statement to be compiled
+    again whenever one of those parameters is bound anew: every record read recompiled
+    its statement (measured: reading one record 81 µs CPU, 40 of them the recompile; with
+    this setting 20 µs). The query planner stability guarantee (QPSG) makes SQLite plan
+    without the values, so a cached statement is reused as it is; sqlstream's statements
+    are written for one plan (a primary-key range), which is what SQLite picks without
+    them. Not set on write connections, whose statements do not recompile (measured) and
+    one of which (``retention.forget_stream``) needs its ``GLOB ?`` prefix planned from the
+    value, nor on ``db.query()``'s connection, whose SQL is the caller's.
+    """
+    conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
+
+
 def connection_synchronous(conn: apsw.Connection, level: str) -> None:
     """Set and verify ``synchronous``: 'normal' survives a process crash, 'full' power loss."""
     pragma(conn, f"synchronous = {level}")
@@ -153,15 +170,23 @@ def connect(
     synchronous: str,
     create: bool = False,
     vfs: str | None = None,
+    single_thread: bool = False,
 ) -> apsw.Connection:
     """Open one connection with every per-connection setting applied.
 
     ``vfs`` names a registered SQLite VFS (None: the default); tests inject I/O faults
-    through one.
+    through one. ``single_thread``: open it ``SQLITE_OPEN_NOMUTEX`` (SQLite's
+    multi-thread mode: no connection mutex taken by every call, ~1,400 instructions of a
+    record read's ~8,600). Then neither SQLite nor apsw (which uses that mutex as its own
+    guard) stops two threads from using the connection at once, and doing so corrupts
+    memory: the caller must guarantee that one thread at a time uses it, closing
+    included (see ``Engine.read_conn``).
     """
     flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE
     if create and not readonly:
         flags |= apsw.SQLITE_OPEN_CREATE
+    if single_thread:
+        flags |= apsw.SQLITE_OPEN_NOMUTEX
     with translate():
         conn = apsw.Connection(path, flags=flags, vfs=vfs)
         try:

@@ -197,8 +197,8 @@ def maintain(
     if checkpoint:
         report.checkpoint = _checkpoint(db, checkpoint_timeout)
         ticks.tick()
-    with translate():
-        report.free_pages = int(cx.pragma(db.engine.read_conn(), "freelist_count"))
+    with db.engine.reading() as rconn:
+        report.free_pages = int(cx.pragma(rconn, "freelist_count"))
     report.bytes_after = _file_bytes(db.path)
     return report
 

@@ -2,7 +2,8 @@
 
 A batch binds its stream, timestamp, txn and first offset once per INSERT and writes row
 k's offset as ``first + k`` (``append.insert_batch_sql``); only position, key, headers,
-content type and data are bound per row. These tests read the rows back from ``chunks``
+content type and data are bound per row, or only position and data when the INSERT's rows
+share key, headers and content type (``append.insert_shared_sql``). These tests read the rows back from ``chunks``
 and ``payloads`` and hold every column to what one append at a time would have stored,
 across the statement boundaries (``ROWS_PER_INSERT``) and with payloads stored out of the
 row in between.
@@ -17,7 +18,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 import sqlstream
-from sqlstream.append import ROWS_PER_INSERT, insert_batch_sql
+from sqlstream.append import ROWS_PER_INSERT, insert_batch_sql, insert_shared_sql
 from sqlstream.records import INLINE_MAX
 
 values = st.one_of(
@@ -50,6 +51,28 @@ def _stored(db: sqlstream.Database, name: str) -> list[tuple[Any, ...]]:
 def test_a_batch_stores_the_same_columns_as_appends_one_at_a_time(
     db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
 ) -> None:
+    _same_as_one_at_a_time(db, before, batch, key, headers)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.integers(0, 3),
+    batch=st.lists(
+        st.one_of(st.binary(max_size=40), st.binary(min_size=INLINE_MAX + 1, max_size=INLINE_MAX + 50)),
+        min_size=1, max_size=2 * ROWS_PER_INSERT + 30,
+    ),
+    key=st.one_of(st.none(), st.text(max_size=4)),
+    headers=st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
+)
+def test_a_batch_of_one_content_type_stores_the_same_columns_as_appends_one_at_a_time(
+    db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
+) -> None:
+    _same_as_one_at_a_time(db, before, batch, key, headers)
+
+
+def _same_as_one_at_a_time(
+    db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
+) -> None:
     n = next(_examples)
     one, many = db.create_stream(f"one_by_one_{n}"), db.create_stream(f"batched_{n}")
     for s in (one, many):
@@ -75,3 +98,33 @@ def test_the_batch_statement_numbers_offsets_from_one_bound_first_offset() -> No
     assert sql.endswith("(?1,?4+2,?15,?2,?3,?16,?17,?18,?19)")
     # apsw compiles a statement again on every execute when its text is 16 KiB or more.
     assert len(insert_batch_sql(ROWS_PER_INSERT)) < 16 * 1024
+
+
+def test_rows_that_share_key_headers_and_content_type_bind_them_once_per_insert(db: sqlstream.Database) -> None:
+    s = db.create_stream("s")
+    bound: list[int] = []
+
+    def trace(cursor: Any, sql: str, bindings: Any) -> bool:
+        if sql.startswith("INSERT INTO chunks"):
+            bound.append(len(bindings))
+        return True
+
+    conn = db.engine.write_conn()
+    conn.exec_trace = trace
+    try:
+        s.extend([b"x"] * (ROWS_PER_INSERT + 3), key="k", headers={"h": "v"})
+        assert bound == [7 + 2 * ROWS_PER_INSERT, 7 + 2 * 3]  # stream, time, txn, offset, key, headers, type
+        bound.clear()
+        s.extend([b"x", "t"] * 2)  # two content types: each row binds its own
+        assert bound == [4 + 5 * 4]
+    finally:
+        conn.exec_trace = None
+    assert [r.value for r in s.read(0, ROWS_PER_INSERT + 7)][-5:] == [b"x", b"x", "t", b"x", "t"]
+    assert {r.key for r in s.read(0, ROWS_PER_INSERT + 3)} == {"k"}
+
+
+def test_the_shared_statement_binds_two_parameters_a_row() -> None:
+    sql = insert_shared_sql(3)
+    assert "(?1,?4+0,?8,?2,?3,?5,?6,?7,?9)" in sql
+    assert sql.endswith("(?1,?4+2,?12,?2,?3,?5,?6,?7,?13)")
+    assert len(insert_shared_sql(ROWS_PER_INSERT)) < 16 * 1024

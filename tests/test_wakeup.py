@@ -627,3 +627,101 @@ def test_short_lived_databases_closing_while_others_wait(tmp_path: Path, remote:
     assert not errors_seen, "\n".join(errors_seen)
     assert got == list(range(count))
     assert timeouts == 0, f"{timeouts} blocked reads ran into their timeout: a wakeup was missed"
+
+
+# --------------------------------------------------------------------------- who hears the doorbell
+
+
+@pytest.mark.multiprocess
+def test_a_thread_blocked_in_notify_mode_is_woken_by_the_doorbell_itself(tmp_path: Path, remote: Remote) -> None:
+    """Mechanism: another process's commit wakes the blocked thread directly (it sleeps on
+    the doorbell), not the watcher thread that would then have to wake it: the first bump
+    of the generation after the commit runs on the reading thread."""
+    path = str(tmp_path / "w.db")
+    with sqlstream.open(path, wakeup="notify") as db:
+        s = db.create_stream("s")
+        remote.call("append", path=path, stream="s", value="v0")  # the helper has the file open now
+        s.read(0, timeout=WAIT)
+        bumps: list[tuple[float, threading.Thread]] = []
+        db.engine.notifier.add_listener(lambda: bumps.append((time.monotonic(), threading.current_thread())))
+        blocked_rounds = 0
+        for i in range(1, 3 * ROUNDS):
+            remote.send("append", path=path, stream="s", value=f"v{i}", delay=DELAY)
+            with counting_checks(db) as counter:
+                records = s.read(i, timeout=WAIT)
+            t0, _, offset = remote.result()
+            assert offset == i and [r.value for r in records] == [f"v{i}"]
+            if counter.first_at >= t0:
+                continue  # the commit came first: nothing was blocked
+            blocked_rounds += 1
+            first = min((b for b in bumps if b[0] >= t0), key=lambda b: b[0])
+            assert first[1] is threading.current_thread(), first[1].name
+            if blocked_rounds == ROUNDS:
+                break
+        assert blocked_rounds == ROUNDS
+
+
+@pytest.mark.multiprocess
+def test_every_thread_blocked_in_notify_mode_wakes_on_another_process_commit(tmp_path: Path, remote: Remote) -> None:
+    """Guarantee: with several threads blocked on one file (one sleeps on the doorbell, the
+    others on the condition variable) each one is woken by another process's commit, before
+    its own timeout, for every commit."""
+    path = str(tmp_path / "w.db")
+    with sqlstream.open(path, wakeup="notify") as db:
+        s = db.create_stream("s")
+        remote.call("append", path=path, stream="s", value="v0")
+        for i in range(1, ROUNDS + 1):
+            got: dict[int, float] = {}
+            start = threading.Barrier(4)
+
+            def read(k: int, i: int = i) -> None:
+                start.wait()
+                t = time.monotonic()
+                assert [r.value for r in s.read(i, timeout=WAIT)] == [f"v{i}"]
+                got[k] = time.monotonic() - t
+
+            threads = [threading.Thread(target=read, args=(k,)) for k in range(3)]
+            for t in threads:
+                t.start()
+            remote.send("append", path=path, stream="s", value=f"v{i}", delay=DELAY)
+            start.wait()
+            remote.result()
+            for t in threads:
+                t.join(WAIT + 5)
+            assert sorted(got) == [0, 1, 2] and all(v < WAIT for v in got.values()), got
+
+
+@pytest.mark.parametrize("local", ["commit", "close"])
+def test_a_thread_sleeping_on_the_doorbell_wakes_on_a_local_commit_and_on_close(db_path: str, local: str) -> None:
+    """Guarantee: the thread that sleeps on the doorbell is woken by this process's own
+    commits (which do not ring their own process's bell) and by closing the Database."""
+    with sqlstream.open(db_path, wakeup="notify") as db:
+        s = db.create_stream("s")
+        s.append("v0")
+        s.read(0, timeout=WAIT)
+        outcome: list[object] = []
+
+        def read() -> None:
+            try:
+                outcome.append(s.read(1, timeout=WAIT))
+            except errors.DatabaseClosed as exc:
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        deadline = time.monotonic() + WAIT
+        notifier = db.engine.notifier
+        while not notifier.sleeper_waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert notifier.sleeper_waiting()
+        t = time.monotonic()
+        if local == "commit":
+            s.append("v1")
+        else:
+            db.close()
+        reader.join(WAIT + 5)
+        assert time.monotonic() - t < WAIT
+        if local == "commit":
+            assert [[r.value for r in recs] for recs in outcome] == [["v1"]]  # type: ignore[attr-defined]
+        else:
+            assert len(outcome) == 1 and isinstance(outcome[0], errors.DatabaseClosed)
