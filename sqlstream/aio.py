@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextvars
 import functools
 import logging
@@ -366,6 +367,115 @@ def _undo(job: _Job, undo: Callable[[Any], object]) -> None:
         undo(job.result)
 
 
+#: Calls of :meth:`AsyncDatabase.run_grouped` one group (one transaction, one commit) takes
+#: at most: a bound on how long the group holds the file's write lock and how long its
+#: first member waits for the commit.
+GROUP_MAX = 32
+
+
+class _Member:
+    """One :meth:`AsyncDatabase.run_grouped` call. ``cancelled`` is set by the loop only
+    while the call waits; the worker skips a cancelled member it has not started."""
+
+    __slots__ = ("fn", "args", "fut", "cancelled")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], fut: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.fut = fut
+        self.cancelled = False
+
+
+class _Groups:
+    """Group commit for :meth:`AsyncDatabase.run_grouped` (the contract is there).
+
+    Calls queue here (a deque: the loop appends, the worker pops, both thread-safe). While
+    any wait, one pump task on the loop submits a group job through ``_call`` (so, like
+    every call, it waits for another task's open transaction to end); the job takes what
+    is queued when it starts (up to :data:`GROUP_MAX`), runs each call in a savepoint of
+    one transaction, commits, and hands every member its outcome in one loop callback.
+    Calls that arrive meanwhile make the next group, so under load groups grow by
+    themselves and an idle database runs a lone call at once.
+    """
+
+    def __init__(self, adb: AsyncDatabase) -> None:
+        self.adb = adb
+        self.queue: collections.deque[_Member] = collections.deque()
+        self.pump: asyncio.Task[None] | None = None  # the running pump, referenced so it is not collected
+
+    def add(self, member: _Member) -> None:  # loop
+        self.queue.append(member)
+        if self.pump is None:
+            self.pump = self.adb._loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            while self.queue:
+                await self.adb._call(self._run)
+        except BaseException as exc:
+            # The database closed (or the loop is going away): the calls still queued get that.
+            while self.queue:
+                member = self.queue.popleft()
+                if isinstance(exc, asyncio.CancelledError):
+                    member.fut.cancel()
+                else:
+                    _set_exception(member.fut, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.pump = None
+
+    def _run(self) -> None:  # worker thread
+        members: list[_Member] = []
+        while len(members) < GROUP_MAX:
+            try:
+                member = self.queue.popleft()
+            except IndexError:
+                break
+            if not member.cancelled:
+                members.append(member)
+        if not members:
+            return
+        sync = self.adb.sync
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with sync.transaction():
+                for member in members:
+                    try:
+                        with sync.transaction():  # a savepoint: a failure undoes this member only
+                            outcomes.append((True, member.fn(*member.args)))
+                    except Exception as exc:  # noqa: BLE001 - the member's caller gets it
+                        outcomes.append((False, exc))
+        except BaseException as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing is stored
+            outcomes = [outcome if not outcome[0] else (False, exc) for outcome in outcomes]
+            outcomes += [(False, exc)] * (len(members) - len(outcomes))
+            self._deliver(members, outcomes)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._deliver(members, outcomes)
+
+    def _deliver(self, members: list[_Member], outcomes: list[tuple[bool, Any]]) -> None:  # worker thread
+        try:
+            self.adb._loop.call_soon_threadsafe(_hand_outcomes, members, outcomes)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits
+
+
+def _hand_outcomes(members: list[_Member], outcomes: list[tuple[bool, Any]]) -> None:
+    """Loop thread: every member of a group its outcome, in the group's order."""
+    for member, (ok, value) in zip(members, outcomes):
+        if ok:
+            _set_result(member.fut, value)
+        else:
+            _set_exception(member.fut, value)
+
+
+def _in_savepoint(sync: Database, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with sync.transaction():
+        return fn(*args)
+
+
 class AsyncDatabase:
     """The asyncio face of :class:`sqlstream.Database` (``sync``): same files, same rules.
 
@@ -382,6 +492,7 @@ class AsyncDatabase:
         self._tx_current: object | None = None
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
+        self._groups = _Groups(self)
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         # Undos of cancelled calls waiting for another task's transaction to end (worker only).
@@ -569,6 +680,38 @@ class AsyncDatabase:
         it waits for another task's open transaction to end first. Cancelling the await
         does not stop ``fn`` once it runs."""
         return await self._call(fn, *args)
+
+    async def run_grouped(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the worker thread, in a write transaction shared with the other
+        ``run_grouped`` calls waiting at the time (group commit): one commit, so one fsync
+        under ``synchronous="full"``, for the whole group.
+
+        Contract: ``fn`` runs in a savepoint of the group's transaction, after the group's
+        earlier members (it sees their writes: sequence checks, producer state); if it
+        raises, its savepoint alone is rolled back and the exception reaches its caller
+        only. Its result is returned only once the group has committed: a returned call is
+        durable as any commit. If the group's BEGIN or COMMIT fails, nothing of it is stored
+        and every member that had not failed on its own gets that error. Calls start in the
+        order they were made, but not in order with other kinds of calls. A group takes at
+        most :data:`GROUP_MAX` calls; others wait for the next. Inside this task's own
+        transaction ``fn`` runs as part of it (in a savepoint), not in a group. Cancelled
+        before its group starts, the call is skipped; after, it runs and may commit."""
+        if self._in_my_transaction():
+            return await self._call(_in_savepoint, self.sync, fn, args)
+        if self._worker.closed:
+            raise DatabaseClosed("this AsyncDatabase is closed")
+        member = _Member(fn, args, self._loop.create_future())
+        self._groups.add(member)
+        try:
+            return await member.fut  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            member.cancelled = True
+            raise
+
+    @property
+    def grouped_waiting(self) -> int:
+        """``run_grouped`` calls queued for a group that has not started (a gauge)."""
+        return len(self._groups.queue)
 
     async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
         """Run ``check()`` on the worker until it returns non-None; between tries, await

@@ -12,7 +12,10 @@ appended by any process wakes them and no thread is parked per connection.
 Contracts:
 
 - A request's writes are one transaction (create + initial body + expiry + close; an
-  append with its producer state, writer sequence and close).
+  append with its producer state, writer sequence and close). POSTs waiting for the
+  database thread together commit together (group commit, ``AsyncDatabase.run_grouped``):
+  each in its own savepoint, checked after the ones before it, answered only once the
+  group's commit has returned; a refused POST changes nothing the others wrote.
 - A client that goes away mid long-poll or mid SSE is noticed (``http.disconnect``) and
   its wait is cancelled at once: nothing stays behind (tasks, wake-up registrations).
 - Limits: request bodies up to the file's ``max_record_bytes`` (413), request headers up
@@ -597,7 +600,7 @@ class DurableStreamsApp:
                 parsed = self._values(given, body)
             except ProtocolError as exc:
                 parsed = exc
-        outcome = await db.run_sync(self._append_now, db.sync, name, headers, body, closing, producer, given, parsed)
+        outcome = await db.run_grouped(self._append_now, db.sync, name, headers, body, closing, producer, given, parsed)
         if isinstance(outcome, ProtocolError):
             raise outcome
         response, publish = outcome
@@ -608,10 +611,11 @@ class DurableStreamsApp:
     def _append_now(self, sdb: Database, name: str, headers: dict[str, str], body: bytes, closing: bool,
                     producer: p.Producer | None, given: str | None,
                     parsed: list[Any] | ProtocolError | None) -> _AppendOutcome | ProtocolError:
-        """A POST's work on the database thread, in one hop: the lookup (lifetime, TTL touch,
-        stream info), the protocol's checks, the write secret, the fenced append. A refusal
-        is returned, not raised: what the request wrote before it (a TTL touch, the
-        retirement of an expired stream) stays written, as when each was a hop of its own."""
+        """A POST's work on the database thread, as one member of a group commit: the lookup
+        (lifetime, TTL touch, stream info), the protocol's checks, the write secret, the
+        fenced append. A refusal is returned, not raised, so the member's savepoint is kept:
+        what the request wrote before it (a TTL touch, the retirement of an expired stream)
+        stays written, as when each of them committed on its own."""
         try:
             st = _lookup(sdb, name, True)
             if not body and not closing:
