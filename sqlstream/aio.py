@@ -393,7 +393,7 @@ class _Groups:
     any wait, one pump task on the loop submits a group job through ``_call`` (so, like
     every call, it waits for another task's open transaction to end); the job takes what
     is queued when it starts (up to :data:`GROUP_MAX`), runs each call in a savepoint of
-    one transaction, commits, and hands every member its outcome in one loop callback.
+    one transaction, commits, and returns every member's outcome, which the pump hands out.
     Calls that arrive meanwhile make the next group, so under load groups grow by
     themselves and an idle database runs a lone call at once.
     """
@@ -406,12 +406,19 @@ class _Groups:
     def add(self, member: _Member) -> None:  # loop
         self.queue.append(member)
         if self.pump is None:
-            self.pump = self.adb._loop.create_task(self._pump())
+            first = None
+            if self.adb._tx_current is None:
+                # No transaction to wait for: the group job goes to the worker now, a loop
+                # turn before the pump task first runs.
+                first = self.adb._worker.call(self._run, (), {})[1]
+            self.pump = self.adb._loop.create_task(self._pump(first))
 
-    async def _pump(self) -> None:
+    async def _pump(self, first: asyncio.Future[_Outcomes] | None) -> None:
         try:
+            if first is not None:
+                _hand_outcomes(await first)
             while self.queue:
-                await self.adb._call(self._run)
+                _hand_outcomes(await self.adb._call(self._run))
         except BaseException as exc:
             # The database closed (or the loop is going away): the calls still queued get that.
             while self.queue:
@@ -425,7 +432,8 @@ class _Groups:
         finally:
             self.pump = None
 
-    def _run(self) -> None:  # worker thread
+    def _run(self) -> _Outcomes:  # worker thread
+        """One group: what is queued now (up to GROUP_MAX), each member's outcome. Never raises."""
         members: list[_Member] = []
         while len(members) < GROUP_MAX:
             try:
@@ -435,7 +443,7 @@ class _Groups:
             if not member.cancelled:
                 members.append(member)
         if not members:
-            return
+            return members, []
         sync = self.adb.sync
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -449,22 +457,17 @@ class _Groups:
         except BaseException as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing is stored
             outcomes = [outcome if not outcome[0] else (False, exc) for outcome in outcomes]
             outcomes += [(False, exc)] * (len(members) - len(outcomes))
-            self._deliver(members, outcomes)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self._deliver(members, outcomes)
-
-    def _deliver(self, members: list[_Member], outcomes: list[tuple[bool, Any]]) -> None:  # worker thread
-        try:
-            self.adb._loop.call_soon_threadsafe(_hand_outcomes, members, outcomes)
-        except RuntimeError:
-            pass  # the loop is closed: nobody waits
+        return members, outcomes
 
 
-def _hand_outcomes(members: list[_Member], outcomes: list[tuple[bool, Any]]) -> None:
-    """Loop thread: every member of a group its outcome, in the group's order."""
-    for member, (ok, value) in zip(members, outcomes):
+# A group's members and, in the same order, each one's (returned, value or exception).
+_Outcomes = tuple[list[_Member], list[tuple[bool, Any]]]
+
+
+def _hand_outcomes(group: _Outcomes) -> None:
+    """Loop thread: every member of a group its outcome, in the group's order (the pump,
+    right after the group's job returned: one hand-over from the worker per group)."""
+    for member, (ok, value) in zip(*group):
         if ok:
             _set_result(member.fut, value)
         else:
