@@ -389,48 +389,69 @@ class _Member:
 class _Groups:
     """Group commit for :meth:`AsyncDatabase.run_grouped` (the contract is there).
 
-    Calls queue here (a deque: the loop appends, the worker pops, both thread-safe). While
-    any wait, one pump task on the loop submits a group job through ``_call`` (so, like
-    every call, it waits for another task's open transaction to end); the job takes what
-    is queued when it starts (up to :data:`GROUP_MAX`), runs each call in a savepoint of
-    one transaction, commits, and returns every member's outcome, which the pump hands out.
+    Calls queue here (a deque: the loop appends, the worker pops, both thread-safe). When
+    one is queued and no group job is in the worker's queue or running, a group job is
+    posted to the worker (after another task's open transaction has ended, as for every
+    call); it takes what is queued when it starts (up to :data:`GROUP_MAX`), runs each call
+    in a savepoint of one transaction, commits, and posts every member's outcome back to
+    the loop in one callback, which also posts the next group job if calls are waiting.
     Calls that arrive meanwhile make the next group, so under load groups grow by
-    themselves and an idle database runs a lone call at once.
+    themselves and an idle database runs a lone call at once. No task and no future of
+    its own: a lone call costs one hand-over to the worker and one back, as ``run_sync``.
     """
 
     def __init__(self, adb: AsyncDatabase) -> None:
         self.adb = adb
         self.queue: collections.deque[_Member] = collections.deque()
-        self.pump: asyncio.Task[None] | None = None  # the running pump, referenced so it is not collected
+        self.busy = False  # a group job is posted or running, or waiting for a transaction to end
+        self.waiting: asyncio.Task[None] | None = None  # waiting for a transaction (referenced: not collected)
 
     def add(self, member: _Member) -> None:  # loop
         self.queue.append(member)
-        if self.pump is None:
-            first = None
-            if self.adb._tx_current is None:
-                # No transaction to wait for: the group job goes to the worker now, a loop
-                # turn before the pump task first runs.
-                first = self.adb._worker.call(self._run, (), {})[1]
-            self.pump = self.adb._loop.create_task(self._pump(first))
+        if not self.busy:
+            self._start()
 
-    async def _pump(self, first: asyncio.Future[_Outcomes] | None) -> None:
+    def _start(self) -> None:  # loop
+        self.busy = True
+        adb = self.adb
+        if adb._worker.closed:
+            self._fail(DatabaseClosed("this AsyncDatabase is closed"))
+        elif adb._tx_current is not None:
+            self.waiting = adb._loop.create_task(self._after_transaction())
+        else:
+            adb._worker.post(self._run_and_answer)
+
+    async def _after_transaction(self) -> None:
         try:
-            if first is not None:
-                _hand_outcomes(await first)
-            while self.queue:
-                _hand_outcomes(await self.adb._call(self._run))
-        except BaseException as exc:
-            # The database closed (or the loop is going away): the calls still queued get that.
-            while self.queue:
-                member = self.queue.popleft()
-                if isinstance(exc, asyncio.CancelledError):
-                    member.fut.cancel()
-                else:
-                    _set_exception(member.fut, exc)
-            if not isinstance(exc, Exception):
-                raise
+            await self.adb._transaction_free()
+        except BaseException as exc:  # the loop is going away
+            self._fail(exc)
+            raise
         finally:
-            self.pump = None
+            self.waiting = None
+        self._start()
+
+    def _fail(self, exc: BaseException) -> None:  # loop
+        self.busy = False
+        while self.queue:
+            member = self.queue.popleft()
+            if isinstance(exc, asyncio.CancelledError):
+                member.fut.cancel()
+            else:
+                _set_exception(member.fut, exc)
+
+    def _run_and_answer(self) -> None:  # worker thread
+        outcomes = self._run()
+        try:
+            self.adb._loop.call_soon_threadsafe(self._answer, outcomes)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits
+
+    def _answer(self, group: _Outcomes) -> None:  # loop
+        self.busy = False
+        _hand_outcomes(group)
+        if self.queue:
+            self._start()
 
     def _run(self) -> _Outcomes:  # worker thread
         """One group: what is queued now (up to GROUP_MAX), each member's outcome. Never raises."""
@@ -465,8 +486,7 @@ _Outcomes = tuple[list[_Member], list[tuple[bool, Any]]]
 
 
 def _hand_outcomes(group: _Outcomes) -> None:
-    """Loop thread: every member of a group its outcome, in the group's order (the pump,
-    right after the group's job returned: one hand-over from the worker per group)."""
+    """Loop thread: every member of a group its outcome, in the group's order."""
     for member, (ok, value) in zip(*group):
         if ok:
             _set_result(member.fut, value)

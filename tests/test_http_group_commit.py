@@ -276,3 +276,31 @@ def test_a_server_killed_under_concurrent_posts_keeps_every_answered_one(tmp_pat
         stored[r.value] = r.offset
     for body, offset in answered.items():
         assert stored.get(body) == offset, f"answered {body} at {offset}, stored at {stored.get(body)}"
+
+
+@pytest.mark.anyio
+async def test_run_grouped_waits_for_another_tasks_transaction_and_stays_out_of_it(tmp_path: Path) -> None:
+    """A group never joins a transaction another task has open: it waits for it to end, so
+    that transaction's rollback cannot take the group's writes with it."""
+    async with await sqlstream.aio.open(str(tmp_path / "t.db")) as adb:
+        stream = await adb.create_stream("s")
+        opened, leave = asyncio.Event(), asyncio.Event()
+
+        async def other() -> None:
+            async with adb.transaction():
+                await stream.append("rolled back")
+                opened.set()
+                await leave.wait()
+                raise ValueError("roll back")
+
+        task = asyncio.ensure_future(other())
+        await opened.wait()
+        grouped = asyncio.ensure_future(adb.run_grouped(lambda: adb.sync.stream("s").append("grouped")))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not grouped.done()  # waiting for the other transaction
+        leave.set()
+        with pytest.raises(ValueError):
+            await task
+        assert await grouped == 0
+        assert [r.value for r in await stream.read(0, limit=10)] == ["grouped"]
