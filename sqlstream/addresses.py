@@ -10,11 +10,13 @@ cannot change with the resolver's configuration.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 __all__ = ["is_loopback"]
 
 
+@functools.lru_cache(maxsize=256)  # the HTTP front asks twice per request (its address, the Host header)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or address, without port or brackets) names this machine only.
 

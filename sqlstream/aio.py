@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextvars
 import functools
 import logging
@@ -366,6 +367,138 @@ def _undo(job: _Job, undo: Callable[[Any], object]) -> None:
         undo(job.result)
 
 
+#: Calls of :meth:`AsyncDatabase.run_grouped` one group (one transaction, one commit) takes
+#: at most: a bound on how long the group holds the file's write lock and how long its
+#: first member waits for the commit.
+GROUP_MAX = 32
+
+
+class _Member:
+    """One :meth:`AsyncDatabase.run_grouped` call. ``cancelled`` is set by the loop only
+    while the call waits; the worker skips a cancelled member it has not started."""
+
+    __slots__ = ("fn", "args", "fut", "cancelled")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], fut: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.fut = fut
+        self.cancelled = False
+
+
+class _Groups:
+    """Group commit for :meth:`AsyncDatabase.run_grouped` (the contract is there).
+
+    Calls queue here (a deque: the loop appends, the worker pops, both thread-safe). When
+    one is queued and no group job is in the worker's queue or running, a group job is
+    posted to the worker (after another task's open transaction has ended, as for every
+    call); it takes what is queued when it starts (up to :data:`GROUP_MAX`), runs each call
+    in a savepoint of one transaction, commits, and posts every member's outcome back to
+    the loop in one callback, which also posts the next group job if calls are waiting.
+    Calls that arrive meanwhile make the next group, so under load groups grow by
+    themselves and an idle database runs a lone call at once. No task and no future of
+    its own: a lone call costs one hand-over to the worker and one back, as ``run_sync``.
+    """
+
+    def __init__(self, adb: AsyncDatabase) -> None:
+        self.adb = adb
+        self.queue: collections.deque[_Member] = collections.deque()
+        self.busy = False  # a group job is posted or running, or waiting for a transaction to end
+        self.waiting: asyncio.Task[None] | None = None  # waiting for a transaction (referenced: not collected)
+
+    def add(self, member: _Member) -> None:  # loop
+        self.queue.append(member)
+        if not self.busy:
+            self._start()
+
+    def _start(self) -> None:  # loop
+        self.busy = True
+        adb = self.adb
+        if adb._worker.closed:
+            self._fail(DatabaseClosed("this AsyncDatabase is closed"))
+        elif adb._tx_current is not None:
+            self.waiting = adb._loop.create_task(self._after_transaction())
+        else:
+            adb._worker.post(self._run_and_answer)
+
+    async def _after_transaction(self) -> None:
+        try:
+            await self.adb._transaction_free()
+        except BaseException as exc:  # the loop is going away
+            self._fail(exc)
+            raise
+        finally:
+            self.waiting = None
+        self._start()
+
+    def _fail(self, exc: BaseException) -> None:  # loop
+        self.busy = False
+        while self.queue:
+            member = self.queue.popleft()
+            if isinstance(exc, asyncio.CancelledError):
+                member.fut.cancel()
+            else:
+                _set_exception(member.fut, exc)
+
+    def _run_and_answer(self) -> None:  # worker thread
+        outcomes = self._run()
+        try:
+            self.adb._loop.call_soon_threadsafe(self._answer, outcomes)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits
+
+    def _answer(self, group: _Outcomes) -> None:  # loop
+        self.busy = False
+        _hand_outcomes(group)
+        if self.queue:
+            self._start()
+
+    def _run(self) -> _Outcomes:  # worker thread
+        """One group: what is queued now (up to GROUP_MAX), each member's outcome. Never raises."""
+        members: list[_Member] = []
+        while len(members) < GROUP_MAX:
+            try:
+                member = self.queue.popleft()
+            except IndexError:
+                break
+            if not member.cancelled:
+                members.append(member)
+        if not members:
+            return members, []
+        sync = self.adb.sync
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with sync.transaction():
+                for member in members:
+                    try:
+                        with sync.transaction():  # a savepoint: a failure undoes this member only
+                            outcomes.append((True, member.fn(*member.args)))
+                    except Exception as exc:  # noqa: BLE001 - the member's caller gets it
+                        outcomes.append((False, exc))
+        except BaseException as exc:  # noqa: BLE001 - BEGIN or COMMIT failed: nothing is stored
+            outcomes = [outcome if not outcome[0] else (False, exc) for outcome in outcomes]
+            outcomes += [(False, exc)] * (len(members) - len(outcomes))
+        return members, outcomes
+
+
+# A group's members and, in the same order, each one's (returned, value or exception).
+_Outcomes = tuple[list[_Member], list[tuple[bool, Any]]]
+
+
+def _hand_outcomes(group: _Outcomes) -> None:
+    """Loop thread: every member of a group its outcome, in the group's order."""
+    for member, (ok, value) in zip(*group):
+        if ok:
+            _set_result(member.fut, value)
+        else:
+            _set_exception(member.fut, value)
+
+
+def _in_savepoint(sync: Database, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with sync.transaction():
+        return fn(*args)
+
+
 class AsyncDatabase:
     """The asyncio face of :class:`sqlstream.Database` (``sync``): same files, same rules.
 
@@ -382,6 +515,7 @@ class AsyncDatabase:
         self._tx_current: object | None = None
         self._tx_ended: asyncio.Event | None = None
         self._wakeups = _Wakeups(self)
+        self._groups = _Groups(self)
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         # Undos of cancelled calls waiting for another task's transaction to end (worker only).
@@ -569,6 +703,38 @@ class AsyncDatabase:
         it waits for another task's open transaction to end first. Cancelling the await
         does not stop ``fn`` once it runs."""
         return await self._call(fn, *args)
+
+    async def run_grouped(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the worker thread, in a write transaction shared with the other
+        ``run_grouped`` calls waiting at the time (group commit): one commit, so one fsync
+        under ``synchronous="full"``, for the whole group.
+
+        Contract: ``fn`` runs in a savepoint of the group's transaction, after the group's
+        earlier members (it sees their writes: sequence checks, producer state); if it
+        raises, its savepoint alone is rolled back and the exception reaches its caller
+        only. Its result is returned only once the group has committed: a returned call is
+        durable as any commit. If the group's BEGIN or COMMIT fails, nothing of it is stored
+        and every member that had not failed on its own gets that error. Calls start in the
+        order they were made, but not in order with other kinds of calls. A group takes at
+        most :data:`GROUP_MAX` calls; others wait for the next. Inside this task's own
+        transaction ``fn`` runs as part of it (in a savepoint), not in a group. Cancelled
+        before its group starts, the call is skipped; after, it runs and may commit."""
+        if self._in_my_transaction():
+            return await self._call(_in_savepoint, self.sync, fn, args)
+        if self._worker.closed:
+            raise DatabaseClosed("this AsyncDatabase is closed")
+        member = _Member(fn, args, self._loop.create_future())
+        self._groups.add(member)
+        try:
+            return await member.fut  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            member.cancelled = True
+            raise
+
+    @property
+    def grouped_waiting(self) -> int:
+        """``run_grouped`` calls queued for a group that has not started (a gauge)."""
+        return len(self._groups.queue)
 
     async def wait_for(self, check: Callable[[], T | None], timeout: float | None) -> T | None:
         """Run ``check()`` on the worker until it returns non-None; between tries, await

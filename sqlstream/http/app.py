@@ -4,14 +4,18 @@
 long-lived responses and client disconnects are handled directly, and the app mounts
 inside any ASGI app, Starlette and FastAPI included). Every stream URL
 ``{prefix}/{name}`` is the sqlstream stream ``name``: same records, same offsets.
-It uses :mod:`sqlstream.aio` only: statements run on the AsyncDatabase's worker thread,
-and live reads (long-poll, SSE) wait on futures completed by sqlstream's wake-ups, so a
-record appended by any process wakes them and no thread is parked per connection.
+It uses :mod:`sqlstream.aio`: statements run on the AsyncDatabase's worker thread (a
+POST's lookups, checks and append as one job there, on the synchronous API), and live
+reads (long-poll, SSE) wait on futures completed by sqlstream's wake-ups, so a record
+appended by any process wakes them and no thread is parked per connection.
 
 Contracts:
 
 - A request's writes are one transaction (create + initial body + expiry + close; an
-  append with its producer state, writer sequence and close).
+  append with its producer state, writer sequence and close). POSTs waiting for the
+  database thread together commit together (group commit, ``AsyncDatabase.run_grouped``):
+  each in its own savepoint, checked after the ones before it, answered only once the
+  group's commit has returned; a refused POST changes nothing the others wrote.
 - A client that goes away mid long-poll or mid SSE is noticed (``http.disconnect``) and
   its wait is cancelled at once: nothing stays behind (tasks, wake-up registrations).
 - Limits: request bodies up to the file's ``max_record_bytes`` (413), request headers up
@@ -36,6 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .. import aio
+from ..database import Database
 from ..errors import (
     AccessDenied,
     InvalidArgument,
@@ -66,6 +71,9 @@ from .subscriptions import SubscriptionRoutes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+# What a POST's database-thread work gives back: the response, and what to hand the live
+# reads waiting at the stream's tail (None: nothing new), or the protocol's refusal.
+_AppendOutcome = tuple["_Response", "tuple[_Stream, list[Any], FencedAppend] | None"]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -417,24 +425,10 @@ class DurableStreamsApp:
     # ----------------------------------------------------------------- stream lookups
 
     async def _find(self, name: str, *, touch: bool) -> _Stream:
-        """The stream, or ProtocolError: 404 (absent or expired: then retired), 410 (soft-deleted)."""
+        """The stream, or ProtocolError: 404 (absent or expired: then retired), 410 (soft-deleted).
+        One hop to the database thread (:func:`_lookup`)."""
         db = await self.db()
-        try:
-            life = await db.lifetime(name)
-            if life.deleted:
-                raise ProtocolError(410, f"stream {name!r} was deleted")
-            if life.expired:
-                try:
-                    await db.retire_stream(name)
-                except (StreamNotFound, StreamGone):
-                    pass
-                raise ProtocolError(404, f"stream {name!r} expired")
-            if touch and life.ttl is not None:
-                await db.touch(name)
-            info = await db.stream_info(name)
-        except StreamNotFound:
-            raise ProtocolError(404, f"no stream {name!r}") from None
-        return _Stream(name, info, life.ttl, life.expires_at)
+        return await db.run_sync(_lookup, db.sync, name, touch)
 
     def _stream_headers(self, st: _Stream, end: tuple[int, int] | None = None) -> dict[str, str]:
         """Content type, Stream-Next-Offset (``end`` = (offset, byte position), default the
@@ -594,51 +588,86 @@ class DurableStreamsApp:
         db = await self.db()
         closing = p.is_true(headers.get(p.CLOSED))
         producer = p.parse_producer(headers)
-        st = await self._find(name, touch=True)
-        if not body and not closing:
-            raise ProtocolError(400, "an append needs a body (or Stream-Closed: true to close)")
-        if st.sealed and not producer:
-            if not body:
-                return _Response(204, self._stream_headers(st))
-            raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st))
-        if body:
-            given = headers.get("content-type")
-            if not given:
-                raise ProtocolError(400, "an append with a body needs a Content-Type")
-            if p.media_type(given) != p.media_type(st.content_type) and not st.sealed:
-                raise ProtocolError(409, f"stream {name!r} holds {st.content_type}, not {given}")
-        values = self._values(st.content_type, body) if body else []
-        stream = await self._writable(db, st, headers)
+        # The body is parsed here, on the loop, as the Content-Type it names: the stream's own
+        # type is known only on the database thread, and the parse (a JSON array of thousands
+        # of messages) is better done there than on the thread every write queues for. The
+        # stream's check compares media types, which is all the parse depends on; a failed
+        # parse is raised there, in its place among the checks.
+        given = headers.get("content-type")
+        parsed: list[Any] | ProtocolError | None = None
+        if body and given:
+            try:
+                parsed = self._values(given, body)
+            except ProtocolError as exc:
+                parsed = exc
+        outcome = await db.run_grouped(self._append_now, db.sync, name, headers, body, closing, producer, given, parsed)
+        if isinstance(outcome, ProtocolError):
+            raise outcome
+        response, publish = outcome
+        if publish is not None:
+            self._publish(*publish)
+        return response
+
+    def _append_now(self, sdb: Database, name: str, headers: dict[str, str], body: bytes, closing: bool,
+                    producer: p.Producer | None, given: str | None,
+                    parsed: list[Any] | ProtocolError | None) -> _AppendOutcome | ProtocolError:
+        """A POST's work on the database thread, as one member of a group commit: the lookup
+        (lifetime, TTL touch, stream info), the protocol's checks, the write secret, the
+        fenced append. A refusal is returned, not raised, so the member's savepoint is kept:
+        what the request wrote before it (a TTL touch, the retirement of an expired stream)
+        stays written, as when each of them committed on its own."""
         try:
-            result = await stream.append_fenced(
-                values, producer=producer.producer if producer else None, epoch=producer.epoch if producer else None,
-                seq=producer.seq if producer else None, writer_seq=headers.get(p.SEQ), seal=closing)
-        except StreamSealed:
-            st = await self._find(name, touch=False)
-            raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st)) from None
-        except StaleEpoch as exc:
-            raise ProtocolError(403, str(exc), {p.PRODUCER_EPOCH: str(exc.current_epoch)}) from None
-        except SequenceGap as exc:
-            raise ProtocolError(409, str(exc), {p.PRODUCER_EXPECTED_SEQ: str(exc.expected),
-                                                p.PRODUCER_RECEIVED_SEQ: str(exc.received)}) from None
-        except SequenceRegression as exc:
-            raise ProtocolError(409, str(exc)) from None
-        except InvalidArgument as exc:
-            raise ProtocolError(400, str(exc)) from None
-        if not result.duplicate and (result.offsets or closing):
-            self._publish(st, values, result)
+            st = _lookup(sdb, name, True)
+            if not body and not closing:
+                raise ProtocolError(400, "an append needs a body (or Stream-Closed: true to close)")
+            if st.sealed and not producer:
+                if not body:
+                    return _Response(204, self._stream_headers(st)), None
+                raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st))
+            values: list[Any] = []
+            if body:
+                if not given:
+                    raise ProtocolError(400, "an append with a body needs a Content-Type")
+                if p.media_type(given) != p.media_type(st.content_type):
+                    if not st.sealed:
+                        raise ProtocolError(409, f"stream {name!r} holds {st.content_type}, not {given}")
+                    parsed = self._values(st.content_type, body)
+                if isinstance(parsed, ProtocolError):
+                    raise parsed
+                assert parsed is not None
+                values = parsed
+            stream = _writable(sdb, st, headers)
+            try:
+                result = stream.append_fenced(
+                    values, producer=producer.producer if producer else None,
+                    epoch=producer.epoch if producer else None, seq=producer.seq if producer else None,
+                    writer_seq=headers.get(p.SEQ), seal=closing)
+            except StreamSealed:
+                st = _lookup(sdb, name, False)
+                raise ProtocolError(409, f"stream {name!r} is closed", self._closed_headers(st)) from None
+            except StaleEpoch as exc:
+                raise ProtocolError(403, str(exc), {p.PRODUCER_EPOCH: str(exc.current_epoch)}) from None
+            except SequenceGap as exc:
+                raise ProtocolError(409, str(exc), {p.PRODUCER_EXPECTED_SEQ: str(exc.expected),
+                                                    p.PRODUCER_RECEIVED_SEQ: str(exc.received)}) from None
+            except SequenceRegression as exc:
+                raise ProtocolError(409, str(exc)) from None
+            except InvalidArgument as exc:
+                raise ProtocolError(400, str(exc)) from None
+        except ProtocolError as exc:
+            return exc
+        publish = (st, values, result) if not result.duplicate and (result.offsets or closing) else None
         h = {p.NEXT_OFFSET: p.format_offset(result.next_offset, result.byte_length)}
         if result.sealed or (result.duplicate and st.sealed):
             h[p.CLOSED] = "true"
         elif result.duplicate:
-            info = await db.stream_info(name)
-            if info.sealed_at is not None:
+            if sdb.stream_info(name).sealed_at is not None:
                 h[p.CLOSED] = "true"
         if producer:
             h[p.PRODUCER_EPOCH] = str(result.epoch)
             h[p.PRODUCER_SEQ] = str(result.seq)
-            return _Response(200 if result.offsets else 204, h)
-        return _Response(204, h)
+            return _Response(200 if result.offsets else 204, h), publish
+        return _Response(204, h), publish
 
     def _publish(self, st: _Stream, values: list[Any], result: FencedAppend) -> None:
         """Hand the records just committed to the live reads waiting at their first offset
@@ -657,19 +686,6 @@ class DurableStreamsApp:
     def _closed_headers(self, st: _Stream) -> dict[str, str]:
         return {p.CLOSED: "true", p.NEXT_OFFSET: p.format_offset(*_tail(st.info))}
 
-    async def _writable(self, db: aio.AsyncDatabase, st: _Stream, headers: dict[str, str]) -> aio.AsyncStream:
-        """A handle that may write: a secret stream needs its secret in Stream-Write-Secret (403)."""
-        if not st.info.secret:
-            return _handle(db, st.name)
-        secret = headers.get(p.WRITE_SECRET, "")
-        try:
-            stream = await db.writer(secret)
-        except (StreamNotFound, InvalidValue):
-            raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret") from None
-        if stream.name != st.name:
-            raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret")
-        return stream
-
     # ----------------------------------------------------------------- HEAD, DELETE
 
     async def _head(self, name: str) -> _Response:
@@ -681,7 +697,8 @@ class DurableStreamsApp:
     async def _delete(self, name: str, headers: dict[str, str]) -> _Response:
         db = await self.db()
         st = await self._find(name, touch=False)
-        await self._writable(db, st, headers)
+        if st.info.secret:
+            await db.run_sync(_writable, db.sync, st, headers)
         try:
             await db.retire_stream(name)
         except StreamGone:
@@ -960,11 +977,41 @@ def create_app(target: str | aio.AsyncDatabase, config: HttpConfig | None = None
 # ----------------------------------------------------------------- helpers
 
 
-def _handle(db: aio.AsyncDatabase, name: str) -> aio.AsyncStream:
-    """A handle on a stream the request has just found, without asking the file again
-    (``db.stream`` would re-check that it exists; reads and appends raise
-    ``StreamNotFound`` anyway if it went away since)."""
-    return aio.AsyncStream(db, Stream(db.sync, name))
+def _lookup(sdb: Database, name: str, touch: bool) -> _Stream:
+    """Database thread: the stream ``name`` (its TTL window restarted when ``touch``), or
+    ProtocolError: 404 (absent, or expired: then retired), 410 (soft-deleted)."""
+    try:
+        life = sdb.lifetime(name)
+        if life.deleted:
+            raise ProtocolError(410, f"stream {name!r} was deleted")
+        if life.expired:
+            try:
+                sdb.retire_stream(name)
+            except (StreamNotFound, StreamGone):
+                pass
+            raise ProtocolError(404, f"stream {name!r} expired")
+        if touch and life.ttl is not None:
+            sdb.touch(name)
+        info = sdb.stream_info(name)
+    except StreamNotFound:
+        raise ProtocolError(404, f"no stream {name!r}") from None
+    return _Stream(name, info, life.ttl, life.expires_at)
+
+
+def _writable(sdb: Database, st: _Stream, headers: dict[str, str]) -> Stream:
+    """Database thread: a handle that may write ``st``; a secret stream needs its secret in
+    Stream-Write-Secret (403). A handle on a stream the request has just found is made
+    without asking the file again (appends raise ``StreamNotFound`` if it went away)."""
+    if not st.info.secret:
+        return Stream(sdb, st.name)
+    secret = headers.get(p.WRITE_SECRET, "")
+    try:
+        stream = sdb.writer(secret)
+    except (StreamNotFound, InvalidValue):
+        raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret") from None
+    if stream.name != st.name:
+        raise ProtocolError(403, f"stream {st.name!r} takes writes only with its Stream-Write-Secret")
+    return stream
 
 
 def _tail(info: StreamInfo) -> tuple[int, int]:

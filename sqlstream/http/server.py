@@ -7,6 +7,15 @@ Python HTTP/1.1 parser (h11) with a bounded header buffer, and an optional C par
 (httptools) and uvloop when installed. Hypercorn (HTTP/2) and Granian (Rust) were the
 alternatives: HTTP/2 buys little for this protocol, and neither is as widely deployed.
 
+Why h11 and not httptools, although h11 is most of the event loop's CPU per request
+(httptools took the loop thread's CPU per POST from 0.44 to 0.27 ms with eight clients,
+benchmarks/findings.md): neither httptools nor uvicorn's protocol for it bounds the bytes
+of a request's headers. h11 refuses an incomplete request head past
+``h11_max_incomplete_event_size``; uvicorn's httptools protocol has no counterpart, it
+appends every header and URL piece llhttp reports, and httptools joins the pieces of one
+header value without a limit, so a client could make the server hold a request head as
+large as it likes before the app's 431 check ever runs.
+
 Safety: loopback by default; any other address needs a bearer token unless the caller
 says ``insecure=True`` (:func:`check_listen`). Request headers are bounded both by h11's
 buffer and by the app (431); bodies by the file's ``max_record_bytes`` (413). Open
