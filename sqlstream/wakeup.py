@@ -69,6 +69,12 @@ class FileNotifier:
     def __init__(self, path: str, ident: tuple[int, int]) -> None:
         self.path = path
         lock = threading.Lock()  # shared with _watch_cond (below)
+        # Every critical section says ``with self._lock`` (the C lock), never ``with
+        # self.cond``: Condition.__enter__ is Python code, and a KeyboardInterrupt that lands
+        # just after its acquire (Ctrl-C) leaves the lock held for ever, so the next
+        # bump (close() makes one) deadlocks. The with statement on the C lock cannot
+        # leave it half-entered. ``cond.wait``/``notify`` work on the same lock.
+        self._lock = lock
         self.cond = threading.Condition(lock)
         self.generation = 0
         self._waiters = 0
@@ -132,7 +138,7 @@ class FileNotifier:
 
     def attach(self) -> None:
         """A Database on this file opened in this process."""
-        with self.cond:
+        with self._lock:
             self.open_count += 1
             if self.open_count == 1:
                 self.checkpoint_owed = False
@@ -149,7 +155,7 @@ class FileNotifier:
         The checkpointer is marked stopped under the same lock ``attach`` checks, so a
         Database opening concurrently gets a fresh one instead of the dying one.
         """
-        with self.cond:
+        with self._lock:
             self.open_count -= 1
             last = self.open_count <= 0
             if last:
@@ -169,7 +175,7 @@ class FileNotifier:
         self._bump(True)
 
     def _bump(self, ring_sleeper: bool) -> None:
-        with self.cond:
+        with self._lock:
             self.generation += 1
             self.cond.notify_all()
             sleeping = self._sleeping and ring_sleeper
@@ -185,12 +191,12 @@ class FileNotifier:
         """Call ``listener()`` after every generation bump (any thread; keep it quick and
         non-blocking). Listeners that also need other processes' commits must hold a
         :meth:`waiting` registration meanwhile, which keeps the watcher running."""
-        with self.cond:
+        with self._lock:
             self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Callable[[], None]) -> None:
         """Stop calling ``listener`` (no error if it was not added)."""
-        with self.cond:
+        with self._lock:
             self._listeners = tuple(cb for cb in self._listeners if cb != listener)
 
     def committed(self) -> None:
@@ -279,7 +285,7 @@ class FileNotifier:
         read the doorbell itself); other registrations rely on the watcher and listeners.
         """
         poll = mode == "poll" or not self._bell_ok
-        with self.cond:
+        with self._lock:
             self._waiters += 1
             if sleeper:
                 self._sync_waiters += 1
@@ -305,7 +311,7 @@ class FileNotifier:
         try:
             yield
         finally:
-            with self.cond:
+            with self._lock:
                 self._waiters -= 1
                 if sleeper:
                     self._sync_waiters -= 1
@@ -345,7 +351,7 @@ class FileNotifier:
                     at = wake_at()
                     if at is not None:
                         sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
-                with self.cond:
+                with self._lock:
                     if self.generation != seen:
                         continue
                     sock = self._take_bell() if bell and not self._poll_waiters else None
@@ -383,7 +389,7 @@ class FileNotifier:
         except (OSError, ValueError):
             pass  # closed under us cannot happen (the lock); anything else: check again
         finally:
-            with self.cond:
+            with self._lock:
                 self._sleeping = False
                 self._bell_lock.release()
                 # Threads that waited on cond while we slept: one of them takes the bell next.
@@ -397,7 +403,7 @@ class FileNotifier:
 
     def close_watcher(self) -> None:
         """Retire the watcher thread (a later waiter starts a new one) and wait for it."""
-        with self.cond:
+        with self._lock:
             watcher = self._watcher
             self._watcher = None  # a watcher runs only while it is self._watcher
             self.cond.notify_all()
@@ -469,7 +475,7 @@ class FileNotifier:
                 self._bell_sock = bell
             ready.set()
             while True:
-                with self.cond:
+                with self._lock:
                     if self._watcher is not threading.current_thread():
                         return  # retired by close_watcher(), possibly replaced already
                     now = time.monotonic()
@@ -497,7 +503,7 @@ class FileNotifier:
                     finally:
                         self._bell_lock.release()
                 elif bell is not None and not self._poll_waiters:
-                    with self.cond:  # a sleeper reads the bell (and bumps) meanwhile
+                    with self._lock:  # a sleeper reads the bell (and bumps) meanwhile
                         self._watch_cond.wait(interval)
                 else:
                     time.sleep(interval)

@@ -23,6 +23,7 @@ import socket
 import multiprocessing as mp
 import sqlite3
 import statistics
+import sys
 import threading
 import time
 import traceback
@@ -725,3 +726,60 @@ def test_a_thread_sleeping_on_the_doorbell_wakes_on_a_local_commit_and_on_close(
             assert [[r.value for r in recs] for recs in outcome] == [["v1"]]  # type: ignore[attr-defined]
         else:
             assert len(outcome) == 1 and isinstance(outcome[0], errors.DatabaseClosed)
+
+
+def _interrupted_at(step: int, call: Callable[[], object]) -> bool:
+    """Run ``call()`` with a KeyboardInterrupt raised at its ``step``-th point where CPython
+    may deliver a signal (a Python function starting, any function returning to its
+    caller); True if it was raised (the call had that many points). A profile function
+    sees exactly those events, C functions' returns included (a trace function's line
+    events would also interrupt where no signal can land, e.g. between a with block's
+    end and its __exit__ call)."""
+    events = 0
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        nonlocal events
+        # In sqlstream's frames, and where a function returns into one (e.g. the return of
+        # Condition.__enter__ into a with statement of ours); the standard library's own
+        # insides are not ours to make interrupt-safe.
+        ours = "sqlstream" in frame.f_code.co_filename
+        if event == "return" and frame.f_back is not None:
+            ours = ours or "sqlstream" in frame.f_back.f_code.co_filename
+        if event in ("call", "return", "c_return") and ours:
+            events += 1
+            if events == step:
+                raise KeyboardInterrupt
+
+    sys.setprofile(profiler)
+    try:
+        call()
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.setprofile(None)
+    return False
+
+
+def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_path: Path) -> None:
+    """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of the notifier's critical
+    sections leaves its lock free, so close() (which bumps) cannot deadlock afterwards.
+
+    Regression: `sqlstream tail -f` hung for ever on Ctrl-C about once in 60 under load:
+    the interrupt landed inside ``Condition.__enter__`` just after it took the lock, the
+    with statement never started, and the close() that followed waited on that lock."""
+    path = str(tmp_path / "ctrlc.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s")
+        notifier = wakeup.notifier_for(path)
+        calls: dict[str, Callable[[], object]] = {
+            "bump": notifier.bump,
+            "wait": lambda: notifier.wait_until(lambda: None, 0.0, "notify", None),
+        }
+        for name, call in calls.items():
+            step = 1
+            while _interrupted_at(step, call):
+                free = notifier.cond.acquire(False)
+                notifier.cond.release()  # ours, or the leaked hold (so close() below cannot hang)
+                assert free, f"{name}: an interrupt at point {step} left the notifier's lock held"
+                step += 1
+            assert step > 4, f"{name}: the interrupt was tried at only {step - 1} points"
