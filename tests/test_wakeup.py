@@ -672,14 +672,13 @@ def test_every_thread_blocked_in_notify_mode_wakes_on_another_process_commit(tmp
         s = db.create_stream("s")
         remote.call("append", path=path, stream="s", value="v0")
         for i in range(1, ROUNDS + 1):
-            got: dict[int, float] = {}
+            got: dict[int, list[object]] = {}
             start = threading.Barrier(4)
 
             def read(k: int, i: int = i) -> None:
                 start.wait()
-                t = time.monotonic()
-                assert [r.value for r in s.read(i, timeout=WAIT)] == [f"v{i}"]
-                got[k] = time.monotonic() - t
+                # A read that timed out returns no record: this records which were woken.
+                got[k] = [r.value for r in s.read(i, timeout=WAIT)]
 
             threads = [threading.Thread(target=read, args=(k,)) for k in range(3)]
             for t in threads:
@@ -689,7 +688,7 @@ def test_every_thread_blocked_in_notify_mode_wakes_on_another_process_commit(tmp
             remote.result()
             for t in threads:
                 t.join(WAIT + 5)
-            assert sorted(got) == [0, 1, 2] and all(v < WAIT for v in got.values()), got
+            assert got == {k: [f"v{i}"] for k in range(3)}, got
 
 
 @pytest.mark.parametrize("local", ["commit", "close"])
@@ -715,13 +714,13 @@ def test_a_thread_sleeping_on_the_doorbell_wakes_on_a_local_commit_and_on_close(
         while not notifier.sleeper_waiting() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert notifier.sleeper_waiting()
-        t = time.monotonic()
         if local == "commit":
             s.append("v1")
         else:
             db.close()
         reader.join(WAIT + 5)
-        assert time.monotonic() - t < WAIT
+        assert not reader.is_alive()
+        # Woken, not timed out: a timed-out read would hold an empty list, not v1 or the error.
         if local == "commit":
             assert [[r.value for r in recs] for recs in outcome] == [["v1"]]  # type: ignore[attr-defined]
         else:
