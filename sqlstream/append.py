@@ -216,7 +216,7 @@ def check_rows(rows: Sequence[PreparedRecord], expect_offset: int | None, max_re
 @overload
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
-    txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: None = None,
+    txn: Callable[[int], int], now_us: int, max_record_bytes: int, ids: None = None,
     timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
     inline_max: int = INLINE_MAX,
 ) -> range: ...
@@ -225,7 +225,7 @@ def append_rows(
 @overload
 def append_rows(
     q: Query, name: str, rows: Sequence[PreparedRecord], *, secret: str | None, expect_offset: int | None,
-    txn: Callable[[], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
+    txn: Callable[[int], int], now_us: int, max_record_bytes: int, ids: Sequence[str | None],
     timestamps: Sequence[int] | None = None, checked_bytes: int | None = None, ends: StreamEnds | None = None,
     inline_max: int = INLINE_MAX,
 ) -> list[int]: ...
@@ -238,7 +238,7 @@ def append_rows(
     *,
     secret: str | None,
     expect_offset: int | None,
-    txn: Callable[[], int],
+    txn: Callable[[int], int],
     now_us: int,
     max_record_bytes: int,
     ids: Sequence[str | None] | None = None,
@@ -254,8 +254,9 @@ def append_rows(
     original's for a row whose id is remembered in the stream's window or repeats an
     earlier row of the batch (those rows are not stored).
 
-    ``txn`` returns the transaction's commit number (called once, only if a row is
-    stored; :func:`sqlstream.txn.next_txn` increments the ``counters`` row). ``now_us`` is the time of the append: records' timestamps, the retention
+    ``txn`` returns the transaction's commit number, given the id of the stream about to
+    be appended to (called once, only if a row is stored; it keeps :mod:`sqlstream.txn`'s
+    rule, which may write the ``counters`` row). ``now_us`` is the time of the append: records' timestamps, the retention
     clock and dedup times. ``timestamps`` (archive import) gives each row its own
     timestamp instead (non-decreasing, none below the stream's last). ``checked_bytes``:
     the caller already ran :func:`check_rows` on these arguments and got this total.
@@ -294,7 +295,7 @@ def append_rows(
 
 def _store(
     q: Query, name: str, rows: Sequence[PreparedRecord], total: int, secret: str | None,
-    expect_offset: int | None, txn: Callable[[], int], now_us: int, timestamps: Sequence[int] | None,
+    expect_offset: int | None, txn: Callable[[int], int], now_us: int, timestamps: Sequence[int] | None,
     ends: StreamEnds | None, inline_max: int,
 ) -> range:
     """The statements of an append: reserve offsets, insert the records, enforce retention."""
@@ -310,7 +311,7 @@ def _store(
         refused = _refusal(name, sealed_at, write_secret, first, secret, expect_offset)
         if refused is not None:
             raise refused
-    number = txn()
+    number = txn(stream_id)
     stamp = now_us if timestamps is None else timestamps[-1]
     ts = stamp if last_at is None or last_at < stamp else last_at  # timestamps never decrease
     next_offset = first + count

@@ -132,7 +132,7 @@ class Engine:
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
-        self._wtxn: Callable[[], int] | None = None
+        self._wtxn: Callable[[int], int] | None = None
         # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
         # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
         self._wal_hook: WalHook | None = None
@@ -239,10 +239,15 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
-        # The txn number the write connection's last outermost commit took, and the
-        # (_generation, total_changes()) right after that commit: while both are unchanged
-        # the counters row still holds it (see txn_number). Dropped on every rollback.
+        # The tail stream the counters row names once the transaction has its number
+        # (None after next_txn, which does not name one).
+        self._tx_tail: int | None = None
+        # The txn number the write connection's last outermost commit took, the tail
+        # stream the counters row named after it (None: not known), and the
+        # (_generation, total_changes()) right after that commit: while the token is
+        # unchanged the file still holds both (see txn_number). Dropped on every rollback.
         self._txn_committed: int | None = None
+        self._txn_tail: int | None = None
         self._txn_token: tuple[int, int] | None = None
         # Whether another connection committed since this one's last commit (for the
         # stream-ends copy below): the write connection's pager data version
@@ -505,27 +510,37 @@ class Engine:
         assert conn is not None
         return self._generation, conn.total_changes()
 
-    def txn_number(self, conn: apsw.Connection) -> int:
-        """The commit sequence number of the current write transaction (assigned lazily).
+    def txn_number(self, conn: apsw.Connection, stream_id: int) -> int:
+        """The commit sequence number of the current write transaction, which is about to
+        append to stream ``stream_id`` (assigned lazily, at its first append).
 
-        :func:`sqlstream.txn.next_txn` increments the ``counters`` row in this
-        transaction; a rollback of the block that took it gives it back (and a later
-        append in the transaction takes it again). When the write connection's own last
-        commit took the number before and nothing changed since (no other connection
-        committed, this one changed no row: the token ``StreamEnds`` is kept by), the row
-        holds that number, and one UPDATE writes the next (:func:`sqlstream.txn.set_txn`).
+        Keeps :mod:`sqlstream.txn`'s rule: the first append takes last + 1 and, when
+        ``stream_id`` is not the tail stream, names it the tail
+        (:func:`~sqlstream.txn.move_tail`) in the same block as its records, so the
+        number is in the tail stream for as long as the transaction keeps it. What the
+        file holds is read (:func:`~sqlstream.txn.txn_state`) unless the write
+        connection's own last commit left it and nothing changed since (no other
+        connection committed, this one changed no row: the token ``StreamEnds`` is kept
+        by); so a writer that keeps appending to one stream runs no statement for its
+        number. A rollback of the block that took the number gives it back, with the
+        tail it named.
         """
-        if self._tx_txn is None:
+        number = self._tx_txn
+        if number is None:
             if conn is self._wconn and self._wq is not None:
-                last = self._txn_committed
-                if last is not None and self._txn_token == (self._generation, conn.total_changes()):
-                    self._tx_txn = _txn.set_txn(self._wq, last + 1)
-                else:
-                    self._tx_txn = _txn.next_txn(self._wq)
+                last, tail = self._txn_committed, self._txn_tail
+                if last is None or tail is None or self._txn_token != (self._generation, conn.total_changes()):
+                    last, tail = _txn.txn_state(self._wq)
+                if tail != stream_id:
+                    _txn.move_tail(self._wq, last, stream_id)
+                number = last + 1
+                self._tx_tail = stream_id
             else:
-                self._tx_txn = _txn.next_txn(cx.runner(conn))
+                number = _txn.next_txn(cx.runner(conn))
+                self._tx_tail = None
+            self._tx_txn = number
             self._tx_txn_depth = self._tx_depth
-        return self._tx_txn
+        return number
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[apsw.Connection]:
@@ -731,6 +746,9 @@ class WriteScope:
                 engine._version_after_commit = conn.data_version()
                 if engine._tx_txn is not None:
                     engine._txn_committed = engine._tx_txn
+                    # The tail the row names: this transaction's first stream when the
+                    # engine's own rule took the number (not known after next_txn).
+                    engine._txn_tail = engine._tx_tail
                     engine._txn_token = (engine._generation, conn.total_changes())
                 if engine._tx_wake:
                     engine.notifier.committed()

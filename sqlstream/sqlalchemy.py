@@ -603,7 +603,7 @@ def _write(
         # sqlstream's one append path (sqlstream.append), on the caller's connection.
         offsets = list(_append.append_rows(
             q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-            txn=lambda: _txn_number(dbapi, q), now_us=us(time.time()),
+            txn=lambda _stream_id: _txn_number(dbapi, q), now_us=us(time.time()),
             max_record_bytes=DEFAULT_MAX_RECORD_BYTES,
         ))
     except apsw.Error as exc:
@@ -615,7 +615,8 @@ def _write(
 
 def _txn_number(dbapi: _dbapi.Connection, q: Query) -> int:
     """One commit sequence number per transaction, as sqlstream's own appends get
-    (the same rule: :func:`sqlstream.txn.next_txn` increments the ``counters`` row).
+    (the general form of the rule: :func:`sqlstream.txn.next_txn` writes the number into
+    the ``counters`` row, so the records may go to any stream).
 
     The transaction keeps its number until it ends, through savepoint rollbacks too: it
     holds the write lock, so nobody else can take the number meanwhile. A savepoint

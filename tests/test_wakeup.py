@@ -67,11 +67,14 @@ def raw_append(conn: Any, name: str, value: str) -> None:
     """Append one text record the way sqlstream lays it out, with plain SQL (no doorbell)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        # An append writes its record and the commit counter: the stream's ends are derived.
+        # An append writes its record and takes the next commit number by sqlstream.txn's
+        # general rule (the number into the counters row): the stream's ends are derived.
         sid, nxt, length = conn.execute(
             "SELECT id, next_offset, byte_length FROM streams_now WHERE name = ?", (name,)
         ).fetchall()[0]
-        txn = conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'txn' RETURNING value").fetchall()[0][0]
+        txn = conn.execute(
+            "UPDATE counters SET value = (SELECT txn FROM last_txn) + 1 WHERE name = 'txn' RETURNING value"
+        ).fetchall()[0][0]
         now = time.time_ns() // 1000
         conn.execute(
             "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
