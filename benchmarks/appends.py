@@ -11,7 +11,7 @@ import sqlstream
 from .harness import (
     SCHEMA_INSERT_SQL,
     SCHEMA_LAST_SQL,
-    SCHEMA_TXN_SQL,
+    SCHEMA_TAIL_TXN_SQL,
     Check,
     Contender,
     Env,
@@ -103,7 +103,7 @@ class RawSchemaBatch(Contender):
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute(SCHEMA_LAST_SQL).fetchall()
             first, pos = last[0] if last else (0, 0)
-            txn = conn.execute(SCHEMA_TXN_SQL).fetchall()[0][0]
+            txn = conn.execute(SCHEMA_TAIL_TXN_SQL).fetchall()[0][0]
             now = time.time_ns() // 1000
             conn.executemany(
                 SCHEMA_INSERT_SQL, [(first + i, pos + i * len(d), now, txn, d) for i, d in enumerate(data)]
@@ -225,7 +225,7 @@ class RawSchemaSingle(_Singles):
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute(SCHEMA_LAST_SQL).fetchall()
             nxt, position = last[0] if last else (0, 0)
-            txn = conn.execute(SCHEMA_TXN_SQL).fetchall()[0][0]
+            txn = conn.execute(SCHEMA_TAIL_TXN_SQL).fetchall()[0][0]
             now = time.time_ns() // 1000
             conn.execute(SCHEMA_INSERT_SQL, (nxt, position, now, txn, data))
             conn.execute("COMMIT")

@@ -370,6 +370,7 @@ def open_raw_schema(path: str) -> Any:
                 with conn:
                     list(conn.execute(f.read()))  # consume: apsw runs a script lazily
     conn.execute("INSERT INTO streams (id, name, created_at) VALUES (1, 's', 0)")
+    conn.execute("UPDATE counters SET value = 1 WHERE name = 'txn_stream'")  # the tail stream
     return conn
 
 
@@ -379,9 +380,12 @@ SCHEMA_STREAM_SQL = (
     "UPDATE streams SET next_offset = next_offset + ?, byte_length = byte_length + ?, last_append_at = ? "
     "WHERE id = 1 RETURNING next_offset, byte_length"
 )
-# sqlstream's bookkeeping since issue 23: the next offset and byte position come from the
-# stream's last record (issue 11), the txn from the counters row incremented by the
-# transaction (SCHEMA_TXN_SQL): a single-record commit writes the chunks leaf and that row.
+# sqlstream's bookkeeping since schema version 18: the next offset and byte position come
+# from the stream's last record (issue 11), and so does the txn, the stream being the tail
+# stream (sqlstream.txn): last_txn + 1, nothing written for it (SCHEMA_TAIL_TXN_SQL; the
+# stream is named the tail once, in open_raw_schema). A single-record commit writes the
+# chunks leaf only. (SCHEMA_TXN_SQL, the versions 13-17 counter, is kept for anatomy.)
+SCHEMA_TAIL_TXN_SQL = "SELECT txn + 1 FROM last_txn"
 SCHEMA_LAST_SQL = (
     "SELECT offset + 1, position + length(data) FROM chunks WHERE stream_id = 1 "
     "ORDER BY offset DESC LIMIT 1"

@@ -41,7 +41,10 @@ __all__ = ["LAST_TXN_SQL", "last_txn", "txn_state", "move_tail", "next_txn", "ho
 
 LAST_TXN_SQL = "SELECT txn FROM last_txn"
 # The last number and the tail stream, in one statement (the view's two seeks and the row).
-_STATE_SQL = "SELECT txn, (SELECT value FROM counters WHERE name = 'txn_stream') FROM last_txn"
+_STATE_SQL = (
+    "SELECT c.value, t.value, (SELECT x.txn FROM chunks x WHERE x.stream_id = t.value "
+    "ORDER BY x.offset DESC LIMIT 1) FROM counters c, counters t WHERE c.name = 'txn' AND t.name = 'txn_stream'"
+)
 # Both rows are on one page: the two statements write it once per commit.
 _MOVE_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn'"
 _MOVE_TAIL_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn_stream'"
@@ -66,8 +69,8 @@ def last_txn(q: Query) -> int:
 def txn_state(q: Query) -> tuple[int, int]:
     """``(last number given out, tail stream id)``: what a writer needs to take the next
     number with :func:`move_tail` / :func:`cover` (0 as the id: no tail stream)."""
-    last, tail = q(_STATE_SQL)[0]
-    return int(last), int(tail or 0)
+    counter, tail, tail_last = q(_STATE_SQL)[0]
+    return (counter if tail_last is None or tail_last < counter else tail_last), tail
 
 
 def move_tail(q: Query, last: int, stream_id: int) -> None:

@@ -31,6 +31,17 @@ try:
         for _ in range(reps):
             for off in range(200):
                 s.read(off, 1)
+    elif variant == "single":   # W2: 2,000 one-record commits
+        s.append(rows[0])
+        for _ in range(reps):
+            for r in rows + rows: s.append(r)
+    elif variant == "turns":    # W7/W8's hand-over: two connections alternate, each on its own stream
+        other = sqlstream.open(os.path.join(d, "b.db"))
+        t = other.create_stream("t")
+        s.append(rows[0]); t.append(rows[0])
+        for _ in range(reps):
+            for r in rows: s.append(r); t.append(r)
+        other.close()
     elif variant == "batch":    # W1
         s.extend(rows)
         for _ in range(reps):
