@@ -373,6 +373,8 @@ def check(
         if not has_counter:
             last_txn = None
             problem(None, None, "the counters table has no 'txn' row")
+        if not cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn_stream'"):
+            problem(None, None, "the counters table has no 'txn_stream' row")
         streams = conn.execute(
             "SELECT id, name, first_offset, next_offset, first_position, byte_length, last_append_at "
             "FROM streams_now ORDER BY name"

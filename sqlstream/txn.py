@@ -36,14 +36,17 @@ runs them on the caller's connection.
 from __future__ import annotations
 
 from .connection import Query
+from .errors import CorruptDatabase
 
 __all__ = ["LAST_TXN_SQL", "last_txn", "txn_state", "move_tail", "next_txn", "hold_txn"]
 
 LAST_TXN_SQL = "SELECT txn FROM last_txn"
 # The last number and the tail stream, in one statement (the view's two seeks and the row).
+# (A missing row reads as NULL, for txn_state to refuse.)
 _STATE_SQL = (
-    "SELECT c.value, t.value, (SELECT x.txn FROM chunks x WHERE x.stream_id = t.value "
-    "ORDER BY x.offset DESC LIMIT 1) FROM counters c, counters t WHERE c.name = 'txn' AND t.name = 'txn_stream'"
+    "SELECT c, t, (SELECT x.txn FROM chunks x WHERE x.stream_id = t ORDER BY x.offset DESC LIMIT 1) FROM "
+    "(SELECT (SELECT value FROM counters WHERE name = 'txn') AS c, "
+    "(SELECT value FROM counters WHERE name = 'txn_stream') AS t)"
 )
 # Both rows are on one page: the two statements write it once per commit.
 _MOVE_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn'"
@@ -68,8 +71,19 @@ def last_txn(q: Query) -> int:
 
 def txn_state(q: Query) -> tuple[int, int]:
     """``(last number given out, tail stream id)``: what a writer needs to take the next
-    number with :func:`move_tail` / :func:`cover` (0 as the id: no tail stream)."""
+    number with :func:`move_tail` (0 as the id: no tail stream).
+
+    Raises ``CorruptDatabase`` when SQL outside sqlstream deleted either ``counters``
+    row: without it no number can be taken safely (``check()`` names the row).
+    """
     counter, tail, tail_last = q(_STATE_SQL)[0]
+    if counter is None or tail is None:
+        missing = "txn" if counter is None else "txn_stream"
+        raise CorruptDatabase(
+            f"the counters table has no {missing!r} row: the next commit number cannot be taken",
+            hint="SQL outside sqlstream deleted it; restore the file from a backup "
+            "(`sqlstream check` lists what else is missing)",
+        )
     return (counter if tail_last is None or tail_last < counter else tail_last), tail
 
 

@@ -136,6 +136,25 @@ def test_a_file_from_version_17_keeps_its_numbers(tmp_path: Path) -> None:
         assert sqlstream.maintenance.check(db).ok
 
 
+@pytest.mark.parametrize("row", ["txn", "txn_stream"])
+def test_a_counters_row_deleted_by_sql_refuses_appends_and_check_names_it(db_path: str, row: str) -> None:
+    with sqlstream.open(db_path) as db:
+        a = db.create_stream("a")
+        a.append("a0")
+        conn = plain_sql(db_path)
+        try:
+            conn.execute("DELETE FROM counters WHERE name = ?", (row,))
+        finally:
+            conn.close()
+    with sqlstream.open(db_path) as db:  # a new connection: nothing cached
+        with pytest.raises(sqlstream.errors.CorruptDatabase, match=f"no '{row}' row"):
+            db.stream("a").append("refused")
+        assert [r.value for r in db.stream("a").read()] == ["a0"]
+        report = sqlstream.maintenance.check(db)
+        assert not report.ok
+        assert any(f"no '{row}' row" in str(p) for p in report.problems)
+
+
 # --------------------------------------------------------------------------- the model
 
 NAMES = ("a", "b", "c")
