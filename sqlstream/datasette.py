@@ -181,7 +181,7 @@ _TABLES: dict[str, tuple[str, str, dict[str, str]]] = {
         "content_type": "json, text or bytes",
         "data": "the value when stored in the row (NULL when it is in payloads)",
     }),
-    "counters": ("Counters", "Database-wide counters: txn is the last commit sequence number handed out (also the last_txn view).", {}),
+    "counters": ("Counters", "Database-wide counters: txn and txn_stream give the last commit sequence number handed out with the tail stream's last record (read it from the last_txn view).", {}),
     "subscriptions": ("Subscriptions", "One row per subscription (consumer group) and its settings.", {
         "next_offset": "delivery frontier: offsets from here on were never delivered",
         "ack_timeout": "seconds a consumer holds a record before it is redelivered",
