@@ -23,7 +23,6 @@ import socket
 import multiprocessing as mp
 import sqlite3
 import statistics
-import sys
 import threading
 import time
 import traceback
@@ -36,6 +35,8 @@ import pytest
 
 import sqlstream
 from sqlstream import errors, wakeup
+
+from helpers_interrupt import interrupted_at
 
 SPAWN = mp.get_context("spawn")
 MODES = ["poll", "notify"]
@@ -727,38 +728,6 @@ def test_a_thread_sleeping_on_the_doorbell_wakes_on_a_local_commit_and_on_close(
             assert len(outcome) == 1 and isinstance(outcome[0], errors.DatabaseClosed)
 
 
-def _interrupted_at(step: int, call: Callable[[], object]) -> bool:
-    """Run ``call()`` with a KeyboardInterrupt raised at its ``step``-th point where CPython
-    may deliver a signal (a Python function starting, any function returning to its
-    caller); True if it was raised (the call had that many points). A profile function
-    sees exactly those events, C functions' returns included (a trace function's line
-    events would also interrupt where no signal can land, e.g. between a with block's
-    end and its __exit__ call)."""
-    events = 0
-
-    def profiler(frame: Any, event: str, arg: Any) -> None:
-        nonlocal events
-        # In sqlstream's frames, and where a function returns into one (e.g. the return of
-        # Condition.__enter__ into a with statement of ours); the standard library's own
-        # insides are not ours to make interrupt-safe.
-        ours = "sqlstream" in frame.f_code.co_filename
-        if event == "return" and frame.f_back is not None:
-            ours = ours or "sqlstream" in frame.f_back.f_code.co_filename
-        if event in ("call", "return", "c_return") and ours:
-            events += 1
-            if events == step:
-                raise KeyboardInterrupt
-
-    sys.setprofile(profiler)
-    try:
-        call()
-    except KeyboardInterrupt:
-        return True
-    finally:
-        sys.setprofile(None)
-    return False
-
-
 def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_path: Path) -> None:
     """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of the notifier's critical
     sections leaves its lock free, so close() (which bumps) cannot deadlock afterwards.
@@ -776,7 +745,7 @@ def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_p
         }
         for name, call in calls.items():
             step = 1
-            while _interrupted_at(step, call):
+            while interrupted_at(step, call):
                 free = notifier.cond.acquire(False)
                 notifier.cond.release()  # ours, or the leaked hold (so close() below cannot hang)
                 assert free, f"{name}: an interrupt at point {step} left the notifier's lock held"
