@@ -285,42 +285,49 @@ class FileNotifier:
         read the doorbell itself); other registrations rely on the watcher and listeners.
         """
         poll = mode == "poll" or not self._bell_ok
-        with self._lock:
-            self._waiters += 1
-            if sleeper:
-                self._sync_waiters += 1
-            if poll:
-                self._poll_waiters += 1
-                if poll_interval:
-                    self._poll_interval = min(self._poll_interval, poll_interval)
-            elif poll_interval:
-                self._fallback = min(self._fallback, poll_interval)
-            if self._watcher is None or not self._watcher.is_alive():
-                ready = self._watcher_ready = threading.Event()
-                self._watcher = threading.Thread(
-                    target=self._watch,
-                    args=(ready,),
-                    name=f"sqlstream-watch:{os.path.basename(self.path)}",
-                    daemon=True,
-                )
-                self._watcher.start()
-            else:
-                ready = self._watcher_ready
-                self._watch_cond.notify_all()  # let the watcher pick up a shorter interval
-        ready.wait(5.0)
+        # The counts and ``registered`` change with no call between them (a signal lands
+        # only where a function starts or returns), all inside the try: a KeyboardInterrupt
+        # anywhere (starting the watcher, waiting for it to be ready) leaves either nothing
+        # counted or the finally to uncount it, never a waiter counted for ever.
+        registered = False
         try:
+            with self._lock:
+                self._waiters += 1
+                if sleeper:
+                    self._sync_waiters += 1
+                if poll:
+                    self._poll_waiters += 1
+                registered = True
+                if poll and poll_interval:
+                    self._poll_interval = min(self._poll_interval, poll_interval)
+                elif poll_interval:
+                    self._fallback = min(self._fallback, poll_interval)
+                if self._watcher is None or not self._watcher.is_alive():
+                    ready = self._watcher_ready = threading.Event()
+                    self._watcher = threading.Thread(
+                        target=self._watch,
+                        args=(ready,),
+                        name=f"sqlstream-watch:{os.path.basename(self.path)}",
+                        daemon=True,
+                    )
+                    self._watcher.start()
+                else:
+                    ready = self._watcher_ready
+                    self._watch_cond.notify_all()  # let the watcher pick up a shorter interval
+            ready.wait(5.0)
             yield
         finally:
-            with self._lock:
-                self._waiters -= 1
-                if sleeper:
-                    self._sync_waiters -= 1
-                    if self._sync_waiters == 0:
-                        self._last_sync_left = time.monotonic()
-                if poll:
-                    self._poll_waiters -= 1
-                if self._waiters == 0:
-                    self._last_waiter_left = time.monotonic()
+            if registered:
+                with self._lock:
+                    self._waiters -= 1
+                    if sleeper:
+                        self._sync_waiters -= 1
+                        if self._sync_waiters == 0:
+                            self._last_sync_left = time.monotonic()
+                    if poll:
+                        self._poll_waiters -= 1
+                    if self._waiters == 0:
+                        self._last_waiter_left = time.monotonic()
 
     def wait_until(
         self,

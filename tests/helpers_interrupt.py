@@ -3,9 +3,14 @@ that no such point leaves a lock held or a registration counted for ever."""
 
 from __future__ import annotations
 
+import dis
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
+
+_YIELD = dis.opmap["YIELD_VALUE"]
+_GENERATOR = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def interrupted_at(step: int, call: Callable[[], object]) -> bool:
@@ -26,6 +31,12 @@ def interrupted_at(step: int, call: Callable[[], object]) -> bool:
         ours = "sqlstream" in frame.f_code.co_filename
         if event == "return" and frame.f_back is not None:
             ours = ours or "sqlstream" in frame.f_back.f_code.co_filename
+            if frame.f_code.co_flags & _GENERATOR and frame.f_code.co_code[frame.f_lasti] == _YIELD:
+                # A yield, not a return. Raising here would discard the suspended
+                # generator without running its finally blocks, which no signal can do: a
+                # real one lands in the caller once the yield has reached it (modelled by
+                # the caller's next event, e.g. contextlib's __enter__ returning to us).
+                ours = False
         if event in ("call", "return", "c_return") and ours:
             events += 1
             if events == step:

@@ -751,3 +751,44 @@ def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_p
                 assert free, f"{name}: an interrupt at point {step} left the notifier's lock held"
                 step += 1
             assert step > 4, f"{name}: the interrupt was tried at only {step - 1} points"
+
+
+def _wait_that_sleeps_once(notifier: wakeup.FileNotifier, mode: str) -> Callable[[], object]:
+    """A wait_until whose condition holds at the second check, with a re-check time that has
+    passed: it registers, sleeps once (zero seconds; on the doorbell in notify mode), wakes
+    and leaves, through every step of a real wait."""
+
+    def call() -> object:
+        checks: list[int] = []
+
+        def check() -> int | None:
+            checks.append(1)
+            return 1 if len(checks) > 1 else None
+
+        return notifier.wait_until(check, None, mode, None, lambda: 0.0)
+
+    return call
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_anywhere_in_a_wait_leaves_no_waiter_registered(tmp_path: Path, mode: str) -> None:
+    """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of a blocked read's wait
+    leaves no waiter registered. A registration counted for ever keeps the watcher thread
+    (its connection, its doorbell) running until the Database closes, and a poll-mode one
+    makes every waiter of the process poll instead of sleeping on the doorbell.
+
+    White box: the counts are the notifier's own (``_waiters``, ``_sync_waiters``,
+    ``_poll_waiters``); no public call shows them without waiting for the watcher's
+    linger time."""
+    path = str(tmp_path / "ctrlc.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s")
+        notifier = wakeup.notifier_for(path)
+        call = _wait_that_sleeps_once(notifier, mode)
+        step = 1
+        while interrupted_at(step, call):
+            counts = (notifier._waiters, notifier._sync_waiters, notifier._poll_waiters)
+            notifier._waiters = notifier._sync_waiters = notifier._poll_waiters = 0  # the next step starts clean
+            assert counts == (0, 0, 0), f"an interrupt at point {step} left (waiters, sync, poll) = {counts}"
+            step += 1
+        assert step > 10, f"the interrupt was tried at only {step - 1} points"
