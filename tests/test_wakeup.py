@@ -792,3 +792,33 @@ def test_ctrl_c_anywhere_in_a_wait_leaves_no_waiter_registered(tmp_path: Path, m
             assert counts == (0, 0, 0), f"an interrupt at point {step} left (waiters, sync, poll) = {counts}"
             step += 1
         assert step > 10, f"the interrupt was tried at only {step - 1} points"
+
+
+def test_ctrl_c_anywhere_in_a_doorbell_sleep_leaves_the_doorbell_free(tmp_path: Path) -> None:
+    """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of a wait that sleeps on the
+    doorbell leaves nobody registered as its sleeper, and closing the Database still ends
+    the watcher thread. A claim left behind keeps every later wait of the process off the
+    doorbell, and the watcher's exit used to wait for the claim's release for ever
+    (close() then gave up on it after 5 s, leaving its connection open).
+
+    Regression: the claim took a second lock with ``acquire()``; an interrupt on that
+    call's return, or between the claim and the sleep's ``try``, left it held."""
+    if not wakeup.doorbell_supported():
+        pytest.skip("no Unix datagram sockets here: waits poll, there is no doorbell")
+    path = str(tmp_path / "doorbell.db")
+    db = sqlstream.open(path, wakeup="notify")
+    try:
+        db.create_stream("s")
+        notifier = wakeup.notifier_for(path)
+        call = _wait_that_sleeps_once(notifier, "notify")
+        step = 1
+        while interrupted_at(step, call):
+            assert not notifier.sleeper_waiting(), f"an interrupt at point {step} left the doorbell claimed"
+            step += 1
+        assert step > 10, f"the interrupt was tried at only {step - 1} points"
+        watchers = [t for t in threading.enumerate() if t.name == "sqlstream-watch:doorbell.db"]
+        assert watchers, "the waits started no watcher"
+    finally:
+        db.close()
+    stuck = [t for t in watchers if t.is_alive()]
+    assert not stuck, "close() left the watcher thread running: its exit waits for the doorbell"
