@@ -136,9 +136,10 @@ class Producer:
         # after its acquire would leave the lock held for ever, hanging the next append,
         # flush or close. A with statement on the C lock cannot be left half-entered.
         # Only ``wait``/``notify_all`` go through the Condition (same lock). Inside a
-        # section, every call comes before the first store of shared state (see append):
-        # an interrupt lands only where a function starts or returns, so it then leaves
-        # either nothing changed or everything done.
+        # section, every call comes before the first store of shared state, but for one
+        # last call that completes the change (append's queue append): an interrupt lands
+        # only where a function starts or returns, so it leaves either nothing changed or
+        # everything done (docs/architecture.md, "Ctrl-C").
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: deque[_Item] = deque()
