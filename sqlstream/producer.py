@@ -131,7 +131,17 @@ class Producer:
         from concurrent.futures import Future
 
         self._future: type[Future[int]] = Future
-        self._cond = threading.Condition(threading.Lock())
+        # Critical sections say ``with self._lock`` (the C lock), never ``with self._cond``:
+        # Condition.__enter__ is Python code, and a KeyboardInterrupt (Ctrl-C) landing just
+        # after its acquire would leave the lock held for ever, hanging the next append,
+        # flush or close. A with statement on the C lock cannot be left half-entered.
+        # Only ``wait``/``notify_all`` go through the Condition (same lock). Inside a
+        # section, every call comes before the first store of shared state, but for one
+        # last call that completes the change (append's queue append): an interrupt lands
+        # only where a function starts or returns, so it leaves either nothing changed or
+        # everything done (docs/architecture.md, "Ctrl-C").
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[_Item] = deque()
         self._queued_bytes = 0
         self._seq = 0  # sequence number of the last appended record
@@ -192,18 +202,23 @@ class Producer:
         future = self._future()
         future.set_running_or_notify_cancel()  # queued records cannot be cancelled
         record = ProducerRecord(stream, value, key, headers, dedup_id)
-        with self._cond:
+        with self._lock:
             if self.max_pending is not None and not self.db.in_transaction():
                 while len(self._queue) >= self.max_pending and not self._closing:
                     self._cond.wait()
             if self._closing:
                 raise DatabaseClosed("the producer is closed")
-            self._seq += 1
-            self._queue.append(_Item(self._seq, record, prepared, future, time.monotonic()))
+            ahead = len(self._queue)
+            if ahead == 0 or ahead + 1 >= self.max_batch or self._queued_bytes + size >= self.max_bytes:
+                self._cond.notify_all()  # the flusher looks once we release the lock
+            seq = self._seq + 1
+            item = _Item(seq, record, prepared, future, time.monotonic())
+            # Stores without calls between them, then one call that queues: an interrupt
+            # (Ctrl-C) cannot leave the record counted in _seq but absent from the queue,
+            # which would make flush() wait for it for ever.
+            self._seq = seq
             self._queued_bytes += size
-            if (len(self._queue) == 1 or len(self._queue) >= self.max_batch
-                    or self._queued_bytes >= self.max_bytes):
-                self._cond.notify_all()
+            self._queue.append(item)
         return future
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -219,10 +234,11 @@ class Producer:
             )
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             target = self._seq
-            self._flush_to = max(self._flush_to, target)
+            flush_to = max(self._flush_to, target)
             self._cond.notify_all()
+            self._flush_to = flush_to
             while self._done < target:
                 if not self._thread.is_alive():
                     return False
@@ -239,18 +255,18 @@ class Producer:
         """
         timeout = check_timeout(timeout)
         if threading.current_thread() is self._thread:
-            with self._cond:  # from a callback: cannot wait for ourselves
-                self._closing = True
+            with self._lock:  # from a callback: cannot wait for ourselves
                 self._cond.notify_all()
+                self._closing = True
             return False
         if self.db.in_transaction():
             raise InvalidArgument(
                 "cannot close a producer inside db.transaction(): its writer needs the write lock",
                 hint="close it after the transaction ends",
             )
-        with self._cond:
-            self._closing = True
+        with self._lock:
             self._cond.notify_all()
+            self._closing = True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -264,7 +280,7 @@ class Producer:
 
     def _next_batch(self) -> list[_Item] | None:
         """Wait until a batch is due; take it off the queue (None: closed and drained)."""
-        with self._cond:
+        with self._lock:
             while True:
                 queue = self._queue
                 if queue:
@@ -303,13 +319,13 @@ class Producer:
                     return
                 batch = got
                 self._write(batch)
-                with self._cond:
+                with self._lock:
                     self._done = batch[-1].seq
                     self._cond.notify_all()
                 batch = []
         except BaseException as exc:  # noqa: BLE001 - the flusher must never die silently
             log.exception("sqlstream producer flusher stopped")
-            with self._cond:
+            with self._lock:
                 self._closing = True
                 leftover = batch + list(self._queue)
                 self._queue.clear()
@@ -317,7 +333,7 @@ class Producer:
             for item in leftover:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            with self._cond:
+            with self._lock:
                 self._done = self._seq
                 self._cond.notify_all()
 

@@ -115,12 +115,15 @@ class FileNotifier:
         self._own_bell: str | None = None
         self._send_sock: socket.socket | None = None
         self._send_lock = threading.Lock()
-        # The bound doorbell socket (the watcher's) and the lock held by whichever thread
-        # reads it: the watcher, or one waiter sleeping on it (``_sleeping``); the watcher
-        # closes the socket only under the lock.
+        # The bound doorbell socket (the watcher's) and who reads it right now: one waiter
+        # sleeping on it (``_sleeping_on``) or the watcher (``_watcher_on``), never both.
+        # Claimed and released by plain stores under ``_lock``, not by acquiring a second
+        # lock: a KeyboardInterrupt landing on the return of an acquire() would leave it
+        # held with nobody to release it, and the watcher's exit waiting for ever. The
+        # watcher closes its socket only once no sleeper is on it.
         self._bell_sock: socket.socket | None = None
-        self._bell_lock = threading.Lock()
-        self._sleeping = False
+        self._sleeping_on: socket.socket | None = None
+        self._watcher_on: socket.socket | None = None
         self._sync_waiters = 0  # threads inside wait_until (not aio registrations)
         self._last_sync_left = -_LINGER  # monotonic time the last of them left
         # The watcher waits on this (same lock as ``cond``) while it leaves the doorbell to
@@ -178,7 +181,7 @@ class FileNotifier:
         with self._lock:
             self.generation += 1
             self.cond.notify_all()
-            sleeping = self._sleeping and ring_sleeper
+            sleeping = self._sleeping_on is not None and ring_sleeper
         if sleeping:
             self._ring_own_bell()  # the sleeper sleeps on the doorbell, not on cond
         for listener in self._listeners:
@@ -285,42 +288,49 @@ class FileNotifier:
         read the doorbell itself); other registrations rely on the watcher and listeners.
         """
         poll = mode == "poll" or not self._bell_ok
-        with self._lock:
-            self._waiters += 1
-            if sleeper:
-                self._sync_waiters += 1
-            if poll:
-                self._poll_waiters += 1
-                if poll_interval:
-                    self._poll_interval = min(self._poll_interval, poll_interval)
-            elif poll_interval:
-                self._fallback = min(self._fallback, poll_interval)
-            if self._watcher is None or not self._watcher.is_alive():
-                ready = self._watcher_ready = threading.Event()
-                self._watcher = threading.Thread(
-                    target=self._watch,
-                    args=(ready,),
-                    name=f"sqlstream-watch:{os.path.basename(self.path)}",
-                    daemon=True,
-                )
-                self._watcher.start()
-            else:
-                ready = self._watcher_ready
-                self._watch_cond.notify_all()  # let the watcher pick up a shorter interval
-        ready.wait(5.0)
+        # The counts and ``registered`` change with no call between them (a signal lands
+        # only where a function starts or returns), all inside the try: a KeyboardInterrupt
+        # anywhere (starting the watcher, waiting for it to be ready) leaves either nothing
+        # counted or the finally to uncount it, never a waiter counted for ever.
+        registered = False
         try:
+            with self._lock:
+                self._waiters += 1
+                if sleeper:
+                    self._sync_waiters += 1
+                if poll:
+                    self._poll_waiters += 1
+                registered = True
+                if poll and poll_interval:
+                    self._poll_interval = min(self._poll_interval, poll_interval)
+                elif poll_interval:
+                    self._fallback = min(self._fallback, poll_interval)
+                if self._watcher is None or not self._watcher.is_alive():
+                    ready = self._watcher_ready = threading.Event()
+                    self._watcher = threading.Thread(
+                        target=self._watch,
+                        args=(ready,),
+                        name=f"sqlstream-watch:{os.path.basename(self.path)}",
+                        daemon=True,
+                    )
+                    self._watcher.start()
+                else:
+                    ready = self._watcher_ready
+                    self._watch_cond.notify_all()  # let the watcher pick up a shorter interval
+            ready.wait(5.0)
             yield
         finally:
-            with self._lock:
-                self._waiters -= 1
-                if sleeper:
-                    self._sync_waiters -= 1
-                    if self._sync_waiters == 0:
-                        self._last_sync_left = time.monotonic()
-                if poll:
-                    self._poll_waiters -= 1
-                if self._waiters == 0:
-                    self._last_waiter_left = time.monotonic()
+            if registered:
+                with self._lock:
+                    self._waiters -= 1
+                    if sleeper:
+                        self._sync_waiters -= 1
+                        if self._sync_waiters == 0:
+                            self._last_sync_left = time.monotonic()
+                    if poll:
+                        self._poll_waiters -= 1
+                    if self._waiters == 0:
+                        self._last_waiter_left = time.monotonic()
 
     def wait_until(
         self,
@@ -351,53 +361,45 @@ class FileNotifier:
                     at = wake_at()
                     if at is not None:
                         sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
-                with self._lock:
-                    if self.generation != seen:
-                        continue
-                    sock = self._take_bell() if bell and not self._poll_waiters else None
-                    if sock is None:
-                        self.cond.wait(sleep)
-                        continue
-                self._sleep_on_bell(sock, sleep)
+                # Become the sleeper if nobody reads the doorbell. The claim (a store of
+                # ``sock`` in _sleeping_on) and its release are inside one try, and no
+                # call comes between reading ``sock`` and the claim: a KeyboardInterrupt
+                # at any point leaves the doorbell either unclaimed or released.
+                sock = None
+                rung = False
+                try:
+                    with self._lock:
+                        if self.generation != seen:
+                            continue
+                        if bell and not self._poll_waiters and self._sleeping_on is None:
+                            sock = self._bell_sock
+                            if sock is self._watcher_on:  # the watcher reads it (or None: no bell)
+                                sock = None
+                            else:
+                                self._sleeping_on = sock
+                        if sock is None:
+                            self.cond.wait(sleep)
+                            continue
+                    # Until a datagram (a commit elsewhere, or a bump in this process
+                    # ringing our own bell: a local commit, the watcher noticing a writer
+                    # that does not ring, a close) or ``sleep`` seconds (None: no limit).
+                    rung = _read_bell(sock, sleep)
+                finally:
+                    if sock is not None:
+                        with self._lock:
+                            self._sleeping_on = None
+                            if self._bell_sock is not sock or self._waiters > self._sync_waiters:
+                                # The watcher retiring this bell waits for us; aio
+                                # registrations: the watcher hears the bell now.
+                                self._watch_cond.notify_all()
+                            # Threads that waited on cond while we slept: one of them takes the bell next.
+                            self.cond.notify_all()
+                if rung:
+                    self._bump(False)  # wake the others and the listeners; we are awake already
 
     def sleeper_waiting(self) -> bool:
         """Whether a thread of this process sleeps on the doorbell right now."""
-        return self._sleeping
-
-    def _take_bell(self) -> socket.socket | None:
-        """Become the sleeper if nobody reads the doorbell (called under ``cond``)."""
-        if self._sleeping or self._bell_sock is None or not self._bell_lock.acquire(False):
-            return None
-        sock = self._bell_sock
-        if sock is None:  # the watcher closed it meanwhile
-            self._bell_lock.release()
-            return None
-        self._sleeping = True
-        return sock
-
-    def _sleep_on_bell(self, sock: socket.socket, sleep: float | None) -> None:
-        """The sleeper's wait: until a datagram (a commit elsewhere, or a bump in this
-        process ringing our own bell: a local commit, the watcher noticing a writer that
-        does not ring, a close) or ``sleep`` seconds (None: no limit)."""
-        rung = False
-        try:
-            rung = bool(select.select([sock], [], [], sleep)[0])
-            if rung:
-                with contextlib.suppress(OSError):
-                    while sock.recv(64):
-                        pass
-        except (OSError, ValueError):
-            pass  # closed under us cannot happen (the lock); anything else: check again
-        finally:
-            with self._lock:
-                self._sleeping = False
-                self._bell_lock.release()
-                # Threads that waited on cond while we slept: one of them takes the bell next.
-                self.cond.notify_all()
-                if self._waiters > self._sync_waiters:
-                    self._watch_cond.notify_all()  # aio registrations: the watcher hears it now
-        if rung:
-            self._bump(False)  # wake the others and the listeners; we are awake already
+        return self._sleeping_on is not None
 
     # ----------------------------------------------------------------- watcher
 
@@ -475,6 +477,7 @@ class FileNotifier:
                 self._bell_sock = bell
             ready.set()
             while True:
+                reading: socket.socket | None = None
                 with self._lock:
                     if self._watcher is not threading.current_thread():
                         return  # retired by close_watcher(), possibly replaced already
@@ -488,24 +491,20 @@ class FileNotifier:
                     # a thread (aio) need the watcher to hear it.
                     to_sleepers = (self._waiters == self._sync_waiters
                                    and (self._sync_waiters > 0 or now - self._last_sync_left < _LINGER))
-                    if bell is not None and not self._poll_waiters and to_sleepers:
-                        self._watch_cond.wait(interval)
-                        interval = -1.0  # waited: check data_version below
-                if interval < 0:
-                    pass
-                elif bell is not None and not self._poll_waiters and self._bell_lock.acquire(False):
+                    if bell is not None and not self._poll_waiters:
+                        if to_sleepers or self._sleeping_on is bell:
+                            # A sleeper reads the bell (and bumps) meanwhile, or soon will.
+                            self._watch_cond.wait(interval)
+                            interval = -1.0  # waited: check data_version below
+                        else:
+                            self._watcher_on = reading = bell
+                if reading is not None:
                     try:
-                        readable, _, _ = select.select([bell], [], [], interval)
-                        if readable:
-                            with contextlib.suppress(OSError):
-                                while bell.recv(64):
-                                    pass
+                        _read_bell(reading, interval)
                     finally:
-                        self._bell_lock.release()
-                elif bell is not None and not self._poll_waiters:
-                    with self._lock:  # a sleeper reads the bell (and bumps) meanwhile
-                        self._watch_cond.wait(interval)
-                else:
+                        with self._lock:
+                            self._watcher_on = None
+                elif interval >= 0:
                     time.sleep(interval)
                 current = _data_version(conn)
                 if current != last:
@@ -520,9 +519,12 @@ class FileNotifier:
             pass
         finally:
             if bell is not None:
-                with self._bell_lock:  # never while a sleeper selects on it
-                    self._bell_sock = None
-                    bell.close()
+                with self._lock:
+                    if self._bell_sock is bell:
+                        self._bell_sock = None  # no sleeper claims it from now on
+                    while self._sleeping_on is bell:  # never close it under a sleeper's select
+                        self._watch_cond.wait(self._fallback)  # woken by the sleeper leaving
+                bell.close()
                 with contextlib.suppress(OSError):
                     os.unlink(bell_path)  # type: ignore[arg-type]
                 if self._own_bell == bell_path:
@@ -530,6 +532,20 @@ class FileNotifier:
             if conn is not None:
                 conn.close()
             ready.set()
+
+
+def _read_bell(sock: socket.socket, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: no limit) for the doorbell to ring, and drain
+    it; True if it rang. A socket closed under us counts as not rung (check again)."""
+    try:
+        rung = bool(select.select([sock], [], [], timeout)[0])
+        if rung:
+            with contextlib.suppress(OSError):
+                while sock.recv(64):
+                    pass
+        return rung
+    except (OSError, ValueError):
+        return False
 
 
 def _private_dir(path: str) -> str | None:

@@ -23,7 +23,6 @@ import socket
 import multiprocessing as mp
 import sqlite3
 import statistics
-import sys
 import threading
 import time
 import traceback
@@ -36,6 +35,8 @@ import pytest
 
 import sqlstream
 from sqlstream import errors, wakeup
+
+from helpers_interrupt import interrupted_at
 
 SPAWN = mp.get_context("spawn")
 MODES = ["poll", "notify"]
@@ -730,38 +731,6 @@ def test_a_thread_sleeping_on_the_doorbell_wakes_on_a_local_commit_and_on_close(
             assert len(outcome) == 1 and isinstance(outcome[0], errors.DatabaseClosed)
 
 
-def _interrupted_at(step: int, call: Callable[[], object]) -> bool:
-    """Run ``call()`` with a KeyboardInterrupt raised at its ``step``-th point where CPython
-    may deliver a signal (a Python function starting, any function returning to its
-    caller); True if it was raised (the call had that many points). A profile function
-    sees exactly those events, C functions' returns included (a trace function's line
-    events would also interrupt where no signal can land, e.g. between a with block's
-    end and its __exit__ call)."""
-    events = 0
-
-    def profiler(frame: Any, event: str, arg: Any) -> None:
-        nonlocal events
-        # In sqlstream's frames, and where a function returns into one (e.g. the return of
-        # Condition.__enter__ into a with statement of ours); the standard library's own
-        # insides are not ours to make interrupt-safe.
-        ours = "sqlstream" in frame.f_code.co_filename
-        if event == "return" and frame.f_back is not None:
-            ours = ours or "sqlstream" in frame.f_back.f_code.co_filename
-        if event in ("call", "return", "c_return") and ours:
-            events += 1
-            if events == step:
-                raise KeyboardInterrupt
-
-    sys.setprofile(profiler)
-    try:
-        call()
-    except KeyboardInterrupt:
-        return True
-    finally:
-        sys.setprofile(None)
-    return False
-
-
 def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_path: Path) -> None:
     """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of the notifier's critical
     sections leaves its lock free, so close() (which bumps) cannot deadlock afterwards.
@@ -779,9 +748,80 @@ def test_ctrl_c_anywhere_in_a_bump_or_a_wait_leaves_the_notifier_lock_free(tmp_p
         }
         for name, call in calls.items():
             step = 1
-            while _interrupted_at(step, call):
+            while interrupted_at(step, call):
                 free = notifier.cond.acquire(False)
                 notifier.cond.release()  # ours, or the leaked hold (so close() below cannot hang)
                 assert free, f"{name}: an interrupt at point {step} left the notifier's lock held"
                 step += 1
             assert step > 4, f"{name}: the interrupt was tried at only {step - 1} points"
+
+
+def _wait_that_sleeps_once(notifier: wakeup.FileNotifier, mode: str) -> Callable[[], object]:
+    """A wait_until whose condition holds at the second check, with a re-check time that has
+    passed: it registers, sleeps once (zero seconds; on the doorbell in notify mode), wakes
+    and leaves, through every step of a real wait."""
+
+    def call() -> object:
+        checks: list[int] = []
+
+        def check() -> int | None:
+            checks.append(1)
+            return 1 if len(checks) > 1 else None
+
+        return notifier.wait_until(check, None, mode, None, lambda: 0.0)
+
+    return call
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_anywhere_in_a_wait_leaves_no_waiter_registered(tmp_path: Path, mode: str) -> None:
+    """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of a blocked read's wait
+    leaves no waiter registered. A registration counted for ever keeps the watcher thread
+    (its connection, its doorbell) running until the Database closes, and a poll-mode one
+    makes every waiter of the process poll instead of sleeping on the doorbell.
+
+    White box: the counts are the notifier's own (``_waiters``, ``_sync_waiters``,
+    ``_poll_waiters``); no public call shows them without waiting for the watcher's
+    linger time."""
+    path = str(tmp_path / "ctrlc.db")
+    with sqlstream.open(path) as db:
+        db.create_stream("s")
+        notifier = wakeup.notifier_for(path)
+        call = _wait_that_sleeps_once(notifier, mode)
+        step = 1
+        while interrupted_at(step, call):
+            counts = (notifier._waiters, notifier._sync_waiters, notifier._poll_waiters)
+            notifier._waiters = notifier._sync_waiters = notifier._poll_waiters = 0  # the next step starts clean
+            assert counts == (0, 0, 0), f"an interrupt at point {step} left (waiters, sync, poll) = {counts}"
+            step += 1
+        assert step > 10, f"the interrupt was tried at only {step - 1} points"
+
+
+def test_ctrl_c_anywhere_in_a_doorbell_sleep_leaves_the_doorbell_free(tmp_path: Path) -> None:
+    """Guarantee: a KeyboardInterrupt (Ctrl-C) at any point of a wait that sleeps on the
+    doorbell leaves nobody registered as its sleeper, and closing the Database still ends
+    the watcher thread. A claim left behind keeps every later wait of the process off the
+    doorbell, and the watcher's exit used to wait for the claim's release for ever
+    (close() then gave up on it after 5 s, leaving its connection open).
+
+    Regression: the claim took a second lock with ``acquire()``; an interrupt on that
+    call's return, or between the claim and the sleep's ``try``, left it held."""
+    if not wakeup.doorbell_supported():
+        pytest.skip("no Unix datagram sockets here: waits poll, there is no doorbell")
+    path = str(tmp_path / "doorbell.db")
+    db = sqlstream.open(path, wakeup="notify")
+    try:
+        db.create_stream("s")
+        notifier = wakeup.notifier_for(path)
+        call = _wait_that_sleeps_once(notifier, "notify")
+        step = 1
+        while interrupted_at(step, call):
+            assert not notifier.sleeper_waiting(), f"an interrupt at point {step} left the doorbell claimed"
+            step += 1
+        assert step > 10, f"the interrupt was tried at only {step - 1} points"
+        watchers = [t for t in threading.enumerate() if t.name == "sqlstream-watch:doorbell.db"]
+        assert watchers, "the waits started no watcher"
+    finally:
+        db.close()
+    stuck = [t for t in watchers if t.is_alive()]
+    assert not stuck, "close() left the watcher thread running: its exit waits for the doorbell"
