@@ -622,15 +622,20 @@ class Engine:
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
         total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
-        with WriteScope(self, None):  # what write() returns, without its call
-            q, txn = self._wq, self._wtxn
-            assert q is not None and txn is not None  # set with the write connection
-            return _append.append_rows(
-                q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-                timestamps=timestamps, txn=txn, now_us=self.now_us(),
-                max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
-                inline_max=self._inline_max,
-            )
+        scope = WriteScope(self, None)  # what write() returns, without its call
+        try:
+            with scope:
+                q, txn = self._wq, self._wtxn
+                assert q is not None and txn is not None  # set with the write connection
+                return _append.append_rows(
+                    q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
+                    timestamps=timestamps, txn=txn, now_us=self.now_us(),
+                    max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
+                    inline_max=self._inline_max,
+                )
+        except BaseException:
+            scope.abandon()  # a Ctrl-C at the start of __exit__ (see WriteScope.abandon)
+            raise
 
     def seal(self, name: str, secret: str | None) -> bool:
         """Seal a stream; True if this call sealed it, False if it already was.
@@ -665,11 +670,12 @@ class WriteScope:
     outermost commit calls ``notifier.committed()`` when marked.
     """
 
-    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0")
+    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0", "acquired", "open")
 
     def __init__(self, engine: Engine, wakes: bool | None) -> None:
         self.engine = engine
         self.wakes = wakes
+        self.open = False
 
     def __enter__(self) -> apsw.Connection:
         engine = self.engine
@@ -678,14 +684,20 @@ class WriteScope:
         # The write connection once it is open (every append after the first), without a call.
         conn = self.conn = engine._wconn or engine.write_conn()
         lock = engine._lock
-        # Uncontended first: acquire with a timeout is several times slower.
-        if not lock.acquire(False) and not lock.acquire(timeout=engine.busy_timeout):
-            raise LockTimeout(
-                f"another thread held the write lock on {engine.path} for over {engine.busy_timeout:g}s",
-                hint="raise busy_timeout or shorten transactions",
-            )
-        depth = self.depth = engine._tx_depth
+        # A thread that holds the lock already is in a scope (nested) or in exclusive():
+        # it takes no second hold. Otherwise the lock is taken inside the try, so a Ctrl-C
+        # landing just after acquire() returned is undone below (it cannot leave the lock
+        # held: this thread did not hold it before, so holding it now means it took it).
+        acquired = self.acquired = not lock._is_owned()  # type: ignore[attr-defined]
+        depth = self.depth = -1
         try:
+            # Uncontended first: acquire with a timeout is several times slower.
+            if acquired and not lock.acquire(False) and not lock.acquire(timeout=engine.busy_timeout):
+                raise LockTimeout(
+                    f"another thread held the write lock on {engine.path} for over {engine.busy_timeout:g}s",
+                    hint="raise busy_timeout or shorten transactions",
+                )
+            depth = self.depth = engine._tx_depth
             if depth == 0:
                 conn.execute("BEGIN IMMEDIATE")
                 if conn.data_version() != engine._version_after_commit:
@@ -700,27 +712,50 @@ class WriteScope:
                     # transaction that commits on its own, outside the caller's block.
                     raise _rolled_back()
                 conn.execute(f"SAVEPOINT sqlstream_{depth}")
-        except apsw.Error as exc:
-            _end_begun(conn, depth)
-            engine._lock.release()
-            raise convert(exc) from exc
-        except BaseException:
-            _end_begun(conn, depth)
-            engine._lock.release()
+            self.changes0 = conn.total_changes()
+            self.quiet0 = engine._tx_quiet
+        except BaseException as exc:
+            # Whatever was begun is undone: BEGIN's transaction (a savepoint opened just
+            # now holds nothing yet and goes with the enclosing block), the lock if taken.
+            if depth == 0:
+                _end_begun(conn, depth)
+            elif depth > 0:  # a savepoint opened just before the interrupt: empty, released
+                with contextlib.suppress(apsw.Error):
+                    conn.execute(f"RELEASE sqlstream_{depth}")
+            if acquired and lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
+            if isinstance(exc, apsw.Error):
+                raise convert(exc) from exc
             raise
-        self.changes0 = conn.total_changes()
-        self.quiet0 = engine._tx_quiet
+        # No call from here to the return: nothing can interrupt between these stores.
         engine._tx_depth = depth + 1
+        self.open = True
         return conn
+
+    def abandon(self) -> None:
+        """Undo a scope whose ``__exit__`` never ran: a Ctrl-C (KeyboardInterrupt) can land
+        at the very start of ``__exit__``, before its first statement, and propagate from
+        the ``with`` statement. A caller that wraps the ``with`` in ``try/except
+        BaseException`` calls this in the handler: it rolls the scope's block back (its
+        savepoint, or the whole transaction at depth 0), restores the depth and releases
+        the lock, as ``__exit__`` with an exception would have. A no-op after ``__exit__``.
+        """
+        if self.open:
+            self.__exit__(KeyboardInterrupt, None, None)
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         engine, conn, depth = self.engine, self.conn, self.depth
+        # Whether the block has ended (committed, released or rolled back): anything raised
+        # before that, a Ctrl-C between two statements here included, rolls it back.
+        ended = False
         try:
+            self.open = False
             engine._tx_depth = depth
             delta = conn.total_changes() - self.changes0
             if exc_type is not None:
                 engine._tx_quiet = self.quiet0 + delta
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
+                ended = True
                 if isinstance(exc, apsw.Error):
                     raise convert(exc) from exc
                 return
@@ -734,10 +769,13 @@ class WriteScope:
                 conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
             except apsw.Error as err:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
+                ended = True
                 raise convert(err) from err
             except BaseException:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
+                ended = True
                 raise
+            ended = True
             if depth > 0 and engine._tx_txn_depth > depth:
                 # The released block's work, a txn number assigned in it included, now
                 # belongs to the enclosing block: only that block's rollback can undo it.
@@ -755,8 +793,13 @@ class WriteScope:
                 hook = engine._wal_hook
                 if hook is not None and hook.restart_due:
                     hook.restart(conn)
+        except BaseException:
+            if not ended:
+                engine._rollback(conn, depth, f"sqlstream_{depth}")
+            raise
         finally:
-            engine._lock.release()
+            if self.acquired:
+                engine._lock.release()
 
 
 def _end_begun(conn: apsw.Connection, depth: int) -> None:
