@@ -16,13 +16,13 @@
 -- * a counters row deleted, renamed or replaced (INSERT OR REPLACE, which fires no delete
 --   trigger).
 --
--- sqlstream itself never does any of these: it only raises `txn` (move_tail writes the
--- last number given out, next_txn and hold_txn raise it, chunks_txn_floor raises it) and
+-- sqlstream itself never does any of these: it only raises `txn` (the hand-over below,
+-- next_txn and hold_txn raise it, chunks_txn_floor raises it) and
 -- never updates a record. So the triggers below refuse what would lower the maximum or
--- break the rows' types, and heal what can be healed (a moved tail, an updated record),
--- at no cost to an append: a writer that keeps appending to one stream writes no
--- counters row and updates no record, and the hand-over (move_tail) only evaluates them.
--- (The costs, measured: benchmarks/findings/README.md, "attack5".)
+-- break the rows' types, and heal what can be healed (a moved tail, an updated record).
+-- An append that goes to the tail stream fires none of them (it writes no counters row
+-- and updates no record); the hand-over (move_tail) is one statement instead of two and
+-- costs about what it did (benchmarks/findings.md, "attack5").
 
 -- Under version 18 such an edit (a renamed tail) could already have left a number given
 -- out above the maximum, in the last record of some stream: take the largest stream end
@@ -60,16 +60,18 @@ BEGIN
     SELECT RAISE(ABORT, 'sqlstream: the counters rows txn and txn_stream cannot be inserted or replaced; update txn upwards if you must');
 END;
 
--- Naming another tail stream: the old tail's newest number stays given out. move_tail
--- wrote txn at or above it first, so for sqlstream's own hand-over the UPDATE matches
--- nothing (one seek into the old tail's last record, whose pages it has just read).
+-- Naming another tail stream raises txn to the old tail's last number: the old tail's
+-- newest numbers stay given out, whoever renames it. This is also how sqlstream's own
+-- hand-over writes txn from now on (sqlstream.txn.move_tail updates txn_stream only: one
+-- statement where version 18 ran two; txn is the last number given out either way).
+-- Both rows are on one page, so the commit writes it once.
 CREATE TRIGGER counters_tail_moved AFTER UPDATE OF value ON counters
 WHEN old.name = 'txn_stream' AND new.value IS NOT old.value
 BEGIN
     UPDATE counters
-       SET value = (SELECT c.txn FROM chunks c WHERE c.stream_id = old.value ORDER BY c.offset DESC LIMIT 1)
-     WHERE name = 'txn'
-       AND value < (SELECT c.txn FROM chunks c WHERE c.stream_id = old.value ORDER BY c.offset DESC LIMIT 1);
+       SET value = max(value, coalesce((SELECT c.txn FROM chunks c WHERE c.stream_id = old.value
+                                        ORDER BY c.offset DESC LIMIT 1), value))
+     WHERE name = 'txn';
 END;
 
 -- A record changed by UPDATE (sqlstream never updates one): its txn must stay an

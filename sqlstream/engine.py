@@ -535,7 +535,7 @@ class Engine:
                 if last >= _MAX_TXN:  # only SQL outside sqlstream puts it there
                     raise _txn.exhausted(last)
                 if tail != stream_id:
-                    _txn.move_tail(self._wq, last, stream_id)
+                    _txn.move_tail(self._wq, stream_id)
                 number = last + 1
                 self._tx_tail = stream_id
             else:

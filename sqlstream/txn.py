@@ -13,8 +13,9 @@ transaction keeps, taking number N = last + 1:
 * when its first append goes to the tail stream it writes nothing more: those records
   carry N, the new maximum;
 * when its first append goes elsewhere, it names that stream the tail, with ``txn`` =
-  N - 1, the last number given out before it (:func:`move_tail`: the row's page), in the
-  same block as those records (a rollback undoes both);
+  N - 1, the last number given out before it (:func:`move_tail` writes the tail row; the
+  trigger ``counters_tail_moved``, schema 19, raises ``txn`` to the old tail's last
+  number: the row's page), in the same block as those records (a rollback undoes both);
 * its later appends, to any stream, carry N too, which its records in the tail stream
   already hold.
 
@@ -60,8 +61,7 @@ _STATE_SQL = (
     "(SELECT (SELECT value FROM counters WHERE name = 'txn') AS c, "
     "(SELECT value FROM counters WHERE name = 'txn_stream') AS t)"
 )
-# Both rows are on one page: the two statements write it once per commit.
-_MOVE_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn'"
+# Both rows are on one page: the statement and its trigger write it once per commit.
 _MOVE_TAIL_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn_stream'"
 # Written only when a savepoint rollback took the number back (see hold_txn).
 _HOLD_TXN_SQL = "UPDATE counters SET value = ?1 WHERE name = 'txn' AND value < ?1"
@@ -145,14 +145,17 @@ def _unreadable(row: str, value: object) -> CorruptDatabase:
     )
 
 
-def move_tail(q: Query, last: int, stream_id: int) -> None:
-    """Name ``stream_id`` the tail stream, ``last`` (the last number given out) in ``txn``.
+def move_tail(q: Query, stream_id: int) -> None:
+    """Name ``stream_id`` the tail stream; the file's trigger ``counters_tail_moved``
+    (schema 19) raises ``txn`` to the old tail's last number in the same statement, so
+    ``txn`` then holds the last number given out.
 
     For the caller's write transaction (holding the write lock) whose first append goes
-    to ``stream_id`` while another stream is the tail; it then takes ``last + 1``. The
-    caller's rollback of the enclosing transaction or savepoint undoes it.
+    to ``stream_id`` while another stream is the tail; it then takes the last number + 1
+    (:func:`txn_state`). The caller's rollback of the enclosing transaction or savepoint
+    undoes it. (One statement: writing ``txn`` too, as schema 18 did, cost a statement
+    more, and the trigger must do it anyway for SQL outside sqlstream that renames the tail.)
     """
-    q(_MOVE_TXN_SQL, (last,))
     q(_MOVE_TAIL_SQL, (stream_id,))
 
 
