@@ -15,6 +15,7 @@ handle that saw the edit as another connection's commit.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import apsw
@@ -242,3 +243,95 @@ def test_one_below_the_largest_integer_gives_out_the_last_number_then_refuses(
     assert db.stream("a").read(offset, 1)[0].txn == 2**63 - 1
     with pytest.raises(errors.CorruptDatabase, match="no higher one fits"):
         db.stream("a").append("refused")
+
+
+# --------------------------------------------------------------------------- the model
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
+
+NAMES = ("a", "b", "c")
+
+
+@settings(max_examples=30, stateful_step_count=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+class HostileSqlModel(RuleBasedStateMachine):
+    """Two sqlstream handles and a plain-SQL connection that renames the tail stream,
+    moves, renumbers and re-dates records' numbers, and tries to lower the counter. Every
+    commit that stores records must carry a number above every number any record ever
+    held, and ``last_txn`` must be at least that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dbs: list[sqlstream.Database] = []
+        self.given = 0  # the highest number any record has held
+        self.dir = ""
+
+    @initialize(tmp=st.just(None))
+    def open_file(self, tmp: None) -> None:
+        import os
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="txn-guards-")
+        path = os.path.join(self.dir, "t.db")
+        self.dbs = [sqlstream.open(path), sqlstream.open(path)]
+        for name in NAMES:
+            self.dbs[0].create_stream(name)
+        self.sql = plain_sql(path)
+
+    def teardown(self) -> None:
+        for db in self.dbs:
+            db.close()
+        if self.dir:
+            self.sql.close()
+
+    def _seen(self) -> None:
+        top = self.sql.execute("SELECT max(txn) FROM chunks").fetchall()[0][0]
+        self.given = max(self.given, top or 0)
+
+    @rule(who=st.integers(0, 1), names=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3))
+    def append(self, who: int, names: list[str]) -> None:
+        db = self.dbs[who]
+        with db.transaction():
+            kept = [(name, db.stream(name).append(b"v")) for name in names]
+        txns = {db.stream(n).read(o, 1)[0].txn for n, o in kept}
+        assert len(txns) == 1, txns
+        (txn,) = txns
+        assert txn > self.given, (txn, self.given)
+        self.given = txn
+
+    @rule(value=st.sampled_from(["0", "-1", "999", "(SELECT id FROM streams WHERE name = 'a')",
+                                 "(SELECT id FROM streams WHERE name = 'c')"]))
+    def rename_tail(self, value: str) -> None:
+        self.sql.execute(f"UPDATE counters SET value = {value} WHERE name = 'txn_stream'")
+
+    @rule(name=st.sampled_from(NAMES), change=st.sampled_from([
+        "txn = 1", "txn = txn + 3", "offset = offset + 1000", "stream_id = (SELECT id FROM streams WHERE name = 'b')"]))
+    def update_newest(self, name: str, change: str) -> None:
+        self._seen()
+        with contextlib.suppress(apsw.ConstraintError):  # a (stream, offset) taken already
+            self.sql.execute(
+                f"UPDATE chunks SET {change} WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND offset = "
+                "(SELECT max(offset) FROM chunks WHERE stream_id = (SELECT id FROM streams WHERE name = ?1))", (name,))
+        self._seen()
+
+    @rule(name=st.sampled_from(NAMES))
+    def delete_newest(self, name: str) -> None:
+        self._seen()
+        self.sql.execute(
+            "DELETE FROM chunks WHERE stream_id = (SELECT id FROM streams WHERE name = ?1) AND offset = "
+            "(SELECT max(offset) FROM chunks WHERE stream_id = (SELECT id FROM streams WHERE name = ?1))", (name,))
+
+    @rule(value=st.sampled_from(["value - 1", "-5", "'abc'", "1.5"]))
+    def lower_the_counter(self, value: str) -> None:
+        with pytest.raises(apsw.ConstraintError, match="sqlstream: "):
+            self.sql.execute(f"UPDATE counters SET value = {value} WHERE name = 'txn'")
+
+    @precondition(lambda self: bool(self.dbs))
+    @invariant()
+    def head_covers_every_number_given(self) -> None:
+        assert int(self.dbs[0].query("SELECT txn FROM last_txn").rows[0][0]) >= self.given
+
+
+TestHostileSqlModel = HostileSqlModel.TestCase
