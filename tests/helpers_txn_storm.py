@@ -25,12 +25,8 @@ STREAMS = ("s0", "s1", "s2", "s3")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def setup(path: str) -> None:
-    import sqlstream
-
-    with sqlstream.open(path) as db:
-        for name in STREAMS:
-            db.create_stream(name)
+def copy_commits(path: str) -> None:
+    """Add the side table ``copied`` and the trigger that copies every stored record into it."""
     conn = apsw.Connection(path)
     try:
         conn.execute("CREATE TABLE copied (seq INTEGER PRIMARY KEY AUTOINCREMENT, txn INTEGER NOT NULL, tag TEXT)")
@@ -38,6 +34,15 @@ def setup(path: str) -> None:
                      "INSERT INTO copied (txn, tag) VALUES (new.txn, CAST(new.data AS TEXT)); END")
     finally:
         conn.close()
+
+
+def setup(path: str) -> None:
+    import sqlstream
+
+    with sqlstream.open(path) as db:
+        for name in STREAMS:
+            db.create_stream(name)
+    copy_commits(path)
 
 
 def worker(path: str, wid: int, seed: int) -> None:  # noqa: C901 - one loop of many kinds of write

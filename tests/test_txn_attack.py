@@ -12,29 +12,16 @@ number, and ``last_txn`` the highest.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
 from pathlib import Path
 
 import apsw
 import pytest
 
+import helpers_txn_storm
 import sqlstream
 import sqlstream.aio
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def copy_commits(path: str) -> None:
-    """Add the side table and the trigger that copies every stored record into it."""
-    conn = apsw.Connection(path)
-    try:
-        conn.execute("CREATE TABLE copied (seq INTEGER PRIMARY KEY AUTOINCREMENT, txn INTEGER NOT NULL, tag TEXT)")
-        conn.execute("CREATE TRIGGER copy_commits AFTER INSERT ON chunks BEGIN "
-                     "INSERT INTO copied (txn, tag) VALUES (new.txn, CAST(new.data AS TEXT)); END")
-    finally:
-        conn.close()
+from helpers_txn_storm import copy_commits
 
 
 def numbering_problems(path: str) -> list[object]:
@@ -203,15 +190,6 @@ def test_backup_and_vacuum_keep_the_head(db_path: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the storm
 
 
-def _load_storm() -> object:
-    spec = importlib.util.spec_from_file_location("txn_storm", ROOT / "tests" / "helpers_txn_storm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_a_storm_of_killed_writers_of_every_kind_never_repeats_a_number(tmp_path: Path) -> None:
@@ -222,9 +200,8 @@ def test_a_storm_of_killed_writers_of_every_kind_never_repeats_a_number(tmp_path
     retention set and firing inside appending transactions, and deletes of the tail's
     newest record inside a write transaction before its first append."""
     pytest.importorskip("sqlalchemy")
-    storm = _load_storm()
     path = str(tmp_path / "storm.db")
-    figures = storm.run(path, seconds=8.0, writers=5, seed=5)  # type: ignore[attr-defined]
+    figures = helpers_txn_storm.run(path, seconds=8.0, writers=5, seed=5)
     print(f"\ntxn storm: {figures}")
     assert figures["kills"] >= 10 and figures["records"] > 500, figures
     assert figures["errors"] == [], figures
