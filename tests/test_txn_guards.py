@@ -207,6 +207,28 @@ def test_a_counters_row_that_is_not_an_integer_is_corrupt_database_everywhere(
         assert every_txn(db) == before
 
 
+@pytest.mark.parametrize("row", ["txn", "txn_stream"])
+def test_the_outbox_refuses_with_corrupt_database_when_a_counters_row_is_missing(
+    given: tuple[sqlstream.Database, int], row: str
+) -> None:
+    """(On main: IndexError without the 'txn' row; without 'txn_stream' the outbox took
+    counters.txn + 1, a number the tail stream's records already held.)"""
+    pytest.importorskip("sqlalchemy")
+    from sqlstream import sqlalchemy as ss
+
+    db, _ = given
+    drop_guards(db.path)
+    run_sql(db.path, f"DELETE FROM counters WHERE name = '{row}'")
+    before = every_txn(db)
+    engine = ss.create_engine(db.path)
+    try:
+        with pytest.raises(errors.CorruptDatabase, match=f"no '{row}' row"), engine.begin() as conn:
+            ss.append(conn, "b", "refused")
+    finally:
+        engine.dispose()
+    assert every_txn(db) == before
+
+
 @pytest.mark.parametrize("where", ["counters", "record"])
 def test_the_largest_integer_as_the_last_number_is_corrupt_database_not_overflow(
     given: tuple[sqlstream.Database, int], where: str
