@@ -53,6 +53,7 @@ from . import connection as cx
 from . import lineage as _lineage
 from . import retention as _retention
 from . import txn as _txn
+from .txn import MAX_TXN as _MAX_TXN
 from . import writesecrets as _writesecrets
 from .checkpoint import WalHook, install_wal_hook, leave_checkpoints_out
 from .errors import (
@@ -531,8 +532,10 @@ class Engine:
                 last, tail = self._txn_committed, self._txn_tail
                 if last is None or tail is None or self._txn_token != (self._generation, conn.total_changes()):
                     last, tail = _txn.txn_state(self._wq)
+                if last >= _MAX_TXN:  # only SQL outside sqlstream puts it there
+                    raise _txn.exhausted(last)
                 if tail != stream_id:
-                    _txn.move_tail(self._wq, last, stream_id)
+                    _txn.move_tail(self._wq, stream_id)
                 number = last + 1
                 self._tx_tail = stream_id
             else:

@@ -33,7 +33,7 @@ from . import dedup as _dedup
 from . import retention as _retention
 from . import txn as _txn
 from .clock import us
-from .errors import InvalidArgument, convert, translate
+from .errors import CorruptDatabase, InvalidArgument, convert, translate
 from .records import damage_of
 from .validation import check_count, check_flag, check_seconds
 
@@ -368,13 +368,19 @@ def check(
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
             problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
-        has_counter = cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn'")
-        last_txn: int | None = _txn.last_txn(cx.runner(conn))
-        if not has_counter:
-            last_txn = None
-            problem(None, None, "the counters table has no 'txn' row")
-        if not cx.runner(conn)("SELECT 1 FROM counters WHERE name = 'txn_stream'"):
-            problem(None, None, "the counters table has no 'txn_stream' row")
+        q = cx.runner(conn)
+        values = dict(q("SELECT name, value FROM counters WHERE name = 'txn' OR name = 'txn_stream'"))
+        last_txn: int | None = None
+        for row in ("txn", "txn_stream"):
+            if row not in values:
+                problem(None, None, f"the counters table has no {row!r} row")
+            elif type(values[row]) is not int:  # noqa: E721 - SQL outside sqlstream wrote it
+                problem(None, None, f"the counters row {row!r} holds {values[row]!r}, not an integer")
+        if "txn" in values and type(values["txn"]) is int:  # noqa: E721
+            try:
+                last_txn = _txn.last_txn(q)
+            except CorruptDatabase as exc:  # the tail's last record's txn is not an integer
+                problem(None, None, str(exc))
         streams = conn.execute(
             "SELECT id, name, first_offset, next_offset, first_position, byte_length, last_append_at "
             "FROM streams_now ORDER BY name"
@@ -399,7 +405,7 @@ def _check_stream(
 ) -> bool:
     """Check one stream's records; False when the problem list is full."""
     sid, name, first, nxt, first_pos, length, last_append = stream
-    expect, prev_ts = first, None
+    expect, prev_ts, prev_txn = first, None, None
     position: int | None = first_pos
     for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw in conn.execute(_RECORDS_SQL, (sid, validate_json)):
         report.records += 1
@@ -440,8 +446,14 @@ def _check_stream(
         if last_txn is not None and not 0 < txn <= last_txn:
             if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):
                 return False
+        elif prev_txn is not None and txn < prev_txn:
+            # Commits append in txn order: a record's number raised or lowered by SQL (the
+            # counter follows a raised one: schema 19) shows as a step down.
+            if not problem(name, offset, f"txn {txn} below txn {prev_txn} of the record before it "
+                           "(txn never decreases in a stream)"):
+                return False
         # A missing payload's size is unknown: the next record's position is taken as it is.
-        expect, position, prev_ts = offset + 1, None if storage == "missing" else pos + nbytes, ts
+        expect, position, prev_ts, prev_txn = offset + 1, None if storage == "missing" else pos + nbytes, ts, txn
     if expect < nxt:
         missing = f"offset {expect} is" if expect + 1 == nxt else f"offsets {expect}..{nxt - 1} are"
         if not problem(name, expect, f"gap: {missing} missing (next_offset is {nxt})"):
