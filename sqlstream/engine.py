@@ -132,6 +132,11 @@ class Engine:
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
+        # One cursor of the write connection for the statements of every write scope
+        # (BEGIN, the runner's, COMMIT): each runs to its end before the next, under the
+        # write lock, so none overlaps; conn.execute() would make and free a cursor for
+        # each (~2,300 instructions a statement, 4 statements per single append).
+        self._wcur: apsw.Cursor | None = None
         self._wtxn: Callable[[], int] | None = None
         # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
         # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
@@ -306,7 +311,8 @@ class Engine:
                         self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
-                    self._wq = cx.runner(conn)
+                    self._wcur = conn.cursor()
+                    self._wq = cx.runner(self._wcur)
                     self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
@@ -672,7 +678,7 @@ class WriteScope:
         depth = self.depth = engine._tx_depth
         try:
             if depth == 0:
-                conn.execute("BEGIN IMMEDIATE")
+                engine._wcur.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]  # set with _wconn
                 if conn.data_version() != engine._version_after_commit:
                     engine._generation += 1  # another connection committed: ends may be stale
                 engine._tx_txn = None
@@ -716,7 +722,7 @@ class WriteScope:
             elif self.wakes or delta > engine._tx_quiet - self.quiet0:
                 engine._tx_wake = True
             try:
-                conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
+                engine._wcur.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")  # type: ignore[union-attr]
             except apsw.Error as err:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
                 raise convert(err) from err

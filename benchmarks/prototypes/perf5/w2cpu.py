@@ -1,0 +1,20 @@
+"""python w2cpu.py SRC N: N single appends of 100 bytes (W2) with sqlstream from SRC;
+prints CPU per append in µs (time.process_time: every thread of the process) and the load."""
+import os, sys, time, tempfile, shutil
+src, n = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, src)
+import sqlstream
+assert sqlstream.__file__.startswith(src), sqlstream.__file__
+d = tempfile.mkdtemp(prefix="p5w2-")
+try:
+    db = sqlstream.open(os.path.join(d, "x.db")); s = db.create_stream("s")
+    data = [b"%08d" % i * 12 + b"abcd" for i in range(n)]
+    for x in data[:200]: s.append(x)
+    app = s.append
+    c0 = time.process_time()
+    for x in data: app(x)
+    c1 = time.process_time()
+    db.close()
+    print(f"{(c1 - c0) / n * 1e6:.2f} {os.getloadavg()[0]:.2f}")
+finally:
+    shutil.rmtree(d)
