@@ -93,13 +93,14 @@ class StreamEnds:
     each append it made, so the next append to the stream skips that statement.
 
     Valid only while ``token()`` returns what it returned when an entry was stored. The
-    engine's token is ``(PRAGMA data_version, the connection's total_changes())``: the
-    first moves when another connection commits, the second whenever this connection
-    changes any row (a seal, a trim, retention settings, a deleted or renamed stream, an
-    import's renumbering), so every change to a stream's row or ends other than the
-    append itself drops the copy. A rollback does not lower ``total_changes()``, so the
-    owner calls :meth:`clear` on every rollback (transaction or savepoint): apsw's
-    rollback hook does not fire on ``ROLLBACK TO``, but the engine runs every one itself.
+    engine's token is the write connection's ``total_changes()``, which moves whenever
+    this connection changes any row (a seal, a trim, retention settings, a deleted or
+    renamed stream, an import's renumbering), so every change to a stream's row or ends
+    other than the append itself drops the copy. The owner calls :meth:`clear` when
+    another connection has committed (the engine: ``PRAGMA data_version`` moved, read
+    right after ``BEGIN IMMEDIATE``) and on every rollback (transaction or savepoint: a
+    rollback does not lower ``total_changes()``; apsw's rollback hook does not fire on
+    ``ROLLBACK TO``, but the engine runs every one itself).
     Holds at most ``limit`` streams (then starts again empty).
     """
 

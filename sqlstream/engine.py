@@ -261,9 +261,10 @@ class Engine:
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
         # Each stream's state as the write connection's last append left it (see
-        # append.StreamEnds): valid while no other connection committed (data_version)
-        # and this one changed no other row (total_changes); dropped on every rollback.
-        self._ends = _append.StreamEnds(self._ends_token)
+        # append.StreamEnds): valid while this connection changed no other row (its
+        # token, total_changes(), set when the connection opens); dropped when another
+        # connection committed (data_version, in WriteScope.__enter__) and on every rollback.
+        self._ends = _append.StreamEnds(_no_changes)
         self._inline_max = INLINE_MAX  # the write connection's (set when it opens)
 
     def check_process(self) -> None:
@@ -313,6 +314,8 @@ class Engine:
                     # the transaction's lazily assigned commit number.
                     self._wcur = conn.cursor()
                     self._wq = cx.runner(self._wcur)
+                    # The bound C method, not a Python function: read twice per append.
+                    self._ends = _append.StreamEnds(conn.total_changes)
                     self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
@@ -503,14 +506,6 @@ class Engine:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
 
-    def _ends_token(self) -> tuple[int, int]:
-        """What keeps :class:`~sqlstream.append.StreamEnds` valid: no other connection's
-        commit seen (``_generation``) and no row changed by this one other than by the
-        append that stored the entry (its change count). Called only inside a write scope."""
-        conn = self._wconn
-        assert conn is not None
-        return self._generation, conn.total_changes()
-
     def txn_number(self, conn: apsw.Connection) -> int:
         """The commit sequence number of the current write transaction (assigned lazily).
 
@@ -681,6 +676,7 @@ class WriteScope:
                 engine._wcur.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]  # set with _wconn
                 if conn.data_version() != engine._version_after_commit:
                     engine._generation += 1  # another connection committed: ends may be stale
+                    engine._ends.clear()
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -745,6 +741,12 @@ class WriteScope:
                     hook.restart(conn)
         finally:
             engine._lock.release()
+
+
+def _no_changes() -> int:
+    """The stream-ends token before the write connection opens (no append stores an entry
+    before then: every append opens it first)."""
+    return 0
 
 
 def _end_begun(conn: apsw.Connection, depth: int) -> None:
