@@ -611,6 +611,9 @@ class Engine:
         with WriteScope(self, None):  # what write() returns, without its call
             q, txn = self._wq, self._wtxn
             assert q is not None and txn is not None  # set with the write connection
+            if ids is None:  # no dedup: straight to the statements
+                return _append.store(q, name, rows, total, secret, expect_offset, txn, self.now_us(),
+                                     timestamps, self._ends, self._inline_max)
             return _append.append_rows(
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
                 timestamps=timestamps, txn=txn, now_us=self.now_us(),
