@@ -611,12 +611,14 @@ class Engine:
         with WriteScope(self, None):  # what write() returns, without its call
             q, txn = self._wq, self._wtxn
             assert q is not None and txn is not None  # set with the write connection
+            clock = self.clock  # now_us() without its frame (every append)
+            now = _time_ns() // 1000 if clock is _time_time else us(clock())
             if ids is None:  # no dedup: straight to the statements
-                return _append.store(q, name, rows, total, secret, expect_offset, txn, self.now_us(),
+                return _append.store(q, name, rows, total, secret, expect_offset, txn, now,
                                      timestamps, self._ends, self._inline_max)
             return _append.append_rows(
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-                timestamps=timestamps, txn=txn, now_us=self.now_us(),
+                timestamps=timestamps, txn=txn, now_us=now,
                 max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
                 inline_max=self._inline_max,
             )
