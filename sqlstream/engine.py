@@ -607,7 +607,10 @@ class Engine:
         ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``,
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
-        total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
+        if len(rows) == 1 and expect_offset is None and rows[0][4] <= self.max_record_bytes:
+            total = rows[0][4]  # check_rows()'s answer for one record, without its frame
+        else:
+            total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
         with WriteScope(self, None):  # what write() returns, without its call
             q, txn = self._wq, self._wtxn
             assert q is not None and txn is not None  # set with the write connection
