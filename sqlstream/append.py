@@ -372,10 +372,8 @@ def store(
     if trim:
         _retention.enforce(q, stream_id, now_us)  # changes the row: nothing kept
     elif ends is not None:
-        last = ts if timestamps is None else timestamps[-1]
-        if last_at is not None and last_at > last:
-            last = last_at
-        ends.put(name, (stream_id, next_offset, state[2] + total, last, sealed_at, write_secret,
+        # ts is the last record's timestamp, raised to last_at: the stream's last append time.
+        ends.put(name, (stream_id, next_offset, state[2] + total, ts, sealed_at, write_secret,
                         t_offset, t_bytes, t_time))
     return range(first, next_offset)
 
