@@ -98,6 +98,20 @@ class Engine:
     in-process wake-up notifier.
     """
 
+    # Slots, not an instance dict: an append reads and writes ~40 of these attributes,
+    # and a dict of more than 30 keys is no shared-key dict, so CPython 3.11 looks each
+    # one up by hash (LOAD_ATTR_WITH_HINT) instead of at a fixed slot: ~1,200 instructions
+    # per single append (benchmarks/findings.md, issue 23, branch perf5). A new attribute
+    # goes here too (assigning an undeclared one raises AttributeError).
+    __slots__ = (
+        "path", "checkpoints", "readonly", "synchronous", "busy_timeout", "wakeup",
+        "poll_interval", "max_record_bytes", "vfs", "clock", "_closed", "_closing", "_open_lock",
+        "_wconn", "_wq", "_wcur", "_wtxn", "_wal_hook", "_pid", "_lock", "_local", "_read_conns",
+        "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_txn_committed", "_txn_token",
+        "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends", "_inline_max",
+        "notifier", "__weakref__",
+    )
+
     def __init__(
         self,
         path: str,
