@@ -1,12 +1,15 @@
 #!/bin/bash
 # ab.sh ROUNDS N SRC_A SRC_B: w2cpu.py alternating A and B in fresh processes, round after
-# round; prints each round and the medians of CPU µs per append.
-R=$1; N=$2; A=$3; B=$4; PY=${PY:-python}; HERE=$(cd "$(dirname "$0")" && pwd)
-ra=(); rb=()
+# round; prints each round (process CPU, appending thread's CPU, load) and the medians
+# of CPU µs per append.
+R=$1; N=$2; A=$3; B=$4; shift 4; PY=${PY:-python}; HERE=$(cd "$(dirname "$0")" && pwd)
+ra=(); rb=(); ta=(); tb=()
 for i in $(seq $R); do
   a=$($PY "$HERE/w2cpu.py" $A $N); b=$($PY "$HERE/w2cpu.py" $B $N)
-  echo "round $i: A $a | B $b"; ra+=(${a% *}); rb+=(${b% *})
+  echo "round $i: A $a | B $b"; set -- $a; ra+=($1); ta+=($2); set -- $b; rb+=($1); tb+=($2)
 done
 python3 -c "
-import statistics as st; a=[float(x) for x in '${ra[*]}'.split()]; b=[float(x) for x in '${rb[*]}'.split()]
-print(f'median CPU us/append A {st.median(a):.2f} B {st.median(b):.2f} B/A {st.median(b)/st.median(a):.3f}')"
+import statistics as st
+for what, a, b in (('process', '${ra[*]}', '${rb[*]}'), ('thread', '${ta[*]}', '${tb[*]}')):
+    a = st.median(map(float, a.split())); b = st.median(map(float, b.split()))
+    print(f'median {what} CPU us/append A {a:.2f} B {b:.2f} B/A {b/a:.3f}')"
