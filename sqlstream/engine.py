@@ -106,8 +106,8 @@ class Engine:
     __slots__ = (
         "path", "checkpoints", "readonly", "synchronous", "busy_timeout", "wakeup",
         "poll_interval", "max_record_bytes", "vfs", "clock", "_closed", "_closing", "_open_lock",
-        "_wconn", "_wq", "_wcur", "_wtxn", "_wal_hook", "_pid", "_lock", "_local", "_read_conns",
-        "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_txn_committed", "_txn_token",
+        "_wconn", "_wq", "_wcur", "_wrun", "_wtxn", "_wal_hook", "_pid", "_lock", "_local",
+        "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_txn_committed", "_txn_token",
         "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends", "_inline_max",
         "notifier", "__weakref__",
     )
@@ -151,6 +151,7 @@ class Engine:
         # write lock, so none overlaps; conn.execute() would make and free a cursor for
         # each (~2,300 instructions a statement, 4 statements per single append).
         self._wcur: apsw.Cursor | None = None
+        self._wrun: Callable[[str, Sequence[Any]], object] | None = None
         self._wtxn: Callable[[], int] | None = None
         # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
         # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
@@ -328,6 +329,7 @@ class Engine:
                     # the transaction's lazily assigned commit number.
                     self._wcur = conn.cursor()
                     self._wq = cx.runner(self._wcur)
+                    self._wrun = self._wcur.execute  # the INSERTs of an append (no rows to fetch)
                     # The bound C method, not a Python function: read twice per append.
                     self._ends = _append.StreamEnds(conn.total_changes)
                     self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
@@ -632,7 +634,7 @@ class Engine:
             now = _time_ns() // 1000 if clock is _time_time else us(clock())
             if ids is None:  # no dedup: straight to the statements
                 return _append.store(q, name, rows, total, secret, expect_offset, txn, now,
-                                     timestamps, self._ends, self._inline_max)
+                                     timestamps, self._ends, self._inline_max, self._wrun)
             return _append.append_rows(
                 q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
                 timestamps=timestamps, txn=txn, now_us=now,
