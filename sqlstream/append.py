@@ -152,6 +152,9 @@ def insert_sql(rows: int) -> str:
     )
 
 
+_INSERT_ONE = insert_sql(1)  # a single append's (a constant: no cache look-up per append)
+
+
 # A batch's rows share their stream, timestamp and txn, and their offsets follow one
 # another: those are bound once per statement (?1 stream, ?2 timestamp, ?3 txn, ?4 first
 # offset, row k's offset written as ?4+k), and each row binds only what is its own (5
@@ -334,7 +337,7 @@ def store(
         if nbytes > inline_max:
             run(PAYLOAD_SQL, (stream_id, first, data))
             data = None
-        run(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
+        run(_INSERT_ONE, (stream_id, first, position, ts, number, key, headers, ctype, data))
     elif timestamps is None:
         offset = first
         params: list[Any]
