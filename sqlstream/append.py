@@ -93,45 +93,33 @@ class StreamEnds:
     """A write connection's copy of what ``APPEND_SQL`` read, per stream name, kept after
     each append it made, so the next append to the stream skips that statement.
 
-    Valid only while ``token()`` returns what it returned when an entry was stored. The
-    engine's token is the write connection's ``total_changes()``, which moves whenever
-    this connection changes any row (a seal, a trim, retention settings, a deleted or
-    renamed stream, an import's renumbering), so every change to a stream's row or ends
-    other than the append itself drops the copy. The owner calls :meth:`clear` when
-    another connection has committed (the engine: ``PRAGMA data_version`` moved, read
-    right after ``BEGIN IMMEDIATE``) and on every rollback (transaction or savepoint: a
-    rollback does not lower ``total_changes()``; apsw's rollback hook does not fire on
-    ``ROLLBACK TO``, but the engine runs every one itself).
+    Valid only while ``token()`` returns ``valid``, what it returned right after the last
+    entry was stored. The engine's token is the write connection's ``total_changes()``,
+    which moves whenever this connection changes any row (a seal, a trim, retention
+    settings, a deleted or renamed stream, an import's renumbering), so every change to a
+    stream's row or ends other than the append itself drops the copy. The owner calls
+    :meth:`clear` when another connection has committed (the engine: ``PRAGMA
+    data_version`` moved, read right after ``BEGIN IMMEDIATE``) and on every rollback
+    (transaction or savepoint: a rollback does not lower ``total_changes()``; apsw's
+    rollback hook does not fire on ``ROLLBACK TO``, but the engine runs every one itself).
     Holds at most ``limit`` streams (then starts again empty).
+
+    :func:`store` applies these rules itself, on the public fields (it reads the copy
+    before an append's statements and stores it after them): as methods they cost a
+    single append two Python frames, ~1,000 instructions (benchmarks/findings.md).
     """
 
-    __slots__ = ("_entries", "_token", "_valid", "_limit")
+    __slots__ = ("entries", "token", "valid", "limit")
 
     def __init__(self, token: Callable[[], object], limit: int = 4096) -> None:
-        self._entries: dict[str, tuple[Any, ...]] = {}
-        self._token = token
-        self._valid: object = None
-        self._limit = limit
-
-    def get(self, name: str) -> tuple[Any, ...] | None:
-        """The stream's state as ``APPEND_SQL`` would read it now, or None if not known."""
-        if not self._entries:
-            return None
-        if self._token() != self._valid:
-            self._entries.clear()
-            return None
-        return self._entries.get(name)
-
-    def put(self, name: str, state: tuple[Any, ...]) -> None:
-        """Keep ``state`` (after the caller's last statement of the append)."""
-        if len(self._entries) >= self._limit:
-            self._entries.clear()
-        self._entries[name] = state
-        self._valid = self._token()
+        self.entries: dict[str, tuple[Any, ...]] = {}
+        self.token = token
+        self.valid: object = None
+        self.limit = limit
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._valid = None
+        self.entries.clear()
+        self.valid = None
 
 
 # A payload larger than the limit (records.inline_max) is stored in `payloads` under its
@@ -313,7 +301,12 @@ def store(
     if run is None:
         run = q
     count = len(rows)
-    state = None if ends is None else ends.get(name)
+    state = None
+    if ends is not None and ends.entries:  # the stream's state as the last append left it
+        if ends.token() == ends.valid:
+            state = ends.entries.get(name)
+        else:
+            ends.clear()  # something else changed since: read it again
     if state is None:
         got = q(APPEND_SQL, (name,))
         if not got:
@@ -380,10 +373,14 @@ def store(
             run(insert_sql(len(params) // 9), params)
     if trim:
         _retention.enforce(q, stream_id, now_us)  # changes the row: nothing kept
-    elif ends is not None:
+    elif ends is not None:  # keep the state for the next append (see StreamEnds)
+        entries = ends.entries
+        if len(entries) >= ends.limit:
+            entries.clear()
         # ts is the last record's timestamp, raised to last_at: the stream's last append time.
-        ends.put(name, (stream_id, next_offset, state[2] + total, ts, sealed_at, write_secret,
-                        t_offset, t_bytes, t_time))
+        entries[name] = (stream_id, next_offset, state[2] + total, ts, sealed_at, write_secret,
+                         t_offset, t_bytes, t_time)
+        ends.valid = ends.token()  # after the append's last statement
     return range(first, next_offset)
 
 
