@@ -107,10 +107,16 @@ class Engine:
         "path", "checkpoints", "readonly", "synchronous", "busy_timeout", "wakeup",
         "poll_interval", "max_record_bytes", "vfs", "clock", "_closed", "_closing", "_open_lock",
         "_wconn", "_wq", "_wcur", "_wrun", "_wtxn", "_wal_hook", "_pid", "_lock", "_local",
-        "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_txn_committed", "_txn_token",
-        "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends", "_inline_max",
-        "notifier", "__weakref__",
+        "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_txn_committed",
+        "_txn_token", "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends",
+        "_inline_max", "notifier", "__weakref__",
     )
+    # One cursor of the write connection for the statements of every write scope (BEGIN,
+    # the runner's, COMMIT): each runs to its end before the next, under the write lock,
+    # so none overlaps; conn.execute() would make and free a cursor for each (~2,300
+    # instructions a statement, 4 statements per single append). Set by write_conn() with
+    # _wconn, which every write scope opens first.
+    _wcur: apsw.Cursor
 
     def __init__(
         self,
@@ -146,11 +152,6 @@ class Engine:
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
-        # One cursor of the write connection for the statements of every write scope
-        # (BEGIN, the runner's, COMMIT): each runs to its end before the next, under the
-        # write lock, so none overlaps; conn.execute() would make and free a cursor for
-        # each (~2,300 instructions a statement, 4 statements per single append).
-        self._wcur: apsw.Cursor | None = None
         self._wrun: Callable[[str, Sequence[Any]], object] | None = None
         self._wtxn: Callable[[], int] | None = None
         # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
@@ -697,7 +698,7 @@ class WriteScope:
         depth = self.depth = engine._tx_depth
         try:
             if depth == 0:
-                engine._wcur.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]  # set with _wconn
+                engine._wcur.execute("BEGIN IMMEDIATE")
                 if conn.data_version() != engine._version_after_commit:
                     engine._generation += 1  # another connection committed: ends may be stale
                     engine._ends.clear()
@@ -742,7 +743,7 @@ class WriteScope:
             elif self.wakes or delta > engine._tx_quiet - self.quiet0:
                 engine._tx_wake = True
             try:
-                engine._wcur.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")  # type: ignore[union-attr]
+                engine._wcur.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
             except apsw.Error as err:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
                 raise convert(err) from err
