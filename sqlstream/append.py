@@ -45,6 +45,7 @@ __all__ = [
     "append_rows",
     "append_refused",
     "check_rows",
+    "store",
     "renumber_empty",
     "StreamEnds",
 ]
@@ -92,44 +93,33 @@ class StreamEnds:
     """A write connection's copy of what ``APPEND_SQL`` read, per stream name, kept after
     each append it made, so the next append to the stream skips that statement.
 
-    Valid only while ``token()`` returns what it returned when an entry was stored. The
-    engine's token is ``(PRAGMA data_version, the connection's total_changes())``: the
-    first moves when another connection commits, the second whenever this connection
-    changes any row (a seal, a trim, retention settings, a deleted or renamed stream, an
-    import's renumbering), so every change to a stream's row or ends other than the
-    append itself drops the copy. A rollback does not lower ``total_changes()``, so the
-    owner calls :meth:`clear` on every rollback (transaction or savepoint): apsw's
-    rollback hook does not fire on ``ROLLBACK TO``, but the engine runs every one itself.
+    Valid only while ``token()`` returns ``valid``, what it returned right after the last
+    entry was stored. The engine's token is the write connection's ``total_changes()``,
+    which moves whenever this connection changes any row (a seal, a trim, retention
+    settings, a deleted or renamed stream, an import's renumbering), so every change to a
+    stream's row or ends other than the append itself drops the copy. The owner calls
+    :meth:`clear` when another connection has committed (the engine: ``PRAGMA
+    data_version`` moved, read right after ``BEGIN IMMEDIATE``) and on every rollback
+    (transaction or savepoint: a rollback does not lower ``total_changes()``; apsw's
+    rollback hook does not fire on ``ROLLBACK TO``, but the engine runs every one itself).
     Holds at most ``limit`` streams (then starts again empty).
+
+    :func:`store` applies these rules itself, on the public fields (it reads the copy
+    before an append's statements and stores it after them): as methods they cost a
+    single append two Python frames, ~1,000 instructions (benchmarks/findings.md).
     """
 
-    __slots__ = ("_entries", "_token", "_valid", "_limit")
+    __slots__ = ("entries", "token", "valid", "limit")
 
     def __init__(self, token: Callable[[], object], limit: int = 4096) -> None:
-        self._entries: dict[str, tuple[Any, ...]] = {}
-        self._token = token
-        self._valid: object = None
-        self._limit = limit
-
-    def get(self, name: str) -> tuple[Any, ...] | None:
-        """The stream's state as ``APPEND_SQL`` would read it now, or None if not known."""
-        if not self._entries:
-            return None
-        if self._token() != self._valid:
-            self._entries.clear()
-            return None
-        return self._entries.get(name)
-
-    def put(self, name: str, state: tuple[Any, ...]) -> None:
-        """Keep ``state`` (after the caller's last statement of the append)."""
-        if len(self._entries) >= self._limit:
-            self._entries.clear()
-        self._entries[name] = state
-        self._valid = self._token()
+        self.entries: dict[str, tuple[Any, ...]] = {}
+        self.token = token
+        self.valid: object = None
+        self.limit = limit
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._valid = None
+        self.entries.clear()
+        self.valid = None
 
 
 # A payload larger than the limit (records.inline_max) is stored in `payloads` under its
@@ -148,6 +138,9 @@ def insert_sql(rows: int) -> str:
         "INSERT INTO chunks (stream_id, offset, position, timestamp, txn, key, headers, "
         f"content_type, data) VALUES {values}"
     )
+
+
+_INSERT_ONE = insert_sql(1)  # a single append's (a constant: no cache look-up per append)
 
 
 # A batch's rows share their stream, timestamp and txn, and their offsets follow one
@@ -272,7 +265,7 @@ def append_rows(
     """
     total = check_rows(rows, expect_offset, max_record_bytes) if checked_bytes is None else checked_bytes
     if ids is None:
-        return _store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps, ends, inline_max)
+        return store(q, name, rows, total, secret, expect_offset, txn, now_us, timestamps, ends, inline_max)
     found = q(_dedup.STREAM_SQL, (name,))
     if not found or not _writesecrets.matches(found[0][4], secret):
         append_refused(q, name, secret, expect_offset)
@@ -284,7 +277,7 @@ def append_rows(
         batch = [rows[i] for i in new]
         stamps = None if timestamps is None else [timestamps[i] for i in new]
         total = sum(r[4] for r in batch)
-        stored = _store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps, ends, inline_max)
+        stored = store(q, name, batch, total, secret, expect_offset, txn, now_us, stamps, ends, inline_max)
         entries = [(dedup_id, offset) for dedup_id, offset in zip((ids[i] for i in new), stored)
                    if dedup_id is not None]
         _dedup.remember(q, stream_id, entries, now_us)
@@ -293,14 +286,28 @@ def append_rows(
     return _dedup.finish(offsets, new, same_as, stored)
 
 
-def _store(
+def store(
     q: Query, name: str, rows: Sequence[PreparedRecord], total: int, secret: str | None,
     expect_offset: int | None, txn: Callable[[int], int], now_us: int, timestamps: Sequence[int] | None,
-    ends: StreamEnds | None, inline_max: int,
+    ends: StreamEnds | None, inline_max: int, run: Callable[[str, Sequence[Any]], object] | None = None,
 ) -> range:
-    """The statements of an append: reserve offsets, insert the records, enforce retention."""
+    """The statements of an append without dedup ids: reserve offsets, insert the records,
+    enforce retention; return the new records' offsets. :func:`append_rows` with
+    ``ids=None`` and ``checked_bytes=total`` (arguments as there, positional): the engine
+    calls it directly, one Python frame (and ten keyword arguments) fewer per append.
+
+    ``run``: runs the INSERTs, whose rows nobody reads (the engine's write cursor's
+    ``execute``: no runner frame and no ``fetchall``, ~1,400 instructions per single
+    append); None runs them with ``q``."""
+    if run is None:
+        run = q
     count = len(rows)
-    state = None if ends is None else ends.get(name)
+    state = None
+    if ends is not None and ends.entries:  # the stream's state as the last append left it
+        if ends.token() == ends.valid:
+            state = ends.entries.get(name)
+        else:
+            ends.clear()  # something else changed since: read it again
     if state is None:
         got = q(APPEND_SQL, (name,))
         if not got:
@@ -322,9 +329,9 @@ def _store(
     if count == 1 and timestamps is None:  # the common case: no batching loop
         key, headers, ctype, data, nbytes = rows[0]
         if nbytes > inline_max:
-            q(PAYLOAD_SQL, (stream_id, first, data))
+            run(PAYLOAD_SQL, (stream_id, first, data))
             data = None
-        q(insert_sql(1), (stream_id, first, position, ts, number, key, headers, ctype, data))
+        run(_INSERT_ONE, (stream_id, first, position, ts, number, key, headers, ctype, data))
     elif timestamps is None:
         offset = first
         params: list[Any]
@@ -334,45 +341,47 @@ def _store(
                 params = [stream_id, ts, number, offset, *_head(part[0])]
                 for _, _, _, data, nbytes in part:
                     if nbytes > inline_max:
-                        q(PAYLOAD_SQL, (stream_id, offset, data))
+                        run(PAYLOAD_SQL, (stream_id, offset, data))
                         data = None
                     params += (position, data)
                     offset += 1
                     position += nbytes
-                q(insert_shared_sql(len(part)), params)
+                run(insert_shared_sql(len(part)), params)
                 continue
             params = [stream_id, ts, number, offset]
             for key, headers, ctype, data, nbytes in part:
                 if nbytes > inline_max:
-                    q(PAYLOAD_SQL, (stream_id, offset, data))
+                    run(PAYLOAD_SQL, (stream_id, offset, data))
                     data = None
                 params += (position, key, headers, ctype, data)
                 offset += 1
                 position += nbytes
-            q(insert_batch_sql(len(part)), params)
+            run(insert_batch_sql(len(part)), params)
     else:  # archive import: each row its own timestamp
         params = []
         offset = first
         for i, (key, headers, ctype, data, nbytes) in enumerate(rows):
             if nbytes > inline_max:
-                q(PAYLOAD_SQL, (stream_id, offset, data))
+                run(PAYLOAD_SQL, (stream_id, offset, data))
                 data = None
             params += (stream_id, offset, position, timestamps[i], number, key, headers, ctype, data)
             offset += 1
             position += nbytes
             if len(params) == 9 * ROWS_PER_INSERT:
-                q(insert_sql(ROWS_PER_INSERT), params)
+                run(insert_sql(ROWS_PER_INSERT), params)
                 params = []
         if params:
-            q(insert_sql(len(params) // 9), params)
+            run(insert_sql(len(params) // 9), params)
     if trim:
         _retention.enforce(q, stream_id, now_us)  # changes the row: nothing kept
-    elif ends is not None:
-        last = ts if timestamps is None else timestamps[-1]
-        if last_at is not None and last_at > last:
-            last = last_at
-        ends.put(name, (stream_id, next_offset, state[2] + total, last, sealed_at, write_secret,
-                        t_offset, t_bytes, t_time))
+    elif ends is not None:  # keep the state for the next append (see StreamEnds)
+        entries = ends.entries
+        if len(entries) >= ends.limit:
+            entries.clear()
+        # ts is the last record's timestamp, raised to last_at: the stream's last append time.
+        entries[name] = (stream_id, next_offset, state[2] + total, ts, sealed_at, write_secret,
+                         t_offset, t_bytes, t_time)
+        ends.valid = ends.token()  # after the append's last statement
     return range(first, next_offset)
 
 

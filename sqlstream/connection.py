@@ -60,8 +60,12 @@ def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[tu
 fetch = rows  # the earlier name, kept for one release
 
 
-def runner(conn: apsw.Connection) -> Query:
-    """The :class:`Query` callable over ``conn`` (what append, retention and dedup take)."""
+def runner(conn: apsw.Connection | apsw.Cursor) -> Query:
+    """The :class:`Query` callable over ``conn`` (what append, retention and dedup take).
+
+    Over a cursor, every statement reuses it (no cursor made and freed per statement): for
+    a caller whose statements never overlap (the engine's write connection, under its
+    write lock; each statement's rows are fetched before the call returns)."""
 
     def q(sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return conn.execute(sql, params).fetchall()

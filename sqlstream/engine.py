@@ -99,6 +99,26 @@ class Engine:
     in-process wake-up notifier.
     """
 
+    # Slots, not an instance dict: an append reads and writes ~40 of these attributes,
+    # and a dict of more than 30 keys is no shared-key dict, so CPython 3.11 looks each
+    # one up by hash (LOAD_ATTR_WITH_HINT) instead of at a fixed slot: ~1,200 instructions
+    # per single append (benchmarks/findings.md, issue 23, branch perf5). A new attribute
+    # goes here too (assigning an undeclared one raises AttributeError).
+    __slots__ = (
+        "path", "checkpoints", "readonly", "synchronous", "busy_timeout", "wakeup",
+        "poll_interval", "max_record_bytes", "vfs", "clock", "_closed", "_closing", "_open_lock",
+        "_wconn", "_wq", "_wcur", "_wrun", "_wtxn", "_wal_hook", "_pid", "_lock", "_local",
+        "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_tx_tail", "_txn_committed", "_txn_tail",
+        "_txn_token", "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends",
+        "_inline_max", "notifier", "__weakref__",
+    )
+    # One cursor of the write connection for the statements of every write scope (BEGIN,
+    # the runner's, COMMIT): each runs to its end before the next, under the write lock,
+    # so none overlaps; conn.execute() would make and free a cursor for each (~2,300
+    # instructions a statement, 4 statements per single append). Set by write_conn() with
+    # _wconn, which every write scope opens first.
+    _wcur: apsw.Cursor
+
     def __init__(
         self,
         path: str,
@@ -133,6 +153,7 @@ class Engine:
         self._open_lock = threading.Lock()
         self._wconn: apsw.Connection | None = None
         self._wq: cx.Query | None = None
+        self._wrun: Callable[[str, Sequence[Any]], object] | None = None
         self._wtxn: Callable[[int], int] | None = None
         # The write connection's WAL hook (checkpoint.py; None with external checkpoints):
         # past HARD_LIMIT it marks a RESTART checkpoint due, run after the COMMIT.
@@ -262,9 +283,10 @@ class Engine:
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
         # Each stream's state as the write connection's last append left it (see
-        # append.StreamEnds): valid while no other connection committed (data_version)
-        # and this one changed no other row (total_changes); dropped on every rollback.
-        self._ends = _append.StreamEnds(self._ends_token)
+        # append.StreamEnds): valid while this connection changed no other row (its
+        # token, total_changes(), set when the connection opens); dropped when another
+        # connection committed (data_version, in WriteScope.__enter__) and on every rollback.
+        self._ends = _append.StreamEnds(_no_changes)
         self._inline_max = INLINE_MAX  # the write connection's (set when it opens)
 
     def check_process(self) -> None:
@@ -312,7 +334,11 @@ class Engine:
                         self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
-                    self._wq = cx.runner(conn)
+                    self._wcur = conn.cursor()
+                    self._wq = cx.runner(self._wcur)
+                    self._wrun = self._wcur.execute  # the INSERTs of an append (no rows to fetch)
+                    # The bound C method, not a Python function: read twice per append.
+                    self._ends = _append.StreamEnds(conn.total_changes)
                     self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
@@ -503,14 +529,6 @@ class Engine:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
 
-    def _ends_token(self) -> tuple[int, int]:
-        """What keeps :class:`~sqlstream.append.StreamEnds` valid: no other connection's
-        commit seen (``_generation``) and no row changed by this one other than by the
-        append that stored the entry (its change count). Called only inside a write scope."""
-        conn = self._wconn
-        assert conn is not None
-        return self._generation, conn.total_changes()
-
     def txn_number(self, conn: apsw.Connection, stream_id: int) -> int:
         """The commit sequence number of the current write transaction, which is about to
         append to stream ``stream_id`` (assigned lazily, at its first append).
@@ -624,15 +642,23 @@ class Engine:
         ``StreamNotFound``, ``AccessDenied``, ``StreamSealed``, ``ConcurrencyError``,
         ``PayloadTooLarge``, ``InvalidArgument``.
         """
-        total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
+        if len(rows) == 1 and expect_offset is None and rows[0][4] <= self.max_record_bytes:
+            total = rows[0][4]  # check_rows()'s answer for one record, without its frame
+        else:
+            total = _append.check_rows(rows, expect_offset, self.max_record_bytes)
         scope = WriteScope(self, None)  # what write() returns, without its call
         try:
             with scope:
                 q, txn = self._wq, self._wtxn
                 assert q is not None and txn is not None  # set with the write connection
+                clock = self.clock  # now_us() without its frame (every append)
+                now = _time_ns() // 1000 if clock is _time_time else us(clock())
+                if ids is None:  # no dedup: straight to the statements
+                    return _append.store(q, name, rows, total, secret, expect_offset, txn, now,
+                                         timestamps, self._ends, self._inline_max, self._wrun)
                 return _append.append_rows(
                     q, name, rows, secret=secret, expect_offset=expect_offset, ids=ids,
-                    timestamps=timestamps, txn=txn, now_us=self.now_us(),
+                    timestamps=timestamps, txn=txn, now_us=now,
                     max_record_bytes=self.max_record_bytes, checked_bytes=total, ends=self._ends,
                     inline_max=self._inline_max,
                 )
@@ -702,9 +728,10 @@ class WriteScope:
                 )
             depth = self.depth = engine._tx_depth
             if depth == 0:
-                conn.execute("BEGIN IMMEDIATE")
+                engine._wcur.execute("BEGIN IMMEDIATE")
                 if conn.data_version() != engine._version_after_commit:
                     engine._generation += 1  # another connection committed: ends may be stale
+                    engine._ends.clear()
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -769,7 +796,7 @@ class WriteScope:
             elif self.wakes or delta > engine._tx_quiet - self.quiet0:
                 engine._tx_wake = True
             try:
-                conn.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
+                engine._wcur.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
             except apsw.Error as err:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
                 ended = True
@@ -803,6 +830,12 @@ class WriteScope:
         finally:
             if self.acquired:
                 engine._lock.release()
+
+
+def _no_changes() -> int:
+    """The stream-ends token before the write connection opens (no append stores an entry
+    before then: every append opens it first)."""
+    return 0
 
 
 def _end_begun(conn: apsw.Connection, depth: int) -> None:

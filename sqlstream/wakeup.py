@@ -214,22 +214,26 @@ class FileNotifier:
             self.bump()
         else:
             self.generation += 1
-        self.ring()
+        if self._bell_ok:
+            # The common case without ring()'s frame: nobody has waited since the last
+            # listing (the announcement token unchanged, no bell listed).
+            token = self._announce_map[:8]  # type: ignore[index]
+            cached, bells = self._bell_cache
+            if token != cached or bells:
+                self.ring(token)
 
-    def ring(self) -> None:
-        """Send one datagram to every process that sleeps on this file's doorbell.
+    def ring(self, token: bytes) -> None:
+        """Send one datagram to every process that sleeps on this file's doorbell
+        (``token``: the announcement token just read from the mapping).
 
         No system call while nobody waits: the folder is listed again only when the
         announcement token changed (a bell was bound) since the last listing. A bell bound
         after our listing wrote a token after it, so the next commit lists and rings it.
         """
-        if not self._bell_ok:
-            return
-        token = self._announce_map[:8]  # type: ignore[index]
         cached, bells = self._bell_cache
         if token == cached:
             if not bells:
-                return  # the common case: nobody has waited since the last listing
+                return  # nobody has waited since the last listing
         else:
             try:
                 names = os.listdir(self._bell_dir)

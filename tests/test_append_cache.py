@@ -9,6 +9,8 @@ included (``ROLLBACK TO`` leaves the connection's change count where it was).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -140,3 +142,37 @@ def test_a_commit_without_records_after_another_writers_append_does_not_hide_it(
         a.append("a2")
         txns = [a.read(0, 2)[0].txn, other.stream("b").read(0, 1)[0].txn, a.read(1, 1)[0].txn]
     assert txns[0] < txns[1] < txns[2], txns
+
+
+def test_the_copy_holds_at_most_its_limit_and_every_append_lands_at_the_right_offset(tmp_path: Path) -> None:
+    """``append.store`` keeps the copy itself (``StreamEnds.entries``): past ``limit``
+    streams it starts again empty, and an append to a stream the copy no longer holds, or
+    holds, lands at the stream's next offset and position either way."""
+    import apsw
+
+    from sqlstream import append, connection, records, txn
+
+    path = str(tmp_path / "ends.db")
+    with sqlstream.open(path) as db:
+        for name in "abc":
+            db.create_stream(name)
+    conn = apsw.Connection(path)
+    try:
+        q = connection.runner(conn)
+        ends = append.StreamEnds(conn.total_changes, limit=2)
+        for n in range(3):
+            for name in "abc":
+                value = f"{name}{n}".encode()
+                conn.execute("BEGIN IMMEDIATE")
+                got = append.store(q, name, [(None, None, "bytes", value, len(value))], len(value), None, None,
+                                   lambda _stream_id: txn.next_txn(q), 1_000_000 * (n + 1), None, ends,
+                                   records.INLINE_MAX)
+                conn.execute("COMMIT")
+                assert got == range(n, n + 1)
+                assert name in ends.entries and len(ends.entries) <= 2
+    finally:
+        conn.close()
+    with sqlstream.open(path) as db:
+        for name in "abc":
+            assert [(r.offset, r.position, r.value) for r in db.stream(name).read(0, 10)] == [
+                (n, 2 * n, f"{name}{n}".encode()) for n in range(3)]

@@ -157,3 +157,37 @@ def test_contention_benchmark_runs_and_loses_no_record(tmp_path: Path) -> None:
         row = next(line for line in table.splitlines() if line.startswith(variant + " "))
         assert row.split()[-2] == "0", row  # the errors column
     assert "INTEGRITY FAILED" not in proc.stdout
+
+
+def test_the_write_scopes_statements_go_on_after_a_failed_begin_and_a_failed_insert(tmp_path: Path) -> None:
+    """The write connection runs BEGIN, the append's statements and COMMIT on one cursor
+    (engine.Engine._wcur): a statement that failed on it (BEGIN refused by the busy
+    handler, an INSERT aborted by a trigger, inside a transaction and outside) leaves it
+    usable, and nothing of the failed appends is stored."""
+    import apsw
+
+    path = str(tmp_path / "c.db")
+    with sqlstream.open(path, busy_timeout=0.05) as db:
+        s = db.create_stream("s")
+        assert s.append(b"a") == 0
+        other = apsw.Connection(path)
+        other.execute("CREATE TRIGGER refuse_boom BEFORE INSERT ON chunks WHEN NEW.data = X'626f6f6d' "
+                      "BEGIN SELECT RAISE(ABORT, 'boom refused'); END")
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(errors.LockTimeout):
+            s.append(b"b")
+        other.execute("ROLLBACK")
+        other.close()
+        assert s.append(b"c") == 1
+        with pytest.raises(errors.SqlstreamError, match="boom refused"):
+            s.append(b"boom")
+        assert s.append(b"d") == 2
+        with db.transaction():
+            assert s.append(b"e") == 3
+            with pytest.raises(errors.SqlstreamError, match="boom refused"):
+                s.append(b"boom")
+            assert s.append(b"f") == 4
+        records = s.read(0, 10)
+        assert [r.value for r in records] == [b"a", b"c", b"d", b"e", b"f"]
+        a, c, d, e, f = (r.txn for r in records)
+        assert a < c < d < e == f  # the transaction's records share its number
