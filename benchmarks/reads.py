@@ -174,7 +174,7 @@ def w3(env: Env) -> Outcome:
         out.series = alternate("W3", [SqlstreamScan(n), RawScan(n), RedisScan(env, n), RawSchemaScan(n)], env.sizes.rounds, tmp, env.log)
     out.notes.append(f"each round reads the whole {n:,}-record stream; sqlstream builds Record objects "
                      "(9 fields, headers decoded), the raw baseline returns (id, data) tuples")
-    out.compare("vs raw apsw range select", "sqlstream", "raw apsw", 0.4)  # issue 11
+    out.compare("vs raw apsw range select", "sqlstream", "raw apsw", 0.5)  # issue 23 (issue 11: 0.4)
     out.compare("vs Redis XREAD COUNT 1000", "sqlstream", "Redis XREAD COUNT 1000")
     out.compare("vs raw apsw reading sqlstream's 8 columns", "sqlstream", SCHEMA_NAME)
     return out
