@@ -276,7 +276,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 NAMES = ("a", "b", "c")
 
 
-@settings(max_examples=30, stateful_step_count=25, deadline=None,
+@settings(max_examples=20, stateful_step_count=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 class HostileSqlModel(RuleBasedStateMachine):
     """Two sqlstream handles and a plain-SQL connection that renames the tail stream,

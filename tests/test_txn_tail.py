@@ -163,7 +163,7 @@ def test_a_counters_row_deleted_by_sql_refuses_appends_and_check_names_it(db_pat
 NAMES = ("a", "b", "c")
 
 
-@settings(max_examples=40, stateful_step_count=30, deadline=None,
+@settings(max_examples=25, stateful_step_count=30, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 class TailModel(RuleBasedStateMachine):
     """Two sqlstream handles and a plain-SQL connection on one file. Every commit that
