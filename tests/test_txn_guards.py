@@ -22,14 +22,8 @@ import apsw
 import pytest
 
 import sqlstream
+from helpers_txn_model import NAMES, TwoHandlesAndSql, plain_sql
 from sqlstream import errors
-
-
-def plain_sql(path: str) -> apsw.Connection:
-    """A connection that is not sqlstream's, as the sqlite3 shell would be."""
-    conn = apsw.Connection(path)
-    conn.set_busy_timeout(10_000)
-    return conn
 
 
 def run_sql(path: str, sql: str) -> None:
@@ -271,42 +265,18 @@ def test_one_below_the_largest_integer_gives_out_the_last_number_then_refuses(
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
-
-NAMES = ("a", "b", "c")
+from hypothesis.stateful import invariant, precondition, rule  # noqa: E402
 
 
 @settings(max_examples=20, stateful_step_count=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-class HostileSqlModel(RuleBasedStateMachine):
+class HostileSqlModel(TwoHandlesAndSql):
     """Two sqlstream handles and a plain-SQL connection that renames the tail stream,
     moves, renumbers and re-dates records' numbers, and tries to lower the counter. Every
     commit that stores records must carry a number above every number any record ever
     held, and ``last_txn`` must be at least that."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dbs: list[sqlstream.Database] = []
-        self.given = 0  # the highest number any record has held
-        self.dir = ""
-
-    @initialize(tmp=st.just(None))
-    def open_file(self, tmp: None) -> None:
-        import os
-        import tempfile
-
-        self.dir = tempfile.mkdtemp(prefix="txn-guards-")
-        path = os.path.join(self.dir, "t.db")
-        self.dbs = [sqlstream.open(path), sqlstream.open(path)]
-        for name in NAMES:
-            self.dbs[0].create_stream(name)
-        self.sql = plain_sql(path)
-
-    def teardown(self) -> None:
-        for db in self.dbs:
-            db.close()
-        if self.dir:
-            self.sql.close()
+    prefix = "txn-guards-"
 
     def _seen(self) -> None:
         top = self.sql.execute("SELECT max(txn) FROM chunks").fetchall()[0][0]

@@ -10,16 +10,15 @@ and a Hypothesis model of all of them together.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import apsw
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 import sqlstream
+from helpers_txn_model import NAMES, TwoHandlesAndSql, plain_sql
 from sqlstream import connection as cx
 
 
@@ -29,13 +28,6 @@ def head(db: sqlstream.Database) -> int:
 
 def rows(db: sqlstream.Database, name: str) -> dict[str, int]:
     return dict(db.query("SELECT name, value FROM counters WHERE name IN ('txn', 'txn_stream')").rows)
-
-
-def plain_sql(path: str) -> apsw.Connection:
-    """A connection that is not sqlstream's, as the sqlite3 shell would be."""
-    conn = apsw.Connection(path)
-    conn.set_busy_timeout(10_000)
-    return conn
 
 
 def test_plain_sql_deleting_the_tail_streams_newest_records_does_not_free_their_numbers(db: sqlstream.Database) -> None:
@@ -160,38 +152,14 @@ def test_a_counters_row_deleted_by_sql_refuses_appends_and_check_names_it(db_pat
 
 # --------------------------------------------------------------------------- the model
 
-NAMES = ("a", "b", "c")
-
-
 @settings(max_examples=25, stateful_step_count=30, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-class TailModel(RuleBasedStateMachine):
+class TailModel(TwoHandlesAndSql):
     """Two sqlstream handles and a plain-SQL connection on one file. Every commit that
     stores records must carry a number above every number given out before it, and
     ``last_txn`` must equal the highest number given out, whatever was deleted."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dbs: list[sqlstream.Database] = []
-        self.given = 0  # the highest number any committed record carried
-        self.dir = ""
-
-    @initialize(tmp=st.just(None))
-    def open_file(self, tmp: None) -> None:
-        import tempfile
-
-        self.dir = tempfile.mkdtemp(prefix="txn-tail-")
-        path = os.path.join(self.dir, "t.db")
-        self.dbs = [sqlstream.open(path), sqlstream.open(path)]
-        for name in NAMES:
-            self.dbs[0].create_stream(name)
-        self.sql = plain_sql(path)
-
-    def teardown(self) -> None:
-        for db in self.dbs:
-            db.close()
-        if self.dir:
-            self.sql.close()
+    prefix = "txn-tail-"
 
     def _committed(self, db: sqlstream.Database, name: str, offsets: list[int]) -> None:
         txns = {db.stream(name).read(o, 1)[0].txn for o in offsets}

@@ -1,0 +1,50 @@
+"""What the commit-number tests share: a plain-SQL connection (as the sqlite3 shell would
+be) and the file a Hypothesis model attacks, two sqlstream handles and that connection."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import apsw
+from hypothesis.stateful import RuleBasedStateMachine, initialize
+
+import sqlstream
+
+NAMES = ("a", "b", "c")
+
+
+def plain_sql(path: str) -> apsw.Connection:
+    """A connection that is not sqlstream's, as the sqlite3 shell would be."""
+    conn = apsw.Connection(path)
+    conn.set_busy_timeout(10_000)
+    return conn
+
+
+class TwoHandlesAndSql(RuleBasedStateMachine):
+    """A fresh file with streams ``NAMES``, two sqlstream handles (``dbs``, two connections
+    as two processes would be) and a plain-SQL connection (``sql``); ``given`` is the
+    highest commit number the model has seen given out."""
+
+    prefix = "txn-model-"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dbs: list[sqlstream.Database] = []
+        self.given = 0
+        self.dir = ""
+
+    @initialize()
+    def open_file(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix=self.prefix)
+        path = os.path.join(self.dir, "t.db")
+        self.dbs = [sqlstream.open(path), sqlstream.open(path)]
+        for name in NAMES:
+            self.dbs[0].create_stream(name)
+        self.sql = plain_sql(path)
+
+    def teardown(self) -> None:
+        for db in self.dbs:
+            db.close()
+        if self.dir:
+            self.sql.close()
