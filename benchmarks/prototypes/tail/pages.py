@@ -2,7 +2,7 @@
 import os, sys, time, tempfile, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # the checkout
 from benchmarks.harness import open_raw_schema, open_raw
-N = 20000
+N = int(os.environ.get("COMMITS", "20000"))
 data = b"x" * 100
 def run(variant):
     d = tempfile.mkdtemp()

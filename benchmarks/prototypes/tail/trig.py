@@ -2,7 +2,7 @@
 import os, sys, time, tempfile, statistics
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))  # the checkout
 from benchmarks.harness import open_raw_schema
-N = 200000
+N = int(os.environ.get("ROWS", "200000"))
 def run(v):
     d = tempfile.mkdtemp()
     c = open_raw_schema(os.path.join(d, "s.db"))
