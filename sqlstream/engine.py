@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import os
 import threading
 import time
@@ -109,7 +108,7 @@ class Engine:
         "poll_interval", "max_record_bytes", "vfs", "clock", "_closed", "_closing", "_open_lock",
         "_wconn", "_wq", "_wcur", "_wrun", "_wtxn", "_wal_hook", "_pid", "_lock", "_local",
         "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_tx_tail", "_txn_committed", "_txn_tail",
-        "_txn_token", "_version_after_commit", "_generation", "_tx_wake", "_tx_quiet", "_ends",
+        "_txn_token", "_version_after_commit", "_tx_wake", "_tx_quiet", "_ends",
         "_inline_max", "notifier", "__weakref__",
     )
     # One cursor of the write connection for the statements of every write scope (BEGIN,
@@ -261,25 +260,23 @@ class Engine:
         self._tx_depth = 0
         self._tx_txn: int | None = None
         self._tx_txn_depth = 0
-        # The tail stream the counters row names once the transaction has its number
-        # (None after next_txn, which does not name one).
+        # The tail stream the counters row names once the transaction has its number.
         self._tx_tail: int | None = None
         # The txn number the write connection's last outermost commit took, the tail
-        # stream the counters row named after it (None: not known), and the
-        # (_generation, total_changes()) right after that commit: while the token is
-        # unchanged the file still holds both (see txn_number). Dropped on every rollback.
+        # stream the counters row named after it, and the connection's total_changes()
+        # at that commit: while that count is unchanged (this connection changed no row
+        # since) the file still holds both (see txn_number). Dropped, as the stream-ends
+        # copy is, when another connection committed and on every rollback.
         self._txn_committed: int | None = None
         self._txn_tail: int | None = None
-        self._txn_token: tuple[int, int] | None = None
+        self._txn_token = 0
         # Whether another connection committed since this one's last commit (for the
-        # stream-ends copy below): the write connection's pager data version
+        # two copies above and below): the write connection's pager data version
         # (sqlite3_file_control DATA_VERSION, ~0.1 µs, no statement) read right after each
         # of its commits and again right after BEGIN IMMEDIATE. It moves with every commit,
         # this connection's own included (hence read after them), and when a read
-        # transaction starts on a file another connection changed. Each transaction that
-        # finds it moved bumps _generation.
+        # transaction starts on a file another connection changed.
         self._version_after_commit: int | None = None
-        self._generation = 0
         self._tx_wake = False  # the outermost commit wakes blocked readers
         self._tx_quiet = 0  # changes made by wakes=False scopes in this transaction
         # Each stream's state as the write connection's last append left it (see
@@ -339,7 +336,7 @@ class Engine:
                     self._wrun = self._wcur.execute  # the INSERTs of an append (no rows to fetch)
                     # The bound C method, not a Python function: read twice per append.
                     self._ends = _append.StreamEnds(conn.total_changes)
-                    self._wtxn = functools.partial(self.txn_number, conn)  # no Python frame of its own
+                    self._wtxn = self.txn_number
                     self._wconn = conn
                     # The page size is the file's: fixed once it holds a table.
                     self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
@@ -529,9 +526,10 @@ class Engine:
                 conn.execute(f"ROLLBACK TO {savepoint}")
                 conn.execute(f"RELEASE {savepoint}")
 
-    def txn_number(self, conn: apsw.Connection, stream_id: int) -> int:
+    def txn_number(self, stream_id: int) -> int:
         """The commit sequence number of the current write transaction, which is about to
-        append to stream ``stream_id`` (assigned lazily, at its first append).
+        append to stream ``stream_id`` (assigned lazily, at its first append; called
+        inside a write scope, on the write connection).
 
         Keeps :mod:`sqlstream.txn`'s rule: the first append takes last + 1 and, when
         ``stream_id`` is not the tail stream, names it the tail
@@ -539,27 +537,23 @@ class Engine:
         number is in the tail stream for as long as the transaction keeps it. What the
         file holds is read (:func:`~sqlstream.txn.txn_state`) unless the write
         connection's own last commit left it and nothing changed since (no other
-        connection committed, this one changed no row: the token ``StreamEnds`` is kept
-        by); so a writer that keeps appending to one stream runs no statement for its
-        number. A rollback of the block that took the number gives it back, with the
-        tail it named.
+        connection committed, this one changed no row); so a writer that keeps appending
+        to one stream runs no statement for its number. A rollback of the block that took
+        the number gives it back, with the tail it named.
         """
         number = self._tx_txn
         if number is None:
-            if conn is self._wconn and self._wq is not None:
-                last, tail = self._txn_committed, self._txn_tail
-                if last is None or tail is None or self._txn_token != (self._generation, conn.total_changes()):
-                    last, tail = _txn.txn_state(self._wq)
-                if last >= _MAX_TXN:  # only SQL outside sqlstream puts it there
-                    raise _txn.exhausted(last)
-                if tail != stream_id:
-                    _txn.move_tail(self._wq, stream_id)
-                number = last + 1
-                self._tx_tail = stream_id
-            else:
-                number = _txn.next_txn(cx.runner(conn))
-                self._tx_tail = None
-            self._tx_txn = number
+            q, conn = self._wq, self._wconn
+            assert q is not None and conn is not None  # set with the write connection
+            last, tail = self._txn_committed, self._txn_tail
+            if last is None or tail is None or self._txn_token != conn.total_changes():
+                last, tail = _txn.txn_state(q)
+            if last >= _MAX_TXN:  # only SQL outside sqlstream puts it there
+                raise _txn.exhausted(last)
+            if tail != stream_id:
+                _txn.move_tail(q, stream_id)
+            number = self._tx_txn = last + 1
+            self._tx_tail = stream_id
             self._tx_txn_depth = self._tx_depth
         return number
 
@@ -730,8 +724,10 @@ class WriteScope:
             if depth == 0:
                 engine._wcur.execute("BEGIN IMMEDIATE")
                 if conn.data_version() != engine._version_after_commit:
-                    engine._generation += 1  # another connection committed: ends may be stale
+                    # Another connection committed: the stream ends and the txn number
+                    # this connection kept may be stale.
                     engine._ends.clear()
+                    engine._txn_committed = None
                 engine._tx_txn = None
                 engine._tx_wake = False
                 engine._tx_quiet = 0
@@ -781,7 +777,8 @@ class WriteScope:
         try:
             self.open = False
             engine._tx_depth = depth
-            delta = conn.total_changes() - self.changes0
+            changes = conn.total_changes()  # a COMMIT changes no row: still the count after it
+            delta = changes - self.changes0
             if exc_type is not None:
                 engine._tx_quiet = self.quiet0 + delta
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
@@ -798,13 +795,7 @@ class WriteScope:
             try:
                 engine._wcur.execute("COMMIT" if depth == 0 else f"RELEASE sqlstream_{depth}")
             except apsw.Error as err:
-                engine._rollback(conn, depth, f"sqlstream_{depth}")
-                ended = True
-                raise convert(err) from err
-            except BaseException:
-                engine._rollback(conn, depth, f"sqlstream_{depth}")
-                ended = True
-                raise
+                raise convert(err) from err  # rolled back below, as anything raised before the end
             ended = True
             if depth > 0 and engine._tx_txn_depth > depth:
                 # The released block's work, a txn number assigned in it included, now
@@ -814,10 +805,8 @@ class WriteScope:
                 engine._version_after_commit = conn.data_version()
                 if engine._tx_txn is not None:
                     engine._txn_committed = engine._tx_txn
-                    # The tail the row names: this transaction's first stream when the
-                    # engine's own rule took the number (not known after next_txn).
-                    engine._txn_tail = engine._tx_tail
-                    engine._txn_token = (engine._generation, conn.total_changes())
+                    engine._txn_tail = engine._tx_tail  # this transaction's first stream
+                    engine._txn_token = changes
                 if engine._tx_wake:
                     engine.notifier.committed()
                 hook = engine._wal_hook
