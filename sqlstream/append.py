@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any, overload
 
@@ -37,6 +38,7 @@ from .validation import check_offset
 
 __all__ = [
     "PreparedRecord",
+    "SharedRows",
     "APPEND_SQL",
     "ROWS_PER_INSERT",
     "insert_sql",
@@ -52,6 +54,51 @@ __all__ = [
 
 PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
 """A record ready to store: (key, headers JSON, content type, data, payload bytes)."""
+
+
+
+class SharedRows(Sequence[PreparedRecord]):
+    """A batch of byte payloads that share one key and one headers value.
+
+    ``Stream.extend`` of ``bytes`` values builds one instead of a list of
+    :data:`PreparedRecord` tuples: it holds the payloads and their sizes as two lists,
+    so the batch path (:func:`check_rows`, :func:`store`) validates and binds them with
+    C-level list operations (``max``, ``sum``, ``accumulate``, slice assignment) and no
+    Python loop per record; measured, this is most of the Python an ``extend`` spent
+    per record (benchmarks/findings.md, "W1: a batch of bytes without a loop per
+    record"). As a ``Sequence`` it is still the rows it stands for (item ``i`` is
+    ``(key, headers, "bytes", data[i], len(data[i]))``), so every other path (dedup ids,
+    big payloads stored out of the row) reads it like a list of rows.
+
+    ``data`` must hold ``bytes`` objects only (not subclasses, not other buffers): the
+    caller checks; nothing here copies or converts them.
+    """
+
+    __slots__ = ("key", "headers", "data", "sizes", "total", "largest")
+
+    def __init__(self, key: str | None, headers: str | None, data: list[bytes]) -> None:
+        self.key = key
+        self.headers = headers
+        self.data = data
+        self.sizes = list(map(len, data))
+        self.total = sum(self.sizes)
+        self.largest = max(self.sizes, default=0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @overload
+    def __getitem__(self, index: int) -> PreparedRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[PreparedRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> PreparedRecord | list[PreparedRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.data)))]
+        data = self.data[index]
+        return (self.key, self.headers, "bytes", data, len(data))
+
 
 # At most 9 parameters a row, well under SQLite's 32766-variable limit; and the statement's
 # text stays under apsw's statement-cache limit (16 KiB; insert_batch_sql(200) is 8.5 KiB):
@@ -195,6 +242,10 @@ def check_rows(rows: Sequence[PreparedRecord], expect_offset: int | None, max_re
     """
     if expect_offset is not None:
         check_offset(expect_offset, "expect_offset")
+    if type(rows) is SharedRows:  # sizes known: no loop unless one is too large
+        if rows.largest <= max_record_bytes:
+            return rows.total
+        rows = rows[:]  # the loop below names the first one, as for any batch
     total = 0
     for row in rows:
         if row[4] > max_record_bytes:
@@ -332,6 +383,19 @@ def store(
             run(PAYLOAD_SQL, (stream_id, first, data))
             data = None
         run(_INSERT_ONE, (stream_id, first, position, ts, number, key, headers, ctype, data))
+    elif type(rows) is SharedRows and rows.largest <= inline_max and timestamps is None:
+        # The rows of insert_shared_sql, built by list operations: every record's position
+        # (a running sum of the sizes) and data interleaved after the shared parameters.
+        head = [stream_id, ts, number, first, rows.key, rows.headers, "bytes"]
+        positions = list(accumulate(rows.sizes, initial=position))
+        payloads = rows.data
+        for start in range(0, count, ROWS_PER_INSERT):
+            stop = min(start + ROWS_PER_INSERT, count)
+            pairs: list[Any] = [None] * (2 * (stop - start))
+            pairs[0::2] = positions[start:stop]
+            pairs[1::2] = payloads[start:stop]
+            head[3] = first + start
+            run(insert_shared_sql(stop - start), head + pairs)
     elif timestamps is None:
         offset = first
         params: list[Any]

@@ -18,6 +18,7 @@ from . import connection as cx
 from . import dedup as _dedup
 from . import fencing as _fencing
 from . import ranges as _ranges
+from . import append as _append
 from . import raw as _raw
 from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
@@ -177,12 +178,16 @@ class Stream:
         except TypeError:
             raise InvalidArgument(f"extend() takes an iterable of values, not {type(values).__name__}") from None
         values = list(values)
+        prepared: Sequence[PreparedRecord]
         if values:
             # key and headers are shared by the whole batch: validate and encode them once.
             k, h = encode_key(key), encode_headers(headers)
-            prepared = [
-                (k, h, "bytes", v, len(v)) if type(v) is bytes else (k, h, *encode_value(v)) for v in values
-            ]
+            if list(map(type, values)).count(bytes) == len(values):  # the batch path's fast case
+                prepared = _append.SharedRows(k, h, values)
+            else:
+                prepared = [
+                    (k, h, "bytes", v, len(v)) if type(v) is bytes else (k, h, *encode_value(v)) for v in values
+                ]
         else:
             prepared = []
         if dedup_ids is not None:

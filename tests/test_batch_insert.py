@@ -15,10 +15,12 @@ import itertools
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 import sqlstream
-from sqlstream.append import ROWS_PER_INSERT, insert_batch_sql, insert_shared_sql
+from sqlstream.append import ROWS_PER_INSERT, SharedRows, insert_batch_sql, insert_shared_sql
+from sqlstream.errors import PayloadTooLarge
 from sqlstream.records import INLINE_MAX
 
 values = st.one_of(
@@ -128,3 +130,86 @@ def test_the_shared_statement_binds_two_parameters_a_row() -> None:
     assert "(?1,?4+0,?8,?2,?3,?5,?6,?7,?9)" in sql
     assert sql.endswith("(?1,?4+2,?12,?2,?3,?5,?6,?7,?13)")
     assert len(insert_shared_sql(ROWS_PER_INSERT)) < 16 * 1024
+
+
+# A batch of bytes values is handed to the append path as one `SharedRows` (the payloads
+# and their sizes as two lists) and bound by list operations instead of a loop per record.
+
+small_bytes = st.binary(max_size=40) | st.sampled_from([b"", b"z" * INLINE_MAX])  # INLINE_MAX: still in the row
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.integers(0, 3),
+    batch=st.lists(small_bytes, min_size=1, max_size=2 * ROWS_PER_INSERT + 30),
+    key=st.one_of(st.none(), st.text(max_size=4)),
+    headers=st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
+)
+def test_a_batch_of_small_bytes_stores_the_same_columns_as_appends_one_at_a_time(
+    db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
+) -> None:
+    _same_as_one_at_a_time(db, before, batch, key, headers)
+
+
+@given(
+    data=st.lists(st.binary(max_size=8), max_size=12),
+    key=st.one_of(st.none(), st.just("k")),
+    index=st.integers(-15, 15),
+    bounds=st.tuples(st.none() | st.integers(-15, 15), st.none() | st.integers(-15, 15), st.sampled_from([None, 1, 2, -1])),
+)
+def test_shared_rows_are_the_rows_they_stand_for(
+    data: list[bytes], key: str | None, index: int, bounds: tuple[int | None, int | None, int | None]
+) -> None:
+    rows = SharedRows(key, None, data)
+    as_list = [(key, None, "bytes", d, len(d)) for d in data]
+    assert len(rows) == len(as_list) and list(rows) == as_list
+    assert (rows.total, rows.largest) == (sum(map(len, data)), max(map(len, data), default=0))
+    assert rows[slice(*bounds)] == as_list[slice(*bounds)]
+    if -len(data) <= index < len(data):
+        assert rows[index] == as_list[index]
+    else:
+        with pytest.raises(IndexError):
+            rows[index]
+
+
+def test_a_batch_of_small_bytes_is_bound_without_reading_a_row(db: sqlstream.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanism: check_rows and store take sizes and payloads from the lists (a
+    SharedRows item built anywhere on the way would mean a loop per record)."""
+    read: list[object] = []
+    original = SharedRows.__getitem__
+
+    def counting(self: SharedRows, index: Any) -> Any:
+        read.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(SharedRows, "__getitem__", counting)
+    s = db.create_stream("s")
+    assert s.extend([b"abc", b"", b"de"] * ROWS_PER_INSERT) == range(0, 3 * ROWS_PER_INSERT)
+    assert read == []
+    assert s.read_bytes(0, 10).data == b"abcdeabcde"
+    assert [(r.offset, r.position, r.value) for r in s.read(3 * ROWS_PER_INSERT - 3, 3)] == [
+        (597, 995, b"abc"), (598, 998, b""), (599, 998, b"de")]
+    # A payload stored out of the row takes the loop (which reads the rows).
+    s.extend([b"x", b"y" * (INLINE_MAX + 1)])
+    assert read != []
+    assert s.read(600, 2)[1].value == b"y" * (INLINE_MAX + 1)
+
+
+def test_a_batch_of_bytes_over_the_limit_names_the_first_too_large_and_stores_nothing(tmp_path: Any) -> None:
+    db = sqlstream.open(str(tmp_path / "limit.db"), max_record_bytes=100)
+    try:
+        s = db.create_stream("s")
+        with pytest.raises(PayloadTooLarge, match="a record of 101 bytes exceeds"):
+            s.extend([b"a" * 10, b"b" * 101, b"c" * 200])
+        assert s.info().next_offset == 0
+        assert s.extend([b"a" * 100] * 3) == range(0, 3)
+    finally:
+        db.close()
+
+
+def test_a_batch_of_bytes_with_dedup_ids_stores_only_the_new_ones(db: sqlstream.Database) -> None:
+    s = db.create_stream("s")
+    assert s.extend([b"a", b"b"], dedup_ids=["1", "2"]) == [0, 1]
+    assert s.extend([b"b2", b"c", b"d", b"c2"], dedup_ids=["2", "3", None, "3"]) == [1, 2, 3, 2]
+    assert [(r.offset, r.position, r.value) for r in s.read(0, 10)] == [
+        (0, 0, b"a"), (1, 1, b"b"), (2, 2, b"c"), (3, 3, b"d")]
