@@ -58,31 +58,35 @@ PreparedRecord = tuple["str | None", "str | None", str, "bytes | str", int]
 
 
 class SharedRows(Sequence[PreparedRecord]):
-    """A batch of byte payloads that share one key and one headers value.
+    """A batch of payloads of one content type that share one key and one headers value.
 
-    ``Stream.extend`` of ``bytes`` values builds one instead of a list of
-    :data:`PreparedRecord` tuples: it holds the payloads and their sizes as two lists,
-    so the batch path (:func:`check_rows`, :func:`store`) validates and binds them with
-    C-level list operations (``max``, ``sum``, ``accumulate``, slice assignment) and no
-    Python loop per record; measured, this is most of the Python an ``extend`` spent
-    per record (benchmarks/findings.md, "W1: a batch of bytes without a loop per
-    record"). As a ``Sequence`` it is still the rows it stands for (item ``i`` is
-    ``(key, headers, "bytes", data[i], len(data[i]))``), so every other path (dedup ids,
-    big payloads stored out of the row) reads it like a list of rows.
+    ``Stream.extend`` of values that are all ``bytes`` (or all ``str``) builds one
+    instead of a list of :data:`PreparedRecord` tuples: it holds the payloads and their
+    sizes as two lists, so the batch path (:func:`check_rows`, :func:`store`) validates
+    and binds them with C-level list operations (``max``, ``sum``, ``accumulate``, slice
+    assignment) and no Python loop per record; measured, that loop was most of the
+    Python an ``extend`` spent per record (benchmarks/findings.md, "W1: a batch of bytes
+    without a loop per record"). As a ``Sequence`` it is still the rows it stands for
+    (item ``i`` is ``(key, headers, content_type, data[i], sizes[i])``), so every other
+    path (dedup ids, big payloads stored out of the row) reads it like a list of rows.
 
-    ``data`` must hold ``bytes`` objects only (not subclasses, not other buffers): the
-    caller checks; nothing here copies or converts them.
+    The caller vouches for the rows: ``data`` holds exactly ``bytes`` objects for
+    ``"bytes"`` or ``str`` objects for ``"text"``, and ``sizes[i]`` is the stored size
+    of ``data[i]`` (its length; for text, that of its UTF-8 encoding).
     """
 
-    __slots__ = ("key", "headers", "data", "sizes", "total", "largest")
+    __slots__ = ("key", "headers", "content_type", "data", "sizes", "total", "largest")
 
-    def __init__(self, key: str | None, headers: str | None, data: list[bytes]) -> None:
+    def __init__(
+        self, key: str | None, headers: str | None, content_type: str, data: list[Any], sizes: list[int]
+    ) -> None:
         self.key = key
         self.headers = headers
+        self.content_type = content_type
         self.data = data
-        self.sizes = list(map(len, data))
-        self.total = sum(self.sizes)
-        self.largest = max(self.sizes, default=0)
+        self.sizes = sizes
+        self.total = sum(sizes)
+        self.largest = max(sizes, default=0)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -96,8 +100,7 @@ class SharedRows(Sequence[PreparedRecord]):
     def __getitem__(self, index: int | slice) -> PreparedRecord | list[PreparedRecord]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self.data)))]
-        data = self.data[index]
-        return (self.key, self.headers, "bytes", data, len(data))
+        return (self.key, self.headers, self.content_type, self.data[index], self.sizes[index])
 
 
 # At most 9 parameters a row, well under SQLite's 32766-variable limit; and the statement's
@@ -386,7 +389,7 @@ def store(
     elif type(rows) is SharedRows and rows.largest <= inline_max and timestamps is None:
         # The rows of insert_shared_sql, built by list operations: every record's position
         # (a running sum of the sizes) and data interleaved after the shared parameters.
-        head = [stream_id, ts, number, first, rows.key, rows.headers, "bytes"]
+        head = [stream_id, ts, number, first, rows.key, rows.headers, rows.content_type]
         positions = list(accumulate(rows.sizes, initial=position))
         payloads = rows.data
         for start in range(0, count, ROWS_PER_INSERT):

@@ -182,12 +182,9 @@ class Stream:
         if values:
             # key and headers are shared by the whole batch: validate and encode them once.
             k, h = encode_key(key), encode_headers(headers)
-            if list(map(type, values)).count(bytes) == len(values):  # the batch path's fast case
-                prepared = _append.SharedRows(k, h, values)
-            else:
-                prepared = [
-                    (k, h, "bytes", v, len(v)) if type(v) is bytes else (k, h, *encode_value(v)) for v in values
-                ]
+            prepared = _shared_rows(k, h, values) or [
+                (k, h, "bytes", v, len(v)) if type(v) is bytes else (k, h, *encode_value(v)) for v in values
+            ]
         else:
             prepared = []
         if dedup_ids is not None:
@@ -556,6 +553,22 @@ class Stream:
                 position += chunk.length
             if chunk.finished:
                 return
+
+
+def _shared_rows(key: str | None, headers: str | None, values: list[Any]) -> _append.SharedRows | None:
+    """The batch path's fast case: ``values`` all exactly ``bytes``, or all exactly ``str``
+    (valid UTF-8 text), as one :class:`~sqlstream.append.SharedRows`; else None (the
+    caller encodes each value, which also names any that is refused)."""
+    types = list(map(type, values))
+    if types.count(bytes) == len(values):
+        return _append.SharedRows(key, headers, "bytes", values, list(map(len, values)))
+    if types.count(str) == len(values):
+        try:
+            sizes = list(map(len, map(str.encode, values)))
+        except UnicodeEncodeError:  # a lone surrogate: encode_value says which, as InvalidValue
+            return None
+        return _append.SharedRows(key, headers, "text", values, sizes)
+    return None
 
 
 def prepare_record(value: Any, key: Any, headers: Any) -> PreparedRecord:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 
 import sqlstream
 from sqlstream.append import ROWS_PER_INSERT, SharedRows, insert_batch_sql, insert_shared_sql
-from sqlstream.errors import PayloadTooLarge
+from sqlstream.errors import InvalidValue, PayloadTooLarge
 from sqlstream.records import INLINE_MAX
 
 values = st.one_of(
@@ -151,6 +151,30 @@ def test_a_batch_of_small_bytes_stores_the_same_columns_as_appends_one_at_a_time
     _same_as_one_at_a_time(db, before, batch, key, headers)
 
 
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.integers(0, 3),
+    # Non-ASCII text: a record's size (and the next one's position) is its UTF-8 length.
+    batch=st.lists(st.text(max_size=12) | st.sampled_from(["é" * 453, "€"]), min_size=1,
+                   max_size=2 * ROWS_PER_INSERT + 30),
+    key=st.one_of(st.none(), st.text(max_size=4)),
+)
+def test_a_batch_of_text_stores_the_same_columns_as_appends_one_at_a_time(
+    db: sqlstream.Database, before: int, batch: list[object], key: str | None
+) -> None:
+    _same_as_one_at_a_time(db, before, batch, key, None)
+
+
+def test_a_batch_of_text_with_a_lone_surrogate_is_refused_and_stores_nothing(db: sqlstream.Database) -> None:
+    s = db.create_stream("s")
+    with pytest.raises(InvalidValue, match="valid Unicode"):
+        s.extend(["fine", "bad \udc80"])
+    assert s.info().next_offset == 0
+    assert s.extend(["a", "é"]) == range(0, 2)
+    assert [(r.position, r.value, r.content_type) for r in s.read(0, 2)] == [(0, "a", "text"), (1, "é", "text")]
+    assert s.info().byte_length == 3
+
+
 @given(
     data=st.lists(st.binary(max_size=8), max_size=12),
     key=st.one_of(st.none(), st.just("k")),
@@ -160,7 +184,7 @@ def test_a_batch_of_small_bytes_stores_the_same_columns_as_appends_one_at_a_time
 def test_shared_rows_are_the_rows_they_stand_for(
     data: list[bytes], key: str | None, index: int, bounds: tuple[int | None, int | None, int | None]
 ) -> None:
-    rows = SharedRows(key, None, data)
+    rows = SharedRows(key, None, "bytes", data, list(map(len, data)))
     as_list = [(key, None, "bytes", d, len(d)) for d in data]
     assert len(rows) == len(as_list) and list(rows) == as_list
     assert (rows.total, rows.largest) == (sum(map(len, data)), max(map(len, data), default=0))
@@ -193,6 +217,11 @@ def test_a_batch_of_small_bytes_is_bound_without_reading_a_row(db: sqlstream.Dat
     s.extend([b"x", b"y" * (INLINE_MAX + 1)])
     assert read != []
     assert s.read(600, 2)[1].value == b"y" * (INLINE_MAX + 1)
+    read.clear()
+    t = db.create_stream("t")
+    assert t.extend(["é", "ab"] * ROWS_PER_INSERT) == range(0, 2 * ROWS_PER_INSERT)
+    assert read == []
+    assert [(r.position, r.value) for r in t.read(2 * ROWS_PER_INSERT - 2, 2)] == [(796, "é"), (798, "ab")]
 
 
 def test_a_batch_of_bytes_over_the_limit_names_the_first_too_large_and_stores_nothing(tmp_path: Any) -> None:
