@@ -136,33 +136,23 @@ def test_the_shared_statement_binds_two_parameters_a_row() -> None:
 # and their sizes as two lists) and bound by list operations instead of a loop per record.
 
 small_bytes = st.binary(max_size=40) | st.sampled_from([b"", b"z" * INLINE_MAX])  # INLINE_MAX: still in the row
+# Non-ASCII text: a record's size (and the next one's position) is its UTF-8 length.
+utf8_text = st.text(max_size=12) | st.sampled_from(["é" * 453, "€"])
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     before=st.integers(0, 3),
-    batch=st.lists(small_bytes, min_size=1, max_size=2 * ROWS_PER_INSERT + 30),
+    # Sizes drawn first, so batches that cross one or two INSERT boundaries are common.
+    batch=st.tuples(st.integers(1, 2 * ROWS_PER_INSERT + 30), st.sampled_from([small_bytes, utf8_text])).flatmap(
+        lambda size_kind: st.lists(size_kind[1], min_size=size_kind[0], max_size=size_kind[0])),
     key=st.one_of(st.none(), st.text(max_size=4)),
     headers=st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
 )
-def test_a_batch_of_small_bytes_stores_the_same_columns_as_appends_one_at_a_time(
+def test_a_batch_of_small_bytes_or_of_text_stores_the_same_columns_as_appends_one_at_a_time(
     db: sqlstream.Database, before: int, batch: list[object], key: str | None, headers: dict[str, str] | None
 ) -> None:
     _same_as_one_at_a_time(db, before, batch, key, headers)
-
-
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    before=st.integers(0, 3),
-    # Non-ASCII text: a record's size (and the next one's position) is its UTF-8 length.
-    batch=st.lists(st.text(max_size=12) | st.sampled_from(["é" * 453, "€"]), min_size=1,
-                   max_size=2 * ROWS_PER_INSERT + 30),
-    key=st.one_of(st.none(), st.text(max_size=4)),
-)
-def test_a_batch_of_text_stores_the_same_columns_as_appends_one_at_a_time(
-    db: sqlstream.Database, before: int, batch: list[object], key: str | None
-) -> None:
-    _same_as_one_at_a_time(db, before, batch, key, None)
 
 
 def test_a_batch_of_text_with_a_lone_surrogate_is_refused_and_stores_nothing(db: sqlstream.Database) -> None:
