@@ -561,7 +561,11 @@ class Engine:
     def snapshot(self) -> Iterator[apsw.Connection]:
         """A consistent read: the writer's own view inside a write scope, else a read txn.
 
-        apsw errors raised inside leave as sqlstream errors (cause kept).
+        Nested in another snapshot of the same thread (outside a write scope), it joins
+        that one's read transaction: code that makes several reads (each its own
+        snapshot) sees one state of the file when a caller wraps them in one snapshot,
+        without the write lock a ``db.transaction()`` would take. apsw errors raised
+        inside leave as sqlstream errors (cause kept).
         """
         self.check_process()
         if self.in_transaction():
@@ -572,6 +576,12 @@ class Engine:
         with guard:
             if self._closing:  # closed by another thread while we waited for the guard
                 raise DatabaseClosed(f"the database {self.path} is closed")
+            if not conn.getautocommit():
+                # Only this thread uses its read connection (the guard is held), and only
+                # an enclosing snapshot leaves it inside a transaction: join it.
+                with translate():
+                    yield conn
+                return
             with translate():
                 conn.execute("BEGIN")
                 try:

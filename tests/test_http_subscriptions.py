@@ -927,3 +927,45 @@ def test_a_webhook_by_host_name_is_called_at_the_checked_address_with_its_name_a
         assert headers["host"] == url.split("/")[2]  # localhost:PORT, though the call went to 127.0.0.1
     finally:
         receiver.close()
+
+
+def test_describing_a_subscription_neither_waits_for_nor_takes_the_write_lock(tmp_path: Path) -> None:
+    """GET of a subscription reads one snapshot: answered while another connection holds
+    the write lock (it used to run in db.transaction(), BEGIN IMMEDIATE, and time out)."""
+    import apsw
+
+    path = str(tmp_path / "describe.db")
+    db = sqlstream.open(path, busy_timeout=0.05)
+    try:
+        db.create_stream("wake", metadata={"content_type": "application/json"})
+        stream = db.create_stream("s", metadata={"content_type": "application/json"})
+        stream.extend([{"n": 1}, {"n": 2}])
+        store = DsStore(db)
+        assert store.create("g", parse_config({"type": "pull-wake", "streams": ["s"], "wake_stream": "wake"}))
+        before = store.describe("g")
+        writer = apsw.Connection(path)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            writer.execute("DELETE FROM ds_subscription_links")  # uncommitted: the snapshot must not see it
+            held = store.describe("g")
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        assert held == before and [s["path"] for s in held["streams"]] == ["s"]
+    finally:
+        db.close()
+
+
+def test_nested_snapshots_of_a_thread_read_one_state_of_the_file(db: sqlstream.Database) -> None:
+    s = db.create_stream("s")
+    s.append(b"a")
+    other = sqlstream.open(db.path)
+    try:
+        with db.engine.snapshot():
+            first = db.stream_info("s").next_offset
+            other.stream("s").append(b"b")  # committed by another connection meanwhile
+            assert db.stream_info("s").next_offset == first == 1  # the inner read joins the outer one
+            assert [r.value for r in s.read(0, 10)] == [b"a"]
+        assert db.stream_info("s").next_offset == 2
+    finally:
+        other.close()

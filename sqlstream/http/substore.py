@@ -188,8 +188,9 @@ class DsStore:
 
     def describe(self, sid: str, signing: dict[str, str] | None = None) -> dict[str, Any]:
         """The GET answer (PROTOCOL.md 6.3); ``acked_offset``: every record before it was acked;
-        ``signing``: the webhook signing metadata (alg, kid, jwks_url) to show."""
-        with self.db.transaction():
+        ``signing``: the webhook signing metadata (alg, kid, jwks_url) to show. One read
+        snapshot for all of it: consistent, and no wait behind (or hold on) the write lock."""
+        with self.db.engine.snapshot():
             row = self._must(sid)
             streams = []
             for path, explicit, _glob in self._links(sid):
