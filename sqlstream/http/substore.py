@@ -121,8 +121,9 @@ class _Row:
 
 class DsStore:
     """The subscriptions of one file (see the module docstring). Every method is atomic:
-    it runs in one ``db.transaction()`` (an error rolls all of it back) and raises
-    :class:`DsError` for what the protocol refuses."""
+    one that writes runs in one ``db.transaction()`` (an error rolls all of it back),
+    :meth:`describe` in one read snapshot; each raises :class:`DsError` for what the
+    protocol refuses."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
