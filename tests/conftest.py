@@ -6,6 +6,7 @@ import gc
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,37 @@ if os.environ.get("SQLSTREAM_TEST_INSTALLED") != "1" and str(ROOT) not in sys.pa
     sys.path.insert(0, str(ROOT))
 
 import sqlstream  # noqa: E402
+
+
+# Where the suite's files go: a RAM file system (/dev/shm) when there is one with room,
+# unless the caller chose (TMPDIR set). A new database file costs ~7 ms of CPU and ~36 ms
+# of wall time on this project's CI disk, ten fdatasync()s of it (two rollback-journal
+# transactions to set auto_vacuum and WAL, the first WAL frame, the checkpoint at close),
+# and the suite creates ~2,100 of them and opens ~2,700 more: the workers waited on the
+# disk for the most part of their time (benchmarks/findings.md, issue 20 item 2,
+# second round). No test depends on data reaching the disk (a crash test kills a
+# process; it cannot cut the power), so the tests check the same things on either;
+# SQLSTREAM_TEST_DISK_TMP=1 keeps the system's temporary folder. Set before pytest picks
+# its base temporary folder and before any worker or child starts, so all of them
+# (tempfile.mkdtemp() in the models, tmp_path) use it. A passed test's tmp_path is
+# removed at its teardown (pyproject.toml: tmp_path_retention_policy), so the run holds
+# little memory; a failed test's stays for a look, as on disk.
+_RAM_TMP, _RAM_TMP_ROOM = "/dev/shm", 2 << 30
+
+
+def _ram_temp_root() -> None:
+    if os.environ.get("TMPDIR") or os.environ.get("SQLSTREAM_TEST_DISK_TMP") == "1":
+        return
+    try:
+        st = os.statvfs(_RAM_TMP)
+    except OSError:
+        return
+    if st.f_bavail * st.f_frsize >= _RAM_TMP_ROOM and os.access(_RAM_TMP, os.W_OK | os.X_OK):
+        os.environ["TMPDIR"] = _RAM_TMP
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+_ram_temp_root()
 
 from hypothesis import HealthCheck, is_hypothesis_test, settings  # noqa: E402
 

@@ -4,6 +4,7 @@ be) and the file a Hypothesis model attacks, two sqlstream handles and that conn
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import apsw
@@ -48,3 +49,4 @@ class TwoHandlesAndSql(RuleBasedStateMachine):
             db.close()
         if self.dir:
             self.sql.close()
+            shutil.rmtree(self.dir, ignore_errors=True)  # one folder per example, in RAM where the suite's temp is

@@ -51,6 +51,9 @@ def _wal_frames(path: str) -> int:
     return max(0, (size - 32) // (24 + 4096))
 
 
+TRANSIENT_BUSY = 60.0  # seconds another connection's checkpoint may keep one from running
+
+
 def test_past_the_hard_limit_a_held_wal_is_not_checkpointed_at_every_commit(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,7 +96,15 @@ def test_past_the_hard_limit_a_held_wal_is_not_checkpointed_at_every_commit(
         assert cp.restarts == restarts0 + 1, (cp.restarts_tried, tried)
         stream.append(b"z")  # the first commit after the RESTART writes at the WAL's start
         check = apsw.Connection(db_path)
-        busy, log, copied = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        # The background thread's own PASSIVE checkpoint (asked for every SOFT_LIMIT pages)
+        # may be running: then this one reports busy, -1, -1 (seen once in a whole-suite
+        # run) and is asked again; the WAL's size is what is checked.
+        deadline = time.monotonic() + TRANSIENT_BUSY
+        while True:
+            busy, log, copied = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            if busy == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         check.close()
         assert busy == 0 and log < 20, (log, copied)
     finally:
