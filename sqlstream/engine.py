@@ -693,7 +693,7 @@ class WriteScope:
     outermost commit calls ``notifier.committed()`` when marked.
     """
 
-    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0", "acquired", "open")
+    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0", "acquired", "open", "forks")
 
     def __init__(self, engine: Engine, wakes: bool | None) -> None:
         self.engine = engine
@@ -755,6 +755,7 @@ class WriteScope:
             raise
         # No call from here to the return: nothing can interrupt between these stores.
         engine._tx_depth = depth + 1
+        self.forks = _forks
         self.open = True
         return conn
 
@@ -771,6 +772,8 @@ class WriteScope:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         engine, conn, depth = self.engine, self.conn, self.depth
+        if self.forks != _forks:
+            return self._inherited(exc_type)
         # Whether the block has ended (committed, released or rolled back): anything raised
         # before that, a Ctrl-C between two statements here included, rolls it back.
         ended = False
@@ -819,6 +822,37 @@ class WriteScope:
         finally:
             if self.acquired:
                 engine._lock.release()
+
+
+    def _inherited(self, exc_type: object) -> None:
+        """Leave a scope opened before ``os.fork()``, in the child: the transaction and
+        its connection are the parent's. Committing the child's copy wrote the parent's
+        uncommitted pages into the WAL at the end the copy knew, over what the parent
+        committed since; rolling it back can touch the shared WAL index. So neither
+        runs: the child's Database drops the parent's connections (as on its first use
+        after a fork) and the block fails, or the block's own exception propagates."""
+        self.open = False
+        engine = self.engine
+        if not engine._closed:
+            engine.check_process()
+        if exc_type is None:
+            raise DatabaseError(
+                "this transaction was opened before os.fork() in the parent process: it is "
+                "the parent's, and nothing the child wrote in the block is committed",
+                hint="fork outside transactions: SQLite's lock state in this process still "
+                "shows the parent's write lock, so this child's writes to the file wait out "
+                "the busy timeout (reads work)",
+            )
+
+
+# Forks of this process so far, counted in the child (os.register_at_fork): a write scope
+# notes the count at entry, so one left in a forked child is told from the parent's.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
 
 
 def _no_changes() -> int:
@@ -881,6 +915,7 @@ def _reset_init_locks() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_init_locks)
+    os.register_at_fork(after_in_child=_count_fork)
 
 
 # Connections inherited across fork: kept referenced so they are never closed (or
