@@ -815,9 +815,15 @@ class WriteScope:
                 hook = engine._wal_hook
                 if hook is not None and hook.restart_due:
                     hook.restart(conn)
-        except BaseException:
+        except BaseException as err:
             if not ended:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
+            if isinstance(err, apsw.Error):
+                # The connection failed under the block's end: closed by db.close() inside
+                # the block or, past the busy timeout, from another thread.
+                if engine._closed:
+                    raise _closed_in_scope(engine.path) from err
+                raise convert(err) from err
             raise
         finally:
             if self.acquired:
@@ -880,6 +886,15 @@ def _checkpoint_on_close(conn: apsw.Connection) -> None:
     with contextlib.suppress(apsw.Error):
         conn.set_busy_timeout(0)
         conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+
+def _closed_in_scope(path: str) -> DatabaseClosed:
+    return DatabaseClosed(
+        f"the database {path} was closed while this transaction was open; nothing written "
+        "in the db.transaction() block is committed",
+        hint="close the Database after the transaction block ends (close() from another "
+        "thread waits up to busy_timeout for it)",
+    )
 
 
 def _rolled_back() -> DatabaseError:
