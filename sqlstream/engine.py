@@ -40,6 +40,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, overload
@@ -327,6 +328,9 @@ class Engine:
             with self._open_lock:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
+                    cx.connection_busy_handler(conn, self.busy_timeout, self._refuse_waiting_for_itself)
+                    with _writers_lock:
+                        _writers.add(self)
                     if self.checkpoints == "auto":
                         self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
                     # Made once per connection, not per append: the statement runner and
@@ -342,6 +346,23 @@ class Engine:
                     self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
                 conn = self._wconn
         return conn
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """The write connection's busy handler, before its first wait: when this thread
+        holds a write transaction of another Database on this file (two handles opened in
+        one process), the lock it waits for is its own and would never come free; it
+        waited out busy_timeout and got a LockTimeout blaming another connection."""
+        with _writers_lock:
+            others = [e for e in _writers if e is not self and e.notifier is self.notifier and not e._closed]
+        for other in others:
+            if other.in_transaction():
+                raise LockTimeout(
+                    f"this thread holds a write transaction of another Database on {self.path}: "
+                    "this write would wait for that transaction's lock, which this thread holds",
+                    hint="write through the Database whose transaction is open (one sqlstream.open() per "
+                    "file per process is enough), or end its transaction first",
+                    cli_hint="",
+                )
 
     def read_conn(self) -> apsw.Connection:
         """This thread's read connection (autocommit, ``query_only``, opened NOMUTEX).
@@ -848,6 +869,7 @@ class WriteScope:
                 hint="fork outside transactions: SQLite's lock state in this process still "
                 "shows the parent's write lock, so this child's writes to the file wait out "
                 "the busy timeout (reads work)",
+                cli_hint="",
             )
 
 
@@ -894,6 +916,7 @@ def _closed_in_scope(path: str) -> DatabaseClosed:
         "in the db.transaction() block is committed",
         hint="close the Database after the transaction block ends (close() from another "
         "thread waits up to busy_timeout for it)",
+        cli_hint="",  # only the Python API opens transactions
     )
 
 
@@ -923,14 +946,21 @@ def _init_lock(path: str) -> threading.RLock:
 
 def _reset_init_locks() -> None:
     """After fork: a lock another parent thread held would stay held in the child forever."""
-    global _init_locks_guard
+    global _init_locks_guard, _writers_lock
     _init_locks_guard = threading.Lock()
     _init_locks.clear()
+    _writers_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_init_locks)
     os.register_at_fork(after_in_child=_count_fork)
+
+
+# Engines with a write connection, for _refuse_waiting_for_itself (weak: a closed and
+# dropped Database leaves it).
+_writers: weakref.WeakSet[Engine] = weakref.WeakSet()
+_writers_lock = threading.Lock()
 
 
 # Connections inherited across fork: kept referenced so they are never closed (or

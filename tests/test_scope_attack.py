@@ -43,3 +43,37 @@ def test_a_close_from_another_thread_past_the_busy_timeout_ends_the_block_with_d
             assert closed.is_set()
     with sqlstream.open(db_path) as db:
         assert [r.value for r in db.stream("s").read(0, 10)] == ["committed"]
+
+
+def test_a_write_through_a_second_database_inside_the_firsts_transaction_is_refused_at_once(db_path: str) -> None:
+    """Two handles on one file in one process, one thread: the second's BEGIN waited for the
+    lock the first's open transaction holds (its own thread's) for all of busy_timeout,
+    then blamed another connection (the unfixed code fails here after b's 1 s, on the
+    message)."""
+    a = sqlstream.open(db_path)
+    b = sqlstream.open(db_path, busy_timeout=1.0)
+    try:
+        a.create_stream("s").append("committed")
+        with a.transaction():
+            a.stream("s").append("in a's block")
+            with pytest.raises(errors.LockTimeout, match="this thread holds a write transaction"):
+                b.stream("s").append("through b")
+            a.stream("s").append("a goes on")
+        b.stream("s").append("b after the block")  # b's connection is fine
+        assert [r.value for r in b.stream("s").read(0, 10)] == [
+            "committed", "in a's block", "a goes on", "b after the block"]
+        # Another thread's write through a third handle waits for a's block as before.
+        c = sqlstream.open(db_path)
+        done = threading.Event()
+        with a.transaction():
+            a.stream("s").append("a again")
+            writer = threading.Thread(target=lambda: (c.stream("s").append("b from a thread"), done.set()))
+            writer.start()
+            assert not done.wait(0.2)  # waiting behind a's block, not refused
+        writer.join()
+        c.close()
+        assert done.is_set()
+        assert [r.value for r in b.stream("s").read(4, 10)] == ["a again", "b from a thread"]
+    finally:
+        a.close()
+        b.close()
