@@ -4,7 +4,7 @@ import signal, argparse, hashlib, io, os, subprocess, sys, random, itertools, co
 sys.path.insert(0, "/work/wt/attack6")
 from sqlstream.cli.main import build_parser, main
 import sqlstream, apsw
-BASE = "/tmp/a6/clifuzz_base.db"
+BASE = "/tmp/clifuzz_base.db"
 if os.path.exists(BASE):
     os.remove(BASE)
 with sqlstream.open(BASE) as db:
@@ -44,7 +44,7 @@ for cmd, sp in sub.choices.items():
             args += [a.option_strings[-1]]
         if any("\x00" in x for x in args):
             args = [x.replace("\x00", "") for x in args] if rnd.random() < 0.5 else args
-        db = f"/tmp/a6/clifuzz.db"
+        db = f"/tmp/clifuzz.db"
         for f in (db, db + "-wal", db + "-shm"):
             if os.path.exists(f): os.remove(f)
         shutil.copy(BASE, db)

@@ -1,5 +1,5 @@
 import sqlstream, os, sys, apsw, time
-p = "/tmp/a6/fork3.db"
+p = "/tmp/fork3.db"
 for f in (p, p+"-wal", p+"-shm"):
     if os.path.exists(f): os.remove(f)
 db = sqlstream.open(p)

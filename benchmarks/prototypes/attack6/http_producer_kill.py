@@ -5,7 +5,7 @@ import os, sys, subprocess, threading, time, json, signal, random
 import httpx, sqlstream
 from sqlstream.http import protocol as p
 ROOT = "/work/wt/attack6"
-path = "/tmp/a6/httpkill.db"
+path = "/tmp/httpkill.db"
 for f in (path, path+"-wal", path+"-shm"):
     if os.path.exists(f): os.remove(f)
 url_box = {}

@@ -6,7 +6,7 @@ import os, random, sys, apsw, sqlstream
 from sqlstream import errors
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 rnd = random.Random(seed)
-p = f"/tmp/a6/nested{seed}.db"
+p = f"/tmp/nested{seed}.db"
 for f in (p, p+"-wal", p+"-shm"):
     if os.path.exists(f): os.remove(f)
 A = sqlstream.open(p); B = sqlstream.open(p)
