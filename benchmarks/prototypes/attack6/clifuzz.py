@@ -1,7 +1,7 @@
 """Hostile arguments to every subcommand: no traceback, no 'internal error', exit in {0,1,2}, and
 the file's content unchanged when the command refused (exit != 0)."""
 import signal, argparse, hashlib, io, os, subprocess, sys, random, itertools, contextlib, shutil
-sys.path.insert(0, "/work/wt/attack6")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 from sqlstream.cli.main import build_parser, main
 import sqlstream, apsw
 BASE = "/tmp/clifuzz_base.db"

@@ -4,7 +4,7 @@ stored exactly once, in seq order, each batch contiguous."""
 import os, sys, subprocess, threading, time, json, signal, random
 import httpx, sqlstream
 from sqlstream.http import protocol as p
-ROOT = "/work/wt/attack6"
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 path = "/tmp/httpkill.db"
 for f in (path, path+"-wal", path+"-shm"):
     if os.path.exists(f): os.remove(f)
