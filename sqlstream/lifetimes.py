@@ -66,11 +66,18 @@ class Lifetime(NamedTuple):
 MAX_EXPIRES_AT = 253402300799
 
 
+#: The longest ``ttl`` (2**53 - 1 s, the HTTP front's largest Stream-TTL): an int beyond
+#: SQLite's integers raised OverflowError when stored.
+MAX_TTL = 2**53 - 1
+
+
 def _check_expiry(ttl: float | None, expires_at: float | None) -> None:
     for what, value in (("ttl", ttl), ("expires_at", expires_at)):
+        # (The bound first: math.isfinite() of a huge int raises OverflowError.)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
-            raise InvalidArgument(f"{what} must be a non-negative number of seconds or None, not {value!r}")
+                                  or not -1 < value <= MAX_TTL or not math.isfinite(value) or value < 0):
+            raise InvalidArgument(f"{what} must be a non-negative number of seconds or None, not {value!r}",
+                                  hint=f"at most {MAX_TTL:,} (ttl) or {MAX_EXPIRES_AT} (expires_at)")
     if expires_at is not None and expires_at > MAX_EXPIRES_AT:
         raise InvalidArgument(
             f"expires_at must be at most {MAX_EXPIRES_AT} (9999-12-31T23:59:59Z), not {expires_at!r}",
