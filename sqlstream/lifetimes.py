@@ -72,17 +72,17 @@ MAX_TTL = 2**53 - 1
 
 
 def _check_expiry(ttl: float | None, expires_at: float | None) -> None:
-    for what, value in (("ttl", ttl), ("expires_at", expires_at)):
-        # (The bound first: math.isfinite() of a huge int raises OverflowError.)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not -1 < value <= MAX_TTL or not math.isfinite(value) or value < 0):
-            raise InvalidArgument(f"{what} must be a non-negative number of seconds or None, not {value!r}",
-                                  hint=f"at most {MAX_TTL:,} (ttl) or {MAX_EXPIRES_AT} (expires_at)")
-    if expires_at is not None and expires_at > MAX_EXPIRES_AT:
-        raise InvalidArgument(
-            f"expires_at must be at most {MAX_EXPIRES_AT} (9999-12-31T23:59:59Z), not {expires_at!r}",
-            hint="for a stream that never expires, leave expires_at None",
-        )
+    for what, value, most, shown in (("ttl", ttl, MAX_TTL, f"{MAX_TTL:,}"),
+                                     ("expires_at", expires_at, MAX_EXPIRES_AT, f"{MAX_EXPIRES_AT} (9999-12-31T23:59:59Z)")):
+        if value is None:
+            continue
+        # The bound before math.isfinite(), which raises OverflowError for a huge int.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(min(value, most)) \
+                or value < 0:
+            raise InvalidArgument(f"{what} must be a non-negative number of seconds or None, not {value!r}")
+        if value > most:
+            raise InvalidArgument(f"{what} must be at most {shown}, not {value!r}",
+                                  hint="for a stream that never expires, leave it None")
 
 
 def _row(q: cx.Query, name: str) -> tuple[int, tuple[Any, ...] | None]:
