@@ -332,7 +332,8 @@ class Engine:
                     with _writers_lock:
                         _writers.add(self)
                     if self.checkpoints == "auto":
-                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
+                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout,
+                                                         self._refuse_waiting_for_itself)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wcur = conn.cursor()

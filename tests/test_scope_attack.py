@@ -77,3 +77,25 @@ def test_a_write_through_a_second_database_inside_the_firsts_transaction_is_refu
     finally:
         a.close()
         b.close()
+
+
+def test_the_self_wait_check_survives_a_restart_checkpoint(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RESTART checkpoint (past checkpoint.HARD_LIMIT pages of WAL, run after a COMMIT)
+    puts the write connection's busy handler back when done: it put back one without
+    the check, so from then on the self-wait waited out busy_timeout again."""
+    from sqlstream import checkpoint
+
+    monkeypatch.setattr(checkpoint, "HARD_LIMIT", 1)  # every commit marks a RESTART due
+    monkeypatch.setattr(checkpoint, "SOFT_LIMIT", 1)
+    a = sqlstream.open(db_path)
+    b = sqlstream.open(db_path, busy_timeout=1.0)
+    try:
+        a.create_stream("s")
+        b.stream("s").extend([b"x" * 5000] * 4)  # b's COMMIT runs a RESTART on b's connection
+        with a.transaction():
+            a.stream("s").append("in a's block")
+            with pytest.raises(errors.LockTimeout, match="this thread holds a write transaction"):
+                b.stream("s").append("through b")
+    finally:
+        a.close()
+        b.close()
