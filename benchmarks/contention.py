@@ -60,20 +60,22 @@ def _configure(variant: str) -> None:
         connection.QUEUE_SLICE = int(variant[5:] or 0) * 1000  # type: ignore[attr-defined]
         return
     if variant == "stock":
-        def stock(conn: apsw.Connection, timeout: float) -> None:
-            conn.set_busy_timeout(int(timeout * 1000))
+        def stock(conn: apsw.Connection, timeout: float, first: Any = None) -> None:
+            conn.set_busy_timeout(int(timeout * 1000))  # (first: the same-thread check, left out)
 
         connection.connection_busy_handler = stock
         return
     low, high = (int(x) / 1e6 for x in variant[len("jitter"):].split("-"))
 
-    def jittered(conn: apsw.Connection, timeout: float) -> None:
+    def jittered(conn: apsw.Connection, timeout: float, first: Any = None) -> None:
         state = {"start": 0.0}
 
         def handler(tries: int) -> bool:
             now = time.monotonic()
             if tries == 0:
                 state["start"] = now
+                if first is not None:
+                    first()
             elif now - state["start"] >= timeout:
                 return False
             time.sleep(min(high, low * (2 ** min(tries, 12))) * (0.5 + random.random()))

@@ -33,6 +33,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import apsw
 
@@ -148,11 +149,15 @@ class WalHook:
     RESTART waits for: it would always fail there). At most one RESTART per
     ``SOFT_LIMIT`` pages of WAL growth."""
 
-    __slots__ = ("checkpointer", "busy_timeout", "asked_at", "tried_at", "restart_due")
+    __slots__ = ("checkpointer", "busy_timeout", "first", "asked_at", "tried_at", "restart_due")
 
-    def __init__(self, checkpointer: Checkpointer, busy_timeout: float) -> None:
+    def __init__(self, checkpointer: Checkpointer, busy_timeout: float,
+                 first: Callable[[], None] | None = None) -> None:
         self.checkpointer = checkpointer
-        self.busy_timeout = busy_timeout  # the connection's own, put back after a RESTART
+        # The connection's own busy handler, put back after a RESTART: its timeout and
+        # its check before the first wait (connection_busy_handler's ``first``).
+        self.busy_timeout = busy_timeout
+        self.first = first
         self.asked_at = 0  # WAL size at the last request: ask again after SOFT_LIMIT more pages
         self.tried_at = 0  # WAL size at the last RESTART marked due
         self.restart_due = False
@@ -198,14 +203,16 @@ class WalHook:
                     return
         finally:
             with contextlib.suppress(apsw.Error):
-                connection_busy_handler(conn, self.busy_timeout)
+                connection_busy_handler(conn, self.busy_timeout, self.first)
 
 
-def install_wal_hook(conn: apsw.Connection, checkpointer: Checkpointer, busy_timeout: float) -> WalHook:
+def install_wal_hook(conn: apsw.Connection, checkpointer: Checkpointer, busy_timeout: float,
+                     first: Callable[[], None] | None = None) -> WalHook:
     """Replace SQLite's inline autocheckpoint on ``conn`` with the background one and the
     RESTART past ``HARD_LIMIT``; the caller runs :meth:`WalHook.restart` after a COMMIT
-    when ``restart_due`` (``busy_timeout``: the connection's own)."""
-    hook = WalHook(checkpointer, busy_timeout)
+    when ``restart_due`` (``busy_timeout`` and ``first``: the connection's own busy
+    handler, as :func:`~sqlstream.connection.connection_busy_handler` takes them)."""
+    hook = WalHook(checkpointer, busy_timeout, first)
     # A bound method, not the instance: calling an instance from C looks up __call__ on
     # its type at every commit (~2,000 instructions more per append, callgrind).
     conn.set_wal_hook(hook.on_commit)

@@ -81,12 +81,14 @@ def _jitter() -> float:
     return int.from_bytes(os.urandom(2), "big") / 65536
 
 
-def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
+def connection_busy_handler(conn: apsw.Connection, timeout: float, first: Callable[[], None] | None = None) -> None:
     """Retry a busy database for up to ``timeout`` seconds, with short jittered sleeps.
 
     SQLite's built-in busy timeout sleeps up to 100 ms between tries, which starves
     writers of a busy file; short sleeps let queued writers follow each other closely.
     When the handler gives up, SQLite reports SQLITE_BUSY and the caller gets LockTimeout.
+    ``first`` is called before the first wait: an exception it raises leaves the
+    statement at once (apsw raises it), for a wait that could never end.
     """
     state = {"start": 0.0}
 
@@ -94,6 +96,8 @@ def connection_busy_handler(conn: apsw.Connection, timeout: float) -> None:
         now = time.monotonic()
         if tries == 0:
             state["start"] = now
+            if first is not None:
+                first()
         elif now - state["start"] >= timeout:
             return False
         # 50 µs doubling to 2 ms, jittered so that waiting processes do not retry in step.

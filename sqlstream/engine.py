@@ -40,6 +40,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar, overload
@@ -327,8 +328,12 @@ class Engine:
             with self._open_lock:
                 if self._wconn is None:
                     conn = self.connect(readonly=False)
+                    cx.connection_busy_handler(conn, self.busy_timeout, self._refuse_waiting_for_itself)
+                    with _writers_lock:
+                        _writers.add(self)
                     if self.checkpoints == "auto":
-                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout)
+                        self._wal_hook = install_wal_hook(conn, self.notifier.checkpointer, self.busy_timeout,
+                                                         self._refuse_waiting_for_itself)
                     # Made once per connection, not per append: the statement runner and
                     # the transaction's lazily assigned commit number.
                     self._wcur = conn.cursor()
@@ -342,6 +347,23 @@ class Engine:
                     self._inline_max = inline_max(int(cx.pragma(conn, "page_size")))
                 conn = self._wconn
         return conn
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """The write connection's busy handler, before its first wait: when this thread
+        holds a write transaction of another Database on this file (two handles opened in
+        one process), the lock it waits for is its own and would never come free; it
+        waited out busy_timeout and got a LockTimeout blaming another connection."""
+        with _writers_lock:
+            others = [e for e in _writers if e is not self and e.notifier is self.notifier and not e._closed]
+        for other in others:
+            if other.in_transaction():
+                raise LockTimeout(
+                    f"this thread holds a write transaction of another Database on {self.path}: "
+                    "this write would wait for that transaction's lock, which this thread holds",
+                    hint="write through the Database whose transaction is open (one sqlstream.open() per "
+                    "file per process is enough), or end its transaction first",
+                    cli_hint="",
+                )
 
     def read_conn(self) -> apsw.Connection:
         """This thread's read connection (autocommit, ``query_only``, opened NOMUTEX).
@@ -703,7 +725,7 @@ class WriteScope:
     outermost commit calls ``notifier.committed()`` when marked.
     """
 
-    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0", "acquired", "open")
+    __slots__ = ("engine", "wakes", "conn", "depth", "changes0", "quiet0", "acquired", "open", "forks")
 
     def __init__(self, engine: Engine, wakes: bool | None) -> None:
         self.engine = engine
@@ -765,6 +787,7 @@ class WriteScope:
             raise
         # No call from here to the return: nothing can interrupt between these stores.
         engine._tx_depth = depth + 1
+        self.forks = _forks
         self.open = True
         return conn
 
@@ -781,6 +804,8 @@ class WriteScope:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         engine, conn, depth = self.engine, self.conn, self.depth
+        if self.forks != _forks:
+            return self._inherited(exc_type)
         # Whether the block has ended (committed, released or rolled back): anything raised
         # before that, a Ctrl-C between two statements here included, rolls it back.
         ended = False
@@ -822,13 +847,51 @@ class WriteScope:
                 hook = engine._wal_hook
                 if hook is not None and hook.restart_due:
                     hook.restart(conn)
-        except BaseException:
+        except BaseException as err:
             if not ended:
                 engine._rollback(conn, depth, f"sqlstream_{depth}")
+            if isinstance(err, apsw.Error):
+                # The connection failed under the block's end: closed by db.close() inside
+                # the block or, past the busy timeout, from another thread.
+                if engine._closed:
+                    raise _closed_in_scope(engine.path) from err
+                raise convert(err) from err
             raise
         finally:
             if self.acquired:
                 engine._lock.release()
+
+
+    def _inherited(self, exc_type: object) -> None:
+        """Leave a scope opened before ``os.fork()``, in the child: the transaction and
+        its connection are the parent's. Committing the child's copy wrote the parent's
+        uncommitted pages into the WAL at the end the copy knew, over what the parent
+        committed since; rolling it back can touch the shared WAL index. So neither
+        runs: the child's Database drops the parent's connections (as on its first use
+        after a fork) and the block fails, or the block's own exception propagates."""
+        self.open = False
+        engine = self.engine
+        if not engine._closed:
+            engine.check_process()
+        if exc_type is None:
+            raise DatabaseError(
+                "this transaction was opened before os.fork() in the parent process: it is "
+                "the parent's, and nothing the child wrote in the block is committed",
+                hint="fork outside transactions: SQLite's lock state in this process still "
+                "shows the parent's write lock, so this child's writes to the file wait out "
+                "the busy timeout (reads work)",
+                cli_hint="",
+            )
+
+
+# Forks of this process so far, counted in the child (os.register_at_fork): a write scope
+# notes the count at entry, so one left in a forked child is told from the parent's.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
 
 
 def _no_changes() -> int:
@@ -858,6 +921,16 @@ def _checkpoint_on_close(conn: apsw.Connection) -> None:
         conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
 
 
+def _closed_in_scope(path: str) -> DatabaseClosed:
+    return DatabaseClosed(
+        f"the database {path} was closed while this transaction was open; nothing written "
+        "in the db.transaction() block is committed",
+        hint="close the Database after the transaction block ends (close() from another "
+        "thread waits up to busy_timeout for it)",
+        cli_hint="",  # only the Python API opens transactions
+    )
+
+
 def _rolled_back() -> DatabaseError:
     return DatabaseError(
         "this transaction was rolled back after an earlier error; nothing written in the "
@@ -884,13 +957,21 @@ def _init_lock(path: str) -> threading.RLock:
 
 def _reset_init_locks() -> None:
     """After fork: a lock another parent thread held would stay held in the child forever."""
-    global _init_locks_guard
+    global _init_locks_guard, _writers_lock
     _init_locks_guard = threading.Lock()
     _init_locks.clear()
+    _writers_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_init_locks)
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+# Engines with a write connection, for _refuse_waiting_for_itself (weak: a closed and
+# dropped Database leaves it).
+_writers: weakref.WeakSet[Engine] = weakref.WeakSet()
+_writers_lock = threading.Lock()
 
 
 # Connections inherited across fork: kept referenced so they are never closed (or

@@ -59,11 +59,30 @@ class Lifetime(NamedTuple):
     """The TTL or the absolute expiry has passed."""
 
 
+#: The latest ``expires_at``: 9999-12-31T23:59:59Z, the last whole second an RFC 3339 time
+#: (the HTTP front's Stream-Expires-At) can show. Later ones overflowed: 1e15 s is past
+#: SQLite's integers in µs (OverflowError), and one past year 9999 made every HTTP answer
+#: about the stream a 500.
+MAX_EXPIRES_AT = 253402300799
+
+
+#: The longest ``ttl`` (2**53 - 1 s, the HTTP front's largest Stream-TTL): an int beyond
+#: SQLite's integers raised OverflowError when stored.
+MAX_TTL = 2**53 - 1
+
+
 def _check_expiry(ttl: float | None, expires_at: float | None) -> None:
-    for what, value in (("ttl", ttl), ("expires_at", expires_at)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+    for what, value, most, shown in (("ttl", ttl, MAX_TTL, f"{MAX_TTL:,}"),
+                                     ("expires_at", expires_at, MAX_EXPIRES_AT, f"{MAX_EXPIRES_AT} (9999-12-31T23:59:59Z)")):
+        if value is None:
+            continue
+        # The bound before math.isfinite(), which raises OverflowError for a huge int.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(min(value, most)) \
+                or value < 0:
             raise InvalidArgument(f"{what} must be a non-negative number of seconds or None, not {value!r}")
+        if value > most:
+            raise InvalidArgument(f"{what} must be at most {shown}, not {value!r}",
+                                  hint="for a stream that never expires, leave it None")
 
 
 def _row(q: cx.Query, name: str) -> tuple[int, tuple[Any, ...] | None]:

@@ -225,8 +225,19 @@ class Producer:
         """Write everything appended so far; wait until it is stored or has failed.
 
         Returns True when done, False if ``timeout`` seconds passed first. Failed records
-        do not make this raise: their futures and ``on_error`` report them.
+        do not make this raise: their futures and ``on_error`` report them. Raises
+        ``InvalidArgument`` from the flusher's own thread (``on_success``/``on_error``, a
+        future's done-callback): it would wait for itself.
         """
+        if threading.current_thread() is self._thread:
+            # The flusher would wait for itself for ever (or for the whole timeout, holding
+            # up every queued record); what is queued is written after the callback returns.
+            raise InvalidArgument(
+                "cannot flush a producer from its own callbacks (on_success, on_error, a future's "
+                "done-callback): they run on the thread that writes, which would wait for itself",
+                hint="records appended from a callback are written once it returns; wait for their futures "
+                "from another thread",
+            )
         if self.db.in_transaction():
             raise InvalidArgument(
                 "cannot flush a producer inside db.transaction(): its writer needs the write lock",

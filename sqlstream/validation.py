@@ -136,8 +136,8 @@ def check_seconds(value: object, what: str, *, positive: bool) -> float:
     """A duration in seconds: finite, > 0 (``positive``) or >= 0, at most MAX_SECONDS."""
     if (
         not _number(value)
+        or not 0 <= value <= MAX_SECONDS  # first: math.isfinite() of a huge int raises OverflowError
         or not math.isfinite(value)
-        or not 0 <= value <= MAX_SECONDS
         or (positive and value == 0)
     ):
         raise InvalidArgument(
@@ -248,8 +248,8 @@ def timestamp_us(value: object, what: str = "timestamp") -> int:
             ) from None
     if not _number(value):
         raise InvalidArgument(f"{what} must be seconds since the epoch or a datetime, not {show(value)}")
-    if not math.isfinite(value):
-        raise InvalidArgument(f"{what} must be a finite number, not {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # (an int is finite; a huge one
+        raise InvalidArgument(f"{what} must be a finite number, not {show(value)}")  # overflows isfinite)
     us = value * 1_000_000
     return int(max(-_US_BOUND, min(_US_BOUND, us)))
 

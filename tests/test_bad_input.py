@@ -754,3 +754,26 @@ def test_open_refuses_a_busy_timeout_that_is_not_a_finite_number_of_seconds(tmp_
     with pytest.raises(errors.InvalidArgument, match="busy_timeout"):
         sqlstream.open(tmp_path / "b.db", busy_timeout=value)
     assert not (tmp_path / "b.db").exists()
+
+
+def test_ints_too_large_for_a_float_are_refused_where_seconds_are_taken(tmp_path: Path) -> None:
+    """math.isfinite() of an int of 400 digits raises OverflowError: check_seconds and
+    timestamp_us let it out raw (extend_deadline, claim/autoclaim min_idle, read_at), as
+    did export's roll_size_mb check (failed before)."""
+    huge = 10**400
+    with sqlstream.open(str(tmp_path / "big.db")) as db:
+        s = db.create_stream("s")
+        s.extend([b"a", b"b"])
+        sub = db.create_subscription("sub", "s")
+        assert len(sub.fetch("c", 2)) == 2
+        with pytest.raises(errors.InvalidArgument):
+            sub.extend_deadline(0, seconds=huge)
+        with pytest.raises(errors.InvalidArgument):
+            sub.claim("c2", 0, min_idle=huge)
+        with pytest.raises(errors.InvalidArgument):
+            sub.autoclaim("c2", min_idle=huge)
+        assert s.read_at(huge) == 2 and s.read_at(-huge) == 0  # clamped: past every record / before
+        db.export(["s"], str(tmp_path / "out"), roll_size_mb=huge)  # rolls never: a size no file reaches
+        with pytest.raises(errors.InvalidArgument):
+            db.export(["s"], str(tmp_path / "out2"), roll_size_mb=float("inf"))
+        assert [r.offset for r in sub.pending()] == [0, 1]

@@ -360,3 +360,15 @@ def test_write_secrets_never_start_with_a_dash_so_cli_options_take_them(tmp_path
         db.close()
     assert all(s is not None and not s.startswith("-") for s in made)
     assert len(set(made)) == len(made)
+
+
+def test_a_retention_limit_of_400_digits_is_an_error_line_not_a_traceback(run: Any, db_path: str) -> None:
+    """math.isfinite() of such an int raised OverflowError inside argparse's type function:
+    a traceback, exit 1 from the interpreter (failed before)."""
+    assert run("create", "s")[0] == 0
+    huge = "9" * 400
+    for option in ("--max-count", "--max-bytes"):
+        status, _, err = run("retention", "s", option, huge)
+        assert status in (1, 2) and "Traceback" not in err and err.count("\n") <= 3, err
+    status, out, _ = run("retention", "s", "--json")
+    assert status == 0 and "999" not in out

@@ -231,3 +231,22 @@ def test_a_fork_inherits_its_sources_expiry_unless_given_its_own(db: sqlstream.D
     assert db.lifetime("f2").ttl is None and db.lifetime("f2").expires_at == 2e9
     with pytest.raises(InvalidArgument):
         db.set_expiry("src", ttl=-1)
+
+
+def test_an_expiry_past_year_9999_is_refused_and_changes_nothing(db: sqlstream.Database) -> None:
+    """expires_at=1e15 overflowed SQLite's integers in µs, ttl=2**63 SQLite's integers,
+    and 10**400 float's: each a raw OverflowError."""
+    db.create_stream("x")
+    db.set_expiry("x", expires_at=253402300799)  # 9999-12-31T23:59:59Z: the latest
+    for late in (253402300799.5, 1e15, 1e300):
+        with pytest.raises(InvalidArgument, match="at most 253402300799"):
+            db.set_expiry("x", expires_at=late)
+        with pytest.raises(InvalidArgument, match="at most 253402300799"):
+            db.fork_stream("y", "x", expires_at=late)
+    for big in (2**63, 10**400):  # ints past SQLite's (and float's) range: OverflowError before
+        with pytest.raises(InvalidArgument):
+            db.set_expiry("x", ttl=big)
+        with pytest.raises(InvalidArgument):
+            db.set_expiry("x", expires_at=big)
+    assert db.lifetime("x").expires_at == 253402300799
+    assert "y" not in [s.name for s in db.streams()]

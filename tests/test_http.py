@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 
 httpx = pytest.importorskip("httpx")
@@ -582,3 +583,24 @@ def test_json_appends_carry_at_most_max_messages_per_append(tmp_path: Path) -> N
         srv.stop(10)
     with sqlstream.open(path) as db:
         assert db.stream("j").info().count == 10
+
+
+def test_an_expiry_past_year_9999_is_refused_and_one_stored_earlier_still_answers(client: httpx.Client,
+                                                                                 db_path: str) -> None:
+    """9999-12-31T23:59:59.999999Z rounded past year 9999 when stored: the stream was
+    created, then every answer about it (the PUT's own, HEAD, GET) was a 500. Now the PUT
+    is a 400 that creates nothing, and a later time already in a file (SQL, an earlier
+    version) shows as the last second RFC 3339 has."""
+    r = _put(client, "late", **{p.EXPIRES_AT: "9999-12-31T23:59:59.999999Z"})
+    assert r.status_code == 400 and "9999-12-31T23:59:59Z" in r.text
+    assert client.head("/late").status_code == 404
+    assert _put(client, "last", **{p.EXPIRES_AT: "9999-12-31T23:59:59Z"}).status_code == 201
+    conn = apsw.Connection(db_path)  # a time past year 9999, as SQL outside sqlstream can store
+    try:
+        conn.set_busy_timeout(10_000)
+        conn.execute("UPDATE stream_lifetimes SET expires_at = 10 * 253402300800000000")
+    finally:
+        conn.close()
+    for method in ("HEAD", "GET"):
+        r = client.request(method, "/last")
+        assert r.status_code == 200 and r.headers[p.EXPIRES_AT] == "9999-12-31T23:59:59.000Z"

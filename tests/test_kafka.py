@@ -231,6 +231,7 @@ def test_list_offsets_by_timestamp_earliest_and_latest(sqlstream_kafka):
         assert at(3_500_000) == 3
         assert at(4_500_000) == 3
         assert at(5_000_001) == -1     # none: the end
+        assert at(2**62) == -1         # past SQLite's integers in µs: none (was an OverflowError, connection dropped)
         low, high = c.get_watermark_offsets(TopicPartition("times", 0), timeout=10)
         assert (low, high) == (0, 5)
     finally:
@@ -731,3 +732,16 @@ def test_keys_and_headers_count_in_the_fetch_budget(sqlstream_kafka):
     finally:
         c.close()
     assert got == list(range(50))
+
+
+def test_list_offsets_for_a_time_past_sqlites_integers_finds_none(tmp_path):
+    """A ListOffsets timestamp is any int64 of ms; in µs it overflowed SQLite's integers:
+    OverflowError, the listener dropped the client's connection (failed before the fix)."""
+    from sqlstream.kafka.store import KafkaStore
+
+    with sqlstream.open(str(tmp_path / "t.db")) as db:
+        db.create_stream("t").append(b"x")
+        store = KafkaStore(db)
+        assert store.offset_for_time("t", 0) is not None
+        for ts in (2**62, 2**63 - 1):
+            assert store.offset_for_time("t", ts) is None

@@ -219,6 +219,31 @@ def test_callback_exceptions_do_not_stop_the_producer(db: sqlstream.Database) ->
         assert p.append("s", 2).result(timeout=10) == 1
 
 
+def test_flush_from_a_callback_is_refused_and_the_flusher_goes_on(db: sqlstream.Database) -> None:
+    """flush() on the flusher's own thread waited for itself: with no timeout for ever (every
+    later record unwritten, close() stuck), with one for all of it. (The callback passes
+    timeout=0 so that the unfixed code fails here instead of hanging: it returned False.)"""
+    db.create_stream("s")
+    outcome: list[object] = []
+    later: list[Any] = []
+
+    def on_success(stream: str, records: list[sqlstream.ProducerRecord], offsets: list[int]) -> None:
+        if outcome:
+            return
+        later.append(p.append("s", "from the callback"))
+        try:
+            outcome.append(p.flush(timeout=0))
+        except errors.InvalidArgument as exc:
+            outcome.append(exc)
+
+    with db.producer(max_delay=0, on_success=on_success) as p:
+        assert p.append("s", "first").result(timeout=30) == 0
+        assert later[0].result(timeout=30) == 1
+        assert p.flush(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.InvalidArgument), outcome
+    assert "callback" in str(outcome[0])
+
+
 def test_close_flushes_and_is_idempotent(db: sqlstream.Database) -> None:
     db.create_stream("s")
     p = db.producer(max_batch=1000, max_delay=3600)

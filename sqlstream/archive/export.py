@@ -822,7 +822,7 @@ def export(
         raise InvalidArgument(f"batch must be an int from 1 to {MAX_BATCH:,}, not {batch!r}")
     for what, value in (("roll_size_mb", roll_size_mb), ("roll_minutes", roll_minutes)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value <= 0):
+                                  or not value > 0 or (isinstance(value, float) and not math.isfinite(value))):
             raise InvalidArgument(f"{what} must be a positive finite number or None, not {value!r}",
                                   hint="None means no roll on that criterion")
     if not isinstance(follow, bool):

@@ -33,7 +33,8 @@ def _limit(cast: Callable[[str], Any]) -> Callable[[str], Any]:
         if text.lower() == "none":
             return None
         value = strict_int(text, "an integer (or 'none')") if cast is int else strict_float(text, "a number (or 'none')")
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        # (isfinite only for a float: of an int of 400 digits it raises OverflowError.)
+        if not (isinstance(value, (int, float)) and value > 0 and (isinstance(value, int) or math.isfinite(value))):
             raise argparse.ArgumentTypeError(f"must be > 0 (or 'none'), not {text}")
         return value
 

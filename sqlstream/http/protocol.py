@@ -118,14 +118,22 @@ def parse_rfc3339(raw: str) -> float:
     if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
         text = text.replace(frac.group(0), "." + frac.group(1)[:6])
     try:
-        return _dt.datetime.fromisoformat(text.replace("t", "T").replace(" ", "T")).timestamp()
-    except ValueError:
+        seconds = _dt.datetime.fromisoformat(text.replace("t", "T").replace(" ", "T")).timestamp()
+    except (ValueError, OverflowError):
         raise ProtocolError(400, f"Stream-Expires-At is not a valid time: {raw!r}") from None
+    if seconds > _LATEST:
+        raise ProtocolError(400, f"Stream-Expires-At must be at most 9999-12-31T23:59:59Z, not {raw!r}")
+    return seconds
+
+
+# The last whole second RFC 3339 can show (sqlstream.lifetimes.MAX_EXPIRES_AT).
+_LATEST = 253402300799
 
 
 def format_rfc3339(seconds: float) -> str:
-    """Seconds since the epoch as RFC 3339 UTC with milliseconds."""
-    moment = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
+    """Seconds since the epoch as RFC 3339 UTC with milliseconds (a time past the last
+    second year 9999 has, which a file written before that limit may hold, shows as it)."""
+    moment = _dt.datetime.fromtimestamp(min(seconds, _LATEST), _dt.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

@@ -109,6 +109,7 @@ class Fetched:
 _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics"
 # A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
 # UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
+_MAX_INT = 2**63 - 1  # SQLite's largest integer
 _READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM records "
              "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 _key = itemgetter(2)
@@ -430,9 +431,11 @@ class KafkaStore:
                         break
             # Records not written by a Kafka producer: their append time (µs, never
             # decreasing); skip any that a Kafka batch covers.
+            # In µs; a time past SQLite's integers (a ListOffsets timestamp from the wire is
+            # any int64 of ms) is past every record's: bound at the largest integer.
             at = runner(conn)("SELECT offset, timestamp FROM chunks WHERE stream_id = ? AND timestamp >= ? "
                               "AND offset >= ? ORDER BY offset LIMIT 200",
-                              (stream_id, timestamp_ms * 1000, first))
+                              (stream_id, min(timestamp_ms * 1000, _MAX_INT), first))
             for off, ts in at:
                 if found and off >= found[0][0]:
                     break
