@@ -508,14 +508,20 @@ def migrate(conn: apsw.Connection, *, stepwise: bool = False) -> int:
 
 @contextlib.contextmanager
 def migrating(conn: apsw.Connection) -> Iterator[None]:
-    """What every migration runs with: ``secure_delete`` on and ``sqlstream_sha256()``
-    defined; both as they were afterwards."""
+    """What every migration runs with: ``secure_delete`` on, ``sqlstream_sha256()``
+    defined and SQLite's defensive mode off; all as they were afterwards.
+
+    Defensive mode (on in some builds of SQLite) refuses ``PRAGMA writable_schema``, which
+    migration 20 uses to remove a constraint by SQLite's documented procedure."""
     conn.create_scalar_function("sqlstream_sha256", _sha256_or_null, 1, deterministic=True)
     secure = pragma(conn, "secure_delete")
     pragma(conn, "secure_delete = 1")
+    defensive = conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1)  # -1 reads the setting
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 0)
     try:
         yield
     finally:
+        conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, defensive)
         pragma(conn, f"secure_delete = {int(secure)}")
         conn.create_scalar_function("sqlstream_sha256", None)
 

@@ -328,6 +328,19 @@ _ORPHANS_SQL = (
     "(SELECT 1 FROM chunks c WHERE c.stream_id = p.stream_id AND c.offset = p.offset AND c.data IS NULL)"
 )
 
+# Records whose stream does not exist: one seek per stream id present in `chunks` (a skip
+# scan of its key), then a count for each id that names no stream. sqlstream deletes a
+# stream's records with it (the trigger streams_delete_records, schema version 20), so
+# these were inserted by hand; chunks has no foreign key to report them (version 20).
+_STRAY_RECORDS_SQL = (
+    "WITH RECURSIVE ids (id) AS ("
+    " SELECT (SELECT stream_id FROM chunks ORDER BY stream_id LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT stream_id FROM chunks WHERE stream_id > ids.id ORDER BY stream_id LIMIT 1)"
+    " FROM ids WHERE ids.id IS NOT NULL) "
+    "SELECT id, (SELECT count(*) FROM chunks c WHERE c.stream_id = ids.id) FROM ids "
+    "WHERE id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.id = ids.id) ORDER BY id"
+)
 
 CHECK_PROGRESS_EVERY = 1024  # records between progress calls of check()
 
@@ -480,6 +493,11 @@ def _check_references(conn: apsw.Connection, problem: Any, last_txn: int | None)
     if orphans and not problem(None, None, f"{orphans} payload row(s) belong to no record (the first: id "
                                f"{first_orphan}): written by hand, not by sqlstream"):
         return
+    for sid, count in conn.execute(_STRAY_RECORDS_SQL).fetchall():
+        if not problem(None, None, f"{count} record(s) of stream id {sid} belong to no stream (written by hand, "
+                       f"not by sqlstream; a stream created later with that id would show them): delete them "
+                       f"with DELETE FROM chunks WHERE stream_id = {sid}"):
+            return
     for sub, stream, offset, frontier, exists in conn.execute(
         "SELECT s.name, st.name, d.offset, s.next_offset, "
         "EXISTS (SELECT 1 FROM chunks c WHERE c.stream_id = s.stream_id AND c.offset = d.offset) "

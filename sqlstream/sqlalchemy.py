@@ -97,7 +97,9 @@ streams = Table(
 
 chunks = Table(
     "chunks", metadata,
-    Column("stream_id", INTEGER, ForeignKey("streams.id", ondelete="CASCADE"), nullable=False),
+    # No foreign key since schema version 20 (the trigger streams_delete_records deletes a
+    # stream's records): join on chunks.c.stream_id == streams.c.id.
+    Column("stream_id", INTEGER, nullable=False),
     Column("offset", INTEGER, nullable=False),
     Column("position", INTEGER, nullable=False),
     Column("timestamp", INTEGER, nullable=False),
