@@ -6,7 +6,8 @@ the instructions per record of the difference (valgrind counts do not drift with
 
 VARIANT: ``raw``, the W1/W3 baseline (``records(id INTEGER PRIMARY KEY, data BLOB)``,
 ``executemany`` of one-column rows, reads of ``(id, data)``); ``current``, the chunks
-table as it is (WITHOUT ROWID, key (stream_id, offset), 9 columns); ``keyed``, a rowid
+table as it is (WITHOUT ROWID, key (stream_id, offset), 9 columns); ``currentfk``, the same
+with the foreign key to ``streams`` sqlstream declared before schema version 20; ``keyed``, a rowid
 table whose rowid is ``stream_id << 40 | offset`` (the b-tree key is one integer), with
 the 7 other columns; ``keyed9``, the same keeping ``stream_id`` and ``offset`` as
 ordinary columns too (what plain-SQL readers of the file would expect to find).
@@ -37,6 +38,15 @@ DDL = {
         "CHECK (content_type = 'bytes' OR content_type = 'text' OR content_type = 'json'), data BLOB, "
         "PRIMARY KEY (stream_id, offset)) WITHOUT ROWID"
     ),
+    # `current` with the foreign key sqlstream declares (and foreign_keys on): the per-row
+    # probe of `streams` every inserted record pays.
+    "currentfk": (
+        "CREATE TABLE chunks(stream_id INTEGER NOT NULL REFERENCES streams (id) ON DELETE CASCADE, "
+        "offset INTEGER NOT NULL, position INTEGER NOT NULL, "
+        "timestamp INTEGER NOT NULL, txn INTEGER NOT NULL, key TEXT, headers TEXT, content_type TEXT NOT NULL "
+        "CHECK (content_type = 'bytes' OR content_type = 'text' OR content_type = 'json'), data BLOB, "
+        "PRIMARY KEY (stream_id, offset)) WITHOUT ROWID"
+    ),
     "keyed": (
         "CREATE TABLE chunks(id INTEGER PRIMARY KEY, position INTEGER NOT NULL, timestamp INTEGER NOT NULL, "
         "txn INTEGER NOT NULL, key TEXT, headers TEXT, content_type TEXT NOT NULL "
@@ -54,7 +64,7 @@ DDL = {
 def insert_sql(variant: str, rows: int) -> str:
     """Parameters: ?1 first key (offset, or stream << 40 | offset), ?2 timestamp, ?3 txn,
     ?4 stream id, then (position, data) per row."""
-    if variant == "current":
+    if variant in ("current", "currentfk"):
         cols, row = ("stream_id, offset, position, timestamp, txn, key, headers, content_type, data",
                      "(?4,?1+{k},?{p},?2,?3,NULL,NULL,'bytes',?{d})")
     elif variant == "keyed":
@@ -71,7 +81,7 @@ def read_sql(variant: str) -> str:
     if variant == "raw":
         return "SELECT id, data FROM records WHERE id >= ? ORDER BY id LIMIT 1000"
     cols = "timestamp, key, headers, data, position, txn, content_type"
-    if variant == "current":
+    if variant in ("current", "currentfk"):
         return f"SELECT offset, {cols} FROM chunks WHERE stream_id = 1 AND offset >= ? ORDER BY offset LIMIT 1000"
     # The offset is the key's low bits; the stream is fixed by the range.
     return (f"SELECT id - {1 << SHIFT}, {cols} FROM chunks WHERE id >= {1 << SHIFT} + ? "
@@ -84,13 +94,17 @@ class Store:
         self.conn = apsw.Connection(path)
         for p in ("journal_mode = wal", "synchronous = normal"):
             list(self.conn.execute(f"PRAGMA {p}"))
+        if variant == "currentfk":
+            self.conn.execute("CREATE TABLE streams(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
+            self.conn.executemany("INSERT INTO streams VALUES (?, ?)", [(i, f"s{i}") for i in range(1, 1001)])
+            list(self.conn.execute("PRAGMA foreign_keys = ON"))
         self.conn.execute(DDL[variant])
         self.next = {}  # stream -> next offset
         self.sql = None if variant == "raw" else insert_sql(variant, ROWS)
         self.one = None if variant == "raw" else insert_sql(variant, 1)
 
     def key(self, stream: int, offset: int) -> int:
-        return offset if self.variant == "current" else (stream << SHIFT) | offset
+        return offset if self.variant in ("current", "currentfk") else (stream << SHIFT) | offset
 
     def batch(self, stream: int = 1) -> None:
         c = self.conn
