@@ -451,6 +451,25 @@ def render_value(value: Any, column: str, download_url: str | None = None) -> Ma
     return None
 
 
+# Tables and views whose stream_id names a stream without a foreign key Datasette could
+# follow (chunks has none since schema version 20; a view never has one): their cells get
+# the stream's name linked, as Datasette shows a foreign key.
+_STREAM_ID_TABLES = frozenset({"chunks", "payloads", "records"})
+
+
+async def _stream_link(datasette: Any, database: str, stream_id: int) -> Markup | None:
+    """``stream_id`` as Datasette renders a foreign key: the stream's name, linked to its
+    row, then the id; None (the plain number) for an id no stream has."""
+    if isinstance(stream_id, bool):
+        return None
+    found = await datasette.get_database(database).execute("SELECT name FROM streams WHERE id = ?", [stream_id])
+    row = found.first()
+    if row is None:
+        return None
+    href = datasette.urls.row(database, "streams", str(stream_id))
+    return Markup('<a href="{}">{}</a>&nbsp;<em>{}</em>').format(href, row[0], stream_id)
+
+
 @hookimpl
 def render_cell(row: Any, value: Any, column: str, table: str | None, database: str,
                 datasette: Any) -> Callable[[], Coroutine[Any, Any, Markup | None]] | None:
@@ -462,6 +481,8 @@ def render_cell(row: Any, value: Any, column: str, table: str | None, database: 
         objects = await _objects(datasette, database)
         if objects is None or (table is not None and table not in _TABLES):
             return None
+        if column == "stream_id" and table in _STREAM_ID_TABLES and isinstance(value, int):
+            return await _stream_link(datasette, database, value)
         download_url = None
         if table in ("chunks", "payloads") and isinstance(value, bytes):
             # Keep Datasette's download link for payloads; chunks' key is (stream_id, offset),

@@ -161,6 +161,11 @@ def test_datasette_shows_sqlstream_titles_canned_queries_and_readable_cells(tmp_
         # Timestamps: readable UTC; bytes: size and printable preview.
         assert iso in page
         assert "&lt;9 bytes&gt;" in page and "\\x00\\x01binary\\xff" in page
+        # stream_id shows the stream's name linked to its row (chunks has no foreign key
+        # Datasette could follow since schema version 20; the records view never had one).
+        assert re.search(r'<a href="/app/streams/\d+">orders</a>&nbsp;<em>\d+</em>', page), "no stream name"
+        status, view = _get(f"{base}/app/records")
+        assert status == 200 and re.search(r'<a href="/app/streams/\d+">logs</a>&nbsp;<em>\d+</em>', view)
         # ... and the size links to Datasette's download of the whole payload.
         link = re.search(r'<a class="blob-download" href="([^"]+)">&lt;9 bytes&gt;</a>', page)
         assert link, "no download link for the bytes record"
