@@ -1,5 +1,6 @@
 -- sqlstream schema, version 20: a record no longer checks its stream's row when it is
--- stored; a deleted stream's records are deleted by a trigger instead of by a foreign key.
+-- stored; a deleted stream's records are deleted by a trigger instead of by a foreign key;
+-- a stream id is never given twice.
 --
 -- `chunks.stream_id REFERENCES streams (id) ON DELETE CASCADE` made SQLite look the stream
 -- up in `streams` for every record inserted (a cursor opened and a seek, per row: ~8% of
@@ -15,8 +16,7 @@
 --
 -- The foreign key goes by SQLite's procedure for removing a constraint
 -- (https://sqlite.org/lang_altertable.html, "other kinds of table schema changes"): the
--- table's text in sqlite_schema is edited; no row is read or rewritten, so this step
--- costs the same for every file. writable_schema = RESET reloads the schema on this
+-- table's text in sqlite_schema is edited; no row is read or rewritten. writable_schema = RESET reloads the schema on this
 -- connection, and the CREATE TRIGGER below changes the schema cookie, so every other
 -- connection reloads it before its next statement.
 
@@ -39,9 +39,35 @@ UPDATE sqlite_schema
  WHERE type = 'table' AND name = 'chunks';
 PRAGMA writable_schema = RESET;
 
+-- A stream id is never given twice. Rows of a deleted stream that a connection with
+-- foreign keys off left behind (its subscriptions, dedup ids, lifetime, idempotent
+-- producers, ...) would otherwise belong to the next stream created with the freed id: a
+-- subscription past offsets the new stream has not written, appends dropped as
+-- duplicates of the old stream's dedup ids, an expiry that deletes the new stream. The
+-- row `stream_id_floor` holds the largest id ever used; sqlstream gives a new stream an
+-- id above both it and every id in use (Database.create_stream). It starts at the
+-- largest stream id found in any table, orphans included.
+INSERT INTO counters (name, value) SELECT 'stream_id_floor', max(
+    coalesce((SELECT max(id) FROM streams), 0),
+    coalesce((SELECT max(stream_id) FROM chunks), 0),
+    coalesce((SELECT max(stream_id) FROM payloads), 0),
+    coalesce((SELECT max(stream_id) FROM subscriptions), 0),
+    coalesce((SELECT max(stream_id) FROM cursors), 0),
+    coalesce((SELECT max(stream_id) FROM export_streams), 0),
+    coalesce((SELECT max(stream_id) FROM export_ranges), 0),
+    coalesce((SELECT max(stream_id) FROM storage_segments), 0),
+    coalesce((SELECT max(stream_id) FROM dedup), 0),
+    coalesce((SELECT max(stream_id) FROM kafka_batches), 0),
+    coalesce((SELECT max(stream_id) FROM producers), 0),
+    coalesce((SELECT max(stream_id) FROM writer_seqs), 0),
+    coalesce((SELECT max(stream_id) FROM stream_lifetimes), 0)
+);
+
 CREATE TRIGGER streams_delete_records AFTER DELETE ON streams
 BEGIN
     DELETE FROM chunks WHERE stream_id = old.id;
+    UPDATE counters SET value = old.id
+     WHERE name = 'stream_id_floor' AND (typeof(value) != 'integer' OR value < old.id);
 END;
 
 -- A stream's id no longer changes under its records: with the foreign key, an UPDATE of

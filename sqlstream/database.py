@@ -79,6 +79,14 @@ _STREAM_COLUMNS = (
     "keep_unacked, dedup_seconds, dedup_records, id"
 )
 
+# A new stream's id: above every id in use and every id ever used (the counters row
+# `stream_id_floor`, raised by the trigger streams_delete_records, schema version 20), so
+# rows a deleted stream left where foreign keys were off never belong to a new stream.
+_NEW_STREAM_ID = (
+    "SELECT max(coalesce((SELECT max(id) FROM streams), 0), "
+    "coalesce((SELECT value FROM counters WHERE name = 'stream_id_floor' AND typeof(value) = 'integer'), 0)) + 1"
+)
+
 _QUERY_HINT = "query() is read-only; use the API to change data"
 _BACKUP_EXISTS = "choose a new path, or pass overwrite=True"
 _BACKUP_EXISTS_CLI = "choose a new path, or pass --force to replace it"
@@ -332,9 +340,9 @@ class Database:
                 raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
             created = self.engine.now_us()
             conn.execute(
-                "INSERT INTO streams (name, created_at, write_secret_sha256, max_count, max_age, "
+                "INSERT INTO streams (id, name, created_at, write_secret_sha256, max_count, max_age, "
                 "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
-                "trim_bytes, trim_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"trim_bytes, trim_time) VALUES (({_NEW_STREAM_ID}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, created, stored, max_count, max_age, max_bytes, meta, int(keep_unacked),
                  float(dedup_seconds), dedup_records,
                  *_retention.initial_triggers(max_count, max_bytes, max_age, created)),

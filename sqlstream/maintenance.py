@@ -380,7 +380,8 @@ def check(
         rows = conn.execute(f"PRAGMA {'quick_check' if quick else 'integrity_check'}").fetchall()
         report.integrity = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         for table, rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check").fetchall():
-            problem(None, None, f"row {rowid} of table {table} refers to a missing row of {parent}")
+            row = "a row" if rowid is None else f"row {rowid}"  # a WITHOUT ROWID table's rows have none
+            problem(None, None, f"{row} of table {table} refers to a missing row of {parent}")
         q = cx.runner(conn)
         values = dict(q("SELECT name, value FROM counters WHERE name = 'txn' OR name = 'txn_stream'"))
         last_txn: int | None = None

@@ -31,6 +31,11 @@ def shell(path: str) -> apsw.Connection:
     return conn
 
 
+def stream_id(db: sqlstream.Database, name: str) -> int:
+    value: int = db.query("SELECT id FROM streams WHERE name = ?", (name,)).rows[0][0]
+    return value
+
+
 def test_a_stream_deleted_where_foreign_keys_are_off_takes_its_records_and_payloads(db_path: str) -> None:
     with sqlstream.open(db_path) as db:
         db.create_stream("keep").extend([b"k0", b"k1"])
@@ -121,6 +126,8 @@ def _version_19(path: str) -> None:
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("DELETE FROM streams WHERE id = 3")
         assert conn.execute("SELECT count(*) FROM chunks WHERE stream_id = 3").fetchall() == [(1,)]
+        # A dedup id of a stream 9 deleted the same way, its records already trimmed.
+        conn.execute("INSERT INTO dedup (stream_id, dedup_id, offset, created_at) VALUES (9, 'x', 0, 0)")
     finally:
         conn.close()
 
@@ -138,14 +145,16 @@ def test_migration_20_keeps_every_record_and_deletes_those_of_deleted_streams(tm
             assert [r.value for r in db.stream("b").read(0, 10)] == [b"b"]
             assert db.query("SELECT stream_id, offset FROM records ORDER BY 1, 2").rows == [(1, 0), (1, 1), (2, 0)]
             assert db.query("SELECT stream_id FROM payloads").rows == [(1,)]
-            # The migrating connection reloaded its schema: a new stream with the freed
-            # id 3 shows nothing, and its append needs no stream lookup.
+            # The migrating connection reloaded its schema; a new stream shows nothing of
+            # the deleted ones.
             c = db.create_stream("c2")
-            c.append(b"new")
+            assert stream_id(db, "c2") == 10  # above every id the file holds, the orphans' too
+            c.append(b"new", dedup_id="x")
             assert [r.value for r in c.read(0, 10)] == [b"new"]
             assert db.query("SELECT * FROM pragma_foreign_key_list('chunks')").rows == []
             assert db.query("PRAGMA integrity_check").rows == [("ok",)]
-            assert db.check().problems == []
+            assert [p.message for p in db.check().problems] == [
+                "a row of table dedup refers to a missing row of streams"]  # reported, not adopted
             assert max(r.txn for r in c.read(0, 10)) > 4  # numbers given out stay given out
         # The other connection reloads the schema at its next statement (the cookie moved):
         # the foreign key is gone for it too, and the cascade is the trigger's.
@@ -188,3 +197,43 @@ def test_a_connection_in_defensive_mode_migrates_and_keeps_its_mode(tmp_path: Pa
         assert conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
     finally:
         conn.close()
+
+
+def test_a_stream_deleted_where_foreign_keys_are_off_leaves_nothing_to_the_next_stream(db_path: str) -> None:
+    """Its subscriptions, dedup ids and lifetime stay behind (foreign keys off), but the
+    next stream gets a new id: none of them apply to it."""
+    with sqlstream.open(db_path) as db:
+        old = db.create_stream("old", dedup_records=10)
+        old.append(b"o0", dedup_id="same")
+        old.append(b"o1")
+        sub = db.create_subscription("billing", "old")
+        sub.fetch("w", 2)
+        sub.ack(0, 1)
+        old_id = stream_id(db, "old")
+    conn = shell(db_path)
+    try:
+        conn.execute("DELETE FROM streams WHERE name = 'old'")
+    finally:
+        conn.close()
+    with sqlstream.open(db_path) as db:
+        new = db.create_stream("new")
+        assert stream_id(db, "new") > old_id
+        new.append(b"n0", dedup_id="same")  # not taken for the old stream's duplicate
+        new.append(b"n1")
+        assert [r.value for r in new.read(0, 10)] == [b"n0", b"n1"]
+        fresh = db.create_subscription("fresh", "new")
+        assert [r.value for r in fresh.fetch("w", 10)] == [b"n0", b"n1"]
+        assert [(s.name, s.stream) for s in db.subscriptions()] == [("fresh", "new")]
+        # What the shell left is reported, not adopted.
+        assert any("subscriptions refers to a missing row of streams" in p.message for p in db.check().problems)
+
+
+def test_stream_ids_are_never_given_twice_through_the_api(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        ids = []
+        for i in range(3):
+            db.create_stream(f"s{i}")
+            ids.append(stream_id(db, f"s{i}"))
+        db.delete_stream("s2")  # the largest id
+        db.create_stream("s3")
+        assert stream_id(db, "s3") == ids[-1] + 1
