@@ -339,14 +339,22 @@ class Database:
                     return Stream(self, name)
                 raise StreamExists(f"stream {name!r} already exists", hint="pass exist_ok=True to reuse it")
             created = self.engine.now_us()
-            conn.execute(
-                "INSERT INTO streams (id, name, created_at, write_secret_sha256, max_count, max_age, "
-                "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
-                f"trim_bytes, trim_time) VALUES (({_NEW_STREAM_ID}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, created, stored, max_count, max_age, max_bytes, meta, int(keep_unacked),
-                 float(dedup_seconds), dedup_records,
-                 *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO streams (id, name, created_at, write_secret_sha256, max_count, max_age, "
+                    "max_bytes, metadata, keep_unacked, dedup_seconds, dedup_records, trim_offset, "
+                    f"trim_bytes, trim_time) VALUES (({_NEW_STREAM_ID}), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (name, created, stored, max_count, max_age, max_bytes, meta, int(keep_unacked),
+                     float(dedup_seconds), dedup_records,
+                     *_retention.initial_triggers(max_count, max_bytes, max_age, created)),
+                )
+            except apsw.MismatchError as exc:  # the next id is past the largest integer
+                raise CorruptDatabase(
+                    "no stream id is left: the largest stream id in use or the counters row "
+                    "'stream_id_floor' is at the largest integer SQLite holds",
+                    hint="if SQL outside sqlstream set it, lower it to the largest id in use: UPDATE counters "
+                    "SET value = (SELECT max(id) FROM streams) WHERE name = 'stream_id_floor'",
+                ) from exc
         return Stream(self, name, write_secret)
 
     def stream(self, name: str) -> Stream:

@@ -237,3 +237,18 @@ def test_stream_ids_are_never_given_twice_through_the_api(db_path: str) -> None:
         db.delete_stream("s2")  # the largest id
         db.create_stream("s3")
         assert stream_id(db, "s3") == ids[-1] + 1
+
+
+def test_a_floor_at_the_largest_integer_is_corrupt_database_and_nothing_is_created(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        db.create_stream("a")
+    conn = plain_sql(db_path)
+    try:
+        conn.execute(f"UPDATE counters SET value = {2**63 - 1} WHERE name = 'stream_id_floor'")
+    finally:
+        conn.close()
+    with sqlstream.open(db_path) as db:
+        with pytest.raises(errors.CorruptDatabase, match="no stream id is left") as caught:
+            db.create_stream("b")
+        assert "stream_id_floor" in (caught.value.hint or "")
+        assert [s.name for s in db.streams()] == ["a"]
