@@ -61,7 +61,9 @@ INSERT INTO counters (name, value) SELECT 'stream_id_floor', max(
     coalesce((SELECT max(stream_id) FROM producers), 0),
     coalesce((SELECT max(stream_id) FROM writer_seqs), 0),
     coalesce((SELECT max(stream_id) FROM stream_lifetimes), 0)
-);
+) WHERE true  -- (the parser's rule for an upsert on INSERT ... SELECT)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value
+ WHERE typeof(value) != 'integer' OR value < excluded.value;
 
 CREATE TRIGGER streams_delete_records AFTER DELETE ON streams
 BEGIN
