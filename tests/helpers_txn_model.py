@@ -22,6 +22,17 @@ def plain_sql(path: str) -> apsw.Connection:
     return conn
 
 
+def lower_the_stream_id_floor(db: sqlstream.Database) -> None:
+    """Let SQLite reuse a deleted stream's id, as a file whose counters row
+    `stream_id_floor` was lowered by hand does (sqlstream gives a new stream an id never
+    used before, schema version 20): the tests that use it keep that case defended."""
+    conn = plain_sql(db.path)
+    try:
+        conn.execute("UPDATE counters SET value = 0 WHERE name = 'stream_id_floor'")
+    finally:
+        conn.close()
+
+
 class TwoHandlesAndSql(RuleBasedStateMachine):
     """A fresh file with streams ``NAMES``, two sqlstream handles (``dbs``, two connections
     as two processes would be) and a plain-SQL connection (``sql``); ``given`` is the

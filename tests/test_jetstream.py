@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 import sqlstream
+from helpers_txn_model import lower_the_stream_id_floor
 from sqlstream.streaming import Runner, ServiceError, load_config
 from sqlstream.streaming.jetstream import message_id
 from sqlstream.streaming.store import Store
@@ -1248,6 +1249,7 @@ def test_a_deleted_streams_forwarding_pin_does_not_hold_a_new_stream_with_its_id
         sid = stream_id("old")
         assert Store(db).pin_unforwarded("relay", ["*"], True) == 1
         db.delete_stream("old")
+        lower_the_stream_id_floor(db)
         new = db.create_stream("new", max_count=2)
         assert stream_id("new") == sid  # SQLite reuses the id: the pin must not come with it
         new.extend([b"x"] * 10)

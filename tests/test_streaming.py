@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import sqlstream
+from helpers_txn_model import lower_the_stream_id_floor
 from sqlstream.cli import main
 from sqlstream.streaming import ConfigError, Runner, ServiceError, load_config
 
@@ -710,6 +711,7 @@ def test_a_new_stream_that_reuses_a_deleted_streams_id_owes_the_file_service_eve
     assert run_once(db, config) == {"file": 5}  # the service is at offset 5 of stream id 1
     old_id = db.query("SELECT id FROM streams WHERE name = 'old'").rows[0][0]
     db.delete_stream("old")
+    lower_the_stream_id_floor(db)
     new = db.create_stream("new")
     assert db.query("SELECT id FROM streams WHERE name = 'new'").rows[0][0] == old_id  # the id is reused
     for i in range(5):

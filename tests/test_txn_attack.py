@@ -21,6 +21,7 @@ import pytest
 import helpers_txn_storm
 import sqlstream
 import sqlstream.aio
+from helpers_txn_model import lower_the_stream_id_floor
 from helpers_txn_storm import copy_commits
 
 
@@ -156,6 +157,7 @@ def test_a_deleted_tail_stream_whose_id_is_reused_keeps_its_numbers_given_out(db
         db.stream("b").extend(["b1", "b1"])  # one transaction: one tag
         tail_id = db.query("SELECT id FROM streams WHERE name = 'b'").rows[0][0]
         db.delete_stream("b", force=True)
+        lower_the_stream_id_floor(db)
         again = db.create_stream("c")
         reused = db.query("SELECT id FROM streams WHERE name = 'c'").rows[0][0]
         again.append("c0")
