@@ -27,9 +27,11 @@ rollback, create_function, the PEP 249 exception tree. Differences from ``sqlite
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ import apsw
 
 from . import connection as cx
 from .checkpoint import checkpoint_mode, leave_checkpoints_out
+from .engine import refuse_waiting_for_own_write, register_write_holder
 
 apilevel = "2.0"
 threadsafety = 1
@@ -180,6 +183,10 @@ class Connection:
             # the migrations; only then does this connection open it.
             _ensure_schema(path, timeout, synchronous)
             self.apsw = cx.connect(path, busy_timeout=timeout, synchronous=synchronous)
+            # Before its first wait for the write lock: refused at once when this thread
+            # holds a sqlstream Database's transaction on the file (its own lock).
+            cx.connection_busy_handler(self.apsw, timeout, functools.partial(
+                refuse_waiting_for_own_write, path, waiter="a SQLAlchemy connection"))
             # $SQLSTREAM_CHECKPOINTS=external: Litestream (or another process) owns them.
             self._checkpoints = checkpoint_mode(None) == "auto"
             if not self._checkpoints:
@@ -189,12 +196,25 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - sqlstream's own errors, in PEP 249 terms
             raise OperationalError(str(exc)) from exc
         self.path = path
+        self.path_key = os.path.realpath(path)
+        self.last_thread = 0  # the thread that ran the latest statement (Cursor._run)
         self.isolation_level = isolation_level
         self._after_commit: list[Callable[[], None]] = []
         self.sqlstream_txn: int | None = None  # the outbox's txn number for the open transaction
         self.apsw.set_wal_hook(self._wal_hook)
         self.apsw.set_rollback_hook(self._rolled_back)
         self.apsw.set_commit_hook(self._committing)
+        register_write_holder(self)
+
+    def held_by_this_thread(self) -> bool:
+        """Whether this connection has a write transaction open, begun or used by the
+        calling thread (sqlstream.engine.WriteHolder): a sqlstream write of this thread
+        would wait for its own lock."""
+        try:
+            writing = self.apsw.txn_state() == apsw.SQLITE_TXN_WRITE
+        except apsw.Error:  # closed
+            return False
+        return writing and self.last_thread == threading.get_ident()
 
     # -- hooks: run by SQLite on this connection's own thread, inside its calls
 
@@ -233,6 +253,7 @@ class Connection:
 
     def begin_if_needed(self) -> None:
         """Begin (``BEGIN IMMEDIATE``) unless in a transaction or in autocommit mode."""
+        self.last_thread = threading.get_ident()
         if self.isolation_level is not None and self.apsw.getautocommit():
             with _translated():
                 self.apsw.execute("BEGIN IMMEDIATE")
@@ -289,6 +310,7 @@ class Cursor:
         if self._cursor is not None:
             with contextlib.suppress(apsw.Error):
                 self._cursor.close(True)
+        conn.last_thread = threading.get_ident()
         seen: dict[str, Any] = {}
         word = _first_word(sql)
         wants_begin = conn.isolation_level is not None and word not in _NO_IMPLICIT_BEGIN

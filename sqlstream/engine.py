@@ -43,7 +43,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 import apsw
 
@@ -352,18 +352,24 @@ class Engine:
         """The write connection's busy handler, before its first wait: when this thread
         holds a write transaction of another Database on this file (two handles opened in
         one process), the lock it waits for is its own and would never come free; it
-        waited out busy_timeout and got a LockTimeout blaming another connection."""
+        waited out busy_timeout and got a LockTimeout blaming another connection. The same
+        for a transaction of a ``sqlite+sqlstream`` SQLAlchemy connection of this thread
+        (:func:`register_write_holder`)."""
         with _writers_lock:
             others = [e for e in _writers if e is not self and e.notifier is self.notifier and not e._closed]
+            holders = [h for h in _holders if h.path_key == self._path_key]
         for other in others:
             if other.in_transaction():
-                raise LockTimeout(
-                    f"this thread holds a write transaction of another Database on {self.path}: "
-                    "this write would wait for that transaction's lock, which this thread holds",
-                    hint="write through the Database whose transaction is open (one sqlstream.open() per "
-                    "file per process is enough), or end its transaction first",
-                    cli_hint="",
-                )
+                raise _self_wait(self.path, "another Database", "write through the Database whose transaction is "
+                                 "open (one sqlstream.open() per file per process is enough), or end its transaction first")
+        for holder in holders:
+            if holder.held_by_this_thread():
+                raise _self_wait(self.path, "a SQLAlchemy connection", "write through that connection "
+                                 "(sqlstream.sqlalchemy.append), or commit or roll its transaction back first")
+
+    @property
+    def _path_key(self) -> str:
+        return os.path.realpath(self.path)
 
     def read_conn(self) -> apsw.Connection:
         """This thread's read connection (autocommit, ``query_only``, opened NOMUTEX).
@@ -972,6 +978,50 @@ if hasattr(os, "register_at_fork"):
 # dropped Database leaves it).
 _writers: weakref.WeakSet[Engine] = weakref.WeakSet()
 _writers_lock = threading.Lock()
+
+
+class WriteHolder(Protocol):
+    """A connection of this process that is not an Engine's and can hold a file's write
+    lock (sqlstream's SQLAlchemy driver): ``path_key`` is its file's real path."""
+
+    path_key: str
+
+    def held_by_this_thread(self) -> bool:
+        """Whether the calling thread has this connection's write transaction open."""
+
+
+_holders: weakref.WeakSet[WriteHolder] = weakref.WeakSet()
+
+
+def register_write_holder(holder: WriteHolder) -> None:
+    """Make ``holder``'s transactions known to this process's Engines: a write of the
+    thread that holds one, which would wait for its own lock until busy_timeout, fails at
+    once with ``LockTimeout`` (the other way: :func:`refuse_waiting_for_own_write`)."""
+    with _writers_lock:
+        _holders.add(holder)
+
+
+def refuse_waiting_for_own_write(path: str, *, waiter: str) -> None:
+    """For the busy handler of a connection that is not an Engine's (``waiter`` names it),
+    before its first wait: raise ``LockTimeout`` when the calling thread holds a write
+    transaction of a sqlstream Database on ``path``, whose lock would never come free
+    while this thread waits for it."""
+    key = os.path.realpath(path)
+    with _writers_lock:
+        engines = [e for e in _writers if not e._closed and e._path_key == key]
+    for engine in engines:
+        if engine.in_transaction():
+            raise _self_wait(path, "a Database", f"commit the Database's transaction before writing through {waiter}, "
+                             "or write through the Database (db.transaction() holds the lock until it ends)")
+
+
+def _self_wait(path: str, holder: str, hint: str) -> LockTimeout:
+    return LockTimeout(
+        f"this thread holds a write transaction of {holder} on {path}: this write would wait "
+        "for that transaction's lock, which this thread holds",
+        hint=hint,
+        cli_hint="",
+    )
 
 
 # Connections inherited across fork: kept referenced so they are never closed (or

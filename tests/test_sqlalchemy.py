@@ -234,6 +234,53 @@ def test_outbox_beside_a_concurrent_sqlstream_writer(db: sqlstream.Database, eng
     assert db.check().ok
 
 
+def test_an_outbox_write_inside_this_threads_db_transaction_fails_at_once(db_path: str) -> None:
+    """The SQLAlchemy connection would wait for the write lock this thread's sqlstream
+    transaction holds until busy_timeout (30 s here), then blame another connection: the
+    busy handler sees the lock is this thread's own and refuses before waiting."""
+    with sqlstream.open(db_path) as db:
+        db.create_stream("events")
+        engine = ssa.create_engine(db_path, busy_timeout=30)
+        try:
+            with db.transaction():
+                db.stream("events").append(b"from sqlstream")
+                with engine.connect() as conn:
+                    with pytest.raises(errors.LockTimeout, match="holds a write transaction of a Database") as caught:
+                        ssa.append(conn, "events", b"from the outbox")
+                    conn.rollback()
+            assert "commit the Database's transaction" in (caught.value.hint or "")
+            with engine.begin() as conn:  # after the block the outbox writes as usual
+                ssa.append(conn, "events", b"after")
+        finally:
+            engine.dispose()
+        assert [r.value for r in db.stream("events").read()] == [b"from sqlstream", b"after"]
+
+
+def test_a_sqlstream_write_inside_this_threads_outbox_transaction_fails_at_once(db_path: str) -> None:
+    """The other way round: a sqlstream append of the thread whose SQLAlchemy transaction
+    holds the write lock is refused before it waits for it."""
+    with sqlstream.open(db_path, busy_timeout=30) as db:
+        events = db.create_stream("events")
+        engine = ssa.create_engine(db_path)
+        try:
+            with engine.begin() as conn:
+                ssa.append(conn, "events", b"from the outbox")
+                with pytest.raises(errors.LockTimeout, match="holds a write transaction of a SQLAlchemy connection"):
+                    events.append(b"from sqlstream")
+            events.append(b"after")  # the outbox committed: the lock is free again
+            # Another thread's open outbox transaction is waited for, not refused.
+            with engine.begin() as conn:
+                ssa.append(conn, "events", b"outbox, held")
+                waiter = threading.Thread(target=lambda: events.append(b"waited"))
+                waiter.start()
+                waiter.join(0.2)
+                assert waiter.is_alive()  # still waiting for the lock this thread holds
+            waiter.join()
+        finally:
+            engine.dispose()
+        assert [r.value for r in events.read()] == [b"from the outbox", b"after", b"outbox, held", b"waited"]
+
+
 CRASHER = r"""
 import sys, time
 import sqlstream.sqlalchemy as ssa
