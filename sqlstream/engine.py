@@ -110,7 +110,7 @@ class Engine:
         "_wconn", "_wq", "_wcur", "_wrun", "_wtxn", "_wal_hook", "_pid", "_lock", "_local",
         "_read_conns", "_guarded", "_tx_depth", "_tx_txn", "_tx_txn_depth", "_tx_tail", "_txn_committed", "_txn_tail",
         "_txn_token", "_version_after_commit", "_tx_wake", "_tx_quiet", "_ends",
-        "_inline_max", "notifier", "__weakref__",
+        "_inline_max", "notifier", "path_key", "__weakref__",
     )
     # One cursor of the write connection for the statements of every write scope (BEGIN,
     # the runner's, COMMIT): each runs to its end before the next, under the write lock,
@@ -134,6 +134,7 @@ class Engine:
         checkpoints: str = "auto",
     ) -> None:
         self.path = path
+        self.path_key = os.path.realpath(path)  # the file, for write holders (register_write_holder)
         self.checkpoints = checkpoints  # "auto" or "external" (checkpoint.py)
         self.readonly = readonly
         self.synchronous = synchronous
@@ -357,7 +358,7 @@ class Engine:
         (:func:`register_write_holder`)."""
         with _writers_lock:
             others = [e for e in _writers if e is not self and e.notifier is self.notifier and not e._closed]
-            holders = [h for h in _holders if h.path_key == self._path_key]
+            holders = [h for h in _holders if h.path_key == self.path_key]
         for other in others:
             if other.in_transaction():
                 raise _self_wait(self.path, "another Database", "write through the Database whose transaction is "
@@ -366,10 +367,6 @@ class Engine:
             if holder.held_by_this_thread():
                 raise _self_wait(self.path, "a SQLAlchemy connection", "write through that connection "
                                  "(sqlstream.sqlalchemy.append), or commit or roll its transaction back first")
-
-    @property
-    def _path_key(self) -> str:
-        return os.path.realpath(self.path)
 
     def read_conn(self) -> apsw.Connection:
         """This thread's read connection (autocommit, ``query_only``, opened NOMUTEX).
@@ -1008,7 +1005,7 @@ def refuse_waiting_for_own_write(path: str, *, waiter: str) -> None:
     while this thread waits for it."""
     key = os.path.realpath(path)
     with _writers_lock:
-        engines = [e for e in _writers if not e._closed and e._path_key == key]
+        engines = [e for e in _writers if not e._closed and e.path_key == key]
     for engine in engines:
         if engine.in_transaction():
             raise _self_wait(path, "a Database", f"commit the Database's transaction before writing through {waiter}, "
