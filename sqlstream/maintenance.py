@@ -383,9 +383,10 @@ def check(
             row = "a row" if rowid is None else f"row {rowid}"  # a WITHOUT ROWID table's rows have none
             problem(None, None, f"{row} of table {table} refers to a missing row of {parent}")
         q = cx.runner(conn)
-        values = dict(q("SELECT name, value FROM counters WHERE name = 'txn' OR name = 'txn_stream'"))
+        values = dict(q("SELECT name, value FROM counters "
+                        "WHERE name = 'txn' OR name = 'txn_stream' OR name = 'stream_id_floor'"))
         last_txn: int | None = None
-        for row in ("txn", "txn_stream"):
+        for row in ("txn", "txn_stream", "stream_id_floor"):
             if row not in values:
                 problem(None, None, f"the counters table has no {row!r} row")
             elif type(values[row]) is not int:  # noqa: E721 - SQL outside sqlstream wrote it

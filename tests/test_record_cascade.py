@@ -252,3 +252,21 @@ def test_a_floor_at_the_largest_integer_is_corrupt_database_and_nothing_is_creat
             db.create_stream("b")
         assert "stream_id_floor" in (caught.value.hint or "")
         assert [s.name for s in db.streams()] == ["a"]
+
+
+def test_check_reports_a_missing_or_mistyped_stream_id_floor(db_path: str) -> None:
+    with sqlstream.open(db_path) as db:
+        db.create_stream("a")
+    for sql, expected in (
+        ("UPDATE counters SET value = 'x' WHERE name = 'stream_id_floor'",
+         "the counters row 'stream_id_floor' holds 'x', not an integer"),
+        ("DELETE FROM counters WHERE name = 'stream_id_floor'", "the counters table has no 'stream_id_floor' row"),
+    ):
+        conn = plain_sql(db_path)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+        with sqlstream.open(db_path) as db:
+            assert [p.message for p in db.check().problems] == [expected]
+            db.create_stream(f"after-{len(expected)}")  # still creates: above the largest id in use
