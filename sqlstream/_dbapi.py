@@ -183,10 +183,11 @@ class Connection:
             # the migrations; only then does this connection open it.
             _ensure_schema(path, timeout, synchronous)
             self.apsw = cx.connect(path, busy_timeout=timeout, synchronous=synchronous)
+            self.path_key = os.path.realpath(path)
             # Before its first wait for the write lock: refused at once when this thread
             # holds a sqlstream Database's transaction on the file (its own lock).
             cx.connection_busy_handler(self.apsw, timeout, functools.partial(
-                refuse_waiting_for_own_write, path, waiter="a SQLAlchemy connection"))
+                refuse_waiting_for_own_write, path, self.path_key, waiter="a SQLAlchemy connection"))
             # $SQLSTREAM_CHECKPOINTS=external: Litestream (or another process) owns them.
             self._checkpoints = checkpoint_mode(None) == "auto"
             if not self._checkpoints:
@@ -196,7 +197,6 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - sqlstream's own errors, in PEP 249 terms
             raise OperationalError(str(exc)) from exc
         self.path = path
-        self.path_key = os.path.realpath(path)
         self.last_thread = 0  # the thread that ran the latest statement (Cursor._run)
         self.isolation_level = isolation_level
         self._after_commit: list[Callable[[], None]] = []

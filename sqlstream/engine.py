@@ -998,12 +998,11 @@ def register_write_holder(holder: WriteHolder) -> None:
         _holders.add(holder)
 
 
-def refuse_waiting_for_own_write(path: str, *, waiter: str) -> None:
+def refuse_waiting_for_own_write(path: str, key: str, *, waiter: str) -> None:
     """For the busy handler of a connection that is not an Engine's (``waiter`` names it),
     before its first wait: raise ``LockTimeout`` when the calling thread holds a write
-    transaction of a sqlstream Database on ``path``, whose lock would never come free
-    while this thread waits for it."""
-    key = os.path.realpath(path)
+    transaction of a sqlstream Database on ``path`` (``key``: its real path), whose lock
+    would never come free while this thread waits for it."""
     with _writers_lock:
         engines = [e for e in _writers if not e._closed and e.path_key == key]
     for engine in engines:
