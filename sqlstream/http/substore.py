@@ -65,6 +65,7 @@ from ..validation import check_name
 from . import protocol as p
 from .subprotocol import (
     DEFAULT_CLAIM_RECORDS,
+    MAX_CLAIM_BYTES,
     ZERO_TOKEN,
     AckRequest,
     Config,
@@ -404,7 +405,7 @@ class DsStore:
         for path, explicit, _glob in self._links(row.id):
             sub = self._backing(row, path)
             entry: dict[str, Any] = {"path": path, "link_type": "explicit" if explicit else "glob"}
-            batch = sub.fetch(worker, max_records, 0) if sub is not None else None
+            batch = sub.fetch(worker, max_records, 0, max_bytes=MAX_CLAIM_BYTES) if sub is not None else None
             if sub is None or not batch:
                 at = self._acked(row.id, path)
                 entry.update(acked_offset=at, tail_offset=at, has_pending=False, claimed=[])
