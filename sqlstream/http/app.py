@@ -43,6 +43,7 @@ from .. import aio
 from ..database import Database
 from ..errors import (
     AccessDenied,
+    DamagedRecord,
     InvalidArgument,
     InvalidName,
     InvalidValue,
@@ -344,8 +345,32 @@ class DurableStreamsApp:
             raise ProtocolError(404, "not found")
         except ProtocolError as exc:
             return await _send(send, _error(exc.status, str(exc), exc.headers), headers)
+        except DamagedRecord as exc:
+            return await _send(send, await self._damaged(exc), headers)
         except SqlstreamError as exc:
             return await _send(send, _from_sqlstream(exc), headers)
+
+    async def _damaged(self, exc: DamagedRecord) -> _Response:
+        """The answer to a read that starts at a damaged record (one another tool broke:
+        text that is not UTF-8, JSON that does not parse, a payload row gone).
+
+        Not a 5xx: the read fails the same way every time until someone repairs or
+        skips the record, and clients retry a 5xx for ever (an EventSource too), which
+        hid the damage behind a retry loop. 422 with the record named, why, and the
+        offset to read on from to skip it (also as ``Stream-Next-Offset``, so a client
+        that decides to skip need not parse the text); ``no-store``.
+        """
+        db = await self.db()
+        after = exc.offset + 1
+        try:
+            position = (await db.run_sync(lambda: db.sync.stream(exc.stream).read_raw(after, 1))).position
+        except SqlstreamError:  # the next record is damaged too: the token's offset is what counts
+            position = 0
+        skip = p.format_offset(after, position)
+        reason = str(exc.args[0]).split("; nothing was read")[0]
+        return _error(422, f"{reason}; nothing was read. To skip it, read on from offset={skip}; "
+                           "`sqlstream check` on the server lists every damaged record",
+                      {p.NEXT_OFFSET: skip})
 
     def _authorize(self, headers: dict[str, str]) -> None:
         if self.config.token is None:
@@ -912,6 +937,10 @@ class DurableStreamsApp:
 
     async def _sse(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
                    receive: Receive, send: Send) -> int:
+        # The first page before the response starts: a read that cannot begin (a damaged
+        # record at `start`) is answered with its status, which an EventSource does not
+        # retry, instead of a 200 that ends at once, for ever.
+        page: Page | None = await self._page(st, start)
         self._enter_live()
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
@@ -924,7 +953,6 @@ class DurableStreamsApp:
             at = start
             cur = p.cursor(client_cursor)
             first = True
-            page: Page | None = None
             while not disconnected.done() and not self._closing.is_set():
                 if page is None:
                     page = await self._page(st, at)
