@@ -43,6 +43,7 @@ from .errors import (
 )
 from .logs import LazyLogger
 from .records import (
+    MISSING_PAYLOAD,
     RANGE_SIZE_SQL,
     RECORD_SIZE,
     Damaged,
@@ -1147,7 +1148,9 @@ class Subscription:
         append-only log); the subscription remembers how far it redrove, so a letter is
         never moved twice. The new records are delivered like any other, attempts from 1.
         ``max_records``: at most that many letters (None: all). Atomic (appends and the
-        redrive position commit together); returns the new offsets in the stream.
+        redrive position commit together); returns the new offsets in the stream. A
+        letter whose value is gone (plain SQL deleted its payload row) is skipped with a
+        warning; it stays in the dead-letter stream.
         Raises ``InvalidArgument`` (no dead-letter stream), ``SubscriptionNotFound``,
         ``StreamSealed``/``AccessDenied`` (the stream takes no appends).
         """
@@ -1184,8 +1187,14 @@ class Subscription:
                     break
                 for offset, raw_key, raw_headers, ctype, raw in page:
                     pos = offset + 1
-                    key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
+                    key, meta, data = salvage(raw_key, raw_headers, ctype, b"" if raw is None else raw)
                     if meta.get("sqlstream.subscription") != self.name or meta.get("sqlstream.source_stream") != self.stream:
+                        continue
+                    if raw is None:
+                        # Its payloads row is gone (foreign SQL): no value to redrive. The
+                        # letter stays where it is; failing would stop every redrive here.
+                        _log.warning("subscription %r skips the letter at offset %d of stream %r (%s)",
+                                     self.name, offset, dead_letter, MISSING_PAYLOAD)
                         continue
                     if not isinstance(data, str) and ctype != "bytes":
                         ctype = "bytes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from helpers_subscriptions import Clock
@@ -179,6 +180,23 @@ def test_redrive_moves_each_dead_letter_back_once_with_its_original_offset(db: s
     sub.ack(4)
     assert sub.redrive() == [5]
     assert db.stream("s").read(5)[0].headers == {"sqlstream.original_offset": "0"}
+
+
+def test_redrive_skips_a_letter_whose_value_is_gone_and_goes_on(db: sqlstream.Database, caplog: Any) -> None:
+    """A dead letter whose payload row plain SQL deleted made every redrive fail with a
+    raw TypeError (the redrive never got past it). Now it is skipped with a warning
+    naming it (it stays, damaged, in the dead-letter stream); the others are redriven."""
+    db.create_stream("s").extend([b"a" * 2000, b"b" * 2000, b"c" * 2000])  # out of their rows
+    sub = db.create_subscription("sub", "s", max_deliveries=1, dead_letter="dead")
+    sub.nack(*sub.fetch("c").offsets)
+    with db.engine.write() as conn:
+        conn.execute("DELETE FROM payloads WHERE offset = 1 AND stream_id = "
+                     "(SELECT id FROM streams WHERE name = 'dead')")
+    with caplog.at_level("WARNING", logger="sqlstream"):
+        assert sub.redrive() == [3, 4]
+    assert [r.value[:1] for r in db.stream("s").read(3)] == [b"a", b"c"]
+    assert "offset 1 of stream 'dead'" in caplog.text
+    assert sub.redrive() == []
 
 
 def test_redrive_needs_a_dead_letter_stream(db: sqlstream.Database) -> None:
