@@ -185,6 +185,14 @@ SELECT ?1, offset, ?2, 1, ?3, ?4 FROM chunks WHERE stream_id = ?5 AND offset >= 
 # Offsets travel as one JSON array parameter: bound, whatever their number.
 _IN_OFFSETS = "offset IN (SELECT value FROM json_each(?))"
 
+# redrive's pages: the next letters' sizes (RECORD_SIZE: no value is read).
+_PAGE_SIZES_SQL = (
+    f"SELECT c.offset, {RECORD_SIZE} FROM chunks c WHERE c.stream_id = ? AND c.offset >= ? ORDER BY c.offset LIMIT 500"
+)
+REDRIVE_PAGE_BYTES = 4 * 1024 * 1024
+"""The most bytes of dead letters (value, key, headers) a redrive holds at once (one
+letter larger than that comes alone)."""
+
 _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset")
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
@@ -1175,16 +1183,26 @@ class Subscription:
                 pos = first
             pos = max(pos, first)
             limit = MAX_COUNT if max_records is None else max_records
-            prepared: list[PreparedRecord] = []
-            while pos < nxt and len(prepared) < limit:
+            offsets: list[int] = []
+            taken = 0
+            while pos < nxt and taken < limit:
+                # A page at a time, appended before the next is read: the letters held at
+                # once are bounded in bytes (the first always), not all of them.
+                end = pos
+                total = 0
+                for offset, size in _q(conn, _PAGE_SIZES_SQL, (dl_id, pos)):
+                    if end > pos and total + size > REDRIVE_PAGE_BYTES:
+                        break
+                    end, total = offset + 1, total + size
                 page = _q(conn,
                     "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
-                    "FROM records WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
-                    (dl_id, pos),
+                    "FROM records WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset",
+                    (dl_id, pos, end),
                 )
                 if not page:
                     pos = nxt
                     break
+                prepared: list[PreparedRecord] = []
                 for offset, raw_key, raw_headers, ctype, raw in page:
                     pos = offset + 1
                     key, meta, data = salvage(raw_key, raw_headers, ctype, b"" if raw is None else raw)
@@ -1203,17 +1221,17 @@ class Subscription:
                         meta.pop(name, None)
                     meta["sqlstream.original_offset"] = original
                     prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
-                    if len(prepared) >= limit:
+                    taken += 1
+                    if taken >= limit:
                         break
-            offsets: list[int] = []
-            if prepared:
-                try:
-                    offsets = list(db.engine.append_rows(self.stream, None, prepared, None))
-                except (StreamSealed, AccessDenied) as exc:
-                    raise type(exc)(
-                        f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
-                        hint="redrive needs a stream that takes appends without a secret",
-                    ) from exc
+                if prepared:
+                    try:
+                        offsets += db.engine.append_rows(self.stream, None, prepared, None)
+                    except (StreamSealed, AccessDenied) as exc:
+                        raise type(exc)(
+                            f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
+                            hint="redrive needs a stream that takes appends without a secret",
+                        ) from exc
             conn.execute("UPDATE subscriptions SET redrive_offset = ? WHERE id = ?", (pos, self._id))
         return offsets
 
