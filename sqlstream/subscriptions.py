@@ -189,9 +189,9 @@ _IN_OFFSETS = "offset IN (SELECT value FROM json_each(?))"
 _PAGE_SIZES_SQL = (
     f"SELECT c.offset, {RECORD_SIZE} FROM chunks c WHERE c.stream_id = ? AND c.offset >= ? ORDER BY c.offset LIMIT 500"
 )
-REDRIVE_PAGE_BYTES = 4 * 1024 * 1024
-"""The most bytes of dead letters (value, key, headers) a redrive holds at once (one
-letter larger than that comes alone)."""
+COPY_PAGE_BYTES = 4 * 1024 * 1024
+"""The most bytes of records (value, key, headers) a redrive, or a move to the
+dead-letter stream, holds at once (one record larger than that comes alone)."""
 
 _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset")
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
@@ -735,8 +735,34 @@ class Subscription:
         subscription without one) the records are only taken out of delivery.
         """
         db = self.db
-        offsets = [e[0] for e in entries]
+        offsets = sorted(e[0] for e in entries)
         info = {e[0]: (e[1], e[2]) for e in entries}
+        doc = json.dumps(offsets)
+        if dead_letter is None:
+            moved = _q(conn, f"SELECT count(*) FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS}", (stream_id, doc))[0][0]
+        else:
+            moved = 0
+            # A page at a time (COPY_PAGE_BYTES, the first record always), each appended
+            # before the next is read: what is held is bounded, however many records.
+            sizes = [size for (size,) in _q(conn, _LIST_SIZES_SQL, (stream_id, doc))]
+            start = 0
+            while start < len(offsets):
+                end, total = start + 1, sizes[start]
+                while end < len(offsets) and total + sizes[end] <= COPY_PAGE_BYTES:
+                    total += sizes[end]
+                    end += 1
+                moved += self._dead_letter_page(conn, stream_id, dead_letter, offsets[start:end], info, moved == 0)
+                start = end
+        conn.execute(f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}", (self._id, doc))
+        conn.execute("UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (moved, self._id))
+
+    def _dead_letter_page(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str, offsets: list[int],
+        info: dict[int, tuple[int, str | None]], first: bool,
+    ) -> int:
+        """Copy the records ``offsets`` still has to ``dead_letter`` (``first``: the
+        first page with records, which creates the stream if needed); how many."""
+        db = self.db
         rows = _q(conn,
             "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
             f"FROM records WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset",
@@ -760,24 +786,20 @@ class Subscription:
             if last_error is not None:
                 meta["sqlstream.last_error"] = last_error
             prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
-        if prepared and dead_letter is not None:
-            exists = _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,))
-            if not exists:
-                db.create_stream(dead_letter)
-            try:
-                db.engine.append_rows(dead_letter, None, prepared, None)
-            except (StreamSealed, AccessDenied) as exc:
-                raise type(exc)(
-                    f"subscription {self.name!r} cannot dead-letter offsets {offsets} to stream "
-                    f"{dead_letter!r}: {exc.args[0]}",
-                    hint=f"delete stream {dead_letter!r} (it is re-created on demand) or the subscription",
-                ) from exc
-        conn.execute(
-            f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}", (self._id, json.dumps(offsets))
-        )
-        conn.execute(
-            "UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (len(prepared), self._id)
-        )
+        if not prepared:
+            return 0
+        if first and not _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,)):
+            db.create_stream(dead_letter)
+        try:
+            db.engine.append_rows(dead_letter, None, prepared, None)
+        except (StreamSealed, AccessDenied) as exc:
+            shown = f"{offsets}" if len(offsets) <= 10 else f"{offsets[:10]} and {len(offsets) - 10} more"
+            raise type(exc)(
+                f"subscription {self.name!r} cannot dead-letter offsets {shown} to stream "
+                f"{dead_letter!r}: {exc.args[0]}",
+                hint=f"delete stream {dead_letter!r} (it is re-created on demand) or the subscription",
+            ) from exc
+        return len(prepared)
 
     def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
         """Acknowledge records: they leave the pending list and are never redelivered.
@@ -1191,7 +1213,7 @@ class Subscription:
                 end = pos
                 total = 0
                 for offset, size in _q(conn, _PAGE_SIZES_SQL, (dl_id, pos)):
-                    if end > pos and total + size > REDRIVE_PAGE_BYTES:
+                    if end > pos and total + size > COPY_PAGE_BYTES:
                         break
                     end, total = offset + 1, total + size
                 page = _q(conn,
