@@ -1113,9 +1113,12 @@ class Subscription:
             return Batch(subscription=self.name, consumer=consumer)
         return self._take(consumer, min_idle, json.dumps(wanted), len(wanted))
 
-    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100) -> Batch:
+    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100,
+                  max_bytes: int | None = DEFAULT_FETCH_BYTES) -> Batch:
         """Take over up to ``count`` pending records idle at least ``min_idle`` seconds
         (Redis ``XAUTOCLAIM``), lowest offsets first; otherwise as :meth:`claim`.
+        ``max_bytes``: the byte budget, as :meth:`fetch`'s (the first record always;
+        the claim stops before the first that does not fit, which stays as it was).
 
         With ``min_idle`` at least ``ack_timeout`` this claims what a consumer that died
         left behind, without waiting for a fetch. Atomic. Raises ``InvalidName``,
@@ -1124,9 +1127,11 @@ class Subscription:
         check_name(consumer, "consumer")
         min_idle = check_seconds(min_idle, "min_idle", positive=False)
         check_count(count, "count")
-        return self._take(consumer, min_idle, None, count)
+        check_limit(max_bytes, "max_bytes")
+        return self._take(consumer, min_idle, None, count, max_bytes)
 
-    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int) -> Batch:
+    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int,
+              max_bytes: int | None = None) -> Batch:
         """Claim pending records idle since ``min_idle`` (of the JSON list ``offsets``, or any)."""
         db = self.db
         with db.engine.write() as conn:
@@ -1145,7 +1150,7 @@ class Subscription:
             exhausted = [f for f in found if max_deliveries is not None and f[1] >= max_deliveries]
             if exhausted:
                 self._dead_letter(conn, stream_id, dead_letter, exhausted)
-            taken = [f[0] for f in found if f not in exhausted]
+            taken = _Budget(max_bytes).take_list(conn, stream_id, [f[0] for f in found if f not in exhausted])
             attempts: dict[int, int] = {}
             records: list[Record] = []
             damaged: list[Damaged] = []

@@ -282,3 +282,23 @@ def test_a_claim_of_big_records_reads_only_its_budget(tmp_path: Any, counting: C
             assert sub.info().pending == len(batch)
     assert read["unbounded"] > 40 * big
     assert read["budgeted"] < 4 * big + 256 * 1024, read
+
+
+def test_autoclaim_takes_the_budget_too(tmp_path: Any) -> None:
+    """autoclaim (XAUTOCLAIM) read every claimed record's value up to ``count``; it takes
+    fetch's byte budget now: the records past it stay with their consumer, untouched."""
+    with _open(tmp_path) as db:
+        db.create_stream("s").extend([b"v" * 600] * 5)
+        sub = db.create_subscription("sub", "s")
+        assert sub.fetch("c1", 10).offsets == [0, 1, 2, 3, 4]
+        got = sub.autoclaim("c2", count=10, max_bytes=1300)
+        assert got.offsets == [0, 1] and got.attempts == {0: 2, 1: 2}
+        assert [(p.offset, p.consumer, p.attempts) for p in sub.pending()] == [
+            (0, "c2", 2), (1, "c2", 2), (2, "c1", 1), (3, "c1", 1), (4, "c1", 1)]
+        assert sub.autoclaim("c3", count=10, max_bytes=1).offsets == [0]  # the first always
+        with pytest.raises(errors.InvalidArgument, match="max_bytes"):
+            sub.autoclaim("c3", max_bytes=0)
+
+
+def _open(tmp_path: Any) -> sqlstream.Database:
+    return sqlstream.open(tmp_path / "claim.db")
