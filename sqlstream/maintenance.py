@@ -419,15 +419,22 @@ def _check_stream(
             if not problem(name, offset, f"record at or past next_offset {nxt}"):
                 return False
             continue
+        # The table is not STRICT: SQL outside sqlstream can store a value of any type;
+        # such a value is reported and compared with nothing (it would raise TypeError).
+        pos_ok, ts_ok, txn_ok = type(pos) is int, type(ts) is int, type(txn) is int
+        for column, value, ok in (("position", pos, pos_ok), ("timestamp", ts, ts_ok), ("txn", txn, txn_ok)):
+            if not ok and not problem(name, offset, f"{column} is {value!r}, not an integer "
+                                      "(written by SQL outside sqlstream; reads of this record may fail)"):
+                return False
         if offset != expect:
             missing = f"offset {expect} is" if offset == expect + 1 else f"offsets {expect}..{offset - 1} are"
             if not problem(name, expect, f"gap: {missing} missing (offsets must be gap-free)"):
                 return False
-            position = pos  # resynchronise so one gap is reported once
-        elif position is not None and pos != position:
+            position = pos if pos_ok else None  # resynchronise so one gap is reported once
+        elif pos_ok and position is not None and pos != position:
             if not problem(name, offset, f"byte position {pos}, expected {position} (the sum of earlier payloads)"):
                 return False
-        if prev_ts is not None and ts < prev_ts:
+        if ts_ok and prev_ts is not None and ts < prev_ts:
             if not problem(name, offset, "timestamp earlier than the previous record's (timestamps never decrease)"):
                 return False
         if storage == "missing":
@@ -443,7 +450,9 @@ def _check_stream(
             if not problem(name, offset, f"damaged record: content type 'json' but the payload is not valid JSON "
                            f"({_DAMAGE_HINT})"):
                 return False
-        if last_txn is not None and not 0 < txn <= last_txn:
+        if not txn_ok:
+            pass
+        elif last_txn is not None and not 0 < txn <= last_txn:
             if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):
                 return False
         elif prev_txn is not None and txn < prev_txn:
@@ -453,7 +462,8 @@ def _check_stream(
                            "(txn never decreases in a stream)"):
                 return False
         # A missing payload's size is unknown: the next record's position is taken as it is.
-        expect, position, prev_ts, prev_txn = offset + 1, None if storage == "missing" else pos + nbytes, ts, txn
+        expect, prev_ts, prev_txn = offset + 1, ts if ts_ok else None, txn if txn_ok else None
+        position = None if storage == "missing" or not pos_ok else pos + nbytes
     if expect < nxt:
         missing = f"offset {expect} is" if expect + 1 == nxt else f"offsets {expect}..{nxt - 1} are"
         if not problem(name, expect, f"gap: {missing} missing (next_offset is {nxt})"):
