@@ -604,3 +604,11 @@ def test_an_expiry_past_year_9999_is_refused_and_one_stored_earlier_still_answer
     for method in ("HEAD", "GET"):
         r = client.request(method, "/last")
         assert r.status_code == 200 and r.headers[p.EXPIRES_AT] == "9999-12-31T23:59:59.000Z"
+
+
+def test_sse_text_events_carry_cr_and_crlf_as_lf_and_base64_events_are_exact() -> None:
+    """The README's row on SSE and carriage returns: SSE ends a line at CR, LF or CRLF, so
+    a text event cannot carry a CR; base64 events (other content types) are exact."""
+    assert p.sse_data("a\r\nb\rc\n".encode(), text=True) == b"event: data\ndata:a\ndata:b\ndata:c\ndata:\n\n"
+    event = p.sse_data(b"a\r\nb\rc", text=False)
+    assert base64.b64decode(event.split(b"data:")[1].strip()) == b"a\r\nb\rc"
