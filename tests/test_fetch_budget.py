@@ -302,3 +302,22 @@ def test_autoclaim_takes_the_budget_too(tmp_path: Any) -> None:
 
 def _open(tmp_path: Any) -> sqlstream.Database:
     return sqlstream.open(tmp_path / "claim.db")
+
+
+def test_a_pending_record_deleted_by_sql_does_not_use_up_the_first_record(tmp_path: Any) -> None:
+    """A pending record whose row plain SQL deleted is dropped by the claim that meets it
+    (nothing to deliver). It used to count as the claim's first record, so a larger
+    record after it was refused by the budget and the fetch came back empty with work
+    waiting; the first record the claim delivers is always taken."""
+    with _open(tmp_path) as db:
+        clock = Clock()
+        db.engine.clock = clock
+        db.create_stream("s").extend([b"a" * 10, b"b" * 5000])
+        sub = db.create_subscription("sub", "s", ack_timeout=5)
+        assert sub.fetch("c1", 10).offsets == [0, 1]
+        with db.engine.write() as conn:
+            conn.execute("DELETE FROM chunks WHERE offset = 0")
+        clock.advance(10)
+        got = sub.fetch("c2", 10, max_bytes=1000)
+        assert got.offsets == [1] and got.attempts == {1: 2}
+        assert [p.offset for p in sub.pending()] == [1]
