@@ -169,8 +169,8 @@ _RANGE_SIZES_SQL = (
     f"SELECT c.offset, {RECORD_SIZE} FROM chunks c WHERE c.stream_id = ?1 AND c.offset >= ?2 AND c.offset < ?3 "
     "ORDER BY c.offset"
 )
-_LIST_SIZE_SQL = (
-    f"SELECT sum({RECORD_SIZE}) FROM chunks c WHERE c.stream_id = ?1 AND c.offset IN (SELECT value FROM json_each(?2))"
+_LIST_SIZE_SQL = (  # and how many of them still exist
+    f"SELECT sum({RECORD_SIZE}), count(*) FROM chunks c WHERE c.stream_id = ?1 AND c.offset IN (SELECT value FROM json_each(?2))"
 )
 # NULL for a record that is gone (deleted by plain SQL while pending): the claim drops it.
 _LIST_SIZES_SQL = (
@@ -289,7 +289,8 @@ class _Budget:
                 self.full = True  # not exact any more: nothing may be taken after this
                 return offsets
         doc = json.dumps(offsets)
-        if self._take_all(len(offsets), _q(conn, _LIST_SIZE_SQL, (stream_id, doc))[0][0]):
+        total, present = _q(conn, _LIST_SIZE_SQL, (stream_id, doc))[0]
+        if self._take_all(present, total):  # records that are gone count for nothing
             return offsets
         count = 0
         sizes = conn.execute(_LIST_SIZES_SQL, (stream_id, doc))

@@ -321,3 +321,11 @@ def test_a_pending_record_deleted_by_sql_does_not_use_up_the_first_record(tmp_pa
         got = sub.fetch("c2", 10, max_bytes=1000)
         assert got.offsets == [1] and got.attempts == {1: 2}
         assert [p.offset for p in sub.pending()] == [1]
+        # Only a gone record due, then a new one larger than the budget: the new one comes.
+        sub.ack(1)
+        db.stream("s").extend([b"c" * 10, b"d" * 5000])
+        assert sub.fetch("c1", 1).offsets == [2]
+        with db.engine.write() as conn:
+            conn.execute("DELETE FROM chunks WHERE offset = 2")
+        clock.advance(10)
+        assert sub.fetch("c2", 10, max_bytes=1000).offsets == [3]
