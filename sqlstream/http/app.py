@@ -128,6 +128,10 @@ class HttpConfig:
     max_messages_per_append: int = 10_000
     """Messages one JSON-mode POST or PUT may carry (an array body is flattened into one record
     per element, all in one transaction that holds the file's write lock); more get 413."""
+    max_claim_bytes: int = 64 * 1024 * 1024
+    """A subscription claim's byte budget per linked stream (``Subscription.fetch``'s
+    ``max_bytes``): records while their sizes fit, the first always, besides the claim's
+    ``max_records``."""
     max_connections: int = 1024
     """Open connections at most (:class:`~sqlstream.http.server.HttpServer`): more are closed
     when accepted, and 503 answers requests while that many run. Keep it above ``max_live``."""
@@ -161,7 +165,8 @@ class HttpConfig:
 
 NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_header_bytes", "max_chunk_bytes",
                    "max_response_bytes",
-                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append")
+                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append",
+                   "max_claim_bytes")
 """The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
 
 
@@ -220,7 +225,8 @@ class DurableStreamsApp:
         self.tails = Tails()
         self.damage = catchup.Damage()
         self.metrics = Metrics()
-        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks)
+        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks,
+                                                max_claim_bytes=self.config.max_claim_bytes)
         if self.config.token is not None and self.config.cache_control.startswith("public"):
             self.config.cache_control = "private" + self.config.cache_control[len("public"):]
 
