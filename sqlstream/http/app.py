@@ -62,7 +62,7 @@ from ..fencing import FencedAppend
 from ..lifetimes import Lifetime
 from ..records import StreamInfo
 from ..streams import Stream
-from ..validation import check_name
+from ..validation import MAX_COUNT, MAX_LIMIT, MAX_TIMEOUT, check_name
 from . import catchup
 from . import protocol as p
 from .metrics import Metrics
@@ -158,7 +158,7 @@ class HttpConfig:
     def __post_init__(self) -> None:
         """Refuse numbers the server could not honour (``InvalidArgument`` naming the field)."""
         for name in NUMERIC_OPTIONS:
-            problem = number_problem(getattr(self, name))
+            problem = number_problem(getattr(self, name), MAXIMUMS.get(name))
             if problem is not None:
                 raise InvalidArgument(f"HttpConfig.{name} {problem}")
 
@@ -169,15 +169,31 @@ NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_head
                    "max_claim_bytes")
 """The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
 
+MAXIMUMS = {
+    # Passed to the read and claim APIs as their byte budgets, which refuse more: a server
+    # configured past them accepted the setting and then answered every read (or claim)
+    # with 400.
+    "max_chunk_bytes": MAX_COUNT, "max_response_bytes": MAX_LIMIT, "max_claim_bytes": MAX_LIMIT,
+    # Seconds, as every timeout of the Python API (an int past float range would raise
+    # OverflowError at every request that adds it to the clock).
+    "long_poll_timeout": MAX_TIMEOUT, "sse_max_seconds": MAX_TIMEOUT, "header_timeout": MAX_TIMEOUT,
+}
+"""The largest value of the :data:`NUMERIC_OPTIONS` that have one."""
 
-def number_problem(value: object) -> str | None:
+
+def number_problem(value: object, maximum: float | None = None) -> str | None:
     """Why ``value`` is not a usable count or number of seconds (None if it is): NaN would
     make every comparison false (a long-poll then fails with the Python API's error), inf
-    a wait without end, 0 or less no service at all."""
+    a wait without end, 0 or less no service at all; past ``maximum``, more than the
+    server can honour."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, not {value!r}"
-    if not math.isfinite(value) or value <= 0:
+    # An int is finite however large (math.isfinite would raise OverflowError past floats).
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         return f"must be a finite number > 0, not {value!r}"
+    if maximum is not None and value > maximum:
+        shown = f"{value!r}" if len(repr(value)) <= 30 else f"a number of {len(repr(value))} digits"
+        return f"must be at most {maximum:,}, not {shown}"
     return None
 
 

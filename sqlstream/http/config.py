@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..streaming.config import ConfigError
-from .app import NUMERIC_OPTIONS, HttpConfig, number_problem
+from .app import MAXIMUMS, NUMERIC_OPTIONS, HttpConfig, number_problem
 from .server import DEFAULT_PORT
 
 TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
@@ -63,7 +63,7 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
         kind = _OPTIONS[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
-        problem = number_problem(value) if key in NUMERIC_OPTIONS else None
+        problem = number_problem(value, MAXIMUMS.get(key)) if key in NUMERIC_OPTIONS else None
         if problem is not None:
             raise ConfigError(path, "http", key, problem)
         if isinstance(value, list):
