@@ -518,7 +518,12 @@ def test_the_kafka_table_is_checked_strictly(tmp_path):
     settings = settings_from_config(config.kafka, config.path)
     assert (settings.host, settings.port, settings.auto_create_topics, settings.sasl) == ("127.0.0.1", 0, False, True)
     for bad, match in [("lisen = 'x'", "unknown option"), ("max_connections = 'ten'", "must be an integer"),
-                       ("listen = 'nohost'", "HOST:PORT"), ("default_partitions = 0", "at least 1")]:
+                       ("listen = 'nohost'", "HOST:PORT"), ("default_partitions = 0", "at least 1"),
+                       # Accepted before, then every client was sent to a port TCP does not
+                       # have, and every auto-created topic was refused (at most 10,000).
+                       ("advertised_port = 70000", "at most 65,535"),
+                       ("default_partitions = 10001", "at most 10,000"),
+                       (f"default_partitions = {10**40}", "a number of 41 digits")]:
         path.write_text(f"[kafka]\n{bad}\n")
         with pytest.raises(ConfigError, match=match):
             settings_from_config(load_config(path).kafka, str(path))
