@@ -60,8 +60,8 @@ from .readers import Reader, ReaderInfo
 from .records import Chunk, Record, StreamInfo
 from .retention import TrimResult
 from .streams import Stream
-from .subscriptions import AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
-from .validation import check_count, check_name, check_offset, check_timeout
+from .subscriptions import DEFAULT_FETCH_BYTES, AckResult, Batch, PendingEntry, Subscription, SubscriptionInfo
+from .validation import check_count, check_limit, check_name, check_offset, check_timeout
 
 __all__ = [
     "AsyncConsumer",
@@ -1043,16 +1043,20 @@ class AsyncSubscription:
         return f"<sqlstream.aio.AsyncSubscription {self.name!r} on {self.stream!r}>"
 
     async def fetch(self, consumer: str, max_records: int = 100, timeout: float | None = 0,
-                    *, stop: Callable[[], bool] | None = None) -> Batch:
-        """``Subscription.fetch``: claim up to ``max_records``; with a timeout, await them
-        (woken by appends, acks and nacks from any process, and by the next ack deadline).
-        Cancelled mid-claim, the claimed records are nacked back (redelivered at once)."""
+                    *, max_bytes: int | None = DEFAULT_FETCH_BYTES,
+                    stop: Callable[[], bool] | None = None) -> Batch:
+        """``Subscription.fetch``: claim up to ``max_records`` (within the byte budget
+        ``max_bytes``); with a timeout, await them (woken by appends, acks and nacks from
+        any process, and by the next ack deadline). Cancelled mid-claim, the claimed
+        records are nacked back (redelivered at once)."""
         check_name(consumer, "consumer")
         check_count(max_records, "max_records")
+        check_limit(max_bytes, "max_bytes")
         sub = self.sync
         if timeout == 0:
             # Not blocking: one call on the worker, without the waiting machinery.
-            return await self.adb._call(sub.fetch, consumer, max_records, timeout, undo=_nack_cancelled(sub))
+            return await self.adb._call(sub.fetch, consumer, max_records, timeout, max_bytes=max_bytes,
+                                        undo=_nack_cancelled(sub))
         deadline: list[int | None] = [None]
         in_tx = self.adb._in_my_transaction()
         first = [True]
@@ -1060,7 +1064,7 @@ class AsyncSubscription:
         def check() -> Batch | None:
             if first[0]:
                 first[0] = False  # claim straight away first, as the sync fetch does
-                batch = sub.fetch(consumer, max_records, 0)
+                batch = sub.fetch(consumer, max_records, 0, max_bytes=max_bytes)
                 if batch or in_tx:
                     return batch if batch else None
                 deadline[0] = sub.probe()[1]  # empty: when to look again without a commit
@@ -1071,7 +1075,7 @@ class AsyncSubscription:
                 claimable, deadline[0] = sub.probe()
                 if not claimable:
                     return None
-            batch = sub.fetch(consumer, max_records, 0)
+            batch = sub.fetch(consumer, max_records, 0, max_bytes=max_bytes)
             return batch if batch else None
 
         def wake_at() -> float | None:

@@ -20,6 +20,7 @@ Every problem names its stream and offset.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -317,7 +318,10 @@ _RECORDS_SQL = (
     # Text payloads undecoded, to find damaged records (invalid UTF-8) without apsw's decoding failing.
     # CAST of p.data too: a payload row written as TEXT by foreign SQL (`X'FF' || ...` is
     # TEXT) would come back as a str apsw cannot decode.
-    "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), CAST(p.data AS BLOB)) END "
+    "CASE WHEN c.content_type != 'bytes' AND ?2 THEN coalesce(CAST(c.data AS BLOB), CAST(p.data AS BLOB)) END, "
+    # The key and headers undecoded too: reads refuse a record whose key is not UTF-8 or
+    # whose headers are not a JSON object (DamagedRecord), so check names it as well.
+    "CASE WHEN ?2 THEN CAST(c.key AS BLOB) END, CASE WHEN ?2 THEN CAST(c.headers AS BLOB) END "
     "FROM chunks c LEFT JOIN payloads p ON c.data IS NULL AND p.stream_id = c.stream_id AND p.offset = c.offset "
     "WHERE c.stream_id = ?1 ORDER BY c.offset"
 )
@@ -414,6 +418,22 @@ _STORAGE = {"bytes": "blob", "text": "text", "json": "text"}
 _DAMAGE_HINT = "reads raise DamagedRecord; read_bytes reads its bytes; subscriptions set it aside"
 
 
+def _meta_damage(key: bytes | None, headers: bytes | None) -> str | None:
+    """Why a record's stored key or headers would make reads refuse it, or None."""
+    if key is not None:
+        try:
+            bytes(key).decode("utf-8")
+        except UnicodeDecodeError:
+            return "its key is not valid UTF-8"
+    if headers:
+        try:
+            if not isinstance(json.loads(bytes(headers)), dict):
+                return "its headers are not a valid JSON object"
+        except (ValueError, RecursionError):
+            return "its headers are not a valid JSON object"
+    return None
+
+
 def _check_stream(
     conn: apsw.Connection, stream: tuple[Any, ...], last_txn: int | None, validate_json: bool,
     report: CheckReport, problem: Any, progress: ProgressCallback | None = None, total: int = 0,
@@ -422,7 +442,8 @@ def _check_stream(
     sid, name, first, nxt, first_pos, length, last_append = stream
     expect, prev_ts, prev_txn = first, None, None
     position: int | None = first_pos
-    for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw in conn.execute(_RECORDS_SQL, (sid, validate_json)):
+    for offset, pos, ts, txn, ctype, storage, nbytes, json_ok, raw, key, headers in conn.execute(
+            _RECORDS_SQL, (sid, validate_json)):
         report.records += 1
         if progress is not None and report.records % CHECK_PROGRESS_EVERY == 0:
             progress(min(report.records, total), total)
@@ -434,15 +455,22 @@ def _check_stream(
             if not problem(name, offset, f"record at or past next_offset {nxt}"):
                 return False
             continue
+        # The table is not STRICT: SQL outside sqlstream can store a value of any type;
+        # such a value is reported and compared with nothing (it would raise TypeError).
+        pos_ok, ts_ok, txn_ok = type(pos) is int, type(ts) is int, type(txn) is int
+        for column, value, ok in (("position", pos, pos_ok), ("timestamp", ts, ts_ok), ("txn", txn, txn_ok)):
+            if not ok and not problem(name, offset, f"{column} is {value!r}, not an integer "
+                                      "(written by SQL outside sqlstream; reads of this record may fail)"):
+                return False
         if offset != expect:
             missing = f"offset {expect} is" if offset == expect + 1 else f"offsets {expect}..{offset - 1} are"
             if not problem(name, expect, f"gap: {missing} missing (offsets must be gap-free)"):
                 return False
-            position = pos  # resynchronise so one gap is reported once
-        elif position is not None and pos != position:
+            position = pos if pos_ok else None  # resynchronise so one gap is reported once
+        elif pos_ok and position is not None and pos != position:
             if not problem(name, offset, f"byte position {pos}, expected {position} (the sum of earlier payloads)"):
                 return False
-        if prev_ts is not None and ts < prev_ts:
+        if ts_ok and prev_ts is not None and ts < prev_ts:
             if not problem(name, offset, "timestamp earlier than the previous record's (timestamps never decrease)"):
                 return False
         if storage == "missing":
@@ -458,7 +486,12 @@ def _check_stream(
             if not problem(name, offset, f"damaged record: content type 'json' but the payload is not valid JSON "
                            f"({_DAMAGE_HINT})"):
                 return False
-        if last_txn is not None and not 0 < txn <= last_txn:
+        meta = _meta_damage(key, headers)
+        if meta is not None and not problem(name, offset, f"damaged record: {meta} ({_DAMAGE_HINT})"):
+            return False
+        if not txn_ok:
+            pass
+        elif last_txn is not None and not 0 < txn <= last_txn:
             if not problem(name, offset, f"txn {txn} outside 1..{last_txn} (the commit counter)"):
                 return False
         elif prev_txn is not None and txn < prev_txn:
@@ -468,7 +501,8 @@ def _check_stream(
                            "(txn never decreases in a stream)"):
                 return False
         # A missing payload's size is unknown: the next record's position is taken as it is.
-        expect, position, prev_ts, prev_txn = offset + 1, None if storage == "missing" else pos + nbytes, ts, txn
+        expect, prev_ts, prev_txn = offset + 1, ts if ts_ok else None, txn if txn_ok else None
+        position = None if storage == "missing" or not pos_ok else pos + nbytes
     if expect < nxt:
         missing = f"offset {expect} is" if expect + 1 == nxt else f"offsets {expect}..{nxt - 1} are"
         if not problem(name, expect, f"gap: {missing} missing (next_offset is {nxt})"):

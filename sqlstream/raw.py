@@ -144,11 +144,13 @@ def build(stream: str, offset: int, rows: list[tuple[Any, ...]], position: int, 
 
 # One row for a whole range: the payloads joined in SQLite (no bytes object per record),
 # and what decides whether they may be sent as they are: how many records, how many are
-# bytes, how many are JSON and how many JSON payloads json_valid refuses. A FROM-clause
-# subquery in offset order (the primary key's order: the planner scans it, no sort).
+# bytes, how many are JSON, how many JSON payloads json_valid refuses, and how many have a
+# value (group_concat skips a NULL: a record whose payload row is gone would be left out
+# of the joined bytes while counted). A FROM-clause subquery in offset order (the primary
+# key's order: the planner scans it, no sort).
 JOINED_SQL = (
     "SELECT CAST(group_concat(data, ?) AS BLOB), count(*), total(content_type = 'bytes'), "
-    "total(content_type = 'json'), total(content_type = 'json' AND NOT json_valid(data)) "
+    "total(content_type = 'json'), total(content_type = 'json' AND NOT json_valid(data)), count(data) "
     "FROM (SELECT content_type, data FROM records WHERE stream_id = ? AND offset >= ? AND offset < ? "
     "ORDER BY offset)"
 )
@@ -196,10 +198,11 @@ def passes(row: tuple[Any, ...], json_array: bool) -> bytes | None:
     next, as in :func:`first_damaged`); otherwise every record is bytes (never checked) or
     none is and the joined text is ASCII (so each payload is valid UTF-8; without a
     separator a decode of the whole could not tell). JSON that json_valid refuses is
-    decided per record by :meth:`Stream.read_raw`, which is also what None leads to."""
-    data, count, nbytes, njson, bad = row
+    decided per record by :meth:`Stream.read_raw`, which is also what None leads to, as
+    is a record without a value (its payload row gone: damaged, which read_raw names)."""
+    data, count, nbytes, njson, bad, present = row
     joined = b"" if data is None else bytes(data)
-    if bad:
+    if bad or present != count:
         return None
     if json_array:
         if njson != count:

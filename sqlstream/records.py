@@ -218,6 +218,33 @@ RECORD_COLUMNS = (
     "offset, timestamp / 1e6, key, headers, coalesce(data, CAST(X'FF' AS TEXT)), position, txn, "
     "CASE content_type WHEN 'bytes' THEN 0 WHEN 'text' THEN 1 ELSE 2 END"
 )
+# A record's size for a claim's byte budget (``Subscription.fetch(max_bytes=...)``): its
+# stored payload plus its key and headers, in bytes, over `chunks c`, without reading a
+# payload stored out of its row: a value in its row is small (at most inline_max bytes)
+# and on the page already; else the next record's position less this one's (positions
+# add up payload lengths; one seek in `chunks`, near this row), and for the last record
+# length() of the `payloads` BLOB, which SQLite reads from the record header, not the
+# value's pages. 0 for a record that does not exist (a LEFT JOIN's NULLs).
+PAYLOAD_LENGTH = (
+    "coalesce(length(CAST(c.data AS BLOB)), "
+    "(SELECT length(p.data) FROM payloads p WHERE p.stream_id = c.stream_id AND p.offset = c.offset), 0)"
+)
+META_SIZE = "coalesce(length(CAST(c.key AS BLOB)), 0) + coalesce(length(CAST(c.headers AS BLOB)), 0)"
+RECORD_SIZE = (
+    "coalesce(length(CAST(c.data AS BLOB)), "
+    "(SELECT n.position FROM chunks n WHERE n.stream_id = c.stream_id AND n.offset = c.offset + 1) - c.position, "
+    f"{PAYLOAD_LENGTH}) + {META_SIZE}"
+)
+# The total size of the records [?2, ?3) of stream ?1 (for a budget): the payloads from
+# their positions (two seeks, whatever their number: the position after the range less
+# the first's, the end of the last record at the tail) plus every key and header. NULL
+# when the first or last record of the range is missing (then sum RECORD_SIZE instead).
+RANGE_SIZE_SQL = f"""
+SELECT coalesce((SELECT position FROM chunks WHERE stream_id = ?1 AND offset = ?3),
+                (SELECT c.position + {PAYLOAD_LENGTH} FROM chunks c WHERE c.stream_id = ?1 AND c.offset = ?3 - 1))
+       - (SELECT position FROM chunks WHERE stream_id = ?1 AND offset = ?2)
+       + (SELECT coalesce(sum({META_SIZE}), 0) FROM chunks c WHERE c.stream_id = ?1 AND c.offset >= ?2 AND c.offset < ?3)
+"""
 # The same columns with the text ones as BLOBs (and the content type as stored): SQLite
 # hands them over undecoded, so a damaged record (invalid UTF-8, which apsw refuses to
 # decode) can be found and named.

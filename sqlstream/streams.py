@@ -20,7 +20,7 @@ from . import fencing as _fencing
 from . import ranges as _ranges
 from . import append as _append
 from . import raw as _raw
-from .errors import InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
+from .errors import CorruptDatabase, InvalidArgument, OffsetOutOfRange, StreamNotFound, WritePending
 from .records import (
     Chunk,
     Damaged,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .retention import TrimResult
 
 _STATE_SQL = (
-    "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL "
+    "SELECT id, first_offset, next_offset, first_position, byte_length, sealed_at IS NOT NULL, name "
     "FROM streams_now WHERE name = ?"
 )
 _RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
@@ -62,16 +62,18 @@ def _up_to_damage(stream: str, records: list[Record], damaged: list[Damaged], sk
 class _State:
     """One consistent reading of a stream's row."""
 
-    __slots__ = ("id", "first_offset", "next_offset", "first_position", "byte_length", "sealed")
+    __slots__ = ("id", "first_offset", "next_offset", "first_position", "byte_length", "sealed", "name")
     id: int
     first_offset: int
     next_offset: int
     first_position: int
     byte_length: int
     sealed: bool
+    name: str
 
     def __init__(self, row: tuple[Any, ...]) -> None:
-        (self.id, self.first_offset, self.next_offset, self.first_position, self.byte_length, sealed) = row
+        (self.id, self.first_offset, self.next_offset, self.first_position, self.byte_length, sealed,
+         self.name) = row
         self.sealed = bool(sealed)
 
 
@@ -398,7 +400,7 @@ class Stream:
         """Byte position of record ``offset`` (the byte length at the tail)."""
         if offset >= st.next_offset:
             return st.byte_length
-        return int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+        return _integer(st, "position", offset, cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
 
     def read_reverse(self, before: int | None = None, limit: int = 100) -> list[Record]:
         """Records below offset ``before`` (None: the end), newest first (Redis ``XREVRANGE``).
@@ -589,13 +591,25 @@ def _budget_end(conn: apsw.Connection, st: _State, offset: int, limit: int, max_
     """(position of ``offset``, the offset after the last record a raw read from ``offset``
     may return): at most ``limit`` records, the tail, and with ``max_bytes`` those that
     start within the budget (the first always). ``offset`` is below the tail."""
-    position = int(cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
+    position = _integer(st, "position", offset, cx.rows(conn, _raw.POSITION_SQL, (st.id, offset))[0][0])
     end = min(offset + limit, st.next_offset)
     if max_bytes is not None:
         # Positions add up the stored lengths: the records that start within the
         # budget are found by a binary search, so no row past them is fetched.
         end = min(end, max(offset + 1, _bisect(conn, st, "position", position + max_bytes, strict=False)))
     return position, end
+
+
+def _integer(st: _State, column: str, offset: int, value: object) -> int:
+    """A record's ``position`` or ``timestamp`` as read for a search: ``CorruptDatabase``
+    naming the record when SQL outside sqlstream stored another type there (the table is
+    not STRICT), instead of a TypeError from comparing it."""
+    if type(value) is not int:
+        raise CorruptDatabase(
+            f"record {offset} of stream {st.name!r} has {column} {value!r}, not an integer",
+            hint="SQL outside sqlstream wrote it; `sqlstream check` lists every such record",
+        )
+    return value
 
 
 def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, strict: bool) -> int:
@@ -608,7 +622,7 @@ def _bisect(conn: apsw.Connection, st: _State, column: str, target: int, *, stri
     lo, hi = st.first_offset, st.next_offset
     while lo < hi:
         mid = (lo + hi) // 2
-        value = cx.rows(conn, sql, (st.id, mid))[0][0]
+        value = _integer(st, column, mid, cx.rows(conn, sql, (st.id, mid))[0][0])
         if value < target or (strict and value == target):
             lo = mid + 1
         else:

@@ -42,11 +42,23 @@ from .errors import (
     SubscriptionNotFound,
 )
 from .logs import LazyLogger
-from .records import Damaged, Record, check_name, encode_headers, read_records, record_sql, salvage
+from .records import (
+    MISSING_PAYLOAD,
+    RANGE_SIZE_SQL,
+    RECORD_SIZE,
+    Damaged,
+    Record,
+    check_name,
+    encode_headers,
+    read_records,
+    record_sql,
+    salvage,
+)
 from .validation import (
     MAX_COUNT,
     MAX_SECONDS,
     check_count,
+    check_limit,
     check_flag,
     check_offset,
     check_offsets,
@@ -134,15 +146,37 @@ SELECT ?1, offset, ?2, 1, ?3, ?4, key, ?5 FROM chunks
 
 # Redelivery: the longest-expired records first (ties by offset). The deliveries index on
 # (subscription_id, deadline) serves both the filter and the order.
+_DUE_SQL = """
+SELECT offset FROM deliveries
+ WHERE subscription_id = ?1 AND deadline <= ?2 AND waiting = 0
+ ORDER BY deadline, offset LIMIT ?3
+"""
+
 _REDELIVER_SQL = """
 UPDATE deliveries
    SET consumer = ?1, attempts = attempts + 1, delivered_at = ?2, deadline = ?3
- WHERE subscription_id = ?4
-   AND offset IN (SELECT offset FROM deliveries
-                   WHERE subscription_id = ?4 AND deadline <= ?2 AND waiting = 0
-                   ORDER BY deadline, offset LIMIT ?5)
+ WHERE subscription_id = ?4 AND offset IN (SELECT value FROM json_each(?5))
 RETURNING offset, attempts
 """
+
+# A claim's byte budget: the total size of the records to take (RANGE_SIZE_SQL for a
+# range of offsets, or of the range a list lies in: an upper bound), then, only when that
+# is over the budget, their sizes in claim order to find the cut. Sizes are RECORD_SIZE:
+# no value is read. (A window function finding the cut in one statement cost 6x the
+# total on 100-byte records: benchmarks/findings.md.)
+_RANGE_SUM_SQL = f"SELECT sum({RECORD_SIZE}) FROM chunks c WHERE c.stream_id = ?1 AND c.offset >= ?2 AND c.offset < ?3"
+_RANGE_SIZES_SQL = (
+    f"SELECT c.offset, {RECORD_SIZE} FROM chunks c WHERE c.stream_id = ?1 AND c.offset >= ?2 AND c.offset < ?3 "
+    "ORDER BY c.offset"
+)
+_LIST_SIZE_SQL = (  # and how many of them still exist
+    f"SELECT sum({RECORD_SIZE}), count(*) FROM chunks c WHERE c.stream_id = ?1 AND c.offset IN (SELECT value FROM json_each(?2))"
+)
+# NULL for a record that is gone (deleted by plain SQL while pending): the claim drops it.
+_LIST_SIZES_SQL = (
+    f"SELECT CASE WHEN c.offset IS NULL THEN NULL ELSE {RECORD_SIZE} END "
+    "FROM json_each(?2) j LEFT JOIN chunks c ON c.stream_id = ?1 AND c.offset = j.value ORDER BY j.key"
+)
 
 _CLAIM_NEW_SQL = """
 INSERT INTO deliveries (subscription_id, offset, consumer, attempts, delivered_at, deadline)
@@ -152,10 +186,124 @@ SELECT ?1, offset, ?2, 1, ?3, ?4 FROM chunks WHERE stream_id = ?5 AND offset >= 
 # Offsets travel as one JSON array parameter: bound, whatever their number.
 _IN_OFFSETS = "offset IN (SELECT value FROM json_each(?))"
 
+# redrive's pages: the next letters' sizes (RECORD_SIZE: no value is read).
+_PAGE_SIZES_SQL = (
+    f"SELECT c.offset, {RECORD_SIZE} FROM chunks c WHERE c.stream_id = ? AND c.offset >= ? ORDER BY c.offset LIMIT 500"
+)
+COPY_PAGE_BYTES = 4 * 1024 * 1024
+"""The most bytes of records (value, key, headers) a redrive, or a move to the
+dead-letter stream, holds at once (one record larger than that comes alone)."""
+
 _RECORDS_BY_OFFSET_SQL = record_sql(f"WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset")
 _RECORDS_RANGE_SQL = record_sql("WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset")
 
 
+
+
+DEFAULT_FETCH_BYTES = 64 * 1024 * 1024
+"""``fetch``'s default byte budget: the records of one claim hold at most this many bytes
+of payload, key and headers (or are one record larger than that); four records of the
+largest size an append takes by default (``max_record_bytes``, 16 MiB)."""
+
+
+class _Budget:
+    """A claim's byte budget (``fetch(max_bytes=...)``), spent in claim order.
+
+    The first record is always taken, so a record larger than the budget is delivered
+    alone instead of wedging the subscription; after it a record is taken only while
+    the total stays within ``max_bytes``, and the first one refused ends the claim
+    (``full``): nothing later in claim order is taken. So a budgeted claim takes exactly
+    what the same claim with a smaller ``max_records`` would, and the records it leaves
+    are the next claim's, in the same order. Sizes are :data:`RECORD_SIZE`, measured in
+    SQL before any value is read; ``None``: no budget.
+    """
+
+    __slots__ = ("left", "taken", "full")
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.left = max_bytes
+        self.taken = 0
+        self.full = False
+
+    def take(self, size: int) -> bool:
+        """Spend ``size`` bytes on the next record in claim order; False: the claim ends."""
+        if self.full:
+            return False
+        if self.left is not None:
+            if self.taken and size > self.left:
+                self.full = True
+                return False
+            self.left -= size
+        self.taken += 1
+        return True
+
+    def _take_all(self, count: int, total: int | None) -> bool:
+        """Take ``count`` records of ``total`` bytes at once if they all fit (then every
+        running total fits too, so this is what taking them one by one would do)."""
+        if self.left is not None:
+            if total is not None and total > self.left:
+                return False
+            self.left -= total or 0
+        self.taken += count
+        return True
+
+    def _range_size(self, conn: apsw.Connection, params: tuple[int, int, int]) -> int | None:
+        total = _q(conn, RANGE_SIZE_SQL, params)[0][0]
+        if total is None:  # the range's first or last record is missing: add them up
+            total = _q(conn, _RANGE_SUM_SQL, params)[0][0]
+        return None if total is None else int(total)
+
+    def take_range(self, conn: apsw.Connection, stream_id: int, start: int, count: int) -> int:
+        """How many of the new records ``[start, start + count)``, in order, the budget takes."""
+        if self.full or not count:
+            return 0
+        params = (stream_id, start, start + count)
+        if self.left is None or self._take_all(count, self._range_size(conn, params)):
+            return count
+        end = start
+        sizes = conn.execute(_RANGE_SIZES_SQL, params)
+        try:
+            for offset, size in sizes:
+                if not self.take(size):
+                    break  # no size past the cut is computed
+                end = offset + 1
+        finally:
+            sizes.close()
+        return end - start
+
+    def take_list(self, conn: apsw.Connection, stream_id: int, offsets: list[int], *, last: bool = False) -> list[int]:
+        """The longest prefix of ``offsets`` (in claim order) the budget takes; ``last``:
+        nothing is taken after them (so what is left of the budget need not be exact)."""
+        if self.full or not offsets:
+            return []
+        if self.left is None:
+            self.taken += len(offsets)
+            return offsets
+        # Records of a key-ordered scan lie close together: the size of the range they
+        # span, when it fits, settles it for all of them at the cost of two seeks (an
+        # upper bound: it counts the records between them too).
+        low, high = min(offsets), max(offsets) + 1
+        if last and high - low <= 2 * len(offsets):
+            span = self._range_size(conn, (stream_id, low, high))
+            if span is not None and span <= self.left:
+                self.full = True  # not exact any more: nothing may be taken after this
+                return offsets
+        doc = json.dumps(offsets)
+        total, present = _q(conn, _LIST_SIZE_SQL, (stream_id, doc))[0]
+        if self._take_all(present, total):  # records that are gone count for nothing
+            return offsets
+        count = 0
+        sizes = conn.execute(_LIST_SIZES_SQL, (stream_id, doc))
+        try:
+            for (size,) in sizes:
+                # A record that is gone is passed on (the claim drops it) but is not the
+                # claim's first record: the first one delivered is always taken.
+                if size is not None and not self.take(size):
+                    break
+                count += 1
+        finally:
+            sizes.close()
+        return offsets[:count]
 
 
 class _Unset:
@@ -303,6 +451,7 @@ class Subscription:
         max_records: int = 100,
         timeout: float | None = 0,
         *,
+        max_bytes: int | None = DEFAULT_FETCH_BYTES,
         stop: Callable[[], bool] | None = None,
     ) -> Batch:
         """Claim up to ``max_records`` records for ``consumer`` and return them in offset order.
@@ -323,16 +472,27 @@ class Subscription:
         delivered and never blocks the subscription: the claim moves it to the dead-letter
         stream as a bytes record, or skips it when there is none; both count in
         ``dead_lettered`` and are logged.
+        ``max_bytes``: the claim's byte budget (Kafka's ``fetch.max.bytes``), so one claim
+        holds bounded memory whatever the records' sizes: records are claimed in the order
+        above while their sizes (stored payload plus key and headers, in bytes) add up to
+        at most ``max_bytes``, and the first record always (a larger one comes alone,
+        never wedging the subscription). The claim stops at the first record that does
+        not fit: it stays unclaimed (neither pending nor delivered) and is the next
+        claim's, in the same order, so budgeted claims deliver exactly the sequence
+        unbounded ones would. Sizes are measured in SQL, so no value beyond the budget is
+        read. ``None``: only ``max_records`` bounds the claim.
         ``stop``: a blocked fetch also ends, with an empty batch, once ``stop()`` is true
         (checked at every wake-up; a consumer's graceful stop uses it).
         Raises ``SubscriptionNotFound``, ``InvalidName``, ``InvalidArgument``.
         """
         check_name(consumer, "consumer")
         check_count(max_records, "max_records")
-        return self._fetch(consumer, max_records, check_timeout(timeout), stop)
+        check_limit(max_bytes, "max_bytes")
+        return self._fetch(consumer, max_records, check_timeout(timeout), stop, max_bytes)
 
     def _fetch(
-        self, consumer: str, max_records: int, timeout: float | None, stop: Callable[[], bool] | None
+        self, consumer: str, max_records: int, timeout: float | None, stop: Callable[[], bool] | None,
+        max_bytes: int | None = DEFAULT_FETCH_BYTES,
     ) -> Batch:
         """``fetch`` that also ends (with an empty batch) once ``stop()`` is true."""
         db = self.db
@@ -347,10 +507,10 @@ class Subscription:
                 claimable, next_deadline[0] = self.probe()
                 if not claimable:
                     return None
-            batch = self._claim(consumer, max_records)
+            batch = self._claim(consumer, max_records, max_bytes)
             while not batch and batch.skipped:
                 # Every record claimed was damaged and set aside: claim the next ones.
-                batch = self._claim(consumer, max_records)
+                batch = self._claim(consumer, max_records, max_bytes)
             return batch if batch else None
 
         def wake_at() -> float | None:
@@ -414,8 +574,9 @@ class Subscription:
             return True, earliest
         return (max(frontier, first) < nxt and pending < max_unacked), earliest
 
-    def _claim(self, consumer: str, max_records: int) -> Batch:
+    def _claim(self, consumer: str, max_records: int, max_bytes: int | None) -> Batch:
         db = self.db
+        budget = _Budget(max_bytes)
         with db.engine.write(wakes=False) as conn:
             rows = _q(conn, _CLAIM_STATE_SQL, (self._id,))
             if not rows:
@@ -428,9 +589,10 @@ class Subscription:
             # min(): a subscription created before ack_timeout was capped must not make
             # the deadline overflow SQLite's integers (every fetch would fail).
             deadline = now + _us(min(ack_timeout, MAX_SECONDS))
+            due = budget.take_list(conn, stream_id, [r[0] for r in _q(conn, _DUE_SQL, (self._id, now, max_records))])
             attempts: dict[int, int] = dict(
-                _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, max_records))
-            )
+                _q(conn, _REDELIVER_SQL, (consumer, now, deadline, self._id, json.dumps(due)))
+            ) if due else {}
             again = sorted(attempts)
             pending = _q(conn,
                 "SELECT count(*) FROM deliveries WHERE subscription_id = ?", (self._id,)
@@ -441,7 +603,7 @@ class Subscription:
                 # they keep key order; released and new records join them.
                 released, taken, end = self._claim_keyed(
                     conn, stream_id, consumer, now, deadline, max_records - len(again),
-                    max_unacked - pending, start, nxt,
+                    max_unacked - pending, start, nxt, budget,
                 )
                 for offset in released + taken:
                     attempts[offset] = 1
@@ -449,6 +611,7 @@ class Subscription:
                 count = 0
             else:
                 count = max(0, min(max_records - len(again), max_unacked - pending, nxt - start))
+                count = budget.take_range(conn, stream_id, start, count)
                 if count:
                     conn.execute(_CLAIM_NEW_SQL, (self._id, consumer, now, deadline, stream_id, start, start + count))
                 end = start + count
@@ -493,7 +656,7 @@ class Subscription:
 
     def _claim_keyed(
         self, conn: apsw.Connection, stream_id: int, consumer: str, now: int, deadline: int,
-        want: int, room: int, start: int, nxt: int,
+        want: int, room: int, start: int, nxt: int, budget: _Budget,
     ) -> tuple[list[int], list[int], int]:
         """The key-ordered part of a claim: (released offsets, new offsets, new frontier).
 
@@ -502,11 +665,14 @@ class Subscription:
         delivered record left (oldest first), then new records from ``start``: a record
         whose key already has a row, or was met earlier in this scan, becomes a waiting
         row; the others are delivered. Waiting rows count toward ``max_unacked``, which so
-        also bounds how far delivery runs ahead of a busy key.
+        also bounds how far delivery runs ahead of a busy key. ``budget`` is spent on
+        released and delivered records (waiting ones are not read); the first record it
+        refuses ends the scan right after the last record delivered, as ``want`` would
+        have, so the records after it (waiting ones too) are the next claim's.
         """
         released: list[int] = []
         if want > 0:
-            released = [r[0] for r in _q(conn, _RELEASABLE_SQL, (self._id, want))]
+            released = budget.take_list(conn, stream_id, [r[0] for r in _q(conn, _RELEASABLE_SQL, (self._id, want))])
             if released:
                 conn.execute(_RELEASE_SQL, (consumer, now, deadline, self._id, json.dumps(released)))
         want -= len(released)
@@ -514,7 +680,7 @@ class Subscription:
         wait: list[int] = []
         seen: set[bytes] = set()
         pos = start
-        while pos < nxt and want > len(deliver) and room > len(deliver) + len(wait):
+        while not budget.full and pos < nxt and want > len(deliver) and room > len(deliver) + len(wait):
             # A page at a time: a hot key may make many records wait before `want` are found.
             end = min(nxt, pos + min(room - len(deliver) - len(wait), max(64, 2 * want)))
             for offset, key, busy in _q(conn, _SCAN_SQL, (self._id, stream_id, pos, end)):
@@ -528,6 +694,14 @@ class Subscription:
                     break
             else:
                 pos = end
+        taken = budget.take_list(conn, stream_id, deliver, last=True)
+        if len(taken) < len(deliver):
+            # The budget ends the claim before deliver[len(taken)]: the scan ends after the
+            # last record it delivers, as a smaller `want` would have ended it, and the
+            # records after that (waiting ones too) are the next claim's.
+            deliver = taken
+            pos = deliver[-1] + 1 if deliver else start
+            wait = [w for w in wait if w < pos]
         if deliver:
             conn.execute(_INSERT_KEYED_SQL, (self._id, consumer, now, deadline, 0, stream_id, json.dumps(deliver)))
         if wait:
@@ -565,8 +739,34 @@ class Subscription:
         subscription without one) the records are only taken out of delivery.
         """
         db = self.db
-        offsets = [e[0] for e in entries]
+        offsets = sorted(e[0] for e in entries)
         info = {e[0]: (e[1], e[2]) for e in entries}
+        doc = json.dumps(offsets)
+        if dead_letter is None:
+            moved = _q(conn, f"SELECT count(*) FROM chunks WHERE stream_id = ? AND {_IN_OFFSETS}", (stream_id, doc))[0][0]
+        else:
+            moved = 0
+            # A page at a time (COPY_PAGE_BYTES, the first record always), each appended
+            # before the next is read: what is held is bounded, however many records.
+            sizes = [size or 0 for (size,) in _q(conn, _LIST_SIZES_SQL, (stream_id, doc))]  # None: gone
+            start = 0
+            while start < len(offsets):
+                end, total = start + 1, sizes[start]
+                while end < len(offsets) and total + sizes[end] <= COPY_PAGE_BYTES:
+                    total += sizes[end]
+                    end += 1
+                moved += self._dead_letter_page(conn, stream_id, dead_letter, offsets[start:end], info, moved == 0)
+                start = end
+        conn.execute(f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}", (self._id, doc))
+        conn.execute("UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (moved, self._id))
+
+    def _dead_letter_page(
+        self, conn: apsw.Connection, stream_id: int, dead_letter: str, offsets: list[int],
+        info: dict[int, tuple[int, str | None]], first: bool,
+    ) -> int:
+        """Copy the records ``offsets`` still has to ``dead_letter`` (``first``: the
+        first page with records, which creates the stream if needed); how many."""
+        db = self.db
         rows = _q(conn,
             "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
             f"FROM records WHERE stream_id = ? AND {_IN_OFFSETS} ORDER BY offset",
@@ -590,24 +790,20 @@ class Subscription:
             if last_error is not None:
                 meta["sqlstream.last_error"] = last_error
             prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
-        if prepared and dead_letter is not None:
-            exists = _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,))
-            if not exists:
-                db.create_stream(dead_letter)
-            try:
-                db.engine.append_rows(dead_letter, None, prepared, None)
-            except (StreamSealed, AccessDenied) as exc:
-                raise type(exc)(
-                    f"subscription {self.name!r} cannot dead-letter offsets {offsets} to stream "
-                    f"{dead_letter!r}: {exc.args[0]}",
-                    hint=f"delete stream {dead_letter!r} (it is re-created on demand) or the subscription",
-                ) from exc
-        conn.execute(
-            f"DELETE FROM deliveries WHERE subscription_id = ? AND {_IN_OFFSETS}", (self._id, json.dumps(offsets))
-        )
-        conn.execute(
-            "UPDATE subscriptions SET dead_lettered = dead_lettered + ? WHERE id = ?", (len(prepared), self._id)
-        )
+        if not prepared:
+            return 0
+        if first and not _q(conn, "SELECT 1 FROM streams WHERE name = ?", (dead_letter,)):
+            db.create_stream(dead_letter)
+        try:
+            db.engine.append_rows(dead_letter, None, prepared, None)
+        except (StreamSealed, AccessDenied) as exc:
+            shown = f"{offsets}" if len(offsets) <= 10 else f"{offsets[:10]} and {len(offsets) - 10} more"
+            raise type(exc)(
+                f"subscription {self.name!r} cannot dead-letter offsets {shown} to stream "
+                f"{dead_letter!r}: {exc.args[0]}",
+                hint=f"delete stream {dead_letter!r} (it is re-created on demand) or the subscription",
+            ) from exc
+        return len(prepared)
 
     def ack(self, *offsets: int, attempts: Mapping[int, int] | None = None) -> AckResult:
         """Acknowledge records: they leave the pending list and are never redelivered.
@@ -921,9 +1117,12 @@ class Subscription:
             return Batch(subscription=self.name, consumer=consumer)
         return self._take(consumer, min_idle, json.dumps(wanted), len(wanted))
 
-    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100) -> Batch:
+    def autoclaim(self, consumer: str, *, min_idle: float = 0.0, count: int = 100,
+                  max_bytes: int | None = DEFAULT_FETCH_BYTES) -> Batch:
         """Take over up to ``count`` pending records idle at least ``min_idle`` seconds
         (Redis ``XAUTOCLAIM``), lowest offsets first; otherwise as :meth:`claim`.
+        ``max_bytes``: the byte budget, as :meth:`fetch`'s (the first record always;
+        the claim stops before the first that does not fit, which stays as it was).
 
         With ``min_idle`` at least ``ack_timeout`` this claims what a consumer that died
         left behind, without waiting for a fetch. Atomic. Raises ``InvalidName``,
@@ -932,9 +1131,11 @@ class Subscription:
         check_name(consumer, "consumer")
         min_idle = check_seconds(min_idle, "min_idle", positive=False)
         check_count(count, "count")
-        return self._take(consumer, min_idle, None, count)
+        check_limit(max_bytes, "max_bytes")
+        return self._take(consumer, min_idle, None, count, max_bytes)
 
-    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int) -> Batch:
+    def _take(self, consumer: str, min_idle: float, offsets: str | None, count: int,
+              max_bytes: int | None = None) -> Batch:
         """Claim pending records idle since ``min_idle`` (of the JSON list ``offsets``, or any)."""
         db = self.db
         with db.engine.write() as conn:
@@ -953,7 +1154,7 @@ class Subscription:
             exhausted = [f for f in found if max_deliveries is not None and f[1] >= max_deliveries]
             if exhausted:
                 self._dead_letter(conn, stream_id, dead_letter, exhausted)
-            taken = [f[0] for f in found if f not in exhausted]
+            taken = _Budget(max_bytes).take_list(conn, stream_id, [f[0] for f in found if f not in exhausted])
             attempts: dict[int, int] = {}
             records: list[Record] = []
             damaged: list[Damaged] = []
@@ -986,7 +1187,9 @@ class Subscription:
         append-only log); the subscription remembers how far it redrove, so a letter is
         never moved twice. The new records are delivered like any other, attempts from 1.
         ``max_records``: at most that many letters (None: all). Atomic (appends and the
-        redrive position commit together); returns the new offsets in the stream.
+        redrive position commit together); returns the new offsets in the stream. A
+        letter whose value is gone (plain SQL deleted its payload row) is skipped with a
+        warning; it stays in the dead-letter stream.
         Raises ``InvalidArgument`` (no dead-letter stream), ``SubscriptionNotFound``,
         ``StreamSealed``/``AccessDenied`` (the stream takes no appends).
         """
@@ -1011,20 +1214,36 @@ class Subscription:
                 pos = first
             pos = max(pos, first)
             limit = MAX_COUNT if max_records is None else max_records
-            prepared: list[PreparedRecord] = []
-            while pos < nxt and len(prepared) < limit:
+            offsets: list[int] = []
+            taken = 0
+            while pos < nxt and taken < limit:
+                # A page at a time, appended before the next is read: the letters held at
+                # once are bounded in bytes (the first always), not all of them.
+                end = pos
+                total = 0
+                for offset, size in _q(conn, _PAGE_SIZES_SQL, (dl_id, pos)):
+                    if end > pos and total + size > COPY_PAGE_BYTES:
+                        break
+                    end, total = offset + 1, total + size
                 page = _q(conn,
                     "SELECT offset, CAST(key AS BLOB), CAST(headers AS BLOB), content_type, CAST(data AS BLOB) "
-                    "FROM records WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT 500",
-                    (dl_id, pos),
+                    "FROM records WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset",
+                    (dl_id, pos, end),
                 )
                 if not page:
                     pos = nxt
                     break
+                prepared: list[PreparedRecord] = []
                 for offset, raw_key, raw_headers, ctype, raw in page:
                     pos = offset + 1
-                    key, meta, data = salvage(raw_key, raw_headers, ctype, raw)
+                    key, meta, data = salvage(raw_key, raw_headers, ctype, b"" if raw is None else raw)
                     if meta.get("sqlstream.subscription") != self.name or meta.get("sqlstream.source_stream") != self.stream:
+                        continue
+                    if raw is None:
+                        # Its payloads row is gone (foreign SQL): no value to redrive. The
+                        # letter stays where it is; failing would stop every redrive here.
+                        _log.warning("subscription %r skips the letter at offset %d of stream %r (%s)",
+                                     self.name, offset, dead_letter, MISSING_PAYLOAD)
                         continue
                     if not isinstance(data, str) and ctype != "bytes":
                         ctype = "bytes"
@@ -1033,17 +1252,17 @@ class Subscription:
                         meta.pop(name, None)
                     meta["sqlstream.original_offset"] = original
                     prepared.append((key, encode_headers(meta), ctype, data, len(raw)))
-                    if len(prepared) >= limit:
+                    taken += 1
+                    if taken >= limit:
                         break
-            offsets: list[int] = []
-            if prepared:
-                try:
-                    offsets = list(db.engine.append_rows(self.stream, None, prepared, None))
-                except (StreamSealed, AccessDenied) as exc:
-                    raise type(exc)(
-                        f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
-                        hint="redrive needs a stream that takes appends without a secret",
-                    ) from exc
+                if prepared:
+                    try:
+                        offsets += db.engine.append_rows(self.stream, None, prepared, None)
+                    except (StreamSealed, AccessDenied) as exc:
+                        raise type(exc)(
+                            f"subscription {self.name!r} cannot redrive into stream {self.stream!r}: {exc.args[0]}",
+                            hint="redrive needs a stream that takes appends without a secret",
+                        ) from exc
             conn.execute("UPDATE subscriptions SET redrive_offset = ? WHERE id = ?", (pos, self._id))
         return offsets
 

@@ -68,7 +68,10 @@ def _check_seconds(value: object, what: str) -> float:
     """A finite number of seconds >= 0, else InvalidArgument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, not {value!r}"[:200])
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past float range: no clock reaches it
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, not {value!r}"[:200]) from None
 
 
 def _check_name(value: object, what: str) -> str:

@@ -727,3 +727,12 @@ def test_subclasses_buildgrid_when_installed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_timeout_too_large_for_a_float_is_invalid_argument(storage: StreamStorage) -> None:
+    """A 400-digit timeout raised a raw OverflowError from float() in the argument check."""
+    h = storage.create_stream("ops", "p-")
+    with pytest.raises(errors.InvalidArgument, match="timeout"):
+        storage.read_stream_chunk_blocking(h.name, 0, 10, timeout=10**400)
+    with pytest.raises(errors.InvalidArgument, match="timeout"):
+        storage.read_stream_bytes_blocking_iterator(h.name, 10, timeout=10**400)

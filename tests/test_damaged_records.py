@@ -164,3 +164,24 @@ def test_check_names_every_damaged_record(path: Path) -> None:
         damaged = [(p.stream, p.offset) for p in report.problems if "damaged record" in p.message]
         assert damaged == [("s", BAD_TEXT), ("s", BAD_JSON)]
         assert not report.ok
+
+
+@pytest.mark.parametrize("value", ["'abc'", "1.5"])
+def test_a_position_of_another_type_is_corrupt_database_naming_the_record(tmp_path: Path, value: str) -> None:
+    """A position plain SQL set to text or a real (the table is not STRICT) made the
+    searches over positions raise a raw TypeError (an HTTP catch-up answered 500
+    Internal Server Error for ever); now CorruptDatabase names the record."""
+    p = tmp_path / "pos.db"
+    with sqlstream.open(p) as db:
+        db.create_stream("s").extend([b"ab"] * 8)
+    conn = sqlite3.connect(p)
+    conn.execute(f"UPDATE chunks SET position = {value} WHERE offset = 4")
+    conn.commit()
+    conn.close()
+    with sqlstream.open(p) as db:
+        s = db.stream("s")
+        for call in (lambda: s.record_at_position(9), lambda: s.read_raw(0, max_bytes=8),
+                     lambda: s.read_joined(4)):
+            with pytest.raises(errors.CorruptDatabase, match="record 4 of stream 's' has position"):
+                call()
+        assert [r.value for r in s.read(0)] == [b"ab"] * 8  # reads that need no position still work

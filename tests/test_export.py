@@ -596,3 +596,36 @@ def test_follow_waits_quietly_while_one_stream_is_sealed(db: sqlstream.Database,
     worker.join(10)
     assert used < 0.4, f"an idle follow export used {used:.2f}s of CPU in 0.8s"
     assert sorted(archived(closed_archives(tmp_path))) == [("a", 0), ("b", 0)]
+
+
+@pytest.mark.parametrize("damage", [
+    "headers = '{bad'", "headers = '[1]'", "headers = '{\"a\":1}'",
+    "headers = CAST(X'7B22FF223A2261227D' AS TEXT)", "key = CAST(X'FF' AS TEXT)",
+])
+def test_an_export_reaching_a_key_or_headers_damaged_by_sql_names_the_record(tmp_path: Path, damage: str) -> None:
+    """A key that is not UTF-8 made the export raise a raw UnicodeDecodeError at every
+    run (it never got past the record); headers that are not a JSON object of strings
+    were archived as they were, in an archive every import refuses as a whole (a backup
+    that cannot be restored). Now the export raises DamagedRecord naming the record;
+    trimmed past it, the export goes on, and what it wrote imports."""
+    import apsw
+
+    from sqlstream.errors import DamagedRecord
+
+    path = tmp_path / "src.db"
+    with sqlstream.open(path) as db:
+        db.create_stream("s").extend([b"v%d" % i for i in range(5)], key="k")
+    conn = apsw.Connection(str(path))
+    conn.execute(f"UPDATE chunks SET {damage} WHERE offset = 2")
+    conn.close()
+    out = tmp_path / "out"
+    with sqlstream.open(path) as db:
+        with pytest.raises(DamagedRecord, match="record 2 of stream 's'"):
+            db.export("s", out)
+        db.trim("s", 3, force=True)
+        db.export("s", out)
+    with sqlstream.open(tmp_path / "dst.db") as db:
+        import_archives(db, "*", out, allow_gap=True)
+        s = db.stream("s")
+        got = [(r.offset, r.value) for r in s.read(s.info().first_offset, 10)]
+        assert got[-2:] == [(3, b"v3"), (4, b"v4")] and all(o < 2 for o, _ in got[:-2])

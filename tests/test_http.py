@@ -503,6 +503,25 @@ def test_numeric_options_must_be_finite_and_positive_when_loaded() -> None:
     assert http_settings({"long_poll_timeout": 0.5}).config.long_poll_timeout == 0.5
 
 
+def test_numeric_options_past_what_the_server_honours_are_refused_when_loaded() -> None:
+    """A max_chunk_bytes past what reads take (1e9) or a max_claim_bytes past 2**62 was
+    accepted, then every catch-up read (every claim) answered 400; an integer too large
+    for a float (TOML integers have no bound in tomllib) raised a raw OverflowError from
+    the check itself. Refused when loaded, naming the option; seconds at most 1e9, as
+    every timeout of the Python API."""
+    from sqlstream.http.config import http_settings
+    from sqlstream.streaming.config import ConfigError
+
+    assert http_settings({"max_live": 10**400}).config.max_live == 10**400  # a count: no maximum
+    for key, value in (("max_chunk_bytes", 2**40), ("max_claim_bytes", 2**63), ("max_response_bytes", 2**63),
+                       ("long_poll_timeout", 10**400), ("sse_max_seconds", 2e9)):
+        with pytest.raises(ConfigError, match=key):
+            http_settings({key: value}, "serve.toml")
+        with pytest.raises(InvalidArgument, match=f"{key} must be at most"):
+            HttpConfig(**{key: value})
+    assert HttpConfig(max_chunk_bytes=10**9, max_claim_bytes=2**62).max_claim_bytes == 2**62
+
+
 def _closed_by_server(sock: socket.socket) -> bool:
     """Whether the server closed ``sock`` (EOF or reset) rather than leaving it open; waits up
     to the socket's timeout (generous: what is tested is that the close happens at all)."""
@@ -604,3 +623,11 @@ def test_an_expiry_past_year_9999_is_refused_and_one_stored_earlier_still_answer
     for method in ("HEAD", "GET"):
         r = client.request(method, "/last")
         assert r.status_code == 200 and r.headers[p.EXPIRES_AT] == "9999-12-31T23:59:59.000Z"
+
+
+def test_sse_text_events_carry_cr_and_crlf_as_lf_and_base64_events_are_exact() -> None:
+    """The README's row on SSE and carriage returns: SSE ends a line at CR, LF or CRLF, so
+    a text event cannot carry a CR; base64 events (other content types) are exact."""
+    assert p.sse_data("a\r\nb\rc\n".encode(), text=True) == b"event: data\ndata:a\ndata:b\ndata:c\ndata:\n\n"
+    event = p.sse_data(b"a\r\nb\rc", text=False)
+    assert base64.b64decode(event.split(b"data:")[1].strip()) == b"a\r\nb\rc"

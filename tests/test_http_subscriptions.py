@@ -222,6 +222,33 @@ def test_pull_wake_claim_ack_release(client: httpx.Client, db_path: str) -> None
         assert [r.value for r in batch] == [{"n": 2}] and batch.attempts == {1: 2}
 
 
+def test_a_claim_holds_at_most_max_claim_bytes_per_stream_and_the_rest_comes_next(db_path: str) -> None:
+    """A claim read (and held) every record it took, up to max_records = 10,000 per linked
+    stream, whatever their sizes; it takes fetch's byte budget now (max_claim_bytes): the
+    first record always, then records while their sizes fit. What is left is claimed
+    next, in order, so the worker still sees every record once."""
+    with _serving(db_path, HttpConfig(max_claim_bytes=1000)) as client:
+        _json_stream(client, "wake")
+        _json_stream(client, "big")
+        assert _subscribe(client, "pool", streams=["big"]).status_code == 201
+        values = [{"n": i, "pad": "x" * 580} for i in range(5)]  # about 600 bytes each
+        assert client.post("/big", json=values).status_code == 204
+        seen: list[Any] = []
+        holds = []
+        for _ in range(10):
+            claim = _claim(client, "pool", "w1", max_records=100)
+            if claim.status_code != 200:
+                assert _error(claim) == "NO_PENDING_WORK"
+                break
+            c = claim.json()
+            (stream,) = [s for s in c["streams"] if s["path"] == "big"]
+            got = _claimed_values(client, stream)
+            holds.append(len(got))
+            seen += got
+            assert _ack(client, "pool", c, [("big", stream["tail_offset"])]).status_code == 200
+        assert seen == values and holds == [1, 1, 1, 1, 1]
+
+
 def test_http_and_python_consumers_share_one_group_exactly_once(client: httpx.Client, db_path: str) -> None:
     _json_stream(client, "wake")
     _json_stream(client, "orders")

@@ -518,7 +518,12 @@ def test_the_kafka_table_is_checked_strictly(tmp_path):
     settings = settings_from_config(config.kafka, config.path)
     assert (settings.host, settings.port, settings.auto_create_topics, settings.sasl) == ("127.0.0.1", 0, False, True)
     for bad, match in [("lisen = 'x'", "unknown option"), ("max_connections = 'ten'", "must be an integer"),
-                       ("listen = 'nohost'", "HOST:PORT"), ("default_partitions = 0", "at least 1")]:
+                       ("listen = 'nohost'", "HOST:PORT"), ("default_partitions = 0", "at least 1"),
+                       # Accepted before, then every client was sent to a port TCP does not
+                       # have, and every auto-created topic was refused (at most 10,000).
+                       ("advertised_port = 70000", "at most 65,535"),
+                       ("default_partitions = 10001", "at most 10,000"),
+                       (f"default_partitions = {10**40}", "a number of 41 digits")]:
         path.write_text(f"[kafka]\n{bad}\n")
         with pytest.raises(ConfigError, match=match):
             settings_from_config(load_config(path).kafka, str(path))
@@ -745,3 +750,34 @@ def test_list_offsets_for_a_time_past_sqlites_integers_finds_none(tmp_path):
         assert store.offset_for_time("t", 0) is not None
         for ts in (2**62, 2**63 - 1):
             assert store.offset_for_time("t", ts) is None
+
+
+@pytest.mark.parametrize("damage", [
+    "'{bad'", "'[1]'", "CAST(X'7B22FF223A2261227D' AS TEXT)",  # not JSON, not an object, not UTF-8
+])
+def test_a_fetch_reaching_headers_damaged_by_sql_ends_before_them(tmp_path, damage):
+    """Headers plain SQL damaged made every fetch that reached the record fail with a raw
+    JSONDecodeError/AttributeError/UnicodeDecodeError (a whole page: the records before
+    it were not answered either): the listener dropped the client's connection at every
+    retry. Now the fetch answers the records before it; one at it raises DamagedRecord
+    (KAFKA_STORAGE_ERROR for that partition), and the records after it are readable."""
+    import apsw
+
+    from sqlstream.errors import DamagedRecord
+    from sqlstream.kafka.store import KafkaStore
+
+    path = tmp_path / "h.db"
+    with sqlstream.open(path) as db:
+        s = db.create_stream("t")
+        for i in range(5):
+            s.append(b"v%d" % i, key="k", headers={"h": "x"})
+    conn = apsw.Connection(str(path))
+    conn.execute(f"UPDATE chunks SET headers = {damage} WHERE offset = 2")
+    conn.close()
+    with sqlstream.open(path) as db:
+        store = KafkaStore(db)
+        got = store.read("t", 0, 1 << 20)
+        assert [(r[0], r[3], r[4]) for r in got.records] == [(0, b"v0", (("h", b"x"),)), (1, b"v1", (("h", b"x"),))]
+        with pytest.raises(DamagedRecord, match="record 2 of stream 't'"):
+            store.read("t", 2, 1 << 20)
+        assert [r[0] for r in store.read("t", 3, 1 << 20).records] == [3, 4]

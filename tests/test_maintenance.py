@@ -125,6 +125,15 @@ def test_check_passes_a_healthy_database(db: sqlstream.Database) -> None:
         # what shows is the step down at the next record; a lowered number shows the same.
         ("UPDATE chunks SET txn = 999 WHERE offset = 1", 2, "below txn 999 of the record before it"),
         ("UPDATE chunks SET txn = 1 WHERE offset = 7", 7, "txn 1 below txn"),
+        # Values of another type (the table is not STRICT): check() raised a raw TypeError
+        # on the first of them, so the tool every hint names crashed on the damage.
+        ("UPDATE chunks SET position = 'abc' WHERE offset = 6", 6, "position is 'abc', not an integer"),
+        ("UPDATE chunks SET position = 1.5 WHERE offset = 6", 6, "position is 1.5, not an integer"),
+        ("UPDATE chunks SET timestamp = 'abc' WHERE offset = 3", 3, "timestamp is 'abc', not an integer"),
+        # Reads refuse these (DamagedRecord); check() passed them as healthy.
+        ("UPDATE chunks SET headers = '{bad' WHERE offset = 5", 5, "its headers are not a valid JSON object"),
+        ("UPDATE chunks SET headers = '[1]' WHERE offset = 5", 5, "its headers are not a valid JSON object"),
+        ("UPDATE chunks SET key = CAST(X'FF' AS TEXT) WHERE offset = 5", 5, "its key is not valid UTF-8"),
         # Foreign SQL raising first_offset must write the stream's ends too, as sqlstream
         # does (the row's next_offset is a floor, and CHECK (first_offset <= next_offset)).
         ("UPDATE streams SET first_offset = 3, first_position = 0, next_offset = 10", 0, "below first_offset 3"),

@@ -285,3 +285,12 @@ def test_the_readme_testing_example_passes_under_pytest(pytester: pytest.Pyteste
     pytester.makepyfile(test_orders=block)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_wait_for_refuses_a_timeout_too_large_for_a_float() -> None:
+    """sqlstream.testing.wait_for(timeout=10**400) raised a raw OverflowError from float()."""
+    from sqlstream.testing import wait_for
+
+    for what in ("timeout", "interval"):
+        with pytest.raises(InvalidArgument, match=what):
+            wait_for(lambda: True, **{what: 10**400})  # type: ignore[arg-type]

@@ -549,6 +549,15 @@ ARCHIVE_BAD_CONFIGS = [
 ]
 
 
+def test_a_huge_integer_roll_size_loads_as_export_takes_it(tmp_path: Path) -> None:
+    """roll_size_mb (or roll_minutes) as a 400-digit TOML integer raised a raw
+    OverflowError from math.isfinite while the config loaded (`serve`: "internal error").
+    An int is finite; db.export takes a huge roll size as 'never by size'."""
+    for key in ("roll_size_mb", "roll_minutes"):
+        config = load_config(archive_config(tmp_path, extra=f"{key} = {10**400}"))
+        assert config is not None
+
+
 @pytest.mark.parametrize(("extra", "key", "problem"), ARCHIVE_BAD_CONFIGS)
 def test_bad_archive_config_names_file_table_and_key(tmp_path: Path, extra: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -60,6 +60,7 @@ from ..errors import (
     ArchiveError,
     ConcurrencyError,
     CorruptArchive,
+    DamagedRecord,
     InvalidArgument,
     SqlstreamError,
     StorageError,
@@ -107,10 +108,19 @@ _IDLE_WAIT = 1.0  # seconds a follow=True export waits before re-checking `stop`
 
 _RECORD_SQL = (
     # CAST: the stored bytes as they are; export never decodes a payload, so a damaged
-    # text record is archived byte for byte rather than failing the export.
-    "SELECT offset, timestamp, key, headers, content_type, CAST(data AS BLOB), position, txn FROM records "
+    # text record is archived byte for byte rather than failing the export. With whether
+    # the headers are what an import takes back (a JSON object of strings): archive
+    # metadata is text, so damaged ones cannot be archived.
+    "SELECT offset, timestamp, {key}, {headers}, content_type, CAST(data AS BLOB), "
+    "position, txn, CASE WHEN headers IS NULL OR headers = '' THEN 1 WHEN NOT json_valid(headers) THEN 0 "
+    "WHEN json_type(headers) != 'object' THEN 0 "
+    "ELSE NOT EXISTS (SELECT 1 FROM json_each(headers) WHERE type != 'text') END FROM records "
     "WHERE stream_id = ? AND offset >= ? AND offset < ? ORDER BY offset LIMIT ?"
 )
+# The key and headers as text (decoded by apsw), or undecoded: only for a page whose
+# decoding failed (a key or headers that are not UTF-8), so record_metadata can name it.
+_TEXT_RECORD_SQL = _RECORD_SQL.format(key="key", headers="headers")
+_RAW_RECORD_SQL = _RECORD_SQL.format(key="CAST(key AS BLOB)", headers="CAST(headers AS BLOB)")
 
 
 @dataclass
@@ -230,7 +240,23 @@ def parse_timestamp(text: str) -> int:
 
 def record_metadata(stream: str, row: tuple[Any, ...]) -> tuple[dict[str, str], bytes]:
     """The archive metadata and payload of one chunks row (see docs/format.md)."""
-    offset, ts, key, headers, ctype, data, position, txn = row
+    offset, ts, key, headers, ctype, data, position, txn, headers_ok = row
+    try:
+        if isinstance(key, bytes):  # a page read undecoded (_RAW_RECORD_SQL)
+            key = key.decode("utf-8")
+        if isinstance(headers, bytes):
+            headers = headers.decode("utf-8")
+    except UnicodeDecodeError:
+        headers_ok = False
+    if not headers_ok:
+        # Archived as they are, they would make the whole archive one an import refuses.
+        raise DamagedRecord(
+            f"record {offset} of stream {stream!r} is damaged (its key is not UTF-8 or its headers are not a "
+            "JSON object of strings); nothing was exported from it on",
+            stream=stream, offset=offset,
+            hint="SQL outside sqlstream wrote them: repair them with SQL, or trim the stream past it, to "
+            "export what follows; `sqlstream check` lists every damaged record",
+        )
     meta = {
         "stream": stream,
         "offset": str(offset),
@@ -696,7 +722,10 @@ class _Exporter:
                     all_sealed = False
                 end = min(nxt, self.until.get(sid, nxt))
                 if cur < end:
-                    rows = cx.rows(conn, _RECORD_SQL, (sid, cur, end, self.batch))
+                    try:
+                        rows = cx.rows(conn, _TEXT_RECORD_SQL, (sid, cur, end, self.batch))
+                    except UnicodeDecodeError:  # a key or headers not UTF-8: record_metadata names it
+                        rows = cx.rows(conn, _RAW_RECORD_SQL, (sid, cur, end, self.batch))
                     per_stream.append([(row[7], index, row[0], stream, sid, row) for row in rows])
         merged = heapq.merge(*per_stream)  # each list is in offset order, hence txn order
         out = [(stream, sid, row) for _, _, _, stream, sid, row in

@@ -259,7 +259,10 @@ def _timeout_arg(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise errors.InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past float range
+        raise errors.InvalidArgument(f"timeout must be None or a number of seconds >= 0, not {value!r}"[:200]) from None
 
 
 def _message_bytes(message: object) -> bytes:

@@ -43,6 +43,7 @@ from .. import aio
 from ..database import Database
 from ..errors import (
     AccessDenied,
+    DamagedRecord,
     InvalidArgument,
     InvalidName,
     InvalidValue,
@@ -61,7 +62,7 @@ from ..fencing import FencedAppend
 from ..lifetimes import Lifetime
 from ..records import StreamInfo
 from ..streams import Stream
-from ..validation import check_name
+from ..validation import MAX_COUNT, MAX_LIMIT, MAX_TIMEOUT, check_name
 from . import catchup
 from . import protocol as p
 from .metrics import Metrics
@@ -127,6 +128,10 @@ class HttpConfig:
     max_messages_per_append: int = 10_000
     """Messages one JSON-mode POST or PUT may carry (an array body is flattened into one record
     per element, all in one transaction that holds the file's write lock); more get 413."""
+    max_claim_bytes: int = 64 * 1024 * 1024
+    """A subscription claim's byte budget per linked stream (``Subscription.fetch``'s
+    ``max_bytes``): records while their sizes fit, the first always, besides the claim's
+    ``max_records``."""
     max_connections: int = 1024
     """Open connections at most (:class:`~sqlstream.http.server.HttpServer`): more are closed
     when accepted, and 503 answers requests while that many run. Keep it above ``max_live``."""
@@ -153,25 +158,42 @@ class HttpConfig:
     def __post_init__(self) -> None:
         """Refuse numbers the server could not honour (``InvalidArgument`` naming the field)."""
         for name in NUMERIC_OPTIONS:
-            problem = number_problem(getattr(self, name))
+            problem = number_problem(getattr(self, name), MAXIMUMS.get(name))
             if problem is not None:
                 raise InvalidArgument(f"HttpConfig.{name} {problem}")
 
 
 NUMERIC_OPTIONS = ("long_poll_timeout", "sse_max_seconds", "max_live", "max_header_bytes", "max_chunk_bytes",
                    "max_response_bytes",
-                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append")
+                   "retry_after", "max_connections", "header_timeout", "max_messages_per_append",
+                   "max_claim_bytes")
 """The :class:`HttpConfig` fields that are counts or seconds: finite and > 0."""
 
+MAXIMUMS = {
+    # Passed to the read and claim APIs as their byte budgets, which refuse more: a server
+    # configured past them accepted the setting and then answered every read (or claim)
+    # with 400.
+    "max_chunk_bytes": MAX_COUNT, "max_response_bytes": MAX_LIMIT, "max_claim_bytes": MAX_LIMIT,
+    # Seconds, as every timeout of the Python API (an int past float range would raise
+    # OverflowError at every request that adds it to the clock).
+    "long_poll_timeout": MAX_TIMEOUT, "sse_max_seconds": MAX_TIMEOUT, "header_timeout": MAX_TIMEOUT,
+}
+"""The largest value of the :data:`NUMERIC_OPTIONS` that have one."""
 
-def number_problem(value: object) -> str | None:
+
+def number_problem(value: object, maximum: float | None = None) -> str | None:
     """Why ``value`` is not a usable count or number of seconds (None if it is): NaN would
     make every comparison false (a long-poll then fails with the Python API's error), inf
-    a wait without end, 0 or less no service at all."""
+    a wait without end, 0 or less no service at all; past ``maximum``, more than the
+    server can honour."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, not {value!r}"
-    if not math.isfinite(value) or value <= 0:
+    # An int is finite however large (math.isfinite would raise OverflowError past floats).
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         return f"must be a finite number > 0, not {value!r}"
+    if maximum is not None and value > maximum:
+        shown = f"{value!r}" if len(repr(value)) <= 30 else f"a number of {len(repr(value))} digits"
+        return f"must be at most {maximum:,}, not {shown}"
     return None
 
 
@@ -219,7 +241,8 @@ class DurableStreamsApp:
         self.tails = Tails()
         self.damage = catchup.Damage()
         self.metrics = Metrics()
-        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks)
+        self.subscriptions = SubscriptionRoutes(webhooks=self.config.webhooks,
+                                                max_claim_bytes=self.config.max_claim_bytes)
         if self.config.token is not None and self.config.cache_control.startswith("public"):
             self.config.cache_control = "private" + self.config.cache_control[len("public"):]
 
@@ -344,8 +367,32 @@ class DurableStreamsApp:
             raise ProtocolError(404, "not found")
         except ProtocolError as exc:
             return await _send(send, _error(exc.status, str(exc), exc.headers), headers)
+        except DamagedRecord as exc:
+            return await _send(send, await self._damaged(exc), headers)
         except SqlstreamError as exc:
             return await _send(send, _from_sqlstream(exc), headers)
+
+    async def _damaged(self, exc: DamagedRecord) -> _Response:
+        """The answer to a read that starts at a damaged record (one another tool broke:
+        text that is not UTF-8, JSON that does not parse, a payload row gone).
+
+        Not a 5xx: the read fails the same way every time until someone repairs or
+        skips the record, and clients retry a 5xx for ever (an EventSource too), which
+        hid the damage behind a retry loop. 422 with the record named, why, and the
+        offset to read on from to skip it (also as ``Stream-Next-Offset``, so a client
+        that decides to skip need not parse the text); ``no-store``.
+        """
+        db = await self.db()
+        after = exc.offset + 1
+        try:
+            position = (await db.run_sync(lambda: db.sync.stream(exc.stream).read_raw(after, 1))).position
+        except SqlstreamError:  # the next record is damaged too: the token's offset is what counts
+            position = 0
+        skip = p.format_offset(after, position)
+        reason = str(exc.args[0]).split("; nothing was read")[0]
+        return _error(422, f"{reason}; nothing was read. To skip it, read on from offset={skip}; "
+                           "`sqlstream check` on the server lists every damaged record",
+                      {p.NEXT_OFFSET: skip})
 
     def _authorize(self, headers: dict[str, str]) -> None:
         if self.config.token is None:
@@ -912,6 +959,10 @@ class DurableStreamsApp:
 
     async def _sse(self, st: _Stream, start: int, client_cursor: str | None, headers: dict[str, str],
                    receive: Receive, send: Send) -> int:
+        # The first page before the response starts: a read that cannot begin (a damaged
+        # record at `start`) is answered with its status, which an EventSource does not
+        # retry, instead of a 200 that ends at once, for ever.
+        page: Page | None = await self._page(st, start)
         self._enter_live()
         disconnected = asyncio.ensure_future(_disconnect(receive))
         try:
@@ -924,7 +975,6 @@ class DurableStreamsApp:
             at = start
             cur = p.cursor(client_cursor)
             first = True
-            page: Page | None = None
             while not disconnected.done() and not self._closing.is_set():
                 if page is None:
                     page = await self._page(st, at)

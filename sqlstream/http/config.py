@@ -16,6 +16,7 @@
     max_chunk_bytes = 4194304     # bytes read and held at a time per response (a catch-up piece, an SSE event)
     max_response_bytes = 67108864 # per catch-up response (sent in pieces of max_chunk_bytes)
     max_messages_per_append = 10000  # messages in one JSON-mode POST/PUT (more: 413)
+    max_claim_bytes = 67108864    # a subscription claim's bytes per linked stream (the first record always)
     web_view = true               # GET / : streams and a live tail
     metrics = true                # GET /metrics : Prometheus
     cors_origins = ["https://app.example"]  # browser pages of other origins allowed; "*": any
@@ -33,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..streaming.config import ConfigError
-from .app import NUMERIC_OPTIONS, HttpConfig, number_problem
+from .app import MAXIMUMS, NUMERIC_OPTIONS, HttpConfig, number_problem
 from .server import DEFAULT_PORT
 
 TOKEN_ENV = "SQLSTREAM_HTTP_TOKEN"
@@ -43,7 +44,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_response_bytes": int,
     "web_view": bool, "metrics": bool, "cors_origins": list, "allowed_hosts": list,
     "max_connections": int, "header_timeout": (int, float), "max_messages_per_append": int,
-    "webhooks": bool,
+    "webhooks": bool, "max_claim_bytes": int,
 }
 
 
@@ -62,7 +63,7 @@ def http_settings(table: Mapping[str, Any] | None, path: str = "<config>") -> Ht
         kind = _OPTIONS[key]
         if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
             raise ConfigError(path, "http", key, f"has the wrong type: {value!r}")
-        problem = number_problem(value) if key in NUMERIC_OPTIONS else None
+        problem = number_problem(value, MAXIMUMS.get(key)) if key in NUMERIC_OPTIONS else None
         if problem is not None:
             raise ConfigError(path, "http", key, problem)
         if isinstance(value, list):

@@ -30,6 +30,9 @@ MIN_LEASE_TTL_MS = 1_000
 MAX_LEASE_TTL_MS = 600_000
 DEFAULT_CLAIM_RECORDS = 1000
 MAX_CLAIM_RECORDS = 10_000
+# A claim's byte budget per linked stream by default (HttpConfig.max_claim_bytes, passed
+# to Subscription.fetch as max_bytes): the records a claim reads are bounded in bytes too.
+DEFAULT_CLAIM_BYTES = 64 * 1024 * 1024
 MAX_STREAMS = 1000
 """Explicit streams one request may name."""
 # Subscription ids: a sqlstream name without '/' (it is one URL segment) or '@' (the

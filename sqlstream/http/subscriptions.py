@@ -31,6 +31,7 @@ from ..errors import DatabaseClosed, SqlstreamError
 from ..logs import LazyLogger
 from ..validation import check_name
 from .subprotocol import (
+    DEFAULT_CLAIM_BYTES,
     DEFAULT_CLAIM_RECORDS,
     MAX_CLAIM_RECORDS,
     DsError,
@@ -69,8 +70,9 @@ def _bearer(headers: dict[str, str]) -> str | None:
 class SubscriptionRoutes:
     """The ``__ds`` routes of one app and its wake pump."""
 
-    def __init__(self, *, webhooks: bool = False) -> None:
+    def __init__(self, *, webhooks: bool = False, max_claim_bytes: int = DEFAULT_CLAIM_BYTES) -> None:
         self.webhooks = webhooks
+        self.max_claim_bytes = max_claim_bytes
         self.signer = Signer() if webhooks else None
         self._pump: asyncio.Task[None] | None = None
         self._created = asyncio.Event()
@@ -104,7 +106,7 @@ class SubscriptionRoutes:
             raise DsError(404, "NOT_FOUND", f"no control route {rel!r} (subscriptions live under "
                                             "__ds/subscriptions/ID; webhook keys are not served)")
         sid, tail = parts[2], parts[3:]
-        store = DsStore(db.sync)
+        store = DsStore(db.sync, self.max_claim_bytes)
         if len(tail) == 1 and tail[0] in ("ack", "release", "callback"):
             return await self._lease_action(db, store, method, tail[0], check_id(sid), headers, body)
         authorize()
@@ -194,7 +196,7 @@ class SubscriptionRoutes:
             await client.aclose()
 
     async def _run(self, db: aio.AsyncDatabase) -> None:
-        store = DsStore(db.sync)
+        store = DsStore(db.sync, self.max_claim_bytes)
         while True:
             try:
                 await self._step(db, store)

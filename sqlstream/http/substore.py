@@ -64,6 +64,7 @@ from ..logs import LazyLogger
 from ..validation import check_name
 from . import protocol as p
 from .subprotocol import (
+    DEFAULT_CLAIM_BYTES,
     DEFAULT_CLAIM_RECORDS,
     ZERO_TOKEN,
     AckRequest,
@@ -125,8 +126,9 @@ class DsStore:
     :meth:`describe` in one read snapshot; each raises :class:`DsError` for what the
     protocol refuses."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, max_claim_bytes: int = DEFAULT_CLAIM_BYTES) -> None:
         self.db = db
+        self.max_claim_bytes = max_claim_bytes  # a claim's byte budget per linked stream
 
     # -- reading
 
@@ -404,7 +406,7 @@ class DsStore:
         for path, explicit, _glob in self._links(row.id):
             sub = self._backing(row, path)
             entry: dict[str, Any] = {"path": path, "link_type": "explicit" if explicit else "glob"}
-            batch = sub.fetch(worker, max_records, 0) if sub is not None else None
+            batch = sub.fetch(worker, max_records, 0, max_bytes=self.max_claim_bytes) if sub is not None else None
             if sub is None or not batch:
                 at = self._acked(row.id, path)
                 entry.update(acked_offset=at, tail_offset=at, has_pending=False, claimed=[])

@@ -43,6 +43,9 @@ _KINDS: dict[str, Any] = {
 }
 
 
+_MAXIMUMS = {"advertised_port": 65535, "default_partitions": 10_000}
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9092`` for IPv6) -> (host, port); raises ``InvalidArgument``."""
     host, sep, port = text.rpartition(":")
@@ -71,6 +74,12 @@ def settings_from_config(table: Mapping[str, Any] | None, path: str = "<config>"
                 raise ConfigError(path, "kafka", key, str(exc)) from None
         if kind is int and value < (0 if key == "default_partitions" else 1):
             raise ConfigError(path, "kafka", key, f"must be positive, not {value}")
+        # Accepted, these only failed later: clients told to connect to a port TCP does not
+        # have (every client of the listener), every auto-created topic refused.
+        top = _MAXIMUMS.get(key)
+        if top is not None and value > top:
+            shown = f"{value}" if len(str(value)) <= 30 else f"a number of {len(str(value))} digits"
+            raise ConfigError(path, "kafka", key, f"must be at most {top:,}, not {shown}")
         if key == "listen":
             try:
                 settings.host, settings.port = parse_listen(value)

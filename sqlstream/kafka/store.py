@@ -38,7 +38,15 @@ from typing import Any
 
 from ..connection import runner
 from ..database import Database
-from ..errors import InvalidArgument, SequenceGap, SqlstreamError, StaleEpoch, StreamExists, StreamNotFound
+from ..errors import (
+    DamagedRecord,
+    InvalidArgument,
+    SequenceGap,
+    SqlstreamError,
+    StaleEpoch,
+    StreamExists,
+    StreamNotFound,
+)
 from ..fencing import KAFKA_PRODUCER_PREFIX, FencedAppend, append_fenced, expire_producers
 from ..records import MISSING_PAYLOAD, Damaged
 from .records import Batch, FetchedRecord, KafkaRecord
@@ -110,7 +118,9 @@ _TOPICS_SQL = "SELECT name, partitions, first_stream, topic_id FROM kafka_topics
 # A fetch's rows as Kafka sees them: SQLite gives keys and text or JSON values as their
 # UTF-8 bytes and timestamps in ms, so restoring a record costs Python no conversions.
 _MAX_INT = 2**63 - 1  # SQLite's largest integer
-_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), headers, CAST(data AS BLOB) FROM records "
+# Headers as their UTF-8 bytes too: a row whose headers plain SQL damaged (not UTF-8)
+# must not fail the page in apsw's decoding, but be found and named (_restore_checked).
+_READ_SQL = ("SELECT offset, timestamp / 1000, CAST(key AS BLOB), CAST(headers AS BLOB), CAST(data AS BLOB) FROM records "
              "WHERE stream_id = ? AND offset >= ? ORDER BY offset LIMIT ?")
 _key = itemgetter(2)
 _header_text = itemgetter(3)
@@ -123,8 +133,7 @@ def _cost(row: Any) -> int:
     stored (the key and header values travel too: a budget of values alone let records
     with large keys answer far more than fetch.max.bytes) and the record framing."""
     _, _, key, headers, value = row
-    return (len(value) + (0 if key is None else len(key)) + (len(headers.encode("utf-8")) if headers else 0)
-            + _RECORD_OVERHEAD)
+    return len(value) + (0 if key is None else len(key)) + (len(headers) if headers else 0) + _RECORD_OVERHEAD
 
 
 # The batches with facts a chunk row cannot hold (binary keys, headers that are not
@@ -406,7 +415,7 @@ class KafkaStore:
                 "WHERE stream_id = ? AND base_offset <= ? AND base_offset >= coalesce((SELECT max(base_offset) "
                 "FROM kafka_batches WHERE stream_id = ? AND base_offset <= ?), 0) ORDER BY base_offset",
                 (stream_id, kept[-1][0], stream_id, kept[0][0]))
-        return Fetched(_restore(kept, batches), first, end, size)
+        return Fetched(_restore_checked(stream, kept, batches), first, end, size)
 
     def offset_for_time(self, stream: str, timestamp_ms: int) -> tuple[int, int] | None:
         """Kafka's ListOffsets by time: the first offset whose timestamp is at or after
@@ -591,9 +600,37 @@ def _appended(rows: list[Any]) -> list[FetchedRecord]:
     return [(o, ts, k, v, _headers(h) if h else ()) for o, ts, k, h, v in rows]
 
 
-def _headers(text: str) -> tuple[tuple[str, bytes | None], ...]:
-    """A chunk's ``headers`` JSON (names to text) as Kafka headers."""
-    return tuple((name, str(v).encode("utf-8")) for name, v in json.loads(text).items())
+def _headers(raw: bytes) -> tuple[tuple[str, bytes | None], ...]:
+    """A chunk's ``headers`` JSON (names to text, as UTF-8 bytes) as Kafka headers."""
+    return tuple((name, str(v).encode("utf-8")) for name, v in json.loads(raw).items())
+
+
+_HEADER_DAMAGE = (ValueError, AttributeError, TypeError, RecursionError)  # JSON, UTF-8, not an object
+
+
+def _restore_checked(stream: str, rows: list[Any], batches: list[Any]) -> list[FetchedRecord]:
+    """:func:`_restore`, ending before the first record whose headers plain SQL damaged
+    (not UTF-8, not a JSON object): ``DamagedRecord`` when that is the first one, which
+    the fetch answers with KAFKA_STORAGE_ERROR for the partition (a raw decoding error
+    dropped the client's connection at every fetch that reached it). Healthy pages pay
+    nothing: the rows are looked at one by one only after a failure."""
+    try:
+        return _restore(rows, batches)
+    except _HEADER_DAMAGE:
+        pass
+    for i, row in enumerate(rows):
+        try:
+            if row[3]:
+                _headers(row[3])
+        except _HEADER_DAMAGE:
+            if i == 0:
+                raise DamagedRecord(
+                    f"record {row[0]} of stream {stream!r} is damaged (its headers are not a valid JSON "
+                    "object); nothing was read", stream=stream, offset=row[0],
+                    hint=f"SQL outside sqlstream wrote its headers; commit offset {row[0] + 1} to skip it",
+                ) from None
+            return _restore(rows[:i], batches)
+    return _restore(rows, batches)  # not the headers: let it raise
 
 
 def _with_extras(rows: list[Any], base: int, base_ts: int, deltas: list[int] | None,

@@ -103,7 +103,8 @@ class ArchiveService(Service):
         are resolved against the config file's folder."""
         for key in ("roll_size_mb", "roll_minutes"):
             value = options[key]
-            if value is not None and (not math.isfinite(value) or value <= 0):
+            # An int is finite however large (math.isfinite of a huge one raises OverflowError).
+            if value is not None and ((isinstance(value, float) and not math.isfinite(value)) or value <= 0):
                 raise OptionError(key, f"must be a positive number, not {value!r}",
                                   hint="leave it out for the default")
         compress = options["compress"]

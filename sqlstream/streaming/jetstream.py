@@ -241,6 +241,8 @@ def _seconds(*, zero: bool = False, limit: float = MAX_SECONDS) -> Callable[[Any
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number of seconds, not {value!r}"
+        if isinstance(value, int) and value > limit:  # before float(), which overflows past 1e308
+            return f"must be at most {limit:g} seconds, not a number of {len(str(value))} digits"
         number = float(value)
         if math.isnan(number) or number < 0 or (number == 0 and not zero):
             return f"must be a {'non-negative' if zero else 'positive'} number of seconds, not {value!r}"
