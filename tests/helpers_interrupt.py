@@ -43,12 +43,16 @@ def interrupted_at(step: int, call: Callable[[], object]) -> bool:
             if events == step:
                 raise KeyboardInterrupt
 
-    # Garbage of earlier tests is collected first and the cyclic GC kept off during the
-    # call: a finalizer it would run in the middle (e.g. an old notifier's
-    # weakref.finalize, in sqlstream's code) counted as a point of the call, and the
-    # interrupt raised there was ignored, as Python ignores any exception in a finalizer,
-    # so the call ran to its end as if it had no more points (seen once in CI).
-    gc.collect()
+    # The cyclic GC is kept off during the call: a finalizer it would run in the middle
+    # (e.g. an old notifier's weakref.finalize, in sqlstream's code) counted as a point of
+    # the call, and the interrupt raised there was ignored, as Python ignores any exception
+    # in a finalizer, so the call ran to its end as if it had no more points (seen once in
+    # CI). With the GC off, earlier garbage cannot be finalized during the call; it is
+    # also collected once, before a test's first step (not at every step: a collection
+    # costs 50-100 ms in a worker that ran hundreds of tests, and the tests here take
+    # hundreds of steps: it made them 20-60 times slower in the whole suite).
+    if step == 1:
+        gc.collect()
     collecting = gc.isenabled()
     gc.disable()
     sys.setprofile(profiler)

@@ -522,6 +522,26 @@ def test_numeric_options_past_what_the_server_honours_are_refused_when_loaded() 
     assert HttpConfig(max_chunk_bytes=10**9, max_claim_bytes=2**62).max_claim_bytes == 2**62
 
 
+def test_the_servers_connections_send_without_waiting_for_acks(server: HttpServer, client: httpx.Client) -> None:
+    """Mechanism: the server's connections have Nagle's algorithm off (TCP_NODELAY).
+
+    A response goes out as two writes, its headers and then its body; with Nagle on, the
+    body waited for the client's ACK of the headers, which a client on a kept-alive
+    connection delays by ~40 ms (delayed ACK), so every catch-up page, long-poll answer and
+    append response after a connection's first few took 40+ ms instead of ~1 ms. asyncio
+    turns Nagle off only on accepted sockets whose ``proto`` says TCP, and the socket the
+    server binds itself had proto 0. White box: the connections are uvicorn's (its
+    ``server_state``); their transports' sockets carry the option."""
+    _put(client, "s", body=b"x")
+    for _ in range(3):  # past the first few exchanges, where Linux ACKs at once anyway
+        assert client.get("/s", params={"offset": "-1"}).content == b"x"
+    connections = list(server.server.server_state.connections)
+    assert connections, "the client's kept-alive connection is not among the server's"
+    for connection in connections:
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, "Nagle is on for a connection"
+
+
 def _closed_by_server(sock: socket.socket) -> bool:
     """Whether the server closed ``sock`` (EOF or reset) rather than leaving it open; waits up
     to the socket's timeout (generous: what is tested is that the close happens at all)."""
