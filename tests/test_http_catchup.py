@@ -237,6 +237,24 @@ def test_a_response_whose_records_are_removed_meanwhile_is_abandoned_and_the_ret
     assert retry.status == 410
 
 
+def _read_twice_then_at(path: str, stream: str, offset: int) -> list[Exchange]:
+    """Two catch-up reads from the start, then one at ``offset``, in one app, in order."""
+
+    async def main() -> list[Exchange]:
+        app = _app(path)
+        try:
+            out = []
+            for start in ("-1", "-1", p.format_offset(offset, 0)):
+                ex = Exchange()
+                await ex.run(app, stream, start)
+                out.append(ex)
+            return out
+        finally:
+            await app.close()
+
+    return asyncio.run(main())
+
+
 def test_a_damaged_record_found_mid_response_abandons_it_once_then_the_retry_ends_before_it(tmp_path: Path) -> None:
     path = str(tmp_path / "d.db")
     _fill(path, "d")
@@ -245,19 +263,7 @@ def test_a_damaged_record_found_mid_response_abandons_it_once_then_the_retry_end
     conn.commit()
     conn.close()
 
-    async def main() -> list[Exchange]:
-        app = _app(path)
-        try:
-            out = []
-            for offset in ("-1", "-1", p.format_offset(120, 0)):
-                ex = Exchange()
-                await ex.run(app, "d", offset)
-                out.append(ex)
-            return out
-        finally:
-            await app.close()
-
-    first, retry, at_damage = asyncio.run(main())
+    first, retry, at_damage = _read_twice_then_at(path, "d", 120)
     assert first.status == 200 and not first.completed
     assert retry.status == 200 and retry.completed
     assert [v["i"] for v in json.loads(retry.body)] == list(range(120))
@@ -320,19 +326,7 @@ def test_a_record_whose_payload_row_is_gone_is_never_left_out_of_a_body(tmp_path
     conn.commit()
     conn.close()
 
-    async def main() -> list[Exchange]:
-        app = _app(path)
-        try:
-            out = []
-            for offset in ("-1", "-1", p.format_offset(2, 0)):
-                ex = Exchange()
-                await ex.run(app, "m", offset)
-                out.append(ex)
-            return out
-        finally:
-            await app.close()
-
-    first, retry, at_gone = asyncio.run(main())
+    first, retry, at_gone = _read_twice_then_at(path, "m", 2)
     # As for any damaged record met mid-response: abandoned once (never completed with a
     # hole), then the retry ends before it.
     assert first.status == 200 and not first.completed
