@@ -55,6 +55,12 @@ WAKEUP_MODES = ("auto", "poll", "notify")
 DEFAULT_POLL_INTERVAL = 0.001  # poll mode: cross-process wake within ~1 ms
 DEFAULT_FALLBACK_INTERVAL = 0.25  # notify mode: catches writers that do not ring
 _LINGER = 1.0  # keep the watcher this long after the last waiter, to avoid churn
+# The longest the main thread sleeps at once while it waits. A signal (Ctrl-C's SIGINT)
+# that the kernel hands to another thread of the process (any thread that does not block
+# it may take it) only sets Python's flag: the main thread, asleep in select() or on a
+# lock, is not interrupted and would run the handler (raise KeyboardInterrupt) only at
+# the next commit. Waking this often lets it run within this bound.
+SIGNAL_CHECK_INTERVAL = 0.1
 _socket_ids = itertools.count()
 ANNOUNCE_FILE = "announce"  # in each doorbell folder: 8 bytes, rewritten by every new bell
 
@@ -351,20 +357,30 @@ class FileNotifier:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         bell = mode != "poll" and self._bell_ok
+        main = threading.current_thread() is threading.main_thread()  # see SIGNAL_CHECK_INTERVAL
         with self.waiting(mode, poll_interval, sleeper=bell):
+            seen = -1  # no generation yet: check first
+            until: float | None = None  # when the wait ends if nothing wakes it (None: never)
             while True:
-                seen = self.generation
-                result = check()
-                if result is not None:
-                    return result
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return None
-                sleep = None if deadline is None else deadline - now
-                if wake_at is not None:
-                    at = wake_at()
-                    if at is not None:
-                        sleep = max(0.0, at - now) if sleep is None else max(0.0, min(sleep, at - now))
+                # Check after a wake (a bump) or at the end of the wait, not after the main
+                # thread's short sleeps that nothing ended (an idle reader stays idle).
+                if self.generation != seen or (until is not None and now >= until):
+                    seen = self.generation
+                    result = check()
+                    if result is not None:
+                        return result
+                    now = time.monotonic()
+                    if deadline is not None and now >= deadline:
+                        return None
+                    until = deadline
+                    if wake_at is not None:
+                        at = wake_at()
+                        if at is not None:
+                            until = at if until is None else min(until, at)
+                sleep = None if until is None else max(0.0, until - now)
+                if main and (sleep is None or sleep > SIGNAL_CHECK_INTERVAL):
+                    sleep = SIGNAL_CHECK_INTERVAL  # a signal another thread took is handled by then
                 # Become the sleeper if nobody reads the doorbell. The claim (a store of
                 # ``sock`` in _sleeping_on) and its release are inside one try, and no
                 # call comes between reading ``sock`` and the claim: a KeyboardInterrupt

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
 import multiprocessing as mp
 import sqlite3
@@ -832,3 +833,41 @@ def test_ctrl_c_anywhere_in_a_doorbell_sleep_leaves_the_doorbell_free(tmp_path: 
         db.close()
     stuck = [t for t in watchers if t.is_alive()]
     assert not stuck, "close() left the watcher thread running: its exit waits for the doorbell"
+
+
+@pytest.mark.parametrize("mode", ["notify", "poll"])
+def test_ctrl_c_taken_by_another_thread_still_stops_a_blocked_read_in_the_main_thread(db_path: str, mode: str) -> None:
+    """The kernel may hand a process's SIGINT to any thread that does not block it; there
+    it only sets Python's flag, and the main thread, asleep in select() or on a lock, is not
+    interrupted: a `read(timeout=None)` (`sqlstream tail -f`) ignored Ctrl-C until the next
+    commit. The main thread now wakes often enough to run the handler. Mechanism: the
+    KeyboardInterrupt comes without the commit a helper makes only if it does not."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    raised = threading.Event()
+    fallback: list[bool] = []
+
+    def helper() -> None:
+        time.sleep(0.3)  # let the main thread block first (if not, it raises at once all the same)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # to this thread, not the main one
+        if not raised.wait(30):
+            fallback.append(True)
+            with sqlstream.open(db_path) as other:
+                other.stream("events").append(b"wake")
+
+    try:
+        with sqlstream.open(db_path, wakeup=mode) as db:
+            events = db.create_stream("events")
+            thread = threading.Thread(target=helper)
+            thread.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    events.read(0, 10, timeout=None)
+                raised.set()
+            finally:
+                raised.set()
+                thread.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert fallback == [], "the read ended only at the commit, not at the signal"
