@@ -443,7 +443,13 @@ def test_tail_follow_exits_130_on_ctrl_c(db_path: str) -> None:
     """Ctrl-C ends `tail -f` with 130 (128 + SIGINT), as the README says; sealed ends it with 0."""
     with sqlstream.open(db_path) as db:
         db.create_stream("events").append("only")
-    proc = _start_tail(db_path, "-n", "1")
+    # A test run started where SIGINT is ignored (a shell's background job) would hand that
+    # to the child, which then rightly ignores Ctrl-C: start it with the default disposition.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = _start_tail(db_path, "-n", "1")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert json.loads(_readline(proc))["value"] == "only"
         proc.send_signal(signal.SIGINT)
